@@ -1,0 +1,209 @@
+"""Hook functions as nnsight interventions: the one mechanism behind every run.
+
+Each hook point that has work to do (caching or user hook functions) becomes one
+nnsight ``Mediator`` whose body reads the hook point's value from its envoy, calls the
+functions in order, and writes a replacement back through the envoy. The mediators are
+installed as the wrapped model's *edits* for exactly one run (or for the life of a
+``model.hooks()`` block), so nnsight interleaves them with the forward pass, with
+``generate`` and with a user's own ``model.trace`` alike, and removes them afterwards
+whatever happened. Nothing here registers a torch hook.
+
+Contents: :class:`HookContext` (the ``hook`` argument of a hook function),
+:class:`HookFn` (a bound hook), :func:`build_mediators`, :func:`interleave`,
+:func:`installed` (edits for a block), :func:`eager_attention` (temporary eager
+attention where patterns are read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+from nnsight.intervention.interleaver import Mediator
+from nnsight.intervention.iterator import Iterations
+from nnsight.intervention.tracer import InterleavingTracer
+
+from .hook_points import HookPoint, Site
+
+if TYPE_CHECKING:
+    from nnsight import NNsight
+
+    from .inputs import MultimodalBatch
+
+_CODE = compile("__hooked_mllm_body__()", "<hooked_mllm hook>", "exec")
+_NEVER_REACHED = r".*was never reached.*"
+
+
+@dataclass
+class HookContext:
+    """What a hook function learns about where it fires (TransformerLens' ``hook``).
+
+    Attributes:
+        name: The hook point's canonical name.
+        point: The full :class:`~hooked_mllm.hook_points.HookPoint`.
+        batch: The :class:`~hooked_mllm.inputs.MultimodalBatch` being run, if known.
+        step: 0 on the prompt forward, ``k`` on the forward producing generated token
+            ``k + 1`` (each generated token after the first is one more step).
+        ctx: A dict kept for the whole run, for hook functions that share state.
+    """
+
+    name: str
+    point: HookPoint
+    batch: MultimodalBatch | None = None
+    step: int = 0
+    ctx: dict = field(default_factory=dict)
+
+    def layer(self) -> int:
+        """The block index of this hook point (error for points outside blocks)."""
+        if self.point.layer is None:
+            raise ValueError(f"{self.name} is not inside a block, so it has no layer")
+        return self.point.layer
+
+    @property
+    def is_prompt(self) -> bool:
+        """Whether this is the prompt forward (not a generated-token step)."""
+        return self.step == 0
+
+
+HookFunction = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class HookFn:
+    """One hook function bound to one hook point."""
+
+    point: HookPoint
+    fn: HookFunction
+
+
+def _read(envoy: Any, site: Site) -> tuple[Any, Any]:
+    raw = envoy.input if site.io == "input" else envoy.output
+    value = raw if site.index is None else raw[site.index]
+    return raw, value
+
+
+def _write(envoy: Any, site: Site, raw: Any, value: Any) -> None:
+    if site.io == "input":
+        envoy.input = value
+    elif site.index is None:
+        envoy.output = value
+    else:
+        items = list(raw)
+        items[site.index] = value
+        envoy.output = type(raw)(items) if isinstance(raw, tuple) else items
+
+
+def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict,
+          every_step: bool) -> Callable[[], None]:
+    envoy = nn.get(point.site.path)
+    base_envoy = nn.get(point.base.path) if point.base is not None else None
+
+    def visit(step: int) -> None:
+        base = _read(base_envoy, point.base)[1] if base_envoy is not None else None
+        raw, value = _read(envoy, point.site)
+        if value is None:
+            raise RuntimeError(
+                f"{point.name} has no value in this run (is attention eager? hook_pattern needs "
+                "attn_implementation='eager')."
+            )
+        act = value if base is None else base + value
+        if point.heads is not None:
+            act = act.unflatten(-1, (point.heads, -1))
+        hook = HookContext(point.name, point, batch() if callable(batch) else batch, step, ctx)
+        changed = False
+        for fn in fns:
+            new = fn(act, hook)
+            if new is None:
+                continue
+            if not point.writable:
+                raise ValueError(f"{point.name} is read-only: its hook function must return None")
+            if not isinstance(new, torch.Tensor) or new.shape != act.shape:
+                shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+                raise ValueError(
+                    f"Hook function {getattr(fn, '__name__', fn)!r} on {point.name} returned shape "
+                    f"{shape}, but the activation has shape {tuple(act.shape)}; return a tensor of "
+                    "the same shape, or None to leave it unchanged."
+                )
+            act, changed = new, True
+        if changed:
+            out = act.flatten(-2) if point.heads is not None else act
+            if base is not None:
+                out = out - base
+            _write(envoy, point.site, raw, out.to(value.dtype))
+
+    def body() -> None:
+        if every_step:
+            for step in Iterations()[:]:
+                visit(step)
+        else:
+            visit(0)
+
+    return body
+
+
+def build_mediators(nn: NNsight, hooks: list[HookFn], order: Callable[[str], int], batch: Any = None,
+                    every_step: bool = False) -> list[Mediator]:
+    """One nnsight mediator per hook point, its functions applied in the given order.
+
+    Args:
+        nn: The nnsight wrapper of the HF model.
+        hooks: The bound hook functions; several on one point run in list order.
+        order: Forward-order rank of a hook name (mediators are sorted by it).
+        batch: The batch being run (or a callable returning it at run time).
+        every_step: Fire at every occurrence (generation) rather than once.
+    """
+    grouped: dict[str, tuple[HookPoint, list[HookFunction]]] = {}
+    for hook in hooks:
+        grouped.setdefault(hook.point.name, (hook.point, []))[1].append(hook.fn)
+    ctx: dict = {}
+    mediators = []
+    for name in sorted(grouped, key=order):
+        point, fns = grouped[name]
+        body = _body(nn, point, fns, batch, ctx, every_step)
+        mediators.append(Mediator(_CODE, {}, {"__hooked_mllm_body__": body}, copy=True))
+    return mediators
+
+
+@contextlib.contextmanager
+def installed(nn: NNsight, mediators: list[Mediator]) -> Iterator[None]:
+    """Install mediators as nnsight edits for the block; always restored on exit."""
+    saved = nn._edits
+    nn._edits = list(saved) + list(mediators)
+    try:
+        yield
+    finally:
+        nn._edits = saved
+
+
+def interleave(nn: NNsight, fn: Any, mediators: list[Mediator], kwargs: dict) -> Any:
+    """Run ``fn(**kwargs)`` on the wrapped model with ``mediators`` (and any active edits)."""
+    with installed(nn, mediators), warnings.catch_warnings():
+        # An open per-step loop ends when generation stops; nnsight reports that as a
+        # warning by design. It is the expected end of every generation here.
+        warnings.filterwarnings("ignore", message=_NEVER_REACHED)
+        return nn.interleave(fn, **kwargs)
+
+
+class QuietTracer(InterleavingTracer):
+    """nnsight's tracer, minus the expected end-of-loop warning of ``model.hooks()`` edits."""
+
+    def __exit__(self, *exc: Any) -> bool:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_NEVER_REACHED)
+            return super().__exit__(*exc)
+
+
+@contextlib.contextmanager
+def eager_attention(configs: list[Any]) -> Iterator[None]:
+    """Switch the given (sub-)configs to eager attention for the block, then restore."""
+    saved = [(config, config._attn_implementation) for config in configs]
+    try:
+        for config, _ in saved:
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        for config, impl in saved:
+            config._attn_implementation = impl

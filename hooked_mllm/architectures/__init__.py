@@ -1,0 +1,56 @@
+"""Architecture adapters and the registry that maps HF config classes to them.
+
+Each family's adapter lives in its own module (:mod:`.llava`, ...) and is registered
+here. :func:`adapter_for` picks the adapter of a loaded HF model by its config class.
+
+Example:
+    >>> from hooked_mllm.architectures import adapter_for
+    >>> adapter_for(hf_model).name        # doctest: +SKIP
+    'llava'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Adapter as Adapter
+from .base import BlockLayout as BlockLayout
+from .base import square_grid as square_grid
+from .llava import LLAVA
+
+_REGISTRY: dict[str, Adapter] = {}
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    """Register ``adapter`` for each of its config classes; a duplicate is an error."""
+    for name in adapter.config_classes:
+        if name in _REGISTRY:
+            raise ValueError(
+                f"Config class {name!r} already has the adapter {_REGISTRY[name].name!r}; "
+                f"refusing to register {adapter.name!r} for it too."
+            )
+    for name in adapter.config_classes:
+        _REGISTRY[name] = adapter
+    return adapter
+
+
+def registered_adapters() -> dict[str, Adapter]:
+    """A copy of the registry: config class name -> adapter."""
+    return dict(_REGISTRY)
+
+
+def adapter_for(hf_model: Any) -> Adapter:
+    """The adapter serving ``hf_model`` (by its config class), validated against its tree."""
+    config_name = type(hf_model.config).__name__
+    adapter = _REGISTRY.get(config_name)
+    if adapter is None:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(
+            f"No adapter for {type(hf_model).__name__} (config {config_name}). "
+            f"Supported config classes: {known}."
+        )
+    adapter.validate(hf_model)
+    return adapter
+
+
+register_adapter(LLAVA)

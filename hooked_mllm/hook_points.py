@@ -1,0 +1,273 @@
+"""Canonical hook-point names and where each one lives in the module tree.
+
+A :class:`HookPoint` pairs a TransformerLens-style name (``blocks.3.hook_resid_post``)
+with a :class:`Site`: a module path plus ``"input"`` or ``"output"`` (and the element
+of a tuple output), an optional head view (``[..., n_heads * d_head]`` shown as
+``[..., n_heads, d_head]``), and, for ``hook_resid_mid``, a *base* site so that the
+value is ``base + site`` (written back by changing ``site`` only). Names are generated
+from the adapter (:mod:`hooked_mllm.architectures`) and the loaded model, so every name
+listed exists and fires; :meth:`HookPoints.resolve` rejects anything else with the
+close matches.
+
+Contents: :class:`Site`, :class:`HookPoint`, :class:`HookPoints` (the table of one
+model), :func:`act_name` (the short ``("resid_post", 3)`` form), and the error
+:class:`HookNameError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Literal
+
+from .architectures.base import Adapter, BlockLayout
+
+Stream = Literal["lm", "vision", "projector"]
+
+
+class HookNameError(KeyError):
+    """An unknown or unavailable hook name; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass(frozen=True)
+class Site:
+    """A value on a module: its output (optionally one tuple element) or its first input."""
+
+    path: str
+    io: Literal["input", "output"] = "output"
+    index: int | None = None
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """One named place where activations can be read and replaced.
+
+    Attributes:
+        name: Canonical name, e.g. ``"blocks.3.attn.hook_z"``.
+        site: Where the value lives.
+        base: For derived sums (``hook_resid_mid``): the value is ``base + site``.
+        heads: Split the last dimension into ``[heads, -1]`` (per-head views).
+        writable: Whether a hook may return a replacement.
+        needs_eager: Whether the value exists only under eager attention (patterns).
+        layer: The block index, or None.
+        stream: ``"lm"``, ``"vision"`` or ``"projector"``.
+        sequence: Whether dim 1 is the LM sequence position (position selectors apply).
+    """
+
+    name: str
+    site: Site
+    base: Site | None = None
+    heads: int | None = None
+    writable: bool = True
+    needs_eager: bool = False
+    layer: int | None = None
+    stream: Stream = "lm"
+    sequence: bool = True
+
+
+_SHORT = {
+    "resid_pre": "blocks.{l}.hook_resid_pre",
+    "resid_mid": "blocks.{l}.hook_resid_mid",
+    "resid_post": "blocks.{l}.hook_resid_post",
+    "attn_out": "blocks.{l}.hook_attn_out",
+    "mlp_out": "blocks.{l}.hook_mlp_out",
+    "q": "blocks.{l}.attn.hook_q",
+    "k": "blocks.{l}.attn.hook_k",
+    "v": "blocks.{l}.attn.hook_v",
+    "z": "blocks.{l}.attn.hook_z",
+    "pattern": "blocks.{l}.attn.hook_pattern",
+    "pre": "blocks.{l}.mlp.hook_pre",
+    "post": "blocks.{l}.mlp.hook_post",
+    "normalized": "blocks.{l}.ln1.hook_normalized",
+    "ln1": "blocks.{l}.ln1.hook_normalized",
+    "ln2": "blocks.{l}.ln2.hook_normalized",
+}
+
+
+def act_name(name: str, layer: int | None = None) -> str:
+    """The canonical name for TransformerLens' short form.
+
+    Example:
+        >>> act_name("resid_post", 3)
+        'blocks.3.hook_resid_post'
+        >>> act_name("embed")
+        'hook_embed'
+    """
+    if name in _SHORT:
+        if layer is None:
+            raise ValueError(f"{name!r} needs a layer index, e.g. ({name!r}, 0)")
+        return _SHORT[name].format(l=layer)
+    if layer is None and name in ("embed", "logits"):
+        return f"hook_{name}"
+    if layer is None:
+        return name
+    raise HookNameError(
+        f"Unknown short hook name {name!r}; known: {', '.join(sorted(_SHORT))}, embed, logits"
+    )
+
+
+def _block_points(
+    prefix: str, path: str, block: BlockLayout, layer: int, n_heads: int, n_kv: int, stream: Stream
+) -> list[HookPoint]:
+    """The hook points of one pre-norm block at module ``path``, in forward order."""
+
+    def p(name: str, site: Site, **kw: object) -> HookPoint:
+        return HookPoint(name=f"{prefix}{name}", site=site, layer=layer, stream=stream, **kw)
+
+    def sub(rel: str) -> str:
+        return f"{path}.{rel}"
+
+    return [
+        p("hook_resid_pre", Site(path, "input")),
+        p("ln1.hook_normalized", Site(sub(block.ln1))),
+        p("attn.hook_q", Site(sub(block.q)), heads=n_heads),
+        p("attn.hook_k", Site(sub(block.k)), heads=n_kv),
+        p("attn.hook_v", Site(sub(block.v)), heads=n_kv),
+        p("attn.hook_z", Site(sub(block.o), "input"), heads=n_heads),
+        p("attn.hook_pattern", Site(sub(block.attn), "output", 1), writable=False, needs_eager=True),
+        p("hook_attn_out", Site(sub(block.attn), "output", 0)),
+        p("hook_resid_mid", Site(sub(block.attn), "output", 0), base=Site(path, "input")),
+        p("ln2.hook_normalized", Site(sub(block.ln2))),
+        p("mlp.hook_pre", Site(sub(block.mlp_pre))),
+        p("mlp.hook_post", Site(sub(block.mlp_down), "input")),
+        p("hook_mlp_out", Site(sub(block.mlp))),
+        p("hook_resid_post", Site(path)),
+    ]
+
+
+class HookPoints:
+    """Every hook point of one loaded model, in forward order, looked up by name.
+
+    Example:
+        >>> points = HookPoints.build(adapter, n_layers=2, n_heads=4, n_kv_heads=2,
+        ...                           vision_layers=2, vision_heads=4)   # doctest: +SKIP
+        >>> points.resolve("blocks.1.hook_resid_post").site.path          # doctest: +SKIP
+        'model.language_model.layers.1'
+    """
+
+    def __init__(self, points: Iterable[HookPoint], adapter_name: str = "") -> None:
+        self._points: dict[str, HookPoint] = {}
+        for point in points:
+            if point.name in self._points:
+                raise ValueError(f"duplicate hook point {point.name!r}")
+            self._points[point.name] = point
+        self._order = {name: i for i, name in enumerate(self._points)}
+        self.adapter_name = adapter_name
+
+    @classmethod
+    def build(
+        cls,
+        adapter: Adapter,
+        *,
+        n_layers: int,
+        n_heads: int,
+        n_kv_heads: int,
+        vision_layers: int = 0,
+        vision_heads: int = 0,
+    ) -> HookPoints:
+        """Generate the table from an adapter and the model's sizes (vision first)."""
+        points: list[HookPoint] = []
+        if adapter.vision_embed is not None:
+            points.append(HookPoint("vision.hook_embed", Site(adapter.vision_embed), stream="vision",
+                                    sequence=False))
+        if adapter.vision_layers is not None and adapter.vision_block is not None:
+            for layer in range(vision_layers):
+                block = _block_points(f"vision.blocks.{layer}.", f"{adapter.vision_layers}.{layer}",
+                                      adapter.vision_block, layer, vision_heads, vision_heads, "vision")
+                points += [_replace_sequence(point) for point in block]
+        if adapter.projector is not None:
+            points.append(HookPoint("projector.hook_in", Site(adapter.projector, "input"),
+                                    stream="projector", sequence=False))
+            points.append(HookPoint("projector.hook_out", Site(adapter.projector), stream="projector",
+                                    sequence=False))
+        points.append(HookPoint("hook_embed", Site(adapter.embed)))
+        for layer in range(n_layers):
+            points += _block_points(f"blocks.{layer}.", f"{adapter.lm_layers}.{layer}", adapter.block,
+                                    layer, n_heads, n_kv_heads, "lm")
+        points.append(HookPoint("ln_final.hook_normalized", Site(adapter.final_norm)))
+        points.append(HookPoint("hook_logits", Site(adapter.unembed)))
+        return cls(points, adapter.name)
+
+    def __iter__(self) -> Iterator[HookPoint]:
+        return iter(self._points.values())
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._points
+
+    def names(self) -> list[str]:
+        """All names, in forward order."""
+        return list(self._points)
+
+    def order(self, name: str) -> int:
+        """The forward-order rank of ``name`` (for sorting hooks)."""
+        return self._order[name]
+
+    def resolve(self, name: str | tuple) -> HookPoint:
+        """The hook point called ``name`` (or ``("resid_post", 3)``); errors list close matches."""
+        if isinstance(name, tuple):
+            name = act_name(*name)
+        point = self._points.get(name)
+        if point is not None:
+            return point
+        raise HookNameError(self._unknown_message(name))
+
+    def select(self, names_filter: str | tuple | Iterable[str] | Callable[[str], bool] | None) -> list[HookPoint]:
+        """The hook points chosen by a name, a list of names, a predicate, or None (all).
+
+        A predicate that matches nothing is an error, as is any unknown name in a list.
+        """
+        if names_filter is None:
+            return list(self)
+        if isinstance(names_filter, (str, tuple)):
+            return [self.resolve(names_filter)]
+        if callable(names_filter):
+            chosen = [point for point in self if names_filter(point.name)]
+            if not chosen:
+                raise HookNameError(
+                    "The names filter matched no hook point; model.hook_names() lists them "
+                    f"(e.g. {', '.join(self.names()[:3])}, ...)."
+                )
+            return chosen
+        return sorted((self.resolve(name) for name in names_filter), key=lambda p: self._order[p.name])
+
+    def _unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self._points, n=5, cutoff=0.6)
+        match = re.match(r"(vision\.)?blocks\.(\d+)\.", name)
+        if match:
+            prefix = "vision.blocks" if match.group(1) else "blocks"
+            layers = {p.layer for p in self if p.name.startswith(prefix + ".")}
+            layer = int(match.group(2))
+            if layers and layer not in layers:
+                return (
+                    f"Hook {name!r}: layer {layer} does not exist; this model's {prefix} are "
+                    f"numbered 0..{max(layers)}."
+                )
+        generic = re.sub(r"\.\d+\.", ".{l}.", name)
+        known_forms = {re.sub(r"\.\d+\.", ".{l}.", n) for n in self._points}
+        if generic in _ALL_CANONICAL_FORMS and generic not in known_forms:
+            return (
+                f"Hook {name!r} is a canonical name, but the {self.adapter_name!r} architecture "
+                "has no such site."
+            )
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        return f"Unknown hook name {name!r}.{hint} model.hook_names() lists all {len(self)}."
+
+
+def _replace_sequence(point: HookPoint) -> HookPoint:
+    return HookPoint(point.name, point.site, point.base, point.heads, point.writable, point.needs_eager,
+                     point.layer, point.stream, sequence=False)
+
+
+_ALL_CANONICAL_FORMS = frozenset(
+    {"hook_embed", "ln_final.hook_normalized", "hook_logits", "vision.hook_embed", "projector.hook_in",
+     "projector.hook_out", "blocks.{l}.hook_cross_attn_out"}
+    | {v.replace("{l}", "{l}") for v in _SHORT.values()}
+    | {"vision." + v for v in _SHORT.values()}
+)

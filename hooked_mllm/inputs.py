@@ -1,0 +1,282 @@
+"""Model inputs with their geometry: which positions are image, text, special or padding.
+
+:class:`MultimodalBatch` carries the Hugging Face tensors for one forward of several
+rows (we batch ourselves: nnsight 0.8 cannot batch multimodal invokes) together with
+per-row masks, the span and patch grid of every image, and the token strings.
+:func:`prepare` builds one through the model's processor and chat template;
+:meth:`MultimodalBatch.from_hf` wraps tensors a user made themselves.
+
+Used by :mod:`hooked_mllm.model` (every run), :mod:`hooked_mllm.positions` (selectors)
+and :mod:`hooked_mllm.cache` (image / text views).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .architectures.base import Adapter
+
+
+@dataclass(frozen=True)
+class ImageSpan:
+    """Where one image's tokens sit: row, sequence positions ``[start, end)``, grid.
+
+    ``grid`` is ``(rows, cols)`` with ``rows * cols == end - start`` (row-major), or
+    None where the tokens form no grid (resampled latents).
+    """
+
+    row: int
+    index: int
+    start: int
+    end: int
+    grid: tuple[int, int] | None
+
+    @property
+    def n_tokens(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, eq=False)
+class MultimodalBatch:
+    """One batch of rows ready for the model, with its geometry.
+
+    Attributes:
+        inputs: HF keyword tensors (``input_ids``, ``attention_mask``, ``pixel_values``...).
+        image_mask: ``[batch, pos]`` True at image tokens.
+        text_mask: ``[batch, pos]`` True at ordinary text tokens.
+        special_mask: ``[batch, pos]`` True at special tokens (BOS, EOS...), not padding.
+        pad_mask: ``[batch, pos]`` True at padding.
+        images: Every image's :class:`ImageSpan`, in order.
+        tokens: Per row, the token strings (padding included), if a tokenizer is known.
+        prompts: The prompts as given to :func:`prepare`, if any.
+        images_per_row: How many images each row holds (for row selection).
+
+    Example:
+        >>> batch = model.prepare(images=[img], prompts=["what color is the circle?"])  # doctest: +SKIP
+        >>> batch.image_mask.sum().item()                                               # doctest: +SKIP
+        36
+    """
+
+    inputs: dict[str, Tensor]
+    image_mask: Bool[Tensor, "batch pos"]
+    text_mask: Bool[Tensor, "batch pos"]
+    special_mask: Bool[Tensor, "batch pos"]
+    pad_mask: Bool[Tensor, "batch pos"]
+    images: tuple[ImageSpan, ...] = ()
+    tokens: tuple[tuple[str, ...], ...] | None = None
+    prompts: tuple[str, ...] | None = None
+    images_per_row: tuple[int, ...] = field(default=())
+
+    @property
+    def input_ids(self) -> Int[Tensor, "batch pos"]:
+        return self.inputs["input_ids"]
+
+    @property
+    def attention_mask(self) -> Int[Tensor, "batch pos"]:
+        mask = self.inputs.get("attention_mask")
+        return torch.ones_like(self.input_ids) if mask is None else mask
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.input_ids.shape)  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def images_of(self, row: int) -> list[ImageSpan]:
+        """The image spans of one row, in order."""
+        return [span for span in self.images if span.row == row]
+
+    def last_positions(self) -> Int[Tensor, " batch"]:
+        """The index of each row's last non-padding token."""
+        valid = ~self.pad_mask
+        positions = torch.arange(valid.shape[1]).expand_as(valid)
+        return torch.where(valid, positions, -1).max(dim=1).values
+
+    def row(self, index: int) -> MultimodalBatch:
+        """Row ``index`` alone, its padding removed, as a batch of one.
+
+        Works for models whose ``pixel_values`` hold one entry per image along dim 0.
+        """
+        keep = ~self.pad_mask[index]
+        first_image = sum(self.images_per_row[:index])
+        n_images = self.images_per_row[index] if self.images_per_row else 0
+        inputs: dict[str, Tensor] = {}
+        for key, value in self.inputs.items():
+            if key in ("input_ids", "attention_mask", "token_type_ids", "position_ids"):
+                inputs[key] = value[index : index + 1][:, keep]
+            elif key in ("pixel_values", "image_sizes"):
+                inputs[key] = value[first_image : first_image + n_images]
+            else:
+                inputs[key] = value
+        spans = []
+        for i, span in enumerate(self.images_of(index)):
+            offset = int((~keep[: span.start]).sum())
+            spans.append(replace(span, row=0, index=i, start=span.start - offset, end=span.end - offset))
+        return MultimodalBatch(
+            inputs=inputs,
+            image_mask=self.image_mask[index : index + 1][:, keep],
+            text_mask=self.text_mask[index : index + 1][:, keep],
+            special_mask=self.special_mask[index : index + 1][:, keep],
+            pad_mask=self.pad_mask[index : index + 1][:, keep],
+            images=tuple(spans),
+            tokens=None if self.tokens is None else (tuple(t for t, k in zip(self.tokens[index], keep) if k),),
+            prompts=None if self.prompts is None else (self.prompts[index],),
+            images_per_row=(n_images,),
+        )
+
+    def to(self, device: torch.device | str) -> MultimodalBatch:
+        """The batch with its HF tensors on ``device`` (masks stay on the CPU)."""
+        return replace(self, inputs={k: v.to(device) if isinstance(v, Tensor) else v
+                                     for k, v in self.inputs.items()})
+
+    @classmethod
+    def from_hf(
+        cls,
+        inputs: dict[str, Any],
+        *,
+        image_token_id: int | None,
+        adapter: Adapter | None = None,
+        config: Any = None,
+        tokenizer: Any = None,
+        prompts: Sequence[str] | None = None,
+    ) -> MultimodalBatch:
+        """Wrap HF keyword tensors, deriving masks, image spans and grids from the ids.
+
+        Example:
+            >>> batch = MultimodalBatch.from_hf({"input_ids": ids, "pixel_values": pv},
+            ...                                 image_token_id=32000)      # doctest: +SKIP
+        """
+        if "input_ids" not in inputs:
+            raise ValueError("Inputs need 'input_ids' (got keys: " + ", ".join(sorted(inputs)) + ")")
+        tensors = {k: v for k, v in inputs.items() if v is not None}
+        ids = tensors["input_ids"]
+        if ids.dim() == 1:
+            ids = tensors["input_ids"] = ids.unsqueeze(0)
+        attention = tensors.get("attention_mask")
+        pad = torch.zeros_like(ids, dtype=torch.bool) if attention is None else attention.eq(0)
+        image = ids.eq(image_token_id) & ~pad if image_token_id is not None else torch.zeros_like(pad)
+        special = torch.zeros_like(pad)
+        if tokenizer is not None:
+            special_ids = [i for i in tokenizer.all_special_ids if i != image_token_id]
+            special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype)) & ~pad & ~image
+        text = ~pad & ~image & ~special
+        spans, per_row = _image_spans(image, adapter, config)
+        n_pixel = tensors["pixel_values"].shape[0] if "pixel_values" in tensors else None
+        if n_pixel is not None and adapter is not None and adapter.name == "llava" and n_pixel != len(spans):
+            raise ValueError(
+                f"The inputs hold {n_pixel} images (pixel_values) but {len(spans)} runs of image "
+                f"tokens (id {image_token_id}) in input_ids; each image needs exactly one placeholder."
+            )
+        tokens = None
+        if tokenizer is not None:
+            tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in ids)
+        return cls(tensors, image, text, special, pad, spans, tokens,
+                   None if prompts is None else tuple(prompts), per_row)
+
+
+def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]]:
+    """Contiguous runs of image tokens per row, each one image, with its grid."""
+    spans: list[ImageSpan] = []
+    per_row: list[int] = []
+    for row, mask in enumerate(image_mask):
+        count = 0
+        padded = torch.cat([torch.tensor([False]), mask, torch.tensor([False])]).int()
+        edges = padded.diff()
+        starts = (edges == 1).nonzero().flatten().tolist()
+        ends = (edges == -1).nonzero().flatten().tolist()
+        for start, end in zip(starts, ends):
+            grid = adapter.image_grid(end - start, config) if adapter is not None else None
+            spans.append(ImageSpan(row, len(spans), start, end, grid))
+            count += 1
+        per_row.append(count)
+    return tuple(spans), tuple(per_row)
+
+
+def prepare(
+    processor: Any,
+    *,
+    images: Any = None,
+    prompts: str | Sequence[str],
+    chat_template: bool = True,
+    padding_side: str = "left",
+    image_token_id: int | None,
+    adapter: Adapter | None = None,
+    config: Any = None,
+    **processor_kwargs: Any,
+) -> MultimodalBatch:
+    """Encode images and prompts into one padded :class:`MultimodalBatch`.
+
+    Args:
+        processor: The model's HF processor.
+        images: One image per prompt, a list of lists (several per prompt), or None.
+        prompts: A prompt or a list of prompts (one row each).
+        chat_template: Wrap each prompt in the processor's chat template as a user turn
+            with its images first, adding the generation prompt. Without it, each prompt
+            must hold one image placeholder per image itself.
+        padding_side: ``"left"`` (default, right for generation) or ``"right"``.
+
+    Example:
+        >>> batch = prepare(processor, images=[img1, img2], prompts=["q1", "a longer q2"],
+        ...                 image_token_id=model.cfg.image_token_id)       # doctest: +SKIP
+    """
+    if processor is None:
+        raise ValueError("This model has no processor; pass HF tensors (input_ids=..., pixel_values=...).")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+        if images is not None and not isinstance(images, (list, tuple)):
+            images = [images]
+    prompts = list(prompts)
+    per_row = _images_per_row(images, len(prompts))
+    placeholder = getattr(processor, "image_token", "<image>")
+    texts = []
+    for prompt, row_images in zip(prompts, per_row):
+        if chat_template:
+            content = [{"type": "image"} for _ in row_images] + [{"type": "text", "text": prompt}]
+            messages = [{"role": "user", "content": content}]
+            texts.append(processor.apply_chat_template(messages, add_generation_prompt=True))
+        else:
+            texts.append(prompt)
+    for row, (text, row_images) in enumerate(zip(texts, per_row)):
+        found = text.count(placeholder)
+        if found != len(row_images):
+            raise ValueError(
+                f"Prompt {row} has {found} image placeholder(s) {placeholder!r} but {len(row_images)} "
+                f"image(s); give one image per placeholder (or use chat_template=True)."
+            )
+    flat = [image for row_images in per_row for image in row_images]
+    tokenizer = getattr(processor, "tokenizer", processor)
+    saved_side = tokenizer.padding_side
+    tokenizer.padding_side = padding_side
+    try:
+        encoded = processor(images=flat or None, text=texts, padding=True, return_tensors="pt",
+                            **processor_kwargs)
+    finally:
+        tokenizer.padding_side = saved_side
+    return MultimodalBatch.from_hf(dict(encoded), image_token_id=image_token_id, adapter=adapter,
+                                   config=config, tokenizer=tokenizer, prompts=prompts)
+
+
+def _images_per_row(images: Any, n_rows: int) -> list[list[Any]]:
+    if images is None:
+        return [[] for _ in range(n_rows)]
+    if not isinstance(images, (list, tuple)):
+        raise ValueError("images must be a list (one image per prompt, or a list of images per prompt)")
+    if len(images) != n_rows:
+        raise ValueError(f"Got {len(images)} image entries for {n_rows} prompts; give one entry per prompt "
+                         "(an image, a list of images, or None).")
+    rows = []
+    for entry in images:
+        if entry is None:
+            rows.append([])
+        elif isinstance(entry, (list, tuple)):
+            rows.append(list(entry))
+        else:
+            rows.append([entry])
+    return rows

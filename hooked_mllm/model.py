@@ -1,0 +1,425 @@
+"""``HookedMLLM``: a Hugging Face vision-language model with named hook points.
+
+The class wraps a loaded HF model in nnsight (``model.nnsight``) and exposes the hook
+points of :mod:`hooked_mllm.hook_points` by their TransformerLens names. Every run
+method turns hook functions into nnsight interventions (:mod:`hooked_mllm._runner`),
+so ``run_with_cache``, ``run_with_hooks``, ``generate`` and a user's own
+``model.trace`` all go through one mechanism. Inputs come from :meth:`prepare`
+(:mod:`hooked_mllm.inputs`) or as HF keyword tensors; caches are
+:class:`~hooked_mllm.cache.ActivationCache`.
+
+Example:
+    >>> model = HookedMLLM.from_pretrained("llava-hf/llava-1.5-7b-hf")      # doctest: +SKIP
+    >>> batch = model.prepare(images=[image], prompts=["What is shown?"])   # doctest: +SKIP
+    >>> logits, cache = model.run_with_cache(batch, names_filter=lambda n: "resid_post" in n)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from nnsight import NNsight
+from torch import Tensor
+
+from . import _runner
+from . import positions as _positions
+from .architectures import adapter_for
+from .architectures.base import Adapter
+from .cache import ActivationCache
+from .config import MLLMConfig
+from .hook_points import HookPoint, HookPoints
+from .inputs import MultimodalBatch, prepare
+
+logger = logging.getLogger(__name__)
+
+HookSpec = tuple[Any, Callable]
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """What :meth:`HookedMLLM.generate` returns.
+
+    Attributes:
+        sequences: ``[batch, prompt + new]`` the prompt ids followed by the generated ids.
+        new_tokens: ``[batch, new]`` the generated ids only.
+        text: The decoded generated text per row (special tokens skipped), if a
+            tokenizer is known.
+    """
+
+    sequences: Int[Tensor, "batch total"]
+    new_tokens: Int[Tensor, "batch new"]
+    text: list[str] | None
+
+
+class _RunState:
+    """What the hook bodies of a ``model.hooks()`` block learn about the current run."""
+
+    def __init__(self) -> None:
+        self.batch: MultimodalBatch | None = None
+
+
+class HookedMLLM:
+    """A multimodal LLM with TransformerLens-style hook points, on nnsight.
+
+    Attributes:
+        hf_model: The wrapped Hugging Face model.
+        processor: Its processor (None if unknown; then pass HF tensors).
+        nnsight: The ``nnsight.NNsight`` wrapper every run goes through.
+        adapter: The :class:`~hooked_mllm.architectures.Adapter` of its family.
+        cfg: Its sizes (:class:`~hooked_mllm.config.MLLMConfig`).
+    """
+
+    def __init__(self, hf_model: torch.nn.Module, processor: Any = None, adapter: Adapter | None = None) -> None:
+        self.hf_model = hf_model.eval()
+        self.processor = processor
+        self.adapter = adapter or adapter_for(hf_model)
+        self.cfg = MLLMConfig.from_model(hf_model, self.adapter)
+        self.nnsight = NNsight(hf_model)
+        self.hook_points = HookPoints.build(
+            self.adapter,
+            n_layers=self.cfg.n_layers,
+            n_heads=self.cfg.n_heads,
+            n_kv_heads=self.cfg.n_kv_heads,
+            vision_layers=self.cfg.vision_n_layers,
+            vision_heads=self.cfg.vision_n_heads,
+        )
+        self._context: list[_runner.HookFn] = []
+        self._state = _RunState()
+
+    # -- loading ---------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: torch.device | str | None = None,
+        device_map: Any = None,
+        attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
+        **hf_kwargs: Any,
+    ) -> HookedMLLM:
+        """Load model and processor with the HF Auto classes and wrap them.
+
+        Example:
+            >>> model = HookedMLLM.from_pretrained(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
+        """
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        hf_model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+        if device is not None and device_map is None:
+            hf_model = hf_model.to(device)
+        try:
+            processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, TypeError) as error:
+            logger.warning("No processor loaded from %s (%s); pass HF tensors to run methods.", name_or_path, error)
+            processor = None
+        return cls(hf_model, processor)
+
+    @classmethod
+    def from_hf(cls, hf_model: torch.nn.Module, processor: Any = None) -> HookedMLLM:
+        """Wrap a model that is already loaded (and optionally its processor)."""
+        return cls(hf_model, processor)
+
+    # -- hook points -----------------------------------------------------------------
+
+    def hook_names(self, stream: str | None = None) -> list[str]:
+        """Every hook name in forward order (``stream``: ``"lm"``, ``"vision"``, ``"projector"``)."""
+        return [p.name for p in self.hook_points if stream is None or p.stream == stream]
+
+    def hook_point(self, name: str | tuple) -> HookPointHandle:
+        """The nnsight handle of a hook point, for use inside :meth:`trace`.
+
+        Example:
+            >>> with model.trace(batch):                                            # doctest: +SKIP
+            ...     resid = model.hook_point("blocks.3.hook_resid_post").output.save()
+        """
+        return HookPointHandle(self.nnsight, self.hook_points.resolve(name))
+
+    def _bind(self, fwd_hooks: Iterable[HookSpec]) -> list[_runner.HookFn]:
+        bound = []
+        for spec in fwd_hooks:
+            if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
+                raise TypeError("fwd_hooks takes (name_or_filter, fn) pairs, e.g. "
+                                "[('blocks.0.hook_resid_post', fn)]")
+            target, fn = spec
+            for point in self.hook_points.select(target):
+                bound.append(_runner.HookFn(point, fn))
+        return bound
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def prepare(self, *, images: Any = None, prompts: str | Sequence[str], chat_template: bool = True,
+                padding_side: str = "left", **processor_kwargs: Any) -> MultimodalBatch:
+        """Encode images and prompts into one :class:`~hooked_mllm.inputs.MultimodalBatch`.
+
+        See :func:`hooked_mllm.inputs.prepare`.
+        """
+        return prepare(self.processor, images=images, prompts=prompts, chat_template=chat_template,
+                       padding_side=padding_side, image_token_id=self.cfg.image_token_id,
+                       adapter=self.adapter, config=self.hf_model.config, **processor_kwargs)
+
+    def to_batch(self, inputs: Any = None, **hf_kwargs: Any) -> MultimodalBatch:
+        """A :class:`MultimodalBatch` from a batch, a dict of HF tensors, or HF keywords."""
+        if isinstance(inputs, MultimodalBatch):
+            if hf_kwargs:
+                raise ValueError("Pass either a MultimodalBatch or HF keyword tensors, not both.")
+            return inputs
+        if inputs is not None and not isinstance(inputs, dict) and not hasattr(inputs, "keys"):
+            raise TypeError(f"Inputs must be a MultimodalBatch (model.prepare(...)) or HF tensors; got "
+                            f"{type(inputs).__name__}.")
+        tensors = dict(inputs or {}, **hf_kwargs)
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        return MultimodalBatch.from_hf(tensors, image_token_id=self.cfg.image_token_id, adapter=self.adapter,
+                                       config=self.hf_model.config, tokenizer=tokenizer)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    # -- running ---------------------------------------------------------------------
+
+    def _run(self, batch: MultimodalBatch, hooks: list[_runner.HookFn], fn: Any = "__call__",
+             every_step: bool = False, grad: bool = False, **call_kwargs: Any) -> Any:
+        mediators = _runner.build_mediators(self.nnsight, hooks, self.hook_points.order,
+                                            batch=lambda: self._state.batch, every_step=every_step)
+        eager = self._eager_configs(hooks + self._context)
+        kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
+        previous, self._state.batch = self._state.batch, batch
+        try:
+            with torch.set_grad_enabled(grad), _runner.eager_attention(eager):
+                return _runner.interleave(self.nnsight, fn, mediators, kwargs)
+        finally:
+            self._state.batch = previous
+
+    def _eager_configs(self, hooks: list[_runner.HookFn]) -> list[Any]:
+        streams = {hook.point.stream for hook in hooks if hook.point.needs_eager}
+        configs = []
+        if "lm" in streams:
+            configs.append(self.adapter.text_cfg(self.hf_model.config))
+        if "vision" in streams and self.adapter.vision_cfg(self.hf_model.config) is not None:
+            configs.append(self.adapter.vision_cfg(self.hf_model.config))
+        return configs
+
+    def forward(self, inputs: Any = None, *, return_type: str = "logits", grad: bool = False,
+                **hf_kwargs: Any) -> Any:
+        """Run the model (with any ``model.hooks()`` active); return logits or the HF output."""
+        return self.run_with_hooks(inputs, fwd_hooks=(), return_type=return_type, grad=grad, **hf_kwargs)
+
+    __call__ = forward
+
+    def run_with_hooks(self, inputs: Any = None, *, fwd_hooks: Iterable[HookSpec] = (),
+                       return_type: str = "logits", grad: bool = False,
+                       **hf_kwargs: Any) -> Float[Tensor, "batch pos vocab"] | Any:
+        """Run once with hook functions ``fn(activation, hook) -> replacement | None``.
+
+        Args:
+            inputs: A :class:`MultimodalBatch`, or pass HF tensors as keywords.
+            fwd_hooks: ``(name_or_filter, fn)`` pairs; a filter is a list of names or a
+                predicate over names. Several functions on one point run in order.
+            return_type: ``"logits"`` or ``"output"`` (the HF output object).
+            grad: Keep autograd on (for gradients through the run).
+
+        Example:
+            >>> def zero(act, hook):
+            ...     return torch.zeros_like(act)
+            >>> logits = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_mlp_out", zero)])  # doctest: +SKIP
+        """
+        if return_type not in ("logits", "output"):
+            raise ValueError(f"return_type must be 'logits' or 'output', not {return_type!r}")
+        batch = self.to_batch(inputs, **hf_kwargs)
+        output = self._run(batch, self._bind(fwd_hooks), grad=grad)
+        return output.logits if return_type == "logits" else output
+
+    def run_with_cache(
+        self,
+        inputs: Any = None,
+        *,
+        names_filter: Any = None,
+        positions: Any = None,
+        device: torch.device | str | None = "cpu",
+        dtype: torch.dtype | None = None,
+        fwd_hooks: Iterable[HookSpec] = (),
+        grad: bool = False,
+        **hf_kwargs: Any,
+    ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
+        """Run once and cache activations.
+
+        Args:
+            names_filter: A name, a list of names, a predicate, or None (every hook point).
+            positions: Keep only these sequence positions of LM activations ("image",
+                "text", "last", an int, a slice, a mask or a ``positions`` selector); each
+                row must select the same number. Patterns are selected on the query axis.
+            device: Where cached tensors go (default CPU; None keeps them in place).
+            dtype: Cast cached tensors.
+            fwd_hooks: Hook functions to run too (the cache sees their results).
+
+        Returns:
+            ``(logits, cache)``.
+
+        Example:
+            >>> logits, cache = model.run_with_cache(batch, names_filter="blocks.2.hook_resid_post",
+            ...                                      positions="image")   # doctest: +SKIP
+            >>> cache["resid_post", 2].shape                               # doctest: +SKIP
+            torch.Size([1, 576, 4096])
+        """
+        batch = self.to_batch(inputs, **hf_kwargs)
+        store: dict[str, Tensor] = {}
+        index = None
+        if positions is not None:
+            index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
+        hooks = self._bind(fwd_hooks)
+        for point in self.hook_points.select(names_filter):
+            hooks.append(_runner.HookFn(point, _cache_fn(store, index, device, dtype, grad)))
+        output = self._run(batch, hooks, grad=grad)
+        cache = ActivationCache(store, self, batch=batch, positions=None if index is None else index.cpu())
+        return output.logits, cache
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Iterable[HookSpec] = ()) -> Iterator[HookedMLLM]:
+        """Keep hook functions active for every run inside the block, generation included.
+
+        They are nnsight edits for the block's duration, so a ``model.trace`` inside the
+        block sees them too; they are removed on exit, also when something raises.
+
+        Example:
+            >>> with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", steer)]):  # doctest: +SKIP
+            ...     out = model.generate(batch, max_new_tokens=5)
+        """
+        bound = self._bind(fwd_hooks)
+        mediators = _runner.build_mediators(self.nnsight, bound, self.hook_points.order,
+                                            batch=lambda: self._state.batch, every_step=True)
+        self._context = self._context + bound
+        try:
+            with _runner.installed(self.nnsight, mediators):
+                yield self
+        finally:
+            self._context = [hook for hook in self._context if hook not in bound]
+
+    def generate(self, inputs: Any = None, *, max_new_tokens: int = 16, fwd_hooks: Iterable[HookSpec] = (),
+                 do_sample: bool = False, **generate_kwargs: Any) -> GenerationOutput:
+        """Generate with hook functions firing on the prompt and on every generated token.
+
+        ``hook.step`` is 0 on the prompt forward and ``k`` on the forward that produces
+        generated token ``k + 1``. Greedy by default. Extra keywords go to HF ``generate``.
+
+        Example:
+            >>> out = model.generate(batch, max_new_tokens=3)   # doctest: +SKIP
+            >>> out.text                                         # doctest: +SKIP
+            ['red']
+        """
+        batch = self.to_batch(inputs, **{k: generate_kwargs.pop(k) for k in list(generate_kwargs)
+                                          if k in ("input_ids", "pixel_values", "attention_mask", "image_sizes")})
+        fn = functools.partial(self.hf_model.generate, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                               **generate_kwargs)
+        sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True)
+        if not isinstance(sequences, Tensor):
+            sequences = sequences.sequences
+        sequences = sequences.cpu()
+        new = sequences[:, batch.shape[1]:]
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        text = tokenizer.batch_decode(new, skip_special_tokens=True) if tokenizer is not None else None
+        return GenerationOutput(sequences, new, text)
+
+    def trace(self, inputs: Any = None, **hf_kwargs: Any) -> Any:
+        """nnsight's ``trace`` over the same inputs (a batch or HF tensors).
+
+        Example:
+            >>> with model.trace(batch):                                                 # doctest: +SKIP
+            ...     h = model.hook_point("blocks.0.hook_resid_post").output.save()
+            ...     model.hook_point("blocks.1.hook_mlp_out").output[:] = 0
+        """
+        batch = self.to_batch(inputs, **hf_kwargs)
+        tracer_cls = _runner.QuietTracer if self._context else None
+        return self.nnsight.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs)
+
+    # -- weights used by the cache helpers -------------------------------------------
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        """The unembedding matrix (transposed LM head weight)."""
+        return self.adapter.module(self.hf_model, self.adapter.unembed).weight.T
+
+    def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
+        """The attention output weights of ``layer`` split by head."""
+        o_proj = self.adapter.module(self.hf_model, f"{self.adapter.lm_layers}.{layer}.{self.adapter.block.o}")
+        return o_proj.weight.T.reshape(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+
+    def final_norm(self) -> torch.nn.Module:
+        """The language model's final norm module."""
+        return self.adapter.module(self.hf_model, self.adapter.final_norm)
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (f"HookedMLLM({c.model_class}: {c.n_layers} layers, d_model={c.d_model}, "
+                f"vision {c.vision_n_layers} layers, {len(self.hook_points)} hook points)")
+
+
+def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool) -> Callable:
+    def cache_hook(act: Tensor, hook: _runner.HookContext) -> None:
+        if hook.step != 0:
+            return None
+        value = act if grad else act.detach()
+        if index is not None and hook.point.sequence:
+            if hook.point.needs_eager:  # [batch, heads, query, key]: select queries
+                gather = index[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
+                value = value.gather(2, gather)
+            else:
+                shape = index.shape + value.shape[2:]
+                gather = index.view(*index.shape, *([1] * (value.dim() - 2))).expand(shape)
+                value = value.gather(1, gather)
+        if device is not None or dtype is not None:
+            value = value.to(device=device, dtype=dtype)
+        store[hook.name] = value
+        return None
+
+    return cache_hook
+
+
+class HookPointHandle:
+    """A hook point inside a user's ``model.trace``: read or assign ``.output``.
+
+    ``.output`` is the hook point's value (whether the module's input or output holds
+    it), with heads split out for per-head points; assigning it replaces the value.
+    """
+
+    def __init__(self, nn: NNsight, point: HookPoint) -> None:
+        self.point = point
+        self.envoy = nn.get(point.site.path)
+        self._base = nn.get(point.base.path) if point.base is not None else None
+
+    @property
+    def output(self) -> Tensor:
+        base = _runner._read(self._base, self.point.base)[1] if self._base is not None else None
+        raw, value = _runner._read(self.envoy, self.point.site)
+        self._raw, self._last_base = raw, base
+        act = value if base is None else base + value
+        return act.unflatten(-1, (self.point.heads, -1)) if self.point.heads is not None else act
+
+    @output.setter
+    def output(self, new: Tensor) -> None:
+        if not self.point.writable:
+            raise ValueError(f"{self.point.name} is read-only")
+        if not hasattr(self, "_raw"):
+            self.output  # read first: the write goes back into the value read  # noqa: B018
+        out = new.flatten(-2) if self.point.heads is not None else new
+        if self._last_base is not None:
+            out = out - self._last_base
+        _runner._write(self.envoy, self.point.site, self._raw, out)
+        del self._raw
+
+    value = output
