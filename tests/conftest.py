@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
-from tiny import random_image, tiny_llava, tiny_processor  # noqa: E402
+from hooked_mllm.testing import random_image, tiny_llava, tiny_processor  # noqa: E402
 
 
 @pytest.fixture(scope="session", params=["llama", "qwen2"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hooked_mllm import HookedMLLM, HookNameError
-from tiny import random_image, tiny_llava, tiny_processor
+from hooked_mllm.testing import random_image, tiny_llava, tiny_processor
 
 
 def hf_forward(model, batch, **kw):

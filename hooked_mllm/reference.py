@@ -1,0 +1,68 @@
+"""The hook-point reference, generated from the code (``docs/hook_points.md``).
+
+:func:`hook_reference_markdown` lists every hook point of a model with the module it
+reads, whether it is the module's input or output, its shape and whether hooks may
+replace it; block points are shown once with ``{l}`` for the layer. ``make docs`` (and
+``hooked-mllm hooks --markdown``) writes it for the LLaVA adapter; a test keeps the file
+in step with the code.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import HookedMLLM
+
+_SHAPES = {
+    "hook_embed": "[batch, pos, d_model]",
+    "attn.hook_q": "[batch, pos, n_heads, d_head]",
+    "attn.hook_k": "[batch, pos, n_kv_heads, d_head]",
+    "attn.hook_v": "[batch, pos, n_kv_heads, d_head]",
+    "attn.hook_z": "[batch, pos, n_heads, d_head]",
+    "attn.hook_pattern": "[batch, n_heads, query_pos, key_pos]",
+    "mlp.hook_pre": "[batch, pos, d_mlp]",
+    "mlp.hook_post": "[batch, pos, d_mlp]",
+    "hook_logits": "[batch, pos, d_vocab]",
+    "projector.hook_in": "[n_images, n_patches, vision_d_model]",
+    "projector.hook_out": "[n_images, n_image_tokens, d_model]",
+}
+
+
+def _shape(generic: str) -> str:
+    stem = re.sub(r"^(vision\.)?blocks\.\{l\}\.", "", generic)
+    if generic.startswith("vision."):
+        shape = _SHAPES.get(stem, "[n_images, n_patches, vision_d_model]")
+        return (shape.replace("batch, pos", "n_images, n_patches").replace("batch, n_heads", "n_images, n_heads")
+                .replace("query_pos, key_pos", "patch, patch"))
+    return _SHAPES.get(stem, _SHAPES.get(generic, "[batch, pos, d_model]"))
+
+
+def hook_reference_markdown(model: HookedMLLM) -> str:
+    """A markdown table of every hook point of ``model`` (block points once, with ``{l}``)."""
+    lines = [
+        f"# Hook points ({model.adapter.name})",
+        "",
+        "Generated from the code by `hooked-mllm hooks --markdown`; do not edit by hand.",
+        "`{l}` is the layer index. *Site* is the module (path from the HF model) whose input or",
+        "output holds the value; `resid_mid` is the sum of the layer input and the attention",
+        "output, written back through the attention output. Patterns exist under eager",
+        "attention, which runs that read them switch on for the run.",
+        "",
+        "| hook name | site | value | shape | writable |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    seen = set()
+    for point in model.hook_points:
+        generic = re.sub(r"(blocks)\.\d+\.", r"\1.{l}.", point.name)
+        if generic in seen:
+            continue
+        seen.add(generic)
+        site = re.sub(r"\.(\d+)(\.|$)", r".{l}\2", point.site.path) if point.layer is not None else point.site.path
+        value = point.site.io if point.site.index is None else f"output[{point.site.index}]"
+        if point.base is not None:
+            value = f"input of block + {value}"
+        lines.append(f"| `{generic}` | `{site}` | {value} | {_shape(generic)} | "
+                     f"{'yes' if point.writable else 'no (read-only)'} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,3 @@
+"""Visual output: HTML reports (circuitsvis attention views and image heatmaps to come)."""
+
+from .report import Report as Report
