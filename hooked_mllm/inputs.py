@@ -131,6 +131,29 @@ class MultimodalBatch:
             images_per_row=(n_images,),
         )
 
+    def repeat(self, times: int) -> MultimodalBatch:
+        """A one-row batch repeated ``times`` times (every HF tensor concatenated on dim 0).
+
+        Concatenating on dim 0 is right for per-image ``pixel_values`` and for flattened
+        patch tensors with per-image grids alike.
+        """
+        if len(self) != 1:
+            raise ValueError(f"repeat() takes a batch of one row, not {len(self)}; use batch.row(i) first")
+        inputs = {k: torch.cat([v] * times) if isinstance(v, Tensor) else v for k, v in self.inputs.items()}
+        spans = tuple(replace(span, row=r, index=r * len(self.images) + span.index)
+                      for r in range(times) for span in self.images)
+        return MultimodalBatch(
+            inputs=inputs,
+            image_mask=self.image_mask.repeat(times, 1),
+            text_mask=self.text_mask.repeat(times, 1),
+            special_mask=self.special_mask.repeat(times, 1),
+            pad_mask=self.pad_mask.repeat(times, 1),
+            images=spans,
+            tokens=None if self.tokens is None else self.tokens * times,
+            prompts=None if self.prompts is None else self.prompts * times,
+            images_per_row=self.images_per_row * times,
+        )
+
     def to(self, device: torch.device | str) -> MultimodalBatch:
         """The batch with its HF tensors on ``device`` (masks stay on the CPU)."""
         return replace(self, inputs={k: v.to(device) if isinstance(v, Tensor) else v

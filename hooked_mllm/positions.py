@@ -2,7 +2,8 @@
 
 A selector turns a :class:`~hooked_mllm.inputs.MultimodalBatch` into a ``[batch, pos]``
 boolean mask. Strings and plain values are accepted wherever a selector is:
-``"image"``, ``"text"``, ``"last"``, ``"all"``, an int (negative counts from each row's
+``"image"``, ``"text"``, ``"last"``, ``"all"`` (prompt, no padding), ``"generated"``,
+``"everything"`` (prompt and generated tokens), an int (negative counts from each row's
 end), a slice, a list of indices, or a boolean mask (``[pos]`` or ``[batch, pos]``).
 
 Example:
@@ -24,10 +25,30 @@ from .inputs import MultimodalBatch
 
 
 class Selector:
-    """Base class: a rule mapping a batch to a ``[batch, pos]`` mask."""
+    """Base class: a rule mapping a batch to a ``[batch, pos]`` mask.
+
+    ``on_prompt`` / ``on_generated`` say whether the selector applies on the prompt
+    forward and on generated-token steps (where each step has one new position).
+    """
+
+    on_prompt: bool = True
+    on_generated: bool = False
 
     def mask(self, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
         raise NotImplementedError
+
+    def step_mask(self, batch: MultimodalBatch | None, step: int, shape: tuple[int, int]) -> Bool[Tensor, "batch pos"] | None:
+        """The mask at one forward of a run (``step`` 0: the prompt), or None if nothing is selected.
+
+        ``shape`` is the activation's ``(batch, pos)``. A prompt selector needs the batch.
+        """
+        if step > 0:
+            return torch.ones(shape, dtype=torch.bool) if self.on_generated else None
+        if not self.on_prompt:
+            return None
+        if batch is None:
+            raise ValueError("This position selector needs the run's MultimodalBatch; run through HookedMLLM.")
+        return self.mask(batch, shape[1])
 
     def __or__(self, other: Any) -> Selector:
         return _Union(self, as_selector(other))
@@ -38,6 +59,21 @@ class _Union(Selector):
     left: Selector
     right: Selector
 
+    @property
+    def on_prompt(self) -> bool:  # type: ignore[override]
+        return self.left.on_prompt or self.right.on_prompt
+
+    @property
+    def on_generated(self) -> bool:  # type: ignore[override]
+        return self.left.on_generated or self.right.on_generated
+
+    def step_mask(self, batch: MultimodalBatch | None, step: int, shape: tuple[int, int]) -> Bool[Tensor, "batch pos"] | None:
+        masks = [m for m in (self.left.step_mask(batch, step, shape), self.right.step_mask(batch, step, shape))
+                 if m is not None]
+        if not masks:
+            return None
+        return masks[0] | masks[1] if len(masks) == 2 else masks[0]
+
     def mask(self, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
         return self.left.mask(batch, seq_len) | self.right.mask(batch, seq_len)
 
@@ -46,18 +82,28 @@ class _Union(Selector):
 class _Named(Selector):
     kind: str
 
+    @property
+    def on_prompt(self) -> bool:  # type: ignore[override]
+        return self.kind != "generated"
+
+    @property
+    def on_generated(self) -> bool:  # type: ignore[override]
+        return self.kind in ("generated", "everything")
+
     def mask(self, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
         if self.kind == "image":
             return batch.image_mask.clone()
         if self.kind == "text":
             return batch.text_mask.clone()
-        if self.kind == "all":
+        if self.kind in ("all", "everything"):
             return ~batch.pad_mask
+        if self.kind == "generated":
+            return torch.zeros_like(batch.pad_mask)
         if self.kind == "last":
             out = torch.zeros_like(batch.pad_mask)
             out[torch.arange(len(batch)), batch.last_positions()] = True
             return out
-        raise ValueError(f"Unknown position name {self.kind!r}; use 'image', 'text', 'last' or 'all'.")
+        raise ValueError(f"Unknown position name {self.kind!r}; use one of {', '.join(NAMES)}.")
 
 
 @dataclass(frozen=True)
@@ -133,6 +179,51 @@ class Mask(Selector):
         return value.clone()
 
 
+@dataclass(frozen=True)
+class Token(Selector):
+    """The positions of a string's tokens in each row's prompt (``occurrence``-th match; -1: last).
+
+    The string is tokenized without special tokens and matched as a token sequence, so
+    a word and the same word with a leading-space marker are not confused silently:
+    a string found in no row is an error.
+    """
+
+    text: str
+    tokenizer: Any
+    occurrence: int = -1
+
+    def mask(self, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
+        ids = self.tokenizer.encode(self.text, add_special_tokens=False)
+        out = torch.zeros_like(batch.pad_mask)
+        for row in range(len(batch)):
+            seq = batch.input_ids[row].tolist()
+            starts = [i for i in range(len(seq) - len(ids) + 1)
+                      if seq[i : i + len(ids)] == ids and not bool(batch.pad_mask[row, i])]
+            if not starts:
+                raise ValueError(f"{self.text!r} (tokens {ids}) does not occur in row {row}'s prompt.")
+            start = starts[self.occurrence]
+            out[row, start : start + len(ids)] = True
+        return out
+
+
+NAMES = ("image", "text", "last", "all", "generated", "everything")
+
+
+def generated() -> Selector:
+    """Select the generated tokens (each generation step's new position), not the prompt."""
+    return _Named("generated")
+
+
+def everything() -> Selector:
+    """Select every prompt position (padding excluded) and every generated token."""
+    return _Named("everything")
+
+
+def token(text: str, tokenizer: Any, occurrence: int = -1) -> Token:
+    """Select the positions of ``text``'s tokens in the prompt (see :class:`Token`)."""
+    return Token(text, tokenizer, occurrence)
+
+
 def image(index: int | None = None, rows: Any = None, cols: Any = None) -> Image:
     """Select image tokens (optionally image ``index`` of each row and grid ``rows``/``cols``)."""
     return Image(index, rows, cols)
@@ -158,6 +249,8 @@ def as_selector(value: Any) -> Selector:
     if isinstance(value, Selector):
         return value
     if isinstance(value, str):
+        if value not in NAMES:
+            raise ValueError(f"Unknown position name {value!r}; use one of {', '.join(NAMES)}.")
         return _Named(value) if value != "image" else Image()
     if isinstance(value, Tensor) and value.dtype == torch.bool:
         return Mask(value)
