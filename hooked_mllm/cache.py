@@ -210,7 +210,7 @@ class ActivationCache(Mapping):
             scale = (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
         if not has_batch_dim:
             scale = scale[0]
-        weight = norm.weight.detach().float().to(stack.device)
+        weight = norm.weight.detach().float().to(stack.device) + self.model.adapter.block.norm_offset
         return (stack / scale.to(stack.device) * weight).to(residual_stack.dtype)
 
     def logit_attrs(self, residual_stack: Float[Tensor, "... batch pos d_model"], tokens: Any,

@@ -121,22 +121,26 @@ def _block_points(
     def sub(rel: str) -> str:
         return f"{path}.{rel}"
 
-    return [
+    attn_out = (Site(sub(block.attn_out)) if block.attn_out is not None
+                else Site(sub(block.attn), "output", block.attn_index))
+    points = [
         p("hook_resid_pre", Site(path, "input")),
         p("ln1.hook_normalized", Site(sub(block.ln1))),
-        p("attn.hook_q", Site(sub(block.q)), heads=n_heads),
-        p("attn.hook_k", Site(sub(block.k)), heads=n_kv),
-        p("attn.hook_v", Site(sub(block.v)), heads=n_kv),
+        p("attn.hook_q", Site(sub(block.q)), heads=n_heads) if block.q is not None else None,
+        p("attn.hook_k", Site(sub(block.k)), heads=n_kv) if block.k is not None else None,
+        p("attn.hook_v", Site(sub(block.v)), heads=n_kv) if block.v is not None else None,
         p("attn.hook_z", Site(sub(block.o), "input"), heads=n_heads),
-        p("attn.hook_pattern", Site(sub(block.attn), "output", 1), writable=False, needs_eager=True),
-        p("hook_attn_out", Site(sub(block.attn), "output", 0)),
-        p("hook_resid_mid", Site(sub(block.attn), "output", 0), base=Site(path, "input")),
+        p("attn.hook_pattern", Site(sub(block.attn), "output", block.pattern_index), writable=False,
+          needs_eager=True) if block.pattern_index is not None else None,
+        p("hook_attn_out", attn_out),
+        p("hook_resid_mid", attn_out, base=Site(path, "input")),
         p("ln2.hook_normalized", Site(sub(block.ln2))),
         p("mlp.hook_pre", Site(sub(block.mlp_pre))),
         p("mlp.hook_post", Site(sub(block.mlp_down), "input")),
-        p("hook_mlp_out", Site(sub(block.mlp))),
+        p("hook_mlp_out", Site(sub(block.mlp_out or block.mlp))),
         p("hook_resid_post", Site(path)),
     ]
+    return [point for point in points if point is not None]
 
 
 class HookPoints:

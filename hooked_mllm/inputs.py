@@ -56,6 +56,8 @@ class MultimodalBatch:
         tokens: Per row, the token strings (padding included), if a tokenizer is known.
         prompts: The prompts as given to :func:`prepare`, if any.
         images_per_row: How many images each row holds (for row selection).
+        input_split: How :meth:`row` splits each HF input key (the adapter's
+            ``input_split``; keys not listed follow the LLaVA rule).
 
     Example:
         >>> batch = model.prepare(images=[img], prompts=["what color is the circle?"])  # doctest: +SKIP
@@ -72,6 +74,7 @@ class MultimodalBatch:
     tokens: tuple[tuple[str, ...], ...] | None = None
     prompts: tuple[str, ...] | None = None
     images_per_row: tuple[int, ...] = field(default=())
+    input_split: tuple[tuple[str, str], ...] = ()
 
     @property
     def input_ids(self) -> Int[Tensor, "batch pos"]:
@@ -102,17 +105,29 @@ class MultimodalBatch:
     def row(self, index: int) -> MultimodalBatch:
         """Row ``index`` alone, its padding removed, as a batch of one.
 
-        Works for models whose ``pixel_values`` hold one entry per image along dim 0.
+        Works for models whose ``pixel_values`` hold one entry per image along dim 0,
+        and for others through the adapter's ``input_split`` rule.
         """
         keep = ~self.pad_mask[index]
         first_image = sum(self.images_per_row[:index])
         n_images = self.images_per_row[index] if self.images_per_row else 0
+        rules = dict(self.input_split)
         inputs: dict[str, Tensor] = {}
         for key, value in self.inputs.items():
-            if key in ("input_ids", "attention_mask", "token_type_ids", "position_ids"):
+            rule = rules.get(key)
+            if rule is None:
+                rule = ("token" if key in ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+                        else "image" if key in ("pixel_values", "image_sizes") else "shared")
+            if rule == "token":
                 inputs[key] = value[index : index + 1][:, keep]
-            elif key in ("pixel_values", "image_sizes"):
+            elif rule == "image":
                 inputs[key] = value[first_image : first_image + n_images]
+            elif rule == "row":
+                inputs[key] = value[index : index + 1]
+            elif rule.startswith("patches:"):
+                sizes = self.inputs[rule.split(":", 1)[1]].prod(-1).tolist()
+                start = int(sum(sizes[:first_image]))
+                inputs[key] = value[start : start + int(sum(sizes[first_image : first_image + n_images]))]
             else:
                 inputs[key] = value
         spans = []
@@ -129,6 +144,7 @@ class MultimodalBatch:
             tokens=None if self.tokens is None else (tuple(t for t, k in zip(self.tokens[index], keep) if k),),
             prompts=None if self.prompts is None else (self.prompts[index],),
             images_per_row=(n_images,),
+            input_split=self.input_split,
         )
 
     def repeat(self, times: int) -> MultimodalBatch:
@@ -190,7 +206,8 @@ class MultimodalBatch:
             special_ids = [i for i in tokenizer.all_special_ids if i != image_token_id]
             special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype)) & ~pad & ~image
         text = ~pad & ~image & ~special
-        spans, per_row = _image_spans(image, adapter, config)
+        grids = adapter.image_grids(tensors, config) if adapter is not None and adapter.image_grids else None
+        spans, per_row = _image_spans(image, adapter, config, grids)
         n_pixel = tensors["pixel_values"].shape[0] if "pixel_values" in tensors else None
         if n_pixel is not None and adapter is not None and adapter.name == "llava" and n_pixel != len(spans):
             raise ValueError(
@@ -201,11 +218,17 @@ class MultimodalBatch:
         if tokenizer is not None:
             tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in ids)
         return cls(tensors, image, text, special, pad, spans, tokens,
-                   None if prompts is None else tuple(prompts), per_row)
+                   None if prompts is None else tuple(prompts), per_row,
+                   adapter.input_split if adapter is not None else ())
 
 
-def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]]:
-    """Contiguous runs of image tokens per row, each one image, with its grid."""
+def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
+                 grids: list[tuple[int, int] | None] | None = None) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]]:
+    """Contiguous runs of image tokens per row, each one image, with its grid.
+
+    ``grids`` (from the adapter's ``image_grids`` rule) gives each run's grid in order;
+    otherwise the adapter's ``image_grid`` derives it from the run's length.
+    """
     spans: list[ImageSpan] = []
     per_row: list[int] = []
     for row, mask in enumerate(image_mask):
@@ -215,10 +238,22 @@ def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any) -> tu
         starts = (edges == 1).nonzero().flatten().tolist()
         ends = (edges == -1).nonzero().flatten().tolist()
         for start, end in zip(starts, ends):
-            grid = adapter.image_grid(end - start, config) if adapter is not None else None
+            if grids is not None:
+                grid = grids[len(spans)] if len(spans) < len(grids) else None
+            else:
+                grid = adapter.image_grid(end - start, config) if adapter is not None else None
             spans.append(ImageSpan(row, len(spans), start, end, grid))
             count += 1
         per_row.append(count)
+    if grids is not None:
+        sizes = [span.n_tokens for span in spans]
+        expected = [None if g is None else g[0] * g[1] for g in grids]
+        if len(grids) != len(spans) or any(e is not None and e != n for e, n in zip(expected, sizes)):
+            raise ValueError(
+                f"The image inputs describe {len(grids)} image(s) with {expected} tokens, but input_ids hold "
+                f"{len(spans)} run(s) of image tokens with {sizes} tokens; the image placeholders do not match "
+                "the images (re-run the processor on the same images and text)."
+            )
     return tuple(spans), tuple(per_row)
 
 
@@ -278,7 +313,8 @@ def prepare(
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = padding_side
     try:
-        encoded = processor(images=flat or None, text=texts, padding=True, return_tensors="pt",
+        given = per_row if adapter is not None and adapter.nested_images and flat else flat
+        encoded = processor(images=given or None, text=texts, padding=True, return_tensors="pt",
                             **processor_kwargs)
     finally:
         tokenizer.padding_side = saved_side

@@ -88,3 +88,198 @@ def random_image(seed: int, size: int = 32) -> Image.Image:
     """A seeded random RGB image."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+# -- other families (tiny random models for the conformance suite) -------------------------------
+#
+# Each builder shrinks the real checkpoint's config named in its docstring to a few thousand
+# parameters, keeping the module tree, the token layout and the image processing.
+
+
+def word_tokenizer(specials: list[str], **special_tokens: str):
+    """A word-level tokenizer over :data:`WORDS` plus ``specials`` (added first, never split).
+
+    ``special_tokens`` names extra special tokens (``image_token="<image>"``).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    base = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(base + specials + list(WORDS)))}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  unk_token="<unk>", extra_special_tokens=special_tokens)
+    tok.add_special_tokens({"additional_special_tokens": [s for s in specials if s not in special_tokens.values()]})
+    return tok
+
+
+def _chat_template(image: str) -> str:
+    return ("{% for message in messages %}{% if message['role'] == 'user' %}USER : "
+            "{% for item in message['content'] %}{% if item['type'] == 'image' %}" + image + " "
+            "{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %} ASSISTANT :{% endif %}")
+
+
+def _finish(model, tok):
+    model = model.eval()
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tok, key))
+    return model
+
+
+def _text_kwargs(tok, d_model: int, n_layers: int, n_heads: int) -> dict:
+    return dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
+                num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2), vocab_size=len(tok),
+                max_position_embeddings=512, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id)
+
+
+QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+def tiny_qwen2_vl_processor(patch_size: int = 4):
+    """A ``Qwen2VLProcessor``: PIL Qwen2-VL image processor (patch 4, 2x2 merge), tiny tokenizer."""
+    from transformers import Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = word_tokenizer(QWEN_SPECIALS, image_token="<|image_pad|>", video_token="<|video_pad|>")
+    image_processor = Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+                                                size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32})
+    template = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
+    return _without_video(Qwen2VLProcessor)(image_processor=image_processor, tokenizer=tok, chat_template=template)
+
+
+def _without_video(processor_cls):
+    """``processor_cls`` accepting ``video_processor=None`` (its class check needs torchvision)."""
+
+    class ImageOnly(processor_cls):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument is None and argument_name == "video_processor":
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    ImageOnly.__name__ = processor_cls.__name__
+    return ImageOnly
+
+
+def tiny_qwen2_vl(version: str = "2", seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2,
+                  d_model: int = 64, n_heads: int = 4, patch_size: int = 4):
+    """A tiny random Qwen2-VL (``version="2"``, shrunk from Qwen/Qwen2-VL-2B-Instruct) or
+    Qwen2.5-VL (``"2.5"``, from Qwen/Qwen2.5-VL-3B-Instruct): 2 vision blocks of width 32."""
+    import transformers as tf
+
+    tok = word_tokenizer(QWEN_SPECIALS, image_token="<|image_pad|>", video_token="<|video_pad|>")
+    head_dim = d_model // n_heads
+    mrope = [head_dim // 4, head_dim // 8, head_dim // 8]  # temporal, height, width: head_dim / 2 in all
+    text = dict(_text_kwargs(tok, d_model, n_layers, n_heads),
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope})
+    vision = dict(depth=2, hidden_size=d_model, num_heads=4, patch_size=patch_size, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in
+           (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    if version == "2":
+        vision.update(embed_dim=32, mlp_ratio=2)
+        config = tf.Qwen2VLConfig(text_config=text, vision_config=vision, **ids)
+        model_cls = tf.Qwen2VLForConditionalGeneration
+    else:
+        vision.update(out_hidden_size=d_model, hidden_size=32, intermediate_size=64, num_heads=4,
+                      window_size=4 * patch_size, fullatt_block_indexes=[1])
+        config = tf.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+        model_cls = tf.Qwen2_5_VLForConditionalGeneration
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return _finish(model_cls(config), tok)
+
+
+IDEFICS_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
+
+
+def tiny_idefics2(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 64,
+                  n_latents: int = 4):
+    """A tiny random Idefics2 (shrunk from HuggingFaceM4/idefics2-8b: SigLIP tower, perceiver
+    resampler of ``n_latents`` latents, Mistral LM) and its processor (image splitting on).
+
+    Returns ``(model, processor)``.
+    """
+    import transformers as tf
+    from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
+
+    tok = word_tokenizer(IDEFICS_SPECIALS)
+    image_processor = Idefics2ImageProcessorPil(do_image_splitting=True,
+                                                size={"shortest_edge": 16, "longest_edge": 32})
+    processor = tf.Idefics2Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=n_latents,
+                                     chat_template=_chat_template("<image>"))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8)
+    perceiver = dict(hidden_size=d_model, resampler_n_latents=n_latents, resampler_depth=1, resampler_n_heads=4,
+                     resampler_head_dim=8, num_key_value_heads=2)
+    config = tf.Idefics2Config(vision_config=vision, perceiver_config=perceiver,
+                               text_config=dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="mistral"),
+                               image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return _finish(tf.Idefics2ForConditionalGeneration(config), tok), processor
+
+
+GEMMA3_SPECIALS = ["<start_of_image>", "<image_soft_token>", "<end_of_image>"]
+
+
+def tiny_gemma3(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 64,
+                image_size: int = 32, patch_size: int = 4, tokens_per_image: int = 16):
+    """A tiny random Gemma 3 (shrunk from google/gemma-3-4b-it: SigLIP tower, average-pool
+    projector to ``tokens_per_image`` tokens, Gemma 3 LM with sandwich norms) and its processor.
+
+    Returns ``(model, processor)``.
+    """
+    import transformers as tf
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    tok = word_tokenizer(GEMMA3_SPECIALS, boi_token="<start_of_image>", image_token="<image_soft_token>",
+                         eoi_token="<end_of_image>")
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    processor = tf.Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=tokens_per_image,
+                                   chat_template=_chat_template("<start_of_image>"))
+    text = dict(_text_kwargs(tok, d_model, n_layers, 4), head_dim=16, sliding_window=8, query_pre_attn_scalar=16,
+                layer_types=["sliding_attention", "full_attention"][:n_layers] + ["full_attention"] * (n_layers - 2))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=image_size, patch_size=patch_size)
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in (("image_token_index", "<image_soft_token>"),
+           ("boi_token_index", "<start_of_image>"), ("eoi_token_index", "<end_of_image>"))}
+    config = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image, **ids)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return _finish(tf.Gemma3ForConditionalGeneration(config), tok), processor
+
+
+def tiny_llava_next(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 64,
+                    image_size: int = 16, patch_size: int = 4):
+    """A tiny random LLaVA-NeXT (shrunk from llava-hf/llava-v1.6-mistral-7b-hf: CLIP tower,
+    anyres tiles over pinpoints ``[[16, 32], [32, 16], [32, 32]]``, Mistral LM) and its processor.
+
+    Returns ``(model, processor)``.
+    """
+    import transformers as tf
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok = tiny_tokenizer()
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": image_size}, image_grid_pinpoints=pinpoints,
+                                                 crop_size={"height": image_size, "width": image_size})
+    processor = tf.LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
+                                      vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                      chat_template=CHAT_TEMPLATE)
+    vision = tf.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 image_size=image_size, patch_size=patch_size, projection_dim=32)
+    text = tf.MistralConfig(**_text_kwargs(tok, d_model, n_layers, 4))
+    config = tf.LlavaNextConfig(vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
+                                image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
+                                vision_feature_select_strategy="default", pad_token_id=tok.pad_token_id)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return _finish(tf.LlavaNextForConditionalGeneration(config), tok), processor

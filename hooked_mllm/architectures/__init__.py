@@ -1,7 +1,9 @@
 """Architecture adapters and the registry that maps HF config classes to them.
 
 Each family's adapter lives in its own module (:mod:`.llava`, ...) and is registered
-here. :func:`adapter_for` picks the adapter of a loaded HF model by its config class.
+here. :func:`adapter_for` picks the adapter of a loaded HF model by its config class,
+falling back to :func:`.discover.discover` (structure-based, unverified) for unknown
+models. :func:`supported_models_markdown` renders the registry as docs/architectures.md.
 
 Example:
     >>> from hooked_mllm.architectures import adapter_for
@@ -11,12 +13,20 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .base import Adapter as Adapter
 from .base import BlockLayout as BlockLayout
 from .base import square_grid as square_grid
+from .discover import discover as discover
+from .gemma3 import GEMMA3
+from .idefics2 import IDEFICS2
 from .llava import LLAVA
+from .llava_next import LLAVA_NEXT
+from .qwen2_vl import QWEN2_5_VL, QWEN2_VL
+
+logger = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Adapter] = {}
 
@@ -45,12 +55,23 @@ def adapter_for(hf_model: Any) -> Adapter:
     adapter = _REGISTRY.get(config_name)
     if adapter is None:
         known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(
-            f"No adapter for {type(hf_model).__name__} (config {config_name}). "
-            f"Supported config classes: {known}."
-        )
+        try:
+            adapter = discover(hf_model)
+        except ValueError as error:
+            raise ValueError(
+                f"No adapter for {type(hf_model).__name__} (config {config_name}), and auto-discovery "
+                f"failed: {error} Supported config classes: {known}."
+            ) from None
+        logger.warning("No adapter registered for %s (config %s); using the layout discovered from its "
+                       "module tree (unverified): %s", type(hf_model).__name__, config_name, adapter)
+        return adapter
     adapter.validate(hf_model)
     return adapter
 
 
 register_adapter(LLAVA)
+register_adapter(QWEN2_VL)
+register_adapter(QWEN2_5_VL)
+register_adapter(IDEFICS2)
+register_adapter(GEMMA3)
+register_adapter(LLAVA_NEXT)

@@ -40,19 +40,38 @@ class BlockLayout:
         mlp_pre: The MLP's first projection (the gate for gated MLPs).
         mlp_down: The MLP's last projection; its input is ``mlp.hook_post``.
         norm: ``"rms"`` or ``"layer"`` (how ``apply_ln_to_stack`` scales).
+        attn_index: Element of the attention module's output tuple holding ``attn_out``
+            (None: the output is a tensor, as in Qwen2-VL's vision attention).
+        pattern_index: Element holding the attention weights (None: no pattern is
+            exposed, e.g. fused-kernel towers; then no ``attn.hook_pattern``).
+        attn_out: For post-norm ("sandwich") blocks such as Gemma 2/3: the module whose
+            output is what is added to the residual after attention (the post-attention
+            norm), so ``resid_pre + attn_out == resid_mid`` still holds. None: the
+            attention output itself.
+        mlp_out: Likewise for the MLP (Gemma's post-feedforward norm). None: ``mlp``.
+        norm_offset: Added to a norm's weight when scaling (1.0 for Gemma's
+            ``x * (1 + weight)`` RMSNorm).
+
+    Paths ``q``, ``k``, ``v`` may be None where the block has a fused QKV projection;
+    the per-head q / k / v hook points are then not offered.
     """
 
     attn: str = "self_attn"
     mlp: str = "mlp"
     ln1: str = "input_layernorm"
     ln2: str = "post_attention_layernorm"
-    q: str = "self_attn.q_proj"
-    k: str = "self_attn.k_proj"
-    v: str = "self_attn.v_proj"
+    q: str | None = "self_attn.q_proj"
+    k: str | None = "self_attn.k_proj"
+    v: str | None = "self_attn.v_proj"
     o: str = "self_attn.o_proj"
     mlp_pre: str = "mlp.gate_proj"
     mlp_down: str = "mlp.down_proj"
     norm: NormKind = "rms"
+    attn_index: int | None = 0
+    pattern_index: int | None = 1
+    attn_out: str | None = None
+    mlp_out: str | None = None
+    norm_offset: float = 0.0
 
 
 def square_grid(n_tokens: int) -> tuple[int, int] | None:
@@ -89,6 +108,19 @@ class Adapter:
             ``(rows, cols)`` grid, or None where the tokens form no grid.
         hidden_states_normed: Whether HF's ``hidden_states[-1]`` is already after the
             final norm (then ``resid_post`` of the last layer is not it).
+        image_grids: Optional rule computing every image's grid from the HF inputs
+            (``inputs, config -> [grid per image-token run, in order]``), for families
+            whose processor reports the geometry (Qwen2-VL's ``image_grid_thw``).
+            Overrides ``image_grid`` when given.
+        input_split: How :meth:`MultimodalBatch.row` splits each HF input key per row:
+            ``"token"`` (``[batch, pos]``), ``"image"`` (dim 0 is one entry per image-token
+            run), ``"row"`` (dim 0 is the batch row), ``"patches:<key>"`` (dim 0
+            concatenates each image's patches, ``prod(<key>[i])`` of them). Keys not
+            listed keep the LLaVA rule.
+        nested_images: Whether the processor takes images as one list per prompt (Gemma 3)
+            rather than one flat list.
+        verified: False for adapters written from a published layout but never run.
+        test_model: Which tiny model the conformance suite builds (for the table).
         notes: Free text shown in the supported-models table.
     """
 
@@ -108,6 +140,11 @@ class Adapter:
     image_token_attr: str = "image_token_id"
     image_grid: Callable[[int, Any], tuple[int, int] | None] = lambda n, cfg: square_grid(n)
     hidden_states_normed: bool = False
+    image_grids: Callable[[dict, Any], list[tuple[int, int] | None]] | None = None
+    input_split: tuple[tuple[str, str], ...] = ()
+    nested_images: bool = False
+    verified: bool = True
+    test_model: str = ""
     notes: str = ""
 
     def module(self, root: torch.nn.Module, path: str) -> torch.nn.Module:
@@ -145,5 +182,6 @@ class Adapter:
 
 
 def _block_paths(block: BlockLayout) -> tuple[str, ...]:
-    return (block.attn, block.mlp, block.ln1, block.ln2, block.q, block.k, block.v, block.o,
-            block.mlp_pre, block.mlp_down)
+    paths = (block.attn, block.mlp, block.ln1, block.ln2, block.q, block.k, block.v, block.o,
+             block.mlp_pre, block.mlp_down, block.attn_out, block.mlp_out)
+    return tuple(path for path in paths if path is not None)

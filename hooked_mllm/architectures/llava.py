@@ -55,5 +55,7 @@ LLAVA = Adapter(
     vision_embed="model.vision_tower.embeddings",
     vision_block=CLIP_BLOCK,
     projector="model.multi_modal_projector",
+    hidden_states_normed=True,
+    test_model="tiny random from llava-hf/llava-1.5-7b-hf's config, Llama LM (processor: CLIPImageProcessorPil)",
     notes="Llama, Qwen2 and Mistral text backbones verified on tiny random models.",
 )

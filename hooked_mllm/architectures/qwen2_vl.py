@@ -1,0 +1,85 @@
+"""Qwen2-VL and Qwen2.5-VL (``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``).
+
+Module tree (transformers 5; Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct)::
+
+    Qwen2VLForConditionalGeneration
+    ├── model: Qwen2VLModel
+    │   ├── visual: Qwen2VisionTransformerPretrainedModel
+    │   │   ├── patch_embed{proj: Conv3d}              -> vision.hook_embed
+    │   │   ├── blocks[i]: Qwen2VLVisionBlock          (2.5: Qwen2_5_VLVisionBlock)
+    │   │   │   ├── norm1 (LayerNorm; 2.5: RMSNorm), attn{qkv (fused), proj}
+    │   │   │   └── norm2, mlp{fc1, fc2}               (2.5: mlp{gate_proj, up_proj, down_proj})
+    │   │   └── merger: PatchMerger{ln_q, mlp}         -> projector.hook_in / hook_out
+    │   └── language_model: Qwen2VLTextModel
+    │       ├── embed_tokens                           -> hook_embed
+    │       ├── layers[i]: Qwen2VLDecoderLayer
+    │       │   ├── input_layernorm, self_attn{q,k,v,o}_proj
+    │       │   └── post_attention_layernorm, mlp{gate,up,down}_proj
+    │       └── norm                                   -> ln_final.hook_normalized
+    └── lm_head                                        -> hook_logits
+
+Inputs: ``pixel_values`` is ``[total patches, C * T * P * P]`` for all images together,
+with ``image_grid_thw`` ``[n_images, 3]`` giving each image's (t, h, w) in patches. Each
+image is ``<|vision_start|>`` + ``t*h*w / 4`` copies of ``<|image_pad|>`` +
+``<|vision_end|>``: the merger folds each 2x2 block of patches into one token, so an
+image's LM grid is ``(h / 2, w / 2)``, row-major (read from ``image_grid_thw``, not guessed
+from the count, since images keep their aspect ratio). Positions are M-RoPE (temporal,
+height, width sections), computed by the HF model from ``image_grid_thw``; hooks see the
+residual stream, not the position ids. Splitting a batch into rows slices
+``pixel_values`` by each image's ``t*h*w`` patches.
+
+Vision tower: blocks see ``[patches, d]`` with no batch dimension (all images packed,
+attention restricted per image, or per window in 2.5). The fused ``qkv`` projection gives
+no per-head q / k / v hook points, and the attention module returns a tensor, so the
+tower has no ``attn.hook_pattern``; ``vision.blocks.{l}.attn.hook_z`` is the input of
+``attn.proj``. Qwen2.5-VL permutes patches into windows before the blocks and undoes
+the permutation after the merger: its vision blocks and ``projector.hook_out`` are in
+window order, not raster order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Adapter, BlockLayout
+
+
+def _merged_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
+    """Each image's LM grid ``(h / merge, w / merge)`` from ``image_grid_thw``."""
+    thw = inputs.get("image_grid_thw")
+    if thw is None:
+        return []
+    merge = int(config.vision_config.spatial_merge_size)
+    return [(int(h) // merge, int(w) // merge) if int(t) == 1 else None for t, h, w in thw.tolist()]
+
+
+_SPLIT = (("pixel_values", "patches:image_grid_thw"), ("image_grid_thw", "image"),
+          ("mm_token_type_ids", "token"))
+
+_VISION = dict(attn="attn", mlp="mlp", ln1="norm1", ln2="norm2", q=None, k=None, v=None, o="attn.proj",
+               attn_index=None, pattern_index=None)
+
+_LM = dict(lm_layers="model.language_model.layers", embed="model.language_model.embed_tokens",
+           final_norm="model.language_model.norm", unembed="lm_head", block=BlockLayout(),
+           vision_layers="model.visual.blocks", vision_embed="model.visual.patch_embed",
+           projector="model.visual.merger", image_grids=_merged_grids, input_split=_SPLIT,
+           hidden_states_normed=True)
+
+QWEN2_VL = Adapter(
+    name="qwen2_vl",
+    config_classes=("Qwen2VLConfig",),
+    vision_block=BlockLayout(**_VISION, mlp_pre="mlp.fc1", mlp_down="mlp.fc2", norm="layer"),
+    test_model="tiny random from Qwen/Qwen2-VL-2B-Instruct's config (processor: Qwen2VLImageProcessorPil)",
+    notes="Grid (h/2, w/2) per image from image_grid_thw; M-RoPE; vision tower has no per-head q/k/v "
+          "or patterns (fused qkv).",
+    **_LM,
+)
+
+QWEN2_5_VL = Adapter(
+    name="qwen2_5_vl",
+    config_classes=("Qwen2_5_VLConfig",),
+    vision_block=BlockLayout(**_VISION, mlp_pre="mlp.gate_proj", mlp_down="mlp.down_proj", norm="rms"),
+    test_model="tiny random from Qwen/Qwen2.5-VL-3B-Instruct's config (processor: Qwen2VLImageProcessorPil)",
+    notes="As Qwen2-VL; vision blocks and projector.hook_out are in window order (windowed attention).",
+    **_LM,
+)

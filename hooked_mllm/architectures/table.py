@@ -1,0 +1,73 @@
+"""The supported-models table of docs/architectures.md, generated from the registry.
+
+:func:`supported_models_markdown` renders every registered adapter (family, HF config
+classes, where the LM / vision tower / projector live, image-token geometry, what the
+conformance suite runs it on, notes). ``tests/architectures/test_docs.py`` checks that
+the file in docs/ is exactly this text; regenerate it with
+``python -m hooked_mllm.architectures.table > docs/architectures.md``.
+"""
+
+from __future__ import annotations
+
+from .base import Adapter
+
+_HEADER = """# Supported architectures
+
+Generated from the adapter registry (`hooked_mllm.architectures`) by
+`python -m hooked_mllm.architectures.table > docs/architectures.md`; a test keeps it in sync.
+Each family is one declarative adapter file whose docstring shows its HF module tree.
+"Verified" means the conformance suite (`tests/architectures/test_conformance.py`) runs the
+family on a tiny random model built from its config and checks hidden states, logits,
+residual identities, patterns, generation, batching, hook cleanup and image geometry
+against Hugging Face.
+
+Models without a registered adapter are mapped from their module tree by
+`hooked_mllm.architectures.discover` (logged, unverified), or refused with the reason.
+"""
+
+
+def _grid(adapter: Adapter) -> str:
+    if adapter.image_grids is not None:
+        return "from the processor's inputs"
+    probe = adapter.image_grid(16, None)
+    return "square (rows x cols)" if probe == (4, 4) else "none"
+
+
+def _row(adapter: Adapter) -> str:
+    block = adapter.block
+    extras = []
+    if block.attn_out is not None or block.mlp_out is not None:
+        extras.append("sandwich norms")
+    if block.norm_offset:
+        extras.append(f"norm weight + {block.norm_offset:g}")
+    vision = f"`{adapter.vision_layers}`" if adapter.vision_layers else "-"
+    if adapter.vision_block is not None and adapter.vision_block.pattern_index is None:
+        vision += " (fused qkv: no q/k/v or patterns)"
+    cells = [
+        f"`{adapter.name}`",
+        ", ".join(f"`{name}`" for name in adapter.config_classes),
+        f"`{adapter.lm_layers}`" + (f" ({', '.join(extras)})" if extras else ""),
+        vision,
+        f"`{adapter.projector}`" if adapter.projector else "-",
+        _grid(adapter),
+        "yes" if adapter.verified else "**no** (published layout only)",
+        adapter.test_model or "-",
+        adapter.notes or "",
+    ]
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def supported_models_markdown(adapters: list[Adapter] | None = None) -> str:
+    """The Markdown of docs/architectures.md for ``adapters`` (default: the registry)."""
+    if adapters is None:
+        from . import registered_adapters
+
+        adapters = list({id(a): a for a in registered_adapters().values()}.values())
+    lines = [_HEADER, "| Family | HF config | LM layers | Vision layers | Projector | Image grid | Verified "
+             "| Conformance model | Notes |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row(adapter) for adapter in adapters]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(supported_models_markdown(), end="")

@@ -1,0 +1,74 @@
+"""The families of the conformance suite: how to build each tiny model and what its inputs must look like.
+
+Each :class:`Family` names an adapter, builds a tiny random HF model (shrunk from the real
+checkpoint's config, see ``hooked_mllm.testing``) and a processor, and gives two rows of
+images and prompts plus the image geometry the processor must produce, computed here
+independently of the adapter (from the image sizes and the family's published rules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from hooked_mllm import testing as t
+
+
+def image(seed: int, height: int, width: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One family in the suite.
+
+    Attributes:
+        adapter: The adapter's name.
+        build: ``() -> (hf_model, processor)`` with eager attention.
+        images: Per row, its images.
+        prompts: Per row, its prompt.
+        geometry: Per image-token run, in order, ``(n_tokens, grid)`` as the family's rules give it.
+        split_rows: Whether ``batch.row(i)`` can split the inputs.
+        hf_patterns: Whether HF returns LM attentions to compare patterns with.
+        projector_raster: Whether ``projector.hook_out`` rows are in sequence order.
+    """
+
+    adapter: str
+    build: Callable[[], tuple[Any, Any]]
+    images: list[list[Image.Image]]
+    prompts: list[str]
+    geometry: list[tuple[int, tuple[int, int] | None]]
+    split_rows: bool = True
+    hf_patterns: bool = True
+    projector_raster: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+PROMPTS = ["what color is the circle ?", "how many objects"]
+
+FAMILIES = [
+    Family("llava", lambda: (t.tiny_llava("llama", attn_implementation="eager", n_layers=2), t.tiny_processor()),
+           [[image(0, 32, 32)], [image(1, 32, 32)]], PROMPTS, [(16, (4, 4))] * 2),
+    # Qwen2-VL: patch 4, 2x2 merge: a 16x24 image is 4x6 patches -> a 2x3 grid of 6 tokens.
+    Family("qwen2_vl", lambda: (t.tiny_qwen2_vl("2", attn_implementation="eager"), t.tiny_qwen2_vl_processor()),
+           [[image(0, 16, 24)], [image(1, 16, 16)]], PROMPTS, [(6, (2, 3)), (4, (2, 2))]),
+    Family("qwen2_5_vl", lambda: (t.tiny_qwen2_vl("2.5", attn_implementation="eager"),
+                                  t.tiny_qwen2_vl_processor()),
+           [[image(0, 32, 24)], [image(1, 16, 16)]], PROMPTS, [(12, (4, 3)), (4, (2, 2))],
+           projector_raster=False),
+    # Idefics2: 4 latents per crop, image splitting: each image is 4 crops + itself, 5 runs, no grid.
+    Family("idefics2", lambda: t.tiny_idefics2(attn_implementation="eager"),
+           [[image(0, 32, 32)], [image(1, 32, 24)]], PROMPTS, [(4, None)] * 10),
+    # Gemma 3: 32x32 image, patch 4 -> 8x8 patches, pooled to 16 tokens, a 4x4 grid.
+    Family("gemma3", lambda: t.tiny_gemma3(attn_implementation="eager"),
+           [[image(0, 32, 32)], [image(1, 40, 24)]], PROMPTS, [(16, (4, 4))] * 2),
+    # LLaVA-NeXT: 16x16 base (4x4 = 16 tokens) + tiles: a 16x32 image picks the 16x32 pinpoint,
+    # 1x2 tiles -> a 4x8 map + 4 newlines = 36; 16 + 36 = 52. A 32x32 image: 2x2 tiles, 8x8 + 8 = 72 -> 88.
+    Family("llava_next", lambda: t.tiny_llava_next(attn_implementation="eager"),
+           [[image(0, 16, 32)], [image(1, 32, 32)]], PROMPTS, [(52, None), (88, None)],
+           extra={"base_tiles": [0, 3]}),
+]

@@ -1,0 +1,190 @@
+"""Conformance: every registered adapter, on a tiny random model of its family, keeps the core guarantees.
+
+Each check compares with an independent computation: HF's ``output_hidden_states``,
+``output_attentions``, plain forward and ``generate``, a torch forward hook, and the image
+geometry the family's own processor produced. Families and their tiny models are in
+:mod:`families` (each shrunk from a named real checkpoint's config).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooked_mllm import HookedMLLM
+from hooked_mllm.architectures import registered_adapters
+
+from .families import FAMILIES, Family
+
+BY_NAME = {family.adapter: family for family in FAMILIES}
+
+
+@pytest.fixture(scope="module", params=[f.adapter for f in FAMILIES])
+def family(request) -> Family:
+    return BY_NAME[request.param]
+
+
+_MODELS: dict[str, HookedMLLM] = {}
+
+
+@pytest.fixture(scope="module")
+def model(family) -> HookedMLLM:
+    if family.adapter not in _MODELS:
+        hf_model, processor = family.build()
+        _MODELS[family.adapter] = HookedMLLM.from_hf(hf_model, processor)
+    return _MODELS[family.adapter]
+
+
+@pytest.fixture(scope="module")
+def batch(model, family):
+    return model.prepare(images=family.images, prompts=family.prompts)
+
+
+def hf(model, batch, **kw):
+    with torch.no_grad():
+        return model.hf_model(**batch.inputs, **kw)
+
+
+def test_every_verified_adapter_is_in_the_suite():
+    names = {a.name for a in registered_adapters().values() if a.verified}
+    assert names <= set(BY_NAME), f"adapters without a conformance family: {sorted(names - set(BY_NAME))}"
+
+
+def test_adapter_chosen_and_every_hook_fires(model, family, batch):
+    assert model.adapter.name == family.adapter
+    _, cache = model.run_with_cache(batch)
+    assert set(cache.keys()) == set(model.hook_names())
+
+
+def test_resid_post_and_logits_equal_hf(model, batch):
+    n = model.cfg.n_layers
+    logits, cache = model.run_with_cache(batch, names_filter=lambda name: name.endswith("hook_resid_post")
+                                         or name == "ln_final.hook_normalized")
+    ref = hf(model, batch, output_hidden_states=True)
+    keep = ~batch.pad_mask
+    lm = [i for i in range(n)]
+    for layer in lm[:-1]:
+        torch.testing.assert_close(cache["resid_post", layer][keep], ref.hidden_states[layer + 1][keep])
+    last = "ln_final.hook_normalized" if model.adapter.hidden_states_normed else f"blocks.{n - 1}.hook_resid_post"
+    torch.testing.assert_close(cache[last][keep], ref.hidden_states[n][keep])
+    captured = {}
+    layer = model.adapter.module(model.hf_model, f"{model.adapter.lm_layers}.{n - 1}")
+    handle = layer.register_forward_hook(lambda mod, args, out: captured.setdefault("out", out))
+    try:
+        hf(model, batch)
+    finally:
+        handle.remove()
+    out = captured["out"][0] if isinstance(captured["out"], tuple) else captured["out"]
+    torch.testing.assert_close(cache["resid_post", n - 1][keep], out[keep])
+    torch.testing.assert_close(logits[keep], ref.logits[keep])
+
+
+def test_residual_identities(model, batch):
+    _, cache = model.run_with_cache(batch, names_filter=lambda n: "resid" in n or n.endswith(("attn_out", "mlp_out")))
+    for prefix, n_layers in (("", model.cfg.n_layers), ("vision.", model.cfg.vision_n_layers)):
+        for layer in range(n_layers):
+            b = f"{prefix}blocks.{layer}."
+            torch.testing.assert_close(cache[b + "hook_resid_pre"] + cache[b + "hook_attn_out"],
+                                       cache[b + "hook_resid_mid"])
+            torch.testing.assert_close(cache[b + "hook_resid_mid"] + cache[b + "hook_mlp_out"],
+                                       cache[b + "hook_resid_post"])
+            if layer + 1 < n_layers:
+                torch.testing.assert_close(cache[b + "hook_resid_post"],
+                                           cache[f"{prefix}blocks.{layer + 1}.hook_resid_pre"])
+
+
+def test_patterns_equal_hf_eager_attentions(model, family, batch):
+    if not family.hf_patterns:
+        pytest.skip(f"{family.adapter}: HF returns no LM attentions")
+    _, cache = model.run_with_cache(batch, names_filter=lambda n: n.startswith("blocks.") and n.endswith("pattern"))
+    ref = hf(model, batch, output_attentions=True)
+    attentions = ref.attentions if ref.attentions is not None else ref.language_model_outputs.attentions
+    keep = ~batch.pad_mask
+    for layer in range(model.cfg.n_layers):
+        pattern = cache["pattern", layer]
+        assert pattern.shape[:2] == (len(batch), model.cfg.n_heads)
+        torch.testing.assert_close(pattern, attentions[layer])
+        torch.testing.assert_close(pattern.sum(-1)[keep.unsqueeze(1).expand(-1, pattern.shape[1], -1)],
+                                   torch.ones(int(keep.sum()) * pattern.shape[1]))
+
+
+def test_image_geometry_matches_processor(model, family, batch):
+    got = [(span.n_tokens, span.grid) for span in batch.images]
+    assert got == family.geometry
+    assert int(batch.image_mask.sum()) == sum(n for n, _ in family.geometry)
+    for span in batch.images:
+        assert bool(batch.image_mask[span.row, span.start:span.end].all())
+        if span.grid is not None:
+            assert span.grid[0] * span.grid[1] == span.n_tokens
+
+
+def test_projector_rows_are_the_image_positions(model, family, batch):
+    if model.adapter.projector is None:
+        pytest.skip("no projector")
+    _, cache = model.run_with_cache(batch, names_filter=["projector.hook_out", "blocks.0.hook_resid_pre"])
+    if "base_tiles" in family.extra:  # anyres: each span starts with its whole-image tile
+        out = cache["projector.hook_out"]
+        for span, tile in zip(batch.images, family.extra["base_tiles"]):
+            placed = cache["resid_pre", 0][span.row, span.start:span.start + out.shape[1]]
+            torch.testing.assert_close(placed, out[tile])
+        return
+    rows = cache["projector.hook_out"].flatten(0, -2)
+    placed = cache["resid_pre", 0][batch.image_mask]
+    if not family.projector_raster:  # same rows, another order
+        rows, placed = rows[rows[:, 0].argsort()], placed[placed[:, 0].argsort()]
+    torch.testing.assert_close(placed, rows * family.extra.get("embed_scale", 1.0))
+
+
+def _torch_hooks(module):
+    return {name: (len(m._forward_hooks), len(m._forward_pre_hooks)) for name, m in module.named_modules()}
+
+
+def test_raising_hook_leaves_model_clean(model, batch):
+    before = _torch_hooks(model.hf_model)
+    clean = hf(model, batch).logits
+
+    def boom(act, hook):
+        raise RuntimeError("boom in hook")
+
+    with pytest.raises(RuntimeError, match="boom in hook"):
+        model.run_with_hooks(batch, fwd_hooks=[(f"blocks.{model.cfg.n_layers - 1}.hook_mlp_out", boom)])
+    assert _torch_hooks(model.hf_model) == before and model.nnsight._edits == []
+    torch.testing.assert_close(model(batch), clean, rtol=0, atol=0)
+
+
+def test_batched_rows_equal_single_rows(model, family, batch):
+    if not family.split_rows:
+        pytest.skip(f"{family.adapter}: inputs cannot be split per row")
+    name = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    logits, cache = model.run_with_cache(batch, names_filter=name)
+    for row in range(len(batch)):
+        alone = batch.row(row)
+        assert [(s.n_tokens, s.grid) for s in alone.images] == [(s.n_tokens, s.grid) for s in batch.images_of(row)]
+        row_logits, row_cache = model.run_with_cache(alone, names_filter=name)
+        keep = ~batch.pad_mask[row]
+        torch.testing.assert_close(logits[row, keep], row_logits[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cache[name][row, keep], row_cache[name][0], atol=1e-5, rtol=1e-4)
+
+
+def test_generate_equals_hf(model, batch):
+    out = model.generate(batch, max_new_tokens=3)
+    with torch.no_grad():
+        ref = model.hf_model.generate(**batch.inputs, max_new_tokens=3, do_sample=False)
+    torch.testing.assert_close(out.sequences, ref)
+
+
+def test_apply_ln_to_stack_reproduces_the_final_norm(model, batch):
+    """Scaling the full residual as a one-component stack gives the final norm's output."""
+    n = model.cfg.n_layers
+    _, cache = model.run_with_cache(batch, names_filter=[f"blocks.{n - 1}.hook_resid_post", "ln_final.hook_normalized"])
+    scaled = cache.apply_ln_to_stack(cache["resid_post", n - 1][None], layer=None)[0]
+    keep = ~batch.pad_mask
+    torch.testing.assert_close(scaled[keep], cache["ln_final.hook_normalized"][keep], atol=1e-4, rtol=1e-4)
+
+
+def test_mismatched_image_geometry_is_a_clear_error(model, batch):
+    if model.adapter.image_grids is None:
+        pytest.skip("geometry is read from the tokens only")
+    inputs = dict(batch.inputs, image_grid_thw=batch.inputs["image_grid_thw"].flip(0))
+    with pytest.raises(ValueError, match="do not match the images"):
+        model.to_batch(inputs)

@@ -1,0 +1,70 @@
+"""docs/architectures.md is generated from the registry; auto-discovery maps every family's tree or refuses clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hooked_mllm import HookedMLLM
+from hooked_mllm import architectures
+from hooked_mllm.architectures import discover, registered_adapters
+from hooked_mllm.architectures.table import supported_models_markdown
+
+from .families import FAMILIES
+
+ROOT = Path(__file__).resolve().parents[2]
+_FIELDS = ("lm_layers", "embed", "final_norm", "unembed", "block", "vision_layers", "vision_embed", "vision_block",
+           "projector")
+
+
+def test_architectures_doc_is_generated_from_the_registry():
+    text = supported_models_markdown()
+    assert (ROOT / "docs" / "architectures.md").read_text() == text, (
+        "regenerate: python -m hooked_mllm.architectures.table > docs/architectures.md")
+    for adapter in registered_adapters().values():
+        assert f"`{adapter.name}`" in text
+
+
+def test_registry_rejects_duplicates():
+    with pytest.raises(ValueError, match="already has the adapter"):
+        architectures.register_adapter(next(iter(registered_adapters().values())))
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.adapter)
+def test_discovery_finds_each_registered_layout(family):
+    hf_model, _ = family.build()
+    found = discover(hf_model)
+    expected = {a.name: a for a in registered_adapters().values()}[family.adapter]
+    assert not found.verified
+    for name in _FIELDS:
+        assert getattr(found, name) == getattr(expected, name), name
+
+
+def test_unregistered_model_runs_through_discovery(monkeypatch, caplog):
+    family = next(f for f in FAMILIES if f.adapter == "gemma3")
+    hf_model, processor = family.build()
+    monkeypatch.setattr(architectures, "_REGISTRY", {})
+    with caplog.at_level("WARNING"):
+        model = HookedMLLM.from_hf(hf_model, processor)
+    assert model.adapter.name == "discovered" and "discovered" in caplog.text
+    batch = model.prepare(images=family.images[:1], prompts=family.prompts[:1])
+    logits, cache = model.run_with_cache(batch, names_filter=lambda n: "resid" in n or n.endswith("_out"))
+    with torch.no_grad():
+        ref = hf_model(**batch.inputs)
+    torch.testing.assert_close(logits, ref.logits)
+    torch.testing.assert_close(cache["resid_pre", 1] + cache["attn_out", 1], cache["resid_mid", 1])
+
+
+def test_discovery_refuses_clearly():
+    class NotAnLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([torch.nn.Linear(4, 4)])
+            self.config = object()
+
+    with pytest.raises(ValueError, match=r"Cannot map NotAnLM automatically: found no an LM head"):
+        discover(NotAnLM())
+    with pytest.raises(ValueError, match=r"No adapter for NotAnLM .*auto-discovery failed.*Supported config classes"):
+        architectures.adapter_for(NotAnLM())
