@@ -1,0 +1,47 @@
+"""Concept dictionaries, grounding metrics and representation-shift analysis on cached features.
+
+After CoX-LMM (concept dictionaries on token representations) and the fine-tuning
+representation-shift paper: :mod:`.decompose` (Semi-NMF, the reference DictionaryLearning
+variant, k-means, PCA, NMF, ICA, top-norm samples; scikit-learn estimators),
+:mod:`.metrics` (reconstruction, sparsity, word overlap, test-time projection, pluggable
+image-text scoring, attribute recovery) and :mod:`.shift` (per-concept shift vectors,
+consistency, shifted concepts, Hungarian matching and improvement metrics).
+
+Example:
+    >>> from hooked_mllm.concepts import make_decomposer
+    >>> model = make_decomposer("seminmf", n_components=20, random_state=0)   # doctest: +SKIP
+    >>> activations = model.fit_transform(features)                            # doctest: +SKIP
+"""
+
+from .decompose import DECOMPOSERS as DECOMPOSERS
+from .decompose import ConceptDecomposer as ConceptDecomposer
+from .decompose import DictionaryLearningSemiNMF as DictionaryLearningSemiNMF
+from .decompose import ICAConcepts as ICAConcepts
+from .decompose import KMeansConcepts as KMeansConcepts
+from .decompose import NMFConcepts as NMFConcepts
+from .decompose import PCAConcepts as PCAConcepts
+from .decompose import SemiNMF as SemiNMF
+from .decompose import TopNormConcepts as TopNormConcepts
+from .decompose import make_decomposer as make_decomposer
+from .metrics import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE
+from .metrics import ImageTextScorer as ImageTextScorer
+from .metrics import Sparsity as Sparsity
+from .metrics import attribute_recovery as attribute_recovery
+from .metrics import clip_style_score as clip_style_score
+from .metrics import concept_overlap as concept_overlap
+from .metrics import hoyer_sparsity as hoyer_sparsity
+from .metrics import overlap_matrix as overlap_matrix
+from .metrics import project as project
+from .metrics import reconstruction_error as reconstruction_error
+from .metrics import sparsity as sparsity
+from .metrics import top_concept_words as top_concept_words
+from .shift import ConceptMatching as ConceptMatching
+from .shift import ShiftImprovement as ShiftImprovement
+from .shift import ShiftResult as ShiftResult
+from .shift import analyze_shift as analyze_shift
+from .shift import assign_concepts as assign_concepts
+from .shift import concept_shift_vectors as concept_shift_vectors
+from .shift import match_concepts as match_concepts
+from .shift import shift_consistency as shift_consistency
+from .shift import shift_improvement as shift_improvement
+from .shift import shifted_concepts as shifted_concepts

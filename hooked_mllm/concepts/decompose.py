@@ -1,0 +1,544 @@
+"""Concept dictionaries: decompose a feature matrix ``Z [n_samples, d_model]`` into ``Z ~ V U``.
+
+Purpose: the decomposition step of the CoX-LMM pipeline (arXiv 2406.08074) and of the fine-tuning shift
+analysis (arXiv 2501.03012). Each decomposer learns concept vectors
+``U = components_ [n_components, d_model]`` and maps features to concept activations
+``V = transform(Z) [n_samples, n_components]``.
+
+Connections: the features come from the cache/hook machinery of ``hooked_mllm`` (any [n, d] numpy array or
+torch tensor works); :mod:`hooked_mllm.concepts.metrics` scores the fitted decomposers and
+:mod:`hooked_mllm.concepts.shift` compares concepts across models. The Semi-NMF numerics live in
+:mod:`hooked_mllm.concepts._seminmf`.
+
+Every decomposer follows scikit-learn's estimator rules (``__init__`` only stores parameters, ``fit`` returns
+``self``, fitted attributes end in ``_``, ``get_params``/``set_params``/``clone`` work) and passes
+``sklearn.utils.estimator_checks.check_estimator``. Inputs may be numpy arrays or torch tensors (any device;
+they are copied to host memory for validation); ``transform`` and ``inverse_transform`` always return numpy
+float arrays. ``fit_transform(Z)`` equals ``fit(Z).transform(Z)``.
+
+Contents:
+- :class:`SemiNMF`: Ding, Li & Jordan (2010) multiplicative updates in torch (``device``), k-means init.
+- :class:`DictionaryLearningSemiNMF`: the CoX-LMM reference approximation (sparse positive coding).
+- :class:`KMeansConcepts`, :class:`PCAConcepts`, :class:`NMFConcepts`, :class:`ICAConcepts`,
+  :class:`TopNormConcepts`: baselines.
+- :class:`ConceptDecomposer`: the shared base class (subclass it to add a method).
+- ``DECOMPOSERS`` and :func:`make_decomposer`: name -> class registry.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.cluster import KMeans
+from sklearn.decomposition import NMF, PCA, DictionaryLearning, FastICA
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from hooked_mllm.concepts._seminmf import fit_seminmf, nnls_fista
+
+# Inputs of fit/transform/inverse_transform: numpy arrays or torch tensors (any device), or anything
+# ``sklearn.utils.check_array`` accepts (lists, DataFrames, integer arrays). ``validate_data`` checks the
+# shape, so the annotation below documents it without rejecting sklearn's duck-typed inputs at run time.
+ArrayLike = Any
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_TRANSFORM_TOL = {"float64": 1e-10, "float32": 1e-5}
+
+
+def _to_host(X: ArrayLike) -> Any:
+    """Turn a torch tensor (any device, any float dtype) into a numpy array; leave anything else alone."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu()
+        if not X.dtype.is_floating_point or X.dtype in (torch.bfloat16, torch.float16):
+            X = X.to(torch.float32)
+        return X.numpy()
+    return X
+
+
+def _as_tensor(X: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Copy-free where possible; read-only arrays (e.g. memmaps) are copied because torch cannot wrap them."""
+    if not X.flags.writeable:
+        X = X.copy()
+    return torch.as_tensor(X, dtype=dtype, device=device)
+
+
+def _seed_from(random_state: Any) -> int:
+    """Draw an int seed from a sklearn-style ``random_state`` (None, int or ``np.random.RandomState``)."""
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
+class ConceptDecomposer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Base class of the concept decomposers: shared validation, fit, transform and inverse_transform.
+
+    To add a method, subclass it, store the constructor arguments unchanged in ``__init__`` (scikit-learn
+    rule), and implement ``_fit(X)`` (set ``components_ [K, d]`` and any other fitted ``*_`` attributes) and
+    ``_transform(X) -> V [n, K]``; ``X`` arrives as a validated float numpy array [n, d]. The class flags
+    ``_needs_n_samples_ge_k`` / ``_needs_n_features_ge_k`` say which limits on ``n_components`` apply.
+    Register it in ``DECOMPOSERS`` to make it available through :func:`make_decomposer`.
+    """
+
+    _needs_n_samples_ge_k = True
+    _needs_n_features_ge_k = False
+
+    n_components: int
+
+    def _check_n_components(self, X: np.ndarray) -> None:
+        name, k = type(self).__name__, self.n_components
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(f"{name}: n_components must be a positive int, got {k!r}.")
+        n, d = X.shape
+        if self._needs_n_samples_ge_k and n < k:
+            raise ValueError(
+                f"{name} needs at least n_components samples, got n_samples={n} < n_components={k}; "
+                "pass more rows of Z [n_samples, d_model] or lower n_components."
+            )
+        if self._needs_n_features_ge_k and d < k:
+            raise ValueError(
+                f"{name} needs n_components <= n_features, got n_features={d} < n_components={k}; "
+                "lower n_components."
+            )
+
+    def _validate(self, Z: ArrayLike, *, reset: bool) -> np.ndarray:
+        X = validate_data(self, _to_host(Z), reset=reset, dtype=[np.float64, np.float32])
+        if reset:
+            self._check_n_components(X)
+        return X
+
+    def fit(
+        self, Z: Float[np.ndarray, "n d"] | Float[torch.Tensor, "n d"] | ArrayLike, y: Any = None
+    ) -> ConceptDecomposer:
+        """Learn the concepts ``components_ [n_components, d]`` from ``Z [n, d]``; returns ``self``.
+
+        ``y`` is ignored (present for scikit-learn pipeline compatibility)."""
+        X = self._validate(Z, reset=True)
+        self._fit(X)
+        return self
+
+    def transform(
+        self, Z: Float[np.ndarray, "n d"] | Float[torch.Tensor, "n d"] | ArrayLike
+    ) -> Float[np.ndarray, "n n_components"]:
+        """Concept activations ``V [n, n_components]`` (numpy) of the rows of ``Z [n, d]``."""
+        check_is_fitted(self)
+        return self._transform(self._validate(Z, reset=False))
+
+    def inverse_transform(
+        self, V: Float[np.ndarray, "n k"] | Float[torch.Tensor, "n k"] | ArrayLike
+    ) -> Float[np.ndarray, "n d"]:
+        """Map activations ``V [n, n_components]`` back to features ``[n, d]`` (default ``V @ components_``,
+        plus ``mean_`` where the method centres the data; see each class for exceptions)."""
+        check_is_fitted(self)
+        V = check_array(_to_host(V), dtype=[np.float64, np.float32])
+        k = self.components_.shape[0]
+        if V.shape[1] != k:
+            raise ValueError(
+                f"{type(self).__name__}.inverse_transform expects V of shape [n, {k}] (one column per "
+                f"concept), got {V.shape}."
+            )
+        return self._inverse(V)
+
+    def _inverse(self, V: np.ndarray) -> np.ndarray:
+        out = V @ self.components_
+        mean = getattr(self, "mean_", None)
+        return out if mean is None else out + mean
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.components_.shape[0]
+
+    def _fit(self, X: np.ndarray) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SemiNMF(ConceptDecomposer):
+    """Semi-NMF ``Z ~ V U`` with ``V >= 0`` and ``U`` unconstrained (Ding, Li & Jordan 2010), in torch.
+
+    Fitting alternates the exact least-squares update of ``U`` with the multiplicative update of ``V``
+    (positive/negative parts), starting from k-means indicators + 0.2 as in the paper; the error is
+    non-increasing over iterations. ``transform`` solves the non-negative least squares problem for ``V``
+    with ``U`` fixed (accelerated projected gradient, rows independent).
+
+    Args:
+        n_components: number of concepts ``K``.
+        max_iter: maximum alternating iterations.
+        tol: stop when the error's relative decrease over one iteration is below ``tol``.
+        transform_max_iter: iteration cap of the NNLS solver used by ``transform``.
+        random_state: seed for the k-means++ initialisation (None, int or ``RandomState``).
+        device: torch device for the computation (``"cuda"`` to use a GPU); None means CPU.
+        dtype: ``"float64"`` (default, exact monotonicity) or ``"float32"`` (faster on GPU).
+
+    Fitted attributes: ``components_ [K, d]``, ``n_iter_``, ``reconstruction_err_`` (absolute Frobenius norm
+    ``||Z - V U||_F`` at the end of fitting, as in sklearn's NMF), ``error_history_`` (that error after each
+    iteration), ``n_features_in_``.
+
+    Example:
+        >>> Z = np.abs(np.random.default_rng(0).normal(size=(50, 8)))
+        >>> model = SemiNMF(n_components=3, random_state=0).fit(Z)
+        >>> model.transform(Z).shape, bool((model.transform(Z) >= 0).all())
+        ((50, 3), True)
+    """
+
+    def __init__(
+        self,
+        n_components: int = 20,
+        *,
+        max_iter: int = 500,
+        tol: float = 1e-5,
+        transform_max_iter: int = 1000,
+        random_state: Any = None,
+        device: str | torch.device | None = None,
+        dtype: str = "float64",
+    ) -> None:
+        self.n_components = n_components
+        self.max_iter = max_iter
+        self.tol = tol
+        self.transform_max_iter = transform_max_iter
+        self.random_state = random_state
+        self.device = device
+        self.dtype = dtype
+
+    def _torch_kwargs(self) -> dict[str, Any]:
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"SemiNMF: dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
+        return {"dtype": _DTYPES[self.dtype], "device": torch.device(self.device or "cpu")}
+
+    def _fit(self, X: np.ndarray) -> None:
+        if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1):
+            raise ValueError(f"SemiNMF: max_iter must be an int >= 1, got {self.max_iter!r}.")
+        Zt = _as_tensor(X, **self._torch_kwargs())
+        generator = torch.Generator().manual_seed(_seed_from(self.random_state))
+        _, U, history = fit_seminmf(
+            Zt, int(self.n_components), int(self.max_iter), float(self.tol), generator
+        )
+        self.components_ = U.cpu().numpy()
+        self.error_history_ = history
+        self.reconstruction_err_ = history[-1]
+        self.n_iter_ = len(history)
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        kw = self._torch_kwargs()
+        V = nnls_fista(
+            _as_tensor(X, **kw),
+            _as_tensor(self.components_, **kw),
+            int(self.transform_max_iter),
+            _TRANSFORM_TOL[self.dtype],
+        )
+        return V.cpu().numpy()
+
+
+class _SklearnWrapper(ConceptDecomposer):
+    """Base for decomposers that delegate to a fitted sklearn estimator stored in ``estimator_``."""
+
+    def _make(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fit(self, X: np.ndarray) -> None:
+        self.estimator_ = self._make().fit(X)
+        self.components_ = np.asarray(self.estimator_.components_)
+        if hasattr(self.estimator_, "n_iter_"):
+            self.n_iter_ = self.estimator_.n_iter_
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        # Cast to the dtype seen in fit: sklearn's lasso_cd and NMF reject float32 data on a float64 fit.
+        return np.asarray(self.estimator_.transform(X.astype(self.estimator_.components_.dtype, copy=False)))
+
+
+class DictionaryLearningSemiNMF(_SklearnWrapper):
+    """The CoX-LMM reference approximation of Semi-NMF: sparse dictionary learning with non-negative codes.
+
+    Wraps ``sklearn.decomposition.DictionaryLearning(positive_code=True, fit_algorithm="cd",
+    transform_algorithm="lasso_cd")`` with the reference code's defaults (``alpha=1``, ``max_iter=5000``).
+    ``components_`` are unit-norm dictionary atoms; activations are the non-negative lasso codes.
+
+    Example:
+        >>> Z = np.random.default_rng(0).normal(size=(30, 6))
+        >>> DictionaryLearningSemiNMF(n_components=3, max_iter=20, random_state=0).fit(Z).components_.shape
+        (3, 6)
+    """
+
+    _needs_n_samples_ge_k = False
+
+    def __init__(
+        self,
+        n_components: int = 20,
+        *,
+        alpha: float = 1.0,
+        max_iter: int = 5000,
+        tol: float = 1e-8,
+        transform_max_iter: int = 1000,
+        random_state: Any = None,
+    ) -> None:
+        self.n_components = n_components
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.tol = tol
+        self.transform_max_iter = transform_max_iter
+        self.random_state = random_state
+
+    def _make(self) -> DictionaryLearning:
+        return DictionaryLearning(
+            n_components=self.n_components,
+            alpha=self.alpha,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            fit_algorithm="cd",
+            transform_algorithm="lasso_cd",
+            transform_max_iter=self.transform_max_iter,
+            positive_code=True,
+            random_state=self.random_state,
+        )
+
+
+class KMeansConcepts(_SklearnWrapper):
+    """k-means concepts: ``components_`` are the centroids, activation = ``1 / (1 + ||z - c_k||)``.
+
+    ``inverse_transform(V)`` returns the centroid of each row's strongest concept (the hard-assignment
+    reconstruction), not ``V @ components_``.
+
+    Example:
+        >>> Z = np.random.default_rng(0).normal(size=(30, 4))
+        >>> V = KMeansConcepts(n_components=3, random_state=0).fit_transform(Z)
+        >>> V.shape, bool(((V > 0) & (V <= 1)).all())
+        ((30, 3), True)
+    """
+
+    def __init__(
+        self,
+        n_components: int = 20,
+        *,
+        n_init: int | str = "auto",
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        random_state: Any = None,
+    ) -> None:
+        self.n_components = n_components
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    def _make(self) -> KMeans:
+        return KMeans(
+            n_clusters=self.n_components,
+            n_init=self.n_init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            random_state=self.random_state,
+        )
+
+    def _fit(self, X: np.ndarray) -> None:
+        self.estimator_ = self._make().fit(X)
+        self.components_ = np.asarray(self.estimator_.cluster_centers_)
+        self.n_iter_ = self.estimator_.n_iter_
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.asarray(self.estimator_.transform(X)))
+
+    def _inverse(self, V: np.ndarray) -> np.ndarray:
+        return self.components_[V.argmax(axis=1)]
+
+
+class PCAConcepts(_SklearnWrapper):
+    """PCA concepts: orthonormal principal directions; activations are centred projections (signed).
+
+    ``inverse_transform`` adds back ``mean_`` and undoes whitening if ``whiten=True``.
+
+    Example:
+        >>> Z = np.random.default_rng(0).normal(size=(30, 5))
+        >>> PCAConcepts(n_components=2).fit(Z).components_.shape
+        (2, 5)
+    """
+
+    _needs_n_features_ge_k = True
+
+    def __init__(self, n_components: int = 20, *, whiten: bool = False, random_state: Any = None) -> None:
+        self.n_components = n_components
+        self.whiten = whiten
+        self.random_state = random_state
+
+    def _make(self) -> PCA:
+        return PCA(n_components=self.n_components, whiten=self.whiten, random_state=self.random_state)
+
+    def _fit(self, X: np.ndarray) -> None:
+        super()._fit(X)
+        self.mean_ = self.estimator_.mean_
+        self.explained_variance_ratio_ = self.estimator_.explained_variance_ratio_
+
+    def _inverse(self, V: np.ndarray) -> np.ndarray:
+        return np.asarray(self.estimator_.inverse_transform(V))  # undoes whitening too
+
+
+class NMFConcepts(_SklearnWrapper):
+    """NMF concepts (``sklearn.decomposition.NMF``): both ``V`` and ``U`` non-negative; needs ``Z >= 0``.
+
+    Raises ``ValueError`` on negative input (e.g. raw residual-stream features); use :class:`SemiNMF` there.
+
+    Example:
+        >>> Z = np.abs(np.random.default_rng(0).normal(size=(30, 5)))
+        >>> NMFConcepts(n_components=2, random_state=0).fit_transform(Z).shape
+        (30, 2)
+    """
+
+    _needs_n_samples_ge_k = False
+
+    def __init__(
+        self,
+        n_components: int = 20,
+        *,
+        init: str | None = "nndsvda",
+        max_iter: int = 500,
+        tol: float = 1e-4,
+        random_state: Any = None,
+    ) -> None:
+        self.n_components = n_components
+        self.init = init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        return tags
+
+    def _validate(self, Z: ArrayLike, *, reset: bool) -> np.ndarray:
+        X = super()._validate(Z, reset=reset)
+        if X.size and X.min() < 0:
+            raise ValueError(
+                f"Negative values in data passed to NMFConcepts (min value {X.min():.4g}); NMF needs Z >= 0. "
+                "Use SemiNMF (make_decomposer('seminmf')) for signed features such as hidden states."
+            )
+        return X
+
+    def _make(self) -> NMF:
+        return NMF(
+            n_components=self.n_components,
+            init=self.init,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            random_state=self.random_state,
+        )
+
+
+class ICAConcepts(_SklearnWrapper):
+    """Independent components (FastICA). ``components_ [K, d]`` is the *mixing* matrix transposed.
+
+    So ``Z ~ V @ components_ + mean_`` with ``V = transform(Z)`` the independent sources; the unmixing
+    matrix is kept as ``unmixing_ [K, d]``.
+
+    Example:
+        >>> Z = np.random.default_rng(0).laplace(size=(60, 4))
+        >>> ICAConcepts(n_components=2, random_state=0).fit(Z).components_.shape
+        (2, 4)
+    """
+
+    _needs_n_features_ge_k = True
+
+    def __init__(
+        self,
+        n_components: int = 20,
+        *,
+        whiten: str = "unit-variance",
+        max_iter: int = 1000,
+        tol: float = 1e-4,
+        random_state: Any = None,
+    ) -> None:
+        self.n_components = n_components
+        self.whiten = whiten
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    def _make(self) -> FastICA:
+        return FastICA(
+            n_components=self.n_components,
+            whiten=self.whiten,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            random_state=self.random_state,
+        )
+
+    def _fit(self, X: np.ndarray) -> None:
+        super()._fit(X)
+        self.unmixing_ = self.components_
+        self.components_ = np.ascontiguousarray(self.estimator_.mixing_.T)
+        self.mean_ = self.estimator_.mean_
+
+
+class TopNormConcepts(ConceptDecomposer):
+    """ "Top-norm samples" baseline: the ``n_components`` training rows of largest L2 norm are the concepts.
+
+    With ``normalize=True`` (default) the chosen rows are scaled to unit norm. Activations are
+    ``Z @ components_.T`` (``activation="projection"``) or the cosine similarity (``"cosine"``). Ties in norm
+    are broken by row order. ``sample_indices_`` records which training rows were chosen.
+    ``inverse_transform`` is ``V @ components_``, which is not a least-squares reconstruction.
+
+    Example:
+        >>> Z = np.diag([1.0, 3.0, 2.0])
+        >>> TopNormConcepts(n_components=2).fit(Z).sample_indices_
+        array([1, 2])
+    """
+
+    def __init__(
+        self, n_components: int = 20, *, normalize: bool = True, activation: str = "projection"
+    ) -> None:
+        self.n_components = n_components
+        self.normalize = normalize
+        self.activation = activation
+
+    def _fit(self, X: np.ndarray) -> None:
+        if self.activation not in ("projection", "cosine"):
+            raise ValueError(
+                f"TopNormConcepts: activation must be 'projection' or 'cosine', got {self.activation!r}."
+            )
+        norms = np.linalg.norm(X, axis=1)
+        idx = np.argsort(-norms, kind="stable")[: self.n_components]
+        U = X[idx].astype(np.float64)
+        if self.normalize:
+            U = U / np.maximum(norms[idx], np.finfo(np.float64).tiny)[:, None]
+        self.sample_indices_ = idx
+        self.components_ = U
+
+    def _transform(self, X: np.ndarray) -> np.ndarray:
+        if self.activation == "projection":
+            return X @ self.components_.T
+        tiny = np.finfo(np.float64).tiny
+        Xn = X / np.maximum(np.linalg.norm(X, axis=1), tiny)[:, None]
+        Un = self.components_ / np.maximum(np.linalg.norm(self.components_, axis=1), tiny)[:, None]
+        return Xn @ Un.T
+
+
+DECOMPOSERS: dict[str, type[ConceptDecomposer]] = {
+    "seminmf": SemiNMF,
+    "dictlearn": DictionaryLearningSemiNMF,
+    "kmeans": KMeansConcepts,
+    "pca": PCAConcepts,
+    "nmf": NMFConcepts,
+    "ica": ICAConcepts,
+    "topnorm": TopNormConcepts,
+}
+
+
+def make_decomposer(name: str, **params: Any) -> ConceptDecomposer:
+    """Build a decomposer from its registry name, e.g. ``make_decomposer("seminmf", n_components=10)``.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the valid names).
+
+    Example:
+        >>> make_decomposer("pca", n_components=3)
+        PCAConcepts(n_components=3)
+    """
+    try:
+        cls = DECOMPOSERS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown decomposer {name!r}; valid names: {', '.join(sorted(DECOMPOSERS))}."
+        ) from None
+    return cls(**params)
