@@ -177,6 +177,20 @@ def _check_pair(clean: MultimodalBatch, corrupted: MultimodalBatch) -> None:
                          "layout (same template, prompt length and image sizes) to patch position by position.")
 
 
+def _setup(model: HookedMLLM, clean: MultimodalBatch, corrupted: MultimodalBatch, hook: str,
+           layers: Sequence[int] | None, over: str, positions: Sequence[int] | None, image: int,
+           cell: tuple[int, int]) -> tuple:
+    """What both sweeps share: checks, layers, units, hook names and the clean run's cache."""
+    _check_pair(clean, corrupted)
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    if over == "head" and hook != "z":
+        raise ValueError("over='head' patches attn.hook_z: pass hook='z'")
+    units, labels, grid = _units(model, corrupted, over, positions, image, cell)
+    names = [act_name(hook, layer) for layer in layers]
+    clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names, device=None)
+    return layers, units, labels, grid, names, clean_logits, clean_cache
+
+
 def activation_patching(
     model: HookedMLLM,
     clean: MultimodalBatch,
@@ -204,13 +218,8 @@ def activation_patching(
             they run before the patch on every corrupted run.
         batch_size: Patched runs per forward.
     """
-    _check_pair(clean, corrupted)
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    if over == "head" and hook != "z":
-        raise ValueError("over='head' patches attn.hook_z: pass hook='z'")
-    units, labels, grid = _units(model, corrupted, over, positions, image, cell)
-    names = [act_name(hook, layer) for layer in layers]
-    clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names, device=None)
+    layers, units, labels, grid, names, clean_logits, clean_cache = _setup(
+        model, clean, corrupted, hook, layers, over, positions, image, cell)
     corrupted_logits = model.run_with_hooks(corrupted, fwd_hooks=list(corrupted_hooks))
     forwards, rows = 2, 2
     table = torch.empty(len(layers), len(units))
@@ -262,11 +271,8 @@ def attribution_patching(
     unit's positions (or head) and the model dimension, so it is on the metric's scale
     like the activation-patching table.
     """
-    _check_pair(clean, corrupted)
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    units, labels, grid = _units(model, corrupted, over, positions, image, cell)
-    names = [act_name(hook, layer) for layer in layers]
-    clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names, device=None)
+    layers, units, labels, grid, names, clean_logits, clean_cache = _setup(
+        model, clean, corrupted, hook, layers, over, positions, image, cell)
     store: dict = {}
     delta = _Delta(store)
     logits = model.run_with_hooks(corrupted, fwd_hooks=[*corrupted_hooks, *[(n, delta) for n in names]], grad=True)

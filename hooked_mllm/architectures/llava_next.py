@@ -27,23 +27,16 @@ grid** (``ImageSpan.grid is None``); the base part is ``span.start + [0, (size/p
 
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout
-from .llava import CLIP_BLOCK
+from dataclasses import replace
 
-LLAVA_NEXT = Adapter(
+from .llava import LLAVA
+
+# The same module tree as LLaVA; only the image-token geometry differs.
+LLAVA_NEXT = replace(
+    LLAVA,
     name="llava_next",
     config_classes=("LlavaNextConfig",),
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(),
-    vision_layers="model.vision_tower.encoder.layers",
-    vision_embed="model.vision_tower.embeddings",
-    vision_block=CLIP_BLOCK,
-    projector="model.multi_modal_projector",
     image_grid=lambda n, cfg: None,
-    hidden_states_normed=True,
     test_model="tiny random from llava-hf/llava-v1.6-mistral-7b-hf's config, anyres pinpoints 16/32 "
                "(processor: LlavaNextImageProcessorPil)",
     notes="Anyres tiles + image_newline: one span per image, no grid.",
