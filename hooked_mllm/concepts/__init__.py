@@ -1,7 +1,8 @@
 """Concept dictionaries, grounding metrics and representation-shift analysis on cached features.
 
 After CoX-LMM (concept dictionaries on token representations) and the fine-tuning
-representation-shift paper: :mod:`.decompose` (Semi-NMF, the reference DictionaryLearning
+representation-shift paper: :mod:`.extract` (features to disk in resumable safetensors
+shards), :mod:`.decompose` (Semi-NMF, the reference DictionaryLearning
 variant, k-means, PCA, NMF, ICA, top-norm samples; scikit-learn estimators),
 :mod:`.metrics` (reconstruction, sparsity, word overlap, test-time projection, pluggable
 image-text scoring, attribute recovery) and :mod:`.shift` (per-concept shift vectors,
@@ -23,6 +24,12 @@ from .decompose import PCAConcepts as PCAConcepts
 from .decompose import SemiNMF as SemiNMF
 from .decompose import TopNormConcepts as TopNormConcepts
 from .decompose import make_decomposer as make_decomposer
+from .extract import Features as Features
+from .extract import Sample as Sample
+from .extract import TokenRule as TokenRule
+from .extract import extract as extract
+from .extract import folder_dataset as folder_dataset
+from .extract import toy_dataset as toy_dataset
 from .metrics import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE
 from .metrics import ImageTextScorer as ImageTextScorer
 from .metrics import Sparsity as Sparsity
