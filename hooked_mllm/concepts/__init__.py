@@ -6,7 +6,8 @@ shards), :mod:`.decompose` (Semi-NMF, the reference DictionaryLearning
 variant, k-means, PCA, NMF, ICA, top-norm samples; scikit-learn estimators),
 :mod:`.metrics` (reconstruction, sparsity, word overlap, test-time projection, pluggable
 image-text scoring, attribute recovery) and :mod:`.shift` (per-concept shift vectors,
-consistency, shifted concepts, Hungarian matching and improvement metrics).
+consistency, shifted concepts, Hungarian matching and improvement metrics), :mod:`.steering` (mean-difference and concept-difference
+steering vectors applied through :class:`hooked_mllm.hooks.Steer`, with an evaluation).
 
 Example:
     >>> from hooked_mllm.concepts import make_decomposer
@@ -42,6 +43,12 @@ from .metrics import project as project
 from .metrics import reconstruction_error as reconstruction_error
 from .metrics import sparsity as sparsity
 from .metrics import top_concept_words as top_concept_words
+from .steering import SteeringReport as SteeringReport
+from .steering import concept_difference as concept_difference
+from .steering import evaluate_steering as evaluate_steering
+from .steering import mean_difference as mean_difference
+from .steering import split_by as split_by
+from .steering import steering_hooks as steering_hooks
 from .shift import ConceptMatching as ConceptMatching
 from .shift import ShiftImprovement as ShiftImprovement
 from .shift import ShiftResult as ShiftResult
