@@ -31,6 +31,9 @@ from .extract import TokenRule as TokenRule
 from .extract import extract as extract
 from .extract import folder_dataset as folder_dataset
 from .extract import toy_dataset as toy_dataset
+from .grounding import concept_map as concept_map
+from .grounding import text_grounding as text_grounding
+from .grounding import visual_grounding as visual_grounding
 from .metrics import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE
 from .metrics import ImageTextScorer as ImageTextScorer
 from .metrics import Sparsity as Sparsity

@@ -1,0 +1,74 @@
+"""Grounding concepts in words (through the unembedding) and in images (top samples, patch maps).
+
+:func:`text_grounding` decodes each concept vector through the model's LM head, with or
+without the final norm first (the CoX-LMM reference code uses the LM head *without* the
+norm; ``apply_norm=True`` reads the vector as the model would read a residual), takes the
+top ``top_k`` tokens and keeps real words (alphabetic, longer than ``min_length``, not
+stopwords). :func:`visual_grounding` gives each concept's top-activating samples;
+:func:`concept_map` turns one image's per-token features into a per-patch activation map.
+
+Example:
+    >>> words = text_grounding(model, dec.components_, top_k=50, n_words=10)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ..model import HookedMLLM
+
+STOPWORDS = frozenset(
+    "the and for are but not you all any can had her was one our out has him his how its may new now old see "
+    "two way who did get let put say she too use that with have this will your from they know want been good "
+    "much some time very when come here just like long make many more only over such take than them well were "
+    "what there which their would about these other into could".split()
+)
+
+
+def text_grounding(model: HookedMLLM, components: Any, *, top_k: int = 50, n_words: int = 10,
+                   apply_norm: bool = False, min_length: int = 2,
+                   stopwords: frozenset[str] = STOPWORDS) -> list[list[str]]:
+    """The words each concept vector (rows of ``components`` ``[K, d]``) decodes to."""
+    u = torch.as_tensor(getattr(components, "components_", components), dtype=torch.float32)
+    head = model.adapter.module(model.hf_model, model.adapter.unembed)
+    x = u.to(device=model.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        if apply_norm:
+            x = model.final_norm()(x)
+        logits = head(x).float()
+    tokenizer = model.processor.tokenizer
+    out = []
+    for row in logits:
+        ids = row.topk(min(top_k, row.numel())).indices.tolist()
+        words = []
+        for token in tokenizer.convert_ids_to_tokens(ids):
+            word = token.lstrip("▁Ġ").lower()
+            if word.isalpha() and len(word) > min_length and word not in stopwords and word not in words:
+                words.append(word)
+        out.append(words[:n_words])
+    return out
+
+
+def visual_grounding(activations: Float[Any, "n k"], ids: Sequence[str], top: int = 5) -> list[list[str]]:
+    """Per concept, the ids of the ``top`` samples that activate it most."""
+    v = np.asarray(activations)
+    if v.shape[0] != len(ids):
+        raise ValueError(f"{v.shape[0]} activation rows for {len(ids)} ids")
+    order = np.argsort(-v, axis=0, kind="stable")[:top]
+    return [[ids[i] for i in order[:, k]] for k in range(v.shape[1])]
+
+
+def concept_map(decomposer: Any, token_features: Float[Tensor, "n_tokens d"], grid: tuple[int, int],
+                concept: int) -> Float[np.ndarray, "rows cols"]:
+    """One concept's activation on each image token, shaped like the image's token grid."""
+    rows, cols = grid
+    if token_features.shape[0] != rows * cols:
+        raise ValueError(f"{token_features.shape[0]} token features do not fill a {rows}x{cols} grid")
+    v = np.asarray(decomposer.transform(token_features))
+    return v[:, concept].reshape(rows, cols)
