@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     hooks = sub.add_parser("hooks", help="list the hook points of the LLaVA adapter")
     hooks.add_argument("--markdown", action="store_true", help="print the reference table (docs/hook_points.md)")
     hooks.set_defaults(func=_cmd_hooks)
+    from .concepts.cli import add_subparsers as add_concepts
+
+    add_concepts(sub)
     try:
         from .toy.cli import add_subparsers as add_toy
     except ImportError:

@@ -1,0 +1,41 @@
+"""The concept commands end to end on a folder of images and a tiny saved model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from hooked_mllm.cli import main
+from hooked_mllm.concepts import Features
+from hooked_mllm.testing import random_image, tiny_llava, tiny_processor
+
+
+def test_extract_concepts_shift_steer(tmp_path):
+    for name, seed in (("a", 0), ("b", 1)):
+        tiny_llava(seed=seed).save_pretrained(tmp_path / name)
+        tiny_processor().save_pretrained(tmp_path / name)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(12):
+        random_image(i).save(images / f"{i:02d}.png")
+    common = ["--hook", "blocks.1.hook_resid_post", "--images", str(images), "--prompt", "is there a red square ?",
+              "--batch-size", "6"]
+    assert main(["extract", "--model", str(tmp_path / "a"), *common, "--out", str(tmp_path / "fa")]) == 0
+    assert main(["extract", "--model", str(tmp_path / "b"), *common, "--out", str(tmp_path / "fb")]) == 0
+    feats = Features.load(tmp_path / "fa")
+    assert feats.features.shape == (12, 64)
+    assert main(["concepts", "--features", str(tmp_path / "fa"), "--method", "pca", "--k", "3",
+                 "--out", str(tmp_path / "c.npz"), "--model", str(tmp_path / "a")]) == 0
+    saved = np.load(tmp_path / "c.npz")
+    assert saved["components"].shape == (3, 64) and saved["activations"].shape == (12, 3)
+    assert main(["shift", "--original", str(tmp_path / "fa"), "--finetuned", str(tmp_path / "fb"), "--k", "2",
+                 "--out", str(tmp_path / "shift.json")]) == 0
+    report = json.loads((tmp_path / "shift.json").read_text())
+    assert report["samples"] == 12 and len(report["counts"]) == 2
+    answers = sorted({p.split(" ")[0] for p in feats.predictions})
+    if len(answers) >= 2:
+        assert main(["steer", "--features", str(tmp_path / "fa"), "--source", answers[0], "--target", answers[1],
+                     "--out", str(tmp_path / "v.pt")]) == 0
+        assert torch.load(tmp_path / "v.pt").shape == (64,)
