@@ -1,0 +1,60 @@
+"""The embedded toy default: a synthetic visual world and small trained LLaVA checkpoints in the package.
+
+Purpose
+    A model whose ground truth is known exactly, so every tool of hooked_mllm can be tried, tested and taught
+    without a download: which image tokens show which object (:class:`World` scenes carry masks and
+    ``patch_indices``), what the model answers (>= 97 % on every question type), and a fine-tuned twin whose
+    behaviour differs in one documented way (captions with colours) for model-diffing.
+
+Connections
+    ``world`` (scenes) -> ``tokenizer`` / ``processor`` (Hub-format ``LlavaProcessor``) -> ``model``
+    (``LlavaForConditionalGeneration``, checkpoint paths, :func:`load` into ``hooked_mllm.HookedMLLM``) ->
+    ``train`` / ``evaluate`` / ``cli``. Submodules that need transformers are imported on first use.
+
+Contents (public API)
+    :class:`World`, :class:`Scene`, :class:`SceneObject`, :class:`QA` (from ``world``);
+    :func:`checkpoint_dir`, :func:`load`, :data:`CHECKPOINTS`, :func:`build_model` (from ``model``);
+    :func:`build_processor`, :func:`prompt_text` (from ``processor``); :func:`train`; :func:`evaluate`.
+
+Example
+    >>> from hooked_mllm import toy
+    >>> path = toy.checkpoint_dir("toy-llava")            # doctest: +SKIP
+    >>> model = toy.load("toy-llava")                     # doctest: +SKIP
+    >>> scene = toy.World(seed=1).sample(1)[0]
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from hooked_mllm.toy.world import QA as QA
+from hooked_mllm.toy.world import Scene as Scene
+from hooked_mllm.toy.world import SceneObject as SceneObject
+from hooked_mllm.toy.world import World as World
+
+_LAZY = {
+    "CHECKPOINTS": "hooked_mllm.toy.model",
+    "build_model": "hooked_mllm.toy.model",
+    "checkpoint_dir": "hooked_mllm.toy.model",
+    "load": "hooked_mllm.toy.model",
+    "build_processor": "hooked_mllm.toy.processor",
+    "prompt_text": "hooked_mllm.toy.processor",
+    "CAPTION_PROMPT": "hooked_mllm.toy.processor",
+    "NUM_IMAGE_TOKENS": "hooked_mllm.toy.processor",
+    "train": "hooked_mllm.toy.training",
+    "evaluate": "hooked_mllm.toy.evaluation",
+    "EvalReport": "hooked_mllm.toy.evaluation",
+}
+
+__all__ = ["QA", "Scene", "SceneObject", "World", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hooked_mllm.toy' has no attribute {name!r}; public names: {__all__}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,106 @@
+"""Command line for the toy model: ``hooked-mllm toy train`` and ``hooked-mllm toy eval``.
+
+Purpose
+    Rebuild and score the shipped toy checkpoints from a shell. The package CLI (``hooked_mllm.cli``) mounts
+    this with :func:`add_subparsers`; :func:`cli_train` / :func:`cli_eval` / :func:`main` run it stand-alone.
+
+Contents
+    :func:`add_subparsers`, :func:`cli_train`, :func:`cli_eval`, :func:`main`.
+
+Examples::
+
+    hooked-mllm toy train --name toy-llava --seed 0 --out /tmp/toy-llava
+    hooked-mllm toy eval --name toy-llava --seed 123 --n 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+__all__ = ["add_subparsers", "cli_eval", "cli_train", "main"]
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from hooked_mllm.toy.training import train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
+    result = train(
+        args.name, seed=args.seed, out=args.out, steps=args.steps, init_dir=args.init_dir, **overrides
+    )
+    print(f"saved {args.name} to {result.out} in {result.seconds:.0f} s (final loss {result.final_loss:.4f})")
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from hooked_mllm.toy.evaluation import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = evaluate(
+        args.path or args.name, seed=args.seed, n=args.n, caption_style=args.caption_style
+    )
+    print(report.format())
+    for qtype, question, expected, got in report.errors[: args.show_errors]:
+        print(f"  wrong [{qtype}] {question!r}: expected {expected!r}, got {got!r}")
+    return 0
+
+
+def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``train`` and ``eval`` sub-commands to ``parser`` (e.g. the ``toy`` parser of the package CLI).
+
+    Each sub-command stores its handler in ``args.func``; call ``args.func(args)``.
+    """
+    from hooked_mllm.toy.model import CHECKPOINTS
+
+    sub = parser.add_subparsers(dest="toy_command", required=True)
+    tr = sub.add_parser("train", help="train a toy checkpoint from scratch (or fine-tune, for toy-llava-ft)")
+    tr.add_argument("--name", choices=CHECKPOINTS, default="toy-llava")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default=None, help="output directory (default: the shipped location)")
+    tr.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--init-dir", default=None, help="checkpoint to fine-tune from (toy-llava-ft)")
+    tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    tr.set_defaults(func=_run_train)
+    ev = sub.add_parser("eval", help="score a toy checkpoint on fresh scenes with greedy generation")
+    ev.add_argument("--name", choices=CHECKPOINTS, default="toy-llava")
+    ev.add_argument("--path", default=None, help="checkpoint directory (overrides --name)")
+    ev.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")
+    ev.add_argument("--n", type=int, default=1000, help="number of scenes")
+    ev.add_argument("--caption-style", choices=("plain", "colored"), default=None)
+    ev.add_argument("--show-errors", type=int, default=5)
+    ev.add_argument("--threads", type=int, default=None)
+    ev.set_defaults(func=_run_eval)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry: ``python -m hooked_mllm.toy.cli train|eval ...``."""
+    top = argparse.ArgumentParser(prog="hooked-mllm toy", description=(__doc__ or "").split("\n")[0])
+    parser = add_subparsers(top)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+def cli_train(argv: Sequence[str] | None = None) -> int:
+    """``hooked-mllm toy train`` with ``argv`` the arguments after ``train``."""
+    return main(["train", *(argv or [])])
+
+
+def cli_eval(argv: Sequence[str] | None = None) -> int:
+    """``hooked-mllm toy eval`` with ``argv`` the arguments after ``eval``."""
+    return main(["eval", *(argv or [])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Turn toy-world scenes into model inputs: prompts, teacher-forcing labels, task mixtures.
+
+Purpose
+    Shared by training (:mod:`hooked_mllm.toy.training`) and evaluation
+    (:mod:`hooked_mllm.toy.evaluation`) so both
+    see exactly the same prompt format.
+
+Contents
+    :data:`CAPTION_STYLES`, :func:`target_caption`, :func:`encode`, :func:`sample_example`.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import torch
+
+from hooked_mllm.toy.processor import CAPTION_PROMPT, prompt_text
+from hooked_mllm.toy.world import QTYPES, Scene
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from transformers import BatchFeature, LlavaProcessor
+
+__all__ = ["CAPTION_STYLES", "encode", "sample_example", "target_caption"]
+
+CAPTION_STYLES: tuple[str, ...] = ("plain", "colored")
+"""``plain``: shapes only ("a circle and a square", toy-llava); ``colored``: "a red circle and a blue square"
+(toy-llava-ft)."""
+
+
+def target_caption(scene: Scene, style: str) -> str:
+    """The caption a model of caption style ``style`` should produce for ``scene``."""
+    if style == "plain":
+        return scene.caption
+    if style == "colored":
+        return scene.caption_colored
+    raise ValueError(f"Unknown caption style {style!r}; expected one of {CAPTION_STYLES}.")
+
+
+def encode(
+    processor: LlavaProcessor,
+    images: list[Image.Image],
+    questions: list[str],
+    answers: list[str] | None = None,
+) -> BatchFeature:
+    """Batch of chat-formatted prompts (left-padded), with ``labels`` when ``answers`` are given.
+
+    Without answers the prompts end in ``ASSISTANT:``, ready for generation. With answers each row is
+    ``<s> USER: <image>x36 {question} ASSISTANT: {answer} </s>`` and ``labels`` (``(batch, pos)``, int64) is
+    ``-100`` everywhere except on the answer words and ``</s>`` (loss only on answer tokens).
+    """
+    if len(images) != len(questions) or (answers is not None and len(answers) != len(questions)):
+        raise ValueError(
+            f"images, questions and answers must have the same length, got {len(images)}, "
+            f"{len(questions)} and {None if answers is None else len(answers)}."
+        )
+    texts = [prompt_text(q) for q in questions]
+    if answers is not None:
+        texts = [f"{t} {a} </s>" for t, a in zip(texts, answers)]
+    tok = processor.tokenizer
+    prev_side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        batch = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = prev_side
+    if answers is not None:
+        ids = batch["input_ids"]
+        marker = tok.convert_tokens_to_ids("ASSISTANT:")
+        is_marker = ids == marker
+        # Positions strictly after the (single) ASSISTANT: token are the answer and </s>.
+        after = torch.cumsum(is_marker.long(), dim=1).bool() & ~is_marker
+        batch["labels"] = torch.where(after & (batch["attention_mask"] == 1), ids, -100)
+    return batch
+
+
+def sample_example(
+    scene: Scene, rng: random.Random, *, caption_style: str, p_caption: float
+) -> tuple[str, str]:
+    """One (question, answer) training pair from ``scene``: a caption with probability ``p_caption``, else a
+    question of a uniformly drawn type (among those the scene has)."""
+    if rng.random() < p_caption:
+        return CAPTION_PROMPT, target_caption(scene, caption_style)
+    qtypes = [t for t in QTYPES if scene.questions_of(t)]
+    qa = rng.choice(scene.questions_of(rng.choice(qtypes)))
+    return qa.question, qa.answer
