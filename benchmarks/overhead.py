@@ -8,7 +8,7 @@ repeats:
   ``output_hidden_states=True`` (target <= 1.10);
 * ``run_with_hooks`` with one identity hook vs a plain forward (target <= 1.05);
 * TransformerLens' ``TransformerBridge.run_with_cache`` of the same names vs ours;
-* the bytes held by a cache of one layer's image tokens vs one of every position.
+* the bytes held by a cache of one layer's image tokens vs one of every hook at every position.
 
 Usage: ``python benchmarks/overhead.py [--small] [--repeats N]``.
 """
@@ -84,10 +84,13 @@ def main() -> None:
           " (target <= 1.05)")
 
     _, image_only = model.run_with_cache(batch, names_filter=names[3], positions="image")
-    _, every = model.run_with_cache(batch, names_filter=names[3])
     b_img = sum(t.nbytes for t in image_only.values())
+    del image_only
+    _, every = model.run_with_cache(batch)
     b_all = sum(t.nbytes for t in every.values())
-    print(f"cache bytes, one layer image tokens only: {b_img:,} vs every position: {b_all:,} ({b_img / b_all:.3f}x)")
+    del every
+    print(f"cache bytes, image tokens of one layer's resid_post: {b_img:,} vs every hook point at every "
+          f"position: {b_all:,} ({b_img / b_all:.4f}x)")
 
     if not args.no_tl:
         try:
