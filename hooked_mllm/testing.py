@@ -283,3 +283,34 @@ def tiny_llava_next(seed: int = 0, attn_implementation: str | None = None, n_lay
         config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     return _finish(tf.LlavaNextForConditionalGeneration(config), tok), processor
+
+
+def tiny_llava_onevision(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2,
+                         d_model: int = 64, image_size: int = 16, patch_size: int = 4):
+    """A tiny random LLaVA-OneVision (shrunk from llava-hf/llava-onevision-qwen2-7b-ov-hf: SigLIP
+    tower, anyres tiles over pinpoints ``[[16, 32], [32, 16], [32, 32]]``, Qwen2 LM) and its processor.
+
+    Returns ``(model, processor)``.
+    """
+    import transformers as tf
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tok = tiny_tokenizer()
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": image_size, "width": image_size},
+                                                      image_grid_pinpoints=pinpoints)
+    processor = _without_video(tf.LlavaOnevisionProcessor)(
+        image_processor=image_processor, tokenizer=tok, num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full", chat_template=CHAT_TEMPLATE)
+    vision = tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                   image_size=image_size, patch_size=patch_size)
+    text = tf.Qwen2Config(**_text_kwargs(tok, d_model, n_layers, 4))
+    config = tf.LlavaOnevisionConfig(vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
+                                     image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
+                                     vision_feature_select_strategy="full", pad_token_id=tok.pad_token_id)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return _finish(tf.LlavaOnevisionForConditionalGeneration(config), tok), processor

@@ -24,6 +24,7 @@ from .gemma3 import GEMMA3
 from .idefics2 import IDEFICS2
 from .llava import LLAVA
 from .llava_next import LLAVA_NEXT
+from .llava_onevision import LLAVA_ONEVISION
 from .qwen2_vl import QWEN2_5_VL, QWEN2_VL
 
 logger = logging.getLogger(__name__)
@@ -75,3 +76,4 @@ register_adapter(QWEN2_5_VL)
 register_adapter(IDEFICS2)
 register_adapter(GEMMA3)
 register_adapter(LLAVA_NEXT)
+register_adapter(LLAVA_ONEVISION)

@@ -71,4 +71,8 @@ FAMILIES = [
     Family("llava_next", lambda: t.tiny_llava_next(attn_implementation="eager"),
            [[image(0, 16, 32)], [image(1, 32, 32)]], PROMPTS, [(52, None), (88, None)],
            extra={"base_tiles": [0, 3]}),
+    # LLaVA-OneVision: the same geometry with a SigLIP tower ("full": no CLS to drop).
+    Family("llava_onevision", lambda: t.tiny_llava_onevision(attn_implementation="eager"),
+           [[image(0, 16, 32)], [image(1, 32, 32)]], PROMPTS, [(52, None), (88, None)],
+           extra={"base_tiles": [0, 3]}),
 ]

@@ -1,0 +1,33 @@
+"""LLaVA-OneVision (``LlavaOnevisionForConditionalGeneration``, e.g. llava-hf/llava-onevision-qwen2-7b-ov-hf).
+
+Module tree (transformers 5): the same as LLaVA-NeXT's (:mod:`.llava_next`), with a SigLIP
+tower (no CLS token, ``vision_feature_select_strategy="full"``) and usually a Qwen2 LM::
+
+    LlavaOnevisionForConditionalGeneration
+    ├── model: LlavaOnevisionModel
+    │   ├── vision_tower: SiglipVisionModel-like {embeddings, encoder.layers[i]}
+    │   ├── multi_modal_projector
+    │   ├── image_newline (a parameter)
+    │   └── language_model: Qwen2Model {embed_tokens, layers[i], norm}
+    └── lm_head
+
+Image tokens: anyres tiles as in LLaVA-NeXT (base image, then the stitched tiles with a
+newline vector per row; ``anyres_max_9`` may pool large maps), so a span has no grid.
+``batch_num_images`` holds one count per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .llava_next import LLAVA_NEXT
+
+LLAVA_ONEVISION = replace(
+    LLAVA_NEXT,
+    name="llava_onevision",
+    config_classes=("LlavaOnevisionConfig",),
+    input_split=(("batch_num_images", "row"),),
+    test_model="tiny random from llava-hf/llava-onevision-qwen2-7b-ov-hf's config: SigLIP tower, Qwen2 LM, "
+               "anyres pinpoints 16/32 (processor: LlavaOnevisionImageProcessorPil)",
+    notes="Anyres tiles + image_newline as LLaVA-NeXT: one span per image, no grid.",
+)
