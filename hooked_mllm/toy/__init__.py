@@ -3,8 +3,8 @@
 Purpose
     A model whose ground truth is known exactly, so every tool of hooked_mllm can be tried, tested and taught
     without a download: which image tokens show which object (:class:`World` scenes carry masks and
-    ``patch_indices``), what the model answers (>= 97 % on every question type), and a fine-tuned twin whose
-    behaviour differs in one documented way (captions with colours) for model-diffing.
+    ``patch_indices``), what the model answers (scored per question type, see docs/toy.md), and a
+    fine-tuned twin whose behaviour differs in one documented way (captions with colours) for model-diffing.
 
 Connections
     ``world`` (scenes) -> ``tokenizer`` / ``processor`` (Hub-format ``LlavaProcessor``) -> ``model``

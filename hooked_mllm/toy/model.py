@@ -145,6 +145,9 @@ def save_checkpoint(
         processor.save_pretrained(tmp)
         for fname, text in (extra_files or {}).items():
             (tmp / fname).write_text(text)
+        tmp.chmod(0o755)  # mkdtemp makes the directory private; a checkpoint is ordinary package data
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

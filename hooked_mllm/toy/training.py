@@ -55,6 +55,10 @@ class Recipe:
         init: ``None`` to train from scratch, else the name of a shipped checkpoint to fine-tune.
         steps, batch_size, lr, warmup, min_lr_ratio, weight_decay, grad_clip: optimisation.
         p_caption: probability that an example is a caption rather than a question.
+        single_object_steps: curriculum: the first steps use one-object scenes and no captions, so colour
+            is learned before shape features crowd it out of the layer-normed patch embeddings.
+        freeze_patch_embedding: keep the vision patch embedding at its random init (it already separates
+            colours and local shape; training it drowned colour out in an earlier run).
     """
 
     caption_style: str = "plain"
@@ -67,12 +71,15 @@ class Recipe:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     p_caption: float = 0.25
+    single_object_steps: int = 0
+    freeze_patch_embedding: bool = False
 
 
 RECIPES: dict[str, Recipe] = {
-    "toy-llava": Recipe(),
+    "toy-llava": Recipe(steps=2600, lr=5e-4, single_object_steps=300, freeze_patch_embedding=True),
     "toy-llava-ft": Recipe(
-        caption_style="colored", init="toy-llava", steps=600, lr=5e-4, warmup=30, p_caption=0.4
+        caption_style="colored", init="toy-llava", steps=500, lr=3e-4, warmup=30, p_caption=0.4,
+        freeze_patch_embedding=True,
     ),
 }
 
@@ -107,9 +114,12 @@ def train_steps(
         raise ValueError(f"caption_style must be one of {CAPTION_STYLES}, got {recipe.caption_style!r}.")
     torch.manual_seed(seed)
     world = World(seed=_WORLD_SEED_OFFSET + seed + (1 if recipe.init else 0))
+    single = World(seed=_WORLD_SEED_OFFSET + seed + 2, max_objects=1)
+    model.model.vision_tower.get_input_embeddings().weight.requires_grad_(not recipe.freeze_patch_embedding)
     rng = random.Random(seed)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.lr,
@@ -120,11 +130,11 @@ def train_steps(
     losses: list[float] = []
     bar = tqdm(range(recipe.steps), desc="toy train", disable=not progress, mininterval=2.0)
     for step in bar:
-        scenes = world.sample(recipe.batch_size)
-        pairs = [
-            sample_example(s, rng, caption_style=recipe.caption_style, p_caption=recipe.p_caption)
-            for s in scenes
-        ]
+        early = step < recipe.single_object_steps
+        scenes = (single if early else world).sample(recipe.batch_size)
+        p_caption = 0.0 if early else recipe.p_caption
+        style = recipe.caption_style
+        pairs = [sample_example(s, rng, caption_style=style, p_caption=p_caption) for s in scenes]
         batch = encode(processor, [s.image for s in scenes], [q for q, _ in pairs], [a for _, a in pairs])
         loss = model(**batch).loss
         loss.backward()
@@ -137,6 +147,7 @@ def train_steps(
             recent = losses[-50:]
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             logger.debug("step %d loss %.4f", step, losses[-1])
+    model.model.vision_tower.get_input_embeddings().weight.requires_grad_(True)
     model.eval()
     return losses
 
