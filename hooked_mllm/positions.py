@@ -111,11 +111,29 @@ class Image(Selector):
     """Image tokens: all, one image (``index`` within each row), or a region of its grid.
 
     ``rows``/``cols`` select grid cells (ints, slices or lists), for gridded images only.
+    ``box=(left, top, right, bottom)`` in pixels of an image of ``image_size=(width, height)``
+    selects every cell the box overlaps (the grid spans the whole image).
     """
 
     index: int | None = None
     rows: Any = None
     cols: Any = None
+    box: tuple[float, float, float, float] | None = None
+    image_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.box is not None and (self.image_size is None or self.rows is not None or self.cols is not None):
+            raise ValueError("box= needs image_size=(width, height) and replaces rows=/cols=")
+
+    def _cells(self, grid: tuple[int, int]) -> tuple[Any, Any]:
+        if self.box is None:
+            return _index(self.rows), _index(self.cols)
+        left, top, right, bottom = self.box
+        width, height = self.image_size  # type: ignore[misc]
+        n_rows, n_cols = grid
+        row0, row1 = int(top * n_rows // height), -int(-bottom * n_rows // height)
+        col0, col1 = int(left * n_cols // width), -int(-right * n_cols // width)
+        return slice(max(0, row0), min(n_rows, row1)), slice(max(0, col0), min(n_cols, col1))
 
     def mask(self, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
         out = torch.zeros_like(batch.pad_mask)
@@ -123,13 +141,13 @@ class Image(Selector):
             spans = batch.images_of(row)
             chosen = spans if self.index is None else spans[self.index : self.index + 1 or None]
             for span in chosen:
-                if self.rows is None and self.cols is None:
+                if self.rows is None and self.cols is None and self.box is None:
                     out[row, span.start : span.end] = True
                     continue
                 if span.grid is None:
-                    raise ValueError(f"Image {span.index} has no patch grid, so rows/cols cannot select cells.")
+                    raise ValueError(f"Image {span.index} has no patch grid, so rows/cols/box cannot select cells.")
                 cells = torch.zeros(span.grid, dtype=torch.bool)
-                cells[_index(self.rows), _index(self.cols)] = True
+                cells[self._cells(span.grid)] = True
                 out[row, span.start : span.end] = cells.flatten()
         return out
 
@@ -224,9 +242,14 @@ def token(text: str, tokenizer: Any, occurrence: int = -1) -> Token:
     return Token(text, tokenizer, occurrence)
 
 
-def image(index: int | None = None, rows: Any = None, cols: Any = None) -> Image:
-    """Select image tokens (optionally image ``index`` of each row and grid ``rows``/``cols``)."""
-    return Image(index, rows, cols)
+def image(index: int | None = None, rows: Any = None, cols: Any = None,
+          box: tuple[float, float, float, float] | None = None, image_size: tuple[int, int] | None = None) -> Image:
+    """Select image tokens: image ``index`` of each row, grid ``rows``/``cols``, or a pixel ``box``.
+
+    Example:
+        >>> positions.image(box=(0, 0, 16, 16), image_size=(48, 48))   # the top-left 16 px  # doctest: +SKIP
+    """
+    return Image(index, rows, cols, box, image_size)
 
 
 def text() -> Selector:

@@ -152,3 +152,13 @@ def test_token_selector(hooked, batch):
         positions.token("triangle", hooked.processor.tokenizer).mask(batch)
     with pytest.raises(ValueError, match="Unknown position name"):
         positions.as_selector("imagez")
+
+
+def test_pixel_box_selects_the_cells_it_covers(hooked, pair):
+    _, batch = pair
+    span = batch.images_of(0)[0]  # a 4x4 grid over a 32x32 image: 8 px per cell
+    mask = positions.image(box=(8, 0, 20, 9), image_size=(32, 32)).mask(batch)[0]
+    chosen = (mask.nonzero().flatten() - span.start).tolist()
+    assert chosen == [1, 2, 5, 6]  # rows 0-1 (0..9 px), cols 1-2 (8..20 px)
+    with pytest.raises(ValueError, match="needs image_size"):
+        positions.image(box=(0, 0, 4, 4))

@@ -58,3 +58,10 @@ def test_object_cell_carries_the_colour(toy_model):
     print(f"attribution vs activation patching correlation (resid_pre, image cells): {corr}")
     assert all(peaks)
     assert min(corr) >= 0.8
+    clean, corrupted, (good, bad), _, _ = recoloured_pairs(toy_model, 1)[0]
+    metric = logit_diff(good, bad)
+    for hook in ("resid_mid", "resid_post", "attn_out", "mlp_out"):
+        exact = activation_patching(toy_model, clean, corrupted, metric, hook=hook, over="cell", cell=(2, 2))
+        approx = attribution_patching(toy_model, clean, corrupted, metric, hook=hook, over="cell", cell=(2, 2))
+        print(f"attribution vs activation patching correlation ({hook}, image cells): "
+              f"{correlation(approx.values, exact.values):.3f}")
