@@ -70,4 +70,6 @@ def supported_models_markdown(adapters: list[Adapter] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    print(supported_models_markdown(), end="")
+    import sys
+
+    sys.stdout.write(supported_models_markdown())
