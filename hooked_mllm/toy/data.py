@@ -77,12 +77,25 @@ def encode(
 
 
 def sample_example(
-    scene: Scene, rng: random.Random, *, caption_style: str, p_caption: float
+    scene: Scene,
+    rng: random.Random,
+    *,
+    caption_style: str,
+    p_caption: float,
+    qtype_weights: tuple[float, ...] | None = None,
 ) -> tuple[str, str]:
     """One (question, answer) training pair from ``scene``: a caption with probability ``p_caption``, else a
-    question of a uniformly drawn type (among those the scene has)."""
+    question of a type drawn among those the scene has, uniformly or with ``qtype_weights`` (one weight per
+    entry of :data:`~hooked_mllm.toy.world.QTYPES`)."""
     if rng.random() < p_caption:
         return CAPTION_PROMPT, target_caption(scene, caption_style)
     qtypes = [t for t in QTYPES if scene.questions_of(t)]
-    qa = rng.choice(scene.questions_of(rng.choice(qtypes)))
+    if qtype_weights is None:
+        qtype = rng.choice(qtypes)
+    else:
+        if len(qtype_weights) != len(QTYPES):
+            raise ValueError(f"qtype_weights needs one weight per type {QTYPES}, got {qtype_weights!r}.")
+        weights = [qtype_weights[QTYPES.index(t)] for t in qtypes]
+        qtype = rng.choices(qtypes, weights)[0] if sum(weights) > 0 else rng.choice(qtypes)
+    qa = rng.choice(scene.questions_of(qtype))
     return qa.question, qa.answer

@@ -59,6 +59,9 @@ class Recipe:
             is learned before shape features crowd it out of the layer-normed patch embeddings.
         freeze_patch_embedding: keep the vision patch embedding at its random init (it already separates
             colours and local shape; training it drowned colour out in an earlier run).
+        qtype_weights: relative frequency of each question type (order of
+            :data:`hooked_mllm.toy.world.QTYPES`: color, shape, count, position, exist); ``None`` for uniform.
+            The binding questions (all but count) need many more examples than counting.
     """
 
     caption_style: str = "plain"
@@ -73,6 +76,7 @@ class Recipe:
     p_caption: float = 0.25
     single_object_steps: int = 0
     freeze_patch_embedding: bool = False
+    qtype_weights: tuple[float, ...] | None = None
 
 
 RECIPES: dict[str, Recipe] = {
@@ -134,7 +138,10 @@ def train_steps(
         scenes = (single if early else world).sample(recipe.batch_size)
         p_caption = 0.0 if early else recipe.p_caption
         style = recipe.caption_style
-        pairs = [sample_example(s, rng, caption_style=style, p_caption=p_caption) for s in scenes]
+        pairs = [
+            sample_example(s, rng, caption_style=style, p_caption=p_caption, qtype_weights=recipe.qtype_weights)
+            for s in scenes
+        ]
         batch = encode(processor, [s.image for s in scenes], [q for q, _ in pairs], [a for _, a in pairs])
         loss = model(**batch).loss
         loss.backward()
