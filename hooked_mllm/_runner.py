@@ -170,12 +170,12 @@ def build_mediators(nn: NNsight, hooks: list[HookFn], order: Callable[[str], int
 @contextlib.contextmanager
 def installed(nn: NNsight, mediators: list[Mediator]) -> Iterator[None]:
     """Install mediators as nnsight edits for the block; always restored on exit."""
-    saved = nn._edits
-    nn._edits = list(saved) + list(mediators)
+    ours = {id(m) for m in mediators}
+    nn._edits = list(nn._edits) + list(mediators)
     try:
         yield
-    finally:
-        nn._edits = saved
+    finally:  # remove only ours: edits a user stored inside the block stay
+        nn._edits = [m for m in nn._edits if id(m) not in ours]
 
 
 def interleave(nn: NNsight, fn: Any, mediators: list[Mediator], kwargs: dict) -> Any:

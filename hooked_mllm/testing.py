@@ -84,6 +84,11 @@ def tiny_llava(text: str = "llama", seed: int = 0, image_size: int = 32, patch_s
     return model
 
 
+def image_pair(model, seeds: tuple[int, int], prompt: str = "what color is the circle ?"):
+    """Two one-row batches with the same prompt and layout and different random images (clean, corrupted)."""
+    return tuple(model.prepare(images=[random_image(seed)], prompts=[prompt]) for seed in seeds)
+
+
 def random_image(seed: int, size: int = 32) -> Image.Image:
     """A seeded random RGB image."""
     rng = np.random.default_rng(seed)

@@ -8,14 +8,12 @@ import torch
 from hooked_mllm import positions
 from hooked_mllm.hooks import (Ablate, CacheTo, PatchFrom, PatchSubspace, ProjectOut, ScaleComponent, SetComponent,
                                Steer, compose)
-from hooked_mllm.testing import random_image
+from hooked_mllm.testing import image_pair, random_image
 
 
 @pytest.fixture
 def pair(hooked):
-    clean = hooked.prepare(images=[random_image(10)], prompts=["what color is the circle ?"])
-    corrupted = hooked.prepare(images=[random_image(11)], prompts=["what color is the circle ?"])
-    return clean, corrupted
+    return image_pair(hooked, (10, 11))
 
 
 def test_patch_everything_gives_clean_and_nothing_gives_corrupted(hooked, pair):

@@ -7,14 +7,12 @@ import torch
 
 from hooked_mllm.patching import (activation_patching, attribution_patching, blur_region, correlation, logit_diff,
                                   mask_region, noise_image_tokens)
-from hooked_mllm.testing import random_image
+from hooked_mllm.testing import image_pair, random_image
 
 
 @pytest.fixture
 def pair(llama_model):
-    clean = llama_model.prepare(images=[random_image(20)], prompts=["what color is the circle ?"])
-    corrupted = llama_model.prepare(images=[random_image(21)], prompts=["what color is the circle ?"])
-    return clean, corrupted
+    return image_pair(llama_model, (20, 21))
 
 
 def test_sweep_layout_and_exact_endpoints(llama_model, pair):
