@@ -96,10 +96,16 @@ def _write(envoy: Any, site: Site, raw: Any, value: Any) -> None:
         envoy.output = type(raw)(items) if isinstance(raw, tuple) else items
 
 
+def scale_of(nn: NNsight, point: HookPoint) -> torch.Tensor | None:
+    """The layer-scale parameter of ``point`` (see ``HookPoint.scale``), or None."""
+    return None if point.scale is None else nn._module.get_parameter(point.scale)
+
+
 def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict,
           every_step: bool) -> Callable[[], None]:
     envoy = nn.get(point.site.path)
     base_envoy = nn.get(point.base.path) if point.base is not None else None
+    scale = scale_of(nn, point)
 
     def visit(step: int) -> None:
         base = _read(base_envoy, point.base)[1] if base_envoy is not None else None
@@ -109,7 +115,8 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
                 f"{point.name} has no value in this run (is attention eager? hook_pattern needs "
                 "attn_implementation='eager')."
             )
-        act = value if base is None else base + value
+        act = value if scale is None else value * scale
+        act = act if base is None else base + act
         if point.heads is not None:
             act = act.unflatten(-1, (point.heads, -1))
         hook = HookContext(point.name, point, batch() if callable(batch) else batch, step, ctx)
@@ -132,6 +139,8 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
             out = act.flatten(-2) if point.heads is not None else act
             if base is not None:
                 out = out - base
+            if scale is not None:
+                out = out / scale
             _write(envoy, point.site, raw, out.to(value.dtype))
 
     def body() -> None:

@@ -14,7 +14,7 @@ residual sum exactly to the final norm's output (minus any bias). Modality views
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -250,7 +250,7 @@ class ActivationCache(Mapping):
             raise ValueError("This cache has no batch, so it cannot tell image tokens from text tokens.")
         return self.batch
 
-    def _row_positions(self, row: int, positions: range) -> Tensor:
+    def _row_positions(self, row: int, positions: Sequence[int]) -> Tensor:
         wanted = torch.tensor(list(positions))
         if self.positions is None:
             return wanted
@@ -265,9 +265,12 @@ class ActivationCache(Mapping):
         """Image ``image`` of every row for one hook: ``[batch, rows, cols, ...]`` where gridded.
 
         Rows without that image, or images without a grid, give a list of
-        ``[n_tokens, ...]`` tensors instead.
+        ``[n_tokens, ...]`` tensors instead. Tokens between an image's rows (Pixtral's
+        ``[IMG_BREAK]``) are not part of it (:attr:`ImageSpan.token_positions`).
         """
         batch = self._require_batch()
+        if batch.no_image_tokens is not None:
+            raise ValueError(batch.no_image_tokens)
         act = self[name]
         pieces, grids = [], []
         for row in range(len(batch)):
@@ -275,7 +278,7 @@ class ActivationCache(Mapping):
             if image >= len(spans):
                 raise ValueError(f"Row {row} has {len(spans)} image(s); image index {image} is out of range.")
             span = spans[image]
-            pieces.append(act[row, self._row_positions(row, range(span.start, span.end))])
+            pieces.append(act[row, self._row_positions(row, span.token_positions)])
             grids.append(span.grid)
         if all(g is not None for g in grids) and len(set(grids)) == 1:
             rows, cols = grids[0]

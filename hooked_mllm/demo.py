@@ -89,7 +89,7 @@ def _toy_demo(model: HookedMLLM, seed: int, report: Report) -> None:
     batch = model.prepare(images=[scene.image], prompts=[qa.question])
     _, cache = model.run_with_cache(batch, names_filter=lambda n: n.startswith("blocks.") and "resid" in n)
     span = batch.images_of(0)[0]
-    positions = [span.start + i for i in target.patch_indices]
+    positions = [span.token_positions[i] for i in target.patch_indices]
     report.heading(f"2. Logit lens on the image tokens of the {target.name}")
     report.text(f"Question: '{qa.question}'. The object covers patches {list(target.patch_indices)} "
                 f"(sequence positions {positions}). Mean residual over them, read through the final norm "
@@ -107,7 +107,7 @@ def _toy_demo(model: HookedMLLM, seed: int, report: Report) -> None:
     donor_batch = model.prepare(images=[other], prompts=[qa.question])
     _, donor = model.run_with_cache(donor_batch, names_filter="blocks.0.hook_resid_pre")
     donor_act = donor["resid_pre", 0]
-    image_positions = list(range(span.start, span.end))
+    image_positions = list(span.token_positions)
     control = [p for p in image_positions if p not in positions]
     clean = _answer(model, [scene.image], [qa.question])[0]
     recoloured = _answer(model, [other], [qa.question])[0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator, Literal
 
 from .architectures.base import Adapter, BlockLayout
@@ -50,6 +50,8 @@ class HookPoint:
         name: Canonical name, e.g. ``"blocks.3.attn.hook_z"``.
         site: Where the value lives.
         base: For derived sums (``hook_resid_mid``): the value is ``base + site``.
+        scale: A parameter path (layer scale): the value is ``site * scale`` (then plus
+            ``base``), and a replacement is written back divided by it.
         heads: Split the last dimension into ``[heads, -1]`` (per-head views).
         writable: Whether a hook may return a replacement.
         needs_eager: Whether the value exists only under eager attention (patterns).
@@ -67,6 +69,7 @@ class HookPoint:
     layer: int | None = None
     stream: Stream = "lm"
     sequence: bool = True
+    scale: str | None = None
 
 
 _SHORT = {
@@ -123,17 +126,57 @@ def _block_points(
 
     attn_out = (Site(sub(block.attn_out)) if block.attn_out is not None
                 else Site(sub(block.attn), "output", block.attn_index))
+    attn_scale = sub(block.attn_scale) if block.attn_scale is not None else None
+    mlp_scale = sub(block.mlp_scale) if block.mlp_scale is not None else None
     points = [
         p("hook_resid_pre", Site(path, "input")),
         p("ln1.hook_normalized", Site(sub(block.ln1))),
         p("attn.hook_q", Site(sub(block.q)), heads=n_heads) if block.q is not None else None,
         p("attn.hook_k", Site(sub(block.k)), heads=n_kv) if block.k is not None else None,
         p("attn.hook_v", Site(sub(block.v)), heads=n_kv) if block.v is not None else None,
-        p("attn.hook_z", Site(sub(block.o), "input"), heads=n_heads),
+        p("attn.hook_z", Site(sub(block.o), "input"), heads=n_heads or None),  # 0: head count unknown
         p("attn.hook_pattern", Site(sub(block.attn), "output", block.pattern_index), writable=False,
           needs_eager=True) if block.pattern_index is not None else None,
-        p("hook_attn_out", attn_out),
-        p("hook_resid_mid", attn_out, base=Site(path, "input")),
+        p("hook_attn_out", attn_out, scale=attn_scale),
+        p("hook_resid_mid", attn_out, base=Site(path, "input"), scale=attn_scale),
+        p("ln2.hook_normalized", Site(sub(block.ln2))),
+        p("mlp.hook_pre", Site(sub(block.mlp_pre))),
+        p("mlp.hook_post", Site(sub(block.mlp_down), "input")),
+        p("hook_mlp_out", Site(sub(block.mlp_out or block.mlp)), scale=mlp_scale),
+        p("hook_resid_post", Site(path)),
+    ]
+    return [point for point in points if point is not None]
+
+
+def _cross_block_points(path: str, block: BlockLayout, layer: int, n_heads: int, n_kv: int) -> list[HookPoint]:
+    """The hook points of one gated cross-attention layer (Mllama) at module ``path``.
+
+    The layer computes ``mid = pre + tanh(g_attn) * cross_attn(ln1(pre), vision)`` and
+    ``post = mid + tanh(g_mlp) * row_mask * mlp(ln2(mid))``. ``hook_cross_attn_out`` and
+    ``hook_mlp_out`` are the modules' outputs, before the gates (and the MLP's row mask,
+    zero at text positions that see no image); ``hook_resid_mid`` is read at the input
+    of ``ln2`` and is read-only (a replacement there would not reach the residual).
+    ``cross_attn.hook_k`` / ``hook_v`` run over the vision states (one row per image tile),
+    not the sequence.
+    """
+
+    def p(name: str, site: Site, **kw: object) -> HookPoint:
+        return HookPoint(name=f"blocks.{layer}.{name}", site=site, layer=layer, stream="lm", **kw)
+
+    def sub(rel: str) -> str:
+        return f"{path}.{rel}"
+
+    points = [
+        p("hook_resid_pre", Site(path, "input")),
+        p("ln1.hook_normalized", Site(sub(block.ln1))),
+        p("cross_attn.hook_q", Site(sub(block.q)), heads=n_heads) if block.q is not None else None,
+        p("cross_attn.hook_k", Site(sub(block.k)), heads=n_kv, sequence=False) if block.k is not None else None,
+        p("cross_attn.hook_v", Site(sub(block.v)), heads=n_kv, sequence=False) if block.v is not None else None,
+        p("cross_attn.hook_z", Site(sub(block.o), "input"), heads=n_heads),
+        p("cross_attn.hook_pattern", Site(sub(block.attn), "output", block.pattern_index), writable=False,
+          needs_eager=True) if block.pattern_index is not None else None,
+        p("hook_cross_attn_out", Site(sub(block.attn), "output", block.attn_index)),
+        p("hook_resid_mid", Site(sub(block.ln2), "input"), writable=False),
         p("ln2.hook_normalized", Site(sub(block.ln2))),
         p("mlp.hook_pre", Site(sub(block.mlp_pre))),
         p("mlp.hook_post", Site(sub(block.mlp_down), "input")),
@@ -172,8 +215,13 @@ class HookPoints:
         n_kv_heads: int,
         vision_layers: int = 0,
         vision_heads: int = 0,
+        cross_layers: frozenset[int] = frozenset(),
     ) -> HookPoints:
-        """Generate the table from an adapter and the model's sizes (vision first)."""
+        """Generate the table from an adapter and the model's sizes (vision first).
+
+        ``cross_layers`` are the LM layers built as the adapter's ``cross_block`` (gated
+        cross-attention to the vision states, :func:`_cross_block_points`).
+        """
         points: list[HookPoint] = []
         if adapter.vision_embed is not None:
             points.append(HookPoint("vision.hook_embed", Site(adapter.vision_embed), stream="vision",
@@ -190,6 +238,10 @@ class HookPoints:
                                     sequence=False))
         points.append(HookPoint("hook_embed", Site(adapter.embed)))
         for layer in range(n_layers):
+            if layer in cross_layers and adapter.cross_block is not None:
+                points += _cross_block_points(f"{adapter.lm_layers}.{layer}", adapter.cross_block, layer, n_heads,
+                                              n_kv_heads)
+                continue
             points += _block_points(f"blocks.{layer}.", f"{adapter.lm_layers}.{layer}", adapter.block,
                                     layer, n_heads, n_kv_heads, "lm")
         points.append(HookPoint("ln_final.hook_normalized", Site(adapter.final_norm)))
@@ -253,6 +305,10 @@ class HookPoints:
                     f"Hook {name!r}: layer {layer} does not exist; this model's {prefix} are "
                     f"numbered 0..{max(layers)}."
                 )
+        swapped = name.replace(".attn.", ".cross_attn.").replace(".hook_attn_out", ".hook_cross_attn_out")
+        if swapped != name and swapped in self._points:
+            return (f"Hook {name!r}: that layer is a cross-attention layer (it attends to the image, not to the "
+                    f"sequence); its attention hooks are named like {swapped!r}.")
         generic = re.sub(r"\.\d+\.", ".{l}.", name)
         known_forms = {re.sub(r"\.\d+\.", ".{l}.", n) for n in self._points}
         if generic in _ALL_CANONICAL_FORMS and generic not in known_forms:
@@ -265,13 +321,13 @@ class HookPoints:
 
 
 def _replace_sequence(point: HookPoint) -> HookPoint:
-    return HookPoint(point.name, point.site, point.base, point.heads, point.writable, point.needs_eager,
-                     point.layer, point.stream, sequence=False)
+    return replace(point, sequence=False)
 
 
 _ALL_CANONICAL_FORMS = frozenset(
     {"hook_embed", "ln_final.hook_normalized", "hook_logits", "vision.hook_embed", "projector.hook_in",
      "projector.hook_out", "blocks.{l}.hook_cross_attn_out"}
+    | {f"blocks.{{l}}.cross_attn.hook_{x}" for x in ("q", "k", "v", "z", "pattern")}
     | {v.replace("{l}", "{l}") for v in _SHORT.values()}
     | {"vision." + v for v in _SHORT.values()}
 )

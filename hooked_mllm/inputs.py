@@ -27,8 +27,20 @@ if TYPE_CHECKING:
 class ImageSpan:
     """Where one image's tokens sit: row, sequence positions ``[start, end)``, grid.
 
-    ``grid`` is ``(rows, cols)`` with ``rows * cols == end - start`` (row-major), or
+    ``grid`` is ``(rows, cols)`` with ``rows * cols == n_tokens`` (row-major), or
     None where the tokens form no grid (resampled latents).
+
+    ``positions`` is None where the image's tokens are the contiguous run
+    ``[start, end)``. Where other tokens sit between them (Pixtral's ``[IMG_BREAK]``
+    after every row of patches), it lists the image tokens' sequence positions in
+    order, separators excluded; ``start`` / ``end`` then bound the first and last of
+    them, and grid cell ``(r, c)`` is at ``positions[r * cols + c]``. Use
+    :attr:`token_positions` to cover both cases.
+
+    Example:
+        >>> span = ImageSpan(0, 0, 2, 9, (2, 3), positions=(2, 3, 4, 6, 7, 8))
+        >>> span.n_tokens, list(span.token_positions)[3]
+        (6, 6)
     """
 
     row: int
@@ -36,10 +48,21 @@ class ImageSpan:
     start: int
     end: int
     grid: tuple[int, int] | None
+    positions: tuple[int, ...] | None = None
 
     @property
     def n_tokens(self) -> int:
-        return self.end - self.start
+        return self.end - self.start if self.positions is None else len(self.positions)
+
+    @property
+    def token_positions(self) -> range | tuple[int, ...]:
+        """The sequence positions of this image's tokens, in order (row-major where gridded)."""
+        return range(self.start, self.end) if self.positions is None else self.positions
+
+    def shifted(self, offset: int, **changes: Any) -> ImageSpan:
+        """This span moved ``offset`` positions to the left (padding removed), with ``changes``."""
+        positions = None if self.positions is None else tuple(p - offset for p in self.positions)
+        return replace(self, start=self.start - offset, end=self.end - offset, positions=positions, **changes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +81,10 @@ class MultimodalBatch:
         images_per_row: How many images each row holds (for row selection).
         input_split: How :meth:`row` splits each HF input key (the adapter's
             ``input_split``; keys not listed follow the LLaVA rule).
+        no_image_tokens: Why the model's sequence holds no image tokens (cross-attention
+            models such as Mllama, whose image placeholder is marked special), or None.
+            Image selectors and ``cache.image`` raise with this reason instead of
+            selecting wrong positions.
 
     Example:
         >>> batch = model.prepare(images=[img], prompts=["what color is the circle?"])  # doctest: +SKIP
@@ -75,6 +102,7 @@ class MultimodalBatch:
     prompts: tuple[str, ...] | None = None
     images_per_row: tuple[int, ...] = field(default=())
     input_split: tuple[tuple[str, str], ...] = ()
+    no_image_tokens: str | None = None
 
     @property
     def input_ids(self) -> Int[Tensor, "batch pos"]:
@@ -124,6 +152,11 @@ class MultimodalBatch:
                 inputs[key] = value[first_image : first_image + n_images]
             elif rule == "row":
                 inputs[key] = value[index : index + 1]
+            elif rule == "tiles":
+                sizes = [span.n_tokens for span in self.images]
+                per_token = value.shape[0] / max(1, sum(sizes))
+                start, end = (round(sum(sizes[:i]) * per_token) for i in (first_image, first_image + n_images))
+                inputs[key] = value[start:end]
             elif rule.startswith("patches:"):
                 sizes = self.inputs[rule.split(":", 1)[1]].prod(-1).tolist()
                 start = int(sum(sizes[:first_image]))
@@ -133,7 +166,7 @@ class MultimodalBatch:
         spans = []
         for i, span in enumerate(self.images_of(index)):
             offset = int((~keep[: span.start]).sum())
-            spans.append(replace(span, row=0, index=i, start=span.start - offset, end=span.end - offset))
+            spans.append(span.shifted(offset, row=0, index=i))
         return MultimodalBatch(
             inputs=inputs,
             image_mask=self.image_mask[index : index + 1][:, keep],
@@ -145,6 +178,7 @@ class MultimodalBatch:
             prompts=None if self.prompts is None else (self.prompts[index],),
             images_per_row=(n_images,),
             input_split=self.input_split,
+            no_image_tokens=self.no_image_tokens,
         )
 
     def repeat(self, times: int) -> MultimodalBatch:
@@ -168,6 +202,8 @@ class MultimodalBatch:
             tokens=None if self.tokens is None else self.tokens * times,
             prompts=None if self.prompts is None else self.prompts * times,
             images_per_row=self.images_per_row * times,
+            input_split=self.input_split,
+            no_image_tokens=self.no_image_tokens,
         )
 
     def to(self, device: torch.device | str) -> MultimodalBatch:
@@ -200,14 +236,26 @@ class MultimodalBatch:
             ids = tensors["input_ids"] = ids.unsqueeze(0)
         attention = tensors.get("attention_mask")
         pad = torch.zeros_like(ids, dtype=torch.bool) if attention is None else attention.eq(0)
-        image = ids.eq(image_token_id) & ~pad if image_token_id is not None else torch.zeros_like(pad)
+        in_sequence = adapter is None or adapter.images_in_sequence
+        if image_token_id is not None and in_sequence:
+            image = ids.eq(image_token_id) & ~pad
+        else:  # cross-attention models: the placeholder is a special token, not an image position
+            image = torch.zeros_like(pad)
         special = torch.zeros_like(pad)
         if tokenizer is not None:
-            special_ids = [i for i in tokenizer.all_special_ids if i != image_token_id]
+            special_ids = [i for i in tokenizer.all_special_ids if i != image_token_id or not in_sequence]
             special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype)) & ~pad & ~image
         text = ~pad & ~image & ~special
         grids = adapter.image_grids(tensors, config) if adapter is not None and adapter.image_grids else None
-        spans, per_row = _image_spans(image, adapter, config, grids)
+        row_break = _row_break_id(adapter, tokenizer)
+        spans, per_row = _image_spans(image, adapter, config, grids, ids if row_break is not None else None, row_break)
+        if not in_sequence and image_token_id is not None:
+            per_row = tuple(int(n) for n in (ids.eq(image_token_id) & ~pad).sum(1).tolist())
+        no_image_tokens = None if in_sequence else (
+            f"The {adapter.name!r} architecture has no image tokens in the language model's sequence: "  # type: ignore[union-attr]
+            "images enter through cross-attention to the vision states, and the image placeholder is one "
+            "special token. Image position selectors and cache.image() do not apply; select the placeholder "
+            "with positions.token(...) or read the cross-attention hooks (blocks.{l}.hook_cross_attn_out).")
         n_pixel = tensors["pixel_values"].shape[0] if "pixel_values" in tensors else None
         if n_pixel is not None and adapter is not None and adapter.name == "llava" and n_pixel != len(spans):
             raise ValueError(
@@ -219,14 +267,31 @@ class MultimodalBatch:
             tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in ids)
         return cls(tensors, image, text, special, pad, spans, tokens,
                    None if prompts is None else tuple(prompts), per_row,
-                   adapter.input_split if adapter is not None else ())
+                   adapter.input_split if adapter is not None else (), no_image_tokens)
+
+
+def _row_break_id(adapter: Adapter | None, tokenizer: Any) -> int | None:
+    """The id of the adapter's ``image_row_break`` token (None where it has none)."""
+    if adapter is None or adapter.image_row_break is None:
+        return None
+    if tokenizer is None:
+        raise ValueError(
+            f"The {adapter.name!r} architecture separates the rows of an image's tokens with "
+            f"{adapter.image_row_break!r}; finding its images needs the tokenizer. Wrap the model with its "
+            "processor (HookedMLLM.from_hf(hf_model, processor)) or use model.prepare(...)."
+        )
+    return int(tokenizer.convert_tokens_to_ids(adapter.image_row_break))
 
 
 def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
-                 grids: list[tuple[int, int] | None] | None = None) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]]:
-    """Contiguous runs of image tokens per row, each one image, with its grid.
+                 grids: list[tuple[int, int] | None] | None = None, ids: Tensor | None = None,
+                 row_break: int | None = None) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]]:
+    """Runs of image tokens per row, each one image, with its grid.
 
-    ``grids`` (from the adapter's ``image_grids`` rule) gives each run's grid in order;
+    Each contiguous run is one image, except that with ``row_break`` (a token id, with
+    the ``ids``) runs separated by exactly one ``row_break`` token are the rows of one
+    image: its span lists their positions and its grid is ``(n_runs, run length)``.
+    ``grids`` (from the adapter's ``image_grids`` rule) gives each image's grid in order;
     otherwise the adapter's ``image_grid`` derives it from the run's length.
     """
     spans: list[ImageSpan] = []
@@ -237,12 +302,37 @@ def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
         edges = padded.diff()
         starts = (edges == 1).nonzero().flatten().tolist()
         ends = (edges == -1).nonzero().flatten().tolist()
-        for start, end in zip(starts, ends):
+        runs = [[(start, end)] for start, end in zip(starts, ends)]
+        if row_break is not None and ids is not None:
+            merged: list[list[tuple[int, int]]] = []
+            for run in runs:
+                last = merged[-1][-1] if merged else None
+                if last is not None and run[0][0] == last[1] + 1 and int(ids[row, last[1]]) == row_break:
+                    merged[-1].append(run[0])
+                else:
+                    merged.append(run)
+            runs = merged
+        for parts in runs:
+            start, end = parts[0][0], parts[-1][1]
+            positions = None
+            if len(parts) > 1:
+                positions = tuple(p for a, b in parts for p in range(a, b))
+            n_tokens = end - start if positions is None else len(positions)
+            widths = {b - a for a, b in parts}
+            rows_grid = (len(parts), widths.pop()) if len(widths) == 1 else None
             if grids is not None:
                 grid = grids[len(spans)] if len(spans) < len(grids) else None
+                if row_break is not None and grid is not None and grid != rows_grid:
+                    raise ValueError(
+                        f"Image {len(spans)} is {grid[0]}x{grid[1]} tokens by its image inputs, but its tokens in "
+                        f"input_ids form {rows_grid} rows x cols; the image placeholders do not match the images "
+                        "(re-run the processor on the same images and text)."
+                    )
+            elif row_break is not None:
+                grid = rows_grid
             else:
-                grid = adapter.image_grid(end - start, config) if adapter is not None else None
-            spans.append(ImageSpan(row, len(spans), start, end, grid))
+                grid = adapter.image_grid(n_tokens, config) if adapter is not None else None
+            spans.append(ImageSpan(row, len(spans), start, end, grid, positions))
             count += 1
         per_row.append(count)
     if grids is not None:
@@ -277,7 +367,8 @@ def prepare(
         prompts: A prompt or a list of prompts (one row each).
         chat_template: Wrap each prompt in the processor's chat template as a user turn
             with its images first, adding the generation prompt. Without it, each prompt
-            must hold one image placeholder per image itself.
+            must hold one image placeholder per image itself. A processor that has no chat
+            template (PaliGemma) gets the prompt with one placeholder per image before it.
         padding_side: ``"left"`` (default, right for generation) or ``"right"``.
 
     Example:
@@ -295,7 +386,9 @@ def prepare(
     placeholder = getattr(processor, "image_token", "<image>")
     texts = []
     for prompt, row_images in zip(prompts, per_row):
-        if chat_template:
+        if chat_template and getattr(processor, "chat_template", None) is None:
+            texts.append(placeholder * len(row_images) + prompt)
+        elif chat_template:
             content = [{"type": "image"} for _ in row_images] + [{"type": "text", "text": prompt}]
             messages = [{"role": "user", "content": content}]
             texts.append(processor.apply_chat_template(messages, add_generation_prompt=True))
@@ -318,7 +411,10 @@ def prepare(
                             **processor_kwargs)
     finally:
         tokenizer.padding_side = saved_side
-    return MultimodalBatch.from_hf(dict(encoded), image_token_id=image_token_id, adapter=adapter,
+    encoded = dict(encoded)
+    if "suffix" not in processor_kwargs:  # PaliGemma adds training labels (all ignored without a suffix)
+        encoded.pop("labels", None)
+    return MultimodalBatch.from_hf(encoded, image_token_id=image_token_id, adapter=adapter,
                                    config=config, tokenizer=tokenizer, prompts=prompts)
 
 

@@ -78,7 +78,7 @@ class HookedMLLM:
     def __init__(self, hf_model: torch.nn.Module, processor: Any = None, adapter: Adapter | None = None) -> None:
         self.hf_model = hf_model.eval()
         self.processor = processor
-        self.adapter = adapter or adapter_for(hf_model)
+        self.adapter = adapter.for_config(hf_model.config) if adapter is not None else adapter_for(hf_model)
         self.cfg = MLLMConfig.from_model(hf_model, self.adapter)
         self.nnsight = NNsight(hf_model)
         self.hook_points = HookPoints.build(
@@ -88,6 +88,7 @@ class HookedMLLM:
             n_kv_heads=self.cfg.n_kv_heads,
             vision_layers=self.cfg.vision_n_layers,
             vision_heads=self.cfg.vision_n_heads,
+            cross_layers=self.adapter.cross_layers(hf_model.config),
         )
         self._context: list[_runner.HookFn] = []
         self._state = _RunState()
@@ -401,13 +402,15 @@ class HookPointHandle:
         self.point = point
         self.envoy = nn.get(point.site.path)
         self._base = nn.get(point.base.path) if point.base is not None else None
+        self._scale = _runner.scale_of(nn, point)
 
     @property
     def output(self) -> Tensor:
         base = _runner._read(self._base, self.point.base)[1] if self._base is not None else None
         raw, value = _runner._read(self.envoy, self.point.site)
         self._raw, self._last_base = raw, base
-        act = value if base is None else base + value
+        act = value if self._scale is None else value * self._scale
+        act = act if base is None else base + act
         return act.unflatten(-1, (self.point.heads, -1)) if self.point.heads is not None else act
 
     @output.setter
@@ -419,6 +422,8 @@ class HookPointHandle:
         out = new.flatten(-2) if self.point.heads is not None else new
         if self._last_base is not None:
             out = out - self._last_base
+        if self._scale is not None:
+            out = out / self._scale
         _runner._write(self.envoy, self.point.site, self._raw, out)
         del self._raw
 

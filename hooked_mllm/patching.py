@@ -143,9 +143,10 @@ def _units(model: HookedMLLM, batch: MultimodalBatch, over: str, positions: Sequ
     if rows % cr or cols % cc:
         raise ValueError(f"cell {cell} does not tile the {rows}x{cols} image-token grid")
     units, labels = [], []
+    where = span.token_positions  # cell (r, c) -> its sequence position (row separators excluded)
     for r in range(rows // cr):
         for c in range(cols // cc):
-            units.append([span.start + (r * cr + dr) * cols + c * cc + dc for dr in range(cr) for dc in range(cc)])
+            units.append([where[(r * cr + dr) * cols + c * cc + dc] for dr in range(cr) for dc in range(cc)])
             labels.append(f"r{r}c{c}")
     return units, labels, (rows // cr, cols // cc)
 

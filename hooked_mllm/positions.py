@@ -92,6 +92,8 @@ class _Named(Selector):
 
     def mask(self, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
         if self.kind == "image":
+            if batch.no_image_tokens is not None:
+                raise ValueError(batch.no_image_tokens)
             return batch.image_mask.clone()
         if self.kind == "text":
             return batch.text_mask.clone()
@@ -113,6 +115,10 @@ class Image(Selector):
     ``rows``/``cols`` select grid cells (ints, slices or lists), for gridded images only.
     ``box=(left, top, right, bottom)`` in pixels of an image of ``image_size=(width, height)``
     selects every cell the box overlaps (the grid spans the whole image).
+
+    Cells map to the span's image-token positions (:attr:`ImageSpan.token_positions`), so
+    tokens between an image's rows (Pixtral's ``[IMG_BREAK]``) are never selected. Models
+    with no image tokens in the sequence (Mllama's cross-attention) raise a ``ValueError``.
     """
 
     index: int | None = None
@@ -136,19 +142,22 @@ class Image(Selector):
         return slice(max(0, row0), min(n_rows, row1)), slice(max(0, col0), min(n_cols, col1))
 
     def mask(self, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
+        if batch.no_image_tokens is not None:
+            raise ValueError(batch.no_image_tokens)
         out = torch.zeros_like(batch.pad_mask)
         for row in range(len(batch)):
             spans = batch.images_of(row)
             chosen = spans if self.index is None else spans[self.index : self.index + 1 or None]
             for span in chosen:
+                where = torch.as_tensor(list(span.token_positions), dtype=torch.long)
                 if self.rows is None and self.cols is None and self.box is None:
-                    out[row, span.start : span.end] = True
+                    out[row, where] = True
                     continue
                 if span.grid is None:
                     raise ValueError(f"Image {span.index} has no patch grid, so rows/cols/box cannot select cells.")
                 cells = torch.zeros(span.grid, dtype=torch.bool)
                 cells[self._cells(span.grid)] = True
-                out[row, span.start : span.end] = cells.flatten()
+                out[row, where] = cells.flatten()
         return out
 
 

@@ -3,19 +3,26 @@
 :func:`hook_reference_markdown` lists every hook point of a model with the module it
 reads, whether it is the module's input or output, its shape and whether hooks may
 replace it; block points are shown once with ``{l}`` for the layer. ``make docs`` (and
-``hooked-mllm hooks --markdown``) writes it for the LLaVA adapter; a test keeps the file
-in step with the code.
+``hooked-mllm hooks --markdown``) writes it for the LLaVA adapter, plus a section per
+architecture with gated cross-attention layers (Mllama) listing those layers' points; a
+test keeps the file in step with the code.
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
+    from .hook_points import HookPoint
     from .model import HookedMLLM
 
 _SHAPES = {
+    "cross_attn.hook_q": "[batch, pos, n_heads, d_head]",
+    "cross_attn.hook_k": "[batch * n_images * n_tiles, vision_pos, n_kv_heads, d_head]",
+    "cross_attn.hook_v": "[batch * n_images * n_tiles, vision_pos, n_kv_heads, d_head]",
+    "cross_attn.hook_z": "[batch, pos, n_heads, d_head]",
+    "cross_attn.hook_pattern": "[batch, n_heads, query_pos, vision_pos]",
     "hook_embed": "[batch, pos, d_model]",
     "attn.hook_q": "[batch, pos, n_heads, d_head]",
     "attn.hook_k": "[batch, pos, n_kv_heads, d_head]",
@@ -53,16 +60,53 @@ def hook_reference_markdown(model: HookedMLLM) -> str:
         "| hook name | site | value | shape | writable |",
         "| --- | --- | --- | --- | --- |",
     ]
-    seen = set()
-    for point in model.hook_points:
+    lines += _rows(model.hook_points)
+    lines += _cross_attention_section()
+    return "\n".join(lines) + "\n"
+
+
+def _rows(points: Iterable[HookPoint]) -> list[str]:
+    """One table row per generic hook name (the first layer that has it stands for all)."""
+    lines, seen = [], set()
+    for point in points:
         generic = re.sub(r"(blocks)\.\d+\.", r"\1.{l}.", point.name)
         if generic in seen:
             continue
         seen.add(generic)
         site = re.sub(r"\.(\d+)(\.|$)", r".{l}\2", point.site.path) if point.layer is not None else point.site.path
         value = point.site.io if point.site.index is None else f"output[{point.site.index}]"
+        if point.scale is not None:
+            value = f"{value} x `{point.scale.rpartition('.')[2]}`"
         if point.base is not None:
             value = f"input of block + {value}"
         lines.append(f"| `{generic}` | `{site}` | {value} | {_shape(generic)} | "
                      f"{'yes' if point.writable else 'no (read-only)'} |")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _cross_attention_section() -> list[str]:
+    """The hook points of gated cross-attention layers, for every adapter that has them (Mllama)."""
+    from .architectures import registered_adapters
+    from .hook_points import HookPoints
+
+    adapters = {a.name: a for a in registered_adapters().values() if a.cross_block is not None}
+    lines = []
+    for name, adapter in sorted(adapters.items()):
+        points = HookPoints.build(adapter, n_layers=1, n_heads=1, n_kv_heads=1, cross_layers=frozenset({0}))
+        gate_attn, gate_mlp = adapter.cross_gates or ("gate", "gate")
+        lines += [
+            "",
+            f"## Cross-attention layers ({name})",
+            "",
+            f"In the `{name}` architecture the layers listed in the text config's `{adapter.cross_layers_attr}`",
+            "attend to the vision states instead of the sequence. They are `blocks.{l}` like every other",
+            "layer, with these hook points instead of the self-attention ones. The residual receives",
+            f"`tanh({gate_attn}) * hook_cross_attn_out` and `tanh({gate_mlp}) * row_mask * hook_mlp_out`",
+            "(both hooks are the modules' outputs, before the gates; `row_mask` is 0 at text positions",
+            "that see no image). `hook_resid_mid` is read at the MLP norm's input and is read-only.",
+            "",
+            "| hook name | site | value | shape | writable |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        lines += _rows(point for point in points if point.layer is not None)
+    return lines

@@ -22,10 +22,17 @@ from .base import square_grid as square_grid
 from .discover import discover as discover
 from .gemma3 import GEMMA3
 from .idefics2 import IDEFICS2
+from .idefics3 import IDEFICS3, SMOLVLM
+from .internvl import INTERNVL
 from .llava import LLAVA
 from .llava_next import LLAVA_NEXT
 from .llava_onevision import LLAVA_ONEVISION
+from .mistral3 import MISTRAL3
+from .mllama import MLLAMA
+from .molmo import MOLMO
+from .paligemma import PALIGEMMA
 from .qwen2_vl import QWEN2_5_VL, QWEN2_VL
+from .qwen3_vl import QWEN3_VL
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,7 @@ def adapter_for(hf_model: Any) -> Adapter:
         logger.warning("No adapter registered for %s (config %s); using the layout discovered from its "
                        "module tree (unverified): %s", type(hf_model).__name__, config_name, adapter)
         return adapter
+    adapter = adapter.for_config(hf_model.config)
     adapter.validate(hf_model)
     return adapter
 
@@ -77,3 +85,11 @@ register_adapter(IDEFICS2)
 register_adapter(GEMMA3)
 register_adapter(LLAVA_NEXT)
 register_adapter(LLAVA_ONEVISION)
+register_adapter(IDEFICS3)
+register_adapter(SMOLVLM)
+register_adapter(PALIGEMMA)
+register_adapter(INTERNVL)
+register_adapter(QWEN3_VL)
+register_adapter(MISTRAL3)
+register_adapter(MLLAMA)
+register_adapter(MOLMO)

@@ -51,6 +51,11 @@ class BlockLayout:
         mlp_out: Likewise for the MLP (Gemma's post-feedforward norm). None: ``mlp``.
         norm_offset: Added to a norm's weight when scaling (1.0 for Gemma's
             ``x * (1 + weight)`` RMSNorm).
+        attn_scale: For "layer scale" blocks (InternViT, CaiT-style): the name of the block's
+            parameter that multiplies the attention output before it is added to the
+            residual (``mid = pre + attn_scale * attn(ln1(pre))``); ``hook_attn_out`` is then
+            the scaled value, so the residual identities hold. None: no such scale.
+        mlp_scale: Likewise for the MLP output.
 
     Paths ``q``, ``k``, ``v`` may be None where the block has a fused QKV projection;
     the per-head q / k / v hook points are then not offered.
@@ -72,6 +77,8 @@ class BlockLayout:
     attn_out: str | None = None
     mlp_out: str | None = None
     norm_offset: float = 0.0
+    attn_scale: str | None = None
+    mlp_scale: str | None = None
 
 
 def square_grid(n_tokens: int) -> tuple[int, int] | None:
@@ -115,10 +122,30 @@ class Adapter:
         input_split: How :meth:`MultimodalBatch.row` splits each HF input key per row:
             ``"token"`` (``[batch, pos]``), ``"image"`` (dim 0 is one entry per image-token
             run), ``"row"`` (dim 0 is the batch row), ``"patches:<key>"`` (dim 0
-            concatenates each image's patches, ``prod(<key>[i])`` of them). Keys not
-            listed keep the LLaVA rule.
+            concatenates each image's patches, ``prod(<key>[i])`` of them), ``"tiles"`` (dim 0
+            concatenates each image's tiles, every tile giving the same number of image
+            tokens, so image ``i`` has a share proportional to its tokens). Keys not listed
+            keep the LLaVA rule.
         nested_images: Whether the processor takes images as one list per prompt (Gemma 3)
             rather than one flat list.
+        specialize: Optional rule ``(adapter, hf_config) -> adapter`` for families whose
+            layout depends on the config (PaliGemma's Gemma 1 or Gemma 2 text backbone);
+            :func:`hooked_mllm.architectures.adapter_for` applies it (:meth:`for_config`).
+        image_row_break: The token (a string) that ends each row of one image's tokens in
+            the sequence (Pixtral's ``"[IMG_BREAK]"``): runs of image tokens separated by
+            exactly one such token are one image, whose span lists its image tokens'
+            positions (separators excluded) and whose grid is ``(runs, run length)``.
+        images_in_sequence: False for cross-attention models (Mllama), whose LM sequence
+            holds one placeholder token per image and no image features: the placeholder
+            is then marked special and image selectors raise a clear error.
+        cross_block: Paths inside the LM's cross-attention layers (Mllama), which replace
+            self-attention by attention to the vision states in the layers listed by
+            ``cross_layers_attr``; their hook points are named ``cross_attn.*`` and
+            ``hook_cross_attn_out`` (:mod:`hooked_mllm.hook_points`).
+        cross_layers_attr: Attribute of the text config listing the cross-attention layers.
+        cross_gates: Names of the cross-attention layer's attention and MLP gate
+            parameters: the residual receives ``tanh(gate) * output`` (documentation and
+            the conformance suite's residual identities).
         verified: False for adapters written from a published layout but never run.
         test_model: Which tiny model the conformance suite builds (for the table).
         notes: Free text shown in the supported-models table.
@@ -143,6 +170,12 @@ class Adapter:
     image_grids: Callable[[dict, Any], list[tuple[int, int] | None]] | None = None
     input_split: tuple[tuple[str, str], ...] = ()
     nested_images: bool = False
+    specialize: Callable[[Adapter, Any], Adapter] | None = None
+    image_row_break: str | None = None
+    images_in_sequence: bool = True
+    cross_block: BlockLayout | None = None
+    cross_layers_attr: str | None = None
+    cross_gates: tuple[str, str] | None = None
     verified: bool = True
     test_model: str = ""
     notes: str = ""
@@ -158,16 +191,38 @@ class Adapter:
                 "module tree does not match this adapter; see docs/architectures.md."
             ) from None
 
+    def for_config(self, config: Any) -> Adapter:
+        """This adapter as it applies to a model with HF config ``config`` (see ``specialize``).
+
+        Example:
+            >>> PALIGEMMA.for_config(hf_model.config).name     # doctest: +SKIP
+            'paligemma2'
+        """
+        return self if self.specialize is None else self.specialize(self, config)
+
     def validate(self, root: torch.nn.Module) -> None:
         """Check that every path of this adapter exists in ``root`` (raise otherwise)."""
         for path in (self.lm_layers, self.embed, self.final_norm, self.unembed):
             self.module(root, path)
         layer0 = f"{self.lm_layers}.0"
-        for sub in _block_paths(self.block):
-            self.module(root, f"{layer0}.{sub}")
+        blocks = [(layer0, self.block)]
+        cross = self.cross_layers(root.config) if self.cross_block is not None else frozenset()
+        if cross:  # layers alternate between two layouts: check the first of each
+            n_layers = len(self.module(root, self.lm_layers))
+            first_self = next((i for i in range(n_layers) if i not in cross), None)
+            blocks = [(f"{self.lm_layers}.{min(cross)}", self.cross_block)]
+            if first_self is not None:
+                blocks.append((f"{self.lm_layers}.{first_self}", self.block))
         if self.vision_layers is not None and self.vision_block is not None:
-            for sub in _block_paths(self.vision_block):
-                self.module(root, f"{self.vision_layers}.0.{sub}")
+            blocks.append((f"{self.vision_layers}.0", self.vision_block))
+        for prefix, block in blocks:
+            for sub in _block_paths(block):
+                self.module(root, f"{prefix}.{sub}")
+            for scale in (block.attn_scale, block.mlp_scale):
+                if scale is not None and not isinstance(getattr(self.module(root, prefix), scale, None),
+                                                        torch.nn.Parameter):
+                    raise ValueError(f"The {self.name!r} adapter expects a layer-scale parameter {scale!r} in "
+                                     f"{prefix}, but there is none; see docs/architectures.md.")
         for path in (self.vision_embed, self.projector):
             if path is not None:
                 self.module(root, path)
@@ -175,6 +230,12 @@ class Adapter:
     def text_cfg(self, config: Any) -> Any:
         """The language model's sub-config (the config itself for flat configs)."""
         return getattr(config, self.text_config, None) or config
+
+    def cross_layers(self, config: Any) -> frozenset[int]:
+        """The indices of the LM's cross-attention layers (empty for most families)."""
+        if self.cross_layers_attr is None:
+            return frozenset()
+        return frozenset(int(i) for i in getattr(self.text_cfg(config), self.cross_layers_attr, None) or ())
 
     def vision_cfg(self, config: Any) -> Any | None:
         """The vision tower's sub-config, or None."""

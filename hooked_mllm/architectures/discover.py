@@ -10,7 +10,8 @@ model's config class. It reads the module tree, not names of families:
 3. inside a block, the attention, MLP, norms and projections are matched among the
    block's children by the conventional HF attribute names (``self_attn`` / ``attn``,
    ``q_proj`` / ``qkv``, ``input_layernorm`` / ``layer_norm1`` / ``norm1``,
-   ``pre_feedforward_layernorm`` marking sandwich norms, ...), and a norm's
+   ``pre_feedforward_layernorm`` marking sandwich norms, layer-scale parameters
+   ``lambda_1`` / ``gamma_1``, ...), and a norm's
    ``1 + weight`` scaling is detected by running it on a probe vector;
 4. any other ``ModuleList`` of blocks is the vision tower; the projector is the module
    called ``*projector*``, ``connector`` or ``merger``.
@@ -40,14 +41,16 @@ logger = logging.getLogger(__name__)
 _ATTN = ("self_attn", "attn", "attention", "self_attention")
 _MLP = ("mlp", "feed_forward", "ffn")
 _Q, _K, _V = ("q_proj", "query", "wq"), ("k_proj", "key", "wk"), ("v_proj", "value", "wv")
-_O = ("o_proj", "out_proj", "proj", "dense", "wo")
-_LN1 = ("input_layernorm", "layer_norm1", "norm1", "ln_1", "attention_norm", "ln1")
-_LN2 = ("pre_feedforward_layernorm", "post_attention_layernorm", "layer_norm2", "norm2", "ln_2", "ffn_norm", "ln2")
-_MLP_PRE = ("gate_proj", "fc1", "up_proj", "w1", "c_fc")
-_MLP_DOWN = ("down_proj", "fc2", "w2", "c_proj")
+_O = ("o_proj", "out_proj", "proj", "dense", "wo", "projection_layer")
+_LN1 = ("input_layernorm", "layer_norm1", "norm1", "ln_1", "attention_norm", "ln1", "layernorm_before")
+_LN2 = ("pre_feedforward_layernorm", "post_attention_layernorm", "layer_norm2", "norm2", "ln_2", "ffn_norm", "ln2",
+        "layernorm_after")
+_MLP_PRE = ("gate_proj", "fc1", "up_proj", "w1", "c_fc", "linear_fc1")
+_MLP_DOWN = ("down_proj", "fc2", "w2", "c_proj", "linear_fc2")
+_LAYER_SCALES = (("lambda_1", "lambda_2"), ("gamma_1", "gamma_2"))
 _FINAL = ("norm", "final_layernorm", "ln_f", "final_norm", "post_layernorm")
 _PROJECTOR = ("multi_modal_projector", "connector", "merger", "mm_projector", "projector")
-_EMBED = ("embeddings", "patch_embed", "patch_embedding")
+_EMBED = ("embeddings", "patch_embed", "patch_embedding", "patch_conv")
 
 
 def _first(module: nn.Module, names: tuple[str, ...], prefix: str = "") -> str | None:
@@ -73,6 +76,8 @@ def _block(layer: nn.Module) -> BlockLayout | None:
     if ln2 is None:
         return None
     norm_module = layer.get_submodule(ln1)
+    scales = next((pair for pair in _LAYER_SCALES
+                   if all(isinstance(getattr(layer, name, None), nn.Parameter) for name in pair)), (None, None))
     qkv = [_first(attn_mod, names, f"{attn}.") for names in (_Q, _K, _V)]
     fused = None in qkv
     return BlockLayout(
@@ -81,7 +86,7 @@ def _block(layer: nn.Module) -> BlockLayout | None:
         attn_index=None if fused else 0, pattern_index=None if fused else 1,
         attn_out="post_attention_layernorm" if sandwich else None,
         mlp_out="post_feedforward_layernorm" if sandwich and hasattr(layer, "post_feedforward_layernorm") else None,
-        norm_offset=_norm_offset(norm_module),
+        norm_offset=_norm_offset(norm_module), attn_scale=scales[0], mlp_scale=scales[1],
     )
 
 

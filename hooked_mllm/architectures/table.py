@@ -43,6 +43,8 @@ def _row(adapter: Adapter) -> str:
     vision = f"`{adapter.vision_layers}`" if adapter.vision_layers else "-"
     if adapter.vision_block is not None and adapter.vision_block.pattern_index is None:
         vision += " (fused qkv: no q/k/v or patterns)"
+    if adapter.vision_block is not None and adapter.vision_block.attn_scale is not None:
+        vision += " (layer scale: attn_out / mlp_out include it)"
     cells = [
         f"`{adapter.name}`",
         ", ".join(f"`{name}`" for name in adapter.config_classes),

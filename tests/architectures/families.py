@@ -75,4 +75,40 @@ FAMILIES = [
     Family("llava_onevision", lambda: t.tiny_llava_onevision(attn_implementation="eager"),
            [[image(0, 16, 32)], [image(1, 32, 32)]], PROMPTS, [(52, None), (88, None)],
            extra={"base_tiles": [0, 3]}),
+    # Mistral 3: patch 4, 2x2 merge -> one [IMG] token per 8x8 px; longest edge 32. A 16x24 image
+    # stays 16x24: 2 rows x 3 cols = 6 tokens (+ [IMG_BREAK], [IMG_END]). A 40x24 image is scaled by
+    # 32/40 to 32x19, padded up to 32x24: 4 rows x 3 cols = 12 tokens.
+    Family("mistral3", lambda: t.tiny_mistral3(attn_implementation="eager"),
+           [[image(0, 16, 24)], [image(1, 40, 24)]], PROMPTS, [(6, (2, 3)), (12, (4, 3))],
+           extra={"geometry_key": "image_sizes"}),
+    # Mllama: no image tokens in the sequence (one <|image|> placeholder each, cross-attention to
+    # the vision states), so no spans. A text position's cross-attention MLP is kept where it may
+    # see at least one image tile (HF's full_text_row_masked_out_mask).
+    Family("mllama", lambda: t.tiny_mllama(attn_implementation="eager"),
+           [[image(0, 16, 16)], [image(1, 16, 32)]], PROMPTS, [],
+           extra={"row_mask": lambda batch: batch.inputs["cross_attention_mask"].flatten(2).bool().any(-1)}),
+    # Idefics3: images resized to a longest edge of 32 px, then cut into 16 px tiles (+ the global image).
+    # A 32x32 image is 2x2 tiles + global = 5 spans; a 16x32 image is 1x2 tiles + global = 3 spans. A tile
+    # is 8x8 patches of 2 px; pixel shuffle 2 -> a 4x4 grid of 16 tokens per span.
+    Family("idefics3", lambda: t.tiny_idefics3(attn_implementation="eager"),
+           [[image(0, 32, 32)], [image(1, 16, 32)]], PROMPTS, [(16, (4, 4))] * 8),
+    # SmolVLM: longest edge 64 px, 32 px tiles: 64x64 -> 2x2 + global = 5 spans, 32x64 -> 1x2 + global = 3.
+    # A tile is 16x16 patches of 2 px; pixel shuffle 4 -> a 4x4 grid of 16 tokens per span.
+    Family("smolvlm", lambda: t.tiny_smolvlm(attn_implementation="eager"),
+           [[image(0, 64, 64)], [image(1, 32, 64)]], PROMPTS, [(16, (4, 4))] * 8),
+    # PaliGemma (Gemma LM) and PaliGemma 2 (Gemma 2 LM): every image resized to 16x16, patch 4 -> 4x4 = 16.
+    Family("paligemma", lambda: t.tiny_paligemma("1", attn_implementation="eager"),
+           [[image(0, 16, 16)], [image(1, 24, 16)]], PROMPTS, [(16, (4, 4))] * 2),
+    Family("paligemma2", lambda: t.tiny_paligemma("2", attn_implementation="eager"),
+           [[image(0, 16, 16)], [image(1, 24, 16)]], PROMPTS, [(16, (4, 4))] * 2),
+    # InternVL: 16 px tiles of 8x8 patches, pixel shuffle 0.5 -> 16 tokens per tile, at most 4 tiles. A 16x32
+    # image (aspect 2) takes 2 cols x 1 row + a thumbnail = 3 tiles = 48 tokens in one run (no grid); a 16x16
+    # image takes 1 tile (2x2 ties on aspect but would cover more than twice its area), no thumbnail: 4x4.
+    Family("internvl", lambda: t.tiny_internvl(attn_implementation="eager"),
+           [[image(0, 16, 32)], [image(1, 16, 16)]], PROMPTS, [(48, None), (16, (4, 4))]),
+    # Qwen3-VL: patch 4, 2x2 merge: 32x24 is 8x6 patches -> a 4x3 grid; 16x16 -> 2x2. DeepStack mergers'
+    # outputs are added at the image positions between LM layers 0/1 and 1/2.
+    Family("qwen3_vl", lambda: t.tiny_qwen3_vl(attn_implementation="eager"),
+           [[image(0, 32, 24)], [image(1, 16, 16)]], PROMPTS, [(12, (4, 3)), (4, (2, 2))],
+           extra={"between_layers": "model.visual.deepstack_merger_list"}),
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hooked_mllm import HookedMLLM
+from hooked_mllm import HookedMLLM, positions
 from hooked_mllm.architectures import registered_adapters
 
 from .families import FAMILIES, Family
@@ -79,17 +79,59 @@ def test_resid_post_and_logits_equal_hf(model, batch):
     torch.testing.assert_close(logits[keep], ref.logits[keep])
 
 
-def test_residual_identities(model, batch):
+def _added_between_layers(model, family, batch) -> dict[int, torch.Tensor]:
+    """What the model adds to the residual after LM layer k, outside the layers (Qwen3-VL's DeepStack).
+
+    Read independently of the hooks: the outputs of the k-th module of the list at
+    ``family.extra["between_layers"]``, captured by torch forward hooks and placed at the image positions.
+    """
+    path = family.extra.get("between_layers")
+    if path is None:
+        return {}
+    outputs: dict[int, torch.Tensor] = {}
+    modules = list(model.adapter.module(model.hf_model, path))
+    handles = [m.register_forward_hook(lambda mod, args, out, k=k: outputs.__setitem__(k, out))
+               for k, m in enumerate(modules)]
+    try:
+        hf(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(outputs) == list(range(len(modules))) and len(modules) < model.cfg.n_layers
+    added = {}
+    for k, out in outputs.items():
+        full = torch.zeros(*batch.shape, out.shape[-1], dtype=out.dtype)
+        full[batch.image_mask] = out
+        assert float(out.abs().max()) > 0
+        added[k] = full
+    return added
+
+
+def test_residual_identities(model, family, batch):
     _, cache = model.run_with_cache(batch, names_filter=lambda n: "resid" in n or n.endswith(("attn_out", "mlp_out")))
+    cross = model.adapter.cross_layers(model.hf_model.config)
+    between = _added_between_layers(model, family, batch)
     for prefix, n_layers in (("", model.cfg.n_layers), ("vision.", model.cfg.vision_n_layers)):
         for layer in range(n_layers):
             b = f"{prefix}blocks.{layer}."
-            torch.testing.assert_close(cache[b + "hook_resid_pre"] + cache[b + "hook_attn_out"],
-                                       cache[b + "hook_resid_mid"])
-            torch.testing.assert_close(cache[b + "hook_resid_mid"] + cache[b + "hook_mlp_out"],
-                                       cache[b + "hook_resid_post"])
+            if not prefix and layer in cross:  # gated cross-attention: the residual adds tanh(gate) * output
+                module = model.adapter.module(model.hf_model, f"{model.adapter.lm_layers}.{layer}")
+                g_attn, g_mlp = (getattr(module, name).detach().tanh() for name in model.adapter.cross_gates)
+                rows = family.extra["row_mask"](batch)[..., None].to(g_mlp.dtype)  # text positions that see an image
+                assert 0 < float(g_attn.abs()) and 0 < float(g_mlp.abs()) and bool(rows.any())
+                torch.testing.assert_close(cache[b + "hook_resid_pre"] + g_attn * cache[b + "hook_cross_attn_out"],
+                                           cache[b + "hook_resid_mid"])
+                torch.testing.assert_close(cache[b + "hook_resid_mid"] + g_mlp * rows * cache[b + "hook_mlp_out"],
+                                           cache[b + "hook_resid_post"])
+                assert b + "hook_attn_out" not in model.hook_points
+            else:
+                torch.testing.assert_close(cache[b + "hook_resid_pre"] + cache[b + "hook_attn_out"],
+                                           cache[b + "hook_resid_mid"])
+                torch.testing.assert_close(cache[b + "hook_resid_mid"] + cache[b + "hook_mlp_out"],
+                                           cache[b + "hook_resid_post"])
             if layer + 1 < n_layers:
-                torch.testing.assert_close(cache[b + "hook_resid_post"],
+                added = between.get(layer, 0.0) if not prefix else 0.0
+                torch.testing.assert_close(cache[b + "hook_resid_post"] + added,
                                            cache[f"{prefix}blocks.{layer + 1}.hook_resid_pre"])
 
 
@@ -101,7 +143,8 @@ def test_patterns_equal_hf_eager_attentions(model, family, batch):
     attentions = ref.attentions if ref.attentions is not None else ref.language_model_outputs.attentions
     keep = ~batch.pad_mask
     for layer in range(model.cfg.n_layers):
-        pattern = cache["pattern", layer]
+        name = f"blocks.{layer}.attn.hook_pattern"
+        pattern = cache[name if name in model.hook_points else f"blocks.{layer}.cross_attn.hook_pattern"]
         assert pattern.shape[:2] == (len(batch), model.cfg.n_heads)
         torch.testing.assert_close(pattern, attentions[layer])
         torch.testing.assert_close(pattern.sum(-1)[keep.unsqueeze(1).expand(-1, pattern.shape[1], -1)],
@@ -109,11 +152,16 @@ def test_patterns_equal_hf_eager_attentions(model, family, batch):
 
 
 def test_image_geometry_matches_processor(model, family, batch):
+    if batch.no_image_tokens is not None:  # cross-attention: image selectors refuse rather than guess
+        for selector in ("image", positions.image(index=0), positions.image(rows=0)):
+            with pytest.raises(ValueError, match="no image tokens"):
+                positions.resolve(selector, batch)
     got = [(span.n_tokens, span.grid) for span in batch.images]
     assert got == family.geometry
     assert int(batch.image_mask.sum()) == sum(n for n, _ in family.geometry)
     for span in batch.images:
-        assert bool(batch.image_mask[span.row, span.start:span.end].all())
+        assert bool(batch.image_mask[span.row, list(span.token_positions)].all())
+        assert int(batch.image_mask[span.row, span.start:span.end].sum()) == span.n_tokens
         if span.grid is not None:
             assert span.grid[0] * span.grid[1] == span.n_tokens
 
@@ -121,6 +169,16 @@ def test_image_geometry_matches_processor(model, family, batch):
 def test_projector_rows_are_the_image_positions(model, family, batch):
     if model.adapter.projector is None:
         pytest.skip("no projector")
+    if batch.no_image_tokens is not None:  # cross-attention: the projector's rows are the keys' inputs
+        layer = min(model.adapter.cross_layers(model.hf_model.config))
+        names = ["projector.hook_out", f"blocks.{layer}.cross_attn.hook_k"]
+        _, cache = model.run_with_cache(batch, names_filter=names)
+        k_proj = model.adapter.module(model.hf_model, f"{model.adapter.lm_layers}.{layer}.{model.adapter.cross_block.k}")
+        out = cache["projector.hook_out"]
+        with torch.no_grad():
+            keys = k_proj(out.reshape(-1, out.shape[-2], out.shape[-1]))  # one row per image tile
+        torch.testing.assert_close(cache[names[1]].flatten(-2), keys)
+        return
     _, cache = model.run_with_cache(batch, names_filter=["projector.hook_out", "blocks.0.hook_resid_pre"])
     if "base_tiles" in family.extra:  # anyres: each span starts with its whole-image tile
         out = cache["projector.hook_out"]
@@ -182,9 +240,10 @@ def test_apply_ln_to_stack_reproduces_the_final_norm(model, batch):
     torch.testing.assert_close(scaled[keep], cache["ln_final.hook_normalized"][keep], atol=1e-4, rtol=1e-4)
 
 
-def test_mismatched_image_geometry_is_a_clear_error(model, batch):
+def test_mismatched_image_geometry_is_a_clear_error(model, family, batch):
     if model.adapter.image_grids is None:
         pytest.skip("geometry is read from the tokens only")
-    inputs = dict(batch.inputs, image_grid_thw=batch.inputs["image_grid_thw"].flip(0))
+    key = family.extra.get("geometry_key", "image_grid_thw")  # the input the adapter reads grids from
+    inputs = dict(batch.inputs, **{key: batch.inputs[key].flip(0)})
     with pytest.raises(ValueError, match="do not match the images"):
         model.to_batch(inputs)

@@ -36,8 +36,8 @@ def test_registry_rejects_duplicates():
 def test_discovery_finds_each_registered_layout(family):
     hf_model, _ = family.build()
     found = discover(hf_model)
-    expected = {a.name: a for a in registered_adapters().values()}[family.adapter]
-    assert not found.verified
+    expected = registered_adapters()[type(hf_model.config).__name__].for_config(hf_model.config)
+    assert expected.name == family.adapter and not found.verified
     for name in _FIELDS:
         assert getattr(found, name) == getattr(expected, name), name
 

@@ -1,0 +1,115 @@
+"""Family-specific layouts: non-contiguous image spans (Mistral 3), cross-attention layers (Mllama),
+and the hook paths of the unverified Molmo adapter on a module tree of its published layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hooked_mllm import HookedMLLM, positions
+from hooked_mllm.architectures import registered_adapters
+from hooked_mllm.hook_points import HookNameError, HookPoints
+from hooked_mllm.inputs import ImageSpan
+
+from .families import FAMILIES
+
+BY_NAME = {family.adapter: family for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def mistral3():
+    family = BY_NAME["mistral3"]
+    hf_model, processor = family.build()
+    model = HookedMLLM.from_hf(hf_model, processor)
+    return model, model.prepare(images=family.images, prompts=family.prompts)
+
+
+def test_image_span_positions_skip_row_breaks(mistral3):
+    model, batch = mistral3
+    for span in batch.images:
+        tokens = [batch.tokens[span.row][p] for p in range(span.start, span.end)]
+        rows, cols = span.grid
+        assert tokens.count("[IMG_BREAK]") == rows - 1 and batch.tokens[span.row][span.end] == "[IMG_END]"
+        assert [batch.tokens[span.row][p] for p in span.token_positions] == ["[IMG]"] * (rows * cols)
+        assert list(span.token_positions) == [p for p in range(span.start, span.end) if tokens[p - span.start] == "[IMG]"]
+
+
+def test_grid_selectors_and_cache_use_the_image_positions(mistral3):
+    model, batch = mistral3
+    span = batch.images_of(1)[0]  # 4 x 3 grid
+    mask = positions.image(index=0, rows=1, cols=slice(1, 3)).mask(batch)
+    assert mask[1].nonzero().flatten().tolist() == [span.token_positions[4], span.token_positions[5]]
+    assert not mask[1, [p for p in range(span.start, span.end) if p not in span.token_positions]].any()
+    _, cache = model.run_with_cache(batch, names_filter="blocks.0.hook_resid_pre")
+    pieces = cache.image("blocks.0.hook_resid_pre")  # grids differ per row: a list
+    assert [tuple(p.shape[:1]) for p in pieces] == [(6,), (12,)]
+    torch.testing.assert_close(pieces[1][4], cache["resid_pre", 0][1, span.token_positions[4]])
+    alone = batch.row(1)
+    shifted = alone.images[0]
+    offset = span.start - shifted.start
+    assert shifted.positions == tuple(p - offset for p in span.positions) and shifted.grid == span.grid
+
+
+def test_mismatched_rows_are_a_clear_error(mistral3):
+    model, batch = mistral3
+    inputs = dict(batch.inputs, image_sizes=batch.inputs["image_sizes"].flip(-1))  # transposed sizes
+    with pytest.raises(ValueError, match="do not match the images"):
+        model.to_batch(inputs)
+
+
+def test_span_positions_example():
+    span = ImageSpan(0, 0, 2, 9, (2, 3), positions=(2, 3, 4, 6, 7, 8))
+    assert span.n_tokens == 6 and span.shifted(2).positions == (0, 1, 2, 4, 5, 6)
+    assert list(ImageSpan(0, 0, 2, 5, None).token_positions) == [2, 3, 4]
+
+
+def test_cross_attention_layers_are_named_and_refused_clearly():
+    family = BY_NAME["mllama"]
+    hf_model, processor = family.build()
+    model = HookedMLLM.from_hf(hf_model, processor)
+    names = model.hook_names()
+    assert "blocks.1.hook_cross_attn_out" in names and "blocks.1.cross_attn.hook_pattern" in names
+    assert "blocks.0.hook_attn_out" in names and "blocks.1.hook_attn_out" not in names
+    with pytest.raises(HookNameError, match="cross-attention layer"):
+        model.hook_points.resolve("blocks.1.hook_attn_out")
+    assert not model.hook_points.resolve("blocks.1.hook_resid_mid").writable
+    batch = model.prepare(images=family.images, prompts=family.prompts)
+    _, cache = model.run_with_cache(batch, names_filter="blocks.1.hook_resid_post")
+    with pytest.raises(ValueError, match="no image tokens"):
+        cache.image("blocks.1.hook_resid_post")
+
+
+class _Tree(nn.Module):
+    """A module tree with allenai/Molmo-7B-D-0924's remote-code layout (names only, tiny sizes)."""
+
+    def __init__(self, d: int = 8, n_layers: int = 2):
+        super().__init__()
+        block = lambda: nn.ModuleDict(dict(attn_norm=nn.LayerNorm(d), att_proj=nn.Linear(d, 3 * d),  # noqa: E731
+                                           attn_out=nn.Linear(d, d), ff_norm=nn.LayerNorm(d),
+                                           ff_proj=nn.Linear(d, 4 * d), ff_out=nn.Linear(2 * d, d)))
+        resblock = lambda: nn.ModuleDict(dict(  # noqa: E731
+            attention_norm=nn.LayerNorm(d), ffn_norm=nn.LayerNorm(d),
+            attention=nn.ModuleDict({n: nn.Linear(d, d) for n in ("wq", "wk", "wv", "wo")}),
+            feed_forward=nn.ModuleDict(dict(w1=nn.Linear(d, 2 * d), w2=nn.Linear(2 * d, d)))))
+        transformer = nn.ModuleDict(dict(wte=nn.Embedding(16, d), ln_f=nn.LayerNorm(d), ff_out=nn.Linear(d, 16),
+                                         blocks=nn.ModuleList([block() for _ in range(n_layers)])))
+        vit = nn.ModuleDict(dict(patch_embedding=nn.Linear(12, d), pre_ln=nn.LayerNorm(d),
+                                 transformer=nn.ModuleDict(dict(resblocks=nn.ModuleList([resblock(), resblock()])))))
+        vision = nn.ModuleDict(dict(image_vit=vit, image_pooling_2d=nn.ModuleDict({"wq": nn.Linear(d, d)}),
+                                    image_projector=nn.ModuleDict({"w1": nn.Linear(d, d)})))
+        self.model = nn.ModuleDict(dict(transformer=transformer, vision_backbone=vision))
+        self.config = type("MolmoConfig", (), {"model_type": "molmo"})()
+
+
+def test_molmo_adapter_paths_exist_in_its_published_layout():
+    adapter = {a.name: a for a in registered_adapters().values()}["molmo"]
+    assert not adapter.verified and "NOT verified" in adapter.notes
+    tree = _Tree()
+    adapter.validate(tree)
+    points = HookPoints.build(adapter, n_layers=2, n_heads=2, n_kv_heads=2, vision_layers=2, vision_heads=2)
+    for point in points:
+        for site in (point.site, point.base):
+            if site is not None:
+                tree.get_submodule(site.path)
+    assert "blocks.1.hook_attn_out" in points and "blocks.1.attn.hook_pattern" not in points
