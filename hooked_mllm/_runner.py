@@ -25,6 +25,7 @@ import torch
 from nnsight.intervention.interleaver import Mediator
 from nnsight.intervention.iterator import Iterations
 from nnsight.intervention.tracer import InterleavingTracer
+from transformers.utils import ModelOutput
 
 from .hook_points import HookPoint, Site
 
@@ -81,13 +82,22 @@ class HookFn:
 
 def _read(envoy: Any, site: Site) -> tuple[Any, Any]:
     raw = envoy.input if site.io == "input" else envoy.output
-    value = raw if site.index is None else raw[site.index]
+    if site.index is not None:
+        value = raw[site.index]
+    elif isinstance(raw, ModelOutput):  # a PreTrainedModel used as a part (Molmo2's adapter): its first field
+        value = raw[0]
+    else:
+        value = raw
     return raw, value
 
 
 def _write(envoy: Any, site: Site, raw: Any, value: Any) -> None:
     if site.io == "input":
         envoy.input = value
+    elif site.index is None and isinstance(raw, ModelOutput):
+        fields = dict(raw)
+        fields[next(iter(fields))] = value
+        envoy.output = type(raw)(**fields)
     elif site.index is None:
         envoy.output = value
     else:

@@ -35,7 +35,11 @@ class HookNameError(KeyError):
 
 @dataclass(frozen=True)
 class Site:
-    """A value on a module: its output (optionally one tuple element) or its first input."""
+    """A value on a module: its output (optionally one tuple element) or its first input.
+
+    An output that is a Hugging Face ``ModelOutput`` (a ``PreTrainedModel`` used as a part,
+    such as Molmo2's vision adapter) stands for its first field (``last_hidden_state``).
+    """
 
     path: str
     io: Literal["input", "output"] = "output"

@@ -13,7 +13,7 @@ and :mod:`hooked_mllm.cache` (image / text views).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from jaxtyping import Bool, Int
@@ -79,8 +79,8 @@ class MultimodalBatch:
         tokens: Per row, the token strings (padding included), if a tokenizer is known.
         prompts: The prompts as given to :func:`prepare`, if any.
         images_per_row: How many images each row holds (for row selection).
-        input_split: How :meth:`row` splits each HF input key (the adapter's
-            ``input_split``; keys not listed follow the LLaVA rule).
+        input_split: How :meth:`row` and :meth:`repeat` split each HF input key (the
+            adapter's ``input_split``; keys not listed follow the LLaVA rule).
         no_image_tokens: Why the model's sequence holds no image tokens (cross-attention
             models such as Mllama, whose image placeholder is marked special), or None.
             Image selectors and ``cache.image`` raise with this reason instead of
@@ -101,7 +101,7 @@ class MultimodalBatch:
     tokens: tuple[tuple[str, ...], ...] | None = None
     prompts: tuple[str, ...] | None = None
     images_per_row: tuple[int, ...] = field(default=())
-    input_split: tuple[tuple[str, str], ...] = ()
+    input_split: tuple[tuple[str, str | Callable[[MultimodalBatch, list[int]], Tensor]], ...] = ()
     no_image_tokens: str | None = None
 
     @property
@@ -134,7 +134,8 @@ class MultimodalBatch:
         """Row ``index`` alone, its padding removed, as a batch of one.
 
         Works for models whose ``pixel_values`` hold one entry per image along dim 0,
-        and for others through the adapter's ``input_split`` rule.
+        and for others through the adapter's ``input_split`` rule (a callable rule gives
+        the key's tensor for ``[index]``).
         """
         keep = ~self.pad_mask[index]
         first_image = sum(self.images_per_row[:index])
@@ -143,6 +144,9 @@ class MultimodalBatch:
         inputs: dict[str, Tensor] = {}
         for key, value in self.inputs.items():
             rule = rules.get(key)
+            if callable(rule):
+                inputs[key] = rule(self, [index])
+                continue
             if rule is None:
                 rule = ("token" if key in ("input_ids", "attention_mask", "token_type_ids", "position_ids")
                         else "image" if key in ("pixel_values", "image_sizes") else "shared")
@@ -185,11 +189,15 @@ class MultimodalBatch:
         """A one-row batch repeated ``times`` times (every HF tensor concatenated on dim 0).
 
         Concatenating on dim 0 is right for per-image ``pixel_values`` and for flattened
-        patch tensors with per-image grids alike.
+        patch tensors with per-image grids alike; a key with a callable ``input_split`` rule
+        (tensors that index into others, as Molmo2's pooling indices) gets the rule's tensor
+        for ``[0] * times``.
         """
         if len(self) != 1:
             raise ValueError(f"repeat() takes a batch of one row, not {len(self)}; use batch.row(i) first")
-        inputs = {k: torch.cat([v] * times) if isinstance(v, Tensor) else v for k, v in self.inputs.items()}
+        rules = dict(self.input_split)
+        inputs = {k: rules[k](self, [0] * times) if callable(rules.get(k))
+                  else torch.cat([v] * times) if isinstance(v, Tensor) else v for k, v in self.inputs.items()}
         spans = tuple(replace(span, row=r, index=r * len(self.images) + span.index)
                       for r in range(times) for span in self.images)
         return MultimodalBatch(
@@ -291,7 +299,9 @@ def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
     Each contiguous run is one image, except that with ``row_break`` (a token id, with
     the ``ids``) runs separated by exactly one ``row_break`` token are the rows of one
     image: its span lists their positions and its grid is ``(n_runs, run length)``.
-    ``grids`` (from the adapter's ``image_grids`` rule) gives each image's grid in order;
+    ``grids`` (from the adapter's ``image_grids`` rule) gives each image's grid in order,
+    checked against the rows where a span has separators (a span that is one run, such as
+    Molmo2's low-resolution view, takes the grid as given; its token count is checked);
     otherwise the adapter's ``image_grid`` derives it from the run's length.
     """
     spans: list[ImageSpan] = []
@@ -322,7 +332,7 @@ def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
             rows_grid = (len(parts), widths.pop()) if len(widths) == 1 else None
             if grids is not None:
                 grid = grids[len(spans)] if len(spans) < len(grids) else None
-                if row_break is not None and grid is not None and grid != rows_grid:
+                if row_break is not None and grid is not None and len(parts) > 1 and grid != rows_grid:
                     raise ValueError(
                         f"Image {len(spans)} is {grid[0]}x{grid[1]} tokens by its image inputs, but its tokens in "
                         f"input_ids form {rows_grid} rows x cols; the image placeholders do not match the images "

@@ -30,6 +30,7 @@ from .llava_onevision import LLAVA_ONEVISION
 from .mistral3 import MISTRAL3
 from .mllama import MLLAMA
 from .molmo import MOLMO
+from .molmo2 import MOLMO2
 from .paligemma import PALIGEMMA
 from .qwen2_vl import QWEN2_5_VL, QWEN2_VL
 from .qwen3_vl import QWEN3_VL
@@ -93,3 +94,4 @@ register_adapter(QWEN3_VL)
 register_adapter(MISTRAL3)
 register_adapter(MLLAMA)
 register_adapter(MOLMO)
+register_adapter(MOLMO2)

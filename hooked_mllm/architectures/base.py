@@ -124,17 +124,22 @@ class Adapter:
             run), ``"row"`` (dim 0 is the batch row), ``"patches:<key>"`` (dim 0
             concatenates each image's patches, ``prod(<key>[i])`` of them), ``"tiles"`` (dim 0
             concatenates each image's tiles, every tile giving the same number of image
-            tokens, so image ``i`` has a share proportional to its tokens). Keys not listed
-            keep the LLaVA rule.
+            tokens, so image ``i`` has a share proportional to its tokens), or a callable
+            ``(batch, rows) -> tensor`` giving the key's tensor for the listed rows of the
+            batch, in order, repeats allowed (for tensors that index into others, as
+            Molmo2's pooling indices; :meth:`MultimodalBatch.repeat` uses it too). Keys not
+            listed keep the LLaVA rule.
         nested_images: Whether the processor takes images as one list per prompt (Gemma 3)
             rather than one flat list.
         specialize: Optional rule ``(adapter, hf_config) -> adapter`` for families whose
             layout depends on the config (PaliGemma's Gemma 1 or Gemma 2 text backbone);
             :func:`hooked_mllm.architectures.adapter_for` applies it (:meth:`for_config`).
         image_row_break: The token (a string) that ends each row of one image's tokens in
-            the sequence (Pixtral's ``"[IMG_BREAK]"``): runs of image tokens separated by
-            exactly one such token are one image, whose span lists its image tokens'
-            positions (separators excluded) and whose grid is ``(runs, run length)``.
+            the sequence (Pixtral's ``"[IMG_BREAK]"``, Molmo2's ``"<im_col>"``): runs of image
+            tokens separated by exactly one such token are one image, whose span lists its
+            image tokens' positions (separators excluded) and whose grid is
+            ``(runs, run length)``, checked against ``image_grids`` where given (a span that is
+            a single run takes the grid ``image_grids`` gives it).
         images_in_sequence: False for cross-attention models (Mllama), whose LM sequence
             holds one placeholder token per image and no image features: the placeholder
             is then marked special and image selectors raise a clear error.
@@ -168,7 +173,7 @@ class Adapter:
     image_grid: Callable[[int, Any], tuple[int, int] | None] = lambda n, cfg: square_grid(n)
     hidden_states_normed: bool = False
     image_grids: Callable[[dict, Any], list[tuple[int, int] | None]] | None = None
-    input_split: tuple[tuple[str, str], ...] = ()
+    input_split: tuple[tuple[str, str | Callable[[Any, list[int]], torch.Tensor]], ...] = ()
     nested_images: bool = False
     specialize: Callable[[Adapter, Any], Adapter] | None = None
     image_row_break: str | None = None

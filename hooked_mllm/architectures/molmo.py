@@ -5,7 +5,8 @@ only with ``trust_remote_code=True``; this adapter is written from that code's p
 module layout and has never run on a Molmo model (there is no conformance model). It is
 matched by the config class name ``MolmoConfig`` (``model_type="molmo"``); the test suite
 checks only that every hook point's path exists in a module tree of this exact layout.
-Natively supported Molmo 2 (``Molmo2ForConditionalGeneration``) is a different layout.
+Natively supported Molmo2 (``Molmo2ForConditionalGeneration``) is a different layout, served by
+:mod:`.molmo2`.
 
 Module tree (remote code, OLMo-style blocks)::
 

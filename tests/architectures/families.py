@@ -111,4 +111,16 @@ FAMILIES = [
     Family("qwen3_vl", lambda: t.tiny_qwen3_vl(attn_implementation="eager"),
            [[image(0, 32, 24)], [image(1, 16, 16)]], PROMPTS, [(12, (4, 3)), (4, (2, 2))],
            extra={"between_layers": "model.visual.deepstack_merger_list"}),
+    # Molmo2: 20 px crops of 5x5 patches (4 px), overlap margins of 1 patch per side, so a crop's window is
+    # 3 patches (12 px) and a canvas of r x c crops is (12r + 8) x (12c + 8) px; r x c is the first tiling
+    # (at most 4 crops, ordered by area then rows) whose scale min(12r / (H - 8), 12c / (W - 8)) is the
+    # smallest one >= 1. Canvas patches are pooled 2x2, rounding up. Each image is two spans: the low-res
+    # view (resized to one crop: 5x5 patches -> 3x3 = 9 tokens, one run) and the high-res view.
+    # 20x32 (H x W): 12x24 -> 1x1 scales 0.5, 1x2 scales 1 -> a 20x32 canvas, 5x8 patches -> 3x4 = 12.
+    # 20x20: 12x12 -> 1x1 -> 5x5 patches -> 3x3 = 9. 32x20: 24x12 -> 1x1 and 1x2 scale 0.5, 2x1 scales 1
+    # -> 32x20, 8x5 patches -> 4x3 = 12. The projector's rows are added to the <im_patch> embeddings.
+    Family("molmo2", lambda: t.tiny_molmo2(attn_implementation="eager"),
+           [[image(0, 20, 32)], [image(1, 20, 20), image(2, 32, 20)]], PROMPTS,
+           [(9, (3, 3)), (12, (3, 4)), (9, (3, 3)), (9, (3, 3)), (9, (3, 3)), (12, (4, 3))],
+           extra={"geometry_key": "image_grids", "projector_added": True}),
 ]

@@ -179,7 +179,7 @@ def test_projector_rows_are_the_image_positions(model, family, batch):
             keys = k_proj(out.reshape(-1, out.shape[-2], out.shape[-1]))  # one row per image tile
         torch.testing.assert_close(cache[names[1]].flatten(-2), keys)
         return
-    _, cache = model.run_with_cache(batch, names_filter=["projector.hook_out", "blocks.0.hook_resid_pre"])
+    _, cache = model.run_with_cache(batch, names_filter=["projector.hook_out", "blocks.0.hook_resid_pre", "hook_embed"])
     if "base_tiles" in family.extra:  # anyres: each span starts with its whole-image tile
         out = cache["projector.hook_out"]
         for span, tile in zip(batch.images, family.extra["base_tiles"]):
@@ -188,6 +188,8 @@ def test_projector_rows_are_the_image_positions(model, family, batch):
         return
     rows = cache["projector.hook_out"].flatten(0, -2)
     placed = cache["resid_pre", 0][batch.image_mask]
+    if family.extra.get("projector_added"):  # Molmo2 adds the projector's rows to the image tokens' embeddings
+        placed = placed - cache["hook_embed"][batch.image_mask]
     if not family.projector_raster:  # same rows, another order
         rows, placed = rows[rows[:, 0].argsort()], placed[placed[:, 0].argsort()]
     torch.testing.assert_close(placed, rows * family.extra.get("embed_scale", 1.0))

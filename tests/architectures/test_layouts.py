@@ -1,5 +1,6 @@
 """Family-specific layouts: non-contiguous image spans (Mistral 3), cross-attention layers (Mllama),
-and the hook paths of the unverified Molmo adapter on a module tree of its published layout."""
+Molmo2's split inputs, added projector rows and token layouts, and the hook paths of the unverified
+Molmo adapter on a module tree of its published layout."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 from hooked_mllm import HookedMLLM, positions
 from hooked_mllm.architectures import registered_adapters
 from hooked_mllm.hook_points import HookNameError, HookPoints
-from hooked_mllm.inputs import ImageSpan
+from hooked_mllm.inputs import ImageSpan, prepare
 
 from .families import FAMILIES
 
@@ -113,3 +114,74 @@ def test_molmo_adapter_paths_exist_in_its_published_layout():
             if site is not None:
                 tree.get_submodule(site.path)
     assert "blocks.1.hook_attn_out" in points and "blocks.1.attn.hook_pattern" not in points
+
+
+@pytest.fixture(scope="module")
+def molmo2():
+    family = BY_NAME["molmo2"]
+    hf_model, processor = family.build()
+    model = HookedMLLM.from_hf(hf_model, processor)
+    return model, family, model.prepare(images=family.images, prompts=family.prompts)
+
+
+def test_molmo2_row_inputs_equal_the_processor_on_that_row(molmo2):
+    model, family, batch = molmo2
+    for row in range(len(batch)):
+        alone = model.prepare(images=family.images[row:row + 1], prompts=family.prompts[row:row + 1])
+        split = batch.row(row)
+        assert split.inputs.keys() == alone.inputs.keys()
+        for key, value in alone.inputs.items():
+            torch.testing.assert_close(split.inputs[key], value, rtol=0, atol=0, msg=key)
+    twice = batch.row(1).repeat(2)  # the second copy's pooling indices point at its own crops
+    crops, pooling = batch.row(1).inputs["pixel_values"], batch.row(1).inputs["image_token_pooling"]
+    patches = crops.shape[0] * crops.shape[1]
+    expected = torch.cat([pooling, torch.where(pooling >= 0, pooling + patches, pooling)])
+    torch.testing.assert_close(twice.inputs["image_token_pooling"], expected, rtol=0, atol=0)
+    logits = model(twice)
+    torch.testing.assert_close(logits[1], logits[0])
+
+
+def test_molmo2_projector_hook_writes_through_its_model_output(molmo2):
+    model, _, batch = molmo2
+    clean = model(batch)
+    same = model.run_with_hooks(batch, fwd_hooks=[("projector.hook_out", lambda act, hook: act.clone())])
+    torch.testing.assert_close(same, clean, rtol=0, atol=0)
+    zeroed = model.run_with_hooks(batch, fwd_hooks=[("projector.hook_out", lambda act, hook: torch.zeros_like(act))])
+    inputs = {k: v for k, v in batch.inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    with torch.no_grad():  # no image features at all: the <im_patch> positions keep their embeddings
+        ref = model.hf_model(**inputs).logits
+    torch.testing.assert_close(zeroed, ref)
+    assert not torch.allclose(zeroed, clean)
+
+
+def test_molmo2_spans_with_and_without_column_tokens(molmo2):
+    model, family, batch = molmo2
+    processor = model.processor
+    expected = [(span.n_tokens, span.grid) for span in batch.images]
+    assert all(span.positions is None for span in batch.images[::2])  # low-res views: one run each
+    assert all(span.positions is not None for span in batch.images[1::2])  # high-res rows end in <im_col>
+    for flags in ({"use_single_crop_col_tokens": None}, {"image_use_col_tokens": False}):
+        variant = type(processor)(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                                  video_processor=None, chat_template=processor.chat_template, **flags)
+        other = prepare(variant, images=family.images, prompts=family.prompts, image_token_id=model.cfg.image_token_id,
+                        adapter=model.adapter, config=model.hf_model.config)
+        assert [(span.n_tokens, span.grid) for span in other.images] == expected
+        with_cols = flags.get("image_use_col_tokens", True)
+        assert all((span.positions is not None) == with_cols for span in other.images)
+
+
+def test_molmo2_pixels_and_post_norm_refusal(molmo2):
+    import copy
+
+    import numpy as np
+
+    model, family, batch = molmo2
+    pixels = np.asarray(family.images[1][0], dtype=np.float32) / 255  # 20x20: one crop, no resize anywhere
+    patches = torch.from_numpy((pixels - 0.5) / 0.5).reshape(5, 4, 5, 4, 3).permute(0, 2, 1, 3, 4).reshape(25, 48)
+    row = batch.row(1).inputs["pixel_values"]
+    torch.testing.assert_close(row[0], patches)  # low-res view
+    torch.testing.assert_close(row[1], patches)  # the single high-res crop
+    config = copy.deepcopy(model.hf_model.config)
+    config.text_config.norm_after = True
+    with pytest.raises(ValueError, match="norm_after"):
+        model.adapter.for_config(config)

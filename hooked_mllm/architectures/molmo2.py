@@ -1,0 +1,169 @@
+"""Molmo2 (``Molmo2ForConditionalGeneration``, e.g. allenai/Molmo2-8B), native in transformers.
+
+Not the original Molmo (remote code, :mod:`.molmo`): another module tree and token layout.
+
+Module tree (transformers 5)::
+
+    Molmo2ForConditionalGeneration
+    ├── model: Molmo2Model
+    │   ├── vision_tower: Molmo2VisionModel               (SigLIP-style ViT, one crop per row)
+    │   │   ├── patch_embedding (Linear over flattened patches)  -> vision.hook_embed
+    │   │   ├── positional_embedding (a Parameter, added after the embedding)
+    │   │   └── layers[i]: Molmo2VisionEncoderLayer
+    │   │       ├── layer_norm1, self_attn{q,k,v,o}_proj
+    │   │       └── layer_norm2, mlp{fc1, fc2}
+    │   ├── multi_modal_projector: Molmo2Adapter           -> projector.hook_in / hook_out
+    │   │   ├── image_pooling_2d (attention pooling: each pooling window's mean queries its patches)
+    │   │   └── image_projector{gate,up,down}_proj (SwiGLU)
+    │   └── language_model: Molmo2TextModel
+    │       ├── embed_tokens (vocab_size + additional_vocab_size rows)  -> hook_embed
+    │       ├── layers[i]: Molmo2DecoderLayer
+    │       │   ├── input_layernorm, self_attn{q,k,v,o}_proj, self_attn{q,k}_norm
+    │       │   └── post_attention_layernorm, mlp{gate,up,down}_proj
+    │       └── norm                                      -> ln_final.hook_normalized
+    └── lm_head                                           -> hook_logits
+
+Image tokens: the processor turns each image into a low-resolution view (the image resized
+to one crop) and a high-resolution canvas cut into overlapping crops, and writes
+``<low_res_im_start>`` + ``rh * rw`` ``<im_patch>`` + ``<im_end>``, then ``<im_start>`` +
+``h`` rows of ``w`` ``<im_patch>`` each ended by ``<im_col>`` + ``<im_end>``, where
+``image_grids[i] = (rh, rw, h, w)`` counts pooled tokens (2x2 windows of patches, rounded
+up). Each image is therefore **two spans**: the low-resolution view (grid ``(rh, rw)``; one
+contiguous run with ``use_single_crop_col_tokens=False``, as in allenai/Molmo2-8B's processor
+config, rows split by ``<im_col>`` otherwise) and the high-resolution view (grid ``(h, w)``;
+its span lists its ``<im_patch>`` positions, the ``<im_col>`` tokens excluded, checked
+against the rows).
+Both are row-major. Unlike most families the projector's rows are **added** to the
+``<im_patch>`` embeddings (``blocks.0.hook_resid_pre = hook_embed + projector.hook_out`` at
+image positions), and every image-layout token of a row (``mm_token_type_ids == 1``)
+attends to all the others, across images, bidirectionally; the rest is causal.
+
+Inputs: ``pixel_values`` ``[total crops, patches, patch * patch * 3]`` (each image's
+low-resolution crop, then its high-resolution crops), ``image_token_pooling``
+``[total image tokens, 4]`` (indices into all images' patches together, -1 for padding),
+``image_grids`` and ``image_num_crops`` (one row per image), ``mm_token_type_ids``. Splitting
+a batch into rows re-bases the pooling indices (rules below). The vision tower runs every
+crop as one row, so vision hook points have one row per crop; ``projector.hook_in`` is the
+concatenated features of the ViT layers in ``adapter_config.vision_feature_layer``
+(``[crops, patches, len(vision_feature_layer) * d_vision]``) and ``projector.hook_out`` is
+``[total image tokens, d_model]``, in sequence order (the adapter returns a ``ModelOutput``;
+the hook points see its ``last_hidden_state``).
+
+Verified on a tiny random model shrunk from allenai/Molmo2-8B's config, against HF: hidden
+states, logits, residual identities (LM and vision), LM patterns, generation, hook cleanup,
+the projector's rows at the image positions, image geometry (the conformance suite), and
+that a row split from a batch has exactly the inputs the processor gives for that row alone,
+that writing ``projector.hook_out`` reaches the model, and that the spans and grids are the
+same with column tokens in both views or in none (``tests/architectures/test_layouts.py``).
+The tiny model's processor is HF's ``Molmo2Processor`` and
+``Molmo2ImageProcessor``, the latter with its torchvision resize and normalize replaced by
+plain torch (:mod:`hooked_mllm.testing.molmo2`). Not covered: video inputs (frames use the
+same ``<im_patch>`` token; their spans get no grids, a clear error), text configs with
+``norm_after=True`` (post-norm blocks), which are refused, and real checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .base import Adapter, BlockLayout
+from .llava import CLIP_BLOCK
+
+MOLMO2_VISION_BLOCK = replace(CLIP_BLOCK, o="self_attn.o_proj")
+
+
+def _grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
+    """Each image's two spans' grids, ``(rh, rw)`` then ``(h, w)``, from ``image_grids``."""
+    grids = inputs.get("image_grids")
+    if grids is None:
+        return []
+    return [grid for rh, rw, h, w in grids.tolist() for grid in ((rh, rw), (h, w))]
+
+
+def _images(batch: Any, rows: list[int]) -> list[int]:
+    """The indices (in processor order) of the images of ``rows``: two spans per image."""
+    if any(n % 2 for n in batch.images_per_row):
+        raise ValueError(f"Molmo2 batches have two image spans per image, got {list(batch.images_per_row)} per row.")
+    starts = [sum(batch.images_per_row[:r]) // 2 for r in range(len(batch.images_per_row))]
+    return [i for r in rows for i in range(starts[r], starts[r] + batch.images_per_row[r] // 2)]
+
+
+def _ranges(counts: Int[Tensor, " n"]) -> list[tuple[int, int]]:
+    """``[start, end)`` of each of ``n`` consecutive blocks of ``counts[i]`` entries."""
+    ends = counts.cumsum(0).tolist()
+    return [(end - int(n), end) for n, end in zip(counts.tolist(), ends)]
+
+
+def _take_images(key: str):
+    """The rule for a key with one entry per image (``image_grids``, ``image_num_crops``)."""
+
+    def take(batch: Any, rows: list[int]) -> Int[Tensor, "images *rest"]:
+        return batch.inputs[key][_images(batch, rows)]
+
+    return take
+
+
+def _take_crops(batch: Any, rows: list[int]) -> Float[Tensor, "crops patches pixels"]:
+    """``pixel_values`` of ``rows``: each image's ``image_num_crops`` crops, in order."""
+    crops = _ranges(batch.inputs["image_num_crops"])
+    pixels = batch.inputs["pixel_values"]
+    return torch.cat([pixels[slice(*crops[i])] for i in _images(batch, rows)] or [pixels[:0]])
+
+
+def _take_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
+    """``image_token_pooling`` of ``rows``: each image's token rows, indices re-based to the taken crops."""
+    inputs = batch.inputs
+    grids = inputs["image_grids"]
+    tokens = _ranges(grids[:, 0] * grids[:, 1] + grids[:, 2] * grids[:, 3])
+    crops = _ranges(inputs["image_num_crops"])
+    patches = inputs["pixel_values"].shape[1]
+    pooling = inputs["image_token_pooling"]
+    pieces, offset = [], 0
+    for i in _images(batch, rows):
+        piece = pooling[slice(*tokens[i])]
+        shift = offset - crops[i][0] * patches
+        pieces.append(torch.where(piece >= 0, piece + shift, piece))
+        offset += (crops[i][1] - crops[i][0]) * patches
+    return torch.cat(pieces or [pooling[:0]])
+
+
+def _refuse_post_norm(adapter: Adapter, config: Any) -> Adapter:
+    if getattr(adapter.text_cfg(config), "norm_after", False):
+        raise ValueError(
+            "This Molmo2 checkpoint's language model normalizes each block's outputs (text_config.norm_after="
+            "True, post-norm), which the molmo2 adapter does not map: its ln1/ln2 hook points would name the "
+            "wrong values. Only pre-norm Molmo2 models (norm_after=False) are supported.")
+    return adapter
+
+
+MOLMO2 = Adapter(
+    name="molmo2",
+    config_classes=("Molmo2Config",),
+    lm_layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    unembed="lm_head",
+    block=BlockLayout(),
+    vision_layers="model.vision_tower.layers",
+    vision_embed="model.vision_tower.patch_embedding",
+    vision_block=MOLMO2_VISION_BLOCK,
+    projector="model.multi_modal_projector",
+    image_grids=_grids,
+    image_row_break="<im_col>",
+    input_split=(("mm_token_type_ids", "token"), ("pixel_values", _take_crops),
+                 ("image_token_pooling", _take_pooling), ("image_grids", _take_images("image_grids")),
+                 ("image_num_crops", _take_images("image_num_crops"))),
+    hidden_states_normed=True,
+    specialize=_refuse_post_norm,
+    test_model="tiny random from allenai/Molmo2-8B's config: 20 px crops of 5x5 patches, overlap margins 1, "
+               "2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, its "
+               "torchvision resize / normalize in plain torch)",
+    notes="Two spans per image (low-res view, then high-res crops: rows split by <im_col>), grids from "
+          "image_grids; projector output added to the <im_patch> embeddings; image tokens attend "
+          "bidirectionally. Not covered: video, norm_after=True (refused).",
+)

@@ -1,0 +1,141 @@
+"""Tiny random InternVL, Mistral 3 (Pixtral tower) and Mllama models and their processors.
+
+Example:
+    >>> from hooked_mllm.testing import tiny_mistral3
+    >>> model, processor = tiny_mistral3()
+    >>> processor.image_break_token
+    '[IMG_BREAK]'
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._common import _chat_template, _finish, _text_kwargs, _without_video, word_tokenizer
+
+INTERNVL_SPECIALS = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+
+
+def tiny_internvl(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 64,
+                  tile: int = 16, patch_size: int = 2, max_tiles: int = 4):
+    """A tiny random InternVL (shrunk from OpenGVLab/InternVL3-1B-hf: InternViT tower with layer
+    scale, pixel shuffle by 0.5 and an MLP projector, Qwen2 LM) and its processor, with tiling on
+    (``crop_to_patches``: up to ``max_tiles`` tiles of ``tile`` px plus a thumbnail).
+
+    Each tile is ``(tile / patch_size) ** 2 / 4`` (16) ``<IMG_CONTEXT>`` tokens. Returns ``(model, processor)``.
+    """
+    import transformers as tf
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    tok = word_tokenizer(INTERNVL_SPECIALS, start_image_token="<img>", end_image_token="</img>",
+                         context_image_token="<IMG_CONTEXT>", video_token="<video>")
+    n_tokens = (tile // patch_size) ** 2 // 4
+    image_processor = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
+                                               min_patches=1, max_patches=max_tiles)
+    processor = _without_video(tf.InternVLProcessor)(image_processor=image_processor, tokenizer=tok,
+                                                      video_processor=None, image_seq_length=n_tokens,
+                                                      chat_template=_chat_template("<IMG_CONTEXT>"))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=[tile, tile], patch_size=[patch_size, patch_size], layer_scale_init_value=0.1)
+    text = dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="qwen2")
+    config = tf.InternVLConfig(vision_config=vision, text_config=text, image_seq_length=n_tokens,
+                               image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = tf.InternVLForConditionalGeneration(config)
+    with torch.no_grad():  # random layer scales, so that hooks see them apply per channel
+        for layer in model.model.vision_tower.encoder.layer:
+            layer.lambda_1.uniform_(0.05, 0.5)
+            layer.lambda_2.uniform_(0.05, 0.5)
+    return _finish(model, tok), processor
+
+
+PIXTRAL_SPECIALS = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
+
+
+def _pixtral_processor_cls():
+    """``PixtralProcessor`` without torchvision: its module imports the torchvision image
+    processor only for a token-count helper, which is pointed at the PIL one while it loads."""
+    import importlib
+    import sys
+    import types
+
+    from transformers.models.pixtral import image_processing_pil_pixtral as pil
+
+    name = "transformers.models.pixtral.processing_pixtral"
+    if name not in sys.modules:
+        stub = types.ModuleType("transformers.models.pixtral.image_processing_pixtral")
+        stub.get_resize_output_image_size = pil.get_resize_output_image_size  # type: ignore[attr-defined]
+        missing = stub.__name__ not in sys.modules
+        if missing:
+            sys.modules[stub.__name__] = stub
+        try:
+            importlib.import_module(name)
+        finally:
+            if missing:
+                del sys.modules[stub.__name__]
+    return sys.modules[name].PixtralProcessor
+
+
+def tiny_mistral3(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 32,
+                  patch_size: int = 4, longest_edge: int = 32):
+    """A tiny random Mistral 3 (shrunk from mistralai/Mistral-Small-3.1-24B-Instruct-2503: Pixtral
+    tower with 2D RoPE, RMSNorm projector with a 2x2 patch merger, Mistral LM with ``head_dim``
+    set apart from ``d_model / n_heads``) and its ``PixtralProcessor`` (PIL image processor).
+
+    Images are resized to a longest edge of at most ``longest_edge`` px and to multiples of
+    ``2 * patch_size``; each ``2 * patch_size`` block is one ``[IMG]`` token, rows ended by
+    ``[IMG_BREAK]`` (the last by ``[IMG_END]``). Returns ``(model, processor)``.
+    """
+    import transformers as tf
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    tok = word_tokenizer(PIXTRAL_SPECIALS, image_token="[IMG]")
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": longest_edge}, patch_size=patch_size)
+    processor = _pixtral_processor_cls()(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
+                                         spatial_merge_size=2, chat_template=_chat_template("[IMG]"))
+    text = dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="mistral", head_dim=d_model // 2,
+                sliding_window=None)
+    vision = dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, head_dim=8, image_size=longest_edge, patch_size=patch_size)
+    config = tf.Mistral3Config(text_config=text, vision_config=vision, spatial_merge_size=2, vision_feature_layer=-1,
+                               image_token_index=tok.convert_tokens_to_ids("[IMG]"))
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return _finish(tf.Mistral3ForConditionalGeneration(config), tok), processor
+
+
+def tiny_mllama(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 3, d_model: int = 32,
+                cross_layers: tuple[int, ...] = (1,), image_size: int = 16, patch_size: int = 4):
+    """A tiny random Mllama (shrunk from meta-llama/Llama-3.2-11B-Vision-Instruct: tiled vision
+    encoder with local and gated global layers, linear projector, Llama LM whose layers
+    ``cross_layers`` cross-attend to the vision states) and its ``MllamaProcessor``.
+
+    Tiles are ``image_size`` px (``(image_size / patch_size)**2`` patches + CLS), at most 2 per
+    image (aspect ratios 1x1, 1x2, 2x1). The cross-attention gates, zero at initialisation
+    in HF, are set to random non-zero values so that the image reaches the text.
+    Returns ``(model, processor)``.
+    """
+    import transformers as tf
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    tok = word_tokenizer(["<|image|>"], image_token="<|image|>")
+    image_processor = MllamaImageProcessorPil(size={"height": image_size, "width": image_size}, max_image_tiles=2)
+    processor = tf.MllamaProcessor(image_processor=image_processor, tokenizer=tok,
+                                   chat_template=_chat_template("<|image|>"))
+    text = dict(_text_kwargs(tok, d_model, n_layers, 4), cross_attention_layers=list(cross_layers))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1, attention_heads=4,
+                  image_size=image_size, patch_size=patch_size, max_num_tiles=2, intermediate_layers_indices=[0],
+                  vision_output_dim=64, supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]])
+    config = tf.MllamaConfig(text_config=text, vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<|image|>"))
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = tf.MllamaForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("_gate", ".gate", "gate_attn", "gate_ffn")) and param.numel() == 1:
+                param.uniform_(0.3, 1.0)
+    return _finish(model, tok), processor
