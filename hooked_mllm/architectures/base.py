@@ -134,6 +134,10 @@ class Adapter:
         specialize: Optional rule ``(adapter, hf_config) -> adapter`` for families whose
             layout depends on the config (PaliGemma's Gemma 1 or Gemma 2 text backbone);
             :func:`hooked_mllm.architectures.adapter_for` applies it (:meth:`for_config`).
+        variants: The other adapters ``specialize`` can return, each with its own name
+            (LLaVA's Pixtral-tower layout, :data:`~.llava.LLAVA_PIXTRAL`): the supported-models
+            table lists each in a row of its own, after this one. ``dataclasses.replace`` copies
+            it with ``specialize``: clear both when deriving another family from an adapter.
         image_row_break: The token (a string) that ends each row of one image's tokens in
             the sequence (Pixtral's ``"[IMG_BREAK]"``, Molmo2's ``"<im_col>"``): runs of image
             tokens separated by exactly one such token are one image, whose span lists its
@@ -176,6 +180,7 @@ class Adapter:
     input_split: tuple[tuple[str, str | Callable[[Any, list[int]], torch.Tensor]], ...] = ()
     nested_images: bool = False
     specialize: Callable[[Adapter, Any], Adapter] | None = None
+    variants: tuple[Adapter, ...] = ()
     image_row_break: str | None = None
     images_in_sequence: bool = True
     cross_block: BlockLayout | None = None

@@ -31,11 +31,14 @@ from dataclasses import replace
 
 from .llava import LLAVA
 
-# The same module tree as LLaVA; only the image-token geometry differs.
+# The same module tree as LLaVA (CLIP-style tower only: no Pixtral specialisation); only the
+# image-token geometry differs.
 LLAVA_NEXT = replace(
     LLAVA,
     name="llava_next",
     config_classes=("LlavaNextConfig",),
+    specialize=None,
+    variants=(),
     image_grid=lambda n, cfg: None,
     test_model="tiny random from llava-hf/llava-v1.6-mistral-7b-hf's config, anyres pinpoints 16/32 "
                "(processor: LlavaNextImageProcessorPil)",

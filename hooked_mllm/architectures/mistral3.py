@@ -62,8 +62,13 @@ PIXTRAL_BLOCK = BlockLayout(
 )
 
 
-def _pixtral_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
-    """Each image's ``(rows, cols)`` of tokens from ``image_sizes`` (resized pixels)."""
+def pixtral_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
+    """Each image's ``(rows, cols)`` of tokens from ``image_sizes`` (resized pixels).
+
+    One token covers ``patch_size * spatial_merge_size`` pixels each way; configs without a
+    ``spatial_merge_size`` (LLaVA's with a Pixtral tower, :data:`~.llava.LLAVA_PIXTRAL`)
+    merge nothing (1).
+    """
     sizes = inputs.get("image_sizes")
     if sizes is None:
         return []
@@ -83,7 +88,7 @@ MISTRAL3 = Adapter(
     vision_embed="model.vision_tower.patch_conv",
     vision_block=PIXTRAL_BLOCK,
     projector="model.multi_modal_projector",
-    image_grids=_pixtral_grids,
+    image_grids=pixtral_grids,
     image_row_break="[IMG_BREAK]",
     hidden_states_normed=True,
     test_model="tiny random from mistralai/Mistral-Small-3.1-24B-Instruct-2503's config: Pixtral tower "

@@ -1,8 +1,9 @@
 """The supported-models table of docs/architectures.md, generated from the registry.
 
-:func:`supported_models_markdown` renders every registered adapter (family, HF config
-classes, where the LM / vision tower / projector live, image-token geometry, what the
-conformance suite runs it on, notes). ``tests/architectures/test_docs.py`` checks that
+:func:`supported_models_markdown` renders every registered adapter, each followed by the
+config-specialised ``variants`` it can turn into (family, HF config classes, where the
+LM / vision tower / projector live, image-token geometry, what the conformance suite runs
+it on, notes). ``tests/architectures/test_docs_and_discovery.py`` checks that
 the file in docs/ is exactly this text; regenerate it with
 ``python -m hooked_mllm.architectures.table > docs/architectures.md``.
 """
@@ -60,14 +61,15 @@ def _row(adapter: Adapter) -> str:
 
 
 def supported_models_markdown(adapters: list[Adapter] | None = None) -> str:
-    """The Markdown of docs/architectures.md for ``adapters`` (default: the registry)."""
+    """The Markdown of docs/architectures.md for ``adapters`` (default: the registry), one row
+    per adapter and one per each of its ``variants``."""
     if adapters is None:
         from . import registered_adapters
 
         adapters = list({id(a): a for a in registered_adapters().values()}.values())
     lines = [_HEADER, "| Family | HF config | LM layers | Vision layers | Projector | Image grid | Verified "
              "| Conformance model | Notes |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [_row(adapter) for adapter in adapters]
+    lines += [_row(layout) for adapter in adapters for layout in (adapter, *adapter.variants)]
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ Modules: :mod:`._common` (vocabulary, tokenizers, chat templates, random images)
 :mod:`.llava` (LLaVA, LLaVA-NeXT, LLaVA-OneVision; the default :func:`tiny_llava`),
 :mod:`.qwen` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), :mod:`.idefics` (Idefics2, Idefics3,
 SmolVLM), :mod:`.gemma` (Gemma 3, PaliGemma), :mod:`.others` (InternVL, Mistral 3,
-Mllama), :mod:`.molmo2` (Molmo2). Every public name is importable from here.
+Pixtral, Mllama), :mod:`.molmo2` (Molmo2). Every public name is importable from here.
 
 Example:
     >>> from hooked_mllm import HookedMLLM
@@ -26,7 +26,8 @@ from .gemma import GEMMA3_SPECIALS, tiny_gemma3, tiny_paligemma
 from .idefics import IDEFICS3_SPECIALS, IDEFICS_SPECIALS, tiny_idefics2, tiny_idefics3, tiny_smolvlm
 from .llava import tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_processor
 from .molmo2 import MOLMO2_IMAGE_TOKENS, MOLMO2_SPECIALS, molmo2_image_processor, tiny_molmo2
-from .others import INTERNVL_SPECIALS, PIXTRAL_SPECIALS, tiny_internvl, tiny_mistral3, tiny_mllama
+from .others import (INTERNVL_SPECIALS, PIXTRAL_SPECIALS, tiny_internvl, tiny_mistral3, tiny_mllama,
+                     tiny_pixtral)
 from .qwen import QWEN_SPECIALS, tiny_qwen2_vl, tiny_qwen2_vl_processor, tiny_qwen3_vl
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "tiny_mllama",
     "tiny_molmo2",
     "tiny_paligemma",
+    "tiny_pixtral",
     "tiny_processor",
     "tiny_qwen2_vl",
     "tiny_qwen2_vl_processor",

@@ -1,4 +1,7 @@
-"""Tiny random InternVL, Mistral 3 (Pixtral tower) and Mllama models and their processors.
+"""Tiny random InternVL, Mistral 3 and Pixtral (Pixtral tower) and Mllama models and their processors.
+
+Mistral 3 and Pixtral share :func:`_pixtral_processor_cls` (``PixtralProcessor`` without
+torchvision); Pixtral's model is a ``LlavaForConditionalGeneration``.
 
 Example:
     >>> from hooked_mllm.testing import tiny_mistral3
@@ -105,6 +108,40 @@ def tiny_mistral3(seed: int = 0, attn_implementation: str | None = None, n_layer
         config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     return _finish(tf.Mistral3ForConditionalGeneration(config), tok), processor
+
+
+def tiny_pixtral(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 32,
+                 patch_size: int = 4, longest_edge: int = 16):
+    """A tiny random Pixtral on LLaVA (shrunk from mistral-community/pixtral-12b's config:
+    ``LlavaForConditionalGeneration`` with a Pixtral tower (2D RoPE, gated SiLU MLP), LLaVA's
+    two-layer projector, Mistral LM with ``head_dim`` set apart from ``d_model / n_heads``, last
+    vision layer with ``vision_feature_select_strategy="full"``) and its ``PixtralProcessor``
+    (PIL image processor, no patch merging).
+
+    Images are resized to a longest edge of at most ``longest_edge`` px and up to multiples of
+    ``patch_size``; each patch is one ``[IMG]`` token, rows ended by ``[IMG_BREAK]`` (the last
+    by ``[IMG_END]``). Returns ``(model, processor)``.
+    """
+    import transformers as tf
+    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
+
+    tok = word_tokenizer(PIXTRAL_SPECIALS, image_token="[IMG]")
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": longest_edge}, patch_size=patch_size)
+    processor = _pixtral_processor_cls()(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
+                                         spatial_merge_size=1, chat_template=_chat_template("[IMG]"))
+    text = dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="mistral", head_dim=d_model // 2,
+                sliding_window=None)
+    vision = dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, head_dim=8, hidden_act="silu", image_size=longest_edge,
+                  patch_size=patch_size)
+    config = tf.LlavaConfig(text_config=text, vision_config=vision, vision_feature_layer=-1,
+                            vision_feature_select_strategy="full", projector_hidden_act="gelu",
+                            image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+                            pad_token_id=tok.pad_token_id)
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return _finish(tf.LlavaForConditionalGeneration(config), tok), processor
 
 
 def tiny_mllama(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 3, d_model: int = 32,

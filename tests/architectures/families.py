@@ -81,6 +81,13 @@ FAMILIES = [
     Family("mistral3", lambda: t.tiny_mistral3(attn_implementation="eager"),
            [[image(0, 16, 24)], [image(1, 40, 24)]], PROMPTS, [(6, (2, 3)), (12, (4, 3))],
            extra={"geometry_key": "image_sizes"}),
+    # Pixtral (mistral-community/pixtral-12b: LLaVA with a Pixtral tower; the `llava` adapter specialised to
+    # `pixtral`): patch 4, no merge -> one [IMG] token per 4x4 px; longest edge 16. An 8x12 image stays 8x12:
+    # 8/4 = 2 rows x 12/4 = 3 cols = 6 tokens (+ [IMG_BREAK], [IMG_END]). A 40x24 image is scaled by 16/40 to
+    # 16 x floor(9.6) = 16x9, padded up to 16x12: 4 rows x 3 cols = 12 tokens.
+    Family("pixtral", lambda: t.tiny_pixtral(attn_implementation="eager"),
+           [[image(0, 8, 12)], [image(1, 40, 24)]], PROMPTS, [(6, (2, 3)), (12, (4, 3))],
+           extra={"geometry_key": "image_sizes"}),
     # Mllama: no image tokens in the sequence (one <|image|> placeholder each, cross-attention to
     # the vision states), so no spans. A text position's cross-attention MLP is kept where it may
     # see at least one image tile (HF's full_text_row_masked_out_mask).

@@ -24,7 +24,8 @@ def test_architectures_doc_is_generated_from_the_registry():
     assert (ROOT / "docs" / "architectures.md").read_text() == text, (
         "regenerate: python -m hooked_mllm.architectures.table > docs/architectures.md")
     for adapter in registered_adapters().values():
-        assert f"`{adapter.name}`" in text
+        for layout in (adapter, *adapter.variants):
+            assert f"| `{layout.name}` |" in text
 
 
 def test_registry_rejects_duplicates():

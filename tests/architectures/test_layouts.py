@@ -1,6 +1,6 @@
-"""Family-specific layouts: non-contiguous image spans (Mistral 3), cross-attention layers (Mllama),
-Molmo2's split inputs, added projector rows and token layouts, and the hook paths of the unverified
-Molmo adapter on a module tree of its published layout."""
+"""Family-specific layouts: non-contiguous image spans (Mistral 3, Pixtral), cross-attention layers
+(Mllama), Molmo2's split inputs, added projector rows and token layouts, and the hook paths of the
+unverified Molmo adapter on a module tree of its published layout."""
 
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ from .families import FAMILIES
 BY_NAME = {family.adapter: family for family in FAMILIES}
 
 
-@pytest.fixture(scope="module")
-def mistral3():
-    family = BY_NAME["mistral3"]
+@pytest.fixture(scope="module", params=["mistral3", "pixtral"])
+def pixtral_tower(request):
+    """A model with a Pixtral tower and rows of [IMG] tokens: Mistral 3 or Pixtral (on LLaVA)."""
+    family = BY_NAME[request.param]
     hf_model, processor = family.build()
     model = HookedMLLM.from_hf(hf_model, processor)
     return model, model.prepare(images=family.images, prompts=family.prompts)
 
 
-def test_image_span_positions_skip_row_breaks(mistral3):
-    model, batch = mistral3
+def test_image_span_positions_skip_row_breaks(pixtral_tower):
+    model, batch = pixtral_tower
     for span in batch.images:
         tokens = [batch.tokens[span.row][p] for p in range(span.start, span.end)]
         rows, cols = span.grid
@@ -36,8 +37,8 @@ def test_image_span_positions_skip_row_breaks(mistral3):
         assert list(span.token_positions) == [p for p in range(span.start, span.end) if tokens[p - span.start] == "[IMG]"]
 
 
-def test_grid_selectors_and_cache_use_the_image_positions(mistral3):
-    model, batch = mistral3
+def test_grid_selectors_and_cache_use_the_image_positions(pixtral_tower):
+    model, batch = pixtral_tower
     span = batch.images_of(1)[0]  # 4 x 3 grid
     mask = positions.image(index=0, rows=1, cols=slice(1, 3)).mask(batch)
     assert mask[1].nonzero().flatten().tolist() == [span.token_positions[4], span.token_positions[5]]
@@ -52,8 +53,8 @@ def test_grid_selectors_and_cache_use_the_image_positions(mistral3):
     assert shifted.positions == tuple(p - offset for p in span.positions) and shifted.grid == span.grid
 
 
-def test_mismatched_rows_are_a_clear_error(mistral3):
-    model, batch = mistral3
+def test_mismatched_rows_are_a_clear_error(pixtral_tower):
+    model, batch = pixtral_tower
     inputs = dict(batch.inputs, image_sizes=batch.inputs["image_sizes"].flip(-1))  # transposed sizes
     with pytest.raises(ValueError, match="do not match the images"):
         model.to_batch(inputs)

@@ -1,4 +1,4 @@
-"""Layer-scale hook points (InternVL's vision blocks), config-dependent layouts (PaliGemma),
+"""Layer-scale hook points (InternVL's vision blocks), config-dependent layouts (PaliGemma, LLaVA),
 processors without a chat template, and the raster order of pixel-shuffled tiles (Idefics3,
 SmolVLM, InternVL), checked against plain HF runs and by perturbing single patches."""
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hooked_mllm import HookedMLLM
+from hooked_mllm.architectures.llava import LLAVA, LLAVA_PIXTRAL
 from hooked_mllm.architectures.paligemma import PALIGEMMA
 
 from .families import FAMILIES
@@ -65,6 +66,16 @@ def test_paligemma_layout_follows_the_text_backbone():
             PALIGEMMA.for_config(config)
     finally:
         config.text_config.model_type = "gemma2"
+
+
+def test_llava_layout_follows_the_vision_tower():
+    model = HookedMLLM.from_hf(*BY_NAME["pixtral"].build())
+    assert model.adapter is LLAVA_PIXTRAL and model.adapter.image_row_break == "[IMG_BREAK]"
+    assert "vision.blocks.1.attn.hook_pattern" in model.hook_names()
+    # the registered adapter given explicitly is specialized the same way; a CLIP tower keeps it
+    assert HookedMLLM(model.hf_model, model.processor, adapter=LLAVA).adapter is LLAVA_PIXTRAL
+    clip = BY_NAME["llava"].build()[0].config
+    assert LLAVA.for_config(clip) is LLAVA and LLAVA_PIXTRAL in LLAVA.variants
 
 
 def test_prepare_without_chat_template_puts_images_first():
