@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from PIL import Image
     from transformers import BatchFeature, LlavaProcessor
 
-__all__ = ["CAPTION_STYLES", "encode", "sample_example", "target_caption"]
+__all__ = ["CAPTION_STYLES", "encode", "encode_dialogues", "sample_dialogue", "sample_example", "target_caption"]
 
 CAPTION_STYLES: tuple[str, ...] = ("plain", "colored")
 """``plain``: shapes only ("a circle and a square", toy-llava); ``colored``: "a red circle and a blue square"
@@ -74,6 +74,75 @@ def encode(
         after = torch.cumsum(is_marker.long(), dim=1).bool() & ~is_marker
         batch["labels"] = torch.where(after & (batch["attention_mask"] == 1), ids, -100)
     return batch
+
+
+def encode_dialogues(
+    processor: LlavaProcessor,
+    images: list[Image.Image],
+    dialogues: list[list[tuple[str, str]]],
+) -> BatchFeature:
+    """Batch of multi-turn conversations about one image each (left-padded), with ``labels``.
+
+    Row ``i`` is ``<s> USER: <image>x36 {q1} ASSISTANT: {a1} </s> USER: {q2} ASSISTANT: {a2} </s> ...``
+    (the chat template's rendering of alternating turns, the image in the first user turn). ``labels``
+    (``(batch, pos)``, int64) is ``-100`` everywhere except on every answer's words and its ``</s>``.
+    A one-turn dialogue encodes exactly like :func:`encode` with that question and answer.
+
+    Example
+        >>> batch = encode_dialogues(proc, [img], [[("how many objects ?", "two"), ("describe the image .",
+        ...     "a circle and a square")]])  # doctest: +SKIP
+    """
+    if len(images) != len(dialogues) or any(not d for d in dialogues):
+        raise ValueError(
+            f"need one non-empty dialogue per image, got {len(images)} images and dialogue lengths "
+            f"{[len(d) for d in dialogues]}."
+        )
+    texts = [
+        " ".join(
+            (prompt_text(q) if t == 0 else f"USER: {q} ASSISTANT:") + f" {a} </s>" for t, (q, a) in enumerate(d)
+        )
+        for d in dialogues
+    ]
+    tok = processor.tokenizer
+    prev_side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        batch = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    finally:
+        tok.padding_side = prev_side
+    ids = batch["input_ids"]
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    none = torch.full_like(ids, -1)
+    last_assistant = torch.where(ids == tok.convert_tokens_to_ids("ASSISTANT:"), pos, none).cummax(dim=1).values
+    last_user = torch.where(ids == tok.convert_tokens_to_ids("USER:"), pos, none).cummax(dim=1).values
+    # Inside an answer: the latest marker is ASSISTANT: and this token is not the marker itself.
+    answer = (last_assistant > last_user) & (last_assistant < pos) & (batch["attention_mask"] == 1)
+    batch["labels"] = torch.where(answer, ids, -100)
+    return batch
+
+
+def sample_dialogue(
+    scene: Scene,
+    rng: random.Random,
+    turns: int,
+    *,
+    caption_style: str,
+    p_caption: float,
+    qtype_weights: tuple[float, ...] | None = None,
+) -> list[tuple[str, str]]:
+    """``turns`` distinct (question, answer) pairs about ``scene``, each drawn like :func:`sample_example`
+    (fewer if the scene runs out of distinct questions)."""
+    seen: set[str] = set()
+    out: list[tuple[str, str]] = []
+    for _ in range(4 * turns):
+        q, a = sample_example(scene, rng, caption_style=caption_style, p_caption=p_caption,
+                              qtype_weights=qtype_weights)
+        if q not in seen:
+            seen.add(q)
+            out.append((q, a))
+            if len(out) == turns:
+                break
+    return out
 
 
 def sample_example(

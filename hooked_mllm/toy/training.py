@@ -12,7 +12,7 @@ Connections
     :func:`hooked_mllm.toy.model.save_checkpoint`; the CLI (:mod:`hooked_mllm.toy.cli`) calls :func:`train`.
 
 Contents
-    :class:`Recipe`, :data:`RECIPES`, :class:`TrainResult`, :func:`train`, :func:`train_steps`.
+    :class:`Recipe`, :data:`RECIPES`, :class:`TrainResult`, :func:`task_mix`, :func:`train`, :func:`train_steps`.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProcessor
 
-from hooked_mllm.toy.data import CAPTION_STYLES, encode, sample_example
+from hooked_mllm.toy.data import CAPTION_STYLES, encode_dialogues, sample_dialogue
 from hooked_mllm.toy.model import build_model, checkpoint_dir, save_checkpoint
 from hooked_mllm.toy.processor import build_processor
 from hooked_mllm.toy.world import World
 
-__all__ = ["RECIPES", "META_FILE", "Recipe", "TrainResult", "train", "train_steps"]
+__all__ = ["RECIPES", "META_FILE", "Recipe", "TrainResult", "task_mix", "train", "train_steps"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +55,18 @@ class Recipe:
         init: ``None`` to train from scratch, else the name of a shipped checkpoint to fine-tune.
         steps, batch_size, lr, warmup, min_lr_ratio, weight_decay, grad_clip: optimisation.
         p_caption: probability that an example is a caption rather than a question.
-        single_object_steps: curriculum: the first steps use one-object scenes and no captions, so colour
-            is learned before shape features crowd it out of the layer-normed patch embeddings.
+        single_object_steps: optional warm-up: the first steps use one-object scenes and no captions
+            (not used by the shipped recipes: the binding ``stages`` below work better).
         freeze_patch_embedding: keep the vision patch embedding at its random init (it already separates
             colours and local shape; training it drowned colour out in an earlier run).
         qtype_weights: relative frequency of each question type (order of
             :data:`hooked_mllm.toy.world.QTYPES`: color, shape, count, position, exist); ``None`` for uniform.
             The binding questions (all but count) need many more examples than counting.
+        turns: questions (or captions) per training example, asked as a multi-turn conversation about the
+            one image with the loss on every answer: more supervision per image-token forward pass.
+        stages: a binding curriculum run before the main mixture (after the one-object warm-up), as
+            ``(steps, qtype_weights)`` pairs without captions, e.g. colour questions only, then colour and shape.
+            Their steps count within ``steps``; the learning-rate schedule spans the whole run.
     """
 
     caption_style: str = "plain"
@@ -77,13 +82,18 @@ class Recipe:
     single_object_steps: int = 0
     freeze_patch_embedding: bool = False
     qtype_weights: tuple[float, ...] | None = None
+    turns: int = 1
+    stages: tuple[tuple[int, tuple[float, ...]], ...] = ()
 
 
 RECIPES: dict[str, Recipe] = {
-    "toy-llava": Recipe(steps=2600, lr=5e-4, single_object_steps=300, freeze_patch_embedding=True),
+    "toy-llava": Recipe(
+        steps=5000, lr=1e-3, p_caption=0.08, freeze_patch_embedding=True, qtype_weights=(1, 1, 0.15, 1, 1.2),
+        stages=((800, (1, 0, 0, 0, 0)), (800, (1, 1, 0, 0, 0)), (800, (1, 1, 0, 1, 0))),
+    ),
     "toy-llava-ft": Recipe(
         caption_style="colored", init="toy-llava", steps=500, lr=3e-4, warmup=30, p_caption=0.4,
-        freeze_patch_embedding=True,
+        freeze_patch_embedding=True, qtype_weights=(1, 1, 0.15, 1, 1.2),
     ),
 }
 
@@ -103,6 +113,25 @@ def _lr_factor(step: int, recipe: Recipe) -> float:
         return (step + 1) / recipe.warmup
     progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
     return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def task_mix(recipe: Recipe, step: int) -> tuple[bool, tuple[float, ...] | None, float]:
+    """What step ``step`` of ``recipe`` trains on: ``(one_object_scenes, qtype_weights, p_caption)``.
+
+    The one-object warm-up comes first, then each curriculum stage (questions only), then the main mixture.
+
+    Example
+        >>> task_mix(Recipe(stages=((10, (1, 0, 0, 0, 0)),), p_caption=0.1), 3)
+        (False, (1, 0, 0, 0, 0), 0.0)
+    """
+    if step < recipe.single_object_steps:
+        return True, recipe.qtype_weights, 0.0
+    end = recipe.single_object_steps
+    for n, weights in recipe.stages:
+        end += n
+        if step < end:
+            return False, tuple(weights), 0.0
+    return False, recipe.qtype_weights, recipe.p_caption
 
 
 def train_steps(
@@ -134,15 +163,14 @@ def train_steps(
     losses: list[float] = []
     bar = tqdm(range(recipe.steps), desc="toy train", disable=not progress, mininterval=2.0)
     for step in bar:
-        early = step < recipe.single_object_steps
+        early, weights, p_caption = task_mix(recipe, step)
         scenes = (single if early else world).sample(recipe.batch_size)
-        p_caption = 0.0 if early else recipe.p_caption
         style = recipe.caption_style
-        pairs = [
-            sample_example(s, rng, caption_style=style, p_caption=p_caption, qtype_weights=recipe.qtype_weights)
+        dialogues = [
+            sample_dialogue(s, rng, recipe.turns, caption_style=style, p_caption=p_caption, qtype_weights=weights)
             for s in scenes
         ]
-        batch = encode(processor, [s.image for s in scenes], [q for q, _ in pairs], [a for _, a in pairs])
+        batch = encode_dialogues(processor, [s.image for s in scenes], dialogues)
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)

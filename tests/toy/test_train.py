@@ -7,11 +7,11 @@ import json
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from hooked_mllm.toy.data import encode
+from hooked_mllm.toy.data import encode, encode_dialogues, sample_dialogue
 from hooked_mllm.toy.model import build_model, save_checkpoint
 from hooked_mllm.toy.processor import NUM_IMAGE_TOKENS, build_processor, prompt_text
 from hooked_mllm.toy.tokenizer import SPECIAL_TOKENS, VOCAB
-from hooked_mllm.toy.training import META_FILE, train
+from hooked_mllm.toy.training import META_FILE, Recipe, task_mix, train
 from hooked_mllm.toy.world import PATCH_GRID, World
 
 
@@ -58,6 +58,35 @@ def test_labels_cover_only_the_answer():
     labelled = [tok.decode(row[row != -100]) for row in batch["labels"]]
     assert labelled == ["two </s>", "a circle and a square </s>"]
     assert batch["input_ids"][0, 0] == tok.pad_token_id, "left padding"
+
+
+def test_dialogue_labels_cover_every_answer():
+    import random
+
+    proc = build_processor()
+    scenes = World(seed=0).sample(3)
+    dialogues = [sample_dialogue(s, random.Random(i), 3, caption_style="plain", p_caption=0.3)
+                 for i, s in enumerate(scenes)]  # fmt: skip
+    batch = encode_dialogues(proc, [s.image for s in scenes], dialogues)
+    tok = proc.tokenizer
+    for row, labels, dialogue in zip(batch["input_ids"], batch["labels"], dialogues):
+        assert len({q for q, _ in dialogue}) == len(dialogue) == 3
+        assert tok.decode(labels[labels != -100]) == " ".join(f"{a} </s>" for _, a in dialogue)
+        text = tok.decode(row[row != tok.pad_token_id])
+        assert text.count("USER:") == 3 and text.count("<image>") == NUM_IMAGE_TOKENS
+    one = encode_dialogues(proc, [scenes[0].image], [[("how many objects ?", "two")]])
+    ref = encode(proc, [scenes[0].image], ["how many objects ?"], ["two"])
+    assert torch.equal(one["input_ids"], ref["input_ids"]) and torch.equal(one["labels"], ref["labels"])
+
+
+def test_curriculum_order():
+    recipe = Recipe(single_object_steps=2, stages=((3, (1, 0, 0, 0, 0)), (1, (1, 1, 0, 0, 0))),
+                    qtype_weights=(1, 1, 1, 1, 2), p_caption=0.2)  # fmt: skip
+    mix = [task_mix(recipe, step) for step in range(8)]
+    assert mix[:2] == [(True, (1, 1, 1, 1, 2), 0.0)] * 2
+    assert mix[2:5] == [(False, (1, 0, 0, 0, 0), 0.0)] * 3
+    assert mix[5] == (False, (1, 1, 0, 0, 0), 0.0)
+    assert mix[6:] == [(False, (1, 1, 1, 1, 2), 0.2)] * 2
 
 
 def test_tiny_training_run_lowers_loss(tmp_path):
