@@ -41,8 +41,8 @@ def run_demo(out: str | Path = "reports/demo", seed: int = 0, model_name: str | 
         _random_demo(HookedMLLM.from_hf(tiny_llava(), tiny_processor()), seed, report)
     else:
         report = Report(f"hooked_mllm demo on {model_name or 'toy-llava'}")
-        report.text("The toy model's measured accuracy per question type is in docs/toy.md; it does not yet reach "
-                    "its quality target (colour and shape binding are partial, position and existence at chance).")
+        report.text("The toy model answers every question type correctly on at least 97 % of unseen scenes "
+                    "(measured accuracies in docs/toy.md; `hooked-mllm toy eval` reproduces them).")
         _toy_demo(model, seed, report)
     return report.save(out)
 
