@@ -66,7 +66,7 @@ def _for_backbone(adapter: Adapter, config: Any) -> Adapter:
     raise ValueError(f"PaliGemma with a {kind!r} text backbone has no adapter (known: 'gemma', 'gemma2').")
 
 
-PALIGEMMA = Adapter(
+_PALIGEMMA = Adapter(
     name="paligemma",
     config_classes=("PaliGemmaConfig",),
     lm_layers="model.language_model.layers",
@@ -80,13 +80,20 @@ PALIGEMMA = Adapter(
     projector="model.multi_modal_projector",
     input_split=(("labels", "token"),),
     hidden_states_normed=True,
-    specialize=_for_backbone,
-    test_model="tiny random from google/paligemma-3b-pt-224's config (Gemma LM) and from "
-               "google/paligemma2-3b-pt-224's (Gemma 2 LM) (processor: SiglipImageProcessorPil, no chat "
-               "template)",
-    notes="Gemma LM: pre-norm block, RMSNorm (1 + w). With a Gemma 2 LM (PaliGemma 2) the adapter is "
-          "`paligemma2`: sandwich norms as Gemma 3, hook_logits before the logit soft-cap. Both verified "
-          "(bidirectional prefix, no chat template). Not covered: training inputs (suffix / labels).",
+    test_model="tiny random from google/paligemma-3b-pt-224's config, Gemma LM (processor: "
+               "SiglipImageProcessorPil, no chat template)",
+    notes="Gemma LM: pre-norm block, RMSNorm (1 + w); bidirectional prefix, no chat template. A Gemma 2 LM "
+          "(PaliGemma 2) gives the `paligemma2` layout. Not covered: training inputs (suffix / labels).",
 )
 
-PALIGEMMA2 = replace(PALIGEMMA, name="paligemma2", block=GEMMA_BLOCK, specialize=None)
+PALIGEMMA2 = replace(
+    _PALIGEMMA,
+    name="paligemma2",
+    block=GEMMA_BLOCK,
+    test_model="tiny random from google/paligemma2-3b-pt-224's config, Gemma 2 LM (processor: "
+               "SiglipImageProcessorPil, no chat template)",
+    notes="PaliGemma 2 (PaliGemmaConfig with a Gemma 2 LM): sandwich norms as Gemma 3, hook_logits before "
+          "the logit soft-cap; bidirectional prefix, no chat template. Not covered: training inputs.",
+)
+
+PALIGEMMA = replace(_PALIGEMMA, specialize=_for_backbone, variants=(PALIGEMMA2,))
