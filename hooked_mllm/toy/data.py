@@ -56,24 +56,19 @@ def encode(
             f"images, questions and answers must have the same length, got {len(images)}, "
             f"{len(questions)} and {None if answers is None else len(answers)}."
         )
-    texts = [prompt_text(q) for q in questions]
     if answers is not None:
-        texts = [f"{t} {a} </s>" for t, a in zip(texts, answers)]
+        return encode_dialogues(processor, images, [[(q, a)] for q, a in zip(questions, answers)])
+    return _left_padded(processor, images, [prompt_text(q) for q in questions])
+
+
+def _left_padded(processor: LlavaProcessor, images: list[Image.Image], texts: list[str]) -> BatchFeature:
     tok = processor.tokenizer
     prev_side = tok.padding_side
     tok.padding_side = "left"
     try:
-        batch = processor(images=images, text=texts, return_tensors="pt", padding=True)
+        return processor(images=images, text=texts, return_tensors="pt", padding=True)
     finally:
         tok.padding_side = prev_side
-    if answers is not None:
-        ids = batch["input_ids"]
-        marker = tok.convert_tokens_to_ids("ASSISTANT:")
-        is_marker = ids == marker
-        # Positions strictly after the (single) ASSISTANT: token are the answer and </s>.
-        after = torch.cumsum(is_marker.long(), dim=1).bool() & ~is_marker
-        batch["labels"] = torch.where(after & (batch["attention_mask"] == 1), ids, -100)
-    return batch
 
 
 def encode_dialogues(
@@ -86,7 +81,7 @@ def encode_dialogues(
     Row ``i`` is ``<s> USER: <image>x36 {q1} ASSISTANT: {a1} </s> USER: {q2} ASSISTANT: {a2} </s> ...``
     (the chat template's rendering of alternating turns, the image in the first user turn). ``labels``
     (``(batch, pos)``, int64) is ``-100`` everywhere except on every answer's words and its ``</s>``.
-    A one-turn dialogue encodes exactly like :func:`encode` with that question and answer.
+    :func:`encode` with answers is the one-turn case.
 
     Example
         >>> batch = encode_dialogues(proc, [img], [[("how many objects ?", "two"), ("describe the image .",
@@ -103,13 +98,8 @@ def encode_dialogues(
         )
         for d in dialogues
     ]
+    batch = _left_padded(processor, images, texts)
     tok = processor.tokenizer
-    prev_side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        batch = processor(images=images, text=texts, return_tensors="pt", padding=True)
-    finally:
-        tok.padding_side = prev_side
     ids = batch["input_ids"]
     pos = torch.arange(ids.shape[1]).expand_as(ids)
     none = torch.full_like(ids, -1)
