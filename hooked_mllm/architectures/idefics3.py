@@ -46,23 +46,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import Adapter, BlockLayout
-from .llava import CLIP_BLOCK
+from .base import square_grid
+from .idefics2 import IDEFICS2
 
-IDEFICS3 = Adapter(
+# Idefics2's module tree and input layout; the connector's pixel shuffle keeps a square grid per tile.
+IDEFICS3 = replace(
+    IDEFICS2,
     name="idefics3",
     config_classes=("Idefics3Config",),
-    lm_layers="model.text_model.layers",
-    embed="model.text_model.embed_tokens",
-    final_norm="model.text_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(),
-    vision_layers="model.vision_model.encoder.layers",
-    vision_embed="model.vision_model.embeddings",
-    vision_block=CLIP_BLOCK,
-    projector="model.connector",
-    input_split=(("pixel_values", "row"), ("pixel_attention_mask", "row")),
-    hidden_states_normed=True,
+    image_grid=lambda n, cfg: square_grid(n),
     test_model="tiny random from HuggingFaceM4/Idefics3-8B-Llama3's config: 16 px tiles, shuffle 2, image "
                "splitting on (processor: Idefics3ImageProcessorPil)",
     notes="One span per tile and per global image (tiles row-major, global last), each a square grid "

@@ -3,7 +3,7 @@
 :func:`tiny_tokenizer` (LLaVA's ``<image>`` vocabulary) and :func:`word_tokenizer` (the same
 words plus a family's special tokens) build real HF fast tokenizers; ``_chat_template``
 writes the user turn with a family's image placeholder; :func:`random_image` and
-:func:`image_pair` make seeded inputs. The private helpers (``_finish``, ``_text_kwargs``,
+:func:`image_pair` make seeded inputs. The private helpers (``_build``, ``_text_kwargs``,
 ``_without_video``) are shared by the family modules beside this one.
 
 Example:
@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
 WORDS = ("what color is the circle square triangle red green blue yellow purple how many objects "
@@ -79,8 +80,13 @@ def _chat_template(image: str) -> str:
             "{% if add_generation_prompt %} ASSISTANT :{% endif %}")
 
 
-def _finish(model, tok):
-    model = model.eval()
+def _build(model_cls, config, tok, seed: int, attn_implementation: str | None):
+    """``model_cls(config)`` with seeded random weights, the attention implementation, eval mode and the
+    tokenizer's special ids in its generation config."""
+    if attn_implementation is not None:
+        config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
     for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
         setattr(model.generation_config, key, getattr(tok, key))
     return model

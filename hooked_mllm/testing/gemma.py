@@ -9,9 +9,8 @@ Example:
 
 from __future__ import annotations
 
-import torch
 
-from ._common import _chat_template, _finish, _text_kwargs, word_tokenizer
+from ._common import _chat_template, _build, _text_kwargs, word_tokenizer
 
 GEMMA3_SPECIALS = ["<start_of_image>", "<image_soft_token>", "<end_of_image>"]
 
@@ -38,10 +37,7 @@ def tiny_gemma3(seed: int = 0, attn_implementation: str | None = None, n_layers:
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in (("image_token_index", "<image_soft_token>"),
            ("boi_token_index", "<start_of_image>"), ("eoi_token_index", "<end_of_image>"))}
     config = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image, **ids)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(tf.Gemma3ForConditionalGeneration(config), tok), processor
+    return _build(tf.Gemma3ForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
 def tiny_paligemma(version: str = "2", seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2,
@@ -74,7 +70,4 @@ def tiny_paligemma(version: str = "2", seed: int = 0, attn_implementation: str |
                   image_size=image_size, patch_size=patch_size, vision_use_head=False)
     config = tf.PaliGemmaConfig(vision_config=vision, text_config=text, projection_dim=d_model, hidden_size=d_model,
                                 image_token_index=tok.convert_tokens_to_ids("<image>"), vocab_size=len(tok))
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(tf.PaliGemmaForConditionalGeneration(config), tok), processor
+    return _build(tf.PaliGemmaForConditionalGeneration, config, tok, seed, attn_implementation), processor

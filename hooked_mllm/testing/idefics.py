@@ -9,9 +9,8 @@ Example:
 
 from __future__ import annotations
 
-import torch
 
-from ._common import _chat_template, _finish, _text_kwargs, _without_video, word_tokenizer
+from ._common import _chat_template, _build, _text_kwargs, _without_video, word_tokenizer
 
 IDEFICS_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
 
@@ -38,10 +37,7 @@ def tiny_idefics2(seed: int = 0, attn_implementation: str | None = None, n_layer
     config = tf.Idefics2Config(vision_config=vision, perceiver_config=perceiver,
                                text_config=dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="mistral"),
                                image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(tf.Idefics2ForConditionalGeneration(config), tok), processor
+    return _build(tf.Idefics2ForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
 IDEFICS3_SPECIALS = (["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
@@ -76,10 +72,7 @@ def _idefics3_like(smol: bool, seed: int, attn_implementation: str | None, n_lay
         config_cls, model_cls = tf.Idefics3Config, tf.Idefics3ForConditionalGeneration
     config = config_cls(vision_config=vision, text_config=text, scale_factor=scale,
                         image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(model_cls(config), tok), processor
+    return _build(model_cls, config, tok, seed, attn_implementation), processor
 
 
 def tiny_idefics3(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 64):

@@ -13,9 +13,8 @@ Example:
 
 from __future__ import annotations
 
-import torch
 
-from ._common import CHAT_TEMPLATE, _finish, _text_kwargs, _without_video, tiny_tokenizer
+from ._common import CHAT_TEMPLATE, _build, _text_kwargs, _without_video, tiny_tokenizer
 
 def tiny_processor(image_size: int = 32, patch_size: int = 8):
     """A ``LlavaProcessor`` (PIL CLIP image processor, tiny tokenizer, chat template)."""
@@ -48,14 +47,7 @@ def tiny_llava(text: str = "llama", seed: int = 0, image_size: int = 32, patch_s
     config = LlavaConfig(vision_config=vision, text_config=text_cfg, image_token_id=tok.convert_tokens_to_ids("<image>"),
                          vision_feature_layer=-2, vision_feature_select_strategy="default",
                          image_seq_length=(image_size // patch_size) ** 2, pad_token_id=tok.pad_token_id)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = tok.bos_token_id
-    return model
+    return _build(LlavaForConditionalGeneration, config, tok, seed, attn_implementation)
 
 
 def tiny_llava_next(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 64,
@@ -81,10 +73,7 @@ def tiny_llava_next(seed: int = 0, attn_implementation: str | None = None, n_lay
     config = tf.LlavaNextConfig(vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
                                 image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-2,
                                 vision_feature_select_strategy="default", pad_token_id=tok.pad_token_id)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(tf.LlavaNextForConditionalGeneration(config), tok), processor
+    return _build(tf.LlavaNextForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
 def tiny_llava_onevision(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2,
@@ -112,7 +101,4 @@ def tiny_llava_onevision(seed: int = 0, attn_implementation: str | None = None, 
     config = tf.LlavaOnevisionConfig(vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
                                      image_token_id=tok.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
                                      vision_feature_select_strategy="full", pad_token_id=tok.pad_token_id)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(tf.LlavaOnevisionForConditionalGeneration(config), tok), processor
+    return _build(tf.LlavaOnevisionForConditionalGeneration, config, tok, seed, attn_implementation), processor

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from ._common import _chat_template, _finish, _text_kwargs, _without_video, word_tokenizer
+from ._common import _chat_template, _build, _text_kwargs, _without_video, word_tokenizer
 
 MOLMO2_SPECIALS = ["<|image|>", "<|video|>"]
 # The image-layout tokens, appended after the base vocabulary as the checkpoint's additional
@@ -139,7 +139,4 @@ def tiny_molmo2(seed: int = 0, attn_implementation: str | None = None, n_layers:
         ("image_end_token_id", "<im_end>"), ("image_patch_id", "<im_patch>"),
         ("frame_start_token_id", "<frame_start>"), ("frame_end_token_id", "<frame_end>"))}
     config = tf.Molmo2Config(text_config=text, vision_config=vision, adapter_config=adapter, **ids)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(tf.Molmo2ForConditionalGeneration(config), tok), processor
+    return _build(tf.Molmo2ForConditionalGeneration, config, tok, seed, attn_implementation), processor

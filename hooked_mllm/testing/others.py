@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _chat_template, _finish, _text_kwargs, _without_video, word_tokenizer
+from ._common import _chat_template, _build, _text_kwargs, _without_video, word_tokenizer
 
 INTERNVL_SPECIALS = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 
@@ -43,15 +43,12 @@ def tiny_internvl(seed: int = 0, attn_implementation: str | None = None, n_layer
     text = dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="qwen2")
     config = tf.InternVLConfig(vision_config=vision, text_config=text, image_seq_length=n_tokens,
                                image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    model = tf.InternVLForConditionalGeneration(config)
+    model = _build(tf.InternVLForConditionalGeneration, config, tok, seed, attn_implementation)
     with torch.no_grad():  # random layer scales, so that hooks see them apply per channel
         for layer in model.model.vision_tower.encoder.layer:
             layer.lambda_1.uniform_(0.05, 0.5)
             layer.lambda_2.uniform_(0.05, 0.5)
-    return _finish(model, tok), processor
+    return model, processor
 
 
 PIXTRAL_SPECIALS = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
@@ -104,10 +101,7 @@ def tiny_mistral3(seed: int = 0, attn_implementation: str | None = None, n_layer
                   num_attention_heads=4, head_dim=8, image_size=longest_edge, patch_size=patch_size)
     config = tf.Mistral3Config(text_config=text, vision_config=vision, spatial_merge_size=2, vision_feature_layer=-1,
                                image_token_index=tok.convert_tokens_to_ids("[IMG]"))
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(tf.Mistral3ForConditionalGeneration(config), tok), processor
+    return _build(tf.Mistral3ForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
 def tiny_pixtral(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 32,
@@ -138,10 +132,7 @@ def tiny_pixtral(seed: int = 0, attn_implementation: str | None = None, n_layers
                             vision_feature_select_strategy="full", projector_hidden_act="gelu",
                             image_token_index=tok.convert_tokens_to_ids("[IMG]"),
                             pad_token_id=tok.pad_token_id)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(tf.LlavaForConditionalGeneration(config), tok), processor
+    return _build(tf.LlavaForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
 def tiny_mllama(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 3, d_model: int = 32,
@@ -167,12 +158,9 @@ def tiny_mllama(seed: int = 0, attn_implementation: str | None = None, n_layers:
                   image_size=image_size, patch_size=patch_size, max_num_tiles=2, intermediate_layers_indices=[0],
                   vision_output_dim=64, supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]])
     config = tf.MllamaConfig(text_config=text, vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<|image|>"))
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    model = tf.MllamaForConditionalGeneration(config)
+    model = _build(tf.MllamaForConditionalGeneration, config, tok, seed, attn_implementation)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("_gate", ".gate", "gate_attn", "gate_ffn")) and param.numel() == 1:
                 param.uniform_(0.3, 1.0)
-    return _finish(model, tok), processor
+    return model, processor

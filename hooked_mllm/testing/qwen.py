@@ -9,9 +9,8 @@ Example:
 
 from __future__ import annotations
 
-import torch
 
-from ._common import _chat_template, _finish, _text_kwargs, _without_video, word_tokenizer
+from ._common import _chat_template, _build, _text_kwargs, _without_video, word_tokenizer
 
 QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
@@ -53,10 +52,7 @@ def tiny_qwen2_vl(version: str = "2", seed: int = 0, attn_implementation: str | 
                       window_size=4 * patch_size, fullatt_block_indexes=[1])
         config = tf.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
         model_cls = tf.Qwen2_5_VLForConditionalGeneration
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(model_cls(config), tok)
+    return _build(model_cls, config, tok, seed, attn_implementation)
 
 
 def tiny_qwen3_vl(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 3, d_model: int = 64,
@@ -88,7 +84,4 @@ def tiny_qwen3_vl(seed: int = 0, attn_implementation: str | None = None, n_layer
            (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
             ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
     config = tf.Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
-    if attn_implementation is not None:
-        config._attn_implementation = attn_implementation
-    torch.manual_seed(seed)
-    return _finish(tf.Qwen3VLForConditionalGeneration(config), tok), processor
+    return _build(tf.Qwen3VLForConditionalGeneration, config, tok, seed, attn_implementation), processor
