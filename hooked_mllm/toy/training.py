@@ -33,7 +33,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration, LlavaProc
 from hooked_mllm.toy.data import CAPTION_STYLES, encode_dialogues, sample_dialogue
 from hooked_mllm.toy.model import build_model, checkpoint_dir, save_checkpoint
 from hooked_mllm.toy.processor import build_processor
-from hooked_mllm.toy.world import World
+from hooked_mllm.toy.world import QTYPES, World
 
 __all__ = ["RECIPES", "META_FILE", "Recipe", "TrainResult", "task_mix", "train", "train_steps"]
 
@@ -84,6 +84,15 @@ class Recipe:
     qtype_weights: tuple[float, ...] | None = None
     turns: int = 1
     stages: tuple[tuple[int, tuple[float, ...]], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.turns < 1:
+            raise ValueError(f"turns must be at least 1 (questions per example), got {self.turns}.")
+        for weights in [self.qtype_weights] + [w for _, w in self.stages]:
+            if weights is not None and len(weights) != len(QTYPES):
+                raise ValueError(f"question-type weights need one weight per type {QTYPES}, got {weights!r}.")
+        if any(n < 0 for n, _ in self.stages):
+            raise ValueError(f"stage lengths must be >= 0 steps, got {[n for n, _ in self.stages]}.")
 
 
 RECIPES: dict[str, Recipe] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -88,6 +89,10 @@ def test_curriculum_order():
     assert mix[2:5] == [(False, (1, 0, 0, 0, 0), 0.0)] * 3
     assert mix[5] == (False, (1, 1, 0, 0, 0), 0.0)
     assert mix[6:] == [(False, (1, 1, 1, 1, 2), 0.2)] * 2
+    with pytest.raises(ValueError, match="one weight per type"):
+        Recipe(stages=((3, (1, 0)),))
+    with pytest.raises(ValueError, match="turns"):
+        Recipe(turns=0)
 
 
 def test_tiny_training_run_lowers_loss(tmp_path):
