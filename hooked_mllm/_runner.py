@@ -150,6 +150,12 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
             if base is not None:
                 out = out - base
             if scale is not None:
+                if bool((scale == 0).any()):
+                    raise ValueError(
+                        f"Cannot write {point.name}: it is the sublayer output times the layer scale "
+                        f"{point.scale!r}, which has zero entries, so the write cannot be passed back through it. "
+                        "Write the residual stream (hook_resid_mid / hook_resid_post) instead."
+                    )
                 out = out / scale
             _write(envoy, point.site, raw, out.to(value.dtype))
 

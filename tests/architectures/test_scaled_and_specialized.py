@@ -43,6 +43,22 @@ def test_layer_scaled_attn_out_writes_back_through_the_scale(internvl):
     torch.testing.assert_close(zeroed, ref)
 
 
+def test_write_through_a_zero_layer_scale_is_refused(internvl):
+    model, batch = internvl
+    layer = model.adapter.module(model.hf_model, f"{model.adapter.vision_layers}.0")
+    saved = layer.lambda_1.detach().clone()
+    clean = model(batch)
+    try:
+        with torch.no_grad():
+            layer.lambda_1[0] = 0.0
+        with pytest.raises(ValueError, match="zero entries"):
+            model.run_with_hooks(batch, fwd_hooks=[("vision.blocks.0.hook_attn_out", lambda act, hook: act + 1)])
+    finally:
+        with torch.no_grad():
+            layer.lambda_1.copy_(saved)
+    torch.testing.assert_close(model(batch), clean, rtol=0, atol=0)  # no edit left installed
+
+
 def test_layer_scaled_point_reads_the_same_in_trace(internvl):
     model, batch = internvl
     _, cache = model.run_with_cache(batch, names_filter="vision.blocks.1.hook_mlp_out")
