@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._weights import parameter
 from .hook_points import HookNameError, act_name
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ class ActivationCache(Mapping):
             scale = (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
         if not has_batch_dim:
             scale = scale[0]
-        weight = norm.weight.detach().float().to(stack.device) + self.model.adapter.block.norm_offset
+        weight = parameter(norm).detach().float().to(stack.device) + self.model.adapter.block.norm_offset
         return (stack / scale.to(stack.device) * weight).to(residual_stack.dtype)
 
     def logit_attrs(self, residual_stack: Float[Tensor, "... batch pos d_model"], tokens: Any,

@@ -28,6 +28,7 @@ from nnsight import NNsight
 from torch import Tensor
 
 from . import _runner
+from ._weights import execution_device, parameter
 from . import positions as _positions
 from .architectures import adapter_for
 from .architectures.base import Adapter
@@ -190,7 +191,7 @@ class HookedMLLM:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        return execution_device(self.hf_model)
 
     # -- running ---------------------------------------------------------------------
 
@@ -353,12 +354,12 @@ class HookedMLLM:
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         """The unembedding matrix (transposed LM head weight)."""
-        return self.adapter.module(self.hf_model, self.adapter.unembed).weight.T
+        return parameter(self.adapter.module(self.hf_model, self.adapter.unembed)).T
 
     def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
         """The attention output weights of ``layer`` split by head."""
         o_proj = self.adapter.module(self.hf_model, f"{self.adapter.lm_layers}.{layer}.{self.adapter.block.o}")
-        return o_proj.weight.T.reshape(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+        return parameter(o_proj).T.reshape(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
 
     def final_norm(self) -> torch.nn.Module:
         """The language model's final norm module."""
