@@ -220,8 +220,8 @@ def _patching_section(model: HookedMLLM, scene: Any, qa: Any, target: Any, repor
     report.section(
         "5. Patching sweep over the image",
         f"Each panel patches one layer's residual stream (resid_pre) of one world cell (2 x 2 image tokens) from "
-        f"the clean scene into a copy where the {target.shape} is {new_color}, and colours the cell by the logit "
-        f"difference '{qa.answer}' - '{new_color}' that comes back.")
+        f"the clean scene into a copy where the {target.shape} is {new_color}, and colours the cell by how much of "
+        f"the logit difference '{qa.answer}' - '{new_color}' comes back (1 = all of it).")
     report.image(scene.image, caption="clean", scale=3).image(other, caption=f"corrupted ({new_color} {target.shape})",
                                                              scale=3)
     report.html(display.patching_html(result, scene.image, normalized=True))

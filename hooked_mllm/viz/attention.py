@@ -79,7 +79,8 @@ def _json(props: dict[str, Any]) -> str:
 def token_labels(batch: MultimodalBatch, row: int = 0) -> list[str]:
     """One label per sequence position of ``row``: the token, ``img{i}[r{r}c{c}]`` for image tokens.
 
-    Image tokens without a grid (resampled latents) are ``img{i}[{k}]``; padding is ``<pad>``.
+    ``i`` counts the row's images from 0. Image tokens without a grid (resampled latents) are
+    ``img{i}[{k}]``; padding is ``<pad>``.
 
     Example:
         >>> token_labels(batch)[:4]                        # doctest: +SKIP
@@ -88,13 +89,13 @@ def token_labels(batch: MultimodalBatch, row: int = 0) -> list[str]:
     n = batch.shape[1]
     tokens = list(batch.tokens[row]) if batch.tokens is not None else [str(int(t)) for t in batch.input_ids[row]]
     labels = [tokens[p] if p < len(tokens) else str(p) for p in range(n)]
-    for span in batch.images_of(row):
+    for i, span in enumerate(batch.images_of(row)):  # i: the image's index within the row
         for k, position in enumerate(span.token_positions):
             if span.grid is not None:
                 r, c = divmod(k, span.grid[1])
-                labels[position] = f"img{span.index}[r{r}c{c}]"
+                labels[position] = f"img{i}[r{r}c{c}]"
             else:
-                labels[position] = f"img{span.index}[{k}]"
+                labels[position] = f"img{i}[{k}]"
     for p in batch.pad_mask[row].nonzero().flatten().tolist():
         labels[p] = "<pad>"
     return labels
@@ -206,8 +207,8 @@ def _view(element: str, cache: Any, layer: int | None, *, batch: MultimodalBatch
             if not spans or spans[0].grid is None:
                 raise ValueError("image= draws the patch strip of image 0, which has no patch grid here.")
             span = spans[0]
-            header = (f"<p><small>Image {span.index}'s patches in token order (columns "
-                      f"<code>img{span.index}[r.c.]</code>):</small></p>" + patch_strip(image, span.grid))
+            header = ("<p><small>Image 0's patches in token order (columns <code>img0[r.c.]</code>):</small></p>"
+                      + patch_strip(image, span.grid))
     else:
         if tokens is None:
             raise ValueError("Pass batch= (or a cache that carries its batch) or tokens= to label the view.")

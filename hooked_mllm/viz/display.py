@@ -46,7 +46,7 @@ def patching_figure(result: Any, image: Image.Image | None = None, normalized: b
     label = "fraction of the clean metric restored" if normalized else "metric"
     if values.ndim == 3:
         return heatmaps(values, image, titles=[f"layer {layer}" for layer in result.layers],
-                        suptitle=what, label=label)
+                        suptitle=what, label=label, alpha=0.75)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * values.shape[1] + 2), 0.4 * values.shape[0] + 1.6))
     top = float(np.abs(values).max()) or 1.0
     shown = ax.imshow(values, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")

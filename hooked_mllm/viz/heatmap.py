@@ -6,7 +6,7 @@ over cells for one layer, a concept's activation over patches, an attention row 
 grid). :func:`heatmap` draws one over its image (each cell stretched over the pixels it covers,
 nearest-neighbour so cell borders stay honest; ``smooth=True`` for bilinear), with a title and a
 colour bar; :func:`heatmaps` draws several side by side (layers, methods, baselines) on one
-shared colour scale. Maps with negative values get a diverging colour map centred on 0.
+shared colour scale. Maps where both signs matter get a diverging colour map centred on 0.
 
 Example:
     >>> import numpy as np
@@ -49,9 +49,11 @@ def _array(value: Any) -> np.ndarray:
 
 
 def _limits(maps: Sequence[np.ndarray], vmin: float | None, vmax: float | None, cmap: str | None):
+    """Colour limits and map: diverging and centred on 0 when both signs matter (the smaller side is at
+    least 2 % of the larger), else sequential over ``[min, max]``."""
     lo = min(float(np.nanmin(m)) for m in maps)
     hi = max(float(np.nanmax(m)) for m in maps)
-    if lo < 0 < hi or (lo < 0 and hi <= 0):
+    if lo < 0 and (hi <= 0 or min(-lo, hi) >= 0.02 * max(-lo, hi)):
         top = max(abs(lo), abs(hi)) or 1.0
         return (-top if vmin is None else vmin), (top if vmax is None else vmax), cmap or "RdBu_r"
     return (lo if vmin is None else vmin), (hi if vmax is None else vmax), cmap or "inferno"
