@@ -184,14 +184,13 @@ def _answers_section(model: HookedMLLM, scenes: list[Any], report: Report) -> No
     report.section("1. Answers on unseen scenes",
                    f"The model's greedy answers to every question about {len(scenes)} scenes it never saw, "
                    "against the truth.")
-    rows, right = [], 0
+    asked = [(k, scene, qa) for k, scene in enumerate(scenes) for qa in scene.questions]
+    answers = _answer(model, [scene.image for _, scene, _ in asked], [qa.question for _, _, qa in asked])
     for k, scene in enumerate(scenes):
-        qas = list(scene.questions)
-        answers = _answer(model, [scene.image] * len(qas), [qa.question for qa in qas])
         report.image(scene.image, caption=f"scene {k}: {scene.caption_colored}", scale=3)
-        for qa, answer in zip(qas, answers):
-            rows.append([k, qa.qtype, qa.question, qa.answer, answer, "yes" if answer == qa.answer else "NO"])
-            right += answer == qa.answer
+    rows = [[k, qa.qtype, qa.question, qa.answer, answer, "yes" if answer == qa.answer else "NO"]
+            for (k, _, qa), answer in zip(asked, answers)]
+    right = sum(row[-1] == "yes" for row in rows)
     report.table(["scene", "type", "question", "truth", "model", "right"], rows)
     report.text(f"{right} of {len(rows)} answers are right.")
 
@@ -271,7 +270,7 @@ def _last_features(model: HookedMLLM, images: list[Image.Image], prompts: list[s
     return cache[name][torch.arange(len(prompts)), batch.last_positions()].float()
 
 
-def _shift_section(model: HookedMLLM, name: str, seed: int, scene: Any, report: Report, n: int = 60) -> None:
+def _shift_section(model: HookedMLLM, name: str, seed: int, scene: Any, report: Report, n: int = 48) -> None:
     from .concepts import analyze_shift, make_decomposer, text_grounding
     from .toy import CAPTION_PROMPT
     from .toy.world import World
@@ -304,9 +303,9 @@ def _steering_section(model: HookedMLLM, seed: int, report: Report) -> None:
     from .concepts import split_by, steering_hooks
     from .toy.world import World
 
-    scenes = list(islice(World(seed=seed + 3), 120))
+    scenes = list(islice(World(seed=seed + 3), 100))
     exist = [(s.image, qa.question, qa.answer) for s in scenes for qa in s.questions_of("exist")]
-    fit, held = exist[:80], exist[80:]
+    fit, held = exist[:64], exist[64:]
     labels = _first_words(model, [x[0] for x in fit], [x[1] for x in fit])
     vector = split_by(_last_features(model, [x[0] for x in fit], [x[1] for x in fit], STEER_LAYER), labels,
                       target="no", source="yes")

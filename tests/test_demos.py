@@ -75,3 +75,12 @@ def test_make_demo_runs_the_cli(monkeypatch, tmp_path):
     assert calls == [{"out": str(tmp_path), "seed": 3, "model_name": None}]
     makefile = (DEMOS.parent / "Makefile").read_text()
     assert "hooked-mllm demo --out reports/demo" in makefile
+
+
+def test_demo_without_a_toy_checkpoint_runs_on_a_tiny_random_llava(monkeypatch, tmp_path):
+    import hooked_mllm.demo as demo
+
+    monkeypatch.setattr(demo, "_load_toy", lambda name: None)
+    html = demo.run_demo(out=tmp_path).read_text(encoding="utf-8")
+    assert "tiny RANDOM LLaVA" in html and html.count("<p class='what'>") == 4
+    assert html.count("CircuitsVis.render(") == 1 and "data:image/png;base64," in html
