@@ -118,6 +118,11 @@ class PatchingResult:
                 draw.rectangle([j * scale, i * scale, (j + 1) * scale - 1, (i + 1) * scale - 1], fill=color)
         return image
 
+    def _repr_html_(self) -> str:
+        from .viz.display import patching_html  # matplotlib is optional: imported when shown
+
+        return patching_html(self)
+
     def save_plot(self, path: str) -> str:
         """Save :meth:`to_image` as a PNG and return the path."""
         self.to_image().save(path)

@@ -1,11 +1,10 @@
-"""The CLI, the demo and the generated docs stay true."""
+"""The CLI and the generated docs stay true (the demo's tests are in test_demos.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from hooked_mllm.cli import main
-from hooked_mllm.demo import run_demo
 from hooked_mllm.model import HookedMLLM
 from hooked_mllm.reference import hook_reference_markdown
 from hooked_mllm.testing import tiny_llava, tiny_processor
@@ -25,9 +24,3 @@ def test_hooks_command_lists_names(capsys):
     assert main(["hooks"]) == 0
     out = capsys.readouterr().out.split()
     assert "blocks.0.hook_resid_post" in out and "hook_logits" in out
-
-
-def test_demo_writes_report(tmp_path):
-    path = run_demo(out=tmp_path, seed=0)
-    html = path.read_text()
-    assert path.exists() and "Logit lens" in html and "Patching" in html and "<img" in html

@@ -1,9 +1,14 @@
-"""Every script in demos/ runs, and says what it should."""
+"""Every script in demos/ runs and says what it should; ``make demo``'s report tells the whole story."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import stat
 from pathlib import Path
+
+import pytest
 
 DEMOS = Path(__file__).resolve().parents[1] / "demos"
 
@@ -21,3 +26,61 @@ def test_patching_sweep_demo(tmp_path):
     if summary["object_cell"] is not None:  # on the trained toy model the sweep finds the object
         assert summary["peak_cell"] == summary["object_cell"]
         assert summary["clean_metric"] > 0 > summary["corrupted_metric"]
+
+
+@pytest.fixture(scope="session")
+def demo_report(tmp_path_factory):
+    """``make demo``'s report, built once per session (the browser tier opens the same file)."""
+    from hooked_mllm.demo import run_demo
+
+    return run_demo(out=tmp_path_factory.mktemp("demo"), seed=0)
+
+
+SECTIONS = ["1. Answers on unseen scenes", "2. Logit lens", "3. Where the model looks", "4. Attention view",
+            "5. Patching sweep over the image", "6. Concept dictionary", "7. Shift from toy-llava",
+            "8. Steering dose response"]
+
+
+def test_demo_report_tells_the_whole_story(demo_report):
+    html = demo_report.read_text(encoding="utf-8")
+    assert stat.S_IMODE(os.stat(demo_report).st_mode) == 0o644
+    assert [p.name for p in demo_report.parent.iterdir()] == ["report.html"]
+    headings = re.findall(r"<h2>(.*?)</h2><p class='what'>(.*?)</p>", html)
+    assert len(headings) == len(SECTIONS)  # every section opens with its one-sentence statement
+    for (title, statement), expected in zip(headings, SECTIONS):
+        assert title.startswith(expected) and statement.endswith(".") and len(statement) > 40
+    assert "World(seed=0)" in html
+    assert html.count("var CircuitsVis") == 1 and html.count("CircuitsVis.render(") == 1
+    assert not re.search(r"""(src|href)=["']https?:""", html)
+    answers = re.search(r"(\d+) of (\d+) answers are right", html)
+    assert int(answers.group(1)) >= 0.9 * int(answers.group(2))
+    assert html.count("data:image/png;base64,") > 20
+
+
+def test_demo_shows_only_unseen_worlds(tmp_path):
+    from hooked_mllm.demo import run_demo
+
+    with pytest.raises(ValueError, match="unseen"):
+        run_demo(out=tmp_path, seed=10_000)
+    assert not any(tmp_path.iterdir())
+
+
+def test_make_demo_runs_the_cli(monkeypatch, tmp_path):
+    import hooked_mllm.demo as demo
+    from hooked_mllm.cli import main
+
+    calls = []
+    monkeypatch.setattr(demo, "run_demo", lambda **kw: calls.append(kw) or tmp_path / "report.html")
+    assert main(["demo", "--out", str(tmp_path), "--seed", "3"]) == 0
+    assert calls == [{"out": str(tmp_path), "seed": 3, "model_name": None}]
+    makefile = (DEMOS.parent / "Makefile").read_text()
+    assert "hooked-mllm demo --out reports/demo" in makefile
+
+
+def test_demo_without_a_toy_checkpoint_runs_on_a_tiny_random_llava(monkeypatch, tmp_path):
+    import hooked_mllm.demo as demo
+
+    monkeypatch.setattr(demo, "_load_toy", lambda name: None)
+    html = demo.run_demo(out=tmp_path).read_text(encoding="utf-8")
+    assert "tiny RANDOM LLaVA" in html and html.count("<p class='what'>") == 4
+    assert html.count("CircuitsVis.render(") == 1 and "data:image/png;base64," in html

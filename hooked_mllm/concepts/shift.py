@@ -277,6 +277,11 @@ class ShiftResult:
     concepts_b: Float[np.ndarray, "kb d"] | None = None
     improvement: ShiftImprovement | None = None
 
+    def _repr_html_(self) -> str:
+        from ..viz.display import shift_html
+
+        return shift_html(self)
+
 
 def _fitted_on(decomposer: Any, X: np.ndarray) -> Any:
     """``decomposer`` itself if already fitted, else a fitted clone (the caller's object is not modified)."""

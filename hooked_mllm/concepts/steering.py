@@ -82,6 +82,11 @@ class SteeringReport:
     other_accuracy_after: float
     answers: list[tuple[str, str, str, str]]
 
+    def _repr_html_(self) -> str:
+        from ..viz.display import steering_html
+
+        return steering_html(self)
+
 
 def _answers(model: HookedMLLM, samples: Sequence[Any], hooks: list, batch_size: int, max_new_tokens: int) -> list[str]:
     out: list[str] = []
