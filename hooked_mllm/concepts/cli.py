@@ -14,31 +14,92 @@ from typing import Any
 import numpy as np
 
 
-def _model(spec: str) -> Any:
+def _model(spec: str, dtype: str | None = None, device: str | None = None) -> Any:
     from ..model import HookedMLLM
 
     if spec.startswith("toy:"):
         from .. import toy
 
-        return toy.load(spec[4:])
-    return HookedMLLM.from_pretrained(spec)
+        model = toy.load(spec[4:])
+        if dtype not in (None, "auto") or device:
+            model.hf_model.to(device=device, dtype=torch_dtype(dtype) if dtype not in (None, "auto") else None)
+        return model
+    return HookedMLLM.from_pretrained(spec, dtype=torch_dtype(dtype), device=device)
+
+
+def torch_dtype(name: str | None) -> Any:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (None stays None); errors list the valid names."""
+    import torch
+
+    if name is None:
+        return None
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+    if name not in names:
+        raise ValueError(f"Unknown dtype {name!r}; use one of {', '.join(names)}")
+    return names[name]
 
 
 def _dataset(args: argparse.Namespace) -> Any:
-    from .extract import folder_dataset, toy_dataset
+    from .data import folder_dataset, hf_dataset, jsonl_dataset, toy_dataset
 
     if args.images:
         return folder_dataset(args.images, args.prompt or "describe the image .")
+    if args.jsonl:
+        return jsonl_dataset(args.jsonl, prompt=args.prompt)
+    if args.hf_dataset:
+        import datasets
+
+        name, _, split = args.hf_dataset.partition(":")
+        rows = datasets.load_dataset(name, split=split or "train", streaming=True)
+        return hf_dataset(rows, image_column=args.image_column, prompt_column=args.prompt_column,
+                          id_column=args.id_column, prompt=args.prompt)
     return toy_dataset(args.n, seed=args.seed, prompt=args.prompt, qtype=args.qtype)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .extract import TokenRule, extract
 
-    rule = TokenRule(args.rule, token=args.token, position=args.position)
-    feats = extract(_model(args.model), _dataset(args), args.hook, rule, batch_size=args.batch_size, out=args.out)
-    print(f"{len(feats)} samples -> {args.out} (features {tuple(feats.features.shape)})")
+    words = tuple(w.strip() for w in args.token.split(",")) if args.token and "," in args.token else args.token
+    rule = TokenRule(args.rule, token=words, position=args.position, search=args.search, reduce=args.reduce,
+                     start=args.start, end=args.end)
+    hooks = [h.strip() for h in args.hook.split(",") if h.strip()]
+    model = _model(args.model, args.dtype, args.device)
+    feats = extract(model, _dataset(args), hooks, rule, batch_size=args.batch_size, out=args.out,
+                    max_new_tokens=args.max_new_tokens, shard_size=args.shard_size, predict=args.predict)
+    shapes = {h: tuple(feats.tensor(h).shape) for h in feats.hooks}
+    print(f"{len(feats)} samples -> {args.out} (features {shapes}; "
+          f"{len(feats.manifest['skipped'])} skipped)")
     return 0
+
+
+def _decomposer(args: argparse.Namespace) -> Any:
+    from .decompose import DECOMPOSERS, make_decomposer
+
+    params: dict[str, Any] = {"n_components": args.k}
+    accepted = DECOMPOSERS[args.method]().get_params() if args.method in DECOMPOSERS else {}
+    if "random_state" in accepted:
+        params["random_state"] = args.seed
+    for name, attr in (("alpha", "dec_alpha"), ("max_iter", "max_iter"), ("batch_size", "dec_batch_size"),
+                       ("device", "device")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            if name not in accepted:
+                raise SystemExit(f"{name} does not apply to --method {args.method} (its settings: "
+                                 f"{', '.join(sorted(accepted))})")
+            params[name] = value
+    return make_decomposer(args.method, **params)
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    from ._store import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez(handle, **arrays)
+
+    write_atomic(path, write)
 
 
 def _cmd_concepts(args: argparse.Namespace) -> int:
@@ -47,11 +108,10 @@ def _cmd_concepts(args: argparse.Namespace) -> int:
     from .grounding import text_grounding
 
     feats = Features.load(args.features)
-    dec = make_decomposer(args.method, n_components=args.k, random_state=args.seed)
+    dec = _decomposer(args)
     v = dec.fit_transform(feats.features.numpy())
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, components=dec.components_, activations=v, ids=np.array(feats.ids))
+    _save_npz(out, components=dec.components_, activations=v, ids=np.array(feats.ids))
     if args.model:
         for k, words in enumerate(text_grounding(_model(args.model), dec.components_)):
             print(f"concept {k:2d}: {' '.join(words)}")
@@ -60,25 +120,25 @@ def _cmd_concepts(args: argparse.Namespace) -> int:
 
 
 def _cmd_shift(args: argparse.Namespace) -> int:
-    from .decompose import make_decomposer
+    from ._store import write_text_atomic
     from .extract import Features
-    from .shift import analyze_shift
+    from .shift import align_ids, analyze_shift
 
     a, b = Features.load(args.original), Features.load(args.finetuned)
-    common = [i for i in a.ids if i in set(b.ids)]
-    ia, ib = [a.ids.index(i) for i in common], [b.ids.index(i) for i in common]
-    dec_a = make_decomposer(args.method, n_components=args.k, random_state=args.seed)
-    dec_b = make_decomposer(args.method, n_components=args.k, random_state=args.seed)
-    result = analyze_shift(a.features[ia].numpy(), b.features[ib].numpy(), dec_a, dec_b, alpha=args.alpha)
-    improvement = result.improvement
-    report = {"samples": len(common), "mean_consistency": result.mean_consistency,
-              "counts": result.counts.tolist(),
-              "mean_distance_gain": improvement.mean_distance_gain if improvement else None,
-              "mean_cosine_gain": improvement.mean_cosine_gain if improvement else None}
-    np.savez(Path(args.out).with_suffix(".npz"), shift_vectors=result.shift_vectors, shifted=result.shifted,
-             concepts_a=result.concepts_a, concepts_b=result.concepts_b)
-    Path(args.out).write_text(json.dumps(report, indent=1, default=str))
-    print(json.dumps(report, indent=1, default=str)[:2000])
+    ia, ib = align_ids(a.ids, b.ids)
+    if len(ia) == 0:
+        raise SystemExit(f"{args.original} and {args.finetuned} share no sample ids")
+    dec_a, dec_b = _decomposer(args), _decomposer(args)
+    result = analyze_shift(a.features[ia].numpy(), b.features[ib].numpy(), dec_a, dec_b, alpha=args.alpha,
+                           reduce=args.reduce, match_on=args.match_on, baselines=True, random_state=args.seed)
+    report = dict(samples=len(ia), **result.summary())
+    out = Path(args.out)
+    json_path, npz_path = out.with_suffix(".json"), out.with_suffix(".npz")
+    _save_npz(npz_path, shift_vectors=result.shift_vectors, shifted=result.shifted, concepts_a=result.concepts_a,
+              concepts_b=result.concepts_b, assignment=result.assignment, ids=np.array([a.ids[i] for i in ia]))
+    write_text_atomic(json_path, json.dumps(report, indent=1, default=str))
+    print(json.dumps(report, indent=1, default=str)[:3000])
+    print(f"report -> {json_path}, arrays -> {npz_path}")
     return 0
 
 
@@ -99,13 +159,29 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 def add_subparsers(sub: Any) -> None:
     """Mount ``extract``, ``concepts``, ``shift`` and ``steer`` on the package CLI."""
     ex = sub.add_parser("extract", help="extract one feature per sample to a resumable folder")
-    ex.add_argument("--model", default="toy:toy-llava", help="a checkpoint path, or toy:<name>")
-    ex.add_argument("--hook", required=True, help="e.g. blocks.3.hook_resid_post")
-    ex.add_argument("--rule", default="last", help="last, position, image_mean, image_each, token, predicting, answer_mean")
-    ex.add_argument("--token", default=None)
+    ex.add_argument("--model", default="toy:toy-llava", help="a checkpoint path or hub id, or toy:<name>")
+    ex.add_argument("--dtype", default=None, help="float32, float16, bfloat16 or auto (default: the loader's)")
+    ex.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
+    ex.add_argument("--hook", required=True, help="one or several comma-separated hook names, read in one pass "
+                    "(e.g. blocks.15.hook_resid_post,blocks.31.hook_resid_post)")
+    ex.add_argument("--rule", default="last",
+                    help="last, position, image_mean, image_each, token, predicting, range, answer_mean")
+    ex.add_argument("--token", default=None, help="the word (or comma-separated words of a token class)")
+    ex.add_argument("--search", default="answer", choices=("answer", "prompt"))
+    ex.add_argument("--reduce", default="first", choices=("first", "last", "mean"), help="over a word's sub-tokens")
+    ex.add_argument("--start", type=int, default=None, help="token range start for --rule range")
+    ex.add_argument("--end", type=int, default=None, help="token range end for --rule range")
     ex.add_argument("--position", type=int, default=None)
+    ex.add_argument("--max-new-tokens", type=int, default=12, help="answer length when the rule needs the answer")
+    ex.add_argument("--predict", action="store_true", help="also generate and record each answer (needed by steer)")
     ex.add_argument("--images", default=None, help="a folder of images (default: toy scenes)")
+    ex.add_argument("--jsonl", default=None, help='a JSON-lines file of {"id", "image": path, "prompt"}')
+    ex.add_argument("--hf-dataset", default=None, help="a Hugging Face dataset as name[:split] (needs datasets)")
+    ex.add_argument("--image-column", default="image")
+    ex.add_argument("--prompt-column", default="prompt")
+    ex.add_argument("--id-column", default=None)
     ex.add_argument("--prompt", default=None)
+    ex.add_argument("--shard-size", type=int, default=256, help="samples per shard (progress is saved per shard)")
     ex.add_argument("--qtype", default=None, help="toy question type instead of the caption prompt")
     ex.add_argument("--n", type=int, default=200)
     ex.add_argument("--seed", type=int, default=0)
@@ -127,7 +203,11 @@ def add_subparsers(sub: Any) -> None:
     sh.add_argument("--k", type=int, default=10)
     sh.add_argument("--alpha", type=float, default=1.0)
     sh.add_argument("--seed", type=int, default=0)
-    sh.add_argument("--out", required=True, help="a JSON report (arrays go to the .npz beside it)")
+    sh.add_argument("--reduce", default="mean", choices=("mean", "median", "trimmed"))
+    sh.add_argument("--match-on", default="shifted", choices=("shifted", "original"),
+                    help="match b's concepts to the shifted (default) or the original concepts of a")
+    sh.add_argument("--out", required=True,
+                    help="a path stem: the JSON report goes to STEM.json and the arrays to STEM.npz")
     sh.set_defaults(func=_cmd_shift)
     st = sub.add_parser("steer", help="a mean-difference steering vector between two answers")
     st.add_argument("--features", required=True)

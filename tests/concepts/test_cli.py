@@ -21,7 +21,7 @@ def test_extract_concepts_shift_steer(tmp_path):
     for i in range(12):
         random_image(i).save(images / f"{i:02d}.png")
     common = ["--hook", "blocks.1.hook_resid_post", "--images", str(images), "--prompt", "is there a red square ?",
-              "--batch-size", "6"]
+              "--batch-size", "6", "--predict", "--max-new-tokens", "3", "--dtype", "float32", "--device", "cpu"]
     assert main(["extract", "--model", str(tmp_path / "a"), *common, "--out", str(tmp_path / "fa")]) == 0
     assert main(["extract", "--model", str(tmp_path / "b"), *common, "--out", str(tmp_path / "fb")]) == 0
     feats = Features.load(tmp_path / "fa")
@@ -30,10 +30,15 @@ def test_extract_concepts_shift_steer(tmp_path):
                  "--out", str(tmp_path / "c.npz"), "--model", str(tmp_path / "a")]) == 0
     saved = np.load(tmp_path / "c.npz")
     assert saved["components"].shape == (3, 64) and saved["activations"].shape == (12, 3)
+    assert main(["concepts", "--features", str(tmp_path / "fa"), "--method", "topnorm", "--k", "3",
+                 "--out", str(tmp_path / "t.npz")]) == 0
+    assert np.load(tmp_path / "t.npz")["components"].shape == (3, 64)
     assert main(["shift", "--original", str(tmp_path / "fa"), "--finetuned", str(tmp_path / "fb"), "--k", "2",
-                 "--out", str(tmp_path / "shift.json")]) == 0
+                 "--out", str(tmp_path / "shift.npz")]) == 0  # arrays and report do not overwrite each other
     report = json.loads((tmp_path / "shift.json").read_text())
     assert report["samples"] == 12 and len(report["counts"]) == 2
+    assert set(report["baselines"]) == {"global_mean_shift", "random_assignment"}
+    assert np.load(tmp_path / "shift.npz")["shift_vectors"].shape == (2, 64)
     answers = sorted({p.split(" ")[0] for p in feats.predictions})
     assert len(answers) >= 2, "the seeded tiny model gives two different answers over these images"
     assert main(["steer", "--features", str(tmp_path / "fa"), "--source", answers[0], "--target", answers[1],

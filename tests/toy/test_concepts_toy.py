@@ -9,7 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from hooked_mllm.concepts import (analyze_shift, attribute_recovery, evaluate_steering, extract, make_decomposer,
                                   split_by)
-from hooked_mllm.concepts.extract import Sample
+from hooked_mllm.concepts import Sample
 from hooked_mllm.toy.world import World
 
 
@@ -59,7 +59,7 @@ def test_steering_no_to_yes(models):
     exist = [(s.image, qa.question, qa.answer) for s in World(seed=33).sample(160) for qa in s.questions_of("exist")]
     train, test = exist[:160], exist[160:]
     feats = extract(model, [Sample(str(i), im, q) for i, (im, q, _) in enumerate(train)], "blocks.3.hook_resid_post",
-                    "last", batch_size=64, progress=False)
+                    "last", batch_size=64, progress=False, predict=True)
     vector = split_by(feats.features, [p.split(" ")[0] for p in feats.predictions], "yes", "no")
     targeted = [t for t in test if t[2] == "no"][:40]
     others = [(s.image, qa.question, qa.answer) for s in World(seed=34).sample(40) for qa in s.questions_of("count")]
