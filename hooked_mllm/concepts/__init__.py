@@ -35,10 +35,14 @@ from .data import toy_dataset as toy_dataset
 from .extract import TokenRule as TokenRule
 from .extract import extract as extract
 from .grounding import concept_map as concept_map
+from .grounding import shift_grounding as shift_grounding
 from .grounding import text_grounding as text_grounding
 from .grounding import visual_grounding as visual_grounding
 from .metrics import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE
+from .metrics import CLIPScorer as CLIPScorer
 from .metrics import ImageTextScorer as ImageTextScorer
+from .metrics import clip_concept_score as clip_concept_score
+from .metrics import random_word_lists as random_word_lists
 from .metrics import Sparsity as Sparsity
 from .metrics import attribute_recovery as attribute_recovery
 from .metrics import clip_style_score as clip_style_score

@@ -96,16 +96,18 @@ def objective(z_sq: Tensor, V: Tensor, B: Tensor, G: Tensor, alpha: float) -> fl
 def fit_sparse(Z: Float[Tensor, "n d"], U: Float[Tensor, "k d"], alpha: float, max_iter: int, tol: float,
                ) -> tuple[Float[Tensor, "n k"], Float[Tensor, "k d"], list[float]]:
     """Full-batch alternating minimisation from atoms ``U``; returns codes, atoms, objective history."""
-    z_sq = (Z * Z).sum()
+    norms = torch.linalg.vector_norm(Z, dim=1)  # no [n, d] temporaries: Z may be most of the memory
+    z_sq = (norms * norms).sum()
+    spare = Z[norms.argsort(descending=True)[: U.shape[0]]]  # rows that restart an atom no code uses
     V = None
     history: list[float] = []
+    G, B = U @ U.T, Z @ U.T
     for _ in range(max_iter):
-        G, B = U @ U.T, Z @ U.T
         V = sparse_codes(B, G, alpha, V, max_sweeps=10)
         A, C = V.T @ V, V.T @ Z
-        worst = Z[(Z * Z).sum(1).argsort(descending=True)[: U.shape[0]]]
-        U = update_atoms(U, A, C, spare=worst)
-        value = objective(z_sq, V, Z @ U.T, U @ U.T, alpha)
+        U = update_atoms(U, A, C, spare=spare)
+        G, B = U @ U.T, Z @ U.T  # for the objective now and the codes next iteration: two passes over Z
+        value = objective(z_sq, V, B, G, alpha)
         if history and history[-1] - value <= tol * max(abs(history[-1]), _EPS):
             history.append(value)
             break

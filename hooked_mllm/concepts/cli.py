@@ -190,7 +190,13 @@ def add_subparsers(sub: Any) -> None:
     ex.set_defaults(func=_cmd_extract)
     co = sub.add_parser("concepts", help="learn a concept dictionary from extracted features")
     co.add_argument("--features", required=True)
-    co.add_argument("--method", default="seminmf")
+    co.add_argument("--method", default="seminmf", help="seminmf, sparse (the papers' objective), dictlearn (the "
+                    "reference code's scikit-learn version, slow), kmeans, pca, nmf, ica, topnorm")
+    co.add_argument("--alpha", dest="dec_alpha", type=float, default=None, help="L1 weight of sparse / dictlearn")
+    co.add_argument("--max-iter", type=int, default=None)
+    co.add_argument("--batch-size", dest="dec_batch_size", type=int, default=None,
+                    help="sparse: rows per minibatch (online fit for data too large for one batch)")
+    co.add_argument("--device", default=None, help="seminmf / sparse: torch device, e.g. cuda")
     co.add_argument("--k", type=int, default=20)
     co.add_argument("--seed", type=int, default=0)
     co.add_argument("--model", default=None, help="ground the concepts in words with this model")
