@@ -142,17 +142,66 @@ def _cmd_shift(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_rows(file: str) -> list[tuple]:
+    """``(image, prompt, answers, answer_type)`` rows of a JSONL with image, prompt, answer(s), answer_type."""
+    from .data import load_image
+
+    rows = []
+    root = Path(file).parent
+    for number, line in enumerate(Path(file).read_text().splitlines()):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        answers = record.get("answers", record.get("answer"))
+        if "image" not in record or "prompt" not in record or answers is None:
+            raise SystemExit(f"{file}:{number + 1} needs image, prompt and answer (or answers)")
+        image = Path(record["image"])
+        rows.append((load_image(image if image.is_absolute() else root / image), record["prompt"], answers,
+                     record.get("answer_type", "other")))
+    return rows
+
+
 def _cmd_steer(args: argparse.Namespace) -> int:
     import torch
 
+    from ._store import write_atomic, write_text_atomic
     from .extract import Features
-    from .steering import split_by
+    from .steering import evaluate_steering, normalize_answer, split_by
 
-    feats = Features.load(args.features)
-    labels = [p.split(" ")[0] if p else "" for p in feats.predictions]
-    vector = split_by(feats.features, labels, args.target, args.source)
-    torch.save(vector, args.out)
-    print(f"steering vector {args.source!r} -> {args.target!r} (norm {float(vector.norm()):.3f}) -> {args.out}")
+    if args.vector:
+        vector = torch.load(args.vector)
+    else:
+        if not (args.features and args.source):
+            raise SystemExit("give --vector FILE, or --features F --source S --target T to compute one")
+        feats = Features.load(args.features)
+        labels = [normalize_answer(p) for p in feats.predictions]
+        if not any(labels):
+            raise SystemExit(f"{args.features} has no recorded answers: extract it with --predict")
+        vector = split_by(feats.features, labels, normalize_answer(args.target), normalize_answer(args.source))
+        if args.out:
+            write_atomic(Path(args.out), lambda tmp: torch.save(vector, tmp))
+            print(f"steering vector {args.source!r} -> {args.target!r} (norm {float(vector.norm()):.3f}) -> {args.out}")
+    if args.evaluate:
+        if args.model is None or args.layer is None:
+            raise SystemExit("--evaluate needs --model and --layer")
+        rows = _eval_rows(args.evaluate)
+        source = normalize_answer(args.source) if args.source else None
+        targeted = [r for r in rows if source is None or any(normalize_answer(a) == source for a in
+                                                             ([r[2]] if isinstance(r[2], str) else r[2]))]
+        others = [r for r in rows if r not in targeted] if source is not None else []
+        model = _model(args.model, args.dtype, args.device)
+        report = {}
+        for alpha in args.alpha:
+            r = evaluate_steering(model, targeted, others, vector, layer=args.layer, alpha=alpha, target=args.target,
+                                  schedule=args.schedule, batch_size=args.batch_size,
+                                  max_new_tokens=args.max_new_tokens)
+            report[str(alpha)] = r.to_dict()
+            print(f"alpha {alpha}: target rate {r.target_rate_before:.2f} -> {r.target_rate:.2f}, other accuracy "
+                  f"{r.other_accuracy_before:.2f} -> {r.other_accuracy_after:.2f}, {r.changed_other} other answers "
+                  "changed")
+        if args.report:
+            write_text_atomic(Path(args.report), json.dumps(report, indent=1))
+            print(f"report -> {args.report}")
     return 0
 
 
@@ -215,9 +264,21 @@ def add_subparsers(sub: Any) -> None:
     sh.add_argument("--out", required=True,
                     help="a path stem: the JSON report goes to STEM.json and the arrays to STEM.npz")
     sh.set_defaults(func=_cmd_shift)
-    st = sub.add_parser("steer", help="a mean-difference steering vector between two answers")
-    st.add_argument("--features", required=True)
-    st.add_argument("--source", required=True)
-    st.add_argument("--target", required=True)
-    st.add_argument("--out", required=True, help="a .pt file holding the vector")
+    st = sub.add_parser("steer", help="compute a mean-difference steering vector, and/or apply and evaluate one")
+    st.add_argument("--features", default=None, help="a store extracted with --predict (to compute the vector)")
+    st.add_argument("--vector", default=None, help="a .pt vector to evaluate instead of computing one")
+    st.add_argument("--source", default=None, help="the answer to steer away from (also picks the targeted rows)")
+    st.add_argument("--target", required=True, help="the answer to steer toward")
+    st.add_argument("--out", default=None, help="a .pt file for the computed vector")
+    st.add_argument("--evaluate", default=None, help='a JSONL of {"image", "prompt", "answer" or "answers", '
+                    '"answer_type"}: rows answered --source are targeted, the others measure side effects')
+    st.add_argument("--model", default=None)
+    st.add_argument("--dtype", default=None)
+    st.add_argument("--device", default=None)
+    st.add_argument("--layer", type=int, default=None, help="add the vector to blocks.LAYER.hook_resid_post")
+    st.add_argument("--alpha", type=float, nargs="+", default=[1.0], help="one or several strengths to sweep")
+    st.add_argument("--schedule", default="all", help="all, prompt, image, text, last or generated")
+    st.add_argument("--batch-size", type=int, default=16)
+    st.add_argument("--max-new-tokens", type=int, default=3)
+    st.add_argument("--report", default=None, help="a JSON file for the evaluation")
     st.set_defaults(func=_cmd_steer)

@@ -9,6 +9,7 @@ import torch
 
 from hooked_mllm.cli import main
 from hooked_mllm.concepts import Features
+from hooked_mllm.concepts.steering import normalize_answer
 from hooked_mllm.testing import random_image, tiny_llava, tiny_processor
 
 
@@ -39,8 +40,17 @@ def test_extract_concepts_shift_steer(tmp_path):
     assert report["samples"] == 12 and len(report["counts"]) == 2
     assert set(report["baselines"]) == {"global_mean_shift", "random_assignment"}
     assert np.load(tmp_path / "shift.npz")["shift_vectors"].shape == (2, 64)
-    answers = sorted({p.split(" ")[0] for p in feats.predictions})
+    answers = sorted({normalize_answer(p) for p in feats.predictions} - {""})
     assert len(answers) >= 2, "the seeded tiny model gives two different answers over these images"
     assert main(["steer", "--features", str(tmp_path / "fa"), "--source", answers[0], "--target", answers[1],
                  "--out", str(tmp_path / "v.pt")]) == 0
     assert torch.load(tmp_path / "v.pt").shape == (64,)
+    rows = [{"image": f"images/{i:02d}.png", "prompt": "is there a red square ?", "answer": answers[i % 2],
+             "answer_type": "yes/no"} for i in range(4)]
+    (tmp_path / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["steer", "--vector", str(tmp_path / "v.pt"), "--source", answers[0], "--target", answers[1],
+                 "--evaluate", str(tmp_path / "eval.jsonl"), "--model", str(tmp_path / "a"), "--layer", "1",
+                 "--alpha", "0", "2", "--report", str(tmp_path / "steer.json")]) == 0
+    steer = json.loads((tmp_path / "steer.json").read_text())
+    assert set(steer) == {"0.0", "2.0"} and steer["0.0"]["changed_targeted"] == 0  # alpha 0 changes nothing
+    assert len(steer["2.0"]["answers"]) == 2 and "yes/no" in steer["2.0"]["other_by_type"]
