@@ -1,13 +1,16 @@
 """Concept dictionaries, grounding metrics and representation-shift analysis on cached features.
 
 After CoX-LMM (concept dictionaries on token representations) and the fine-tuning
-representation-shift paper: :mod:`.extract` (features to disk in resumable safetensors
-shards), :mod:`.decompose` (Semi-NMF, the reference DictionaryLearning
-variant, k-means, PCA, NMF, ICA, top-norm samples; scikit-learn estimators),
-:mod:`.metrics` (reconstruction, sparsity, word overlap, test-time projection, pluggable
-image-text scoring, attribute recovery) and :mod:`.shift` (per-concept shift vectors,
-consistency, shifted concepts, Hungarian matching and improvement metrics), :mod:`.steering` (mean-difference and concept-difference
-steering vectors applied through :class:`hooked_mllm.hooks.Steer`, with an evaluation).
+representation-shift paper: :mod:`.extract` (features of one or several hook points to a safe,
+resumable, memory-mapped store; tokenizer-aware word rules), :mod:`.data` (lazy datasets),
+:mod:`.decompose` (Semi-NMF, the papers' sparse dictionary (:mod:`.dictionary`), the reference
+DictionaryLearning variant, k-means, PCA, NMF, ICA, top-norm samples; scikit-learn estimators),
+:mod:`.metrics` (reconstruction, sparsity, word overlap, test-time projection, CLIPScore per
+concept, random-words baseline, attribute recovery), :mod:`.shift` (per-concept shift vectors,
+consistency, shifted concepts, Hungarian matching, improvement metrics and their baselines),
+:mod:`.grounding` (words and images of concepts and shifts) and :mod:`.steering`
+(mean-difference and concept-difference steering vectors applied through
+:class:`hooked_mllm.hooks.Steer`, with a VQA-style evaluation and ranking).
 
 Example:
     >>> from hooked_mllm.concepts import make_decomposer
@@ -56,6 +59,9 @@ from .metrics import top_concept_words as top_concept_words
 from .steering import SteeringReport as SteeringReport
 from .steering import concept_difference as concept_difference
 from .steering import evaluate_steering as evaluate_steering
+from .steering import normalize_answer as normalize_answer
+from .steering import rank_steering_vectors as rank_steering_vectors
+from .steering import vqa_accuracy as vqa_accuracy
 from .steering import mean_difference as mean_difference
 from .steering import split_by as split_by
 from .steering import steering_hooks as steering_hooks

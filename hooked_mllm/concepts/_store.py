@@ -81,6 +81,19 @@ def sha256_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def config_fingerprint(config: dict) -> str:
+    """SHA-256 of a model config dict without bookkeeping keys (``_name_or_path``, ``transformers_version``,
+    private ``_*`` entries), so the same checkpoint loaded from another folder keeps its fingerprint."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()
+                    if not str(k).startswith("_") and k != "transformers_version"}
+        return value
+
+    return sha256_json(clean(config))
+
+
 def weights_fingerprint(module: torch.nn.Module, per_tensor: int = 4096) -> str:
     """A SHA-256 over every parameter's name, shape, dtype and ``per_tensor`` evenly strided values.
 

@@ -136,7 +136,8 @@ def hf_dataset(rows: Iterable[Mapping[str, Any]], *, image_column: str = "image"
 
     Example:
         >>> ds = datasets.load_dataset("HuggingFaceM4/VQAv2", split="validation", streaming=True)  # doctest: +SKIP
-        >>> data = hf_dataset(ds, image_column="image", prompt_column="question", id_column="question_id")  # doctest: +SKIP
+        >>> data = hf_dataset(ds, image_column="image", prompt_column="question",
+        ...                   id_column="question_id")  # doctest: +SKIP
     """
     for index, row in enumerate(rows):
         missing = [c for c in (image_column, id_column, None if prompt is not None else prompt_column)

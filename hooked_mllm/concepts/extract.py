@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._store import (FORMAT_VERSION, Features, check_identity, folder_lock, sha256_file, sha256_json,
+from ._store import (FORMAT_VERSION, Features, check_identity, config_fingerprint, folder_lock, sha256_file,
                      verify_shard, weights_fingerprint, write_atomic, write_text_atomic)
 from ._tokens import find_subtokens, token_spans
 from .data import Sample, folder_dataset, iter_samples, load_image, sample_fingerprint, toy_dataset
@@ -161,7 +161,7 @@ def _identity(model: HookedMLLM, hooks: list[str], rule: TokenRule, chat_templat
         getattr(model.processor, "tokenizer", None), "chat_template", None)
     return {
         "model": {"name": getattr(config, "_name_or_path", "") or "", "class": model.cfg.model_class,
-                  "config_sha256": sha256_json(config.to_dict()),
+                  "config_sha256": config_fingerprint(config.to_dict()),
                   "weights_sha256": weights_fingerprint(model.hf_model)},
         "hooks": hooks,
         "rule": asdict(rule),
@@ -256,7 +256,8 @@ def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], rule: Tok
          manifest: dict, batch_size: int, max_new_tokens: int, shard_size: int, progress: bool,
          skip_missing: bool, generate: bool, chat_template: bool) -> Features:
     tokenizer = model.processor.tokenizer
-    done = {i: k for shard in manifest["shards"] for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))}
+    done = {i: k for shard in manifest["shards"]
+            for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))}
     done.update({s["id"]: s.get("key") for s in manifest["skipped"]})
     pending: dict[str, Any] = {"ids": [], "keys": [], "predictions": [], "rows": {p.name: [] for p in points}}
     memory: list[dict] = []

@@ -203,8 +203,9 @@ def evaluate_steering(model: HookedMLLM, targeted: Sequence[tuple], others: Sequ
     :func:`normalize_answer` ("Yes." is "yes", "two" is "2").
 
     Example:
-        >>> r = evaluate_steering(model, no_samples, count_samples, v, layer=3, alpha=1.0, target="yes")  # doctest: +SKIP
-        >>> r.target_rate, r.other_by_type, r.changed_other                                              # doctest: +SKIP
+        >>> r = evaluate_steering(model, no_samples, count_samples, v, layer=3, alpha=1.0,
+        ...                       target="yes")                              # doctest: +SKIP
+        >>> r.target_rate, r.other_by_type, r.changed_other                  # doctest: +SKIP
     """
     hooks = steering_hooks(vector, layer, alpha, schedule)
     before = _answers(model, targeted, [], batch_size, max_new_tokens)

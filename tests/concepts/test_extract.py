@@ -200,3 +200,11 @@ def test_paths_are_read_per_batch(llama_model, tmp_path):
     feats = extract(llama_model, folder_dataset(tmp_path, PROMPTS[0]), hook, "last", batch_size=2, progress=False)
     expected = reference(llama_model, Sample("0", random_image(0), PROMPTS[0]), hook, "last")
     torch.testing.assert_close(feats.features[0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_config_fingerprint_ignores_where_the_checkpoint_lives():
+    from hooked_mllm.concepts._store import config_fingerprint
+
+    a = {"_name_or_path": "/a/ckpt", "transformers_version": "5.0", "hidden_size": 8, "id2label": {0: "x"}}
+    b = {"_name_or_path": "/b/ckpt", "transformers_version": "5.1", "hidden_size": 8, "id2label": {0: "x"}}
+    assert config_fingerprint(a) == config_fingerprint(b) != config_fingerprint(dict(b, hidden_size=16))
