@@ -47,7 +47,10 @@ def _dataset(args: argparse.Namespace) -> Any:
     if args.jsonl:
         return jsonl_dataset(args.jsonl, prompt=args.prompt)
     if args.hf_dataset:
-        import datasets
+        try:
+            import datasets
+        except ImportError:
+            raise SystemExit("--hf-dataset needs the `datasets` package (pip install datasets)") from None
 
         name, _, split = args.hf_dataset.partition(":")
         rows = datasets.load_dataset(name, split=split or "train", streaming=True)
@@ -70,6 +73,16 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     print(f"{len(feats)} samples -> {args.out} (features {shapes}; "
           f"{len(feats.manifest['skipped'])} skipped)")
     return 0
+
+
+def _pick(feats: Any, hook: str | None) -> Any:
+    """The store at one hook point (``--hook``), or the store itself if it holds one."""
+    if hook:
+        return feats[hook]
+    if len(feats.hooks) > 1:
+        raise SystemExit(f"The store holds {len(feats.hooks)} hook points ({', '.join(feats.hooks)}); pick one "
+                         "with --hook")
+    return feats
 
 
 def _decomposer(args: argparse.Namespace) -> Any:
@@ -107,7 +120,7 @@ def _cmd_concepts(args: argparse.Namespace) -> int:
     from .extract import Features
     from .grounding import text_grounding
 
-    feats = Features.load(args.features)
+    feats = _pick(Features.load(args.features), args.hook)
     dec = _decomposer(args)
     v = dec.fit_transform(feats.features.numpy())
     out = Path(args.out)
@@ -124,7 +137,7 @@ def _cmd_shift(args: argparse.Namespace) -> int:
     from .extract import Features
     from .shift import align_ids, analyze_shift
 
-    a, b = Features.load(args.original), Features.load(args.finetuned)
+    a, b = _pick(Features.load(args.original), args.hook), _pick(Features.load(args.finetuned), args.hook)
     ia, ib = align_ids(a.ids, b.ids)
     if len(ia) == 0:
         raise SystemExit(f"{args.original} and {args.finetuned} share no sample ids")
@@ -173,7 +186,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     else:
         if not (args.features and args.source):
             raise SystemExit("give --vector FILE, or --features F --source S --target T to compute one")
-        feats = Features.load(args.features)
+        feats = _pick(Features.load(args.features), args.hook)
         labels = [normalize_answer(p) for p in feats.predictions]
         if not any(labels):
             raise SystemExit(f"{args.features} has no recorded answers: extract it with --predict")
@@ -239,6 +252,7 @@ def add_subparsers(sub: Any) -> None:
     ex.set_defaults(func=_cmd_extract)
     co = sub.add_parser("concepts", help="learn a concept dictionary from extracted features")
     co.add_argument("--features", required=True)
+    co.add_argument("--hook", default=None, help="the hook point to use, when the store holds several")
     co.add_argument("--method", default="seminmf", help="seminmf, sparse (the papers' objective), dictlearn (the "
                     "reference code's scikit-learn version, slow), kmeans, pca, nmf, ica, topnorm")
     co.add_argument("--alpha", dest="dec_alpha", type=float, default=None, help="L1 weight of sparse / dictlearn")
@@ -254,6 +268,7 @@ def add_subparsers(sub: Any) -> None:
     sh = sub.add_parser("shift", help="concept shift between an original and a fine-tuned model's features")
     sh.add_argument("--original", required=True)
     sh.add_argument("--finetuned", required=True)
+    sh.add_argument("--hook", default=None, help="the hook point to use, when the stores hold several")
     sh.add_argument("--method", default="kmeans")
     sh.add_argument("--k", type=int, default=10)
     sh.add_argument("--alpha", type=float, default=1.0)
@@ -266,6 +281,7 @@ def add_subparsers(sub: Any) -> None:
     sh.set_defaults(func=_cmd_shift)
     st = sub.add_parser("steer", help="compute a mean-difference steering vector, and/or apply and evaluate one")
     st.add_argument("--features", default=None, help="a store extracted with --predict (to compute the vector)")
+    st.add_argument("--hook", default=None, help="the hook point to use, when the store holds several")
     st.add_argument("--vector", default=None, help="a .pt vector to evaluate instead of computing one")
     st.add_argument("--source", default=None, help="the answer to steer away from (also picks the targeted rows)")
     st.add_argument("--target", required=True, help="the answer to steer toward")

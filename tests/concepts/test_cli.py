@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from hooked_mllm.cli import main
@@ -31,6 +32,17 @@ def test_extract_concepts_shift_steer(tmp_path):
                  "--out", str(tmp_path / "c.npz"), "--model", str(tmp_path / "a")]) == 0
     saved = np.load(tmp_path / "c.npz")
     assert saved["components"].shape == (3, 64) and saved["activations"].shape == (12, 3)
+    two = ["--hook", "blocks.0.hook_resid_post,blocks.1.hook_resid_post", "--images", str(images), "--prompt",
+           "is there a red square ?", "--rule", "predicting", "--token", "square", "--search", "prompt"]
+    assert main(["extract", "--model", str(tmp_path / "a"), *two, "--out", str(tmp_path / "f2")]) == 0
+    assert Features.load(tmp_path / "f2").hooks == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+    with pytest.raises(SystemExit, match="pick one with --hook"):
+        main(["concepts", "--features", str(tmp_path / "f2"), "--out", str(tmp_path / "x.npz")])
+    assert main(["concepts", "--features", str(tmp_path / "f2"), "--hook", "blocks.0.hook_resid_post", "--method",
+                 "sparse", "--alpha", "0.1", "--k", "2", "--out", str(tmp_path / "s.npz")]) == 0
+    with pytest.raises(SystemExit, match="alpha does not apply to --method kmeans"):
+        main(["concepts", "--features", str(tmp_path / "fa"), "--method", "kmeans", "--alpha", "1",
+              "--out", str(tmp_path / "x.npz")])
     assert main(["concepts", "--features", str(tmp_path / "fa"), "--method", "topnorm", "--k", "3",
                  "--out", str(tmp_path / "t.npz")]) == 0
     assert np.load(tmp_path / "t.npz")["components"].shape == (3, 64)

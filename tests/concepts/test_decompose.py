@@ -337,3 +337,12 @@ def test_sparse_dictionary_minibatch_and_streaming():
     assert atom_recovery(U, stream.components_) >= 0.97
     with pytest.raises(ValueError, match="features"):
         stream.partial_fit(Z[:5, :10])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sparse_dictionary_on_gpu_matches_cpu():
+    Z, _, _ = sparse_codes_case()
+    cpu = SparseDictionary(6, alpha=1.0, random_state=0).fit(Z)
+    gpu = SparseDictionary(6, alpha=1.0, random_state=0, device="cuda").fit(torch.from_numpy(Z).cuda())
+    np.testing.assert_allclose(gpu.components_, cpu.components_, atol=1e-6)
+    np.testing.assert_allclose(gpu.transform(Z), cpu.transform(Z), atol=1e-5)
