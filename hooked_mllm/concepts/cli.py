@@ -14,31 +14,105 @@ from typing import Any
 import numpy as np
 
 
-def _model(spec: str) -> Any:
+def _model(spec: str, dtype: str | None = None, device: str | None = None) -> Any:
     from ..model import HookedMLLM
 
     if spec.startswith("toy:"):
         from .. import toy
 
-        return toy.load(spec[4:])
-    return HookedMLLM.from_pretrained(spec)
+        model = toy.load(spec[4:])
+        if dtype not in (None, "auto") or device:
+            model.hf_model.to(device=device, dtype=torch_dtype(dtype) if dtype not in (None, "auto") else None)
+        return model
+    return HookedMLLM.from_pretrained(spec, dtype=torch_dtype(dtype), device=device)
+
+
+def torch_dtype(name: str | None) -> Any:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (None stays None); errors list the valid names."""
+    import torch
+
+    if name is None:
+        return None
+    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+    if name not in names:
+        raise ValueError(f"Unknown dtype {name!r}; use one of {', '.join(names)}")
+    return names[name]
 
 
 def _dataset(args: argparse.Namespace) -> Any:
-    from .extract import folder_dataset, toy_dataset
+    from .data import folder_dataset, hf_dataset, jsonl_dataset, toy_dataset
 
     if args.images:
         return folder_dataset(args.images, args.prompt or "describe the image .")
+    if args.jsonl:
+        return jsonl_dataset(args.jsonl, prompt=args.prompt)
+    if args.hf_dataset:
+        try:
+            import datasets
+        except ImportError:
+            raise SystemExit("--hf-dataset needs the `datasets` package (pip install datasets)") from None
+
+        name, _, split = args.hf_dataset.partition(":")
+        rows = datasets.load_dataset(name, split=split or "train", streaming=True)
+        return hf_dataset(rows, image_column=args.image_column, prompt_column=args.prompt_column,
+                          id_column=args.id_column, prompt=args.prompt)
     return toy_dataset(args.n, seed=args.seed, prompt=args.prompt, qtype=args.qtype)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .extract import TokenRule, extract
 
-    rule = TokenRule(args.rule, token=args.token, position=args.position)
-    feats = extract(_model(args.model), _dataset(args), args.hook, rule, batch_size=args.batch_size, out=args.out)
-    print(f"{len(feats)} samples -> {args.out} (features {tuple(feats.features.shape)})")
+    words = tuple(w.strip() for w in args.token.split(",")) if args.token and "," in args.token else args.token
+    rule = TokenRule(args.rule, token=words, position=args.position, search=args.search, reduce=args.reduce,
+                     start=args.start, end=args.end)
+    hooks = [h.strip() for h in args.hook.split(",") if h.strip()]
+    model = _model(args.model, args.dtype, args.device)
+    feats = extract(model, _dataset(args), hooks, rule, batch_size=args.batch_size, out=args.out,
+                    max_new_tokens=args.max_new_tokens, shard_size=args.shard_size, predict=args.predict)
+    shapes = {h: tuple(feats.tensor(h).shape) for h in feats.hooks}
+    print(f"{len(feats)} samples -> {args.out} (features {shapes}; "
+          f"{len(feats.manifest['skipped'])} skipped)")
     return 0
+
+
+def _pick(feats: Any, hook: str | None) -> Any:
+    """The store at one hook point (``--hook``), or the store itself if it holds one."""
+    if hook:
+        return feats[hook]
+    if len(feats.hooks) > 1:
+        raise SystemExit(f"The store holds {len(feats.hooks)} hook points ({', '.join(feats.hooks)}); pick one "
+                         "with --hook")
+    return feats
+
+
+def _decomposer(args: argparse.Namespace) -> Any:
+    from .decompose import DECOMPOSERS, make_decomposer
+
+    params: dict[str, Any] = {"n_components": args.k}
+    accepted = DECOMPOSERS[args.method]().get_params() if args.method in DECOMPOSERS else {}
+    if "random_state" in accepted:
+        params["random_state"] = args.seed
+    for name, attr in (("alpha", "dec_alpha"), ("max_iter", "max_iter"), ("batch_size", "dec_batch_size"),
+                       ("device", "device")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            if name not in accepted:
+                raise SystemExit(f"{name} does not apply to --method {args.method} (its settings: "
+                                 f"{', '.join(sorted(accepted))})")
+            params[name] = value
+    return make_decomposer(args.method, **params)
+
+
+def _save_npz(path: Path, **arrays: Any) -> None:
+    from ._store import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:  # a file object: np.savez would append ".npz" to a bare name
+            np.savez(handle, **arrays)
+
+    write_atomic(path, write)
 
 
 def _cmd_concepts(args: argparse.Namespace) -> int:
@@ -46,12 +120,11 @@ def _cmd_concepts(args: argparse.Namespace) -> int:
     from .extract import Features
     from .grounding import text_grounding
 
-    feats = Features.load(args.features)
-    dec = make_decomposer(args.method, n_components=args.k, random_state=args.seed)
+    feats = _pick(Features.load(args.features), args.hook)
+    dec = _decomposer(args)
     v = dec.fit_transform(feats.features.numpy())
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, components=dec.components_, activations=v, ids=np.array(feats.ids))
+    _save_npz(out, components=dec.components_, activations=v, ids=np.array(feats.ids))
     if args.model:
         for k, words in enumerate(text_grounding(_model(args.model), dec.components_)):
             print(f"concept {k:2d}: {' '.join(words)}")
@@ -60,52 +133,117 @@ def _cmd_concepts(args: argparse.Namespace) -> int:
 
 
 def _cmd_shift(args: argparse.Namespace) -> int:
-    from .decompose import make_decomposer
+    from ._store import write_text_atomic
     from .extract import Features
-    from .shift import analyze_shift
+    from .shift import align_ids, analyze_shift
 
-    a, b = Features.load(args.original), Features.load(args.finetuned)
-    common = [i for i in a.ids if i in set(b.ids)]
-    ia, ib = [a.ids.index(i) for i in common], [b.ids.index(i) for i in common]
-    dec_a = make_decomposer(args.method, n_components=args.k, random_state=args.seed)
-    dec_b = make_decomposer(args.method, n_components=args.k, random_state=args.seed)
-    result = analyze_shift(a.features[ia].numpy(), b.features[ib].numpy(), dec_a, dec_b, alpha=args.alpha)
-    improvement = result.improvement
-    report = {"samples": len(common), "mean_consistency": result.mean_consistency,
-              "counts": result.counts.tolist(),
-              "mean_distance_gain": improvement.mean_distance_gain if improvement else None,
-              "mean_cosine_gain": improvement.mean_cosine_gain if improvement else None}
-    np.savez(Path(args.out).with_suffix(".npz"), shift_vectors=result.shift_vectors, shifted=result.shifted,
-             concepts_a=result.concepts_a, concepts_b=result.concepts_b)
-    Path(args.out).write_text(json.dumps(report, indent=1, default=str))
-    print(json.dumps(report, indent=1, default=str)[:2000])
+    a, b = _pick(Features.load(args.original), args.hook), _pick(Features.load(args.finetuned), args.hook)
+    ia, ib = align_ids(a.ids, b.ids)
+    if len(ia) == 0:
+        raise SystemExit(f"{args.original} and {args.finetuned} share no sample ids")
+    dec_a, dec_b = _decomposer(args), _decomposer(args)
+    result = analyze_shift(a.features[ia].numpy(), b.features[ib].numpy(), dec_a, dec_b, alpha=args.alpha,
+                           reduce=args.reduce, match_on=args.match_on, baselines=True, random_state=args.seed)
+    report = dict(samples=len(ia), **result.summary())
+    out = Path(args.out)
+    json_path, npz_path = out.with_suffix(".json"), out.with_suffix(".npz")
+    _save_npz(npz_path, shift_vectors=result.shift_vectors, shifted=result.shifted, concepts_a=result.concepts_a,
+              concepts_b=result.concepts_b, assignment=result.assignment, ids=np.array([a.ids[i] for i in ia]))
+    write_text_atomic(json_path, json.dumps(report, indent=1, default=str))
+    print(json.dumps(report, indent=1, default=str)[:3000])
+    print(f"report -> {json_path}, arrays -> {npz_path}")
     return 0
+
+
+def _eval_rows(file: str) -> list[tuple]:
+    """``(image, prompt, answers, answer_type)`` rows of a JSONL with image, prompt, answer(s), answer_type."""
+    from .data import load_image
+
+    rows = []
+    root = Path(file).parent
+    for number, line in enumerate(Path(file).read_text().splitlines()):
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        answers = record.get("answers", record.get("answer"))
+        if "image" not in record or "prompt" not in record or answers is None:
+            raise SystemExit(f"{file}:{number + 1} needs image, prompt and answer (or answers)")
+        image = Path(record["image"])
+        rows.append((load_image(image if image.is_absolute() else root / image), record["prompt"], answers,
+                     record.get("answer_type", "other")))
+    return rows
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
     import torch
 
+    from ._store import write_atomic, write_text_atomic
     from .extract import Features
-    from .steering import split_by
+    from .steering import evaluate_steering, normalize_answer, split_by
 
-    feats = Features.load(args.features)
-    labels = [p.split(" ")[0] if p else "" for p in feats.predictions]
-    vector = split_by(feats.features, labels, args.target, args.source)
-    torch.save(vector, args.out)
-    print(f"steering vector {args.source!r} -> {args.target!r} (norm {float(vector.norm()):.3f}) -> {args.out}")
+    if args.vector:
+        vector = torch.load(args.vector)
+    else:
+        if not (args.features and args.source):
+            raise SystemExit("give --vector FILE, or --features F --source S --target T to compute one")
+        feats = _pick(Features.load(args.features), args.hook)
+        labels = [normalize_answer(p) for p in feats.predictions]
+        if not any(labels):
+            raise SystemExit(f"{args.features} has no recorded answers: extract it with --predict")
+        vector = split_by(feats.features, labels, normalize_answer(args.target), normalize_answer(args.source))
+        if args.out:
+            write_atomic(Path(args.out), lambda tmp: torch.save(vector, tmp))
+            print(f"steering vector {args.source!r} -> {args.target!r} (norm {float(vector.norm()):.3f}) -> {args.out}")
+    if args.evaluate:
+        if args.model is None or args.layer is None:
+            raise SystemExit("--evaluate needs --model and --layer")
+        rows = _eval_rows(args.evaluate)
+        source = normalize_answer(args.source) if args.source else None
+        targeted = [r for r in rows if source is None or any(normalize_answer(a) == source for a in
+                                                             ([r[2]] if isinstance(r[2], str) else r[2]))]
+        others = [r for r in rows if r not in targeted] if source is not None else []
+        model = _model(args.model, args.dtype, args.device)
+        report = {}
+        for alpha in args.alpha:
+            r = evaluate_steering(model, targeted, others, vector, layer=args.layer, alpha=alpha, target=args.target,
+                                  schedule=args.schedule, batch_size=args.batch_size,
+                                  max_new_tokens=args.max_new_tokens)
+            report[str(alpha)] = r.to_dict()
+            print(f"alpha {alpha}: target rate {r.target_rate_before:.2f} -> {r.target_rate:.2f}, other accuracy "
+                  f"{r.other_accuracy_before:.2f} -> {r.other_accuracy_after:.2f}, {r.changed_other} other answers "
+                  "changed")
+        if args.report:
+            write_text_atomic(Path(args.report), json.dumps(report, indent=1))
+            print(f"report -> {args.report}")
     return 0
 
 
 def add_subparsers(sub: Any) -> None:
     """Mount ``extract``, ``concepts``, ``shift`` and ``steer`` on the package CLI."""
     ex = sub.add_parser("extract", help="extract one feature per sample to a resumable folder")
-    ex.add_argument("--model", default="toy:toy-llava", help="a checkpoint path, or toy:<name>")
-    ex.add_argument("--hook", required=True, help="e.g. blocks.3.hook_resid_post")
-    ex.add_argument("--rule", default="last", help="last, position, image_mean, image_each, token, predicting, answer_mean")
-    ex.add_argument("--token", default=None)
+    ex.add_argument("--model", default="toy:toy-llava", help="a checkpoint path or hub id, or toy:<name>")
+    ex.add_argument("--dtype", default=None, help="float32, float16, bfloat16 or auto (default: the loader's)")
+    ex.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
+    ex.add_argument("--hook", required=True, help="one or several comma-separated hook names, read in one pass "
+                    "(e.g. blocks.15.hook_resid_post,blocks.31.hook_resid_post)")
+    ex.add_argument("--rule", default="last",
+                    help="last, position, image_mean, image_each, token, predicting, range, answer_mean")
+    ex.add_argument("--token", default=None, help="the word (or comma-separated words of a token class)")
+    ex.add_argument("--search", default="answer", choices=("answer", "prompt"))
+    ex.add_argument("--reduce", default="first", choices=("first", "last", "mean"), help="over a word's sub-tokens")
+    ex.add_argument("--start", type=int, default=None, help="token range start for --rule range")
+    ex.add_argument("--end", type=int, default=None, help="token range end for --rule range")
     ex.add_argument("--position", type=int, default=None)
+    ex.add_argument("--max-new-tokens", type=int, default=12, help="answer length when the rule needs the answer")
+    ex.add_argument("--predict", action="store_true", help="also generate and record each answer (needed by steer)")
     ex.add_argument("--images", default=None, help="a folder of images (default: toy scenes)")
+    ex.add_argument("--jsonl", default=None, help='a JSON-lines file of {"id", "image": path, "prompt"}')
+    ex.add_argument("--hf-dataset", default=None, help="a Hugging Face dataset as name[:split] (needs datasets)")
+    ex.add_argument("--image-column", default="image")
+    ex.add_argument("--prompt-column", default="prompt")
+    ex.add_argument("--id-column", default=None)
     ex.add_argument("--prompt", default=None)
+    ex.add_argument("--shard-size", type=int, default=256, help="samples per shard (progress is saved per shard)")
     ex.add_argument("--qtype", default=None, help="toy question type instead of the caption prompt")
     ex.add_argument("--n", type=int, default=200)
     ex.add_argument("--seed", type=int, default=0)
@@ -114,7 +252,14 @@ def add_subparsers(sub: Any) -> None:
     ex.set_defaults(func=_cmd_extract)
     co = sub.add_parser("concepts", help="learn a concept dictionary from extracted features")
     co.add_argument("--features", required=True)
-    co.add_argument("--method", default="seminmf")
+    co.add_argument("--hook", default=None, help="the hook point to use, when the store holds several")
+    co.add_argument("--method", default="seminmf", help="seminmf, sparse (the papers' objective), dictlearn (the "
+                    "reference code's scikit-learn version, slow), kmeans, pca, nmf, ica, topnorm")
+    co.add_argument("--alpha", dest="dec_alpha", type=float, default=None, help="L1 weight of sparse / dictlearn")
+    co.add_argument("--max-iter", type=int, default=None)
+    co.add_argument("--batch-size", dest="dec_batch_size", type=int, default=None,
+                    help="sparse: rows per minibatch (online fit for data too large for one batch)")
+    co.add_argument("--device", default=None, help="seminmf / sparse: torch device, e.g. cuda")
     co.add_argument("--k", type=int, default=20)
     co.add_argument("--seed", type=int, default=0)
     co.add_argument("--model", default=None, help="ground the concepts in words with this model")
@@ -123,15 +268,33 @@ def add_subparsers(sub: Any) -> None:
     sh = sub.add_parser("shift", help="concept shift between an original and a fine-tuned model's features")
     sh.add_argument("--original", required=True)
     sh.add_argument("--finetuned", required=True)
+    sh.add_argument("--hook", default=None, help="the hook point to use, when the stores hold several")
     sh.add_argument("--method", default="kmeans")
     sh.add_argument("--k", type=int, default=10)
     sh.add_argument("--alpha", type=float, default=1.0)
     sh.add_argument("--seed", type=int, default=0)
-    sh.add_argument("--out", required=True, help="a JSON report (arrays go to the .npz beside it)")
+    sh.add_argument("--reduce", default="mean", choices=("mean", "median", "trimmed"))
+    sh.add_argument("--match-on", default="shifted", choices=("shifted", "original"),
+                    help="match b's concepts to the shifted (default) or the original concepts of a")
+    sh.add_argument("--out", required=True,
+                    help="a path stem: the JSON report goes to STEM.json and the arrays to STEM.npz")
     sh.set_defaults(func=_cmd_shift)
-    st = sub.add_parser("steer", help="a mean-difference steering vector between two answers")
-    st.add_argument("--features", required=True)
-    st.add_argument("--source", required=True)
-    st.add_argument("--target", required=True)
-    st.add_argument("--out", required=True, help="a .pt file holding the vector")
+    st = sub.add_parser("steer", help="compute a mean-difference steering vector, and/or apply and evaluate one")
+    st.add_argument("--features", default=None, help="a store extracted with --predict (to compute the vector)")
+    st.add_argument("--hook", default=None, help="the hook point to use, when the store holds several")
+    st.add_argument("--vector", default=None, help="a .pt vector to evaluate instead of computing one")
+    st.add_argument("--source", default=None, help="the answer to steer away from (also picks the targeted rows)")
+    st.add_argument("--target", required=True, help="the answer to steer toward")
+    st.add_argument("--out", default=None, help="a .pt file for the computed vector")
+    st.add_argument("--evaluate", default=None, help='a JSONL of {"image", "prompt", "answer" or "answers", '
+                    '"answer_type"}: rows answered --source are targeted, the others measure side effects')
+    st.add_argument("--model", default=None)
+    st.add_argument("--dtype", default=None)
+    st.add_argument("--device", default=None)
+    st.add_argument("--layer", type=int, default=None, help="add the vector to blocks.LAYER.hook_resid_post")
+    st.add_argument("--alpha", type=float, nargs="+", default=[1.0], help="one or several strengths to sweep")
+    st.add_argument("--schedule", default="all", help="all, prompt, image, text, last or generated")
+    st.add_argument("--batch-size", type=int, default=16)
+    st.add_argument("--max-new-tokens", type=int, default=3)
+    st.add_argument("--report", default=None, help="a JSON file for the evaluation")
     st.set_defaults(func=_cmd_steer)

@@ -1,42 +1,54 @@
-"""Feature extraction to disk: one representation per sample, streamed in safetensors shards.
+"""Feature extraction to a safe, resumable store: one representation per sample and hook point.
 
 :func:`extract` runs a :class:`~hooked_mllm.model.HookedMLLM` over a dataset in batches and
-keeps, per sample, the representation a :class:`TokenRule` picks at one hook point: the last
-prompt token, a position, the mean or every one of the image tokens, the position *of* a
-token or the position *predicting* it (searched in the greedy answer by default, never in
-the prompt, so a whitespace or prompt token is not matched by mistake), or the mean over the
-answer. Shards (``shard_00000.safetensors``) and a JSON manifest (model, hook, rule, sample
-ids, predictions) are written atomically after each batch; a run that stops resumes where it
-stopped, without duplicating or losing samples. :class:`Features` loads them back.
+keeps, per sample, the representation a :class:`TokenRule` picks, at one or several hook
+points in the same pass (LM points, and vision-tower / projector points for the image rules).
+Rules: the last prompt token, a position, the mean or every one of the image tokens, the
+position *of* a word or the position *predicting* it (found on decoded text, so byte-level
+BPE ``Ġdog`` and SentencePiece ``▁dog`` match ``"dog"``; searched in the greedy answer by
+default, never in the prompt unless asked), the mean over a start/end range of the answer or
+prompt, or over the whole answer.
 
-Datasets: any iterable of :class:`Sample` (or ``(image, prompt)`` / ``(id, image, prompt)``
-tuples), :func:`folder_dataset`, and :func:`toy_dataset`.
+The model generates only when the rule needs the answer (or ``predict=True``); the
+activations of the answer tokens are then cached *during* generation, not by a second
+forward. The store (:mod:`hooked_mllm.concepts._store`) is written atomically every
+``shard_size`` samples and when the run stops (on an error too); a locked folder refuses a
+second writer; a resumed run refuses features of another model, hook, rule, template or
+sample content, and checks every shard's checksum first.
 
 Example:
-    >>> feats = extract(model, toy_dataset(200), "blocks.3.hook_resid_post", token=TokenRule("last"),
-    ...                 out="features/toy")        # doctest: +SKIP
-    >>> Features.load("features/toy").features.shape  # doctest: +SKIP
+    >>> feats = extract(model, toy_dataset(200), ["blocks.2.hook_resid_post", "blocks.3.hook_resid_post"],
+    ...                 token=TokenRule("last"), out="features/toy")        # doctest: +SKIP
+    >>> Features.load("features/toy")["blocks.3.hook_resid_post"].features.shape  # doctest: +SKIP
     torch.Size([200, 128])
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from ._store import (FORMAT_VERSION, Features, check_identity, config_fingerprint, folder_lock, sha256_file,
+                     verify_shard, weights_fingerprint, write_atomic, write_text_atomic)
+from ._tokens import find_subtokens, token_spans
+from .data import Sample, folder_dataset, iter_samples, load_image, sample_fingerprint, toy_dataset
 
 if TYPE_CHECKING:
     from ..model import HookedMLLM
 
-RULES = ("last", "position", "image_mean", "image_each", "token", "predicting", "answer_mean")
+__all__ = ["RULES", "TokenRule", "extract", "Features", "Sample", "folder_dataset", "toy_dataset"]
+
+RULES = ("last", "position", "image_mean", "image_each", "token", "predicting", "answer_mean", "range")
+IMAGE_RULES = ("image_mean", "image_each")
 
 
 @dataclass(frozen=True)
@@ -44,249 +56,321 @@ class TokenRule:
     """Which representation of a sample to keep.
 
     Attributes:
-        kind: ``"last"`` (last prompt token), ``"position"`` (``position``), ``"image_mean"``,
-            ``"image_each"`` (``[n_image_tokens, d]`` per sample), ``"token"`` (the position
-            of ``token``), ``"predicting"`` (the position whose output predicts ``token``: the
-            one before it), ``"answer_mean"`` (mean over the generated answer).
-        token: The token text for ``"token"`` / ``"predicting"``.
+        kind: ``"last"`` (last prompt token), ``"position"`` (``position`` among the prompt's
+            non-pad tokens), ``"image_mean"``, ``"image_each"`` (``[n_image_tokens, d]`` per sample),
+            ``"token"`` (the position of a word), ``"predicting"`` (the position whose output
+            predicts the word: the one before it), ``"range"`` (mean over tokens ``start:end`` of
+            the searched text), ``"answer_mean"`` (mean over the generated answer).
+        token: The word, or a tuple of words (a token class: the first of them to occur counts).
         position: For ``"position"``.
-        search: Where ``token`` is searched: ``"answer"`` (default) or ``"prompt"``.
+        search: Where words and ranges are looked for: ``"answer"`` (default) or ``"prompt"``
+            (its text tokens only).
+        reduce: Over a word's sub-tokens: ``"first"`` (default), ``"last"`` or ``"mean"``.
+        occurrence: Which occurrence of the word: ``"first"`` or ``"last"``.
+        case_sensitive: Match case exactly (default: any case).
+        whole_word: Match whole words only (default), not inside longer words.
+        start, end: Token range for ``"range"`` (Python slice semantics, negatives allowed).
+
+    Example:
+        >>> TokenRule("predicting", token=("red", "blue", "green"), reduce="mean").needs_answer
+        True
     """
 
     kind: str = "last"
-    token: str | None = None
+    token: str | tuple[str, ...] | None = None
     position: int | None = None
     search: str = "answer"
+    reduce: str = "first"
+    occurrence: str = "first"
+    case_sensitive: bool = False
+    whole_word: bool = True
+    start: int | None = None
+    end: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in RULES:
             raise ValueError(f"Unknown token rule {self.kind!r}; use one of {', '.join(RULES)}")
+        if isinstance(self.token, list):
+            object.__setattr__(self, "token", tuple(self.token))
         if self.kind in ("token", "predicting") and not self.token:
-            raise ValueError(f"Token rule {self.kind!r} needs token='...'")
+            raise ValueError(f"Token rule {self.kind!r} needs token='...' (a word or a tuple of words)")
         if self.kind == "position" and self.position is None:
             raise ValueError("Token rule 'position' needs position=")
         if self.search not in ("answer", "prompt"):
-            raise ValueError("search must be 'answer' or 'prompt'")
+            raise ValueError(f"search must be 'answer' or 'prompt', not {self.search!r}")
+        if self.reduce not in ("first", "last", "mean"):
+            raise ValueError(f"reduce must be 'first', 'last' or 'mean', not {self.reduce!r}")
+        if self.occurrence not in ("first", "last"):
+            raise ValueError(f"occurrence must be 'first' or 'last', not {self.occurrence!r}")
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        return (self.token,) if isinstance(self.token, str) else tuple(self.token or ())
 
     @property
     def needs_answer(self) -> bool:
-        return self.kind == "answer_mean" or (self.kind in ("token", "predicting") and self.search == "answer")
+        return self.kind == "answer_mean" or (self.kind in ("token", "predicting", "range")
+                                              and self.search == "answer")
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One dataset record."""
-
-    id: str
-    image: Any
-    prompt: str
-
-
-def _samples(dataset: Iterable[Any]) -> Iterator[Sample]:
-    for i, item in enumerate(dataset):
-        if isinstance(item, Sample):
-            yield item
-        elif isinstance(item, tuple) and len(item) == 2:
-            yield Sample(str(i), item[0], item[1])
-        elif isinstance(item, tuple) and len(item) == 3:
-            yield Sample(str(item[0]), item[1], item[2])
-        else:
-            raise TypeError(f"Dataset item {i} is a {type(item).__name__}; give Sample, (image, prompt) or "
-                            "(id, image, prompt)")
-
-
-def folder_dataset(folder: str | os.PathLike[str], prompt: str, suffixes: tuple[str, ...] = (".png", ".jpg", ".jpeg")) -> list[Sample]:
-    """Every image in ``folder`` (sorted by name) with the same ``prompt``."""
-    from PIL import Image
-
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in suffixes)
-    if not paths:
-        raise ValueError(f"No images ({', '.join(suffixes)}) in {folder}")
-    return [Sample(p.name, Image.open(p).convert("RGB"), prompt) for p in paths]
-
-
-def toy_dataset(n: int, seed: int = 0, prompt: str | None = None, qtype: str | None = None) -> list[Sample]:
-    """``n`` toy-world scenes with a caption prompt (default) or their first question of ``qtype``."""
-    from ..toy import World
-    from ..toy.processor import CAPTION_PROMPT
-
-    out = []
-    for scene in World(seed=seed).sample(n):
-        text = prompt or CAPTION_PROMPT
-        if qtype is not None:
-            qas = scene.questions_of(qtype)
-            if not qas:
-                continue
-            text = qas[0].question
-        out.append(Sample(f"{seed}:{scene.index}", scene.image, text))
-    return out
-
-
-def _write_atomic(path: Path, writer: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _select(rule: TokenRule, acts: Tensor, batch: Any, row: int, prompt_len: int, answer_ids: list[int],
-            tokenizer: Any) -> Tensor:
-    """The representation of one row from ``acts`` ``[pos, d]`` (prompt + answer positions)."""
-    valid = (~batch.pad_mask[row]).nonzero().flatten()
-    last = int(valid[-1])
+def _positions(rule: TokenRule, batch: Any, row: int, prompt_len: int, answer: list[int],
+               tokenizer: Any) -> list[int]:
+    """Sequence positions (prompt then answer) the rule picks for one row; LookupError when absent."""
+    valid = (~batch.pad_mask[row]).nonzero().flatten().tolist()
     if rule.kind == "last":
-        return acts[last]
+        return [valid[-1]]
     if rule.kind == "position":
-        return acts[valid[rule.position]]
-    if rule.kind in ("image_mean", "image_each"):
-        image = acts[batch.image_mask[row].to(acts.device)]
-        return image.mean(0) if rule.kind == "image_mean" else image
-    if rule.kind == "answer_mean":
-        if not answer_ids:
-            raise ValueError(f"Row {row} generated no answer tokens to average")
-        return acts[prompt_len : prompt_len + len(answer_ids)].mean(0)
-    ids = tokenizer.encode(rule.token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ValueError(f"{rule.token!r} is {len(ids)} tokens ({ids}); give a single-token string")
-    if rule.search == "answer":
-        hits = [prompt_len + i for i, t in enumerate(answer_ids) if t == ids[0]]
+        if not -len(valid) <= rule.position < len(valid):
+            raise LookupError(f"position {rule.position} is outside the {len(valid)} prompt tokens of row {row}")
+        return [valid[rule.position]]
+    if rule.kind in IMAGE_RULES:
+        return batch.image_mask[row].nonzero().flatten().tolist()
+    if rule.kind == "answer_mean" or rule.search == "answer":
+        region = list(range(prompt_len, prompt_len + len(answer)))
+        ids = answer
     else:
-        hits = [int(p) for p in valid if int(batch.input_ids[row, p]) == ids[0]]
-    if not hits:
-        raise LookupError(f"{rule.token!r} not found in the {rule.search} of row {row}")
-    position = hits[0] - 1 if rule.kind == "predicting" else hits[0]
-    return acts[position]
+        image = batch.image_mask[row]
+        region = [p for p in valid if not bool(image[p])]
+        ids = [int(batch.input_ids[row, p]) for p in region]
+    if rule.kind in ("answer_mean", "range"):
+        picked = region[rule.start : rule.end] if rule.kind == "range" else region
+        if not picked:
+            raise LookupError(f"no {rule.search} tokens in range [{rule.start}:{rule.end}] of row {row}")
+        return picked
+    spans, text = token_spans(tokenizer, ids)
+    sub = find_subtokens(spans, text, rule.words, occurrence=rule.occurrence,
+                         case_sensitive=rule.case_sensitive, whole_word=rule.whole_word)
+    if not sub:
+        raise LookupError(f"{' / '.join(rule.words)!r} not found in the {rule.search} of row {row} ({text!r})")
+    picked = [region[i] - (1 if rule.kind == "predicting" else 0) for i in sub]
+    return picked if rule.reduce == "mean" else [picked[0] if rule.reduce == "first" else picked[-1]]
 
 
-def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str, token: TokenRule | str = "last", *,
-            batch_size: int = 8, out: str | os.PathLike[str] | None = None, max_new_tokens: int = 12,
-            shard_size: int = 256, progress: bool = True, skip_missing: bool = True,
-            predict: bool = True) -> Features:
-    """Extract one representation per sample at ``hook`` and (optionally) stream it to ``out``.
+def _reduce(acts: Tensor, positions: list[int], rule: TokenRule) -> Tensor:
+    if rule.kind == "image_each":
+        return acts[positions]
+    return acts[positions].mean(0) if len(positions) > 1 else acts[positions[0]]
+
+
+def _identity(model: HookedMLLM, hooks: list[str], rule: TokenRule, chat_template: bool,
+              max_new_tokens: int, dataset_name: str | None) -> dict:
+    from .. import __version__
+
+    config = model.hf_model.config
+    template = getattr(model.processor, "chat_template", None) or getattr(
+        getattr(model.processor, "tokenizer", None), "chat_template", None)
+    return {
+        "model": {"name": getattr(config, "_name_or_path", "") or "", "class": model.cfg.model_class,
+                  "config_sha256": config_fingerprint(config.to_dict()),
+                  "weights_sha256": weights_fingerprint(model.hf_model)},
+        "hooks": hooks,
+        "rule": asdict(rule),
+        "template": {"chat_template": chat_template,
+                     "template_sha256": hashlib.sha256(str(template).encode()).hexdigest() if template else None,
+                     "max_new_tokens": max_new_tokens if rule.needs_answer else None,
+                     "dataset": dataset_name},
+        "library": {"hooked_mllm": __version__, "format": FORMAT_VERSION},
+    }
+
+
+def _open_store(path: Path, identity: dict) -> dict:
+    file = path / "manifest.json"
+    if not file.exists():
+        return dict(identity, shards=[], skipped=[])
+    manifest = json.loads(file.read_text())
+    check_identity(path, manifest, identity)
+    for shard in manifest["shards"]:
+        verify_shard(path, shard)
+    # A shard file written after the manifest's last update is not listed: it is rewritten on resume.
+    return manifest
+
+
+def _cache_hooks(points: list[Any], store: dict[str, list[Tensor]], keep_steps: bool) -> list[tuple[str, Any]]:
+    def fn(act: Tensor, hook: Any) -> None:
+        if hook.step == 0 or (keep_steps and hook.point.sequence):
+            store[hook.name].append(act.detach())
+
+    return [(p.name, fn) for p in points]
+
+
+def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str], token: TokenRule | str = "last",
+            *, batch_size: int = 8, out: str | os.PathLike[str] | None = None, max_new_tokens: int = 12,
+            shard_size: int = 256, progress: bool = True, skip_missing: bool = True, predict: bool = False,
+            chat_template: bool = True, dataset_name: str | None = None) -> Features:
+    """Extract one representation per sample at each of ``hook`` and (optionally) stream it to ``out``.
 
     Args:
-        hook: A canonical hook name on the LM sequence (e.g. ``"blocks.3.hook_resid_post"``).
+        hook: A hook name or a list of them, all read in the same pass: LM points
+            (``blocks.3.hook_resid_post``, ...) with any rule; vision-tower and projector points
+            (``vision.blocks.1.hook_resid_post``, ``projector.hook_out``) with ``image_mean`` /
+            ``image_each`` and one image per sample.
         token: A :class:`TokenRule` or its kind.
-        out: A directory for shards and ``manifest.json``; an existing run there is resumed
-            (same model, hook and rule, else an error).
-        max_new_tokens: Greedy answer length when the rule needs the answer.
-        skip_missing: Samples whose token is not found are recorded as skipped (else raise).
-        predict: Record each sample's greedy answer in the manifest (always done when the
-            rule needs the answer).
+        out: A folder for shards and ``manifest.json``. An existing store there is resumed if it
+            holds comparable features (same model weights and config, hooks, rule, template,
+            library); otherwise the error lists what differs. Locked while the run writes.
+        max_new_tokens: Greedy answer length when the rule needs the answer (or ``predict``).
+        shard_size: Samples per shard; progress is saved every ``shard_size`` samples and when the
+            run stops, also on an error or an interrupt.
+        skip_missing: Samples whose word or range is not found are recorded under
+            ``manifest["skipped"]`` (else raise).
+        predict: Also generate and record each sample's greedy answer when the rule does not
+            need it (the prompt activations are cached during that generation: one pass).
+        chat_template: Wrap prompts in the processor's chat template.
+        dataset_name: A name recorded in (and checked against) the store's identity.
 
     Returns:
-        The :class:`Features` (loaded from ``out`` when given).
+        The :class:`Features` (memory-mapped from ``out`` when given).
+
+    Example:
+        >>> feats = extract(model, folder_dataset("val2017", "Describe the image."), "blocks.31.hook_resid_post",
+        ...                 TokenRule("predicting", token="dog", reduce="mean"), out="features/dog")  # doctest: +SKIP
     """
     rule = TokenRule(token) if isinstance(token, str) else token
-    point = model.hook_points.resolve(hook)
-    if not point.sequence:
-        raise ValueError(f"{hook} is not on the LM sequence; extract from blocks.* / hook_embed / ln_final")
-    tokenizer = model.processor.tokenizer
-    meta = {"model": model.cfg.to_dict(), "hook": point.name, "rule": asdict(rule)}
+    names = [hook] if isinstance(hook, str) else list(hook)
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"Give one or more distinct hook names, got {names!r}")
+    points = [model.hook_points.resolve(name) for name in names]
+    for point in points:
+        if point.needs_eager:
+            raise ValueError(f"{point.name} is an attention pattern; extract a residual, MLP or head output")
+        if not point.sequence and rule.kind not in IMAGE_RULES:
+            raise ValueError(f"{point.name} is on the {point.stream} stream, not the LM sequence: use the "
+                             f"image_mean or image_each rule there (got {rule.kind!r})")
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+    hooks = [p.name for p in points]
+    generate = rule.needs_answer or predict
+    identity = _identity(model, hooks, rule, chat_template, max_new_tokens, dataset_name)
     path = Path(out) if out is not None else None
-    manifest = _load_manifest(path, meta) if path is not None else dict(meta, shards=[], skipped=[])
-    done = {i for shard in manifest["shards"] for i in shard["ids"]} | {s["id"] for s in manifest["skipped"]}
-    pending: dict[str, list] = {"ids": [], "features": [], "predictions": []}
+    if path is None:
+        return _run(model, dataset, points, rule, None, dict(identity, shards=[], skipped=[]), batch_size,
+                    max_new_tokens, shard_size, progress, skip_missing, generate, chat_template)
+    path.mkdir(parents=True, exist_ok=True)
+    with folder_lock(path):
+        manifest = _open_store(path, identity)
+        return _run(model, dataset, points, rule, path, manifest, batch_size, max_new_tokens, shard_size,
+                    progress, skip_missing, generate, chat_template)
+
+
+def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], rule: TokenRule, path: Path | None,
+         manifest: dict, batch_size: int, max_new_tokens: int, shard_size: int, progress: bool,
+         skip_missing: bool, generate: bool, chat_template: bool) -> Features:
+    tokenizer = model.processor.tokenizer
+    done = {i: k for shard in manifest["shards"]
+            for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))}
+    done.update({s["id"]: s.get("key") for s in manifest["skipped"]})
+    pending: dict[str, Any] = {"ids": [], "keys": [], "predictions": [], "rows": {p.name: [] for p in points}}
     memory: list[dict] = []
 
     def flush() -> None:
         if not pending["ids"]:
             return
-        feats = torch.stack(pending["features"])
+        try:
+            arrays = {name: torch.stack(rows).contiguous() for name, rows in pending["rows"].items()}
+        except RuntimeError as error:
+            raise ValueError(f"Samples of one shard have features of different shapes ({error}); image_each "
+                             "needs the same number of image tokens for every sample") from None
+        record = {"ids": list(pending["ids"]), "keys": list(pending["keys"]),
+                  "predictions": list(pending["predictions"]), "rows": len(pending["ids"])}
         if path is not None:
             name = f"shard_{len(manifest['shards']):05d}.safetensors"
-            _write_atomic(path / name, lambda tmp: save_file({"features": feats.contiguous()}, tmp))
-            manifest["shards"].append({"file": name, "ids": list(pending["ids"]),
-                                       "predictions": list(pending["predictions"])})
-            _write_atomic(path / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+            write_atomic(path / name, lambda tmp: save_file(arrays, tmp))
+            record.update(file=name, sha256=sha256_file(path / name), bytes=(path / name).stat().st_size)
+            manifest["shards"].append(record)
+            _save_manifest(path, manifest)
         else:
-            memory.append({"features": feats, "ids": list(pending["ids"]), "predictions": list(pending["predictions"])})
-        for key in pending:
-            pending[key] = []
+            memory.append(dict(record, arrays=arrays))
+        pending.update(ids=[], keys=[], predictions=[], rows={p.name: [] for p in points})
 
-    todo = [s for s in _samples(dataset) if s.id not in done]
-    bar = tqdm(total=len(todo), desc=f"extract {point.name}", unit="sample", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        batch = model.prepare(images=[s.image for s in chunk], prompts=[s.prompt for s in chunk])
-        answers: list[list[int]] = [[] for _ in chunk]
-        texts = [""] * len(chunk)
-        run = batch
-        if rule.needs_answer or predict:
-            gen = model.generate(batch, max_new_tokens=max_new_tokens)
-            texts = gen.text or texts
-            eos = tokenizer.eos_token_id
-            for row, ids in enumerate(gen.new_tokens.tolist()):
-                answers[row] = ids[: ids.index(eos)] if eos in ids else ids
-            if rule.needs_answer:
-                run = model.to_batch(input_ids=gen.sequences, pixel_values=batch.inputs.get("pixel_values"),
-                                     attention_mask=torch.cat([batch.attention_mask,
-                                                               torch.ones_like(gen.new_tokens)], dim=1),
-                                     **{k: v for k, v in batch.inputs.items()
-                                        if k not in ("input_ids", "attention_mask", "pixel_values")})
-        _, cache = model.run_with_cache(run, names_filter=point.name)
-        acts = cache[point.name]
-        for row, sample in enumerate(chunk):
-            try:
-                feature = _select(rule, acts[row], run, row, batch.shape[1], answers[row], tokenizer)
-            except LookupError as error:
-                if not skip_missing:
-                    raise
-                manifest["skipped"].append({"id": sample.id, "reason": str(error), "prediction": texts[row]})
+    total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
+    bar = tqdm(total=total, desc=f"extract {', '.join(p.name for p in points)}", unit="sample",
+               disable=not progress)
+    seen: set[str] = set()
+    chunk: list[tuple[Sample, str]] = []
+    try:
+        for sample in iter_samples(dataset):
+            if sample.id in seen:
+                raise ValueError(f"Sample id {sample.id!r} occurs twice in the dataset; ids must be unique")
+            seen.add(sample.id)
+            key = sample_fingerprint(sample)
+            if sample.id in done:
+                if done[sample.id] is not None and done[sample.id] != key:
+                    raise ValueError(f"Sample {sample.id!r} is in the store with another prompt or image; "
+                                     "features of different inputs cannot share an id. Use another out= folder.")
+                bar.update(1)
                 continue
-            pending["ids"].append(sample.id)
-            pending["features"].append(feature.float().cpu())
-            pending["predictions"].append(texts[row].strip())
-        if len(pending["ids"]) >= shard_size:
-            flush()
-        bar.update(len(chunk))
-    flush()
-    bar.close()
-    return Features.load(path) if path is not None else Features.from_parts(memory, manifest)
+            chunk.append((sample, key))
+            if len(chunk) == batch_size:
+                _batch(model, chunk, points, rule, generate, max_new_tokens, chat_template, tokenizer, pending,
+                       manifest, skip_missing)
+                bar.update(len(chunk))
+                chunk = []
+                if len(pending["ids"]) >= shard_size:
+                    flush()
+        if chunk:
+            _batch(model, chunk, points, rule, generate, max_new_tokens, chat_template, tokenizer, pending,
+                   manifest, skip_missing)
+            bar.update(len(chunk))
+    finally:
+        flush()
+        if path is not None:
+            _save_manifest(path, manifest)
+        bar.close()
+    if path is not None:
+        return Features.load(path, verify=False)
+    return Features.from_parts(memory, manifest)
 
 
-def _load_manifest(path: Path, meta: dict) -> dict:
-    path.mkdir(parents=True, exist_ok=True)
-    file = path / "manifest.json"
-    if not file.exists():
-        return dict(meta, shards=[], skipped=[])
-    manifest = json.loads(file.read_text())
-    for key in ("hook", "rule"):
-        if manifest.get(key) != meta[key]:
-            raise ValueError(f"{path} holds features with {key}={manifest.get(key)!r}, not {meta[key]!r}; "
-                             "use another out= directory")
-    if manifest["model"].get("model_class") != meta["model"]["model_class"]:
-        raise ValueError(f"{path} holds features of another model ({manifest['model'].get('model_class')})")
-    # A shard file written after the manifest's last update is not counted: rewritten on resume.
-    return manifest
+def _save_manifest(path: Path, manifest: dict) -> None:
+    write_text_atomic(path / "manifest.json", json.dumps(manifest, indent=1))
 
 
-@dataclass
-class Features:
-    """Extracted features: ``features`` ``[n, d]`` (or ``[n, k, d]``), ``ids``, ``predictions``."""
-
-    features: Tensor
-    ids: list[str]
-    predictions: list[str]
-    manifest: dict
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str] | None) -> Features:
-        """Load every shard listed in ``path/manifest.json`` (memory-mapped by safetensors)."""
-        root = Path(path)  # type: ignore[arg-type]
-        manifest = json.loads((root / "manifest.json").read_text())
-        parts = [{"features": load_file(str(root / s["file"]))["features"], "ids": s["ids"],
-                  "predictions": s["predictions"]} for s in manifest["shards"]]
-        return cls.from_parts(parts, manifest)
-
-    @classmethod
-    def from_parts(cls, parts: list[dict], manifest: dict) -> Features:
-        feats = torch.cat([p["features"] for p in parts]) if parts else torch.empty(0)
-        return cls(feats, [i for p in parts for i in p["ids"]], [t for p in parts for t in p["predictions"]], manifest)
-
-    def __len__(self) -> int:
-        return len(self.ids)
+def _batch(model: HookedMLLM, chunk: list[tuple[Sample, str]], points: list[Any], rule: TokenRule, generate: bool,
+           max_new_tokens: int, chat_template: bool, tokenizer: Any, pending: dict, manifest: dict,
+           skip_missing: bool) -> None:
+    samples = [s for s, _ in chunk]
+    batch = model.prepare(images=[load_image(s.image) for s in samples], prompts=[s.prompt for s in samples],
+                          chat_template=chat_template)
+    store: dict[str, list[Tensor]] = {p.name: [] for p in points}
+    hooks = _cache_hooks(points, store, keep_steps=rule.needs_answer)
+    answers: list[list[int]] = [[] for _ in samples]
+    texts = [""] * len(samples)
+    if generate:
+        # One step more than the answer length, so the last answer token is also run through the model.
+        steps = max_new_tokens + 1 if rule.needs_answer else max_new_tokens
+        gen = model.generate(batch, max_new_tokens=steps, fwd_hooks=hooks)
+        eos = tokenizer.eos_token_id
+        for row, ids in enumerate(gen.new_tokens.tolist()):
+            ids = ids[:max_new_tokens]
+            answers[row] = ids[: ids.index(eos)] if eos in ids else ids
+            texts[row] = tokenizer.decode(answers[row], skip_special_tokens=True).strip()
+    else:
+        model.run_with_hooks(batch, fwd_hooks=hooks)
+    acts = {}
+    for point in points:
+        parts = store[point.name]
+        if not parts:
+            raise RuntimeError(f"{point.name} did not fire during the run; it cannot be extracted for this model")
+        acts[point.name] = torch.cat(parts, dim=1) if point.sequence else parts[0]
+        if not point.sequence and acts[point.name].shape[0] != len(samples):
+            raise ValueError(f"{point.name} has {acts[point.name].shape[0]} images for {len(samples)} samples; "
+                             "vision and projector points need exactly one image per sample")
+    prompt_len = batch.shape[1]
+    for row, (sample, key) in enumerate(chunk):
+        try:
+            positions = _positions(rule, batch, row, prompt_len, answers[row], tokenizer)
+        except LookupError as error:
+            if not skip_missing:
+                raise
+            manifest["skipped"].append({"id": sample.id, "key": key, "reason": str(error), "prediction": texts[row]})
+            continue
+        for point in points:
+            act = acts[point.name][row]
+            if point.sequence:
+                feature = _reduce(act, positions, rule)
+            else:
+                feature = act if rule.kind == "image_each" else act.mean(0)
+            pending["rows"][point.name].append(feature.float().cpu())
+        pending["ids"].append(sample.id)
+        pending["keys"].append(key)
+        pending["predictions"].append(texts[row])

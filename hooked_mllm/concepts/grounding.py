@@ -55,6 +55,39 @@ def text_grounding(model: HookedMLLM, components: Any, *, top_k: int = 50, n_wor
     return out
 
 
+def shift_grounding(model: HookedMLLM, result: Any, **kwargs: Any) -> dict[str, Any]:
+    """Words of a :class:`~hooked_mllm.concepts.shift.ShiftResult`'s concepts and shift vectors.
+
+    Returns ``{"original", "shifted", "shift", "finetuned"}`` word lists (one per concept; ``finetuned``
+    is None without ``concepts_b``) and, when the result has a matching, ``"overlap_original"`` and
+    ``"overlap_shifted"``: per matched pair, the fraction of the fine-tuned concept's words that the
+    original / shifted concept shares (the paper's grounded-word overlap; higher after the shift means
+    the shift moved the concept's meaning toward the fine-tuned model's). ``kwargs`` go to
+    :func:`text_grounding`.
+
+    Example:
+        >>> words = shift_grounding(model, analyze_shift(A, B, dec_a, dec_b))   # doctest: +SKIP
+        >>> words["shift"][0]                                                  # doctest: +SKIP
+        ['red', 'crimson', ...]
+    """
+    out: dict[str, Any] = {
+        "original": text_grounding(model, result.concepts_a, **kwargs),
+        "shifted": text_grounding(model, result.shifted, **kwargs),
+        "shift": text_grounding(model, result.shift_vectors, **kwargs),
+        "finetuned": None if result.concepts_b is None else text_grounding(model, result.concepts_b, **kwargs),
+    }
+    if result.improvement is not None and out["finetuned"] is not None:
+        m = result.improvement.matching
+
+        def share(words: list[str], target: list[str]) -> float:
+            return len(set(words) & set(target)) / len(set(target)) if target else 0.0
+
+        pairs = list(zip(m.index_x, m.index_y))
+        out["overlap_original"] = [share(out["original"][k], out["finetuned"][j]) for k, j in pairs]
+        out["overlap_shifted"] = [share(out["shifted"][k], out["finetuned"][j]) for k, j in pairs]
+    return out
+
+
 def visual_grounding(activations: Float[Any, "n k"], ids: Sequence[str], top: int = 5) -> list[list[str]]:
     """Per concept, the ids of the ``top`` samples that activate it most."""
     v = np.asarray(activations)

@@ -13,7 +13,9 @@ Contents:
 - :func:`hoyer_sparsity`, :func:`sparsity` (+ :class:`Sparsity`): sparsity of activations.
 - :func:`overlap_matrix`, :func:`concept_overlap`: word overlap between grounded concepts (lower is better).
 - :func:`project`: test-time projection of new features onto fitted concepts.
-- :class:`ImageTextScorer`, :func:`top_concept_words`, :func:`clip_style_score`: CLIPScore-style evaluation.
+- :class:`ImageTextScorer`, :func:`top_concept_words`, :func:`clip_style_score`: CLIPScore-style evaluation;
+  :func:`clip_concept_score` (the reference code's per-concept average), :class:`CLIPScorer` (a Hugging Face
+  CLIP model as the scorer) and :func:`random_word_lists` (the random-words baseline).
 - :func:`attribute_recovery`: NMI and purity between each sample's strongest concept and known labels.
 """
 
@@ -131,6 +133,8 @@ def sparsity(V: Float[Any, "n k"], *, rtol: float = 1e-3) -> Sparsity:
 def overlap_matrix(words_per_concept: Sequence[Iterable[str]]) -> Float[np.ndarray, "k k"]:
     """Word overlap ``O_ij = |W_i ∩ W_j| / |W_i|`` between grounded concepts (diagonal set to NaN).
 
+    A concept with an empty word list has ``O_ij = 0`` (it shares no word).
+
     Example:
         >>> float(overlap_matrix([["red", "car"], ["red", "apple", "fruit", "tree"]])[0, 1])
         0.5
@@ -140,15 +144,12 @@ def overlap_matrix(words_per_concept: Sequence[Iterable[str]]) -> Float[np.ndarr
     sets = [set(w) for w in words_per_concept]
     if len(sets) < 2:
         raise ValueError(f"Overlap needs at least 2 concepts, got {len(sets)}.")
-    empty = [i for i, s in enumerate(sets) if not s]
-    if empty:
-        raise ValueError(f"Concepts {empty} have no words; every concept needs at least one word.")
     k = len(sets)
     overlap = np.full((k, k), np.nan)
     for i in range(k):
         for j in range(k):
-            if i != j:
-                overlap[i, j] = len(sets[i] & sets[j]) / len(sets[i])
+            if i != j:  # a concept without words overlaps nothing (as in the reference code)
+                overlap[i, j] = len(sets[i] & sets[j]) / len(sets[i]) if sets[i] else 0.0
     return overlap
 
 
@@ -246,6 +247,106 @@ def clip_style_score(
             "score per pair."
         )
     return out
+
+
+def clip_concept_score(
+    scorer: ImageTextScorer,
+    images: Sequence[Any],
+    V: Float[Any, "n k"],
+    words_per_concept: Sequence[Sequence[str]],
+    top_k: int = 1,
+    template: str = DEFAULT_TEMPLATE,
+) -> Float[np.ndarray, " n"]:
+    """CoX-LMM's CLIPScore: per image, the mean over its ``top_k`` concepts of ``scorer(image, text(concept))``.
+
+    Each concept is scored on its own (text ``template.format(", ".join(words))``), then the scores of
+    the image's top concepts are averaged, as in the reference code (not one text of all words joined).
+    Concepts without words score 0.
+
+    Example:
+        >>> scorer = lambda imgs, texts: [float("dog" in t) for t in texts]
+        >>> clip_concept_score(scorer, ["i0"], np.array([[0.9, 0.5, 0.1]]), [["dog"], ["car"], ["sky"]], top_k=2)
+        array([0.5])
+    """
+    Vn = _np2d(V, "V")
+    if len(images) != Vn.shape[0]:
+        raise ValueError(f"Got {len(images)} images but V has {Vn.shape[0]} rows; they must match 1:1.")
+    if Vn.shape[1] != len(words_per_concept):
+        raise ValueError(f"V has {Vn.shape[1]} concepts but {len(words_per_concept)} word lists were given.")
+    if not 1 <= top_k <= Vn.shape[1]:
+        raise ValueError(f"top_k must be in [1, {Vn.shape[1]}], got {top_k}.")
+    order = np.argsort(-Vn, axis=1, kind="stable")[:, :top_k]
+    pairs = [(i, c) for i in range(len(images)) for c in order[i] if words_per_concept[c]]
+    scores = np.zeros((len(images), top_k))
+    if pairs:
+        got = clip_style_score(scorer, [images[i] for i, _ in pairs], [words_per_concept[c] for _, c in pairs],
+                               template)
+        for (i, c), value in zip(pairs, got):
+            scores[i, list(order[i]).index(c)] = value
+    return scores.mean(axis=1)
+
+
+def random_word_lists(vocabulary: Sequence[str], n_concepts: int, n_words: int = 10,
+                      seed: int = 0) -> list[list[str]]:
+    """``n_concepts`` lists of ``n_words`` distinct words drawn at random from ``vocabulary``: the baseline.
+
+    Score random lists with the same metric (:func:`concept_overlap`, :func:`clip_concept_score`) to see
+    what chance gives; the reference code's words come from the LM head's vocabulary.
+
+    Example:
+        >>> random_word_lists(["red", "blue", "dog", "cat"], 2, n_words=2, seed=0)
+        [['dog', 'red'], ['cat', 'blue']]
+    """
+    words = sorted(set(vocabulary))
+    if n_words > len(words):
+        raise ValueError(f"Need at least n_words={n_words} distinct words, the vocabulary has {len(words)}.")
+    rng = np.random.default_rng(seed)
+    return [[words[i] for i in rng.choice(len(words), n_words, replace=False)] for _ in range(n_concepts)]
+
+
+class CLIPScorer:
+    """CLIPScore (Hessel et al. 2021) with a Hugging Face CLIP model: ``2.5 * max(cos(image, text), 0)``.
+
+    Args:
+        model: a ``transformers.CLIPModel`` (any size; weights are yours to load).
+        processor: a callable ``processor(text=..., images=..., return_tensors="pt", padding=True)``
+            such as ``CLIPProcessor``.
+        weight: the ``w`` of CLIPScore (2.5).
+        batch_size: pairs per forward.
+
+    Example:
+        >>> scorer = CLIPScorer(CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path))  # doctest: +SKIP
+        >>> clip_concept_score(scorer, images, V, words, top_k=3).mean()                              # doctest: +SKIP
+    """
+
+    def __init__(self, model: Any, processor: Any, weight: float = 2.5, batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.weight = weight
+        self.batch_size = batch_size
+
+    def __call__(self, images: Sequence[Any], texts: Sequence[str]) -> Float[np.ndarray, " n"]:
+        out = []
+        device = next(self.model.parameters()).device
+        for start in range(0, len(texts), self.batch_size):
+            inputs = self.processor(text=list(texts[start : start + self.batch_size]),
+                                    images=list(images[start : start + self.batch_size]),
+                                    return_tensors="pt", padding=True)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with torch.no_grad():
+                img = _features(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
+                txt = _features(self.model.get_text_features(
+                    input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")))
+            cos = torch.nn.functional.cosine_similarity(img.float(), txt.float(), dim=-1)
+            out.append((self.weight * cos.clamp_min(0)).cpu().double().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+def _features(value: Any) -> torch.Tensor:
+    """The embedding tensor from ``get_*_features`` (a tensor, or an output object in newer transformers)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    return value.pooler_output if getattr(value, "pooler_output", None) is not None else value[0]
 
 
 def attribute_recovery(

@@ -14,13 +14,15 @@ Contents:
 - :func:`assign_concepts`, :func:`concept_shift_vectors`, :func:`shift_consistency`, :func:`shifted_concepts`.
 - :func:`match_concepts` (+ :class:`ConceptMatching`): Hungarian matching on cosine similarity.
 - :func:`shift_improvement` (+ :class:`ShiftImprovement`): distance and cosine gains after matching.
+- :func:`shift_baselines`: the same gains for one global mean shift and for a random concept assignment.
+- :func:`align_ids`: rows of the samples two feature stores share, in linear time.
 - :func:`analyze_shift` (+ :class:`ShiftResult`): the whole analysis in one call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -276,6 +278,80 @@ class ShiftResult:
     reduce: str
     concepts_b: Float[np.ndarray, "kb d"] | None = None
     improvement: ShiftImprovement | None = None
+    baselines: dict[str, dict[str, float]] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers as plain Python values (what ``hooked-mllm shift`` writes to JSON)."""
+        imp = self.improvement
+        return {
+            "mean_consistency": self.mean_consistency,
+            "counts": self.counts.tolist(),
+            "consistency": [None if np.isnan(c) else float(c) for c in self.consistency],
+            "mean_distance_gain": imp.mean_distance_gain if imp else None,
+            "mean_cosine_gain": imp.mean_cosine_gain if imp else None,
+            "matching": None if imp is None else [[int(x), int(y), float(c)] for x, y, c in zip(
+                imp.matching.index_x, imp.matching.index_y, imp.matching.cosine)],
+            "baselines": self.baselines,
+        }
+
+
+def align_ids(ids_a: Sequence[str], ids_b: Sequence[str]) -> tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"]]:
+    """Row indices ``(ia, ib)`` of the ids present in both lists, in the order of ``ids_a``; O(n).
+
+    Example:
+        >>> align_ids(["x", "y", "z"], ["z", "x"])
+        (array([0, 2]), array([1, 0]))
+    """
+    where_b: dict[str, int] = {}
+    for j, i in enumerate(ids_b):
+        where_b.setdefault(i, j)
+    pairs = [(k, where_b[i]) for k, i in enumerate(ids_a) if i in where_b]
+    ia = np.array([p[0] for p in pairs], dtype=np.int64)
+    ib = np.array([p[1] for p in pairs], dtype=np.int64)
+    return ia, ib
+
+
+def shift_baselines(
+    A: Float[Any, "n d"],
+    B: Float[Any, "n d"],
+    U_a: Float[Any, "k d"],
+    U_b: Float[Any, "kb d"],
+    assignment: Int[Any, " n"],
+    alpha: float = 1.0,
+    reduce: Reduce = "mean",
+    match_on: Literal["shifted", "original"] = "shifted",
+    n_random: int = 5,
+    random_state: Any = 0,
+) -> dict[str, dict[str, float]]:
+    """What the concept-wise shift must beat to mean something.
+
+    - ``global_mean_shift``: every concept moved by the one mean shift ``mean(B - A)``.
+    - ``random_assignment``: concept shift vectors computed after shuffling which sample belongs to which
+      concept (same concept sizes), averaged over ``n_random`` shuffles.
+
+    Each gives ``mean_distance_gain`` and ``mean_cosine_gain`` as in :func:`shift_improvement`.
+
+    Example:
+        >>> A = np.repeat(np.eye(2) * 10, 5, axis=0); B = A + np.repeat([[1.0, 0], [0, 2.0]], 5, axis=0)
+        >>> sorted(shift_baselines(A, B, np.eye(2) * 10, np.eye(2) * 10 + [[1, 0], [0, 2]], np.repeat([0, 1], 5)))
+        ['global_mean_shift', 'random_assignment']
+    """
+    A, B = _pair(A, B)
+    U_a, U_b = _np(U_a, "U_a", 2), _np(U_b, "U_b", 2)
+    a, k = _check_assignment(assignment, A.shape[0], U_a.shape[0])
+    glob = shift_improvement(U_a, U_a + alpha * (B - A).mean(axis=0), U_b, match_on)
+    rng = np.random.default_rng(random_state)
+    dist, cos = [], []
+    for _ in range(n_random):
+        D, _ = concept_shift_vectors(A, B, rng.permutation(a), k, reduce=reduce)
+        r = shift_improvement(U_a, shifted_concepts(U_a, D, alpha), U_b, match_on)
+        dist.append(r.mean_distance_gain)
+        cos.append(r.mean_cosine_gain)
+    return {
+        "global_mean_shift": {"mean_distance_gain": glob.mean_distance_gain,
+                              "mean_cosine_gain": glob.mean_cosine_gain},
+        "random_assignment": {"mean_distance_gain": float(np.mean(dist)), "mean_cosine_gain": float(np.mean(cos))},
+    }
 
     def _repr_html_(self) -> str:
         from ..viz.display import shift_html
@@ -299,11 +375,16 @@ def analyze_shift(
     decomposer_b: Any | None = None,
     alpha: float = 1.0,
     reduce: Reduce = "mean",
+    match_on: Literal["shifted", "original"] = "shifted",
+    baselines: bool = True,
+    random_state: Any = 0,
 ) -> ShiftResult:
     """Run the concept-shift analysis of arXiv 2501.03012 on features ``A`` (model a) and ``B`` (model b).
 
     ``decomposer_a`` (and ``decomposer_b``) may be fitted already (used as is) or unfitted (a clone is fitted
-    on ``A`` (``B``)). Without ``decomposer_b`` the result has no ``concepts_b``/``improvement``.
+    on ``A`` (``B``)). Without ``decomposer_b`` the result has no ``concepts_b``/``improvement``/``baselines``.
+    ``match_on`` is passed to :func:`shift_improvement`; ``baselines`` adds :func:`shift_baselines` (the one
+    global mean shift and a random concept assignment, seeded by ``random_state``) for comparison.
 
     Example:
         >>> from hooked_mllm.concepts.decompose import KMeansConcepts
@@ -321,10 +402,12 @@ def analyze_shift(
     consistency = shift_consistency(A, B, assignment, U_a.shape[0])
     mean_consistency = float(np.nanmean(consistency)) if np.isfinite(consistency).any() else float("nan")
     U_s = shifted_concepts(U_a, D, alpha)
-    U_b = improvement = None
+    U_b = improvement = base = None
     if decomposer_b is not None:
         U_b = np.asarray(_fitted_on(decomposer_b, B).components_, dtype=np.float64)
-        improvement = shift_improvement(U_a, U_s, U_b)
+        improvement = shift_improvement(U_a, U_s, U_b, match_on)
+        if baselines:
+            base = shift_baselines(A, B, U_a, U_b, assignment, alpha, reduce, match_on, random_state=random_state)
     return ShiftResult(
         concepts_a=U_a,
         activations_a=V_a,
@@ -338,4 +421,5 @@ def analyze_shift(
         reduce=reduce,
         concepts_b=U_b,
         improvement=improvement,
+        baselines=base,
     )

@@ -5,7 +5,9 @@ features minus the mean of a source set's (e.g. samples answered "no" minus samp
 answered "yes", at one layer), or the difference of two concept vectors. It is added as
 ``alpha * vector`` to ``blocks.{layer}.hook_resid_post`` with a position schedule
 (:class:`hooked_mllm.hooks.Steer`), and :func:`evaluate_steering` reports how often answers
-become the target and how accuracy on other questions moves.
+become the target and how accuracy on other questions moves, with answers normalised as the VQA
+evaluation does (:func:`normalize_answer`), VQA soft accuracy (:func:`vqa_accuracy`), per-answer-type
+accuracy, changed answers and answer histograms; :func:`rank_steering_vectors` ranks many candidates.
 
 Example:
     >>> v = mean_difference(features_no, features_yes)                           # doctest: +SKIP
@@ -14,8 +16,12 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
 
 import torch
 from jaxtyping import Float
@@ -65,15 +71,67 @@ def steering_hooks(vector: Tensor, layer: int, alpha: float = 1.0, schedule: Any
     return [(f"blocks.{layer}.hook_resid_post", Steer(vector, alpha, schedule))]
 
 
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_ARTICLES = {"a", "an", "the"}
+_CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
+                 "wont": "won't", "didnt": "didn't", "im": "i'm", "ive": "i've", "thats": "that's"}
+_PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:]")
+
+
+def normalize_answer(text: str) -> str:
+    """An answer as the VQA evaluation compares it: lower case, no punctuation or articles, digits for number words.
+
+    Example:
+        >>> normalize_answer("Yes."), normalize_answer("The two dogs!"), normalize_answer("3.5")
+        ('yes', '2 dogs', '3.5')
+    """
+    text = text.replace("\n", " ").replace("\t", " ").strip().lower()
+    text = _PUNCT.sub(" ", text)
+    text = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", text)  # periods, except inside numbers such as 3.5
+    words = []
+    for word in text.split():
+        word = _NUMBERS.get(word, word)
+        if word in _ARTICLES:
+            continue
+        words.append(_CONTRACTIONS.get(word.replace("'", ""), word))
+    return " ".join(words)
+
+
+def vqa_accuracy(answer: str, references: str | Sequence[str]) -> float:
+    """VQA soft accuracy: ``min(1, matches / 3)`` averaged over the leave-one-out subsets of the references.
+
+    One reference gives exact-match accuracy (after :func:`normalize_answer`).
+
+    Example:
+        >>> vqa_accuracy("Two", ["2", "2", "3", "2", "two", "3", "3", "3", "3", "3"])  # 4 of 10 say "2"
+        1.0
+        >>> round(vqa_accuracy("2", ["2", "2", "3", "3", "3", "3", "3", "3", "3", "3"]), 3)
+        0.6
+    """
+    refs = [references] if isinstance(references, str) else list(references)
+    if not refs:
+        raise ValueError("vqa_accuracy needs at least one reference answer")
+    pred = normalize_answer(answer)
+    norm = [normalize_answer(r) for r in refs]
+    if len(norm) == 1:
+        return float(pred == norm[0])
+    scores = [min(1.0, sum(pred == r for j, r in enumerate(norm) if j != i) / 3) for i in range(len(norm))]
+    return float(np.mean(scores))
+
+
 @dataclass(frozen=True)
 class SteeringReport:
     """How a steering vector changed answers.
 
     Attributes:
-        target_rate: Fraction of targeted samples answered ``target`` when steered.
+        target_rate: Fraction of targeted samples answered ``target`` (normalised) when steered.
         target_rate_before: The same without steering.
-        other_accuracy_before, other_accuracy_after: Accuracy on the other samples.
+        other_accuracy_before, other_accuracy_after: VQA (soft) accuracy on the other samples.
         answers: ``(question, expected, before, after)`` for the targeted samples.
+        other_by_type: Per answer type of the other samples: ``{type: (accuracy before, after)}``.
+        changed_targeted, changed_other: How many answers changed (normalised) under steering.
+        histogram_before, histogram_after: Counts of the normalised answers of all samples.
     """
 
     target_rate: float
@@ -81,6 +139,20 @@ class SteeringReport:
     other_accuracy_before: float
     other_accuracy_after: float
     answers: list[tuple[str, str, str, str]]
+    other_by_type: dict[str, tuple[float, float]] = field(default_factory=dict)
+    changed_targeted: int = 0
+    changed_other: int = 0
+    histogram_before: dict[str, int] = field(default_factory=dict)
+    histogram_after: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def side_effect(self) -> float:
+        """Accuracy lost on the other samples (negative when it rose)."""
+        return self.other_accuracy_before - self.other_accuracy_after
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for JSON."""
+        return dict(asdict(self), side_effect=self.side_effect)
 
     def _repr_html_(self) -> str:
         from ..viz.display import steering_html
@@ -94,30 +166,84 @@ def _answers(model: HookedMLLM, samples: Sequence[Any], hooks: list, batch_size:
         chunk = samples[start : start + batch_size]
         batch = model.prepare(images=[s[0] for s in chunk], prompts=[s[1] for s in chunk])
         text = model.generate(batch, max_new_tokens=max_new_tokens, fwd_hooks=hooks).text or [""] * len(chunk)
-        out += [t.strip().split(" ")[0] if t.strip() else "" for t in text]
+        out += [normalize_answer(t) for t in text]
     return out
 
 
-def evaluate_steering(model: HookedMLLM, targeted: Sequence[tuple[Any, str, str]], others: Sequence[tuple[Any, str, str]],
-                      vector: Tensor, *, layer: int, alpha: float, target: str, schedule: Any = "all",
-                      batch_size: int = 16, max_new_tokens: int = 3) -> SteeringReport:
+def _report(targeted: Sequence[Any], others: Sequence[Any], target: str, before: list[str], after: list[str],
+            other_before: list[str], other_after: list[str]) -> SteeringReport:
+    want = normalize_answer(target)
+
+    def accuracy(answers: list[str], rows: Sequence[Any]) -> float:
+        return float(np.mean([vqa_accuracy(a, s[2]) for a, s in zip(answers, rows)])) if rows else 0.0
+
+    by_type: dict[str, tuple[float, float]] = {}
+    types = sorted({str(s[3]) for s in others if len(s) > 3})
+    for kind in types:
+        idx = [i for i, s in enumerate(others) if len(s) > 3 and str(s[3]) == kind]
+        rows = [others[i] for i in idx]
+        by_type[kind] = (accuracy([other_before[i] for i in idx], rows), accuracy([other_after[i] for i in idx], rows))
+    expected = [s[2] if isinstance(s[2], str) else "|".join(s[2]) for s in targeted]
+    return SteeringReport(
+        target_rate=float(np.mean([a == want for a in after])) if after else 0.0,
+        target_rate_before=float(np.mean([a == want for a in before])) if before else 0.0,
+        other_accuracy_before=accuracy(other_before, others),
+        other_accuracy_after=accuracy(other_after, others),
+        answers=[(s[1], e, b, a) for s, e, b, a in zip(targeted, expected, before, after)],
+        other_by_type=by_type,
+        changed_targeted=sum(b != a for b, a in zip(before, after)),
+        changed_other=sum(b != a for b, a in zip(other_before, other_after)),
+        histogram_before=dict(Counter(before + other_before).most_common()),
+        histogram_after=dict(Counter(after + other_after).most_common()),
+    )
+
+
+def evaluate_steering(model: HookedMLLM, targeted: Sequence[tuple], others: Sequence[tuple], vector: Tensor, *,
+                      layer: int, alpha: float, target: str, schedule: Any = "all", batch_size: int = 16,
+                      max_new_tokens: int = 3) -> SteeringReport:
     """Steer ``targeted`` samples toward ``target`` and measure side effects on ``others``.
 
-    Samples are ``(image, prompt, expected_answer)``; answers are the first generated word.
+    Samples are ``(image, prompt, expected)`` or ``(image, prompt, expected, answer_type)``; ``expected``
+    is one answer or a list of reference answers (VQA soft accuracy). Answers are compared after
+    :func:`normalize_answer` ("Yes." is "yes", "two" is "2").
+
+    Example:
+        >>> r = evaluate_steering(model, no_samples, count_samples, v, layer=3, alpha=1.0,
+        ...                       target="yes")                              # doctest: +SKIP
+        >>> r.target_rate, r.other_by_type, r.changed_other                  # doctest: +SKIP
     """
     hooks = steering_hooks(vector, layer, alpha, schedule)
     before = _answers(model, targeted, [], batch_size, max_new_tokens)
-    after = _answers(model, targeted, hooks, batch_size, max_new_tokens)
     other_before = _answers(model, others, [], batch_size, max_new_tokens) if others else []
+    after = _answers(model, targeted, hooks, batch_size, max_new_tokens)
     other_after = _answers(model, others, hooks, batch_size, max_new_tokens) if others else []
+    return _report(targeted, others, target, before, after, other_before, other_after)
 
-    def rate(answers: list[str], wanted: Sequence[str]) -> float:
-        return sum(a == w for a, w in zip(answers, wanted)) / max(1, len(answers))
 
-    return SteeringReport(
-        target_rate=rate(after, [target] * len(after)),
-        target_rate_before=rate(before, [target] * len(before)),
-        other_accuracy_before=rate(other_before, [s[2] for s in others]),
-        other_accuracy_after=rate(other_after, [s[2] for s in others]),
-        answers=[(s[1], s[2], b, a) for s, b, a in zip(targeted, before, after)],
-    )
+def rank_steering_vectors(model: HookedMLLM, candidates: Mapping[str, Tensor], targeted: Sequence[tuple],
+                          others: Sequence[tuple], *, layer: int | Mapping[str, int], alpha: float, target: str,
+                          schedule: Any = "all", batch_size: int = 16, max_new_tokens: int = 3,
+                          side_effect_weight: float = 1.0) -> list[tuple[str, SteeringReport]]:
+    """Evaluate many candidate vectors on the same samples and rank them, best first.
+
+    Score: ``target_rate - side_effect_weight * side_effect``. Unsteered answers are computed once.
+    ``layer`` may be one layer or a ``{name: layer}`` mapping.
+
+    Example:
+        >>> ranked = rank_steering_vectors(model, {"l2": v2, "l3": v3}, targeted, others,
+        ...                                layer={"l2": 2, "l3": 3}, alpha=1.0, target="yes")  # doctest: +SKIP
+        >>> ranked[0][0]                                                                        # doctest: +SKIP
+        'l3'
+    """
+    before = _answers(model, targeted, [], batch_size, max_new_tokens)
+    other_before = _answers(model, others, [], batch_size, max_new_tokens) if others else []
+    scored = []
+    for name, vector in candidates.items():
+        at = layer[name] if isinstance(layer, Mapping) else layer
+        hooks = steering_hooks(vector, at, alpha, schedule)
+        after = _answers(model, targeted, hooks, batch_size, max_new_tokens)
+        other_after = _answers(model, others, hooks, batch_size, max_new_tokens) if others else []
+        report = _report(targeted, others, target, before, after, other_before, other_after)
+        scored.append((report.target_rate - side_effect_weight * report.side_effect, name, report))
+    scored.sort(key=lambda item: -item[0])
+    return [(name, report) for _, name, report in scored]

@@ -33,3 +33,19 @@ def test_visual_grounding_and_maps():
     np.testing.assert_allclose(grid.flatten(), dec.transform(feats.numpy())[:, 1], rtol=1e-5)
     with pytest.raises(ValueError, match="do not fill"):
         concept_map(dec, feats[:5], (4, 4), 0)
+
+
+def test_shift_grounding_reads_every_vector_set(llama_model):
+    from hooked_mllm.concepts import KMeansConcepts, analyze_shift, shift_grounding
+
+    rng = np.random.default_rng(0)
+    w_u = llama_model.hf_model.lm_head.weight.detach().numpy()
+    A = np.repeat(w_u[[10, 20]] * 5, 10, axis=0) + 0.01 * rng.normal(size=(20, w_u.shape[1]))
+    B = A + np.repeat(w_u[[30, 40]] * 5, 10, axis=0)
+    result = analyze_shift(A, B, KMeansConcepts(2, random_state=0), KMeansConcepts(2, random_state=0))
+    words = shift_grounding(llama_model, result, top_k=5)
+    assert words["shift"] == text_grounding(llama_model, result.shift_vectors, top_k=5)
+    assert words["finetuned"] == text_grounding(llama_model, result.concepts_b, top_k=5)
+    # the shifted concepts equal b's concepts here, so they share all of b's words; the originals fewer
+    assert words["overlap_shifted"] == [1.0, 1.0]
+    assert all(o <= s for o, s in zip(words["overlap_original"], words["overlap_shifted"]))

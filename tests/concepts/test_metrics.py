@@ -10,7 +10,10 @@ from sklearn.metrics import normalized_mutual_info_score
 
 from hooked_mllm.concepts.decompose import PCAConcepts
 from hooked_mllm.concepts.metrics import (
+    CLIPScorer,
     ImageTextScorer,
+    clip_concept_score,
+    random_word_lists,
     Sparsity,
     attribute_recovery,
     clip_style_score,
@@ -72,7 +75,7 @@ def test_overlap_hand_computed():
 
 @pytest.mark.parametrize(
     "words, error",
-    [(["dog", "cat"], TypeError), ([["dog"]], ValueError), ([["dog"], []], ValueError)],
+    [(["dog", "cat"], TypeError), ([["dog"]], ValueError)],
 )
 def test_overlap_rejects_bad_input(words, error):
     with pytest.raises(error):
@@ -138,3 +141,75 @@ def test_attribute_recovery_matches_sklearn_and_hand_purity():
     assert perfect == {"nmi": 1.0, "purity": 1.0}
     with pytest.raises(ValueError, match="one entry per row"):
         attribute_recovery(V, colour[:5])
+
+
+def test_empty_word_list_overlaps_nothing():
+    overlap = overlap_matrix([["dog"], [], ["dog", "cat"]])
+    np.testing.assert_allclose(overlap[1], [0.0, np.nan, 0.0])  # no words: shares none
+    assert overlap[0, 2] == 1.0 and overlap[2, 0] == 0.5
+    assert concept_overlap([["dog"], [], ["dog", "cat"]]) == pytest.approx((1 + 0 + 0 + 0 + 0.5 + 0) / 6)
+
+
+def test_clip_concept_score_averages_each_concept():
+    V = np.array([[0.9, 0.5, 0.1], [0.0, 0.2, 0.7]])
+    words = [["dog", "fur"], ["car"], []]
+    texts = []
+
+    def scorer(images, batch_texts):
+        texts.extend(batch_texts)
+        return [10.0 * ("dog" in t) + len(im) for im, t in zip(images, batch_texts)]
+
+    got = clip_concept_score(scorer, ["a", "bb"], V, words, top_k=2)
+    # image 0: concepts 0 and 1 scored apart -> (10 + 1 + 0 + 1) / 2; image 1: concepts 2 (no words: 0) and 1 -> 2 / 2
+    np.testing.assert_allclose(got, [(11 + 1) / 2, (0 + 2) / 2])
+    assert "A photo is described by the words dog, fur" in texts and len(texts) == 3
+
+
+def test_random_words_baseline():
+    vocab = [f"w{i}" for i in range(50)]
+    lists = random_word_lists(vocab, 5, n_words=10, seed=1)
+    assert len(lists) == 5 and all(len(set(w)) == 10 and set(w) <= set(vocab) for w in lists)
+    assert lists == random_word_lists(vocab, 5, n_words=10, seed=1) != random_word_lists(vocab, 5, 10, seed=2)
+    # chance overlap of 10-word lists from 50 words is about 10 / 50
+    assert 0.1 < concept_overlap(random_word_lists(vocab, 40, 10, seed=0)) < 0.3
+    with pytest.raises(ValueError, match="distinct words"):
+        random_word_lists(["a"], 2, n_words=2)
+
+
+def test_clip_scorer_on_a_tiny_random_clip():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+
+    from hooked_mllm.testing import random_image
+
+    sentences = ["A photo is described by the words dog, fur, red, car, road, sky"] * 3
+    raw = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.train_from_iterator(sentences, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]")
+    config = CLIPConfig(
+        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=0),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(0)
+    clip = CLIPModel(config).eval()
+
+    def processor(text, images, return_tensors, padding):
+        enc = tokenizer(text, padding=True, return_tensors="pt")
+        pixels = torch.stack([torch.from_numpy(np.asarray(im.resize((32, 32)), dtype=np.float32) / 255)
+                              .permute(2, 0, 1) for im in images])
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "pixel_values": pixels}
+
+    images = [random_image(i) for i in range(3)]
+    texts = ["A photo is described by the words dog, fur", "A photo is described by the words car",
+             "A photo is described by the words sky, red, road"]
+    got = CLIPScorer(clip, processor, batch_size=2)(images, texts)
+    inputs = processor(texts, images, "pt", True)
+    with torch.no_grad():
+        out = clip(**inputs)
+    cos = (out.logits_per_image / clip.logit_scale.exp()).diagonal().detach().double().numpy()  # plain HF forward
+    np.testing.assert_allclose(got, 2.5 * np.maximum(cos, 0), atol=1e-5)
+    assert isinstance(CLIPScorer(clip, processor), ImageTextScorer)

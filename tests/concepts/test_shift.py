@@ -12,10 +12,12 @@ from sklearn.exceptions import NotFittedError
 from hooked_mllm.concepts.decompose import KMeansConcepts, SemiNMF
 from hooked_mllm.concepts.shift import (
     ShiftResult,
+    align_ids,
     analyze_shift,
     assign_concepts,
     concept_shift_vectors,
     match_concepts,
+    shift_baselines,
     shift_consistency,
     shift_improvement,
     shifted_concepts,
@@ -167,3 +169,51 @@ def test_clear_errors():
         shifted_concepts(np.ones((2, 3)), np.ones((3, 3)))
     with bad_input("match_on"):
         shift_improvement(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 3)), match_on="b")
+
+
+def test_baselines_global_and_random_assignment():
+    A, B, labels, offsets = clusters()
+    result = analyze_shift(A, B, KMeansConcepts(K, random_state=0), KMeansConcepts(K, random_state=1))
+    base = result.baselines
+    # the global baseline moves every concept by the mean of all shifts: computed by hand
+    U_a, U_b, m = result.concepts_a, result.concepts_b, result.improvement.matching
+    U_g = U_a + (B - A).mean(axis=0)
+    by_hand = shift_improvement(U_a, U_g, U_b)
+    assert base["global_mean_shift"]["mean_distance_gain"] == pytest.approx(by_hand.mean_distance_gain)
+    # concept-wise shifts are exact here, so they beat both baselines
+    for name in ("global_mean_shift", "random_assignment"):
+        assert result.improvement.mean_distance_gain > base[name]["mean_distance_gain"] + 0.5
+    # a random assignment with equal concept sizes: every concept gets roughly the global mean shift
+    assert base["random_assignment"]["mean_distance_gain"] == pytest.approx(
+        base["global_mean_shift"]["mean_distance_gain"], abs=1.0)
+    assert m.index_x.tolist() == sorted(m.index_x.tolist())
+    summary = result.summary()
+    assert summary["baselines"] == base and len(summary["matching"]) == K
+    # if every sample moves by one common offset, the global shift is as good as the concept-wise one
+    common = analyze_shift(A, A + offsets[0], KMeansConcepts(K, random_state=0), KMeansConcepts(K, random_state=1))
+    assert common.improvement.mean_distance_gain == pytest.approx(
+        common.baselines["global_mean_shift"]["mean_distance_gain"])
+    direct = shift_baselines(A, B, U_a, U_b, result.assignment, n_random=2, random_state=3)
+    assert direct["global_mean_shift"] == base["global_mean_shift"]
+
+
+def test_match_on_original_is_passed_through():
+    A, B, _, _ = clusters()
+    r = analyze_shift(A, B, KMeansConcepts(K, random_state=0), KMeansConcepts(K, random_state=1),
+                      match_on="original", baselines=False)
+    expected = shift_improvement(r.concepts_a, r.shifted, r.concepts_b, match_on="original")
+    np.testing.assert_allclose(r.improvement.distance_gain, expected.distance_gain)
+    assert r.baselines is None
+
+
+def test_align_ids_is_linear_and_keeps_order():
+    ia, ib = align_ids(["a", "b", "c", "d"], ["d", "x", "b"])
+    assert ia.tolist() == [1, 3] and ib.tolist() == [2, 0]
+    n = 200_000
+    ids = [str(i) for i in range(n)]
+    import time
+
+    start = time.perf_counter()
+    ia, ib = align_ids(ids, ids[::-1])
+    assert time.perf_counter() - start < 5  # the former list.index scan took hours at this size
+    assert (ib == n - 1 - ia).all()

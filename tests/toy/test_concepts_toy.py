@@ -9,7 +9,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from hooked_mllm.concepts import (analyze_shift, attribute_recovery, evaluate_steering, extract, make_decomposer,
                                   split_by)
-from hooked_mllm.concepts.extract import Sample
+from hooked_mllm.concepts import Sample
 from hooked_mllm.toy.world import World
 
 
@@ -31,14 +31,14 @@ def test_concepts_recover_colour(models):
     feats = extract(model, data, "blocks.3.hook_resid_post", "last", batch_size=50, progress=False, predict=False)
     colours = [s.objects[0].color for s in scenes]
     scores = {}
-    for method in ("seminmf", "dictlearn", "kmeans", "pca", "ica", "topnorm"):
+    for method in ("seminmf", "sparse", "dictlearn", "kmeans", "pca", "ica", "topnorm"):
         params = {} if method == "topnorm" else {"random_state": 0}
         dec = make_decomposer(method, n_components=5, **params)
         with warnings.catch_warnings():  # the lasso transform of the reference variant warns on convergence
             warnings.simplefilter("ignore", ConvergenceWarning)
             scores[method] = attribute_recovery(dec.fit_transform(feats.features.numpy()), colours)["nmi"]
     print("NMI(strongest concept, colour):", {k: round(v, 3) for k, v in scores.items()})
-    assert scores["seminmf"] > 0.8 and scores["kmeans"] > 0.8
+    assert scores["seminmf"] > 0.8 and scores["kmeans"] > 0.8 and scores["sparse"] > 0.8
 
 
 def test_shift_between_toy_llava_and_ft(models):
@@ -51,7 +51,11 @@ def test_shift_between_toy_llava_and_ft(models):
                            random_state=0), make_decomposer("kmeans", n_components=6, random_state=0))
     print(f"shift: mean consistency {result.mean_consistency:.3f}, distance gain "
           f"{result.improvement.mean_distance_gain:.3f}, cosine gain {result.improvement.mean_cosine_gain:.3f}")
+    for name, gains in result.baselines.items():
+        print(f"  baseline {name}: distance gain {gains['mean_distance_gain']:.3f}, "
+              f"cosine gain {gains['mean_cosine_gain']:.3f}")
     assert result.improvement.mean_distance_gain > 0
+    assert result.improvement.mean_distance_gain > result.baselines["random_assignment"]["mean_distance_gain"]
 
 
 def test_steering_no_to_yes(models):
@@ -59,7 +63,7 @@ def test_steering_no_to_yes(models):
     exist = [(s.image, qa.question, qa.answer) for s in World(seed=33).sample(160) for qa in s.questions_of("exist")]
     train, test = exist[:160], exist[160:]
     feats = extract(model, [Sample(str(i), im, q) for i, (im, q, _) in enumerate(train)], "blocks.3.hook_resid_post",
-                    "last", batch_size=64, progress=False)
+                    "last", batch_size=64, progress=False, predict=True)
     vector = split_by(feats.features, [p.split(" ")[0] for p in feats.predictions], "yes", "no")
     targeted = [t for t in test if t[2] == "no"][:40]
     others = [(s.image, qa.question, qa.answer) for s in World(seed=34).sample(40) for qa in s.questions_of("count")]
