@@ -138,7 +138,8 @@ class MechanismRun:
         if positions is not None:
             index = torch.as_tensor(positions, device=attn.device)
             attn, values = attn[..., index], values[:, index]
-        return torch.einsum("bhp,bphd,hdm->bhpm", attn, values, w_o)
+        projected = torch.einsum("bphd,hdm->bhpm", values, w_o)
+        return attn[..., None] * projected
 
     def head_outputs(self, layer: int) -> Float[Tensor, "batch head d_model"]:
         """Each head's output at ``T`` as added to the residual (contributions summed over positions)."""

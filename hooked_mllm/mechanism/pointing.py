@@ -12,7 +12,7 @@ chance levels are reported exactly (as expectations, not samples): a random patc
 heads of the later layers, the top three heads, all heads summed; the attention,
 relevancy, input x gradient and occlusion baselines; the last layer's logit lens).
 :func:`pointing_game` runs them on any model that speaks the toy world, so it can be rerun
-on retrained checkpoints; ``python -m hooked_mllm.mechanism.pointing`` prints the table.
+on retrained checkpoints; ``python -m hooked_mllm.mechanism`` prints the table.
 
 Example:
     >>> from hooked_mllm import toy
@@ -195,7 +195,7 @@ def pointing_game(model: HookedMLLM, scenes: Sequence[Scene], *, methods: Sequen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m hooked_mllm.mechanism.pointing``: play the game on a toy checkpoint, print the table."""
+    """``python -m hooked_mllm.mechanism``: play the game on a toy checkpoint, print the table."""
     import logging
 
     from .. import toy
@@ -205,7 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7, help="world seed (below 10,000: unseen in training)")
     parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     from ..model import HookedMLLM
 
@@ -216,7 +221,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f"model answers {result.model_accuracy:.2f} of them right (first token)\n\n")
     sys.stdout.write(result.table() + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -131,11 +131,11 @@ def head_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> HeadSc
         [(2, 1), (3, 0), (1, 3)]
     """
     run = capture(model, inputs, target)
+    outs = torch.stack([run.head_outputs(l) for l in range(run.n_layers)])  # [layer, batch, head, d]
     rows = []
     for b in range(len(run.batch)):
         base = run.resid_pre[:, b]  # [layer, d]
-        outs = torch.stack([run.head_outputs(l)[b] for l in range(run.n_layers)])  # [layer, head, d]
-        rows.append(run.log_prob(base[:, None] + outs, b) - run.log_prob(base, b)[:, None])
+        rows.append(run.log_prob(base[:, None] + outs[:, b], b) - run.log_prob(base, b)[:, None])
     return HeadScores(torch.stack(rows).cpu(), run.target, tuple(run.target_tokens()))
 
 
