@@ -60,7 +60,7 @@ def main() -> None:
     grid = batch.images[0].grid
     print(f"model: LM d_model={model.cfg.d_model} x {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
           f"vocab {model.cfg.d_vocab}, {int(batch.image_mask.sum())} image tokens ({grid[0]}x{grid[1]}), "
-          f"sequence {batch.shape[1]}, threads {torch.get_num_threads()}")
+          f"sequence {batch.shape[1]}, threads {torch.get_num_threads()}", flush=True)
 
     def plain():
         with torch.no_grad():

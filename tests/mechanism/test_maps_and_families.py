@@ -127,3 +127,18 @@ def test_logit_lens_applies_the_final_soft_cap():
     lens = logit_lens(model, cache["resid_post", last])
     assert torch.allclose(lens.float(), logits.float(), atol=1e-4)
     assert lens.abs().max() <= 30.0  # the tiny model's cap
+
+
+def test_patching_sweep_over_cells_gives_a_location_map():
+    from hooked_mllm.patching import activation_patching, logit_diff
+    from hooked_mllm.testing import image_pair
+
+    family, model, batch = built("llava")
+    clean, corrupted = image_pair(model, (0, 1))
+    result = activation_patching(model, clean, corrupted, logit_diff(5, 6), layers=[0, 1], over="cell")
+    m = result.location_map(layer=1)
+    assert m.shape == (4, 4) and m.method == "activation_patching"
+    assert np.allclose(m.values, result.normalized()[1].numpy())
+    assert m.overlay(Image.new("RGB", (32, 32))).size == (32, 32)
+    with pytest.raises(ValueError, match="not patched"):
+        result.location_map(layer=2)
