@@ -23,7 +23,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -32,7 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..inputs import MultimodalBatch
-from ..lens import frozen_final_norm, softcap_logits
+from ..lens import frozen_final_norm, logit_lens, softcap_logits
 
 if TYPE_CHECKING:
     from ..model import HookedMLLM
@@ -232,12 +233,17 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
         if hook.step == 0:
             values[hook.layer()] = act.detach().float()
 
-    logits, cache = model.run_with_cache(batch, names_filter=cached, positions="last", device=None,
-                                         dtype=torch.float32,
-                                         fwd_hooks=[([f"blocks.{l}.attn.hook_v" for l in range(n_layers)], keep_v)])
+    run_batch = batch
+    if "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters:
+        # only T's logits are read, and they are recomputed below from the final residual:
+        # skip the LM head over every other position
+        run_batch = replace(batch, inputs={**batch.inputs, "logits_to_keep": 1})
+    _, cache = model.run_with_cache(run_batch, names_filter=cached, positions="last", device=None,
+                                    dtype=torch.float32,
+                                    fwd_hooks=[([f"blocks.{l}.attn.hook_v" for l in range(n_layers)], keep_v)])
     last = batch.last_positions()
-    rows = torch.arange(len(batch))
-    final_logits = logits[rows, last.to(logits.device)].detach().float()
+    final = cache["resid_post", n_layers - 1][:, 0]
+    final_logits = logit_lens(model, final).float()  # the model's logits at T (final norm, head, soft cap)
 
     def at_t(name: str) -> Tensor:
         return torch.stack([cache[name.format(l=l)][:, 0] for l in range(n_layers)])
@@ -253,7 +259,7 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
         resid_pre=at_t("blocks.{l}.hook_resid_pre"),
         attn_out=at_t("blocks.{l}.hook_attn_out"),
         mlp_out=at_t("blocks.{l}.hook_mlp_out"),
-        final=cache["resid_post", n_layers - 1][:, 0],
+        final=final,
     )
 
 

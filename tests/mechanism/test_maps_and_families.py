@@ -17,6 +17,7 @@ from hooked_mllm.mechanism import (LocationMap, attention_map, explain_positions
                                    logit_lens_map)
 
 from architectures.families import FAMILIES
+from architectures.test_conformance import _MODELS as CONFORMANCE_MODELS
 
 
 def test_location_map_helpers():
@@ -47,11 +48,13 @@ _MODELS: dict = {}
 
 
 def built(name: str):
-    """(family, model, batch) of one conformance family, built once."""
+    """(family, model, batch) of one conformance family, built once (shared with the conformance suite)."""
     if name not in _MODELS:
         family = next(f for f in FAMILIES if f.adapter == name)
-        hf_model, processor = family.build()
-        model = HookedMLLM.from_hf(hf_model, processor)
+        if name not in CONFORMANCE_MODELS:
+            hf_model, processor = family.build()
+            CONFORMANCE_MODELS[name] = HookedMLLM.from_hf(hf_model, processor)
+        model = CONFORMANCE_MODELS[name]
         _MODELS[name] = (family, model, model.prepare(images=family.images, prompts=family.prompts))
     return _MODELS[name]
 
