@@ -96,7 +96,8 @@ def main() -> None:
                 model(rows)
 
         med["occlusion_map"] = once(chunk_forward) * cells / chunk + med["plain forward"]
-        note = f" (estimated: one measured forward of {chunk} occluded rows x {cells // chunk} + the clean forward)"
+        note = (f" (estimated: one measured forward of {chunk} occluded rows x {cells // chunk}"
+                " + the clean forward)")
     for key, value in med.items():
         print(f"{key:28s} {value * 1e3:10.1f} ms{note if key == 'occlusion_map' else ''}")
     loc = med["image_locations (top head)"]

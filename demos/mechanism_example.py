@@ -33,12 +33,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--scene", type=int, default=None, help="scene index (default: the first with 3 objects)")
+    parser.add_argument("--scene", type=int, default=None,
+                        help="scene index (default: the first with 3 objects)")
     args = parser.parse_args(argv)
 
     model = toy.load("toy-llava")
     world = toy.World(seed=args.seed)
-    index = args.scene if args.scene is not None else next(i for i in range(1000) if len(world.scene(i).objects) == 3)
+    index = args.scene
+    if index is None:
+        index = next(i for i in range(1000) if len(world.scene(i).objects) == 3)
     scene = world.scene(index)
     qa = next(q for q in scene.questions if q.qtype == "color")
     target_object = asked_object(scene, qa)

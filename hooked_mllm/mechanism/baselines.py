@@ -51,7 +51,9 @@ def _maps(batch: Any, row: int | None, image: int, method: str, label: str, toke
 
 def _tokens(model: HookedMLLM, ids: Tensor) -> list[str]:
     tokenizer = getattr(model.processor, "tokenizer", None)
-    return tokenizer.convert_ids_to_tokens(ids.tolist()) if tokenizer is not None else [str(i) for i in ids.tolist()]
+    if tokenizer is None:
+        return [str(i) for i in ids.tolist()]
+    return tokenizer.convert_ids_to_tokens(ids.tolist())
 
 
 def attention_map(model: HookedMLLM, inputs: Any, *, layers: Any = None, row: int | None = 0, image: int = 0,
@@ -131,9 +133,9 @@ def occlusion_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image:
     pixels = batch.inputs.get("pixel_values")
     if pixels is None or pixels.dim() != 4:
         shape = None if pixels is None else tuple(pixels.shape)
-        raise ValueError(f"occlusion_map needs pixel_values shaped [image, channel, height, width] with the grid "
-                         f"spanning each image; the {model.adapter.name!r} inputs have {shape}. Use image_locations, "
-                         "attention_map, relevancy_map or gradient_map instead.")
+        raise ValueError(f"occlusion_map needs pixel_values shaped [image, channel, height, width] with the "
+                         f"grid spanning each image; the {model.adapter.name!r} inputs have {shape}. Use "
+                         "image_locations, attention_map, relevancy_map or gradient_map instead.")
     with torch.no_grad():
         logits = model(batch)
     last = batch.last_positions().to(logits.device)

@@ -178,7 +178,8 @@ class MechanismRun:
             bias = self._o_bias(layer)
             if bias is not None:
                 o_full = o_full + bias
-            eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None) or self.model.cfg.norm_eps
+            eps = (getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None)
+                   or self.model.cfg.norm_eps)
             if block.norm == "layer":
                 x = x - x.mean(-1, keepdim=True)
                 scale = (o_full.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
@@ -205,8 +206,8 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
             id, a one-token string, or one of those per row.
 
     Example:
-        >>> run = capture(model, model.prepare(images=[img], prompts=["what color is the circle ?"]))  # doctest: +SKIP
-        >>> run.target_tokens()                                                                        # doctest: +SKIP
+        >>> batch = model.prepare(images=[img], prompts=["what color is the circle ?"])  # doctest: +SKIP
+        >>> capture(model, batch).target_tokens()                                        # doctest: +SKIP
         ['red']
     """
     if isinstance(inputs, MechanismRun):
@@ -263,7 +264,8 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
     )
 
 
-def resolve_target(model: HookedMLLM, target: Any, logits: Float[Tensor, "batch d_vocab"]) -> Int[Tensor, " batch"]:
+def resolve_target(model: HookedMLLM, target: Any,
+                   logits: Float[Tensor, "batch d_vocab"]) -> Int[Tensor, " batch"]:
     """Per-row target ids: the argmax of ``logits`` for None, else the given id(s) or one-token string(s)."""
     n = logits.shape[0]
     if target is None:

@@ -126,7 +126,8 @@ def explain_positions(model: HookedMLLM, inputs: Any, positions: Sequence[Any], 
     for i, pos in enumerate(seq):
         cell = divmod(cells.index(pos), cols) if pos in cells else None
         parts = {name: top_tokens(model, logits[i].cpu(), k=k) for name, logits in readouts.items()}
-        entries.append(ExplainedPosition(pos, cell, tokens[pos] if tokens else str(pos), parts))  # type: ignore[arg-type]
+        token = tokens[pos] if tokens else str(pos)
+        entries.append(ExplainedPosition(pos, cell, token, parts))  # type: ignore[arg-type]
     return PositionExplanation(layer, int(head), run.target_tokens()[0], tuple(entries))
 
 
@@ -153,7 +154,8 @@ class LensMap:
         if token not in self.token_probs:
             raise ValueError(f"{token!r} was not requested; logit_lens_map(..., tokens=[{token!r}]) keeps it. "
                              f"Kept: {sorted(self.token_probs)}.")
-        return LocationMap(self.token_probs[token][layer], "logit_lens", f"p({token}) at layer {self.layers[layer]}",
+        label = f"p({token}) at layer {self.layers[layer]}"
+        return LocationMap(self.token_probs[token][layer], "logit_lens", label,
                            positions=self.positions, target=token)
 
     def table(self, layer: int = -1) -> str:

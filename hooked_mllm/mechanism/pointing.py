@@ -18,7 +18,8 @@ Example:
     >>> from hooked_mllm import toy
     >>> from hooked_mllm.mechanism import pointing_game
     >>> scenes = toy.World(seed=7).sample(60)
-    >>> result = pointing_game(toy.load("toy-llava"), scenes, methods=["attention", "heads_all"])  # doctest: +SKIP
+    >>> model = toy.load("toy-llava")                                                  # doctest: +SKIP
+    >>> result = pointing_game(model, scenes, methods=["attention", "heads_all"])     # doctest: +SKIP
     >>> print(result.table())                                                                    # doctest: +SKIP
 """
 
@@ -49,16 +50,33 @@ def _late(model: HookedMLLM) -> slice:
     return slice(model.cfg.n_layers // 2, None)
 
 
+def _heads(heads: object, late: bool = False) -> MapMethod:
+    def method(model: HookedMLLM, run: MechanismRun) -> list[LocationMap]:
+        layers = _late(model) if late else None
+        return image_locations(model, run, heads=heads, layers=layers, row=None)  # type: ignore[return-value]
+
+    return method
+
+
+def _baseline(fn: Callable[..., object], same_forward: bool = False) -> MapMethod:
+    def method(model: HookedMLLM, run: MechanismRun) -> list[LocationMap]:
+        if same_forward:
+            return fn(model, run, row=None)  # type: ignore[return-value]
+        return fn(model, run.batch, target=run.target.tolist(), row=None)  # type: ignore[return-value]
+
+    return method
+
+
 METHODS: dict[str, MapMethod] = {
-    "heads_top": lambda m, run: image_locations(m, run, heads="top", row=None),  # type: ignore[dict-item]
-    "heads_top_late": lambda m, run: image_locations(m, run, heads="top", layers=_late(m), row=None),  # type: ignore[dict-item]
-    "heads_top3": lambda m, run: image_locations(m, run, heads=3, row=None),  # type: ignore[dict-item]
-    "heads_all": lambda m, run: image_locations(m, run, heads="all", row=None),  # type: ignore[dict-item]
-    "attention": lambda m, run: attention_map(m, run, row=None),  # type: ignore[dict-item]
-    "relevancy": lambda m, run: relevancy_map(m, run.batch, target=run.target.tolist(), row=None),  # type: ignore[dict-item]
-    "input_x_gradient": lambda m, run: gradient_map(m, run.batch, target=run.target.tolist(), row=None),  # type: ignore[dict-item]
-    "occlusion": lambda m, run: occlusion_map(m, run.batch, target=run.target.tolist(), row=None),  # type: ignore[dict-item]
-    "logit_lens": lambda m, run: lens_location_map(m, run.batch, target=run.target.tolist(), row=None),  # type: ignore[dict-item]
+    "heads_top": _heads("top"),
+    "heads_top_late": _heads("top", late=True),
+    "heads_top3": _heads(3),
+    "heads_all": _heads("all"),
+    "attention": _baseline(attention_map, same_forward=True),
+    "relevancy": _baseline(relevancy_map),
+    "input_x_gradient": _baseline(gradient_map),
+    "occlusion": _baseline(occlusion_map),
+    "logit_lens": _baseline(lens_location_map),
 }
 """Every pointing-game method: ``name -> fn(model, run) -> one map per row``."""
 
@@ -109,7 +127,8 @@ class PointingResult:
     def table(self) -> str:
         """A markdown table: one row per method and the two chance levels, columns per question type."""
         qtypes = sorted({q for d in self.by_qtype.values() for q in d}, key=OBJECT_QTYPES.index)
-        lines = ["| method | pointing accuracy | " + " | ".join(qtypes) + " |", "|---|---|" + "---|" * len(qtypes)]
+        lines = ["| method | pointing accuracy | " + " | ".join(qtypes) + " |",
+                 "|---|---|" + "---|" * len(qtypes)]
         for name, acc in self.accuracy.items():
             per = " | ".join(f"{self.by_qtype[name].get(q, float('nan')):.2f}" for q in qtypes)
             lines.append(f"| {name}: {DESCRIPTIONS.get(name, name)} | {acc:.2f} | {per} |")
@@ -177,7 +196,8 @@ def pointing_game(model: HookedMLLM, scenes: Sequence[Scene], *, methods: Sequen
             maps = METHODS[name](model, run)
             for m, (_, _, obj) in zip(maps, chunk):
                 if m.values.size != 36:
-                    raise ValueError(f"The pointing game needs the toy's 6 x 6 image grid; {name} gave {m.shape}.")
+                    raise ValueError(f"The pointing game needs the toy's 6 x 6 image grid; {name} gave "
+                                     f"{m.shape}.")
                 hits[name].append(m.peak_index() in obj.patch_indices)
     qtype_of = [qa.qtype for _, qa, _ in items]
     by_qtype = {n: {q: float(np.mean([h for h, t in zip(hits[n], qtype_of) if t == q]))
@@ -205,7 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7, help="world seed (below 10,000: unseen in training)")
     parser.add_argument("--methods", nargs="*", default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is fastest on a busy machine)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         import torch

@@ -164,7 +164,9 @@ def _choose_heads(run: MechanismRun, scores: HeadScores | None, heads: Heads, la
     if isinstance(heads, int) and not isinstance(heads, bool):
         assert scores is not None
         return scores.top(heads, row=row, layers=allowed)
-    if isinstance(heads, (list, tuple)) and heads and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in heads):
+    pairs = isinstance(heads, (list, tuple)) and heads and all(isinstance(p, (list, tuple)) and len(p) == 2
+                                                               for p in heads)
+    if pairs:
         chosen = [(int(l) % run.n_layers, int(h)) for l, h in heads]
         bad = [(l, h) for l, h in chosen if not 0 <= h < run.n_heads]
         if bad:

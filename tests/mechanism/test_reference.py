@@ -69,7 +69,8 @@ class Reference:
             handles.append(attn_out.register_forward_hook(out_hook("attn_out", i, None if self.gemma else 0)))
             mlp_out = layer.post_feedforward_layernorm if self.gemma else layer.mlp
             handles.append(mlp_out.register_forward_hook(out_hook("mlp_out", i)))
-        handles.append(lm.norm.register_forward_pre_hook(lambda m, args: got.__setitem__("final", args[0].detach())))
+        final_hook = lm.norm.register_forward_pre_hook(lambda m, args: got.__setitem__("final", args[0].detach()))
+        handles.append(final_hook)
         try:
             with torch.no_grad():
                 self.logits = hf_model(**inputs).logits
