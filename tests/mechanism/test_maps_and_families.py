@@ -145,3 +145,34 @@ def test_patching_sweep_over_cells_gives_a_location_map():
     assert m.overlay(Image.new("RGB", (32, 32))).size == (32, 32)
     with pytest.raises(ValueError, match="not patched"):
         result.location_map(layer=2)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batched_rows_equal_single_rows(side):
+    family, model, _ = built("llava")
+    batch = model.prepare(images=family.images, prompts=family.prompts, padding_side=side)
+    scores = head_scores(model, batch)
+    maps = image_locations(model, batch, heads="all", row=None)
+    for b in range(len(batch)):
+        single = batch.row(b)
+        assert torch.allclose(head_scores(model, single).values[0], scores.values[b], atol=1e-5)
+        assert np.allclose(image_locations(model, single, heads="all").values, maps[b].values, atol=1e-5)
+
+
+def test_models_without_value_projections_are_refused():
+    from dataclasses import replace
+
+    family, model, batch = built("llava")
+    adapter = replace(model.adapter, block=replace(model.adapter.block, v=None))
+    fused = HookedMLLM(model.hf_model, model.processor, adapter=adapter)
+    with pytest.raises(ValueError, match="hook_v"):
+        head_scores(fused, batch)
+
+
+def test_frozen_logit_lens_map_agrees_at_the_last_layer():
+    family, model, batch = built("llava")
+    last = model.cfg.n_layers - 1
+    own = logit_lens_map(model, batch, layers=[0, last])
+    frozen = logit_lens_map(model, batch, layers=[0, last], frozen=True)
+    assert np.allclose(own.probs[1], frozen.probs[1], atol=1e-5)  # the final residual's own scale
+    assert not np.allclose(own.probs[0], frozen.probs[0], atol=1e-3)  # elsewhere the frozen scale differs
