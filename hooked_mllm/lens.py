@@ -1,9 +1,11 @@
 """The logit lens: read residual-stream vectors through the final norm and unembedding.
 
 :func:`logit_lens` maps any ``[..., d_model]`` residual (text or image tokens, any layer)
-to vocabulary logits with the model's own final norm module and LM head, so the last
-layer's ``hook_resid_post`` gives exactly the model's logits. :func:`top_tokens` names
-the top entries.
+to vocabulary logits with the model's own final norm module, LM head and final logit
+soft cap, so the last layer's ``hook_resid_post`` gives exactly the model's logits; with
+``scale_from=`` the final norm's scale is frozen at another residual's (the readout of
+:mod:`hooked_mllm.mechanism`). :func:`top_tokens` names the top entries;
+:func:`frozen_final_norm` and :func:`softcap_logits` are the two pieces.
 
 Example:
     >>> _, cache = model.run_with_cache(batch, names_filter=lambda n: "resid_post" in n)  # doctest: +SKIP
@@ -22,21 +24,93 @@ if TYPE_CHECKING:
     from .model import HookedMLLM
 
 
-def logit_lens(model: HookedMLLM, resid: Float[Tensor, "... d_model"], apply_norm: bool = True) -> Float[Tensor, "... d_vocab"]:
-    """Vocabulary logits of residual vectors: ``unembed(final_norm(resid))``.
+def logit_lens(model: HookedMLLM, resid: Float[Tensor, "... d_model"], apply_norm: bool = True, *,
+               scale_from: Float[Tensor, "... d_model"] | None = None) -> Float[Tensor, "... d_vocab"]:
+    """Vocabulary logits of residual vectors: ``softcap(unembed(final_norm(resid)))``.
+
+    The model's final logit soft-capping (Gemma 2 / PaliGemma 2: ``cap * tanh(logits / cap)``)
+    is applied as the model applies it, so the last layer's ``hook_resid_post`` gives exactly
+    the model's logits.
 
     Args:
         model: The model whose norm and unembedding are used.
         resid: Residual-stream vectors of any leading shape.
         apply_norm: Apply the final norm first (as the model does); False reads the raw
             residual through the unembedding only.
+        scale_from: The frozen-scale readout: take the final norm's scale from these
+            residuals (broadcast against ``resid``, e.g. the final residual at the position
+            read) instead of from ``resid`` itself, so the readout is linear in ``resid`` up to
+            the soft cap (see :func:`frozen_final_norm`).
+
+    Example:
+        >>> logits = logit_lens(model, cache["resid_post", 1][:, -1])                    # doctest: +SKIP
+        >>> frozen = logit_lens(model, part, scale_from=cache["resid_post", 3][:, -1])   # doctest: +SKIP
     """
     head = model.adapter.module(model.hf_model, model.adapter.unembed)
-    x = resid.to(device=model.device, dtype=head.weight.dtype)
     with torch.no_grad():
-        if apply_norm:
-            x = model.final_norm()(x)
-        return head(x)
+        if scale_from is not None:
+            if not apply_norm:
+                raise ValueError("scale_from= sets the final norm's scale; it needs apply_norm=True.")
+            x = frozen_final_norm(model, resid.to(model.device), scale_from.to(model.device))
+            bias = getattr(head, "bias", None)
+            logits = x @ head.weight.detach().float().T
+            if bias is not None:
+                logits = logits + bias.detach().float()
+        else:
+            x = resid.to(device=model.device, dtype=head.weight.dtype)
+            if apply_norm:
+                x = model.final_norm()(x)
+            logits = head(x)
+        return softcap_logits(model, logits)
+
+
+def final_logit_softcap(model: HookedMLLM) -> float | None:
+    """The model's final logit soft cap (``final_logit_softcapping`` of its text config), or None.
+
+    Example:
+        >>> final_logit_softcap(paligemma2_model)   # doctest: +SKIP
+        30.0
+    """
+    text = model.adapter.text_cfg(model.hf_model.config)
+    cap = getattr(text, "final_logit_softcapping", None)
+    return None if cap is None else float(cap)
+
+
+def softcap_logits(model: HookedMLLM, logits: Float[Tensor, "... d_vocab"]) -> Float[Tensor, "... d_vocab"]:
+    """``cap * tanh(logits / cap)`` with the model's final logit cap; the logits unchanged without one."""
+    cap = final_logit_softcap(model)
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+def frozen_final_norm(model: HookedMLLM, resid: Float[Tensor, "... d_model"],
+                      scale_from: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    """The final norm of ``resid`` with its scale taken from ``scale_from`` (float32).
+
+    RMSNorm: ``resid / sqrt(mean(scale_from**2) + eps) * (weight + offset)``; LayerNorm:
+    ``(resid - mean(resid)) / sqrt(var(scale_from) + eps) * weight + bias``, with the norm
+    module's own ``eps`` and the adapter's weight offset (1 for Gemma). With
+    ``scale_from=resid`` it is the model's final norm. Linear in ``resid`` (up to the bias),
+    so parts of a residual read out this way add up: the readout of the paper's per-head
+    contributions. The same scaling as :meth:`ActivationCache.apply_ln_to_stack`, for any
+    vectors and any reference.
+
+    Args:
+        resid: ``[..., d_model]`` vectors to normalise.
+        scale_from: ``[..., d_model]`` the residuals whose norm scale is used, broadcastable
+            against ``resid`` (e.g. ``[batch, 1, d_model]`` for ``[batch, k, d_model]``).
+    """
+    norm = model.final_norm()
+    eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None) or model.cfg.norm_eps
+    x, ref = resid.float(), scale_from.float().to(resid.device)
+    if model.adapter.block.norm == "layer":
+        x = x - x.mean(-1, keepdim=True)
+        scale = (ref.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
+    else:
+        scale = (ref.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    weight = norm.weight.detach().float().to(x.device) + model.adapter.block.norm_offset
+    out = x / scale * weight
+    bias = getattr(norm, "bias", None)
+    return out if bias is None else out + bias.detach().float().to(x.device)
 
 
 def top_tokens(model: HookedMLLM, logits: Float[Tensor, " d_vocab"], k: int = 5) -> list[tuple[str, float]]:

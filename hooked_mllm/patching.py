@@ -34,6 +34,7 @@ from torch import Tensor
 from ._runner import HookContext
 from .hook_points import act_name
 from .inputs import MultimodalBatch
+from .mechanism.maps import LocationMap
 
 if TYPE_CHECKING:
     from .model import HookedMLLM
@@ -122,6 +123,26 @@ class PatchingResult:
         from .viz.display import patching_html  # matplotlib is optional: imported when shown
 
         return patching_html(self)
+
+    def location_map(self, layer: int | None = None, normalized: bool = True) -> LocationMap:
+        """One layer's sweep over image cells (``over="cell"``) as a :class:`~hooked_mllm.mechanism.LocationMap`.
+
+        ``layer`` is a layer of :attr:`layers` (default: the peak's); with ``normalized`` the
+        values are :meth:`normalized` (1 = fully restored). ``.overlay(image)`` draws it over
+        the image like every location map.
+
+        Example:
+            >>> result.location_map().overlay(scene.image)      # doctest: +SKIP
+        """
+        if self.over != "cell" or self.values.dim() != 3:
+            raise ValueError(f"location_map needs a sweep over image cells (over='cell'), not over={self.over!r}.")
+        layer = self.peak()[0] if layer is None else layer
+        if layer not in self.layers:
+            raise ValueError(f"Layer {layer} was not patched; patched layers: {self.layers}.")
+        table = self.normalized() if normalized else self.values
+        values = table[self.layers.index(layer)].float().numpy()
+        label = f"{self.method} patching of {self.hook.replace('{l}', str(layer))}"
+        return LocationMap(values, f"{self.method}_patching", label, positions=tuple(p for u in self.units for p in u))
 
     def save_plot(self, path: str) -> str:
         """Save :meth:`to_image` as a PNG and return the path."""

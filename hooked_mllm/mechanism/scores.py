@@ -1,0 +1,230 @@
+"""Head scores, layer scores and the important-image-locations map, from one forward and no gradient.
+
+The method of "Understanding Multimodal LLMs: the Mechanistic Interpretability of LLaVA in
+VQA" (Yu & Ananiadou 2024), at each row's last position ``T`` with ``y`` the explained token
+(the prediction by default), every readout ``lp(z) = log p(y | z)`` taken with the final
+norm's scale frozen at the final residual at ``T`` (:meth:`MechanismRun.log_prob`):
+
+* head score ``s[l, h] = lp(x_l + sum_j c[l, h, j]) - lp(x_l)``, ``x_l`` the layer's input;
+* layer scores ``lp(x_l + attn_l) - lp(x_l)`` and ``lp(mid_l + mlp_l) - lp(mid_l)``;
+* location map ``s_j = lp(x_l + c[l, h, j]) - lp(x_l)`` over the image's positions, for the
+  top head (the paper's rule), the top ``k`` heads or any list of heads (their maps summed),
+  optionally restricted to some layers.
+
+Contents: :func:`head_contributions`, :func:`head_scores` (:class:`HeadScores`),
+:func:`layer_scores` (:class:`LayerScores`), :func:`image_locations`. The per-position
+decomposition lives in :mod:`.capture`; explaining single positions in :mod:`.explain`.
+
+Example:
+    >>> from hooked_mllm.mechanism import image_locations
+    >>> m = image_locations(model, batch, heads="top")               # doctest: +SKIP
+    >>> m.peak(), m.label                                            # doctest: +SKIP
+    ((1, 4), 'L2H1')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .capture import MechanismRun, capture
+from .maps import LocationMap, grid_span, to_map
+
+if TYPE_CHECKING:
+    from ..model import HookedMLLM
+
+Heads = Any  # "top" | "all" | int | sequence of (layer, head)
+
+
+@dataclass(frozen=True, eq=False)
+class HeadScores:
+    """``s[l, h]`` per row: how much each head's output at ``T`` raises ``log p(y)``.
+
+    Attributes:
+        values: ``[batch, layer, head]`` scores (nats).
+        target: ``[batch]`` the explained token ids.
+        tokens: The explained tokens as strings.
+    """
+
+    values: Float[Tensor, "batch layer head"]
+    target: Int[Tensor, " batch"]
+    tokens: tuple[str, ...]
+
+    def top(self, k: int = 1, row: int = 0, layers: Sequence[int] | None = None) -> list[tuple[int, int]]:
+        """The ``k`` best ``(layer, head)`` of one row, best first, among ``layers`` (all)."""
+        scores = self.values[row].clone()
+        if layers is not None:
+            allowed = torch.zeros(scores.shape[0], dtype=torch.bool)
+            allowed[_layer_list(layers, scores.shape[0])] = True
+            scores[~allowed] = -torch.inf
+        n = int(torch.isfinite(scores).sum())
+        if not 1 <= k <= n:
+            raise ValueError(f"k must be between 1 and the {n} heads considered, not {k}.")
+        flat = scores.flatten().topk(k).indices.tolist()
+        return [divmod(i, scores.shape[1]) for i in flat]  # type: ignore[misc]
+
+
+@dataclass(frozen=True, eq=False)
+class LayerScores:
+    """Per row and layer, how much the attention and the MLP output at ``T`` raise ``log p(y)``.
+
+    Attributes:
+        attn: ``[batch, layer]`` ``lp(x_l + attn_l) - lp(x_l)``.
+        mlp: ``[batch, layer]`` ``lp(mid_l + mlp_l) - lp(mid_l)``.
+        target: ``[batch]`` the explained token ids.
+    """
+
+    attn: Float[Tensor, "batch layer"]
+    mlp: Float[Tensor, "batch layer"]
+    target: Int[Tensor, " batch"]
+
+
+def _layer_list(layers: Any, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    if isinstance(layers, int):
+        layers = [layers]
+    out = sorted({l if l >= 0 else n_layers + l for l in (range(n_layers)[layers] if isinstance(layers, slice)
+                                                         else layers)})
+    if not out or out[0] < 0 or out[-1] >= n_layers:
+        raise ValueError(f"layers must name layers in 0..{n_layers - 1}, got {layers!r}.")
+    return out
+
+
+def head_contributions(model: HookedMLLM, inputs: Any, *, layers: Any = None, positions: Any = None,
+                       target: Any = None) -> Float[Tensor, "layer head batch pos d_model"]:
+    """The per-head per-source-position contributions to the residual at each row's last position.
+
+    ``c[l, h, b, j] = attn[l, h, T, j] * v[l, j, kv(h)] @ W_O[l, h]`` (mapped through a
+    post-attention norm with its scale frozen, where the block has one). Summed over ``j``
+    it is head ``h``'s output at ``T``; summed over heads too (plus ``o_proj``'s bias) it is
+    ``blocks.{l}.hook_attn_out`` at ``T``.
+
+    Args:
+        inputs: A :class:`~hooked_mllm.MultimodalBatch` or a :class:`MechanismRun`.
+        layers: Layers to return (an int, a list, a slice; all by default).
+        positions: Source positions (indices into the sequence; all by default).
+        target: Unused for the contributions; fixes the run's target (see :func:`capture`).
+
+    Returns:
+        ``[layer, head, batch, pos, d_model]`` float32 (mind the size on large models:
+        pick layers and positions).
+
+    Example:
+        >>> c = head_contributions(model, batch, layers=[2], positions=list(range(5, 41)))  # doctest: +SKIP
+    """
+    run = capture(model, inputs, target)
+    chosen = _layer_list(layers, run.n_layers)
+    return torch.stack([run.contributions(l, positions=positions).transpose(0, 1) for l in chosen])
+
+
+def head_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> HeadScores:
+    """``s[l, h] = lp(x_l(T) + head_out[l, h]) - lp(x_l(T))`` for every head and row.
+
+    Example:
+        >>> scores = head_scores(model, batch)      # doctest: +SKIP
+        >>> scores.top(3)                            # doctest: +SKIP
+        [(2, 1), (3, 0), (1, 3)]
+    """
+    run = capture(model, inputs, target)
+    outs = torch.stack([run.head_outputs(l) for l in range(run.n_layers)])  # [layer, batch, head, d]
+    rows = []
+    for b in range(len(run.batch)):
+        base = run.resid_pre[:, b]  # [layer, d]
+        rows.append(run.log_prob(base[:, None] + outs[:, b], b) - run.log_prob(base, b)[:, None])
+    return HeadScores(torch.stack(rows).cpu(), run.target, tuple(run.target_tokens()))
+
+
+def layer_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> LayerScores:
+    """Each layer's attention and MLP score at ``T`` (see :class:`LayerScores`).
+
+    Example:
+        >>> ls = layer_scores(model, batch); ls.attn[0]      # doctest: +SKIP
+    """
+    run = capture(model, inputs, target)
+    attn, mlp = [], []
+    for b in range(len(run.batch)):
+        pre, a, m = run.resid_pre[:, b], run.attn_out[:, b], run.mlp_out[:, b]
+        attn.append(run.log_prob(pre + a, b) - run.log_prob(pre, b))
+        mlp.append(run.log_prob(pre + a + m, b) - run.log_prob(pre + a, b))
+    return LayerScores(torch.stack(attn).cpu(), torch.stack(mlp).cpu(), run.target)
+
+
+def _choose_heads(run: MechanismRun, scores: HeadScores | None, heads: Heads, layers: Any,
+                  row: int) -> list[tuple[int, int]]:
+    allowed = _layer_list(layers, run.n_layers)
+    if isinstance(heads, str) and heads == "all":
+        return [(l, h) for l in allowed for h in range(run.n_heads)]
+    if isinstance(heads, str) and heads == "top":
+        heads = 1
+    if isinstance(heads, int) and not isinstance(heads, bool):
+        assert scores is not None
+        return scores.top(heads, row=row, layers=allowed)
+    pairs = isinstance(heads, (list, tuple)) and heads and all(isinstance(p, (list, tuple)) and len(p) == 2
+                                                               for p in heads)
+    if pairs:
+        chosen = [(int(l) % run.n_layers, int(h)) for l, h in heads]
+        bad = [(l, h) for l, h in chosen if not 0 <= h < run.n_heads]
+        if bad:
+            raise ValueError(f"Head index out of range in {bad}; the model has {run.n_heads} heads per layer.")
+        return chosen
+    raise ValueError(f"heads must be 'top', 'all', a number k of top heads, or a list of (layer, head) pairs; "
+                     f"got {heads!r}.")
+
+
+def head_location_scores(run: MechanismRun, row: int, heads: Sequence[tuple[int, int]],
+                         positions: Sequence[int]) -> Float[Tensor, " pos"]:
+    """``sum over heads of lp(x_l + c[l, h, j]) - lp(x_l)`` at the given source positions of one row."""
+    total = torch.zeros(len(positions), device=run.v.device)
+    by_layer: dict[int, list[int]] = {}
+    for l, h in heads:
+        by_layer.setdefault(l, []).append(h)
+    for l, hs in by_layer.items():
+        c = run.contributions(l, heads=hs, positions=list(positions), rows=[row])[0]  # [head, pos, d]
+        base = run.resid_pre[l, row]
+        total = total + (run.log_prob(base + c, row) - run.log_prob(base, row)).sum(0)
+    return total
+
+
+def image_locations(model: HookedMLLM, inputs: Any, *, heads: Heads = "top", layers: Any = None,
+                    row: int | None = 0, image: int = 0, target: Any = None) -> LocationMap | list[LocationMap]:
+    """Which image locations the chosen heads carry to the answer: the paper's map, one forward.
+
+    ``s_j = lp(x_l(T) + c[l, h, j]) - lp(x_l(T))`` over the positions of one image, laid out
+    on its patch grid (raw scores: :meth:`LocationMap.normalized` min-max normalises).
+
+    Args:
+        inputs: A :class:`~hooked_mllm.MultimodalBatch` or a :class:`MechanismRun`.
+        heads: ``"top"`` (the single best head by :func:`head_scores`, the paper's rule), an
+            int ``k`` (the top ``k`` heads), ``"all"`` (every head of ``layers``), or a list of
+            ``(layer, head)``; several heads' maps are summed.
+        layers: Restrict the heads to these layers (an int, list or slice; all by default).
+            On small models the top head is often in layer 0, whose query has not read the
+            question yet; later layers, or summing heads, point better (docs/mechanism.md).
+        row: The batch row (None: a list with one map per row).
+        image: The image within the row.
+        target: The explained token (default: the prediction; see :func:`capture`).
+
+    Example:
+        >>> m = image_locations(model, batch, heads=3, layers=slice(2, None))   # doctest: +SKIP
+        >>> m.overlay(image)                                                     # doctest: +SKIP
+    """
+    run = capture(model, inputs, target)
+    needs_scores = not (isinstance(heads, str) and heads == "all") and not isinstance(heads, (list, tuple))
+    scores = head_scores(model, run) if needs_scores else None
+    rows = range(len(run.batch)) if row is None else [row]
+    tokens = run.target_tokens()
+    maps = []
+    for b in rows:
+        span = grid_span(run.batch, b, image)
+        chosen = _choose_heads(run, scores, heads, layers, b)
+        values = head_location_scores(run, b, chosen, list(span.token_positions))
+        label = ("all heads" if heads == "all" else ", ".join(f"L{l}H{h}" for l, h in chosen))
+        if layers is not None:
+            label += f" (layers {_layer_list(layers, run.n_layers)})"
+        maps.append(to_map(values.cpu().numpy(), span, image, "heads", label, tokens[b], heads=chosen))
+    return maps if row is None else maps[0]
