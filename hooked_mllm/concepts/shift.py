@@ -294,6 +294,11 @@ class ShiftResult:
             "baselines": self.baselines,
         }
 
+    def _repr_html_(self) -> str:
+        from ..viz.display import shift_html
+
+        return shift_html(self)
+
 
 def align_ids(ids_a: Sequence[str], ids_b: Sequence[str]) -> tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"]]:
     """Row indices ``(ia, ib)`` of the ids present in both lists, in the order of ``ids_a``; O(n).
@@ -352,11 +357,6 @@ def shift_baselines(
                               "mean_cosine_gain": glob.mean_cosine_gain},
         "random_assignment": {"mean_distance_gain": float(np.mean(dist)), "mean_cosine_gain": float(np.mean(cos))},
     }
-
-    def _repr_html_(self) -> str:
-        from ..viz.display import shift_html
-
-        return shift_html(self)
 
 
 def _fitted_on(decomposer: Any, X: np.ndarray) -> Any:
