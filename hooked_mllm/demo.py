@@ -4,7 +4,8 @@ On ``toy-llava`` (:mod:`hooked_mllm.toy`) and scenes of a world it never saw (wo
 10000; training uses 10000 and 10001), the report tells the model's story section by section,
 each opened by one sentence that says what it shows: the answers; the logit-lens grid (text
 positions and the asked object's image tokens, then every image cell); where the model looks
-(attention from the last position over the image, beside the object's true place); a
+(the mechanism paper's head-contribution map and its baselines over the image, beside the object's true
+place); a
 circuitsvis attention view; the activation-patching sweep over the image's cells; a concept
 dictionary of image-token residuals with its top words and top image patches; the shift from
 ``toy-llava`` to its fine-tuned twin ``toy-llava-ft`` on caption prompts; and the dose
@@ -29,6 +30,7 @@ import torch
 from jaxtyping import Float
 from PIL import Image
 
+from .mechanism import attention_map, capture, image_locations, occlusion_map, relevancy_map
 from .model import HookedMLLM
 from .viz import display
 from .viz.attention import attention_heads
@@ -94,14 +96,6 @@ def _first_words(model: HookedMLLM, images: list[Image.Image], prompts: list[str
     return model.processor.tokenizer.convert_ids_to_tokens(last.argmax(-1).tolist())
 
 
-def _attention_from_last(cache: Any, batch: Any, layer: int) -> Float[np.ndarray, "rows cols"]:
-    """Mean attention (over heads) from the last position to each cell of image 0 of row 0."""
-    span = batch.images_of(0)[0]
-    last = int(batch.last_positions()[0])
-    pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0, :, last, list(span.token_positions)]
-    return pattern.float().mean(0).reshape(span.grid).cpu().numpy()
-
-
 def _scenes(seed: int, n: int) -> list[Any]:
     from .toy.world import World
 
@@ -142,20 +136,30 @@ def _toy_demo(model: HookedMLLM, name: str, seed: int, n_scenes: int, report: Re
     report.text("The same lens over every image cell, one panel per layer (the image on the left for reference):")
     report.figure(image_grid.figure(scene.image))
 
-    maps = {"object (truth)": _object_map(target.mask, PATCH_GRID)}
-    for layer in range(model.cfg.n_layers):
-        maps[f"layer {layer}"] = _attention_from_last(cache, batch, layer)
-    maps["mean of layers"] = np.mean([maps[f"layer {layer}"] for layer in range(model.cfg.n_layers)], axis=0)
-    logger.info("lens: %.1f s", time.perf_counter() - start)
+    run = capture(model, batch)  # one forward: patterns at the last position, values, residuals
+    maps: dict[str, Any] = {"object (truth)": _object_map(target.mask, PATCH_GRID)}
+    maps["top head (paper's rule)"] = image_locations(model, run, heads="top")
+    maps["all heads summed"] = image_locations(model, run, heads="all")
+    maps["mean attention"] = attention_map(model, run)
+    maps["relevancy"] = relevancy_map(model, batch)
+    maps["occlusion"] = occlusion_map(model, batch)
+    logger.info("lens and maps: %.1f s", time.perf_counter() - start)
     report.section(
         "3. Where the model looks",
-        "Mean attention (over heads) from the last position to each image cell, layer by layer, beside the "
-        f"pixels of the asked {target.name} (the baseline a good map should match).")
-    report.figure(heatmaps(maps, scene.image, ncols=len(maps), shared_scale=False,
-                           suptitle=f"'{qa.question}': attention from the last token"))
+        "Which image locations carry the answer, beside the pixels of the asked "
+        f"{target.name}: the head contributions' map of the mechanism paper (its single top head, and all heads "
+        "summed; one forward, no gradient) and its baselines (mean attention from the last token, attention x "
+        "gradient relevancy, occlusion of each cell).")
+    report.figure(heatmaps({name: (m.normalized() if hasattr(m, "normalized") else m) for name, m in maps.items()},
+                           scene.image, ncols=len(maps), shared_scale=True,
+                           suptitle=f"'{qa.question}' -> '{qa.answer}' (each map min-max normalised)"))
+    hits = [name for name, m in maps.items() if hasattr(m, "peak_index") and m.peak_index() in target.patch_indices]
+    report.text(f"Maps whose peak falls on the {target.name}: {', '.join(hits) if hits else 'none'} "
+                "(the pointing game in docs/mechanism.md scores every method over hundreds of questions).")
     layers = range(model.cfg.n_layers)
-    best = max(layers, key=lambda layer: float(maps[f"layer {layer}"].reshape(-1)[list(target.patch_indices)].sum()))
-    share = float(maps[f"layer {best}"].reshape(-1)[list(target.patch_indices)].sum() / maps[f"layer {best}"].sum())
+    per_layer = {layer: attention_map(model, run, layers=[layer]).values.reshape(-1) for layer in layers}
+    best = max(layers, key=lambda layer: float(per_layer[layer][list(target.patch_indices)].sum()))
+    share = float(per_layer[best][list(target.patch_indices)].sum() / per_layer[best].sum())
     report.text(f"Layer {best} puts {share:.0%} of its image attention on the object's {len(target.patch_indices)} "
                 f"of {PATCH_GRID * PATCH_GRID} patches.")
 
