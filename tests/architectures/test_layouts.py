@@ -53,11 +53,14 @@ def test_grid_selectors_and_cache_use_the_image_positions(pixtral_tower):
     assert shifted.positions == tuple(p - offset for p in span.positions) and shifted.grid == span.grid
 
 
-def test_mismatched_rows_are_a_clear_error(pixtral_tower):
+def test_mismatched_rows_degrade_to_unknown_grids_with_a_warning(pixtral_tower):
     model, batch = pixtral_tower
     inputs = dict(batch.inputs, image_sizes=batch.inputs["image_sizes"].flip(-1))  # transposed sizes
-    with pytest.raises(ValueError, match="do not match the images"):
-        model.to_batch(inputs)
+    with pytest.warns(UserWarning, match="Image geometry unknown.*rows x cols"):
+        degraded = model.to_batch(inputs)
+    assert torch.equal(degraded.image_mask, batch.image_mask)
+    assert all(span.grid is None for span in degraded.images)
+    assert [s.positions for s in degraded.images] == [s.positions for s in batch.images]
 
 
 def test_span_positions_example():
