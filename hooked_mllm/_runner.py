@@ -81,10 +81,19 @@ class HookFn:
     fn: HookFunction
 
 
+def _index(site: Site, raw: Any) -> int | None:
+    """The tuple element a site reads: its own index, or 0 for a tuple output of a module that
+    HF code returns as a tensor (older remote code returns ``(hidden, cache)`` from its blocks)."""
+    if site.index is None and site.io == "output" and isinstance(raw, tuple) and not isinstance(raw, ModelOutput):
+        return 0
+    return site.index
+
+
 def _read(envoy: Any, site: Site) -> tuple[Any, Any]:
     raw = envoy.input if site.io == "input" else envoy.output
-    if site.index is not None:
-        value = raw[site.index]
+    index = _index(site, raw)
+    if index is not None:
+        value = raw[index]
     elif isinstance(raw, ModelOutput):  # a PreTrainedModel used as a part (Molmo2's adapter): its first field
         value = raw[0]
     else:
@@ -93,17 +102,18 @@ def _read(envoy: Any, site: Site) -> tuple[Any, Any]:
 
 
 def _write(envoy: Any, site: Site, raw: Any, value: Any) -> None:
+    index = _index(site, raw)
     if site.io == "input":
         envoy.input = value
-    elif site.index is None and isinstance(raw, ModelOutput):
+    elif index is None and isinstance(raw, ModelOutput):
         fields = dict(raw)
         fields[next(iter(fields))] = value
         envoy.output = type(raw)(**fields)
-    elif site.index is None:
+    elif index is None:
         envoy.output = value
     else:
         items = list(raw)
-        items[site.index] = value
+        items[index] = value
         envoy.output = type(raw)(items) if isinstance(raw, tuple) else items
 
 

@@ -106,7 +106,7 @@ class HookedMLLM:
             vision_layers=self.cfg.vision_n_layers,
             vision_heads=self.cfg.vision_n_heads,
             cross_layers=self.adapter.cross_layers(hf_model.config, self.cfg.n_layers),
-            vision_layers_read=self.adapter.vision_layers_read(hf_model.config, self.cfg.vision_n_layers),
+            vision_layers_read=self.adapter.vision_layers_read(hf_model.config, self.cfg.vision_n_layers, hf_model),
         )
         self._context: list[_runner.HookFn] = []
         self._state = _RunState()
@@ -130,12 +130,14 @@ class HookedMLLM:
 
         ``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``proxies``,
         ``force_download`` and ``code_revision`` among ``hf_kwargs`` go to the processor too,
-        so a pinned revision pins the processor (and its remote code) with the weights.
+        so a pinned revision pins the processor (and its remote code) with the weights. A
+        checkpoint whose remote code registers only ``AutoModelForCausalLM`` (Molmo) loads
+        through that class.
 
         Example:
             >>> model = HookedMLLM.from_pretrained(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
         """
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
         kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
         if dtype is not None:
@@ -144,7 +146,12 @@ class HookedMLLM:
             kwargs["device_map"] = device_map
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        hf_model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+        try:
+            hf_model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+        except ValueError as error:  # remote code registered only as a causal LM (Molmo's MolmoForCausalLM)
+            if "Unrecognized configuration class" not in str(error):
+                raise
+            hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         if device is not None and device_map is None:
             hf_model = hf_model.to(device)
         try:
@@ -365,10 +372,22 @@ class HookedMLLM:
         index = None
         if positions is not None:
             index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
-        hooks = self._bind(fwd_hooks)
-        for point in self.hook_points.select(names_filter):
-            hooks.append(_runner.HookFn(point, _cache_fn(store, index, device, dtype, grad)))
-        output = self._run(batch, hooks, grad=grad, what="run_with_cache", **options)
+        chosen = self.hook_points.select(names_filter)
+        versions: dict[str, int] = {}
+        clone: set[str] = set()
+        for attempt in range(2):
+            hooks = self._bind(fwd_hooks)
+            for point in chosen:
+                hooks.append(_runner.HookFn(point, _cache_fn(store, index, device, dtype, grad, versions, clone)))
+            output = self._run(batch, hooks, grad=grad, what="run_with_cache", **options)
+            # A model that edits a value in place after the hook read it (Molmo adds the image features
+            # into its embedding output) leaves a stale cache entry: run again, copying those entries.
+            stale = {name for name, version in versions.items() if store[name]._version != version}
+            if not stale or attempt:
+                break
+            clone |= stale
+            store.clear()
+            versions.clear()
         cache = ActivationCache(store, self, batch=batch, positions=None if index is None else index.cpu())
         return output.logits, cache
 
@@ -455,11 +474,18 @@ class HookedMLLM:
                 f"vision {c.vision_n_layers} layers, {len(self.hook_points)} hook points)")
 
 
-def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool) -> Callable:
+def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool,
+              versions: dict[str, int], clone: set[str]) -> Callable:
+    """A hook storing each value in ``store`` (and, for values that share the activation's memory,
+    their version in ``versions``, so that an in-place edit by the model after the hook is seen);
+    names in ``clone`` are copied."""
+
     def cache_hook(act: Tensor, hook: _runner.HookContext) -> None:
         if hook.step != 0:
             return None
         value = act if grad else act.detach()
+        if hook.name in clone:
+            value = value.clone()
         if index is not None and hook.point.sequence:
             if hook.point.needs_eager:  # [batch, heads, query, key]: select queries
                 gather = index[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
@@ -471,6 +497,8 @@ def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype
         if device is not None or dtype is not None:
             value = value.to(device=device, dtype=dtype)
         store[hook.name] = value
+        if value.untyped_storage().data_ptr() == act.untyped_storage().data_ptr():
+            versions[hook.name] = value._version
         return None
 
     return cache_hook

@@ -163,7 +163,12 @@ class Adapter:
             ``hidden_states``, ``-2`` for LLaVA-1.5, or a list of them). Vision layers after the last
             one read never reach the output, so their hook points are read-only (a write there would
             be a silent no-op). None: the projector reads the tower's last output.
-        verified: False for adapters written from a published layout but never run.
+        vision_layers_read_rule: For models whose config does not say which vision layers the
+            projector reads (remote code that fixes them in the model): ``(hf_model, n_vision_layers)
+            -> how many vision layers, from the first, reach the projector``.
+        verified: False for adapters written from a published layout but never run in the suite.
+        checked_by: A script that checks an unverified adapter outside the suite (remote code the
+            suite cannot hold), shown in the supported-models table.
         test_model: Which tiny model the conformance suite builds (for the table).
         notes: Free text shown in the supported-models table.
     """
@@ -195,7 +200,9 @@ class Adapter:
     cross_layers_attr: str | None = None
     cross_gates: tuple[str, str] | None = None
     vision_feature_layer_attr: str | None = "vision_feature_layer"
+    vision_layers_read_rule: Callable[[Any, int], int] | None = None
     verified: bool = True
+    checked_by: str = ""
     test_model: str = ""
     notes: str = ""
 
@@ -264,13 +271,17 @@ class Adapter:
         listed = (int(i) for i in getattr(self.text_cfg(config), self.cross_layers_attr, None) or ())
         return frozenset(i for i in listed if n_layers is None or 0 <= i < n_layers)
 
-    def vision_layers_read(self, config: Any, n_vision_layers: int) -> int:
+    def vision_layers_read(self, config: Any, n_vision_layers: int, model: Any = None) -> int:
         """How many vision layers (from the first) reach the projector: layers at or after it do not.
+
+        ``model`` (the HF model) is needed by adapters with a ``vision_layers_read_rule``.
 
         Example:
             >>> LLAVA.vision_layers_read(hf_model.config, 24)   # vision_feature_layer=-2   # doctest: +SKIP
             23
         """
+        if self.vision_layers_read_rule is not None and model is not None:
+            return self.vision_layers_read_rule(model, n_vision_layers)
         value = getattr(config, self.vision_feature_layer_attr, None) if self.vision_feature_layer_attr else None
         if value is None:
             return n_vision_layers

@@ -65,7 +65,8 @@ def _row(adapter: Adapter) -> str:
         vision,
         f"`{adapter.projector}`" if adapter.projector else "-",
         _grid(adapter),
-        "yes" if adapter.verified else "**no** (published layout only)",
+        "yes" if adapter.verified else f"by script: `{adapter.checked_by}`" if adapter.checked_by
+        else "**no** (published layout only)",
         adapter.test_model or "-",
         adapter.notes or "",
     ]

@@ -281,3 +281,70 @@ def test_from_pretrained_pins_the_processor_with_the_weights(tmp_path, monkeypat
     assert {k: seen.get(k) for k in ("revision", "cache_dir", "local_files_only", "token")} == {
         "revision": "main", "cache_dir": str(tmp_path / "cache"), "local_files_only": True, "token": False}
     assert model.processor is not None
+
+
+def test_cache_is_not_changed_by_a_later_in_place_edit_of_the_model(llava, llava_batch):
+    """A value edited in place after the hook read it (Molmo adds image features into its embedding
+    output) is cached as it was when the hook point fired."""
+    layer = llava.hf_model.model.language_model.layers[0]
+    with torch.no_grad():
+        ref = llava.hf_model(**llava_batch.inputs, output_hidden_states=True).hidden_states[0]
+    handle = layer.register_forward_hook(lambda module, args, out: args[0].add_(1.0))
+    try:
+        _, cache = llava.run_with_cache(llava_batch, names_filter="blocks.0.hook_resid_pre")
+    finally:
+        handle.remove()
+    torch.testing.assert_close(cache["resid_pre", 0], ref)
+
+
+def test_a_block_returning_a_tuple_is_read_and_written_at_its_first_element():
+    """Older remote code (Molmo) returns ``(hidden, cache)`` from its blocks, where HF returns a tensor."""
+    from nnsight import NNsight
+
+    from hooked_mllm import _runner
+    from hooked_mllm.hook_points import HookPoint, Site
+
+    class Block(torch.nn.Module):
+        def forward(self, x):
+            return x * 2, None
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+
+        def forward(self, x):
+            return self.block(x)[0] + 1
+
+    nn = NNsight(Net())
+    point = HookPoint("blocks.0.hook_resid_post", Site("block"))
+    seen = []
+
+    def fn(act, hook):
+        seen.append(act.clone())
+        return act * 0
+
+    mediators = _runner.build_mediators(nn, [_runner.HookFn(point, fn)], lambda name: 0)
+    out = _runner.interleave(nn, "__call__", mediators, {"x": torch.ones(2, 3)})
+    torch.testing.assert_close(seen[0], torch.full((2, 3), 2.0))
+    torch.testing.assert_close(out, torch.ones(2, 3))
+
+
+def test_from_pretrained_falls_back_to_the_causal_lm_class_of_remote_code(tmp_path, monkeypatch):
+    import transformers
+
+    t.tiny_llava("llama", n_layers=1).save_pretrained(tmp_path)
+    t.tiny_processor().save_pretrained(tmp_path)
+    loaded = []
+
+    def unrecognised(*args, **kwargs):
+        raise ValueError("Unrecognized configuration class MolmoConfig for this kind of AutoModel")
+
+    def causal(*args, **kwargs):
+        loaded.append(kwargs.get("trust_remote_code"))
+        return t.tiny_llava("llama", n_layers=1)
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", unrecognised)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", causal)
+    model = HookedMLLM.from_pretrained(str(tmp_path), trust_remote_code=True)
+    assert loaded == [True] and model.cfg.n_layers == 1
