@@ -17,6 +17,7 @@ attention where patterns are read).
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -80,10 +81,19 @@ class HookFn:
     fn: HookFunction
 
 
+def _index(site: Site, raw: Any) -> int | None:
+    """The tuple element a site reads: its own index, or 0 for a tuple output of a module that
+    HF code returns as a tensor (older remote code returns ``(hidden, cache)`` from its blocks)."""
+    if site.index is None and site.io == "output" and isinstance(raw, tuple) and not isinstance(raw, ModelOutput):
+        return 0
+    return site.index
+
+
 def _read(envoy: Any, site: Site) -> tuple[Any, Any]:
     raw = envoy.input if site.io == "input" else envoy.output
-    if site.index is not None:
-        value = raw[site.index]
+    index = _index(site, raw)
+    if index is not None:
+        value = raw[index]
     elif isinstance(raw, ModelOutput):  # a PreTrainedModel used as a part (Molmo2's adapter): its first field
         value = raw[0]
     else:
@@ -92,18 +102,47 @@ def _read(envoy: Any, site: Site) -> tuple[Any, Any]:
 
 
 def _write(envoy: Any, site: Site, raw: Any, value: Any) -> None:
+    index = _index(site, raw)
     if site.io == "input":
         envoy.input = value
-    elif site.index is None and isinstance(raw, ModelOutput):
+    elif index is None and isinstance(raw, ModelOutput):
         fields = dict(raw)
         fields[next(iter(fields))] = value
         envoy.output = type(raw)(**fields)
-    elif site.index is None:
+    elif index is None:
         envoy.output = value
     else:
         items = list(raw)
-        items[site.index] = value
+        items[index] = value
         envoy.output = type(raw)(items) if isinstance(raw, tuple) else items
+
+
+def _reason(point: HookPoint) -> str:
+    return f" ({point.read_only})" if point.read_only else ""
+
+
+def check_replacement(name: str, new: Any, act: torch.Tensor, who: str) -> None:
+    """Raise a ``ValueError`` naming the hook point unless ``new`` can replace ``act``.
+
+    ``new`` must be a tensor of exactly ``act``'s shape, on its device, and floating point
+    where ``act`` is (another float precision is cast; an integer or boolean tensor is refused
+    rather than cast silently).
+    """
+    if not isinstance(new, torch.Tensor):
+        raise ValueError(f"{who} on {name} returned {type(new).__name__}; return a tensor of shape "
+                         f"{tuple(act.shape)}, or None to leave the activation unchanged.")
+    if new.shape != act.shape:
+        raise ValueError(
+            f"{who} on {name} returned shape {tuple(new.shape)}, but the activation has shape "
+            f"{tuple(act.shape)}; return a tensor of the same shape, or None to leave it unchanged.")
+    if act.is_floating_point() and not new.is_floating_point():
+        raise ValueError(
+            f"{who} on {name} returned dtype {new.dtype}, but the activation is {act.dtype}; an integer or "
+            f"boolean replacement would be cast silently. Return a floating tensor (e.g. new.to(act.dtype)).")
+    if new.device != act.device:
+        raise ValueError(
+            f"{who} on {name} returned a tensor on {new.device}, but the activation is on {act.device}; "
+            "move it there (e.g. new.to(act.device)).")
 
 
 def scale_of(nn: NNsight, point: HookPoint) -> torch.Tensor | None:
@@ -130,21 +169,22 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
         if point.heads is not None:
             act = act.unflatten(-1, (point.heads, -1))
         hook = HookContext(point.name, point, batch() if callable(batch) else batch, step, ctx)
+        original, version = act, act._version  # in-place edits bump the version counter
         changed = False
         for fn in fns:
             new = fn(act, hook)
             if new is None:
                 continue
             if not point.writable:
-                raise ValueError(f"{point.name} is read-only: its hook function must return None")
-            if not isinstance(new, torch.Tensor) or new.shape != act.shape:
-                shape = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
-                raise ValueError(
-                    f"Hook function {getattr(fn, '__name__', fn)!r} on {point.name} returned shape "
-                    f"{shape}, but the activation has shape {tuple(act.shape)}; return a tensor of "
-                    "the same shape, or None to leave it unchanged."
-                )
+                raise ValueError(f"{point.name} is read-only{_reason(point)}: its hook function must return None")
+            check_replacement(point.name, new, act, f"Hook function {getattr(fn, '__name__', fn)!r}")
             act, changed = new, True
+        if original._version != version and not changed:
+            if not point.writable:
+                raise ValueError(f"{point.name} is read-only{_reason(point)}: a hook function edited it in place, "
+                                 "which would have no effect; read it without changing it.")
+            if base is not None or scale is not None:  # act was computed from the site: write the edit back
+                changed = True
         if changed:
             out = act.flatten(-2) if point.heads is not None else act
             if base is not None:
@@ -210,6 +250,51 @@ def interleave(nn: NNsight, fn: Any, mediators: list[Mediator], kwargs: dict) ->
         # warning by design. It is the expected end of every generation here.
         warnings.filterwarnings("ignore", message=_NEVER_REACHED)
         return nn.interleave(fn, **kwargs)
+
+
+class RunGuard:
+    """One run at a time per model: a re-entrant call or a second thread gets a clear error.
+
+    nnsight installs a run's interventions on the model's shared module tree, so two runs
+    of one model cannot overlap. A run method called from inside one of the model's own
+    hook functions (same thread, run in progress) and a run started by another thread while
+    one is in progress each raise a ``RuntimeError``; nothing waits or interleaves.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, what: str) -> Iterator[None]:
+        if not self._lock.acquire(blocking=False):
+            if self._owner == threading.get_ident():
+                raise RuntimeError(
+                    f"{what} was called while this model is running, from inside one of its own hook functions "
+                    "(or a trace body). Runs of one model cannot nest: compute what the hook needs beforehand "
+                    "(e.g. with run_with_cache) and read it in the hook, or wrap a second model.")
+            raise RuntimeError(
+                f"{what}: another thread is running this model. A HookedMLLM runs one forward at a time (its hooks "
+                "live on the shared module tree); give each thread its own HookedMLLM, or serialise the calls "
+                "with a lock.")
+        self._owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._owner = None
+            self._lock.release()
+
+
+def guarded_tracer(guard: RunGuard, quiet: bool = False) -> type:
+    """nnsight's tracer class (the quiet one if ``quiet``) whose run holds ``guard``."""
+    base = QuietTracer if quiet else InterleavingTracer
+
+    class GuardedTracer(base):  # type: ignore[valid-type, misc]
+        def __exit__(self, *exc: Any) -> bool:
+            with guard("model.trace"):
+                return super().__exit__(*exc)
+
+    return GuardedTracer
 
 
 class QuietTracer(InterleavingTracer):

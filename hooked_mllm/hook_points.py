@@ -57,7 +57,8 @@ class HookPoint:
         scale: A parameter path (layer scale): the value is ``site * scale`` (then plus
             ``base``), and a replacement is written back divided by it.
         heads: Split the last dimension into ``[heads, -1]`` (per-head views).
-        writable: Whether a hook may return a replacement.
+        writable: Whether a hook may return a replacement (or edit the value in place).
+        read_only: Why a point is not writable (shown in the error), where that is not obvious.
         needs_eager: Whether the value exists only under eager attention (patterns).
         layer: The block index, or None.
         stream: ``"lm"``, ``"vision"`` or ``"projector"``.
@@ -74,6 +75,7 @@ class HookPoint:
     stream: Stream = "lm"
     sequence: bool = True
     scale: str | None = None
+    read_only: str | None = None
 
 
 _SHORT = {
@@ -143,7 +145,7 @@ def _block_points(
           needs_eager=True) if block.pattern_index is not None else None,
         p("hook_attn_out", attn_out, scale=attn_scale),
         p("hook_resid_mid", attn_out, base=Site(path, "input"), scale=attn_scale),
-        p("ln2.hook_normalized", Site(sub(block.ln2))),
+        p("ln2.hook_normalized", Site(sub(block.ln2))) if block.ln2 is not None else None,  # None: parallel block
         p("mlp.hook_pre", Site(sub(block.mlp_pre))),
         p("mlp.hook_post", Site(sub(block.mlp_down), "input")),
         p("hook_mlp_out", Site(sub(block.mlp_out or block.mlp)), scale=mlp_scale),
@@ -220,11 +222,15 @@ class HookPoints:
         vision_layers: int = 0,
         vision_heads: int = 0,
         cross_layers: frozenset[int] = frozenset(),
+        vision_layers_read: int | None = None,
     ) -> HookPoints:
         """Generate the table from an adapter and the model's sizes (vision first).
 
         ``cross_layers`` are the LM layers built as the adapter's ``cross_block`` (gated
         cross-attention to the vision states, :func:`_cross_block_points`).
+        ``vision_layers_read``: how many vision layers reach the projector
+        (:meth:`~hooked_mllm.architectures.Adapter.vision_layers_read`); the points of later
+        layers are read-only, since a write there could not change the output.
         """
         points: list[HookPoint] = []
         if adapter.vision_embed is not None:
@@ -234,6 +240,12 @@ class HookPoints:
             for layer in range(vision_layers):
                 block = _block_points(f"vision.blocks.{layer}.", f"{adapter.vision_layers}.{layer}",
                                       adapter.vision_block, layer, vision_heads, vision_heads, "vision")
+                if vision_layers_read is not None and layer >= vision_layers_read:
+                    reason = (f"the projector reads the vision tower's hidden state after layer {vision_layers_read - 1} "
+                              f"(the config's {adapter.vision_feature_layer_attr}), so vision layer {layer} never "
+                              f"reaches the output; write vision.blocks.{vision_layers_read - 1}.hook_resid_post "
+                              "instead")
+                    block = [replace(point, writable=False, read_only=reason) for point in block]
                 points += [_replace_sequence(point) for point in block]
         if adapter.projector is not None:
             points.append(HookPoint("projector.hook_in", Site(adapter.projector, "input"),

@@ -12,6 +12,7 @@ and :mod:`hooked_mllm.cache` (image / text views).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -229,8 +230,12 @@ class MultimodalBatch:
         config: Any = None,
         tokenizer: Any = None,
         prompts: Sequence[str] | None = None,
+        image_token_counts: Sequence[int] | None = None,
     ) -> MultimodalBatch:
         """Wrap HF keyword tensors, deriving masks, image spans and grids from the ids.
+
+        ``image_token_counts`` (each image's number of image tokens, as the processor
+        computes them) lets images whose placeholders touch be told apart.
 
         Example:
             >>> batch = MultimodalBatch.from_hf({"input_ids": ids, "pixel_values": pv},
@@ -242,8 +247,15 @@ class MultimodalBatch:
         ids = tensors["input_ids"]
         if ids.dim() == 1:
             ids = tensors["input_ids"] = ids.unsqueeze(0)
+        if ids.shape[0] == 0:
+            raise ValueError("input_ids hold no rows; give at least one prompt.")
         attention = tensors.get("attention_mask")
         pad = torch.zeros_like(ids, dtype=torch.bool) if attention is None else attention.eq(0)
+        empty = [row for row in range(ids.shape[0]) if bool(pad[row].all())]
+        if ids.shape[1] == 0 or empty:
+            raise ValueError(
+                f"Row(s) {empty or list(range(ids.shape[0]))} of input_ids hold no tokens (an empty prompt with no "
+                "image and no chat template encodes to nothing); give each row at least one token.")
         in_sequence = adapter is None or adapter.images_in_sequence
         if image_token_id is not None and in_sequence:
             image = ids.eq(image_token_id) & ~pad
@@ -255,8 +267,14 @@ class MultimodalBatch:
             special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype)) & ~pad & ~image
         text = ~pad & ~image & ~special
         grids = adapter.image_grids(tensors, config) if adapter is not None and adapter.image_grids else None
+        if grids == [] and bool(image.any()):
+            raise ValueError(
+                f"input_ids hold image tokens (id {image_token_id}), but the inputs carry no image geometry for "
+                f"the {adapter.name!r} architecture (got keys: {', '.join(sorted(tensors))}). Pass every key the "  # type: ignore[union-attr]
+                "processor returned with the images (model(**processor(images=..., text=...))).")
         row_break = _row_break_id(adapter, tokenizer)
-        spans, per_row = _image_spans(image, adapter, config, grids, ids if row_break is not None else None, row_break)
+        spans, per_row = _image_spans(image, adapter, config, grids, ids if row_break is not None else None, row_break,
+                                      image_token_counts)
         if not in_sequence and image_token_id is not None:
             per_row = tuple(int(n) for n in (ids.eq(image_token_id) & ~pad).sum(1).tolist())
         no_image_tokens = None if in_sequence else (
@@ -291,23 +309,11 @@ def _row_break_id(adapter: Adapter | None, tokenizer: Any) -> int | None:
     return int(tokenizer.convert_tokens_to_ids(adapter.image_row_break))
 
 
-def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
-                 grids: list[tuple[int, int] | None] | None = None, ids: Tensor | None = None,
-                 row_break: int | None = None) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]]:
-    """Runs of image tokens per row, each one image, with its grid.
-
-    Each contiguous run is one image, except that with ``row_break`` (a token id, with
-    the ``ids``) runs separated by exactly one ``row_break`` token are the rows of one
-    image: its span lists their positions and its grid is ``(n_runs, run length)``.
-    ``grids`` (from the adapter's ``image_grids`` rule) gives each image's grid in order,
-    checked against the rows where a span has separators (a span that is one run, such as
-    Molmo2's low-resolution view, takes the grid as given; its token count is checked);
-    otherwise the adapter's ``image_grid`` derives it from the run's length.
-    """
-    spans: list[ImageSpan] = []
-    per_row: list[int] = []
+def _runs(image_mask: Tensor, ids: Tensor | None, row_break: int | None) -> list[tuple[int, list[tuple[int, int]]]]:
+    """Per row, the runs of image tokens ``(row, [(start, end), ...])``; with ``row_break``,
+    runs separated by exactly one such token are merged (the rows of one image)."""
+    out = []
     for row, mask in enumerate(image_mask):
-        count = 0
         padded = torch.cat([torch.tensor([False]), mask, torch.tensor([False])]).int()
         edges = padded.diff()
         starts = (edges == 1).nonzero().flatten().tolist()
@@ -322,38 +328,92 @@ def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
                 else:
                     merged.append(run)
             runs = merged
-        for parts in runs:
-            start, end = parts[0][0], parts[-1][1]
-            positions = None
-            if len(parts) > 1:
-                positions = tuple(p for a, b in parts for p in range(a, b))
-            n_tokens = end - start if positions is None else len(positions)
-            widths = {b - a for a, b in parts}
-            rows_grid = (len(parts), widths.pop()) if len(widths) == 1 else None
-            if grids is not None:
-                grid = grids[len(spans)] if len(spans) < len(grids) else None
-                if row_break is not None and grid is not None and len(parts) > 1 and grid != rows_grid:
-                    raise ValueError(
-                        f"Image {len(spans)} is {grid[0]}x{grid[1]} tokens by its image inputs, but its tokens in "
-                        f"input_ids form {rows_grid} rows x cols; the image placeholders do not match the images "
-                        "(re-run the processor on the same images and text)."
-                    )
-            elif row_break is not None:
-                grid = rows_grid
-            else:
-                grid = adapter.image_grid(n_tokens, config) if adapter is not None else None
-            spans.append(ImageSpan(row, len(spans), start, end, grid, positions))
-            count += 1
-        per_row.append(count)
+        out += [(row, parts) for parts in runs]
+    return out
+
+
+def _split_touching(runs: list[tuple[int, list[tuple[int, int]]]],
+                    counts: list[int]) -> list[tuple[int, list[tuple[int, int]]]] | None:
+    """``runs`` cut where images touch, using each image's token count in order (None if they do not fit).
+
+    Placeholders the chat template writes side by side (``<image><image>``) leave one run of
+    image tokens for two images; a run whose length is the sum of the next few counts is cut
+    into those images. Only a run of one contiguous piece is cut.
+    """
+    out, i = [], 0
+    for row, parts in runs:
+        length = sum(b - a for a, b in parts)
+        taken, total = [], 0
+        while i < len(counts) and total < length:
+            taken.append(counts[i])
+            total += counts[i]
+            i += 1
+        if total != length or (len(taken) > 1 and len(parts) > 1):
+            return None
+        start = parts[0][0]
+        for n in taken:
+            out.append((row, [(start, start + n)]) if len(taken) > 1 else (row, parts))
+            start += n
+    return out if i == len(counts) else None
+
+
+def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
+                 grids: list[tuple[int, int] | None] | None = None, ids: Tensor | None = None,
+                 row_break: int | None = None,
+                 image_token_counts: Sequence[int] | None = None) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]]:
+    """Runs of image tokens per row, each one image, with its grid.
+
+    Each contiguous run is one image, except that with ``row_break`` (a token id, with
+    the ``ids``) runs separated by exactly one ``row_break`` token are the rows of one
+    image: its span lists their positions and its grid is ``(n_runs, run length)``; and
+    a run holding several touching images is cut by their token counts (from ``grids``, else
+    ``image_token_counts``, the processor's count per image).
+    ``grids`` (from the adapter's ``image_grids`` rule) gives each image's grid in order,
+    checked against the rows where a span has separators (a span that is one run, such as
+    Molmo2's low-resolution view, takes the grid as given; its token count is checked);
+    otherwise the adapter's ``image_grid`` derives it from the run's length. Geometry that
+    contradicts the tokens degrades to "positions known, grid unknown" (grids None) with a
+    warning: it never blocks a forward.
+    """
+    runs = _runs(image_mask, ids, row_break)
+    expected = None if grids is None else [None if g is None else g[0] * g[1] for g in grids]
+    counts = expected if expected is not None and None not in expected else image_token_counts
+    if counts and len(counts) > len(runs):
+        runs = _split_touching(runs, list(counts)) or runs
+    problem = None
     if grids is not None:
-        sizes = [span.n_tokens for span in spans]
-        expected = [None if g is None else g[0] * g[1] for g in grids]
-        if len(grids) != len(spans) or any(e is not None and e != n for e, n in zip(expected, sizes)):
-            raise ValueError(
-                f"The image inputs describe {len(grids)} image(s) with {expected} tokens, but input_ids hold "
-                f"{len(spans)} run(s) of image tokens with {sizes} tokens; the image placeholders do not match "
-                "the images (re-run the processor on the same images and text)."
-            )
+        sizes = [sum(b - a for a, b in parts) for _, parts in runs]
+        if len(grids) != len(runs) or any(e is not None and e != n for e, n in zip(expected, sizes)):
+            problem = (f"the image inputs describe {len(grids)} image(s) with {expected} tokens, but input_ids "
+                       f"hold {len(runs)} run(s) of image tokens with {sizes} tokens")
+    spans: list[ImageSpan] = []
+    per_row = [0] * image_mask.shape[0]
+    for row, parts in runs:
+        start, end = parts[0][0], parts[-1][1]
+        positions = None
+        if len(parts) > 1:
+            positions = tuple(p for a, b in parts for p in range(a, b))
+        n_tokens = end - start if positions is None else len(positions)
+        widths = {b - a for a, b in parts}
+        rows_grid = (len(parts), widths.pop()) if len(widths) == 1 else None
+        if grids is not None:
+            grid = grids[len(spans)] if problem is None else None
+            if row_break is not None and grid is not None and len(parts) > 1 and grid != rows_grid:
+                problem = (f"image {len(spans)} is {grid[0]}x{grid[1]} tokens by its image inputs, but its "
+                           f"tokens in input_ids form {rows_grid} rows x cols")
+                grid = None
+        elif row_break is not None:
+            grid = rows_grid
+        else:
+            grid = adapter.image_grid(n_tokens, config) if adapter is not None else None
+        spans.append(ImageSpan(row, len(spans), start, end, grid, positions))
+        per_row[row] += 1
+    if problem is not None:
+        warnings.warn(
+            f"Image geometry unknown: {problem}. The image positions are kept (they are the image tokens), but "
+            "no span has a grid, so grid selectors (rows/cols/box) and grid reshapes are unavailable. "
+            "Re-run the processor on the same images and text to get both.", stacklevel=4)
+        spans = [replace(span, grid=None) for span in spans]
     return tuple(spans), tuple(per_row)
 
 
@@ -392,6 +452,8 @@ def prepare(
         if images is not None and not isinstance(images, (list, tuple)):
             images = [images]
     prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts is empty; give at least one prompt (a string, or a list with one per row).")
     per_row = _images_per_row(images, len(prompts))
     placeholder = getattr(processor, "image_token", "<image>")
     texts = []
@@ -424,8 +486,33 @@ def prepare(
     encoded = dict(encoded)
     if "suffix" not in processor_kwargs:  # PaliGemma adds training labels (all ignored without a suffix)
         encoded.pop("labels", None)
+    counts = processor_token_counts(processor, [(image.height, image.width) for image in flat
+                                                if hasattr(image, "height")])
     return MultimodalBatch.from_hf(encoded, image_token_id=image_token_id, adapter=adapter,
-                                   config=config, tokenizer=tokenizer, prompts=prompts)
+                                   config=config, tokenizer=tokenizer, prompts=prompts,
+                                   image_token_counts=counts if counts is not None and len(counts) == len(flat) else None)
+
+
+def processor_token_counts(processor: Any, image_sizes: Sequence[Sequence[int]]) -> list[int] | None:
+    """Each image's number of image tokens as ``processor`` computes it from ``(height, width)``.
+
+    None where the processor cannot say (it has no ``_get_num_multimodal_tokens``). Used
+    only to cut a run of touching image placeholders, and only where the counts add up
+    exactly, so a processor whose counts include separators never cuts anything.
+
+    Example:
+        >>> processor_token_counts(processor, [(336, 336), (336, 672)])   # doctest: +SKIP
+        [576, 576]
+    """
+    method = getattr(processor, "_get_num_multimodal_tokens", None)
+    if method is None or not image_sizes:
+        return None
+    try:
+        data = method(image_sizes=[[int(v) for v in size] for size in image_sizes])
+    except (TypeError, ValueError, KeyError, AttributeError):  # a processor whose rule needs more than sizes
+        return None
+    counts = data.get("num_image_tokens") if isinstance(data, dict) else getattr(data, "num_image_tokens", None)
+    return [int(c) for c in counts] if counts is not None else None
 
 
 def _images_per_row(images: Any, n_rows: int) -> list[list[Any]]:

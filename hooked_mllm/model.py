@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -35,11 +37,26 @@ from .architectures.base import Adapter
 from .cache import ActivationCache
 from .config import MLLMConfig
 from .hook_points import HookPoint, HookPoints
-from .inputs import MultimodalBatch, prepare
+from .inputs import MultimodalBatch, prepare, processor_token_counts
 
 logger = logging.getLogger(__name__)
 
 HookSpec = tuple[Any, Callable]
+
+# Options every HF forward takes through ``**kwargs`` besides its named inputs.
+_HF_OPTIONS = frozenset({"output_hidden_states", "output_attentions", "return_dict", "use_cache",
+                         "output_router_logits", "cache_position"})
+# TransformerLens keywords with no counterpart here, and what to do instead.
+_TL_HINTS = {
+    "remove_batch_dim": "cache tensors always keep the batch dimension; index it away (cache[name][0])",
+    "return_cache_object": "run_with_cache always returns an ActivationCache",
+    "reset_hooks_end": "hooks given to a run are always removed when it ends; use model.hooks() to keep them",
+    "clear_contexts": "hooks given to a run are always removed when it ends",
+    "bwd_hooks": "backward hooks are not offered; run with grad=True and read .grad of cached tensors",
+}
+# The processor keywords from_pretrained passes on to AutoProcessor, so a pinned revision pins both.
+_PROCESSOR_LOADING = ("revision", "token", "cache_dir", "local_files_only", "proxies", "force_download",
+                      "code_revision")
 
 
 @dataclass(frozen=True)
@@ -89,10 +106,12 @@ class HookedMLLM:
             n_kv_heads=self.cfg.n_kv_heads,
             vision_layers=self.cfg.vision_n_layers,
             vision_heads=self.cfg.vision_n_heads,
-            cross_layers=self.adapter.cross_layers(hf_model.config),
+            cross_layers=self.adapter.cross_layers(hf_model.config, self.cfg.n_layers),
+            vision_layers_read=self.adapter.vision_layers_read(hf_model.config, self.cfg.vision_n_layers, hf_model),
         )
         self._context: list[_runner.HookFn] = []
         self._state = _RunState()
+        self._guard = _runner.RunGuard()
 
     # -- loading ---------------------------------------------------------------------
 
@@ -110,10 +129,16 @@ class HookedMLLM:
     ) -> HookedMLLM:
         """Load model and processor with the HF Auto classes and wrap them.
 
+        ``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``proxies``,
+        ``force_download`` and ``code_revision`` among ``hf_kwargs`` go to the processor too,
+        so a pinned revision pins the processor (and its remote code) with the weights. A
+        checkpoint whose remote code registers only ``AutoModelForCausalLM`` (Molmo) loads
+        through that class.
+
         Example:
             >>> model = HookedMLLM.from_pretrained(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
         """
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
         kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
         if dtype is not None:
@@ -122,11 +147,17 @@ class HookedMLLM:
             kwargs["device_map"] = device_map
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        hf_model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+        try:
+            hf_model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+        except ValueError as error:  # remote code registered only as a causal LM (Molmo's MolmoForCausalLM)
+            if "Unrecognized configuration class" not in str(error):
+                raise
+            hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
         if device is not None and device_map is None:
             hf_model = hf_model.to(device)
         try:
-            processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            loading = {k: hf_kwargs[k] for k in _PROCESSOR_LOADING if k in hf_kwargs}
+            processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **loading)
         except (OSError, ValueError, TypeError) as error:
             logger.warning("No processor loaded from %s (%s); pass HF tensors to run methods.", name_or_path, error)
             processor = None
@@ -176,18 +207,67 @@ class HookedMLLM:
                        adapter=self.adapter, config=self.hf_model.config, **processor_kwargs)
 
     def to_batch(self, inputs: Any = None, **hf_kwargs: Any) -> MultimodalBatch:
-        """A :class:`MultimodalBatch` from a batch, a dict of HF tensors, or HF keywords."""
+        """A :class:`MultimodalBatch` from a batch, a dict of HF tensors, or HF keywords.
+
+        A dict or keywords may hold every key the model's processor returns; an unknown
+        key is an error naming it (and the closest known one).
+        """
         if isinstance(inputs, MultimodalBatch):
             if hf_kwargs:
-                raise ValueError("Pass either a MultimodalBatch or HF keyword tensors, not both.")
+                raise ValueError(
+                    "Pass either a MultimodalBatch or HF input tensors, not both (got a batch and "
+                    f"{', '.join(sorted(hf_kwargs))}).")
             return inputs
         if inputs is not None and not isinstance(inputs, dict) and not hasattr(inputs, "keys"):
             raise TypeError(f"Inputs must be a MultimodalBatch (model.prepare(...)) or HF tensors; got "
                             f"{type(inputs).__name__}.")
         tensors = dict(inputs or {}, **hf_kwargs)
+        self._check_keywords("to_batch", tensors, ())
         tokenizer = getattr(self.processor, "tokenizer", None)
         return MultimodalBatch.from_hf(tensors, image_token_id=self.cfg.image_token_id, adapter=self.adapter,
-                                       config=self.hf_model.config, tokenizer=tokenizer)
+                                       config=self.hf_model.config, tokenizer=tokenizer,
+                                       image_token_counts=self._token_counts(tensors))
+
+    def _token_counts(self, tensors: dict) -> list[int] | None:
+        """Each image's token count as the processor computes it, from the HF tensors (None if unknown):
+        from ``image_sizes`` where given, else from ``pixel_values`` of one resized image per entry."""
+        sizes = tensors.get("image_sizes")
+        if isinstance(sizes, Tensor) and sizes.dim() == 2:
+            return processor_token_counts(self.processor, sizes.tolist())
+        pixels = tensors.get("pixel_values")
+        one_per_image = "pixel_values" not in dict(self.adapter.input_split) and self.adapter.image_grids is None
+        if isinstance(pixels, Tensor) and pixels.dim() == 4 and one_per_image:
+            return processor_token_counts(self.processor, [tuple(pixels.shape[-2:])] * pixels.shape[0])
+        return None
+
+    @functools.cached_property
+    def _input_names(self) -> frozenset[str]:
+        """The named inputs of the HF model's forward (every key its processor returns)."""
+        params = inspect.signature(self.hf_model.forward).parameters
+        return frozenset(n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+    def _check_keywords(self, method: str, keywords: dict, own: Sequence[str]) -> None:
+        """Raise ``TypeError`` for a keyword that is neither ``method``'s own nor an HF input or option."""
+        allowed = self._input_names | _HF_OPTIONS
+        for key in keywords:
+            if key in allowed:
+                continue
+            close = difflib.get_close_matches(key, [*own, *sorted(allowed)], n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else "."
+            extra = f" ({_TL_HINTS[key]})" if key in _TL_HINTS else ""
+            raise TypeError(
+                f"{method}() got an unknown argument {key!r}{hint}{extra} It takes "
+                f"{', '.join(own) + ' and ' if own else ''}the model's HF inputs "
+                f"({', '.join(sorted(self._input_names))}).")
+
+    def _batch_and_options(self, method: str, inputs: Any, hf_kwargs: dict,
+                           own: Sequence[str]) -> tuple[MultimodalBatch, dict]:
+        """Check ``hf_kwargs``; tensors make the batch, other values (``output_attentions=True``,
+        ``vision_feature_layer=-2``...) are options for the HF call."""
+        self._check_keywords(method, hf_kwargs, own)
+        options = {k: v for k, v in hf_kwargs.items() if not isinstance(v, Tensor)}
+        tensors = {k: v for k, v in hf_kwargs.items() if isinstance(v, Tensor)}
+        return self.to_batch(inputs, **tensors), options
 
     @property
     def device(self) -> torch.device:
@@ -196,17 +276,18 @@ class HookedMLLM:
     # -- running ---------------------------------------------------------------------
 
     def _run(self, batch: MultimodalBatch, hooks: list[_runner.HookFn], fn: Any = "__call__",
-             every_step: bool = False, grad: bool = False, **call_kwargs: Any) -> Any:
-        mediators = _runner.build_mediators(self.nnsight, hooks, self.hook_points.order,
-                                            batch=lambda: self._state.batch, every_step=every_step)
-        eager = self._eager_configs(hooks + self._context)
-        kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
-        previous, self._state.batch = self._state.batch, batch
-        try:
-            with torch.set_grad_enabled(grad), _runner.eager_attention(eager):
-                return _runner.interleave(self.nnsight, fn, mediators, kwargs)
-        finally:
-            self._state.batch = previous
+             every_step: bool = False, grad: bool = False, what: str = "run", **call_kwargs: Any) -> Any:
+        with self._guard(what):
+            mediators = _runner.build_mediators(self.nnsight, hooks, self.hook_points.order,
+                                                batch=lambda: self._state.batch, every_step=every_step)
+            eager = self._eager_configs(hooks + self._context)
+            kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
+            previous, self._state.batch = self._state.batch, batch
+            try:
+                with torch.set_grad_enabled(grad), _runner.eager_attention(eager):
+                    return _runner.interleave(self.nnsight, fn, mediators, kwargs)
+            finally:
+                self._state.batch = previous
 
     def _eager_configs(self, hooks: list[_runner.HookFn]) -> list[Any]:
         streams = {hook.point.stream for hook in hooks if hook.point.needs_eager}
@@ -219,7 +300,12 @@ class HookedMLLM:
 
     def forward(self, inputs: Any = None, *, return_type: str = "logits", grad: bool = False,
                 **hf_kwargs: Any) -> Any:
-        """Run the model (with any ``model.hooks()`` active); return logits or the HF output."""
+        """Run the model (with any ``model.hooks()`` active); return logits or the HF output.
+
+        ``hf_kwargs`` are HF input tensors (every key the processor returns) and HF options
+        (``output_hidden_states=True``...); an unknown keyword is a ``TypeError`` naming it.
+        """
+        self._check_keywords("forward", hf_kwargs, ("inputs", "return_type", "grad"))
         return self.run_with_hooks(inputs, fwd_hooks=(), return_type=return_type, grad=grad, **hf_kwargs)
 
     __call__ = forward
@@ -243,8 +329,9 @@ class HookedMLLM:
         """
         if return_type not in ("logits", "output"):
             raise ValueError(f"return_type must be 'logits' or 'output', not {return_type!r}")
-        batch = self.to_batch(inputs, **hf_kwargs)
-        output = self._run(batch, self._bind(fwd_hooks), grad=grad)
+        batch, options = self._batch_and_options("run_with_hooks", inputs, hf_kwargs,
+                                                 ("inputs", "fwd_hooks", "return_type", "grad"))
+        output = self._run(batch, self._bind(fwd_hooks), grad=grad, what="run_with_hooks", **options)
         return output.logits if return_type == "logits" else output
 
     def run_with_cache(
@@ -279,15 +366,29 @@ class HookedMLLM:
             >>> cache["resid_post", 2].shape                               # doctest: +SKIP
             torch.Size([1, 576, 4096])
         """
-        batch = self.to_batch(inputs, **hf_kwargs)
+        batch, options = self._batch_and_options(
+            "run_with_cache", inputs, hf_kwargs,
+            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad"))
         store: dict[str, Tensor] = {}
         index = None
         if positions is not None:
             index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
-        hooks = self._bind(fwd_hooks)
-        for point in self.hook_points.select(names_filter):
-            hooks.append(_runner.HookFn(point, _cache_fn(store, index, device, dtype, grad)))
-        output = self._run(batch, hooks, grad=grad)
+        chosen = self.hook_points.select(names_filter)
+        versions: dict[str, int] = {}
+        clone: set[str] = set()
+        for attempt in range(2):
+            hooks = self._bind(fwd_hooks)
+            for point in chosen:
+                hooks.append(_runner.HookFn(point, _cache_fn(store, index, device, dtype, grad, versions, clone)))
+            output = self._run(batch, hooks, grad=grad, what="run_with_cache", **options)
+            # A model that edits a value in place after the hook read it (Molmo adds the image features
+            # into its embedding output) leaves a stale cache entry: run again, copying those entries.
+            stale = {name for name, version in versions.items() if store[name]._version != version}
+            if not stale or attempt:
+                break
+            clone |= stale
+            store.clear()
+            versions.clear()
         cache = ActivationCache(store, self, batch=batch, positions=None if index is None else index.cpu())
         return output.logits, cache
 
@@ -317,18 +418,21 @@ class HookedMLLM:
         """Generate with hook functions firing on the prompt and on every generated token.
 
         ``hook.step`` is 0 on the prompt forward and ``k`` on the forward that produces
-        generated token ``k + 1``. Greedy by default. Extra keywords go to HF ``generate``.
+        generated token ``k + 1``. Greedy by default. HF input tensors among the keywords
+        (every key the processor returns: ``model.generate(**processor(...))``) make the
+        batch; other keywords go to HF ``generate``.
 
         Example:
             >>> out = model.generate(batch, max_new_tokens=3)   # doctest: +SKIP
             >>> out.text                                         # doctest: +SKIP
             ['red']
         """
-        batch = self.to_batch(inputs, **{k: generate_kwargs.pop(k) for k in list(generate_kwargs)
-                                          if k in ("input_ids", "pixel_values", "attention_mask", "image_sizes")})
+        tensors = {k: generate_kwargs.pop(k) for k in list(generate_kwargs)
+                   if k in self._input_names and isinstance(generate_kwargs[k], Tensor)}
+        batch = self.to_batch(inputs, **tensors)
         fn = functools.partial(self.hf_model.generate, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                **generate_kwargs)
-        sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True)
+        sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True, what="generate")
         if not isinstance(sequences, Tensor):
             sequences = sequences.sequences
         sequences = sequences.cpu()
@@ -345,9 +449,9 @@ class HookedMLLM:
             ...     h = model.hook_point("blocks.0.hook_resid_post").output.save()
             ...     model.hook_point("blocks.1.hook_mlp_out").output[:] = 0
         """
-        batch = self.to_batch(inputs, **hf_kwargs)
-        tracer_cls = _runner.QuietTracer if self._context else None
-        return self.nnsight.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs)
+        batch, options = self._batch_and_options("trace", inputs, hf_kwargs, ("inputs",))
+        tracer_cls = _runner.guarded_tracer(self._guard, quiet=bool(self._context))
+        return self.nnsight.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs, **options)
 
     # -- weights used by the cache helpers -------------------------------------------
 
@@ -371,11 +475,18 @@ class HookedMLLM:
                 f"vision {c.vision_n_layers} layers, {len(self.hook_points)} hook points)")
 
 
-def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool) -> Callable:
+def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool,
+              versions: dict[str, int], clone: set[str]) -> Callable:
+    """A hook storing each value in ``store`` (and, for values that share the activation's memory,
+    their version in ``versions``, so that an in-place edit by the model after the hook is seen);
+    names in ``clone`` are copied."""
+
     def cache_hook(act: Tensor, hook: _runner.HookContext) -> None:
         if hook.step != 0:
             return None
         value = act if grad else act.detach()
+        if hook.name in clone:
+            value = value.clone()
         if index is not None and hook.point.sequence:
             if hook.point.needs_eager:  # [batch, heads, query, key]: select queries
                 gather = index[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
@@ -387,6 +498,8 @@ def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype
         if device is not None or dtype is not None:
             value = value.to(device=device, dtype=dtype)
         store[hook.name] = value
+        if value.untyped_storage().data_ptr() == act.untyped_storage().data_ptr():
+            versions[hook.name] = value._version
         return None
 
     return cache_hook
@@ -396,7 +509,8 @@ class HookPointHandle:
     """A hook point inside a user's ``model.trace``: read or assign ``.output``.
 
     ``.output`` is the hook point's value (whether the module's input or output holds
-    it), with heads split out for per-head points; assigning it replaces the value.
+    it), with heads split out for per-head points; assigning it replaces the value with a
+    tensor of exactly its shape, on its device, floating point (checked, naming the point).
     """
 
     def __init__(self, nn: NNsight, point: HookPoint) -> None:
@@ -412,14 +526,17 @@ class HookPointHandle:
         self._raw, self._last_base = raw, base
         act = value if self._scale is None else value * self._scale
         act = act if base is None else base + act
-        return act.unflatten(-1, (self.point.heads, -1)) if self.point.heads is not None else act
+        act = act.unflatten(-1, (self.point.heads, -1)) if self.point.heads is not None else act
+        self._act = act
+        return act
 
     @output.setter
     def output(self, new: Tensor) -> None:
         if not self.point.writable:
-            raise ValueError(f"{self.point.name} is read-only")
+            raise ValueError(f"{self.point.name} is read-only{_runner._reason(self.point)}")
         if not hasattr(self, "_raw"):
             self.output  # read first: the write goes back into the value read  # noqa: B018
+        _runner.check_replacement(self.point.name, new, self._act, "A trace write")
         out = new.flatten(-2) if self.point.heads is not None else new
         if self._last_base is not None:
             out = out - self._last_base

@@ -116,7 +116,8 @@ class Image(Selector):
     ``box=(left, top, right, bottom)`` in pixels of an image of ``image_size=(width, height)``
     selects every cell the box overlaps (the grid spans the whole image).
 
-    Cells map to the span's image-token positions (:attr:`ImageSpan.token_positions`), so
+    An ``index`` past the last image of any row is an ``IndexError`` (as an integer position
+    past the sequence is). Cells map to the span's image-token positions (:attr:`ImageSpan.token_positions`), so
     tokens between an image's rows (Pixtral's ``[IMG_BREAK]``) are never selected. Models
     with no image tokens in the sequence (Mllama's cross-attention) raise a ``ValueError``.
     """
@@ -147,6 +148,11 @@ class Image(Selector):
         out = torch.zeros_like(batch.pad_mask)
         for row in range(len(batch)):
             spans = batch.images_of(row)
+            if self.index is not None and not -len(spans) <= self.index < len(spans):
+                raise IndexError(
+                    f"positions.image({self.index}): row {row} has {len(spans)} image span(s) "
+                    f"(per row: {[len(batch.images_of(r)) for r in range(len(batch))]}); an image index must be "
+                    "within every row's images.")
             chosen = spans if self.index is None else spans[self.index : self.index + 1 or None]
             for span in chosen:
                 where = torch.as_tensor(list(span.token_positions), dtype=torch.long)

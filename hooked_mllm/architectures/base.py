@@ -34,7 +34,10 @@ class BlockLayout:
     Attributes:
         attn: The attention module; its output is ``(attn_out, weights, ...)``.
         mlp: The MLP module; its output is ``mlp_out``.
-        ln1, ln2: The norms before attention and before the MLP.
+        ln1, ln2: The norms before attention and before the MLP. ``ln2=None``: a parallel block
+            (Cohere, GPT-J style), ``post = pre + attn(ln1(pre)) + mlp(ln1(pre))``; then
+            ``hook_resid_mid`` is ``pre + attn_out`` (the MLP does not read it) and there is no
+            ``ln2.hook_normalized``.
         q, k, v: Query / key / value projections (outputs split into heads).
         o: Attention output projection; its input is ``z`` (heads concatenated).
         mlp_pre: The MLP's first projection (the gate for gated MLPs).
@@ -64,7 +67,7 @@ class BlockLayout:
     attn: str = "self_attn"
     mlp: str = "mlp"
     ln1: str = "input_layernorm"
-    ln2: str = "post_attention_layernorm"
+    ln2: str | None = "post_attention_layernorm"
     q: str | None = "self_attn.q_proj"
     k: str | None = "self_attn.k_proj"
     v: str | None = "self_attn.v_proj"
@@ -155,7 +158,17 @@ class Adapter:
         cross_gates: Names of the cross-attention layer's attention and MLP gate
             parameters: the residual receives ``tanh(gate) * output`` (documentation and
             the conformance suite's residual identities).
-        verified: False for adapters written from a published layout but never run.
+        vision_feature_layer_attr: Attribute of the HF config naming the vision layer(s) whose hidden
+            state the projector reads (LLaVA's ``vision_feature_layer``: an index into the tower's
+            ``hidden_states``, ``-2`` for LLaVA-1.5, or a list of them). Vision layers after the last
+            one read never reach the output, so their hook points are read-only (a write there would
+            be a silent no-op). None: the projector reads the tower's last output.
+        vision_layers_read_rule: For models whose config does not say which vision layers the
+            projector reads (remote code that fixes them in the model): ``(hf_model, n_vision_layers)
+            -> how many vision layers, from the first, reach the projector``.
+        verified: False for adapters written from a published layout but never run in the suite.
+        checked_by: A script that checks an unverified adapter outside the suite (remote code the
+            suite cannot hold), shown in the supported-models table.
         test_model: Which tiny model the conformance suite builds (for the table).
         notes: Free text shown in the supported-models table.
     """
@@ -186,7 +199,10 @@ class Adapter:
     cross_block: BlockLayout | None = None
     cross_layers_attr: str | None = None
     cross_gates: tuple[str, str] | None = None
+    vision_feature_layer_attr: str | None = "vision_feature_layer"
+    vision_layers_read_rule: Callable[[Any, int], int] | None = None
     verified: bool = True
+    checked_by: str = ""
     test_model: str = ""
     notes: str = ""
 
@@ -216,9 +232,9 @@ class Adapter:
             self.module(root, path)
         layer0 = f"{self.lm_layers}.0"
         blocks = [(layer0, self.block)]
-        cross = self.cross_layers(root.config) if self.cross_block is not None else frozenset()
+        n_layers = len(self.module(root, self.lm_layers))
+        cross = self.cross_layers(root.config, n_layers) if self.cross_block is not None else frozenset()
         if cross:  # layers alternate between two layouts: check the first of each
-            n_layers = len(self.module(root, self.lm_layers))
             first_self = next((i for i in range(n_layers) if i not in cross), None)
             blocks = [(f"{self.lm_layers}.{min(cross)}", self.cross_block)]
             if first_self is not None:
@@ -241,11 +257,37 @@ class Adapter:
         """The language model's sub-config (the config itself for flat configs)."""
         return getattr(config, self.text_config, None) or config
 
-    def cross_layers(self, config: Any) -> frozenset[int]:
-        """The indices of the LM's cross-attention layers (empty for most families)."""
+    def cross_layers(self, config: Any, n_layers: int | None = None) -> frozenset[int]:
+        """The indices of the LM's cross-attention layers (empty for most families).
+
+        Only layers the model has count: a config listing layers past ``n_layers`` (default:
+        the text config's ``num_hidden_layers``), as a truncated or tiny model's may, is
+        read as HF builds it (``layer_idx in cross_attention_layers`` for each layer that exists).
+        """
         if self.cross_layers_attr is None:
             return frozenset()
-        return frozenset(int(i) for i in getattr(self.text_cfg(config), self.cross_layers_attr, None) or ())
+        if n_layers is None:
+            n_layers = getattr(self.text_cfg(config), "num_hidden_layers", None)
+        listed = (int(i) for i in getattr(self.text_cfg(config), self.cross_layers_attr, None) or ())
+        return frozenset(i for i in listed if n_layers is None or 0 <= i < n_layers)
+
+    def vision_layers_read(self, config: Any, n_vision_layers: int, model: Any = None) -> int:
+        """How many vision layers (from the first) reach the projector: layers at or after it do not.
+
+        ``model`` (the HF model) is needed by adapters with a ``vision_layers_read_rule``.
+
+        Example:
+            >>> LLAVA.vision_layers_read(hf_model.config, 24)   # vision_feature_layer=-2   # doctest: +SKIP
+            23
+        """
+        if self.vision_layers_read_rule is not None and model is not None:
+            return self.vision_layers_read_rule(model, n_vision_layers)
+        value = getattr(config, self.vision_feature_layer_attr, None) if self.vision_feature_layer_attr else None
+        if value is None:
+            return n_vision_layers
+        indices = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        # hidden_states[k] is the output of layer k - 1 (index 0: the embeddings), n_vision_layers + 1 entries
+        return max(min(n_vision_layers, k if k >= 0 else n_vision_layers + 1 + k) for k in indices)
 
     def vision_cfg(self, config: Any) -> Any | None:
         """The vision tower's sub-config, or None."""

@@ -30,9 +30,11 @@ Example:
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .base import Adapter, BlockLayout
 
@@ -45,8 +47,8 @@ _O = ("o_proj", "out_proj", "proj", "dense", "wo", "projection_layer")
 _LN1 = ("input_layernorm", "layer_norm1", "norm1", "ln_1", "attention_norm", "ln1", "layernorm_before")
 _LN2 = ("pre_feedforward_layernorm", "post_attention_layernorm", "layer_norm2", "norm2", "ln_2", "ffn_norm", "ln2",
         "layernorm_after")
-_MLP_PRE = ("gate_proj", "fc1", "up_proj", "w1", "c_fc", "linear_fc1")
-_MLP_DOWN = ("down_proj", "fc2", "w2", "c_proj", "linear_fc2")
+_MLP_PRE = ("gate_proj", "gate_up_proj", "fc1", "up_proj", "w1", "c_fc", "linear_fc1", "dense_h_to_4h")
+_MLP_DOWN = ("down_proj", "fc2", "w2", "c_proj", "linear_fc2", "dense_4h_to_h")
 _LAYER_SCALES = (("lambda_1", "lambda_2"), ("gamma_1", "gamma_2"))
 _FINAL = ("norm", "final_layernorm", "ln_f", "final_norm", "post_layernorm")
 _PROJECTOR = ("multi_modal_projector", "connector", "merger", "mm_projector", "projector")
@@ -61,7 +63,12 @@ def _first(module: nn.Module, names: tuple[str, ...], prefix: str = "") -> str |
 
 
 def _block(layer: nn.Module) -> BlockLayout | None:
-    """The layout of one transformer block, or None if ``layer`` is not one."""
+    """The layout of one transformer block from its children, or None if ``layer`` is not one.
+
+    A block with one norm (attention and MLP run in parallel off it, as Cohere's) gets
+    ``ln2=None``; sandwich norms and layer scales under other names are found by
+    :func:`_refine` from a probe run.
+    """
     attn, mlp = _first(layer, _ATTN), _first(layer, _MLP)
     ln1 = _first(layer, _LN1)
     if attn is None or mlp is None or ln1 is None:
@@ -73,8 +80,6 @@ def _block(layer: nn.Module) -> BlockLayout | None:
         return None
     sandwich = isinstance(getattr(layer, "pre_feedforward_layernorm", None), nn.Module)
     ln2 = _first(layer, _LN2)
-    if ln2 is None:
-        return None
     norm_module = layer.get_submodule(ln1)
     scales = next((pair for pair in _LAYER_SCALES
                    if all(isinstance(getattr(layer, name, None), nn.Parameter) for name in pair)), (None, None))
@@ -88,6 +93,25 @@ def _block(layer: nn.Module) -> BlockLayout | None:
         mlp_out="post_feedforward_layernorm" if sandwich and hasattr(layer, "post_feedforward_layernorm") else None,
         norm_offset=_norm_offset(norm_module), attn_scale=scales[0], mlp_scale=scales[1],
     )
+
+
+def _unrecognised(layer: nn.Module) -> str:
+    """What :func:`_block` could not find in ``layer`` (for the refusal message)."""
+    children = ", ".join(f"{n} ({type(m).__name__})" for n, m in layer.named_children()) or "none"
+    attn, mlp = _first(layer, _ATTN), _first(layer, _MLP)
+    if attn is None:
+        return f"no attention sub-module (looked for {', '.join(_ATTN)}) among its children: {children}"
+    if mlp is None:
+        return f"no MLP sub-module (looked for {', '.join(_MLP)}) among its children: {children}"
+    if _first(layer, _LN1) is None:
+        return f"no input norm (looked for {', '.join(_LN1)}) among its children: {children}"
+    attn_mod, mlp_mod = layer.get_submodule(attn), layer.get_submodule(mlp)
+    if _first(attn_mod, _O) is None:
+        names = ", ".join(n for n, _ in attn_mod.named_children())
+        return f"no output projection in {attn} ({type(attn_mod).__name__}: {names}; looked for {', '.join(_O)})"
+    names = ", ".join(n for n, _ in mlp_mod.named_children())
+    return (f"no input/output projections in {mlp} ({type(mlp_mod).__name__}: {names}; looked for "
+            f"{', '.join(_MLP_PRE)} / {', '.join(_MLP_DOWN)})")
 
 
 def _norm_offset(norm: nn.Module) -> float:
@@ -105,14 +129,18 @@ def _norm_offset(norm: nn.Module) -> float:
     return 1.0 if offset < plain else 0.0
 
 
-def _block_lists(root: nn.Module) -> list[tuple[str, nn.ModuleList, BlockLayout]]:
-    found = []
+def _block_lists(root: nn.Module) -> tuple[list[tuple[str, nn.ModuleList, BlockLayout]], list[str]]:
+    """The ModuleLists whose first element is a recognised block, and why each other list of
+    transformer-like layers (one with an attention child) was not recognised."""
+    found, refused = [], []
     for path, module in root.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) > 0:
             layout = _block(module[0])
             if layout is not None:
                 found.append((path, module, layout))
-    return found
+            elif any(isinstance(getattr(module[0], name, None), nn.Module) for name in _ATTN + _MLP):
+                refused.append(f"{path}.0 ({type(module[0]).__name__}): {_unrecognised(module[0])}")
+    return found, refused
 
 
 def _path_of(root: nn.Module, target: nn.Module | None) -> str | None:
@@ -129,8 +157,16 @@ def _width(layers: nn.ModuleList, layout: BlockLayout) -> int | None:
     return getattr(down, "out_features", None)
 
 
-def discover(hf_model: nn.Module) -> Adapter:
+def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     """Map ``hf_model``'s module tree onto an :class:`Adapter` (raise ``ValueError`` if it cannot).
+
+    With ``verify`` (default), one probe forward on a short text-only input corrects the LM
+    block layout by what each part reads (:func:`_refine`: sandwich norms, parallel blocks,
+    layer scales under any name) and checks the residual identities
+    (:func:`verify_adapter`); a layout that fails is refused, naming the identity, the layer
+    and by how much. The vision tower's layout is mapped from its children's names and is
+    not verified by the text-only probe: pass a batch with images to :func:`verify_adapter`
+    for the LM, and read the vision identities from a cache.
 
     Example:
         >>> adapter = discover(hf_model)           # doctest: +SKIP
@@ -142,23 +178,24 @@ def discover(hf_model: nn.Module) -> Adapter:
     embed = hf_model.get_input_embeddings() if hasattr(hf_model, "get_input_embeddings") else None
     unembed_path, embed_path = _path_of(hf_model, head), _path_of(hf_model, embed)
     if unembed_path is None:
-        problems.append("an LM head (get_output_embeddings())")
+        problems.append("LM head (get_output_embeddings())")
     if embed_path is None:
-        problems.append("a token embedding (get_input_embeddings())")
-    lists = _block_lists(hf_model)
+        problems.append("token embedding (get_input_embeddings())")
+    lists, refused = _block_lists(hf_model)
     d_model = getattr(head, "in_features", None)
     lm = [entry for entry in lists if _width(entry[1], entry[2]) == d_model]
     if embed_path is not None:  # prefer the list beside the token embedding
         parent = embed_path.rpartition(".")[0]
         lm = sorted(lm, key=lambda entry: entry[0].rpartition(".")[0] != parent)
     if not lm:
-        problems.append(f"a ModuleList of decoder blocks of width {d_model} (attention with q/k/v/output "
-                        "projections, an MLP, norms)")
+        problems.append(f"ModuleList of decoder blocks of width {d_model} (attention with an output "
+                        "projection, an MLP, norms)")
     if problems:
         missing = "; no ".join(problems)
+        why = f" Layers not recognised: {'; '.join(refused)}." if refused else ""
         raise ValueError(
             f"Cannot map {name} automatically: found no {missing}. Found block lists: "
-            f"{[path for path, _, _ in lists] or 'none'}. Write an adapter for it (see docs/architectures.md)."
+            f"{[path for path, _, _ in lists] or 'none'}.{why} Write an adapter for it (see docs/architectures.md)."
         )
     lm_path, _, block = lm[0]
     parent_path = lm_path.rpartition(".")[0]
@@ -184,8 +221,196 @@ def discover(hf_model: nn.Module) -> Adapter:
         vision_block=vision_block, projector=projector, image_grid=lambda n, cfg: None, hidden_states_normed=True,
         verified=False, notes=f"discovered from the module tree of {name}",
     )
-    logger.info("Discovered the layout of %s: lm_layers=%s block=%s final_norm=%s embed=%s unembed=%s "
-                "vision_layers=%s vision_block=%s vision_embed=%s projector=%s", name, lm_path, block, final,
-                embed_path, unembed_path, vision_path, vision_block, vision_embed, projector)
     adapter.validate(hf_model)
+    if verify:
+        adapter = replace(adapter, block=_refine(hf_model, adapter))
+        adapter = verify_adapter(hf_model, adapter)
+    logger.info("Discovered the layout of %s: lm_layers=%s block=%s final_norm=%s embed=%s unembed=%s "
+                "vision_layers=%s vision_block=%s vision_embed=%s projector=%s", name, lm_path, adapter.block, final,
+                embed_path, unembed_path, vision_path, vision_block, vision_embed, projector)
     return adapter
+
+
+# -- the probe run: what each LM block's parts read and wrote ------------------------------
+
+
+def _first_tensor(args: tuple, kwargs: dict) -> Tensor | None:
+    for value in (*args, kwargs.get("hidden_states"), *kwargs.values()):
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return value
+    return None
+
+
+def _out(value: Any, index: int | None = 0) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and index is not None:
+        return value[index] if isinstance(value[index], Tensor) else None
+    if hasattr(value, "last_hidden_state"):
+        return value.last_hidden_state
+    return None
+
+
+def _probe_inputs(hf_model: nn.Module) -> dict[str, Tensor]:
+    """A short text-only batch avoiding every special token id the config names."""
+    config = hf_model.config
+    taken: set[int] = set()
+    for cfg in (config, getattr(config, "text_config", None)):
+        for key, value in (vars(cfg).items() if cfg is not None else ()):
+            if "token" in key and isinstance(value, int):
+                taken.add(value)
+            elif "token" in key and isinstance(value, (list, tuple)):
+                taken.update(v for v in value if isinstance(v, int))
+    vocab = hf_model.get_input_embeddings().weight.shape[0]
+    ids = [i for i in range(vocab) if i not in taken][3:11]
+    device = next(hf_model.parameters()).device
+    ids_t = torch.tensor([ids], device=device)
+    return {"input_ids": ids_t, "attention_mask": torch.ones_like(ids_t)}
+
+
+def _record(hf_model: nn.Module, prefix: str, n_layers: int, inputs: dict) -> tuple[list[dict[str, tuple]], Any]:
+    """Run ``inputs`` with torch hooks on every block of the list at ``prefix`` and its direct children.
+
+    Returns, per block, ``{"": (input, output), child: (input, raw output), ...}`` and the HF output.
+    """
+    records: list[dict[str, tuple]] = [{} for _ in range(n_layers)]
+    handles = []
+    for layer in range(n_layers):
+        block = hf_model.get_submodule(f"{prefix}.{layer}")
+        for name, module in [("", block), *block.named_children()]:
+            def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name, layer: int = layer) -> None:
+                records[layer].setdefault(name, (_first_tensor(args, kwargs), output))
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            output = hf_model(**inputs, output_hidden_states=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return records, output
+
+
+def _close(a: Tensor | None, b: Tensor | None) -> tuple[bool, float, float]:
+    """Whether ``a`` equals ``b`` up to float error, the largest difference, and ``b``'s scale."""
+    if a is None or b is None or a.shape != b.shape:
+        return False, float("inf"), 0.0
+    diff = float((a.float() - b.float()).abs().max())
+    scale = float(b.float().abs().max())
+    return diff <= 1e-4 + 1e-3 * scale, diff, scale
+
+
+def _refine(hf_model: nn.Module, adapter: Adapter) -> BlockLayout:
+    """The LM block layout corrected by what a probe run shows, whatever the parts are called.
+
+    A norm that reads the attention output (or the MLP output) is a sandwich norm: it becomes
+    ``attn_out`` (``mlp_out``). The norm whose output the MLP reads is ``ln2``; if the MLP reads
+    ``ln1``'s output the block is parallel (``ln2=None``). Direct parameters of the block shaped
+    ``[d_model]`` are layer scales when the residual only adds up with them.
+    """
+    block = adapter.block
+    records, _ = _record(hf_model, adapter.lm_layers, 1, _probe_inputs(hf_model))
+    rec = records[0]
+    layer = hf_model.get_submodule(f"{adapter.lm_layers}.0")
+    attn_raw = _out(rec[block.attn][1], block.attn_index) if block.attn in rec else None
+    mlp_raw = _out(rec[block.mlp][1]) if block.mlp in rec else None
+    mlp_in = rec[block.mlp][0] if block.mlp in rec else None
+    norms = [n for n, m in layer.named_children() if n in rec and n not in (block.attn, block.mlp)
+             and "norm" in (type(m).__name__ + n).lower()]
+    changes: dict[str, Any] = {}
+    for n in norms:
+        if n == block.ln1:
+            continue
+        inp, out = rec[n][0], _out(rec[n][1])
+        if _close(inp, attn_raw)[0]:
+            changes["attn_out"] = n
+        elif _close(inp, mlp_raw)[0]:
+            changes["mlp_out"] = n
+        elif _close(out, mlp_in)[0]:
+            changes["ln2"] = n
+    if "ln2" not in changes and block.ln1 in rec and _close(_out(rec[block.ln1][1]), mlp_in)[0]:
+        changes["ln2"] = None  # parallel attention and MLP off one norm
+    d_model = hf_model.get_output_embeddings().in_features
+    own = sorted(n for n, p in layer.named_parameters(recurse=False) if p.dim() == 1 and p.shape[0] == d_model)
+    if len(own) == 2 and block.attn_scale is None:
+        changes.update(attn_scale=own[0], mlp_scale=own[1])
+    return replace(block, **changes)
+
+
+def verify_adapter(hf_model: nn.Module, adapter: Adapter, inputs: dict | None = None) -> Adapter:
+    """Check an adapter's LM mapping on a probe run; return it (``hidden_states_normed`` set) or raise.
+
+    The identities of the residual stream must hold at every block, computed from the modules
+    the adapter names (torch hooks, not hook points): ``ln1`` output = the attention's input;
+    ``resid_pre + attn_out`` = the input of ``ln2`` (``resid_mid``); ``ln2`` output (``ln1``'s in
+    a parallel block) = the MLP's input; ``resid_mid + mlp_out = resid_post``;
+    ``resid_post(l) = resid_pre(l + 1)``; ``resid_post(l)`` = HF's ``hidden_states[l + 1]``, the
+    last one before or after the final norm (which sets ``hidden_states_normed``).
+
+    Args:
+        hf_model: The HF model.
+        adapter: The layout to check (auto-discovered or hand-written).
+        inputs: HF inputs to run (default: a short text-only probe).
+
+    Raises:
+        ValueError: Naming the identity that failed, the layer and by how much.
+
+    Example:
+        >>> verify_adapter(hf_model, discover(hf_model, verify=False))   # doctest: +SKIP
+    """
+    block = adapter.block
+    n_layers = len(hf_model.get_submodule(adapter.lm_layers))
+    records, output = _record(hf_model, adapter.lm_layers, n_layers, inputs or _probe_inputs(hf_model))
+    hidden = output.hidden_states if getattr(output, "hidden_states", None) is not None else None
+    layer_mod = hf_model.get_submodule(f"{adapter.lm_layers}.0")
+
+    def scaled(value: Tensor | None, scale: str | None, layer: int) -> Tensor | None:
+        if value is None or scale is None:
+            return value
+        return value * hf_model.get_submodule(f"{adapter.lm_layers}.{layer}").get_parameter(scale)
+
+    def fail(identity: str, layer: int, diff: float, scale: float) -> None:
+        raise ValueError(
+            f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: {identity} does not "
+            f"hold at LM layer {layer} (off by {diff:.3g}; values up to {scale:.3g}). The mapping ({block}) would "
+            "name the wrong values; write an adapter for this model (see docs/architectures.md).")
+
+    post_prev = None
+    for layer, rec in enumerate(records):
+        if "" not in rec:
+            raise ValueError(f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: LM "
+                             f"layer {layer} ({adapter.lm_layers}.{layer}) did not run on a text-only probe.")
+        pre, post = rec[""][0], _out(rec[""][1])
+        attn_out = _out(rec[block.attn_out][1]) if block.attn_out else _out(rec[block.attn][1], block.attn_index)
+        mlp_out = _out(rec[block.mlp_out][1]) if block.mlp_out else _out(rec[block.mlp][1])
+        attn_out, mlp_out = scaled(attn_out, block.attn_scale, layer), scaled(mlp_out, block.mlp_scale, layer)
+        checks = [("ln1 output = the attention's input", _out(rec[block.ln1][1]), rec[block.attn][0])]
+        mid = pre + attn_out if pre is not None and attn_out is not None else None
+        if block.ln2 is not None:
+            checks.append(("resid_pre + attn_out = resid_mid (the input of ln2)", mid, rec[block.ln2][0]))
+            checks.append(("ln2 output = the MLP's input", _out(rec[block.ln2][1]), rec[block.mlp][0]))
+        else:
+            checks.append(("ln1 output = the MLP's input (parallel block)", _out(rec[block.ln1][1]), rec[block.mlp][0]))
+        checks.append(("resid_mid + mlp_out = resid_post", None if mid is None or mlp_out is None else mid + mlp_out,
+                       post))
+        if post_prev is not None:
+            checks.append(("resid_post(l - 1) = resid_pre(l)", post_prev, pre))
+        if hidden is not None and layer + 1 < n_layers:
+            checks.append(("resid_post = HF hidden_states[l + 1]", post, hidden[layer + 1]))
+        for identity, got, want in checks:
+            ok, diff, scale = _close(got, want)
+            if not ok:
+                fail(identity, layer, diff, scale)
+        post_prev = post
+    normed = adapter.hidden_states_normed
+    if hidden is not None:
+        with torch.no_grad():
+            final = hf_model.get_submodule(adapter.final_norm)(post_prev)
+        if _close(final, hidden[-1])[0]:
+            normed = True
+        elif _close(post_prev, hidden[-1])[0]:
+            normed = False
+        else:
+            fail("resid_post(last) = HF hidden_states[-1] (before or after the final norm)", n_layers - 1,
+                 *_close(final, hidden[-1])[1:])
+    del layer_mod
+    return replace(adapter, hidden_states_normed=normed)

@@ -1,10 +1,20 @@
 """Molmo, original release (``MolmoForCausalLM`` from ``trust_remote_code``, e.g. allenai/Molmo-7B-D-0924).
 
-**Not verified.** Molmo's modeling code lives in the checkpoint's repository and loads
-only with ``trust_remote_code=True``; this adapter is written from that code's published
-module layout and has never run on a Molmo model (there is no conformance model). It is
-matched by the config class name ``MolmoConfig`` (``model_type="molmo"``); the test suite
-checks only that every hook point's path exists in a module tree of this exact layout.
+**Checked by script, not by the conformance suite.** Molmo's modeling code lives in the
+checkpoint's repository and loads only with ``trust_remote_code=True``, so it cannot be part
+of this repository or its test suite. ``benchmarks/molmo_remote_check.py`` builds a tiny
+random ``MolmoForCausalLM`` from a folder holding that code and checks this adapter against it:
+logits and every LM residual against Molmo's own ``hidden_states`` (the last one is after
+``ln_f``: ``hidden_states_normed``), the residual identities of every LM and ViT block, the
+projector's rows at ``image_input_idx``, and that every writable hook point takes writes while
+the ViT blocks after the last one ``vit_layers`` reads are read-only (Molmo-7B-D reads blocks
+[-2, -9] of 23, so its last ViT block never reaches the output). All pass under
+transformers 5.24 (2026-12-02, with the public copy of ``modeling_molmo.py`` in
+reubzdubz/Molmo7B_D_NF4Quant). Not covered: ``generate`` (that remote code's model has no
+``generate`` under transformers >= 4.50, whose ``PreTrainedModel`` no longer inherits
+``GenerationMixin``; Molmo's own ``generate_from_batch`` is not wrapped), image spans (the
+config names no image token id; image positions are the processor's ``image_input_idx``), and
+real weights. It is matched by the config class name ``MolmoConfig`` (``model_type="molmo"``).
 Natively supported Molmo2 (``Molmo2ForConditionalGeneration``) is a different layout, served by
 :mod:`.molmo2`.
 
@@ -38,7 +48,18 @@ the config names no image token id, so batches carry no image spans for this ada
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Adapter, BlockLayout
+
+
+def _vit_layers_read(hf_model: Any, n_layers: int) -> int:
+    """How many ViT blocks reach the projector: the model's ``vit_layers`` index the blocks' outputs
+    (Molmo-7B-D reads [-2, -9] of 23, so its last block never reaches the output)."""
+    layers = getattr(getattr(getattr(hf_model, "model", None), "config", None), "vit_layers", None)
+    if not layers:
+        return n_layers
+    return max(int(k) % n_layers for k in layers) + 1
 
 MOLMO_BLOCK = BlockLayout(attn="attn_out", mlp="ff_out", ln1="attn_norm", ln2="ff_norm", q=None, k=None, v=None,
                           o="attn_out", mlp_pre="ff_proj", mlp_down="ff_out", attn_index=None, pattern_index=None)
@@ -60,10 +81,14 @@ MOLMO = Adapter(
     vision_block=MOLMO_VIT_BLOCK,
     projector="model.vision_backbone.image_projector",
     image_grid=lambda n, cfg: None,
-    hidden_states_normed=False,
+    hidden_states_normed=True,
+    vision_layers_read_rule=_vit_layers_read,
     verified=False,
-    test_model="none: remote code (trust_remote_code); only the hook paths are checked on a module tree of "
-               "allenai/Molmo-7B-D-0924's layout",
-    notes="NOT verified: written from the published remote-code layout, never run on a Molmo model. Fused "
-          "qkv (no per-head q/k/v, no patterns); no image spans (no image token id in the config).",
+    checked_by="benchmarks/molmo_remote_check.py",
+    test_model="none in the suite (remote code); benchmarks/molmo_remote_check.py runs a tiny random "
+               "MolmoForCausalLM built from the remote code",
+    notes="Checked by benchmarks/molmo_remote_check.py on the public remote code, transformers 5.24, 2026-12-02: "
+          "logits, residuals vs hidden_states, identities, projector rows at image_input_idx, writes at every "
+          "point pass; generate not wrapped (that code has no generate under transformers >= 4.50). Fused qkv "
+          "(no per-head q/k/v, no patterns); no image spans (no image token id in the config).",
 )

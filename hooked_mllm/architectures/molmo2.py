@@ -159,6 +159,7 @@ MOLMO2 = Adapter(
                  ("image_token_pooling", _take_pooling), ("image_grids", _take_images("image_grids")),
                  ("image_num_crops", _take_images("image_num_crops"))),
     hidden_states_normed=True,
+    vision_feature_layer_attr=None,  # the config trims the tower to the last layer the adapter reads
     specialize=_refuse_post_norm,
     test_model="tiny random from allenai/Molmo2-8B's config: 20 px crops of 5x5 patches, overlap margins 1, "
                "2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, its "

@@ -20,10 +20,22 @@ Each family is one declarative adapter file whose docstring shows its HF module 
 "Verified" means the conformance suite (`tests/architectures/test_conformance.py`) runs the
 family on a tiny random model built from its config and checks hidden states, logits,
 residual identities, patterns, generation, batching, hook cleanup and image geometry
-against Hugging Face.
+against Hugging Face; every entry point (`forward`, `run_with_cache`, `run_with_hooks`,
+`generate`, `trace`) with every input form (`model.prepare(...)`, HF keyword tensors, the
+processor's own output dict); and that a write at every writable hook point, returned or made
+in place, reaches the logits while read-only points refuse writes
+(`hooked_mllm.testing.conformance`, which you can run on your own model).
 
 Models without a registered adapter are mapped from their module tree by
-`hooked_mllm.architectures.discover` (logged, unverified), or refused with the reason.
+`hooked_mllm.architectures.discover`: attention, MLP and norms from the block's children, then
+one probe forward on a short text-only input finds by data flow what each norm reads
+(sandwich norms under any name, attention and MLP in parallel off one norm, layer scales) and
+checks the residual identities at every layer against Hugging Face's hidden states
+(`verify_adapter`). A layout that fails is refused, naming the identity, the layer and by how
+much; a block the mapper cannot read is refused naming the sub-module it could not recognise.
+Tested on Aya Vision (parallel blocks), GLM-4V (sandwich norms, fused gate-and-up) and
+GOT-OCR 2 (`tests/architectures/test_discovery_verified.py`). The vision tower of a discovered
+model is mapped by its children's names; the text-only probe does not check it.
 """
 
 
@@ -53,7 +65,8 @@ def _row(adapter: Adapter) -> str:
         vision,
         f"`{adapter.projector}`" if adapter.projector else "-",
         _grid(adapter),
-        "yes" if adapter.verified else "**no** (published layout only)",
+        "yes" if adapter.verified else f"by script: `{adapter.checked_by}`" if adapter.checked_by
+        else "**no** (published layout only)",
         adapter.test_model or "-",
         adapter.notes or "",
     ]

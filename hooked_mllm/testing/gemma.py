@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import torch
 
 from ._common import _chat_template, _build, _text_kwargs, word_tokenizer
 
@@ -20,7 +21,8 @@ def tiny_gemma3(seed: int = 0, attn_implementation: str | None = None, n_layers:
     """A tiny random Gemma 3 (shrunk from google/gemma-3-4b-it: SigLIP tower, average-pool
     projector to ``tokens_per_image`` tokens, Gemma 3 LM with sandwich norms) and its processor.
 
-    Returns ``(model, processor)``.
+    HF initialises the projector's ``mm_input_projection_weight`` to zeros (so the image would
+    never reach the text); it is drawn at random here. Returns ``(model, processor)``.
     """
     import transformers as tf
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
@@ -37,7 +39,10 @@ def tiny_gemma3(seed: int = 0, attn_implementation: str | None = None, n_layers:
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in (("image_token_index", "<image_soft_token>"),
            ("boi_token_index", "<start_of_image>"), ("eoi_token_index", "<end_of_image>"))}
     config = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image, **ids)
-    return _build(tf.Gemma3ForConditionalGeneration, config, tok, seed, attn_implementation), processor
+    model = _build(tf.Gemma3ForConditionalGeneration, config, tok, seed, attn_implementation)
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
+    return model, processor
 
 
 def tiny_paligemma(version: str = "2", seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2,

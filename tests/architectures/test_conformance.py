@@ -11,8 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from transformers import BatchFeature
+
 from hooked_mllm import HookedMLLM, positions
 from hooked_mllm.architectures import registered_adapters
+from hooked_mllm.testing.conformance import read_only_refusals, unreached_writes
 
 from .families import FAMILIES, Family
 
@@ -243,10 +246,74 @@ def test_apply_ln_to_stack_reproduces_the_final_norm(model, batch):
     torch.testing.assert_close(scaled[keep], cache["ln_final.hook_normalized"][keep], atol=1e-4, rtol=1e-4)
 
 
-def test_mismatched_image_geometry_is_a_clear_error(model, family, batch):
+def test_contradicting_image_geometry_degrades_to_unknown_grids(model, family, batch):
+    """Geometry inputs that contradict the tokens keep the image positions, drop every grid, and warn."""
     if model.adapter.image_grids is None:
         pytest.skip("geometry is read from the tokens only")
     key = family.extra.get("geometry_key", "image_grid_thw")  # the input the adapter reads grids from
     inputs = dict(batch.inputs, **{key: batch.inputs[key].flip(0)})
-    with pytest.raises(ValueError, match="do not match the images"):
-        model.to_batch(inputs)
+    with pytest.warns(UserWarning, match="Image geometry unknown"):
+        degraded = model.to_batch(inputs)
+    assert torch.equal(degraded.image_mask, batch.image_mask)
+    assert [s.grid for s in degraded.images] == [None] * len(degraded.images)
+    missing = {k: v for k, v in batch.inputs.items() if k != key}
+    with pytest.raises(ValueError, match="no image geometry"):
+        model.to_batch(missing)
+
+
+def _processor_outputs(model, family) -> BatchFeature:
+    """The family's processor called directly, as a user would (chat template, left padding)."""
+    processor = model.processor
+    placeholder = getattr(processor, "image_token", "<image>")
+    texts = []
+    for prompt, images in zip(family.prompts, family.images):
+        if getattr(processor, "chat_template", None) is None:
+            texts.append(placeholder * len(images) + prompt)
+        else:
+            content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
+            texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
+                                                       add_generation_prompt=True))
+    images = family.images if model.adapter.nested_images else [im for row in family.images for im in row]
+    processor.tokenizer.padding_side = "left"
+    out = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    out.pop("labels", None)
+    return out
+
+
+def test_every_entry_point_takes_every_input_form(model, family, batch):
+    """(prepare / HF keyword tensors / the processor's own output) x (forward, run_with_cache,
+    run_with_hooks, generate, trace), each against HF's own forward and generate on the same tensors."""
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    direct = _processor_outputs(model, family)
+    forms = {"prepare": ((batch,), {}, batch.inputs), "keywords": ((), dict(direct), dict(direct)),
+             "processor": ((direct,), {}, dict(direct))}
+    refs: dict[int, tuple] = {}
+    for form, (args, kwargs, tensors) in forms.items():
+        key = 0 if set(tensors) == set(batch.inputs) and all(torch.equal(v, batch.inputs[k])
+                                                              for k, v in tensors.items()) else 1
+        if key not in refs:
+            with torch.no_grad():
+                refs[key] = (model.hf_model(**tensors).logits,
+                             model.hf_model.generate(**tensors, max_new_tokens=2, do_sample=False))
+        ref, ref_gen = refs[key]
+        keep = tensors["attention_mask"].bool()
+        torch.testing.assert_close(model(*args, **kwargs)[keep], ref[keep], msg=f"forward({form})")
+        logits, cache = model.run_with_cache(*args, names_filter=last, **kwargs)
+        torch.testing.assert_close(logits[keep], ref[keep], msg=f"run_with_cache({form})")
+        assert cache[last].shape[:2] == ref.shape[:2]
+        seen = []
+        hooked = model.run_with_hooks(*args, fwd_hooks=[(last, lambda act, hook: seen.append(hook.name))], **kwargs)
+        torch.testing.assert_close(hooked[keep], ref[keep], msg=f"run_with_hooks({form})")
+        assert seen == [last]
+        out = model.generate(*args, max_new_tokens=2, **kwargs)
+        torch.testing.assert_close(out.sequences, ref_gen.cpu(), msg=f"generate({form})")
+        with model.trace(*args, **kwargs):
+            traced = model.nnsight.output.save()
+        torch.testing.assert_close(traced.logits[keep], ref[keep], msg=f"trace({form})")
+
+
+def test_every_writable_point_takes_writes_and_read_only_points_refuse(model, batch):
+    """A perturbation at each writable point, returned or made in place, reaches the logits (its
+    gradient is non-zero); each kind of read-only point refuses both."""
+    assert unreached_writes(model, batch) == {"returned": [], "in_place": []}
+    assert read_only_refusals(model, batch) == {"returned": [], "in_place": []}
