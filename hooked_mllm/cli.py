@@ -1,6 +1,14 @@
-"""The ``hooked-mllm`` command line: ``demo``, ``hooks`` and the toy world's commands.
+"""The ``hooked-mllm`` command line: ``demo``, ``hooks``, the concept pipeline and the toy world's commands.
 
-Each subcommand has ``--help``. The CLI prints (library modules log instead).
+Each subcommand has ``--help`` (defaults shown). Building the parser imports neither torch nor
+transformers, so ``--help`` is instant; each command imports what it needs when it runs. A user
+error (a bad option value, a missing file, an unknown hook name) prints one line and exits 2;
+``--debug`` shows the traceback instead. The CLI prints (library modules log instead).
+
+Example::
+
+    hooked-mllm hooks --model toy:toy-llava
+    hooked-mllm demo --out reports/demo
 """
 
 from __future__ import annotations
@@ -8,7 +16,51 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from typing import Any, Sequence
+
+#: Exceptions that mean the user asked for something that cannot be done (a bad value, a missing file or
+#: checkpoint, a missing optional package): shown as one line.
+USER_ERRORS = (ValueError, KeyError, OSError, ImportError)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default (when it has one) after its help text."""
+
+
+def load_model(spec: str, dtype: str | None = None, device: str | None = None) -> Any:
+    """A :class:`~hooked_mllm.HookedMLLM` from a CLI model spec.
+
+    ``toy:<name>`` is a shipped toy checkpoint, ``tiny:llava`` a tiny random LLaVA (from
+    :mod:`hooked_mllm.testing`), anything else a local checkpoint path or a hub id.
+    ``dtype``: ``float32``, ``float16``, ``bfloat16`` or ``auto``.
+    """
+    from .model import HookedMLLM
+
+    if spec == "tiny:llava":
+        from .testing import tiny_llava, tiny_processor
+
+        model = HookedMLLM.from_hf(tiny_llava(), tiny_processor())
+    elif spec.startswith("toy:"):
+        from . import toy
+
+        model = toy.load(spec[4:])
+    else:
+        return HookedMLLM.from_pretrained(spec, dtype=torch_dtype(dtype), device=device)
+    if dtype not in (None, "auto") or device:
+        model.hf_model.to(device=device, dtype=torch_dtype(dtype) if dtype not in (None, "auto") else None)
+    return model
+
+
+def torch_dtype(name: str | None) -> Any:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (None stays None); errors list the valid names."""
+    if name is None:
+        return None
+    names = ("float32", "float16", "bfloat16", "auto")
+    if name not in names:
+        raise ValueError(f"Unknown dtype {name!r}; use one of {', '.join(names)}")
+    import torch
+
+    return "auto" if name == "auto" else getattr(torch, name)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -20,11 +72,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_hooks(args: argparse.Namespace) -> int:
-    from .model import HookedMLLM
     from .reference import hook_reference_markdown
-    from .testing import tiny_llava, tiny_processor
 
-    model = HookedMLLM.from_hf(tiny_llava(), tiny_processor())
+    model = load_model(args.model, device="cpu" if args.model.startswith(("toy:", "tiny:")) else None)
     if args.markdown:
         sys.stdout.write(hook_reference_markdown(model))
     else:
@@ -33,35 +83,55 @@ def _cmd_hooks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``hooked-mllm``."""
-    parser = argparse.ArgumentParser(prog="hooked-mllm", description=__doc__.splitlines()[0])
+    """The argument parser of ``hooked-mllm`` (cheap: imports no model code)."""
+    parser = argparse.ArgumentParser(prog="hooked-mllm", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the main job on the embedded toy model and write a report")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run the main job on the embedded toy model and write a report",
+                          formatter_class=HelpFormatter)
     demo.add_argument("--out", default="reports/demo", help="directory for the HTML report")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the scenes drawn")
-    demo.add_argument("--model", default=None, help="toy checkpoint name (default: toy-llava if shipped)")
+    demo.add_argument("--seed", type=int, default=0, help="world seed of the scenes shown (below 10000: unseen)")
+    demo.add_argument("--model", default=None, help="toy checkpoint name (default: toy-llava)")
     demo.set_defaults(func=_cmd_demo)
-    hooks = sub.add_parser("hooks", help="list the hook points of the LLaVA adapter")
+    hooks = sub.add_parser("hooks", help="list a model's hook points", formatter_class=HelpFormatter)
+    hooks.add_argument("--model", default="tiny:llava",
+                       help="toy:<name> (a shipped toy checkpoint), tiny:llava (a tiny random LLaVA), "
+                            "a checkpoint folder or a hub id")
     hooks.add_argument("--markdown", action="store_true", help="print the reference table (docs/hook_points.md)")
     hooks.set_defaults(func=_cmd_hooks)
     from .concepts.cli import add_subparsers as add_concepts
+    from .toy.cli import add_subparsers as add_toy
 
     add_concepts(sub)
-    try:
-        from .toy.cli import add_subparsers as add_toy
-    except ImportError:
-        add_toy = None
-    if add_toy is not None:
-        add_toy(sub.add_parser("toy", help="the toy world's model: train or evaluate a checkpoint"))
+    add_toy(sub.add_parser("toy", help="the toy world's model: train, evaluate or read out a checkpoint",
+                           formatter_class=HelpFormatter))
+    for action in sub.choices.values():
+        _show_defaults(action)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:  # nested sub-commands (``toy train``) get the same formatter
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _show_defaults(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hooked-mllm`` script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = str(error).strip() or type(error).__name__
+        print(f"hooked-mllm {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

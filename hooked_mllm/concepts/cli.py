@@ -14,29 +14,17 @@ from typing import Any
 import numpy as np
 
 
+#: Names of :data:`hooked_mllm.concepts.decompose.DECOMPOSERS` and of the token rules, listed here so that
+#: building the parser imports no scikit-learn or torch (a test keeps them equal).
+METHODS = ("seminmf", "sparse", "dictlearn", "kmeans", "pca", "nmf", "ica", "topnorm")
+RULES = ("last", "position", "image_mean", "image_each", "token", "predicting", "answer_mean", "range")
+DTYPES = ("float32", "float16", "bfloat16", "auto")
+
+
 def _model(spec: str, dtype: str | None = None, device: str | None = None) -> Any:
-    from ..model import HookedMLLM
+    from ..cli import load_model
 
-    if spec.startswith("toy:"):
-        from .. import toy
-
-        model = toy.load(spec[4:])
-        if dtype not in (None, "auto") or device:
-            model.hf_model.to(device=device, dtype=torch_dtype(dtype) if dtype not in (None, "auto") else None)
-        return model
-    return HookedMLLM.from_pretrained(spec, dtype=torch_dtype(dtype), device=device)
-
-
-def torch_dtype(name: str | None) -> Any:
-    """``"bfloat16"`` -> ``torch.bfloat16`` (None stays None); errors list the valid names."""
-    import torch
-
-    if name is None:
-        return None
-    names = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
-    if name not in names:
-        raise ValueError(f"Unknown dtype {name!r}; use one of {', '.join(names)}")
-    return names[name]
+    return load_model(spec, dtype, device)
 
 
 def _dataset(args: argparse.Namespace) -> Any:
@@ -222,58 +210,60 @@ def add_subparsers(sub: Any) -> None:
     """Mount ``extract``, ``concepts``, ``shift`` and ``steer`` on the package CLI."""
     ex = sub.add_parser("extract", help="extract one feature per sample to a resumable folder")
     ex.add_argument("--model", default="toy:toy-llava", help="a checkpoint path or hub id, or toy:<name>")
-    ex.add_argument("--dtype", default=None, help="float32, float16, bfloat16 or auto (default: the loader's)")
+    ex.add_argument("--dtype", default=None, choices=DTYPES, help="model dtype (default: the loader's)")
     ex.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
     ex.add_argument("--hook", required=True, help="one or several comma-separated hook names, read in one pass "
                     "(e.g. blocks.15.hook_resid_post,blocks.31.hook_resid_post)")
-    ex.add_argument("--rule", default="last",
-                    help="last, position, image_mean, image_each, token, predicting, range, answer_mean")
+    ex.add_argument("--rule", default="last", choices=RULES,
+                    help="which token(s) of each sample give its feature (docs/concepts.md)")
     ex.add_argument("--token", default=None, help="the word (or comma-separated words of a token class)")
-    ex.add_argument("--search", default="answer", choices=("answer", "prompt"))
+    ex.add_argument("--search", default="answer", choices=("answer", "prompt"),
+                    help="where --rule token / predicting looks for --token")
     ex.add_argument("--reduce", default="first", choices=("first", "last", "mean"), help="over a word's sub-tokens")
     ex.add_argument("--start", type=int, default=None, help="token range start for --rule range")
     ex.add_argument("--end", type=int, default=None, help="token range end for --rule range")
-    ex.add_argument("--position", type=int, default=None)
+    ex.add_argument("--position", type=int, default=None, help="token position for --rule position")
     ex.add_argument("--max-new-tokens", type=int, default=12, help="answer length when the rule needs the answer")
     ex.add_argument("--predict", action="store_true", help="also generate and record each answer (needed by steer)")
     ex.add_argument("--images", default=None, help="a folder of images (default: toy scenes)")
     ex.add_argument("--jsonl", default=None, help='a JSON-lines file of {"id", "image": path, "prompt"}')
     ex.add_argument("--hf-dataset", default=None, help="a Hugging Face dataset as name[:split] (needs datasets)")
-    ex.add_argument("--image-column", default="image")
-    ex.add_argument("--prompt-column", default="prompt")
-    ex.add_argument("--id-column", default=None)
-    ex.add_argument("--prompt", default=None)
+    ex.add_argument("--image-column", default="image", help="--hf-dataset: the column holding images")
+    ex.add_argument("--prompt-column", default="prompt", help="--hf-dataset: the column holding prompts")
+    ex.add_argument("--id-column", default=None, help="--hf-dataset: the column of sample ids (default: row index)")
+    ex.add_argument("--prompt", default=None, help="one prompt for every sample (overrides the dataset's)")
     ex.add_argument("--shard-size", type=int, default=256, help="samples per shard (progress is saved per shard)")
     ex.add_argument("--qtype", default=None, help="toy question type instead of the caption prompt")
-    ex.add_argument("--n", type=int, default=200)
-    ex.add_argument("--seed", type=int, default=0)
-    ex.add_argument("--batch-size", type=int, default=16)
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--n", type=int, default=200, help="toy scenes: how many")
+    ex.add_argument("--seed", type=int, default=0, help="toy scenes: the world seed")
+    ex.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
+    ex.add_argument("--out", required=True, help="the feature store folder (created, or resumed if compatible)")
     ex.set_defaults(func=_cmd_extract)
     co = sub.add_parser("concepts", help="learn a concept dictionary from extracted features")
-    co.add_argument("--features", required=True)
+    co.add_argument("--features", required=True, help="a feature store written by `extract`")
     co.add_argument("--hook", default=None, help="the hook point to use, when the store holds several")
-    co.add_argument("--method", default="seminmf", help="seminmf, sparse (the papers' objective), dictlearn (the "
-                    "reference code's scikit-learn version, slow), kmeans, pca, nmf, ica, topnorm")
+    co.add_argument("--method", default="seminmf", choices=METHODS, help="sparse is the papers' objective, "
+                    "dictlearn the reference code's scikit-learn version (slow)")
     co.add_argument("--alpha", dest="dec_alpha", type=float, default=None, help="L1 weight of sparse / dictlearn")
-    co.add_argument("--max-iter", type=int, default=None)
+    co.add_argument("--max-iter", type=int, default=None, help="iterations of the decomposer (its own default)")
     co.add_argument("--batch-size", dest="dec_batch_size", type=int, default=None,
                     help="sparse: rows per minibatch (online fit for data too large for one batch)")
     co.add_argument("--device", default=None, help="seminmf / sparse: torch device, e.g. cuda")
-    co.add_argument("--k", type=int, default=20)
-    co.add_argument("--seed", type=int, default=0)
+    co.add_argument("--k", type=int, default=20, help="number of concepts")
+    co.add_argument("--seed", type=int, default=0, help="random state of the decomposer")
     co.add_argument("--model", default=None, help="ground the concepts in words with this model")
     co.add_argument("--out", required=True, help="an .npz with components, activations, ids")
     co.set_defaults(func=_cmd_concepts)
     sh = sub.add_parser("shift", help="concept shift between an original and a fine-tuned model's features")
-    sh.add_argument("--original", required=True)
-    sh.add_argument("--finetuned", required=True)
+    sh.add_argument("--original", required=True, help="feature store of the original model")
+    sh.add_argument("--finetuned", required=True, help="feature store of the fine-tuned model (same samples)")
     sh.add_argument("--hook", default=None, help="the hook point to use, when the stores hold several")
-    sh.add_argument("--method", default="kmeans")
-    sh.add_argument("--k", type=int, default=10)
-    sh.add_argument("--alpha", type=float, default=1.0)
-    sh.add_argument("--seed", type=int, default=0)
-    sh.add_argument("--reduce", default="mean", choices=("mean", "median", "trimmed"))
+    sh.add_argument("--method", default="kmeans", choices=METHODS, help="decomposer of both models' features")
+    sh.add_argument("--k", type=int, default=10, help="number of concepts")
+    sh.add_argument("--alpha", type=float, default=1.0, help="shifted concepts: u_a + alpha * D")
+    sh.add_argument("--seed", type=int, default=0, help="random state of the decomposer")
+    sh.add_argument("--reduce", default="mean", choices=("mean", "median", "trimmed"),
+                    help="how per-sample shifts are averaged into a concept's shift vector")
     sh.add_argument("--match-on", default="shifted", choices=("shifted", "original"),
                     help="match b's concepts to the shifted (default) or the original concepts of a")
     sh.add_argument("--out", required=True,
@@ -288,13 +278,14 @@ def add_subparsers(sub: Any) -> None:
     st.add_argument("--out", default=None, help="a .pt file for the computed vector")
     st.add_argument("--evaluate", default=None, help='a JSONL of {"image", "prompt", "answer" or "answers", '
                     '"answer_type"}: rows answered --source are targeted, the others measure side effects')
-    st.add_argument("--model", default=None)
-    st.add_argument("--dtype", default=None)
-    st.add_argument("--device", default=None)
+    st.add_argument("--model", default=None, help="model to evaluate with (default: the store's model)")
+    st.add_argument("--dtype", default=None, choices=DTYPES, help="model dtype (default: the loader's)")
+    st.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
     st.add_argument("--layer", type=int, default=None, help="add the vector to blocks.LAYER.hook_resid_post")
     st.add_argument("--alpha", type=float, nargs="+", default=[1.0], help="one or several strengths to sweep")
-    st.add_argument("--schedule", default="all", help="all, prompt, image, text, last or generated")
-    st.add_argument("--batch-size", type=int, default=16)
-    st.add_argument("--max-new-tokens", type=int, default=3)
+    st.add_argument("--schedule", default="all", choices=("all", "prompt", "image", "text", "last", "generated"),
+                    help="positions the vector is added at")
+    st.add_argument("--batch-size", type=int, default=16, help="rows per generate call")
+    st.add_argument("--max-new-tokens", type=int, default=3, help="answer length")
     st.add_argument("--report", default=None, help="a JSON file for the evaluation")
     st.set_defaults(func=_cmd_steer)
