@@ -94,11 +94,13 @@ def scale_child(n: int, d: int, k: int, batch_size: int | None, max_iter: int) -
     _, U = sparse_case(1, d, k)  # the true atoms (drawn first from seed 0)
     Z = np.empty((n, d), dtype=np.float32)  # built in blocks so that making the data does not set the peak
     rng = np.random.default_rng(1)
-    for start in range(0, n, 10_000):
-        m = min(10_000, n - start)
+    for start in range(0, n, 2_000):
+        m = min(2_000, n - start)
         V = rng.exponential(size=(m, k)) * (rng.random((m, k)) < 0.25) * 3
         V[np.arange(m), rng.integers(0, k, m)] += 1
         Z[start : start + m] = V @ U + 0.01 * rng.normal(size=(m, d))
+    with open("/proc/self/statm") as handle:  # resident memory before fitting: imports plus the data
+        before_mb = int(handle.read().split()[1]) * resource.getpagesize() / 2**20
     start = time.perf_counter()
     est = SparseDictionary(k, alpha=1.0, max_iter=max_iter, batch_size=batch_size, random_state=0).fit(Z)
     fit = time.perf_counter() - start
@@ -106,15 +108,15 @@ def scale_child(n: int, d: int, k: int, batch_size: int | None, max_iter: int) -
     V = est.transform(Z)
     transform = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"n": n, "batch_size": batch_size, "fit_s": fit, "transform_s": transform, "peak_mb": peak_mb,
+    print(json.dumps({"n": n, "batch_size": batch_size, "fit_s": fit, "transform_s": transform, "peak_mb": peak_mb, "before_mb": before_mb,
                       "data_mb": Z.nbytes / 2**20, "recovery": recovery(U, est.components_),
                       "zero_codes": float((V == 0).mean()), "iters": est.n_iter_}))
 
 
 def scale(sizes: list[int], max_iter: int) -> None:
     print(f"\nSparseDictionary at scale: d=4096, K=20, float32, {torch.get_num_threads()} torch threads")
-    print(f"{'rows':>8s} {'mode':>16s} {'fit s':>8s} {'transform s':>12s} {'peak MB':>9s} {'data MB':>8s} "
-          f"{'recovery':>9s}")
+    print(f"{'rows':>8s} {'mode':>16s} {'fit s':>8s} {'transform s':>12s} {'peak MB':>9s} {'pre-fit MB':>11s} "
+          f"{'data MB':>8s} {'recovery':>9s}")
     for n in sizes:
         for batch in (None, 8192):
             cmd = [sys.executable, __file__, "--child", str(n), str(batch or 0), str(max_iter)]
@@ -122,7 +124,7 @@ def scale(sizes: list[int], max_iter: int) -> None:
             r = json.loads(out)
             mode = "full batch" if batch is None else f"minibatch {batch}"
             print(f"{n:8d} {mode:>16s} {r['fit_s']:8.1f} {r['transform_s']:12.1f} {r['peak_mb']:9.0f} "
-                  f"{r['data_mb']:8.0f} {r['recovery']:9.4f}", flush=True)
+                  f"{r['before_mb']:11.0f} {r['data_mb']:8.0f} {r['recovery']:9.4f}", flush=True)
 
 
 def main() -> None:

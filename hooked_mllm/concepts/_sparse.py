@@ -29,7 +29,12 @@ _EPS = 1e-12
 
 
 def init_atoms(Z: Float[Tensor, "n d"], k: int, generator: torch.Generator) -> Float[Tensor, "k d"]:
-    """k-means++ seeding on the row directions: ``k`` spread-out data rows, scaled to unit norm."""
+    """k-means++ seeding on the row directions: ``k`` spread-out data rows, scaled to unit norm.
+
+    Seeds from at most 10,000 rows drawn at random, so that no copy of a large ``Z`` is made.
+    """
+    if Z.shape[0] > 10_000:
+        Z = Z[torch.randperm(Z.shape[0], generator=generator)[:10_000].to(Z.device)]
     unit = Z / Z.norm(dim=1, keepdim=True).clamp_min(_EPS)
     n = unit.shape[0]
     first = int(torch.randint(n, (1,), generator=generator))

@@ -31,7 +31,7 @@ K = 3
 # Small but valid settings for every registered decomposer (max_iter kept low where it only costs time).
 SMALL = {
     "seminmf": dict(max_iter=300, random_state=0),
-    "sparse": dict(alpha=0.01, random_state=0, dtype="float64"),
+    "sparse": dict(alpha=0.01, max_iter=100, random_state=0, dtype="float64"),
     "dictlearn": dict(max_iter=30, random_state=0),
     "kmeans": dict(random_state=0),
     "pca": dict(random_state=0),
