@@ -1,0 +1,24 @@
+"""The README's and docs/scale.md's code blocks run as written (on the shipped toy model, offline)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/scale.md"])
+def test_code_blocks_run(doc, tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(encoding="utf-8"), re.S)
+    assert blocks, f"{doc} has no python code block"
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / (Path(doc).stem + "_example.py")  # a real file: nnsight reads hook functions' source
+    script.write_text("\n".join(blocks), encoding="utf-8")
+    namespace: dict = {"__name__": "__doc_example__"}
+    exec(compile(script.read_text(encoding="utf-8"), str(script), "exec"), namespace)  # noqa: S102 - our own docs
+    if doc == "README.md":
+        assert tuple(namespace["h"].shape) == tuple(namespace["cache"]["resid_post", 3].shape)
+        assert not namespace["ablated"].equal(namespace["logits"])
