@@ -2,8 +2,9 @@
 
 Each family's adapter lives in its own module (:mod:`.llava`, ...) and is registered
 here. :func:`adapter_for` picks the adapter of a loaded HF model by its config class,
-falling back to :func:`.discover.discover` (structure-based, unverified) for unknown
-models. :func:`supported_models_markdown` renders the registry as docs/architectures.md.
+falling back to :func:`.discover.discover` (structure-based, checked by a probe forward:
+:func:`.discover.verify_adapter`) for unknown models. :func:`supported_models_markdown`
+renders the registry as docs/architectures.md.
 
 Example:
     >>> from hooked_mllm.architectures import adapter_for
@@ -20,6 +21,7 @@ from .base import Adapter as Adapter
 from .base import BlockLayout as BlockLayout
 from .base import square_grid as square_grid
 from .discover import discover as discover
+from .discover import verify_adapter as verify_adapter
 from .gemma3 import GEMMA3
 from .idefics2 import IDEFICS2
 from .idefics3 import IDEFICS3, SMOLVLM
@@ -72,7 +74,8 @@ def adapter_for(hf_model: Any) -> Adapter:
                 f"failed: {error} Supported config classes: {known}."
             ) from None
         logger.warning("No adapter registered for %s (config %s); using the layout discovered from its "
-                       "module tree (unverified): %s", type(hf_model).__name__, config_name, adapter)
+                       "module tree, its LM residual identities checked on a text-only probe (the vision tower "
+                       "is mapped by names, unchecked): %s", type(hf_model).__name__, config_name, adapter)
         return adapter
     adapter = adapter.for_config(hf_model.config)
     adapter.validate(hf_model)

@@ -165,8 +165,8 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     layer scales under any name) and checks the residual identities
     (:func:`verify_adapter`); a layout that fails is refused, naming the identity, the layer
     and by how much. The vision tower's layout is mapped from its children's names and is
-    not verified by the text-only probe: pass a batch with images to :func:`verify_adapter`
-    for the LM, and read the vision identities from a cache.
+    not run by the text-only probe: pass a batch with images to :func:`verify_adapter` to
+    check it too.
 
     Example:
         >>> adapter = discover(hf_model)           # doctest: +SKIP
@@ -268,19 +268,21 @@ def _probe_inputs(hf_model: nn.Module) -> dict[str, Tensor]:
     return {"input_ids": ids_t, "attention_mask": torch.ones_like(ids_t)}
 
 
-def _record(hf_model: nn.Module, prefix: str, n_layers: int, inputs: dict) -> tuple[list[dict[str, tuple]], Any]:
-    """Run ``inputs`` with torch hooks on every block of the list at ``prefix`` and its direct children.
+def _record(hf_model: nn.Module, lists: dict[str, int], inputs: dict) -> tuple[dict[str, list[dict[str, tuple]]], Any]:
+    """Run ``inputs`` with torch hooks on every block of each list (path -> length) and its direct children.
 
-    Returns, per block, ``{"": (input, output), child: (input, raw output), ...}`` and the HF output.
+    Returns, per list and block, ``{"": (input, output), child: (input, raw output), ...}``, and the HF output.
     """
-    records: list[dict[str, tuple]] = [{} for _ in range(n_layers)]
+    records: dict[str, list[dict[str, tuple]]] = {prefix: [{} for _ in range(n)] for prefix, n in lists.items()}
     handles = []
-    for layer in range(n_layers):
-        block = hf_model.get_submodule(f"{prefix}.{layer}")
-        for name, module in [("", block), *block.named_children()]:
-            def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name, layer: int = layer) -> None:
-                records[layer].setdefault(name, (_first_tensor(args, kwargs), output))
-            handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    for prefix, n_layers in lists.items():
+        for layer in range(n_layers):
+            block = hf_model.get_submodule(f"{prefix}.{layer}")
+            for name, module in [("", block), *block.named_children()]:
+                def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name,
+                         rec: dict = records[prefix][layer]) -> None:
+                    rec.setdefault(name, (_first_tensor(args, kwargs), output))
+                handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
             output = hf_model(**inputs, output_hidden_states=True)
@@ -294,6 +296,7 @@ def _close(a: Tensor | None, b: Tensor | None) -> tuple[bool, float, float]:
     """Whether ``a`` equals ``b`` up to float error, the largest difference, and ``b``'s scale."""
     if a is None or b is None or a.shape != b.shape:
         return False, float("inf"), 0.0
+    a, b = a.detach(), b.detach()
     diff = float((a.float() - b.float()).abs().max())
     scale = float(b.float().abs().max())
     return diff <= 1e-4 + 1e-3 * scale, diff, scale
@@ -308,8 +311,8 @@ def _refine(hf_model: nn.Module, adapter: Adapter) -> BlockLayout:
     ``[d_model]`` are layer scales when the residual only adds up with them.
     """
     block = adapter.block
-    records, _ = _record(hf_model, adapter.lm_layers, 1, _probe_inputs(hf_model))
-    rec = records[0]
+    records, _ = _record(hf_model, {adapter.lm_layers: 1}, _probe_inputs(hf_model))
+    rec = records[adapter.lm_layers][0]
     layer = hf_model.get_submodule(f"{adapter.lm_layers}.0")
     attn_raw = _out(rec[block.attn][1], block.attn_index) if block.attn in rec else None
     mlp_raw = _out(rec[block.mlp][1]) if block.mlp in rec else None
@@ -337,14 +340,16 @@ def _refine(hf_model: nn.Module, adapter: Adapter) -> BlockLayout:
 
 
 def verify_adapter(hf_model: nn.Module, adapter: Adapter, inputs: dict | None = None) -> Adapter:
-    """Check an adapter's LM mapping on a probe run; return it (``hidden_states_normed`` set) or raise.
+    """Check an adapter's mapping on a probe run; return it (``hidden_states_normed`` set) or raise.
 
     The identities of the residual stream must hold at every block, computed from the modules
     the adapter names (torch hooks, not hook points): ``ln1`` output = the attention's input;
     ``resid_pre + attn_out`` = the input of ``ln2`` (``resid_mid``); ``ln2`` output (``ln1``'s in
     a parallel block) = the MLP's input; ``resid_mid + mlp_out = resid_post``;
-    ``resid_post(l) = resid_pre(l + 1)``; ``resid_post(l)`` = HF's ``hidden_states[l + 1]``, the
-    last one before or after the final norm (which sets ``hidden_states_normed``).
+    ``resid_post(l) = resid_pre(l + 1)``; and for the LM ``resid_post(l)`` = HF's
+    ``hidden_states[l + 1]``, the last one before or after the final norm (which sets
+    ``hidden_states_normed``). The vision tower's blocks are checked too when ``inputs`` hold
+    images (the default probe is text-only: then they are not).
 
     Args:
         hf_model: The HF model.
@@ -352,33 +357,59 @@ def verify_adapter(hf_model: nn.Module, adapter: Adapter, inputs: dict | None = 
         inputs: HF inputs to run (default: a short text-only probe).
 
     Raises:
-        ValueError: Naming the identity that failed, the layer and by how much.
+        ValueError: Naming the identity that failed, the stream, the layer and by how much.
 
     Example:
-        >>> verify_adapter(hf_model, discover(hf_model, verify=False))   # doctest: +SKIP
+        >>> verify_adapter(hf_model, discover(hf_model, verify=False), batch.inputs)   # doctest: +SKIP
     """
-    block = adapter.block
     n_layers = len(hf_model.get_submodule(adapter.lm_layers))
-    records, output = _record(hf_model, adapter.lm_layers, n_layers, inputs or _probe_inputs(hf_model))
+    lists = {adapter.lm_layers: n_layers}
+    if inputs is not None and adapter.vision_layers is not None and adapter.vision_block is not None:
+        lists[adapter.vision_layers] = len(hf_model.get_submodule(adapter.vision_layers))
+    records, output = _record(hf_model, lists, inputs or _probe_inputs(hf_model))
     hidden = output.hidden_states if getattr(output, "hidden_states", None) is not None else None
-    layer_mod = hf_model.get_submodule(f"{adapter.lm_layers}.0")
+    post = _check_blocks(hf_model, adapter, adapter.lm_layers, adapter.block, records[adapter.lm_layers], hidden)
+    if adapter.vision_layers in records and len(lists) > 1:
+        _check_blocks(hf_model, adapter, adapter.vision_layers, adapter.vision_block,  # type: ignore[arg-type]
+                      records[adapter.vision_layers], None)
+    normed = adapter.hidden_states_normed
+    if hidden is not None:
+        with torch.no_grad():
+            final = hf_model.get_submodule(adapter.final_norm)(post)
+        if _close(final, hidden[-1])[0]:
+            normed = True
+        elif _close(post, hidden[-1])[0]:
+            normed = False
+        else:
+            _fail(hf_model, adapter, adapter.block, "resid_post(last) = HF hidden_states[-1] (before or after the "
+                  "final norm)", "LM", n_layers - 1, *_close(final, hidden[-1])[1:])
+    return replace(adapter, hidden_states_normed=normed)
+
+
+def _fail(hf_model: nn.Module, adapter: Adapter, block: BlockLayout, identity: str, stream: str, layer: int,
+          diff: float, scale: float) -> None:
+    raise ValueError(
+        f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: {identity} does not "
+        f"hold at {stream} layer {layer} (off by {diff:.3g}; values up to {scale:.3g}). The mapping ({block}) would "
+        "name the wrong values; write an adapter for this model (see docs/architectures.md).")
+
+
+def _check_blocks(hf_model: nn.Module, adapter: Adapter, prefix: str, block: BlockLayout,
+                  records: list[dict[str, tuple]], hidden: Any) -> Tensor | None:
+    """The residual identities of every block of the list at ``prefix`` (see :func:`verify_adapter`);
+    returns the last block's output."""
+    stream = "LM" if prefix == adapter.lm_layers else "vision"
 
     def scaled(value: Tensor | None, scale: str | None, layer: int) -> Tensor | None:
         if value is None or scale is None:
             return value
-        return value * hf_model.get_submodule(f"{adapter.lm_layers}.{layer}").get_parameter(scale)
-
-    def fail(identity: str, layer: int, diff: float, scale: float) -> None:
-        raise ValueError(
-            f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: {identity} does not "
-            f"hold at LM layer {layer} (off by {diff:.3g}; values up to {scale:.3g}). The mapping ({block}) would "
-            "name the wrong values; write an adapter for this model (see docs/architectures.md).")
+        return value * hf_model.get_submodule(f"{prefix}.{layer}").get_parameter(scale)
 
     post_prev = None
     for layer, rec in enumerate(records):
         if "" not in rec:
-            raise ValueError(f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: LM "
-                             f"layer {layer} ({adapter.lm_layers}.{layer}) did not run on a text-only probe.")
+            raise ValueError(f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: "
+                             f"{stream} layer {layer} ({prefix}.{layer}) did not run on the probe.")
         pre, post = rec[""][0], _out(rec[""][1])
         attn_out = _out(rec[block.attn_out][1]) if block.attn_out else _out(rec[block.attn][1], block.attn_index)
         mlp_out = _out(rec[block.mlp_out][1]) if block.mlp_out else _out(rec[block.mlp][1])
@@ -394,23 +425,11 @@ def verify_adapter(hf_model: nn.Module, adapter: Adapter, inputs: dict | None = 
                        post))
         if post_prev is not None:
             checks.append(("resid_post(l - 1) = resid_pre(l)", post_prev, pre))
-        if hidden is not None and layer + 1 < n_layers:
+        if hidden is not None and layer + 1 < len(records):
             checks.append(("resid_post = HF hidden_states[l + 1]", post, hidden[layer + 1]))
         for identity, got, want in checks:
             ok, diff, scale = _close(got, want)
             if not ok:
-                fail(identity, layer, diff, scale)
+                _fail(hf_model, adapter, block, identity, stream, layer, diff, scale)
         post_prev = post
-    normed = adapter.hidden_states_normed
-    if hidden is not None:
-        with torch.no_grad():
-            final = hf_model.get_submodule(adapter.final_norm)(post_prev)
-        if _close(final, hidden[-1])[0]:
-            normed = True
-        elif _close(post_prev, hidden[-1])[0]:
-            normed = False
-        else:
-            fail("resid_post(last) = HF hidden_states[-1] (before or after the final norm)", n_layers - 1,
-                 *_close(final, hidden[-1])[1:])
-    del layer_mod
-    return replace(adapter, hidden_states_normed=normed)
+    return post_prev

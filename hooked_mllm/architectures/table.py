@@ -35,7 +35,8 @@ checks the residual identities at every layer against Hugging Face's hidden stat
 much; a block the mapper cannot read is refused naming the sub-module it could not recognise.
 Tested on Aya Vision (parallel blocks), GLM-4V (sandwich norms, fused gate-and-up) and
 GOT-OCR 2 (`tests/architectures/test_discovery_verified.py`). The vision tower of a discovered
-model is mapped by its children's names; the text-only probe does not check it.
+model is mapped by its children's names; the text-only probe does not run it, so check it with
+`verify_adapter(model.hf_model, model.adapter, batch.inputs)` on a batch with images.
 """
 
 

@@ -312,8 +312,10 @@ def test_every_entry_point_takes_every_input_form(model, family, batch):
         torch.testing.assert_close(traced.logits[keep], ref[keep], msg=f"trace({form})")
 
 
-def test_every_writable_point_takes_writes_and_read_only_points_refuse(model, batch):
+def test_every_writable_point_takes_writes_and_read_only_points_refuse(model, family, batch):
     """A perturbation at each writable point, returned or made in place, reaches the logits (its
-    gradient is non-zero); each kind of read-only point refuses both."""
-    assert unreached_writes(model, batch) == {"returned": [], "in_place": []}
-    assert read_only_refusals(model, batch) == {"returned": [], "in_place": []}
+    gradient is non-zero); each kind of read-only point refuses both. On the first row (with its
+    image) to keep the backward small."""
+    one = batch.row(0) if family.split_rows else batch
+    assert unreached_writes(model, one) == {"returned": [], "in_place": []}
+    assert read_only_refusals(model, one) == {"returned": [], "in_place": []}

@@ -135,3 +135,21 @@ def test_refusal_names_the_sub_module_it_could_not_recognise():
     with pytest.raises(ValueError, match=r"model\.language_model\.layers\.0 \(Qwen2DecoderLayer\): no attention "
                                          r"sub-module .* mixer \(Qwen2Attention\)"):
         discover(hf_model)
+
+
+@pytest.mark.parametrize("adapter_name", ["llava", "gemma3", "internvl", "idefics3"])
+def test_self_check_covers_the_vision_tower_when_given_images(adapter_name):
+    """With a batch holding images the vision blocks' identities are checked too (layer scales,
+    post-norm-free ViTs); swapping the vision norms is caught at vision layer 0."""
+    from .families import FAMILIES as REGISTERED
+
+    family = next(f for f in REGISTERED if f.adapter == adapter_name)
+    hf_model, processor = family.build()
+    batch = HookedMLLM.from_hf(hf_model, processor).prepare(images=family.images[:1], prompts=family.prompts[:1])
+    adapter = discover(hf_model)
+    assert verify_adapter(hf_model, adapter, batch.inputs).hidden_states_normed == adapter.hidden_states_normed
+    vision = adapter.vision_block
+    swapped = replace(adapter, vision_block=replace(vision, ln1=vision.ln2, ln2=vision.ln1))
+    with pytest.raises(ValueError, match=r"ln1 output = the attention's input does not hold at vision layer 0"):
+        verify_adapter(hf_model, swapped, batch.inputs)
+    verify_adapter(hf_model, swapped)  # the text-only probe does not run the tower: nothing to catch there
