@@ -84,7 +84,8 @@ def _run_science(args: argparse.Namespace) -> int:
     if args.path:
         checkpoints = {p: p for p in args.path}
     else:
-        names = args.name or [n for n in CHECKPOINTS if n not in ("toy-llava", "toy-llava-ft")] or list(CHECKPOINTS)
+        recipe_made = [n for n in CHECKPOINTS if n not in ("toy-llava", "toy-llava-ft")]
+        names = args.name or recipe_made or list(CHECKPOINTS)
         checkpoints = {n: str(checkpoint_dir(n)) for n in names}
     sections = tuple(args.section) if args.section else None
     print(science_report(checkpoints, seed=args.seed, n=args.n, sections=sections))
@@ -92,8 +93,8 @@ def _run_science(args: argparse.Namespace) -> int:
 
 
 def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``train``, ``eval`` and ``science`` sub-commands to ``parser`` (e.g. the ``toy`` parser of the package
-    CLI).
+    """Add ``train``, ``eval`` and ``science`` sub-commands to ``parser`` (e.g. the ``toy`` parser of the
+    package CLI).
 
     Each sub-command stores its handler in ``args.func``; call ``args.func(args)``.
     """
@@ -109,7 +110,7 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--batch-size", type=int, default=None)
-    tr.add_argument("--init-dir", default=None, help="checkpoint to start from (fine-tunes and recipe stages)")
+    tr.add_argument("--init-dir", default=None, help="checkpoint to start from (fine-tunes, recipe stages)")
     tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     tr.set_defaults(func=_run_train)
     ev = sub.add_parser("eval", help="score a toy checkpoint on fresh scenes with greedy generation")
@@ -121,7 +122,7 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ev.add_argument("--show-errors", type=int, default=5)
     ev.add_argument("--threads", type=int, default=None)
     ev.set_defaults(func=_run_eval)
-    sc = sub.add_parser("science", help="quality, TQA and lens read-outs of image tokens (the recipe's targets)")
+    sc = sub.add_parser("science", help="quality, textual QA and lens read-outs of image tokens")
     sc.add_argument("--name", action="append", choices=CHECKPOINTS, help="checkpoint (repeatable)")
     sc.add_argument("--path", action="append", help="checkpoint directory (repeatable; overrides --name)")
     sc.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")

@@ -79,7 +79,9 @@ def encode_text(
     ``attention_mask`` (``(batch, pos)`` int64) and, with answers, ``labels``.
     """
     if len(scenes) != len(dialogues):
-        raise ValueError(f"need one dialogue per scene, got {len(scenes)} scenes and {len(dialogues)} dialogues.")
+        raise ValueError(
+            f"need one dialogue per scene, got {len(scenes)} scenes and {len(dialogues)} dialogues."
+        )
     if loss not in ("all", "answer"):
         raise ValueError(f"loss must be 'all' or 'answer', got {loss!r}.")
     generate = all(isinstance(d, str) for d in dialogues)

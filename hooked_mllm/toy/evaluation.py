@@ -203,7 +203,9 @@ def evaluate_text(
     was_training = model.training
     model.eval()
     scenes = World(seed=seed).sample(n)
-    items = [(i, q, qa.question, qa.answer) for i, s in enumerate(scenes) for q in QTYPES for qa in s.questions_of(q)]
+    items = [
+        (i, q, qa.question, qa.answer) for i, s in enumerate(scenes) for q in QTYPES for qa in s.questions_of(q)
+    ]
     items += [(i, "caption", CAPTION_PROMPT, target_caption(s, "scene")) for i, s in enumerate(scenes)]
     right: dict[str, int] = defaultdict(int)
     total: dict[str, int] = defaultdict(int)

@@ -54,7 +54,8 @@ def toy_config(
 ) -> LlavaConfig:
     """The ``LlavaConfig`` of the toy model (defaults are the sizes of ``toy-llava``).
 
-    ``text_intermediate`` is the LM's MLP width (default ``4 * text_hidden``); ``tie_embeddings`` ties the LM head to the input embedding (the LLaVA-recipe checkpoints do).
+    ``text_intermediate`` is the LM's MLP width (default ``4 * text_hidden``); ``tie_embeddings`` ties the LM
+    head to the input embedding (the LLaVA-recipe checkpoints do).
     """
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden,

@@ -15,7 +15,8 @@ Purpose
 Connections
     Optimisation settings and task mixtures are :class:`hooked_mllm.toy.training.Recipe` records (same
     schedule, same curriculum semantics, via :func:`~hooked_mllm.toy.training.task_mix`); batches come from
-    :func:`hooked_mllm.toy.data.encode_text` (text) and :func:`~hooked_mllm.toy.data.encode_dialogues` (image).
+    :func:`hooked_mllm.toy.data.encode_text` (text) and :func:`~hooked_mllm.toy.data.encode_dialogues`
+    (image).
     The CLI (``hooked-mllm toy train --name toy-lm`` ...) calls :func:`train_stage`.
 
 Contents
@@ -67,7 +68,8 @@ PARTS: tuple[str, ...] = ("patch_embedding", "vision", "projector", "embeddings"
 DEEP_SIZES: dict[str, int | bool] = {
     "text_layers": 6, "text_hidden": 128, "text_heads": 4, "text_intermediate": 256, "tie_embeddings": True,
 }
-"""LM sizes of the recipe's checkpoints (the vision tower keeps :func:`~hooked_mllm.toy.model.toy_config`'s)."""
+"""LM sizes of the recipe's checkpoints (the vision tower keeps the sizes of
+:func:`~hooked_mllm.toy.model.toy_config`)."""
 
 _WORLD_SEED_OFFSET = 10_000  # as in training.py: training worlds are >= 10000, evaluation seeds below
 
@@ -139,22 +141,28 @@ STAGES: dict[str, Stage] = {
 
 
 def build_text_lm(seed: int = 0, **sizes) -> LlamaForCausalLM:
-    """A freshly initialised text-only LM of the toy family (the LM of :func:`~hooked_mllm.toy.model.toy_config`
-    with ``sizes``, by default :data:`DEEP_SIZES`), deterministic per ``seed``."""
+    """A freshly initialised text-only LM of the toy family (the LM of
+    :func:`~hooked_mllm.toy.model.toy_config` with ``sizes``, by default :data:`DEEP_SIZES`), deterministic per
+    ``seed``."""
     torch.manual_seed(seed)
     config = toy_config(**{**DEEP_SIZES, **sizes}).text_config
     model = LlamaForCausalLM(config)
     gen = model.generation_config
-    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id = config.pad_token_id, config.bos_token_id, config.eos_token_id
+    gen.pad_token_id, gen.bos_token_id = config.pad_token_id, config.bos_token_id
+    gen.eos_token_id = config.eos_token_id
     gen.do_sample, gen.max_new_tokens = False, 16
     return model.eval()
 
 
-def vlm_from_text_lm(lm: LlamaForCausalLM, seed: int = 0, **vision_sizes: int) -> LlavaForConditionalGeneration:
+def vlm_from_text_lm(
+    lm: LlamaForCausalLM, seed: int = 0, **vision_sizes: int
+) -> LlavaForConditionalGeneration:
     """A toy LLaVA (fresh vision tower and projector, seeded) whose language model is a copy of ``lm``."""
     tc = lm.config
-    sizes = {"text_layers": tc.num_hidden_layers, "text_hidden": tc.hidden_size, "text_heads": tc.num_attention_heads,
-             "text_intermediate": tc.intermediate_size, "tie_embeddings": bool(tc.tie_word_embeddings), **vision_sizes}
+    sizes = {
+        "text_layers": tc.num_hidden_layers, "text_hidden": tc.hidden_size, "text_heads": tc.num_attention_heads,
+        "text_intermediate": tc.intermediate_size, "tie_embeddings": bool(tc.tie_word_embeddings), **vision_sizes,
+    }  # fmt: skip
     vlm = build_model(seed, **sizes)
     vlm.model.language_model.load_state_dict(lm.model.state_dict())
     if not tc.tie_word_embeddings:
@@ -184,7 +192,9 @@ def set_trainable(model: torch.nn.Module, parts: tuple[str, ...]) -> dict[str, l
 def _batch(stage: Stage, proc, scenes, rng: random.Random, weights, p_caption: float) -> dict:
     r = stage.recipe
     dialogues = [
-        sample_dialogue(s, rng, r.turns, caption_style=r.caption_style, p_caption=p_caption, qtype_weights=weights)
+        sample_dialogue(
+            s, rng, r.turns, caption_style=r.caption_style, p_caption=p_caption, qtype_weights=weights
+        )
         for s in scenes
     ]
     if stage.kind == "text":
@@ -198,7 +208,9 @@ def _loss(model: torch.nn.Module, stage: Stage, proc, batch: dict) -> torch.Tens
     labels = batch.pop("labels")
     logits = model(**batch).logits[:, :-1]
     target = labels[:, 1:]
-    per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+    per_token = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
+    )
     ids = batch["input_ids"][:, 1:]
     pos = torch.arange(ids.shape[1]).expand_as(ids)
     none = torch.full_like(ids, -1)
@@ -280,7 +292,8 @@ def _load_init(stage: Stage, init_dir: str | os.PathLike[str] | None, seed: int)
     if meta.get("kind") == "text":  # a text LM: start a LLaVA around it
         lm = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32)
         return vlm_from_text_lm(lm, seed), build_processor()
-    return LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32), AutoProcessor.from_pretrained(src)
+    model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
+    return model, AutoProcessor.from_pretrained(src)
 
 
 def train_stage(
@@ -357,7 +370,8 @@ def train_recipe(
     progress: bool = False,
 ) -> dict[str, TrainResult]:
     """Run every stage of :data:`STAGES` in order, each starting from the previous one's output, into
-    ``out_root/<name>``; every ``every`` steps log a quick evaluation on ``n_eval`` unseen scenes (world seed 5:
+    ``out_root/<name>``; every ``every`` steps log a quick evaluation on ``n_eval`` unseen scenes (world seed
+    5:
     quality, textual QA or the lens read-out) and save the stage's checkpoint so far.
 
     Example
@@ -373,12 +387,14 @@ def train_recipe(
 
         def report(step: int, m: torch.nn.Module, name: str = name, stage: Stage = stage) -> None:
             if stage.kind == "text":
-                text = evaluate_text(m, seed=5, n=n_eval, tokenizer=build_tokenizer(), progress=False).format()
+                tok = build_tokenizer()
+                text = evaluate_text(m, seed=5, n=n_eval, tokenizer=tok, progress=False).format()
             else:
                 proc = build_processor()
                 text = evaluate(m, seed=5, n=n_eval, processor=proc, caption_style=stage.recipe.caption_style,
                                 progress=False).format()
-                text += "\n" + format_readout(image_token_readout(m, proc, seed=6, n_scenes=max(20, n_eval // 2)))
+                rows = image_token_readout(m, proc, seed=6, n_scenes=max(20, n_eval // 2))
+                text += "\n" + format_readout(rows)
             logger.info("%s after %d steps:\n%s", name, step, text)
 
         results[name] = train_stage(name, seed, root / name, init_dir=prev, progress=progress, every=every,

@@ -1,8 +1,8 @@
 """Do the toy's image tokens read as words? Lens read-outs of every object's image tokens at every layer.
 
 Purpose
-    The measurements behind ``hooked-mllm toy science``: for each object of unseen scenes, read its image tokens
-    at the LM input and after every block through the **logit lens** (final norm + LM head) and the
+    The measurements behind ``hooked-mllm toy science``: for each object of unseen scenes, read its image
+    tokens at the LM input and after every block through the **logit lens** (final norm + LM head) and the
     **embedding lens** (cosine to the input embeddings, :func:`hooked_mllm.lens.embedding_lens`), restricted
     to the colour words and to the shape words, and count how often the top word is the object's own colour /
     shape: for the mean vector of the object's image tokens ("mean") and for each of its patches ("patch").
@@ -10,9 +10,10 @@ Purpose
 
 Connections
     Scenes from :class:`hooked_mllm.toy.world.World` (``patch_indices`` = image-token indices), prompts from
-    :func:`hooked_mllm.toy.data.encode`, the lenses of :mod:`hooked_mllm.lens` (the logit lens here is computed
-    with the model's own ``norm`` and ``lm_head``, which is what ``hooked_mllm.lens.logit_lens`` does on a
-    ``HookedMLLM``; a test checks they agree). :mod:`hooked_mllm.toy.cli` prints :func:`science_report`.
+    :func:`hooked_mllm.toy.data.encode`, the embedding lens of :mod:`hooked_mllm.lens`; the logit lens here
+    is the model's own ``norm`` and ``lm_head`` on a plain Hugging Face model (what
+    ``hooked_mllm.lens.logit_lens`` does through a ``HookedMLLM``), read from forward hooks on the decoder
+    layers. :mod:`hooked_mllm.toy.cli` prints :func:`science_report`.
 
 Contents
     :class:`ReadoutRow`, :func:`image_token_readout`, :func:`format_readout`, :data:`SECTIONS`,
@@ -34,7 +35,15 @@ from hooked_mllm.toy.data import encode
 from hooked_mllm.toy.processor import CAPTION_PROMPT
 from hooked_mllm.toy.world import COLORS, SHAPES, World
 
-__all__ = ["LENSES", "SECTIONS", "ReadoutRow", "checkpoint_kind", "format_readout", "image_token_readout", "science_report"]
+__all__ = [
+    "LENSES",
+    "SECTIONS",
+    "ReadoutRow",
+    "checkpoint_kind",
+    "format_readout",
+    "image_token_readout",
+    "science_report",
+]
 
 LENSES: tuple[str, ...] = ("logit", "embedding")
 
@@ -110,10 +119,14 @@ def image_token_readout(
         chunk = scenes[start : start + batch_size]
         batch = encode(processor, [s.image for s in chunk], [CAPTION_PROMPT] * len(chunk))
         states: list[torch.Tensor] = []
-        handles = [layers[0].register_forward_pre_hook(
-            lambda _m, args, kwargs: states.append(args[0] if args else kwargs["hidden_states"]), with_kwargs=True)]
-        handles += [layer.register_forward_hook(lambda _m, _a, out: states.append(out[0] if isinstance(out, tuple)
-                                                                                      else out)) for layer in layers]
+        def grab_input(_m, args, kwargs):
+            states.append(args[0] if args else kwargs["hidden_states"])
+
+        def grab_output(_m, _args, out):
+            states.append(out[0] if isinstance(out, tuple) else out)
+
+        handles = [layers[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
+        handles += [layer.register_forward_hook(grab_output) for layer in layers]
         try:
             model(**batch)
         finally:
@@ -141,7 +154,9 @@ def image_token_readout(
     for li, lens in enumerate(LENSES):
         for layer in range(n_read):
             cm, sm, cp, sp = hits[li, layer].tolist()
-            rows.append(ReadoutRow(lens, layer - 1, cm / n_obj, sm / n_obj, cp / n_patch, sp / n_patch, n_obj, n_patch))
+            rows.append(
+                ReadoutRow(lens, layer - 1, cm / n_obj, sm / n_obj, cp / n_patch, sp / n_patch, n_obj, n_patch)
+            )
     return tuple(rows)
 
 
@@ -153,13 +168,16 @@ def format_readout(rows: tuple[ReadoutRow, ...], title: str = "") -> str:
     layers = sorted({r.layer for r in rows})
     lines = [title] if title else []
     n = rows[0]
-    lines.append(f"image tokens read as words ({n.n_objects} objects, {n.n_patches} patches; chance 0.20 / 0.33)")
+    lines.append(
+        f"image tokens read as words ({n.n_objects} objects, {n.n_patches} patches; chance 0.20 / 0.33)"
+    )
     lines += [head, sub]
     for layer in layers:
         cells = []
         for lens in LENSES:
             r = by[(lens, layer)]
-            cells.append(f"   {r.color_mean:4.2f} / {r.color_patch:4.2f}     {r.shape_mean:4.2f} / {r.shape_patch:4.2f}  ")
+            colour = f"{r.color_mean:4.2f} / {r.color_patch:4.2f}"
+            cells.append(f"   {colour}     {r.shape_mean:4.2f} / {r.shape_patch:4.2f}  ")
         lines.append(f"{'input' if layer < 0 else layer:<6}" + "".join(f" |{c}" for c in cells))
     return "\n".join(lines)
 
@@ -168,7 +186,8 @@ def _quality(name: str, path: Path, seed: int, n: int) -> str:
     from hooked_mllm.toy.evaluation import evaluate, evaluate_text
 
     if checkpoint_kind(path) == "text":
-        return "textual QA (scene given in words)\n" + evaluate_text(path, seed=seed, n=n, progress=False).format()
+        report = evaluate_text(path, seed=seed, n=n, progress=False)
+        return "textual QA (scene given in words)\n" + report.format()
     return evaluate(path, seed=seed, n=n, progress=False).format()
 
 
@@ -207,7 +226,8 @@ def science_report(
     sections: tuple[str, ...] | None = None,
 ) -> str:
     """The science report of ``checkpoints`` (``{name: directory}``): every section of :data:`SECTIONS` (or
-    the named ones) for each checkpoint, on ``n`` scenes of world ``seed`` (the read-out uses ``seed + 1``)."""
+    the named ones) for each checkpoint, on ``n`` scenes of world ``seed`` (the read-out uses
+    ``seed + 1``)."""
     chosen = sections or tuple(SECTIONS)
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
