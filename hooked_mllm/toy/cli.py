@@ -30,6 +30,14 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
+    if args.name in _stage_names():
+        from hooked_mllm.toy.recipe import train_stage
+
+        result = train_stage(
+            args.name, seed=args.seed, out=args.out, steps=args.steps, init_dir=args.init_dir, **overrides
+        )
+        print(f"saved {args.name} to {result.out} in {result.seconds:.0f} s (final loss {result.final_loss:.4f})")
+        return 0
     result = train(
         args.name, seed=args.seed, out=args.out, steps=args.steps, init_dir=args.init_dir, **overrides
     )
@@ -44,17 +52,49 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    report = evaluate(
-        args.path or args.name, seed=args.seed, n=args.n, caption_style=args.caption_style
-    )
+    from hooked_mllm.toy.science import checkpoint_kind
+
+    target = args.path or args.name
+    if checkpoint_kind(target) == "text":
+        from hooked_mllm.toy.evaluation import evaluate_text
+
+        report = evaluate_text(target, seed=args.seed, n=args.n)
+    else:
+        report = evaluate(target, seed=args.seed, n=args.n, caption_style=args.caption_style)
     print(report.format())
     for qtype, question, expected, got in report.errors[: args.show_errors]:
         print(f"  wrong [{qtype}] {question!r}: expected {expected!r}, got {got!r}")
     return 0
 
 
+def _stage_names() -> tuple[str, ...]:
+    from hooked_mllm.toy.recipe import STAGES
+
+    return tuple(STAGES)
+
+
+def _run_science(args: argparse.Namespace) -> int:
+    import torch
+
+    from hooked_mllm.toy.model import CHECKPOINTS, checkpoint_dir
+    from hooked_mllm.toy.science import science_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.path:
+        checkpoints = {p: p for p in args.path}
+    else:
+        recipe_made = [n for n in CHECKPOINTS if n not in ("toy-llava", "toy-llava-ft")]
+        names = args.name or recipe_made or list(CHECKPOINTS)
+        checkpoints = {n: str(checkpoint_dir(n)) for n in names}
+    sections = tuple(args.section) if args.section else None
+    print(science_report(checkpoints, seed=args.seed, n=args.n, sections=sections))
+    return 0
+
+
 def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``train`` and ``eval`` sub-commands to ``parser`` (e.g. the ``toy`` parser of the package CLI).
+    """Add ``train``, ``eval`` and ``science`` sub-commands to ``parser`` (e.g. the ``toy`` parser of the
+    package CLI).
 
     Each sub-command stores its handler in ``args.func``; call ``args.func(args)``.
     """
@@ -62,17 +102,19 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     sub = parser.add_subparsers(dest="toy_command", required=True)
     tr = sub.add_parser("train", help="train a toy checkpoint from scratch (or fine-tune, for toy-llava-ft)")
-    tr.add_argument("--name", choices=CHECKPOINTS, default="toy-llava")
+    stages = _stage_names()
+    tr.add_argument("--name", choices=tuple(dict.fromkeys(CHECKPOINTS + stages)), default="toy-llava",
+                    help=f"checkpoint to train; the LLaVA-recipe stages run in the order {', '.join(stages)}")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", default=None, help="output directory (default: the shipped location)")
     tr.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     tr.add_argument("--lr", type=float, default=None)
     tr.add_argument("--batch-size", type=int, default=None)
-    tr.add_argument("--init-dir", default=None, help="checkpoint to fine-tune from (toy-llava-ft)")
+    tr.add_argument("--init-dir", default=None, help="checkpoint to start from (fine-tunes, recipe stages)")
     tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     tr.set_defaults(func=_run_train)
     ev = sub.add_parser("eval", help="score a toy checkpoint on fresh scenes with greedy generation")
-    ev.add_argument("--name", choices=CHECKPOINTS, default="toy-llava")
+    ev.add_argument("--name", choices=CHECKPOINTS, default="toy-llava")  # toy-lm: textual QA
     ev.add_argument("--path", default=None, help="checkpoint directory (overrides --name)")
     ev.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")
     ev.add_argument("--n", type=int, default=1000, help="number of scenes")
@@ -80,6 +122,14 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ev.add_argument("--show-errors", type=int, default=5)
     ev.add_argument("--threads", type=int, default=None)
     ev.set_defaults(func=_run_eval)
+    sc = sub.add_parser("science", help="quality, textual QA and lens read-outs of image tokens")
+    sc.add_argument("--name", action="append", choices=CHECKPOINTS, help="checkpoint (repeatable)")
+    sc.add_argument("--path", action="append", help="checkpoint directory (repeatable; overrides --name)")
+    sc.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")
+    sc.add_argument("--n", type=int, default=200, help="number of scenes")
+    sc.add_argument("--section", action="append", help="only these report sections (repeatable)")
+    sc.add_argument("--threads", type=int, default=None)
+    sc.set_defaults(func=_run_science)
     return parser
 
 

@@ -17,17 +17,105 @@ from typing import TYPE_CHECKING
 import torch
 
 from hooked_mllm.toy.processor import CAPTION_PROMPT, prompt_text
-from hooked_mllm.toy.world import QTYPES, Scene
+from hooked_mllm.toy.world import QTYPES, Scene, World  # noqa: F401  (World: doctest examples)
 
 if TYPE_CHECKING:
     from PIL import Image
     from transformers import BatchFeature, LlavaProcessor
 
-__all__ = ["CAPTION_STYLES", "encode", "encode_dialogues", "sample_dialogue", "sample_example", "target_caption"]
+__all__ = [
+    "CAPTION_STYLES",
+    "encode",
+    "encode_dialogues",
+    "encode_text",
+    "sample_dialogue",
+    "sample_example",
+    "scene_text",
+    "target_caption",
+    "text_prompt",
+]
 
-CAPTION_STYLES: tuple[str, ...] = ("plain", "colored")
+CAPTION_STYLES: tuple[str, ...] = ("plain", "colored", "scene")
 """``plain``: shapes only ("a circle and a square", toy-llava); ``colored``: "a red circle and a blue square"
-(toy-llava-ft)."""
+(toy-llava-ft); ``scene``: the full textual scene with positions (:func:`scene_text`, the alignment target of
+the LLaVA recipe)."""
+
+
+def scene_text(scene: Scene) -> str:
+    """The scene in words, objects in reading order with their positions, ending in ``.``.
+
+    Example
+        >>> scene_text(World(seed=1).sample(1)[0])  # doctest: +SKIP
+        'a red circle top-left and a blue square right .'
+    """
+    parts = [f"a {o.color} {o.shape} {o.position}" for o in scene.objects]
+    body = parts[0] if len(parts) == 1 else " , ".join(parts[:-1]) + " and " + parts[-1]
+    return body + " ."
+
+
+def text_prompt(scene: Scene, question: str) -> str:
+    """The textual-QA prompt of ``toy-lm``: the image's place holds the scene in words (no ``<s>``).
+
+    >>> text_prompt(World(seed=1).sample(1)[0], "how many objects ?")  # doctest: +SKIP
+    'USER: a red circle top-left and a blue square right . how many objects ? ASSISTANT:'
+    """
+    return f"USER: {scene_text(scene)} {question} ASSISTANT:"
+
+
+def encode_text(
+    tokenizer,
+    scenes: list[Scene],
+    dialogues: list[list[tuple[str, str]]] | list[str],
+    *,
+    loss: str = "all",
+) -> dict[str, torch.Tensor]:
+    """Left-padded batch of textual-QA conversations for a text-only LM (``toy-lm``).
+
+    ``dialogues[i]`` is a list of (question, answer) turns about ``scenes[i]`` rendered as
+    ``<s> USER: {scene text} {q1} ASSISTANT: {a1} </s> USER: {q2} ASSISTANT: {a2} </s>``, or a plain question
+    string (then the row ends in ``ASSISTANT:``, ready for generation, and no labels are made).
+    ``loss="all"`` puts labels on every real token but ``<s>`` (language modelling, the text LM's
+    pretraining); ``loss="answer"`` only on the answers and their ``</s>``. Returns ``input_ids``,
+    ``attention_mask`` (``(batch, pos)`` int64) and, with answers, ``labels``.
+    """
+    if len(scenes) != len(dialogues):
+        raise ValueError(
+            f"need one dialogue per scene, got {len(scenes)} scenes and {len(dialogues)} dialogues."
+        )
+    if loss not in ("all", "answer"):
+        raise ValueError(f"loss must be 'all' or 'answer', got {loss!r}.")
+    generate = all(isinstance(d, str) for d in dialogues)
+    if generate:
+        texts = [text_prompt(s, q) for s, q in zip(scenes, dialogues)]
+    else:
+        texts = [
+            " ".join(
+                (text_prompt(s, q) if t == 0 else f"USER: {q} ASSISTANT:") + f" {a} </s>"
+                for t, (q, a) in enumerate(d)
+            )
+            for s, d in zip(scenes, dialogues)
+        ]
+    prev_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = prev_side
+    batch = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if generate:
+        return batch
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if loss == "all":
+        batch["labels"] = torch.where((mask == 1) & (ids != tokenizer.bos_token_id), ids, -100)
+    else:
+        pos = torch.arange(ids.shape[1]).expand_as(ids)
+        none = torch.full_like(ids, -1)
+        last_assistant = torch.where(ids == tokenizer.convert_tokens_to_ids("ASSISTANT:"), pos, none)
+        last_user = torch.where(ids == tokenizer.convert_tokens_to_ids("USER:"), pos, none)
+        last_assistant, last_user = last_assistant.cummax(dim=1).values, last_user.cummax(dim=1).values
+        answer = (last_assistant > last_user) & (last_assistant < pos) & (mask == 1)
+        batch["labels"] = torch.where(answer, ids, -100)
+    return batch
 
 
 def target_caption(scene: Scene, style: str) -> str:
@@ -36,6 +124,8 @@ def target_caption(scene: Scene, style: str) -> str:
         return scene.caption
     if style == "colored":
         return scene.caption_colored
+    if style == "scene":
+        return scene_text(scene)
     raise ValueError(f"Unknown caption style {style!r}; expected one of {CAPTION_STYLES}.")
 
 

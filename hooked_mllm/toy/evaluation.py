@@ -24,12 +24,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaProcessor, PreTrainedModel
 
-from hooked_mllm.toy.data import CAPTION_STYLES, encode, target_caption
+from hooked_mllm.toy.data import CAPTION_STYLES, encode, encode_text, target_caption
 from hooked_mllm.toy.model import CHECKPOINTS, checkpoint_dir
 from hooked_mllm.toy.processor import CAPTION_PROMPT
 from hooked_mllm.toy.world import QTYPES, World
 
-__all__ = ["EvalReport", "evaluate"]
+__all__ = ["EvalReport", "evaluate", "evaluate_text"]
 
 
 @dataclass(frozen=True)
@@ -168,5 +168,71 @@ def evaluate(
         n_scenes=n,
         seed=seed,
         caption_style=caption_style,
+        errors=tuple(errors),
+    )
+
+
+@torch.no_grad()
+def evaluate_text(
+    model: str | os.PathLike[str] | PreTrainedModel,
+    seed: int = 123,
+    n: int = 1000,
+    *,
+    tokenizer=None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> EvalReport:
+    """Textual QA: greedy answers of a text-only LM (``toy-lm``) to every question of ``n`` scenes of
+    ``World(seed)`` given in words (:func:`hooked_mllm.toy.data.text_prompt`), scored like :func:`evaluate`.
+
+    The "caption" row scores the copy task (``describe the image .`` answered by the scene text itself).
+
+    Example
+        >>> report = evaluate_text("toy-lm", seed=123, n=200)  # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.exists() and str(model) in CHECKPOINTS:
+            path = checkpoint_dir(str(model))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+    if tokenizer is None:
+        raise ValueError("Pass `tokenizer=` when `model` is a model object rather than a checkpoint path.")
+    was_training = model.training
+    model.eval()
+    scenes = World(seed=seed).sample(n)
+    items = [
+        (i, q, qa.question, qa.answer) for i, s in enumerate(scenes) for q in QTYPES for qa in s.questions_of(q)
+    ]
+    items += [(i, "caption", CAPTION_PROMPT, target_caption(s, "scene")) for i, s in enumerate(scenes)]
+    right: dict[str, int] = defaultdict(int)
+    total: dict[str, int] = defaultdict(int)
+    errors: list[tuple[str, str, str, str]] = []
+    try:
+        for start in tqdm(range(0, len(items), batch_size), desc="toy text eval", disable=not progress):
+            chunk = items[start : start + batch_size]
+            batch = encode_text(tokenizer, [scenes[i] for i, *_ in chunk], [q for _, _, q, _ in chunk])
+            max_new = 24 if any(t == "caption" for _, t, _, _ in chunk) else 2
+            out = model.generate(**batch, max_new_tokens=max_new, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            got = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            for (_, qtype, question, expected), answer in zip(chunk, got):
+                answer = answer.strip()
+                total[qtype] += 1
+                if answer == expected:
+                    right[qtype] += 1
+                elif len(errors) < 20:
+                    errors.append((qtype, question, expected, answer))
+    finally:
+        model.train(was_training)
+    return EvalReport(
+        accuracy={q: right[q] / total[q] for q in QTYPES if total[q]},
+        counts={q: total[q] for q in QTYPES if total[q]},
+        caption_exact=right["caption"] / max(1, total["caption"]),
+        n_scenes=n,
+        seed=seed,
+        caption_style="scene",
         errors=tuple(errors),
     )

@@ -49,8 +49,14 @@ def toy_config(
     text_hidden: int = 128,
     text_layers: int = 4,
     text_heads: int = 4,
+    text_intermediate: int | None = None,
+    tie_embeddings: bool = False,
 ) -> LlavaConfig:
-    """The ``LlavaConfig`` of the toy model (defaults are the shipped sizes)."""
+    """The ``LlavaConfig`` of the toy model (defaults are the sizes of ``toy-llava``).
+
+    ``text_intermediate`` is the LM's MLP width (default ``4 * text_hidden``); ``tie_embeddings`` ties the LM
+    head to the input embedding (the LLaVA-recipe checkpoints do).
+    """
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden,
         intermediate_size=4 * vision_hidden,
@@ -65,7 +71,7 @@ def toy_config(
     text = LlamaConfig(
         vocab_size=len(VOCAB),
         hidden_size=text_hidden,
-        intermediate_size=4 * text_hidden,
+        intermediate_size=text_intermediate or 4 * text_hidden,
         num_hidden_layers=text_layers,
         num_attention_heads=text_heads,
         num_key_value_heads=text_heads,
@@ -74,7 +80,7 @@ def toy_config(
         pad_token_id=SPECIAL_TOKENS.index("<pad>"),
         bos_token_id=SPECIAL_TOKENS.index("<s>"),
         eos_token_id=SPECIAL_TOKENS.index("</s>"),
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie_embeddings,
     )
     config = LlavaConfig(
         vision_config=vision,

@@ -1,0 +1,404 @@
+"""LLaVA's training recipe on the toy world: a text-only LM first, then alignment, then instruction tuning.
+
+Purpose
+    Build toy checkpoints whose image tokens live in the language model's word space, as in LLaVA: the
+    projector learns to map into the embeddings of a *pretrained* LM. Stages, each a :class:`Stage`:
+
+    1. ``toy-lm``: a text-only ``LlamaForCausalLM`` (tied embeddings, 6 layers) trained with loss on every
+       token on textual scenes followed by questions and answers (textual QA, "TQA").
+    2. ``toy-llava-deep-align``: a ``LlavaForConditionalGeneration`` whose LM is ``toy-lm``, frozen; only the
+       vision tower and the projector learn, to make the LM reproduce the textual scene from the image and
+       answer questions about it.
+    3. ``toy-llava-deep``: visual instruction tuning (questions and plain captions) with the LM unfrozen.
+    4. ``toy-llava-deep-ft``: the fine-tuned twin that captions with colours (as ``toy-llava-ft``).
+
+Connections
+    Optimisation settings and task mixtures are :class:`hooked_mllm.toy.training.Recipe` records (same
+    schedule, same curriculum semantics, via :func:`~hooked_mllm.toy.training.task_mix`); batches come from
+    :func:`hooked_mllm.toy.data.encode_text` (text) and :func:`~hooked_mllm.toy.data.encode_dialogues`
+    (image).
+    The CLI (``hooked-mllm toy train --name toy-lm`` ...) calls :func:`train_stage`.
+
+Contents
+    :data:`PARTS`, :data:`DEEP_SIZES`, :class:`Stage`, :data:`STAGES`, :func:`build_text_lm`,
+    :func:`vlm_from_text_lm`, :func:`set_trainable`, :func:`run_stage`, :func:`train_stage`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoProcessor, LlamaForCausalLM, LlavaForConditionalGeneration
+
+from hooked_mllm.toy.data import encode_dialogues, encode_text, sample_dialogue
+from hooked_mllm.toy.model import build_model, save_checkpoint, toy_config
+from hooked_mllm.toy.processor import build_processor
+from hooked_mllm.toy.tokenizer import build_tokenizer
+from hooked_mllm.toy.training import META_FILE, Recipe, TrainResult, _lr_factor, task_mix
+from hooked_mllm.toy.world import World
+
+__all__ = [
+    "DEEP_SIZES",
+    "PARTS",
+    "STAGES",
+    "Stage",
+    "build_text_lm",
+    "set_trainable",
+    "run_stage",
+    "train_recipe",
+    "train_stage",
+    "vlm_from_text_lm",
+]
+
+logger = logging.getLogger(__name__)
+
+PARTS: tuple[str, ...] = ("patch_embedding", "vision", "projector", "embeddings", "lm")
+"""Trainable groups: the vision patch embedding, the rest of the vision tower, the projector, the LM's
+(tied) token embeddings, and the rest of the LM (blocks, final norm, an untied head)."""
+
+DEEP_SIZES: dict[str, int | bool] = {
+    "text_layers": 6, "text_hidden": 128, "text_heads": 4, "text_intermediate": 256, "tie_embeddings": True,
+}
+"""LM sizes of the recipe's checkpoints (the vision tower keeps the sizes of
+:func:`~hooked_mllm.toy.model.toy_config`)."""
+
+_WORLD_SEED_OFFSET = 10_000  # as in training.py: training worlds are >= 10000, evaluation seeds below
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the recipe.
+
+    Attributes:
+        kind: ``"text"`` (text-only LM, loss on every token), ``"image"`` (a LLaVA, loss on answers).
+        recipe: steps, optimiser and task mix (``caption_style``, ``p_caption``, ``qtype_weights``,
+            ``stages``, ``turns``); ``recipe.init`` names the stage whose output it starts from.
+        trainable: which of :data:`PARTS` learn; the others are frozen (``requires_grad=False``).
+        world_offset: added to the seed's training world, so stages see different scenes.
+        answer_weight: text stage only: the loss is the mean over every token plus ``answer_weight`` times the
+            mean over the answer tokens (their ``</s>`` included), so the few answer tokens are not drowned by
+            the scene text, whose words are random.
+    """
+
+    kind: str
+    recipe: Recipe
+    trainable: tuple[str, ...] = PARTS
+    world_offset: int = 0
+    answer_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("text", "image"):
+            raise ValueError(f"Stage kind must be 'text' or 'image', got {self.kind!r}.")
+        unknown = set(self.trainable) - set(PARTS)
+        if unknown:
+            raise ValueError(f"Unknown trainable parts {sorted(unknown)}; expected a subset of {PARTS}.")
+
+
+_QW = (1, 1, 0.15, 1, 1.2)
+
+STAGES: dict[str, Stage] = {
+    "toy-lm": Stage(
+        "text",
+        Recipe(caption_style="scene", steps=2400, batch_size=32, lr=1e-3, warmup=50, p_caption=0.15,
+               qtype_weights=_QW, turns=2,
+               stages=((300, (1, 0, 0, 0, 0)), (300, (1, 1, 0, 0, 0)), (300, (1, 1, 0, 1, 0)))),
+        trainable=("embeddings", "lm"),
+        world_offset=20,
+        answer_weight=2.0,
+    ),
+    "toy-llava-deep-align": Stage(
+        "image",
+        Recipe(caption_style="scene", init="toy-lm", steps=600, batch_size=32, lr=5e-4, warmup=30,
+               p_caption=0.5, qtype_weights=_QW),
+        trainable=("vision", "projector"),
+        world_offset=21,
+    ),
+    "toy-llava-deep": Stage(
+        "image",
+        Recipe(caption_style="plain", init="toy-llava-deep-align", steps=1200, batch_size=32, lr=5e-4,
+               warmup=30, p_caption=0.1, qtype_weights=_QW),
+        trainable=("vision", "projector", "lm"),
+        world_offset=22,
+    ),
+    "toy-llava-deep-ft": Stage(
+        "image",
+        Recipe(caption_style="colored", init="toy-llava-deep", steps=200, batch_size=32, lr=3e-4, warmup=20,
+               p_caption=0.4, qtype_weights=_QW),
+        trainable=("vision", "projector", "lm"),
+        world_offset=23,
+    ),
+}
+"""The recipe's stages by the name of the checkpoint each produces, in order."""
+
+
+def build_text_lm(seed: int = 0, **sizes) -> LlamaForCausalLM:
+    """A freshly initialised text-only LM of the toy family (the LM of
+    :func:`~hooked_mllm.toy.model.toy_config` with ``sizes``, by default :data:`DEEP_SIZES`), deterministic per
+    ``seed``."""
+    torch.manual_seed(seed)
+    config = toy_config(**{**DEEP_SIZES, **sizes}).text_config
+    model = LlamaForCausalLM(config)
+    gen = model.generation_config
+    gen.pad_token_id, gen.bos_token_id = config.pad_token_id, config.bos_token_id
+    gen.eos_token_id = config.eos_token_id
+    gen.do_sample, gen.max_new_tokens = False, 16
+    return model.eval()
+
+
+def vlm_from_text_lm(
+    lm: LlamaForCausalLM, seed: int = 0, **vision_sizes: int
+) -> LlavaForConditionalGeneration:
+    """A toy LLaVA (fresh vision tower and projector, seeded) whose language model is a copy of ``lm``."""
+    tc = lm.config
+    sizes = {
+        "text_layers": tc.num_hidden_layers, "text_hidden": tc.hidden_size, "text_heads": tc.num_attention_heads,
+        "text_intermediate": tc.intermediate_size, "tie_embeddings": bool(tc.tie_word_embeddings), **vision_sizes,
+    }  # fmt: skip
+    vlm = build_model(seed, **sizes)
+    vlm.model.language_model.load_state_dict(lm.model.state_dict())
+    if not tc.tie_word_embeddings:
+        vlm.lm_head.load_state_dict(lm.lm_head.state_dict())
+    return vlm
+
+
+def _part_of(name: str, is_vlm: bool) -> str:
+    if is_vlm and name.startswith("model.vision_tower."):
+        return "patch_embedding" if "patch_embedding" in name else "vision"
+    if is_vlm and name.startswith("model.multi_modal_projector."):
+        return "projector"
+    return "embeddings" if "embed_tokens" in name else "lm"
+
+
+def set_trainable(model: torch.nn.Module, parts: tuple[str, ...]) -> dict[str, list[str]]:
+    """Set ``requires_grad`` per :data:`PARTS` group; returns ``{part: [parameter names]}`` of the model."""
+    is_vlm = isinstance(model, LlavaForConditionalGeneration)
+    groups: dict[str, list[str]] = {p: [] for p in PARTS}
+    for name, param in model.named_parameters():
+        part = _part_of(name, is_vlm)
+        groups[part].append(name)
+        param.requires_grad_(part in parts)
+    return groups
+
+
+def _batch(stage: Stage, proc, scenes, rng: random.Random, weights, p_caption: float) -> dict:
+    r = stage.recipe
+    dialogues = [
+        sample_dialogue(
+            s, rng, r.turns, caption_style=r.caption_style, p_caption=p_caption, qtype_weights=weights
+        )
+        for s in scenes
+    ]
+    if stage.kind == "text":
+        return encode_text(proc, scenes, dialogues, loss="all")
+    return encode_dialogues(proc, [s.image for s in scenes], dialogues)
+
+
+def _loss(model: torch.nn.Module, stage: Stage, proc, batch: dict) -> torch.Tensor:
+    if stage.kind != "text" or not stage.answer_weight:
+        return model(**batch).loss
+    labels = batch.pop("labels")
+    logits = model(**batch).logits[:, :-1]
+    target = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
+    )
+    ids = batch["input_ids"][:, 1:]
+    pos = torch.arange(ids.shape[1]).expand_as(ids)
+    none = torch.full_like(ids, -1)
+    last_a = torch.where(ids == proc.convert_tokens_to_ids("ASSISTANT:"), pos, none).cummax(dim=1).values
+    last_u = torch.where(ids == proc.convert_tokens_to_ids("USER:"), pos, none).cummax(dim=1).values
+    in_answer = (last_a > last_u) & (last_a < pos) & (target != -100)
+    every = target != -100
+    return per_token[every].mean() + stage.answer_weight * per_token[in_answer].mean()
+
+
+def run_stage(
+    model: torch.nn.Module,
+    proc,
+    stage: Stage,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    every: int = 0,
+    callback: Callable[[int, torch.nn.Module], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place for ``stage.recipe.steps`` steps with only ``stage.trainable`` parts learning.
+
+    ``proc`` is the tokenizer (text stage) or the ``LlavaProcessor`` (image stages). Every ``every`` steps
+    (and at the end) ``callback(step, model)`` runs with the model in eval mode (interim evaluations and
+    checkpoints). Returns the loss of every step. Deterministic for a seed, machine and thread count.
+    """
+    r = stage.recipe
+    torch.manual_seed(seed)
+    world = World(seed=_WORLD_SEED_OFFSET + seed + stage.world_offset)
+    single = World(seed=_WORLD_SEED_OFFSET + seed + stage.world_offset + 100, max_objects=1)
+    set_trainable(model, stage.trainable)
+    rng = random.Random(seed)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"Stage trains nothing: no parameter of {stage.trainable} in the model.")
+    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=r.lr,
+        betas=(0.9, 0.98),
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, r))
+    trainable = [p for _, p in params]
+    losses: list[float] = []
+    model.train()
+    bar = tqdm(range(r.steps), desc=f"toy {stage.kind}", disable=not progress, mininterval=5.0)
+    for step in bar:
+        early, weights, p_caption = task_mix(r, step)
+        scenes = (single if early else world).sample(r.batch_size)
+        loss = _loss(model, stage, proc, _batch(stage, proc, scenes, rng, weights, p_caption))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, r.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.detach().item())
+        if step % 50 == 0 or step == r.steps - 1:
+            recent = losses[-50:]
+            bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+            logger.info("step %d loss %.4f", step, sum(recent) / len(recent))
+        if callback is not None and ((every and (step + 1) % every == 0) or step == r.steps - 1):
+            model.eval()
+            callback(step + 1, model)
+            model.train()
+    model.eval()
+    set_trainable(model, PARTS)
+    return losses
+
+
+def _load_init(stage: Stage, init_dir: str | os.PathLike[str] | None, seed: int):
+    from hooked_mllm.toy.model import checkpoint_dir
+
+    r = stage.recipe
+    if r.init is None:
+        return build_text_lm(seed), build_tokenizer()
+    src = Path(init_dir) if init_dir is not None else checkpoint_dir(r.init)
+    meta = json.loads((src / META_FILE).read_text()) if (src / META_FILE).is_file() else {}
+    if meta.get("kind") == "text":  # a text LM: start a LLaVA around it
+        lm = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32)
+        return vlm_from_text_lm(lm, seed), build_processor()
+    model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
+    return model, AutoProcessor.from_pretrained(src)
+
+
+def train_stage(
+    name: str,
+    seed: int = 0,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    init_dir: str | os.PathLike[str] | None = None,
+    steps: int | None = None,
+    progress: bool = True,
+    save: bool = True,
+    every: int = 0,
+    callback: Callable[[int, torch.nn.Module], None] | None = None,
+    **overrides,
+) -> TrainResult:
+    """Run stage ``name`` of :data:`STAGES` and save its checkpoint atomically to ``out``.
+
+    Args:
+        name: ``"toy-lm"``, ``"toy-llava-deep-align"``, ``"toy-llava-deep"`` or ``"toy-llava-deep-ft"``.
+        seed: seeds initialisation, training world and task sampling.
+        out: destination (default: the shipped location ``hooked_mllm/toy/checkpoints/<name>``).
+        init_dir: the checkpoint the stage starts from (default: the shipped ``recipe.init``).
+        steps: override the number of steps (tiny runs in tests); ``overrides``: other :class:`Recipe` fields.
+        every, callback: interim hook, see :func:`run_stage`; with ``save`` the checkpoint is also written
+            at every interim point, so an interrupted run leaves its latest state.
+
+    Example
+        >>> train_stage("toy-lm", out="/tmp/toy-lm", steps=5, progress=False)  # doctest: +SKIP
+    """
+    if name not in STAGES:
+        raise ValueError(f"Unknown recipe stage {name!r}; expected one of {list(STAGES)}.")
+    stage = STAGES[name]
+    if steps is not None:
+        overrides["steps"] = steps
+    stage = replace(stage, recipe=replace(stage.recipe, **overrides))
+    start = time.perf_counter()
+    model, proc = _load_init(stage, init_dir, seed)
+    logger.info("training %s (seed %d): %s", name, seed, stage)
+    dest = Path(out) if out is not None else Path(__file__).resolve().parent / "checkpoints" / name
+
+    def meta(step: int, losses: list[float] | None) -> str:
+        recent = (losses or [])[-50:]
+        return json.dumps({
+            "name": name, "kind": stage.kind, "seed": seed, "recipe": asdict(stage.recipe),
+            "trainable": list(stage.trainable), "caption_style": stage.recipe.caption_style,
+            "steps_done": step, "train_seconds": round(time.perf_counter() - start, 1),
+            "torch_threads": torch.get_num_threads(),
+            "final_loss": sum(recent) / len(recent) if recent else None,
+        }, indent=2)  # fmt: skip
+
+    def interim(step: int, m: torch.nn.Module) -> None:
+        if save and step < stage.recipe.steps:
+            save_checkpoint(m, proc, dest, extra_files={META_FILE: meta(step, None)})
+        if callback is not None:
+            callback(step, m)
+
+    losses = run_stage(model, proc, stage, seed=seed, progress=progress, every=every, callback=interim)
+    seconds = time.perf_counter() - start
+    saved = None
+    if save:
+        saved = save_checkpoint(model, proc, dest, extra_files={META_FILE: meta(stage.recipe.steps, losses)})
+        logger.info("saved %s to %s (%.0f s)", name, saved, seconds)
+    final = sum(losses[-50:]) / max(1, len(losses[-50:]))
+    return TrainResult(saved, final, seconds, tuple(losses))
+
+
+
+def train_recipe(
+    out_root: str | os.PathLike[str],
+    seed: int = 0,
+    *,
+    every: int = 300,
+    n_eval: int = 60,
+    progress: bool = False,
+) -> dict[str, TrainResult]:
+    """Run every stage of :data:`STAGES` in order, each starting from the previous one's output, into
+    ``out_root/<name>``; every ``every`` steps log a quick evaluation on ``n_eval`` unseen scenes (world seed
+    5:
+    quality, textual QA or the lens read-out) and save the stage's checkpoint so far.
+
+    Example
+        >>> train_recipe("/tmp/toy-recipe", seed=0)  # doctest: +SKIP
+    """
+    from hooked_mllm.toy.evaluation import evaluate, evaluate_text
+    from hooked_mllm.toy.science import format_readout, image_token_readout
+
+    root = Path(out_root)
+    results: dict[str, TrainResult] = {}
+    prev: Path | None = None
+    for name, stage in STAGES.items():
+
+        def report(step: int, m: torch.nn.Module, name: str = name, stage: Stage = stage) -> None:
+            if stage.kind == "text":
+                tok = build_tokenizer()
+                text = evaluate_text(m, seed=5, n=n_eval, tokenizer=tok, progress=False).format()
+            else:
+                proc = build_processor()
+                text = evaluate(m, seed=5, n=n_eval, processor=proc, caption_style=stage.recipe.caption_style,
+                                progress=False).format()
+                rows = image_token_readout(m, proc, seed=6, n_scenes=max(20, n_eval // 2))
+                text += "\n" + format_readout(rows)
+            logger.info("%s after %d steps:\n%s", name, step, text)
+
+        results[name] = train_stage(name, seed, root / name, init_dir=prev, progress=progress, every=every,
+                                    callback=report)
+        logger.info("%s done in %.0f s", name, results[name].seconds)
+        prev = root / name
+    return results
