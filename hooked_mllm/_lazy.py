@@ -17,9 +17,24 @@ from __future__ import annotations
 
 import difflib
 import sys
+import types
 from collections.abc import Callable, Mapping
 from importlib import import_module
 from typing import Any
+
+
+class _LazyPackage(types.ModuleType):
+    """A package whose public names win over its submodules of the same name.
+
+    Importing ``pkg.extract`` makes Python set ``pkg.extract`` to the submodule; where
+    ``extract`` is also a public name of the package (a function defined in that submodule),
+    the public name is kept.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and name in self.__dict__.get("_lazy_names", ()):
+            return
+        super().__setattr__(name, value)
 
 
 def lazy_exports(package: str, names: Mapping[str, str],
@@ -32,6 +47,10 @@ def lazy_exports(package: str, names: Mapping[str, str],
         modules: Public name -> submodule exposed as that name (``{"positions": ".positions"}``).
     """
     public = sorted({*names, *modules})
+    module = sys.modules.get(package)
+    if module is not None:
+        module._lazy_names = frozenset(names)
+        module.__class__ = _LazyPackage
 
     def __getattr__(name: str) -> Any:
         if name in names:

@@ -66,3 +66,17 @@ def test_hooks_lists_any_models_hook_points(capsys):
     assert "blocks.3.hook_resid_post" in names and "blocks.4.hook_resid_post" not in names
     assert main(["hooks", "--model", "/nonexistent/checkpoint"]) == 2
     assert "nonexistent" in capsys.readouterr().err
+
+
+def test_toy_names_match_the_recipe_and_train_never_overwrites_the_shipped_checkpoint(tmp_path, monkeypatch):
+    from hooked_mllm.toy import checkpoint_dir
+    from hooked_mllm.toy.names import STAGE_NAMES
+    from hooked_mllm.toy.recipe import STAGES
+
+    assert STAGE_NAMES == tuple(STAGES)
+    shipped = checkpoint_dir("toy-llava") / "model.safetensors"
+    before = shipped.stat().st_mtime_ns
+    monkeypatch.chdir(tmp_path)
+    assert main(["toy", "train", "--name", "toy-llava", "--steps", "1", "--batch-size", "2"]) == 0
+    assert (tmp_path / "toy-checkpoints" / "toy-llava" / "model.safetensors").is_file()
+    assert shipped.stat().st_mtime_ns == before

@@ -25,16 +25,14 @@ Example
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
+from hooked_mllm._lazy import lazy_exports
 from hooked_mllm.toy.world import QA as QA
 from hooked_mllm.toy.world import Scene as Scene
 from hooked_mllm.toy.world import SceneObject as SceneObject
 from hooked_mllm.toy.world import World as World
 
-_LAZY = {
-    "CHECKPOINTS": "hooked_mllm.toy.model",
+_NAMES = {
+    "CHECKPOINTS": "hooked_mllm.toy.names",
     "build_model": "hooked_mllm.toy.model",
     "checkpoint_dir": "hooked_mllm.toy.model",
     "load": "hooked_mllm.toy.model",
@@ -47,14 +45,6 @@ _LAZY = {
     "EvalReport": "hooked_mllm.toy.evaluation",
 }
 
-__all__ = ["QA", "Scene", "SceneObject", "World", *_LAZY]
+__getattr__, __dir__ = lazy_exports(__name__, _NAMES, {})
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'hooked_mllm.toy' has no attribute {name!r}; public names: {__all__}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__all__ = ["QA", "Scene", "SceneObject", "World", *_NAMES]

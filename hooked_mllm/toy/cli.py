@@ -18,6 +18,9 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+
+from hooked_mllm.toy.names import CHECKPOINTS, STAGE_NAMES
 
 __all__ = ["add_subparsers", "cli_eval", "cli_train", "main"]
 
@@ -30,7 +33,8 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
-    if args.name in _stage_names():
+    args.out = args.out or str(Path("toy-checkpoints") / args.name)
+    if args.name in STAGE_NAMES:
         from hooked_mllm.toy.recipe import train_stage
 
         result = train_stage(
@@ -67,12 +71,6 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_names() -> tuple[str, ...]:
-    from hooked_mllm.toy.recipe import STAGES
-
-    return tuple(STAGES)
-
-
 def _run_science(args: argparse.Namespace) -> int:
     import torch
 
@@ -98,29 +96,28 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     Each sub-command stores its handler in ``args.func``; call ``args.func(args)``.
     """
-    from hooked_mllm.toy.model import CHECKPOINTS
-
-    sub = parser.add_subparsers(dest="toy_command", required=True)
+    sub = parser.add_subparsers(dest="toy_command", required=True, metavar="COMMAND")
     tr = sub.add_parser("train", help="train a toy checkpoint from scratch (or fine-tune, for toy-llava-ft)")
-    stages = _stage_names()
-    tr.add_argument("--name", choices=tuple(dict.fromkeys(CHECKPOINTS + stages)), default="toy-llava",
-                    help=f"checkpoint to train; the LLaVA-recipe stages run in the order {', '.join(stages)}")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default=None, help="output directory (default: the shipped location)")
+    tr.add_argument("--name", choices=tuple(dict.fromkeys(CHECKPOINTS + STAGE_NAMES)), default="toy-llava",
+                    help=f"checkpoint to train; the LLaVA-recipe stages run in the order {', '.join(STAGE_NAMES)}")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the data order")
+    tr.add_argument("--out", default=None, help="output directory (default: toy-checkpoints/NAME in the current "
+                    "directory; the checkpoints shipped inside the package are never overwritten unless named)")
     tr.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
-    tr.add_argument("--lr", type=float, default=None)
-    tr.add_argument("--batch-size", type=int, default=None)
+    tr.add_argument("--lr", type=float, default=None, help="override the recipe's peak learning rate")
+    tr.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     tr.add_argument("--init-dir", default=None, help="checkpoint to start from (fine-tunes, recipe stages)")
     tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     tr.set_defaults(func=_run_train)
     ev = sub.add_parser("eval", help="score a toy checkpoint on fresh scenes with greedy generation")
-    ev.add_argument("--name", choices=CHECKPOINTS, default="toy-llava")  # toy-lm: textual QA
+    ev.add_argument("--name", choices=CHECKPOINTS, default="toy-llava", help="shipped checkpoint to score")
     ev.add_argument("--path", default=None, help="checkpoint directory (overrides --name)")
     ev.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")
     ev.add_argument("--n", type=int, default=1000, help="number of scenes")
-    ev.add_argument("--caption-style", choices=("plain", "colored"), default=None)
-    ev.add_argument("--show-errors", type=int, default=5)
-    ev.add_argument("--threads", type=int, default=None)
+    ev.add_argument("--caption-style", choices=("plain", "colored"), default=None,
+                    help="expected captions (default: the checkpoint's own style)")
+    ev.add_argument("--show-errors", type=int, default=5, help="how many wrong answers to print")
+    ev.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ev.set_defaults(func=_run_eval)
     sc = sub.add_parser("science", help="quality, textual QA and lens read-outs of image tokens")
     sc.add_argument("--name", action="append", choices=CHECKPOINTS, help="checkpoint (repeatable)")
@@ -128,7 +125,7 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     sc.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")
     sc.add_argument("--n", type=int, default=200, help="number of scenes")
     sc.add_argument("--section", action="append", help="only these report sections (repeatable)")
-    sc.add_argument("--threads", type=int, default=None)
+    sc.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     sc.set_defaults(func=_run_science)
     return parser
 

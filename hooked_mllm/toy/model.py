@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
+from hooked_mllm.toy.names import CHECKPOINTS as CHECKPOINTS
 from hooked_mllm.toy.processor import NUM_IMAGE_TOKENS
 from hooked_mllm.toy.tokenizer import SPECIAL_TOKENS, VOCAB
 from hooked_mllm.toy.world import IMAGE_SIZE, PATCH
@@ -33,10 +34,6 @@ if TYPE_CHECKING:
     from transformers import LlavaProcessor
 
 __all__ = ["CHECKPOINTS", "build_model", "checkpoint_dir", "load", "save_checkpoint", "toy_config"]
-
-CHECKPOINTS: tuple[str, ...] = ("toy-llava", "toy-llava-ft")
-"""Names of the shipped checkpoints. ``toy-llava`` captions with shapes only ("a circle and a square");
-``toy-llava-ft`` is toy-llava fine-tuned to caption with colours ("a red circle and a blue square")."""
 
 _CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 
