@@ -30,7 +30,8 @@ from nnsight import NNsight
 from torch import Tensor
 
 from . import _runner
-from ._weights import execution_device, parameter
+from ._tl_compat import TLCompatMixin
+from ._weights import execution_device
 from . import positions as _positions
 from .architectures import adapter_for
 from .architectures.base import Adapter
@@ -82,7 +83,7 @@ class _RunState:
         self.batch: MultimodalBatch | None = None
 
 
-class HookedMLLM:
+class HookedMLLM(TLCompatMixin):
     """A multimodal LLM with TransformerLens-style hook points, on nnsight.
 
     Attributes:
@@ -453,17 +454,7 @@ class HookedMLLM:
         tracer_cls = _runner.guarded_tracer(self._guard, quiet=bool(self._context))
         return self.nnsight.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs, **options)
 
-    # -- weights used by the cache helpers -------------------------------------------
-
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        """The unembedding matrix (transposed LM head weight)."""
-        return parameter(self.adapter.module(self.hf_model, self.adapter.unembed)).T
-
-    def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
-        """The attention output weights of ``layer`` split by head."""
-        o_proj = self.adapter.module(self.hf_model, f"{self.adapter.lm_layers}.{layer}.{self.adapter.block.o}")
-        return parameter(o_proj).T.reshape(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+    # -- weights (W_Q ... W_U: hooked_mllm._tl_compat) ------------------------------
 
     def final_norm(self) -> torch.nn.Module:
         """The language model's final norm module."""
