@@ -8,9 +8,12 @@ processed (no LayerNorm folding or centering). Each ``W_*`` / ``b_*`` is a
 stacking the others, ``model.W_O[3, 0]`` one head, and anything else (``model.W_O.shape``,
 ``torch.einsum(..., model.W_O)``) acts on the full ``[n_layers, ...]`` tensor.
 
-Grouped-query attention: ``W_K``, ``W_V``, ``b_K``, ``b_V`` are expanded to ``n_heads``
-(each key/value head repeated for the query heads that share it, as TransformerLens'
-grouped-query attention does); ``W_K.kv(layer)`` gives the ``n_kv_heads`` original.
+Grouped-query attention: ``W_K``, ``W_V``, ``b_K``, ``b_V`` have ``n_kv_heads`` heads, as
+TransformerLens 4.3's ``TransformerBridge`` gives them (its older ``HookedTransformer``
+expanded them); ``model.W_K.expanded(layer)`` repeats each key/value head for the
+``n_heads // n_kv_heads`` query heads that share it.
+
+Biases a model does not have read as zeros (the bridge raises ``AttributeError`` there).
 
 Gated MLPs: ``W_in`` is the up projection and ``W_gate`` the gate projection, as in
 TransformerLens; ``mlp.hook_post`` is ``act(gate) * up``, the down projection's input.
@@ -41,20 +44,17 @@ class LayerWeights:
         True
     """
 
-    def __init__(self, name: str, n_layers: int, read: Callable[[int], Tensor],
-                 read_kv: Callable[[int], Tensor] | None = None) -> None:
-        self._name, self._n, self._read, self._read_kv = name, n_layers, read, read_kv
+    def __init__(self, name: str, n_layers: int, read: Callable[[int], Tensor], group: int = 1) -> None:
+        self._name, self._n, self._read, self._group = name, n_layers, read, group
 
     def __call__(self, layer: int) -> Tensor:
         if not -self._n <= layer < self._n:
             raise IndexError(f"{self._name}: layer {layer} out of range for {self._n} layers")
         return self._read(layer % self._n)
 
-    def kv(self, layer: int) -> Tensor:
-        """The un-expanded ``[n_kv_heads, ...]`` key/value weight of ``layer``."""
-        if self._read_kv is None:
-            raise AttributeError(f"{self._name} has no key/value heads")
-        return self._read_kv(layer % self._n)
+    def expanded(self, layer: int) -> Tensor:
+        """Key/value heads of ``layer`` repeated to ``n_heads`` (each for the query heads sharing it)."""
+        return self(layer).repeat_interleave(self._group, dim=0)
 
     def full(self) -> Tensor:
         """The stacked ``[n_layers, ...]`` tensor."""
@@ -115,9 +115,7 @@ class TLCompatMixin:
         rel = {"Q": block.q, "K": block.k, "V": block.v}[what[-1]]
         if what[-1] == "Q":
             return LayerWeights(what, cfg.n_layers, self._heads(rel, what, cfg.n_heads))
-        kv = self._heads(rel, what, cfg.n_kv_heads)
-        group = cfg.n_heads // cfg.n_kv_heads
-        return LayerWeights(what, cfg.n_layers, lambda l: kv(l).repeat_interleave(group, dim=0), kv)
+        return LayerWeights(what, cfg.n_layers, self._heads(rel, what, cfg.n_kv_heads), cfg.n_heads // cfg.n_kv_heads)
 
     @property
     def W_Q(self) -> LayerWeights:
@@ -126,12 +124,12 @@ class TLCompatMixin:
 
     @property
     def W_K(self) -> LayerWeights:
-        """``[n_layers, n_heads, d_model, d_head]`` key weights (grouped heads expanded; ``.kv(l)`` is not)."""
+        """``[n_layers, n_kv_heads, d_model, d_head]`` key weights (``.expanded(l)``: ``n_heads``)."""
         return self._attn("W_K")
 
     @property
     def W_V(self) -> LayerWeights:
-        """``[n_layers, n_heads, d_model, d_head]`` value weights (grouped heads expanded; ``.kv(l)`` is not)."""
+        """``[n_layers, n_kv_heads, d_model, d_head]`` value weights (``.expanded(l)``: ``n_heads``)."""
         return self._attn("W_V")
 
     @property
@@ -141,12 +139,12 @@ class TLCompatMixin:
 
     @property
     def b_K(self) -> LayerWeights:
-        """``[n_layers, n_heads, d_head]`` key biases, expanded like ``W_K``."""
+        """``[n_layers, n_kv_heads, d_head]`` key biases."""
         return self._attn("b_K")
 
     @property
     def b_V(self) -> LayerWeights:
-        """``[n_layers, n_heads, d_head]`` value biases, expanded like ``W_V``."""
+        """``[n_layers, n_kv_heads, d_head]`` value biases."""
         return self._attn("b_V")
 
     @property

@@ -94,8 +94,15 @@ class ActivationCache(Mapping):
         return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.model, self.batch,
                                self.positions, self.has_batch_dim)
 
+    def _is_lm(self, name: str) -> bool:
+        """Whether dim 0 of entry ``name`` is the batch (LM stream); vision/projector entries lead with images."""
+        return name not in self.model.hook_points or self.model.hook_points.resolve(name).stream == "lm"
+
     def remove_batch_dim(self) -> ActivationCache:
         """Drop the batch axis of a one-row cache, in place (as TransformerLens does); returns the cache.
+
+        Vision and projector entries (which lead with the image axis) lose it too when the row
+        holds one image, as in TransformerLens, where every entry with a leading 1 loses it.
 
         Raises:
             ValueError: if the batch has more than one row.
@@ -103,29 +110,54 @@ class ActivationCache(Mapping):
         if not self.has_batch_dim:
             logging.getLogger(__name__).warning("Tried removing batch dimension after already having removed it.")
             return self
-        sizes = {v.shape[0] for v in self._store.values() if v.dim() > 0}
+        sizes = {v.shape[0] for k, v in self._store.items() if v.dim() > 0 and self._is_lm(k)}
         if sizes - {1}:
             raise ValueError(f"Cannot remove the batch dimension from a cache with batch size {max(sizes)}; "
                              "use apply_slice_to_batch_dim(i) to pick one row.")
-        self._store = {k: v[0] if v.dim() > 0 else v for k, v in self._store.items()}
+        self._store = {k: v[0] if v.dim() > 0 and v.shape[0] == 1 else v for k, v in self._store.items()}
         self.has_batch_dim = False
         return self
 
     def apply_slice_to_batch_dim(self, batch_slice: int | slice | Sequence[int] | Tensor) -> ActivationCache:
-        """A new cache with ``batch_slice`` applied to dim 0 of every entry.
+        """A new cache with ``batch_slice`` applied to the rows.
 
-        An int drops the batch axis (``has_batch_dim`` becomes False), like TransformerLens'
-        ``Slice``; a slice, a list of ints or an index tensor keeps it.
+        An int drops the batch axis of LM entries (``has_batch_dim`` becomes False), like
+        TransformerLens' ``Slice``; a slice, a list of ints or an index tensor keeps it. Vision
+        and projector entries, which lead with the image axis, keep the images of the chosen
+        rows (the axis stays); where that cannot be told (no batch, or an entry not laid out
+        one image per slot) they are left out of the new cache, so reading them fails clearly.
         """
         if not self.has_batch_dim:
             raise ValueError("Cannot index into a cache without a batch dim.")
         index = torch.as_tensor(batch_slice) if isinstance(batch_slice, (list, tuple)) else batch_slice
-        store = {k: v[index] for k, v in self._store.items()}
+        rows = torch.arange(self._batch_rows())[index]
+        per_row = list(self.batch.images_per_row) if self.batch is not None else []
+        first = [sum(per_row[:r]) for r in range(len(per_row))]
+        images = None
+        if len(per_row) == self._batch_rows():
+            images = torch.tensor([first[r] + i for r in rows.reshape(-1).tolist() for i in range(per_row[r])],
+                                  dtype=torch.long)
+        store, dropped = {}, []
+        for name, value in self._store.items():
+            if self._is_lm(name):
+                store[name] = value[index]
+            elif images is not None and value.dim() > 0 and value.shape[0] == sum(per_row):
+                store[name] = value[images]
+            else:
+                dropped.append(name)
+        if dropped:
+            logging.getLogger(__name__).warning("apply_slice_to_batch_dim left out %d entries not laid out by image "
+                                                "(%s ...)", len(dropped), dropped[0])
         positions = None if self.positions is None else self.positions[index]
         batch = self.batch.row(batch_slice) if isinstance(batch_slice, int) and self.batch is not None else None
         if isinstance(batch_slice, int) and positions is not None:
             positions = positions[None]
         return ActivationCache(store, self.model, batch, positions, has_batch_dim=not isinstance(batch_slice, int))
+
+    def _batch_rows(self) -> int:
+        if self.batch is not None:
+            return len(self.batch)
+        return next(v.shape[0] for k, v in self._store.items() if v.dim() > 0 and self._is_lm(k))
 
     @staticmethod
     def toggle_autodiff(mode: bool = False) -> None:

@@ -131,7 +131,7 @@ def test_weights_rebuild_the_cached_activations(hooked, full):
     cfg = hooked.cfg
     group = cfg.n_heads // cfg.n_kv_heads
     assert hooked.W_Q.shape == (cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head)
-    assert hooked.W_K.shape == hooked.W_V.shape == hooked.W_Q.shape
+    assert hooked.W_K.shape == hooked.W_V.shape == (cfg.n_layers, cfg.n_kv_heads, cfg.d_model, cfg.d_head)
     assert hooked.W_O.shape == (cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model)
     assert hooked.W_in.shape == (cfg.n_layers, cfg.d_model, cfg.d_mlp)
     assert hooked.W_out.shape == (cfg.n_layers, cfg.d_mlp, cfg.d_model)
@@ -142,8 +142,10 @@ def test_weights_rebuild_the_cached_activations(hooked, full):
                                    cache["q", layer], atol=1e-5, rtol=1e-5)
         for w, b, name in ((hooked.W_K, hooked.b_K, "k"), (hooked.W_V, hooked.b_V, "v")):
             torch.testing.assert_close(torch.einsum("bpm,hmd->bphd", x, w[layer]) + b[layer],
-                                       cache[name, layer].repeat_interleave(group, dim=2), atol=1e-5, rtol=1e-5)
-            assert w.kv(layer).shape == (cfg.n_kv_heads, cfg.d_model, cfg.d_head)
+                                       cache[name, layer], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(torch.einsum("bpm,hmd->bphd", x, w.expanded(layer)),
+                                       (cache[name, layer] - b[layer]).repeat_interleave(group, dim=2),
+                                       atol=1e-5, rtol=1e-5)
         z = cache["z", layer]
         torch.testing.assert_close(torch.einsum("bphd,hdm->bpm", z, hooked.W_O[layer]) + hooked.b_O[layer],
                                    cache["attn_out", layer], atol=1e-5, rtol=1e-5)
@@ -180,3 +182,18 @@ def test_token_helpers(hooked):
     assert hooked.to_single_token("color") == tok.encode("color", add_special_tokens=False)[0]
     with pytest.raises(ValueError, match="2 tokens"):
         hooked.to_single_token("what color")
+
+
+def test_batch_slice_keeps_the_images_of_the_chosen_rows(hooked):
+    from hooked_mllm.testing import random_image
+
+    batch = hooked.prepare(images=[random_image(0), random_image(1), random_image(2)],
+                           prompts=["what color", "how many objects", "is it red"])
+    _, cache = hooked.run_with_cache(batch)
+    name = "vision.blocks.0.hook_resid_post"
+    picked = cache.apply_slice_to_batch_dim([0, 2])
+    torch.testing.assert_close(picked[name], cache[name][[0, 2]])
+    torch.testing.assert_close(picked["resid_post", 0], cache["resid_post", 0][[0, 2]])
+    one = cache.apply_slice_to_batch_dim(1)
+    torch.testing.assert_close(one[name], cache[name][[1]])
+    assert one["resid_post", 0].shape == cache["resid_post", 0].shape[1:]
