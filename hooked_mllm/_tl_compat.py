@@ -234,6 +234,26 @@ class TLCompatMixin:
             return torch.zeros(self.cfg.d_vocab, dtype=self.cfg.dtype)
         return parameter(head, "bias")
 
+    # -- loss ------------------------------------------------------------------------
+
+    def lm_loss(self, logits: Float[Tensor, "batch pos vocab"], batch: Any,
+                per_token: bool = False) -> Float[Tensor, ""] | Float[Tensor, "batch pos_1"]:
+        """Next-token cross-entropy of ``logits`` on ``batch``'s ids, over text targets only.
+
+        Targets that are padding or image placeholder tokens (whose "next token" is an image
+        feature, not a prediction) are left out: the mean is over the rest; ``per_token``
+        gives ``[batch, pos - 1]`` with zeros there.
+
+        Example:
+            >>> loss = model(batch, return_type="loss")         # doctest: +SKIP
+        """
+        ids = batch.input_ids.to(logits.device)
+        log_probs = logits[:, :-1].float().log_softmax(-1)
+        nll = -log_probs.gather(-1, ids[:, 1:, None])[..., 0]
+        valid = (~batch.pad_mask[:, 1:] & ~batch.pad_mask[:, :-1] & ~batch.image_mask[:, 1:]).to(nll.device)
+        nll = nll * valid
+        return nll if per_token else nll.sum() / valid.sum().clamp(min=1)
+
     # -- tokens ----------------------------------------------------------------------
 
     @property

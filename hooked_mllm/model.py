@@ -49,7 +49,6 @@ _HF_OPTIONS = frozenset({"output_hidden_states", "output_attentions", "return_di
                          "output_router_logits", "cache_position"})
 # TransformerLens keywords with no counterpart here, and what to do instead.
 _TL_HINTS = {
-    "remove_batch_dim": "cache tensors always keep the batch dimension; index it away (cache[name][0])",
     "return_cache_object": "run_with_cache always returns an ActivationCache",
     "reset_hooks_end": "hooks given to a run are always removed when it ends; use model.hooks() to keep them",
     "clear_contexts": "hooks given to a run are always removed when it ends",
@@ -299,14 +298,25 @@ class HookedMLLM(TLCompatMixin):
             configs.append(self.adapter.vision_cfg(self.hf_model.config))
         return configs
 
-    def forward(self, inputs: Any = None, *, return_type: str = "logits", grad: bool = False,
-                **hf_kwargs: Any) -> Any:
-        """Run the model (with any ``model.hooks()`` active); return logits or the HF output.
+    def forward(self, inputs: Any = None, *, return_type: str | None = "logits", grad: bool = False,
+                loss_per_token: bool = False, **hf_kwargs: Any) -> Any:
+        """Run the model (with any ``model.hooks()`` active); return logits, the HF output, or the loss.
 
-        ``hf_kwargs`` are HF input tensors (every key the processor returns) and HF options
-        (``output_hidden_states=True``...); an unknown keyword is a ``TypeError`` naming it.
+        ``return_type``: ``"logits"``, ``"output"`` (the HF output object), ``"loss"`` (next-token
+        cross-entropy over text targets, :meth:`lm_loss`), ``"both"`` (``(logits, loss)``) or None
+        (run for the hooks' effects only). ``hf_kwargs`` are HF input tensors (every key the
+        processor returns) and HF options (``output_hidden_states=True``...); an unknown keyword is
+        a ``TypeError`` naming it.
         """
-        self._check_keywords("forward", hf_kwargs, ("inputs", "return_type", "grad"))
+        own = ("inputs", "return_type", "grad", "loss_per_token")
+        if return_type in ("loss", "both", None):
+            batch, options = self._batch_and_options("forward", inputs, hf_kwargs, own)
+            logits = self.run_with_hooks(batch, fwd_hooks=(), grad=grad, **options)
+            if return_type is None:
+                return None
+            loss = self.lm_loss(logits, batch, per_token=loss_per_token)
+            return loss if return_type == "loss" else (logits, loss)
+        self._check_keywords("forward", hf_kwargs, own)
         return self.run_with_hooks(inputs, fwd_hooks=(), return_type=return_type, grad=grad, **hf_kwargs)
 
     __call__ = forward
@@ -345,6 +355,7 @@ class HookedMLLM(TLCompatMixin):
         dtype: torch.dtype | None = None,
         fwd_hooks: Iterable[HookSpec] = (),
         grad: bool = False,
+        remove_batch_dim: bool = False,
         **hf_kwargs: Any,
     ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
         """Run once and cache activations.
@@ -357,6 +368,7 @@ class HookedMLLM(TLCompatMixin):
             device: Where cached tensors go (default CPU; None keeps them in place).
             dtype: Cast cached tensors.
             fwd_hooks: Hook functions to run too (the cache sees their results).
+            remove_batch_dim: Drop the batch axis of a one-row run (:meth:`ActivationCache.remove_batch_dim`).
 
         Returns:
             ``(logits, cache)``.
@@ -369,7 +381,7 @@ class HookedMLLM(TLCompatMixin):
         """
         batch, options = self._batch_and_options(
             "run_with_cache", inputs, hf_kwargs,
-            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad"))
+            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad", "remove_batch_dim"))
         store: dict[str, Tensor] = {}
         index = None
         if positions is not None:
@@ -391,6 +403,8 @@ class HookedMLLM(TLCompatMixin):
             store.clear()
             versions.clear()
         cache = ActivationCache(store, self, batch=batch, positions=None if index is None else index.cpu())
+        if remove_batch_dim:
+            cache.remove_batch_dim()
         return output.logits, cache
 
     @contextlib.contextmanager

@@ -197,3 +197,27 @@ def test_batch_slice_keeps_the_images_of_the_chosen_rows(hooked):
     one = cache.apply_slice_to_batch_dim(1)
     torch.testing.assert_close(one[name], cache[name][[1]])
     assert one["resid_post", 0].shape == cache["resid_post", 0].shape[1:]
+
+
+def test_forward_loss(hooked, batch):
+    with torch.no_grad():
+        logits = hooked.hf_model(**batch.inputs).logits
+    valid = (~batch.pad_mask[:, 1:] & ~batch.pad_mask[:, :-1] & ~batch.image_mask[:, 1:])
+    targets = batch.input_ids[:, 1:].masked_fill(~valid, -100)
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                 ignore_index=-100)
+    torch.testing.assert_close(hooked(batch, return_type="loss"), expected, atol=1e-5, rtol=1e-5)
+    both_logits, loss = hooked(batch, return_type="both")
+    torch.testing.assert_close(both_logits, logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    per_token = hooked(batch, return_type="loss", loss_per_token=True)
+    assert per_token.shape == targets.shape and not per_token[~valid].any()
+    torch.testing.assert_close(per_token.sum() / valid.sum(), expected, atol=1e-5, rtol=1e-5)
+    assert hooked(batch, return_type=None) is None
+
+
+def test_run_with_cache_remove_batch_dim(hooked, single):
+    _, full = hooked.run_with_cache(single)
+    _, cache = hooked.run_with_cache(single, remove_batch_dim=True)
+    assert not cache.has_batch_dim
+    torch.testing.assert_close(cache["resid_post", -1], full["resid_post", -1][0])
