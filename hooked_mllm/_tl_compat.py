@@ -234,6 +234,45 @@ class TLCompatMixin:
             return torch.zeros(self.cfg.d_vocab, dtype=self.cfg.dtype)
         return parameter(head, "bias")
 
+    # -- persistent hooks ------------------------------------------------------------
+
+    def add_hook(self, name: Any, hook: Callable[..., Any], dir: str = "fwd", is_permanent: bool = False,
+                 prepend: bool = False) -> None:
+        """Keep ``hook`` on ``name`` (a name, list or predicate) for every later run, until :meth:`reset_hooks`.
+
+        The hook is active exactly as inside ``with model.hooks(...)`` (runs, generation and
+        ``model.trace``); an unknown name fails here, not at the next run. ``is_permanent`` hooks
+        survive ``reset_hooks()`` and go with ``reset_hooks(including_permanent=True)``.
+
+        Example:
+            >>> model.add_hook("blocks.0.hook_mlp_out", lambda act, hook: act * 0)   # doctest: +SKIP
+            >>> model.reset_hooks()                                                  # doctest: +SKIP
+        """
+        if dir != "fwd":
+            raise ValueError("Only forward hooks are offered (dir='fwd'); for gradients run with grad=True and "
+                             "read .grad of cached tensors.")
+        if prepend:
+            raise ValueError("prepend=True is not offered: hooks on one point run in the order they were added.")
+        block = self.hooks(fwd_hooks=[(name, hook)])
+        block.__enter__()
+        self.__dict__.setdefault("_added_hooks", []).append((block, is_permanent))
+
+    def reset_hooks(self, including_permanent: bool = False) -> None:
+        """Remove the hooks :meth:`add_hook` added (the permanent ones too with ``including_permanent``)."""
+        added = self.__dict__.get("_added_hooks", [])
+        keep = [(block, permanent) for block, permanent in added if permanent and not including_permanent]
+        errors = []
+        for block, permanent in reversed(added):
+            if (block, permanent) in keep:
+                continue
+            try:
+                block.__exit__(None, None, None)
+            except Exception as error:  # remove the others anyway, then report
+                errors.append(error)
+        self.__dict__["_added_hooks"] = keep
+        if errors:
+            raise errors[0]
+
     # -- loss ------------------------------------------------------------------------
 
     def lm_loss(self, logits: Float[Tensor, "batch pos vocab"], batch: Any,

@@ -221,3 +221,40 @@ def test_run_with_cache_remove_batch_dim(hooked, single):
     _, cache = hooked.run_with_cache(single, remove_batch_dim=True)
     assert not cache.has_batch_dim
     torch.testing.assert_close(cache["resid_post", -1], full["resid_post", -1][0])
+
+
+def test_add_hook_and_reset_hooks(hooked, batch):
+    clean = hooked(batch)
+    name = "blocks.1.hook_mlp_out"
+
+    def zero(act, hook):
+        return torch.zeros_like(act)
+
+    def double(act, hook):
+        return act * 2
+
+    expected = hooked.run_with_hooks(batch, fwd_hooks=[(name, zero)])
+    try:
+        hooked.add_hook(name, zero)
+        torch.testing.assert_close(hooked(batch), expected)
+        torch.testing.assert_close(hooked(batch), expected)  # stays for later runs
+        _, cache = hooked.run_with_cache(batch, names_filter=name)
+        assert not cache[name].any()
+        hooked.reset_hooks()
+        torch.testing.assert_close(hooked(batch), clean)
+        permanent = hooked.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_resid_post", double)])
+        hooked.add_hook("blocks.0.hook_resid_post", double, is_permanent=True)
+        with hooked.hooks():
+            torch.testing.assert_close(hooked(batch), permanent)
+        hooked.add_hook(name, zero)
+        hooked.reset_hooks()
+        torch.testing.assert_close(hooked(batch), permanent)
+        hooked.reset_hooks(including_permanent=True)
+        torch.testing.assert_close(hooked(batch), clean)
+        with pytest.raises(KeyError, match="hook_mlp_outt"):
+            hooked.add_hook("blocks.1.hook_mlp_outt", zero)
+        with pytest.raises(ValueError, match="forward hooks"):
+            hooked.add_hook(name, zero, dir="bwd")
+        torch.testing.assert_close(hooked(batch), clean)
+    finally:
+        hooked.reset_hooks(including_permanent=True)
