@@ -14,6 +14,7 @@ residual sum exactly to the final norm's output (minus any bias). Modality views
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -22,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._weights import parameter
-from .hook_points import HookNameError, act_name
+from .hook_points import HookNameError, act_name, tl_hint
 
 if TYPE_CHECKING:
     from .inputs import MultimodalBatch
@@ -36,6 +37,7 @@ class ActivationCache(Mapping):
         model: The :class:`~hooked_mllm.model.HookedMLLM` that produced it.
         batch: The :class:`~hooked_mllm.inputs.MultimodalBatch` that was run.
         positions: ``[batch, k]`` the positions kept along dim 1, or None (all).
+        has_batch_dim: False after :meth:`remove_batch_dim`.
 
     Example:
         >>> logits, cache = model.run_with_cache(batch)            # doctest: +SKIP
@@ -44,21 +46,31 @@ class ActivationCache(Mapping):
     """
 
     def __init__(self, store: dict[str, Tensor], model: HookedMLLM, batch: MultimodalBatch | None = None,
-                 positions: Tensor | None = None) -> None:
+                 positions: Tensor | None = None, has_batch_dim: bool = True) -> None:
         self._store = store
         self.model = model
         self.batch = batch
         self.positions = positions
+        self.has_batch_dim = has_batch_dim
 
     # -- mapping ---------------------------------------------------------------------
 
     def _key(self, key: str | tuple) -> str:
-        return act_name(*key) if isinstance(key, tuple) else key
+        """Canonical name of a key: a name, TransformerLens' shorthand, or ``(name, layer[, layer_type])``
+        with a negative layer counted from the end as in TransformerLens."""
+        if isinstance(key, str):
+            return key if key in self._store else act_name(key)
+        if len(key) > 1 and isinstance(key[1], int) and key[1] < 0:
+            key = (key[0], self.model.cfg.n_layers + key[1], *key[2:])
+        return act_name(*key)
 
     def __getitem__(self, key: str | tuple) -> Tensor:
         name = self._key(key)
         if name in self._store:
             return self._store[name]
+        tl = tl_hint(name)
+        if tl is not None:
+            raise HookNameError(f"{name!r} is a TransformerLens hook name that this library does not offer: {tl}.")
         close = difflib.get_close_matches(name, list(self._store), n=5, cutoff=0.6)
         known = name in self.model.hook_points
         reason = "was not cached (widen names_filter)" if known else "is not a hook name"
@@ -80,7 +92,81 @@ class ActivationCache(Mapping):
     def to(self, device: torch.device | str) -> ActivationCache:
         """A cache with every tensor on ``device``."""
         return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.model, self.batch,
-                               self.positions)
+                               self.positions, self.has_batch_dim)
+
+    def _is_lm(self, name: str) -> bool:
+        """Whether dim 0 of entry ``name`` is the batch (LM stream); vision/projector entries lead with images."""
+        return name not in self.model.hook_points or self.model.hook_points.resolve(name).stream == "lm"
+
+    def remove_batch_dim(self) -> ActivationCache:
+        """Drop the batch axis of a one-row cache, in place (as TransformerLens does); returns the cache.
+
+        Vision and projector entries (which lead with the image axis) lose it too when the row
+        holds one image, as in TransformerLens, where every entry with a leading 1 loses it.
+
+        Raises:
+            ValueError: if the batch has more than one row.
+        """
+        if not self.has_batch_dim:
+            logging.getLogger(__name__).warning("Tried removing batch dimension after already having removed it.")
+            return self
+        sizes = {v.shape[0] for k, v in self._store.items() if v.dim() > 0 and self._is_lm(k)}
+        if sizes - {1}:
+            raise ValueError(f"Cannot remove the batch dimension from a cache with batch size {max(sizes)}; "
+                             "use apply_slice_to_batch_dim(i) to pick one row.")
+        self._store = {k: v[0] if v.dim() > 0 and v.shape[0] == 1 else v for k, v in self._store.items()}
+        self.has_batch_dim = False
+        return self
+
+    def apply_slice_to_batch_dim(self, batch_slice: int | slice | Sequence[int] | Tensor) -> ActivationCache:
+        """A new cache with ``batch_slice`` applied to the rows.
+
+        An int drops the batch axis of LM entries (``has_batch_dim`` becomes False), like
+        TransformerLens' ``Slice``; a slice, a list of ints or an index tensor keeps it. Vision
+        and projector entries, which lead with the image axis, keep the images of the chosen
+        rows (the axis stays); where that cannot be told (no batch, or an entry not laid out
+        one image per slot) they are left out of the new cache, so reading them fails clearly.
+        """
+        if not self.has_batch_dim:
+            raise ValueError("Cannot index into a cache without a batch dim.")
+        index = torch.as_tensor(batch_slice) if isinstance(batch_slice, (list, tuple)) else batch_slice
+        rows = torch.arange(self._batch_rows())[index]
+        per_row = list(self.batch.images_per_row) if self.batch is not None else []
+        first = [sum(per_row[:r]) for r in range(len(per_row))]
+        images = None
+        if len(per_row) == self._batch_rows():
+            images = torch.tensor([first[r] + i for r in rows.reshape(-1).tolist() for i in range(per_row[r])],
+                                  dtype=torch.long)
+        store, dropped = {}, []
+        for name, value in self._store.items():
+            if self._is_lm(name):
+                store[name] = value[index]
+            elif images is not None and value.dim() > 0 and value.shape[0] == sum(per_row):
+                store[name] = value[images]
+            else:
+                dropped.append(name)
+        if dropped:
+            logging.getLogger(__name__).warning("apply_slice_to_batch_dim left out %d entries not laid out by image "
+                                                "(%s ...)", len(dropped), dropped[0])
+        positions = None if self.positions is None else self.positions[index]
+        batch = self.batch.row(batch_slice) if isinstance(batch_slice, int) and self.batch is not None else None
+        if isinstance(batch_slice, int) and positions is not None:
+            positions = positions[None]
+        return ActivationCache(store, self.model, batch, positions, has_batch_dim=not isinstance(batch_slice, int))
+
+    def _batch_rows(self) -> int:
+        if self.batch is not None:
+            return len(self.batch)
+        return next(v.shape[0] for k, v in self._store.items() if v.dim() > 0 and self._is_lm(k))
+
+    @staticmethod
+    def toggle_autodiff(mode: bool = False) -> None:
+        """``torch.set_grad_enabled(mode)``: global state, as in TransformerLens (it logs a warning).
+
+        ``torch.inference_mode()`` as a context manager does the same without global state.
+        """
+        logging.getLogger(__name__).warning("Changed the global state, set autodiff to %s", mode)
+        torch.set_grad_enabled(mode)
 
     # -- stacking --------------------------------------------------------------------
 
@@ -90,10 +176,11 @@ class ActivationCache(Mapping):
 
     @staticmethod
     def _pos(tensor: Tensor, pos_slice: Any) -> Tensor:
+        """``pos_slice`` on the position axis (dim -2); an int drops the axis, as in TransformerLens."""
         if pos_slice is None:
             return tensor
-        if isinstance(pos_slice, int):
-            return tensor[..., pos_slice : pos_slice + 1 or None, :]
+        if isinstance(pos_slice, (list, tuple)):
+            pos_slice = torch.as_tensor(pos_slice)
         return tensor[..., pos_slice, :]
 
     def stack_activation(self, activation_name: str, layer: int = -1,
@@ -167,9 +254,7 @@ class ActivationCache(Mapping):
         n = self._n_layers(None if layer == -1 else layer)
         parts, labels = [], []
         for l in range(n):
-            z = self["z", l]
-            w_o = self.model.W_O(l).to(device=z.device, dtype=z.dtype)
-            result = torch.einsum("bphd,hdm->hbpm", z, w_o)
+            result = self._head_result(l).movedim(-2, 0)
             parts.append(result)
             labels += [f"L{l}H{h}" for h in range(result.shape[0])]
         stack = torch.cat(parts) if parts else torch.empty(0)
@@ -183,16 +268,27 @@ class ActivationCache(Mapping):
         return (stack, labels) if return_labels else stack
 
     def apply_ln_to_stack(self, residual_stack: Float[Tensor, "... batch pos d_model"], layer: int | None = None,
-                          pos_slice: Any = None, has_batch_dim: bool = True) -> Float[Tensor, "... batch pos d_model"]:
+                          pos_slice: Any = None, has_batch_dim: bool | None = None,
+                          mlp_input: bool = False) -> Float[Tensor, "... batch pos d_model"]:
         """Scale components by the norm that reads the residual at ``layer`` (final if None).
 
         The scale is taken from the cached full residual there (``blocks.{L-1}.hook_resid_post``
-        for the final norm, ``blocks.{layer}.hook_resid_pre`` for a layer's ``ln1``), so the
-        components stay additive: their sum equals the norm's output (minus its bias).
+        for the final norm, ``blocks.{layer}.hook_resid_pre`` for a layer's ``ln1``, or
+        ``hook_resid_mid`` and ``ln2`` with ``mlp_input``), so the components stay additive:
+        their sum equals the norm's output (minus its bias). ``has_batch_dim`` says whether
+        ``residual_stack`` has a batch axis (default: as the cache).
         """
         cfg = self.model.cfg
+        has_batch_dim = self.has_batch_dim if has_batch_dim is None else has_batch_dim
         final = layer is None or layer >= cfg.n_layers or layer == -1
-        if final:
+        if mlp_input and not final:
+            if self.model.adapter.block.ln2 is None:
+                raise ValueError("This model's blocks are parallel (no ln2): the MLP reads ln1 of resid_pre.")
+            resid = self["resid_mid", layer]
+            norm = self.model.adapter.module(self.model.hf_model,
+                                             f"{self.model.adapter.lm_layers}.{layer}.{self.model.adapter.block.ln2}")
+            kind = self.model.adapter.block.norm
+        elif final:
             resid = self["resid_post", cfg.n_layers - 1]
             norm = self.model.final_norm()
             kind = self.model.adapter.block.norm
@@ -209,7 +305,7 @@ class ActivationCache(Mapping):
             scale = (resid.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
         else:
             scale = (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        if not has_batch_dim:
+        if self.has_batch_dim and not has_batch_dim:
             scale = scale[0]
         weight = parameter(norm).detach().float().to(stack.device) + self.model.adapter.block.norm_offset
         return (stack / scale.to(stack.device) * weight).to(residual_stack.dtype)
@@ -223,12 +319,13 @@ class ActivationCache(Mapping):
         Returns the stack's shape without ``d_model``.
         """
         scaled = self.apply_ln_to_stack(residual_stack, layer=None, pos_slice=pos_slice)
-        directions = self._directions(tokens, scaled)
+        keep_pos = not isinstance(pos_slice, int)
+        directions = self._directions(tokens, scaled, keep_pos)
         if incorrect_tokens is not None:
-            directions = directions - self._directions(incorrect_tokens, scaled)
+            directions = directions - self._directions(incorrect_tokens, scaled, keep_pos)
         return (scaled * directions).sum(-1)
 
-    def _directions(self, tokens: Any, like: Tensor) -> Tensor:
+    def _directions(self, tokens: Any, like: Tensor, keep_pos: bool = True) -> Tensor:
         if isinstance(tokens, str):
             tokenizer = getattr(self.model.processor, "tokenizer", None)
             if tokenizer is None:
@@ -240,13 +337,163 @@ class ActivationCache(Mapping):
         tokens = torch.as_tensor(tokens)
         w_u = self.model.W_U.detach().to(device=like.device, dtype=like.dtype)
         directions = w_u[:, tokens].movedim(0, -1)
-        if tokens.dim() == 1:
+        if tokens.dim() == 1 and keep_pos:
             directions = directions[:, None, :]
         return directions
+
+    # -- per-head and per-neuron components (TransformerLens' helpers) ---------------
+
+    def _layer_module(self, layer: int, rel: str) -> torch.nn.Module:
+        adapter = self.model.adapter
+        return adapter.module(self.model.hf_model, f"{adapter.lm_layers}.{layer}.{rel}")
+
+    def _bias(self, layer: int, rel: str) -> Tensor | None:
+        bias = getattr(self._layer_module(layer, rel), "bias", None)
+        return None if bias is None else parameter(self._layer_module(layer, rel), "bias").detach()
+
+    def _head_result(self, layer: int) -> Float[Tensor, "... pos head d_model"]:
+        name = f"blocks.{layer}.attn.hook_result"
+        if name in self._store:
+            return self._store[name]
+        z = self["z", layer]
+        w_o = self.model.W_O(layer).detach().to(device=z.device, dtype=z.dtype)
+        return torch.einsum("...hd,hdm->...hm", z, w_o)
+
+    def compute_head_results(self) -> None:
+        """Cache each head's output as ``blocks.{l}.attn.hook_result``: ``[batch, pos, head, d_model]``.
+
+        ``hook_z`` (per head) times that head's slice of ``W_O``, as TransformerLens'
+        ``compute_head_results``; summed over heads (plus ``o_proj``'s bias, if any) it is the
+        attention output. Needs ``attn.hook_z`` cached for every layer.
+
+        Example:
+            >>> cache.compute_head_results()                         # doctest: +SKIP
+            >>> cache["result", -1].shape                            # doctest: +SKIP
+            torch.Size([1, 60, 4, 128])
+        """
+        for layer in range(self.model.cfg.n_layers):
+            self._store[f"blocks.{layer}.attn.hook_result"] = self._head_result(layer)
+
+    def _neuron_checks(self) -> None:
+        block = self.model.adapter.block
+        if block.mlp_out is not None or block.mlp_scale is not None:
+            raise ValueError("This model maps the MLP output (a post-feedforward norm or layer scale) before it "
+                             "reaches the residual, so per-neuron results do not add up to hook_mlp_out; use "
+                             "decompose_resid(mode='mlp') for whole-MLP outputs.")
+
+    def get_neuron_results(self, layer: int, neuron_slice: Any = None,
+                           pos_slice: Any = None) -> Float[Tensor, "... pos neuron d_model"]:
+        """Each MLP neuron's contribution to the residual: ``mlp.hook_post[..., n] * W_out[layer, n]``.
+
+        ``mlp.hook_post`` is the down projection's input (for gated MLPs, the activation of the
+        gate times the up projection), so the neurons plus the down projection's bias sum to
+        ``hook_mlp_out``. Returns ``[batch, pos, neuron, d_model]`` (``pos`` dropped by an
+        int ``pos_slice``).
+        """
+        self._neuron_checks()
+        acts = self._pos(self["post", layer], pos_slice)
+        w_out = self.model.W_out(layer).detach().to(device=acts.device, dtype=acts.dtype)
+        if neuron_slice is not None:
+            index = torch.as_tensor(neuron_slice) if isinstance(neuron_slice, (list, tuple)) else neuron_slice
+            if isinstance(index, int):
+                index = torch.tensor([index])
+            acts, w_out = acts[..., index], w_out[index]
+        return acts[..., None] * w_out
+
+    def stack_neuron_results(self, layer: int | None = None, pos_slice: Any = None, neuron_slice: Any = None,
+                             return_labels: bool = False, incl_remainder: bool = False,
+                             apply_ln: bool = False, mlp_input: bool = False) -> Any:
+        """Every neuron's result of the layers below ``layer`` (all with None or -1): ``[neuron, batch, pos, d_model]``.
+
+        Labels ``L{l}N{n}``; with ``incl_remainder`` a last component holds the rest of the
+        residual that ``layer``'s attention reads (its MLP with ``mlp_input``). Mind the
+        memory: ``n_layers * d_mlp`` copies of the residual.
+        """
+        n = self.model.cfg.n_layers if layer is None or layer == -1 else layer
+        parts, labels = [], []
+        for l in range(n):
+            result = self.get_neuron_results(l, neuron_slice=neuron_slice, pos_slice=pos_slice)
+            parts.append(result.movedim(-2, 0))
+            ids = torch.arange(result.shape[-2]) if neuron_slice is None else \
+                torch.arange(self.model.cfg.d_mlp)[neuron_slice if not isinstance(neuron_slice, int) else [neuron_slice]]
+            labels += [f"L{l}N{int(i)}" for i in torch.as_tensor(ids).flatten()]
+        like = self._pos(self["resid_pre", 0], pos_slice)
+        stack = torch.cat(parts) if parts else like.new_zeros((0, *like.shape))
+        if incl_remainder:
+            target = self._pos(self._resid_into(n, mlp_input), pos_slice)
+            stack = torch.cat([stack, (target - stack.sum(0))[None]])
+            labels.append("remainder")
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer=n, pos_slice=pos_slice, mlp_input=mlp_input)
+        return (stack, labels) if return_labels else stack
+
+    def _resid_into(self, layer: int, mlp_input: bool) -> Tensor:
+        if mlp_input:
+            return self["resid_mid", layer]
+        return self["resid_post", layer - 1] if layer == self.model.cfg.n_layers else self["resid_pre", layer]
+
+    def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
+                                     expand_neurons: bool = True, apply_ln: bool = False, pos_slice: Any = None,
+                                     return_labels: bool = False) -> Any:
+        """The residual read by ``layer`` (the unembedding with None) split into every head, neuron, embed and bias.
+
+        Components, in TransformerLens' order: each head's result (``L{l}H{h}``, layers below
+        ``layer``, and ``layer`` itself with ``mlp_input``), each neuron's result (``L{l}N{n}``;
+        with ``expand_neurons=False`` each MLP's output ``{l}_mlp_out``), ``embed``
+        (``blocks.0.hook_resid_pre``: token embeddings with the image features merged in),
+        and ``bias`` (the attention output and MLP down-projection biases). They sum to
+        ``blocks.{layer}.hook_resid_pre`` (``hook_resid_mid`` with ``mlp_input``; the last
+        ``hook_resid_post`` for the unembedding). Returns ``[component, batch, pos, d_model]``.
+
+        Example:
+            >>> stack, labels = cache.get_full_resid_decomposition(return_labels=True)   # doctest: +SKIP
+            >>> torch.allclose(stack.sum(0), cache["resid_post", -1], atol=1e-4)        # doctest: +SKIP
+            True
+        """
+        cfg = self.model.cfg
+        layer = cfg.n_layers if layer is None or layer == -1 else layer
+        if mlp_input and layer >= cfg.n_layers:
+            raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP).")
+        heads, labels = self.stack_head_results(layer + 1 if mlp_input else layer, pos_slice=pos_slice,
+                                                return_labels=True)
+        if heads.numel() == 0:
+            heads = heads.reshape(0, *self._pos(self["resid_pre", 0], pos_slice).shape)
+        parts = [heads]
+        if layer > 0:
+            if expand_neurons:
+                neurons, neuron_labels = self.stack_neuron_results(layer, pos_slice=pos_slice, return_labels=True)
+            else:
+                neurons, neuron_labels = self.decompose_resid(layer, mode="mlp", incl_embeds=False,
+                                                              pos_slice=pos_slice, return_labels=True)
+            parts.append(neurons)
+            labels = labels + neuron_labels
+        embed = self._pos(self["resid_pre", 0], pos_slice)
+        parts.append(embed[None])
+        labels.append("embed")
+        bias = torch.zeros(cfg.d_model, dtype=embed.dtype, device=embed.device)
+        block = self.model.adapter.block
+        for l in range(layer + 1 if mlp_input else layer):
+            b_o = self._bias(l, block.o)
+            if b_o is not None:
+                bias = bias + b_o.to(bias)
+        if expand_neurons:
+            for l in range(layer):
+                b_out = self._bias(l, block.mlp_down)
+                if b_out is not None:
+                    bias = bias + b_out.to(bias)
+        parts.append(bias.expand_as(embed)[None])
+        labels.append("bias")
+        stack = torch.cat(parts)
+        if apply_ln:
+            stack = self.apply_ln_to_stack(stack, layer=layer, pos_slice=pos_slice, mlp_input=mlp_input)
+        return (stack, labels) if return_labels else stack
 
     # -- modality views --------------------------------------------------------------
 
     def _require_batch(self) -> MultimodalBatch:
+        if not self.has_batch_dim:
+            raise ValueError("This cache has no batch dimension (remove_batch_dim / an int batch slice); "
+                             "the image / text views need it.")
         if self.batch is None:
             raise ValueError("This cache has no batch, so it cannot tell image tokens from text tokens.")
         return self.batch

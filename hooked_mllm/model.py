@@ -30,7 +30,8 @@ from nnsight import NNsight
 from torch import Tensor
 
 from . import _runner
-from ._weights import execution_device, parameter
+from ._tl_compat import TLCompatMixin
+from ._weights import execution_device
 from . import positions as _positions
 from .architectures import adapter_for
 from .architectures.base import Adapter
@@ -48,7 +49,6 @@ _HF_OPTIONS = frozenset({"output_hidden_states", "output_attentions", "return_di
                          "output_router_logits", "cache_position"})
 # TransformerLens keywords with no counterpart here, and what to do instead.
 _TL_HINTS = {
-    "remove_batch_dim": "cache tensors always keep the batch dimension; index it away (cache[name][0])",
     "return_cache_object": "run_with_cache always returns an ActivationCache",
     "reset_hooks_end": "hooks given to a run are always removed when it ends; use model.hooks() to keep them",
     "clear_contexts": "hooks given to a run are always removed when it ends",
@@ -82,7 +82,7 @@ class _RunState:
         self.batch: MultimodalBatch | None = None
 
 
-class HookedMLLM:
+class HookedMLLM(TLCompatMixin):
     """A multimodal LLM with TransformerLens-style hook points, on nnsight.
 
     Attributes:
@@ -298,14 +298,25 @@ class HookedMLLM:
             configs.append(self.adapter.vision_cfg(self.hf_model.config))
         return configs
 
-    def forward(self, inputs: Any = None, *, return_type: str = "logits", grad: bool = False,
-                **hf_kwargs: Any) -> Any:
-        """Run the model (with any ``model.hooks()`` active); return logits or the HF output.
+    def forward(self, inputs: Any = None, *, return_type: str | None = "logits", grad: bool = False,
+                loss_per_token: bool = False, **hf_kwargs: Any) -> Any:
+        """Run the model (with any ``model.hooks()`` active); return logits, the HF output, or the loss.
 
-        ``hf_kwargs`` are HF input tensors (every key the processor returns) and HF options
-        (``output_hidden_states=True``...); an unknown keyword is a ``TypeError`` naming it.
+        ``return_type``: ``"logits"``, ``"output"`` (the HF output object), ``"loss"`` (next-token
+        cross-entropy over text targets, :meth:`lm_loss`), ``"both"`` (``(logits, loss)``) or None
+        (run for the hooks' effects only). ``hf_kwargs`` are HF input tensors (every key the
+        processor returns) and HF options (``output_hidden_states=True``...); an unknown keyword is
+        a ``TypeError`` naming it.
         """
-        self._check_keywords("forward", hf_kwargs, ("inputs", "return_type", "grad"))
+        own = ("inputs", "return_type", "grad", "loss_per_token")
+        if return_type in ("loss", "both", None):
+            batch, options = self._batch_and_options("forward", inputs, hf_kwargs, own)
+            logits = self.run_with_hooks(batch, fwd_hooks=(), grad=grad, **options)
+            if return_type is None:
+                return None
+            loss = self.lm_loss(logits, batch, per_token=loss_per_token)
+            return loss if return_type == "loss" else (logits, loss)
+        self._check_keywords("forward", hf_kwargs, own)
         return self.run_with_hooks(inputs, fwd_hooks=(), return_type=return_type, grad=grad, **hf_kwargs)
 
     __call__ = forward
@@ -344,6 +355,7 @@ class HookedMLLM:
         dtype: torch.dtype | None = None,
         fwd_hooks: Iterable[HookSpec] = (),
         grad: bool = False,
+        remove_batch_dim: bool = False,
         **hf_kwargs: Any,
     ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
         """Run once and cache activations.
@@ -356,6 +368,7 @@ class HookedMLLM:
             device: Where cached tensors go (default CPU; None keeps them in place).
             dtype: Cast cached tensors.
             fwd_hooks: Hook functions to run too (the cache sees their results).
+            remove_batch_dim: Drop the batch axis of a one-row run (:meth:`ActivationCache.remove_batch_dim`).
 
         Returns:
             ``(logits, cache)``.
@@ -368,7 +381,7 @@ class HookedMLLM:
         """
         batch, options = self._batch_and_options(
             "run_with_cache", inputs, hf_kwargs,
-            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad"))
+            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad", "remove_batch_dim"))
         store: dict[str, Tensor] = {}
         index = None
         if positions is not None:
@@ -390,6 +403,8 @@ class HookedMLLM:
             store.clear()
             versions.clear()
         cache = ActivationCache(store, self, batch=batch, positions=None if index is None else index.cpu())
+        if remove_batch_dim:
+            cache.remove_batch_dim()
         return output.logits, cache
 
     @contextlib.contextmanager
@@ -453,17 +468,7 @@ class HookedMLLM:
         tracer_cls = _runner.guarded_tracer(self._guard, quiet=bool(self._context))
         return self.nnsight.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs, **options)
 
-    # -- weights used by the cache helpers -------------------------------------------
-
-    @property
-    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
-        """The unembedding matrix (transposed LM head weight)."""
-        return parameter(self.adapter.module(self.hf_model, self.adapter.unembed)).T
-
-    def W_O(self, layer: int) -> Float[Tensor, "n_heads d_head d_model"]:
-        """The attention output weights of ``layer`` split by head."""
-        o_proj = self.adapter.module(self.hf_model, f"{self.adapter.lm_layers}.{layer}.{self.adapter.block.o}")
-        return parameter(o_proj).T.reshape(self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model)
+    # -- weights (W_Q ... W_U: hooked_mllm._tl_compat) ------------------------------
 
     def final_norm(self) -> torch.nn.Module:
         """The language model's final norm module."""

@@ -176,8 +176,8 @@ def test_unknown_keywords_name_the_closest_known_one(llava, llava_batch, method,
 
 
 def test_transformer_lens_only_keywords_say_what_to_do(llava, llava_batch):
-    with pytest.raises(TypeError, match="unknown argument 'remove_batch_dim'.*keep the batch dimension"):
-        llava.run_with_cache(llava_batch, remove_batch_dim=True)
+    with pytest.raises(TypeError, match="unknown argument 'return_cache_object'.*always returns an ActivationCache"):
+        llava.run_with_cache(llava_batch, return_cache_object=False)
 
 
 def test_hf_options_pass_with_a_batch(llava, llava_batch):

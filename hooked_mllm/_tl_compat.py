@@ -1,0 +1,369 @@
+"""TransformerLens-style weights and tokenizer helpers on :class:`~hooked_mllm.model.HookedMLLM`.
+
+:class:`TLCompatMixin` gives the model TransformerLens' weight attributes, shaped as
+TransformerLens shapes them, and its ``to_tokens`` family. Weights are read through
+:func:`hooked_mllm._weights.parameter` (so accelerate-offloaded models work) and are not
+processed (no LayerNorm folding or centering). Each ``W_*`` / ``b_*`` is a
+:class:`LayerWeights`: ``model.W_O[3]`` or ``model.W_O(3)`` reads one layer without
+stacking the others, ``model.W_O[3, 0]`` one head, and anything else (``model.W_O.shape``,
+``torch.einsum(..., model.W_O)``) acts on the full ``[n_layers, ...]`` tensor.
+
+Grouped-query attention: ``W_K``, ``W_V``, ``b_K``, ``b_V`` have ``n_kv_heads`` heads, as
+TransformerLens 4.3's ``TransformerBridge`` gives them (its older ``HookedTransformer``
+expanded them); ``model.W_K.expanded(layer)`` repeats each key/value head for the
+``n_heads // n_kv_heads`` query heads that share it.
+
+Biases a model does not have read as zeros (the bridge raises ``AttributeError`` there).
+
+Gated MLPs: ``W_in`` is the up projection and ``W_gate`` the gate projection, as in
+TransformerLens; ``mlp.hook_post`` is ``act(gate) * up``, the down projection's input.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ._weights import parameter
+
+
+def _map(value: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(value, (list, tuple)):
+        return type(value)(_map(v, fn) for v in value)
+    return fn(value)
+
+
+class LayerWeights:
+    """One weight of every LM layer: indexable like a ``[n_layers, ...]`` tensor and callable per layer.
+
+    Example:
+        >>> model.W_Q[0].shape == (model.cfg.n_heads, model.cfg.d_model, model.cfg.d_head)   # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, name: str, n_layers: int, read: Callable[[int], Tensor], group: int = 1) -> None:
+        self._name, self._n, self._read, self._group = name, n_layers, read, group
+
+    def __call__(self, layer: int) -> Tensor:
+        if not -self._n <= layer < self._n:
+            raise IndexError(f"{self._name}: layer {layer} out of range for {self._n} layers")
+        return self._read(layer % self._n)
+
+    def expanded(self, layer: int) -> Tensor:
+        """Key/value heads of ``layer`` repeated to ``n_heads`` (each for the query heads sharing it)."""
+        return self(layer).repeat_interleave(self._group, dim=0)
+
+    def full(self) -> Tensor:
+        """The stacked ``[n_layers, ...]`` tensor."""
+        return torch.stack([self._read(layer) for layer in range(self._n)])
+
+    def __getitem__(self, key: Any) -> Tensor:
+        if isinstance(key, int):
+            return self(key)
+        if isinstance(key, tuple) and key and isinstance(key[0], int):
+            return self(key[0])[key[1:]]
+        return self.full()[key]
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self):
+        return (self._read(layer) for layer in range(self._n))
+
+    def __getattr__(self, name: str) -> Any:  # shape, dtype, detach(), to() ... of the full tensor
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.full(), name)
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Sequence = (), kwargs: dict | None = None) -> Any:
+        def unwrap(x: Any) -> Any:
+            return x.full() if isinstance(x, LayerWeights) else x
+        return func(*_map(tuple(args), unwrap), **{k: _map(v, unwrap) for k, v in (kwargs or {}).items()})
+
+    def __repr__(self) -> str:
+        return f"LayerWeights({self._name}, {self._n} layers)"
+
+
+class TLCompatMixin:
+    """TransformerLens' weight attributes and tokenizer helpers (mixed into ``HookedMLLM``)."""
+
+    # -- weights ---------------------------------------------------------------------
+
+    def _layer_module(self, layer: int, rel: str) -> torch.nn.Module:
+        return self.adapter.module(self.hf_model, f"{self.adapter.lm_layers}.{layer}.{rel}")
+
+    def _heads(self, rel: str | None, what: str, n: int) -> Callable[[int], Tensor]:
+        if rel is None:
+            raise AttributeError(f"This model has a fused QKV projection; {what} is not available per head.")
+        cfg = self.cfg
+
+        def read(layer: int) -> Tensor:
+            module = self._layer_module(layer, rel)
+            if what.startswith("b_"):
+                if getattr(module, "bias", None) is None:
+                    return torch.zeros(n, cfg.d_head, dtype=cfg.dtype)
+                return parameter(module, "bias").reshape(n, cfg.d_head)
+            return parameter(module).T.reshape(cfg.d_model, n, cfg.d_head).permute(1, 0, 2)
+        return read
+
+    def _attn(self, what: str) -> LayerWeights:
+        cfg, block = self.cfg, self.adapter.block
+        rel = {"Q": block.q, "K": block.k, "V": block.v}[what[-1]]
+        if what[-1] == "Q":
+            return LayerWeights(what, cfg.n_layers, self._heads(rel, what, cfg.n_heads))
+        return LayerWeights(what, cfg.n_layers, self._heads(rel, what, cfg.n_kv_heads), cfg.n_heads // cfg.n_kv_heads)
+
+    @property
+    def W_Q(self) -> LayerWeights:
+        """``[n_layers, n_heads, d_model, d_head]`` query weights."""
+        return self._attn("W_Q")
+
+    @property
+    def W_K(self) -> LayerWeights:
+        """``[n_layers, n_kv_heads, d_model, d_head]`` key weights (``.expanded(l)``: ``n_heads``)."""
+        return self._attn("W_K")
+
+    @property
+    def W_V(self) -> LayerWeights:
+        """``[n_layers, n_kv_heads, d_model, d_head]`` value weights (``.expanded(l)``: ``n_heads``)."""
+        return self._attn("W_V")
+
+    @property
+    def b_Q(self) -> LayerWeights:
+        """``[n_layers, n_heads, d_head]`` query biases (zeros where the projection has none)."""
+        return self._attn("b_Q")
+
+    @property
+    def b_K(self) -> LayerWeights:
+        """``[n_layers, n_kv_heads, d_head]`` key biases."""
+        return self._attn("b_K")
+
+    @property
+    def b_V(self) -> LayerWeights:
+        """``[n_layers, n_kv_heads, d_head]`` value biases."""
+        return self._attn("b_V")
+
+    @property
+    def W_O(self) -> LayerWeights:
+        """``[n_layers, n_heads, d_head, d_model]`` attention output weights; ``model.W_O(l)`` reads one layer."""
+        cfg = self.cfg
+        return LayerWeights("W_O", cfg.n_layers, lambda l: parameter(self._layer_module(l, self.adapter.block.o))
+                            .T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model))
+
+    @property
+    def b_O(self) -> LayerWeights:
+        """``[n_layers, d_model]`` attention output biases (zeros where there are none)."""
+        return LayerWeights("b_O", self.cfg.n_layers, lambda l: self._bias(self.adapter.block.o, l))
+
+    def _bias(self, rel: str, layer: int) -> Tensor:
+        module = self._layer_module(layer, rel)
+        if getattr(module, "bias", None) is None:
+            return torch.zeros(parameter(module).shape[0], dtype=self.cfg.dtype)
+        return parameter(module, "bias")
+
+    def _mlp_in_paths(self) -> tuple[str, str | None]:
+        """(W_in path, W_gate path or None)."""
+        pre = self.adapter.block.mlp_pre
+        if pre.endswith("gate_proj"):
+            up = pre[: -len("gate_proj")] + "up_proj"
+            try:
+                self._layer_module(0, up)
+            except (AttributeError, KeyError, IndexError):
+                up = None
+            if up is not None:
+                return up, pre
+        return pre, None
+
+    def _linear_in(self, rel: str, layer: int) -> Tensor:
+        weight = parameter(self._layer_module(layer, rel))
+        if self.cfg.d_mlp is not None and weight.shape[0] != self.cfg.d_mlp:
+            raise ValueError(f"{rel} has {weight.shape[0]} outputs, not d_mlp={self.cfg.d_mlp} (a fused projection); "
+                             "W_in / W_gate are not available for this model.")
+        return weight.T
+
+    @property
+    def W_in(self) -> LayerWeights:
+        """``[n_layers, d_model, d_mlp]`` MLP input weights (the up projection of a gated MLP)."""
+        rel = self._mlp_in_paths()[0]
+        return LayerWeights("W_in", self.cfg.n_layers, lambda l: self._linear_in(rel, l))
+
+    @property
+    def W_gate(self) -> LayerWeights:
+        """``[n_layers, d_model, d_mlp]`` gate projection weights of a gated MLP."""
+        gate = self._mlp_in_paths()[1]
+        if gate is None:
+            raise AttributeError("This model's MLP is not gated; it has W_in but no W_gate.")
+        return LayerWeights("W_gate", self.cfg.n_layers, lambda l: self._linear_in(gate, l))
+
+    @property
+    def b_in(self) -> LayerWeights:
+        """``[n_layers, d_mlp]`` MLP input biases (zeros where there are none)."""
+        rel = self._mlp_in_paths()[0]
+        return LayerWeights("b_in", self.cfg.n_layers, lambda l: self._bias(rel, l))
+
+    @property
+    def W_out(self) -> LayerWeights:
+        """``[n_layers, d_mlp, d_model]`` MLP output weights (the down projection)."""
+        return LayerWeights("W_out", self.cfg.n_layers,
+                            lambda l: parameter(self._layer_module(l, self.adapter.block.mlp_down)).T)
+
+    @property
+    def b_out(self) -> LayerWeights:
+        """``[n_layers, d_model]`` MLP output biases (zeros where there are none)."""
+        return LayerWeights("b_out", self.cfg.n_layers, lambda l: self._bias(self.adapter.block.mlp_down, l))
+
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        """The token embedding matrix."""
+        return parameter(self.adapter.module(self.hf_model, self.adapter.embed))
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        """The unembedding matrix (transposed LM head weight)."""
+        return parameter(self.adapter.module(self.hf_model, self.adapter.unembed)).T
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        """The LM head bias (zeros where there is none)."""
+        head = self.adapter.module(self.hf_model, self.adapter.unembed)
+        if getattr(head, "bias", None) is None:
+            return torch.zeros(self.cfg.d_vocab, dtype=self.cfg.dtype)
+        return parameter(head, "bias")
+
+    # -- persistent hooks ------------------------------------------------------------
+
+    def add_hook(self, name: Any, hook: Callable[..., Any], dir: str = "fwd", is_permanent: bool = False,
+                 prepend: bool = False) -> None:
+        """Keep ``hook`` on ``name`` (a name, list or predicate) for every later run, until :meth:`reset_hooks`.
+
+        The hook is active exactly as inside ``with model.hooks(...)`` (runs, generation and
+        ``model.trace``); an unknown name fails here, not at the next run. ``is_permanent`` hooks
+        survive ``reset_hooks()`` and go with ``reset_hooks(including_permanent=True)``.
+
+        Example:
+            >>> model.add_hook("blocks.0.hook_mlp_out", lambda act, hook: act * 0)   # doctest: +SKIP
+            >>> model.reset_hooks()                                                  # doctest: +SKIP
+        """
+        if dir != "fwd":
+            raise ValueError("Only forward hooks are offered (dir='fwd'); for gradients run with grad=True and "
+                             "read .grad of cached tensors.")
+        if prepend:
+            raise ValueError("prepend=True is not offered: hooks on one point run in the order they were added.")
+        block = self.hooks(fwd_hooks=[(name, hook)])
+        block.__enter__()
+        self.__dict__.setdefault("_added_hooks", []).append((block, is_permanent))
+
+    def reset_hooks(self, including_permanent: bool = False) -> None:
+        """Remove the hooks :meth:`add_hook` added (the permanent ones too with ``including_permanent``)."""
+        added = self.__dict__.get("_added_hooks", [])
+        keep = [(block, permanent) for block, permanent in added if permanent and not including_permanent]
+        errors = []
+        for block, permanent in reversed(added):
+            if (block, permanent) in keep:
+                continue
+            try:
+                block.__exit__(None, None, None)
+            except Exception as error:  # remove the others anyway, then report
+                errors.append(error)
+        self.__dict__["_added_hooks"] = keep
+        if errors:
+            raise errors[0]
+
+    # -- loss ------------------------------------------------------------------------
+
+    def lm_loss(self, logits: Float[Tensor, "batch pos vocab"], batch: Any,
+                per_token: bool = False) -> Float[Tensor, ""] | Float[Tensor, "batch pos_1"]:
+        """Next-token cross-entropy of ``logits`` on ``batch``'s ids, over text targets only.
+
+        Targets that are padding or image placeholder tokens (whose "next token" is an image
+        feature, not a prediction) are left out: the mean is over the rest; ``per_token``
+        gives ``[batch, pos - 1]`` with zeros there.
+
+        Example:
+            >>> loss = model(batch, return_type="loss")         # doctest: +SKIP
+        """
+        ids = batch.input_ids.to(logits.device)
+        log_probs = logits[:, :-1].float().log_softmax(-1)
+        nll = -log_probs.gather(-1, ids[:, 1:, None])[..., 0]
+        valid = (~batch.pad_mask[:, 1:] & ~batch.pad_mask[:, :-1] & ~batch.image_mask[:, 1:]).to(nll.device)
+        nll = nll * valid
+        return nll if per_token else nll.sum() / valid.sum().clamp(min=1)
+
+    # -- tokens ----------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tokenizer (the processor's, or the processor itself), or None."""
+        if self.processor is None:
+            return None
+        return getattr(self.processor, "tokenizer", None) or (self.processor if hasattr(self.processor, "encode")
+                                                               else None)
+
+    def _need_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError("This model has no tokenizer (no processor was given); pass token ids instead.")
+        return self.tokenizer
+
+    def to_tokens(self, input: str | list[str], prepend_bos: bool = True,
+                  padding_side: str = "right", move_to_device: bool = True) -> Int[Tensor, "batch pos"]:
+        """Token ids of text, ``[batch, pos]``, BOS prepended (if the tokenizer has one), right-padded.
+
+        Text only: image placeholders are not expanded (use :meth:`prepare` for a multimodal batch).
+
+        Example:
+            >>> model.to_tokens("a red circle").shape       # doctest: +SKIP
+            torch.Size([1, 4])
+        """
+        tokenizer = self._need_tokenizer()
+        texts = [input] if isinstance(input, str) else list(input)
+        rows = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        if prepend_bos and tokenizer.bos_token_id is not None:
+            rows = [[tokenizer.bos_token_id, *row] for row in rows]
+        width = max(len(row) for row in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        out = torch.full((len(rows), width), pad, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if padding_side == "left":
+                out[i, width - len(row):] = torch.tensor(row)
+            else:
+                out[i, : len(row)] = torch.tensor(row)
+        return out.to(self.device) if move_to_device else out
+
+    def to_string(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
+        """Decode ids: ``[pos]`` gives a string, ``[batch, pos]`` a list of strings."""
+        tokenizer = self._need_tokenizer()
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() == 2:
+            return [self.to_string(row) for row in tokens]
+        return tokenizer.decode(tokens.tolist(), clean_up_tokenization_spaces=False)
+
+    def to_str_tokens(self, input: str | list[str] | Tensor | Sequence[int],
+                      prepend_bos: bool = True) -> list[str] | list[list[str]]:
+        """Each token as a string: for text (tokenized as :meth:`to_tokens`) or ids (``[pos]`` or ``[1, pos]``)."""
+        tokenizer = self._need_tokenizer()
+        if isinstance(input, list) and input and isinstance(input[0], str):
+            return [self.to_str_tokens(text, prepend_bos) for text in input]
+        if isinstance(input, str):
+            ids = self.to_tokens(input, prepend_bos=prepend_bos, move_to_device=False)[0]
+        else:
+            ids = torch.as_tensor(input)
+            if ids.dim() == 2:
+                if ids.shape[0] != 1:
+                    raise ValueError(f"to_str_tokens takes one row of ids, got shape {tuple(ids.shape)}")
+                ids = ids[0]
+        return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids.tolist()]
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token (no BOS).
+
+        Raises:
+            ValueError: if it is several tokens.
+        """
+        ids = self.to_tokens(string, prepend_bos=False, move_to_device=False)[0]
+        if ids.numel() != 1:
+            raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {self.to_str_tokens(ids)}")
+        return int(ids[0])
