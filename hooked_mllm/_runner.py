@@ -9,8 +9,7 @@ installed as the wrapped model's *edits* for exactly one run (or for the life of
 ``generate`` and with a user's own ``model.trace`` alike, and removes them afterwards
 whatever happened. Nothing here registers a torch hook.
 
-Contents: :class:`HookContext` (the ``hook`` argument of a hook function),
-:class:`HookFn` (a bound hook), :func:`build_mediators`, :func:`interleave`,
+Contents: :class:`HookFn` (a bound hook), :func:`build_mediators`, :func:`interleave`,
 :func:`installed` (edits for a block), :func:`eager_attention` (temporary eager
 attention where patterns are read).
 """
@@ -20,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
@@ -29,7 +28,7 @@ from nnsight.intervention.iterator import Iterations
 from nnsight.intervention.tracer import InterleavingTracer
 
 from . import _hook_io
-from .hook_points import HookPoint
+from .hook_points import HookContext, HookPoint
 
 if TYPE_CHECKING:
     from nnsight import NNsight
@@ -38,37 +37,6 @@ if TYPE_CHECKING:
 
 _CODE = compile("__hooked_mllm_body__()", "<hooked_mllm hook>", "exec")
 _NEVER_REACHED = r".*was never reached.*"
-
-
-@dataclass
-class HookContext:
-    """What a hook function learns about where it fires (TransformerLens' ``hook``).
-
-    Attributes:
-        name: The hook point's canonical name.
-        point: The full :class:`~hooked_mllm.hook_points.HookPoint`.
-        batch: The :class:`~hooked_mllm.inputs.MultimodalBatch` being run, if known.
-        step: 0 on the prompt forward, ``k`` on the forward producing generated token
-            ``k + 1`` (each generated token after the first is one more step).
-        ctx: A dict kept for the whole run, for hook functions that share state.
-    """
-
-    name: str
-    point: HookPoint
-    batch: MultimodalBatch | None = None
-    step: int = 0
-    ctx: dict = field(default_factory=dict)
-
-    def layer(self) -> int:
-        """The block index of this hook point (error for points outside blocks)."""
-        if self.point.layer is None:
-            raise ValueError(f"{self.name} is not inside a block, so it has no layer")
-        return self.point.layer
-
-    @property
-    def is_prompt(self) -> bool:
-        """Whether this is the prompt forward (not a generated-token step)."""
-        return self.step == 0
 
 
 HookFunction = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]

@@ -36,7 +36,7 @@ from .architectures import adapter_for
 from .architectures.base import Adapter
 from .cache import ActivationCache
 from .config import MLLMConfig
-from .hook_points import HookPoint, HookPoints
+from .hook_points import HookContext, HookPoint, HookPoints
 from .inputs import MultimodalBatch, prepare, processor_token_counts
 
 logger = logging.getLogger(__name__)
@@ -481,7 +481,7 @@ def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype
     their version in ``versions``, so that an in-place edit by the model after the hook is seen);
     names in ``clone`` are copied."""
 
-    def cache_hook(act: Tensor, hook: _runner.HookContext) -> None:
+    def cache_hook(act: Tensor, hook: HookContext) -> None:
         if hook.step != 0:
             return None
         value = act if grad else act.detach()
