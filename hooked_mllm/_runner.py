@@ -3,8 +3,8 @@
 Each hook point that has work to do (caching or user hook functions) becomes one
 nnsight ``Mediator`` whose body reads the hook point's value, calls the functions in
 order, and writes a replacement back, both through :mod:`hooked_mllm._hook_io` (the
-same reads, writes and checks as ``model.hook_point(...).output`` in a trace). The mediators are
-installed as the wrapped model's *edits* for exactly one run (or for the life of a
+same reads, writes and checks as ``model.hook_point(...).output`` in a trace). The
+mediators are installed as the wrapped model's *edits* for exactly one run (or for the life of a
 ``model.hooks()`` block), so nnsight interleaves them with the forward pass, with
 ``generate`` and with a user's own ``model.trace`` alike, and removes them afterwards
 whatever happened. Nothing here registers a torch hook.
