@@ -368,7 +368,8 @@ class HookContext:
     Example:
         >>> def steer_late(act, hook: HookContext):
         ...     return act + 1 if hook.layer() >= 2 and hook.is_prompt else None
-        >>> logits = model.run_with_hooks(batch, fwd_hooks=[(lambda n: "resid_post" in n, steer_late)])  # doctest: +SKIP
+        >>> resid_post = lambda name: "resid_post" in name
+        >>> logits = model.run_with_hooks(batch, fwd_hooks=[(resid_post, steer_late)])  # doctest: +SKIP
     """
 
     name: str
