@@ -144,8 +144,8 @@ def read_only_reason(point: HookPoint) -> str:
 def check_writable(point: HookPoint, who: str) -> None:
     """Raise a ``ValueError`` naming ``point`` (and why) if it is read-only."""
     if not point.writable:
-        raise ValueError(f"{point.name} is read-only{read_only_reason(point)}: {who} cannot replace it; read it "
-                         "without changing it (a hook function returns None).")
+        raise ValueError(f"{point.name} is read-only{read_only_reason(point)}: {who} cannot replace it; "
+                         "read it without changing it (a hook function returns None).")
 
 
 def check(point: HookPoint, new: Any, act: torch.Tensor, who: str) -> None:

@@ -68,8 +68,9 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
             act, changed = new, True
         if original._version != version and not changed:
             if not point.writable:
-                raise ValueError(f"{point.name} is read-only{_hook_io.read_only_reason(point)}: a hook function "
-                                 "edited it in place, which would have no effect; read it without changing it.")
+                reason = _hook_io.read_only_reason(point)
+                raise ValueError(f"{point.name} is read-only{reason}: a hook function edited it in place, "
+                                 "which would have no effect; read it without changing it.")
             if reading.base is not None or io.scale is not None:  # act was computed from the site: write back
                 changed = True
         if changed:

@@ -58,13 +58,15 @@ def module(model, name):
     ("blocks.0.hook_mlp_out", lambda act: act[0], r"on blocks\.0\.hook_mlp_out returned shape \(\d+, 64\)"),
     ("blocks.0.hook_mlp_out", lambda act: torch.zeros(act.shape[-1]),  # broadcastable is not enough
      r"on blocks\.0\.hook_mlp_out returned shape \(64,\), but the activation has shape \(1, \d+, 64\)"),
-    ("blocks.0.hook_mlp_out", lambda act: act.long(), r"on blocks\.0\.hook_mlp_out returned dtype torch\.int64"),
+    ("blocks.0.hook_mlp_out", lambda act: act.long(),
+     r"on blocks\.0\.hook_mlp_out returned dtype torch\.int64"),
     ("blocks.0.hook_mlp_out", lambda act: act > 0, r"on blocks\.0\.hook_mlp_out returned dtype torch\.bool"),
     ("blocks.0.hook_mlp_out", lambda act: torch.zeros(act.shape, device="meta"),
      r"on blocks\.0\.hook_mlp_out returned a tensor on meta, but the activation is on cpu"),
     ("blocks.0.hook_mlp_out", lambda act: 3.0, r"on blocks\.0\.hook_mlp_out returned float"),
     ("blocks.0.attn.hook_z", lambda act: act.flatten(-2),  # per-head points take per-head values
-     r"on blocks\.0\.attn\.hook_z returned shape \(1, \d+, 64\), but the activation has shape \(1, \d+, 4, 16\)"),
+     r"on blocks\.0\.attn\.hook_z returned shape \(1, \d+, 64\), "
+     r"but the activation has shape \(1, \d+, 4, 16\)"),
     ("vision.blocks.0.hook_resid_mid", lambda act: act[..., :-1],
      r"on vision\.blocks\.0\.hook_resid_mid returned shape"),
 ])
