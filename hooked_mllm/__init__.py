@@ -13,7 +13,7 @@ Public surface:
 from ._lazy import lazy_exports
 
 _NAMES = {
-    "HookContext": "._runner",
+    "HookContext": ".hook_points",
     "ActivationCache": ".cache",
     "MLLMConfig": ".config",
     "HookNameError": ".hook_points",

@@ -1,15 +1,15 @@
 """Hook functions as nnsight interventions: the one mechanism behind every run.
 
 Each hook point that has work to do (caching or user hook functions) becomes one
-nnsight ``Mediator`` whose body reads the hook point's value from its envoy, calls the
-functions in order, and writes a replacement back through the envoy. The mediators are
-installed as the wrapped model's *edits* for exactly one run (or for the life of a
+nnsight ``Mediator`` whose body reads the hook point's value, calls the functions in
+order, and writes a replacement back, both through :mod:`hooked_mllm._hook_io` (the
+same reads, writes and checks as ``model.hook_point(...).output`` in a trace). The
+mediators are installed as the wrapped model's *edits* for exactly one run (or for the life of a
 ``model.hooks()`` block), so nnsight interleaves them with the forward pass, with
 ``generate`` and with a user's own ``model.trace`` alike, and removes them afterwards
 whatever happened. Nothing here registers a torch hook.
 
-Contents: :class:`HookContext` (the ``hook`` argument of a hook function),
-:class:`HookFn` (a bound hook), :func:`build_mediators`, :func:`interleave`,
+Contents: :class:`HookFn` (a bound hook), :func:`build_mediators`, :func:`interleave`,
 :func:`installed` (edits for a block), :func:`eager_attention` (temporary eager
 attention where patterns are read).
 """
@@ -19,16 +19,16 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from nnsight.intervention.interleaver import Mediator
 from nnsight.intervention.iterator import Iterations
 from nnsight.intervention.tracer import InterleavingTracer
-from transformers.utils import ModelOutput
 
-from .hook_points import HookPoint, Site
+from . import _hook_io
+from .hook_points import HookContext, HookPoint
 
 if TYPE_CHECKING:
     from nnsight import NNsight
@@ -37,37 +37,6 @@ if TYPE_CHECKING:
 
 _CODE = compile("__hooked_mllm_body__()", "<hooked_mllm hook>", "exec")
 _NEVER_REACHED = r".*was never reached.*"
-
-
-@dataclass
-class HookContext:
-    """What a hook function learns about where it fires (TransformerLens' ``hook``).
-
-    Attributes:
-        name: The hook point's canonical name.
-        point: The full :class:`~hooked_mllm.hook_points.HookPoint`.
-        batch: The :class:`~hooked_mllm.inputs.MultimodalBatch` being run, if known.
-        step: 0 on the prompt forward, ``k`` on the forward producing generated token
-            ``k + 1`` (each generated token after the first is one more step).
-        ctx: A dict kept for the whole run, for hook functions that share state.
-    """
-
-    name: str
-    point: HookPoint
-    batch: MultimodalBatch | None = None
-    step: int = 0
-    ctx: dict = field(default_factory=dict)
-
-    def layer(self) -> int:
-        """The block index of this hook point (error for points outside blocks)."""
-        if self.point.layer is None:
-            raise ValueError(f"{self.name} is not inside a block, so it has no layer")
-        return self.point.layer
-
-    @property
-    def is_prompt(self) -> bool:
-        """Whether this is the prompt forward (not a generated-token step)."""
-        return self.step == 0
 
 
 HookFunction = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
@@ -81,93 +50,13 @@ class HookFn:
     fn: HookFunction
 
 
-def _index(site: Site, raw: Any) -> int | None:
-    """The tuple element a site reads: its own index, or 0 for a tuple output of a module that
-    HF code returns as a tensor (older remote code returns ``(hidden, cache)`` from its blocks)."""
-    if site.index is None and site.io == "output" and isinstance(raw, tuple) and not isinstance(raw, ModelOutput):
-        return 0
-    return site.index
-
-
-def _read(envoy: Any, site: Site) -> tuple[Any, Any]:
-    raw = envoy.input if site.io == "input" else envoy.output
-    index = _index(site, raw)
-    if index is not None:
-        value = raw[index]
-    elif isinstance(raw, ModelOutput):  # a PreTrainedModel used as a part (Molmo2's adapter): its first field
-        value = raw[0]
-    else:
-        value = raw
-    return raw, value
-
-
-def _write(envoy: Any, site: Site, raw: Any, value: Any) -> None:
-    index = _index(site, raw)
-    if site.io == "input":
-        envoy.input = value
-    elif index is None and isinstance(raw, ModelOutput):
-        fields = dict(raw)
-        fields[next(iter(fields))] = value
-        envoy.output = type(raw)(**fields)
-    elif index is None:
-        envoy.output = value
-    else:
-        items = list(raw)
-        items[index] = value
-        envoy.output = type(raw)(items) if isinstance(raw, tuple) else items
-
-
-def _reason(point: HookPoint) -> str:
-    return f" ({point.read_only})" if point.read_only else ""
-
-
-def check_replacement(name: str, new: Any, act: torch.Tensor, who: str) -> None:
-    """Raise a ``ValueError`` naming the hook point unless ``new`` can replace ``act``.
-
-    ``new`` must be a tensor of exactly ``act``'s shape, on its device, and floating point
-    where ``act`` is (another float precision is cast; an integer or boolean tensor is refused
-    rather than cast silently).
-    """
-    if not isinstance(new, torch.Tensor):
-        raise ValueError(f"{who} on {name} returned {type(new).__name__}; return a tensor of shape "
-                         f"{tuple(act.shape)}, or None to leave the activation unchanged.")
-    if new.shape != act.shape:
-        raise ValueError(
-            f"{who} on {name} returned shape {tuple(new.shape)}, but the activation has shape "
-            f"{tuple(act.shape)}; return a tensor of the same shape, or None to leave it unchanged.")
-    if act.is_floating_point() and not new.is_floating_point():
-        raise ValueError(
-            f"{who} on {name} returned dtype {new.dtype}, but the activation is {act.dtype}; an integer or "
-            f"boolean replacement would be cast silently. Return a floating tensor (e.g. new.to(act.dtype)).")
-    if new.device != act.device:
-        raise ValueError(
-            f"{who} on {name} returned a tensor on {new.device}, but the activation is on {act.device}; "
-            "move it there (e.g. new.to(act.device)).")
-
-
-def scale_of(nn: NNsight, point: HookPoint) -> torch.Tensor | None:
-    """The layer-scale parameter of ``point`` (see ``HookPoint.scale``), or None."""
-    return None if point.scale is None else nn._module.get_parameter(point.scale)
-
-
 def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict,
           every_step: bool) -> Callable[[], None]:
-    envoy = nn.get(point.site.path)
-    base_envoy = nn.get(point.base.path) if point.base is not None else None
-    scale = scale_of(nn, point)
+    io = _hook_io.bind(nn, point)
 
     def visit(step: int) -> None:
-        base = _read(base_envoy, point.base)[1] if base_envoy is not None else None
-        raw, value = _read(envoy, point.site)
-        if value is None:
-            raise RuntimeError(
-                f"{point.name} has no value in this run (is attention eager? hook_pattern needs "
-                "attn_implementation='eager')."
-            )
-        act = value if scale is None else value * scale
-        act = act if base is None else base + act
-        if point.heads is not None:
-            act = act.unflatten(-1, (point.heads, -1))
+        reading = _hook_io.read(io)
+        act = reading.act
         hook = HookContext(point.name, point, batch() if callable(batch) else batch, step, ctx)
         original, version = act, act._version  # in-place edits bump the version counter
         changed = False
@@ -175,29 +64,17 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
             new = fn(act, hook)
             if new is None:
                 continue
-            if not point.writable:
-                raise ValueError(f"{point.name} is read-only{_reason(point)}: its hook function must return None")
-            check_replacement(point.name, new, act, f"Hook function {getattr(fn, '__name__', fn)!r}")
+            _hook_io.check(point, new, act, f"Hook function {getattr(fn, '__name__', fn)!r}")
             act, changed = new, True
         if original._version != version and not changed:
             if not point.writable:
-                raise ValueError(f"{point.name} is read-only{_reason(point)}: a hook function edited it in place, "
+                reason = _hook_io.read_only_reason(point)
+                raise ValueError(f"{point.name} is read-only{reason}: a hook function edited it in place, "
                                  "which would have no effect; read it without changing it.")
-            if base is not None or scale is not None:  # act was computed from the site: write the edit back
+            if reading.base is not None or io.scale is not None:  # act was computed from the site: write back
                 changed = True
         if changed:
-            out = act.flatten(-2) if point.heads is not None else act
-            if base is not None:
-                out = out - base
-            if scale is not None:
-                if bool((scale == 0).any()):
-                    raise ValueError(
-                        f"Cannot write {point.name}: it is the sublayer output times the layer scale "
-                        f"{point.scale!r}, which has zero entries, so the write cannot be passed back through it. "
-                        "Write the residual stream (hook_resid_mid / hook_resid_post) instead."
-                    )
-                out = out / scale
-            _write(envoy, point.site, raw, out.to(value.dtype))
+            _hook_io.write(io, reading, act, "A hook function")
 
     def body() -> None:
         if every_step:

@@ -10,18 +10,22 @@ listed exists and fires; :meth:`HookPoints.resolve` rejects anything else with t
 close matches.
 
 Contents: :class:`Site`, :class:`HookPoint`, :class:`HookPoints` (the table of one
-model), :func:`act_name` (the short ``("resid_post", 3)`` form), and the error
-:class:`HookNameError`.
+model), :func:`act_name` (the short ``("resid_post", 3)`` form), :class:`HookContext`
+(the ``hook`` argument of a hook function: the point where it fires, and the run), and the
+error :class:`HookNameError`.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Iterator, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal
 
 from .architectures.base import Adapter, BlockLayout
+
+if TYPE_CHECKING:
+    from .inputs import MultimodalBatch
 
 Stream = Literal["lm", "vision", "projector"]
 
@@ -417,3 +421,40 @@ _ALL_CANONICAL_FORMS = frozenset(
     | {v.replace("{l}", "{l}") for v in _SHORT.values()}
     | {"vision." + v for v in _SHORT.values()}
 )
+
+
+@dataclass
+class HookContext:
+    """What a hook function learns about where it fires (TransformerLens' ``hook``).
+
+    Attributes:
+        name: The hook point's canonical name.
+        point: The full :class:`~hooked_mllm.hook_points.HookPoint`.
+        batch: The :class:`~hooked_mllm.inputs.MultimodalBatch` being run, if known.
+        step: 0 on the prompt forward, ``k`` on the forward producing generated token
+            ``k + 1`` (each generated token after the first is one more step).
+        ctx: A dict kept for the whole run, for hook functions that share state.
+
+    Example:
+        >>> def steer_late(act, hook: HookContext):
+        ...     return act + 1 if hook.layer() >= 2 and hook.is_prompt else None
+        >>> resid_post = lambda name: "resid_post" in name
+        >>> logits = model.run_with_hooks(batch, fwd_hooks=[(resid_post, steer_late)])  # doctest: +SKIP
+    """
+
+    name: str
+    point: HookPoint
+    batch: MultimodalBatch | None = None
+    step: int = 0
+    ctx: dict = field(default_factory=dict)
+
+    def layer(self) -> int:
+        """The block index of this hook point (error for points outside blocks)."""
+        if self.point.layer is None:
+            raise ValueError(f"{self.name} is not inside a block, so it has no layer")
+        return self.point.layer
+
+    @property
+    def is_prompt(self) -> bool:
+        """Whether this is the prompt forward (not a generated-token step)."""
+        return self.step == 0

@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 from nnsight import NNsight
 from torch import Tensor
 
-from . import _runner
+from . import _hook_io, _runner
 from ._tl_compat import TLCompatMixin
 from ._weights import execution_device
 from . import positions as _positions
@@ -37,7 +37,7 @@ from .architectures import adapter_for
 from .architectures.base import Adapter
 from .cache import ActivationCache
 from .config import MLLMConfig
-from .hook_points import HookPoint, HookPoints
+from .hook_points import HookContext, HookPoint, HookPoints
 from .inputs import MultimodalBatch, prepare, processor_token_counts
 
 logger = logging.getLogger(__name__)
@@ -486,7 +486,7 @@ def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype
     their version in ``versions``, so that an in-place edit by the model after the hook is seen);
     names in ``clone`` are copied."""
 
-    def cache_hook(act: Tensor, hook: _runner.HookContext) -> None:
+    def cache_hook(act: Tensor, hook: HookContext) -> None:
         if hook.step != 0:
             return None
         value = act if grad else act.detach()
@@ -515,39 +515,27 @@ class HookPointHandle:
 
     ``.output`` is the hook point's value (whether the module's input or output holds
     it), with heads split out for per-head points; assigning it replaces the value with a
-    tensor of exactly its shape, on its device, floating point (checked, naming the point).
+    tensor of exactly its shape, on its device, floating point (another float precision
+    is cast), refusing read-only points and writes through a zero layer scale, all
+    checked by :func:`hooked_mllm._hook_io.write` as in ``run_with_hooks``, naming the point.
     """
 
     def __init__(self, nn: NNsight, point: HookPoint) -> None:
         self.point = point
-        self.envoy = nn.get(point.site.path)
-        self._base = nn.get(point.base.path) if point.base is not None else None
-        self._scale = _runner.scale_of(nn, point)
+        self._io = _hook_io.bind(nn, point)
+        self.envoy = self._io.envoy
+        self._reading: _hook_io.Reading | None = None
 
     @property
     def output(self) -> Tensor:
-        base = _runner._read(self._base, self.point.base)[1] if self._base is not None else None
-        raw, value = _runner._read(self.envoy, self.point.site)
-        self._raw, self._last_base = raw, base
-        act = value if self._scale is None else value * self._scale
-        act = act if base is None else base + act
-        act = act.unflatten(-1, (self.point.heads, -1)) if self.point.heads is not None else act
-        self._act = act
-        return act
+        self._reading = _hook_io.read(self._io)
+        return self._reading.act
 
     @output.setter
     def output(self, new: Tensor) -> None:
-        if not self.point.writable:
-            raise ValueError(f"{self.point.name} is read-only{_runner._reason(self.point)}")
-        if not hasattr(self, "_raw"):
-            self.output  # read first: the write goes back into the value read  # noqa: B018
-        _runner.check_replacement(self.point.name, new, self._act, "A trace write")
-        out = new.flatten(-2) if self.point.heads is not None else new
-        if self._last_base is not None:
-            out = out - self._last_base
-        if self._scale is not None:
-            out = out / self._scale
-        _runner._write(self.envoy, self.point.site, self._raw, out)
-        del self._raw
+        _hook_io.check_writable(self.point, "A trace write")  # refused before waiting for a value
+        reading = self._reading if self._reading is not None else _hook_io.read(self._io)
+        self._reading = None  # the write goes back into the value read, once
+        _hook_io.write(self._io, reading, new, "A trace write")
 
     value = output

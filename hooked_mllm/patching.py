@@ -31,8 +31,7 @@ from jaxtyping import Float
 from PIL import Image, ImageDraw, ImageFilter
 from torch import Tensor
 
-from ._runner import HookContext
-from .hook_points import act_name
+from .hook_points import HookContext, act_name
 from .inputs import MultimodalBatch
 from .mechanism.maps import LocationMap
 

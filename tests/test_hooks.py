@@ -160,3 +160,14 @@ def test_pixel_box_selects_the_cells_it_covers(hooked, pair):
     assert chosen == [1, 2, 5, 6]  # rows 0-1 (0..9 px), cols 1-2 (8..20 px)
     with pytest.raises(ValueError, match="needs image_size"):
         positions.image(box=(0, 0, 4, 4))
+
+
+def test_hook_context_lives_in_a_public_module(hooked, batch):
+    import hooked_mllm
+    from hooked_mllm import hook_points
+
+    assert hooked_mllm.HookContext is hook_points.HookContext
+    assert not any(part.startswith("_") for part in hook_points.HookContext.__module__.split("."))
+    seen = []
+    hooked.run_with_hooks(batch, fwd_hooks=[("blocks.1.hook_resid_post", lambda a, h: seen.append(h))])
+    assert isinstance(seen[0], hooked_mllm.HookContext) and seen[0].layer() == 1 and seen[0].is_prompt

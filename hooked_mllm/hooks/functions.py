@@ -29,7 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import positions as _positions
-from .._runner import HookContext
+from ..hook_points import HookContext
 
 
 class HookFunction:

@@ -1,0 +1,209 @@
+"""Reading a hook point's value from nnsight envoys and writing a replacement back.
+
+A hook point's value is not always one module's tensor: it may be an element of a tuple
+output, the first field of a ``ModelOutput``, a module's input, a sum ``base + site``
+(``hook_resid_mid``), a sublayer output times a layer scale (InternVL), or a per-head
+view ``[..., heads, d_head]``. This module is the one place that turns the envoys'
+values into the hook point's value (:func:`read`) and a replacement back into what the
+module passes on (:func:`write`), refusing every write that could not take effect as
+given (read-only points, another shape, a non-float tensor for a float activation,
+another device, a zero layer scale). Both the run path (:mod:`hooked_mllm._runner`:
+``run_with_hooks``, ``run_with_cache``, ``generate``, ``model.hooks()``) and
+``model.hook_point(...).output`` inside ``model.trace`` (:mod:`hooked_mllm.model`) go
+through it, so the two cannot drift apart.
+
+Contents: :class:`Access` (a hook point bound to its envoys, :func:`bind`),
+:class:`Reading` (one read, what a write goes back into), :func:`read`, :func:`write`,
+:func:`check` and :func:`check_writable` (the checks alone, for errors naming each hook function).
+
+Example (what both paths do, inside an nnsight trace or mediator):
+    >>> io = bind(model.nnsight, model.hook_points.resolve("blocks.0.hook_mlp_out"))  # doctest: +SKIP
+    >>> reading = read(io)                                                            # doctest: +SKIP
+    >>> write(io, reading, torch.zeros_like(reading.act), "A trace write")            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers.utils import ModelOutput
+
+from .hook_points import HookPoint, Site
+
+if TYPE_CHECKING:
+    from nnsight import NNsight
+
+
+@dataclass(frozen=True)
+class Access:
+    """A hook point bound to the envoys (and layer-scale parameter) it is read from.
+
+    Attributes:
+        point: The hook point.
+        envoy: The envoy of ``point.site``, the module whose input or output is written.
+        base_envoy: The envoy of ``point.base`` (value = base + site), or None.
+        scale: The layer-scale parameter (value = site * scale), or None.
+    """
+
+    point: HookPoint
+    envoy: Any
+    base_envoy: Any
+    scale: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One read of a hook point: its value, and what a write needs to go back into.
+
+    Attributes:
+        act: The hook point's value (``[..., heads, d_head]`` for per-head points).
+        raw: The site's whole input or output (a tensor, tuple or ``ModelOutput``).
+        value: The site's own tensor inside ``raw``.
+        base: The base value for sums (``hook_resid_mid``), or None.
+    """
+
+    act: torch.Tensor
+    raw: Any
+    value: torch.Tensor
+    base: torch.Tensor | None
+
+
+def bind(nn: NNsight, point: HookPoint) -> Access:
+    """The envoys and layer-scale parameter of ``point`` in the wrapped model ``nn``."""
+    envoy = nn.get(point.site.path)
+    base_envoy = nn.get(point.base.path) if point.base is not None else None
+    scale = None if point.scale is None else nn._module.get_parameter(point.scale)
+    return Access(point, envoy, base_envoy, scale)
+
+
+def _index(site: Site, raw: Any) -> int | None:
+    """The tuple element a site reads: its own index, or 0 for a tuple output of a module that
+    HF code returns as a tensor (older remote code returns ``(hidden, cache)`` from its blocks)."""
+    if site.index is None and site.io == "output" and isinstance(raw, tuple) and not isinstance(raw, ModelOutput):
+        return 0
+    return site.index
+
+
+def _get(envoy: Any, site: Site) -> tuple[Any, Any]:
+    raw = envoy.input if site.io == "input" else envoy.output
+    index = _index(site, raw)
+    if index is not None:
+        value = raw[index]
+    elif isinstance(raw, ModelOutput):  # a PreTrainedModel used as a part (Molmo2's adapter): its first field
+        value = raw[0]
+    else:
+        value = raw
+    return raw, value
+
+
+def _put(envoy: Any, site: Site, raw: Any, value: Any) -> None:
+    index = _index(site, raw)
+    if site.io == "input":
+        envoy.input = value
+    elif index is None and isinstance(raw, ModelOutput):
+        fields = dict(raw)
+        fields[next(iter(fields))] = value
+        envoy.output = type(raw)(**fields)
+    elif index is None:
+        envoy.output = value
+    else:
+        items = list(raw)
+        items[index] = value
+        envoy.output = type(raw)(items) if isinstance(raw, tuple) else items
+
+
+def read(io: Access) -> Reading:
+    """Read the hook point's value (waits for it inside an nnsight trace or mediator).
+
+    Raises:
+        RuntimeError: The site produced no value in this run (an attention pattern
+            without eager attention).
+    """
+    point = io.point
+    base = _get(io.base_envoy, point.base)[1] if io.base_envoy is not None else None
+    raw, value = _get(io.envoy, point.site)
+    if value is None:
+        raise RuntimeError(
+            f"{point.name} has no value in this run (is attention eager? hook_pattern needs "
+            "attn_implementation='eager')."
+        )
+    act = value if io.scale is None else value * io.scale
+    act = act if base is None else base + act
+    if point.heads is not None:
+        act = act.unflatten(-1, (point.heads, -1))
+    return Reading(act, raw, value, base)
+
+
+def read_only_reason(point: HookPoint) -> str:
+    """`` (why)`` for a read-only point whose reason is recorded, else ``""``."""
+    return f" ({point.read_only})" if point.read_only else ""
+
+
+def check_writable(point: HookPoint, who: str) -> None:
+    """Raise a ``ValueError`` naming ``point`` (and why) if it is read-only."""
+    if not point.writable:
+        raise ValueError(f"{point.name} is read-only{read_only_reason(point)}: {who} cannot replace it; "
+                         "read it without changing it (a hook function returns None).")
+
+
+def check(point: HookPoint, new: Any, act: torch.Tensor, who: str) -> None:
+    """Raise a ``ValueError`` naming the hook point unless ``new`` can replace ``act`` there.
+
+    The point must be writable, and ``new`` a tensor of exactly ``act``'s shape, on its
+    device, and floating point where ``act`` is (another float precision is cast by
+    :func:`write`; an integer or boolean tensor is refused rather than cast silently).
+    ``who`` names the writer in the message (``"Hook function 'steer'"``, ``"A trace write"``).
+    """
+    name = point.name
+    check_writable(point, who)
+    if not isinstance(new, torch.Tensor):
+        raise ValueError(f"{who} on {name} returned {type(new).__name__}; return a tensor of shape "
+                         f"{tuple(act.shape)}, or None to leave the activation unchanged.")
+    if new.shape != act.shape:
+        raise ValueError(
+            f"{who} on {name} returned shape {tuple(new.shape)}, but the activation has shape "
+            f"{tuple(act.shape)}; return a tensor of the same shape, or None to leave it unchanged.")
+    if act.is_floating_point() and not new.is_floating_point():
+        raise ValueError(
+            f"{who} on {name} returned dtype {new.dtype}, but the activation is {act.dtype}; an integer or "
+            f"boolean replacement would be cast silently. Return a floating tensor (e.g. new.to(act.dtype)).")
+    if new.device != act.device:
+        raise ValueError(
+            f"{who} on {name} returned a tensor on {new.device}, but the activation is on {act.device}; "
+            "move it there (e.g. new.to(act.device)).")
+
+
+def write(io: Access, reading: Reading, new: torch.Tensor, who: str) -> None:
+    """Write ``new`` as the hook point's value: back into the site ``reading`` was read from.
+
+    Every check is here: the point is writable, ``new`` passes :func:`check` against
+    ``reading.act``, and a layer scale it is divided by has no zero entries. Per-head
+    values are flattened back, the base of a sum subtracted, the layer scale divided out,
+    and the result cast to the site's dtype.
+
+    Args:
+        io: The bound hook point.
+        reading: The :func:`read` this write replaces (same run, same step).
+        new: The replacement, shaped like ``reading.act``.
+        who: The writer, for error messages.
+
+    Raises:
+        ValueError: The write cannot take effect as given (the message says why and what
+            would be right).
+    """
+    point = io.point
+    check(point, new, reading.act, who)
+    out = new.flatten(-2) if point.heads is not None else new
+    if reading.base is not None:
+        out = out - reading.base
+    if io.scale is not None:
+        if bool((io.scale == 0).any()):
+            raise ValueError(
+                f"Cannot write {point.name}: it is the sublayer output times the layer scale "
+                f"{point.scale!r}, which has zero entries, so the write cannot be passed back through it. "
+                "Write the residual stream (hook_resid_mid / hook_resid_post) instead."
+            )
+        out = out / io.scale
+    _put(io.envoy, point.site, reading.raw, out.to(reading.value.dtype))
