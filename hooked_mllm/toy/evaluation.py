@@ -67,6 +67,34 @@ class EvalReport:
         return "\n".join(lines)
 
 
+
+class _Tally:
+    """Right and total answers per question type (captions under ``"caption"``) and the first 20 wrong ones."""
+
+    def __init__(self) -> None:
+        self.right: dict[str, int] = defaultdict(int)
+        self.total: dict[str, int] = defaultdict(int)
+        self.errors: list[tuple[str, str, str, str]] = []
+
+    def add(self, qtype: str, question: str, expected: str, answer: str) -> None:
+        self.total[qtype] += 1
+        if answer == expected:
+            self.right[qtype] += 1
+        elif len(self.errors) < 20:
+            self.errors.append((qtype, question, expected, answer))
+
+    def report(self, n: int, seed: int, caption_style: str) -> EvalReport:
+        right, total = self.right, self.total
+        return EvalReport(
+            accuracy={q: right[q] / total[q] for q in QTYPES if total[q]},
+            counts={q: total[q] for q in QTYPES if total[q]},
+            caption_exact=right["caption"] / max(1, total["caption"]),
+            n_scenes=n,
+            seed=seed,
+            caption_style=caption_style,
+            errors=tuple(self.errors),
+        )
+
 def _resolve(model, processor):
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
@@ -140,9 +168,7 @@ def evaluate(
     captions = [
         (i, "caption", CAPTION_PROMPT, target_caption(s, caption_style)) for i, s in enumerate(scenes)
     ]
-    right: dict[str, int] = defaultdict(int)
-    total: dict[str, int] = defaultdict(int)
-    errors: list[tuple[str, str, str, str]] = []
+    tally = _Tally()
     n_batches = -(-len(items) // batch_size) + -(-len(captions) // batch_size)
     bar = tqdm(total=n_batches, desc="toy eval", disable=not progress)
     try:
@@ -152,24 +178,12 @@ def evaluate(
                 images = [scenes[i].image for i, *_ in chunk]
                 got = _generate(model, processor, images, [q for _, _, q, _ in chunk], max_new)
                 for (_, qtype, question, expected), answer in zip(chunk, got):
-                    total[qtype] += 1
-                    if answer == expected:
-                        right[qtype] += 1
-                    elif len(errors) < 20:
-                        errors.append((qtype, question, expected, answer))
+                    tally.add(qtype, question, expected, answer)
                 bar.update(1)
     finally:
         bar.close()
         model.train(was_training)
-    return EvalReport(
-        accuracy={q: right[q] / total[q] for q in QTYPES if total[q]},
-        counts={q: total[q] for q in QTYPES if total[q]},
-        caption_exact=right["caption"] / max(1, total["caption"]),
-        n_scenes=n,
-        seed=seed,
-        caption_style=caption_style,
-        errors=tuple(errors),
-    )
+    return tally.report(n, seed, caption_style)
 
 
 @torch.no_grad()
@@ -207,9 +221,7 @@ def evaluate_text(
         (i, q, qa.question, qa.answer) for i, s in enumerate(scenes) for q in QTYPES for qa in s.questions_of(q)
     ]
     items += [(i, "caption", CAPTION_PROMPT, target_caption(s, "scene")) for i, s in enumerate(scenes)]
-    right: dict[str, int] = defaultdict(int)
-    total: dict[str, int] = defaultdict(int)
-    errors: list[tuple[str, str, str, str]] = []
+    tally = _Tally()
     try:
         for start in tqdm(range(0, len(items), batch_size), desc="toy text eval", disable=not progress):
             chunk = items[start : start + batch_size]
@@ -219,20 +231,7 @@ def evaluate_text(
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             got = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             for (_, qtype, question, expected), answer in zip(chunk, got):
-                answer = answer.strip()
-                total[qtype] += 1
-                if answer == expected:
-                    right[qtype] += 1
-                elif len(errors) < 20:
-                    errors.append((qtype, question, expected, answer))
+                tally.add(qtype, question, expected, answer.strip())
     finally:
         model.train(was_training)
-    return EvalReport(
-        accuracy={q: right[q] / total[q] for q in QTYPES if total[q]},
-        counts={q: total[q] for q in QTYPES if total[q]},
-        caption_exact=right["caption"] / max(1, total["caption"]),
-        n_scenes=n,
-        seed=seed,
-        caption_style="scene",
-        errors=tuple(errors),
-    )
+    return tally.report(n, seed, "scene")

@@ -43,7 +43,7 @@ from hooked_mllm.toy.data import encode_dialogues, encode_text, sample_dialogue
 from hooked_mllm.toy.model import build_model, save_checkpoint, toy_config
 from hooked_mllm.toy.processor import build_processor
 from hooked_mllm.toy.tokenizer import build_tokenizer
-from hooked_mllm.toy.training import META_FILE, Recipe, TrainResult, _lr_factor, task_mix
+from hooked_mllm.toy.training import META_FILE, Recipe, TrainResult, make_optimizer, task_mix
 from hooked_mllm.toy.world import World
 
 __all__ = [
@@ -246,14 +246,7 @@ def run_stage(
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"Stage trains nothing: no parameter of {stage.trainable} in the model.")
-    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": r.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=r.lr,
-        betas=(0.9, 0.98),
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, r))
+    opt, sched = make_optimizer(params, r)
     trainable = [p for _, p in params]
     losses: list[float] = []
     model.train()

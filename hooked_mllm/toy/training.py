@@ -25,6 +25,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -160,14 +161,7 @@ def train_steps(
     model.model.vision_tower.get_input_embeddings().weight.requires_grad_(not recipe.freeze_patch_embedding)
     rng = random.Random(seed)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-        betas=(0.9, 0.98),
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
+    opt, sched = make_optimizer(params, recipe)
     model.train()
     losses: list[float] = []
     bar = tqdm(range(recipe.steps), desc="toy train", disable=not progress, mininterval=2.0)
@@ -194,6 +188,23 @@ def train_steps(
     model.model.vision_tower.get_input_embeddings().weight.requires_grad_(True)
     model.eval()
     return losses
+
+
+def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], recipe: Recipe) -> tuple[Any, Any]:
+    """AdamW (betas 0.9/0.98; weight decay on matrices that are not embeddings) and the warm-up + cosine schedule.
+
+    Args:
+        params: ``(name, parameter)`` pairs to train.
+        recipe: Gives ``lr``, ``weight_decay`` and the schedule (:func:`_lr_factor`).
+    """
+    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+        betas=(0.9, 0.98),
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
 
 
 def train(
