@@ -162,14 +162,21 @@ class RunGuard:
             self._lock.release()
 
 
-def guarded_tracer(guard: RunGuard, quiet: bool = False) -> type:
-    """nnsight's tracer class (the quiet one if ``quiet``) whose run holds ``guard``."""
+def guarded_tracer(guard: RunGuard, quiet: bool = False, after: Callable[[], None] | None = None) -> type:
+    """nnsight's tracer class (the quiet one if ``quiet``) whose run holds ``guard``.
+
+    ``after`` runs once the traced forward has finished without an error (checks of what
+    the trace body did, e.g. in-place edits that could not take effect).
+    """
     base = QuietTracer if quiet else InterleavingTracer
 
     class GuardedTracer(base):  # type: ignore[valid-type, misc]
         def __exit__(self, *exc: Any) -> bool:
             with guard("model.trace"):
-                return super().__exit__(*exc)
+                result = super().__exit__(*exc)
+            if after is not None:  # reached only when the traced run raised nothing
+                after()
+            return result
 
     return GuardedTracer
 

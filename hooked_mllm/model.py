@@ -112,6 +112,7 @@ class HookedMLLM(TLCompatMixin):
         self._context: list[_runner.HookFn] = []
         self._state = _RunState()
         self._guard = _runner.RunGuard()
+        self._trace_reads: list[tuple[str, Tensor, int]] = []  # computed values handed out in model.trace
 
     # -- loading ---------------------------------------------------------------------
 
@@ -181,7 +182,7 @@ class HookedMLLM(TLCompatMixin):
             >>> with model.trace(batch):                                            # doctest: +SKIP
             ...     resid = model.hook_point("blocks.3.hook_resid_post").output.save()
         """
-        return HookPointHandle(self.nnsight, self.hook_points.resolve(name))
+        return HookPointHandle(self.nnsight, self.hook_points.resolve(name), self._trace_reads)
 
     def _bind(self, fwd_hooks: Iterable[HookSpec]) -> list[_runner.HookFn]:
         bound = []
@@ -465,8 +466,19 @@ class HookedMLLM(TLCompatMixin):
             ...     model.hook_point("blocks.1.hook_mlp_out").output[:] = 0
         """
         batch, options = self._batch_and_options("trace", inputs, hf_kwargs, ("inputs",))
-        tracer_cls = _runner.guarded_tracer(self._guard, quiet=bool(self._context))
+        self._trace_reads.clear()
+        tracer_cls = _runner.guarded_tracer(self._guard, quiet=bool(self._context), after=self._check_trace_reads)
         return self.nnsight.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs, **options)
+
+    def _check_trace_reads(self) -> None:
+        """Refuse, after a trace, in-place edits of computed values that could not reach the model."""
+        edited = sorted({name for name, value, version in self._trace_reads if value._version != version})
+        self._trace_reads.clear()
+        if edited:
+            raise ValueError(
+                f"An in-place edit of {', '.join(edited)} inside model.trace had no effect: there the trace hands "
+                "out a computed value (a sum or a layer-scaled output), not the model's own tensor. Assign instead: "
+                "`point.output = new_value` (or edit in place inside a hook function of run_with_hooks).")
 
     # -- weights (W_Q ... W_U: hooked_mllm._tl_compat) ------------------------------
 
@@ -520,22 +532,29 @@ class HookPointHandle:
     checked by :func:`hooked_mllm._hook_io.write` as in ``run_with_hooks``, naming the point.
     """
 
-    def __init__(self, nn: NNsight, point: HookPoint) -> None:
+    def __init__(self, nn: NNsight, point: HookPoint, reads: list[tuple[str, Tensor, int]] | None = None) -> None:
         self.point = point
         self._io = _hook_io.bind(nn, point)
         self.envoy = self._io.envoy
         self._reading: _hook_io.Reading | None = None
+        self._reads = reads  # where computed values are recorded, to refuse in-place edits of them afterwards
 
     @property
     def output(self) -> Tensor:
         self._reading = _hook_io.read(self._io)
-        return self._reading.act
+        act = self._reading.act
+        computed = self._io.base_envoy is not None or self._io.scale is not None
+        if computed and self._reads is not None:
+            self._reads.append((self.point.name, act, act._version))
+        return act
 
     @output.setter
     def output(self, new: Tensor) -> None:
         _hook_io.check_writable(self.point, "A trace write")  # refused before waiting for a value
         reading = self._reading if self._reading is not None else _hook_io.read(self._io)
         self._reading = None  # the write goes back into the value read, once
+        if self._reads is not None:  # an assignment honours any in-place edit of the value read
+            self._reads[:] = [r for r in self._reads if r[1] is not reading.act]
         _hook_io.write(self._io, reading, new, "A trace write")
 
     value = output

@@ -7,6 +7,8 @@ vision blocks have layer scales)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -177,3 +179,30 @@ def test_both_paths_read_the_same_values(internvl):
         with model.trace(batch):
             value = model.hook_point(name).output.save()
         torch.testing.assert_close(value, cache[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["blocks.0.hook_resid_mid", "vision.blocks.0.hook_attn_out"])
+def test_trace_refuses_in_place_edits_of_computed_values(internvl, name):
+    """A sum / layer-scaled point's ``.output`` inside a trace is a computed tensor: editing it in place could
+    not reach the model, so the trace refuses it afterwards; assigning the edited tensor takes effect."""
+    model, batch = internvl
+    clean = hf_logits(model, batch)
+    with pytest.raises(ValueError, match=rf"in-place edit of {re.escape(name)} inside model.trace had no effect"):
+        with model.trace(batch):
+            model.hook_point(name).output[:] = 0
+    with model.trace(batch):
+        point = model.hook_point(name)
+        value = point.output
+        value[:] = 0
+        point.output = value
+        output = model.nnsight.output.save()
+    assert (output.logits - clean).abs().max() > 1e-4
+    assert torch.equal(output.logits, write(model, batch, "run_with_hooks", name, torch.zeros_like))
+
+
+def test_trace_in_place_edit_of_a_module_tensor_takes_effect(internvl):
+    model, batch = internvl
+    with model.trace(batch):
+        model.hook_point("blocks.0.hook_mlp_out").output[:] = 0
+        output = model.nnsight.output.save()
+    assert torch.equal(output.logits, write(model, batch, "run_with_hooks", "blocks.0.hook_mlp_out", torch.zeros_like))
