@@ -134,7 +134,10 @@ class ActivationCache(Mapping):
         per_row = list(self.batch.images_per_row) if self.batch is not None else []
         first = [sum(per_row[:r]) for r in range(len(per_row))]
         images = None
-        if len(per_row) == self._batch_rows():
+        # A callable pixel_values rule means image spans are not one per pixel_values entry (LLaVA-NeXT's
+        # two views per image, Molmo2's): vision entries, one per tile or crop, cannot be picked by span.
+        by_span = self.batch is None or not callable(dict(self.batch.input_split).get("pixel_values"))
+        if len(per_row) == self._batch_rows() and by_span:
             images = torch.tensor([first[r] + i for r in rows.reshape(-1).tolist() for i in range(per_row[r])],
                                   dtype=torch.long)
         store, dropped = {}, []

@@ -273,8 +273,13 @@ class MultimodalBatch:
                 f"the {adapter.name!r} architecture (got keys: {', '.join(sorted(tensors))}). Pass every key the "  # type: ignore[union-attr]
                 "processor returned with the images (model(**processor(images=..., text=...))).")
         row_break = _row_break_id(adapter, tokenizer)
-        spans, per_row = _image_spans(image, adapter, config, grids, ids if row_break is not None else None, row_break,
-                                      image_token_counts)
+        views = adapter.image_views(tensors, config) if adapter is not None and adapter.image_views else None
+        found = _view_spans(image, views) if views else None
+        if found is not None:
+            spans, per_row = found
+        else:
+            spans, per_row = _image_spans(image, adapter, config, grids, ids if row_break is not None else None,
+                                          row_break, image_token_counts)
         if not in_sequence and image_token_id is not None:
             per_row = tuple(int(n) for n in (ids.eq(image_token_id) & ~pad).sum(1).tolist())
         no_image_tokens = None if in_sequence else (
@@ -355,6 +360,40 @@ def _split_touching(runs: list[tuple[int, list[tuple[int, int]]]],
             out.append((row, [(start, start + n)]) if len(taken) > 1 else (row, parts))
             start += n
     return out if i == len(counts) else None
+
+
+def _view_spans(image_mask: Tensor, views: list[tuple[int, list[tuple[tuple[int, ...], tuple[int, int]]]]]
+                ) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]] | None:
+    """One span per view of each image (the adapter's ``image_views``), or None with a warning
+    where the runs of image tokens do not hold exactly the images' token counts.
+
+    Image ``i``'s run must be ``views[i][0]`` tokens long; each of its views becomes a span
+    listing ``run start + offsets`` with the view's grid.
+    """
+    totals = [n for n, _ in views]
+    runs = _runs(image_mask, None, None)
+    if len(totals) > len(runs):
+        runs = _split_touching(runs, totals) or runs
+    sizes = [sum(b - a for a, b in parts) for _, parts in runs]
+    if sizes != totals or any(len(parts) != 1 for _, parts in runs):
+        warnings.warn(
+            f"Image geometry unknown: the image inputs describe {len(totals)} image(s) with {totals} tokens, but "
+            f"input_ids hold {len(runs)} run(s) of image tokens with {sizes} tokens. Each run is kept as one image "
+            "span without a grid, so grid selectors (rows/cols/box) and location maps are unavailable. Re-run the "
+            "processor on the same images and text to get both.", stacklevel=4)
+        return None
+    spans: list[ImageSpan] = []
+    per_row = [0] * image_mask.shape[0]
+    for (row, parts), (_, image_views) in zip(runs, views):
+        start = parts[0][0]
+        for offsets, grid in image_views:
+            if offsets != tuple(range(offsets[0], offsets[-1] + 1)):
+                positions: tuple[int, ...] | None = tuple(start + o for o in offsets)
+            else:
+                positions = None
+            spans.append(ImageSpan(row, len(spans), start + offsets[0], start + offsets[-1] + 1, grid, positions))
+            per_row[row] += 1
+    return tuple(spans), tuple(per_row)
 
 
 def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,

@@ -84,6 +84,10 @@ class BlockLayout:
     mlp_scale: str | None = None
 
 
+ImageViews = tuple[int, list[tuple[tuple[int, ...], tuple[int, int]]]]
+"""One image's token count and its views ``[(offsets in the image's run, (rows, cols)), ...]``."""
+
+
 def square_grid(n_tokens: int) -> tuple[int, int] | None:
     """The ``(rows, cols)`` of ``n_tokens`` image tokens laid out as a square, else None.
 
@@ -122,6 +126,13 @@ class Adapter:
             (``inputs, config -> [grid per image-token run, in order]``), for families
             whose processor reports the geometry (Qwen2-VL's ``image_grid_thw``).
             Overrides ``image_grid`` when given.
+        image_views: Optional rule for families whose one run of image tokens per image holds
+            several views (LLaVA-NeXT's base tile, then its stitched high-resolution tiles with a
+            newline token per row): ``inputs, config -> [(n_tokens, [(offsets, (rows, cols)), ...])
+            per image]`` or None where the geometry cannot be computed. Each image's run must
+            hold exactly ``n_tokens`` tokens; it then becomes one span per view, listing the
+            positions ``run start + offsets`` (row-major, separators excluded) with that grid.
+            Where the runs do not match, every run stays one span without a grid (with a warning).
         input_split: How :meth:`MultimodalBatch.row` splits each HF input key per row:
             ``"token"`` (``[batch, pos]``), ``"image"`` (dim 0 is one entry per image-token
             run), ``"row"`` (dim 0 is the batch row), ``"patches:<key>"`` (dim 0
@@ -190,6 +201,7 @@ class Adapter:
     image_grid: Callable[[int, Any], tuple[int, int] | None] = lambda n, cfg: square_grid(n)
     hidden_states_normed: bool = False
     image_grids: Callable[[dict, Any], list[tuple[int, int] | None]] | None = None
+    image_views: Callable[[dict, Any], list[ImageViews] | None] | None = None
     input_split: tuple[tuple[str, str | Callable[[Any, list[int]], torch.Tensor]], ...] = ()
     nested_images: bool = False
     specialize: Callable[[Adapter, Any], Adapter] | None = None

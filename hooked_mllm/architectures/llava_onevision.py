@@ -12,7 +12,11 @@ tower (no CLS token, ``vision_feature_select_strategy="full"``) and usually a Qw
     └── lm_head
 
 Image tokens: anyres tiles as in LLaVA-NeXT (base image, then the stitched tiles with a
-newline vector per row; ``anyres_max_9`` may pool large maps), so a span has no grid.
+newline vector per row), so each image is two spans, the base view and the high-resolution
+view (:func:`~.llava_next.anyres_views`). ``vision_aspect_ratio="anyres_max_N"`` pools a
+high-resolution map of more than ``N`` tiles' worth of patches (bilinearly, ratio over 1.1)
+to ``int(rows // ratio) x int(cols // ratio)`` before the newlines are added: the view's grid
+is then that pooled map, each cell a blend of neighbouring patches.
 ``batch_num_images`` holds one count per row.
 """
 
@@ -26,8 +30,9 @@ LLAVA_ONEVISION = replace(
     LLAVA_NEXT,
     name="llava_onevision",
     config_classes=("LlavaOnevisionConfig",),
-    input_split=(("batch_num_images", "row"),),
+    input_split=LLAVA_NEXT.input_split + (("batch_num_images", "row"),),
     test_model="tiny random from llava-hf/llava-onevision-qwen2-7b-ov-hf's config: SigLIP tower, Qwen2 LM, "
                "anyres pinpoints 16/32 (processor: LlavaOnevisionImageProcessorPil)",
-    notes="Anyres tiles + image_newline as LLaVA-NeXT: one span per image, no grid.",
+    notes="Anyres tiles + image_newline as LLaVA-NeXT: two spans per image (base view, high-resolution "
+          "view, pooled by anyres_max_N where HF pools).",
 )

@@ -41,7 +41,7 @@ model is mapped by its children's names; the text-only probe does not run it, so
 
 
 def _grid(adapter: Adapter) -> str:
-    if adapter.image_grids is not None:
+    if adapter.image_grids is not None or adapter.image_views is not None:
         return "from the processor's inputs"
     probe = adapter.image_grid(16, None)
     return "square (rows x cols)" if probe == (4, 4) else "none"

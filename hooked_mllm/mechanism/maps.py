@@ -148,9 +148,9 @@ def grid_span(batch: MultimodalBatch, row: int, image: int) -> ImageSpan:
     if span.grid is None:
         raise ValueError(
             f"Image {image} of row {row} has {span.n_tokens} image tokens that form no patch grid (resampled "
-            "latents, or tiles joined with newline tokens), so a location map cannot be laid out. Head and "
-            "layer scores still work; maps need a family with a grid (LLaVA, Qwen2-VL, Gemma 3, PaliGemma, "
-            "Idefics3 tiles...).")
+            "latents, or anyres tiles whose tokens do not match image_sizes), so a location map cannot be laid "
+            "out. Head and layer scores still work; maps need a family with a grid (LLaVA, Qwen2-VL, Gemma 3, "
+            "PaliGemma, Idefics3 tiles, LLaVA-NeXT views...).")
     return span
 
 

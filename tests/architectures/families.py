@@ -66,15 +66,16 @@ FAMILIES = [
     # Gemma 3: 32x32 image, patch 4 -> 8x8 patches, pooled to 16 tokens, a 4x4 grid.
     Family("gemma3", lambda: t.tiny_gemma3(attn_implementation="eager"),
            [[image(0, 32, 32)], [image(1, 40, 24)]], PROMPTS, [(16, (4, 4))] * 2),
-    # LLaVA-NeXT: 16x16 base (4x4 = 16 tokens) + tiles: a 16x32 image picks the 16x32 pinpoint,
-    # 1x2 tiles -> a 4x8 map + 4 newlines = 36; 16 + 36 = 52. A 32x32 image: 2x2 tiles, 8x8 + 8 = 72 -> 88.
+    # LLaVA-NeXT: two spans per image. A 16x16 base view (4x4 = 16 tokens), then the tiles: a 16x32
+    # image picks the 16x32 pinpoint, 1x2 tiles -> a 4x8 map (+ 4 newlines, not in the span). A 32x32
+    # image: 2x2 tiles, an 8x8 map (+ 8 newlines).
     Family("llava_next", lambda: t.tiny_llava_next(attn_implementation="eager"),
-           [[image(0, 16, 32)], [image(1, 32, 32)]], PROMPTS, [(52, None), (88, None)],
-           extra={"base_tiles": [0, 3]}),
+           [[image(0, 16, 32)], [image(1, 32, 32)]], PROMPTS, [(16, (4, 4)), (32, (4, 8)), (16, (4, 4)), (64, (8, 8))],
+           extra={"base_tiles": [0, 3], "geometry_key": "image_sizes", "views": 2, "newlines": 12}),
     # LLaVA-OneVision: the same geometry with a SigLIP tower ("full": no CLS to drop).
     Family("llava_onevision", lambda: t.tiny_llava_onevision(attn_implementation="eager"),
-           [[image(0, 16, 32)], [image(1, 32, 32)]], PROMPTS, [(52, None), (88, None)],
-           extra={"base_tiles": [0, 3]}),
+           [[image(0, 16, 32)], [image(1, 32, 32)]], PROMPTS, [(16, (4, 4)), (32, (4, 8)), (16, (4, 4)), (64, (8, 8))],
+           extra={"base_tiles": [0, 3], "geometry_key": "image_sizes", "views": 2, "newlines": 12}),
     # Mistral 3: patch 4, 2x2 merge -> one [IMG] token per 8x8 px; longest edge 32. A 16x24 image
     # stays 16x24: 2 rows x 3 cols = 6 tokens (+ [IMG_BREAK], [IMG_END]). A 40x24 image is scaled by
     # 32/40 to 32x19, padded up to 32x24: 4 rows x 3 cols = 12 tokens.

@@ -162,10 +162,15 @@ def test_image_geometry_matches_processor(model, family, batch):
                 positions.resolve(selector, batch)
     got = [(span.n_tokens, span.grid) for span in batch.images]
     assert got == family.geometry
-    assert int(batch.image_mask.sum()) == sum(n for n, _ in family.geometry)
+    # LLaVA-NeXT's newline tokens are image tokens in no span
+    assert int(batch.image_mask.sum()) == sum(n for n, _ in family.geometry) + family.extra.get("newlines", 0)
     for span in batch.images:
         assert bool(batch.image_mask[span.row, list(span.token_positions)].all())
-        assert int(batch.image_mask[span.row, span.start:span.end].sum()) == span.n_tokens
+        inside = int(batch.image_mask[span.row, span.start:span.end].sum())
+        if family.extra.get("newlines") and span.positions is not None:  # a newline image token ends each row
+            assert inside == span.n_tokens + span.grid[0] - 1
+        else:
+            assert inside == span.n_tokens
         if span.grid is not None:
             assert span.grid[0] * span.grid[1] == span.n_tokens
 
@@ -186,7 +191,9 @@ def test_projector_rows_are_the_image_positions(model, family, batch):
     _, cache = model.run_with_cache(batch, names_filter=["projector.hook_out", "blocks.0.hook_resid_pre", "hook_embed"])
     if "base_tiles" in family.extra:  # anyres: each span starts with its whole-image tile
         out = cache["projector.hook_out"]
-        for span, tile in zip(batch.images, family.extra["base_tiles"]):
+        bases = batch.images[::family.extra.get("views", 1)]
+        assert len(bases) == len(family.extra["base_tiles"])
+        for span, tile in zip(bases, family.extra["base_tiles"]):
             placed = cache["resid_pre", 0][span.row, span.start:span.start + out.shape[1]]
             torch.testing.assert_close(placed, out[tile])
         return
@@ -248,7 +255,7 @@ def test_apply_ln_to_stack_reproduces_the_final_norm(model, batch):
 
 def test_contradicting_image_geometry_degrades_to_unknown_grids(model, family, batch):
     """Geometry inputs that contradict the tokens keep the image positions, drop every grid, and warn."""
-    if model.adapter.image_grids is None:
+    if model.adapter.image_grids is None and model.adapter.image_views is None:
         pytest.skip("geometry is read from the tokens only")
     key = family.extra.get("geometry_key", "image_grid_thw")  # the input the adapter reads grids from
     inputs = dict(batch.inputs, **{key: batch.inputs[key].flip(0)})
@@ -256,6 +263,9 @@ def test_contradicting_image_geometry_degrades_to_unknown_grids(model, family, b
         degraded = model.to_batch(inputs)
     assert torch.equal(degraded.image_mask, batch.image_mask)
     assert [s.grid for s in degraded.images] == [None] * len(degraded.images)
+    if model.adapter.image_views is not None:  # views: each image's whole run is one gridless span again
+        assert [s.n_tokens for s in degraded.images] == [int(m.sum()) for m in batch.image_mask]
+        return
     missing = {k: v for k, v in batch.inputs.items() if k != key}
     with pytest.raises(ValueError, match="no image geometry"):
         model.to_batch(missing)

@@ -48,13 +48,20 @@ def test_touching_image_placeholders_are_split_by_the_processors_counts(adapter)
     placeholder = getattr(processor, "image_token", "<image>")
     batch = model.prepare(images=images, prompts=[placeholder * 2 + " what"], chat_template=False)
     counts = processor._get_num_multimodal_tokens(image_sizes=[[32, 32], [16, 32]])["num_image_tokens"]
-    assert [span.n_tokens for span in batch.images] == counts and len(counts) == 2
-    assert batch.images[0].end == batch.images[1].start  # they touch
-    assert batch.images_per_row == (2,)
+    views = 2 if adapter == "llava_next" else 1  # anyres: a base view and a high-resolution view per image
+    spans = batch.images
+    if views == 2:  # each image's run: its two views plus one newline token per high-resolution row
+        spans = [(a.start, b.end, a.n_tokens + b.n_tokens + b.grid[0]) for a, b in zip(spans[::2], spans[1::2])]
+        assert [n for _, _, n in spans] == counts and len(counts) == 2
+        assert spans[0][1] + 1 == spans[1][0]  # they touch (the last row's newline token between)
+    else:
+        assert [span.n_tokens for span in spans] == counts and len(counts) == 2
+        assert batch.images[0].end == batch.images[1].start  # they touch
+    assert batch.images_per_row == (2 * views,)
     again = model.to_batch(dict(batch.inputs))  # the HF tensors alone give the same split
     assert [(s.start, s.end, s.grid) for s in again.images] == [(s.start, s.end, s.grid) for s in batch.images]
-    mask = positions.resolve(positions.image(1), batch)
-    assert mask.sum() == counts[1] and bool(mask[0, batch.images[1].start])
+    mask = positions.resolve(positions.image(views), batch)
+    assert mask.sum() == batch.images[views].n_tokens and bool(mask[0, batch.images[views].start])
     torch.testing.assert_close(model(batch), hf_logits(model, batch.inputs))
 
 
