@@ -1,4 +1,4 @@
-"""The README's and docs/scale.md's code blocks run as written (on the shipped toy model, offline)."""
+"""The code blocks of README, docs/scale.md, docs/mechanism.md and docs/toy.md run as written (toy model, offline)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/scale.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/scale.md", "docs/mechanism.md", "docs/toy.md"])
 def test_code_blocks_run(doc, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(encoding="utf-8"), re.S)
     assert blocks, f"{doc} has no python code block"
