@@ -1,4 +1,4 @@
-"""The code blocks of README, docs/scale.md, docs/mechanism.md and docs/toy.md run as written (toy model, offline)."""
+"""The code blocks of README and of docs/ pages run as written (on the shipped toy model, offline)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/scale.md", "docs/mechanism.md", "docs/toy.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/scale.md", "docs/mechanism.md", "docs/toy.md",
+                                 "docs/hooks_and_patching.md"])
 def test_code_blocks_run(doc, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(encoding="utf-8"), re.S)
     assert blocks, f"{doc} has no python code block"
@@ -22,3 +23,5 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
     if doc == "README.md":
         assert tuple(namespace["h"].shape) == tuple(namespace["cache"]["resid_post", 3].shape)
         assert not namespace["ablated"].equal(namespace["logits"])
+    if doc == "docs/hooks_and_patching.md":  # the sweep finds the asked object's cell (cells of 2 x 2 patches)
+        assert namespace["sweep"].location_map().peak() == (namespace["row"], namespace["col"])
