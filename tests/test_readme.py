@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/scale.md", "docs/mechanism.md", "docs/toy.md",
-                                 "docs/hooks_and_patching.md"])
+                                 "docs/hooks_and_patching.md", "docs/getting_started.md"])
 def test_code_blocks_run(doc, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(encoding="utf-8"), re.S)
     assert blocks, f"{doc} has no python code block"
