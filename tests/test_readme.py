@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/scale.md", "docs/mechanism.md", "docs/toy.md",
-                                 "docs/hooks_and_patching.md", "docs/getting_started.md"])
+                                 "docs/hooks_and_patching.md", "docs/getting_started.md", "docs/concepts.md"])
 def test_code_blocks_run(doc, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(encoding="utf-8"), re.S)
     assert blocks, f"{doc} has no python code block"
@@ -23,5 +23,9 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
     if doc == "README.md":
         assert tuple(namespace["h"].shape) == tuple(namespace["cache"]["resid_post", 3].shape)
         assert not namespace["ablated"].equal(namespace["logits"])
+    if doc == "docs/concepts.md":  # captions without "red" are skipped; the yes -> no vector flips answers
+        assert namespace["feats"].manifest["skipped"] and len(namespace["Z"]) > 5
+        report = namespace["report"]
+        assert report.target_rate_before < 0.2 < report.target_rate, (report.target_rate_before, report.target_rate)
     if doc == "docs/hooks_and_patching.md":  # the sweep finds the asked object's cell (cells of 2 x 2 patches)
         assert namespace["sweep"].location_map().peak() == (namespace["row"], namespace["col"])
