@@ -43,7 +43,7 @@ from hooked_mllm.toy.data import encode_dialogues, encode_text, sample_dialogue
 from hooked_mllm.toy.model import build_model, save_checkpoint, toy_config
 from hooked_mllm.toy.processor import build_processor
 from hooked_mllm.toy.tokenizer import build_tokenizer
-from hooked_mllm.toy.training import META_FILE, Recipe, TrainResult, make_optimizer, task_mix
+from hooked_mllm.toy.training import META_FILE, Recipe, TrainResult, make_optimizer, optimizer_step, task_mix
 from hooked_mllm.toy.world import World
 
 __all__ = [
@@ -255,11 +255,7 @@ def run_stage(
         early, weights, p_caption = task_mix(r, step)
         scenes = (single if early else world).sample(r.batch_size)
         loss = _loss(model, stage, proc, _batch(stage, proc, scenes, rng, weights, p_caption))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, r.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, trainable, r.grad_clip, opt, sched)
         losses.append(loss.detach().item())
         if step % 50 == 0 or step == r.steps - 1:
             recent = losses[-50:]

@@ -175,11 +175,7 @@ def train_steps(
         ]
         batch = encode_dialogues(processor, [s.image for s in scenes], dialogues)
         loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, list(model.parameters()), recipe.grad_clip, opt, sched)
         losses.append(loss.detach().item())
         if step % 50 == 0 or step == recipe.steps - 1:
             recent = losses[-50:]
@@ -205,6 +201,16 @@ def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], recipe: Recipe)
         betas=(0.9, 0.98),
     )
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
+
+
+def optimizer_step(loss: torch.Tensor, params: list[torch.nn.Parameter], grad_clip: float, opt: Any,
+                   sched: Any) -> None:
+    """Backward, clip the gradient norm of ``params`` to ``grad_clip``, step the optimizer and schedule, reset."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def train(
