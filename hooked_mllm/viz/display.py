@@ -87,6 +87,9 @@ def shift_html(result: Any) -> str:
     if result.improvement is not None:
         head += (f"; shifted concepts closer to the fine-tuned model's by {result.improvement.mean_distance_gain:.3f}"
                  f" in distance and {result.improvement.mean_cosine_gain:.3f} in cosine")
+    for name, gain in (getattr(result, "baselines", None) or {}).items():  # what the concept-wise shift must beat
+        head += (f"; baseline {_html.escape(name.replace('_', ' '))}: {gain['mean_distance_gain']:.3f} in distance, "
+                 f"{gain['mean_cosine_gain']:.3f} in cosine")
     return head + ".</p>" + _table(["concept", "samples", "consistency", "|shift|", "matched b concept",
                                     "distance gain", "cosine gain"], rows)
 

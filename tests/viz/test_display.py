@@ -50,6 +50,8 @@ def test_shift_and_steering_reports_show_their_numbers():
     html = result._repr_html_()
     assert f"{result.mean_consistency:.3f}" in html and html.count("<tr>") == 4
     assert f"{result.improvement.mean_distance_gain:.3f}" in html
+    glob = result.baselines["global_mean_shift"]["mean_distance_gain"]
+    assert f"baseline global mean shift: {glob:.3f} in distance" in html and "baseline random assignment" in html
     report = SteeringReport(0.75, 0.0, 1.0, 0.5, [("is there a red circle ?", "yes", "yes", "no")])
     html = report._repr_html_()
     assert "0.00 &rarr; 0.75" in html and "1.00 &rarr; 0.50" in html and "1 of 1" in html
