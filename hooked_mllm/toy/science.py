@@ -22,6 +22,7 @@ Contents
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -213,7 +214,22 @@ def checkpoint_kind(model: str | os.PathLike[str]) -> str:
     return json.loads(meta.read_text()).get("kind", "image") if meta.is_file() else "image"
 
 
-SECTIONS: dict[str, Callable[[str, Path, int, int], str]] = {"quality": _quality, "readout": _readout}
+@functools.lru_cache(maxsize=8)
+def _heads_of(path: str, seed: int, n: int) -> tuple:
+    from hooked_mllm.toy.heads import heads_table
+
+    return tuple(heads_table(path, seed=seed, n=min(n, 100)))
+
+
+def _heads(name: str, path: Path, seed: int, n: int) -> str:
+    from hooked_mllm.toy.heads import format_heads
+
+    return format_heads(list(_heads_of(str(path), seed, n)))
+
+
+SECTIONS: dict[str, Callable[[str, Path, int, int], str]] = {
+    "quality": _quality, "readout": _readout, "heads": _heads,
+}
 """What ``hooked-mllm toy science`` prints for each checkpoint, in order: ``name -> fn(checkpoint_name, path,
 seed, n_scenes) -> text`` (an empty string prints nothing). Add a section to extend the report."""
 
@@ -239,5 +255,16 @@ def science_report(
             text = SECTIONS[section](name, Path(path), seed, n)
             if text:
                 out.append(text)
+    texts = [p for p in checkpoints.values() if checkpoint_kind(p) == "text"]
+    images = [(k, p) for k, p in checkpoints.items() if checkpoint_kind(p) != "text"]
+    if "heads" in chosen and texts and images:
+        from hooked_mllm.toy.heads import format_comparison
+
+        tqa = _heads_of(str(texts[0]), seed, n)
+        for name, path in images:
+            vqa = _heads_of(str(path), seed, n)
+            if vqa[0].values.shape == tqa[0].values.shape:
+                out.append(f"== VQA ({name}) vs textual QA ({Path(texts[0]).name})")
+                out.append(format_comparison(list(zip(vqa, tqa))))
     return "\n".join(out)
 
