@@ -41,35 +41,36 @@ model is mapped by its children's names; the text-only probe does not run it, so
 
 
 def _grid(adapter: Adapter) -> str:
-    if adapter.image_grids is not None or adapter.image_views is not None:
+    if adapter.tokens.grids is not None or adapter.tokens.views is not None:
         return "from the processor's inputs"
-    probe = adapter.image_grid(16, None)
+    probe = adapter.tokens.grid(16, None)
     return "square (rows x cols)" if probe == (4, 4) else "none"
 
 
 def _row(adapter: Adapter) -> str:
-    block = adapter.block
+    modules, about = adapter.modules, adapter.about
+    block = modules.block
     extras = []
     if block.attn_out is not None or block.mlp_out is not None:
         extras.append("sandwich norms")
     if block.norm_offset:
         extras.append(f"norm weight + {block.norm_offset:g}")
-    vision = f"`{adapter.vision_layers}`" if adapter.vision_layers else "-"
-    if adapter.vision_block is not None and adapter.vision_block.pattern_index is None:
+    vision = f"`{modules.vision_layers}`" if modules.vision_layers else "-"
+    if modules.vision_block is not None and modules.vision_block.pattern_index is None:
         vision += " (fused qkv: no q/k/v or patterns)"
-    if adapter.vision_block is not None and adapter.vision_block.attn_scale is not None:
+    if modules.vision_block is not None and modules.vision_block.attn_scale is not None:
         vision += " (layer scale: attn_out / mlp_out include it)"
     cells = [
         f"`{adapter.name}`",
         ", ".join(f"`{name}`" for name in adapter.config_classes),
-        f"`{adapter.lm_layers}`" + (f" ({', '.join(extras)})" if extras else ""),
+        f"`{modules.lm_layers}`" + (f" ({', '.join(extras)})" if extras else ""),
         vision,
-        f"`{adapter.projector}`" if adapter.projector else "-",
+        f"`{modules.projector}`" if modules.projector else "-",
         _grid(adapter),
-        "yes" if adapter.verified else f"by script: `{adapter.checked_by}`" if adapter.checked_by
+        "yes" if about.verified else f"by script: `{about.checked_by}`" if about.checked_by
         else "**no** (published layout only)",
-        adapter.test_model or "-",
-        adapter.notes or "",
+        about.test_model or "-",
+        about.notes or "",
     ]
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 

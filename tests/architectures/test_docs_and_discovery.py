@@ -45,9 +45,9 @@ def test_discovery_finds_each_registered_layout(family):
     else:  # the probe's corrections and self-check agree with the hand-written adapter
         found = discover(hf_model)
     expected = registered_adapters()[type(hf_model.config).__name__].for_config(hf_model.config)
-    assert expected.name == family.adapter and not found.verified
+    assert expected.name == family.adapter and not found.about.verified
     for name in _FIELDS:
-        assert getattr(found, name) == getattr(expected, name), name
+        assert getattr(found.modules, name) == getattr(expected.modules, name), name
 
 
 def test_unregistered_model_runs_through_discovery(monkeypatch, caplog):
