@@ -4,18 +4,26 @@
 config-specialised ``variants`` it can turn into (family, HF config classes, where the
 LM / vision tower / projector live, image-token geometry, what the conformance suite runs
 it on, notes). ``tests/architectures/test_docs_and_discovery.py`` checks that
-the file in docs/ is exactly this text; regenerate it with
-``python -m hooked_mllm.architectures.table > docs/architectures.md``.
+the file in docs/ begins with exactly this text, followed by its hand-written "Adding a family"
+guide (:data:`GUIDE_HEADING`); regenerate the table, keeping the guide, with
+``python -m hooked_mllm.architectures.table docs/architectures.md`` (without a path it prints
+the table).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .base import Adapter
+
+GUIDE_HEADING = "## Adding a family"
+"""The heading of the hand-written guide that follows the generated table in docs/architectures.md."""
 
 _HEADER = """# Supported architectures
 
 Generated from the adapter registry (`hooked_mllm.architectures`) by
-`python -m hooked_mllm.architectures.table > docs/architectures.md`; a test keeps it in sync.
+`python -m hooked_mllm.architectures.table docs/architectures.md` (which keeps the hand-written
+"Adding a family" guide after the table); a test keeps it in sync.
 Each family is one declarative adapter file whose docstring shows its HF module tree.
 "Verified" means the conformance suite (`tests/architectures/test_conformance.py`) runs the
 family on a tiny random model built from its config and checks hidden states, logits,
@@ -88,7 +96,24 @@ def supported_models_markdown(adapters: list[Adapter] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rewrite(path: str | Path) -> None:
+    """Regenerate the table at the top of the Markdown file ``path``, keeping its guide (the text from
+    :data:`GUIDE_HEADING` on); written atomically."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    at = text.find(GUIDE_HEADING)
+    if at < 0:
+        raise ValueError(f"{path} has no {GUIDE_HEADING!r} section to keep; refusing to overwrite it.")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(supported_models_markdown() + "\n" + text[at:], encoding="utf-8")
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
 if __name__ == "__main__":
     import sys
 
-    sys.stdout.write(supported_models_markdown())
+    if len(sys.argv) > 1:
+        rewrite(sys.argv[1])
+    else:
+        sys.stdout.write(supported_models_markdown())
