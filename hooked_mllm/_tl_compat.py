@@ -94,7 +94,7 @@ class TLCompatMixin:
     # -- weights ---------------------------------------------------------------------
 
     def _layer_module(self, layer: int, rel: str) -> torch.nn.Module:
-        return self.adapter.module(self.hf_model, f"{self.adapter.lm_layers}.{layer}.{rel}")
+        return self.adapter.module(self.hf_model, f"{self.adapter.modules.lm_layers}.{layer}.{rel}")
 
     def _heads(self, rel: str | None, what: str, n: int) -> Callable[[int], Tensor]:
         if rel is None:
@@ -111,7 +111,7 @@ class TLCompatMixin:
         return read
 
     def _attn(self, what: str) -> LayerWeights:
-        cfg, block = self.cfg, self.adapter.block
+        cfg, block = self.cfg, self.adapter.modules.block
         rel = {"Q": block.q, "K": block.k, "V": block.v}[what[-1]]
         if what[-1] == "Q":
             return LayerWeights(what, cfg.n_layers, self._heads(rel, what, cfg.n_heads))
@@ -151,13 +151,13 @@ class TLCompatMixin:
     def W_O(self) -> LayerWeights:
         """``[n_layers, n_heads, d_head, d_model]`` attention output weights; ``model.W_O(l)`` reads one layer."""
         cfg = self.cfg
-        return LayerWeights("W_O", cfg.n_layers, lambda l: parameter(self._layer_module(l, self.adapter.block.o))
+        return LayerWeights("W_O", cfg.n_layers, lambda l: parameter(self._layer_module(l, self.adapter.modules.block.o))
                             .T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model))
 
     @property
     def b_O(self) -> LayerWeights:
         """``[n_layers, d_model]`` attention output biases (zeros where there are none)."""
-        return LayerWeights("b_O", self.cfg.n_layers, lambda l: self._bias(self.adapter.block.o, l))
+        return LayerWeights("b_O", self.cfg.n_layers, lambda l: self._bias(self.adapter.modules.block.o, l))
 
     def _bias(self, rel: str, layer: int) -> Tensor:
         module = self._layer_module(layer, rel)
@@ -167,7 +167,7 @@ class TLCompatMixin:
 
     def _mlp_in_paths(self) -> tuple[str, str | None]:
         """(W_in path, W_gate path or None)."""
-        pre = self.adapter.block.mlp_pre
+        pre = self.adapter.modules.block.mlp_pre
         if pre.endswith("gate_proj"):
             up = pre[: -len("gate_proj")] + "up_proj"
             try:
@@ -209,27 +209,27 @@ class TLCompatMixin:
     def W_out(self) -> LayerWeights:
         """``[n_layers, d_mlp, d_model]`` MLP output weights (the down projection)."""
         return LayerWeights("W_out", self.cfg.n_layers,
-                            lambda l: parameter(self._layer_module(l, self.adapter.block.mlp_down)).T)
+                            lambda l: parameter(self._layer_module(l, self.adapter.modules.block.mlp_down)).T)
 
     @property
     def b_out(self) -> LayerWeights:
         """``[n_layers, d_model]`` MLP output biases (zeros where there are none)."""
-        return LayerWeights("b_out", self.cfg.n_layers, lambda l: self._bias(self.adapter.block.mlp_down, l))
+        return LayerWeights("b_out", self.cfg.n_layers, lambda l: self._bias(self.adapter.modules.block.mlp_down, l))
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         """The token embedding matrix."""
-        return parameter(self.adapter.module(self.hf_model, self.adapter.embed))
+        return parameter(self.adapter.module(self.hf_model, self.adapter.modules.embed))
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         """The unembedding matrix (transposed LM head weight)."""
-        return parameter(self.adapter.module(self.hf_model, self.adapter.unembed)).T
+        return parameter(self.adapter.module(self.hf_model, self.adapter.modules.unembed)).T
 
     @property
     def b_U(self) -> Float[Tensor, " d_vocab"]:
         """The LM head bias (zeros where there is none)."""
-        head = self.adapter.module(self.hf_model, self.adapter.unembed)
+        head = self.adapter.module(self.hf_model, self.adapter.modules.unembed)
         if getattr(head, "bias", None) is None:
             return torch.zeros(self.cfg.d_vocab, dtype=self.cfg.dtype)
         return parameter(head, "bias")

@@ -46,7 +46,7 @@ def logit_lens(model: HookedMLLM, resid: Float[Tensor, "... d_model"], apply_nor
         >>> logits = logit_lens(model, cache["resid_post", 1][:, -1])                    # doctest: +SKIP
         >>> frozen = logit_lens(model, part, scale_from=cache["resid_post", 3][:, -1])   # doctest: +SKIP
     """
-    head = model.adapter.module(model.hf_model, model.adapter.unembed)
+    head = model.adapter.module(model.hf_model, model.adapter.modules.unembed)
     with torch.no_grad():
         if scale_from is not None:
             if not apply_norm:
@@ -102,12 +102,12 @@ def frozen_final_norm(model: HookedMLLM, resid: Float[Tensor, "... d_model"],
     norm = model.final_norm()
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None) or model.cfg.norm_eps
     x, ref = resid.float(), scale_from.float().to(resid.device)
-    if model.adapter.block.norm == "layer":
+    if model.adapter.modules.block.norm == "layer":
         x = x - x.mean(-1, keepdim=True)
         scale = (ref.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
     else:
         scale = (ref.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    weight = norm.weight.detach().float().to(x.device) + model.adapter.block.norm_offset
+    weight = norm.weight.detach().float().to(x.device) + model.adapter.modules.block.norm_offset
     out = x / scale * weight
     bias = getattr(norm, "bias", None)
     return out if bias is None else out + bias.detach().float().to(x.device)

@@ -236,7 +236,7 @@ class HookedMLLM(TLCompatMixin):
         if isinstance(sizes, Tensor) and sizes.dim() == 2:
             return processor_token_counts(self.processor, sizes.tolist())
         pixels = tensors.get("pixel_values")
-        one_per_image = "pixel_values" not in dict(self.adapter.input_split) and self.adapter.image_grids is None
+        one_per_image = "pixel_values" not in dict(self.adapter.inputs.split) and self.adapter.tokens.grids is None
         if isinstance(pixels, Tensor) and pixels.dim() == 4 and one_per_image:
             return processor_token_counts(self.processor, [tuple(pixels.shape[-2:])] * pixels.shape[0])
         return None
@@ -484,7 +484,7 @@ class HookedMLLM(TLCompatMixin):
 
     def final_norm(self) -> torch.nn.Module:
         """The language model's final norm module."""
-        return self.adapter.module(self.hf_model, self.adapter.final_norm)
+        return self.adapter.module(self.hf_model, self.adapter.modules.final_norm)
 
     def __repr__(self) -> str:
         c = self.cfg

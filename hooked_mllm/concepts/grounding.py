@@ -36,7 +36,7 @@ def text_grounding(model: HookedMLLM, components: Any, *, top_k: int = 50, n_wor
                    stopwords: frozenset[str] = STOPWORDS) -> list[list[str]]:
     """The words each concept vector (rows of ``components`` ``[K, d]``) decodes to."""
     u = torch.as_tensor(getattr(components, "components_", components), dtype=torch.float32)
-    head = model.adapter.module(model.hf_model, model.adapter.unembed)
+    head = model.adapter.module(model.hf_model, model.adapter.modules.unembed)
     x = u.to(device=model.device, dtype=head.weight.dtype)
     with torch.no_grad():
         if apply_norm:

@@ -108,7 +108,7 @@ class MechanismRun:
 
     @cached_property
     def _unembed(self) -> tuple[Tensor, Tensor | None]:
-        head = self.model.adapter.module(self.model.hf_model, self.model.adapter.unembed)
+        head = self.model.adapter.module(self.model.hf_model, self.model.adapter.modules.unembed)
         bias = getattr(head, "bias", None)
         return head.weight.detach().float(), None if bias is None else bias.detach().float()
 
@@ -123,7 +123,8 @@ class MechanismRun:
 
     def _o_bias(self, layer: int) -> Tensor | None:
         adapter = self.model.adapter
-        o_proj = adapter.module(self.model.hf_model, f"{adapter.lm_layers}.{layer}.{adapter.block.o}")
+        modules = adapter.modules
+        o_proj = adapter.module(self.model.hf_model, f"{modules.lm_layers}.{layer}.{modules.block.o}")
         bias = getattr(o_proj, "bias", None)
         return None if bias is None else bias.detach().float().to(self.v.device)
 
@@ -167,8 +168,8 @@ class MechanismRun:
         is applied with its scale frozen at the full attention output at ``T``; a layer
         scale (``BlockLayout.attn_scale``) multiplies.
         """
-        block = self.model.adapter.block
-        prefix = f"{self.model.adapter.lm_layers}.{layer}"
+        block = self.model.adapter.modules.block
+        prefix = f"{self.model.adapter.modules.lm_layers}.{layer}"
         if block.attn_out is not None:
             norm = self.model.adapter.module(self.model.hf_model, f"{prefix}.{block.attn_out}")
             sel = slice(None) if rows is None else rows
