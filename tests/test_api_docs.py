@@ -1,10 +1,11 @@
-"""The API reference (docs/api/*.md) reaches every public name of every public module; checked without a build.
+"""The API reference (docs/api/*.md) reaches every public name of every public module; no build needed.
 
 A page documents a module with a ``::: hooked_mllm.module`` directive (mkdocstrings renders its public
 members: ``__all__`` where the module has one, else the names it defines) or one object with
 ``::: hooked_mllm.module.Name``; ``members: false`` renders the docstring only, ``members: [a, b]`` only
 those. A public name is reached when the object it names is rendered somewhere (a package's re-export is
 reached through the module that defines it). ``make docs`` builds the site itself (mkdocs ``--strict``).
+The docstrings keep to the Google dialect that mkdocstrings parses (checked here too).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _member_option(options: str) -> bool | list[str] | None:
 
 
 def documented() -> tuple[set[int], set[str], list[str]]:
-    """Ids of the objects the pages render, the modules with a section (docstring at least), the directives."""
+    """Ids of the objects the pages render, the modules with a section (docstring at least), directives."""
     objects: set[int] = set()
     modules: set[str] = set()
     paths = []
@@ -102,7 +103,8 @@ def test_every_directive_names_something_real():
     _, _, paths = documented()  # raises on a directive naming a module or object that does not exist
     assert len(paths) == len(set(paths)), "a module or object is documented twice"
     for page in API.glob("*.md"):
-        assert ":::" not in DIRECTIVE.sub("", page.read_text(encoding="utf-8")), f"malformed directive in {page}"
+        rest = DIRECTIVE.sub("", page.read_text(encoding="utf-8"))
+        assert ":::" not in rest, f"malformed directive in {page}"
 
 
 def test_every_public_name_of_every_public_module_is_in_the_api_reference():
@@ -112,7 +114,10 @@ def test_every_public_name_of_every_public_module_is_in_the_api_reference():
         module = importlib.import_module(module_name)
         for name in public_names(module):
             value = getattr(module, name)
-            reached = value.__name__ in modules if isinstance(value, types.ModuleType) else id(value) in objects
+            if isinstance(value, types.ModuleType):
+                reached = value.__name__ in modules
+            else:
+                reached = id(value) in objects
             if not reached:
                 missing.append(f"{module_name}.{name}")
     assert not missing, (f"public names missing from the API reference: {missing}; add a `::: module` (or "
@@ -121,7 +126,33 @@ def test_every_public_name_of_every_public_module_is_in_the_api_reference():
 
 def test_the_reference_covers_the_packages_listed_in_the_issue():
     _, modules, _ = documented()
-    for package in ("concepts", "mechanism", "viz", "toy", "lens", "patching", "hooks", "positions", "testing"):
-        submodules = {m for m in modules if m == f"hooked_mllm.{package}" or m.startswith(f"hooked_mllm.{package}.")}
-        assert submodules, f"hooked_mllm.{package} has no page section"
+    for package in ("concepts", "mechanism", "viz", "toy", "lens", "patching", "hooks", "positions",
+                    "testing"):
+        name = f"hooked_mllm.{package}"
+        assert {m for m in modules if m == name or m.startswith(name + ".")}, f"{name} has no page section"
     assert set(hooked_mllm.__all__) <= set(dir(hooked_mllm))
+
+
+def test_docstrings_keep_to_the_google_dialect_that_mkdocstrings_parses():
+    """Sections end in ``:``; examples sit under ``Examples:`` (``Example:`` renders as a quote, not code)."""
+    wrong = []
+    for file in sorted((ROOT / "hooked_mllm").rglob("*.py")):
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            lines = (ast.get_docstring(node) or "").split("\n")
+            in_examples = False
+            where = f"{file.name}:{getattr(node, 'name', '<module>')}"
+            for line, following in zip(lines, [*lines[1:], ""]):
+                deeper = following.strip() and len(following) - len(following.lstrip()) > len(line) - len(
+                    line.lstrip())
+                if re.fullmatch(r"\s*Examples?:?\s*", line) and line.strip() != "Examples:":
+                    wrong.append(f"{where}: {line.strip()!r} (write 'Examples:')")
+                heading = re.fullmatch(r"\s*[A-Z][A-Za-z ()]*[A-Za-z)]\s*", line) and len(line.strip()) <= 30
+                if heading and deeper:
+                    wrong.append(f"{where}: heading {line.strip()!r} needs ':'")
+                if line.strip().endswith(":") and deeper:
+                    in_examples = line.strip() == "Examples:"
+                elif line.strip().startswith(">>>") and not in_examples:
+                    wrong.append(f"{where}: doctest outside 'Examples:'")
+    assert not wrong, wrong
