@@ -39,7 +39,7 @@ def _map(value: Any, fn: Callable[[Any], Any]) -> Any:
 class LayerWeights:
     """One weight of every LM layer: indexable like a ``[n_layers, ...]`` tensor and callable per layer.
 
-    Example:
+    Examples:
         >>> model.W_Q[0].shape == (model.cfg.n_heads, model.cfg.d_model, model.cfg.d_head)   # doctest: +SKIP
         True
     """
@@ -244,7 +244,7 @@ class TLCompatMixin:
         ``model.trace``); an unknown name fails here, not at the next run. ``is_permanent`` hooks
         survive ``reset_hooks()`` and go with ``reset_hooks(including_permanent=True)``.
 
-        Example:
+        Examples:
             >>> model.add_hook("blocks.0.hook_mlp_out", lambda act, hook: act * 0)   # doctest: +SKIP
             >>> model.reset_hooks()                                                  # doctest: +SKIP
         """
@@ -283,7 +283,7 @@ class TLCompatMixin:
         feature, not a prediction) are left out: the mean is over the rest; ``per_token``
         gives ``[batch, pos - 1]`` with zeros there.
 
-        Example:
+        Examples:
             >>> loss = model(batch, return_type="loss")         # doctest: +SKIP
         """
         ids = batch.input_ids.to(logits.device)
@@ -314,7 +314,7 @@ class TLCompatMixin:
 
         Text only: image placeholders are not expanded (use :meth:`prepare` for a multimodal batch).
 
-        Example:
+        Examples:
             >>> model.to_tokens("a red circle").shape       # doctest: +SKIP
             torch.Size([1, 4])
         """

@@ -20,7 +20,7 @@ from .architectures.base import Adapter
 class MLLMConfig:
     """Sizes of the language model and the vision tower.
 
-    Example:
+    Examples:
         >>> model.cfg.n_layers, model.cfg.d_model       # doctest: +SKIP
         (32, 4096)
     """

@@ -129,7 +129,7 @@ _TL_HINTS = (
 def tl_hint(name: str) -> str | None:
     """What to use instead of a TransformerLens hook name this library does not offer, or None.
 
-    Example:
+    Examples:
         >>> tl_hint("blocks.0.attn.hook_attn_scores").startswith("pre-softmax")
         True
     """
@@ -148,7 +148,7 @@ def act_name(name: str, layer: int | str | None = None, layer_type: str | None =
     ``"result"``, ``"scale"``...) get TransformerLens' name, which lookups then refuse with
     what to use instead (:func:`tl_hint`). Negative layers are resolved by the cache.
 
-    Example:
+    Examples:
         >>> act_name("resid_post", 3)
         'blocks.3.hook_resid_post'
         >>> act_name("embed")
@@ -266,7 +266,7 @@ def _cross_block_points(path: str, block: BlockLayout, layer: int, n_heads: int,
 class HookPoints:
     """Every hook point of one loaded model, in forward order, looked up by name.
 
-    Example:
+    Examples:
         >>> points = HookPoints.build(adapter, n_layers=2, n_heads=4, n_kv_heads=2,
         ...                           vision_layers=2, vision_heads=4)   # doctest: +SKIP
         >>> points.resolve("blocks.1.hook_resid_post").site.path          # doctest: +SKIP
@@ -436,7 +436,7 @@ class HookContext:
             ``k + 1`` (each generated token after the first is one more step).
         ctx: A dict kept for the whole run, for hook functions that share state.
 
-    Example:
+    Examples:
         >>> def steer_late(act, hook: HookContext):
         ...     return act + 1 if hook.layer() >= 2 and hook.is_prompt else None
         >>> resid_post = lambda name: "resid_post" in name

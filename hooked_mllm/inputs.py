@@ -40,7 +40,7 @@ class ImageSpan:
     them, and grid cell ``(r, c)`` is at ``positions[r * cols + c]``. Use
     :attr:`token_positions` to cover both cases.
 
-    Example:
+    Examples:
         >>> span = ImageSpan(0, 0, 2, 9, (2, 3), positions=(2, 3, 4, 6, 7, 8))
         >>> span.n_tokens, list(span.token_positions)[3]
         (6, 6)
@@ -89,7 +89,7 @@ class MultimodalBatch:
             Image selectors and ``cache.image`` raise with this reason instead of
             selecting wrong positions.
 
-    Example:
+    Examples:
         >>> batch = model.prepare(images=[img], prompts=["what color is the circle?"])  # doctest: +SKIP
         >>> batch.image_mask.sum().item()                                               # doctest: +SKIP
         36
@@ -213,7 +213,7 @@ class MultimodalBatch:
         ``image_token_counts`` (each image's number of image tokens, as the processor
         computes them) lets images whose placeholders touch be told apart.
 
-        Example:
+        Examples:
             >>> batch = MultimodalBatch.from_hf({"input_ids": ids, "pixel_values": pv},
             ...                                 image_token_id=32000)      # doctest: +SKIP
         """
@@ -457,7 +457,7 @@ def prepare(
             template (PaliGemma) gets the prompt with one placeholder per image before it.
         padding_side: ``"left"`` (default, right for generation) or ``"right"``.
 
-    Example:
+    Examples:
         >>> batch = prepare(processor, images=[img1, img2], prompts=["q1", "a longer q2"],
         ...                 image_token_id=model.cfg.image_token_id)       # doctest: +SKIP
     """
@@ -516,7 +516,7 @@ def processor_token_counts(processor: Any, image_sizes: Sequence[Sequence[int]])
     only to cut a run of touching image placeholders, and only where the counts add up
     exactly, so a processor whose counts include separators never cuts anything.
 
-    Example:
+    Examples:
         >>> processor_token_counts(processor, [(336, 336), (336, 672)])   # doctest: +SKIP
         [576, 576]
     """

@@ -7,7 +7,7 @@ soft cap, so the last layer's ``hook_resid_post`` gives exactly the model's logi
 :mod:`hooked_mllm.mechanism`). :func:`top_tokens` names the top entries;
 :func:`frozen_final_norm` and :func:`softcap_logits` are the two pieces.
 
-Example:
+Examples:
     >>> _, cache = model.run_with_cache(batch, names_filter=lambda n: "resid_post" in n)  # doctest: +SKIP
     >>> logits = logit_lens(model, cache["resid_post", 2][:, batch.image_mask[0]])          # doctest: +SKIP
 """
@@ -42,7 +42,7 @@ def logit_lens(model: HookedMLLM, resid: Float[Tensor, "... d_model"], apply_nor
             read) instead of from ``resid`` itself, so the readout is linear in ``resid`` up to
             the soft cap (see :func:`frozen_final_norm`).
 
-    Example:
+    Examples:
         >>> logits = logit_lens(model, cache["resid_post", 1][:, -1])                    # doctest: +SKIP
         >>> frozen = logit_lens(model, part, scale_from=cache["resid_post", 3][:, -1])   # doctest: +SKIP
     """
@@ -67,7 +67,7 @@ def logit_lens(model: HookedMLLM, resid: Float[Tensor, "... d_model"], apply_nor
 def final_logit_softcap(model: HookedMLLM) -> float | None:
     """The model's final logit soft cap (``final_logit_softcapping`` of its text config), or None.
 
-    Example:
+    Examples:
         >>> final_logit_softcap(paligemma2_model)   # doctest: +SKIP
         30.0
     """
@@ -152,7 +152,7 @@ def embedding_lens(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, 
     Returns:
         Cosine similarities in ``[-1, 1]``, shape ``[..., d_vocab]``.
 
-    Example:
+    Examples:
         >>> sims = embedding_lens(model, cache["resid_pre", 0][0, batch.image_mask[0]])  # doctest: +SKIP
         >>> nearest_tokens(model, sims[0])                                                  # doctest: +SKIP
     """

@@ -8,7 +8,7 @@ so ``run_with_cache``, ``run_with_hooks``, ``generate`` and a user's own
 (:mod:`hooked_mllm.inputs`) or as HF keyword tensors; caches are
 :class:`~hooked_mllm.cache.ActivationCache`.
 
-Example:
+Examples:
     >>> model = HookedMLLM.from_pretrained("llava-hf/llava-1.5-7b-hf")      # doctest: +SKIP
     >>> batch = model.prepare(images=[image], prompts=["What is shown?"])   # doctest: +SKIP
     >>> logits, cache = model.run_with_cache(batch, names_filter=lambda n: "resid_post" in n)  # doctest: +SKIP
@@ -136,7 +136,7 @@ class HookedMLLM(TLCompatMixin):
         checkpoint whose remote code registers only ``AutoModelForCausalLM`` (Molmo) loads
         through that class.
 
-        Example:
+        Examples:
             >>> model = HookedMLLM.from_pretrained(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
         """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
@@ -178,7 +178,7 @@ class HookedMLLM(TLCompatMixin):
     def hook_point(self, name: str | tuple) -> HookPointHandle:
         """The nnsight handle of a hook point, for use inside :meth:`trace`.
 
-        Example:
+        Examples:
             >>> with model.trace(batch):                                            # doctest: +SKIP
             ...     resid = model.hook_point("blocks.3.hook_resid_post").output.save()
         """
@@ -334,7 +334,7 @@ class HookedMLLM(TLCompatMixin):
             return_type: ``"logits"`` or ``"output"`` (the HF output object).
             grad: Keep autograd on (for gradients through the run).
 
-        Example:
+        Examples:
             >>> def zero(act, hook):
             ...     return torch.zeros_like(act)
             >>> logits = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_mlp_out", zero)])  # doctest: +SKIP
@@ -374,7 +374,7 @@ class HookedMLLM(TLCompatMixin):
         Returns:
             ``(logits, cache)``.
 
-        Example:
+        Examples:
             >>> logits, cache = model.run_with_cache(batch, names_filter="blocks.2.hook_resid_post",
             ...                                      positions="image")   # doctest: +SKIP
             >>> cache["resid_post", 2].shape                               # doctest: +SKIP
@@ -415,7 +415,7 @@ class HookedMLLM(TLCompatMixin):
         They are nnsight edits for the block's duration, so a ``model.trace`` inside the
         block sees them too; they are removed on exit, also when something raises.
 
-        Example:
+        Examples:
             >>> with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", steer)]):  # doctest: +SKIP
             ...     out = model.generate(batch, max_new_tokens=5)
         """
@@ -438,7 +438,7 @@ class HookedMLLM(TLCompatMixin):
         (every key the processor returns: ``model.generate(**processor(...))``) make the
         batch; other keywords go to HF ``generate``.
 
-        Example:
+        Examples:
             >>> out = model.generate(batch, max_new_tokens=3)   # doctest: +SKIP
             >>> out.text                                         # doctest: +SKIP
             ['red']
@@ -460,7 +460,7 @@ class HookedMLLM(TLCompatMixin):
     def trace(self, inputs: Any = None, **hf_kwargs: Any) -> Any:
         """nnsight's ``trace`` over the same inputs (a batch or HF tensors).
 
-        Example:
+        Examples:
             >>> with model.trace(batch):                                                 # doctest: +SKIP
             ...     h = model.hook_point("blocks.0.hook_resid_post").output.save()
             ...     model.hook_point("blocks.1.hook_mlp_out").output[:] = 0

@@ -6,7 +6,7 @@ falling back to :func:`.discover.discover` (structure-based, checked by a probe 
 :func:`.discover.verify_adapter`) for unknown models. :func:`supported_models_markdown`
 renders the registry as docs/architectures.md.
 
-Example:
+Examples:
     >>> from hooked_mllm.architectures import adapter_for
     >>> adapter_for(hf_model).name        # doctest: +SKIP
     'llava'

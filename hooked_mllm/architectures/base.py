@@ -98,7 +98,7 @@ ImageViews = tuple[int, list[tuple[tuple[int, ...], tuple[int, int]]]]
 def square_grid(n_tokens: int) -> tuple[int, int] | None:
     """The ``(rows, cols)`` of ``n_tokens`` image tokens laid out as a square, else None.
 
-    Example:
+    Examples:
         >>> square_grid(576)
         (24, 24)
     """
@@ -375,7 +375,7 @@ class Adapter:
     def for_config(self, config: Any) -> Adapter:
         """This adapter as it applies to a model with HF config ``config`` (see ``specialize``).
 
-        Example:
+        Examples:
             >>> PALIGEMMA.for_config(hf_model.config).name     # doctest: +SKIP
             'paligemma2'
         """
@@ -431,7 +431,7 @@ class Adapter:
 
         ``model`` (the HF model) is needed by adapters with a ``modules.vision_layers_read_rule``.
 
-        Example:
+        Examples:
             >>> LLAVA.vision_layers_read(hf_model.config, 24)   # vision_feature_layer=-2   # doctest: +SKIP
             23
         """

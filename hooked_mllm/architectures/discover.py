@@ -21,7 +21,7 @@ What it mapped is logged at INFO level and returned as an adapter named
 ``ValueError`` that says what it looked for; write an adapter file then
 (docs/architectures.md).
 
-Example:
+Examples:
     >>> from hooked_mllm.architectures.discover import discover
     >>> discover(hf_model).modules.lm_layers        # doctest: +SKIP
     'model.language_model.layers'
@@ -168,7 +168,7 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     not run by the text-only probe: pass a batch with images to :func:`verify_adapter` to
     check it too.
 
-    Example:
+    Examples:
         >>> adapter = discover(hf_model)           # doctest: +SKIP
         >>> HookedMLLM(hf_model, processor, adapter=adapter)   # doctest: +SKIP
     """
@@ -362,7 +362,7 @@ def verify_adapter(hf_model: nn.Module, adapter: Adapter, inputs: dict | None = 
     Raises:
         ValueError: Naming the identity that failed, the stream, the layer and by how much.
 
-    Example:
+    Examples:
         >>> verify_adapter(hf_model, discover(hf_model, verify=False), batch.inputs)   # doctest: +SKIP
     """
     modules = adapter.modules

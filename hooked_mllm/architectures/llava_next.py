@@ -59,7 +59,7 @@ def anyres_views(inputs: dict, config: Any) -> list[tuple[int, list[tuple[tuple[
     per image) where the config or inputs do not say (no ``image_sizes``, no pinpoints, a
     ``"full"`` CLIP feature strategy that keeps the CLS token).
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace as NS
         >>> cfg = NS(vision_config=NS(image_size=16, patch_size=4), image_grid_pinpoints=[[16, 32]],
         ...          vision_feature_select_strategy="default")

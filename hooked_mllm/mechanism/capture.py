@@ -16,7 +16,7 @@ final-norm scale the readout freezes). :class:`MechanismRun` holds it and comput
 Used by :mod:`.scores` (head / layer scores, the location map, explaining positions) and
 :mod:`.baselines` (the attention map).
 
-Example:
+Examples:
     >>> run = capture(model, batch)                          # doctest: +SKIP
     >>> run.contributions(2).shape                           # [batch, head, pos, d_model]  # doctest: +SKIP
 """
@@ -206,7 +206,7 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
         target: The token explained per row: None (the model's prediction at ``T``), a token
             id, a one-token string, or one of those per row.
 
-    Example:
+    Examples:
         >>> batch = model.prepare(images=[img], prompts=["what color is the circle ?"])  # doctest: +SKIP
         >>> capture(model, batch).target_tokens()                                        # doctest: +SKIP
         ['red']

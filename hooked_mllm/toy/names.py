@@ -1,6 +1,6 @@
 """Names of the toy checkpoints and training stages, importable without torch (the CLI's parser uses them).
 
-Example:
+Examples:
     >>> "toy-llava" in CHECKPOINTS
     True
 """

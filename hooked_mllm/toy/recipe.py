@@ -1,6 +1,6 @@
 """LLaVA's training recipe on the toy world: a text-only LM first, then alignment, then instruction tuning.
 
-Purpose
+Purpose:
     Build toy checkpoints whose image tokens live in the language model's word space, as in LLaVA: the
     projector learns to map into the embeddings of a *pretrained* LM. Stages, each a :class:`Stage`:
 
@@ -12,14 +12,14 @@ Purpose
     3. ``toy-llava-deep``: visual instruction tuning (questions and plain captions) with the LM unfrozen.
     4. ``toy-llava-deep-ft``: the fine-tuned twin that captions with colours (as ``toy-llava-ft``).
 
-Connections
+Connections:
     Optimisation settings and task mixtures are :class:`hooked_mllm.toy.training.Recipe` records (same
     schedule, same curriculum semantics, via :func:`~hooked_mllm.toy.training.task_mix`); batches come from
     :func:`hooked_mllm.toy.data.encode_text` (text) and :func:`~hooked_mllm.toy.data.encode_dialogues`
     (image).
     The CLI (``hooked-mllm toy train --name toy-lm`` ...) calls :func:`train_stage`.
 
-Contents
+Contents:
     :data:`PARTS`, :data:`DEEP_SIZES`, :class:`Stage`, :data:`STAGES`, :func:`build_text_lm`,
     :func:`vlm_from_text_lm`, :func:`set_trainable`, :func:`run_stage`, :func:`train_stage`.
 """
@@ -385,10 +385,11 @@ def train_stage(
         out: destination (default: the shipped location ``hooked_mllm/toy/checkpoints/<name>``).
         init_dir: the checkpoint the stage starts from (default: the shipped ``recipe.init``).
         steps: override the number of steps (tiny runs in tests); ``overrides``: other :class:`Recipe` fields.
-        every, callback: interim hook, see :func:`run_stage`; with ``save`` the checkpoint is also written
-            at every interim point, so an interrupted run leaves its latest state.
+        every: steps between interim points (see :func:`run_stage`); with ``save`` the checkpoint is also
+            written at every interim point, so an interrupted run leaves its latest state.
+        callback: called at every interim point (see :func:`run_stage`).
 
-    Example
+    Examples:
         >>> train_stage("toy-lm", out="/tmp/toy-lm", steps=5, progress=False)  # doctest: +SKIP
     """
     if name not in STAGES:
@@ -442,7 +443,7 @@ def train_recipe(
     5:
     quality, textual QA or the lens read-out) and save the stage's checkpoint so far.
 
-    Example
+    Examples:
         >>> train_recipe("/tmp/toy-recipe", seed=0)  # doctest: +SKIP
     """
     from hooked_mllm.toy.evaluation import evaluate, evaluate_text
