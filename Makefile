@@ -34,8 +34,7 @@ test: $(STAMP)
 docs: $(DOCS_STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hooked-mllm hooks --markdown > docs/hook_points.md.tmp
 	mv docs/hook_points.md.tmp docs/hook_points.md
-	HF_HUB_OFFLINE=1 $(PY) -m hooked_mllm.architectures.table > docs/architectures.md.tmp
-	mv docs/architectures.md.tmp docs/architectures.md
+	HF_HUB_OFFLINE=1 $(PY) -m hooked_mllm.architectures.table docs/architectures.md
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)

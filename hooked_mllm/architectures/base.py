@@ -128,7 +128,7 @@ class CrossAttention:
         gates: Names of the layer's attention and MLP gate parameters: the residual receives
             ``tanh(gate) * output`` (documentation and the conformance suite's residual identities).
 
-    Example:
+    Examples:
         >>> CrossAttention(block=BlockLayout(attn="cross_attn"), layers_attr="cross_attention_layers",
         ...                gates=("attn_gate", "mlp_gate")).layers_attr
         'cross_attention_layers'
@@ -160,7 +160,7 @@ class ModuleLayout:
             projector reads (remote code that fixes them in the model): ``(hf_model,
             n_vision_layers) -> how many vision layers, from the first, reach the projector``.
 
-    Example:
+    Examples:
         >>> ModuleLayout(lm_layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
         ...              unembed="lm_head").block.attn
         'self_attn'
@@ -204,7 +204,7 @@ class ConfigKeys:
             last one read never reach the output, so their hook points are read-only (a write there
             would be a silent no-op). None: the projector reads the tower's last output.
 
-    Example:
+    Examples:
         >>> ConfigKeys(vision_feature_layer=None).image_token_id
         'image_token_id'
     """
@@ -242,7 +242,7 @@ class TokenLayout:
             placeholder token per image and no image features: the placeholder is then marked
             special and image selectors raise a clear error.
 
-    Example:
+    Examples:
         >>> TokenLayout().grid(576, None), TokenLayout(grid=no_grid).grid(576, None)
         ((24, 24), None)
     """
@@ -280,7 +280,7 @@ class InputLayout:
             (LLaVA); then inputs whose count of images differs from their runs of image tokens
             (an image without its placeholder) are refused.
 
-    Example:
+    Examples:
         >>> from hooked_mllm.architectures.split import Tiles
         >>> InputLayout(split={"pixel_values": Tiles()}).split
         (('pixel_values', Tiles()),)
@@ -332,7 +332,7 @@ class Adapter:
             table lists each in a row of its own, after this one. ``dataclasses.replace`` copies
             it with ``specialize``: clear both when deriving another family from an adapter.
 
-    Example:
+    Examples:
         >>> Adapter(name="tiny", config_classes=("TinyConfig",),
         ...         modules=ModuleLayout(lm_layers="model.layers", embed="model.embed_tokens",
         ...                              final_norm="model.norm", unembed="lm_head"),

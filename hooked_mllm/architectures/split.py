@@ -14,7 +14,7 @@ another key), :class:`Tiles` (each image's tiles, in proportion to its tokens),
 tensors that index into others). Each has ``take(batch, key, rows)``: the key's tensor for
 the listed rows, in order. Used by :mod:`hooked_mllm.inputs`; declared by the family files.
 
-Example:
+Examples:
     >>> from hooked_mllm.architectures.split import Patches, Tiles
     >>> Patches("image_grid_thw")
     Patches(sizes_key='image_grid_thw')
@@ -153,7 +153,7 @@ _NAMES = "Tokens(), PerImage(), PerRow(), Patches(key), Tiles(), Shared()"
 def check_rules(split: Any) -> tuple[tuple[str, SplitRule], ...]:
     """``split`` (a mapping or ``(key, rule)`` pairs) as checked pairs; a clear error otherwise.
 
-    Example:
+    Examples:
         >>> check_rules({"pixel_values": "tiles"})
         Traceback (most recent call last):
         ...
@@ -186,7 +186,7 @@ def rule_for(key: str, rules: Mapping[str, SplitRule]) -> SplitRule:
     ``attention_mask``, ``token_type_ids``, ``position_ids``), :class:`PerImage` for
     ``pixel_values`` / ``image_sizes`` and :class:`Shared` for the rest.
 
-    Example:
+    Examples:
         >>> rule_for("pixel_values", {}), rule_for("pixel_values", {"pixel_values": Tiles()})
         (PerImage(), Tiles())
     """

@@ -1,6 +1,6 @@
 """VQA against textual QA: which layers and heads carry the answer, in the VLM and in its text-only LM.
 
-Purpose
+Purpose:
     The seed paper on LLaVA compares visual QA with textual QA (the same question about the scene described in
     words) and finds that the visual mechanism reuses the text model's in-context mechanism. On the toy world
     both sides exist: a recipe VLM answers about the image, ``toy-lm`` (the LM it started from) answers about the
@@ -8,14 +8,14 @@ Purpose
     :func:`hooked_mllm.mechanism.head_scores` (how much each head's output at the last position raises the log
     probability of the right answer, with the frozen-scale readout) over the questions of unseen scenes.
 
-Connections
+Connections:
     Scenes and questions from :class:`hooked_mllm.toy.world.World`, prompts from :func:`hooked_mllm.toy.data.encode`
     (image) and :func:`~hooked_mllm.toy.data.encode_text` (words); a text LM is run inside a LLaVA whose language
     model is a copy of it (:func:`hooked_mllm.toy.recipe.vlm_from_text_lm`, text-only inputs), so both sides go
     through the same :class:`hooked_mllm.HookedMLLM` hook points. :mod:`hooked_mllm.toy.science` prints
     :func:`format_comparison` as its ``heads`` section.
 
-Contents
+Contents:
     :class:`AnswerHeads`, :func:`answer_heads`, :func:`heads_table`, :func:`load_for_heads`, :func:`compare`,
     :func:`format_heads`, :func:`format_comparison`.
 """
@@ -84,7 +84,7 @@ def answer_heads(
     ``n`` scenes of ``World(seed)``, asked about the image (``mode="image"``) or the scene in words
     (``mode="text"``, text-only input).
 
-    Example
+    Examples:
         >>> from hooked_mllm import toy
         >>> heads = answer_heads(toy.load("toy-llava"), "color", n=20)
         >>> tuple(heads.values.shape)
@@ -137,7 +137,7 @@ def load_for_heads(path) -> HookedMLLM:
     """A :class:`~hooked_mllm.HookedMLLM` for a toy checkpoint directory: a VLM as it is, a text LM inside a
     LLaVA whose language model is a copy of it (run it with text-only inputs, ``mode="text"``).
 
-    Example
+    Examples:
         >>> model = load_for_heads(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
     """
     from hooked_mllm import HookedMLLM
@@ -157,7 +157,7 @@ def heads_table(path, *, seed: int = 123, n: int = 100, qtypes: tuple[str, ...] 
                 ) -> list[AnswerHeads]:
     """:func:`answer_heads` of a toy checkpoint for each question type: VQA for a VLM, textual QA for a text LM.
 
-    Example
+    Examples:
         >>> rows = heads_table(toy.checkpoint_dir("toy-llava"), n=20)  # doctest: +SKIP
     """
     from hooked_mllm.toy.science import checkpoint_kind

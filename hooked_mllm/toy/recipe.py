@@ -178,7 +178,7 @@ def grow_text_lm(lm: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
     ``i * layers // n``; the new layers are freshly initialised with zero output projections (``o_proj``,
     ``down_proj``), so they add nothing until trained (function-preserving growth, as in progressive stacking).
 
-    Example
+    Examples:
         >>> deep = grow_text_lm(build_text_lm(0, text_layers=2), 6)  # doctest: +SKIP
         >>> deep.config.num_hidden_layers
         6
@@ -216,7 +216,7 @@ def vlm_from_text_lm(
     The vision tower is freshly initialised, or copied from the LLaVA checkpoint directory ``vision_from``
     (its sizes then come from that checkpoint).
 
-    Example
+    Examples:
         >>> vlm = vlm_from_text_lm(build_text_lm(0), vision_from=checkpoint_dir("toy-llava"))  # doctest: +SKIP
     """
     donor = None
