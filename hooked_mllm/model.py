@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 from nnsight import NNsight
 from torch import Tensor
 
-from . import _hook_io, _runner
+from . import _grad_hooks, _hook_io, _runner
 from ._tl_compat import TLCompatMixin
 from ._weights import execution_device
 from . import positions as _positions
@@ -52,7 +52,6 @@ _TL_HINTS = {
     "return_cache_object": "run_with_cache always returns an ActivationCache",
     "reset_hooks_end": "hooks given to a run are always removed when it ends; use model.hooks() to keep them",
     "clear_contexts": "hooks given to a run are always removed when it ends",
-    "bwd_hooks": "backward hooks are not offered; run with grad=True and read .grad of cached tensors",
 }
 # The processor keywords from_pretrained passes on to AutoProcessor, so a pinned revision pins both.
 _PROCESSOR_LOADING = ("revision", "token", "cache_dir", "local_files_only", "proxies", "force_download",
@@ -184,11 +183,11 @@ class HookedMLLM(TLCompatMixin):
         """
         return HookPointHandle(self.nnsight, self.hook_points.resolve(name), self._trace_reads)
 
-    def _bind(self, fwd_hooks: Iterable[HookSpec]) -> list[_runner.HookFn]:
+    def _bind(self, fwd_hooks: Iterable[HookSpec], kind: str = "fwd_hooks") -> list[_runner.HookFn]:
         bound = []
         for spec in fwd_hooks:
             if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
-                raise TypeError("fwd_hooks takes (name_or_filter, fn) pairs, e.g. "
+                raise TypeError(f"{kind} takes (name_or_filter, fn) pairs, e.g. "
                                 "[('blocks.0.hook_resid_post', fn)]")
             target, fn = spec
             for point in self.hook_points.select(target):
@@ -208,11 +207,17 @@ class HookedMLLM(TLCompatMixin):
                        adapter=self.adapter, config=self.hf_model.config, **processor_kwargs)
 
     def to_batch(self, inputs: Any = None, **hf_kwargs: Any) -> MultimodalBatch:
-        """A :class:`MultimodalBatch` from a batch, a dict of HF tensors, or HF keywords.
+        """A :class:`MultimodalBatch` from a batch, a dict of HF tensors, HF keywords, or text.
 
         A dict or keywords may hold every key the model's processor returns; an unknown
-        key is an error naming it (and the closest known one).
+        key is an error naming it (and the closest known one). A string or a list of
+        strings is a text-only batch (:meth:`text_batch`).
         """
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
+            if hf_kwargs:
+                raise ValueError(f"Pass either text or HF input tensors, not both (got text and "
+                                 f"{', '.join(sorted(hf_kwargs))}).")
+            return self.text_batch(inputs)
         if isinstance(inputs, MultimodalBatch):
             if hf_kwargs:
                 raise ValueError(
@@ -277,11 +282,13 @@ class HookedMLLM(TLCompatMixin):
     # -- running ---------------------------------------------------------------------
 
     def _run(self, batch: MultimodalBatch, hooks: list[_runner.HookFn], fn: Any = "__call__",
-             every_step: bool = False, grad: bool = False, what: str = "run", **call_kwargs: Any) -> Any:
+             every_step: bool = False, grad: bool = False, what: str = "run", bwd: Sequence[_runner.HookFn] = (),
+             **call_kwargs: Any) -> Any:
         with self._guard(what):
             mediators = _runner.build_mediators(self.nnsight, hooks, self.hook_points.order,
                                                 batch=lambda: self._state.batch, every_step=every_step)
-            eager = self._eager_configs(hooks + self._context)
+            mediators += _grad_hooks.build_mediators(self.nnsight, bwd, batch=lambda: self._state.batch)
+            eager = self._eager_configs([*hooks, *bwd, *self._context])
             kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
             previous, self._state.batch = self._state.batch, batch
             try:
@@ -323,7 +330,7 @@ class HookedMLLM(TLCompatMixin):
     __call__ = forward
 
     def run_with_hooks(self, inputs: Any = None, *, fwd_hooks: Iterable[HookSpec] = (),
-                       return_type: str = "logits", grad: bool = False,
+                       bwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits", grad: bool = False,
                        **hf_kwargs: Any) -> Float[Tensor, "batch pos vocab"] | Any:
         """Run once with hook functions ``fn(activation, hook) -> replacement | None``.
 
@@ -331,7 +338,13 @@ class HookedMLLM(TLCompatMixin):
             inputs: A :class:`MultimodalBatch`, or pass HF tensors as keywords.
             fwd_hooks: ``(name_or_filter, fn)`` pairs; a filter is a list of names or a
                 predicate over names. Several functions on one point run in order.
-            return_type: ``"logits"`` or ``"output"`` (the HF output object).
+            bwd_hooks: ``(name_or_filter, fn)`` pairs of backward hooks ``fn(grad, hook)``,
+                called when the returned output is differentiated (``loss.backward()``) with
+                the gradient w.r.t. the point's value (after the forward hooks); a returned
+                tensor replaces that gradient. They belong to this run's graph
+                (:mod:`hooked_mllm._grad_hooks`); autograd is on for the run.
+            return_type: ``"logits"``, ``"output"`` (the HF output object), ``"loss"``
+                (:meth:`lm_loss`), ``"both"`` (``(logits, loss)``) or None.
             grad: Keep autograd on (for gradients through the run).
 
         Example:
@@ -339,12 +352,13 @@ class HookedMLLM(TLCompatMixin):
             ...     return torch.zeros_like(act)
             >>> logits = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_mlp_out", zero)])  # doctest: +SKIP
         """
-        if return_type not in ("logits", "output"):
-            raise ValueError(f"return_type must be 'logits' or 'output', not {return_type!r}")
+        self._check_return_type(return_type)
         batch, options = self._batch_and_options("run_with_hooks", inputs, hf_kwargs,
-                                                 ("inputs", "fwd_hooks", "return_type", "grad"))
-        output = self._run(batch, self._bind(fwd_hooks), grad=grad, what="run_with_hooks", **options)
-        return output.logits if return_type == "logits" else output
+                                                 ("inputs", "fwd_hooks", "bwd_hooks", "return_type", "grad"))
+        backward = self._bind(bwd_hooks, "bwd_hooks")
+        output = self._run(batch, self._bind(fwd_hooks), grad=grad or bool(backward), what="run_with_hooks",
+                           bwd=backward, **options)
+        return self._returned(output, batch, return_type)
 
     def run_with_cache(
         self,
@@ -357,8 +371,10 @@ class HookedMLLM(TLCompatMixin):
         fwd_hooks: Iterable[HookSpec] = (),
         grad: bool = False,
         remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        return_type: str | None = "logits",
         **hf_kwargs: Any,
-    ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
+    ) -> tuple[Any, ActivationCache]:
         """Run once and cache activations.
 
         Args:
@@ -370,9 +386,14 @@ class HookedMLLM(TLCompatMixin):
             dtype: Cast cached tensors.
             fwd_hooks: Hook functions to run too (the cache sees their results).
             remove_batch_dim: Drop the batch axis of a one-row run (:meth:`ActivationCache.remove_batch_dim`).
+            incl_bwd: Also call ``backward()`` on the returned loss (``return_type="loss"``, as
+                TransformerLens requires a scalar) and cache each point's gradient as
+                ``"<name>_grad"`` (points no gradient reaches have none); parameters' ``.grad``
+                accumulate as after any ``backward()``.
+            return_type: As in :meth:`run_with_hooks`.
 
         Returns:
-            ``(logits, cache)``.
+            ``(logits, cache)`` (the first element follows ``return_type``).
 
         Example:
             >>> logits, cache = model.run_with_cache(batch, names_filter="blocks.2.hook_resid_post",
@@ -382,7 +403,12 @@ class HookedMLLM(TLCompatMixin):
         """
         batch, options = self._batch_and_options(
             "run_with_cache", inputs, hf_kwargs,
-            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad", "remove_batch_dim"))
+            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad", "remove_batch_dim",
+             "incl_bwd", "return_type"))
+        self._check_return_type(return_type)
+        if incl_bwd and return_type != "loss":
+            raise ValueError(f"incl_bwd=True needs a scalar output to call backward() on, got return_type="
+                             f"{return_type!r}; pass return_type='loss'.")
         store: dict[str, Tensor] = {}
         index = None
         if positions is not None:
@@ -394,7 +420,10 @@ class HookedMLLM(TLCompatMixin):
             hooks = self._bind(fwd_hooks)
             for point in chosen:
                 hooks.append(_runner.HookFn(point, _cache_fn(store, index, device, dtype, grad, versions, clone)))
-            output = self._run(batch, hooks, grad=grad, what="run_with_cache", **options)
+            grads: dict[str, Tensor] = {}
+            backward = [_runner.HookFn(point, _grad_cache_fn(grads, index, device, dtype)) for point in chosen
+                        if incl_bwd]
+            output = self._run(batch, hooks, grad=grad or incl_bwd, what="run_with_cache", bwd=backward, **options)
             # A model that edits a value in place after the hook read it (Molmo adds the image features
             # into its embedding output) leaves a stale cache entry: run again, copying those entries.
             stale = {name for name, version in versions.items() if store[name]._version != version}
@@ -403,10 +432,14 @@ class HookedMLLM(TLCompatMixin):
             clone |= stale
             store.clear()
             versions.clear()
+        result = self._returned(output, batch, return_type)
+        if incl_bwd:
+            result.backward()
+            store.update({f"{name}_grad": value for name, value in grads.items()})
         cache = ActivationCache(store, self, batch=batch, positions=None if index is None else index.cpu())
         if remove_batch_dim:
             cache.remove_batch_dim()
-        return output.logits, cache
+        return result, cache
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[HookSpec] = ()) -> Iterator[HookedMLLM]:
@@ -520,6 +553,13 @@ def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype
         return None
 
     return cache_hook
+
+
+def _grad_cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any) -> Callable:
+    """A backward hook storing each gradient in ``store`` as :func:`_cache_fn` stores values."""
+    fn = _cache_fn(store, index, device, dtype, False, {}, set())
+    fn.optional = True  # type: ignore[attr-defined]  # points no gradient reaches are skipped
+    return fn
 
 
 class HookPointHandle:
