@@ -337,6 +337,23 @@ class TLCompatMixin:
                                        adapter=self.adapter, config=self.hf_model.config, tokenizer=tokenizer,
                                        prompts=texts)
 
+    @staticmethod
+    def _has_images(batch: Any) -> bool:
+        return any("pixel" in key or "image" in key for key in batch.inputs)
+
+    def _runnable(self, batch: Any, points: Sequence[Any], names_filter: Any = "explicit") -> list[Any]:
+        """``points`` that a run of ``batch`` reaches: on a text-only batch the vision tower and the
+        projector do not run, so their points are left out of a filter (``None`` or a predicate) and
+        refused when named."""
+        if self._has_images(batch):
+            return list(points)
+        off = [p for p in points if p.stream != "lm"]
+        if off and (names_filter is not None and not callable(names_filter)):
+            raise ValueError(
+                f"{off[0].name} does not run on a text-only input (the vision tower and projector run only with "
+                "images); give images with model.prepare(images=..., prompts=...), or hook language-model points.")
+        return [p for p in points if p.stream == "lm"]
+
     # -- loss ------------------------------------------------------------------------
 
     def lm_loss(self, logits: Float[Tensor, "batch pos vocab"], batch: Any,

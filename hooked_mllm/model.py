@@ -284,6 +284,7 @@ class HookedMLLM(TLCompatMixin):
     def _run(self, batch: MultimodalBatch, hooks: list[_runner.HookFn], fn: Any = "__call__",
              every_step: bool = False, grad: bool = False, what: str = "run", bwd: Sequence[_runner.HookFn] = (),
              **call_kwargs: Any) -> Any:
+        self._runnable(batch, [hook.point for hook in [*hooks, *bwd]])
         with self._guard(what):
             mediators = _runner.build_mediators(self.nnsight, hooks, self.hook_points.order,
                                                 batch=lambda: self._state.batch, every_step=every_step)
@@ -413,7 +414,7 @@ class HookedMLLM(TLCompatMixin):
         index = None
         if positions is not None:
             index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
-        chosen = self.hook_points.select(names_filter)
+        chosen = self._runnable(batch, self.hook_points.select(names_filter), names_filter)
         versions: dict[str, int] = {}
         clone: set[str] = set()
         for attempt in range(2):
