@@ -337,6 +337,18 @@ class TLCompatMixin:
                                        adapter=self.adapter, config=self.hf_model.config, tokenizer=tokenizer,
                                        prompts=texts)
 
+    def _pad_id(self) -> int:
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            return 0
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    def _attention_configs(self) -> list[Any]:
+        """The LM's and the vision tower's attention configs (switched to eager where patterns are read)."""
+        configs = [self.adapter.text_cfg(self.hf_model.config)]
+        vision = self.adapter.vision_cfg(self.hf_model.config)
+        return configs + ([vision] if vision is not None else [])
+
     @staticmethod
     def _has_images(batch: Any) -> bool:
         return any("pixel" in key or "image" in key for key in batch.inputs)

@@ -26,18 +26,20 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
-from nnsight import NNsight
+from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
 from . import _grad_hooks, _hook_io, _runner
 from ._tl_compat import TLCompatMixin
+from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
 from ._weights import execution_device
 from . import positions as _positions
 from .architectures import adapter_for
 from .architectures.base import Adapter
+from ._cache_hooks import _cache_fn, _grad_cache_fn
 from .cache import ActivationCache
 from .config import MLLMConfig
-from .hook_points import HookContext, HookPoint, HookPoints
+from .hook_points import HookPoint, HookPoints
 from .inputs import MultimodalBatch, prepare, processor_token_counts
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,8 @@ class HookedMLLM(TLCompatMixin):
         self.processor = processor
         self.adapter = adapter.for_config(hf_model.config) if adapter is not None else adapter_for(hf_model)
         self.cfg = MLLMConfig.from_model(hf_model, self.adapter)
-        self.nnsight = NNsight(hf_model)
+        self.nnsight = MLLMEnvoy(hf_model)
+        self.nnsight.attach(self.to_batch, self._pad_id)
         self.hook_points = HookPoints.build(
             self.adapter,
             n_layers=self.cfg.n_layers,
@@ -181,7 +184,9 @@ class HookedMLLM(TLCompatMixin):
             >>> with model.trace(batch):                                            # doctest: +SKIP
             ...     resid = model.hook_point("blocks.3.hook_resid_post").output.save()
         """
-        return HookPointHandle(self.nnsight, self.hook_points.resolve(name), self._trace_reads)
+        point = self.hook_points.resolve(name)
+        check_invoke_point(self.nnsight, point)
+        return HookPointHandle(self.nnsight, point, self._trace_reads)
 
     def _bind(self, fwd_hooks: Iterable[HookSpec], kind: str = "fwd_hooks") -> list[_runner.HookFn]:
         bound = []
@@ -470,7 +475,9 @@ class HookedMLLM(TLCompatMixin):
         ``hook.step`` is 0 on the prompt forward and ``k`` on the forward that produces
         generated token ``k + 1``. Greedy by default. HF input tensors among the keywords
         (every key the processor returns: ``model.generate(**processor(...))``) make the
-        batch; other keywords go to HF ``generate``.
+        batch; other keywords go to HF ``generate``. Opened as ``with model.generate(...) as
+        tracer:`` it is an nnsight trace of the generation instead (per-step reads and writes
+        in ``for step in tracer.iter[...]`` / ``tracer.all()``; the ids at ``tracer.result``).
 
         Example:
             >>> out = model.generate(batch, max_new_tokens=3)   # doctest: +SKIP
@@ -479,9 +486,18 @@ class HookedMLLM(TLCompatMixin):
         """
         tensors = {k: generate_kwargs.pop(k) for k in list(generate_kwargs)
                    if k in self._input_names and isinstance(generate_kwargs[k], Tensor)}
-        batch = self.to_batch(inputs, **tensors)
         fn = functools.partial(self.hf_model.generate, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                **generate_kwargs)
+        tracer = self.trace(inputs, fn=fn, **tensors)
+        try:  # `with model.generate(...) as tracer:` traces generation (nnsight's test: the caller's frame)
+            tracer.capture()
+            if fwd_hooks:
+                raise ValueError("A traced generate takes no fwd_hooks: write to hook points inside the block, "
+                                 "or wrap it in `with model.hooks(fwd_hooks=...)`.")
+            return tracer
+        except WithBlockNotFoundError:
+            pass
+        batch = self.to_batch(inputs, **tensors)
         sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True, what="generate")
         if not isinstance(sequences, Tensor):
             sequences = sequences.sequences
@@ -491,18 +507,29 @@ class HookedMLLM(TLCompatMixin):
         text = tokenizer.batch_decode(new, skip_special_tokens=True) if tokenizer is not None else None
         return GenerationOutput(sequences, new, text)
 
-    def trace(self, inputs: Any = None, **hf_kwargs: Any) -> Any:
-        """nnsight's ``trace`` over the same inputs (a batch or HF tensors).
+    def trace(self, inputs: Any = None, *, eager_attention: bool | None = None, fn: Any = None,
+              **hf_kwargs: Any) -> Any:
+        """nnsight's ``trace`` over the same inputs (a batch, text or HF tensors), or, given none, over
+        the inputs of its ``tracer.invoke(...)`` blocks batched into one forward (:mod:`hooked_mllm._tracing`).
+
+        ``eager_attention``: run under eager attention (patterns); None does so when the block
+        names ``hook_pattern``. ``fn``: what to run instead of the forward (``generate`` uses it).
 
         Example:
             >>> with model.trace(batch):                                                 # doctest: +SKIP
             ...     h = model.hook_point("blocks.0.hook_resid_post").output.save()
             ...     model.hook_point("blocks.1.hook_mlp_out").output[:] = 0
         """
-        batch, options = self._batch_and_options("trace", inputs, hf_kwargs, ("inputs",))
         self._trace_reads.clear()
-        tracer_cls = _runner.guarded_tracer(self._guard, quiet=bool(self._context), after=self._check_trace_reads)
-        return self.nnsight.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs, **options)
+        tracer_cls = habit_tracer(_runner.guarded_tracer(self._guard, quiet=bool(self._context),
+                                                         after=self._check_trace_reads),
+                                  self._attention_configs, eager_attention)
+        extra = {} if fn is None else {"fn": fn}
+        if inputs is None and not any(isinstance(v, Tensor) for v in hf_kwargs.values()):  # invokes give inputs
+            self._check_keywords("trace", hf_kwargs, ("inputs", "eager_attention"))
+            return self.nnsight.trace(tracer_cls=tracer_cls, **extra, **hf_kwargs)
+        batch, options = self._batch_and_options("trace", inputs, hf_kwargs, ("inputs", "eager_attention"))
+        return self.nnsight.trace(tracer_cls=tracer_cls, **extra, **batch.to(self.device).inputs, **options)
 
     def _check_trace_reads(self) -> None:
         """Refuse, after a trace, in-place edits of computed values that could not reach the model."""
@@ -524,43 +551,6 @@ class HookedMLLM(TLCompatMixin):
         c = self.cfg
         return (f"HookedMLLM({c.model_class}: {c.n_layers} layers, d_model={c.d_model}, "
                 f"vision {c.vision_n_layers} layers, {len(self.hook_points)} hook points)")
-
-
-def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool,
-              versions: dict[str, int], clone: set[str]) -> Callable:
-    """A hook storing each value in ``store`` (and, for values that share the activation's memory,
-    their version in ``versions``, so that an in-place edit by the model after the hook is seen);
-    names in ``clone`` are copied."""
-
-    def cache_hook(act: Tensor, hook: HookContext) -> None:
-        if hook.step != 0:
-            return None
-        value = act if grad else act.detach()
-        if hook.name in clone:
-            value = value.clone()
-        if index is not None and hook.point.sequence:
-            if hook.point.needs_eager:  # [batch, heads, query, key]: select queries
-                gather = index[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
-                value = value.gather(2, gather)
-            else:
-                shape = index.shape + value.shape[2:]
-                gather = index.view(*index.shape, *([1] * (value.dim() - 2))).expand(shape)
-                value = value.gather(1, gather)
-        if device is not None or dtype is not None:
-            value = value.to(device=device, dtype=dtype)
-        store[hook.name] = value
-        if value.untyped_storage().data_ptr() == act.untyped_storage().data_ptr():
-            versions[hook.name] = value._version
-        return None
-
-    return cache_hook
-
-
-def _grad_cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any) -> Callable:
-    """A backward hook storing each gradient in ``store`` as :func:`_cache_fn` stores values."""
-    fn = _cache_fn(store, index, device, dtype, False, {}, set())
-    fn.optional = True  # type: ignore[attr-defined]  # points no gradient reaches are skipped
-    return fn
 
 
 class HookPointHandle:
