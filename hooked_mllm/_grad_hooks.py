@@ -32,7 +32,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
-from jaxtyping import Float
 from nnsight.intervention.interleaver import Mediator
 from torch import Tensor
 

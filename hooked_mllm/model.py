@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
+from nnsight import NNsight
 from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
