@@ -18,7 +18,7 @@ run's graph, fire when its output is differentiated, and go with the graph, what
 happened during the run. Used by ``run_with_hooks(bwd_hooks=...)`` and
 ``run_with_cache(incl_bwd=True)`` in :mod:`hooked_mllm.model`.
 
-Example:
+Examples:
     >>> grads = {}
     >>> def keep(grad, hook):
     ...     grads[hook.name] = grad

@@ -305,7 +305,7 @@ class TLCompatMixin:
             ValueError: The text holds the image placeholder token (a text-only run has no image
                 to put there: use :meth:`prepare` with images), or the model has no tokenizer.
 
-        Example:
+        Examples:
             >>> logits = model("a red circle")                 # doctest: +SKIP
             >>> logits, cache = model.run_with_cache(["a red circle", "two squares"])   # doctest: +SKIP
         """

@@ -16,7 +16,7 @@
   is a trace of HF ``generate`` through the same tracer, with nnsight's per-step access
   (``tracer.iter[...]``, ``tracer.all()``) and the generated ids at ``tracer.result``.
 
-Example:
+Examples:
     >>> with model.trace() as tracer:                                        # doctest: +SKIP
     ...     with tracer.invoke(batch_a):
     ...         a = model.hook_point("blocks.0.hook_resid_post").output.save()
