@@ -112,7 +112,7 @@ class Stage:
 
 
 _QW = (1, 1, 0.15, 1, 1.2)
-_TQW = (3, 1.5, 0.15, 2, 1.2)  # textual QA: the colour question (the answer precedes the asked word) is slowest
+_TQW = (2, 2, 0.15, 1, 1.2)  # textual QA: the binding questions often, counting rarely
 
 STAGES: dict[str, Stage] = {
     "toy-lm-base": Stage(
@@ -126,8 +126,8 @@ STAGES: dict[str, Stage] = {
     ),
     "toy-lm": Stage(
         "text",
-        Recipe(caption_style="scene", init="toy-lm-base", steps=1500, batch_size=32, lr=1e-3, warmup=50,
-               p_caption=0.1, qtype_weights=(1, 3, 0.15, 3, 1.2), turns=4),
+        Recipe(caption_style="scene", init="toy-lm-base", steps=800, batch_size=32, lr=3e-4, warmup=50,
+               p_caption=0.15, qtype_weights=_TQW, turns=4),
         trainable=("embeddings", "lm"),
         world_offset=24,
         answer_weight=2.0,
@@ -143,7 +143,7 @@ STAGES: dict[str, Stage] = {
     ),
     "toy-llava-deep": Stage(
         "image",
-        Recipe(caption_style="plain", init="toy-llava-deep-align", steps=1200, batch_size=32, lr=5e-4,
+        Recipe(caption_style="plain", init="toy-llava-deep-align", steps=2400, batch_size=32, lr=5e-4,
                warmup=30, p_caption=0.1, qtype_weights=_QW),
         trainable=("projector", "lm"),
         world_offset=22,
