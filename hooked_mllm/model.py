@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 from nnsight import NNsight
 from torch import Tensor
 
-from . import _hook_io, _runner
+from . import _compat, _hook_io, _runner
 from ._tl_compat import TLCompatMixin
 from ._weights import execution_device
 from . import positions as _positions
@@ -110,6 +110,7 @@ class HookedMLLM(TLCompatMixin):
             vision_layers_read=self.adapter.vision_layers_read(hf_model.config, self.cfg.vision_n_layers, hf_model),
         )
         self._context: list[_runner.HookFn] = []
+        self._context_bodies: list[_runner.Body] = []  # the interventions of active model.hooks() blocks
         self._state = _RunState()
         self._guard = _runner.RunGuard()
         self._trace_reads: list[tuple[str, Tensor, int]] = []  # computed values handed out in model.trace
@@ -279,14 +280,15 @@ class HookedMLLM(TLCompatMixin):
     def _run(self, batch: MultimodalBatch, hooks: list[_runner.HookFn], fn: Any = "__call__",
              every_step: bool = False, grad: bool = False, what: str = "run", **call_kwargs: Any) -> Any:
         with self._guard(what):
-            mediators = _runner.build_mediators(self.nnsight, hooks, self.hook_points.order,
-                                                batch=lambda: self._state.batch, every_step=every_step)
+            bodies = _runner.bodies(self.nnsight, hooks, self.hook_points.order,
+                                    batch=lambda: self._state.batch, every_step=every_step)
+            envoy = _runner.edited(self.nnsight, self._context_bodies + bodies)
             eager = self._eager_configs(hooks + self._context)
             kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
             previous, self._state.batch = self._state.batch, batch
             try:
-                with torch.set_grad_enabled(grad), _runner.eager_attention(eager):
-                    return _runner.interleave(self.nnsight, fn, mediators, kwargs)
+                with torch.set_grad_enabled(grad), _compat.eager_attention(eager):
+                    return _runner.interleave(envoy, fn, kwargs)
             finally:
                 self._state.batch = previous
 
@@ -412,22 +414,23 @@ class HookedMLLM(TLCompatMixin):
     def hooks(self, fwd_hooks: Iterable[HookSpec] = ()) -> Iterator[HookedMLLM]:
         """Keep hook functions active for every run inside the block, generation included.
 
-        They are nnsight edits for the block's duration, so a ``model.trace`` inside the
-        block sees them too; they are removed on exit, also when something raises.
+        They are nnsight edits of every run inside the block, so a ``model.trace`` inside
+        the block sees them too; they end with the block, also when something raises.
 
         Example:
             >>> with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", steer)]):  # doctest: +SKIP
             ...     out = model.generate(batch, max_new_tokens=5)
         """
         bound = self._bind(fwd_hooks)
-        mediators = _runner.build_mediators(self.nnsight, bound, self.hook_points.order,
-                                            batch=lambda: self._state.batch, every_step=True)
+        bodies = _runner.bodies(self.nnsight, bound, self.hook_points.order,
+                                batch=lambda: self._state.batch, every_step=True)
         self._context = self._context + bound
+        self._context_bodies = self._context_bodies + bodies
         try:
-            with _runner.installed(self.nnsight, mediators):
-                yield self
+            yield self
         finally:
             self._context = [hook for hook in self._context if hook not in bound]
+            self._context_bodies = [body for body in self._context_bodies if body not in bodies]
 
     def generate(self, inputs: Any = None, *, max_new_tokens: int = 16, fwd_hooks: Iterable[HookSpec] = (),
                  do_sample: bool = False, **generate_kwargs: Any) -> GenerationOutput:
@@ -468,7 +471,8 @@ class HookedMLLM(TLCompatMixin):
         batch, options = self._batch_and_options("trace", inputs, hf_kwargs, ("inputs",))
         self._trace_reads.clear()
         tracer_cls = _runner.guarded_tracer(self._guard, quiet=bool(self._context), after=self._check_trace_reads)
-        return self.nnsight.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs, **options)
+        envoy = _runner.edited(self.nnsight, self._context_bodies)
+        return envoy.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs, **options)
 
     def _check_trace_reads(self) -> None:
         """Refuse, after a trace, in-place edits of computed values that could not reach the model."""
