@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 from nnsight import NNsight
 from torch import Tensor
 
-from . import _compat, _hook_io, _runner
+from . import _compat, _hook_io, _remote, _runner
 from ._tl_compat import TLCompatMixin
 from ._weights import execution_device
 from . import positions as _positions
@@ -93,12 +93,14 @@ class HookedMLLM(TLCompatMixin):
         cfg: Its sizes (:class:`~hooked_mllm.config.MLLMConfig`).
     """
 
-    def __init__(self, hf_model: torch.nn.Module, processor: Any = None, adapter: Adapter | None = None) -> None:
+    def __init__(self, hf_model: torch.nn.Module, processor: Any = None, adapter: Adapter | None = None, *,
+                 envoy: Any = None, remote: bool | str = False) -> None:
         self.hf_model = hf_model.eval()
+        self.remote = remote  # nnsight's remote=: every run goes through its remote backend
         self.processor = processor
         self.adapter = adapter.for_config(hf_model.config) if adapter is not None else adapter_for(hf_model)
         self.cfg = MLLMConfig.from_model(hf_model, self.adapter)
-        self.nnsight = NNsight(hf_model)
+        self.nnsight = envoy if envoy is not None else NNsight(hf_model)
         self.hook_points = HookPoints.build(
             self.adapter,
             n_layers=self.cfg.n_layers,
@@ -127,9 +129,15 @@ class HookedMLLM(TLCompatMixin):
         device_map: Any = None,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
+        remote: bool | str = False,
         **hf_kwargs: Any,
     ) -> HookedMLLM:
         """Load model and processor with the HF Auto classes and wrap them.
+
+        With ``remote`` (nnsight's ``remote=``: ``True`` for NDIF, a host URL, or ``"local"``
+        to simulate a server here), the model is built on the meta device from its config
+        (no weights are read) and every run goes through nnsight's remote backend; see
+        docs/scale.md.
 
         ``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``proxies``,
         ``force_download`` and ``code_revision`` among ``hf_kwargs`` go to the processor too,
@@ -142,6 +150,10 @@ class HookedMLLM(TLCompatMixin):
         """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
+        if remote:
+            return _remote.from_pretrained(cls, name_or_path, remote, dtype=dtype, device=device,
+                                           device_map=device_map, attn_implementation=attn_implementation,
+                                           trust_remote_code=trust_remote_code, **hf_kwargs)
         kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -242,11 +254,17 @@ class HookedMLLM(TLCompatMixin):
             return processor_token_counts(self.processor, [tuple(pixels.shape[-2:])] * pixels.shape[0])
         return None
 
-    @functools.cached_property
+    @property
     def _input_names(self) -> frozenset[str]:
-        """The named inputs of the HF model's forward (every key its processor returns)."""
-        params = inspect.signature(self.hf_model.forward).parameters
-        return frozenset(n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        """The named inputs of the HF model's forward (every key its processor returns).
+
+        Cached by hand: a ``functools.cached_property`` holds a lock on Python 3.11, which
+        would stop the class from travelling by value with a remote request."""
+        if "_input_names_cache" not in self.__dict__:
+            params = inspect.signature(self.hf_model.forward).parameters
+            self.__dict__["_input_names_cache"] = frozenset(
+                n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        return self.__dict__["_input_names_cache"]
 
     def _check_keywords(self, method: str, keywords: dict, own: Sequence[str]) -> None:
         """Raise ``TypeError`` for a keyword that is neither ``method``'s own nor an HF input or option."""
@@ -273,12 +291,16 @@ class HookedMLLM(TLCompatMixin):
 
     @property
     def device(self) -> torch.device:
-        return execution_device(self.hf_model)
+        """Where inputs go: the model's execution device (the CPU for a remote model; the server places them)."""
+        return torch.device("cpu") if self.remote else execution_device(self.hf_model)
 
     # -- running ---------------------------------------------------------------------
 
     def _run(self, batch: MultimodalBatch, hooks: list[_runner.HookFn], fn: Any = "__call__",
-             every_step: bool = False, grad: bool = False, what: str = "run", **call_kwargs: Any) -> Any:
+             every_step: bool = False, grad: bool = False, what: str = "run", keep: Any = None,
+             **call_kwargs: Any) -> Any:
+        if self.remote:
+            return _remote.run_model(self, batch, hooks, fn, every_step, grad, what, keep, call_kwargs)
         with self._guard(what):
             bodies = _runner.bodies(self.nnsight, hooks, self.hook_points.order,
                                     batch=lambda: self._state.batch, every_step=every_step)
@@ -291,6 +313,19 @@ class HookedMLLM(TLCompatMixin):
                     return _runner.interleave(envoy, fn, kwargs)
             finally:
                 self._state.batch = previous
+
+    def __getstate__(self) -> dict:
+        """A remote model's state for a remote ``model.trace`` body: no weights, lock or processor."""
+        if not self.remote:
+            raise TypeError("A HookedMLLM pickles only as part of a remote request (from_pretrained(..., remote=...)); "
+                            "save the HF model with model.hf_model.save_pretrained(path) instead.")
+        state = self.__dict__.copy()
+        state.update(hf_model=None, processor=None, _guard=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._guard = _runner.RunGuard()
 
     def _eager_configs(self, hooks: list[_runner.HookFn]) -> list[Any]:
         streams = {hook.point.stream for hook in hooks if hook.point.needs_eager}
@@ -391,12 +426,12 @@ class HookedMLLM(TLCompatMixin):
             index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
         chosen = self.hook_points.select(names_filter)
         versions: dict[str, int] = {}
-        clone: set[str] = set()
+        clone: set[str] = {p.name for p in chosen} if self.remote else set()  # versions do not travel
         for attempt in range(2):
             hooks = self._bind(fwd_hooks)
             for point in chosen:
                 hooks.append(_runner.HookFn(point, _cache_fn(store, index, device, dtype, grad, versions, clone)))
-            output = self._run(batch, hooks, grad=grad, what="run_with_cache", **options)
+            output = self._run(batch, hooks, grad=grad, what="run_with_cache", keep=store, **options)
             # A model that edits a value in place after the hook read it (Molmo adds the image features
             # into its embedding output) leaves a stale cache entry: run again, copying those entries.
             stale = {name for name, version in versions.items() if store[name]._version != version}
@@ -449,9 +484,10 @@ class HookedMLLM(TLCompatMixin):
         tensors = {k: generate_kwargs.pop(k) for k in list(generate_kwargs)
                    if k in self._input_names and isinstance(generate_kwargs[k], Tensor)}
         batch = self.to_batch(inputs, **tensors)
-        fn = functools.partial(self.hf_model.generate, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                               **generate_kwargs)
-        sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True, what="generate")
+        options = dict(generate_kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample)
+        fn = "generate" if self.remote else functools.partial(self.hf_model.generate, **options)
+        sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True, what="generate",
+                              **(options if self.remote else {}))
         if not isinstance(sequences, Tensor):
             sequences = sequences.sequences
         sequences = sequences.cpu()
@@ -469,6 +505,12 @@ class HookedMLLM(TLCompatMixin):
             ...     model.hook_point("blocks.1.hook_mlp_out").output[:] = 0
         """
         batch, options = self._batch_and_options("trace", inputs, hf_kwargs, ("inputs",))
+        if self.remote:
+            if self._context:
+                _remote.refuse("model.trace inside model.hooks()", "the block's edits are not shipped with a "
+                               "trace; pass the hooks to run_with_hooks / generate (fwd_hooks=...) instead")
+            _remote.register()
+            return self.nnsight.trace(remote=self.remote, **batch.inputs, **options)
         self._trace_reads.clear()
         tracer_cls = _runner.guarded_tracer(self._guard, quiet=bool(self._context), after=self._check_trace_reads)
         envoy = _runner.edited(self.nnsight, self._context_bodies)
@@ -509,12 +551,13 @@ def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype
         if hook.name in clone:
             value = value.clone()
         if index is not None and hook.point.sequence:
+            at = index.to(value.device)  # a remote run's index was made on the client's device
             if hook.point.needs_eager:  # [batch, heads, query, key]: select queries
-                gather = index[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
+                gather = at[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
                 value = value.gather(2, gather)
             else:
-                shape = index.shape + value.shape[2:]
-                gather = index.view(*index.shape, *([1] * (value.dim() - 2))).expand(shape)
+                shape = at.shape + value.shape[2:]
+                gather = at.view(*at.shape, *([1] * (value.dim() - 2))).expand(shape)
                 value = value.gather(1, gather)
         if device is not None or dtype is not None:
             value = value.to(device=device, dtype=dtype)
