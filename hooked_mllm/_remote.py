@@ -130,6 +130,9 @@ def run_model(model: Any, batch: Any, hooks: list, fn: str, every_step: bool, gr
         refuse(what, "only the model's forward and generate run remotely")
     eager = [hook.point.name for hook in hooks + model._context if hook.point.needs_eager]
     text = model.adapter.text_cfg(model.hf_model.config)
+    if eager and model.remote != "local":
+        refuse(f"{what} reading {eager[0]}", "attention patterns need eager attention, and an NDIF deployment "
+               "chooses its own attention implementation (a run cannot switch it on the server)")
     if eager and getattr(text, "_attn_implementation", None) != "eager":
         refuse(f"{what} reading {eager[0]}", "attention patterns need eager attention, which a run cannot switch "
                "on the server; load with from_pretrained(..., attn_implementation='eager')")

@@ -137,8 +137,24 @@ def test_what_cannot_run_remotely_is_refused(pair, checkpoint):
         remote.run_with_hooks(batch, grad=True)
     with pytest.raises(ValueError, match=r"hook_pattern cannot run remotely.*attn_implementation='eager'"):
         remote.run_with_cache(batch, names_filter="blocks.0.attn.hook_pattern")
+    remote.remote = True  # NDIF itself (nothing is sent: the refusal comes first)
+    try:
+        with pytest.raises(ValueError, match=r"hook_pattern cannot run remotely.*NDIF deployment chooses"):
+            remote.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, h: None)])
+    finally:
+        remote.remote = "local"
     with pytest.raises(ValueError, match=r"model.trace inside model.hooks\(\) cannot run remotely"):
         with remote.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda a, h: None)]):
             remote.trace(batch)
     with pytest.raises(ValueError, match=r"device_map=\) cannot run remotely: the server places the model"):
         HookedMLLM.from_pretrained(checkpoint, remote="local", device="cpu")
+
+
+def test_patterns_with_eager_attention_match_local(checkpoint, pair):
+    _, _, batch = pair
+    local = HookedMLLM.from_pretrained(checkpoint, attn_implementation="eager")
+    remote = HookedMLLM.from_pretrained(checkpoint, remote="local", attn_implementation="eager")
+    name = "blocks.1.attn.hook_pattern"
+    _, cache = local.run_with_cache(batch, names_filter=name)
+    _, r_cache = remote.run_with_cache(batch, names_filter=name)
+    assert torch.equal(r_cache[name], cache[name])
