@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import _compat
-from ._runner import _NEVER_REACHED, Body
+from ._runner import NEVER_REACHED, Body
 
 _TASK = "image-text-to-text"
 
@@ -83,7 +83,7 @@ def run(envoy: Any, fn: str, interventions: list[Body], inputs: dict[str, torch.
     """
     register()
     with warnings.catch_warnings():  # the expected end of per-step loops when generation stops
-        warnings.filterwarnings("ignore", message=_NEVER_REACHED)
+        warnings.filterwarnings("ignore", message=NEVER_REACHED)
         return _traced(envoy, fn, interventions, inputs, options, remote, keep)
 
 
@@ -120,15 +120,16 @@ def from_pretrained(cls: type, name_or_path: str, remote: bool | str, *, device:
 
 
 def run_model(model: Any, batch: Any, hooks: list, fn: str, every_step: bool, grad: bool, what: str, keep: Any,
-              options: dict) -> Any:
-    """One run of a remote HookedMLLM: its ``model.hooks()`` and ``hooks`` interventions, ``keep`` filled in place."""
+              options: dict, context: list, guard: Any) -> Any:
+    """One run of a remote HookedMLLM with ``hooks`` and the ``context`` of its ``model.hooks()`` blocks,
+    holding its run ``guard``; ``keep`` is filled in place."""
     from ._runner import bodies
 
     if grad:
         refuse(f"{what}(grad=True)", "gradients stay on the server")
     if not isinstance(fn, str):
         refuse(what, "only the model's forward and generate run remotely")
-    eager = [hook.point.name for hook in hooks + model._context if hook.point.needs_eager]
+    eager = [hook.point.name for hook in hooks + context if hook.point.needs_eager]
     text = model.adapter.text_cfg(model.hf_model.config)
     if eager and model.remote != "local":
         refuse(f"{what} reading {eager[0]}", "attention patterns need eager attention, and an NDIF deployment "
@@ -137,8 +138,8 @@ def run_model(model: Any, batch: Any, hooks: list, fn: str, every_step: bool, gr
         refuse(f"{what} reading {eager[0]}", "attention patterns need eager attention, which a run cannot switch "
                "on the server; load with from_pretrained(..., attn_implementation='eager')")
     order = model.hook_points.order
-    with model._guard(what):
-        context = bodies(model.nnsight, model._context, order, batch=batch, every_step=True)
+    with guard(what):
+        context = bodies(model.nnsight, context, order, batch=batch, every_step=True)
         own = bodies(model.nnsight, hooks, order, batch=batch, every_step=every_step)
         result, kept = run(model.nnsight, fn, context + own, dict(batch.inputs), options, model.remote, keep)
     if keep is not None and kept is not keep:  # a real server sends back a copy

@@ -33,7 +33,7 @@ from .hook_points import HookContext, HookPoint
 if TYPE_CHECKING:
     from nnsight import Envoy, NNsight
 
-_NEVER_REACHED = r".*was never reached.*"
+NEVER_REACHED = r".*was never reached.*"
 
 
 HookFunction = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
@@ -131,7 +131,7 @@ def interleave(nn: Envoy, fn: Any, kwargs: dict) -> Any:
     with warnings.catch_warnings():
         # An open per-step loop ends when generation stops; nnsight reports that as a
         # warning by design. It is the expected end of every generation here.
-        warnings.filterwarnings("ignore", message=_NEVER_REACHED)
+        warnings.filterwarnings("ignore", message=NEVER_REACHED)
         return nn.trace(fn=fn, trace=False, **kwargs)
 
 
@@ -192,5 +192,5 @@ class QuietTracer(InterleavingTracer):
 
     def __exit__(self, *exc: Any) -> bool:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_NEVER_REACHED)
+            warnings.filterwarnings("ignore", message=NEVER_REACHED)
             return super().__exit__(*exc)

@@ -300,7 +300,8 @@ class HookedMLLM(TLCompatMixin):
              every_step: bool = False, grad: bool = False, what: str = "run", keep: Any = None,
              **call_kwargs: Any) -> Any:
         if self.remote:
-            return _remote.run_model(self, batch, hooks, fn, every_step, grad, what, keep, call_kwargs)
+            return _remote.run_model(self, batch, hooks, fn, every_step, grad, what, keep, call_kwargs,
+                                     self._context, self._guard)
         with self._guard(what):
             bodies = _runner.bodies(self.nnsight, hooks, self.hook_points.order,
                                     batch=lambda: self._state.batch, every_step=every_step)
