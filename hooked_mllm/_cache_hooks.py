@@ -28,12 +28,13 @@ def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype
         if hook.name in clone:
             value = value.clone()
         if index is not None and hook.point.sequence:
+            at = index.to(value.device)  # a remote run's index was made on the client's device
             if hook.point.needs_eager:  # [batch, heads, query, key]: select queries
-                gather = index[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
+                gather = at[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
                 value = value.gather(2, gather)
             else:
-                shape = index.shape + value.shape[2:]
-                gather = index.view(*index.shape, *([1] * (value.dim() - 2))).expand(shape)
+                shape = at.shape + value.shape[2:]
+                gather = at.view(*at.shape, *([1] * (value.dim() - 2))).expand(shape)
                 value = value.gather(1, gather)
         if device is not None or dtype is not None:
             value = value.to(device=device, dtype=dtype)

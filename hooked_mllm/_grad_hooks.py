@@ -7,9 +7,11 @@ stream, ``[batch, pos, heads, d_head]`` for per-head points), and is taken after
 forward hooks on that point (w.r.t. what the model went on with). A returned tensor of the
 same shape replaces that gradient for the rest of the backward pass.
 
-How: one nnsight mediator per hook point (:func:`build_mediators`, run after the forward
-hooks' mediators of :mod:`hooked_mllm._runner`) reads the site's tensor through
-:mod:`hooked_mllm._hook_io` and registers a *tensor* hook on it. Values computed from the
+How: one intervention per hook point (:func:`bodies`, stored as an nnsight ``edit()`` of
+the run's envoy copy after the forward hooks' interventions of :mod:`hooked_mllm._runner`,
+through :func:`hooked_mllm._runner.edited`) reads the site's tensor through
+:mod:`hooked_mllm._hook_io` and registers a *tensor* hook on it (``Tensor.register_hook``,
+public torch API). Values computed from the
 site are mapped exactly, without writing anything into the run: a per-head view takes the
 site's gradient split into heads, a sum ``base + site`` (``hook_resid_mid``) the site's
 gradient (the site feeds only that sum), a layer-scaled output ``site * scale`` the site's
@@ -32,11 +34,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
-from nnsight.intervention.interleaver import Mediator
 from torch import Tensor
 
 from . import _hook_io
-from ._runner import _CODE, HookFn
+from ._runner import Body, HookFn
 from .hook_points import HookContext, HookPoint
 
 if TYPE_CHECKING:
@@ -45,11 +46,11 @@ if TYPE_CHECKING:
 GradFunction = Callable[[Tensor, HookContext], "Tensor | None"]
 
 
-def _body(nn: NNsight, point: HookPoint, fns: list[GradFunction], batch: Any) -> Callable[[], None]:
-    io = _hook_io.bind(nn, point)
+def _body(nn: NNsight, point: HookPoint, fns: list[GradFunction], batch: Any) -> Body:
     strict = not all(getattr(fn, "optional", False) for fn in fns)
 
-    def body() -> None:
+    def body(tracer: Any) -> None:
+        io = _hook_io.bind(nn, point)  # bound inside the run, against the envoy that runs it
         value = _hook_io.read(io).value  # the tensor the model goes on with
         if not torch.is_grad_enabled() or not value.requires_grad:
             if not strict:
@@ -89,8 +90,9 @@ def _body(nn: NNsight, point: HookPoint, fns: list[GradFunction], batch: Any) ->
     return body
 
 
-def build_mediators(nn: NNsight, hooks: Sequence[HookFn], batch: Any = None) -> list[Mediator]:
-    """One nnsight mediator per hook point, registering its backward hooks (in list order) on the graph.
+def bodies(nn: NNsight, hooks: Sequence[HookFn], batch: Any = None) -> list[Body]:
+    """One intervention ``body(tracer)`` per hook point, registering its backward hooks (in list order)
+    on the run's graph; run them as edits after the forward hooks' (:func:`hooked_mllm._runner.edited`).
 
     Args:
         nn: The nnsight wrapper of the HF model.
@@ -104,5 +106,4 @@ def build_mediators(nn: NNsight, hooks: Sequence[HookFn], batch: Any = None) -> 
     grouped: dict[str, tuple[HookPoint, list[GradFunction]]] = {}
     for hook in hooks:
         grouped.setdefault(hook.point.name, (hook.point, []))[1].append(hook.fn)
-    return [Mediator(_CODE, {}, {"__hooked_mllm_body__": _body(nn, point, fns, batch)}, copy=True)
-            for point, fns in grouped.values()]
+    return [_body(nn, point, fns, batch) for point, fns in grouped.values()]

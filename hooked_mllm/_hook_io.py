@@ -76,7 +76,7 @@ def bind(nn: NNsight, point: HookPoint) -> Access:
     """The envoys and layer-scale parameter of ``point`` in the wrapped model ``nn``."""
     envoy = nn.get(point.site.path)
     base_envoy = nn.get(point.base.path) if point.base is not None else None
-    scale = None if point.scale is None else nn._module.get_parameter(point.scale)
+    scale = None if point.scale is None else nn.get_parameter(point.scale)  # the envoy falls through to the module
     return Access(point, envoy, base_envoy, scale)
 
 

@@ -1,17 +1,19 @@
 """Hook functions as nnsight interventions: the one mechanism behind every run.
 
 Each hook point that has work to do (caching or user hook functions) becomes one
-nnsight ``Mediator`` whose body reads the hook point's value, calls the functions in
-order, and writes a replacement back, both through :mod:`hooked_mllm._hook_io` (the
-same reads, writes and checks as ``model.hook_point(...).output`` in a trace). The
-mediators are installed as the wrapped model's *edits* for exactly one run (or for the life of a
+nnsight *edit* (``envoy.edit()``, nnsight's public API for interventions replayed on
+every run) whose body reads the hook point's value, calls the functions in order, and
+writes a replacement back, both through :mod:`hooked_mllm._hook_io` (the same reads,
+writes and checks as ``model.hook_point(...).output`` in a trace). The edits are stored
+on a copy of the wrapped model made for one run (or for one ``model.trace`` inside a
 ``model.hooks()`` block), so nnsight interleaves them with the forward pass, with
-``generate`` and with a user's own ``model.trace`` alike, and removes them afterwards
-whatever happened. Nothing here registers a torch hook.
+``generate`` and with a user's own ``model.trace`` alike, and the model's own envoy is
+never changed. Nothing here registers a torch hook.
 
-Contents: :class:`HookFn` (a bound hook), :func:`build_mediators`, :func:`interleave`,
-:func:`installed` (edits for a block), :func:`eager_attention` (temporary eager
-attention where patterns are read).
+Contents: :class:`HookFn` (a bound hook), :func:`bodies` (one intervention per hook
+point), :func:`edited` (a copy of the envoy carrying them), :func:`interleave` (one run),
+:class:`RunGuard`, :func:`guarded_tracer`. What must stay private is in
+:mod:`hooked_mllm._compat`.
 """
 
 from __future__ import annotations
@@ -23,23 +25,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
-from nnsight.intervention.interleaver import Mediator
-from nnsight.intervention.iterator import Iterations
 from nnsight.intervention.tracer import InterleavingTracer
 
 from . import _hook_io
 from .hook_points import HookContext, HookPoint
 
 if TYPE_CHECKING:
-    from nnsight import NNsight
+    from nnsight import Envoy, NNsight
 
-    from .inputs import MultimodalBatch
-
-_CODE = compile("__hooked_mllm_body__()", "<hooked_mllm hook>", "exec")
-_NEVER_REACHED = r".*was never reached.*"
+NEVER_REACHED = r".*was never reached.*"
 
 
 HookFunction = Callable[[torch.Tensor, HookContext], "torch.Tensor | None"]
+Body = Callable[[Any], None]  # one intervention: body(tracer), run inside an nnsight worker
 
 
 @dataclass(frozen=True)
@@ -51,10 +49,13 @@ class HookFn:
 
 
 def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict,
-          every_step: bool) -> Callable[[], None]:
-    io = _hook_io.bind(nn, point)
+          every_step: bool) -> Body:
+    access: list[_hook_io.Access] = []  # bound on first use, against the envoy that runs it
 
     def visit(step: int) -> None:
+        if not access:
+            access.append(_hook_io.bind(nn, point))
+        io = access[0]
         reading = _hook_io.read(io)
         act = reading.act
         hook = HookContext(point.name, point, batch() if callable(batch) else batch, step, ctx)
@@ -76,9 +77,9 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
         if changed:
             _hook_io.write(io, reading, act, "A hook function")
 
-    def body() -> None:
+    def body(tracer: Any) -> None:
         if every_step:
-            for step in Iterations()[:]:
+            for step in tracer.iter[:]:
                 visit(step)
         else:
             visit(0)
@@ -86,47 +87,52 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
     return body
 
 
-def build_mediators(nn: NNsight, hooks: list[HookFn], order: Callable[[str], int], batch: Any = None,
-                    every_step: bool = False) -> list[Mediator]:
-    """One nnsight mediator per hook point, its functions applied in the given order.
+def bodies(nn: NNsight, hooks: list[HookFn], order: Callable[[str], int], batch: Any = None,
+           every_step: bool = False) -> list[Body]:
+    """One intervention per hook point, its functions applied in the given order.
 
     Args:
         nn: The nnsight wrapper of the HF model.
         hooks: The bound hook functions; several on one point run in list order.
-        order: Forward-order rank of a hook name (mediators are sorted by it).
+        order: Forward-order rank of a hook name (interventions are sorted by it).
         batch: The batch being run (or a callable returning it at run time).
         every_step: Fire at every occurrence (generation) rather than once.
+
+    Returns:
+        Callables ``body(tracer)`` to run inside an nnsight worker (an edit or an invoke).
     """
     grouped: dict[str, tuple[HookPoint, list[HookFunction]]] = {}
     for hook in hooks:
         grouped.setdefault(hook.point.name, (hook.point, []))[1].append(hook.fn)
     ctx: dict = {}
-    mediators = []
-    for name in sorted(grouped, key=order):
-        point, fns = grouped[name]
-        body = _body(nn, point, fns, batch, ctx, every_step)
-        mediators.append(Mediator(_CODE, {}, {"__hooked_mllm_body__": body}, copy=True))
-    return mediators
+    return [_body(nn, *grouped[name], batch, ctx, every_step) for name in sorted(grouped, key=order)]
 
 
-@contextlib.contextmanager
-def installed(nn: NNsight, mediators: list[Mediator]) -> Iterator[None]:
-    """Install mediators as nnsight edits for the block; always restored on exit."""
-    ours = {id(m) for m in mediators}
-    nn._edits = list(nn._edits) + list(mediators)
-    try:
-        yield
-    finally:  # remove only ours: edits a user stored inside the block stay
-        nn._edits = [m for m in nn._edits if id(m) not in ours]
+def edited(nn: Envoy, interventions: list[Body]) -> Envoy:
+    """A copy of ``nn`` whose runs apply ``interventions`` (after ``nn``'s own edits).
+
+    Uses nnsight's public ``edit()``: the first intervention is stored on a fresh copy
+    (``inplace=False`` leaves ``nn`` untouched), the rest on that copy. With no
+    interventions, ``nn`` itself.
+    """
+    if not interventions:
+        return nn
+    first, *rest = interventions
+    with nn.edit() as (tracer, copy):
+        first(tracer)
+    for body in rest:
+        with copy.edit(inplace=True) as tracer:
+            body(tracer)
+    return copy
 
 
-def interleave(nn: NNsight, fn: Any, mediators: list[Mediator], kwargs: dict) -> Any:
-    """Run ``fn(**kwargs)`` on the wrapped model with ``mediators`` (and any active edits)."""
-    with installed(nn, mediators), warnings.catch_warnings():
+def interleave(nn: Envoy, fn: Any, kwargs: dict) -> Any:
+    """Run ``fn(**kwargs)`` on the wrapped model with its edits (nnsight's one-shot ``trace(trace=False)``)."""
+    with warnings.catch_warnings():
         # An open per-step loop ends when generation stops; nnsight reports that as a
         # warning by design. It is the expected end of every generation here.
-        warnings.filterwarnings("ignore", message=_NEVER_REACHED)
-        return nn.interleave(fn, **kwargs)
+        warnings.filterwarnings("ignore", message=NEVER_REACHED)
+        return nn.trace(fn=fn, trace=False, **kwargs)
 
 
 class RunGuard:
@@ -186,18 +192,5 @@ class QuietTracer(InterleavingTracer):
 
     def __exit__(self, *exc: Any) -> bool:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_NEVER_REACHED)
+            warnings.filterwarnings("ignore", message=NEVER_REACHED)
             return super().__exit__(*exc)
-
-
-@contextlib.contextmanager
-def eager_attention(configs: list[Any]) -> Iterator[None]:
-    """Switch the given (sub-)configs to eager attention for the block, then restore."""
-    saved = [(config, config._attn_implementation) for config in configs]
-    try:
-        for config, _ in saved:
-            config._attn_implementation = "eager"
-        yield
-    finally:
-        for config, impl in saved:
-            config._attn_implementation = impl

@@ -33,7 +33,7 @@ import torch
 from nnsight import NNsight
 from nnsight.intervention.interleaver import Mediator
 
-from . import _runner
+from . import _compat
 from .hook_points import HookPoint
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def habit_tracer(base: type, eager_configs: Callable[[], list[Any]], eager: bool
     class HabitTracer(base):  # type: ignore[valid-type, misc]
         def __exit__(self, *exc: Any) -> bool:
             wanted = eager if eager is not None else _names_patterns(getattr(self, "node", None))
-            with _runner.eager_attention(eager_configs() if wanted else []):
+            with _compat.eager_attention(eager_configs() if wanted else []):
                 return super().__exit__(*exc)
 
     return HabitTracer

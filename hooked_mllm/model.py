@@ -30,7 +30,7 @@ from nnsight import NNsight
 from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
-from . import _grad_hooks, _hook_io, _runner
+from . import _compat, _grad_hooks, _hook_io, _remote, _runner
 from ._tl_compat import TLCompatMixin
 from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
 from ._weights import execution_device
@@ -95,13 +95,17 @@ class HookedMLLM(TLCompatMixin):
         cfg: Its sizes (:class:`~hooked_mllm.config.MLLMConfig`).
     """
 
-    def __init__(self, hf_model: torch.nn.Module, processor: Any = None, adapter: Adapter | None = None) -> None:
+    def __init__(self, hf_model: torch.nn.Module, processor: Any = None, adapter: Adapter | None = None, *,
+                 envoy: Any = None, remote: bool | str = False) -> None:
         self.hf_model = hf_model.eval()
+        self.remote = remote  # nnsight's remote=: every run goes through its remote backend
         self.processor = processor
         self.adapter = adapter.for_config(hf_model.config) if adapter is not None else adapter_for(hf_model)
         self.cfg = MLLMConfig.from_model(hf_model, self.adapter)
-        self.nnsight = MLLMEnvoy(hf_model)
-        self.nnsight.attach(self.to_batch, self._pad_id)
+        if envoy is None:
+            envoy = MLLMEnvoy(hf_model)
+            envoy.attach(self.to_batch, self._pad_id)
+        self.nnsight = envoy
         self.hook_points = HookPoints.build(
             self.adapter,
             n_layers=self.cfg.n_layers,
@@ -113,6 +117,7 @@ class HookedMLLM(TLCompatMixin):
             vision_layers_read=self.adapter.vision_layers_read(hf_model.config, self.cfg.vision_n_layers, hf_model),
         )
         self._context: list[_runner.HookFn] = []
+        self._context_bodies: list[_runner.Body] = []  # the interventions of active model.hooks() blocks
         self._state = _RunState()
         self._guard = _runner.RunGuard()
         self._trace_reads: list[tuple[str, Tensor, int]] = []  # computed values handed out in model.trace
@@ -129,9 +134,15 @@ class HookedMLLM(TLCompatMixin):
         device_map: Any = None,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
+        remote: bool | str = False,
         **hf_kwargs: Any,
     ) -> HookedMLLM:
         """Load model and processor with the HF Auto classes and wrap them.
+
+        With ``remote`` (nnsight's ``remote=``: ``True`` for NDIF, a host URL, or ``"local"``
+        to simulate a server here), the model is built on the meta device from its config
+        (no weights are read) and every run goes through nnsight's remote backend; see
+        docs/scale.md.
 
         ``revision``, ``token``, ``cache_dir``, ``local_files_only``, ``proxies``,
         ``force_download`` and ``code_revision`` among ``hf_kwargs`` go to the processor too,
@@ -144,6 +155,10 @@ class HookedMLLM(TLCompatMixin):
         """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
+        if remote:
+            return _remote.from_pretrained(cls, name_or_path, remote, dtype=dtype, device=device,
+                                           device_map=device_map, attn_implementation=attn_implementation,
+                                           trust_remote_code=trust_remote_code, **hf_kwargs)
         kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -252,11 +267,17 @@ class HookedMLLM(TLCompatMixin):
             return processor_token_counts(self.processor, [tuple(pixels.shape[-2:])] * pixels.shape[0])
         return None
 
-    @functools.cached_property
+    @property
     def _input_names(self) -> frozenset[str]:
-        """The named inputs of the HF model's forward (every key its processor returns)."""
-        params = inspect.signature(self.hf_model.forward).parameters
-        return frozenset(n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        """The named inputs of the HF model's forward (every key its processor returns).
+
+        Cached by hand: a ``functools.cached_property`` holds a lock on Python 3.11, which
+        would stop the class from travelling by value with a remote request."""
+        if "_input_names_cache" not in self.__dict__:
+            params = inspect.signature(self.hf_model.forward).parameters
+            self.__dict__["_input_names_cache"] = frozenset(
+                n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        return self.__dict__["_input_names_cache"]
 
     def _check_keywords(self, method: str, keywords: dict, own: Sequence[str]) -> None:
         """Raise ``TypeError`` for a keyword that is neither ``method``'s own nor an HF input or option."""
@@ -283,26 +304,44 @@ class HookedMLLM(TLCompatMixin):
 
     @property
     def device(self) -> torch.device:
-        return execution_device(self.hf_model)
+        """Where inputs go: the model's execution device (the CPU for a remote model; the server places them)."""
+        return torch.device("cpu") if self.remote else execution_device(self.hf_model)
 
     # -- running ---------------------------------------------------------------------
 
     def _run(self, batch: MultimodalBatch, hooks: list[_runner.HookFn], fn: Any = "__call__",
              every_step: bool = False, grad: bool = False, what: str = "run", bwd: Sequence[_runner.HookFn] = (),
-             **call_kwargs: Any) -> Any:
+             keep: Any = None, **call_kwargs: Any) -> Any:
         self._runnable(batch, [hook.point for hook in [*hooks, *bwd]])
+        if self.remote:
+            return _remote.run_model(self, batch, hooks, fn, every_step, grad, what, keep, call_kwargs,
+                                     self._context, self._guard, bwd=bwd)
         with self._guard(what):
-            mediators = _runner.build_mediators(self.nnsight, hooks, self.hook_points.order,
-                                                batch=lambda: self._state.batch, every_step=every_step)
-            mediators += _grad_hooks.build_mediators(self.nnsight, bwd, batch=lambda: self._state.batch)
+            bodies = _runner.bodies(self.nnsight, hooks, self.hook_points.order,
+                                    batch=lambda: self._state.batch, every_step=every_step)
+            bodies += _grad_hooks.bodies(self.nnsight, bwd, batch=lambda: self._state.batch)
+            envoy = _runner.edited(self.nnsight, self._context_bodies + bodies)
             eager = self._eager_configs([*hooks, *bwd, *self._context])
             kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
             previous, self._state.batch = self._state.batch, batch
             try:
-                with torch.set_grad_enabled(grad), _runner.eager_attention(eager):
-                    return _runner.interleave(self.nnsight, fn, mediators, kwargs)
+                with torch.set_grad_enabled(grad), _compat.eager_attention(eager):
+                    return _runner.interleave(envoy, fn, kwargs)
             finally:
                 self._state.batch = previous
+
+    def __getstate__(self) -> dict:
+        """A remote model's state for a remote ``model.trace`` body: no weights, lock or processor."""
+        if not self.remote:
+            raise TypeError("A HookedMLLM pickles only as part of a remote request (from_pretrained(..., remote=...)); "
+                            "save the HF model with model.hf_model.save_pretrained(path) instead.")
+        state = self.__dict__.copy()
+        state.update(hf_model=None, processor=None, _guard=None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._guard = _runner.RunGuard()
 
     def _eager_configs(self, hooks: list[_runner.HookFn]) -> list[Any]:
         streams = {hook.point.stream for hook in hooks if hook.point.needs_eager}
@@ -422,7 +461,7 @@ class HookedMLLM(TLCompatMixin):
             index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
         chosen = self._runnable(batch, self.hook_points.select(names_filter), names_filter)
         versions: dict[str, int] = {}
-        clone: set[str] = set()
+        clone: set[str] = {p.name for p in chosen} if self.remote else set()  # versions do not travel
         for attempt in range(2):
             hooks = self._bind(fwd_hooks)
             for point in chosen:
@@ -430,7 +469,8 @@ class HookedMLLM(TLCompatMixin):
             grads: dict[str, Tensor] = {}
             backward = [_runner.HookFn(point, _grad_cache_fn(grads, index, device, dtype)) for point in chosen
                         if incl_bwd]
-            output = self._run(batch, hooks, grad=grad or incl_bwd, what="run_with_cache", bwd=backward, **options)
+            output = self._run(batch, hooks, grad=grad or incl_bwd, what="run_with_cache", bwd=backward, keep=store,
+                               **options)
             # A model that edits a value in place after the hook read it (Molmo adds the image features
             # into its embedding output) leaves a stale cache entry: run again, copying those entries.
             stale = {name for name, version in versions.items() if store[name]._version != version}
@@ -452,22 +492,23 @@ class HookedMLLM(TLCompatMixin):
     def hooks(self, fwd_hooks: Iterable[HookSpec] = ()) -> Iterator[HookedMLLM]:
         """Keep hook functions active for every run inside the block, generation included.
 
-        They are nnsight edits for the block's duration, so a ``model.trace`` inside the
-        block sees them too; they are removed on exit, also when something raises.
+        They are nnsight edits of every run inside the block, so a ``model.trace`` inside
+        the block sees them too; they end with the block, also when something raises.
 
         Examples:
             >>> with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", steer)]):  # doctest: +SKIP
             ...     out = model.generate(batch, max_new_tokens=5)
         """
         bound = self._bind(fwd_hooks)
-        mediators = _runner.build_mediators(self.nnsight, bound, self.hook_points.order,
-                                            batch=lambda: self._state.batch, every_step=True)
+        bodies = _runner.bodies(self.nnsight, bound, self.hook_points.order,
+                                batch=lambda: self._state.batch, every_step=True)
         self._context = self._context + bound
+        self._context_bodies = self._context_bodies + bodies
         try:
-            with _runner.installed(self.nnsight, mediators):
-                yield self
+            yield self
         finally:
             self._context = [hook for hook in self._context if hook not in bound]
+            self._context_bodies = [body for body in self._context_bodies if body not in bodies]
 
     def generate(self, inputs: Any = None, *, max_new_tokens: int = 16, fwd_hooks: Iterable[HookSpec] = (),
                  do_sample: bool = False, **generate_kwargs: Any) -> GenerationOutput:
@@ -487,11 +528,14 @@ class HookedMLLM(TLCompatMixin):
         """
         tensors = {k: generate_kwargs.pop(k) for k in list(generate_kwargs)
                    if k in self._input_names and isinstance(generate_kwargs[k], Tensor)}
-        fn = functools.partial(self.hf_model.generate, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                               **generate_kwargs)
+        options = dict(generate_kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample)
+        fn = "generate" if self.remote else functools.partial(self.hf_model.generate, **options)
         tracer = self.trace(inputs, fn=fn, **tensors)
         try:  # `with model.generate(...) as tracer:` traces generation (nnsight's test: the caller's frame)
             tracer.capture()
+            if self.remote:
+                _remote.refuse("with model.generate(...) as tracer", "a traced generation is not shipped; pass "
+                               "fwd_hooks to model.generate, or use model.trace for one forward")
             if fwd_hooks:
                 raise ValueError("A traced generate takes no fwd_hooks: write to hook points inside the block, "
                                  "or wrap it in `with model.hooks(fwd_hooks=...)`.")
@@ -499,7 +543,8 @@ class HookedMLLM(TLCompatMixin):
         except WithBlockNotFoundError:
             pass
         batch = self.to_batch(inputs, **tensors)
-        sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True, what="generate")
+        sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True, what="generate",
+                              **(options if self.remote else {}))
         if not isinstance(sequences, Tensor):
             sequences = sequences.sequences
         sequences = sequences.cpu()
@@ -521,16 +566,23 @@ class HookedMLLM(TLCompatMixin):
             ...     h = model.hook_point("blocks.0.hook_resid_post").output.save()
             ...     model.hook_point("blocks.1.hook_mlp_out").output[:] = 0
         """
+        invokes = inputs is None and not any(isinstance(v, Tensor) for v in hf_kwargs.values())  # invokes give inputs
+        own = ("inputs", "eager_attention")
+        if self.remote:
+            return _remote.trace(self.nnsight, self.remote,
+                                 lambda: self._batch_and_options("trace", inputs, hf_kwargs, own), invokes=invokes,
+                                 hooked=bool(self._context), fn=fn, eager=eager_attention)
         self._trace_reads.clear()
         tracer_cls = habit_tracer(_runner.guarded_tracer(self._guard, quiet=bool(self._context),
                                                          after=self._check_trace_reads),
                                   self._attention_configs, eager_attention)
+        envoy = _runner.edited(self.nnsight, self._context_bodies)  # a copy carrying model.hooks() edits
         extra = {} if fn is None else {"fn": fn}
-        if inputs is None and not any(isinstance(v, Tensor) for v in hf_kwargs.values()):  # invokes give inputs
-            self._check_keywords("trace", hf_kwargs, ("inputs", "eager_attention"))
-            return self.nnsight.trace(tracer_cls=tracer_cls, **extra, **hf_kwargs)
-        batch, options = self._batch_and_options("trace", inputs, hf_kwargs, ("inputs", "eager_attention"))
-        return self.nnsight.trace(tracer_cls=tracer_cls, **extra, **batch.to(self.device).inputs, **options)
+        if invokes:
+            self._check_keywords("trace", hf_kwargs, own)
+            return envoy.trace(tracer_cls=tracer_cls, **extra, **hf_kwargs)
+        batch, options = self._batch_and_options("trace", inputs, hf_kwargs, own)
+        return envoy.trace(tracer_cls=tracer_cls, **extra, **batch.to(self.device).inputs, **options)
 
     def _check_trace_reads(self) -> None:
         """Refuse, after a trace, in-place edits of computed values that could not reach the model."""

@@ -331,8 +331,8 @@ def test_a_block_returning_a_tuple_is_read_and_written_at_its_first_element():
         seen.append(act.clone())
         return act * 0
 
-    mediators = _runner.build_mediators(nn, [_runner.HookFn(point, fn)], lambda name: 0)
-    out = _runner.interleave(nn, "__call__", mediators, {"x": torch.ones(2, 3)})
+    bodies = _runner.bodies(nn, [_runner.HookFn(point, fn)], lambda name: 0)
+    out = _runner.interleave(_runner.edited(nn, bodies), "__call__", {"x": torch.ones(2, 3)})
     torch.testing.assert_close(seen[0], torch.full((2, 3), 2.0))
     torch.testing.assert_close(out, torch.ones(2, 3))
 
