@@ -13,6 +13,10 @@ that removes one fails there, loudly, rather than somewhere in a run:
   follow HF's AttentionInterface refuse it.
 * ``Envoy._module`` (nnsight): the module an nnsight model wrapper built (on the meta
   device, for remote execution); nnsight offers no public accessor.
+* ``Envoy._batch_size`` and ``Envoy._batch`` (nnsight): the hooks through which an envoy
+  sizes one ``tracer.invoke(...)`` input and batches several into one forward; overridden by
+  :class:`hooked_mllm._tracing.MLLMEnvoy` (nnsight's own model classes override them the
+  same way). An overridden hook nnsight no longer calls would silently stop batching.
 
 Contents: :data:`PRIVATE_NAMES`, :func:`eager_attention`, :func:`wrapped_module`.
 
@@ -32,6 +36,8 @@ import torch
 PRIVATE_NAMES: tuple[tuple[str, str], ...] = (
     ("transformers.PretrainedConfig", "_attn_implementation"),
     ("nnsight.Envoy", "_module"),
+    ("nnsight.Envoy", "_batch_size"),
+    ("nnsight.Envoy", "_batch"),
 )
 
 

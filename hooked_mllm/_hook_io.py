@@ -14,7 +14,8 @@ through it, so the two cannot drift apart.
 
 Contents: :class:`Access` (a hook point bound to its envoys, :func:`bind`),
 :class:`Reading` (one read, what a write goes back into), :func:`read`, :func:`write`,
-:func:`check` and :func:`check_writable` (the checks alone, for errors naming each hook function).
+:func:`check` and :func:`check_writable` (the checks alone, for errors naming each hook function),
+:class:`HookPointHandle` (``model.hook_point(name)`` inside ``model.trace``).
 
 What both paths do, inside an nnsight trace or mediator:
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 from transformers.utils import ModelOutput
 
 from .hook_points import HookPoint, Site
@@ -209,3 +211,41 @@ def write(io: Access, reading: Reading, new: torch.Tensor, who: str) -> None:
             )
         out = out / io.scale
     _put(io.envoy, point.site, reading.raw, out.to(reading.value.dtype))
+
+
+class HookPointHandle:
+    """A hook point inside a user's ``model.trace``: read or assign ``.output``.
+
+    ``.output`` is the hook point's value (whether the module's input or output holds
+    it), with heads split out for per-head points; assigning it replaces the value with a
+    tensor of exactly its shape, on its device, floating point (another float precision
+    is cast), refusing read-only points and writes through a zero layer scale, all
+    checked by :func:`hooked_mllm.write` as in ``run_with_hooks``, naming the point.
+    """
+
+    def __init__(self, nn: NNsight, point: HookPoint, reads: list[tuple[str, Tensor, int]] | None = None) -> None:
+        self.point = point
+        self._io = bind(nn, point)
+        self.envoy = self._io.envoy
+        self._reading: Reading | None = None
+        self._reads = reads  # where computed values are recorded, to refuse in-place edits of them afterwards
+
+    @property
+    def output(self) -> Tensor:
+        self._reading = read(self._io)
+        act = self._reading.act
+        computed = self._io.base_envoy is not None or self._io.scale is not None
+        if computed and self._reads is not None:
+            self._reads.append((self.point.name, act, act._version))
+        return act
+
+    @output.setter
+    def output(self, new: Tensor) -> None:
+        check_writable(self.point, "A trace write")  # refused before waiting for a value
+        reading = self._reading if self._reading is not None else read(self._io)
+        self._reading = None  # the write goes back into the value read, once
+        if self._reads is not None:  # an assignment honours any in-place edit of the value read
+            self._reads[:] = [r for r in self._reads if r[1] is not reading.act]
+        write(self._io, reading, new, "A trace write")
+
+    value = output

@@ -349,6 +349,16 @@ class TLCompatMixin:
         vision = self.adapter.vision_cfg(self.hf_model.config)
         return configs + ([vision] if vision is not None else [])
 
+    def _eager_configs(self, hooks: list[Any]) -> list[Any]:
+        """The attention configs of the streams where ``hooks`` read patterns (switched to eager for the run)."""
+        streams = {hook.point.stream for hook in hooks if hook.point.needs_eager}
+        configs = []
+        if "lm" in streams:
+            configs.append(self.adapter.text_cfg(self.hf_model.config))
+        if "vision" in streams and self.adapter.vision_cfg(self.hf_model.config) is not None:
+            configs.append(self.adapter.vision_cfg(self.hf_model.config))
+        return configs
+
     @staticmethod
     def _has_images(batch: Any) -> bool:
         return any("pixel" in key or "image" in key for key in batch.inputs)

@@ -48,6 +48,9 @@ def _is_text(value: Any) -> bool:
 class MLLMEnvoy(NNsight):
     """``NNsight`` that batches several multimodal invokes into one forward (see the module docstring).
 
+    It overrides nnsight's private ``_batch_size`` / ``_batch`` (listed in :mod:`hooked_mllm._compat`).
+    Runs go through an edited copy of it (:func:`hooked_mllm._runner.edited`), which keeps its class.
+
     ``to_batch`` turns one invoke's ``(args, kwargs)`` into a ``MultimodalBatch``; it is set
     by ``HookedMLLM`` (:meth:`attach`).
     """

@@ -26,11 +26,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
-from nnsight import NNsight
 from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
-from . import _compat, _grad_hooks, _hook_io, _remote, _runner
+from . import _compat, _grad_hooks, _remote, _runner
+from ._hook_io import HookPointHandle
 from ._tl_compat import TLCompatMixin
 from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
 from ._weights import execution_device
@@ -40,7 +40,7 @@ from .architectures.base import Adapter
 from ._cache_hooks import _cache_fn, _grad_cache_fn
 from .cache import ActivationCache
 from .config import MLLMConfig
-from .hook_points import HookPoint, HookPoints
+from .hook_points import HookPoints
 from .inputs import MultimodalBatch, prepare, processor_token_counts
 
 logger = logging.getLogger(__name__)
@@ -343,15 +343,6 @@ class HookedMLLM(TLCompatMixin):
         self.__dict__.update(state)
         self._guard = _runner.RunGuard()
 
-    def _eager_configs(self, hooks: list[_runner.HookFn]) -> list[Any]:
-        streams = {hook.point.stream for hook in hooks if hook.point.needs_eager}
-        configs = []
-        if "lm" in streams:
-            configs.append(self.adapter.text_cfg(self.hf_model.config))
-        if "vision" in streams and self.adapter.vision_cfg(self.hf_model.config) is not None:
-            configs.append(self.adapter.vision_cfg(self.hf_model.config))
-        return configs
-
     def forward(self, inputs: Any = None, *, return_type: str | None = "logits", grad: bool = False,
                 loss_per_token: bool = False, **hf_kwargs: Any) -> Any:
         """Run the model (with any ``model.hooks()`` active); return logits, the HF output, or the loss.
@@ -605,40 +596,3 @@ class HookedMLLM(TLCompatMixin):
         return (f"HookedMLLM({c.model_class}: {c.n_layers} layers, d_model={c.d_model}, "
                 f"vision {c.vision_n_layers} layers, {len(self.hook_points)} hook points)")
 
-
-class HookPointHandle:
-    """A hook point inside a user's ``model.trace``: read or assign ``.output``.
-
-    ``.output`` is the hook point's value (whether the module's input or output holds
-    it), with heads split out for per-head points; assigning it replaces the value with a
-    tensor of exactly its shape, on its device, floating point (another float precision
-    is cast), refusing read-only points and writes through a zero layer scale, all
-    checked by :func:`hooked_mllm._hook_io.write` as in ``run_with_hooks``, naming the point.
-    """
-
-    def __init__(self, nn: NNsight, point: HookPoint, reads: list[tuple[str, Tensor, int]] | None = None) -> None:
-        self.point = point
-        self._io = _hook_io.bind(nn, point)
-        self.envoy = self._io.envoy
-        self._reading: _hook_io.Reading | None = None
-        self._reads = reads  # where computed values are recorded, to refuse in-place edits of them afterwards
-
-    @property
-    def output(self) -> Tensor:
-        self._reading = _hook_io.read(self._io)
-        act = self._reading.act
-        computed = self._io.base_envoy is not None or self._io.scale is not None
-        if computed and self._reads is not None:
-            self._reads.append((self.point.name, act, act._version))
-        return act
-
-    @output.setter
-    def output(self, new: Tensor) -> None:
-        _hook_io.check_writable(self.point, "A trace write")  # refused before waiting for a value
-        reading = self._reading if self._reading is not None else _hook_io.read(self._io)
-        self._reading = None  # the write goes back into the value read, once
-        if self._reads is not None:  # an assignment honours any in-place edit of the value read
-            self._reads[:] = [r for r in self._reads if r[1] is not reading.act]
-        _hook_io.write(self._io, reading, new, "A trace write")
-
-    value = output

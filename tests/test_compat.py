@@ -9,7 +9,8 @@ import importlib
 import pytest
 import torch
 
-from hooked_mllm import HookedMLLM, _compat
+from hooked_mllm import HookedMLLM, _compat, _runner
+from hooked_mllm._tracing import MLLMEnvoy
 from hooked_mllm.testing import tiny_llava
 
 
@@ -28,7 +29,7 @@ def test_private_names_exist(model, owner, name):
     cls = _owner(owner)
     instance = model.hf_model.config if issubclass(model.hf_model.config.__class__, cls) else model.nnsight
     assert isinstance(instance, cls)
-    assert hasattr(type(instance), name) or name in vars(instance), f"{owner}.{name} is gone: update hooked_mllm._compat"
+    assert hasattr(cls, name) or name in vars(instance), f"{owner}.{name} is gone: update hooked_mllm._compat"
 
 
 def test_eager_attention_switches_and_restores(model):
@@ -55,3 +56,48 @@ def test_runs_leave_the_envoy_unedited(model):
         out = model.nnsight.output.save()
     assert seen == []
     torch.testing.assert_close(out.logits, model.hf_model(input_ids=ids).logits)
+
+
+def test_backward_hooks_leave_the_envoy_unedited(model):
+    """Backward hooks are edits of a copy as forward hooks are: they fire on the run's graph (the
+    gradient a plain autograd.grad gives) and never on a later plain trace of the wrapper."""
+    ids = torch.tensor([[1, 2, 3, 4]])
+    name = "blocks.0.hook_resid_post"
+    seen = []
+    loss = model.run_with_hooks(input_ids=ids, return_type="loss",
+                                bwd_hooks=[(name, lambda g, h: seen.append(g.clone()))])
+    loss.backward()
+    assert len(seen) == 1
+    layer = model.hf_model.model.language_model.layers[0]
+    kept = []
+    handle = layer.register_forward_hook(lambda module, args, out: kept.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        loss = model(input_ids=ids, return_type="loss", grad=True)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(seen[0], torch.autograd.grad(loss, kept[0])[0])
+    model.hf_model.zero_grad(set_to_none=True)
+    seen.clear()
+    with model.nnsight.trace(input_ids=ids):
+        out = model.nnsight.output.save()
+    out.logits.sum().backward()
+    model.hf_model.zero_grad(set_to_none=True)
+    assert seen == []
+
+
+def test_edited_copy_keeps_invoke_batching(model):
+    """The copy a run goes through is still an MLLMEnvoy, and a model.hooks() block applies to the one
+    forward that several invokes are batched into."""
+    assert isinstance(_runner.edited(model.nnsight, [lambda tracer: None]), MLLMEnvoy)
+    a, b = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[5, 6, 7]])
+    rows = []
+    with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda act, hook: rows.append(act.shape[0]))]):
+        with model.trace() as tracer:
+            with tracer.invoke(input_ids=a, attention_mask=torch.ones_like(a)):
+                first = model.hook_point("hook_logits").output.save()
+            with tracer.invoke(input_ids=b, attention_mask=torch.ones_like(b)):
+                second = model.hook_point("hook_logits").output.save()
+    assert rows == [2]
+    with torch.no_grad():
+        torch.testing.assert_close(first, model.hf_model(input_ids=a).logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(second[:, -3:], model.hf_model(input_ids=b).logits, atol=1e-5, rtol=1e-4)

@@ -150,6 +150,25 @@ def test_what_cannot_run_remotely_is_refused(pair, checkpoint):
         HookedMLLM.from_pretrained(checkpoint, remote="local", device="cpu")
 
 
+def test_gradients_invokes_and_traced_generation_are_refused_remotely(pair):
+    _, remote, batch = pair
+    keep = [("blocks.0.hook_resid_post", lambda grad, hook: None)]
+    with pytest.raises(ValueError, match=r"backward hooks .* cannot run remotely: gradients stay on the server"):
+        remote.run_with_hooks(batch, bwd_hooks=keep, return_type="loss")
+    with pytest.raises(ValueError, match=r"incl_bwd=True\) cannot run remotely: gradients stay on the server"):
+        remote.run_with_cache(batch, names_filter="blocks.0.hook_resid_post", incl_bwd=True, return_type="loss")
+    with pytest.raises(ValueError, match=r"tracer.invoke\(...\) inputs cannot run remotely.*model.trace\(batch\)"):
+        with remote.trace() as tracer:
+            with tracer.invoke(batch):
+                pass
+    with pytest.raises(ValueError, match=r"eager_attention=True\) cannot run remotely"):
+        with remote.trace(batch, eager_attention=True):
+            pass
+    with pytest.raises(ValueError, match=r"as tracer cannot run remotely.*fwd_hooks to model.generate"):
+        with remote.generate(batch, max_new_tokens=2):
+            pass
+
+
 def test_patterns_with_eager_attention_match_local(checkpoint, pair):
     _, _, batch = pair
     local = HookedMLLM.from_pretrained(checkpoint, attn_implementation="eager")
