@@ -1,7 +1,7 @@
 """Hook functions that fill an ``ActivationCache``: values (forward) and gradients (backward).
 
-Used by :meth:`hooked_mllm.model.HookedMLLM.run_with_cache`: :func:`_cache_fn` is a forward
-hook function for :mod:`hooked_mllm._runner`, :func:`_grad_cache_fn` a backward one for
+Used by :meth:`hooked_mllm.model.HookedMLLM.run_with_cache`: :func:`cache_fn` is a forward
+hook function for :mod:`hooked_mllm._runner`, :func:`grad_cache_fn` a backward one for
 :mod:`hooked_mllm._grad_hooks`; both keep only the selected positions, on the chosen device
 and dtype.
 """
@@ -15,7 +15,7 @@ from torch import Tensor
 from .hook_points import HookContext
 
 
-def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool,
+def cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool,
               versions: dict[str, int], clone: set[str]) -> Callable:
     """A hook storing each value in ``store`` (and, for values that share the activation's memory,
     their version in ``versions``, so that an in-place edit by the model after the hook is seen);
@@ -46,8 +46,8 @@ def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype
     return cache_hook
 
 
-def _grad_cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any) -> Callable:
-    """A backward hook storing each gradient in ``store`` as :func:`_cache_fn` stores values."""
-    fn = _cache_fn(store, index, device, dtype, False, {}, set())
+def grad_cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any) -> Callable:
+    """A backward hook storing each gradient in ``store`` as :func:`cache_fn` stores values."""
+    fn = cache_fn(store, index, device, dtype, False, {}, set())
     fn.optional = True  # type: ignore[attr-defined]  # points no gradient reaches are skipped
     return fn

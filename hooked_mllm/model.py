@@ -37,7 +37,7 @@ from ._weights import execution_device
 from . import positions as _positions
 from .architectures import adapter_for
 from .architectures.base import Adapter
-from ._cache_hooks import _cache_fn, _grad_cache_fn
+from ._cache_hooks import cache_fn, grad_cache_fn
 from .cache import ActivationCache
 from .config import MLLMConfig
 from .hook_points import HookPoints
@@ -456,9 +456,9 @@ class HookedMLLM(TLCompatMixin):
         for attempt in range(2):
             hooks = self._bind(fwd_hooks)
             for point in chosen:
-                hooks.append(_runner.HookFn(point, _cache_fn(store, index, device, dtype, grad, versions, clone)))
+                hooks.append(_runner.HookFn(point, cache_fn(store, index, device, dtype, grad, versions, clone)))
             grads: dict[str, Tensor] = {}
-            backward = [_runner.HookFn(point, _grad_cache_fn(grads, index, device, dtype)) for point in chosen
+            backward = [_runner.HookFn(point, grad_cache_fn(grads, index, device, dtype)) for point in chosen
                         if incl_bwd]
             output = self._run(batch, hooks, grad=grad or incl_bwd, what="run_with_cache", bwd=backward, keep=store,
                                **options)
@@ -521,7 +521,8 @@ class HookedMLLM(TLCompatMixin):
                    if k in self._input_names and isinstance(generate_kwargs[k], Tensor)}
         options = dict(generate_kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample)
         fn = "generate" if self.remote else functools.partial(self.hf_model.generate, **options)
-        tracer = self.trace(inputs, fn=fn, **tensors)
+        # a remote probe carries no inputs: it is never entered unless refused below
+        tracer = self.nnsight.trace(fn=fn, remote=self.remote) if self.remote else self.trace(inputs, fn=fn, **tensors)
         try:  # `with model.generate(...) as tracer:` traces generation (nnsight's test: the caller's frame)
             tracer.capture()
             if self.remote:

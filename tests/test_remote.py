@@ -116,6 +116,10 @@ def test_generate_and_hooks_block_match_local(pair):
         expected_block = local(batch)
     with remote.hooks(fwd_hooks=hooks):
         assert torch.equal(remote(batch), expected_block)
+    with local.hooks(fwd_hooks=hooks):
+        expected_block = local.generate(batch, max_new_tokens=3).sequences
+    with remote.hooks(fwd_hooks=hooks):
+        assert torch.equal(remote.generate(batch, max_new_tokens=3).sequences, expected_block)
 
 
 def test_trace_matches_local(pair):
