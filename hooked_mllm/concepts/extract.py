@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._store import (FORMAT_VERSION, Features, check_identity, config_fingerprint, folder_lock, sha256_file,
-                     verify_shard, weights_fingerprint, write_atomic, write_text_atomic)
+from ._shards import ShardWriter
+from ._store import (FORMAT_VERSION, Features, check_identity, config_fingerprint, folder_lock, verify_shard,
+                     weights_fingerprint)
 from ._tokens import find_subtokens, token_spans
 from .data import Sample, folder_dataset, iter_samples, load_image, sample_fingerprint, toy_dataset
 
@@ -185,12 +185,35 @@ def _open_store(path: Path, identity: dict) -> dict:
     return manifest
 
 
+def _done(*manifests: dict) -> dict[str, str | None]:
+    """Sample id -> fingerprint of every sample (extracted or skipped) the manifests hold."""
+    done: dict[str, str | None] = {}
+    for manifest in manifests:
+        done.update({i: k for shard in manifest["shards"]
+                     for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))})
+        done.update({s["id"]: s.get("key") for s in manifest["skipped"]})
+    return done
+
+
 def _cache_hooks(points: list[Any], store: dict[str, list[Tensor]], keep_steps: bool) -> list[tuple[str, Any]]:
     def fn(act: Tensor, hook: Any) -> None:
         if hook.step == 0 or (keep_steps and hook.point.sequence):
             store[hook.name].append(act.detach())
 
     return [(p.name, fn) for p in points]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """How :func:`_run` batches, generates and reports (the validated arguments of :func:`extract`)."""
+
+    rule: TokenRule
+    batch_size: int
+    max_new_tokens: int
+    progress: bool
+    skip_missing: bool
+    generate: bool
+    chat_template: bool
 
 
 def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str], token: TokenRule | str = "last",
@@ -239,56 +262,34 @@ def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str]
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
     hooks = [p.name for p in points]
-    generate = rule.needs_answer or predict
+    settings = _Settings(rule=rule, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
+                         skip_missing=skip_missing, generate=rule.needs_answer or predict,
+                         chat_template=chat_template)
     identity = _identity(model, hooks, rule, chat_template, max_new_tokens, dataset_name)
-    path = Path(out) if out is not None else None
-    if path is None:
-        return _run(model, dataset, points, rule, None, dict(identity, shards=[], skipped=[]), batch_size,
-                    max_new_tokens, shard_size, progress, skip_missing, generate, chat_template)
+    if out is None:
+        writer = ShardWriter(hooks, path=None, manifest=dict(identity, shards=[], skipped=[]),
+                             shard_size=shard_size)
+        _run(model, dataset, points, writer, {}, settings)
+        return Features.from_parts(writer.memory, writer.manifest)
+    path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
     with folder_lock(path):
         manifest = _open_store(path, identity)
-        return _run(model, dataset, points, rule, path, manifest, batch_size, max_new_tokens, shard_size,
-                    progress, skip_missing, generate, chat_template)
+        writer = ShardWriter(hooks, path=path, manifest=manifest, shard_size=shard_size)
+        _run(model, dataset, points, writer, _done(manifest), settings)
+    return Features.load(path, verify=False)
 
 
-def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], rule: TokenRule, path: Path | None,
-         manifest: dict, batch_size: int, max_new_tokens: int, shard_size: int, progress: bool,
-         skip_missing: bool, generate: bool, chat_template: bool) -> Features:
-    tokenizer = model.processor.tokenizer
-    done = {i: k for shard in manifest["shards"]
-            for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))}
-    done.update({s["id"]: s.get("key") for s in manifest["skipped"]})
-    pending: dict[str, Any] = {"ids": [], "keys": [], "predictions": [], "rows": {p.name: [] for p in points}}
-    memory: list[dict] = []
-
-    def flush() -> None:
-        if not pending["ids"]:
-            return
-        try:
-            arrays = {name: torch.stack(rows).contiguous() for name, rows in pending["rows"].items()}
-        except RuntimeError as error:
-            raise ValueError(f"Samples of one shard have features of different shapes ({error}); image_each "
-                             "needs the same number of image tokens for every sample") from None
-        record = {"ids": list(pending["ids"]), "keys": list(pending["keys"]),
-                  "predictions": list(pending["predictions"]), "rows": len(pending["ids"])}
-        if path is not None:
-            name = f"shard_{len(manifest['shards']):05d}.safetensors"
-            write_atomic(path / name, lambda tmp: save_file(arrays, tmp))
-            record.update(file=name, sha256=sha256_file(path / name), bytes=(path / name).stat().st_size)
-            manifest["shards"].append(record)
-            _save_manifest(path, manifest)
-        else:
-            memory.append(dict(record, arrays=arrays))
-        pending.update(ids=[], keys=[], predictions=[], rows={p.name: [] for p in points})
-
+def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], writer: ShardWriter,
+         done: dict[str, str | None], settings: _Settings) -> None:
+    """Extract every sample of ``dataset`` not in ``done`` into ``writer``; flush and save also on an error."""
     total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
     bar = tqdm(total=total, desc=f"extract {', '.join(p.name for p in points)}", unit="sample",
-               disable=not progress)
+               disable=not settings.progress)
     seen: set[str] = set()
-    chunk: list[tuple[Sample, str]] = []
+    chunk: list[tuple[int, Sample, str]] = []
     try:
-        for sample in iter_samples(dataset):
+        for index, sample in enumerate(iter_samples(dataset)):
             if sample.id in seen:
                 raise ValueError(f"Sample id {sample.id!r} occurs twice in the dataset; ids must be unique")
             seen.add(sample.id)
@@ -299,44 +300,35 @@ def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], rule: Tok
                                      "features of different inputs cannot share an id. Use another out= folder.")
                 bar.update(1)
                 continue
-            chunk.append((sample, key))
-            if len(chunk) == batch_size:
-                _batch(model, chunk, points, rule, generate, max_new_tokens, chat_template, tokenizer, pending,
-                       manifest, skip_missing)
+            chunk.append((index, sample, key))
+            if len(chunk) == settings.batch_size:
+                _batch(model, chunk, points, writer, settings)
                 bar.update(len(chunk))
                 chunk = []
-                if len(pending["ids"]) >= shard_size:
-                    flush()
+                if writer.full:
+                    writer.flush()
         if chunk:
-            _batch(model, chunk, points, rule, generate, max_new_tokens, chat_template, tokenizer, pending,
-                   manifest, skip_missing)
+            _batch(model, chunk, points, writer, settings)
             bar.update(len(chunk))
     finally:
-        flush()
-        if path is not None:
-            _save_manifest(path, manifest)
+        writer.flush()
+        writer.save()
         bar.close()
-    if path is not None:
-        return Features.load(path, verify=False)
-    return Features.from_parts(memory, manifest)
 
 
-def _save_manifest(path: Path, manifest: dict) -> None:
-    write_text_atomic(path / "manifest.json", json.dumps(manifest, indent=1))
-
-
-def _batch(model: HookedMLLM, chunk: list[tuple[Sample, str]], points: list[Any], rule: TokenRule, generate: bool,
-           max_new_tokens: int, chat_template: bool, tokenizer: Any, pending: dict, manifest: dict,
-           skip_missing: bool) -> None:
-    samples = [s for s, _ in chunk]
+def _batch(model: HookedMLLM, chunk: list[tuple[int, Sample, str]], points: list[Any], writer: ShardWriter,
+           settings: _Settings) -> None:
+    rule, tokenizer = settings.rule, model.processor.tokenizer
+    samples = [s for _, s, _ in chunk]
     batch = model.prepare(images=[load_image(s.image) for s in samples], prompts=[s.prompt for s in samples],
-                          chat_template=chat_template)
+                          chat_template=settings.chat_template)
     store: dict[str, list[Tensor]] = {p.name: [] for p in points}
     hooks = _cache_hooks(points, store, keep_steps=rule.needs_answer)
     answers: list[list[int]] = [[] for _ in samples]
     texts = [""] * len(samples)
-    if generate:
+    if settings.generate:
         # One step more than the answer length, so the last answer token is also run through the model.
+        max_new_tokens = settings.max_new_tokens
         steps = max_new_tokens + 1 if rule.needs_answer else max_new_tokens
         gen = model.generate(batch, max_new_tokens=steps, fwd_hooks=hooks)
         eos = tokenizer.eos_token_id
@@ -356,21 +348,20 @@ def _batch(model: HookedMLLM, chunk: list[tuple[Sample, str]], points: list[Any]
             raise ValueError(f"{point.name} has {acts[point.name].shape[0]} images for {len(samples)} samples; "
                              "vision and projector points need exactly one image per sample")
     prompt_len = batch.shape[1]
-    for row, (sample, key) in enumerate(chunk):
+    for row, (index, sample, key) in enumerate(chunk):
         try:
             positions = _positions(rule, batch, row, prompt_len, answers[row], tokenizer)
         except LookupError as error:
-            if not skip_missing:
+            if not settings.skip_missing:
                 raise
-            manifest["skipped"].append({"id": sample.id, "key": key, "reason": str(error), "prediction": texts[row]})
+            writer.skip(index, sample.id, key, str(error), texts[row])
             continue
+        rows = {}
         for point in points:
             act = acts[point.name][row]
             if point.sequence:
                 feature = _reduce(act, positions, rule)
             else:
                 feature = act if rule.kind == "image_each" else act.mean(0)
-            pending["rows"][point.name].append(feature.float().cpu())
-        pending["ids"].append(sample.id)
-        pending["keys"].append(key)
-        pending["predictions"].append(texts[row])
+            rows[point.name] = feature.float().cpu()
+        writer.add(index, sample.id, key, texts[row], rows)
