@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Split:
-    """This process's share: rank ``rank`` of ``world_size``; ``group`` when a process group links the ranks."""
+    """This process's share: rank ``rank`` of ``world_size``; ``group`` when a process group links them."""
 
     rank: int = 0
     world_size: int = 1
@@ -74,5 +74,5 @@ def agree(split: Split, error: BaseException | None) -> None:
         failed = [(r, o) for r, o in enumerate(outcomes) if o is not None]
         if failed:
             rank, outcome = failed[0]
-            raise RuntimeError(f"Rank {rank} of {split.world_size} failed ({outcome}); the samples every rank "
-                               "finished are saved in the store: run the same command again to resume")
+            raise RuntimeError(f"Rank {rank} of {split.world_size} failed ({outcome}); the samples every "
+                               "rank finished are saved in the store: run the same command again to resume")

@@ -36,7 +36,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._shards import ShardWriter
+from ._parallel import Split, agree, resolve_split
+from ._shards import MANIFEST, ShardWriter, merge_parts, part_name, ranks_complete, read_parts
 from ._store import (FORMAT_VERSION, Features, check_identity, config_fingerprint, folder_lock, verify_shard,
                      weights_fingerprint)
 from ._tokens import find_subtokens, token_spans
@@ -114,14 +115,16 @@ class TokenRule:
 
 
 def _positions(rule: TokenRule, batch: Any, row: int, prompt_len: int, answer: list[int],
-               tokenizer: Any) -> list[int]:
-    """Sequence positions (prompt then answer) the rule picks for one row; LookupError when absent."""
+               tokenizer: Any, sample_id: str = "") -> list[int]:
+    """Sequence positions (prompt then answer) the rule picks for one row; LookupError (naming the sample)
+    when absent."""
     valid = (~batch.pad_mask[row]).nonzero().flatten().tolist()
     if rule.kind == "last":
         return [valid[-1]]
     if rule.kind == "position":
         if not -len(valid) <= rule.position < len(valid):
-            raise LookupError(f"position {rule.position} is outside the {len(valid)} prompt tokens of row {row}")
+            raise LookupError(f"position {rule.position} is outside the {len(valid)} prompt tokens of sample "
+                              f"{sample_id!r}")
         return [valid[rule.position]]
     if rule.kind in IMAGE_RULES:
         return batch.image_mask[row].nonzero().flatten().tolist()
@@ -135,13 +138,15 @@ def _positions(rule: TokenRule, batch: Any, row: int, prompt_len: int, answer: l
     if rule.kind in ("answer_mean", "range"):
         picked = region[rule.start : rule.end] if rule.kind == "range" else region
         if not picked:
-            raise LookupError(f"no {rule.search} tokens in range [{rule.start}:{rule.end}] of row {row}")
+            raise LookupError(f"no {rule.search} tokens in range [{rule.start}:{rule.end}] of sample "
+                              f"{sample_id!r}")
         return picked
     spans, text = token_spans(tokenizer, ids)
     sub = find_subtokens(spans, text, rule.words, occurrence=rule.occurrence,
                          case_sensitive=rule.case_sensitive, whole_word=rule.whole_word)
     if not sub:
-        raise LookupError(f"{' / '.join(rule.words)!r} not found in the {rule.search} of row {row} ({text!r})")
+        raise LookupError(f"{' / '.join(rule.words)!r} not found in the {rule.search} of sample "
+                          f"{sample_id!r} ({text!r})")
     picked = [region[i] - (1 if rule.kind == "predicting" else 0) for i in sub]
     return picked if rule.reduce == "mean" else [picked[0] if rule.reduce == "first" else picked[-1]]
 
@@ -214,12 +219,14 @@ class _Settings:
     skip_missing: bool
     generate: bool
     chat_template: bool
+    split: Split = Split()
 
 
 def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str], token: TokenRule | str = "last",
             *, batch_size: int = 8, out: str | os.PathLike[str] | None = None, max_new_tokens: int = 12,
             shard_size: int = 256, progress: bool = True, skip_missing: bool = True, predict: bool = False,
-            chat_template: bool = True, dataset_name: str | None = None) -> Features:
+            chat_template: bool = True, dataset_name: str | None = None, rank: int | None = None,
+            world_size: int | None = None) -> Features:
     """Extract one representation per sample at each of ``hook`` and (optionally) stream it to ``out``.
 
     Args:
@@ -240,6 +247,14 @@ def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str]
             need it (the prompt activations are cached during that generation: one pass).
         chat_template: Wrap prompts in the processor's chat template.
         dataset_name: A name recorded in (and checked against) the store's identity.
+        rank, world_size: Extract only the samples at dataset positions ``rank``, ``rank +
+            world_size``, ... as one of ``world_size`` data-parallel processes writing into the
+            same ``out`` (default: from an initialized ``torch.distributed`` process group, as
+            under ``torchrun``, else one process). Each rank writes its own part files; when the
+            last rank is done, the parts are merged into the store in dataset order, so it reads
+            exactly as a one-process run. With a process group every rank then returns the
+            whole store and fails if any rank failed; without one, start the ranks together
+            (a rank that finishes before another starts merges only what is done).
 
     Returns:
         The :class:`Features` (memory-mapped from ``out`` when given).
@@ -262,28 +277,80 @@ def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str]
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
     hooks = [p.name for p in points]
+    split = resolve_split(rank, world_size)
     settings = _Settings(rule=rule, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
                          skip_missing=skip_missing, generate=rule.needs_answer or predict,
-                         chat_template=chat_template)
+                         chat_template=chat_template, split=split)
     identity = _identity(model, hooks, rule, chat_template, max_new_tokens, dataset_name)
     if out is None:
+        if split.world_size > 1:
+            raise ValueError(f"Data-parallel extraction (rank {split.rank} of {split.world_size}) needs "
+                             "out=: the processes meet in one feature store")
         writer = ShardWriter(hooks, path=None, manifest=dict(identity, shards=[], skipped=[]),
                              shard_size=shard_size)
         _run(model, dataset, points, writer, {}, settings)
         return Features.from_parts(writer.memory, writer.manifest)
     path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
+    if split.world_size > 1:
+        return _extract_rank(model, dataset, points, path, identity, shard_size, settings)
     with folder_lock(path):
         manifest = _open_store(path, identity)
-        writer = ShardWriter(hooks, path=path, manifest=manifest, shard_size=shard_size)
-        _run(model, dataset, points, writer, _done(manifest), settings)
+        parts = read_parts(path, identity)
+        if not parts:
+            writer = ShardWriter(hooks, path=path, manifest=manifest, shard_size=shard_size)
+            _run(model, dataset, points, writer, _done(manifest), settings)
+        else:  # an interrupted data-parallel run left parts: add to them, then merge all in dataset order
+            own = parts.get(f"{part_name(1, 0)}.json") or dict(identity, shards=[], skipped=[])
+            writer = ShardWriter(hooks, path=path, manifest=own, shard_size=shard_size, part=(1, 0))
+            _run(model, dataset, points, writer, _done(manifest, *parts.values()), settings)
+            merge_parts(path, manifest, identity, shard_size)
+    return Features.load(path, verify=False)
+
+
+def _extract_rank(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], path: Path, identity: dict,
+                  shard_size: int, settings: _Settings) -> Features:
+    """One rank of a data-parallel extraction: write this rank's parts, then merge when every rank is done.
+
+    The ranks hold the store's lock shared (a one-process writer is refused) and each its own
+    part lock. When a rank is done it waits for the exclusive lock, which it gets once no rank
+    is writing, and merges the parts if every rank of this run has finished.
+    """
+    split = settings.split
+    name = part_name(split.world_size, split.rank)
+    error: BaseException | None = None
+    try:
+        with folder_lock(path, shared=True), folder_lock(path, name=f".lock-{name}"):
+            manifest = _open_store(path, identity)
+            parts = read_parts(path, identity)
+            own = parts.get(f"{name}.json") or dict(identity, shards=[], skipped=[])
+            own["complete"] = False
+            writer = ShardWriter([p.name for p in points], path=path, manifest=own, shard_size=shard_size,
+                                 part=(split.world_size, split.rank))
+            writer.save()
+            _run(model, dataset, points, writer, _done(manifest, *parts.values()), settings)
+            own["complete"] = True
+            writer.save()
+        with folder_lock(path, wait=True):
+            if ranks_complete(path, split.world_size):
+                file = path / MANIFEST
+                manifest = (json.loads(file.read_text()) if file.exists()
+                            else dict(identity, shards=[], skipped=[]))
+                merge_parts(path, manifest, identity, shard_size)
+    except BaseException as caught:  # every rank must reach agree(), or the others would wait for it forever
+        error = caught
+    agree(split, error)
+    if not (path / MANIFEST).exists():  # no process group, and another rank has not finished yet
+        return Features.from_parts([], dict(identity, shards=[], skipped=[]))
     return Features.load(path, verify=False)
 
 
 def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], writer: ShardWriter,
          done: dict[str, str | None], settings: _Settings) -> None:
-    """Extract every sample of ``dataset`` not in ``done`` into ``writer``; flush and save also on an error."""
+    """Extract the samples of ``dataset`` this rank owns and ``done`` lacks; flush and save also on errors."""
     total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
+    if total is not None:
+        total = len(range(settings.split.rank, total, settings.split.world_size))
     bar = tqdm(total=total, desc=f"extract {', '.join(p.name for p in points)}", unit="sample",
                disable=not settings.progress)
     seen: set[str] = set()
@@ -293,6 +360,8 @@ def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], writer: S
             if sample.id in seen:
                 raise ValueError(f"Sample id {sample.id!r} occurs twice in the dataset; ids must be unique")
             seen.add(sample.id)
+            if not settings.split.owns(index):
+                continue
             key = sample_fingerprint(sample)
             if sample.id in done:
                 if done[sample.id] is not None and done[sample.id] != key:
@@ -350,7 +419,7 @@ def _batch(model: HookedMLLM, chunk: list[tuple[int, Sample, str]], points: list
     prompt_len = batch.shape[1]
     for row, (index, sample, key) in enumerate(chunk):
         try:
-            positions = _positions(rule, batch, row, prompt_len, answers[row], tokenizer)
+            positions = _positions(rule, batch, row, prompt_len, answers[row], tokenizer, sample_id=sample.id)
         except LookupError as error:
             if not settings.skip_missing:
                 raise
