@@ -116,3 +116,10 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     assert one.ids == two.ids and len(two) == 10
     for hook in hooks.split(","):
         assert torch.equal(one.tensor(hook), two.tensor(hook))
+
+
+def test_cli_needs_rank_and_ranks_together(tmp_path, capsys):
+    from hooked_mllm.cli import main
+
+    assert main(["--", "extract", "--hook", HOOKS[0], "--rank", "0", "--out", str(tmp_path)]) == 2
+    assert "Give --rank and --ranks together" in capsys.readouterr().err
