@@ -2,7 +2,8 @@
 that says what makes features comparable, and memory-mapped loading.
 
 A store folder holds ``manifest.json``, ``shard_NNNNN.safetensors`` files (one tensor per hook
-point, rows = samples) and a ``.lock`` file while an extraction writes into it. The manifest
+point, rows = samples) and a ``.lock`` file while an extraction writes into it (data-parallel
+ranks also leave ``part-*`` files there until they are merged). The manifest
 records the *identity* of the features (model name or path, fingerprints of its config and
 weights, hook points, token rule, chat template, library version) and, per shard, its file,
 sample ids, per-sample fingerprints (prompt + image), predictions and SHA-256 checksum.

@@ -14,7 +14,10 @@ activations of the answer tokens are then cached *during* generation, not by a s
 forward. The store (:mod:`hooked_mllm.concepts._store`) is written atomically every
 ``shard_size`` samples and when the run stops (on an error too); a locked folder refuses a
 second writer; a resumed run refuses features of another model, hook, rule, template or
-sample content, and checks every shard's checksum first.
+sample content, and checks every shard's checksum first. Data-parallel processes (``rank=`` /
+``world_size=``, or a ``torchrun`` process group) each extract every ``world_size``-th sample
+into per-rank parts of one store, merged in dataset order when all are done
+(:mod:`hooked_mllm.concepts._shards`), so the store equals a one-process run.
 
 Example:
     >>> feats = extract(model, toy_dataset(200), ["blocks.2.hook_resid_post", "blocks.3.hook_resid_post"],
