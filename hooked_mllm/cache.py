@@ -39,7 +39,7 @@ class ActivationCache(Mapping):
         positions: ``[batch, k]`` the positions kept along dim 1, or None (all).
         has_batch_dim: False after :meth:`remove_batch_dim`.
 
-    Example:
+    Examples:
         >>> logits, cache = model.run_with_cache(batch)            # doctest: +SKIP
         >>> cache["resid_post", 0].shape                            # doctest: +SKIP
         torch.Size([1, 60, 128])
@@ -285,21 +285,21 @@ class ActivationCache(Mapping):
         has_batch_dim = self.has_batch_dim if has_batch_dim is None else has_batch_dim
         final = layer is None or layer >= cfg.n_layers or layer == -1
         if mlp_input and not final:
-            if self.model.adapter.block.ln2 is None:
+            if self.model.adapter.modules.block.ln2 is None:
                 raise ValueError("This model's blocks are parallel (no ln2): the MLP reads ln1 of resid_pre.")
             resid = self["resid_mid", layer]
             norm = self.model.adapter.module(self.model.hf_model,
-                                             f"{self.model.adapter.lm_layers}.{layer}.{self.model.adapter.block.ln2}")
-            kind = self.model.adapter.block.norm
+                                             f"{self.model.adapter.modules.lm_layers}.{layer}.{self.model.adapter.modules.block.ln2}")
+            kind = self.model.adapter.modules.block.norm
         elif final:
             resid = self["resid_post", cfg.n_layers - 1]
             norm = self.model.final_norm()
-            kind = self.model.adapter.block.norm
+            kind = self.model.adapter.modules.block.norm
         else:
             resid = self["resid_pre", layer]
             norm = self.model.adapter.module(self.model.hf_model,
-                                             f"{self.model.adapter.lm_layers}.{layer}.{self.model.adapter.block.ln1}")
-            kind = self.model.adapter.block.norm
+                                             f"{self.model.adapter.modules.lm_layers}.{layer}.{self.model.adapter.modules.block.ln1}")
+            kind = self.model.adapter.modules.block.norm
         resid = self._pos(resid, pos_slice).float()
         stack = residual_stack.float()
         eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None) or cfg.norm_eps
@@ -310,7 +310,7 @@ class ActivationCache(Mapping):
             scale = (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
         if self.has_batch_dim and not has_batch_dim:
             scale = scale[0]
-        weight = parameter(norm).detach().float().to(stack.device) + self.model.adapter.block.norm_offset
+        weight = parameter(norm).detach().float().to(stack.device) + self.model.adapter.modules.block.norm_offset
         return (stack / scale.to(stack.device) * weight).to(residual_stack.dtype)
 
     def logit_attrs(self, residual_stack: Float[Tensor, "... batch pos d_model"], tokens: Any,
@@ -348,7 +348,7 @@ class ActivationCache(Mapping):
 
     def _layer_module(self, layer: int, rel: str) -> torch.nn.Module:
         adapter = self.model.adapter
-        return adapter.module(self.model.hf_model, f"{adapter.lm_layers}.{layer}.{rel}")
+        return adapter.module(self.model.hf_model, f"{adapter.modules.lm_layers}.{layer}.{rel}")
 
     def _bias(self, layer: int, rel: str) -> Tensor | None:
         bias = getattr(self._layer_module(layer, rel), "bias", None)
@@ -369,7 +369,7 @@ class ActivationCache(Mapping):
         ``compute_head_results``; summed over heads (plus ``o_proj``'s bias, if any) it is the
         attention output. Needs ``attn.hook_z`` cached for every layer.
 
-        Example:
+        Examples:
             >>> cache.compute_head_results()                         # doctest: +SKIP
             >>> cache["result", -1].shape                            # doctest: +SKIP
             torch.Size([1, 60, 4, 128])
@@ -378,7 +378,7 @@ class ActivationCache(Mapping):
             self._store[f"blocks.{layer}.attn.hook_result"] = self._head_result(layer)
 
     def _neuron_checks(self) -> None:
-        block = self.model.adapter.block
+        block = self.model.adapter.modules.block
         if block.mlp_out is not None or block.mlp_scale is not None:
             raise ValueError("This model maps the MLP output (a post-feedforward norm or layer scale) before it "
                              "reaches the residual, so per-neuron results do not add up to hook_mlp_out; use "
@@ -448,7 +448,7 @@ class ActivationCache(Mapping):
         ``blocks.{layer}.hook_resid_pre`` (``hook_resid_mid`` with ``mlp_input``; the last
         ``hook_resid_post`` for the unembedding). Returns ``[component, batch, pos, d_model]``.
 
-        Example:
+        Examples:
             >>> stack, labels = cache.get_full_resid_decomposition(return_labels=True)   # doctest: +SKIP
             >>> torch.allclose(stack.sum(0), cache["resid_post", -1], atol=1e-4)        # doctest: +SKIP
             True
@@ -474,7 +474,7 @@ class ActivationCache(Mapping):
         parts.append(embed[None])
         labels.append("embed")
         bias = torch.zeros(cfg.d_model, dtype=embed.dtype, device=embed.device)
-        block = self.model.adapter.block
+        block = self.model.adapter.modules.block
         for l in range(layer + 1 if mlp_input else layer):
             b_o = self._bias(l, block.o)
             if b_o is not None:

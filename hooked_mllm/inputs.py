@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
+
+from .architectures.split import SplitRule, rule_for
 
 if TYPE_CHECKING:
     from .architectures.base import Adapter
@@ -38,7 +40,7 @@ class ImageSpan:
     them, and grid cell ``(r, c)`` is at ``positions[r * cols + c]``. Use
     :attr:`token_positions` to cover both cases.
 
-    Example:
+    Examples:
         >>> span = ImageSpan(0, 0, 2, 9, (2, 3), positions=(2, 3, 4, 6, 7, 8))
         >>> span.n_tokens, list(span.token_positions)[3]
         (6, 6)
@@ -81,13 +83,13 @@ class MultimodalBatch:
         prompts: The prompts as given to :func:`prepare`, if any.
         images_per_row: How many images each row holds (for row selection).
         input_split: How :meth:`row` and :meth:`repeat` split each HF input key (the
-            adapter's ``input_split``; keys not listed follow the LLaVA rule).
+            adapter's ``inputs.split``; keys not listed follow :func:`~.architectures.split.rule_for`).
         no_image_tokens: Why the model's sequence holds no image tokens (cross-attention
             models such as Mllama, whose image placeholder is marked special), or None.
             Image selectors and ``cache.image`` raise with this reason instead of
             selecting wrong positions.
 
-    Example:
+    Examples:
         >>> batch = model.prepare(images=[img], prompts=["what color is the circle?"])  # doctest: +SKIP
         >>> batch.image_mask.sum().item()                                               # doctest: +SKIP
         36
@@ -102,7 +104,7 @@ class MultimodalBatch:
     tokens: tuple[tuple[str, ...], ...] | None = None
     prompts: tuple[str, ...] | None = None
     images_per_row: tuple[int, ...] = field(default=())
-    input_split: tuple[tuple[str, str | Callable[[MultimodalBatch, list[int]], Tensor]], ...] = ()
+    input_split: tuple[tuple[str, SplitRule], ...] = ()
     no_image_tokens: str | None = None
 
     @property
@@ -135,39 +137,13 @@ class MultimodalBatch:
         """Row ``index`` alone, its padding removed, as a batch of one.
 
         Works for models whose ``pixel_values`` hold one entry per image along dim 0,
-        and for others through the adapter's ``input_split`` rule (a callable rule gives
-        the key's tensor for ``[index]``).
+        and for others through the adapter's ``inputs.split`` rules
+        (:mod:`hooked_mllm.architectures.split`).
         """
         keep = ~self.pad_mask[index]
-        first_image = sum(self.images_per_row[:index])
         n_images = self.images_per_row[index] if self.images_per_row else 0
         rules = dict(self.input_split)
-        inputs: dict[str, Tensor] = {}
-        for key, value in self.inputs.items():
-            rule = rules.get(key)
-            if callable(rule):
-                inputs[key] = rule(self, [index])
-                continue
-            if rule is None:
-                rule = ("token" if key in ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-                        else "image" if key in ("pixel_values", "image_sizes") else "shared")
-            if rule == "token":
-                inputs[key] = value[index : index + 1][:, keep]
-            elif rule == "image":
-                inputs[key] = value[first_image : first_image + n_images]
-            elif rule == "row":
-                inputs[key] = value[index : index + 1]
-            elif rule == "tiles":
-                sizes = [span.n_tokens for span in self.images]
-                per_token = value.shape[0] / max(1, sum(sizes))
-                start, end = (round(sum(sizes[:i]) * per_token) for i in (first_image, first_image + n_images))
-                inputs[key] = value[start:end]
-            elif rule.startswith("patches:"):
-                sizes = self.inputs[rule.split(":", 1)[1]].prod(-1).tolist()
-                start = int(sum(sizes[:first_image]))
-                inputs[key] = value[start : start + int(sum(sizes[first_image : first_image + n_images]))]
-            else:
-                inputs[key] = value
+        inputs = {key: rule_for(key, rules).take(self, key, [index]) for key in self.inputs}
         spans = []
         for i, span in enumerate(self.images_of(index)):
             offset = int((~keep[: span.start]).sum())
@@ -190,7 +166,7 @@ class MultimodalBatch:
         """A one-row batch repeated ``times`` times (every HF tensor concatenated on dim 0).
 
         Concatenating on dim 0 is right for per-image ``pixel_values`` and for flattened
-        patch tensors with per-image grids alike; a key with a callable ``input_split`` rule
+        patch tensors with per-image grids alike; a key with a ``Computed`` split rule
         (tensors that index into others, as Molmo2's pooling indices) gets the rule's tensor
         for ``[0] * times``.
         """
@@ -237,7 +213,7 @@ class MultimodalBatch:
         ``image_token_counts`` (each image's number of image tokens, as the processor
         computes them) lets images whose placeholders touch be told apart.
 
-        Example:
+        Examples:
             >>> batch = MultimodalBatch.from_hf({"input_ids": ids, "pixel_values": pv},
             ...                                 image_token_id=32000)      # doctest: +SKIP
         """
@@ -256,7 +232,7 @@ class MultimodalBatch:
             raise ValueError(
                 f"Row(s) {empty or list(range(ids.shape[0]))} of input_ids hold no tokens (an empty prompt with no "
                 "image and no chat template encodes to nothing); give each row at least one token.")
-        in_sequence = adapter is None or adapter.images_in_sequence
+        in_sequence = adapter is None or adapter.tokens.in_sequence
         if image_token_id is not None and in_sequence:
             image = ids.eq(image_token_id) & ~pad
         else:  # cross-attention models: the placeholder is a special token, not an image position
@@ -266,14 +242,14 @@ class MultimodalBatch:
             special_ids = [i for i in tokenizer.all_special_ids if i != image_token_id or not in_sequence]
             special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype)) & ~pad & ~image
         text = ~pad & ~image & ~special
-        grids = adapter.image_grids(tensors, config) if adapter is not None and adapter.image_grids else None
+        grids = adapter.tokens.grids(tensors, config) if adapter is not None and adapter.tokens.grids else None
         if grids == [] and bool(image.any()):
             raise ValueError(
                 f"input_ids hold image tokens (id {image_token_id}), but the inputs carry no image geometry for "
                 f"the {adapter.name!r} architecture (got keys: {', '.join(sorted(tensors))}). Pass every key the "  # type: ignore[union-attr]
                 "processor returned with the images (model(**processor(images=..., text=...))).")
         row_break = _row_break_id(adapter, tokenizer)
-        views = adapter.image_views(tensors, config) if adapter is not None and adapter.image_views else None
+        views = adapter.tokens.views(tensors, config) if adapter is not None and adapter.tokens.views else None
         found = _view_spans(image, views) if views else None
         if found is not None:
             spans, per_row = found
@@ -288,7 +264,8 @@ class MultimodalBatch:
             "special token. Image position selectors and cache.image() do not apply; select the placeholder "
             "with positions.token(...) or read the cross-attention hooks (blocks.{l}.hook_cross_attn_out).")
         n_pixel = tensors["pixel_values"].shape[0] if "pixel_values" in tensors else None
-        if n_pixel is not None and adapter is not None and adapter.name == "llava" and n_pixel != len(spans):
+        one_per_span = adapter is not None and adapter.inputs.pixel_values_per_span
+        if n_pixel is not None and one_per_span and n_pixel != len(spans):
             raise ValueError(
                 f"The inputs hold {n_pixel} images (pixel_values) but {len(spans)} runs of image "
                 f"tokens (id {image_token_id}) in input_ids; each image needs exactly one placeholder."
@@ -298,20 +275,20 @@ class MultimodalBatch:
             tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in ids)
         return cls(tensors, image, text, special, pad, spans, tokens,
                    None if prompts is None else tuple(prompts), per_row,
-                   adapter.input_split if adapter is not None else (), no_image_tokens)
+                   adapter.inputs.split if adapter is not None else (), no_image_tokens)
 
 
 def _row_break_id(adapter: Adapter | None, tokenizer: Any) -> int | None:
-    """The id of the adapter's ``image_row_break`` token (None where it has none)."""
-    if adapter is None or adapter.image_row_break is None:
+    """The id of the adapter's ``tokens.row_break`` token (None where it has none)."""
+    if adapter is None or adapter.tokens.row_break is None:
         return None
     if tokenizer is None:
         raise ValueError(
             f"The {adapter.name!r} architecture separates the rows of an image's tokens with "
-            f"{adapter.image_row_break!r}; finding its images needs the tokenizer. Wrap the model with its "
+            f"{adapter.tokens.row_break!r}; finding its images needs the tokenizer. Wrap the model with its "
             "processor (HookedMLLM.from_hf(hf_model, processor)) or use model.prepare(...)."
         )
-    return int(tokenizer.convert_tokens_to_ids(adapter.image_row_break))
+    return int(tokenizer.convert_tokens_to_ids(adapter.tokens.row_break))
 
 
 def _runs(image_mask: Tensor, ids: Tensor | None, row_break: int | None) -> list[tuple[int, list[tuple[int, int]]]]:
@@ -364,7 +341,7 @@ def _split_touching(runs: list[tuple[int, list[tuple[int, int]]]],
 
 def _view_spans(image_mask: Tensor, views: list[tuple[int, list[tuple[tuple[int, ...], tuple[int, int]]]]]
                 ) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]] | None:
-    """One span per view of each image (the adapter's ``image_views``), or None with a warning
+    """One span per view of each image (the adapter's ``tokens.views``), or None with a warning
     where the runs of image tokens do not hold exactly the images' token counts.
 
     Image ``i``'s run must be ``views[i][0]`` tokens long; each of its views becomes a span
@@ -407,10 +384,10 @@ def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
     image: its span lists their positions and its grid is ``(n_runs, run length)``; and
     a run holding several touching images is cut by their token counts (from ``grids``, else
     ``image_token_counts``, the processor's count per image).
-    ``grids`` (from the adapter's ``image_grids`` rule) gives each image's grid in order,
+    ``grids`` (from the adapter's ``tokens.grids`` rule) gives each image's grid in order,
     checked against the rows where a span has separators (a span that is one run, such as
     Molmo2's low-resolution view, takes the grid as given; its token count is checked);
-    otherwise the adapter's ``image_grid`` derives it from the run's length. Geometry that
+    otherwise the adapter's ``tokens.grid`` derives it from the run's length. Geometry that
     contradicts the tokens degrades to "positions known, grid unknown" (grids None) with a
     warning: it never blocks a forward.
     """
@@ -444,7 +421,7 @@ def _image_spans(image_mask: Tensor, adapter: Adapter | None, config: Any,
         elif row_break is not None:
             grid = rows_grid
         else:
-            grid = adapter.image_grid(n_tokens, config) if adapter is not None else None
+            grid = adapter.tokens.grid(n_tokens, config) if adapter is not None else None
         spans.append(ImageSpan(row, len(spans), start, end, grid, positions))
         per_row[row] += 1
     if problem is not None:
@@ -480,7 +457,7 @@ def prepare(
             template (PaliGemma) gets the prompt with one placeholder per image before it.
         padding_side: ``"left"`` (default, right for generation) or ``"right"``.
 
-    Example:
+    Examples:
         >>> batch = prepare(processor, images=[img1, img2], prompts=["q1", "a longer q2"],
         ...                 image_token_id=model.cfg.image_token_id)       # doctest: +SKIP
     """
@@ -517,7 +494,7 @@ def prepare(
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = padding_side
     try:
-        given = per_row if adapter is not None and adapter.nested_images and flat else flat
+        given = per_row if adapter is not None and adapter.inputs.nested_images and flat else flat
         encoded = processor(images=given or None, text=texts, padding=True, return_tensors="pt",
                             **processor_kwargs)
     finally:
@@ -539,7 +516,7 @@ def processor_token_counts(processor: Any, image_sizes: Sequence[Sequence[int]])
     only to cut a run of touching image placeholders, and only where the counts add up
     exactly, so a processor whose counts include separators never cuts anything.
 
-    Example:
+    Examples:
         >>> processor_token_counts(processor, [(336, 336), (336, 672)])   # doctest: +SKIP
         [576, 576]
     """
