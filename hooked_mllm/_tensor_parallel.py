@@ -12,7 +12,7 @@ which transformers 5.24 no longer has. ``benchmarks/tensor_parallel_probe.py`` s
 
 Used by :mod:`hooked_mllm.model` (``from_pretrained`` and the wrapper's constructor).
 
-Example:
+Examples:
     >>> refuse_tensor_parallel({"dtype": "float32"})   # nothing asked: returns
 """
 

@@ -9,7 +9,7 @@ their outcome at the end, so that every rank fails when one did.
 
 Used by :mod:`hooked_mllm.concepts.extract`.
 
-Example:
+Examples:
     >>> resolve_split(1, 2)
     Split(rank=1, world_size=2, group=False)
 """

@@ -16,7 +16,7 @@ then reads exactly as if one process had written it, sample for sample.
 Used by :mod:`hooked_mllm.concepts.extract`; the on-disk primitives come from
 :mod:`hooked_mllm.concepts._store`.
 
-Example:
+Examples:
     >>> writer = ShardWriter(["blocks.1.hook_resid_post"], path=None, manifest={"shards": [], "skipped": []},
     ...                      shard_size=2)
     >>> writer.add(0, "a", "key-a", "", {"blocks.1.hook_resid_post": torch.zeros(4)})
@@ -64,7 +64,7 @@ class ShardWriter:
         part: ``(world_size, rank)`` to write a rank's parts (records then carry each row's
             dataset ``index``), or None for ordinary shards.
 
-    Example:
+    Examples:
         >>> writer = ShardWriter(["h"], path=None, manifest={"shards": [], "skipped": []}, shard_size=8)
         >>> writer.skip(3, "s3", "key", "'dog' not found", "a cat")
         >>> writer.manifest["skipped"][0]["id"]
