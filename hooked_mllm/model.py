@@ -31,6 +31,7 @@ from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
 from . import _grad_hooks, _hook_io, _runner
+from ._tensor_parallel import refuse_tensor_parallel
 from ._tl_compat import TLCompatMixin
 from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
 from ._weights import execution_device
@@ -96,6 +97,7 @@ class HookedMLLM(TLCompatMixin):
     """
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any = None, adapter: Adapter | None = None) -> None:
+        refuse_tensor_parallel(model=hf_model)
         self.hf_model = hf_model.eval()
         self.processor = processor
         self.adapter = adapter.for_config(hf_model.config) if adapter is not None else adapter_for(hf_model)
@@ -144,6 +146,7 @@ class HookedMLLM(TLCompatMixin):
         """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
+        refuse_tensor_parallel(hf_kwargs)
         kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
         if dtype is not None:
             kwargs["dtype"] = dtype
