@@ -35,7 +35,8 @@ def assert_same_store(a: Features, b: Features) -> None:
     assert a.ids == b.ids and a.predictions == b.predictions
     assert a.manifest["skipped"] == b.manifest["skipped"]
     for hook in HOOKS:
-        assert torch.equal(a.tensor(hook), b.tensor(hook))
+        # a sample batched with other neighbours differs by float rounding only (left padding)
+        torch.testing.assert_close(a.tensor(hook), b.tensor(hook), atol=1e-6, rtol=1e-5)
 
 
 def test_ranks_in_turn_with_an_interrupted_rank_equal_one_process(llama_model, samples, tmp_path):
@@ -115,7 +116,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     two = Features.load(tmp_path / "two")
     assert one.ids == two.ids and len(two) == 10
     for hook in hooks.split(","):
-        assert torch.equal(one.tensor(hook), two.tensor(hook))
+        torch.testing.assert_close(one.tensor(hook), two.tensor(hook), atol=1e-6, rtol=1e-5)
 
 
 def test_cli_needs_rank_and_ranks_together(tmp_path, capsys):
