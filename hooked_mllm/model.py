@@ -39,6 +39,7 @@ from .cache import ActivationCache
 from .config import MLLMConfig
 from .hook_points import HookContext, HookPoint, HookPoints
 from .inputs import MultimodalBatch, prepare, processor_token_counts
+from .readout import CacheReadout
 
 logger = logging.getLogger(__name__)
 
@@ -403,7 +404,7 @@ class HookedMLLM(TLCompatMixin):
             clone |= stale
             store.clear()
             versions.clear()
-        cache = ActivationCache(store, self, batch=batch, positions=None if index is None else index.cpu())
+        cache = ActivationCache(store, self.readout(), batch=batch, positions=None if index is None else index.cpu())
         if remove_batch_dim:
             cache.remove_batch_dim()
         return output.logits, cache
@@ -485,6 +486,11 @@ class HookedMLLM(TLCompatMixin):
     def final_norm(self) -> torch.nn.Module:
         """The language model's final norm module."""
         return self.adapter.module(self.hf_model, self.adapter.final_norm)
+
+    def readout(self) -> CacheReadout:
+        """What a cache's helpers read of this model (layer count, ``W_O``, ``W_U``, norms, hook names),
+        as a frozen :class:`~hooked_mllm.readout.CacheReadout` of views of the weights (no copies)."""
+        return CacheReadout.from_model(self)
 
     def __repr__(self) -> str:
         c = self.cfg
