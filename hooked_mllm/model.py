@@ -489,8 +489,15 @@ class HookedMLLM(TLCompatMixin):
 
     def readout(self) -> CacheReadout:
         """What a cache's helpers read of this model (layer count, ``W_O``, ``W_U``, norms, hook names),
-        as a frozen :class:`~hooked_mllm.readout.CacheReadout` of views of the weights (no copies)."""
-        return CacheReadout.from_model(self)
+        as a frozen :class:`~hooked_mllm.readout.CacheReadout` of views of the weights (no copies).
+
+        Built once and reused until a parameter is replaced or moved (new storage); in-place weight
+        edits show through the views."""
+        key = tuple((id(p), p.data_ptr()) for p in self.hf_model.parameters())
+        memo = self.__dict__.get("_readout_memo")
+        if memo is None or memo[0] != key:
+            memo = self.__dict__["_readout_memo"] = (key, CacheReadout.from_model(self))
+        return memo[1]
 
     def __repr__(self) -> str:
         c = self.cfg
