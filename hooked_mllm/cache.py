@@ -459,8 +459,11 @@ class ActivationCache(Mapping):
         for l in range(n):
             result = self.get_neuron_results(l, neuron_slice=neuron_slice, pos_slice=pos_slice)
             parts.append(result.movedim(-2, 0))
-            ids = torch.arange(result.shape[-2]) if neuron_slice is None else \
-                torch.arange(self.readout.weight("W_out", l).shape[0])[neuron_slice if not isinstance(neuron_slice, int) else [neuron_slice]]
+            if neuron_slice is None:
+                ids = torch.arange(result.shape[-2])
+            else:
+                chosen = [neuron_slice] if isinstance(neuron_slice, int) else neuron_slice
+                ids = torch.arange(self.readout.weight("W_out", l).shape[0])[chosen]
             labels += [f"L{l}N{int(i)}" for i in torch.as_tensor(ids).flatten()]
         like = self._pos(self["resid_pre", 0], pos_slice)
         stack = torch.cat(parts) if parts else like.new_zeros((0, *like.shape))

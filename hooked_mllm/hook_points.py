@@ -50,7 +50,7 @@ class Site:
     index: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HookPoint:
     """One named place where activations can be read and replaced.
 
@@ -305,7 +305,7 @@ class HookPoints:
         """
         points: list[HookPoint] = []
         if adapter.vision_embed is not None:
-            points.append(HookPoint("vision.hook_embed", Site(adapter.vision_embed), stream="vision",
+            points.append(HookPoint(name="vision.hook_embed", site=Site(adapter.vision_embed), stream="vision",
                                     sequence=False))
         if adapter.vision_layers is not None and adapter.vision_block is not None:
             for layer in range(vision_layers):
@@ -319,11 +319,11 @@ class HookPoints:
                     block = [replace(point, writable=False, read_only=reason) for point in block]
                 points += [_replace_sequence(point) for point in block]
         if adapter.projector is not None:
-            points.append(HookPoint("projector.hook_in", Site(adapter.projector, "input"),
+            points.append(HookPoint(name="projector.hook_in", site=Site(adapter.projector, "input"),
                                     stream="projector", sequence=False))
-            points.append(HookPoint("projector.hook_out", Site(adapter.projector), stream="projector",
+            points.append(HookPoint(name="projector.hook_out", site=Site(adapter.projector), stream="projector",
                                     sequence=False))
-        points.append(HookPoint("hook_embed", Site(adapter.embed)))
+        points.append(HookPoint(name="hook_embed", site=Site(adapter.embed)))
         for layer in range(n_layers):
             if layer in cross_layers and adapter.cross_block is not None:
                 points += _cross_block_points(f"{adapter.lm_layers}.{layer}", adapter.cross_block, layer, n_heads,
@@ -331,8 +331,8 @@ class HookPoints:
                 continue
             points += _block_points(f"blocks.{layer}.", f"{adapter.lm_layers}.{layer}", adapter.block,
                                     layer, n_heads, n_kv_heads, "lm")
-        points.append(HookPoint("ln_final.hook_normalized", Site(adapter.final_norm)))
-        points.append(HookPoint("hook_logits", Site(adapter.unembed)))
+        points.append(HookPoint(name="ln_final.hook_normalized", site=Site(adapter.final_norm)))
+        points.append(HookPoint(name="hook_logits", site=Site(adapter.unembed)))
         return cls(points, adapter.name)
 
     def __iter__(self) -> Iterator[HookPoint]:

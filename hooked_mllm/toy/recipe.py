@@ -74,7 +74,7 @@ DEEP_SIZES: dict[str, int | bool] = {
 _WORLD_SEED_OFFSET = 10_000  # as in training.py: training worlds are >= 10000, evaluation seeds below
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
     """One stage of the recipe.
 
@@ -107,8 +107,8 @@ _QW = (1, 1, 0.15, 1, 1.2)
 
 STAGES: dict[str, Stage] = {
     "toy-lm": Stage(
-        "text",
-        Recipe(caption_style="scene", steps=2400, batch_size=32, lr=1e-3, warmup=50, p_caption=0.15,
+        kind="text",
+        recipe=Recipe(caption_style="scene", steps=2400, batch_size=32, lr=1e-3, warmup=50, p_caption=0.15,
                qtype_weights=_QW, turns=2,
                stages=((300, (1, 0, 0, 0, 0)), (300, (1, 1, 0, 0, 0)), (300, (1, 1, 0, 1, 0)))),
         trainable=("embeddings", "lm"),
@@ -116,22 +116,22 @@ STAGES: dict[str, Stage] = {
         answer_weight=2.0,
     ),
     "toy-llava-deep-align": Stage(
-        "image",
-        Recipe(caption_style="scene", init="toy-lm", steps=600, batch_size=32, lr=5e-4, warmup=30,
+        kind="image",
+        recipe=Recipe(caption_style="scene", init="toy-lm", steps=600, batch_size=32, lr=5e-4, warmup=30,
                p_caption=0.5, qtype_weights=_QW),
         trainable=("vision", "projector"),
         world_offset=21,
     ),
     "toy-llava-deep": Stage(
-        "image",
-        Recipe(caption_style="plain", init="toy-llava-deep-align", steps=1200, batch_size=32, lr=5e-4,
+        kind="image",
+        recipe=Recipe(caption_style="plain", init="toy-llava-deep-align", steps=1200, batch_size=32, lr=5e-4,
                warmup=30, p_caption=0.1, qtype_weights=_QW),
         trainable=("vision", "projector", "lm"),
         world_offset=22,
     ),
     "toy-llava-deep-ft": Stage(
-        "image",
-        Recipe(caption_style="colored", init="toy-llava-deep", steps=200, batch_size=32, lr=3e-4, warmup=20,
+        kind="image",
+        recipe=Recipe(caption_style="colored", init="toy-llava-deep", steps=200, batch_size=32, lr=3e-4, warmup=20,
                p_caption=0.4, qtype_weights=_QW),
         trainable=("vision", "projector", "lm"),
         world_offset=23,
