@@ -11,7 +11,7 @@ images and prompts through the processor into one.
 Used by :mod:`hooked_mllm.model` (every run), :mod:`hooked_mllm.positions` (selectors)
 and :mod:`hooked_mllm.cache` (image / text views, saving).
 
-Example:
+Examples:
     >>> import torch
     >>> batch = MultimodalBatch.from_hf({"input_ids": torch.tensor([[1, 9, 9, 9, 9, 2]])}, image_token_id=9)
     >>> batch.image_mask.sum().item(), [(s.start, s.end) for s in batch.images]
@@ -54,7 +54,7 @@ class MultimodalBatch:
             Image selectors and ``cache.image`` raise with this reason instead of
             selecting wrong positions.
 
-    Example:
+    Examples:
         >>> batch = model.prepare(images=[img], prompts=["what color is the circle?"])  # doctest: +SKIP
         >>> batch.image_mask.sum().item()                                               # doctest: +SKIP
         36
@@ -204,7 +204,7 @@ class MultimodalBatch:
         ``image_token_counts`` (each image's number of image tokens, as the processor
         computes them) lets images whose placeholders touch be told apart.
 
-        Example:
+        Examples:
             >>> batch = MultimodalBatch.from_hf({"input_ids": ids, "pixel_values": pv},
             ...                                 image_token_id=32000)      # doctest: +SKIP
         """

@@ -48,7 +48,7 @@ class ActivationCache(Mapping):
         positions: ``[batch, k]`` the positions kept along dim 1, or None (all).
         has_batch_dim: False after :meth:`remove_batch_dim`.
 
-    Example:
+    Examples:
         >>> logits, cache = model.run_with_cache(batch)            # doctest: +SKIP
         >>> cache["resid_post", 0].shape                            # doctest: +SKIP
         torch.Size([1, 60, 128])
@@ -119,7 +119,7 @@ class ActivationCache(Mapping):
         without the model. It holds the readout's weights (``W_U``, ``W_O``...) too, so it is at
         least their size. The tokenizer is not saved (pass it to :meth:`load` for string tokens).
 
-        Example:
+        Examples:
             >>> cache.save("run.cache")                                 # doctest: +SKIP
             >>> ActivationCache.load("run.cache")["resid_post", 0].shape  # doctest: +SKIP
             torch.Size([1, 60, 128])
@@ -414,7 +414,7 @@ class ActivationCache(Mapping):
         ``compute_head_results``; summed over heads (plus ``o_proj``'s bias, if any) it is the
         attention output. Needs ``attn.hook_z`` cached for every layer.
 
-        Example:
+        Examples:
             >>> cache.compute_head_results()                         # doctest: +SKIP
             >>> cache["result", -1].shape                            # doctest: +SKIP
             torch.Size([1, 60, 4, 128])
@@ -493,7 +493,7 @@ class ActivationCache(Mapping):
         ``blocks.{layer}.hook_resid_pre`` (``hook_resid_mid`` with ``mlp_input``; the last
         ``hook_resid_post`` for the unembedding). Returns ``[component, batch, pos, d_model]``.
 
-        Example:
+        Examples:
             >>> stack, labels = cache.get_full_resid_decomposition(return_labels=True)   # doctest: +SKIP
             >>> torch.allclose(stack.sum(0), cache["resid_post", -1], atol=1e-4)        # doctest: +SKIP
             True

@@ -49,7 +49,7 @@ def prepare(
             template (PaliGemma) gets the prompt with one placeholder per image before it.
         padding_side: ``"left"`` (default, right for generation) or ``"right"``.
 
-    Example:
+    Examples:
         >>> batch = prepare(processor, images=[img1, img2], prompts=["q1", "a longer q2"],
         ...                 image_token_id=model.cfg.image_token_id)       # doctest: +SKIP
     """
@@ -108,7 +108,7 @@ def processor_token_counts(processor: Any, image_sizes: Sequence[Sequence[int]])
     only to cut a run of touching image placeholders, and only where the counts add up
     exactly, so a processor whose counts include separators never cuts anything.
 
-    Example:
+    Examples:
         >>> processor_token_counts(processor, [(336, 336), (336, 672)])   # doctest: +SKIP
         [576, 576]
     """

@@ -13,7 +13,7 @@ parameters (no copies), loaded from accelerate's offload map where offloaded. Th
 imports nothing of the model: :mod:`hooked_mllm.model` builds the readout and
 :mod:`hooked_mllm.cache` reads it.
 
-Example:
+Examples:
     >>> import torch
     >>> norm = NormSpec(kind="rms", weight=torch.ones(4), eps=1e-6)
     >>> norm.apply(torch.ones(2, 1, 3, 4), torch.ones(1, 3, 4)).shape
@@ -53,7 +53,7 @@ class NormSpec:
         eps: The epsilon added to the variance.
         offset: Added to the weight (1.0 for Gemma's ``x * (1 + weight)``).
 
-    Example:
+    Examples:
         >>> import torch
         >>> NormSpec(kind="layer", weight=None, eps=1e-5).apply(torch.ones(1, 2, 3), torch.arange(3.)[None]).shape
         torch.Size([1, 2, 3])
@@ -116,7 +116,7 @@ class CacheReadout:
             needs one raises with that reason.
         tokenizer: The tokenizer, for string tokens in ``logit_attrs`` (not saved).
 
-    Example:
+    Examples:
         >>> readout = model.readout()                    # doctest: +SKIP
         >>> readout.W_O[0].shape                          # doctest: +SKIP
         torch.Size([4, 32, 128])

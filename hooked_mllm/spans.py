@@ -7,7 +7,7 @@ row holds. It reads no processor, tokenizer or model: :mod:`hooked_mllm.batch` g
 inputs from the adapter and the HF tensors and calls it. Geometry that contradicts the
 tokens degrades to "positions known, grid unknown" with a warning; it never raises.
 
-Example:
+Examples:
     >>> import torch
     >>> mask = torch.tensor([[0, 1, 1, 1, 1, 0, 1, 1, 1, 1]]).bool()
     >>> spans, per_row = find_image_spans(mask, image_grid=lambda n: (2, n // 2))
@@ -45,7 +45,7 @@ class ImageSpan:
     them, and grid cell ``(r, c)`` is at ``positions[r * cols + c]``. Use
     :attr:`token_positions` to cover both cases.
 
-    Example:
+    Examples:
         >>> span = ImageSpan(row=0, index=0, start=2, end=9, grid=(2, 3), positions=(2, 3, 4, 6, 7, 8))
         >>> span.n_tokens, list(span.token_positions)[3]
         (6, 6)
@@ -100,7 +100,7 @@ def find_image_spans(
     Returns:
         ``(spans, images_per_row)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1, 1, 0]]).bool()   # two touching images
         >>> spans, _ = find_image_spans(mask, token_counts=[4, 4])
