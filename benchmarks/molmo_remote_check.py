@@ -105,7 +105,7 @@ def main(code_dir: str) -> int:
         normed = torch.allclose(cache["ln_final.hook_normalized"], ref.hidden_states[-1], atol=1e-6)
         raw = torch.allclose(cache["resid_post", n - 1], ref.hidden_states[-1], atol=1e-6)
         check("the adapter's hidden_states_normed says which of ln_final / resid_post(last) is hidden_states[-1]",
-              normed != raw and model.adapter.hidden_states_normed == normed)
+              normed != raw and model.adapter.modules.hidden_states_normed == normed)
         for prefix, count in (("", n), ("vision.", model.cfg.vision_n_layers)):
             worst = 0.0
             for layer in range(count):

@@ -16,7 +16,9 @@ Contents: :class:`Access` (a hook point bound to its envoys, :func:`bind`),
 :class:`Reading` (one read, what a write goes back into), :func:`read`, :func:`write`,
 :func:`check` and :func:`check_writable` (the checks alone, for errors naming each hook function).
 
-Example (what both paths do, inside an nnsight trace or mediator):
+What both paths do, inside an nnsight trace or mediator:
+
+Examples:
     >>> io = bind(model.nnsight, model.hook_points.resolve("blocks.0.hook_mlp_out"))  # doctest: +SKIP
     >>> reading = read(io)                                                            # doctest: +SKIP
     >>> write(io, reading, torch.zeros_like(reading.act), "A trace write")            # doctest: +SKIP

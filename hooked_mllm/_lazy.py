@@ -5,7 +5,7 @@ returns the module-level ``__getattr__`` and ``__dir__`` that import a submodule
 (PEP 562) and keep the value in the package's namespace afterwards. ``import hooked_mllm`` and
 ``hooked-mllm --help`` therefore load neither torch nor transformers.
 
-Example:
+Examples:
     >>> import types
     >>> pkg = types.ModuleType("pkg")
     >>> pkg.__getattr__, pkg.__dir__ = lazy_exports("json", {"dumps": "json"}, {})

@@ -39,7 +39,7 @@ def _map(value: Any, fn: Callable[[Any], Any]) -> Any:
 class LayerWeights:
     """One weight of every LM layer: indexable like a ``[n_layers, ...]`` tensor and callable per layer.
 
-    Example:
+    Examples:
         >>> model.W_Q[0].shape == (model.cfg.n_heads, model.cfg.d_model, model.cfg.d_head)   # doctest: +SKIP
         True
     """
@@ -94,7 +94,7 @@ class TLCompatMixin:
     # -- weights ---------------------------------------------------------------------
 
     def _layer_module(self, layer: int, rel: str) -> torch.nn.Module:
-        return self.adapter.module(self.hf_model, f"{self.adapter.lm_layers}.{layer}.{rel}")
+        return self.adapter.module(self.hf_model, f"{self.adapter.modules.lm_layers}.{layer}.{rel}")
 
     def _heads(self, rel: str | None, what: str, n: int) -> Callable[[int], Tensor]:
         if rel is None:
@@ -111,7 +111,7 @@ class TLCompatMixin:
         return read
 
     def _attn(self, what: str) -> LayerWeights:
-        cfg, block = self.cfg, self.adapter.block
+        cfg, block = self.cfg, self.adapter.modules.block
         rel = {"Q": block.q, "K": block.k, "V": block.v}[what[-1]]
         if what[-1] == "Q":
             return LayerWeights(what, cfg.n_layers, self._heads(rel, what, cfg.n_heads))
@@ -151,13 +151,13 @@ class TLCompatMixin:
     def W_O(self) -> LayerWeights:
         """``[n_layers, n_heads, d_head, d_model]`` attention output weights; ``model.W_O(l)`` reads one layer."""
         cfg = self.cfg
-        return LayerWeights("W_O", cfg.n_layers, lambda l: parameter(self._layer_module(l, self.adapter.block.o))
+        return LayerWeights("W_O", cfg.n_layers, lambda l: parameter(self._layer_module(l, self.adapter.modules.block.o))
                             .T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model))
 
     @property
     def b_O(self) -> LayerWeights:
         """``[n_layers, d_model]`` attention output biases (zeros where there are none)."""
-        return LayerWeights("b_O", self.cfg.n_layers, lambda l: self._bias(self.adapter.block.o, l))
+        return LayerWeights("b_O", self.cfg.n_layers, lambda l: self._bias(self.adapter.modules.block.o, l))
 
     def _bias(self, rel: str, layer: int) -> Tensor:
         module = self._layer_module(layer, rel)
@@ -167,7 +167,7 @@ class TLCompatMixin:
 
     def _mlp_in_paths(self) -> tuple[str, str | None]:
         """(W_in path, W_gate path or None)."""
-        pre = self.adapter.block.mlp_pre
+        pre = self.adapter.modules.block.mlp_pre
         if pre.endswith("gate_proj"):
             up = pre[: -len("gate_proj")] + "up_proj"
             try:
@@ -209,27 +209,27 @@ class TLCompatMixin:
     def W_out(self) -> LayerWeights:
         """``[n_layers, d_mlp, d_model]`` MLP output weights (the down projection)."""
         return LayerWeights("W_out", self.cfg.n_layers,
-                            lambda l: parameter(self._layer_module(l, self.adapter.block.mlp_down)).T)
+                            lambda l: parameter(self._layer_module(l, self.adapter.modules.block.mlp_down)).T)
 
     @property
     def b_out(self) -> LayerWeights:
         """``[n_layers, d_model]`` MLP output biases (zeros where there are none)."""
-        return LayerWeights("b_out", self.cfg.n_layers, lambda l: self._bias(self.adapter.block.mlp_down, l))
+        return LayerWeights("b_out", self.cfg.n_layers, lambda l: self._bias(self.adapter.modules.block.mlp_down, l))
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         """The token embedding matrix."""
-        return parameter(self.adapter.module(self.hf_model, self.adapter.embed))
+        return parameter(self.adapter.module(self.hf_model, self.adapter.modules.embed))
 
     @property
     def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
         """The unembedding matrix (transposed LM head weight)."""
-        return parameter(self.adapter.module(self.hf_model, self.adapter.unembed)).T
+        return parameter(self.adapter.module(self.hf_model, self.adapter.modules.unembed)).T
 
     @property
     def b_U(self) -> Float[Tensor, " d_vocab"]:
         """The LM head bias (zeros where there is none)."""
-        head = self.adapter.module(self.hf_model, self.adapter.unembed)
+        head = self.adapter.module(self.hf_model, self.adapter.modules.unembed)
         if getattr(head, "bias", None) is None:
             return torch.zeros(self.cfg.d_vocab, dtype=self.cfg.dtype)
         return parameter(head, "bias")
@@ -244,13 +244,13 @@ class TLCompatMixin:
         ``model.trace``); an unknown name fails here, not at the next run. ``is_permanent`` hooks
         survive ``reset_hooks()`` and go with ``reset_hooks(including_permanent=True)``.
 
-        Example:
+        Examples:
             >>> model.add_hook("blocks.0.hook_mlp_out", lambda act, hook: act * 0)   # doctest: +SKIP
             >>> model.reset_hooks()                                                  # doctest: +SKIP
         """
         if dir != "fwd":
-            raise ValueError("Only forward hooks are offered (dir='fwd'); for gradients run with grad=True and "
-                             "read .grad of cached tensors.")
+            raise ValueError("add_hook keeps forward hooks only (dir='fwd'); backward hooks belong to one run: "
+                             "run_with_hooks(..., bwd_hooks=[(name, fn)]) or run_with_cache(..., incl_bwd=True).")
         if prepend:
             raise ValueError("prepend=True is not offered: hooks on one point run in the order they were added.")
         block = self.hooks(fwd_hooks=[(name, hook)])
@@ -273,6 +273,99 @@ class TLCompatMixin:
         if errors:
             raise errors[0]
 
+    # -- return types and text-only input -------------------------------------------
+
+    _RETURN_TYPES = ("logits", "output", "loss", "both", None)
+
+    def _check_return_type(self, return_type: Any) -> None:
+        if return_type not in self._RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {', '.join(map(repr, self._RETURN_TYPES))}, "
+                             f"not {return_type!r}")
+
+    def _returned(self, output: Any, batch: Any, return_type: str | None) -> Any:
+        """What a run returns for ``return_type`` (checked by :meth:`_check_return_type`)."""
+        if return_type == "output":
+            return output
+        if return_type is None:
+            return None
+        if return_type == "logits":
+            return output.logits
+        loss = self.lm_loss(output.logits, batch)
+        return loss if return_type == "loss" else (output.logits, loss)
+
+    def text_batch(self, text: str | Sequence[str], prepend_bos: bool = True,
+                   padding_side: str = "left") -> Any:
+        """A text-only :class:`~hooked_mllm.inputs.MultimodalBatch`: ``model("a prompt")`` and every run
+        method take strings through it.
+
+        Tokenized as :meth:`to_tokens` (BOS prepended, no chat template), left-padded by default
+        (as :meth:`prepare` pads) with an attention mask over the real tokens.
+
+        Raises:
+            ValueError: The text holds the image placeholder token (a text-only run has no image
+                to put there: use :meth:`prepare` with images), or the model has no tokenizer.
+
+        Examples:
+            >>> logits = model("a red circle")                 # doctest: +SKIP
+            >>> logits, cache = model.run_with_cache(["a red circle", "two squares"])   # doctest: +SKIP
+        """
+        from .inputs import MultimodalBatch
+
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("Text input must be a string or a non-empty list of strings.")
+        tokenizer = self._need_tokenizer()
+        rows = [self.to_tokens(t, prepend_bos=prepend_bos, move_to_device=False)[0] for t in texts]
+        image_id = self.cfg.image_token_id
+        for t, row in zip(texts, rows):
+            if image_id is not None and bool((row == image_id).any()):
+                raise ValueError(
+                    f"The text {t!r} holds the image placeholder token (id {image_id}), but a text-only run has no "
+                    "image for it; pass images with model.prepare(images=..., prompts=...).")
+            if row.numel() == 0:
+                raise ValueError(f"The text {t!r} encodes to no tokens; give each prompt at least one token.")
+        width = max(row.numel() for row in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            where = slice(width - row.numel(), width) if padding_side == "left" else slice(0, row.numel())
+            ids[i, where], mask[i, where] = row, 1
+        return MultimodalBatch.from_hf({"input_ids": ids, "attention_mask": mask}, image_token_id=image_id,
+                                       adapter=self.adapter, config=self.hf_model.config, tokenizer=tokenizer,
+                                       prompts=texts)
+
+    def _pad_id(self) -> int:
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            return 0
+        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    def _attention_configs(self) -> list[Any]:
+        """The LM's and the vision tower's attention configs (switched to eager where patterns are read)."""
+        configs = [self.adapter.text_cfg(self.hf_model.config)]
+        vision = self.adapter.vision_cfg(self.hf_model.config)
+        return configs + ([vision] if vision is not None else [])
+
+    @staticmethod
+    def _has_images(batch: Any) -> bool:
+        return any("pixel" in key or "image" in key for key in batch.inputs)
+
+    def _runnable(self, batch: Any, points: Sequence[Any], names_filter: Any = "explicit") -> list[Any]:
+        """``points`` that a run of ``batch`` reaches: on a text-only batch the vision tower and the
+        projector do not run, so their points are left out of a filter (``None`` or a predicate) and
+        refused when named."""
+        if self._has_images(batch):
+            return list(points)
+        off = [p for p in points if p.stream != "lm"]
+        if off and (names_filter is not None and not callable(names_filter)):
+            raise ValueError(
+                f"{off[0].name} does not run on a text-only input (the vision tower and projector run only with "
+                "images); give images with model.prepare(images=..., prompts=...), or hook language-model points.")
+        return [p for p in points if p.stream == "lm"]
+
     # -- loss ------------------------------------------------------------------------
 
     def lm_loss(self, logits: Float[Tensor, "batch pos vocab"], batch: Any,
@@ -283,7 +376,7 @@ class TLCompatMixin:
         feature, not a prediction) are left out: the mean is over the rest; ``per_token``
         gives ``[batch, pos - 1]`` with zeros there.
 
-        Example:
+        Examples:
             >>> loss = model(batch, return_type="loss")         # doctest: +SKIP
         """
         ids = batch.input_ids.to(logits.device)
@@ -314,7 +407,7 @@ class TLCompatMixin:
 
         Text only: image placeholders are not expanded (use :meth:`prepare` for a multimodal batch).
 
-        Example:
+        Examples:
             >>> model.to_tokens("a red circle").shape       # doctest: +SKIP
             torch.Size([1, 4])
         """

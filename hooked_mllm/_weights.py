@@ -6,7 +6,7 @@ reads weights directly (``W_U``, ``W_O``, norm weights for ``apply_ln_to_stack``
 through :func:`parameter`, which loads them from that map; :func:`execution_device` is
 where inputs must go.
 
-Example:
+Examples:
     >>> import torch
     >>> parameter(torch.nn.Linear(2, 3), "weight").shape
     torch.Size([3, 2])

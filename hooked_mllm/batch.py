@@ -20,13 +20,16 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from .architectures import split as _split_rules
+from .architectures.split import Computed, SplitRule, rule_for
 from .spans import ImageSpan, find_image_spans
 
 if TYPE_CHECKING:
@@ -48,7 +51,7 @@ class MultimodalBatch:
         prompts: The prompts as given to :func:`prepare`, if any.
         images_per_row: How many images each row holds (for row selection).
         input_split: How :meth:`row` and :meth:`repeat` split each HF input key (the
-            adapter's ``input_split``; keys not listed follow the LLaVA rule).
+            adapter's ``inputs.split``; keys not listed follow :func:`~.architectures.split.rule_for`).
         no_image_tokens: Why the model's sequence holds no image tokens (cross-attention
             models such as Mllama, whose image placeholder is marked special), or None.
             Image selectors and ``cache.image`` raise with this reason instead of
@@ -69,7 +72,7 @@ class MultimodalBatch:
     tokens: tuple[tuple[str, ...], ...] | None = None
     prompts: tuple[str, ...] | None = None
     images_per_row: tuple[int, ...] = field(default=())
-    input_split: tuple[tuple[str, str | Callable[[MultimodalBatch, list[int]], Tensor]], ...] = ()
+    input_split: tuple[tuple[str, SplitRule], ...] = ()
     no_image_tokens: str | None = None
 
     @property
@@ -102,39 +105,13 @@ class MultimodalBatch:
         """Row ``index`` alone, its padding removed, as a batch of one.
 
         Works for models whose ``pixel_values`` hold one entry per image along dim 0,
-        and for others through the adapter's ``input_split`` rule (a callable rule gives
-        the key's tensor for ``[index]``).
+        and for others through the adapter's ``inputs.split`` rules
+        (:mod:`hooked_mllm.architectures.split`).
         """
         keep = ~self.pad_mask[index]
-        first_image = sum(self.images_per_row[:index])
         n_images = self.images_per_row[index] if self.images_per_row else 0
         rules = dict(self.input_split)
-        inputs: dict[str, Tensor] = {}
-        for key, value in self.inputs.items():
-            rule = rules.get(key)
-            if callable(rule):
-                inputs[key] = rule(self, [index])
-                continue
-            if rule is None:
-                rule = ("token" if key in ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-                        else "image" if key in ("pixel_values", "image_sizes") else "shared")
-            if rule == "token":
-                inputs[key] = value[index : index + 1][:, keep]
-            elif rule == "image":
-                inputs[key] = value[first_image : first_image + n_images]
-            elif rule == "row":
-                inputs[key] = value[index : index + 1]
-            elif rule == "tiles":
-                sizes = [span.n_tokens for span in self.images]
-                per_token = value.shape[0] / max(1, sum(sizes))
-                start, end = (round(sum(sizes[:i]) * per_token) for i in (first_image, first_image + n_images))
-                inputs[key] = value[start:end]
-            elif rule.startswith("patches:"):
-                sizes = self.inputs[rule.split(":", 1)[1]].prod(-1).tolist()
-                start = int(sum(sizes[:first_image]))
-                inputs[key] = value[start : start + int(sum(sizes[first_image : first_image + n_images]))]
-            else:
-                inputs[key] = value
+        inputs = {key: rule_for(key, rules).take(self, key, [index]) for key in self.inputs}
         spans = []
         for i, span in enumerate(self.images_of(index)):
             offset = int((~keep[: span.start]).sum())
@@ -157,7 +134,7 @@ class MultimodalBatch:
         """A one-row batch repeated ``times`` times (every HF tensor concatenated on dim 0).
 
         Concatenating on dim 0 is right for per-image ``pixel_values`` and for flattened
-        patch tensors with per-image grids alike; a key with a callable ``input_split`` rule
+        patch tensors with per-image grids alike; a key with a ``Computed`` split rule
         (tensors that index into others, as Molmo2's pooling indices) gets the rule's tensor
         for ``[0] * times``.
         """
@@ -223,7 +200,7 @@ class MultimodalBatch:
             raise ValueError(
                 f"Row(s) {empty or list(range(ids.shape[0]))} of input_ids hold no tokens (an empty prompt with no "
                 "image and no chat template encodes to nothing); give each row at least one token.")
-        in_sequence = adapter is None or adapter.images_in_sequence
+        in_sequence = adapter is None or adapter.tokens.in_sequence
         if image_token_id is not None and in_sequence:
             image = ids.eq(image_token_id) & ~pad
         else:  # cross-attention models: the placeholder is a special token, not an image position
@@ -233,15 +210,15 @@ class MultimodalBatch:
             special_ids = [i for i in tokenizer.all_special_ids if i != image_token_id or not in_sequence]
             special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype)) & ~pad & ~image
         text = ~pad & ~image & ~special
-        grids = adapter.image_grids(tensors, config) if adapter is not None and adapter.image_grids else None
+        grids = adapter.tokens.grids(tensors, config) if adapter is not None and adapter.tokens.grids else None
         if grids == [] and bool(image.any()):
             raise ValueError(
                 f"input_ids hold image tokens (id {image_token_id}), but the inputs carry no image geometry for "
                 f"the {adapter.name!r} architecture (got keys: {', '.join(sorted(tensors))}). Pass every key the "  # type: ignore[union-attr]
                 "processor returned with the images (model(**processor(images=..., text=...))).")
         row_break = _row_break_id(adapter, tokenizer)
-        views = adapter.image_views(tensors, config) if adapter is not None and adapter.image_views else None
-        image_grid = None if adapter is None else (lambda n: adapter.image_grid(n, config))  # type: ignore[union-attr]
+        views = adapter.tokens.views(tensors, config) if adapter is not None and adapter.tokens.views else None
+        image_grid = None if adapter is None else (lambda n: adapter.tokens.grid(n, config))  # type: ignore[union-attr]
         spans, per_row = find_image_spans(image, ids=ids, row_break=row_break, grids=grids, image_grid=image_grid,
                                           token_counts=image_token_counts, views=views)
         if not in_sequence and image_token_id is not None:
@@ -252,7 +229,8 @@ class MultimodalBatch:
             "special token. Image position selectors and cache.image() do not apply; select the placeholder "
             "with positions.token(...) or read the cross-attention hooks (blocks.{l}.hook_cross_attn_out).")
         n_pixel = tensors["pixel_values"].shape[0] if "pixel_values" in tensors else None
-        if n_pixel is not None and adapter is not None and adapter.name == "llava" and n_pixel != len(spans):
+        one_per_span = adapter is not None and adapter.inputs.pixel_values_per_span
+        if n_pixel is not None and one_per_span and n_pixel != len(spans):
             raise ValueError(
                 f"The inputs hold {n_pixel} images (pixel_values) but {len(spans)} runs of image "
                 f"tokens (id {image_token_id}) in input_ids; each image needs exactly one placeholder."
@@ -262,7 +240,7 @@ class MultimodalBatch:
             tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in ids)
         return cls(inputs=tensors, image_mask=image, text_mask=text, special_mask=special, pad_mask=pad,
                    images=spans, tokens=tokens, prompts=None if prompts is None else tuple(prompts),
-                   images_per_row=per_row, input_split=adapter.input_split if adapter is not None else (),
+                   images_per_row=per_row, input_split=adapter.inputs.split if adapter is not None else (),
                    no_image_tokens=no_image_tokens)
 
     # -- saving (with a cache) ---------------------------------------------------------
@@ -270,8 +248,8 @@ class MultimodalBatch:
     def state(self) -> dict[str, Any]:
         """Plain tensors, numbers and strings (loadable with ``torch.load(weights_only=True)``).
 
-        HF inputs that are not tensors, and ``input_split`` rules that are functions, are not
-        kept; :meth:`from_state` puts a rule in their place that says so when a row is split.
+        HF inputs that are not tensors, and ``Computed`` split rules (functions), are not kept;
+        :meth:`from_state` puts a rule in their place that says so when a row is split.
         """
         return {
             "inputs": {k: v for k, v in self.inputs.items() if isinstance(v, Tensor)},
@@ -282,7 +260,7 @@ class MultimodalBatch:
             "tokens": None if self.tokens is None else [list(row) for row in self.tokens],
             "prompts": None if self.prompts is None else list(self.prompts),
             "images_per_row": list(self.images_per_row),
-            "input_split": [[key, rule if isinstance(rule, str) else None] for key, rule in self.input_split],
+            "input_split": [[key, _rule_state(rule)] for key, rule in self.input_split],
             "no_image_tokens": self.no_image_tokens,
         }
 
@@ -299,12 +277,25 @@ class MultimodalBatch:
             tokens=None if state["tokens"] is None else tuple(tuple(row) for row in state["tokens"]),
             prompts=None if state["prompts"] is None else tuple(state["prompts"]),
             images_per_row=tuple(state["images_per_row"]),
-            input_split=tuple((key, _UnsavedRule(key) if rule is None else rule) for key, rule in state["input_split"]),
+            input_split=tuple((key, _rule_from_state(key, rule)) for key, rule in state["input_split"]),
             no_image_tokens=state["no_image_tokens"])
 
 
+def _rule_state(rule: SplitRule) -> list[Any] | None:
+    """A split rule as ``[class name, fields]`` (None for a ``Computed`` function, which is not saved)."""
+    if isinstance(rule, Computed) or not dataclasses.is_dataclass(rule):
+        return None
+    return [type(rule).__name__, {f.name: getattr(rule, f.name) for f in dataclasses.fields(rule)}]
+
+
+def _rule_from_state(key: str, state: list[Any] | None) -> SplitRule:
+    if state is None:
+        return Computed(_UnsavedRule(key))
+    return getattr(_split_rules, state[0])(**state[1])
+
+
 class _UnsavedRule:
-    """Stands for an ``input_split`` function that a saved batch could not keep."""
+    """Stands for a ``Computed`` split function that a saved batch could not keep."""
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -315,13 +306,13 @@ class _UnsavedRule:
 
 
 def _row_break_id(adapter: Adapter | None, tokenizer: Any) -> int | None:
-    """The id of the adapter's ``image_row_break`` token (None where it has none)."""
-    if adapter is None or adapter.image_row_break is None:
+    """The id of the adapter's ``tokens.row_break`` token (None where it has none)."""
+    if adapter is None or adapter.tokens.row_break is None:
         return None
     if tokenizer is None:
         raise ValueError(
             f"The {adapter.name!r} architecture separates the rows of an image's tokens with "
-            f"{adapter.image_row_break!r}; finding its images needs the tokenizer. Wrap the model with its "
+            f"{adapter.tokens.row_break!r}; finding its images needs the tokenizer. Wrap the model with its "
             "processor (HookedMLLM.from_hf(hf_model, processor)) or use model.prepare(...)."
         )
-    return int(tokenizer.convert_tokens_to_ids(adapter.image_row_break))
+    return int(tokenizer.convert_tokens_to_ids(adapter.tokens.row_break))

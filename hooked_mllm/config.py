@@ -20,7 +20,7 @@ from .architectures.base import Adapter
 class MLLMConfig:
     """Sizes of the language model and the vision tower.
 
-    Example:
+    Examples:
         >>> model.cfg.n_layers, model.cfg.d_model       # doctest: +SKIP
         (32, 4096)
     """
@@ -50,12 +50,11 @@ class MLLMConfig:
         n_heads = int(text.num_attention_heads)
         d_model = int(text.hidden_size)
         head_dim = getattr(text, "head_dim", None) or d_model // n_heads
-        lm_layers = adapter.module(hf_model, adapter.lm_layers)
-        vision_layers = (
-            len(adapter.module(hf_model, adapter.vision_layers)) if adapter.vision_layers is not None else 0
-        )
-        unembed = adapter.module(hf_model, adapter.unembed)
-        image_token = getattr(config, adapter.image_token_attr, None)
+        lm_layers = adapter.module(hf_model, adapter.modules.lm_layers)
+        vision_path = adapter.modules.vision_layers
+        vision_layers = len(adapter.module(hf_model, vision_path)) if vision_path is not None else 0
+        unembed = adapter.module(hf_model, adapter.modules.unembed)
+        image_token = getattr(config, adapter.config_keys.image_token_id, None)
         eps = getattr(text, "rms_norm_eps", None) or getattr(text, "layer_norm_eps", None) or 1e-6
         return cls(
             architecture=adapter.name,

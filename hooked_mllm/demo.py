@@ -12,7 +12,7 @@ dictionary of image-token residuals with its top words and top image patches; th
 response of a steering vector. Without a shipped toy checkpoint it runs a few of the same
 steps on a tiny random LLaVA and says so.
 
-Example:
+Examples:
     >>> from hooked_mllm.demo import run_demo
     >>> path = run_demo(out="reports/demo")      # doctest: +SKIP
 """

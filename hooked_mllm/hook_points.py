@@ -129,7 +129,7 @@ _TL_HINTS = (
 def tl_hint(name: str) -> str | None:
     """What to use instead of a TransformerLens hook name this library does not offer, or None.
 
-    Example:
+    Examples:
         >>> tl_hint("blocks.0.attn.hook_attn_scores").startswith("pre-softmax")
         True
     """
@@ -148,7 +148,7 @@ def act_name(name: str, layer: int | str | None = None, layer_type: str | None =
     ``"result"``, ``"scale"``...) get TransformerLens' name, which lookups then refuse with
     what to use instead (:func:`tl_hint`). Negative layers are resolved by the cache.
 
-    Example:
+    Examples:
         >>> act_name("resid_post", 3)
         'blocks.3.hook_resid_post'
         >>> act_name("embed")
@@ -266,7 +266,7 @@ def _cross_block_points(path: str, block: BlockLayout, layer: int, n_heads: int,
 class HookPoints:
     """Every hook point of one loaded model, in forward order, looked up by name.
 
-    Example:
+    Examples:
         >>> points = HookPoints.build(adapter, n_layers=2, n_heads=4, n_kv_heads=2,
         ...                           vision_layers=2, vision_heads=4)   # doctest: +SKIP
         >>> points.resolve("blocks.1.hook_resid_post").site.path          # doctest: +SKIP
@@ -297,42 +297,43 @@ class HookPoints:
     ) -> HookPoints:
         """Generate the table from an adapter and the model's sizes (vision first).
 
-        ``cross_layers`` are the LM layers built as the adapter's ``cross_block`` (gated
+        ``cross_layers`` are the LM layers built as the adapter's ``modules.cross.block`` (gated
         cross-attention to the vision states, :func:`_cross_block_points`).
         ``vision_layers_read``: how many vision layers reach the projector
         (:meth:`~hooked_mllm.architectures.Adapter.vision_layers_read`); the points of later
         layers are read-only, since a write there could not change the output.
         """
         points: list[HookPoint] = []
-        if adapter.vision_embed is not None:
-            points.append(HookPoint(name="vision.hook_embed", site=Site(adapter.vision_embed), stream="vision",
+        modules = adapter.modules
+        if modules.vision_embed is not None:
+            points.append(HookPoint(name="vision.hook_embed", site=Site(modules.vision_embed), stream="vision",
                                     sequence=False))
-        if adapter.vision_layers is not None and adapter.vision_block is not None:
+        if modules.vision_layers is not None and modules.vision_block is not None:
             for layer in range(vision_layers):
-                block = _block_points(f"vision.blocks.{layer}.", f"{adapter.vision_layers}.{layer}",
-                                      adapter.vision_block, layer, vision_heads, vision_heads, "vision")
+                block = _block_points(f"vision.blocks.{layer}.", f"{modules.vision_layers}.{layer}",
+                                      modules.vision_block, layer, vision_heads, vision_heads, "vision")
                 if vision_layers_read is not None and layer >= vision_layers_read:
                     reason = (f"the projector reads the vision tower's hidden state after layer {vision_layers_read - 1} "
-                              f"(the config's {adapter.vision_feature_layer_attr}), so vision layer {layer} never "
+                              f"(the config's {adapter.config_keys.vision_feature_layer}), so vision layer {layer} never "
                               f"reaches the output; write vision.blocks.{vision_layers_read - 1}.hook_resid_post "
                               "instead")
                     block = [replace(point, writable=False, read_only=reason) for point in block]
                 points += [_replace_sequence(point) for point in block]
-        if adapter.projector is not None:
-            points.append(HookPoint(name="projector.hook_in", site=Site(adapter.projector, "input"),
+        if modules.projector is not None:
+            points.append(HookPoint(name="projector.hook_in", site=Site(modules.projector, "input"),
                                     stream="projector", sequence=False))
-            points.append(HookPoint(name="projector.hook_out", site=Site(adapter.projector), stream="projector",
+            points.append(HookPoint(name="projector.hook_out", site=Site(modules.projector), stream="projector",
                                     sequence=False))
-        points.append(HookPoint(name="hook_embed", site=Site(adapter.embed)))
+        points.append(HookPoint(name="hook_embed", site=Site(modules.embed)))
         for layer in range(n_layers):
-            if layer in cross_layers and adapter.cross_block is not None:
-                points += _cross_block_points(f"{adapter.lm_layers}.{layer}", adapter.cross_block, layer, n_heads,
-                                              n_kv_heads)
+            if layer in cross_layers and modules.cross is not None:
+                points += _cross_block_points(f"{modules.lm_layers}.{layer}", modules.cross.block, layer,
+                                              n_heads, n_kv_heads)
                 continue
-            points += _block_points(f"blocks.{layer}.", f"{adapter.lm_layers}.{layer}", adapter.block,
+            points += _block_points(f"blocks.{layer}.", f"{modules.lm_layers}.{layer}", modules.block,
                                     layer, n_heads, n_kv_heads, "lm")
-        points.append(HookPoint(name="ln_final.hook_normalized", site=Site(adapter.final_norm)))
-        points.append(HookPoint(name="hook_logits", site=Site(adapter.unembed)))
+        points.append(HookPoint(name="ln_final.hook_normalized", site=Site(modules.final_norm)))
+        points.append(HookPoint(name="hook_logits", site=Site(modules.unembed)))
         return cls(points, adapter.name)
 
     def __iter__(self) -> Iterator[HookPoint]:
@@ -435,7 +436,7 @@ class HookContext:
             ``k + 1`` (each generated token after the first is one more step).
         ctx: A dict kept for the whole run, for hook functions that share state.
 
-    Example:
+    Examples:
         >>> def steer_late(act, hook: HookContext):
         ...     return act + 1 if hook.layer() >= 2 and hook.is_prompt else None
         >>> resid_post = lambda name: "resid_post" in name

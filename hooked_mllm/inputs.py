@@ -86,7 +86,7 @@ def prepare(
     saved_side = tokenizer.padding_side
     tokenizer.padding_side = padding_side
     try:
-        given = per_row if adapter is not None and adapter.nested_images and flat else flat
+        given = per_row if adapter is not None and adapter.inputs.nested_images and flat else flat
         encoded = processor(images=given or None, text=texts, padding=True, return_tensors="pt",
                             **processor_kwargs)
     finally:

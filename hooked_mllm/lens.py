@@ -7,7 +7,7 @@ soft cap, so the last layer's ``hook_resid_post`` gives exactly the model's logi
 :mod:`hooked_mllm.mechanism`). :func:`top_tokens` names the top entries;
 :func:`frozen_final_norm` and :func:`softcap_logits` are the two pieces.
 
-Example:
+Examples:
     >>> _, cache = model.run_with_cache(batch, names_filter=lambda n: "resid_post" in n)  # doctest: +SKIP
     >>> logits = logit_lens(model, cache["resid_post", 2][:, batch.image_mask[0]])          # doctest: +SKIP
 """
@@ -42,11 +42,11 @@ def logit_lens(model: HookedMLLM, resid: Float[Tensor, "... d_model"], apply_nor
             read) instead of from ``resid`` itself, so the readout is linear in ``resid`` up to
             the soft cap (see :func:`frozen_final_norm`).
 
-    Example:
+    Examples:
         >>> logits = logit_lens(model, cache["resid_post", 1][:, -1])                    # doctest: +SKIP
         >>> frozen = logit_lens(model, part, scale_from=cache["resid_post", 3][:, -1])   # doctest: +SKIP
     """
-    head = model.adapter.module(model.hf_model, model.adapter.unembed)
+    head = model.adapter.module(model.hf_model, model.adapter.modules.unembed)
     with torch.no_grad():
         if scale_from is not None:
             if not apply_norm:
@@ -67,7 +67,7 @@ def logit_lens(model: HookedMLLM, resid: Float[Tensor, "... d_model"], apply_nor
 def final_logit_softcap(model: HookedMLLM) -> float | None:
     """The model's final logit soft cap (``final_logit_softcapping`` of its text config), or None.
 
-    Example:
+    Examples:
         >>> final_logit_softcap(paligemma2_model)   # doctest: +SKIP
         30.0
     """
@@ -102,12 +102,12 @@ def frozen_final_norm(model: HookedMLLM, resid: Float[Tensor, "... d_model"],
     norm = model.final_norm()
     eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None) or model.cfg.norm_eps
     x, ref = resid.float(), scale_from.float().to(resid.device)
-    if model.adapter.block.norm == "layer":
+    if model.adapter.modules.block.norm == "layer":
         x = x - x.mean(-1, keepdim=True)
         scale = (ref.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
     else:
         scale = (ref.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    weight = norm.weight.detach().float().to(x.device) + model.adapter.block.norm_offset
+    weight = norm.weight.detach().float().to(x.device) + model.adapter.modules.block.norm_offset
     out = x / scale * weight
     bias = getattr(norm, "bias", None)
     return out if bias is None else out + bias.detach().float().to(x.device)
@@ -152,7 +152,7 @@ def embedding_lens(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, 
     Returns:
         Cosine similarities in ``[-1, 1]``, shape ``[..., d_vocab]``.
 
-    Example:
+    Examples:
         >>> sims = embedding_lens(model, cache["resid_pre", 0][0, batch.image_mask[0]])  # doctest: +SKIP
         >>> nearest_tokens(model, sims[0])                                                  # doctest: +SKIP
     """

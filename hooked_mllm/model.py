@@ -8,7 +8,7 @@ so ``run_with_cache``, ``run_with_hooks``, ``generate`` and a user's own
 (:mod:`hooked_mllm.inputs`) or as HF keyword tensors; caches are
 :class:`~hooked_mllm.cache.ActivationCache`.
 
-Example:
+Examples:
     >>> model = HookedMLLM.from_pretrained("llava-hf/llava-1.5-7b-hf")      # doctest: +SKIP
     >>> batch = model.prepare(images=[image], prompts=["What is shown?"])   # doctest: +SKIP
     >>> logits, cache = model.run_with_cache(batch, names_filter=lambda n: "resid_post" in n)  # doctest: +SKIP
@@ -27,17 +27,20 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import torch
 from jaxtyping import Float, Int
 from nnsight import NNsight
+from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
-from . import _hook_io, _runner
+from . import _grad_hooks, _hook_io, _runner
 from ._tl_compat import TLCompatMixin
+from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
 from ._weights import execution_device
 from . import positions as _positions
 from .architectures import adapter_for
 from .architectures.base import Adapter
+from ._cache_hooks import _cache_fn, _grad_cache_fn
 from .cache import ActivationCache
 from .config import MLLMConfig
-from .hook_points import HookContext, HookPoint, HookPoints
+from .hook_points import HookPoint, HookPoints
 from .inputs import MultimodalBatch, prepare, processor_token_counts
 from .readout import CacheReadout
 
@@ -53,7 +56,6 @@ _TL_HINTS = {
     "return_cache_object": "run_with_cache always returns an ActivationCache",
     "reset_hooks_end": "hooks given to a run are always removed when it ends; use model.hooks() to keep them",
     "clear_contexts": "hooks given to a run are always removed when it ends",
-    "bwd_hooks": "backward hooks are not offered; run with grad=True and read .grad of cached tensors",
 }
 # The processor keywords from_pretrained passes on to AutoProcessor, so a pinned revision pins both.
 _PROCESSOR_LOADING = ("revision", "token", "cache_dir", "local_files_only", "proxies", "force_download",
@@ -99,7 +101,8 @@ class HookedMLLM(TLCompatMixin):
         self.processor = processor
         self.adapter = adapter.for_config(hf_model.config) if adapter is not None else adapter_for(hf_model)
         self.cfg = MLLMConfig.from_model(hf_model, self.adapter)
-        self.nnsight = NNsight(hf_model)
+        self.nnsight = MLLMEnvoy(hf_model)
+        self.nnsight.attach(self.to_batch, self._pad_id)
         self.hook_points = HookPoints.build(
             self.adapter,
             n_layers=self.cfg.n_layers,
@@ -137,7 +140,7 @@ class HookedMLLM(TLCompatMixin):
         checkpoint whose remote code registers only ``AutoModelForCausalLM`` (Molmo) loads
         through that class.
 
-        Example:
+        Examples:
             >>> model = HookedMLLM.from_pretrained(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
         """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
@@ -179,17 +182,19 @@ class HookedMLLM(TLCompatMixin):
     def hook_point(self, name: str | tuple) -> HookPointHandle:
         """The nnsight handle of a hook point, for use inside :meth:`trace`.
 
-        Example:
+        Examples:
             >>> with model.trace(batch):                                            # doctest: +SKIP
             ...     resid = model.hook_point("blocks.3.hook_resid_post").output.save()
         """
-        return HookPointHandle(self.nnsight, self.hook_points.resolve(name), self._trace_reads)
+        point = self.hook_points.resolve(name)
+        check_invoke_point(self.nnsight, point)
+        return HookPointHandle(self.nnsight, point, self._trace_reads)
 
-    def _bind(self, fwd_hooks: Iterable[HookSpec]) -> list[_runner.HookFn]:
+    def _bind(self, fwd_hooks: Iterable[HookSpec], kind: str = "fwd_hooks") -> list[_runner.HookFn]:
         bound = []
         for spec in fwd_hooks:
             if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
-                raise TypeError("fwd_hooks takes (name_or_filter, fn) pairs, e.g. "
+                raise TypeError(f"{kind} takes (name_or_filter, fn) pairs, e.g. "
                                 "[('blocks.0.hook_resid_post', fn)]")
             target, fn = spec
             for point in self.hook_points.select(target):
@@ -209,11 +214,17 @@ class HookedMLLM(TLCompatMixin):
                        adapter=self.adapter, config=self.hf_model.config, **processor_kwargs)
 
     def to_batch(self, inputs: Any = None, **hf_kwargs: Any) -> MultimodalBatch:
-        """A :class:`MultimodalBatch` from a batch, a dict of HF tensors, or HF keywords.
+        """A :class:`MultimodalBatch` from a batch, a dict of HF tensors, HF keywords, or text.
 
         A dict or keywords may hold every key the model's processor returns; an unknown
-        key is an error naming it (and the closest known one).
+        key is an error naming it (and the closest known one). A string or a list of
+        strings is a text-only batch (:meth:`text_batch`).
         """
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
+            if hf_kwargs:
+                raise ValueError(f"Pass either text or HF input tensors, not both (got text and "
+                                 f"{', '.join(sorted(hf_kwargs))}).")
+            return self.text_batch(inputs)
         if isinstance(inputs, MultimodalBatch):
             if hf_kwargs:
                 raise ValueError(
@@ -237,7 +248,7 @@ class HookedMLLM(TLCompatMixin):
         if isinstance(sizes, Tensor) and sizes.dim() == 2:
             return processor_token_counts(self.processor, sizes.tolist())
         pixels = tensors.get("pixel_values")
-        one_per_image = "pixel_values" not in dict(self.adapter.input_split) and self.adapter.image_grids is None
+        one_per_image = "pixel_values" not in dict(self.adapter.inputs.split) and self.adapter.tokens.grids is None
         if isinstance(pixels, Tensor) and pixels.dim() == 4 and one_per_image:
             return processor_token_counts(self.processor, [tuple(pixels.shape[-2:])] * pixels.shape[0])
         return None
@@ -278,11 +289,14 @@ class HookedMLLM(TLCompatMixin):
     # -- running ---------------------------------------------------------------------
 
     def _run(self, batch: MultimodalBatch, hooks: list[_runner.HookFn], fn: Any = "__call__",
-             every_step: bool = False, grad: bool = False, what: str = "run", **call_kwargs: Any) -> Any:
+             every_step: bool = False, grad: bool = False, what: str = "run", bwd: Sequence[_runner.HookFn] = (),
+             **call_kwargs: Any) -> Any:
+        self._runnable(batch, [hook.point for hook in [*hooks, *bwd]])
         with self._guard(what):
             mediators = _runner.build_mediators(self.nnsight, hooks, self.hook_points.order,
                                                 batch=lambda: self._state.batch, every_step=every_step)
-            eager = self._eager_configs(hooks + self._context)
+            mediators += _grad_hooks.build_mediators(self.nnsight, bwd, batch=lambda: self._state.batch)
+            eager = self._eager_configs([*hooks, *bwd, *self._context])
             kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
             previous, self._state.batch = self._state.batch, batch
             try:
@@ -324,7 +338,7 @@ class HookedMLLM(TLCompatMixin):
     __call__ = forward
 
     def run_with_hooks(self, inputs: Any = None, *, fwd_hooks: Iterable[HookSpec] = (),
-                       return_type: str = "logits", grad: bool = False,
+                       bwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits", grad: bool = False,
                        **hf_kwargs: Any) -> Float[Tensor, "batch pos vocab"] | Any:
         """Run once with hook functions ``fn(activation, hook) -> replacement | None``.
 
@@ -332,20 +346,27 @@ class HookedMLLM(TLCompatMixin):
             inputs: A :class:`MultimodalBatch`, or pass HF tensors as keywords.
             fwd_hooks: ``(name_or_filter, fn)`` pairs; a filter is a list of names or a
                 predicate over names. Several functions on one point run in order.
-            return_type: ``"logits"`` or ``"output"`` (the HF output object).
+            bwd_hooks: ``(name_or_filter, fn)`` pairs of backward hooks ``fn(grad, hook)``,
+                called when the returned output is differentiated (``loss.backward()``) with
+                the gradient w.r.t. the point's value (after the forward hooks); a returned
+                tensor replaces that gradient. They belong to this run's graph
+                (:mod:`hooked_mllm._grad_hooks`); autograd is on for the run.
+            return_type: ``"logits"``, ``"output"`` (the HF output object), ``"loss"``
+                (:meth:`lm_loss`), ``"both"`` (``(logits, loss)``) or None.
             grad: Keep autograd on (for gradients through the run).
 
-        Example:
+        Examples:
             >>> def zero(act, hook):
             ...     return torch.zeros_like(act)
             >>> logits = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_mlp_out", zero)])  # doctest: +SKIP
         """
-        if return_type not in ("logits", "output"):
-            raise ValueError(f"return_type must be 'logits' or 'output', not {return_type!r}")
+        self._check_return_type(return_type)
         batch, options = self._batch_and_options("run_with_hooks", inputs, hf_kwargs,
-                                                 ("inputs", "fwd_hooks", "return_type", "grad"))
-        output = self._run(batch, self._bind(fwd_hooks), grad=grad, what="run_with_hooks", **options)
-        return output.logits if return_type == "logits" else output
+                                                 ("inputs", "fwd_hooks", "bwd_hooks", "return_type", "grad"))
+        backward = self._bind(bwd_hooks, "bwd_hooks")
+        output = self._run(batch, self._bind(fwd_hooks), grad=grad or bool(backward), what="run_with_hooks",
+                           bwd=backward, **options)
+        return self._returned(output, batch, return_type)
 
     def run_with_cache(
         self,
@@ -358,8 +379,10 @@ class HookedMLLM(TLCompatMixin):
         fwd_hooks: Iterable[HookSpec] = (),
         grad: bool = False,
         remove_batch_dim: bool = False,
+        incl_bwd: bool = False,
+        return_type: str | None = "logits",
         **hf_kwargs: Any,
-    ) -> tuple[Float[Tensor, "batch pos vocab"], ActivationCache]:
+    ) -> tuple[Any, ActivationCache]:
         """Run once and cache activations.
 
         Args:
@@ -371,11 +394,16 @@ class HookedMLLM(TLCompatMixin):
             dtype: Cast cached tensors.
             fwd_hooks: Hook functions to run too (the cache sees their results).
             remove_batch_dim: Drop the batch axis of a one-row run (:meth:`ActivationCache.remove_batch_dim`).
+            incl_bwd: Also call ``backward()`` on the returned loss (``return_type="loss"``, as
+                TransformerLens requires a scalar) and cache each point's gradient as
+                ``"<name>_grad"`` (points no gradient reaches have none); parameters' ``.grad``
+                accumulate as after any ``backward()``.
+            return_type: As in :meth:`run_with_hooks`.
 
         Returns:
-            ``(logits, cache)``.
+            ``(logits, cache)`` (the first element follows ``return_type``).
 
-        Example:
+        Examples:
             >>> logits, cache = model.run_with_cache(batch, names_filter="blocks.2.hook_resid_post",
             ...                                      positions="image")   # doctest: +SKIP
             >>> cache["resid_post", 2].shape                               # doctest: +SKIP
@@ -383,19 +411,27 @@ class HookedMLLM(TLCompatMixin):
         """
         batch, options = self._batch_and_options(
             "run_with_cache", inputs, hf_kwargs,
-            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad", "remove_batch_dim"))
+            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad", "remove_batch_dim",
+             "incl_bwd", "return_type"))
+        self._check_return_type(return_type)
+        if incl_bwd and return_type != "loss":
+            raise ValueError(f"incl_bwd=True needs a scalar output to call backward() on, got return_type="
+                             f"{return_type!r}; pass return_type='loss'.")
         store: dict[str, Tensor] = {}
         index = None
         if positions is not None:
             index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
-        chosen = self.hook_points.select(names_filter)
+        chosen = self._runnable(batch, self.hook_points.select(names_filter), names_filter)
         versions: dict[str, int] = {}
         clone: set[str] = set()
         for attempt in range(2):
             hooks = self._bind(fwd_hooks)
             for point in chosen:
                 hooks.append(_runner.HookFn(point, _cache_fn(store, index, device, dtype, grad, versions, clone)))
-            output = self._run(batch, hooks, grad=grad, what="run_with_cache", **options)
+            grads: dict[str, Tensor] = {}
+            backward = [_runner.HookFn(point, _grad_cache_fn(grads, index, device, dtype)) for point in chosen
+                        if incl_bwd]
+            output = self._run(batch, hooks, grad=grad or incl_bwd, what="run_with_cache", bwd=backward, **options)
             # A model that edits a value in place after the hook read it (Molmo adds the image features
             # into its embedding output) leaves a stale cache entry: run again, copying those entries.
             stale = {name for name, version in versions.items() if store[name]._version != version}
@@ -404,10 +440,14 @@ class HookedMLLM(TLCompatMixin):
             clone |= stale
             store.clear()
             versions.clear()
+        result = self._returned(output, batch, return_type)
+        if incl_bwd:
+            result.backward()
+            store.update({f"{name}_grad": value for name, value in grads.items()})
         cache = ActivationCache(store, self.readout(), batch=batch, positions=None if index is None else index.cpu())
         if remove_batch_dim:
             cache.remove_batch_dim()
-        return output.logits, cache
+        return result, cache
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Iterable[HookSpec] = ()) -> Iterator[HookedMLLM]:
@@ -416,7 +456,7 @@ class HookedMLLM(TLCompatMixin):
         They are nnsight edits for the block's duration, so a ``model.trace`` inside the
         block sees them too; they are removed on exit, also when something raises.
 
-        Example:
+        Examples:
             >>> with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", steer)]):  # doctest: +SKIP
             ...     out = model.generate(batch, max_new_tokens=5)
         """
@@ -437,18 +477,29 @@ class HookedMLLM(TLCompatMixin):
         ``hook.step`` is 0 on the prompt forward and ``k`` on the forward that produces
         generated token ``k + 1``. Greedy by default. HF input tensors among the keywords
         (every key the processor returns: ``model.generate(**processor(...))``) make the
-        batch; other keywords go to HF ``generate``.
+        batch; other keywords go to HF ``generate``. Opened as ``with model.generate(...) as
+        tracer:`` it is an nnsight trace of the generation instead (per-step reads and writes
+        in ``for step in tracer.iter[...]`` / ``tracer.all()``; the ids at ``tracer.result``).
 
-        Example:
+        Examples:
             >>> out = model.generate(batch, max_new_tokens=3)   # doctest: +SKIP
             >>> out.text                                         # doctest: +SKIP
             ['red']
         """
         tensors = {k: generate_kwargs.pop(k) for k in list(generate_kwargs)
                    if k in self._input_names and isinstance(generate_kwargs[k], Tensor)}
-        batch = self.to_batch(inputs, **tensors)
         fn = functools.partial(self.hf_model.generate, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                **generate_kwargs)
+        tracer = self.trace(inputs, fn=fn, **tensors)
+        try:  # `with model.generate(...) as tracer:` traces generation (nnsight's test: the caller's frame)
+            tracer.capture()
+            if fwd_hooks:
+                raise ValueError("A traced generate takes no fwd_hooks: write to hook points inside the block, "
+                                 "or wrap it in `with model.hooks(fwd_hooks=...)`.")
+            return tracer
+        except WithBlockNotFoundError:
+            pass
+        batch = self.to_batch(inputs, **tensors)
         sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True, what="generate")
         if not isinstance(sequences, Tensor):
             sequences = sequences.sequences
@@ -458,18 +509,29 @@ class HookedMLLM(TLCompatMixin):
         text = tokenizer.batch_decode(new, skip_special_tokens=True) if tokenizer is not None else None
         return GenerationOutput(sequences, new, text)
 
-    def trace(self, inputs: Any = None, **hf_kwargs: Any) -> Any:
-        """nnsight's ``trace`` over the same inputs (a batch or HF tensors).
+    def trace(self, inputs: Any = None, *, eager_attention: bool | None = None, fn: Any = None,
+              **hf_kwargs: Any) -> Any:
+        """nnsight's ``trace`` over the same inputs (a batch, text or HF tensors), or, given none, over
+        the inputs of its ``tracer.invoke(...)`` blocks batched into one forward (:mod:`hooked_mllm._tracing`).
 
-        Example:
+        ``eager_attention``: run under eager attention (patterns); None does so when the block
+        names ``hook_pattern``. ``fn``: what to run instead of the forward (``generate`` uses it).
+
+        Examples:
             >>> with model.trace(batch):                                                 # doctest: +SKIP
             ...     h = model.hook_point("blocks.0.hook_resid_post").output.save()
             ...     model.hook_point("blocks.1.hook_mlp_out").output[:] = 0
         """
-        batch, options = self._batch_and_options("trace", inputs, hf_kwargs, ("inputs",))
         self._trace_reads.clear()
-        tracer_cls = _runner.guarded_tracer(self._guard, quiet=bool(self._context), after=self._check_trace_reads)
-        return self.nnsight.trace(tracer_cls=tracer_cls, **batch.to(self.device).inputs, **options)
+        tracer_cls = habit_tracer(_runner.guarded_tracer(self._guard, quiet=bool(self._context),
+                                                         after=self._check_trace_reads),
+                                  self._attention_configs, eager_attention)
+        extra = {} if fn is None else {"fn": fn}
+        if inputs is None and not any(isinstance(v, Tensor) for v in hf_kwargs.values()):  # invokes give inputs
+            self._check_keywords("trace", hf_kwargs, ("inputs", "eager_attention"))
+            return self.nnsight.trace(tracer_cls=tracer_cls, **extra, **hf_kwargs)
+        batch, options = self._batch_and_options("trace", inputs, hf_kwargs, ("inputs", "eager_attention"))
+        return self.nnsight.trace(tracer_cls=tracer_cls, **extra, **batch.to(self.device).inputs, **options)
 
     def _check_trace_reads(self) -> None:
         """Refuse, after a trace, in-place edits of computed values that could not reach the model."""
@@ -485,7 +547,7 @@ class HookedMLLM(TLCompatMixin):
 
     def final_norm(self) -> torch.nn.Module:
         """The language model's final norm module."""
-        return self.adapter.module(self.hf_model, self.adapter.final_norm)
+        return self.adapter.module(self.hf_model, self.adapter.modules.final_norm)
 
     def readout(self) -> CacheReadout:
         """What a cache's helpers read of this model (layer count, ``W_O``, ``W_U``, norms, hook names),
@@ -503,36 +565,6 @@ class HookedMLLM(TLCompatMixin):
         c = self.cfg
         return (f"HookedMLLM({c.model_class}: {c.n_layers} layers, d_model={c.d_model}, "
                 f"vision {c.vision_n_layers} layers, {len(self.hook_points)} hook points)")
-
-
-def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool,
-              versions: dict[str, int], clone: set[str]) -> Callable:
-    """A hook storing each value in ``store`` (and, for values that share the activation's memory,
-    their version in ``versions``, so that an in-place edit by the model after the hook is seen);
-    names in ``clone`` are copied."""
-
-    def cache_hook(act: Tensor, hook: HookContext) -> None:
-        if hook.step != 0:
-            return None
-        value = act if grad else act.detach()
-        if hook.name in clone:
-            value = value.clone()
-        if index is not None and hook.point.sequence:
-            if hook.point.needs_eager:  # [batch, heads, query, key]: select queries
-                gather = index[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
-                value = value.gather(2, gather)
-            else:
-                shape = index.shape + value.shape[2:]
-                gather = index.view(*index.shape, *([1] * (value.dim() - 2))).expand(shape)
-                value = value.gather(1, gather)
-        if device is not None or dtype is not None:
-            value = value.to(device=device, dtype=dtype)
-        store[hook.name] = value
-        if value.untyped_storage().data_ptr() == act.untyped_storage().data_ptr():
-            versions[hook.name] = value._version
-        return None
-
-    return cache_hook
 
 
 class HookPointHandle:

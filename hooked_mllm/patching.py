@@ -15,7 +15,7 @@ Gaussian noise on the image-token embeddings with the scale a multiple of their 
 deviation, as in ROME), :func:`mask_region` and :func:`blur_region` on PIL images.
 Metrics: :func:`logit_diff`, :func:`answer_logprob`.
 
-Example:
+Examples:
     >>> metric = logit_diff(red_id, blue_id)
     >>> result = activation_patching(model, clean, corrupted, metric, hook="resid_pre", over="cell")  # doctest: +SKIP
     >>> result.values.shape            # [layers, grid rows, grid cols]            # doctest: +SKIP
@@ -72,7 +72,8 @@ class PatchingResult:
         over: ``"position"``, ``"cell"`` or ``"head"``.
         labels: One label per unit (token string at a position, ``"r1c2"``, ``"H3"``).
         units: Per unit, the sequence positions (or head index) it covers.
-        clean_metric, corrupted_metric: The metric of the unpatched runs.
+        clean_metric: The metric of the unpatched clean run.
+        corrupted_metric: The metric of the unpatched corrupted run.
         forward_passes: Forward calls made; ``rows`` the total rows run; ``backward_passes``.
     """
 
@@ -130,7 +131,7 @@ class PatchingResult:
         values are :meth:`normalized` (1 = fully restored). ``.overlay(image)`` draws it over
         the image like every location map.
 
-        Example:
+        Examples:
             >>> result.location_map().overlay(scene.image)      # doctest: +SKIP
         """
         if self.over != "cell" or self.values.dim() != 3:

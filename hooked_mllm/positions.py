@@ -6,7 +6,7 @@ boolean mask. Strings and plain values are accepted wherever a selector is:
 ``"everything"`` (prompt and generated tokens), an int (negative counts from each row's
 end), a slice, a list of indices, or a boolean mask (``[pos]`` or ``[batch, pos]``).
 
-Example:
+Examples:
     >>> from hooked_mllm import positions
     >>> mask = positions.resolve("image", batch)           # doctest: +SKIP
     >>> mask = positions.image(index=0, rows=slice(0, 2)).mask(batch)  # doctest: +SKIP
@@ -261,7 +261,7 @@ def image(index: int | None = None, rows: Any = None, cols: Any = None,
           box: tuple[float, float, float, float] | None = None, image_size: tuple[int, int] | None = None) -> Image:
     """Select image tokens: image ``index`` of each row, grid ``rows``/``cols``, or a pixel ``box``.
 
-    Example:
+    Examples:
         >>> positions.image(box=(0, 0, 16, 16), image_size=(48, 48))   # the top-left 16 px  # doctest: +SKIP
     """
     return Image(index=index, rows=rows, cols=cols, box=box, image_size=image_size)

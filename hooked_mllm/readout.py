@@ -206,7 +206,7 @@ class CacheReadout:
         ``model.tokenizer`` and the TransformerLens weights ``W_O``, ``b_O``, ``W_out``,
         ``b_out``, ``W_U``. A weight that cannot be read is recorded in ``missing``.
         """
-        cfg, adapter, block = model.cfg, model.adapter, model.adapter.block
+        cfg, adapter, block = model.cfg, model.adapter, model.adapter.modules.block
         missing: dict[str, str] = {}
 
         def read(key: str, get: Callable[[], Any]) -> Any:
@@ -222,7 +222,7 @@ class CacheReadout:
                                        cfg.norm_eps)
 
         layers = range(cfg.n_layers)
-        prefix = adapter.lm_layers
+        prefix = adapter.modules.lm_layers
         weights = {name: tuple(read(f"{name}.{l}", lambda n=name, l=l: getattr(model, n)(l)) for l in layers)
                    for name in ("W_O", "b_O", "W_out", "b_out")}
         ln2: tuple[NormSpec | None, ...] = tuple(None for _ in layers)
@@ -238,5 +238,5 @@ class CacheReadout:
             hook_streams={point.name: point.stream for point in model.hook_points},
             W_U=read("W_U", lambda: model.W_U), **weights,
             ln1=tuple(read(f"ln1.{l}", norm(f"{prefix}.{l}.{block.ln1}")) for l in layers), ln2=ln2,
-            ln_final=read("ln_final", norm(adapter.final_norm)), neuron_note=note, missing=missing,
+            ln_final=read("ln_final", norm(adapter.modules.final_norm)), neuron_note=note, missing=missing,
             tokenizer=model.tokenizer)

@@ -89,16 +89,17 @@ def _cross_attention_section() -> list[str]:
     from .architectures import registered_adapters
     from .hook_points import HookPoints
 
-    adapters = {a.name: a for a in registered_adapters().values() if a.cross_block is not None}
+    adapters = {a.name: a for a in registered_adapters().values() if a.modules.cross is not None}
     lines = []
     for name, adapter in sorted(adapters.items()):
         points = HookPoints.build(adapter, n_layers=1, n_heads=1, n_kv_heads=1, cross_layers=frozenset({0}))
-        gate_attn, gate_mlp = adapter.cross_gates or ("gate", "gate")
+        cross = adapter.modules.cross
+        gate_attn, gate_mlp = cross.gates
         lines += [
             "",
             f"## Cross-attention layers ({name})",
             "",
-            f"In the `{name}` architecture the layers listed in the text config's `{adapter.cross_layers_attr}`",
+            f"In the `{name}` architecture the layers listed in the text config's `{cross.layers_attr}`",
             "attend to the vision states instead of the sequence. They are `blocks.{l}` like every other",
             "layer, with these hook points instead of the self-attention ones. The residual receives",
             f"`tanh({gate_attn}) * hook_cross_attn_out` and `tanh({gate_mlp}) * row_mask * hook_mlp_out`",

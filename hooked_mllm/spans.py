@@ -28,7 +28,7 @@ from torch import Tensor
 Grid = tuple[int, int]
 ImageViews = tuple[int, list[tuple[tuple[int, ...], Grid]]]
 """One image's token count and its views ``[(offsets in the image's run, (rows, cols)), ...]``."""
-Runs = list[tuple[int, list[tuple[int, int]]]]
+_Runs = list[tuple[int, list[tuple[int, int]]]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +114,7 @@ def find_image_spans(
                         ids if row_break is not None else None, row_break, token_counts)
 
 
-def _runs(image_mask: Tensor, ids: Tensor | None, row_break: int | None) -> Runs:
+def _runs(image_mask: Tensor, ids: Tensor | None, row_break: int | None) -> _Runs:
     """Per row, the runs of image tokens ``(row, [(start, end), ...])``; with ``row_break``,
     runs separated by exactly one such token are merged (the rows of one image)."""
     out = []
@@ -137,7 +137,7 @@ def _runs(image_mask: Tensor, ids: Tensor | None, row_break: int | None) -> Runs
     return out
 
 
-def _split_touching(runs: Runs, counts: list[int]) -> Runs | None:
+def _split_touching(runs: _Runs, counts: list[int]) -> _Runs | None:
     """``runs`` cut where images touch, using each image's token count in order (None if they do not fit).
 
     Placeholders the chat template writes side by side (``<image><image>``) leave one run of
@@ -163,7 +163,7 @@ def _split_touching(runs: Runs, counts: list[int]) -> Runs | None:
 
 def _view_spans(image_mask: Tensor, views: list[ImageViews]
                 ) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]] | None:
-    """One span per view of each image (the adapter's ``image_views``), or None with a warning
+    """One span per view of each image (the adapter's ``tokens.views``), or None with a warning
     where the runs of image tokens do not hold exactly the images' token counts.
 
     Image ``i``'s run must be ``views[i][0]`` tokens long; each of its views becomes a span
@@ -207,7 +207,7 @@ def _image_spans(image_mask: Tensor, image_grid: Callable[[int], Grid | None] | 
     image: its span lists their positions and its grid is ``(n_runs, run length)``; and
     a run holding several touching images is cut by their token counts (from ``grids``, else
     ``image_token_counts``, the processor's count per image).
-    ``grids`` (from the adapter's ``image_grids`` rule) gives each image's grid in order,
+    ``grids`` (from the adapter's ``tokens.grids`` rule) gives each image's grid in order,
     checked against the rows where a span has separators (a span that is one run, such as
     Molmo2's low-resolution view, takes the grid as given; its token count is checked);
     otherwise ``image_grid`` derives it from the run's length. Geometry that

@@ -84,7 +84,7 @@ def test_refused_writes_name_the_point_on_both_paths(internvl, path, name, make,
 @pytest.mark.parametrize("name", ["vision.blocks.0.hook_attn_out", "vision.blocks.0.hook_resid_mid"])
 def test_writes_through_a_zero_layer_scale_are_refused_on_both_paths(internvl, path, name):
     model, batch = internvl
-    layer = model.hf_model.get_submodule(f"{model.adapter.vision_layers}.0")
+    layer = model.hf_model.get_submodule(f"{model.adapter.modules.vision_layers}.0")
     saved = layer.lambda_1.detach().clone()
     try:
         with torch.no_grad():
@@ -126,7 +126,7 @@ def test_a_per_head_write_matches_a_torch_hook(internvl, path):
 @pytest.mark.parametrize("path", PATHS)
 def test_a_write_through_a_layer_scale_matches_zeroed_weights(internvl, path):
     model, batch = internvl
-    layer = model.hf_model.get_submodule(f"{model.adapter.vision_layers}.0")
+    layer = model.hf_model.get_submodule(f"{model.adapter.modules.vision_layers}.0")
     saved = layer.lambda_1.detach().clone()
     try:
         with torch.no_grad():
@@ -145,7 +145,7 @@ def test_a_write_of_a_sum_with_a_layer_scale_matches_a_torch_hook(internvl, path
     """vision ``hook_resid_mid`` = block input + attention output * lambda_1: writing ``2 * value``
     is the attention output ``(2 * value - input) / lambda_1``."""
     model, batch = internvl
-    layer = model.hf_model.get_submodule(f"{model.adapter.vision_layers}.0")
+    layer = model.hf_model.get_submodule(f"{model.adapter.modules.vision_layers}.0")
     seen = {}
 
     def keep_input(mod, args):

@@ -27,5 +27,9 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
         assert namespace["feats"].manifest["skipped"] and len(namespace["Z"]) > 5
         report = namespace["report"]
         assert report.target_rate_before < 0.2 < report.target_rate, (report.target_rate_before, report.target_rate)
+    if doc == "docs/getting_started.md":  # gradients cached; invokes scoped to their rows; one read per step
+        assert namespace["grad_cache"]["blocks.1.hook_resid_post_grad"].abs().sum() > 0
+        assert namespace["resid_rows"].shape[0] == 2 and len(namespace["last_resid"]) == 3
+        assert namespace["pattern"].dim() == 4 and namespace["new_ids"].shape[1] == namespace["one"].shape[1] + 3
     if doc == "docs/hooks_and_patching.md":  # the sweep finds the asked object's cell (cells of 2 x 2 patches)
         assert namespace["sweep"].location_map().peak() == (namespace["row"], namespace["col"])

@@ -6,7 +6,7 @@ falling back to :func:`.discover.discover` (structure-based, checked by a probe 
 :func:`.discover.verify_adapter`) for unknown models. :func:`supported_models_markdown`
 renders the registry as docs/architectures.md.
 
-Example:
+Examples:
     >>> from hooked_mllm.architectures import adapter_for
     >>> adapter_for(hf_model).name        # doctest: +SKIP
     'llava'
@@ -19,7 +19,15 @@ from typing import Any
 
 from .base import Adapter as Adapter
 from .base import BlockLayout as BlockLayout
+from .base import ConfigKeys as ConfigKeys
+from .base import CrossAttention as CrossAttention
+from .base import InputLayout as InputLayout
+from .base import Metadata as Metadata
+from .base import ModuleLayout as ModuleLayout
+from .base import TokenLayout as TokenLayout
+from .base import no_grid as no_grid
 from .base import square_grid as square_grid
+from .base import square_tokens as square_tokens
 from .discover import discover as discover
 from .discover import verify_adapter as verify_adapter
 from .gemma3 import GEMMA3

@@ -1,16 +1,21 @@
 """The adapter interface: where things live in one family's Hugging Face module tree.
 
-An :class:`Adapter` is declarative data. It names module paths (relative to the
-``*ForConditionalGeneration`` model) for the language model's decoder layers, their
-attention / MLP / norms, the embedding, the final norm and the unembedding, the vision
-tower's layers and the projector, and says how image tokens sit in the sequence.
-Everything generic (hook-point naming in :mod:`hooked_mllm.hook_points`, running in
-:mod:`hooked_mllm.model`, caching in :mod:`hooked_mllm.cache`) reads an adapter and knows
-nothing of families. One file per family lives beside this one and registers itself in
-:mod:`hooked_mllm.architectures`.
+An :class:`Adapter` is declarative data, built by keyword from small frozen groups:
+:class:`ModuleLayout` (module paths, relative to the ``*ForConditionalGeneration`` model, of
+the language model's decoder layers, their attention / MLP / norms (a :class:`BlockLayout`),
+the embedding, the final norm and the unembedding, the vision tower's layers and the
+projector, and any :class:`CrossAttention` layers), :class:`ConfigKeys` (which HF config
+attributes to read), :class:`TokenLayout` (how image tokens sit in the sequence: grids,
+views, row separators), :class:`InputLayout` (how the processor takes images and how HF
+inputs split by row, with the typed rules of :mod:`.split`) and :class:`Metadata` (what the
+supported-models table says). Everything generic (hook-point naming in
+:mod:`hooked_mllm.hook_points`, running in :mod:`hooked_mllm.model`, caching in
+:mod:`hooked_mllm.cache`) reads an adapter and knows nothing of families. One file per
+family lives beside this one and registers itself in :mod:`hooked_mllm.architectures`
+(docs/architectures.md, "Adding a family").
 
-Contents: :class:`BlockLayout` (one transformer block), :class:`Adapter`,
-:func:`square_grid` (the grid rule for towers whose image tokens form a square).
+Contents: :class:`BlockLayout` (one transformer block), the groups above, :class:`Adapter`,
+:func:`square_grid` and the grid rules :func:`square_tokens` / :func:`no_grid`.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from .split import SplitRule, check_rules
+
 NormKind = Literal["rms", "layer"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BlockLayout:
     """Paths inside one transformer block, relative to the block module.
 
@@ -91,7 +98,7 @@ ImageViews = tuple[int, list[tuple[tuple[int, ...], tuple[int, int]]]]
 def square_grid(n_tokens: int) -> tuple[int, int] | None:
     """The ``(rows, cols)`` of ``n_tokens`` image tokens laid out as a square, else None.
 
-    Example:
+    Examples:
         >>> square_grid(576)
         (24, 24)
     """
@@ -99,13 +106,44 @@ def square_grid(n_tokens: int) -> tuple[int, int] | None:
     return (side, side) if side * side == n_tokens else None
 
 
-@dataclass(frozen=True)
-class Adapter:
-    """Where one family keeps its parts, as module paths from the HF model root.
+def square_tokens(n_tokens: int, config: Any) -> tuple[int, int] | None:
+    """Grid rule: the tokens of one image form a square (:func:`square_grid`), else no grid."""
+    return square_grid(n_tokens)
+
+
+def no_grid(n_tokens: int, config: Any) -> tuple[int, int] | None:
+    """Grid rule: the tokens of one image form no grid (resampled latents, several tiles)."""
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossAttention:
+    """The LM's gated cross-attention layers (Mllama), which attend to the vision states instead
+    of the sequence in the layers the text config lists.
 
     Attributes:
-        name: Short family name (``"llava"``).
-        config_classes: Names of the HF config classes this adapter serves.
+        block: Paths inside one cross-attention layer; its hook points are named
+            ``cross_attn.*`` and ``hook_cross_attn_out`` (:mod:`hooked_mllm.hook_points`).
+        layers_attr: Attribute of the text config listing the cross-attention layers.
+        gates: Names of the layer's attention and MLP gate parameters: the residual receives
+            ``tanh(gate) * output`` (documentation and the conformance suite's residual identities).
+
+    Examples:
+        >>> CrossAttention(block=BlockLayout(attn="cross_attn"), layers_attr="cross_attention_layers",
+        ...                gates=("attn_gate", "mlp_gate")).layers_attr
+        'cross_attention_layers'
+    """
+
+    block: BlockLayout
+    layers_attr: str
+    gates: tuple[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModuleLayout:
+    """Where the parts live: module paths from the HF model root (``*ForConditionalGeneration``).
+
+    Attributes:
         lm_layers: The language model's decoder ``ModuleList``.
         embed: The token embedding (``hook_embed``).
         final_norm: The final norm (``ln_final.hook_normalized``).
@@ -113,79 +151,21 @@ class Adapter:
         block: Paths inside one decoder layer.
         vision_layers: The vision tower's layer ``ModuleList`` (None: no tower).
         vision_embed: The vision embedding module (``vision.hook_embed``).
-        vision_block: Paths inside one vision layer.
+        vision_block: Paths inside one vision layer (given with ``vision_layers``).
         projector: The module mapping image features into the LM space.
-        text_config: Attribute of the HF config holding the LM config.
-        vision_config: Attribute of the HF config holding the vision config.
-        image_token_attr: Attribute of the HF config holding the image token id.
-        image_grid: Maps the number of tokens of one image (and the HF config) to its
-            ``(rows, cols)`` grid, or None where the tokens form no grid.
-        hidden_states_normed: Whether HF's ``hidden_states[-1]`` is already after the
-            final norm (then ``resid_post`` of the last layer is not it).
-        image_grids: Optional rule computing every image's grid from the HF inputs
-            (``inputs, config -> [grid per image-token run, in order]``), for families
-            whose processor reports the geometry (Qwen2-VL's ``image_grid_thw``).
-            Overrides ``image_grid`` when given.
-        image_views: Optional rule for families whose one run of image tokens per image holds
-            several views (LLaVA-NeXT's base tile, then its stitched high-resolution tiles with a
-            newline token per row): ``inputs, config -> [(n_tokens, [(offsets, (rows, cols)), ...])
-            per image]`` or None where the geometry cannot be computed. Each image's run must
-            hold exactly ``n_tokens`` tokens; it then becomes one span per view, listing the
-            positions ``run start + offsets`` (row-major, separators excluded) with that grid.
-            Where the runs do not match, every run stays one span without a grid (with a warning).
-        input_split: How :meth:`MultimodalBatch.row` splits each HF input key per row:
-            ``"token"`` (``[batch, pos]``), ``"image"`` (dim 0 is one entry per image-token
-            run), ``"row"`` (dim 0 is the batch row), ``"patches:<key>"`` (dim 0
-            concatenates each image's patches, ``prod(<key>[i])`` of them), ``"tiles"`` (dim 0
-            concatenates each image's tiles, every tile giving the same number of image
-            tokens, so image ``i`` has a share proportional to its tokens), or a callable
-            ``(batch, rows) -> tensor`` giving the key's tensor for the listed rows of the
-            batch, in order, repeats allowed (for tensors that index into others, as
-            Molmo2's pooling indices; :meth:`MultimodalBatch.repeat` uses it too). Keys not
-            listed keep the LLaVA rule.
-        nested_images: Whether the processor takes images as one list per prompt (Gemma 3)
-            rather than one flat list.
-        specialize: Optional rule ``(adapter, hf_config) -> adapter`` for families whose
-            layout depends on the config (PaliGemma's Gemma 1 or Gemma 2 text backbone);
-            :func:`hooked_mllm.architectures.adapter_for` applies it (:meth:`for_config`).
-        variants: The other adapters ``specialize`` can return, each with its own name
-            (LLaVA's Pixtral-tower layout, :data:`~.llava.LLAVA_PIXTRAL`): the supported-models
-            table lists each in a row of its own, after this one. ``dataclasses.replace`` copies
-            it with ``specialize``: clear both when deriving another family from an adapter.
-        image_row_break: The token (a string) that ends each row of one image's tokens in
-            the sequence (Pixtral's ``"[IMG_BREAK]"``, Molmo2's ``"<im_col>"``): runs of image
-            tokens separated by exactly one such token are one image, whose span lists its
-            image tokens' positions (separators excluded) and whose grid is
-            ``(runs, run length)``, checked against ``image_grids`` where given (a span that is
-            a single run takes the grid ``image_grids`` gives it).
-        images_in_sequence: False for cross-attention models (Mllama), whose LM sequence
-            holds one placeholder token per image and no image features: the placeholder
-            is then marked special and image selectors raise a clear error.
-        cross_block: Paths inside the LM's cross-attention layers (Mllama), which replace
-            self-attention by attention to the vision states in the layers listed by
-            ``cross_layers_attr``; their hook points are named ``cross_attn.*`` and
-            ``hook_cross_attn_out`` (:mod:`hooked_mllm.hook_points`).
-        cross_layers_attr: Attribute of the text config listing the cross-attention layers.
-        cross_gates: Names of the cross-attention layer's attention and MLP gate
-            parameters: the residual receives ``tanh(gate) * output`` (documentation and
-            the conformance suite's residual identities).
-        vision_feature_layer_attr: Attribute of the HF config naming the vision layer(s) whose hidden
-            state the projector reads (LLaVA's ``vision_feature_layer``: an index into the tower's
-            ``hidden_states``, ``-2`` for LLaVA-1.5, or a list of them). Vision layers after the last
-            one read never reach the output, so their hook points are read-only (a write there would
-            be a silent no-op). None: the projector reads the tower's last output.
+        cross: The LM's cross-attention layers (:class:`CrossAttention`), or None.
+        hidden_states_normed: Whether HF's ``hidden_states[-1]`` is already after the final
+            norm (then ``resid_post`` of the last layer is not it).
         vision_layers_read_rule: For models whose config does not say which vision layers the
-            projector reads (remote code that fixes them in the model): ``(hf_model, n_vision_layers)
-            -> how many vision layers, from the first, reach the projector``.
-        verified: False for adapters written from a published layout but never run in the suite.
-        checked_by: A script that checks an unverified adapter outside the suite (remote code the
-            suite cannot hold), shown in the supported-models table.
-        test_model: Which tiny model the conformance suite builds (for the table).
-        notes: Free text shown in the supported-models table.
+            projector reads (remote code that fixes them in the model): ``(hf_model,
+            n_vision_layers) -> how many vision layers, from the first, reach the projector``.
+
+    Examples:
+        >>> ModuleLayout(lm_layers="model.layers", embed="model.embed_tokens", final_norm="model.norm",
+        ...              unembed="lm_head").block.attn
+        'self_attn'
     """
 
-    name: str
-    config_classes: tuple[str, ...]
     lm_layers: str
     embed: str
     final_norm: str
@@ -195,28 +175,191 @@ class Adapter:
     vision_embed: str | None = None
     vision_block: BlockLayout | None = None
     projector: str | None = None
+    cross: CrossAttention | None = None
+    hidden_states_normed: bool = False
+    vision_layers_read_rule: Callable[[Any, int], int] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lm_layers", "embed", "final_norm", "unembed"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"ModuleLayout.{name} must be a dotted module path such as 'model.norm', "
+                                 f"not {getattr(self, name)!r}.")
+        if (self.vision_block is None) != (self.vision_layers is None):
+            raise ValueError("ModuleLayout needs vision_layers and vision_block together (the tower's layer list "
+                             f"and the paths inside one layer); got vision_layers={self.vision_layers!r}, "
+                             f"vision_block={self.vision_block!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigKeys:
+    """Names of the HF config attributes the adapter reads.
+
+    Attributes:
+        text_config: Attribute holding the LM config (a flat config is its own).
+        vision_config: Attribute holding the vision config.
+        image_token_id: Attribute holding the image token id.
+        vision_feature_layer: Attribute naming the vision layer(s) whose hidden state the
+            projector reads (LLaVA's ``vision_feature_layer``: an index into the tower's
+            ``hidden_states``, ``-2`` for LLaVA-1.5, or a list of them). Vision layers after the
+            last one read never reach the output, so their hook points are read-only (a write there
+            would be a silent no-op). None: the projector reads the tower's last output.
+
+    Examples:
+        >>> ConfigKeys(vision_feature_layer=None).image_token_id
+        'image_token_id'
+    """
+
     text_config: str = "text_config"
     vision_config: str = "vision_config"
-    image_token_attr: str = "image_token_id"
-    image_grid: Callable[[int, Any], tuple[int, int] | None] = lambda n, cfg: square_grid(n)
-    hidden_states_normed: bool = False
-    image_grids: Callable[[dict, Any], list[tuple[int, int] | None]] | None = None
-    image_views: Callable[[dict, Any], list[ImageViews] | None] | None = None
-    input_split: tuple[tuple[str, str | Callable[[Any, list[int]], torch.Tensor]], ...] = ()
+    image_token_id: str = "image_token_id"
+    vision_feature_layer: str | None = "vision_feature_layer"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenLayout:
+    """How one image's tokens sit in the LM sequence (its spans and grids).
+
+    Attributes:
+        grid: Maps the number of tokens of one image (and the HF config, None when the
+            supported-models table probes it) to its ``(rows, cols)`` grid, or None where the
+            tokens form no grid (:func:`square_tokens`, :func:`no_grid`, or a family's own).
+        grids: Optional rule computing every image's grid from the HF inputs (``inputs, config
+            -> [grid per image-token run, in order]``), for families whose processor reports the
+            geometry (Qwen2-VL's ``image_grid_thw``). Overrides ``grid`` when given.
+        views: Optional rule for families whose one run of image tokens per image holds several
+            views (LLaVA-NeXT's base tile, then its stitched high-resolution tiles with a newline
+            token per row): ``inputs, config -> [(n_tokens, [(offsets, (rows, cols)), ...]) per
+            image]`` or None where the geometry cannot be computed. Each image's run must hold
+            exactly ``n_tokens`` tokens; it then becomes one span per view, listing the positions
+            ``run start + offsets`` (row-major, separators excluded) with that grid. Where the runs
+            do not match, every run stays one span without a grid (with a warning).
+        row_break: The token (a string) that ends each row of one image's tokens in the sequence
+            (Pixtral's ``"[IMG_BREAK]"``, Molmo2's ``"<im_col>"``): runs of image tokens separated
+            by exactly one such token are one image, whose span lists its image tokens' positions
+            (separators excluded) and whose grid is ``(runs, run length)``, checked against
+            ``grids`` where given (a span that is a single run takes the grid ``grids`` gives it).
+        in_sequence: False for cross-attention models (Mllama), whose LM sequence holds one
+            placeholder token per image and no image features: the placeholder is then marked
+            special and image selectors raise a clear error.
+
+    Examples:
+        >>> TokenLayout().grid(576, None), TokenLayout(grid=no_grid).grid(576, None)
+        ((24, 24), None)
+    """
+
+    grid: Callable[[int, Any], tuple[int, int] | None] = square_tokens
+    grids: Callable[[dict, Any], list[tuple[int, int] | None]] | None = None
+    views: Callable[[dict, Any], list[ImageViews] | None] | None = None
+    row_break: str | None = None
+    in_sequence: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("grid", "grids", "views"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise TypeError(f"TokenLayout.{name} must be a function (see its docstring), not {value!r}.")
+        if self.row_break is not None and (not isinstance(self.row_break, str) or not self.row_break):
+            raise ValueError(f"TokenLayout.row_break must be a token string such as '[IMG_BREAK]', not "
+                             f"{self.row_break!r}.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InputLayout:
+    """How the processor takes images and how a batch's HF inputs split by row.
+
+    Attributes:
+        split: ``{key: rule}`` (or ``(key, rule)`` pairs; stored as pairs): how
+            :meth:`MultimodalBatch.row <hooked_mllm.inputs.MultimodalBatch.row>` splits each HF
+            input key per row, a typed rule of :mod:`.split` (``Tokens()``, ``PerImage()``,
+            ``PerRow()``, ``Patches(key)``, ``Tiles()``, ``Shared()``, ``Computed(fn)``). Keys not
+            listed follow :func:`.split.rule_for`. A string or a bare function is refused,
+            naming the rule to use.
+        nested_images: Whether the processor takes images as one list per prompt (Gemma 3)
+            rather than one flat list.
+        pixel_values_per_span: Whether ``pixel_values`` holds exactly one entry per image span
+            (LLaVA); then inputs whose count of images differs from their runs of image tokens
+            (an image without its placeholder) are refused.
+
+    Examples:
+        >>> from hooked_mllm.architectures.split import Tiles
+        >>> InputLayout(split={"pixel_values": Tiles()}).split
+        (('pixel_values', Tiles()),)
+    """
+
+    split: tuple[tuple[str, SplitRule], ...] = ()
     nested_images: bool = False
-    specialize: Callable[[Adapter, Any], Adapter] | None = None
-    variants: tuple[Adapter, ...] = ()
-    image_row_break: str | None = None
-    images_in_sequence: bool = True
-    cross_block: BlockLayout | None = None
-    cross_layers_attr: str | None = None
-    cross_gates: tuple[str, str] | None = None
-    vision_feature_layer_attr: str | None = "vision_feature_layer"
-    vision_layers_read_rule: Callable[[Any, int], int] | None = None
+    pixel_values_per_span: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "split", check_rules(self.split))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Metadata:
+    """What the supported-models table says of an adapter.
+
+    Attributes:
+        verified: False for adapters written from a published layout but never run in the suite.
+        checked_by: A script that checks an unverified adapter outside the suite (remote code the
+            suite cannot hold), shown in the supported-models table.
+        test_model: Which tiny model the conformance suite builds (for the table).
+        notes: Free text shown in the supported-models table.
+    """
+
     verified: bool = True
     checked_by: str = ""
     test_model: str = ""
     notes: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Adapter:
+    """One family's layout: where its parts live, how its image tokens and inputs are laid out.
+
+    Attributes:
+        name: Short family name (``"llava"``).
+        config_classes: Names of the HF config classes this adapter serves.
+        modules: Module paths (:class:`ModuleLayout`).
+        config_keys: HF config attribute names (:class:`ConfigKeys`).
+        tokens: Image-token geometry (:class:`TokenLayout`).
+        inputs: Processor and input-splitting rules (:class:`InputLayout`).
+        about: What the supported-models table says (:class:`Metadata`).
+        specialize: Optional rule ``(adapter, hf_config) -> adapter`` for families whose
+            layout depends on the config (PaliGemma's Gemma 1 or Gemma 2 text backbone);
+            :func:`hooked_mllm.architectures.adapter_for` applies it (:meth:`for_config`).
+        variants: The other adapters ``specialize`` can return, each with its own name
+            (LLaVA's Pixtral-tower layout, :data:`~.llava.LLAVA_PIXTRAL`): the supported-models
+            table lists each in a row of its own, after this one. ``dataclasses.replace`` copies
+            it with ``specialize``: clear both when deriving another family from an adapter.
+
+    Examples:
+        >>> Adapter(name="tiny", config_classes=("TinyConfig",),
+        ...         modules=ModuleLayout(lm_layers="model.layers", embed="model.embed_tokens",
+        ...                              final_norm="model.norm", unembed="lm_head"),
+        ...         tokens=TokenLayout(grid=no_grid)).inputs.split
+        ()
+    """
+
+    name: str
+    config_classes: tuple[str, ...]
+    modules: ModuleLayout
+    config_keys: ConfigKeys = field(default_factory=ConfigKeys)
+    tokens: TokenLayout = field(default_factory=TokenLayout)
+    inputs: InputLayout = field(default_factory=InputLayout)
+    about: Metadata = field(default_factory=Metadata)
+    specialize: Callable[[Adapter, Any], Adapter] | None = None
+    variants: tuple[Adapter, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Adapter.name must be a short family name such as 'llava', not {self.name!r}.")
+        if isinstance(self.config_classes, str):
+            raise TypeError(f"Adapter.config_classes is a tuple of config class names: write "
+                            f"({self.config_classes!r},), not {self.config_classes!r}.")
+        for name, kind in (("modules", ModuleLayout), ("config_keys", ConfigKeys), ("tokens", TokenLayout),
+                           ("inputs", InputLayout), ("about", Metadata)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"Adapter.{name} takes {kind.__name__}(...), not {getattr(self, name)!r}.")
 
     def module(self, root: torch.nn.Module, path: str) -> torch.nn.Module:
         """The submodule of ``root`` at dotted ``path``, with a clear error if absent."""
@@ -232,7 +375,7 @@ class Adapter:
     def for_config(self, config: Any) -> Adapter:
         """This adapter as it applies to a model with HF config ``config`` (see ``specialize``).
 
-        Example:
+        Examples:
             >>> PALIGEMMA.for_config(hf_model.config).name     # doctest: +SKIP
             'paligemma2'
         """
@@ -240,19 +383,19 @@ class Adapter:
 
     def validate(self, root: torch.nn.Module) -> None:
         """Check that every path of this adapter exists in ``root`` (raise otherwise)."""
-        for path in (self.lm_layers, self.embed, self.final_norm, self.unembed):
+        modules = self.modules
+        for path in (modules.lm_layers, modules.embed, modules.final_norm, modules.unembed):
             self.module(root, path)
-        layer0 = f"{self.lm_layers}.0"
-        blocks = [(layer0, self.block)]
-        n_layers = len(self.module(root, self.lm_layers))
-        cross = self.cross_layers(root.config, n_layers) if self.cross_block is not None else frozenset()
+        blocks = [(f"{modules.lm_layers}.0", modules.block)]
+        n_layers = len(self.module(root, modules.lm_layers))
+        cross = self.cross_layers(root.config, n_layers) if modules.cross is not None else frozenset()
         if cross:  # layers alternate between two layouts: check the first of each
             first_self = next((i for i in range(n_layers) if i not in cross), None)
-            blocks = [(f"{self.lm_layers}.{min(cross)}", self.cross_block)]
+            blocks = [(f"{modules.lm_layers}.{min(cross)}", modules.cross.block)]  # type: ignore[union-attr]
             if first_self is not None:
-                blocks.append((f"{self.lm_layers}.{first_self}", self.block))
-        if self.vision_layers is not None and self.vision_block is not None:
-            blocks.append((f"{self.vision_layers}.0", self.vision_block))
+                blocks.append((f"{modules.lm_layers}.{first_self}", modules.block))
+        if modules.vision_layers is not None and modules.vision_block is not None:
+            blocks.append((f"{modules.vision_layers}.0", modules.vision_block))
         for prefix, block in blocks:
             for sub in _block_paths(block):
                 self.module(root, f"{prefix}.{sub}")
@@ -261,13 +404,13 @@ class Adapter:
                                                         torch.nn.Parameter):
                     raise ValueError(f"The {self.name!r} adapter expects a layer-scale parameter {scale!r} in "
                                      f"{prefix}, but there is none; see docs/architectures.md.")
-        for path in (self.vision_embed, self.projector):
+        for path in (modules.vision_embed, modules.projector):
             if path is not None:
                 self.module(root, path)
 
     def text_cfg(self, config: Any) -> Any:
         """The language model's sub-config (the config itself for flat configs)."""
-        return getattr(config, self.text_config, None) or config
+        return getattr(config, self.config_keys.text_config, None) or config
 
     def cross_layers(self, config: Any, n_layers: int | None = None) -> frozenset[int]:
         """The indices of the LM's cross-attention layers (empty for most families).
@@ -276,25 +419,26 @@ class Adapter:
         the text config's ``num_hidden_layers``), as a truncated or tiny model's may, is
         read as HF builds it (``layer_idx in cross_attention_layers`` for each layer that exists).
         """
-        if self.cross_layers_attr is None:
+        if self.modules.cross is None:
             return frozenset()
         if n_layers is None:
             n_layers = getattr(self.text_cfg(config), "num_hidden_layers", None)
-        listed = (int(i) for i in getattr(self.text_cfg(config), self.cross_layers_attr, None) or ())
+        listed = (int(i) for i in getattr(self.text_cfg(config), self.modules.cross.layers_attr, None) or ())
         return frozenset(i for i in listed if n_layers is None or 0 <= i < n_layers)
 
     def vision_layers_read(self, config: Any, n_vision_layers: int, model: Any = None) -> int:
         """How many vision layers (from the first) reach the projector: layers at or after it do not.
 
-        ``model`` (the HF model) is needed by adapters with a ``vision_layers_read_rule``.
+        ``model`` (the HF model) is needed by adapters with a ``modules.vision_layers_read_rule``.
 
-        Example:
+        Examples:
             >>> LLAVA.vision_layers_read(hf_model.config, 24)   # vision_feature_layer=-2   # doctest: +SKIP
             23
         """
-        if self.vision_layers_read_rule is not None and model is not None:
-            return self.vision_layers_read_rule(model, n_vision_layers)
-        value = getattr(config, self.vision_feature_layer_attr, None) if self.vision_feature_layer_attr else None
+        rule, key = self.modules.vision_layers_read_rule, self.config_keys.vision_feature_layer
+        if rule is not None and model is not None:
+            return rule(model, n_vision_layers)
+        value = getattr(config, key, None) if key else None
         if value is None:
             return n_vision_layers
         indices = [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
@@ -303,7 +447,7 @@ class Adapter:
 
     def vision_cfg(self, config: Any) -> Any | None:
         """The vision tower's sub-config, or None."""
-        return getattr(config, self.vision_config, None)
+        return getattr(config, self.config_keys.vision_config, None)
 
 
 def _block_paths(block: BlockLayout) -> tuple[str, ...]:

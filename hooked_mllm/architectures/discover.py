@@ -21,9 +21,9 @@ What it mapped is logged at INFO level and returned as an adapter named
 ``ValueError`` that says what it looked for; write an adapter file then
 (docs/architectures.md).
 
-Example:
+Examples:
     >>> from hooked_mllm.architectures.discover import discover
-    >>> discover(hf_model).lm_layers        # doctest: +SKIP
+    >>> discover(hf_model).modules.lm_layers        # doctest: +SKIP
     'model.language_model.layers'
 """
 
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Adapter, BlockLayout
+from .base import Adapter, BlockLayout, Metadata, ModuleLayout, TokenLayout, no_grid
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     not run by the text-only probe: pass a batch with images to :func:`verify_adapter` to
     check it too.
 
-    Example:
+    Examples:
         >>> adapter = discover(hf_model)           # doctest: +SKIP
         >>> HookedMLLM(hf_model, processor, adapter=adapter)   # doctest: +SKIP
     """
@@ -216,18 +216,21 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     projector = next((path for path, module in hf_model.named_modules()
                       if path.rpartition(".")[2] in _PROJECTOR), None)
     adapter = Adapter(
-        name="discovered", config_classes=(type(hf_model.config).__name__,), lm_layers=lm_path, embed=embed_path,
-        final_norm=final, unembed=unembed_path, block=block, vision_layers=vision_path, vision_embed=vision_embed,
-        vision_block=vision_block, projector=projector, image_grid=lambda n, cfg: None, hidden_states_normed=True,
-        verified=False, notes=f"discovered from the module tree of {name}",
+        name="discovered",
+        config_classes=(type(hf_model.config).__name__,),
+        modules=ModuleLayout(lm_layers=lm_path, embed=embed_path, final_norm=final, unembed=unembed_path, block=block,
+                             vision_layers=vision_path, vision_embed=vision_embed, vision_block=vision_block,
+                             projector=projector, hidden_states_normed=True),
+        tokens=TokenLayout(grid=no_grid),
+        about=Metadata(verified=False, notes=f"discovered from the module tree of {name}"),
     )
     adapter.validate(hf_model)
     if verify:
-        adapter = replace(adapter, block=_refine(hf_model, adapter))
+        adapter = replace(adapter, modules=replace(adapter.modules, block=_refine(hf_model, adapter)))
         adapter = verify_adapter(hf_model, adapter)
     logger.info("Discovered the layout of %s: lm_layers=%s block=%s final_norm=%s embed=%s unembed=%s "
-                "vision_layers=%s vision_block=%s vision_embed=%s projector=%s", name, lm_path, adapter.block, final,
-                embed_path, unembed_path, vision_path, vision_block, vision_embed, projector)
+                "vision_layers=%s vision_block=%s vision_embed=%s projector=%s", name, lm_path, adapter.modules.block,
+                final, embed_path, unembed_path, vision_path, vision_block, vision_embed, projector)
     return adapter
 
 
@@ -310,10 +313,10 @@ def _refine(hf_model: nn.Module, adapter: Adapter) -> BlockLayout:
     ``ln1``'s output the block is parallel (``ln2=None``). Direct parameters of the block shaped
     ``[d_model]`` are layer scales when the residual only adds up with them.
     """
-    block = adapter.block
-    records, _ = _record(hf_model, {adapter.lm_layers: 1}, _probe_inputs(hf_model))
-    rec = records[adapter.lm_layers][0]
-    layer = hf_model.get_submodule(f"{adapter.lm_layers}.0")
+    block = adapter.modules.block
+    records, _ = _record(hf_model, {adapter.modules.lm_layers: 1}, _probe_inputs(hf_model))
+    rec = records[adapter.modules.lm_layers][0]
+    layer = hf_model.get_submodule(f"{adapter.modules.lm_layers}.0")
     attn_raw = _out(rec[block.attn][1], block.attn_index) if block.attn in rec else None
     mlp_raw = _out(rec[block.mlp][1]) if block.mlp in rec else None
     mlp_in = rec[block.mlp][0] if block.mlp in rec else None
@@ -359,31 +362,32 @@ def verify_adapter(hf_model: nn.Module, adapter: Adapter, inputs: dict | None = 
     Raises:
         ValueError: Naming the identity that failed, the stream, the layer and by how much.
 
-    Example:
+    Examples:
         >>> verify_adapter(hf_model, discover(hf_model, verify=False), batch.inputs)   # doctest: +SKIP
     """
-    n_layers = len(hf_model.get_submodule(adapter.lm_layers))
-    lists = {adapter.lm_layers: n_layers}
-    if inputs is not None and adapter.vision_layers is not None and adapter.vision_block is not None:
-        lists[adapter.vision_layers] = len(hf_model.get_submodule(adapter.vision_layers))
+    modules = adapter.modules
+    n_layers = len(hf_model.get_submodule(modules.lm_layers))
+    lists = {modules.lm_layers: n_layers}
+    if inputs is not None and modules.vision_layers is not None and modules.vision_block is not None:
+        lists[modules.vision_layers] = len(hf_model.get_submodule(modules.vision_layers))
     records, output = _record(hf_model, lists, inputs or _probe_inputs(hf_model))
     hidden = output.hidden_states if getattr(output, "hidden_states", None) is not None else None
-    post = _check_blocks(hf_model, adapter, adapter.lm_layers, adapter.block, records[adapter.lm_layers], hidden)
-    if adapter.vision_layers in records and len(lists) > 1:
-        _check_blocks(hf_model, adapter, adapter.vision_layers, adapter.vision_block,  # type: ignore[arg-type]
-                      records[adapter.vision_layers], None)
-    normed = adapter.hidden_states_normed
+    post = _check_blocks(hf_model, adapter, modules.lm_layers, modules.block, records[modules.lm_layers], hidden)
+    if modules.vision_layers in records and len(lists) > 1:
+        _check_blocks(hf_model, adapter, modules.vision_layers, modules.vision_block,  # type: ignore[arg-type]
+                      records[modules.vision_layers], None)
+    normed = modules.hidden_states_normed
     if hidden is not None:
         with torch.no_grad():
-            final = hf_model.get_submodule(adapter.final_norm)(post)
+            final = hf_model.get_submodule(modules.final_norm)(post)
         if _close(final, hidden[-1])[0]:
             normed = True
         elif _close(post, hidden[-1])[0]:
             normed = False
         else:
-            _fail(hf_model, adapter, adapter.block, "resid_post(last) = HF hidden_states[-1] (before or after the "
+            _fail(hf_model, adapter, modules.block, "resid_post(last) = HF hidden_states[-1] (before or after the "
                   "final norm)", "LM", n_layers - 1, *_close(final, hidden[-1])[1:])
-    return replace(adapter, hidden_states_normed=normed)
+    return replace(adapter, modules=replace(adapter.modules, hidden_states_normed=normed))
 
 
 def _fail(hf_model: nn.Module, adapter: Adapter, block: BlockLayout, identity: str, stream: str, layer: int,
@@ -398,7 +402,7 @@ def _check_blocks(hf_model: nn.Module, adapter: Adapter, prefix: str, block: Blo
                   records: list[dict[str, tuple]], hidden: Any) -> Tensor | None:
     """The residual identities of every block of the list at ``prefix`` (see :func:`verify_adapter`);
     returns the last block's output."""
-    stream = "LM" if prefix == adapter.lm_layers else "vision"
+    stream = "LM" if prefix == adapter.modules.lm_layers else "vision"
 
     def scaled(value: Tensor | None, scale: str | None, layer: int) -> Tensor | None:
         if value is None or scale is None:

@@ -38,7 +38,7 @@ global attention.
 
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout
+from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout
 from .llava import CLIP_BLOCK
 
 GEMMA_BLOCK = BlockLayout(ln2="pre_feedforward_layernorm", attn_out="post_attention_layernorm",
@@ -47,18 +47,21 @@ GEMMA_BLOCK = BlockLayout(ln2="pre_feedforward_layernorm", attn_out="post_attent
 GEMMA3 = Adapter(
     name="gemma3",
     config_classes=("Gemma3Config",),
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
-    block=GEMMA_BLOCK,
-    vision_layers="model.vision_tower.encoder.layers",
-    vision_embed="model.vision_tower.embeddings",
-    vision_block=CLIP_BLOCK,
-    projector="model.multi_modal_projector",
-    image_token_attr="image_token_id",
-    hidden_states_normed=True,
-    nested_images=True,
-    test_model="tiny random from google/gemma-3-4b-it's config (processor: Gemma3ImageProcessorPil)",
-    notes="Sandwich norms: attn_out / mlp_out are the post-norms' outputs; RMSNorm (1 + w).",
+    modules=ModuleLayout(
+        lm_layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        unembed="lm_head",
+        block=GEMMA_BLOCK,
+        vision_layers="model.vision_tower.encoder.layers",
+        vision_embed="model.vision_tower.embeddings",
+        vision_block=CLIP_BLOCK,
+        projector="model.multi_modal_projector",
+        hidden_states_normed=True,
+    ),
+    inputs=InputLayout(nested_images=True),
+    about=Metadata(
+        test_model="tiny random from google/gemma-3-4b-it's config (processor: Gemma3ImageProcessorPil)",
+        notes="Sandwich norms: attn_out / mlp_out are the post-norms' outputs; RMSNorm (1 + w).",
+    ),
 )

@@ -38,25 +38,30 @@ Inputs: ``pixel_values`` ``[batch, max_crops, 3, H, W]`` and ``pixel_attention_m
 
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout
+from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout, TokenLayout, no_grid
 from .llava import CLIP_BLOCK
+from .split import PerRow
 
 IDEFICS2 = Adapter(
     name="idefics2",
     config_classes=("Idefics2Config",),
-    lm_layers="model.text_model.layers",
-    embed="model.text_model.embed_tokens",
-    final_norm="model.text_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(),
-    vision_layers="model.vision_model.encoder.layers",
-    vision_embed="model.vision_model.embeddings",
-    vision_block=CLIP_BLOCK,
-    projector="model.connector",
-    image_grid=lambda n, cfg: None,
-    input_split=(("pixel_values", "row"), ("pixel_attention_mask", "row")),
-    hidden_states_normed=True,
-    test_model="tiny random from HuggingFaceM4/idefics2-8b's config, image splitting on "
-               "(processor: Idefics2ImageProcessorPil)",
-    notes="Perceiver resampler: image tokens have no grid; one span per crop (4 crops + whole image).",
+    modules=ModuleLayout(
+        lm_layers="model.text_model.layers",
+        embed="model.text_model.embed_tokens",
+        final_norm="model.text_model.norm",
+        unembed="lm_head",
+        block=BlockLayout(),
+        vision_layers="model.vision_model.encoder.layers",
+        vision_embed="model.vision_model.embeddings",
+        vision_block=CLIP_BLOCK,
+        projector="model.connector",
+        hidden_states_normed=True,
+    ),
+    tokens=TokenLayout(grid=no_grid),
+    inputs=InputLayout(split={"pixel_values": PerRow(), "pixel_attention_mask": PerRow()}),
+    about=Metadata(
+        test_model="tiny random from HuggingFaceM4/idefics2-8b's config, image splitting on "
+                   "(processor: Idefics2ImageProcessorPil)",
+        notes="Perceiver resampler: image tokens have no grid; one span per crop (4 crops + whole image).",
+    ),
 )

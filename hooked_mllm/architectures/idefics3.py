@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import square_grid
+from .base import Metadata, square_tokens
 from .idefics2 import IDEFICS2
 
 # Idefics2's module tree and input layout; the connector's pixel shuffle keeps a square grid per tile.
@@ -54,21 +54,25 @@ IDEFICS3 = replace(
     IDEFICS2,
     name="idefics3",
     config_classes=("Idefics3Config",),
-    image_grid=lambda n, cfg: square_grid(n),
-    test_model="tiny random from HuggingFaceM4/Idefics3-8B-Llama3's config: 16 px tiles, shuffle 2, image "
-               "splitting on (processor: Idefics3ImageProcessorPil)",
-    notes="One span per tile and per global image (tiles row-major, global last), each a square grid "
-          "(pixel shuffle keeps raster order); verified with 2x2 and 1x2 tilings. Not run: "
-          "do_image_splitting=False (then one global span per image).",
+    tokens=replace(IDEFICS2.tokens, grid=square_tokens),
+    about=Metadata(
+        test_model="tiny random from HuggingFaceM4/Idefics3-8B-Llama3's config: 16 px tiles, shuffle 2, image "
+                   "splitting on (processor: Idefics3ImageProcessorPil)",
+        notes="One span per tile and per global image (tiles row-major, global last), each a square grid "
+              "(pixel shuffle keeps raster order); verified with 2x2 and 1x2 tilings. Not run: "
+              "do_image_splitting=False (then one global span per image).",
+    ),
 )
 
 SMOLVLM = replace(
     IDEFICS3,
     name="smolvlm",
     config_classes=("SmolVLMConfig",),
-    nested_images=True,
-    test_model="tiny random from HuggingFaceTB/SmolVLM-256M-Instruct's config: 32 px tiles, shuffle 4, image "
-               "splitting on (processor: SmolVLMImageProcessorPil; needs num2words)",
-    notes="As Idefics3 (shuffle 4): one span per tile and per global image, each a square grid; images "
-          "as one list per prompt. Not covered: video inputs.",
+    inputs=replace(IDEFICS3.inputs, nested_images=True),
+    about=Metadata(
+        test_model="tiny random from HuggingFaceTB/SmolVLM-256M-Instruct's config: 32 px tiles, shuffle 4, image "
+                   "splitting on (processor: SmolVLMImageProcessorPil; needs num2words)",
+        notes="As Idefics3 (shuffle 4): one span per tile and per global image, each a square grid; images "
+              "as one list per prompt. Not covered: video inputs.",
+    ),
 )

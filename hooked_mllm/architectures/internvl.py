@@ -37,14 +37,15 @@ per image, with a square grid when it is one tile and no grid otherwise (tile ``
 
 Inputs: ``pixel_values`` ``[n_tiles_total, 3, H, W]`` concatenates every image's tiles (the
 processor does not return the per-image count); a batch splits into rows by each image's
-share of the image tokens (``input_split`` rule ``"tiles"``).
+share of the image tokens (the ``inputs.split`` rule ``Tiles()``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import Adapter, BlockLayout, square_grid
+from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout, TokenLayout, square_grid
+from .split import Tiles
 
 
 def _tile_grid(n_tokens: int, config: Any) -> tuple[int, int] | None:
@@ -78,21 +79,25 @@ INTERNVIT_BLOCK = BlockLayout(
 INTERNVL = Adapter(
     name="internvl",
     config_classes=("InternVLConfig",),
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(),
-    vision_layers="model.vision_tower.encoder.layer",
-    vision_embed="model.vision_tower.embeddings",
-    vision_block=INTERNVIT_BLOCK,
-    projector="model.multi_modal_projector",
-    image_grid=_tile_grid,
-    input_split=(("pixel_values", "tiles"),),
-    hidden_states_normed=True,
-    test_model="tiny random from OpenGVLab/InternVL3-1B-hf's config: 16 px tiles, up to 4 + thumbnail, "
-               "random layer scales, Qwen2 LM (processor: GotOcr2ImageProcessorPil, crop_to_patches)",
-    notes="One span per image (all its tiles, thumbnail last): square grid for one tile, else none. Vision "
-          "blocks' attn_out / mlp_out include the layer scale (lambda_1 / lambda_2). Video inputs are not "
-          "covered.",
+    modules=ModuleLayout(
+        lm_layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        unembed="lm_head",
+        block=BlockLayout(),
+        vision_layers="model.vision_tower.encoder.layer",
+        vision_embed="model.vision_tower.embeddings",
+        vision_block=INTERNVIT_BLOCK,
+        projector="model.multi_modal_projector",
+        hidden_states_normed=True,
+    ),
+    tokens=TokenLayout(grid=_tile_grid),
+    inputs=InputLayout(split={"pixel_values": Tiles()}),
+    about=Metadata(
+        test_model="tiny random from OpenGVLab/InternVL3-1B-hf's config: 16 px tiles, up to 4 + thumbnail, "
+                   "random layer scales, Qwen2 LM (processor: GotOcr2ImageProcessorPil, crop_to_patches)",
+        notes="One span per image (all its tiles, thumbnail last): square grid for one tile, else none. Vision "
+              "blocks' attn_out / mlp_out include the layer scale (lambda_1 / lambda_2). Video inputs are not "
+              "covered.",
+    ),
 )

@@ -60,7 +60,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .base import Adapter, BlockLayout
+from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout, TokenLayout
 from .mistral3 import PIXTRAL_BLOCK, pixtral_grids
 
 CLIP_BLOCK = BlockLayout(
@@ -93,34 +93,40 @@ def _for_vision_tower(adapter: Adapter, config: Any) -> Adapter:
 _LLAVA = Adapter(
     name="llava",
     config_classes=("LlavaConfig",),
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(),
-    vision_layers="model.vision_tower.encoder.layers",
-    vision_embed="model.vision_tower.embeddings",
-    vision_block=CLIP_BLOCK,
-    projector="model.multi_modal_projector",
-    hidden_states_normed=True,
-    test_model="tiny random from llava-hf/llava-1.5-7b-hf's config, Llama LM (processor: CLIPImageProcessorPil)",
-    notes="Llama, Qwen2 and Mistral text backbones verified on tiny random models. With a Pixtral vision "
-          "tower the adapter is `pixtral` (next row).",
+    modules=ModuleLayout(
+        lm_layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        unembed="lm_head",
+        block=BlockLayout(),
+        vision_layers="model.vision_tower.encoder.layers",
+        vision_embed="model.vision_tower.embeddings",
+        vision_block=CLIP_BLOCK,
+        projector="model.multi_modal_projector",
+        hidden_states_normed=True,
+    ),
+    inputs=InputLayout(pixel_values_per_span=True),
+    about=Metadata(
+        test_model="tiny random from llava-hf/llava-1.5-7b-hf's config, Llama LM (processor: CLIPImageProcessorPil)",
+        notes="Llama, Qwen2 and Mistral text backbones verified on tiny random models. With a Pixtral vision "
+              "tower the adapter is `pixtral` (next row).",
+    ),
 )
 
 LLAVA_PIXTRAL = replace(
     _LLAVA,
     name="pixtral",
-    vision_layers="model.vision_tower.transformer.layers",
-    vision_embed="model.vision_tower.patch_conv",
-    vision_block=PIXTRAL_BLOCK,
-    image_grids=pixtral_grids,
-    image_row_break="[IMG_BREAK]",
-    test_model="tiny random from mistral-community/pixtral-12b's config: Pixtral tower (patch 4, no merge), "
-               "Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
-    notes="`LlavaConfig` whose vision_config is a `PixtralVisionConfig` (`llava` specialised). Rows of [IMG] "
-          "tokens separated by [IMG_BREAK]: spans list their image-token positions; grid (h/p, w/p) from "
-          "image_sizes; vision tower packs all images in one sequence.",
+    modules=replace(_LLAVA.modules, vision_layers="model.vision_tower.transformer.layers",
+                    vision_embed="model.vision_tower.patch_conv", vision_block=PIXTRAL_BLOCK),
+    tokens=TokenLayout(grids=pixtral_grids, row_break="[IMG_BREAK]"),
+    inputs=InputLayout(),
+    about=Metadata(
+        test_model="tiny random from mistral-community/pixtral-12b's config: Pixtral tower (patch 4, no merge), "
+                   "Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
+        notes="`LlavaConfig` whose vision_config is a `PixtralVisionConfig` (`llava` specialised). Rows of [IMG] "
+              "tokens separated by [IMG_BREAK]: spans list their image-token positions; grid (h/p, w/p) from "
+              "image_sizes; vision tower packs all images in one sequence.",
+    ),
 )
 
 LLAVA = replace(_LLAVA, specialize=_for_vision_tower, variants=(LLAVA_PIXTRAL,))

@@ -42,7 +42,9 @@ from typing import Any
 
 import torch
 
+from .base import InputLayout, Metadata, TokenLayout, no_grid
 from .llava import LLAVA
+from .split import Computed
 
 
 def anyres_views(inputs: dict, config: Any) -> list[tuple[int, list[tuple[tuple[int, ...], tuple[int, int]]]]] | None:
@@ -57,7 +59,7 @@ def anyres_views(inputs: dict, config: Any) -> list[tuple[int, list[tuple[tuple[
     per image) where the config or inputs do not say (no ``image_sizes``, no pinpoints, a
     ``"full"`` CLIP feature strategy that keeps the CLS token).
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace as NS
         >>> cfg = NS(vision_config=NS(image_size=16, patch_size=4), image_grid_pinpoints=[[16, 32]],
         ...          vision_feature_select_strategy="default")
@@ -122,11 +124,13 @@ LLAVA_NEXT = replace(
     config_classes=("LlavaNextConfig",),
     specialize=None,
     variants=(),
-    image_grid=lambda n, cfg: None,
-    image_views=anyres_views,
-    input_split=(("pixel_values", _per_image("pixel_values")), ("image_sizes", _per_image("image_sizes"))),
-    test_model="tiny random from llava-hf/llava-v1.6-mistral-7b-hf's config, anyres pinpoints 16/32 "
-               "(processor: LlavaNextImageProcessorPil)",
-    notes="Anyres tiles + image_newline: two spans per image, the base view (square grid) and the unpadded "
-          "high-resolution view (rows x cols from image_sizes, newline tokens excluded).",
+    tokens=TokenLayout(grid=no_grid, views=anyres_views),
+    inputs=InputLayout(split={"pixel_values": Computed(_per_image("pixel_values")),
+                              "image_sizes": Computed(_per_image("image_sizes"))}),
+    about=Metadata(
+        test_model="tiny random from llava-hf/llava-v1.6-mistral-7b-hf's config, anyres pinpoints 16/32 "
+                   "(processor: LlavaNextImageProcessorPil)",
+        notes="Anyres tiles + image_newline: two spans per image, the base view (square grid) and the unpadded "
+              "high-resolution view (rows x cols from image_sizes, newline tokens excluded).",
+    ),
 )

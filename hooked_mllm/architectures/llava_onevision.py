@@ -24,15 +24,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from .base import Metadata
 from .llava_next import LLAVA_NEXT
+from .split import PerRow
 
 LLAVA_ONEVISION = replace(
     LLAVA_NEXT,
     name="llava_onevision",
     config_classes=("LlavaOnevisionConfig",),
-    input_split=LLAVA_NEXT.input_split + (("batch_num_images", "row"),),
-    test_model="tiny random from llava-hf/llava-onevision-qwen2-7b-ov-hf's config: SigLIP tower, Qwen2 LM, "
-               "anyres pinpoints 16/32 (processor: LlavaOnevisionImageProcessorPil)",
-    notes="Anyres tiles + image_newline as LLaVA-NeXT: two spans per image (base view, high-resolution "
-          "view, pooled by anyres_max_N where HF pools).",
+    inputs=replace(LLAVA_NEXT.inputs, split=LLAVA_NEXT.inputs.split + (("batch_num_images", PerRow()),)),
+    about=Metadata(
+        test_model="tiny random from llava-hf/llava-onevision-qwen2-7b-ov-hf's config: SigLIP tower, Qwen2 LM, "
+                   "anyres pinpoints 16/32 (processor: LlavaOnevisionImageProcessorPil)",
+        notes="Anyres tiles + image_newline as LLaVA-NeXT: two spans per image (base view, high-resolution "
+              "view, pooled by anyres_max_N where HF pools).",
+    ),
 )

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Adapter, BlockLayout
+from .base import Adapter, BlockLayout, Metadata, ModuleLayout, TokenLayout
 
 PIXTRAL_BLOCK = BlockLayout(
     attn="attention",
@@ -79,20 +79,23 @@ def pixtral_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
 MISTRAL3 = Adapter(
     name="mistral3",
     config_classes=("Mistral3Config",),
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(),
-    vision_layers="model.vision_tower.transformer.layers",
-    vision_embed="model.vision_tower.patch_conv",
-    vision_block=PIXTRAL_BLOCK,
-    projector="model.multi_modal_projector",
-    image_grids=pixtral_grids,
-    image_row_break="[IMG_BREAK]",
-    hidden_states_normed=True,
-    test_model="tiny random from mistralai/Mistral-Small-3.1-24B-Instruct-2503's config: Pixtral tower "
-               "(patch 4), 2x2 patch merger, Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
-    notes="Rows of [IMG] tokens separated by [IMG_BREAK]: spans list their image-token positions; grid "
-          "(h/2p, w/2p) from image_sizes; vision tower packs all images in one sequence.",
+    modules=ModuleLayout(
+        lm_layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        unembed="lm_head",
+        block=BlockLayout(),
+        vision_layers="model.vision_tower.transformer.layers",
+        vision_embed="model.vision_tower.patch_conv",
+        vision_block=PIXTRAL_BLOCK,
+        projector="model.multi_modal_projector",
+        hidden_states_normed=True,
+    ),
+    tokens=TokenLayout(grids=pixtral_grids, row_break="[IMG_BREAK]"),
+    about=Metadata(
+        test_model="tiny random from mistralai/Mistral-Small-3.1-24B-Instruct-2503's config: Pixtral tower "
+                   "(patch 4), 2x2 patch merger, Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
+        notes="Rows of [IMG] tokens separated by [IMG_BREAK]: spans list their image-token positions; grid "
+              "(h/2p, w/2p) from image_sizes; vision tower packs all images in one sequence.",
+    ),
 )

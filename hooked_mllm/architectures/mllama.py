@@ -64,7 +64,9 @@ and ``aspect_ratio_mask`` split by row; ``cross_attention_mask``
 
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout
+from .base import (Adapter, BlockLayout, CrossAttention, InputLayout, Metadata, ModuleLayout, TokenLayout,
+                   no_grid)
+from .split import PerRow, Tokens
 
 MLLAMA_VISION_BLOCK = BlockLayout(o="self_attn.o_proj", mlp_pre="mlp.fc1", mlp_down="mlp.fc2", norm="layer")
 
@@ -74,27 +76,31 @@ MLLAMA_CROSS_BLOCK = BlockLayout(attn="cross_attn", q="cross_attn.q_proj", k="cr
 MLLAMA = Adapter(
     name="mllama",
     config_classes=("MllamaConfig",),
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(),
-    vision_layers="model.vision_model.transformer.layers",
-    vision_embed="model.vision_model.patch_embedding",
-    vision_block=MLLAMA_VISION_BLOCK,
-    projector="model.multi_modal_projector",
-    image_grid=lambda n, cfg: None,
-    images_in_sequence=False,
-    cross_block=MLLAMA_CROSS_BLOCK,
-    cross_layers_attr="cross_attention_layers",
-    cross_gates=("cross_attn_attn_gate", "cross_attn_mlp_gate"),
-    input_split=(("pixel_values", "row"), ("aspect_ratio_ids", "row"), ("aspect_ratio_mask", "row"),
-                 ("cross_attention_mask", "token")),
-    nested_images=True,
-    hidden_states_normed=True,
-    test_model="tiny random from meta-llama/Llama-3.2-11B-Vision-Instruct's config: 3 LM layers, layer 1 "
-               "cross-attention with open gates, 2 local + 1 global vision layers (processor: MllamaProcessor, "
-               "MllamaImageProcessorPil)",
-    notes="Gated cross-attention layers: blocks.{l}.cross_attn.* and hook_cross_attn_out (before the tanh gate); "
-          "no image tokens in the sequence, so image selectors raise. Global vision layers not hooked.",
+    modules=ModuleLayout(
+        lm_layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        unembed="lm_head",
+        block=BlockLayout(),
+        vision_layers="model.vision_model.transformer.layers",
+        vision_embed="model.vision_model.patch_embedding",
+        vision_block=MLLAMA_VISION_BLOCK,
+        projector="model.multi_modal_projector",
+        hidden_states_normed=True,
+        cross=CrossAttention(block=MLLAMA_CROSS_BLOCK, layers_attr="cross_attention_layers",
+                             gates=("cross_attn_attn_gate", "cross_attn_mlp_gate")),
+    ),
+    tokens=TokenLayout(grid=no_grid, in_sequence=False),
+    inputs=InputLayout(
+        split={"pixel_values": PerRow(), "aspect_ratio_ids": PerRow(), "aspect_ratio_mask": PerRow(),
+               "cross_attention_mask": Tokens()},
+        nested_images=True,
+    ),
+    about=Metadata(
+        test_model="tiny random from meta-llama/Llama-3.2-11B-Vision-Instruct's config: 3 LM layers, layer 1 "
+                   "cross-attention with open gates, 2 local + 1 global vision layers (processor: MllamaProcessor, "
+                   "MllamaImageProcessorPil)",
+        notes="Gated cross-attention layers: blocks.{l}.cross_attn.* and hook_cross_attn_out (before the tanh gate); "
+              "no image tokens in the sequence, so image selectors raise. Global vision layers not hooked.",
+    ),
 )

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Adapter, BlockLayout
+from .base import Adapter, BlockLayout, Metadata, ModuleLayout, TokenLayout, no_grid
 
 
 def _vit_layers_read(hf_model: Any, n_layers: int) -> int:
@@ -71,24 +71,28 @@ MOLMO_VIT_BLOCK = BlockLayout(attn="attention", mlp="feed_forward", ln1="attenti
 MOLMO = Adapter(
     name="molmo",
     config_classes=("MolmoConfig",),
-    lm_layers="model.transformer.blocks",
-    embed="model.transformer.wte",
-    final_norm="model.transformer.ln_f",
-    unembed="model.transformer.ff_out",
-    block=MOLMO_BLOCK,
-    vision_layers="model.vision_backbone.image_vit.transformer.resblocks",
-    vision_embed="model.vision_backbone.image_vit.patch_embedding",
-    vision_block=MOLMO_VIT_BLOCK,
-    projector="model.vision_backbone.image_projector",
-    image_grid=lambda n, cfg: None,
-    hidden_states_normed=True,
-    vision_layers_read_rule=_vit_layers_read,
-    verified=False,
-    checked_by="benchmarks/molmo_remote_check.py",
-    test_model="none in the suite (remote code); benchmarks/molmo_remote_check.py runs a tiny random "
-               "MolmoForCausalLM built from the remote code",
-    notes="Checked by benchmarks/molmo_remote_check.py on the public remote code, transformers 5.24, 2026-12-02: "
-          "logits, residuals vs hidden_states, identities, projector rows at image_input_idx, writes at every "
-          "point pass; generate not wrapped (that code has no generate under transformers >= 4.50). Fused qkv "
-          "(no per-head q/k/v, no patterns); no image spans (no image token id in the config).",
+    modules=ModuleLayout(
+        lm_layers="model.transformer.blocks",
+        embed="model.transformer.wte",
+        final_norm="model.transformer.ln_f",
+        unembed="model.transformer.ff_out",
+        block=MOLMO_BLOCK,
+        vision_layers="model.vision_backbone.image_vit.transformer.resblocks",
+        vision_embed="model.vision_backbone.image_vit.patch_embedding",
+        vision_block=MOLMO_VIT_BLOCK,
+        projector="model.vision_backbone.image_projector",
+        hidden_states_normed=True,
+        vision_layers_read_rule=_vit_layers_read,
+    ),
+    tokens=TokenLayout(grid=no_grid),
+    about=Metadata(
+        verified=False,
+        checked_by="benchmarks/molmo_remote_check.py",
+        test_model="none in the suite (remote code); benchmarks/molmo_remote_check.py runs a tiny random "
+                   "MolmoForCausalLM built from the remote code",
+        notes="Checked by benchmarks/molmo_remote_check.py on the public remote code, transformers 5.24, 2026-12-02: "
+              "logits, residuals vs hidden_states, identities, projector rows at image_input_idx, writes at every "
+              "point pass; generate not wrapped (that code has no generate under transformers >= 4.50). Fused qkv "
+              "(no per-head q/k/v, no patterns); no image spans (no image token id in the config).",
+    ),
 )

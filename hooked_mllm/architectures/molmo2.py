@@ -71,8 +71,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .base import Adapter, BlockLayout
+from .base import Adapter, BlockLayout, ConfigKeys, InputLayout, Metadata, ModuleLayout, TokenLayout
 from .llava import CLIP_BLOCK
+from .split import Computed, Tokens
 
 MOLMO2_VISION_BLOCK = replace(CLIP_BLOCK, o="self_attn.o_proj")
 
@@ -144,27 +145,32 @@ def _refuse_post_norm(adapter: Adapter, config: Any) -> Adapter:
 MOLMO2 = Adapter(
     name="molmo2",
     config_classes=("Molmo2Config",),
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(),
-    vision_layers="model.vision_tower.layers",
-    vision_embed="model.vision_tower.patch_embedding",
-    vision_block=MOLMO2_VISION_BLOCK,
-    projector="model.multi_modal_projector",
-    image_grids=_grids,
-    image_row_break="<im_col>",
-    input_split=(("mm_token_type_ids", "token"), ("pixel_values", _take_crops),
-                 ("image_token_pooling", _take_pooling), ("image_grids", _take_images("image_grids")),
-                 ("image_num_crops", _take_images("image_num_crops"))),
-    hidden_states_normed=True,
-    vision_feature_layer_attr=None,  # the config trims the tower to the last layer the adapter reads
+    modules=ModuleLayout(
+        lm_layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        unembed="lm_head",
+        block=BlockLayout(),
+        vision_layers="model.vision_tower.layers",
+        vision_embed="model.vision_tower.patch_embedding",
+        vision_block=MOLMO2_VISION_BLOCK,
+        projector="model.multi_modal_projector",
+        hidden_states_normed=True,
+    ),
+    config_keys=ConfigKeys(vision_feature_layer=None),  # the config trims the tower to the last layer read
+    tokens=TokenLayout(grids=_grids, row_break="<im_col>"),
+    inputs=InputLayout(
+        split={"mm_token_type_ids": Tokens(), "pixel_values": Computed(_take_crops),
+               "image_token_pooling": Computed(_take_pooling), "image_grids": Computed(_take_images("image_grids")),
+               "image_num_crops": Computed(_take_images("image_num_crops"))},
+    ),
+    about=Metadata(
+        test_model="tiny random from allenai/Molmo2-8B's config: 20 px crops of 5x5 patches, overlap margins 1, "
+                   "2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, its "
+                   "torchvision resize / normalize in plain torch)",
+        notes="Two spans per image (low-res view, then high-res crops: rows split by <im_col>), grids from "
+              "image_grids; projector output added to the <im_patch> embeddings; image tokens attend "
+              "bidirectionally. Not covered: video, norm_after=True (refused).",
+    ),
     specialize=_refuse_post_norm,
-    test_model="tiny random from allenai/Molmo2-8B's config: 20 px crops of 5x5 patches, overlap margins 1, "
-               "2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, its "
-               "torchvision resize / normalize in plain torch)",
-    notes="Two spans per image (low-res view, then high-res crops: rows split by <im_col>), grids from "
-          "image_grids; projector output added to the <im_patch> embeddings; image tokens attend "
-          "bidirectionally. Not covered: video, norm_after=True (refused).",
 )

@@ -51,9 +51,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from .base import Adapter, BlockLayout
+from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout
 from .gemma3 import GEMMA_BLOCK
 from .llava import CLIP_BLOCK
+from .split import Tokens
 
 
 def _for_backbone(adapter: Adapter, config: Any) -> Adapter:
@@ -69,31 +70,37 @@ def _for_backbone(adapter: Adapter, config: Any) -> Adapter:
 _PALIGEMMA = Adapter(
     name="paligemma",
     config_classes=("PaliGemmaConfig",),
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(norm_offset=1.0),
-    vision_layers="model.vision_tower.encoder.layers",
-    vision_embed="model.vision_tower.embeddings",
-    vision_block=CLIP_BLOCK,
-    projector="model.multi_modal_projector",
-    input_split=(("labels", "token"),),
-    hidden_states_normed=True,
-    test_model="tiny random from google/paligemma-3b-pt-224's config, Gemma LM (processor: "
-               "SiglipImageProcessorPil, no chat template)",
-    notes="Gemma LM: pre-norm block, RMSNorm (1 + w); bidirectional prefix, no chat template. A Gemma 2 LM "
-          "(PaliGemma 2) gives the `paligemma2` layout. Not covered: training inputs (suffix / labels).",
+    modules=ModuleLayout(
+        lm_layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        unembed="lm_head",
+        block=BlockLayout(norm_offset=1.0),
+        vision_layers="model.vision_tower.encoder.layers",
+        vision_embed="model.vision_tower.embeddings",
+        vision_block=CLIP_BLOCK,
+        projector="model.multi_modal_projector",
+        hidden_states_normed=True,
+    ),
+    inputs=InputLayout(split={"labels": Tokens()}),
+    about=Metadata(
+        test_model="tiny random from google/paligemma-3b-pt-224's config, Gemma LM (processor: "
+                   "SiglipImageProcessorPil, no chat template)",
+        notes="Gemma LM: pre-norm block, RMSNorm (1 + w); bidirectional prefix, no chat template. A Gemma 2 LM "
+              "(PaliGemma 2) gives the `paligemma2` layout. Not covered: training inputs (suffix / labels).",
+    ),
 )
 
 PALIGEMMA2 = replace(
     _PALIGEMMA,
     name="paligemma2",
-    block=GEMMA_BLOCK,
-    test_model="tiny random from google/paligemma2-3b-pt-224's config, Gemma 2 LM (processor: "
-               "SiglipImageProcessorPil, no chat template)",
-    notes="PaliGemma 2 (PaliGemmaConfig with a Gemma 2 LM): sandwich norms as Gemma 3, hook_logits before "
-          "the logit soft-cap; bidirectional prefix, no chat template. Not covered: training inputs.",
+    modules=replace(_PALIGEMMA.modules, block=GEMMA_BLOCK),
+    about=Metadata(
+        test_model="tiny random from google/paligemma2-3b-pt-224's config, Gemma 2 LM (processor: "
+                   "SiglipImageProcessorPil, no chat template)",
+        notes="PaliGemma 2 (PaliGemmaConfig with a Gemma 2 LM): sandwich norms as Gemma 3, hook_logits before "
+              "the logit soft-cap; bidirectional prefix, no chat template. Not covered: training inputs.",
+    ),
 )
 
 PALIGEMMA = replace(_PALIGEMMA, specialize=_for_backbone, variants=(PALIGEMMA2,))

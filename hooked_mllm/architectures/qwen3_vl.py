@@ -45,29 +45,33 @@ position embeddings are added; ``vision.blocks.0.hook_resid_pre`` is after.
 
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout
-from .qwen2_vl import _SPLIT, _merged_grids
+from .base import Adapter, BlockLayout, Metadata, ModuleLayout
+from .qwen2_vl import INPUTS, TOKENS
 
 QWEN3_VL = Adapter(
     name="qwen3_vl",
     config_classes=("Qwen3VLConfig",),
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
-    block=BlockLayout(),
-    vision_layers="model.visual.blocks",
-    vision_embed="model.visual.patch_embed",
-    vision_block=BlockLayout(attn="attn", mlp="mlp", ln1="norm1", ln2="norm2", q=None, k=None, v=None,
-                             o="attn.proj", mlp_pre="mlp.linear_fc1", mlp_down="mlp.linear_fc2", norm="layer",
-                             attn_index=None, pattern_index=None),
-    projector="model.visual.merger",
-    image_grids=_merged_grids,
-    input_split=_SPLIT,
-    hidden_states_normed=True,
-    test_model="tiny random from Qwen/Qwen3-VL-2B-Instruct's config: deepstack after vision blocks 0, 1 into "
-               "LM layers 0, 1 of 3 (processor: Qwen2VLImageProcessorPil)",
-    notes="Grid (h/2, w/2) per image from image_grid_thw. DeepStack features are added at image positions "
-          "between resid_post[k] and resid_pre[k+1] (k < n_deepstack), verified against the mergers' "
-          "outputs; they are not hook points. Not covered: video inputs.",
+    modules=ModuleLayout(
+        lm_layers="model.language_model.layers",
+        embed="model.language_model.embed_tokens",
+        final_norm="model.language_model.norm",
+        unembed="lm_head",
+        block=BlockLayout(),
+        vision_layers="model.visual.blocks",
+        vision_embed="model.visual.patch_embed",
+        vision_block=BlockLayout(attn="attn", mlp="mlp", ln1="norm1", ln2="norm2", q=None, k=None, v=None,
+                                 o="attn.proj", mlp_pre="mlp.linear_fc1", mlp_down="mlp.linear_fc2", norm="layer",
+                                 attn_index=None, pattern_index=None),
+        projector="model.visual.merger",
+        hidden_states_normed=True,
+    ),
+    tokens=TOKENS,
+    inputs=INPUTS,
+    about=Metadata(
+        test_model="tiny random from Qwen/Qwen3-VL-2B-Instruct's config: deepstack after vision blocks 0, 1 into "
+                   "LM layers 0, 1 of 3 (processor: Qwen2VLImageProcessorPil)",
+        notes="Grid (h/2, w/2) per image from image_grid_thw. DeepStack features are added at image positions "
+              "between resid_post[k] and resid_pre[k+1] (k < n_deepstack), verified against the mergers' "
+              "outputs; they are not hook points. Not covered: video inputs.",
+    ),
 )

@@ -4,18 +4,26 @@
 config-specialised ``variants`` it can turn into (family, HF config classes, where the
 LM / vision tower / projector live, image-token geometry, what the conformance suite runs
 it on, notes). ``tests/architectures/test_docs_and_discovery.py`` checks that
-the file in docs/ is exactly this text; regenerate it with
-``python -m hooked_mllm.architectures.table > docs/architectures.md``.
+the file in docs/ begins with exactly this text, followed by its hand-written "Adding a family"
+guide (:data:`GUIDE_HEADING`); regenerate the table, keeping the guide, with
+``python -m hooked_mllm.architectures.table docs/architectures.md`` (without a path it prints
+the table).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .base import Adapter
+
+GUIDE_HEADING = "## Adding a family"
+"""The heading of the hand-written guide that follows the generated table in docs/architectures.md."""
 
 _HEADER = """# Supported architectures
 
 Generated from the adapter registry (`hooked_mllm.architectures`) by
-`python -m hooked_mllm.architectures.table > docs/architectures.md`; a test keeps it in sync.
+`python -m hooked_mllm.architectures.table docs/architectures.md` (which keeps the hand-written
+"Adding a family" guide after the table); a test keeps it in sync.
 Each family is one declarative adapter file whose docstring shows its HF module tree.
 "Verified" means the conformance suite (`tests/architectures/test_conformance.py`) runs the
 family on a tiny random model built from its config and checks hidden states, logits,
@@ -41,35 +49,36 @@ model is mapped by its children's names; the text-only probe does not run it, so
 
 
 def _grid(adapter: Adapter) -> str:
-    if adapter.image_grids is not None or adapter.image_views is not None:
+    if adapter.tokens.grids is not None or adapter.tokens.views is not None:
         return "from the processor's inputs"
-    probe = adapter.image_grid(16, None)
+    probe = adapter.tokens.grid(16, None)
     return "square (rows x cols)" if probe == (4, 4) else "none"
 
 
 def _row(adapter: Adapter) -> str:
-    block = adapter.block
+    modules, about = adapter.modules, adapter.about
+    block = modules.block
     extras = []
     if block.attn_out is not None or block.mlp_out is not None:
         extras.append("sandwich norms")
     if block.norm_offset:
         extras.append(f"norm weight + {block.norm_offset:g}")
-    vision = f"`{adapter.vision_layers}`" if adapter.vision_layers else "-"
-    if adapter.vision_block is not None and adapter.vision_block.pattern_index is None:
+    vision = f"`{modules.vision_layers}`" if modules.vision_layers else "-"
+    if modules.vision_block is not None and modules.vision_block.pattern_index is None:
         vision += " (fused qkv: no q/k/v or patterns)"
-    if adapter.vision_block is not None and adapter.vision_block.attn_scale is not None:
+    if modules.vision_block is not None and modules.vision_block.attn_scale is not None:
         vision += " (layer scale: attn_out / mlp_out include it)"
     cells = [
         f"`{adapter.name}`",
         ", ".join(f"`{name}`" for name in adapter.config_classes),
-        f"`{adapter.lm_layers}`" + (f" ({', '.join(extras)})" if extras else ""),
+        f"`{modules.lm_layers}`" + (f" ({', '.join(extras)})" if extras else ""),
         vision,
-        f"`{adapter.projector}`" if adapter.projector else "-",
+        f"`{modules.projector}`" if modules.projector else "-",
         _grid(adapter),
-        "yes" if adapter.verified else f"by script: `{adapter.checked_by}`" if adapter.checked_by
+        "yes" if about.verified else f"by script: `{about.checked_by}`" if about.checked_by
         else "**no** (published layout only)",
-        adapter.test_model or "-",
-        adapter.notes or "",
+        about.test_model or "-",
+        about.notes or "",
     ]
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
@@ -87,7 +96,24 @@ def supported_models_markdown(adapters: list[Adapter] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rewrite(path: str | Path) -> None:
+    """Regenerate the table at the top of the Markdown file ``path``, keeping its guide (the text from
+    :data:`GUIDE_HEADING` on); written atomically."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    at = text.find(GUIDE_HEADING)
+    if at < 0:
+        raise ValueError(f"{path} has no {GUIDE_HEADING!r} section to keep; refusing to overwrite it.")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(supported_models_markdown() + "\n" + text[at:], encoding="utf-8")
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
 if __name__ == "__main__":
     import sys
 
-    sys.stdout.write(supported_models_markdown())
+    if len(sys.argv) > 1:
+        rewrite(sys.argv[1])
+    else:
+        sys.stdout.write(supported_models_markdown())

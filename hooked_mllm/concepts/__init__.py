@@ -12,7 +12,7 @@ consistency, shifted concepts, Hungarian matching, improvement metrics and their
 (mean-difference and concept-difference steering vectors applied through
 :class:`hooked_mllm.hooks.Steer`, with a VQA-style evaluation and ranking).
 
-Example:
+Examples:
     >>> from hooked_mllm.concepts import make_decomposer
     >>> model = make_decomposer("seminmf", n_components=20, random_state=0)   # doctest: +SKIP
     >>> activations = model.fit_transform(features)                            # doctest: +SKIP

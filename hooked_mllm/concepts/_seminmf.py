@@ -45,7 +45,7 @@ def kmeans_torch(
     Returns:
         labels [n]: cluster index of every row, in ``[0, k)``.
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> kmeans_torch(torch.randn(10, 3, dtype=torch.float64), 2, g).shape
         torch.Size([10])
@@ -85,7 +85,7 @@ def update_u(V: Float[Tensor, "n k"], Z: Float[Tensor, "n d"]) -> Float[Tensor, 
 
     A jitter of ``1e-12 * mean(diag(V^T V))`` keeps the solve defined when ``V`` loses rank.
 
-    Example:
+    Examples:
         >>> V, U = torch.rand(6, 2, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
         >>> torch.allclose(update_u(V, V @ U), U)
         True
@@ -109,7 +109,7 @@ def update_v(
         ZUt: ``Z @ U.T`` [n, k].
         UUt: ``U @ U.T`` [k, k].
 
-    Example:
+    Examples:
         >>> V = torch.rand(4, 2, dtype=torch.float64); U = torch.randn(2, 3, dtype=torch.float64)
         >>> bool((update_v(V, (V @ U) @ U.T, U @ U.T) >= 0).all())
         True
@@ -139,7 +139,7 @@ def fit_seminmf(
     Returns:
         V [n, k], U [k, d], history (one absolute error per iteration run).
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> V, U, hist = fit_seminmf(torch.randn(20, 5, dtype=torch.float64), 3, 50, 1e-6, g)
         >>> V.shape, U.shape
@@ -172,7 +172,7 @@ def nnls_fista(
     ``tol`` relative to its norm, so results do not depend on which other rows are in the batch.
     Starts from the clipped unconstrained least-squares solution.
 
-    Example:
+    Examples:
         >>> U = torch.randn(2, 4, dtype=torch.float64); V = torch.rand(5, 2, dtype=torch.float64)
         >>> torch.allclose(nnls_fista(V @ U, U, 500, 1e-12), V, atol=1e-6)
         True

@@ -12,7 +12,7 @@ keeps ``A`` and ``C`` (O(k d) memory), so data that does not fit in memory can b
 
 Used by :class:`hooked_mllm.concepts.decompose.SparseDictionary`.
 
-Example:
+Examples:
     >>> Z = torch.rand(50, 8, dtype=torch.float64)
     >>> V, U, hist = fit_sparse(Z, init_atoms(Z, 3, torch.Generator().manual_seed(0)), 0.1, 100, 1e-6)
     >>> bool((V >= 0).all()), bool((U.norm(dim=1) <= 1 + 1e-9).all())

@@ -11,7 +11,7 @@ differs; :func:`verify_shard` names a truncated or corrupted shard.
 
 Used by :mod:`hooked_mllm.concepts.extract` (writing) and :class:`Features` (reading).
 
-Example:
+Examples:
     >>> feats = Features.load("features/red")            # doctest: +SKIP
     >>> feats.features.shape, feats.hooks                  # doctest: +SKIP
     (torch.Size([200, 4096]), ['blocks.31.hook_resid_post'])
@@ -217,7 +217,7 @@ class Features:
     memory-mapped shards on first use. :meth:`iter_rows` streams row blocks without
     building it (for fits that do not hold the whole matrix).
 
-    Example:
+    Examples:
         >>> feats = Features.load("features/red")          # doctest: +SKIP
         >>> feats["blocks.3.hook_resid_post"].features.shape   # doctest: +SKIP
         torch.Size([200, 128])

@@ -8,7 +8,7 @@ and the tokens whose spans overlap the match are its sub-tokens.
 
 Used by :mod:`hooked_mllm.concepts.extract` for the ``token`` / ``predicting`` rules.
 
-Example:
+Examples:
     >>> spans, text = token_spans(tokenizer, ids)                 # doctest: +SKIP
     >>> find_subtokens(spans, text, ["dog"])                       # doctest: +SKIP
     [3, 4]
@@ -46,7 +46,7 @@ def find_word(text: str, words: Sequence[str], *, case_sensitive: bool = False,
               whole_word: bool = True) -> list[tuple[int, int, str]]:
     """Every match ``(start, end, word)`` of any of ``words`` in ``text``, in text order.
 
-    Example:
+    Examples:
         >>> find_word("A Dog and a dogma", ["dog"])
         [(2, 5, 'dog')]
     """

@@ -9,7 +9,7 @@ with image and prompt columns) and :func:`toy_dataset` (scenes of the toy world)
 :func:`sample_fingerprint` identifies a sample's prompt and image, so a feature store can
 refuse to mix features of the same id extracted from another prompt or image.
 
-Example:
+Examples:
     >>> data = jsonl_dataset("coco_val.jsonl")            # doctest: +SKIP
     >>> feats = extract(model, data, "blocks.31.hook_resid_post", out="features/coco")  # doctest: +SKIP
 """
@@ -89,7 +89,7 @@ def folder_dataset(folder: str | os.PathLike[str], prompt: str,
                    suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Sample]:
     """Every image in ``folder`` (sorted by name) with the same ``prompt``; images are opened per batch.
 
-    Example:
+    Examples:
         >>> data = folder_dataset("val2017", "Describe the image.")     # doctest: +SKIP
         >>> data[0].id, data[0].image                                     # doctest: +SKIP
         ('000000000139.jpg', PosixPath('val2017/000000000139.jpg'))
@@ -107,7 +107,7 @@ def jsonl_dataset(file: str | os.PathLike[str], *, image_key: str = "image", pro
     Relative image paths are taken from the file's folder. ``prompt`` fills in a missing
     prompt; a missing id becomes the line number.
 
-    Example:
+    Examples:
         >>> next(jsonl_dataset("data.jsonl")).prompt      # doctest: +SKIP
         'What is in the image?'
     """
@@ -134,7 +134,7 @@ def hf_dataset(rows: Iterable[Mapping[str, Any]], *, image_column: str = "image"
     ``datasets`` decodes each row's image when the row is read, so nothing is decoded up front.
     ``prompt`` replaces a prompt column; without ``id_column`` the row index is the id.
 
-    Example:
+    Examples:
         >>> ds = datasets.load_dataset("HuggingFaceM4/VQAv2", split="validation", streaming=True)  # doctest: +SKIP
         >>> data = hf_dataset(ds, image_column="image", prompt_column="question",
         ...                   id_column="question_id")  # doctest: +SKIP

@@ -67,7 +67,7 @@ class SemiNMF(ConceptDecomposer):
     ``||Z - V U||_F`` at the end of fitting, as in sklearn's NMF), ``error_history_`` (that error after each
     iteration), ``n_features_in_``.
 
-    Example:
+    Examples:
         >>> Z = np.abs(np.random.default_rng(0).normal(size=(50, 8)))
         >>> model = SemiNMF(n_components=3, random_state=0).fit(Z)
         >>> model.transform(Z).shape, bool((model.transform(Z) >= 0).all())
@@ -146,7 +146,7 @@ class DictionaryLearningSemiNMF(_SklearnWrapper):
     transform_algorithm="lasso_cd")`` with the reference code's defaults (``alpha=1``, ``max_iter=5000``).
     ``components_`` are unit-norm dictionary atoms; activations are the non-negative lasso codes.
 
-    Example:
+    Examples:
         >>> Z = np.random.default_rng(0).normal(size=(30, 6))
         >>> DictionaryLearningSemiNMF(n_components=3, max_iter=20, random_state=0).fit(Z).components_.shape
         (3, 6)
@@ -191,7 +191,7 @@ class KMeansConcepts(_SklearnWrapper):
     ``inverse_transform(V)`` returns the centroid of each row's strongest concept (the hard-assignment
     reconstruction), not ``V @ components_``.
 
-    Example:
+    Examples:
         >>> Z = np.random.default_rng(0).normal(size=(30, 4))
         >>> V = KMeansConcepts(n_components=3, random_state=0).fit_transform(Z)
         >>> V.shape, bool(((V > 0) & (V <= 1)).all())
@@ -239,7 +239,7 @@ class PCAConcepts(_SklearnWrapper):
 
     ``inverse_transform`` adds back ``mean_`` and undoes whitening if ``whiten=True``.
 
-    Example:
+    Examples:
         >>> Z = np.random.default_rng(0).normal(size=(30, 5))
         >>> PCAConcepts(n_components=2).fit(Z).components_.shape
         (2, 5)
@@ -269,7 +269,7 @@ class NMFConcepts(_SklearnWrapper):
 
     Raises ``ValueError`` on negative input (e.g. raw residual-stream features); use :class:`SemiNMF` there.
 
-    Example:
+    Examples:
         >>> Z = np.abs(np.random.default_rng(0).normal(size=(30, 5)))
         >>> NMFConcepts(n_components=2, random_state=0).fit_transform(Z).shape
         (30, 2)
@@ -322,7 +322,7 @@ class ICAConcepts(_SklearnWrapper):
     So ``Z ~ V @ components_ + mean_`` with ``V = transform(Z)`` the independent sources; the unmixing
     matrix is kept as ``unmixing_ [K, d]``.
 
-    Example:
+    Examples:
         >>> Z = np.random.default_rng(0).laplace(size=(60, 4))
         >>> ICAConcepts(n_components=2, random_state=0).fit(Z).components_.shape
         (2, 4)
@@ -369,7 +369,7 @@ class TopNormConcepts(ConceptDecomposer):
     are broken by row order. ``sample_indices_`` records which training rows were chosen.
     ``inverse_transform`` is ``V @ components_``, which is not a least-squares reconstruction.
 
-    Example:
+    Examples:
         >>> Z = np.diag([1.0, 3.0, 2.0])
         >>> TopNormConcepts(n_components=2).fit(Z).sample_indices_
         array([1, 2])
@@ -422,7 +422,7 @@ def make_decomposer(name: str, **params: Any) -> ConceptDecomposer:
     Raises:
         ValueError: unknown ``name`` (the message lists the valid names).
 
-    Example:
+    Examples:
         >>> make_decomposer("pca", n_components=3)
         PCAConcepts(n_components=3)
     """

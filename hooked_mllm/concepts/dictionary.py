@@ -32,13 +32,14 @@ class SparseDictionary(ConceptDecomposer):
         batch_size: rows per minibatch (None: full batch).
         transform_max_iter: coordinate-descent sweeps of ``transform``.
         random_state: seeds the atom initialisation (k-means++ on row directions) and block order.
-        device, dtype: torch device (``"cuda"`` for a GPU) and ``"float32"`` or ``"float64"`` (default: the
-            input's, so float32 features are computed in float32).
+        device: torch device (``"cuda"`` for a GPU; default: the input's).
+        dtype: ``"float32"`` or ``"float64"`` (default: the input's, so float32 features are computed in
+            float32).
 
     Fitted attributes: ``components_ [K, d]`` (rows of norm <= 1, in practice 1), ``n_iter_``,
     ``objective_history_`` (full batch), ``n_features_in_``.
 
-    Example:
+    Examples:
         >>> Z = np.abs(np.random.default_rng(0).normal(size=(60, 8)))
         >>> model = SparseDictionary(n_components=3, alpha=0.1, random_state=0).fit(Z)
         >>> bool((model.transform(Z) >= 0).all()), model.components_.shape
@@ -115,7 +116,7 @@ class SparseDictionary(ConceptDecomposer):
     def partial_fit(self, Z: Any, y: Any = None) -> SparseDictionary:
         """Update the atoms with one block of rows ``Z [m, d]`` (online dictionary learning); returns ``self``.
 
-        Example:
+        Examples:
             >>> dec = SparseDictionary(3, alpha=0.1, random_state=0)
             >>> for block in np.array_split(np.abs(np.random.default_rng(0).normal(size=(90, 8))), 3):
             ...     dec = dec.partial_fit(block)

@@ -16,7 +16,7 @@ forward. The store (:mod:`hooked_mllm.concepts._store`) is written atomically ev
 second writer; a resumed run refuses features of another model, hook, rule, template or
 sample content, and checks every shard's checksum first.
 
-Example:
+Examples:
     >>> feats = extract(model, toy_dataset(200), ["blocks.2.hook_resid_post", "blocks.3.hook_resid_post"],
     ...                 token=TokenRule("last"), out="features/toy")        # doctest: +SKIP
     >>> Features.load("features/toy")["blocks.3.hook_resid_post"].features.shape  # doctest: +SKIP
@@ -69,9 +69,10 @@ class TokenRule:
         occurrence: Which occurrence of the word: ``"first"`` or ``"last"``.
         case_sensitive: Match case exactly (default: any case).
         whole_word: Match whole words only (default), not inside longer words.
-        start, end: Token range for ``"range"`` (Python slice semantics, negatives allowed).
+        start: Start of the token range for ``"range"`` (Python slice semantics, negatives allowed).
+        end: End of that range (exclusive, as a slice).
 
-    Example:
+    Examples:
         >>> TokenRule("predicting", token=("red", "blue", "green"), reduce="mean").needs_answer
         True
     """
@@ -221,7 +222,7 @@ def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str]
     Returns:
         The :class:`Features` (memory-mapped from ``out`` when given).
 
-    Example:
+    Examples:
         >>> feats = extract(model, folder_dataset("val2017", "Describe the image."), "blocks.31.hook_resid_post",
         ...                 TokenRule("predicting", token="dog", reduce="mean"), out="features/dog")  # doctest: +SKIP
     """

@@ -7,7 +7,7 @@ top ``top_k`` tokens and keeps real words (alphabetic, longer than ``min_length`
 stopwords). :func:`visual_grounding` gives each concept's top-activating samples;
 :func:`concept_map` turns one image's per-token features into a per-patch activation map.
 
-Example:
+Examples:
     >>> words = text_grounding(model, dec.components_, top_k=50, n_words=10)   # doctest: +SKIP
 """
 
@@ -36,7 +36,7 @@ def text_grounding(model: HookedMLLM, components: Any, *, top_k: int = 50, n_wor
                    stopwords: frozenset[str] = STOPWORDS) -> list[list[str]]:
     """The words each concept vector (rows of ``components`` ``[K, d]``) decodes to."""
     u = torch.as_tensor(getattr(components, "components_", components), dtype=torch.float32)
-    head = model.adapter.module(model.hf_model, model.adapter.unembed)
+    head = model.adapter.module(model.hf_model, model.adapter.modules.unembed)
     x = u.to(device=model.device, dtype=head.weight.dtype)
     with torch.no_grad():
         if apply_norm:
@@ -65,7 +65,7 @@ def shift_grounding(model: HookedMLLM, result: Any, **kwargs: Any) -> dict[str, 
     the shift moved the concept's meaning toward the fine-tuned model's). ``kwargs`` go to
     :func:`text_grounding`.
 
-    Example:
+    Examples:
         >>> words = shift_grounding(model, analyze_shift(A, B, dec_a, dec_b))   # doctest: +SKIP
         >>> words["shift"][0]                                                  # doctest: +SKIP
         ['red', 'crimson', ...]

@@ -52,7 +52,7 @@ def reconstruction_error(Z: Float[Any, "n d"], model_or_factors: Any) -> float:
         model_or_factors: a fitted decomposer (then ``Z_hat = inverse_transform(transform(Z))``, which
             includes e.g. PCA's mean) or a pair ``(V [n, K], U [K, d])`` (then ``Z_hat = V @ U``).
 
-    Example:
+    Examples:
         >>> V, U = np.eye(3)[:, :2], np.ones((2, 4))
         >>> reconstruction_error(V @ U, (V, U))
         0.0
@@ -87,7 +87,7 @@ def hoyer_sparsity(x: Float[Any, "*batch k"]) -> Float[np.ndarray, "*batch"]:
     1 for a one-hot vector, 0 for a constant-magnitude vector. The all-zero vector is given sparsity 1
     (nothing is active). Needs ``k >= 2``.
 
-    Example:
+    Examples:
         >>> hoyer_sparsity(np.array([[0.0, 0.0, 5.0, 0.0], [1.0, -1.0, 1.0, 1.0]]))
         array([1., 0.])
     """
@@ -120,7 +120,7 @@ class Sparsity:
 def sparsity(V: Float[Any, "n k"], *, rtol: float = 1e-3) -> Sparsity:
     """Sparsity of activations ``V [n, K]``: near-zero fraction (relative to ``max|V|``) and mean row Hoyer.
 
-    Example:
+    Examples:
         >>> sparsity(np.array([[1.0, 0.0], [0.0, 2.0]]))
         Sparsity(fraction_near_zero=0.5, hoyer=1.0)
     """
@@ -135,7 +135,7 @@ def overlap_matrix(words_per_concept: Sequence[Iterable[str]]) -> Float[np.ndarr
 
     A concept with an empty word list has ``O_ij = 0`` (it shares no word).
 
-    Example:
+    Examples:
         >>> float(overlap_matrix([["red", "car"], ["red", "apple", "fruit", "tree"]])[0, 1])
         0.5
     """
@@ -156,7 +156,7 @@ def overlap_matrix(words_per_concept: Sequence[Iterable[str]]) -> Float[np.ndarr
 def concept_overlap(words_per_concept: Sequence[Iterable[str]]) -> float:
     """Mean over ``i != j`` of ``|W_i ∩ W_j| / |W_i|`` (CoX-LMM's overlap; lower is better).
 
-    Example:
+    Examples:
         >>> concept_overlap([["red", "car"], ["red", "apple", "fruit", "tree"]])  # (1/2 + 1/4) / 2
         0.375
     """
@@ -168,7 +168,7 @@ def project(Z_new: Float[Any, "n d"], decomposer: Any) -> Float[np.ndarray, "n k
 
     Raises ``sklearn.exceptions.NotFittedError`` if ``decomposer`` was not fitted.
 
-    Example:
+    Examples:
         >>> from hooked_mllm.concepts.decompose import PCAConcepts
         >>> Z = np.random.default_rng(0).normal(size=(20, 4))
         >>> project(Z[:3], PCAConcepts(n_components=2).fit(Z)).shape
@@ -193,7 +193,7 @@ def top_concept_words(
 ) -> list[list[str]]:
     """Per sample, the words of its ``top_k`` most active concepts (strongest first, duplicates dropped).
 
-    Example:
+    Examples:
         >>> top_concept_words(np.array([[0.1, 0.9]]), [["dog"], ["car", "red"]])
         [['car', 'red']]
     """
@@ -223,7 +223,7 @@ def clip_style_score(
     Returns:
         scores [n] (numpy float64); average them for the dataset-level number.
 
-    Example:
+    Examples:
         >>> scorer = lambda imgs, texts: [float("dog" in t) for t in texts]
         >>> clip_style_score(scorer, ["img0", "img1"], [["dog", "fur"], ["car"]])
         array([1., 0.])
@@ -263,7 +263,7 @@ def clip_concept_score(
     the image's top concepts are averaged, as in the reference code (not one text of all words joined).
     Concepts without words score 0.
 
-    Example:
+    Examples:
         >>> scorer = lambda imgs, texts: [float("dog" in t) for t in texts]
         >>> clip_concept_score(scorer, ["i0"], np.array([[0.9, 0.5, 0.1]]), [["dog"], ["car"], ["sky"]], top_k=2)
         array([0.5])
@@ -293,7 +293,7 @@ def random_word_lists(vocabulary: Sequence[str], n_concepts: int, n_words: int =
     Score random lists with the same metric (:func:`concept_overlap`, :func:`clip_concept_score`) to see
     what chance gives; the reference code's words come from the LM head's vocabulary.
 
-    Example:
+    Examples:
         >>> random_word_lists(["red", "blue", "dog", "cat"], 2, n_words=2, seed=0)
         [['dog', 'red'], ['cat', 'blue']]
     """
@@ -314,7 +314,7 @@ class CLIPScorer:
         weight: the ``w`` of CLIPScore (2.5).
         batch_size: pairs per forward.
 
-    Example:
+    Examples:
         >>> scorer = CLIPScorer(CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path))  # doctest: +SKIP
         >>> clip_concept_score(scorer, images, V, words, top_k=3).mean()                              # doctest: +SKIP
     """
@@ -358,7 +358,7 @@ def attribute_recovery(
     ``argmax(V, axis=1)`` and ``labels``, and purity = fraction of samples whose label is the majority label
     of their concept. Both are 1 for a perfect one-to-one recovery.
 
-    Example:
+    Examples:
         >>> V = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 2.0]])
         >>> attribute_recovery(V, ["red", "red", "blue"])
         {'nmi': 1.0, 'purity': 1.0}

@@ -75,7 +75,7 @@ def _unit_rows(X: np.ndarray) -> np.ndarray:
 def assign_concepts(V: Float[Any, "n k"]) -> Int[np.ndarray, " n"]:
     """Strongest concept of each sample: ``argmax(V, axis=1)`` (ties go to the lowest index).
 
-    Example:
+    Examples:
         >>> assign_concepts(np.array([[0.1, 0.7], [0.5, 0.2]]))
         array([1, 0])
     """
@@ -93,7 +93,8 @@ def concept_shift_vectors(
     """Concept shift vectors ``D_k``: reduce the shifts ``d_m = B_m - A_m`` over the samples of concept ``k``.
 
     Args:
-        A, B: features of the same samples in models a and b, [n, d].
+        A: features of the samples in model a, [n, d].
+        B: features of the same samples in model b, [n, d].
         assignment: concept index of each sample [n] (see :func:`assign_concepts`).
         n_concepts: ``K``; defaults to ``assignment.max() + 1``.
         reduce: ``"mean"``, coordinate-wise ``"median"``, or ``"trimmed"`` mean (cuts ``trim`` at each end).
@@ -101,7 +102,7 @@ def concept_shift_vectors(
     Returns:
         ``(D [K, d], counts [K])``. A concept with no samples gets ``D_k = 0`` and count 0.
 
-    Example:
+    Examples:
         >>> A = np.zeros((3, 2)); B = np.array([[1.0, 0], [3.0, 0], [0, 5.0]])
         >>> concept_shift_vectors(A, B, np.array([0, 0, 1]))
         (array([[2., 0.],
@@ -136,7 +137,7 @@ def shift_consistency(
     a zero shift counts as cosine 0 with every other shift. Computed in O(n d) via
     ``sum_{i != j} <x_i, x_j> = ||sum x||^2 - sum ||x||^2`` on unit vectors.
 
-    Example:
+    Examples:
         >>> A = np.zeros((4, 2)); B = np.array([[1.0, 0], [2.0, 0], [0, 1.0], [0, -1.0]])
         >>> shift_consistency(A, B, np.array([0, 0, 1, 1]))
         array([ 1., -1.])
@@ -159,7 +160,7 @@ def shifted_concepts(
 ) -> Float[np.ndarray, "k d"]:
     """Shifted concepts ``U^s = U^a + alpha * D``.
 
-    Example:
+    Examples:
         >>> shifted_concepts(np.ones((2, 3)), np.eye(2, 3), alpha=2.0)[0]
         array([3., 1., 1.])
     """
@@ -174,7 +175,8 @@ class ConceptMatching:
     """One-to-one matching of concepts ``x`` to concepts ``y``: pair ``p`` is ``(index_x[p], index_y[p])``.
 
     Attributes:
-        index_x, index_y: matched row indices [P] with ``P = min(K_x, K_y)``, sorted by ``index_x``.
+        index_x: matched row indices of x [P] with ``P = min(K_x, K_y)``, sorted.
+        index_y: the matched row indices of y [P], in the order of ``index_x``.
         cosine: cosine similarity of each matched pair [P].
     """
 
@@ -186,7 +188,7 @@ class ConceptMatching:
 def match_concepts(U_x: Float[Any, "kx d"], U_y: Float[Any, "ky d"]) -> ConceptMatching:
     """Hungarian matching (``scipy.optimize.linear_sum_assignment``) maximising total cosine similarity.
 
-    Example:
+    Examples:
         >>> m = match_concepts(np.eye(2), np.array([[0.0, 2.0], [3.0, 0.0]]))
         >>> m.index_y, m.cosine
         (array([1, 0]), array([1., 1.]))
@@ -207,7 +209,8 @@ class ShiftImprovement:
         matching: pairs ``(k, j)`` of concept ``k`` of a (and its shifted version) with concept ``j`` of b.
         distance_gain: ``||u^b_j - u^a_k|| - ||u^b_j - u^s_k||`` per pair [P]; > 0 means the shift helps.
         cosine_gain: ``cos(u^b_j, u^s_k) - cos(u^b_j, u^a_k)`` per pair [P].
-        mean_distance_gain, mean_cosine_gain: their means.
+        mean_distance_gain: mean of ``distance_gain``.
+        mean_cosine_gain: mean of ``cosine_gain``.
     """
 
     matching: ConceptMatching
@@ -233,7 +236,7 @@ def shift_improvement(
     matching ``U_s`` (default) or ``U_a`` (``match_on="original"``) to ``U_b`` on cosine; the same pairs are
     then used for both the original and the shifted concept.
 
-    Example:
+    Examples:
         >>> r = shift_improvement(np.array([[1.0, 0]]), np.array([[1.0, 1]]), np.array([[1.0, 1.2]]))
         >>> bool(r.mean_distance_gain > 0 and r.mean_cosine_gain > 0)
         True
@@ -304,7 +307,7 @@ class ShiftResult:
 def align_ids(ids_a: Sequence[str], ids_b: Sequence[str]) -> tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"]]:
     """Row indices ``(ia, ib)`` of the ids present in both lists, in the order of ``ids_a``; O(n).
 
-    Example:
+    Examples:
         >>> align_ids(["x", "y", "z"], ["z", "x"])
         (array([0, 2]), array([1, 0]))
     """
@@ -337,7 +340,7 @@ def shift_baselines(
 
     Each gives ``mean_distance_gain`` and ``mean_cosine_gain`` as in :func:`shift_improvement`.
 
-    Example:
+    Examples:
         >>> A = np.repeat(np.eye(2) * 10, 5, axis=0); B = A + np.repeat([[1.0, 0], [0, 2.0]], 5, axis=0)
         >>> sorted(shift_baselines(A, B, np.eye(2) * 10, np.eye(2) * 10 + [[1, 0], [0, 2]], np.repeat([0, 1], 5)))
         ['global_mean_shift', 'random_assignment']
@@ -387,7 +390,7 @@ def analyze_shift(
     ``match_on`` is passed to :func:`shift_improvement`; ``baselines`` adds :func:`shift_baselines` (the one
     global mean shift and a random concept assignment, seeded by ``random_state``) for comparison.
 
-    Example:
+    Examples:
         >>> from hooked_mllm.concepts.decompose import KMeansConcepts
         >>> A = np.repeat(np.eye(2) * 10, 5, axis=0); B = A + np.repeat([[1.0, 0], [0, 2.0]], 5, axis=0)
         >>> r = analyze_shift(A, B, KMeansConcepts(2, random_state=0), KMeansConcepts(2, random_state=0))

@@ -9,7 +9,7 @@ become the target and how accuracy on other questions moves, with answers normal
 evaluation does (:func:`normalize_answer`), VQA soft accuracy (:func:`vqa_accuracy`), per-answer-type
 accuracy, changed answers and answer histograms; :func:`rank_steering_vectors` ranks many candidates.
 
-Example:
+Examples:
     >>> v = mean_difference(features_no, features_yes)                           # doctest: +SKIP
     >>> report = evaluate_steering(model, targeted, others, v, layer=3, alpha=4, target="no")  # doctest: +SKIP
 """
@@ -82,7 +82,7 @@ _PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:]")
 def normalize_answer(text: str) -> str:
     """An answer as the VQA evaluation compares it: lower case, no punctuation or articles, digits for number words.
 
-    Example:
+    Examples:
         >>> normalize_answer("Yes."), normalize_answer("The two dogs!"), normalize_answer("3.5")
         ('yes', '2 dogs', '3.5')
     """
@@ -103,7 +103,7 @@ def vqa_accuracy(answer: str, references: str | Sequence[str]) -> float:
 
     One reference gives exact-match accuracy (after :func:`normalize_answer`).
 
-    Example:
+    Examples:
         >>> vqa_accuracy("Two", ["2", "2", "3", "2", "two", "3", "3", "3", "3", "3"])  # 4 of 10 say "2"
         1.0
         >>> round(vqa_accuracy("2", ["2", "2", "3", "3", "3", "3", "3", "3", "3", "3"]), 3)
@@ -127,11 +127,14 @@ class SteeringReport:
     Attributes:
         target_rate: Fraction of targeted samples answered ``target`` (normalised) when steered.
         target_rate_before: The same without steering.
-        other_accuracy_before, other_accuracy_after: VQA (soft) accuracy on the other samples.
+        other_accuracy_before: VQA (soft) accuracy on the other samples without steering.
+        other_accuracy_after: The same with steering.
         answers: ``(question, expected, before, after)`` for the targeted samples.
         other_by_type: Per answer type of the other samples: ``{type: (accuracy before, after)}``.
-        changed_targeted, changed_other: How many answers changed (normalised) under steering.
-        histogram_before, histogram_after: Counts of the normalised answers of all samples.
+        changed_targeted: How many targeted answers changed (normalised) under steering.
+        changed_other: How many other answers changed (normalised) under steering.
+        histogram_before: Counts of the normalised answers of all samples without steering.
+        histogram_after: The same with steering.
     """
 
     target_rate: float
@@ -207,7 +210,7 @@ def evaluate_steering(model: HookedMLLM, targeted: Sequence[tuple], others: Sequ
     is one answer or a list of reference answers (VQA soft accuracy). Answers are compared after
     :func:`normalize_answer` ("Yes." is "yes", "two" is "2").
 
-    Example:
+    Examples:
         >>> r = evaluate_steering(model, no_samples, count_samples, v, layer=3, alpha=1.0,
         ...                       target="yes")                              # doctest: +SKIP
         >>> r.target_rate, r.other_by_type, r.changed_other                  # doctest: +SKIP
@@ -229,7 +232,7 @@ def rank_steering_vectors(model: HookedMLLM, candidates: Mapping[str, Tensor], t
     Score: ``target_rate - side_effect_weight * side_effect``. Unsteered answers are computed once.
     ``layer`` may be one layer or a ``{name: layer}`` mapping.
 
-    Example:
+    Examples:
         >>> ranked = rank_steering_vectors(model, {"l2": v2, "l3": v3}, targeted, others,
         ...                                layer={"l2": 2, "l3": 3}, alpha=1.0, target="yes")  # doctest: +SKIP
         >>> ranked[0][0]                                                                        # doctest: +SKIP

@@ -13,7 +13,7 @@ Contents: :class:`HookFunction` (base: positions and heads), :class:`CacheTo`,
 :class:`SetComponent`, :class:`ScaleComponent`, :class:`PatchSubspace`,
 :class:`Steer`, :func:`compose`, :func:`over`.
 
-Example:
+Examples:
     >>> from hooked_mllm.hooks import PatchFrom, Steer
     >>> fwd = [("blocks.2.hook_resid_post", PatchFrom(clean_cache, positions="image"))]  # doctest: +SKIP
     >>> model.generate(batch, fwd_hooks=[("blocks.4.hook_resid_post", Steer(v, alpha=4, schedule="all"))])  # doctest: +SKIP
@@ -331,7 +331,7 @@ class Steer(HookFunction):
 class compose:  # noqa: N801 - reads as a function
     """Several hook functions applied in order on one hook point, as one function.
 
-    Example:
+    Examples:
         >>> fn = compose(ProjectOut(v), Steer(w, alpha=2))   # doctest: +SKIP
     """
 

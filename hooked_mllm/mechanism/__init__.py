@@ -13,7 +13,7 @@ Modules: :mod:`.capture` (the forward and the frozen readout, :class:`MechanismR
 :mod:`.explain` (:func:`explain_positions`, :func:`logit_lens_map`), :mod:`.maps`
 (:class:`LocationMap`), :mod:`.pointing` (:func:`pointing_game`).
 
-Example:
+Examples:
     >>> from hooked_mllm import toy
     >>> from hooked_mllm.mechanism import image_locations, attention_map
     >>> model = toy.load("toy-llava")                                        # doctest: +SKIP

@@ -18,7 +18,7 @@ prediction by default):
   ``log p(y)``. Needs ``pixel_values`` laid out ``[image, channel, height, width]`` with the
   grid spanning the image (LLaVA, PaliGemma, Gemma 3...).
 
-Example:
+Examples:
     >>> from hooked_mllm.mechanism import attention_map, occlusion_map
     >>> attention_map(model, batch).peak(), occlusion_map(model, batch).peak()   # doctest: +SKIP
 """
@@ -60,7 +60,7 @@ def attention_map(model: HookedMLLM, inputs: Any, *, layers: Any = None, row: in
                   target: Any = None) -> LocationMap | list[LocationMap]:
     """Mean attention from ``T`` to each image position over ``layers`` (all) and every head.
 
-    Example:
+    Examples:
         >>> attention_map(model, batch, layers=[2, 3]).peak()   # doctest: +SKIP
     """
     run = capture(model, inputs, target)
@@ -82,7 +82,7 @@ def relevancy_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image:
                   target: Any = None) -> LocationMap | list[LocationMap]:
     """Attention x gradient relevancy (Chefer et al. 2021) from ``T`` to each image position.
 
-    Example:
+    Examples:
         >>> relevancy_map(model, batch).normalized().values    # doctest: +SKIP
     """
     batch = model.to_batch(inputs)
@@ -107,7 +107,7 @@ def gradient_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image: 
                  target: Any = None) -> LocationMap | list[LocationMap]:
     """Input x gradient of ``y``'s logit on the image-token embeddings (``blocks.0.hook_resid_pre``).
 
-    Example:
+    Examples:
         >>> gradient_map(model, batch).peak()     # doctest: +SKIP
     """
     batch = model.to_batch(inputs)
@@ -126,7 +126,7 @@ def occlusion_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image:
 
     One forward per cell, ``batch_size`` occluded copies at a time.
 
-    Example:
+    Examples:
         >>> occlusion_map(model, batch, fill=0.0).peak()     # doctest: +SKIP
     """
     batch = model.to_batch(inputs)

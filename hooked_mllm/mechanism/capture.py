@@ -16,7 +16,7 @@ final-norm scale the readout freezes). :class:`MechanismRun` holds it and comput
 Used by :mod:`.scores` (head / layer scores, the location map, explaining positions) and
 :mod:`.baselines` (the attention map).
 
-Example:
+Examples:
     >>> run = capture(model, batch)                          # doctest: +SKIP
     >>> run.contributions(2).shape                           # [batch, head, pos, d_model]  # doctest: +SKIP
 """
@@ -108,7 +108,7 @@ class MechanismRun:
 
     @cached_property
     def _unembed(self) -> tuple[Tensor, Tensor | None]:
-        head = self.model.adapter.module(self.model.hf_model, self.model.adapter.unembed)
+        head = self.model.adapter.module(self.model.hf_model, self.model.adapter.modules.unembed)
         bias = getattr(head, "bias", None)
         return head.weight.detach().float(), None if bias is None else bias.detach().float()
 
@@ -123,7 +123,8 @@ class MechanismRun:
 
     def _o_bias(self, layer: int) -> Tensor | None:
         adapter = self.model.adapter
-        o_proj = adapter.module(self.model.hf_model, f"{adapter.lm_layers}.{layer}.{adapter.block.o}")
+        modules = adapter.modules
+        o_proj = adapter.module(self.model.hf_model, f"{modules.lm_layers}.{layer}.{modules.block.o}")
         bias = getattr(o_proj, "bias", None)
         return None if bias is None else bias.detach().float().to(self.v.device)
 
@@ -167,8 +168,8 @@ class MechanismRun:
         is applied with its scale frozen at the full attention output at ``T``; a layer
         scale (``BlockLayout.attn_scale``) multiplies.
         """
-        block = self.model.adapter.block
-        prefix = f"{self.model.adapter.lm_layers}.{layer}"
+        block = self.model.adapter.modules.block
+        prefix = f"{self.model.adapter.modules.lm_layers}.{layer}"
         if block.attn_out is not None:
             norm = self.model.adapter.module(self.model.hf_model, f"{prefix}.{block.attn_out}")
             sel = slice(None) if rows is None else rows
@@ -205,7 +206,7 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
         target: The token explained per row: None (the model's prediction at ``T``), a token
             id, a one-token string, or one of those per row.
 
-    Example:
+    Examples:
         >>> batch = model.prepare(images=[img], prompts=["what color is the circle ?"])  # doctest: +SKIP
         >>> capture(model, batch).target_tokens()                                        # doctest: +SKIP
         ['red']

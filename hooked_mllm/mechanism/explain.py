@@ -9,7 +9,7 @@
   (top token and its probability), plus the probability of chosen tokens per cell as
   :class:`~hooked_mllm.mechanism.LocationMap` s.
 
-Example:
+Examples:
     >>> ex = explain_positions(model, batch, [(2, 3)], layer=2)     # doctest: +SKIP
     >>> print(ex.table())                                           # doctest: +SKIP
     >>> lm = logit_lens_map(model, batch); lm.tokens[-1]             # doctest: +SKIP
@@ -90,7 +90,7 @@ def explain_positions(model: HookedMLLM, inputs: Any, positions: Sequence[Any], 
         k: Top tokens kept per part.
         target: The token at ``T`` (default: the prediction).
 
-    Example:
+    Examples:
         >>> explain_positions(model, batch, [(1, 4), (1, 5)], layer=2).table()   # doctest: +SKIP
     """
     single = _single_row(model, inputs, row)
@@ -178,7 +178,7 @@ def logit_lens_map(model: HookedMLLM, inputs: Any, *, row: int = 0, image: int =
         frozen: Read with the final norm's scale frozen at each cell's final residual instead of
             each layer's own residual.
 
-    Example:
+    Examples:
         >>> lm = logit_lens_map(model, batch, tokens=["red"])     # doctest: +SKIP
         >>> lm.map("red").peak()                                  # doctest: +SKIP
     """
@@ -220,7 +220,7 @@ def lens_location_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, im
     One forward for every row (``row=None``: a list of maps). ``target`` as in
     :func:`~hooked_mllm.mechanism.capture` (default: the prediction at ``T``).
 
-    Example:
+    Examples:
         >>> lens_location_map(model, batch, layer=-1).peak()     # doctest: +SKIP
     """
     batch = model.to_batch(inputs.batch if hasattr(inputs, "pattern") else inputs)

@@ -7,7 +7,7 @@ image's patch grid, with normalising, upsampling (bicubic) and overlay helpers, 
 inline PNG for notebooks. :func:`grid_span` finds the image and refuses images without a
 grid; :func:`to_map` turns per-position scores into a map.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> m = LocationMap(values=np.array([[0.0, 1.0], [3.0, 2.0]]), method="demo", label="toy")
     >>> m.peak(), m.normalized().values.max()
@@ -41,7 +41,7 @@ class LocationMap:
         positions: The sequence positions of the cells, row-major (``rows * cols`` of them).
         target: The token the scores explain, if any.
 
-    Example:
+    Examples:
         >>> m = image_locations(model, batch)                       # doctest: +SKIP
         >>> m.peak(), m.overlay(scene.image).size                   # doctest: +SKIP
         ((2, 3), (48, 48))

@@ -14,7 +14,7 @@ relevancy, input x gradient and occlusion baselines; the last layer's logit lens
 :func:`pointing_game` runs them on any model that speaks the toy world, so it can be rerun
 on retrained checkpoints; ``python -m hooked_mllm.mechanism`` prints the table.
 
-Example:
+Examples:
     >>> from hooked_mllm import toy
     >>> from hooked_mllm.mechanism import pointing_game
     >>> scenes = toy.World(seed=7).sample(60)
@@ -169,7 +169,7 @@ def pointing_game(model: HookedMLLM, scenes: Sequence[Scene], *, methods: Sequen
         batch_size: Questions per forward.
         progress: Show a tqdm bar.
 
-    Example:
+    Examples:
         >>> res = pointing_game(model, toy.World(seed=7).sample(60), methods=["attention"])  # doctest: +SKIP
         >>> res.accuracy["attention"] >= res.random_object                                   # doctest: +SKIP
         True

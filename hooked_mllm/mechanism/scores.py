@@ -15,7 +15,7 @@ Contents: :func:`head_contributions`, :func:`head_scores` (:class:`HeadScores`),
 :func:`layer_scores` (:class:`LayerScores`), :func:`image_locations`. The per-position
 decomposition lives in :mod:`.capture`; explaining single positions in :mod:`.explain`.
 
-Example:
+Examples:
     >>> from hooked_mllm.mechanism import image_locations
     >>> m = image_locations(model, batch, heads="top")               # doctest: +SKIP
     >>> m.peak(), m.label                                            # doctest: +SKIP
@@ -114,7 +114,7 @@ def head_contributions(model: HookedMLLM, inputs: Any, *, layers: Any = None, po
         ``[layer, head, batch, pos, d_model]`` float32 (mind the size on large models:
         pick layers and positions).
 
-    Example:
+    Examples:
         >>> c = head_contributions(model, batch, layers=[2], positions=list(range(5, 41)))  # doctest: +SKIP
     """
     run = capture(model, inputs, target)
@@ -125,7 +125,7 @@ def head_contributions(model: HookedMLLM, inputs: Any, *, layers: Any = None, po
 def head_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> HeadScores:
     """``s[l, h] = lp(x_l(T) + head_out[l, h]) - lp(x_l(T))`` for every head and row.
 
-    Example:
+    Examples:
         >>> scores = head_scores(model, batch)      # doctest: +SKIP
         >>> scores.top(3)                            # doctest: +SKIP
         [(2, 1), (3, 0), (1, 3)]
@@ -142,7 +142,7 @@ def head_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> HeadSc
 def layer_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> LayerScores:
     """Each layer's attention and MLP score at ``T`` (see :class:`LayerScores`).
 
-    Example:
+    Examples:
         >>> ls = layer_scores(model, batch); ls.attn[0]      # doctest: +SKIP
     """
     run = capture(model, inputs, target)
@@ -209,7 +209,7 @@ def image_locations(model: HookedMLLM, inputs: Any, *, heads: Heads = "top", lay
         image: The image within the row.
         target: The explained token (default: the prediction; see :func:`capture`).
 
-    Example:
+    Examples:
         >>> m = image_locations(model, batch, heads=3, layers=slice(2, None))   # doctest: +SKIP
         >>> m.overlay(image)                                                     # doctest: +SKIP
     """

@@ -11,7 +11,7 @@ Modules: :mod:`._common` (vocabulary, tokenizers, chat templates, random images)
 SmolVLM), :mod:`.gemma` (Gemma 3, PaliGemma), :mod:`.others` (InternVL, Mistral 3,
 Pixtral, Mllama), :mod:`.molmo2` (Molmo2). Every public name is importable from here.
 
-Example:
+Examples:
     >>> from hooked_mllm import HookedMLLM
     >>> from hooked_mllm.testing import tiny_llava, tiny_processor
     >>> model = HookedMLLM.from_hf(tiny_llava("qwen2"), tiny_processor())

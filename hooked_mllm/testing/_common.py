@@ -6,7 +6,7 @@ writes the user turn with a family's image placeholder; :func:`random_image` and
 :func:`image_pair` make seeded inputs. The private helpers (``_build``, ``_text_kwargs``,
 ``_without_video``) are shared by the family modules beside this one.
 
-Example:
+Examples:
     >>> from hooked_mllm.testing import word_tokenizer
     >>> tok = word_tokenizer(["<image>"], image_token="<image>")
     >>> tok.convert_ids_to_tokens(tok("what <image>")["input_ids"])

@@ -9,7 +9,7 @@ many points there are, so the check is cheap enough for every family in the test
 for a user's own model. :func:`read_only_refusals` checks the other half: a read-only point
 refuses a returned replacement and an in-place edit.
 
-Example:
+Examples:
     >>> from hooked_mllm.testing.conformance import unreached_writes
     >>> unreached_writes(model, batch)            # doctest: +SKIP
     {'returned': [], 'in_place': []}

@@ -1,6 +1,6 @@
 """Tiny random Gemma 3, PaliGemma and PaliGemma 2 models and their processors.
 
-Example:
+Examples:
     >>> from hooked_mllm.testing import tiny_paligemma
     >>> model, processor = tiny_paligemma("2")
     >>> model.config.text_config.model_type

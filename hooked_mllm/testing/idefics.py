@@ -1,6 +1,6 @@
 """Tiny random Idefics2, Idefics3 and SmolVLM models and their processors (image splitting on).
 
-Example:
+Examples:
     >>> from hooked_mllm.testing import tiny_idefics3
     >>> model, processor = tiny_idefics3()
     >>> processor.image_seq_len

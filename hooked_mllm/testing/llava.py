@@ -4,7 +4,7 @@
 benchmarks and the demo's fallback: shrunk from llava-1.5-7b's config (CLIP ViT-L/14 tower,
 Llama-2 LM) to the same module tree with a few thousand parameters.
 
-Example:
+Examples:
     >>> from hooked_mllm import HookedMLLM
     >>> from hooked_mllm.testing import tiny_llava, tiny_processor
     >>> HookedMLLM.from_hf(tiny_llava("qwen2"), tiny_processor()).cfg.n_layers

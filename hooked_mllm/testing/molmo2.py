@@ -11,7 +11,7 @@ the size is unchanged; ``(x - mean) / std``), so everything else, and the
 ``Molmo2Processor``'s token layout, is the HF code. (Arrays or tensors given instead of PIL
 images are also turned from grayscale to RGB in plain torch.)
 
-Example:
+Examples:
     >>> from hooked_mllm.testing import tiny_molmo2
     >>> model, processor = tiny_molmo2()
     >>> processor.image_processor.size["height"], model.config.adapter_config.vision_feature_layer
@@ -84,7 +84,7 @@ def molmo2_image_processor(**kwargs: Any) -> Any:
     ``kwargs`` are the HF image processor's (``size``, ``patch_size``, ``max_crops``,
     ``overlap_margins``, ``pooling_size``...). Only bilinear resizing (Molmo2's) is supported.
 
-    Example:
+    Examples:
         >>> from hooked_mllm.testing import random_image
         >>> processor = molmo2_image_processor(size={"height": 20, "width": 20}, patch_size=4,
         ...                                    overlap_margins=[1, 1])

@@ -3,7 +3,7 @@
 Mistral 3 and Pixtral share :func:`_pixtral_processor_cls` (``PixtralProcessor`` without
 torchvision); Pixtral's model is a ``LlavaForConditionalGeneration``.
 
-Example:
+Examples:
     >>> from hooked_mllm.testing import tiny_mistral3
     >>> model, processor = tiny_mistral3()
     >>> processor.image_break_token

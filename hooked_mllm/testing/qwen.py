@@ -1,6 +1,6 @@
 """Tiny random Qwen2-VL, Qwen2.5-VL and Qwen3-VL models and their processors (PIL image processor).
 
-Example:
+Examples:
     >>> from hooked_mllm.testing import tiny_qwen2_vl, tiny_qwen2_vl_processor
     >>> model, processor = tiny_qwen2_vl("2.5"), tiny_qwen2_vl_processor()
     >>> type(model).__name__

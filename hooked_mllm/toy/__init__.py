@@ -1,22 +1,22 @@
 """The embedded toy default: a synthetic visual world and small trained LLaVA checkpoints in the package.
 
-Purpose
+Purpose:
     A model whose ground truth is known exactly, so every tool of hooked_mllm can be tried, tested and taught
     without a download: which image tokens show which object (:class:`World` scenes carry masks and
     ``patch_indices``), what the model answers (scored per question type, see docs/toy.md), and a
     fine-tuned twin whose behaviour differs in one documented way (captions with colours) for model-diffing.
 
-Connections
+Connections:
     ``world`` (scenes) -> ``tokenizer`` / ``processor`` (Hub-format ``LlavaProcessor``) -> ``model``
     (``LlavaForConditionalGeneration``, checkpoint paths, :func:`load` into ``hooked_mllm.HookedMLLM``) ->
     ``train`` / ``evaluate`` / ``cli``. Submodules that need transformers are imported on first use.
 
-Contents (public API)
+Contents (public API):
     :class:`World`, :class:`Scene`, :class:`SceneObject`, :class:`QA` (from ``world``);
     :func:`checkpoint_dir`, :func:`load`, :data:`CHECKPOINTS`, :func:`build_model` (from ``model``);
     :func:`build_processor`, :func:`prompt_text` (from ``processor``); :func:`train`; :func:`evaluate`.
 
-Example
+Examples:
     >>> from hooked_mllm import toy
     >>> path = toy.checkpoint_dir("toy-llava")            # doctest: +SKIP
     >>> model = toy.load("toy-llava")                     # doctest: +SKIP

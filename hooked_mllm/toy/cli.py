@@ -1,10 +1,10 @@
 """Command line for the toy model: ``hooked-mllm toy train`` and ``hooked-mllm toy eval``.
 
-Purpose
+Purpose:
     Rebuild and score the shipped toy checkpoints from a shell. The package CLI (``hooked_mllm.cli``) mounts
     this with :func:`add_subparsers`; :func:`cli_train` / :func:`cli_eval` / :func:`main` run it stand-alone.
 
-Contents
+Contents:
     :func:`add_subparsers`, :func:`cli_train`, :func:`cli_eval`, :func:`main`.
 
 Examples::

@@ -1,11 +1,11 @@
 """Turn toy-world scenes into model inputs: prompts, teacher-forcing labels, task mixtures.
 
-Purpose
+Purpose:
     Shared by training (:mod:`hooked_mllm.toy.training`) and evaluation
     (:mod:`hooked_mllm.toy.evaluation`) so both
     see exactly the same prompt format.
 
-Contents
+Contents:
     :data:`CAPTION_STYLES`, :func:`target_caption`, :func:`encode`, :func:`sample_example`.
 """
 
@@ -44,7 +44,7 @@ the LLaVA recipe)."""
 def scene_text(scene: Scene) -> str:
     """The scene in words, objects in reading order with their positions, ending in ``.``.
 
-    Example
+    Examples:
         >>> scene_text(World(seed=1).sample(1)[0])  # doctest: +SKIP
         'a red circle top-left and a blue square right .'
     """
@@ -56,8 +56,9 @@ def scene_text(scene: Scene) -> str:
 def text_prompt(scene: Scene, question: str) -> str:
     """The textual-QA prompt of ``toy-lm``: the image's place holds the scene in words (no ``<s>``).
 
-    >>> text_prompt(World(seed=1).sample(1)[0], "how many objects ?")  # doctest: +SKIP
-    'USER: a red circle top-left and a blue square right . how many objects ? ASSISTANT:'
+    Examples:
+        >>> text_prompt(World(seed=1).sample(1)[0], "how many objects ?")  # doctest: +SKIP
+        'USER: a red circle top-left and a blue square right . how many objects ? ASSISTANT:'
     """
     return f"USER: {scene_text(scene)} {question} ASSISTANT:"
 
@@ -173,7 +174,7 @@ def encode_dialogues(
     (``(batch, pos)``, int64) is ``-100`` everywhere except on every answer's words and its ``</s>``.
     :func:`encode` with answers is the one-turn case.
 
-    Example
+    Examples:
         >>> batch = encode_dialogues(proc, [img], [[("how many objects ?", "two"), ("describe the image .",
         ...     "a circle and a square")]])  # doctest: +SKIP
     """

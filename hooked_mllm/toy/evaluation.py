@@ -1,14 +1,14 @@
 """Score a toy LLaVA on fresh scenes with batched greedy generation.
 
-Purpose
+Purpose:
     The quality bar of the shipped checkpoints: accuracy per question type and caption exact match on scenes
     of a world seed never used in training (training worlds use seeds >= 10,000).
 
-Connections
+Connections:
     Scenes from :class:`hooked_mllm.toy.world.World`, prompts from :func:`hooked_mllm.toy.data.encode`;
     used by the CLI (``hooked-mllm toy eval``), ``docs/toy.md`` and ``tests/toy/test_checkpoints.py``.
 
-Contents
+Contents:
     :class:`EvalReport`, :func:`evaluate`.
 """
 
@@ -143,7 +143,7 @@ def evaluate(
         questions_per_type: ask at most this many questions of each type per scene (default: all of them).
         batch_size: prompts per ``generate`` call.
 
-    Example
+    Examples:
         >>> report = evaluate("toy-llava", seed=123, n=200)  # doctest: +SKIP
         >>> report.accuracy["color"] >= 0.97  # doctest: +SKIP
         True
@@ -201,7 +201,7 @@ def evaluate_text(
 
     The "caption" row scores the copy task (``describe the image .`` answered by the scene text itself).
 
-    Example
+    Examples:
         >>> report = evaluate_text("toy-lm", seed=123, n=200)  # doctest: +SKIP
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer

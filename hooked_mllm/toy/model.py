@@ -1,15 +1,15 @@
 """Build, save, locate and load the toy LLaVA checkpoints.
 
-Purpose
+Purpose:
     The toy default of the library: a real ``LlavaForConditionalGeneration`` (CLIP vision tower, two-layer
     projector, Llama language model) small enough to train on a CPU, shipped as Hub-format checkpoints in
     ``hooked_mllm/toy/checkpoints/<name>/``.
 
-Connections
+Connections:
     :mod:`hooked_mllm.toy.training` builds models with :func:`build_model` and writes checkpoints with
     :func:`save_checkpoint`; :func:`load` hands a shipped checkpoint to ``hooked_mllm.HookedMLLM``.
 
-Contents
+Contents:
     :data:`CHECKPOINTS`, :func:`toy_config`, :func:`build_model`, :func:`checkpoint_dir`,
     :func:`save_checkpoint`, :func:`load`.
 """
@@ -168,7 +168,7 @@ def save_checkpoint(
 def load(name: str = "toy-llava", **kwargs: Any):
     """``hooked_mllm.HookedMLLM.from_pretrained(checkpoint_dir(name), **kwargs)``.
 
-    Example
+    Examples:
         >>> from hooked_mllm import toy
         >>> model = toy.load("toy-llava")  # doctest: +SKIP
     """

@@ -1,16 +1,16 @@
 """The toy LLaVA's ``LlavaProcessor``: word-level tokenizer + PIL CLIP image processor + chat template.
 
-Purpose
+Purpose:
     Build the processor saved with every toy checkpoint, so ``AutoProcessor.from_pretrained(dir)`` gives a
     standard ``LlavaProcessor`` that expands ``<image>`` into :data:`NUM_IMAGE_TOKENS` image tokens and
     formats prompts with :data:`CHAT_TEMPLATE`.
 
-Connections
+Connections:
     Uses :func:`hooked_mllm.toy.tokenizer.build_tokenizer` and the geometry of :mod:`hooked_mllm.toy.world`;
     :mod:`hooked_mllm.toy.model` saves it next to the weights; :mod:`hooked_mllm.toy.training` and
     :mod:`hooked_mllm.toy.evaluation` build their inputs with it (:func:`prompt_text`).
 
-Contents
+Contents:
     :data:`CHAT_TEMPLATE`, :data:`NUM_IMAGE_TOKENS`, :data:`CAPTION_PROMPT`, :func:`build_processor`,
     :func:`prompt_text`.
 
@@ -66,7 +66,7 @@ CHAT_TEMPLATE = (
 def build_processor() -> LlavaProcessor:
     """A fresh ``LlavaProcessor`` for 48 x 48 images (no-op resize and crop; pixels scaled to ``[0, 1]``).
 
-    Example
+    Examples:
         >>> from hooked_mllm.toy.world import World
         >>> proc = build_processor()
         >>> scene = World(seed=0).sample(1)[0]
@@ -101,7 +101,8 @@ def prompt_text(question: str) -> str:
     Identical to ``processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
     {"type": "text", "text": question}]}], add_generation_prompt=True)``.
 
-    >>> prompt_text("how many objects ?")
-    'USER: <image> how many objects ? ASSISTANT:'
+    Examples:
+        >>> prompt_text("how many objects ?")
+        'USER: <image> how many objects ? ASSISTANT:'
     """
     return f"USER: <image> {question} ASSISTANT:"

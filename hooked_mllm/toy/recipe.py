@@ -1,6 +1,6 @@
 """LLaVA's training recipe on the toy world: a text-only LM first, then alignment, then instruction tuning.
 
-Purpose
+Purpose:
     Build toy checkpoints whose image tokens live in the language model's word space, as in LLaVA: the
     projector learns to map into the embeddings of a *pretrained* LM. Stages, each a :class:`Stage`:
 
@@ -12,14 +12,14 @@ Purpose
     3. ``toy-llava-deep``: visual instruction tuning (questions and plain captions) with the LM unfrozen.
     4. ``toy-llava-deep-ft``: the fine-tuned twin that captions with colours (as ``toy-llava-ft``).
 
-Connections
+Connections:
     Optimisation settings and task mixtures are :class:`hooked_mllm.toy.training.Recipe` records (same
     schedule, same curriculum semantics, via :func:`~hooked_mllm.toy.training.task_mix`); batches come from
     :func:`hooked_mllm.toy.data.encode_text` (text) and :func:`~hooked_mllm.toy.data.encode_dialogues`
     (image).
     The CLI (``hooked-mllm toy train --name toy-lm`` ...) calls :func:`train_stage`.
 
-Contents
+Contents:
     :data:`PARTS`, :data:`DEEP_SIZES`, :class:`Stage`, :data:`STAGES`, :func:`build_text_lm`,
     :func:`vlm_from_text_lm`, :func:`set_trainable`, :func:`run_stage`, :func:`train_stage`.
 """
@@ -52,6 +52,7 @@ __all__ = [
     "STAGES",
     "Stage",
     "build_text_lm",
+    "grow_text_lm",
     "set_trainable",
     "run_stage",
     "train_recipe",
@@ -87,6 +88,11 @@ class Stage:
         answer_weight: text stage only: the loss is the mean over every token plus ``answer_weight`` times the
             mean over the answer tokens (their ``</s>`` included), so the few answer tokens are not drowned by
             the scene text, whose words are random.
+        layers: text stages only: the LM's depth. From scratch, the depth it is built with (default
+            :data:`DEEP_SIZES`); from a shallower text LM, the depth it is grown to first (:func:`grow_text_lm`).
+        vision_init: for a stage that starts a LLaVA around a text LM: the shipped VLM checkpoint whose vision
+            tower it copies (``"toy-llava"``, the toy world's pretrained vision encoder, as LLaVA starts from a
+            pretrained CLIP); ``None`` for a freshly initialised tower.
     """
 
     kind: str
@@ -94,6 +100,8 @@ class Stage:
     trainable: tuple[str, ...] = PARTS
     world_offset: int = 0
     answer_weight: float = 0.0
+    layers: int | None = None
+    vision_init: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("text", "image"):
@@ -104,36 +112,47 @@ class Stage:
 
 
 _QW = (1, 1, 0.15, 1, 1.2)
+_TQW = (3, 1.5, 0.15, 2, 1.2)  # textual QA: the colour question (the answer precedes the asked word) is slowest
 
 STAGES: dict[str, Stage] = {
-    "toy-lm": Stage(
+    "toy-lm-base": Stage(
         kind="text",
-        recipe=Recipe(caption_style="scene", steps=2400, batch_size=32, lr=1e-3, warmup=50, p_caption=0.15,
-               qtype_weights=_QW, turns=2,
-               stages=((300, (1, 0, 0, 0, 0)), (300, (1, 1, 0, 0, 0)), (300, (1, 1, 0, 1, 0)))),
+        recipe=Recipe(caption_style="scene", steps=5000, batch_size=32, lr=1e-3, warmup=100, p_caption=0.15,
+               qtype_weights=_TQW, turns=4),
         trainable=("embeddings", "lm"),
         world_offset=20,
         answer_weight=2.0,
+        layers=2,
+    ),
+    "toy-lm": Stage(
+        kind="text",
+        recipe=Recipe(caption_style="scene", init="toy-lm-base", steps=1500, batch_size=32, lr=1e-3, warmup=50,
+               p_caption=0.1, qtype_weights=(1, 3, 0.15, 3, 1.2), turns=4),
+        trainable=("embeddings", "lm"),
+        world_offset=24,
+        answer_weight=2.0,
+        layers=6,
     ),
     "toy-llava-deep-align": Stage(
         kind="image",
-        recipe=Recipe(caption_style="scene", init="toy-lm", steps=600, batch_size=32, lr=5e-4, warmup=30,
+        recipe=Recipe(caption_style="scene", init="toy-lm", steps=600, batch_size=32, lr=1e-3, warmup=30,
                p_caption=0.5, qtype_weights=_QW),
-        trainable=("vision", "projector"),
+        trainable=("projector",),
         world_offset=21,
+        vision_init="toy-llava",
     ),
     "toy-llava-deep": Stage(
         kind="image",
         recipe=Recipe(caption_style="plain", init="toy-llava-deep-align", steps=1200, batch_size=32, lr=5e-4,
                warmup=30, p_caption=0.1, qtype_weights=_QW),
-        trainable=("vision", "projector", "lm"),
+        trainable=("projector", "lm"),
         world_offset=22,
     ),
     "toy-llava-deep-ft": Stage(
         kind="image",
         recipe=Recipe(caption_style="colored", init="toy-llava-deep", steps=200, batch_size=32, lr=3e-4, warmup=20,
                p_caption=0.4, qtype_weights=_QW),
-        trainable=("vision", "projector", "lm"),
+        trainable=("projector", "lm"),
         world_offset=23,
     ),
 }
@@ -154,10 +173,58 @@ def build_text_lm(seed: int = 0, **sizes) -> LlamaForCausalLM:
     return model.eval()
 
 
+def grow_text_lm(lm: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
+    """A deeper copy of ``lm`` computing exactly the same function: base layer ``i`` of ``n`` goes to position
+    ``i * layers // n``; the new layers are freshly initialised with zero output projections (``o_proj``,
+    ``down_proj``), so they add nothing until trained (function-preserving growth, as in progressive stacking).
+
+    Examples:
+        >>> deep = grow_text_lm(build_text_lm(0, text_layers=2), 6)  # doctest: +SKIP
+        >>> deep.config.num_hidden_layers
+        6
+    """
+    n = lm.config.num_hidden_layers
+    if layers < n:
+        raise ValueError(f"Cannot grow a {n}-layer LM to {layers} layers; give at least {n}.")
+    config = lm.config.__class__.from_dict({**lm.config.to_dict(), "num_hidden_layers": layers})
+    torch.manual_seed(layers)
+    grown = LlamaForCausalLM(config)
+    grown.generation_config = lm.generation_config
+    grown.model.embed_tokens.load_state_dict(lm.model.embed_tokens.state_dict())
+    grown.model.norm.load_state_dict(lm.model.norm.state_dict())
+    if not config.tie_word_embeddings:
+        grown.lm_head.load_state_dict(lm.lm_head.state_dict())
+    placed = {i * layers // n: i for i in range(n)}
+    for j, layer in enumerate(grown.model.layers):
+        if j in placed:
+            layer.load_state_dict(lm.model.layers[placed[j]].state_dict())
+        else:
+            torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+            torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+    return grown.eval()
+
+
 def vlm_from_text_lm(
-    lm: LlamaForCausalLM, seed: int = 0, **vision_sizes: int
+    lm: LlamaForCausalLM,
+    seed: int = 0,
+    *,
+    vision_from: str | os.PathLike[str] | None = None,
+    **vision_sizes: int,
 ) -> LlavaForConditionalGeneration:
-    """A toy LLaVA (fresh vision tower and projector, seeded) whose language model is a copy of ``lm``."""
+    """A toy LLaVA (fresh projector, seeded) whose language model is a copy of ``lm``.
+
+    The vision tower is freshly initialised, or copied from the LLaVA checkpoint directory ``vision_from``
+    (its sizes then come from that checkpoint).
+
+    Examples:
+        >>> vlm = vlm_from_text_lm(build_text_lm(0), vision_from=checkpoint_dir("toy-llava"))  # doctest: +SKIP
+    """
+    donor = None
+    if vision_from is not None:
+        donor = LlavaForConditionalGeneration.from_pretrained(vision_from, dtype=torch.float32)
+        vc = donor.config.vision_config
+        vision_sizes = {"vision_hidden": vc.hidden_size, "vision_layers": vc.num_hidden_layers,
+                        "vision_heads": vc.num_attention_heads}  # fmt: skip
     tc = lm.config
     sizes = {
         "text_layers": tc.num_hidden_layers, "text_hidden": tc.hidden_size, "text_heads": tc.num_attention_heads,
@@ -165,6 +232,8 @@ def vlm_from_text_lm(
     }  # fmt: skip
     vlm = build_model(seed, **sizes)
     vlm.model.language_model.load_state_dict(lm.model.state_dict())
+    if donor is not None:
+        vlm.model.vision_tower.load_state_dict(donor.model.vision_tower.state_dict())
     if not tc.tie_word_embeddings:
         vlm.lm_head.load_state_dict(lm.lm_head.state_dict())
     return vlm
@@ -271,16 +340,26 @@ def run_stage(
 
 
 def _load_init(stage: Stage, init_dir: str | os.PathLike[str] | None, seed: int):
-    from hooked_mllm.toy.model import checkpoint_dir
+    from hooked_mllm.toy.model import CHECKPOINTS, checkpoint_dir
 
     r = stage.recipe
     if r.init is None:
-        return build_text_lm(seed), build_tokenizer()
+        sizes = {"text_layers": stage.layers} if stage.layers else {}
+        return build_text_lm(seed, **sizes), build_tokenizer()
+    if init_dir is None and r.init not in CHECKPOINTS:
+        raise ValueError(f"Stage starts from {r.init!r}, which is not shipped: pass its directory as init_dir "
+                         f"(`--init-dir`).")
     src = Path(init_dir) if init_dir is not None else checkpoint_dir(r.init)
     meta = json.loads((src / META_FILE).read_text()) if (src / META_FILE).is_file() else {}
+    if meta.get("kind") == "text" and stage.kind == "text":  # a text LM trained on, grown first
+        lm = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32)
+        if stage.layers and stage.layers > lm.config.num_hidden_layers:
+            lm = grow_text_lm(lm, stage.layers)
+        return lm, build_tokenizer()
     if meta.get("kind") == "text":  # a text LM: start a LLaVA around it
         lm = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32)
-        return vlm_from_text_lm(lm, seed), build_processor()
+        donor = checkpoint_dir(stage.vision_init) if stage.vision_init else None
+        return vlm_from_text_lm(lm, seed, vision_from=donor), build_processor()
     model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
     return model, AutoProcessor.from_pretrained(src)
 
@@ -306,10 +385,11 @@ def train_stage(
         out: destination (default: the shipped location ``hooked_mllm/toy/checkpoints/<name>``).
         init_dir: the checkpoint the stage starts from (default: the shipped ``recipe.init``).
         steps: override the number of steps (tiny runs in tests); ``overrides``: other :class:`Recipe` fields.
-        every, callback: interim hook, see :func:`run_stage`; with ``save`` the checkpoint is also written
-            at every interim point, so an interrupted run leaves its latest state.
+        every: steps between interim points (see :func:`run_stage`); with ``save`` the checkpoint is also
+            written at every interim point, so an interrupted run leaves its latest state.
+        callback: called at every interim point (see :func:`run_stage`).
 
-    Example
+    Examples:
         >>> train_stage("toy-lm", out="/tmp/toy-lm", steps=5, progress=False)  # doctest: +SKIP
     """
     if name not in STAGES:
@@ -363,7 +443,7 @@ def train_recipe(
     5:
     quality, textual QA or the lens read-out) and save the stage's checkpoint so far.
 
-    Example
+    Examples:
         >>> train_recipe("/tmp/toy-recipe", seed=0)  # doctest: +SKIP
     """
     from hooked_mllm.toy.evaluation import evaluate, evaluate_text

@@ -1,6 +1,6 @@
 """Do the toy's image tokens read as words? Lens read-outs of every object's image tokens at every layer.
 
-Purpose
+Purpose:
     The measurements behind ``hooked-mllm toy science``: for each object of unseen scenes, read its image
     tokens at the LM input and after every block through the **logit lens** (final norm + LM head) and the
     **embedding lens** (cosine to the input embeddings, :func:`hooked_mllm.lens.embedding_lens`), restricted
@@ -8,20 +8,21 @@ Purpose
     shape: for the mean vector of the object's image tokens ("mean") and for each of its patches ("patch").
     Chance is 1/5 for colour and 1/3 for shape.
 
-Connections
+Connections:
     Scenes from :class:`hooked_mllm.toy.world.World` (``patch_indices`` = image-token indices), prompts from
     :func:`hooked_mllm.toy.data.encode`, the embedding lens of :mod:`hooked_mllm.lens`; the logit lens here
     is the model's own ``norm`` and ``lm_head`` on a plain Hugging Face model (what
     ``hooked_mllm.lens.logit_lens`` does through a ``HookedMLLM``), read from forward hooks on the decoder
     layers. :mod:`hooked_mllm.toy.cli` prints :func:`science_report`.
 
-Contents
+Contents:
     :class:`ReadoutRow`, :func:`image_token_readout`, :func:`format_readout`, :data:`SECTIONS`,
     :func:`science_report`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,9 +57,12 @@ class ReadoutRow:
         lens: ``"logit"`` or ``"embedding"``.
         layer: ``-1`` for the LM input (``blocks.0.hook_resid_pre``: the projector's output at image tokens),
             else ``l`` for ``blocks.{l}.hook_resid_post``.
-        color_mean, shape_mean: top colour / shape word of the object's mean image-token vector is right.
-        color_patch, shape_patch: the same per image token, over all (object, patch) pairs.
-        n_objects, n_patches: how many were read.
+        color_mean: top colour word of the object's mean image-token vector is right.
+        shape_mean: top shape word of the object's mean image-token vector is right.
+        color_patch: ``color_mean`` per image token, over all (object, patch) pairs.
+        shape_patch: ``shape_mean`` per image token, over all (object, patch) pairs.
+        n_objects: how many objects were read.
+        n_patches: how many (object, patch) pairs were read.
     """
 
     lens: str
@@ -99,7 +103,7 @@ def image_token_readout(
     Returns:
         One :class:`ReadoutRow` per lens and layer, logit lens first, layers in order.
 
-    Example
+    Examples:
         >>> rows = image_token_readout(model, processor, seed=7, n_scenes=100)  # doctest: +SKIP
         >>> max(r.color_mean for r in rows if r.lens == "embedding")  # doctest: +SKIP
         0.99
@@ -214,7 +218,22 @@ def checkpoint_kind(model: str | os.PathLike[str]) -> str:
     return json.loads(meta.read_text()).get("kind", "image") if meta.is_file() else "image"
 
 
-SECTIONS: dict[str, Callable[[str, Path, int, int], str]] = {"quality": _quality, "readout": _readout}
+@functools.lru_cache(maxsize=8)
+def _heads_of(path: str, seed: int, n: int) -> tuple:
+    from hooked_mllm.toy.heads import heads_table
+
+    return tuple(heads_table(path, seed=seed, n=min(n, 100)))
+
+
+def _heads(name: str, path: Path, seed: int, n: int) -> str:
+    from hooked_mllm.toy.heads import format_heads
+
+    return format_heads(list(_heads_of(str(path), seed, n)))
+
+
+SECTIONS: dict[str, Callable[[str, Path, int, int], str]] = {
+    "quality": _quality, "readout": _readout, "heads": _heads,
+}
 """What ``hooked-mllm toy science`` prints for each checkpoint, in order: ``name -> fn(checkpoint_name, path,
 seed, n_scenes) -> text`` (an empty string prints nothing). Add a section to extend the report."""
 
@@ -240,5 +259,16 @@ def science_report(
             text = SECTIONS[section](name, Path(path), seed, n)
             if text:
                 out.append(text)
+    texts = [p for p in checkpoints.values() if checkpoint_kind(p) == "text"]
+    images = [(k, p) for k, p in checkpoints.items() if checkpoint_kind(p) != "text"]
+    if "heads" in chosen and texts and images:
+        from hooked_mllm.toy.heads import format_comparison
+
+        tqa = _heads_of(str(texts[0]), seed, n)
+        for name, path in images:
+            vqa = _heads_of(str(path), seed, n)
+            if vqa[0].values.shape == tqa[0].values.shape:
+                out.append(f"== VQA ({name}) vs textual QA ({Path(texts[0]).name})")
+                out.append(format_comparison(list(zip(vqa, tqa))))
     return "\n".join(out)
 

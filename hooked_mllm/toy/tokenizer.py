@@ -1,15 +1,15 @@
 """Word-level Hugging Face tokenizer covering the toy world's vocabulary.
 
-Purpose
+Purpose:
     The toy LLaVA needs a real ``PreTrainedTokenizerFast`` so that its checkpoint loads through
     ``AutoProcessor.from_pretrained`` like a Hub checkpoint. One token per word keeps the token positions of
     answers, colours and shapes trivial to find in interpretability experiments.
 
-Connections
+Connections:
     Words come from :mod:`hooked_mllm.toy.world`; :mod:`hooked_mllm.toy.processor` wraps this tokenizer in a
     ``LlavaProcessor``.
 
-Contents
+Contents:
     :data:`SPECIAL_TOKENS`, :data:`VOCAB` (fixed order: ids are stable), :func:`build_tokenizer`.
 
 Text is split on whitespace only (``"top-left"`` and ``"USER:"`` are single words); special tokens are split
@@ -50,7 +50,7 @@ VOCAB: tuple[str, ...] = tuple(
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A fresh word-level tokenizer over :data:`VOCAB` with ``<s>`` prepended on encode.
 
-    Example
+    Examples:
         >>> tok = build_tokenizer()
         >>> tok.decode(tok("what color is the circle ?").input_ids)
         '<s> what color is the circle ?'

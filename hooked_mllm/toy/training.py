@@ -1,17 +1,17 @@
 """Train the toy LLaVA checkpoints from scratch on the toy world (CPU, minutes).
 
-Purpose
+Purpose:
     Reproduce the shipped checkpoints: ``toy-llava`` (trained from scratch; captions name shapes only) and
     ``toy-llava-ft`` (toy-llava fine-tuned so its captions also name colours). Teacher forcing on
     question/answer pairs and captions of fresh scenes, loss on answer tokens only, AdamW with warm-up and
     cosine decay; deterministic per seed on a given machine and thread count.
 
-Connections
+Connections:
     Scenes from :class:`hooked_mllm.toy.world.World`, batches from :func:`hooked_mllm.toy.data.encode`,
     models from :func:`hooked_mllm.toy.model.build_model`, checkpoints written atomically with
     :func:`hooked_mllm.toy.model.save_checkpoint`; the CLI (:mod:`hooked_mllm.toy.cli`) calls :func:`train`.
 
-Contents
+Contents:
     :class:`Recipe`, :data:`RECIPES`, :class:`TrainResult`, :func:`task_mix`, :func:`train`, :func:`train_steps`.
 """
 
@@ -130,7 +130,7 @@ def task_mix(recipe: Recipe, step: int) -> tuple[bool, tuple[float, ...] | None,
 
     The one-object warm-up comes first, then each curriculum stage (questions only), then the main mixture.
 
-    Example
+    Examples:
         >>> task_mix(Recipe(stages=((10, (1, 0, 0, 0, 0)),), p_caption=0.1), 3)
         (False, (1, 0, 0, 0, 0), 0.0)
     """
@@ -236,7 +236,7 @@ def train(
         save: write the checkpoint (False for dry runs).
         overrides: other :class:`Recipe` fields to override (``lr=...``, ``batch_size=...``).
 
-    Example
+    Examples:
         >>> result = train("toy-llava", out="/tmp/toy-llava", steps=5, progress=False)  # doctest: +SKIP
     """
     if name not in RECIPES:

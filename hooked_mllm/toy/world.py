@@ -1,11 +1,11 @@
 """A seeded synthetic visual world: small images of coloured shapes on a grid, with exact annotations.
 
-Purpose
+Purpose:
     Ground truth for the toy LLaVA that the library ships (:mod:`hooked_mllm.toy.training` trains on it,
     :mod:`hooked_mllm.toy.evaluation` scores on it) and for tests and tutorials that need to know *exactly*
     which image tokens show which object.
 
-Geometry
+Geometry:
     An image is ``GRID x GRID`` cells of ``CELL`` pixels (3 x 3 cells of 16 px: 48 x 48 RGB). The vision
     tower cuts it into ``PATCH`` = 8 px patches, so every cell is exactly 2 x 2 patches and the patch grid is
     ``PATCH_GRID x PATCH_GRID`` = 6 x 6 = 36 patches, flattened row-major. Each object sits in one cell and
@@ -13,12 +13,12 @@ Geometry
     pixels touch (the four of its cell for 97 % of objects; a small off-centre triangle may touch three).
     The background is black, which the toy processor maps to pixel value 0.
 
-Contents
+Contents:
     :data:`COLORS`, :data:`SHAPES`, :data:`POSITIONS`, :data:`NUMBERS`, :data:`QTYPES` vocabularies;
     :class:`SceneObject`, :class:`QA`, :class:`Scene` frozen records; :class:`World` the generator;
     :func:`caption_for` the canonical caption of a list of objects.
 
-Example
+Examples:
     >>> from hooked_mllm.toy.world import World
     >>> scene = World(seed=0).sample(1)[0]
     >>> scene.image.size, scene.caption  # doctest: +SKIP
@@ -175,10 +175,11 @@ class World:
 
     Args:
         seed: seed of the stream.
-        min_objects, max_objects: objects per scene (inclusive, at most ``GRID * GRID``).
+        min_objects: fewest objects per scene.
+        max_objects: most objects per scene (inclusive, at most ``GRID * GRID``).
         jitter: if True, shape size, offset inside the cell and colour shade vary slightly per object.
 
-    Example
+    Examples:
         >>> world = World(seed=0)
         >>> scenes = world.sample(8)
         >>> [qa.answer for qa in scenes[0].questions_of("count")]  # doctest: +SKIP

@@ -1,25 +1,25 @@
 """Seeing it: attention views, heatmaps over the image, logit-lens grids, notebook pictures and HTML reports.
 
-Purpose
+Purpose:
     The views a researcher looks at: circuitsvis attention patterns over text and image tokens
     (image tokens named ``img0[r2c3]``, rendered with circuitsvis's local JavaScript, offline),
     per-cell maps over the image with matplotlib, logit-lens grids (layers x positions, and per
     image cell), and self-contained HTML reports.
 
-Connections
+Connections:
     Reads an :class:`~hooked_mllm.cache.ActivationCache` and its
     :class:`~hooked_mllm.inputs.MultimodalBatch`; :mod:`hooked_mllm.lens` for the logit lens;
     result classes of :mod:`hooked_mllm.patching` and :mod:`hooked_mllm.concepts` delegate their
     ``_repr_html_`` to :mod:`.display`. matplotlib and circuitsvis are imported when a view is drawn
     (``pip install 'hooked-mllm[viz]'``).
 
-Contents (public API)
+Contents (public API):
     :func:`attention_heads`, :func:`attention_patterns`, :class:`AttentionView`, :func:`token_labels`,
     :func:`patch_strip` (attention); :func:`heatmap`, :func:`heatmaps`, :func:`as_map` (maps over the
     image); :func:`logit_lens_grid`, :func:`image_lens_grid`, :class:`LensGrid`, :class:`ImageLensGrid`;
     :func:`patching_figure`, :func:`steering_dose_figure`, :func:`concept_dictionary_html`; :class:`Report`.
 
-Example
+Examples:
     >>> from hooked_mllm import viz
     >>> fig = viz.heatmap([[0.0, 1.0], [0.5, 0.2]], title="a 2 x 2 map")
 """

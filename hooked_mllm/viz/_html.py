@@ -4,7 +4,7 @@ Every page this package writes is self-contained (images as ``data:`` URIs, scri
 and lands on disk through :func:`write_atomic`: a temporary file in the target folder, mode
 0644, then a rename, so a reader never sees half a file and other users can read it.
 
-Example:
+Examples:
     >>> from PIL import Image
     >>> png_data_uri(Image.new("RGB", (2, 2))).startswith("data:image/png;base64,")
     True

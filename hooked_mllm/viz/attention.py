@@ -16,7 +16,7 @@ HTML inlines it. A report with several views (:class:`hooked_mllm.viz.Report`) i
 once. circuitsvis's own ``RenderedHTML`` is not used: it probes the internet and falls back
 to a CDN link when online.
 
-Example:
+Examples:
     >>> _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_pattern"))  # doctest: +SKIP
     >>> view = attention_heads(cache, layer=2, image=scene.image)       # doctest: +SKIP
     >>> view.save("reports/attention_l2.html")                          # doctest: +SKIP
@@ -82,7 +82,7 @@ def token_labels(batch: MultimodalBatch, row: int = 0) -> list[str]:
     ``i`` counts the row's images from 0. Image tokens without a grid (resampled latents) are
     ``img{i}[{k}]``; padding is ``<pad>``.
 
-    Example:
+    Examples:
         >>> token_labels(batch)[:4]                        # doctest: +SKIP
         ['<s>', 'USER:', 'img0[r0c0]', 'img0[r0c1]']
     """
@@ -254,7 +254,7 @@ def attention_heads(cache: ActivationCache | Tensor, layer: int | None = None, *
     Returns:
         An :class:`AttentionView` (``.save(path)``, ``.to_html()``, shown in notebooks).
 
-    Example:
+    Examples:
         >>> view = attention_heads(cache, 3, part="image", image=scene.image)   # doctest: +SKIP
     """
     return _view("AttentionHeads", cache, layer, batch=batch, row=row, part=part, positions=positions, heads=heads,
@@ -269,7 +269,7 @@ def attention_patterns(cache: ActivationCache | Tensor, layer: int | None = None
 
     Arguments as :func:`attention_heads`.
 
-    Example:
+    Examples:
         >>> attention_patterns(cache, 0, part="text").save("attn_text.html")   # doctest: +SKIP
     """
     return _view("AttentionPatterns", cache, layer, batch=batch, row=row, part=part, positions=positions,

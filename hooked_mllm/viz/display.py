@@ -5,7 +5,7 @@ The result classes of :mod:`hooked_mllm.patching` and :mod:`hooked_mllm.concepts
 numbers that matter instead of a dataclass repr. :func:`concept_dictionary_html` shows a
 dictionary's concepts with their top words and top image patches (used by the demo report).
 
-Example:
+Examples:
     >>> result = activation_patching(model, clean, corrupted, metric, over="cell")   # doctest: +SKIP
     >>> result          # in a notebook: one heatmap per layer over the image grid    # doctest: +SKIP
 """
@@ -111,7 +111,7 @@ def steering_dose_figure(alphas: Sequence[float], target_rates: Sequence[float] 
     Pass the rates, or a list of :class:`~hooked_mllm.concepts.SteeringReport` (one per alpha) as
     ``target_rates`` alone.
 
-    Example:
+    Examples:
         >>> fig = steering_dose_figure([0, 1, 2], [0.0, 0.6, 1.0], [1.0, 0.9, 0.4], target="no")
     """
     import matplotlib.pyplot as plt

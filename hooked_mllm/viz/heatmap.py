@@ -8,7 +8,7 @@ nearest-neighbour so cell borders stay honest; ``smooth=True`` for bilinear), wi
 colour bar; :func:`heatmaps` draws several side by side (layers, methods, baselines) on one
 shared colour scale. Maps where both signs matter get a diverging colour map centred on 0.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> fig = heatmap(np.eye(3), title="diagonal")
     >>> fig.axes[0].get_title()
@@ -99,7 +99,7 @@ def heatmap(values: Any, image: Image.Image | None = None, *, title: str | None 
         alpha: Opacity of the map over the image.
         smooth: Bilinear upsampling instead of nearest (blocky, one block per cell).
 
-    Example:
+    Examples:
         >>> fig = heatmap(result.values[2], scene.image, title="layer 2")   # doctest: +SKIP
         >>> fig.savefig("layer2.png")                                        # doctest: +SKIP
     """
@@ -149,7 +149,7 @@ def heatmaps(maps: Any, image: Image.Image | Sequence[Image.Image | None] | None
         titles: Panel titles (default: dict keys, ``layer {l}``, or indices).
         shared_scale: One colour scale (and one colour bar) for all panels; else one each.
 
-    Example:
+    Examples:
         >>> fig = heatmaps({"attention": attn, "patching": patch.values[0]}, scene.image)   # doctest: +SKIP
     """
     import matplotlib.pyplot as plt

@@ -8,7 +8,7 @@ for one image's tokens laid out on its patch grid: an :class:`ImageLensGrid` (pe
 top token of every cell). Both show themselves in notebooks (``_repr_html_``), render as HTML
 tables (``to_html``) and draw as matplotlib figures (``figure``).
 
-Example:
+Examples:
     >>> _, cache = model.run_with_cache(batch, names_filter=lambda n: "resid" in n)   # doctest: +SKIP
     >>> grid = logit_lens_grid(model, cache, part="text")                               # doctest: +SKIP
     >>> grid.tokens[-1][-1], grid.probs[-1, -1]                                         # doctest: +SKIP
@@ -207,7 +207,7 @@ def logit_lens_grid(model: HookedMLLM, cache: ActivationCache, *, batch: Multimo
         hook: ``resid_post`` (default), ``resid_mid`` or ``resid_pre``.
         apply_norm: Read through the final norm first (as the model does).
 
-    Example:
+    Examples:
         >>> logit_lens_grid(model, cache, part="text").figure().savefig("lens.png")   # doctest: +SKIP
     """
     batch = batch if batch is not None else cache.batch
@@ -227,7 +227,7 @@ def image_lens_grid(model: HookedMLLM, cache: ActivationCache, *, batch: Multimo
                     apply_norm: bool = True) -> ImageLensGrid:
     """The logit lens over one image's patch grid: top token per cell, per layer.
 
-    Example:
+    Examples:
         >>> image_lens_grid(model, cache).figure(scene.image)          # doctest: +SKIP
     """
     batch = batch if batch is not None else cache.batch

@@ -6,7 +6,7 @@ JavaScript bundle, included once in the page head when the report has any view. 
 fetched from the network when the page opens. Written atomically with mode 0644
 (:func:`hooked_mllm.viz._html.write_atomic`).
 
-Example:
+Examples:
     >>> report = Report("Demo")
     >>> report.section("Answers", "What the model answers.").table(["question", "answer"], [["what color ?", "red"]])  # doctest: +ELLIPSIS
     <...Report...>

@@ -50,7 +50,7 @@ def hf(model, batch, **kw):
 
 def test_every_verified_adapter_is_in_the_suite():
     layouts = [layout for a in registered_adapters().values() for layout in (a, *a.variants)]
-    names = {a.name for a in layouts if a.verified}
+    names = {a.name for a in layouts if a.about.verified}
     assert names <= set(BY_NAME), f"adapters without a conformance family: {sorted(names - set(BY_NAME))}"
 
 
@@ -69,10 +69,10 @@ def test_resid_post_and_logits_equal_hf(model, batch):
     lm = [i for i in range(n)]
     for layer in lm[:-1]:
         torch.testing.assert_close(cache["resid_post", layer][keep], ref.hidden_states[layer + 1][keep])
-    last = "ln_final.hook_normalized" if model.adapter.hidden_states_normed else f"blocks.{n - 1}.hook_resid_post"
+    last = "ln_final.hook_normalized" if model.adapter.modules.hidden_states_normed else f"blocks.{n - 1}.hook_resid_post"
     torch.testing.assert_close(cache[last][keep], ref.hidden_states[n][keep])
     captured = {}
-    layer = model.adapter.module(model.hf_model, f"{model.adapter.lm_layers}.{n - 1}")
+    layer = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.{n - 1}")
     handle = layer.register_forward_hook(lambda mod, args, out: captured.setdefault("out", out))
     try:
         hf(model, batch)
@@ -119,8 +119,8 @@ def test_residual_identities(model, family, batch):
         for layer in range(n_layers):
             b = f"{prefix}blocks.{layer}."
             if not prefix and layer in cross:  # gated cross-attention: the residual adds tanh(gate) * output
-                module = model.adapter.module(model.hf_model, f"{model.adapter.lm_layers}.{layer}")
-                g_attn, g_mlp = (getattr(module, name).detach().tanh() for name in model.adapter.cross_gates)
+                module = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.{layer}")
+                g_attn, g_mlp = (getattr(module, name).detach().tanh() for name in model.adapter.modules.cross.gates)
                 rows = family.extra["row_mask"](batch)[..., None].to(g_mlp.dtype)  # text positions that see an image
                 assert 0 < float(g_attn.abs()) and 0 < float(g_mlp.abs()) and bool(rows.any())
                 torch.testing.assert_close(cache[b + "hook_resid_pre"] + g_attn * cache[b + "hook_cross_attn_out"],
@@ -176,13 +176,14 @@ def test_image_geometry_matches_processor(model, family, batch):
 
 
 def test_projector_rows_are_the_image_positions(model, family, batch):
-    if model.adapter.projector is None:
+    if model.adapter.modules.projector is None:
         pytest.skip("no projector")
     if batch.no_image_tokens is not None:  # cross-attention: the projector's rows are the keys' inputs
         layer = min(model.adapter.cross_layers(model.hf_model.config))
         names = ["projector.hook_out", f"blocks.{layer}.cross_attn.hook_k"]
         _, cache = model.run_with_cache(batch, names_filter=names)
-        k_proj = model.adapter.module(model.hf_model, f"{model.adapter.lm_layers}.{layer}.{model.adapter.cross_block.k}")
+        modules = model.adapter.modules
+        k_proj = model.adapter.module(model.hf_model, f"{modules.lm_layers}.{layer}.{modules.cross.block.k}")
         out = cache["projector.hook_out"]
         with torch.no_grad():
             keys = k_proj(out.reshape(-1, out.shape[-2], out.shape[-1]))  # one row per image tile
@@ -255,7 +256,7 @@ def test_apply_ln_to_stack_reproduces_the_final_norm(model, batch):
 
 def test_contradicting_image_geometry_degrades_to_unknown_grids(model, family, batch):
     """Geometry inputs that contradict the tokens keep the image positions, drop every grid, and warn."""
-    if model.adapter.image_grids is None and model.adapter.image_views is None:
+    if model.adapter.tokens.grids is None and model.adapter.tokens.views is None:
         pytest.skip("geometry is read from the tokens only")
     key = family.extra.get("geometry_key", "image_grid_thw")  # the input the adapter reads grids from
     inputs = dict(batch.inputs, **{key: batch.inputs[key].flip(0)})
@@ -263,7 +264,7 @@ def test_contradicting_image_geometry_degrades_to_unknown_grids(model, family, b
         degraded = model.to_batch(inputs)
     assert torch.equal(degraded.image_mask, batch.image_mask)
     assert [s.grid for s in degraded.images] == [None] * len(degraded.images)
-    if model.adapter.image_views is not None:  # views: each image's whole run is one gridless span again
+    if model.adapter.tokens.views is not None:  # views: each image's whole run is one gridless span again
         assert [s.n_tokens for s in degraded.images] == [int(m.sum()) for m in batch.image_mask]
         return
     missing = {k: v for k, v in batch.inputs.items() if k != key}
@@ -283,7 +284,7 @@ def _processor_outputs(model, family) -> BatchFeature:
             content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
             texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
                                                        add_generation_prompt=True))
-    images = family.images if model.adapter.nested_images else [im for row in family.images for im in row]
+    images = family.images if model.adapter.inputs.nested_images else [im for row in family.images for im in row]
     processor.tokenizer.padding_side = "left"
     out = processor(images=images, text=texts, padding=True, return_tensors="pt")
     out.pop("labels", None)

@@ -73,8 +73,8 @@ def discovered(request):
 
 def test_layout_is_recognised_by_structure(discovered):
     name, _, adapter = discovered
-    block = adapter.block
-    assert adapter.name == "discovered" and not adapter.verified
+    block = adapter.modules.block
+    assert adapter.name == "discovered" and not adapter.about.verified
     if name == "aya_vision":  # one norm, attention and MLP in parallel
         assert block.ln2 is None and block.attn_out is None and block.mlp_out is None
     elif name == "glm4v":  # sandwich norms under their own names, fused gate and up
@@ -99,7 +99,7 @@ def test_discovered_model_equals_hf_and_keeps_the_identities(discovered):
         torch.testing.assert_close(cache["resid_mid", layer] + cache["mlp_out", layer], cache["resid_post", layer])
         if layer + 1 < n:
             torch.testing.assert_close(cache["resid_post", layer], ref.hidden_states[layer + 1])
-    last = "ln_final.hook_normalized" if adapter.hidden_states_normed else f"blocks.{n - 1}.hook_resid_post"
+    last = "ln_final.hook_normalized" if adapter.modules.hidden_states_normed else f"blocks.{n - 1}.hook_resid_post"
     torch.testing.assert_close(cache[last], ref.hidden_states[n])
     batch = model.to_batch(input_ids=IDS)
     assert unreached_writes(model, batch, names=names) == {"returned": [], "in_place": []}
@@ -114,7 +114,7 @@ def test_discovered_model_equals_hf_and_keeps_the_identities(discovered):
 def test_a_mis_mapped_layout_is_refused_naming_the_identity(family, wrong, identity):
     hf_model = FAMILIES[family]()
     adapter = discover(hf_model)
-    bad = replace(adapter, block=replace(adapter.block, **wrong))
+    bad = replace(adapter, modules=replace(adapter.modules, block=replace(adapter.modules.block, **wrong)))
     with pytest.raises(ValueError, match=rf"failed its self-check: {identity}[^;]* does not hold at LM layer 0 \(off by "):
         verify_adapter(hf_model, bad)
 
@@ -122,7 +122,7 @@ def test_a_mis_mapped_layout_is_refused_naming_the_identity(family, wrong, ident
 def test_discovery_without_the_probe_would_have_mis_mapped_silently():
     hf_model = glm4v()
     unverified = discover(hf_model, verify=False)  # the names alone miss the sandwich norms
-    assert unverified.block.attn_out is None
+    assert unverified.modules.block.attn_out is None
     with pytest.raises(ValueError, match="failed its self-check"):
         verify_adapter(hf_model, unverified)
 
@@ -147,9 +147,11 @@ def test_self_check_covers_the_vision_tower_when_given_images(adapter_name):
     hf_model, processor = family.build()
     batch = HookedMLLM.from_hf(hf_model, processor).prepare(images=family.images[:1], prompts=family.prompts[:1])
     adapter = discover(hf_model)
-    assert verify_adapter(hf_model, adapter, batch.inputs).hidden_states_normed == adapter.hidden_states_normed
-    vision = adapter.vision_block
-    swapped = replace(adapter, vision_block=replace(vision, ln1=vision.ln2, ln2=vision.ln1))
+    checked = verify_adapter(hf_model, adapter, batch.inputs)
+    assert checked.modules.hidden_states_normed == adapter.modules.hidden_states_normed
+    vision = adapter.modules.vision_block
+    swapped_block = replace(vision, ln1=vision.ln2, ln2=vision.ln1)
+    swapped = replace(adapter, modules=replace(adapter.modules, vision_block=swapped_block))
     with pytest.raises(ValueError, match=r"ln1 output = the attention's input does not hold at vision layer 0"):
         verify_adapter(hf_model, swapped, batch.inputs)
     verify_adapter(hf_model, swapped)  # the text-only probe does not run the tower: nothing to catch there

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from hooked_mllm import HookedMLLM
 from hooked_mllm import architectures
 from hooked_mllm.architectures import discover, registered_adapters
-from hooked_mllm.architectures.table import supported_models_markdown
+from hooked_mllm.architectures.table import GUIDE_HEADING, rewrite, supported_models_markdown
 
 from .families import FAMILIES
 
@@ -19,13 +20,39 @@ _FIELDS = ("lm_layers", "embed", "final_norm", "unembed", "block", "vision_layer
            "projector")
 
 
-def test_architectures_doc_is_generated_from_the_registry():
+def test_architectures_doc_is_generated_from_the_registry(tmp_path):
     text = supported_models_markdown()
-    assert (ROOT / "docs" / "architectures.md").read_text() == text, (
-        "regenerate: python -m hooked_mllm.architectures.table > docs/architectures.md")
+    doc = (ROOT / "docs" / "architectures.md").read_text()
+    assert doc.startswith(text + "\n" + GUIDE_HEADING), (
+        "regenerate: python -m hooked_mllm.architectures.table docs/architectures.md")
+    stale = tmp_path / "architectures.md"  # the rewrite replaces the table and keeps the guide
+    stale.write_text("# old table\n\n" + doc[len(text):])
+    rewrite(stale)
+    assert stale.read_text() == doc and oct(stale.stat().st_mode & 0o777) == "0o644"
     for adapter in registered_adapters().values():
         for layout in (adapter, *adapter.variants):
             assert f"| `{layout.name}` |" in text
+
+
+def test_adding_a_family_guide_runs_as_written(tmp_path, monkeypatch):
+    """The guide's example: an adapter written by hand for the tiny LLaVA under a new name passes
+    verify_adapter on a batch with an image, and its cache matches HF's hidden states."""
+    guide = (ROOT / "docs" / "architectures.md").read_text(encoding="utf-8").split(GUIDE_HEADING, 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", guide, re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    script = tmp_path / "adding_a_family.py"  # a real file: nnsight reads hook functions' source
+    script.write_text("\n".join(blocks), encoding="utf-8")
+    namespace: dict = {"__name__": "__doc_example__"}
+    exec(compile(script.read_text(encoding="utf-8"), str(script), "exec"), namespace)  # noqa: S102 - our own docs
+    adapter, model = namespace["MY_VLM"], namespace["model"]
+    assert model.adapter is adapter and adapter.name == "my_vlm" and adapter.name not in {
+        a.name for a in registered_adapters().values()}
+    assert namespace["checked"].modules.hidden_states_normed
+    hidden, cache = namespace["hidden"], namespace["cache"]
+    assert all(torch.allclose(cache["resid_post", layer], hidden[layer + 1], atol=1e-5)
+               for layer in range(model.cfg.n_layers - 1))
+    assert "vision.blocks.0.hook_resid_pre" in cache
 
 
 def test_registry_rejects_duplicates():
@@ -45,9 +72,9 @@ def test_discovery_finds_each_registered_layout(family):
     else:  # the probe's corrections and self-check agree with the hand-written adapter
         found = discover(hf_model)
     expected = registered_adapters()[type(hf_model.config).__name__].for_config(hf_model.config)
-    assert expected.name == family.adapter and not found.verified
+    assert expected.name == family.adapter and not found.about.verified
     for name in _FIELDS:
-        assert getattr(found, name) == getattr(expected, name), name
+        assert getattr(found.modules, name) == getattr(expected.modules, name), name
 
 
 def test_unregistered_model_runs_through_discovery(monkeypatch, caplog):

@@ -112,8 +112,8 @@ class _Tree(nn.Module):
 
 def test_molmo_adapter_paths_exist_in_its_published_layout():
     adapter = {a.name: a for a in registered_adapters().values()}["molmo"]
-    assert not adapter.verified and adapter.checked_by == "benchmarks/molmo_remote_check.py"
-    assert (Path(__file__).parents[2] / adapter.checked_by).is_file()
+    assert not adapter.about.verified and adapter.about.checked_by == "benchmarks/molmo_remote_check.py"
+    assert (Path(__file__).parents[2] / adapter.about.checked_by).is_file()
     tree = _Tree()
     adapter.validate(tree)
     points = HookPoints.build(adapter, n_layers=2, n_heads=2, n_kv_heads=2, vision_layers=2, vision_heads=2)

@@ -25,7 +25,7 @@ def internvl():
 
 def test_layer_scaled_attn_out_writes_back_through_the_scale(internvl):
     model, batch = internvl
-    layer = model.adapter.module(model.hf_model, f"{model.adapter.vision_layers}.0")
+    layer = model.adapter.module(model.hf_model, f"{model.adapter.modules.vision_layers}.0")
     lambda_1 = layer.lambda_1.detach().clone()
     assert float(lambda_1.std()) > 0  # per-channel scales, not all equal
     clean = model(batch)
@@ -45,7 +45,7 @@ def test_layer_scaled_attn_out_writes_back_through_the_scale(internvl):
 
 def test_write_through_a_zero_layer_scale_is_refused(internvl):
     model, batch = internvl
-    layer = model.adapter.module(model.hf_model, f"{model.adapter.vision_layers}.0")
+    layer = model.adapter.module(model.hf_model, f"{model.adapter.modules.vision_layers}.0")
     saved = layer.lambda_1.detach().clone()
     clean = model(batch)
     try:
@@ -71,8 +71,8 @@ def test_paligemma_layout_follows_the_text_backbone():
     for version, name, sandwich in (("1", "paligemma", False), ("2", "paligemma2", True)):
         family = BY_NAME[name]
         model = HookedMLLM.from_hf(*family.build())
-        assert model.adapter.name == name and (model.adapter.block.attn_out is not None) == sandwich
-        assert model.adapter.block.norm_offset == 1.0
+        assert model.adapter.name == name and (model.adapter.modules.block.attn_out is not None) == sandwich
+        assert model.adapter.modules.block.norm_offset == 1.0
         # the registered adapter given explicitly is specialized the same way
         assert HookedMLLM(model.hf_model, model.processor, adapter=PALIGEMMA).adapter.name == name
     config = model.hf_model.config
@@ -86,7 +86,7 @@ def test_paligemma_layout_follows_the_text_backbone():
 
 def test_llava_layout_follows_the_vision_tower():
     model = HookedMLLM.from_hf(*BY_NAME["pixtral"].build())
-    assert model.adapter is LLAVA_PIXTRAL and model.adapter.image_row_break == "[IMG_BREAK]"
+    assert model.adapter is LLAVA_PIXTRAL and model.adapter.tokens.row_break == "[IMG_BREAK]"
     assert "vision.blocks.1.attn.hook_pattern" in model.hook_names()
     # the registered adapter given explicitly is specialized the same way; a CLIP tower keeps it
     assert HookedMLLM(model.hf_model, model.processor, adapter=LLAVA).adapter is LLAVA_PIXTRAL

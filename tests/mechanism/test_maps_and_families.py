@@ -163,7 +163,8 @@ def test_models_without_value_projections_are_refused():
     from dataclasses import replace
 
     family, model, batch = built("llava")
-    adapter = replace(model.adapter, block=replace(model.adapter.block, v=None))
+    modules = model.adapter.modules
+    adapter = replace(model.adapter, modules=replace(modules, block=replace(modules.block, v=None)))
     fused = HookedMLLM(model.hf_model, model.processor, adapter=adapter)
     with pytest.raises(ValueError, match="hook_v"):
         head_scores(fused, batch)

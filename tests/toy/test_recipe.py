@@ -16,7 +16,10 @@ from hooked_mllm.lens import embedding_lens, nearest_tokens
 from hooked_mllm.toy.data import encode_text, sample_dialogue, scene_text, text_prompt
 from hooked_mllm.toy.model import build_model
 from hooked_mllm.toy.processor import build_processor
-from hooked_mllm.toy.recipe import PARTS, STAGES, build_text_lm, set_trainable, train_stage, vlm_from_text_lm
+from hooked_mllm import toy
+from hooked_mllm.toy.recipe import (
+    PARTS, STAGES, build_text_lm, grow_text_lm, set_trainable, train_stage, vlm_from_text_lm,
+)
 from hooked_mllm.toy.science import LENSES, format_readout, image_token_readout
 from hooked_mllm.toy.tokenizer import build_tokenizer
 from hooked_mllm.toy.world import World
@@ -81,31 +84,57 @@ def test_set_trainable_groups():
 
 
 def _weights(path):
-    cls = LlamaForCausalLM if json.loads((path / "toy_meta.json").read_text())["kind"] == "text" else (
+    cls = LlamaForCausalLM if json.loads((path / "toy_meta.json").read_text()).get("kind") == "text" else (
         LlavaForConditionalGeneration)
     return {n: p.detach().clone() for n, p in cls.from_pretrained(path).named_parameters()}
+
+
+def test_grow_text_lm_preserves_the_function():
+    lm = build_text_lm(0, text_layers=2, text_hidden=32, text_heads=2, text_intermediate=64)
+    deep = grow_text_lm(lm, 6)
+    assert deep.config.num_hidden_layers == 6 and deep.config.tie_word_embeddings
+    ids = torch.randint(5, 40, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(deep(ids).logits, lm(ids).logits, atol=1e-6, rtol=1e-6)
+    for j in (0, 3):  # base layers 0 and 1 sit at 0 * 6 // 2 and 1 * 6 // 2
+        src = lm.model.layers[j // 3].state_dict()
+        assert all(torch.equal(p, src[n]) for n, p in deep.model.layers[j].state_dict().items())
+    for j in (1, 2, 4, 5):
+        layer = deep.model.layers[j]
+        assert not layer.self_attn.o_proj.weight.any() and not layer.mlp.down_proj.weight.any()
+        assert layer.self_attn.q_proj.weight.any(), "new layers are initialised, only their outputs are zero"
+    with pytest.raises(ValueError, match="Cannot grow"):
+        grow_text_lm(deep, 4)
 
 
 def test_recipe_stages_run_and_keep_frozen_parts_frozen(tmp_path):
     torch.set_num_threads(1)
     kw = {"steps": 2, "batch_size": 4, "progress": False}
-    lm_dir, align_dir, inst_dir, ft_dir = (tmp_path / n for n in ("lm", "align", "inst", "ft"))
-    first = train_stage("toy-lm", out=lm_dir, **kw)
-    assert len(first.losses) == 2 and json.loads((lm_dir / "toy_meta.json").read_text())["kind"] == "text"
+    base_dir, lm_dir, align_dir, inst_dir, ft_dir = (tmp_path / n for n in ("base", "lm", "align", "inst", "ft"))
+    first = train_stage("toy-lm-base", out=base_dir, **kw)
+    assert len(first.losses) == 2 and json.loads((base_dir / "toy_meta.json").read_text())["kind"] == "text"
+    with pytest.raises(ValueError, match="not shipped: pass its directory"):
+        train_stage("toy-lm", out=lm_dir, **kw)
+    train_stage("toy-lm", out=lm_dir, init_dir=base_dir, **kw)
+    assert LlamaForCausalLM.from_pretrained(lm_dir).config.num_hidden_layers == STAGES["toy-lm"].layers == 6
     train_stage("toy-llava-deep-align", out=align_dir, init_dir=lm_dir, **kw)
     lm_w, align_w = _weights(lm_dir), _weights(align_dir)
     for name, w in lm_w.items():  # the LM is frozen during alignment
         assert torch.equal(align_w[name.replace("model.", "model.language_model.", 1)], w), name
-    fresh = vlm_from_text_lm(build_text_lm(0), seed=0).state_dict()
-    moved = {n for n in align_w if not n.startswith("model.language_model") and not torch.equal(align_w[n], fresh[n])}
-    assert any("multi_modal_projector" in n for n in moved) and any("vision_tower" in n for n in moved)
-    assert not any("patch_embedding" in n for n in moved), "alignment keeps the patch embedding frozen"
+    donor = _weights(toy.checkpoint_dir("toy-llava"))  # the pretrained vision tower, frozen
+    tower = {n: w for n, w in align_w.items() if n.startswith("model.vision_tower")}
+    assert tower and all(torch.equal(w, donor[n]) for n, w in tower.items())
+    fresh = vlm_from_text_lm(LlamaForCausalLM.from_pretrained(lm_dir), seed=0,
+                             vision_from=toy.checkpoint_dir("toy-llava")).state_dict()
+    moved = {n for n in align_w if not torch.equal(align_w[n], fresh[n])}
+    assert moved and all("multi_modal_projector" in n for n in moved), "alignment trains the projector only"
     train_stage("toy-llava-deep", out=inst_dir, init_dir=align_dir, **kw)
     inst_w = _weights(inst_dir)
     changed = {n for n in inst_w if not torch.equal(inst_w[n], align_w[n])}
     assert any(n.startswith("model.language_model.layers") for n in changed), "instruction tuning trains the LM"
-    frozen = {n for n in inst_w if "patch_embedding" in n or "embed_tokens" in n}
-    assert frozen and not (frozen & changed), "instruction tuning keeps the patch and token embeddings frozen"
+    assert any("multi_modal_projector" in n for n in changed)
+    frozen = {n for n in inst_w if "vision_tower" in n or "embed_tokens" in n}
+    assert frozen and not (frozen & changed), "instruction tuning keeps the vision tower and embeddings frozen"
     train_stage("toy-llava-deep-ft", out=ft_dir, init_dir=inst_dir, **kw)
     meta = json.loads((ft_dir / "toy_meta.json").read_text())
     assert meta["caption_style"] == "colored" and meta["steps_done"] == 2
@@ -192,7 +221,7 @@ def test_cli_science_and_text_eval(tmp_path, capsys):
 
     torch.set_num_threads(1)
     lm_dir, vlm_dir = tmp_path / "lm", tmp_path / "vlm"
-    assert main(["train", "--name", "toy-lm", "--out", str(lm_dir), "--steps", "1", "--batch-size", "2"]) == 0
+    assert main(["train", "--name", "toy-lm-base", "--out", str(lm_dir), "--steps", "1", "--batch-size", "2"]) == 0
     assert main(["train", "--name", "toy-llava-deep-align", "--init-dir", str(lm_dir), "--out", str(vlm_dir),
                  "--steps", "1", "--batch-size", "2"]) == 0  # fmt: skip
     capsys.readouterr()
@@ -201,7 +230,8 @@ def test_cli_science_and_text_eval(tmp_path, capsys):
     assert main(["science", "--path", str(lm_dir), "--path", str(vlm_dir), "--n", "4"]) == 0
     out = capsys.readouterr().out
     assert "textual QA" in out and "image tokens read as words" in out and "embedding lens" in out
-    assert out.count("== ") == 2
+    assert out.count("== ") == 3 and "vs textual QA" in out and "correlation of the head maps" in out
+    assert "heads that raise log p(answer)" in out
     # the report is open for more sections
     SECTIONS["extra"] = lambda name, path, seed, n: f"extra for {name}"
     try:

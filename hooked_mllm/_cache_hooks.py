@@ -1,0 +1,52 @@
+"""Hook functions that fill an ``ActivationCache``: values (forward) and gradients (backward).
+
+Used by :meth:`hooked_mllm.model.HookedMLLM.run_with_cache`: :func:`_cache_fn` is a forward
+hook function for :mod:`hooked_mllm._runner`, :func:`_grad_cache_fn` a backward one for
+:mod:`hooked_mllm._grad_hooks`; both keep only the selected positions, on the chosen device
+and dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import Tensor
+
+from .hook_points import HookContext
+
+
+def _cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool,
+              versions: dict[str, int], clone: set[str]) -> Callable:
+    """A hook storing each value in ``store`` (and, for values that share the activation's memory,
+    their version in ``versions``, so that an in-place edit by the model after the hook is seen);
+    names in ``clone`` are copied."""
+
+    def cache_hook(act: Tensor, hook: HookContext) -> None:
+        if hook.step != 0:
+            return None
+        value = act if grad else act.detach()
+        if hook.name in clone:
+            value = value.clone()
+        if index is not None and hook.point.sequence:
+            if hook.point.needs_eager:  # [batch, heads, query, key]: select queries
+                gather = index[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
+                value = value.gather(2, gather)
+            else:
+                shape = index.shape + value.shape[2:]
+                gather = index.view(*index.shape, *([1] * (value.dim() - 2))).expand(shape)
+                value = value.gather(1, gather)
+        if device is not None or dtype is not None:
+            value = value.to(device=device, dtype=dtype)
+        store[hook.name] = value
+        if value.untyped_storage().data_ptr() == act.untyped_storage().data_ptr():
+            versions[hook.name] = value._version
+        return None
+
+    return cache_hook
+
+
+def _grad_cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any) -> Callable:
+    """A backward hook storing each gradient in ``store`` as :func:`_cache_fn` stores values."""
+    fn = _cache_fn(store, index, device, dtype, False, {}, set())
+    fn.optional = True  # type: ignore[attr-defined]  # points no gradient reaches are skipped
+    return fn
