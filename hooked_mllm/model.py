@@ -43,6 +43,7 @@ from .cache import ActivationCache
 from .config import MLLMConfig
 from .hook_points import HookPoint, HookPoints
 from .inputs import MultimodalBatch, prepare, processor_token_counts
+from .readout import CacheReadout
 
 logger = logging.getLogger(__name__)
 
@@ -446,7 +447,7 @@ class HookedMLLM(TLCompatMixin):
         if incl_bwd:
             result.backward()
             store.update({f"{name}_grad": value for name, value in grads.items()})
-        cache = ActivationCache(store, self, batch=batch, positions=None if index is None else index.cpu())
+        cache = ActivationCache(store, self.readout(), batch=batch, positions=None if index is None else index.cpu())
         if remove_batch_dim:
             cache.remove_batch_dim()
         return result, cache
@@ -550,6 +551,18 @@ class HookedMLLM(TLCompatMixin):
     def final_norm(self) -> torch.nn.Module:
         """The language model's final norm module."""
         return self.adapter.module(self.hf_model, self.adapter.modules.final_norm)
+
+    def readout(self) -> CacheReadout:
+        """What a cache's helpers read of this model (layer count, ``W_O``, ``W_U``, norms, hook names),
+        as a frozen :class:`~hooked_mllm.readout.CacheReadout` of views of the weights (no copies).
+
+        Built once and reused until a parameter is replaced or moved (new storage); in-place weight
+        edits show through the views."""
+        key = tuple((id(p), p.data_ptr()) for p in self.hf_model.parameters())
+        memo = self.__dict__.get("_readout_memo")
+        if memo is None or memo[0] != key:
+            memo = self.__dict__["_readout_memo"] = (key, CacheReadout.from_model(self))
+        return memo[1]
 
     def __repr__(self) -> str:
         c = self.cfg
