@@ -1,7 +1,8 @@
 """hooked_mllm: TransformerLens-style hook points for multimodal LLMs, on nnsight.
 
 Public surface:
-    :class:`HookedMLLM` (load, hook, cache, generate, trace), :class:`ActivationCache`,
+    :class:`HookedMLLM` (load, hook, cache, generate, trace), :class:`ActivationCache`
+    (with its :class:`CacheReadout`),
     :class:`MultimodalBatch`, :class:`MLLMConfig`, :class:`HookContext`,
     :mod:`positions` (position selectors), :func:`act_name`; from :mod:`mechanism`:
     :class:`LocationMap`, :func:`image_locations`, :func:`head_scores`, :func:`layer_scores`,
@@ -15,6 +16,7 @@ from ._lazy import lazy_exports
 _NAMES = {
     "HookContext": ".hook_points",
     "ActivationCache": ".cache",
+    "CacheReadout": ".readout",
     "MLLMConfig": ".config",
     "HookNameError": ".hook_points",
     "act_name": ".hook_points",

@@ -9,32 +9,41 @@ The residual helpers (``accumulated_resid``, ``decompose_resid``,
 residual sum exactly to the final norm's output (minus any bias). Modality views
 (``image``, ``text``) use the batch's image spans and grids
 (:mod:`hooked_mllm.inputs`).
+
+The cache does not hold the model: the weights and norms its helpers read come in a
+:class:`~hooked_mllm.readout.CacheReadout` (built by :meth:`HookedMLLM.readout`), so a
+cache can be saved (:meth:`ActivationCache.save`), loaded (:meth:`ActivationCache.load`)
+and moved (:meth:`ActivationCache.to`) on its own.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._weights import parameter
+from .batch import MultimodalBatch
 from .hook_points import HookNameError, act_name, tl_hint
+from .readout import CacheReadout, compact
 
-if TYPE_CHECKING:
-    from .inputs import MultimodalBatch
-    from .model import HookedMLLM
+_FORMAT = "hooked_mllm.ActivationCache"
+_VERSION = 1
 
 
 class ActivationCache(Mapping):
     """Cached activations of one run.
 
     Attributes:
-        model: The :class:`~hooked_mllm.model.HookedMLLM` that produced it.
+        readout: The :class:`~hooked_mllm.readout.CacheReadout` of the model that produced
+            it (layer count, weights and norms the helpers read; no model).
         batch: The :class:`~hooked_mllm.inputs.MultimodalBatch` that was run.
         positions: ``[batch, k]`` the positions kept along dim 1, or None (all).
         has_batch_dim: False after :meth:`remove_batch_dim`.
@@ -45,13 +54,20 @@ class ActivationCache(Mapping):
         torch.Size([1, 60, 128])
     """
 
-    def __init__(self, store: dict[str, Tensor], model: HookedMLLM, batch: MultimodalBatch | None = None,
+    def __init__(self, store: dict[str, Tensor], readout: CacheReadout, batch: MultimodalBatch | None = None,
                  positions: Tensor | None = None, has_batch_dim: bool = True) -> None:
+        if not isinstance(readout, CacheReadout):
+            raise TypeError(f"ActivationCache takes a CacheReadout (model.readout()), not {type(readout).__name__}.")
         self._store = store
-        self.model = model
+        self.readout = readout
         self.batch = batch
         self.positions = positions
         self.has_batch_dim = has_batch_dim
+
+    @property
+    def model(self) -> Any:
+        raise AttributeError("An ActivationCache does not hold the model; cache.readout has the weights and norms "
+                             "its helpers read (W_U, W_O, norms), and the model that made it has the rest.")
 
     # -- mapping ---------------------------------------------------------------------
 
@@ -61,7 +77,7 @@ class ActivationCache(Mapping):
         if isinstance(key, str):
             return key if key in self._store else act_name(key)
         if len(key) > 1 and isinstance(key[1], int) and key[1] < 0:
-            key = (key[0], self.model.cfg.n_layers + key[1], *key[2:])
+            key = (key[0], self.readout.n_layers + key[1], *key[2:])
         return act_name(*key)
 
     def __getitem__(self, key: str | tuple) -> Tensor:
@@ -72,7 +88,7 @@ class ActivationCache(Mapping):
         if tl is not None:
             raise HookNameError(f"{name!r} is a TransformerLens hook name that this library does not offer: {tl}.")
         close = difflib.get_close_matches(name, list(self._store), n=5, cutoff=0.6)
-        known = name in self.model.hook_points
+        known = name in self.readout.hook_streams
         reason = "was not cached (widen names_filter)" if known else "is not a hook name"
         hint = f" Close cached names: {', '.join(close)}." if close else ""
         raise HookNameError(f"{name!r} {reason}.{hint}")
@@ -90,13 +106,65 @@ class ActivationCache(Mapping):
         return f"ActivationCache({len(self)} hook points: {', '.join(list(self)[:4])}{', ...' if len(self) > 4 else ''})"
 
     def to(self, device: torch.device | str) -> ActivationCache:
-        """A cache with every tensor on ``device``."""
-        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.model, self.batch,
-                               self.positions, self.has_batch_dim)
+        """A cache with every tensor, and the readout's weights, on ``device`` (the batch stays)."""
+        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.readout.to(device),
+                               self.batch, self.positions, self.has_batch_dim)
+
+    # -- saving ----------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the cache (activations, readout, batch geometry) to ``path``, atomically, mode 0644.
+
+        One ``torch.save`` file of plain tensors, numbers and strings, read back by :meth:`load`
+        without the model. It holds the readout's weights (``W_U``, ``W_O``...) too, so it is at
+        least their size. The tokenizer is not saved (pass it to :meth:`load` for string tokens).
+
+        Examples:
+            >>> cache.save("run.cache")                                 # doctest: +SKIP
+            >>> ActivationCache.load("run.cache")["resid_post", 0].shape  # doctest: +SKIP
+            torch.Size([1, 60, 128])
+        """
+        path = Path(path)
+        state = {
+            "format": _FORMAT, "version": _VERSION,
+            "store": {name: compact(value) for name, value in self._store.items()},
+            "readout": self.readout.state(),
+            "batch": None if self.batch is None else self.batch.state(),
+            "positions": self.positions, "has_batch_dim": self.has_batch_dim,
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], map_location: torch.device | str | None = "cpu",
+             tokenizer: Any = None) -> ActivationCache:
+        """A cache :meth:`save` wrote (no model needed; loaded with ``weights_only=True``).
+
+        ``tokenizer`` (e.g. ``model.tokenizer``) lets :meth:`logit_attrs` take string tokens.
+
+        Raises:
+            ValueError: if ``path`` is not a saved cache.
+        """
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a saved ActivationCache (ActivationCache.save writes one).")
+        if state["version"] > _VERSION:
+            raise ValueError(f"{path} was saved by a newer hooked_mllm (format {state['version']}, this one "
+                             f"reads up to {_VERSION}); upgrade hooked_mllm to load it.")
+        batch = None if state["batch"] is None else MultimodalBatch.from_state(state["batch"])
+        return cls(dict(state["store"]), CacheReadout.from_state(state["readout"], tokenizer=tokenizer), batch,
+                   state["positions"], bool(state["has_batch_dim"]))
 
     def _is_lm(self, name: str) -> bool:
         """Whether dim 0 of entry ``name`` is the batch (LM stream); vision/projector entries lead with images."""
-        return name not in self.model.hook_points or self.model.hook_points.resolve(name).stream == "lm"
+        return self.readout.stream(name) == "lm"
 
     def remove_batch_dim(self) -> ActivationCache:
         """Drop the batch axis of a one-row cache, in place (as TransformerLens does); returns the cache.
@@ -155,7 +223,7 @@ class ActivationCache(Mapping):
         batch = self.batch.row(batch_slice) if isinstance(batch_slice, int) and self.batch is not None else None
         if isinstance(batch_slice, int) and positions is not None:
             positions = positions[None]
-        return ActivationCache(store, self.model, batch, positions, has_batch_dim=not isinstance(batch_slice, int))
+        return ActivationCache(store, self.readout, batch, positions, has_batch_dim=not isinstance(batch_slice, int))
 
     def _batch_rows(self) -> int:
         if self.batch is not None:
@@ -174,7 +242,7 @@ class ActivationCache(Mapping):
     # -- stacking --------------------------------------------------------------------
 
     def _n_layers(self, layer: int | None) -> int:
-        n = self.model.cfg.n_layers
+        n = self.readout.n_layers
         return n if layer is None else (layer if layer >= 0 else n + 1 + layer)
 
     @staticmethod
@@ -205,13 +273,13 @@ class ActivationCache(Mapping):
         """
         n = self._n_layers(layer)
         parts, labels = [], []
-        for l in range(min(n, self.model.cfg.n_layers)):
+        for l in range(min(n, self.readout.n_layers)):
             parts.append(self["resid_pre", l])
             labels.append(f"{l}_pre")
             if incl_mid:
                 parts.append(self["resid_mid", l])
                 labels.append(f"{l}_mid")
-        if n == self.model.cfg.n_layers:
+        if n == self.readout.n_layers:
             parts.append(self["resid_post", n - 1])
             labels.append("final_post")
         stack = self._pos(torch.stack(parts), pos_slice)
@@ -262,7 +330,7 @@ class ActivationCache(Mapping):
             labels += [f"L{l}H{h}" for h in range(result.shape[0])]
         stack = torch.cat(parts) if parts else torch.empty(0)
         if incl_remainder:
-            resid = self["resid_post", n - 1] if n == self.model.cfg.n_layers else self["resid_pre", n]
+            resid = self["resid_post", n - 1] if n == self.readout.n_layers else self["resid_pre", n]
             stack = torch.cat([stack, (resid - stack.sum(0))[None]])
             labels.append("remainder")
         stack = self._pos(stack, pos_slice)
@@ -281,37 +349,21 @@ class ActivationCache(Mapping):
         their sum equals the norm's output (minus its bias). ``has_batch_dim`` says whether
         ``residual_stack`` has a batch axis (default: as the cache).
         """
-        cfg = self.model.cfg
+        readout = self.readout
         has_batch_dim = self.has_batch_dim if has_batch_dim is None else has_batch_dim
-        final = layer is None or layer >= cfg.n_layers or layer == -1
+        final = layer is None or layer >= readout.n_layers or layer == -1
         if mlp_input and not final:
-            if self.model.adapter.modules.block.ln2 is None:
+            if all(norm is None for norm in readout.ln2) and not any(k.startswith("ln2.") for k in readout.missing):
                 raise ValueError("This model's blocks are parallel (no ln2): the MLP reads ln1 of resid_pre.")
-            resid = self["resid_mid", layer]
-            norm = self.model.adapter.module(self.model.hf_model,
-                                             f"{self.model.adapter.modules.lm_layers}.{layer}.{self.model.adapter.modules.block.ln2}")
-            kind = self.model.adapter.modules.block.norm
+            resid, norm = self["resid_mid", layer], readout.weight("ln2", layer)
         elif final:
-            resid = self["resid_post", cfg.n_layers - 1]
-            norm = self.model.final_norm()
-            kind = self.model.adapter.modules.block.norm
+            resid, norm = self["resid_post", readout.n_layers - 1], readout.weight("ln_final")
         else:
-            resid = self["resid_pre", layer]
-            norm = self.model.adapter.module(self.model.hf_model,
-                                             f"{self.model.adapter.modules.lm_layers}.{layer}.{self.model.adapter.modules.block.ln1}")
-            kind = self.model.adapter.modules.block.norm
-        resid = self._pos(resid, pos_slice).float()
-        stack = residual_stack.float()
-        eps = getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None) or cfg.norm_eps
-        if kind == "layer":
-            stack = stack - stack.mean(-1, keepdim=True)
-            scale = (resid.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
-        else:
-            scale = (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+            resid, norm = self["resid_pre", layer], readout.weight("ln1", layer)
+        resid = self._pos(resid, pos_slice)
         if self.has_batch_dim and not has_batch_dim:
-            scale = scale[0]
-        weight = parameter(norm).detach().float().to(stack.device) + self.model.adapter.modules.block.norm_offset
-        return (stack / scale.to(stack.device) * weight).to(residual_stack.dtype)
+            resid = resid[0]
+        return norm.apply(residual_stack, resid)
 
     def logit_attrs(self, residual_stack: Float[Tensor, "... batch pos d_model"], tokens: Any,
                     incorrect_tokens: Any = None, pos_slice: Any = None) -> Tensor:
@@ -330,15 +382,16 @@ class ActivationCache(Mapping):
 
     def _directions(self, tokens: Any, like: Tensor, keep_pos: bool = True) -> Tensor:
         if isinstance(tokens, str):
-            tokenizer = getattr(self.model.processor, "tokenizer", None)
+            tokenizer = self.readout.tokenizer
             if tokenizer is None:
-                raise ValueError("String tokens need a processor with a tokenizer; pass token ids instead.")
+                raise ValueError("String tokens need the model's tokenizer (a model without a processor, or a cache "
+                                 "loaded without tokenizer=...); pass token ids instead.")
             ids = tokenizer.encode(tokens, add_special_tokens=False)
             if len(ids) != 1:
                 raise ValueError(f"{tokens!r} is {len(ids)} tokens; logit_attrs takes one token.")
             tokens = ids[0]
         tokens = torch.as_tensor(tokens)
-        w_u = self.model.W_U.detach().to(device=like.device, dtype=like.dtype)
+        w_u = self.readout.weight("W_U").to(device=like.device, dtype=like.dtype)
         directions = w_u[:, tokens].movedim(0, -1)
         if tokens.dim() == 1 and keep_pos:
             directions = directions[:, None, :]
@@ -346,20 +399,12 @@ class ActivationCache(Mapping):
 
     # -- per-head and per-neuron components (TransformerLens' helpers) ---------------
 
-    def _layer_module(self, layer: int, rel: str) -> torch.nn.Module:
-        adapter = self.model.adapter
-        return adapter.module(self.model.hf_model, f"{adapter.modules.lm_layers}.{layer}.{rel}")
-
-    def _bias(self, layer: int, rel: str) -> Tensor | None:
-        bias = getattr(self._layer_module(layer, rel), "bias", None)
-        return None if bias is None else parameter(self._layer_module(layer, rel), "bias").detach()
-
     def _head_result(self, layer: int) -> Float[Tensor, "... pos head d_model"]:
         name = f"blocks.{layer}.attn.hook_result"
         if name in self._store:
             return self._store[name]
         z = self["z", layer]
-        w_o = self.model.W_O(layer).detach().to(device=z.device, dtype=z.dtype)
+        w_o = self.readout.weight("W_O", layer).to(device=z.device, dtype=z.dtype)
         return torch.einsum("...hd,hdm->...hm", z, w_o)
 
     def compute_head_results(self) -> None:
@@ -374,15 +419,12 @@ class ActivationCache(Mapping):
             >>> cache["result", -1].shape                            # doctest: +SKIP
             torch.Size([1, 60, 4, 128])
         """
-        for layer in range(self.model.cfg.n_layers):
+        for layer in range(self.readout.n_layers):
             self._store[f"blocks.{layer}.attn.hook_result"] = self._head_result(layer)
 
     def _neuron_checks(self) -> None:
-        block = self.model.adapter.modules.block
-        if block.mlp_out is not None or block.mlp_scale is not None:
-            raise ValueError("This model maps the MLP output (a post-feedforward norm or layer scale) before it "
-                             "reaches the residual, so per-neuron results do not add up to hook_mlp_out; use "
-                             "decompose_resid(mode='mlp') for whole-MLP outputs.")
+        if self.readout.neuron_note is not None:
+            raise ValueError(self.readout.neuron_note)
 
     def get_neuron_results(self, layer: int, neuron_slice: Any = None,
                            pos_slice: Any = None) -> Float[Tensor, "... pos neuron d_model"]:
@@ -395,7 +437,7 @@ class ActivationCache(Mapping):
         """
         self._neuron_checks()
         acts = self._pos(self["post", layer], pos_slice)
-        w_out = self.model.W_out(layer).detach().to(device=acts.device, dtype=acts.dtype)
+        w_out = self.readout.weight("W_out", layer).to(device=acts.device, dtype=acts.dtype)
         if neuron_slice is not None:
             index = torch.as_tensor(neuron_slice) if isinstance(neuron_slice, (list, tuple)) else neuron_slice
             if isinstance(index, int):
@@ -412,13 +454,16 @@ class ActivationCache(Mapping):
         residual that ``layer``'s attention reads (its MLP with ``mlp_input``). Mind the
         memory: ``n_layers * d_mlp`` copies of the residual.
         """
-        n = self.model.cfg.n_layers if layer is None or layer == -1 else layer
+        n = self.readout.n_layers if layer is None or layer == -1 else layer
         parts, labels = [], []
         for l in range(n):
             result = self.get_neuron_results(l, neuron_slice=neuron_slice, pos_slice=pos_slice)
             parts.append(result.movedim(-2, 0))
-            ids = torch.arange(result.shape[-2]) if neuron_slice is None else \
-                torch.arange(self.model.cfg.d_mlp)[neuron_slice if not isinstance(neuron_slice, int) else [neuron_slice]]
+            if neuron_slice is None:
+                ids = torch.arange(result.shape[-2])
+            else:
+                chosen = [neuron_slice] if isinstance(neuron_slice, int) else neuron_slice
+                ids = torch.arange(self.readout.weight("W_out", l).shape[0])[chosen]
             labels += [f"L{l}N{int(i)}" for i in torch.as_tensor(ids).flatten()]
         like = self._pos(self["resid_pre", 0], pos_slice)
         stack = torch.cat(parts) if parts else like.new_zeros((0, *like.shape))
@@ -433,7 +478,7 @@ class ActivationCache(Mapping):
     def _resid_into(self, layer: int, mlp_input: bool) -> Tensor:
         if mlp_input:
             return self["resid_mid", layer]
-        return self["resid_post", layer - 1] if layer == self.model.cfg.n_layers else self["resid_pre", layer]
+        return self["resid_post", layer - 1] if layer == self.readout.n_layers else self["resid_pre", layer]
 
     def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
                                      expand_neurons: bool = True, apply_ln: bool = False, pos_slice: Any = None,
@@ -453,9 +498,9 @@ class ActivationCache(Mapping):
             >>> torch.allclose(stack.sum(0), cache["resid_post", -1], atol=1e-4)        # doctest: +SKIP
             True
         """
-        cfg = self.model.cfg
-        layer = cfg.n_layers if layer is None or layer == -1 else layer
-        if mlp_input and layer >= cfg.n_layers:
+        n_layers = self.readout.n_layers
+        layer = n_layers if layer is None or layer == -1 else layer
+        if mlp_input and layer >= n_layers:
             raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP).")
         heads, labels = self.stack_head_results(layer + 1 if mlp_input else layer, pos_slice=pos_slice,
                                                 return_labels=True)
@@ -473,17 +518,12 @@ class ActivationCache(Mapping):
         embed = self._pos(self["resid_pre", 0], pos_slice)
         parts.append(embed[None])
         labels.append("embed")
-        bias = torch.zeros(cfg.d_model, dtype=embed.dtype, device=embed.device)
-        block = self.model.adapter.modules.block
+        bias = torch.zeros(self.readout.d_model, dtype=embed.dtype, device=embed.device)
         for l in range(layer + 1 if mlp_input else layer):
-            b_o = self._bias(l, block.o)
-            if b_o is not None:
-                bias = bias + b_o.to(bias)
+            bias = bias + self.readout.weight("b_O", l).to(bias)
         if expand_neurons:
             for l in range(layer):
-                b_out = self._bias(l, block.mlp_down)
-                if b_out is not None:
-                    bias = bias + b_out.to(bias)
+                bias = bias + self.readout.weight("b_out", l).to(bias)
         parts.append(bias.expand_as(embed)[None])
         labels.append("bias")
         stack = torch.cat(parts)

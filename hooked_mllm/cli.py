@@ -121,7 +121,14 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hooked-mllm`` script."""
+    """Entry point of the ``hooked-mllm`` script.
+
+    A leading ``--`` is dropped: ``torchrun ... -m hooked_mllm.cli -- extract --n 8 ...`` keeps
+    torchrun from reading our options as abbreviations of its own (``--n``, ``--start``).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:

@@ -16,7 +16,7 @@ import torch
 from .architectures.base import Adapter
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MLLMConfig:
     """Sizes of the language model and the vision tower.
 

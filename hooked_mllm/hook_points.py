@@ -50,7 +50,7 @@ class Site:
     index: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HookPoint:
     """One named place where activations can be read and replaced.
 
@@ -306,7 +306,7 @@ class HookPoints:
         points: list[HookPoint] = []
         modules = adapter.modules
         if modules.vision_embed is not None:
-            points.append(HookPoint("vision.hook_embed", Site(modules.vision_embed), stream="vision",
+            points.append(HookPoint(name="vision.hook_embed", site=Site(modules.vision_embed), stream="vision",
                                     sequence=False))
         if modules.vision_layers is not None and modules.vision_block is not None:
             for layer in range(vision_layers):
@@ -320,11 +320,11 @@ class HookPoints:
                     block = [replace(point, writable=False, read_only=reason) for point in block]
                 points += [_replace_sequence(point) for point in block]
         if modules.projector is not None:
-            points.append(HookPoint("projector.hook_in", Site(modules.projector, "input"),
+            points.append(HookPoint(name="projector.hook_in", site=Site(modules.projector, "input"),
                                     stream="projector", sequence=False))
-            points.append(HookPoint("projector.hook_out", Site(modules.projector), stream="projector",
+            points.append(HookPoint(name="projector.hook_out", site=Site(modules.projector), stream="projector",
                                     sequence=False))
-        points.append(HookPoint("hook_embed", Site(modules.embed)))
+        points.append(HookPoint(name="hook_embed", site=Site(modules.embed)))
         for layer in range(n_layers):
             if layer in cross_layers and modules.cross is not None:
                 points += _cross_block_points(f"{modules.lm_layers}.{layer}", modules.cross.block, layer,
@@ -332,8 +332,8 @@ class HookPoints:
                 continue
             points += _block_points(f"blocks.{layer}.", f"{modules.lm_layers}.{layer}", modules.block,
                                     layer, n_heads, n_kv_heads, "lm")
-        points.append(HookPoint("ln_final.hook_normalized", Site(modules.final_norm)))
-        points.append(HookPoint("hook_logits", Site(modules.unembed)))
+        points.append(HookPoint(name="ln_final.hook_normalized", site=Site(modules.final_norm)))
+        points.append(HookPoint(name="hook_logits", site=Site(modules.unembed)))
         return cls(points, adapter.name)
 
     def __iter__(self) -> Iterator[HookPoint]:

@@ -17,9 +17,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -29,8 +27,9 @@ from jaxtyping import Float, Int
 from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
-from . import _compat, _grad_hooks, _remote, _runner
+from . import _compat, _grad_hooks, _keywords, _remote, _runner
 from ._hook_io import HookPointHandle
+from ._tensor_parallel import refuse_tensor_parallel
 from ._tl_compat import TLCompatMixin
 from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
 from ._weights import execution_device
@@ -42,20 +41,12 @@ from .cache import ActivationCache
 from .config import MLLMConfig
 from .hook_points import HookPoints
 from .inputs import MultimodalBatch, prepare, processor_token_counts
+from .readout import CacheReadout
 
 logger = logging.getLogger(__name__)
 
 HookSpec = tuple[Any, Callable]
 
-# Options every HF forward takes through ``**kwargs`` besides its named inputs.
-_HF_OPTIONS = frozenset({"output_hidden_states", "output_attentions", "return_dict", "use_cache",
-                         "output_router_logits", "cache_position"})
-# TransformerLens keywords with no counterpart here, and what to do instead.
-_TL_HINTS = {
-    "return_cache_object": "run_with_cache always returns an ActivationCache",
-    "reset_hooks_end": "hooks given to a run are always removed when it ends; use model.hooks() to keep them",
-    "clear_contexts": "hooks given to a run are always removed when it ends",
-}
 # The processor keywords from_pretrained passes on to AutoProcessor, so a pinned revision pins both.
 _PROCESSOR_LOADING = ("revision", "token", "cache_dir", "local_files_only", "proxies", "force_download",
                       "code_revision")
@@ -97,6 +88,7 @@ class HookedMLLM(TLCompatMixin):
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any = None, adapter: Adapter | None = None, *,
                  envoy: Any = None, remote: bool | str = False) -> None:
+        refuse_tensor_parallel(model=hf_model)
         self.hf_model = hf_model.eval()
         self.remote = remote  # nnsight's remote=: every run goes through its remote backend
         self.processor = processor
@@ -155,6 +147,7 @@ class HookedMLLM(TLCompatMixin):
         """
         from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
+        refuse_tensor_parallel(hf_kwargs)
         if remote:
             return _remote.from_pretrained(cls, name_or_path, remote, dtype=dtype, device=device,
                                            device_map=device_map, attn_implementation=attn_implementation,
@@ -274,24 +267,12 @@ class HookedMLLM(TLCompatMixin):
         Cached by hand: a ``functools.cached_property`` holds a lock on Python 3.11, which
         would stop the class from travelling by value with a remote request."""
         if "_input_names_cache" not in self.__dict__:
-            params = inspect.signature(self.hf_model.forward).parameters
-            self.__dict__["_input_names_cache"] = frozenset(
-                n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+            self.__dict__["_input_names_cache"] = _keywords.input_names(self.hf_model)
         return self.__dict__["_input_names_cache"]
 
     def _check_keywords(self, method: str, keywords: dict, own: Sequence[str]) -> None:
         """Raise ``TypeError`` for a keyword that is neither ``method``'s own nor an HF input or option."""
-        allowed = self._input_names | _HF_OPTIONS
-        for key in keywords:
-            if key in allowed:
-                continue
-            close = difflib.get_close_matches(key, [*own, *sorted(allowed)], n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else "."
-            extra = f" ({_TL_HINTS[key]})" if key in _TL_HINTS else ""
-            raise TypeError(
-                f"{method}() got an unknown argument {key!r}{hint}{extra} It takes "
-                f"{', '.join(own) + ' and ' if own else ''}the model's HF inputs "
-                f"({', '.join(sorted(self._input_names))}).")
+        _keywords.check(method, keywords, own, self._input_names)
 
     def _batch_and_options(self, method: str, inputs: Any, hf_kwargs: dict,
                            own: Sequence[str]) -> tuple[MultimodalBatch, dict]:
@@ -474,7 +455,7 @@ class HookedMLLM(TLCompatMixin):
         if incl_bwd:
             result.backward()
             store.update({f"{name}_grad": value for name, value in grads.items()})
-        cache = ActivationCache(store, self, batch=batch, positions=None if index is None else index.cpu())
+        cache = ActivationCache(store, self.readout(), batch=batch, positions=None if index is None else index.cpu())
         if remove_batch_dim:
             cache.remove_batch_dim()
         return result, cache
@@ -591,6 +572,18 @@ class HookedMLLM(TLCompatMixin):
     def final_norm(self) -> torch.nn.Module:
         """The language model's final norm module."""
         return self.adapter.module(self.hf_model, self.adapter.modules.final_norm)
+
+    def readout(self) -> CacheReadout:
+        """What a cache's helpers read of this model (layer count, ``W_O``, ``W_U``, norms, hook names),
+        as a frozen :class:`~hooked_mllm.readout.CacheReadout` of views of the weights (no copies).
+
+        Built once and reused until a parameter is replaced or moved (new storage); in-place weight
+        edits show through the views."""
+        key = tuple((id(p), p.data_ptr()) for p in self.hf_model.parameters())
+        memo = self.__dict__.get("_readout_memo")
+        if memo is None or memo[0] != key:
+            memo = self.__dict__["_readout_memo"] = (key, CacheReadout.from_model(self))
+        return memo[1]
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -61,7 +61,7 @@ def answer_logprob(answer: int) -> Metric:
     return metric
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PatchingResult:
     """A sweep's table with its labels.
 
@@ -142,7 +142,8 @@ class PatchingResult:
         table = self.normalized() if normalized else self.values
         values = table[self.layers.index(layer)].float().numpy()
         label = f"{self.method} patching of {self.hook.replace('{l}', str(layer))}"
-        return LocationMap(values, f"{self.method}_patching", label, positions=tuple(p for u in self.units for p in u))
+        return LocationMap(values=values, method=f"{self.method}_patching", label=label,
+                           positions=tuple(p for u in self.units for p in u))
 
     def save_plot(self, path: str) -> str:
         """Save :meth:`to_image` as a PNG and return the path."""
@@ -259,9 +260,10 @@ def activation_patching(
             table[li, start : start + len(chunk)] = metric(logits, repeated).float().cpu()
             forwards, rows = forwards + 1, rows + len(chunk)
     values = table.view(len(layers), *grid) if grid is not None else table
-    return PatchingResult(values, act_name(hook, 0).replace("blocks.0.", "blocks.{l}."), layers, over, labels, units,
-                          float(metric(clean_logits, clean)[0]), float(metric(corrupted_logits, corrupted)[0]),
-                          forwards, rows)
+    return PatchingResult(values=values, hook=act_name(hook, 0).replace("blocks.0.", "blocks.{l}."), layers=layers,
+                          over=over, labels=labels, units=units, clean_metric=float(metric(clean_logits, clean)[0]),
+                          corrupted_metric=float(metric(corrupted_logits, corrupted)[0]), forward_passes=forwards,
+                          rows=rows)
 
 
 class _Delta:
@@ -314,8 +316,9 @@ def attribution_patching(
     corrupted_metric = float(value.detach())
     table = table + corrupted_metric
     values = table.view(len(layers), *grid) if grid is not None else table
-    return PatchingResult(values, act_name(hook, 0).replace("blocks.0.", "blocks.{l}."), layers, over, labels, units,
-                          float(metric(clean_logits, clean)[0]), corrupted_metric, 2, 2, backward_passes=1,
+    return PatchingResult(values=values, hook=act_name(hook, 0).replace("blocks.0.", "blocks.{l}."), layers=layers,
+                          over=over, labels=labels, units=units, clean_metric=float(metric(clean_logits, clean)[0]),
+                          corrupted_metric=corrupted_metric, forward_passes=2, rows=2, backward_passes=1,
                           method="attribution")
 
 

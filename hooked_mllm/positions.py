@@ -108,7 +108,7 @@ class _Named(Selector):
         raise ValueError(f"Unknown position name {self.kind!r}; use one of {', '.join(NAMES)}.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Image(Selector):
     """Image tokens: all, one image (``index`` within each row), or a region of its grid.
 
@@ -264,7 +264,7 @@ def image(index: int | None = None, rows: Any = None, cols: Any = None,
     Examples:
         >>> positions.image(box=(0, 0, 16, 16), image_size=(48, 48))   # the top-left 16 px  # doctest: +SKIP
     """
-    return Image(index, rows, cols, box, image_size)
+    return Image(index=index, rows=rows, cols=cols, box=box, image_size=image_size)
 
 
 def text() -> Selector:

@@ -2,7 +2,8 @@
 that says what makes features comparable, and memory-mapped loading.
 
 A store folder holds ``manifest.json``, ``shard_NNNNN.safetensors`` files (one tensor per hook
-point, rows = samples) and a ``.lock`` file while an extraction writes into it. The manifest
+point, rows = samples) and a ``.lock`` file while an extraction writes into it (data-parallel
+ranks also leave ``part-*`` files there until they are merged). The manifest
 records the *identity* of the features (model name or path, fingerprints of its config and
 weights, hook points, token rule, chat template, library version) and, per shard, its file,
 sample ids, per-sample fingerprints (prompt + image), predictions and SHA-256 checksum.
@@ -137,17 +138,21 @@ def check_identity(path: Path, manifest: dict, identity: dict) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path/.lock`` for the block; a second holder fails at once.
+def folder_lock(path: Path, *, name: str = ".lock", shared: bool = False,
+                wait: bool = False) -> Iterator[None]:
+    """Hold a lock on ``path/name`` for the block; by default exclusive, and a second holder fails at once.
 
     The lock is an ``fcntl.flock``: the system releases it if the process dies, so a crashed
-    run never leaves a stale lock behind.
+    run never leaves a stale lock behind. ``shared=True`` takes a shared lock, which the ranks
+    of one data-parallel extraction hold together (an exclusive writer is then refused, and
+    refuses them); ``wait=True`` blocks until the lock is free instead of failing.
     """
-    lock_file = path / ".lock"
+    lock_file = path / name
     handle = open(lock_file, "a+")
     try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+            fcntl.flock(handle.fileno(), flags)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
@@ -155,10 +160,11 @@ def folder_lock(path: Path) -> Iterator[None]:
                 f"{path} is being written by another extraction ({holder}); wait for it to finish or use "
                 "another out= folder. Two runs into one folder would lose and mislabel samples."
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
-        handle.flush()
+        if not shared:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+            handle.flush()
         yield
     finally:
         handle.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +55,43 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     rule = TokenRule(args.rule, token=words, position=args.position, search=args.search, reduce=args.reduce,
                      start=args.start, end=args.end)
     hooks = [h.strip() for h in args.hook.split(",") if h.strip()]
-    model = _model(args.model, args.dtype, args.device)
-    feats = extract(model, _dataset(args), hooks, rule, batch_size=args.batch_size, out=args.out,
-                    max_new_tokens=args.max_new_tokens, shard_size=args.shard_size, predict=args.predict)
+    if (args.rank is None) != (args.ranks is None):
+        raise ValueError("Give --rank and --ranks together (this process's rank and the number of processes)")
+    group = args.ranks is None and _init_torchrun()
+    try:
+        device = args.device
+        if group and device == "cuda":  # one GPU per process under torchrun
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        model = _model(args.model, args.dtype, device)
+        feats = extract(model, _dataset(args), hooks, rule, batch_size=args.batch_size, out=args.out,
+                        max_new_tokens=args.max_new_tokens, shard_size=args.shard_size, predict=args.predict,
+                        progress=not group or int(os.environ.get("RANK", "0")) == 0, rank=args.rank,
+                        world_size=args.ranks)
+    finally:
+        if group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if group and int(os.environ.get("RANK", "0")) != 0:
+        return 0
     shapes = {h: tuple(feats.tensor(h).shape) for h in feats.hooks}
     print(f"{len(feats)} samples -> {args.out} (features {shapes}; "
           f"{len(feats.manifest['skipped'])} skipped)")
     return 0
+
+
+def _init_torchrun() -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment) with gloo.
+
+    Only small messages travel between the ranks (their outcome), so gloo serves CPU and GPU runs.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return True
 
 
 def _pick(feats: Any, hook: str | None) -> Any:
@@ -238,6 +269,10 @@ def add_subparsers(sub: Any) -> None:
     ex.add_argument("--seed", type=int, default=0, help="toy scenes: the world seed")
     ex.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
     ex.add_argument("--out", required=True, help="the feature store folder (created, or resumed if compatible)")
+    ex.add_argument("--ranks", type=int, default=None, help="data-parallel: the number of processes writing "
+                    "into --out (each is given its --rank); under torchrun both come from its environment")
+    ex.add_argument("--rank", type=int, default=None,
+                    help="data-parallel: this process's rank, 0 to --ranks - 1")
     ex.set_defaults(func=_cmd_extract)
     co = sub.add_parser("concepts", help="learn a concept dictionary from extracted features")
     co.add_argument("--features", required=True, help="a feature store written by `extract`")

@@ -14,7 +14,10 @@ activations of the answer tokens are then cached *during* generation, not by a s
 forward. The store (:mod:`hooked_mllm.concepts._store`) is written atomically every
 ``shard_size`` samples and when the run stops (on an error too); a locked folder refuses a
 second writer; a resumed run refuses features of another model, hook, rule, template or
-sample content, and checks every shard's checksum first.
+sample content, and checks every shard's checksum first. Data-parallel processes (``rank=`` /
+``world_size=``, or a ``torchrun`` process group) each extract every ``world_size``-th sample
+into per-rank parts of one store, merged in dataset order when all are done
+(:mod:`hooked_mllm.concepts._shards`), so the store equals a one-process run.
 
 Examples:
     >>> feats = extract(model, toy_dataset(200), ["blocks.2.hook_resid_post", "blocks.3.hook_resid_post"],
@@ -33,12 +36,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._store import (FORMAT_VERSION, Features, check_identity, config_fingerprint, folder_lock, sha256_file,
-                     verify_shard, weights_fingerprint, write_atomic, write_text_atomic)
+from ._parallel import Split, agree, resolve_split
+from ._shards import MANIFEST, ShardWriter, merge_parts, part_name, ranks_complete, read_parts
+from ._store import (FORMAT_VERSION, Features, check_identity, config_fingerprint, folder_lock, verify_shard,
+                     weights_fingerprint)
 from ._tokens import find_subtokens, token_spans
 from .data import Sample, folder_dataset, iter_samples, load_image, sample_fingerprint, toy_dataset
 
@@ -115,14 +119,16 @@ class TokenRule:
 
 
 def _positions(rule: TokenRule, batch: Any, row: int, prompt_len: int, answer: list[int],
-               tokenizer: Any) -> list[int]:
-    """Sequence positions (prompt then answer) the rule picks for one row; LookupError when absent."""
+               tokenizer: Any, sample_id: str = "") -> list[int]:
+    """Sequence positions (prompt then answer) the rule picks for one row; LookupError (naming the sample)
+    when absent."""
     valid = (~batch.pad_mask[row]).nonzero().flatten().tolist()
     if rule.kind == "last":
         return [valid[-1]]
     if rule.kind == "position":
         if not -len(valid) <= rule.position < len(valid):
-            raise LookupError(f"position {rule.position} is outside the {len(valid)} prompt tokens of row {row}")
+            raise LookupError(f"position {rule.position} is outside the {len(valid)} prompt tokens of sample "
+                              f"{sample_id!r}")
         return [valid[rule.position]]
     if rule.kind in IMAGE_RULES:
         return batch.image_mask[row].nonzero().flatten().tolist()
@@ -136,13 +142,15 @@ def _positions(rule: TokenRule, batch: Any, row: int, prompt_len: int, answer: l
     if rule.kind in ("answer_mean", "range"):
         picked = region[rule.start : rule.end] if rule.kind == "range" else region
         if not picked:
-            raise LookupError(f"no {rule.search} tokens in range [{rule.start}:{rule.end}] of row {row}")
+            raise LookupError(f"no {rule.search} tokens in range [{rule.start}:{rule.end}] of sample "
+                              f"{sample_id!r}")
         return picked
     spans, text = token_spans(tokenizer, ids)
     sub = find_subtokens(spans, text, rule.words, occurrence=rule.occurrence,
                          case_sensitive=rule.case_sensitive, whole_word=rule.whole_word)
     if not sub:
-        raise LookupError(f"{' / '.join(rule.words)!r} not found in the {rule.search} of row {row} ({text!r})")
+        raise LookupError(f"{' / '.join(rule.words)!r} not found in the {rule.search} of sample "
+                          f"{sample_id!r} ({text!r})")
     picked = [region[i] - (1 if rule.kind == "predicting" else 0) for i in sub]
     return picked if rule.reduce == "mean" else [picked[0] if rule.reduce == "first" else picked[-1]]
 
@@ -186,6 +194,16 @@ def _open_store(path: Path, identity: dict) -> dict:
     return manifest
 
 
+def _done(*manifests: dict) -> dict[str, str | None]:
+    """Sample id -> fingerprint of every sample (extracted or skipped) the manifests hold."""
+    done: dict[str, str | None] = {}
+    for manifest in manifests:
+        done.update({i: k for shard in manifest["shards"]
+                     for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))})
+        done.update({s["id"]: s.get("key") for s in manifest["skipped"]})
+    return done
+
+
 def _cache_hooks(points: list[Any], store: dict[str, list[Tensor]], keep_steps: bool) -> list[tuple[str, Any]]:
     def fn(act: Tensor, hook: Any) -> None:
         if hook.step == 0 or (keep_steps and hook.point.sequence):
@@ -194,10 +212,25 @@ def _cache_hooks(points: list[Any], store: dict[str, list[Tensor]], keep_steps: 
     return [(p.name, fn) for p in points]
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """How :func:`_run` batches, generates and reports (the validated arguments of :func:`extract`)."""
+
+    rule: TokenRule
+    batch_size: int
+    max_new_tokens: int
+    progress: bool
+    skip_missing: bool
+    generate: bool
+    chat_template: bool
+    split: Split = Split()
+
+
 def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str], token: TokenRule | str = "last",
             *, batch_size: int = 8, out: str | os.PathLike[str] | None = None, max_new_tokens: int = 12,
             shard_size: int = 256, progress: bool = True, skip_missing: bool = True, predict: bool = False,
-            chat_template: bool = True, dataset_name: str | None = None) -> Features:
+            chat_template: bool = True, dataset_name: str | None = None, rank: int | None = None,
+            world_size: int | None = None) -> Features:
     """Extract one representation per sample at each of ``hook`` and (optionally) stream it to ``out``.
 
     Args:
@@ -218,6 +251,14 @@ def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str]
             need it (the prompt activations are cached during that generation: one pass).
         chat_template: Wrap prompts in the processor's chat template.
         dataset_name: A name recorded in (and checked against) the store's identity.
+        rank, world_size: Extract only the samples at dataset positions ``rank``, ``rank +
+            world_size``, ... as one of ``world_size`` data-parallel processes writing into the
+            same ``out`` (default: from an initialized ``torch.distributed`` process group, as
+            under ``torchrun``, else one process). Each rank writes its own part files; when the
+            last rank is done, the parts are merged into the store in dataset order, so it reads
+            exactly as a one-process run. With a process group every rank then returns the
+            whole store and fails if any rank failed; without one, start the ranks together
+            (a rank that finishes before another starts merges only what is done).
 
     Returns:
         The :class:`Features` (memory-mapped from ``out`` when given).
@@ -240,59 +281,91 @@ def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str]
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
     hooks = [p.name for p in points]
-    generate = rule.needs_answer or predict
+    split = resolve_split(rank, world_size)
+    settings = _Settings(rule=rule, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
+                         skip_missing=skip_missing, generate=rule.needs_answer or predict,
+                         chat_template=chat_template, split=split)
     identity = _identity(model, hooks, rule, chat_template, max_new_tokens, dataset_name)
-    path = Path(out) if out is not None else None
-    if path is None:
-        return _run(model, dataset, points, rule, None, dict(identity, shards=[], skipped=[]), batch_size,
-                    max_new_tokens, shard_size, progress, skip_missing, generate, chat_template)
+    if out is None:
+        if split.world_size > 1:
+            raise ValueError(f"Data-parallel extraction (rank {split.rank} of {split.world_size}) needs "
+                             "out=: the processes meet in one feature store")
+        writer = ShardWriter(hooks, path=None, manifest=dict(identity, shards=[], skipped=[]),
+                             shard_size=shard_size)
+        _run(model, dataset, points, writer, {}, settings)
+        return Features.from_parts(writer.memory, writer.manifest)
+    path = Path(out)
     path.mkdir(parents=True, exist_ok=True)
+    if split.world_size > 1:
+        return _extract_rank(model, dataset, points, path, identity, shard_size, settings)
     with folder_lock(path):
         manifest = _open_store(path, identity)
-        return _run(model, dataset, points, rule, path, manifest, batch_size, max_new_tokens, shard_size,
-                    progress, skip_missing, generate, chat_template)
+        parts = read_parts(path, identity)
+        if not parts:
+            writer = ShardWriter(hooks, path=path, manifest=manifest, shard_size=shard_size)
+            _run(model, dataset, points, writer, _done(manifest), settings)
+        else:  # an interrupted data-parallel run left parts: add to them, then merge all in dataset order
+            own = parts.get(f"{part_name(1, 0)}.json") or dict(identity, shards=[], skipped=[])
+            writer = ShardWriter(hooks, path=path, manifest=own, shard_size=shard_size, part=(1, 0))
+            _run(model, dataset, points, writer, _done(manifest, *parts.values()), settings)
+            merge_parts(path, manifest, identity, shard_size)
+    return Features.load(path, verify=False)
 
 
-def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], rule: TokenRule, path: Path | None,
-         manifest: dict, batch_size: int, max_new_tokens: int, shard_size: int, progress: bool,
-         skip_missing: bool, generate: bool, chat_template: bool) -> Features:
-    tokenizer = model.processor.tokenizer
-    done = {i: k for shard in manifest["shards"]
-            for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))}
-    done.update({s["id"]: s.get("key") for s in manifest["skipped"]})
-    pending: dict[str, Any] = {"ids": [], "keys": [], "predictions": [], "rows": {p.name: [] for p in points}}
-    memory: list[dict] = []
+def _extract_rank(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], path: Path, identity: dict,
+                  shard_size: int, settings: _Settings) -> Features:
+    """One rank of a data-parallel extraction: write this rank's parts, then merge when every rank is done.
 
-    def flush() -> None:
-        if not pending["ids"]:
-            return
-        try:
-            arrays = {name: torch.stack(rows).contiguous() for name, rows in pending["rows"].items()}
-        except RuntimeError as error:
-            raise ValueError(f"Samples of one shard have features of different shapes ({error}); image_each "
-                             "needs the same number of image tokens for every sample") from None
-        record = {"ids": list(pending["ids"]), "keys": list(pending["keys"]),
-                  "predictions": list(pending["predictions"]), "rows": len(pending["ids"])}
-        if path is not None:
-            name = f"shard_{len(manifest['shards']):05d}.safetensors"
-            write_atomic(path / name, lambda tmp: save_file(arrays, tmp))
-            record.update(file=name, sha256=sha256_file(path / name), bytes=(path / name).stat().st_size)
-            manifest["shards"].append(record)
-            _save_manifest(path, manifest)
-        else:
-            memory.append(dict(record, arrays=arrays))
-        pending.update(ids=[], keys=[], predictions=[], rows={p.name: [] for p in points})
-
-    total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
-    bar = tqdm(total=total, desc=f"extract {', '.join(p.name for p in points)}", unit="sample",
-               disable=not progress)
-    seen: set[str] = set()
-    chunk: list[tuple[Sample, str]] = []
+    The ranks hold the store's lock shared (a one-process writer is refused) and each its own
+    part lock. When a rank is done it waits for the exclusive lock, which it gets once no rank
+    is writing, and merges the parts if every rank of this run has finished.
+    """
+    split = settings.split
+    name = part_name(split.world_size, split.rank)
+    error: BaseException | None = None
     try:
-        for sample in iter_samples(dataset):
+        with folder_lock(path, shared=True), folder_lock(path, name=f".lock-{name}"):
+            manifest = _open_store(path, identity)
+            parts = read_parts(path, identity)
+            own = parts.get(f"{name}.json") or dict(identity, shards=[], skipped=[])
+            own["complete"] = False
+            writer = ShardWriter([p.name for p in points], path=path, manifest=own, shard_size=shard_size,
+                                 part=(split.world_size, split.rank))
+            writer.save()
+            _run(model, dataset, points, writer, _done(manifest, *parts.values()), settings)
+            own["complete"] = True
+            writer.save()
+        with folder_lock(path, wait=True):
+            if ranks_complete(path, split.world_size):
+                file = path / MANIFEST
+                manifest = (json.loads(file.read_text()) if file.exists()
+                            else dict(identity, shards=[], skipped=[]))
+                merge_parts(path, manifest, identity, shard_size)
+    except BaseException as caught:  # every rank must reach agree(), or the others would wait for it forever
+        error = caught
+    agree(split, error)
+    if not (path / MANIFEST).exists():  # no process group, and another rank has not finished yet
+        return Features.from_parts([], dict(identity, shards=[], skipped=[]))
+    return Features.load(path, verify=False)
+
+
+def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], writer: ShardWriter,
+         done: dict[str, str | None], settings: _Settings) -> None:
+    """Extract the samples of ``dataset`` this rank owns and ``done`` lacks; flush and save also on errors."""
+    total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
+    if total is not None:
+        total = len(range(settings.split.rank, total, settings.split.world_size))
+    bar = tqdm(total=total, desc=f"extract {', '.join(p.name for p in points)}", unit="sample",
+               disable=not settings.progress)
+    seen: set[str] = set()
+    chunk: list[tuple[int, Sample, str]] = []
+    try:
+        for index, sample in enumerate(iter_samples(dataset)):
             if sample.id in seen:
                 raise ValueError(f"Sample id {sample.id!r} occurs twice in the dataset; ids must be unique")
             seen.add(sample.id)
+            if not settings.split.owns(index):
+                continue
             key = sample_fingerprint(sample)
             if sample.id in done:
                 if done[sample.id] is not None and done[sample.id] != key:
@@ -300,44 +373,35 @@ def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], rule: Tok
                                      "features of different inputs cannot share an id. Use another out= folder.")
                 bar.update(1)
                 continue
-            chunk.append((sample, key))
-            if len(chunk) == batch_size:
-                _batch(model, chunk, points, rule, generate, max_new_tokens, chat_template, tokenizer, pending,
-                       manifest, skip_missing)
+            chunk.append((index, sample, key))
+            if len(chunk) == settings.batch_size:
+                _batch(model, chunk, points, writer, settings)
                 bar.update(len(chunk))
                 chunk = []
-                if len(pending["ids"]) >= shard_size:
-                    flush()
+                if writer.full:
+                    writer.flush()
         if chunk:
-            _batch(model, chunk, points, rule, generate, max_new_tokens, chat_template, tokenizer, pending,
-                   manifest, skip_missing)
+            _batch(model, chunk, points, writer, settings)
             bar.update(len(chunk))
     finally:
-        flush()
-        if path is not None:
-            _save_manifest(path, manifest)
+        writer.flush()
+        writer.save()
         bar.close()
-    if path is not None:
-        return Features.load(path, verify=False)
-    return Features.from_parts(memory, manifest)
 
 
-def _save_manifest(path: Path, manifest: dict) -> None:
-    write_text_atomic(path / "manifest.json", json.dumps(manifest, indent=1))
-
-
-def _batch(model: HookedMLLM, chunk: list[tuple[Sample, str]], points: list[Any], rule: TokenRule, generate: bool,
-           max_new_tokens: int, chat_template: bool, tokenizer: Any, pending: dict, manifest: dict,
-           skip_missing: bool) -> None:
-    samples = [s for s, _ in chunk]
+def _batch(model: HookedMLLM, chunk: list[tuple[int, Sample, str]], points: list[Any], writer: ShardWriter,
+           settings: _Settings) -> None:
+    rule, tokenizer = settings.rule, model.processor.tokenizer
+    samples = [s for _, s, _ in chunk]
     batch = model.prepare(images=[load_image(s.image) for s in samples], prompts=[s.prompt for s in samples],
-                          chat_template=chat_template)
+                          chat_template=settings.chat_template)
     store: dict[str, list[Tensor]] = {p.name: [] for p in points}
     hooks = _cache_hooks(points, store, keep_steps=rule.needs_answer)
     answers: list[list[int]] = [[] for _ in samples]
     texts = [""] * len(samples)
-    if generate:
+    if settings.generate:
         # One step more than the answer length, so the last answer token is also run through the model.
+        max_new_tokens = settings.max_new_tokens
         steps = max_new_tokens + 1 if rule.needs_answer else max_new_tokens
         gen = model.generate(batch, max_new_tokens=steps, fwd_hooks=hooks)
         eos = tokenizer.eos_token_id
@@ -357,21 +421,20 @@ def _batch(model: HookedMLLM, chunk: list[tuple[Sample, str]], points: list[Any]
             raise ValueError(f"{point.name} has {acts[point.name].shape[0]} images for {len(samples)} samples; "
                              "vision and projector points need exactly one image per sample")
     prompt_len = batch.shape[1]
-    for row, (sample, key) in enumerate(chunk):
+    for row, (index, sample, key) in enumerate(chunk):
         try:
-            positions = _positions(rule, batch, row, prompt_len, answers[row], tokenizer)
+            positions = _positions(rule, batch, row, prompt_len, answers[row], tokenizer, sample_id=sample.id)
         except LookupError as error:
-            if not skip_missing:
+            if not settings.skip_missing:
                 raise
-            manifest["skipped"].append({"id": sample.id, "key": key, "reason": str(error), "prediction": texts[row]})
+            writer.skip(index, sample.id, key, str(error), texts[row])
             continue
+        rows = {}
         for point in points:
             act = acts[point.name][row]
             if point.sequence:
                 feature = _reduce(act, positions, rule)
             else:
                 feature = act if rule.kind == "image_each" else act.mean(0)
-            pending["rows"][point.name].append(feature.float().cpu())
-        pending["ids"].append(sample.id)
-        pending["keys"].append(key)
-        pending["predictions"].append(texts[row])
+            rows[point.name] = feature.float().cpu()
+        writer.add(index, sample.id, key, texts[row], rows)

@@ -201,7 +201,7 @@ def match_concepts(U_x: Float[Any, "kx d"], U_y: Float[Any, "ky d"]) -> ConceptM
     return ConceptMatching(index_x=rows, index_y=cols, cosine=cos[rows, cols])
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class ShiftImprovement:
     """How much closer shifted concepts are to the fine-tuned model's concepts than the originals.
 
@@ -253,10 +253,11 @@ def shift_improvement(
     a, s, b = U_a[m.index_x], U_s[m.index_x], U_b[m.index_y]
     dist = np.linalg.norm(b - a, axis=1) - np.linalg.norm(b - s, axis=1)
     cosg = _cos_rows(b, s) - _cos_rows(b, a)
-    return ShiftImprovement(m, dist, cosg, float(dist.mean()), float(cosg.mean()))
+    return ShiftImprovement(matching=m, distance_gain=dist, cosine_gain=cosg, mean_distance_gain=float(dist.mean()),
+                            mean_cosine_gain=float(cosg.mean()))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class ShiftResult:
     """Everything :func:`analyze_shift` computes (numpy arrays; ``K`` concepts of model a, ``d`` features).
 

@@ -120,7 +120,7 @@ def vqa_accuracy(answer: str, references: str | Sequence[str]) -> float:
     return float(np.mean(scores))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SteeringReport:
     """How a steering vector changed answers.
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 _CHUNK_FLOATS = 1 << 24  # logits held at once by the readout
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class MechanismRun:
     """What one forward leaves for the mechanism methods, at each row's last position ``T``.
 

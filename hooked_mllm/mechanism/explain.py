@@ -131,7 +131,7 @@ def explain_positions(model: HookedMLLM, inputs: Any, positions: Sequence[Any], 
     return PositionExplanation(layer, int(head), run.target_tokens()[0], tuple(entries))
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class LensMap:
     """The logit lens over one image's grid, layer by layer.
 
@@ -155,7 +155,7 @@ class LensMap:
             raise ValueError(f"{token!r} was not requested; logit_lens_map(..., tokens=[{token!r}]) keeps it. "
                              f"Kept: {sorted(self.token_probs)}.")
         label = f"p({token}) at layer {self.layers[layer]}"
-        return LocationMap(self.token_probs[token][layer], "logit_lens", label,
+        return LocationMap(values=self.token_probs[token][layer], method="logit_lens", label=label,
                            positions=self.positions, target=token)
 
     def table(self, layer: int = -1) -> str:
@@ -209,8 +209,8 @@ def logit_lens_map(model: HookedMLLM, inputs: Any, *, row: int = 0, image: int =
         top_probs.append(value.numpy().reshape(rows, cols))
         for name, i in zip(kept, ids.tolist()):
             kept[name].append(probs[:, i].numpy().reshape(rows, cols))
-    return LensMap(tuple(chosen), np.stack(top_names), np.stack(top_probs),
-                   {name: np.stack(v) for name, v in kept.items()}, tuple(span.token_positions))
+    return LensMap(layers=tuple(chosen), tokens=np.stack(top_names), probs=np.stack(top_probs),
+                   token_probs={name: np.stack(v) for name, v in kept.items()}, positions=tuple(span.token_positions))
 
 
 def lens_location_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image: int = 0, layer: int = -1,

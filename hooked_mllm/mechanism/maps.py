@@ -9,7 +9,7 @@ grid; :func:`to_map` turns per-position scores into a map.
 
 Examples:
     >>> import numpy as np
-    >>> m = LocationMap(np.array([[0.0, 1.0], [3.0, 2.0]]), method="demo", label="toy")
+    >>> m = LocationMap(values=np.array([[0.0, 1.0], [3.0, 2.0]]), method="demo", label="toy")
     >>> m.peak(), m.normalized().values.max()
     ((1, 0), 1.0)
 """
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ..inputs import ImageSpan, MultimodalBatch
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class LocationMap:
     """Scores over one image's patch grid (higher: more important for the answer).
 
@@ -70,8 +70,8 @@ class LocationMap:
         """The map min-max normalised to ``[0, 1]`` (all zeros where it is constant)."""
         lo, hi = float(self.values.min()), float(self.values.max())
         values = (self.values - lo) / (hi - lo) if hi > lo else np.zeros_like(self.values)
-        return LocationMap(values, self.method, self.label, self.row, self.image, self.positions, self.target,
-                           dict(self.extra))
+        return LocationMap(values=values, method=self.method, label=self.label, row=self.row, image=self.image,
+                           positions=self.positions, target=self.target, extra=dict(self.extra))
 
     def peak(self) -> tuple[int, int]:
         """``(row, col)`` of the highest score (the first one on ties)."""
@@ -164,5 +164,5 @@ def to_map(scores: Any, span: ImageSpan, image: int, method: str, label: str, ta
     rows, cols = span.grid  # type: ignore[misc]
     if values.shape[0] != rows * cols:
         raise ValueError(f"Got {values.shape[0]} scores for a {rows}x{cols} grid.")
-    return LocationMap(values.reshape(rows, cols), method, label, span.row, image, tuple(span.token_positions),
-                       target, dict(extra))
+    return LocationMap(values=values.reshape(rows, cols), method=method, label=label, row=span.row, image=image,
+                       positions=tuple(span.token_positions), target=target, extra=dict(extra))

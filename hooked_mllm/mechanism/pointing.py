@@ -95,7 +95,7 @@ DESCRIPTIONS = {
 OBJECT_QTYPES = ("color", "shape", "position", "exist")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PointingResult:
     """Pointing-game accuracies.
 

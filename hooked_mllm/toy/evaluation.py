@@ -32,7 +32,7 @@ from hooked_mllm.toy.world import QTYPES, World
 __all__ = ["EvalReport", "evaluate", "evaluate_text"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EvalReport:
     """Accuracies of one evaluation.
 

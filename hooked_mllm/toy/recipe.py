@@ -75,7 +75,7 @@ DEEP_SIZES: dict[str, int | bool] = {
 _WORLD_SEED_OFFSET = 10_000  # as in training.py: training worlds are >= 10000, evaluation seeds below
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stage:
     """One stage of the recipe.
 
@@ -116,8 +116,8 @@ _TQW = (2, 2, 0.15, 1, 1.2)  # textual QA: the binding questions often, counting
 
 STAGES: dict[str, Stage] = {
     "toy-lm-base": Stage(
-        "text",
-        Recipe(caption_style="scene", steps=5000, batch_size=32, lr=1e-3, warmup=100, p_caption=0.15,
+        kind="text",
+        recipe=Recipe(caption_style="scene", steps=5000, batch_size=32, lr=1e-3, warmup=100, p_caption=0.15,
                qtype_weights=_TQW, turns=4),
         trainable=("embeddings", "lm"),
         world_offset=20,
@@ -125,32 +125,32 @@ STAGES: dict[str, Stage] = {
         layers=2,
     ),
     "toy-lm": Stage(
-        "text",
-        Recipe(caption_style="scene", init="toy-lm-base", steps=800, batch_size=32, lr=3e-4, warmup=50,
-               p_caption=0.15, qtype_weights=_TQW, turns=4),
+        kind="text",
+        recipe=Recipe(caption_style="scene", init="toy-lm-base", steps=800, batch_size=32, lr=3e-4, warmup=50,
+                      p_caption=0.15, qtype_weights=_TQW, turns=4),
         trainable=("embeddings", "lm"),
         world_offset=24,
         answer_weight=2.0,
         layers=6,
     ),
     "toy-llava-deep-align": Stage(
-        "image",
-        Recipe(caption_style="scene", init="toy-lm", steps=600, batch_size=32, lr=1e-3, warmup=30,
+        kind="image",
+        recipe=Recipe(caption_style="scene", init="toy-lm", steps=600, batch_size=32, lr=1e-3, warmup=30,
                p_caption=0.5, qtype_weights=_QW),
         trainable=("projector",),
         world_offset=21,
         vision_init="toy-llava",
     ),
     "toy-llava-deep": Stage(
-        "image",
-        Recipe(caption_style="plain", init="toy-llava-deep-align", steps=2400, batch_size=32, lr=5e-4,
+        kind="image",
+        recipe=Recipe(caption_style="plain", init="toy-llava-deep-align", steps=2400, batch_size=32, lr=5e-4,
                warmup=30, p_caption=0.1, qtype_weights=_QW),
         trainable=("projector", "lm"),
         world_offset=22,
     ),
     "toy-llava-deep-ft": Stage(
-        "image",
-        Recipe(caption_style="colored", init="toy-llava-deep", steps=200, batch_size=32, lr=3e-4, warmup=20,
+        kind="image",
+        recipe=Recipe(caption_style="colored", init="toy-llava-deep", steps=200, batch_size=32, lr=3e-4, warmup=20,
                p_caption=0.4, qtype_weights=_QW),
         trainable=("projector", "lm"),
         world_offset=23,

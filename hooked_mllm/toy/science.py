@@ -49,7 +49,7 @@ __all__ = [
 LENSES: tuple[str, ...] = ("logit", "embedding")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ReadoutRow:
     """How often one lens at one layer names an object's own colour / shape word (fractions in [0, 1]).
 
@@ -159,7 +159,8 @@ def image_token_readout(
         for layer in range(n_read):
             cm, sm, cp, sp = hits[li, layer].tolist()
             rows.append(
-                ReadoutRow(lens, layer - 1, cm / n_obj, sm / n_obj, cp / n_patch, sp / n_patch, n_obj, n_patch)
+                ReadoutRow(lens=lens, layer=layer - 1, color_mean=cm / n_obj, shape_mean=sm / n_obj,
+                           color_patch=cp / n_patch, shape_patch=sp / n_patch, n_objects=n_obj, n_patches=n_patch)
             )
     return tuple(rows)
 

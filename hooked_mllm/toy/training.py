@@ -46,7 +46,7 @@ META_FILE = "toy_meta.json"
 _WORLD_SEED_OFFSET = 10_000  # training worlds use seed + offset (+1 for fine-tuning); keep eval seeds small
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
     """Hyper-parameters of one training run.
 

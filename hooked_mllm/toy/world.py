@@ -86,7 +86,7 @@ def cell_patch_indices(row: int, col: int) -> tuple[int, ...]:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SceneObject:
     """One object of a scene.
 
@@ -121,7 +121,7 @@ class QA:
     qtype: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Scene:
     """An image with its objects (in reading order), questions and captions.
 

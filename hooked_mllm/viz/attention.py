@@ -139,7 +139,7 @@ def patch_strip(image: Image.Image, grid: tuple[int, int], labels: Sequence[str]
     return f'<div class="hm-strip">{"".join(cells)}</div>'
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AttentionView:
     """A circuitsvis attention view ready to show, save or embed.
 
@@ -227,7 +227,7 @@ def _view(element: str, cache: Any, layer: int | None, *, batch: MultimodalBatch
     props = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in props.items() if v is not None}
     where = f"layer {layer}, " if layer is not None else ""
     title = f"Attention ({where}row {row}, {part} tokens, {len(heads)} heads)"
-    return AttentionView(element, props, title, header)
+    return AttentionView(element=element, props=props, title=title, header=header)
 
 
 def attention_heads(cache: ActivationCache | Tensor, layer: int | None = None, *, batch: MultimodalBatch | None = None,

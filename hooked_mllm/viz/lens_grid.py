@@ -41,7 +41,7 @@ def _shade(p: float) -> str:
     return f"background:rgb({r},{g},{b});color:{'#fff' if p > 0.55 else '#111'}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LensGrid:
     """Top token and its probability per (layer, position).
 
@@ -219,7 +219,7 @@ def logit_lens_grid(model: HookedMLLM, cache: ActivationCache, *, batch: Multimo
     layers, resid = _stack(model, cache, row, chosen, hook, include_embed)
     tokens, probs = _top(model, resid, apply_norm)
     labels = token_labels(batch, row)
-    return LensGrid(layers, chosen, [labels[p] for p in chosen], tokens, probs)
+    return LensGrid(layers=layers, positions=chosen, labels=[labels[p] for p in chosen], tokens=tokens, probs=probs)
 
 
 def image_lens_grid(model: HookedMLLM, cache: ActivationCache, *, batch: MultimodalBatch | None = None,

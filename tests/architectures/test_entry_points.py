@@ -324,7 +324,7 @@ def test_a_block_returning_a_tuple_is_read_and_written_at_its_first_element():
             return self.block(x)[0] + 1
 
     nn = NNsight(Net())
-    point = HookPoint("blocks.0.hook_resid_post", Site("block"))
+    point = HookPoint(name="blocks.0.hook_resid_post", site=Site("block"))
     seen = []
 
     def fn(act, hook):

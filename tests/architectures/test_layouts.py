@@ -67,9 +67,9 @@ def test_mismatched_rows_degrade_to_unknown_grids_with_a_warning(pixtral_tower):
 
 
 def test_span_positions_example():
-    span = ImageSpan(0, 0, 2, 9, (2, 3), positions=(2, 3, 4, 6, 7, 8))
+    span = ImageSpan(row=0, index=0, start=2, end=9, grid=(2, 3), positions=(2, 3, 4, 6, 7, 8))
     assert span.n_tokens == 6 and span.shifted(2).positions == (0, 1, 2, 4, 5, 6)
-    assert list(ImageSpan(0, 0, 2, 5, None).token_positions) == [2, 3, 4]
+    assert list(ImageSpan(row=0, index=0, start=2, end=5, grid=None).token_positions) == [2, 3, 4]
 
 
 def test_cross_attention_layers_are_named_and_refused_clearly():

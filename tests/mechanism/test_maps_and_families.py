@@ -22,11 +22,11 @@ from architectures.test_conformance import _MODELS as CONFORMANCE_MODELS
 
 def test_location_map_helpers():
     values = np.array([[0.0, 2.0, 1.0], [4.0, 3.0, -1.0]])
-    m = LocationMap(values, method="demo", label="x")
+    m = LocationMap(values=values, method="demo", label="x")
     assert m.shape == (2, 3) and m.peak() == (1, 0) and m.peak_index() == 3
     norm = m.normalized().values
     assert norm.min() == 0.0 and norm.max() == 1.0 and np.allclose(norm, (values + 1) / 5)
-    assert np.all(LocationMap(np.ones((2, 2)), "flat").normalized().values == 0)
+    assert np.all(LocationMap(values=np.ones((2, 2)), method="flat").normalized().values == 0)
     up = m.upsample((30, 20))  # (width, height)
     assert up.shape == (20, 30) and up.min() >= 0 and up.max() <= 1
     # bicubic, not nearest: more distinct levels than cells, and the peak cell's centre stays bright
@@ -39,7 +39,7 @@ def test_location_map_helpers():
     png = base64.b64decode(re.search(r"base64,([A-Za-z0-9+/=]+)", html).group(1))
     assert Image.open(io.BytesIO(png)).size == (192, 192)
     with pytest.raises(ValueError, match=r"\[rows, cols\]"):
-        LocationMap(np.zeros(4), "bad")
+        LocationMap(values=np.zeros(4), method="bad")
     with pytest.raises(ValueError, match="alpha"):
         m.overlay(image, alpha=2)
 

@@ -35,8 +35,9 @@ def test_patching_result_shows_cells_per_layer(run):
 
 def test_position_sweep_figure_labels_units():
     values = torch.tensor([[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]])
-    result = PatchingResult(values, "blocks.{l}.hook_resid_pre", [0, 1], "position", ["0:a", "1:b", "2:c"],
-                            [[0], [1], [2]], 2.0, 0.0, 8, 8)
+    result = PatchingResult(values=values, hook="blocks.{l}.hook_resid_pre", layers=[0, 1], over="position",
+                            labels=["0:a", "1:b", "2:c"], units=[[0], [1], [2]], clean_metric=2.0, corrupted_metric=0.0,
+                            forward_passes=8, rows=8)
     fig = patching_figure(result)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0:a", "1:b", "2:c"]
     assert "peak at layer 1, 0:a (2.000)" in result._repr_html_()
@@ -52,7 +53,8 @@ def test_shift_and_steering_reports_show_their_numbers():
     assert f"{result.improvement.mean_distance_gain:.3f}" in html
     glob = result.baselines["global_mean_shift"]["mean_distance_gain"]
     assert f"baseline global mean shift: {glob:.3f} in distance" in html and "baseline random assignment" in html
-    report = SteeringReport(0.75, 0.0, 1.0, 0.5, [("is there a red circle ?", "yes", "yes", "no")])
+    report = SteeringReport(target_rate=0.75, target_rate_before=0.0, other_accuracy_before=1.0,
+                            other_accuracy_after=0.5, answers=[("is there a red circle ?", "yes", "yes", "no")])
     html = report._repr_html_()
     assert "0.00 &rarr; 0.75" in html and "1.00 &rarr; 0.50" in html and "1 of 1" in html
     fig = steering_dose_figure([0.0, 1.0], [report, report])
