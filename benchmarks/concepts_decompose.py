@@ -58,9 +58,16 @@ def method_child(method: str, n: int, d: int, k: int) -> None:
 
     Z, U = sparse_case(n, d, k)
     make = {
-        "sklearn": lambda: DictionaryLearning(k, alpha=1.0, positive_code=True, fit_algorithm="cd",
-                                              transform_algorithm="lasso_cd", max_iter=5000, tol=1e-8,
-                                              random_state=0),
+        "sklearn": lambda: DictionaryLearning(
+            k,
+            alpha=1.0,
+            positive_code=True,
+            fit_algorithm="cd",
+            transform_algorithm="lasso_cd",
+            max_iter=5000,
+            tol=1e-8,
+            random_state=0,
+        ),
         "sparse64": lambda: SparseDictionary(k, alpha=1.0, random_state=0),
         "sparse32": lambda: SparseDictionary(k, alpha=1.0, random_state=0, dtype="float32"),
         "seminmf": lambda: SemiNMF(k, random_state=0),
@@ -79,10 +86,14 @@ def side_by_side(n: int, d: int, k: int) -> None:
     rows = []
     for name, key in METHODS.items():
         cmd = [sys.executable, __file__, "--method", key, str(n), str(d), str(k)]
-        r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        r = json.loads(
+            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        )
         rows.append((name, r["seconds"], r["recovery"]))
     base = rows[0][1]
-    print(f"\nSynthetic sparse codes: n={n}, d={d}, K={k}, alpha=1, noise 0.01 (each method in a fresh process)")
+    print(
+        f"\nSynthetic sparse codes: n={n}, d={d}, K={k}, alpha=1, noise 0.01 (each method in a fresh process)"
+    )
     print(f"{'method':50s} {'time s':>8s} {'speed vs sklearn':>17s} {'atom recovery':>14s}")
     for name, seconds, rec in rows:
         print(f"{name:50s} {seconds:8.2f} {base / seconds:16.1f}x {rec:14.4f}")
@@ -108,29 +119,53 @@ def scale_child(n: int, d: int, k: int, batch_size: int | None, max_iter: int) -
     V = est.transform(Z)
     transform = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"n": n, "batch_size": batch_size, "fit_s": fit, "transform_s": transform, "peak_mb": peak_mb, "before_mb": before_mb,
-                      "data_mb": Z.nbytes / 2**20, "recovery": recovery(U, est.components_),
-                      "zero_codes": float((V == 0).mean()), "iters": est.n_iter_}))
+    print(
+        json.dumps(
+            {
+                "n": n,
+                "batch_size": batch_size,
+                "fit_s": fit,
+                "transform_s": transform,
+                "peak_mb": peak_mb,
+                "before_mb": before_mb,
+                "data_mb": Z.nbytes / 2**20,
+                "recovery": recovery(U, est.components_),
+                "zero_codes": float((V == 0).mean()),
+                "iters": est.n_iter_,
+            }
+        )
+    )
 
 
 def scale(sizes: list[int], max_iter: int) -> None:
     print(f"\nSparseDictionary at scale: d=4096, K=20, float32, {torch.get_num_threads()} torch threads")
-    print(f"{'rows':>8s} {'mode':>16s} {'fit s':>8s} {'transform s':>12s} {'peak MB':>9s} {'pre-fit MB':>11s} "
-          f"{'data MB':>8s} {'recovery':>9s}")
+    print(
+        f"{'rows':>8s} {'mode':>16s} {'fit s':>8s} {'transform s':>12s} {'peak MB':>9s} {'pre-fit MB':>11s} "
+        f"{'data MB':>8s} {'recovery':>9s}"
+    )
     for n in sizes:
         for batch in (None, 8192):
             cmd = [sys.executable, __file__, "--child", str(n), str(batch or 0), str(max_iter)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            out = (
+                subprocess.run(cmd, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
             r = json.loads(out)
             mode = "full batch" if batch is None else f"minibatch {batch}"
-            print(f"{n:8d} {mode:>16s} {r['fit_s']:8.1f} {r['transform_s']:12.1f} {r['peak_mb']:9.0f} "
-                  f"{r['before_mb']:11.0f} {r['data_mb']:8.0f} {r['recovery']:9.4f}", flush=True)
+            print(
+                f"{n:8d} {mode:>16s} {r['fit_s']:8.1f} {r['transform_s']:12.1f} {r['peak_mb']:9.0f} "
+                f"{r['before_mb']:11.0f} {r['data_mb']:8.0f} {r['recovery']:9.4f}",
+                flush=True,
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 50_000, 100_000])
-    parser.add_argument("--max-iter", type=int, default=20, help="scale part: iterations (full) / passes (mini)")
+    parser.add_argument(
+        "--max-iter", type=int, default=20, help="scale part: iterations (full) / passes (mini)"
+    )
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--child", nargs=3, type=int, help=argparse.SUPPRESS)
     parser.add_argument("--method", nargs=4, help=argparse.SUPPRESS)

@@ -38,8 +38,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     size, patch = (64, 8) if args.small else (192, 16)
-    sizes = dict(d_model=128, n_layers=4) if args.small else dict(d_model=512, n_layers=6, vision_d_model=128,
-                                                                     vision_layers=2)
+    sizes = (
+        dict(d_model=128, n_layers=4)
+        if args.small
+        else dict(d_model=512, n_layers=6, vision_d_model=128, vision_layers=2)
+    )
     hf = tiny_llava("llama", image_size=size, patch_size=patch, **sizes)
     model = HookedMLLM.from_hf(hf, tiny_processor(image_size=size, patch_size=patch))
     data = [Sample(str(i), random_image(i, size), PROMPTS[i % 3]) for i in range(args.n)]
@@ -56,7 +59,9 @@ def main() -> None:
 
     def plain_forward() -> None:
         kept = []
-        handle = module.register_forward_hook(lambda m, i, o: kept.append((o[0] if isinstance(o, tuple) else o)[:, -1]))
+        handle = module.register_forward_hook(
+            lambda m, i, o: kept.append((o[0] if isinstance(o, tuple) else o)[:, -1])
+        )
         try:
             with torch.no_grad():
                 for b in batches():
@@ -70,8 +75,9 @@ def main() -> None:
             for b in batches():
                 seq = hf.generate(**b.inputs, max_new_tokens=args.new_tokens + 1, do_sample=False)
                 if second_pass:
-                    handle = module.register_forward_hook(lambda m, i, o: kept.append(o[0] if isinstance(o, tuple)
-                                                                                      else o))
+                    handle = module.register_forward_hook(
+                        lambda m, i, o: kept.append(o[0] if isinstance(o, tuple) else o)
+                    )
                     try:
                         mask = torch.ones_like(seq)
                         mask[:, : b.shape[1]] = b.attention_mask
@@ -82,14 +88,17 @@ def main() -> None:
     cases = {
         "plain HF forward + 1 torch hook": plain_forward,
         "extract last, 1 hook": lambda: extract(model, data, hook, "last", batch_size=bs, progress=False),
-        "extract last, 3 hooks in one pass": lambda: extract(model, data, three, "last", batch_size=bs,
-                                                             progress=False),
+        "extract last, 3 hooks in one pass": lambda: extract(
+            model, data, three, "last", batch_size=bs, progress=False
+        ),
         "plain HF generate + second forward": lambda: plain_generate(True),
         "plain HF generate only": lambda: plain_generate(False),
         "extract answer_mean (cached while generating)": lambda: extract(
-            model, data, hook, "answer_mean", batch_size=bs, max_new_tokens=args.new_tokens, progress=False),
-        "extract last, batch 1 (per-sample loop)": lambda: extract(model, data, hook, "last", batch_size=1,
-                                                                   progress=False),
+            model, data, hook, "answer_mean", batch_size=bs, max_new_tokens=args.new_tokens, progress=False
+        ),
+        "extract last, batch 1 (per-sample loop)": lambda: extract(
+            model, data, hook, "last", batch_size=1, progress=False
+        ),
     }
     for fn in cases.values():
         fn()  # warm-up
@@ -101,15 +110,19 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     best = {name: statistics.median(t) for name, t in times.items()}
     n_image = int(next(batches()).image_mask[0].sum())
-    print(f"model: LM d_model={model.cfg.d_model} x {model.cfg.n_layers} layers, {n_image} image tokens; "
-          f"{args.n} samples, batch {bs}, {args.new_tokens} new tokens, threads {torch.get_num_threads()}")
-    rows = [("plain HF forward + 1 torch hook", "plain HF forward + 1 torch hook"),
-            ("extract last, 1 hook", "plain HF forward + 1 torch hook"),
-            ("extract last, 3 hooks in one pass", "plain HF forward + 1 torch hook"),
-            ("plain HF generate + second forward", "plain HF generate + second forward"),
-            ("plain HF generate only", "plain HF generate + second forward"),
-            ("extract answer_mean (cached while generating)", "plain HF generate + second forward"),
-            ("extract last, batch 1 (per-sample loop)", "extract last, 1 hook")]
+    print(
+        f"model: LM d_model={model.cfg.d_model} x {model.cfg.n_layers} layers, {n_image} image tokens; "
+        f"{args.n} samples, batch {bs}, {args.new_tokens} new tokens, threads {torch.get_num_threads()}"
+    )
+    rows = [
+        ("plain HF forward + 1 torch hook", "plain HF forward + 1 torch hook"),
+        ("extract last, 1 hook", "plain HF forward + 1 torch hook"),
+        ("extract last, 3 hooks in one pass", "plain HF forward + 1 torch hook"),
+        ("plain HF generate + second forward", "plain HF generate + second forward"),
+        ("plain HF generate only", "plain HF generate + second forward"),
+        ("extract answer_mean (cached while generating)", "plain HF generate + second forward"),
+        ("extract last, batch 1 (per-sample loop)", "extract last, 1 hook"),
+    ]
     print(f"{'case':48s} {'samples/s':>10s} {'throughput ratio':>17s}  vs")
     for name, base in rows:
         print(f"{name:48s} {args.n / best[name]:10.1f} {best[base] / best[name]:16.2f}x  {base}")

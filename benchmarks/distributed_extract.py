@@ -33,8 +33,11 @@ def build(small: bool):
     from hooked_mllm.testing import tiny_llava, tiny_processor
 
     size, patch = (64, 8) if small else (192, 16)
-    sizes = dict(d_model=128, n_layers=4) if small else dict(d_model=512, n_layers=6, vision_d_model=128,
-                                                             vision_layers=2)
+    sizes = (
+        dict(d_model=128, n_layers=4)
+        if small
+        else dict(d_model=512, n_layers=6, vision_d_model=128, vision_layers=2)
+    )
     hf = tiny_llava("llama", seed=0, image_size=size, patch_size=patch, **sizes)
     return HookedMLLM.from_hf(hf, tiny_processor(image_size=size, patch_size=patch)), size
 
@@ -51,8 +54,16 @@ def worker(rank: int, world: int, args: argparse.Namespace, port: int, out: str,
     hook = f"blocks.{model.cfg.n_layers - 2}.hook_resid_post"
     dist.barrier()
     start = time.perf_counter()
-    extract(model, data, hook, "last", batch_size=args.batch_size, shard_size=args.batch_size, out=out,
-            progress=False)
+    extract(
+        model,
+        data,
+        hook,
+        "last",
+        batch_size=args.batch_size,
+        shard_size=args.batch_size,
+        out=out,
+        progress=False,
+    )
     dist.barrier()
     if rank == 0:
         result["seconds"] = time.perf_counter() - start
@@ -86,13 +97,17 @@ def main() -> None:
     two = measure(2, args, str(root / "two"))
     a, b = Features.load(root / "one"), Features.load(root / "two")
     same = a.ids == b.ids and torch.equal(a.features, b.features)
-    print(f"{args.n} samples, batch {args.batch_size}, {args.threads} thread(s) per process, "
-          f"{'small' if args.small else 'd_model 512 x 6 layers, 144 image tokens'}; {os.cpu_count()} CPUs")
+    print(
+        f"{args.n} samples, batch {args.batch_size}, {args.threads} thread(s) per process, "
+        f"{'small' if args.small else 'd_model 512 x 6 layers, 144 image tokens'}; {os.cpu_count()} CPUs"
+    )
     print(f"{'processes':>10} {'seconds':>9} {'samples/s':>10}")
     print(f"{1:>10} {one:>9.2f} {args.n / one:>10.2f}")
     print(f"{2:>10} {two:>9.2f} {args.n / two:>10.2f}")
-    print(f"throughput ratio 2 vs 1 process: {one / two:.2f}x (target >= 1.6x); stores equal sample for sample: "
-          f"{same}")
+    print(
+        f"throughput ratio 2 vs 1 process: {one / two:.2f}x (target >= 1.6x); stores equal sample for sample: "
+        f"{same}"
+    )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,11 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 
 
 def overhead(device: torch.device, dtype: torch.dtype, tiny: bool, repeats: int) -> dict[str, float]:
-    size, patch, sizes = ((32, 8, dict(d_model=64, n_layers=2, vision_d_model=32, vision_layers=2)) if tiny else
-                          (336, 14, dict(d_model=2048, n_layers=16, vision_d_model=1024, vision_layers=8,
-                                         n_heads=16)))
+    size, patch, sizes = (
+        (32, 8, dict(d_model=64, n_layers=2, vision_d_model=32, vision_layers=2))
+        if tiny
+        else (336, 14, dict(d_model=2048, n_layers=16, vision_d_model=1024, vision_layers=8, n_heads=16))
+    )
     hf = tiny_llava("llama", image_size=size, patch_size=patch, **sizes).to(device=device, dtype=dtype)
     model = HookedMLLM.from_hf(hf, tiny_processor(image_size=size, patch_size=patch))
     batch = model.prepare(images=[random_image(0, size)], prompts=["what color is the circle ?"]).to(device)
@@ -75,10 +77,20 @@ def overhead(device: torch.device, dtype: torch.dtype, tiny: bool, repeats: int)
     for layer, name in enumerate(names[:-1]):  # the last HF hidden state is after the final norm
         if not torch.equal(cache[name].to(device), hidden[layer + 1]):
             raise AssertionError(f"{name} differs from HF's hidden state {layer + 1} in {dtype}")
-    t = {name: timed(fn, repeats, device) for name, fn in
-         (("hf_hidden", hf_hidden), ("hf_plain", hf_plain), ("cache", ours_cache), ("identity", ours_identity))}
-    return {"cache_ratio": t["cache"] / t["hf_hidden"], "identity_ratio": t["identity"] / t["hf_plain"],
-            "hf_forward_s": t["hf_plain"]}
+    t = {
+        name: timed(fn, repeats, device)
+        for name, fn in (
+            ("hf_hidden", hf_hidden),
+            ("hf_plain", hf_plain),
+            ("cache", ours_cache),
+            ("identity", ours_identity),
+        )
+    }
+    return {
+        "cache_ratio": t["cache"] / t["hf_hidden"],
+        "identity_ratio": t["identity"] / t["hf_plain"],
+        "hf_forward_s": t["hf_plain"],
+    }
 
 
 def dictionary(device: torch.device, tiny: bool) -> dict[str, float]:
@@ -96,7 +108,9 @@ def dictionary(device: torch.device, tiny: bool) -> dict[str, float]:
     out = {}
     for where in ("cpu", str(device)):
         start = time.perf_counter()
-        fitted = SparseDictionary(n_components=k, alpha=0.1, max_iter=30, random_state=0, device=where).fit(data)
+        fitted = SparseDictionary(n_components=k, alpha=0.1, max_iter=30, random_state=0, device=where).fit(
+            data
+        )
         out[f"{where}_s"], out[f"{where}_recovery"] = time.perf_counter() - start, recovery(fitted)
     return out
 
@@ -107,13 +121,35 @@ def seven_b(device: torch.device, dtype: torch.dtype, repeats: int) -> dict[str,
     from hooked_mllm.testing import tiny_tokenizer
 
     tok = tiny_tokenizer()
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              image_size=336, patch_size=14, projection_dim=768)
-    text = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                       num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096,
-                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=tok.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576)
+    vision = CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=336,
+        patch_size=14,
+        projection_dim=768,
+    )
+    text = LlamaConfig(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=576,
+    )
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -133,8 +169,12 @@ def seven_b(device: torch.device, dtype: torch.dtype, repeats: int) -> dict[str,
 
     forward = timed(plain, repeats, device)
     cache = timed(lambda: model.run_with_cache(batch, names_filter=names), repeats, device)
-    return {"params_b": sum(p.numel() for p in hf.parameters()) / 1e9, "forward_s": forward,
-            "cache_ratio": cache / forward, "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+    return {
+        "params_b": sum(p.numel() for p in hf.parameters()) / 1e9,
+        "forward_s": forward,
+        "cache_ratio": cache / forward,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
@@ -145,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("No CUDA device here: run on a GPU machine, or pass --device cpu --tiny for a dry run.")
+        raise SystemExit(
+            "No CUDA device here: run on a GPU machine, or pass --device cpu --tiny for a dry run."
+        )
     results: dict[str, dict[str, float]] = {}
     dtypes = (torch.bfloat16, torch.float16) if device.type == "cuda" else (torch.float32,)
     for dtype in dtypes:

@@ -56,13 +56,18 @@ def main() -> None:
         size, patch, vocab = 336, 14, 32064
         sizes = dict(d_model=512, n_layers=8, vision_d_model=256, vision_layers=4, n_heads=8)
     hf = tiny_llava("llama", image_size=size, patch_size=patch, **sizes)
-    hf.resize_token_embeddings(vocab, mean_resizing=False)  # a real vocabulary size: the readout scales with it
+    hf.resize_token_embeddings(
+        vocab, mean_resizing=False
+    )  # a real vocabulary size: the readout scales with it
     model = HookedMLLM.from_hf(hf, tiny_processor(image_size=size, patch_size=patch))
     batch = model.prepare(images=[random_image(0, size)], prompts=["what color is the circle ?"])
     grid = batch.images[0].grid
-    print(f"model: LM d_model={model.cfg.d_model} x {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
-          f"vocab {model.cfg.d_vocab}, {int(batch.image_mask.sum())} image tokens ({grid[0]}x{grid[1]}), "
-          f"sequence {batch.shape[1]}, threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"model: LM d_model={model.cfg.d_model} x {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, "
+        f"vocab {model.cfg.d_vocab}, {int(batch.image_mask.sum())} image tokens ({grid[0]}x{grid[1]}), "
+        f"sequence {batch.shape[1]}, threads {torch.get_num_threads()}",
+        flush=True,
+    )
 
     def plain():
         with torch.no_grad():
@@ -96,8 +101,10 @@ def main() -> None:
                 model(rows)
 
         med["occlusion_map"] = once(chunk_forward) * cells / chunk + med["plain forward"]
-        note = (f" (estimated: one measured forward of {chunk} occluded rows x {cells // chunk}"
-                " + the clean forward)")
+        note = (
+            f" (estimated: one measured forward of {chunk} occluded rows x {cells // chunk}"
+            " + the clean forward)"
+        )
     for key, value in med.items():
         print(f"{key:28s} {value * 1e3:10.1f} ms{note if key == 'occlusion_map' else ''}")
     loc = med["image_locations (top head)"]

@@ -46,14 +46,20 @@ def main() -> None:
     if args.small:
         size, patch, sizes = 64, 8, dict(d_model=128, n_layers=4, vision_d_model=64, vision_layers=2)
     else:
-        size, patch, sizes = 336, 14, dict(d_model=1024, n_layers=8, vision_d_model=256, vision_layers=4, n_heads=16)
+        size, patch, sizes = (
+            336,
+            14,
+            dict(d_model=1024, n_layers=8, vision_d_model=256, vision_layers=4, n_heads=16),
+        )
     hf = tiny_llava("llama", image_size=size, patch_size=patch, **sizes)
     model = HookedMLLM.from_hf(hf, tiny_processor(image_size=size, patch_size=patch))
     batch = model.prepare(images=[random_image(0, size)], prompts=["what color is the circle ?"])
     inputs = batch.inputs
     names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
-    print(f"model: LM d_model={model.cfg.d_model} x {model.cfg.n_layers} layers, "
-          f"{int(batch.image_mask.sum())} image tokens, sequence {batch.shape[1]}, threads {torch.get_num_threads()}")
+    print(
+        f"model: LM d_model={model.cfg.d_model} x {model.cfg.n_layers} layers, "
+        f"{int(batch.image_mask.sum())} image tokens, sequence {batch.shape[1]}, threads {torch.get_num_threads()}"
+    )
 
     def hf_hidden():
         with torch.no_grad():
@@ -69,8 +75,12 @@ def main() -> None:
     def ours_identity():
         model.run_with_hooks(batch, fwd_hooks=[("blocks.3.hook_resid_post", lambda a, h: a)])
 
-    rows = {"hf hidden_states": hf_hidden, "hf plain": hf_plain, "ours run_with_cache": ours_cache,
-            "ours identity hook": ours_identity}
+    rows = {
+        "hf hidden_states": hf_hidden,
+        "hf plain": hf_plain,
+        "ours run_with_cache": ours_cache,
+        "ours identity hook": ours_identity,
+    }
     times: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(args.repeats):  # interleave so drift hits every row alike
         for key, fn in rows.items():
@@ -78,10 +88,14 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     for key, value in med.items():
         print(f"{key:28s} {value * 1e3:9.1f} ms (median of {args.repeats})")
-    print(f"ratio run_with_cache / hf output_hidden_states: {med['ours run_with_cache'] / med['hf hidden_states']:.3f}"
-          " (target <= 1.10)")
-    print(f"ratio run_with_hooks(identity) / hf forward:    {med['ours identity hook'] / med['hf plain']:.3f}"
-          " (target <= 1.05)")
+    print(
+        f"ratio run_with_cache / hf output_hidden_states: {med['ours run_with_cache'] / med['hf hidden_states']:.3f}"
+        " (target <= 1.10)"
+    )
+    print(
+        f"ratio run_with_hooks(identity) / hf forward:    {med['ours identity hook'] / med['hf plain']:.3f}"
+        " (target <= 1.05)"
+    )
 
     _, image_only = model.run_with_cache(batch, names_filter=names[3], positions="image")
     b_img = sum(t.nbytes for t in image_only.values())
@@ -89,8 +103,10 @@ def main() -> None:
     _, every = model.run_with_cache(batch)
     b_all = sum(t.nbytes for t in every.values())
     del every
-    print(f"cache bytes, image tokens of one layer's resid_post: {b_img:,} vs every hook point at every "
-          f"position: {b_all:,} ({b_img / b_all:.4f}x)")
+    print(
+        f"cache bytes, image tokens of one layer's resid_post: {b_img:,} vs every hook point at every "
+        f"position: {b_all:,} ({b_img / b_all:.4f}x)"
+    )
 
     if not args.no_tl:
         try:
@@ -108,17 +124,23 @@ def main() -> None:
             bridge = tl_bridge.load_bridge(tmp)
 
             def tl_cache():
-                tl_bridge.bridge_run_with_cache(bridge, names, input_ids=inputs["input_ids"],
-                                                pixel_values=inputs["pixel_values"],
-                                                attention_mask=inputs["attention_mask"])
+                tl_bridge.bridge_run_with_cache(
+                    bridge,
+                    names,
+                    input_ids=inputs["input_ids"],
+                    pixel_values=inputs["pixel_values"],
+                    attention_mask=inputs["attention_mask"],
+                )
 
             tl_times, our_times = [], []
             for _ in range(args.repeats):
                 tl_times += timed(tl_cache, 1)
                 our_times += timed(ours_cache, 1)
             tl_med, our_med = statistics.median(tl_times), statistics.median(our_times)
-            print(f"TransformerLens bridge run_with_cache: {tl_med * 1e3:.1f} ms, ours {our_med * 1e3:.1f} ms; "
-                  f"ratio bridge / ours: {tl_med / our_med:.3f}")
+            print(
+                f"TransformerLens bridge run_with_cache: {tl_med * 1e3:.1f} ms, ours {our_med * 1e3:.1f} ms; "
+                f"ratio bridge / ours: {tl_med / our_med:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ def main() -> None:
 
     def plain() -> str:
         with torch.no_grad():
-            return f"max |logits - unsharded| = {(sharded(**inputs).logits - expected).abs().max().item():.2e}"
+            return (
+                f"max |logits - unsharded| = {(sharded(**inputs).logits - expected).abs().max().item():.2e}"
+            )
 
     def trace(**kwargs) -> str:
         model = NNsight(sharded, **kwargs)

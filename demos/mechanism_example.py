@@ -26,15 +26,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from PIL import Image
 
     from hooked_mllm import toy
-    from hooked_mllm.mechanism import (attention_map, explain_positions, head_scores, image_locations,
-                                       occlusion_map)
+    from hooked_mllm.mechanism import (
+        attention_map,
+        explain_positions,
+        head_scores,
+        image_locations,
+        occlusion_map,
+    )
     from hooked_mllm.mechanism.pointing import asked_object
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--scene", type=int, default=None,
-                        help="scene index (default: the first with 3 objects)")
+    parser.add_argument(
+        "--scene", type=int, default=None, help="scene index (default: the first with 3 objects)"
+    )
     args = parser.parse_args(argv)
 
     model = toy.load("toy-llava")

@@ -42,9 +42,12 @@ def refuse_tensor_parallel(kwargs: dict[str, Any] | None = None, model: Any = No
     if config is not None and (getattr(config, "tp_plan", None) or tp_size > 1):
         asked.append("distributed_config")
     if asked:
-        raise ValueError(f"Tensor parallelism ({', '.join(f'{k}=' for k in asked)}) is not supported: "
-                         f"{REASON}")
+        raise ValueError(
+            f"Tensor parallelism ({', '.join(f'{k}=' for k in asked)}) is not supported: {REASON}"
+        )
     mesh = getattr(model, "_device_mesh", None)
     if mesh is not None and getattr(mesh, "size", lambda: 1)() > 1:
-        raise ValueError(f"This model is sharded across {mesh.size()} ranks (tensor parallelism), which is "
-                         f"not supported: {REASON}")
+        raise ValueError(
+            f"This model is sharded across {mesh.size()} ranks (tensor parallelism), which is "
+            f"not supported: {REASON}"
+        )

@@ -79,9 +79,12 @@ class LayerWeights:
         return getattr(self.full(), name)
 
     @classmethod
-    def __torch_function__(cls, func: Any, types: Any, args: Sequence = (), kwargs: dict | None = None) -> Any:
+    def __torch_function__(
+        cls, func: Any, types: Any, args: Sequence = (), kwargs: dict | None = None
+    ) -> Any:
         def unwrap(x: Any) -> Any:
             return x.full() if isinstance(x, LayerWeights) else x
+
         return func(*_map(tuple(args), unwrap), **{k: _map(v, unwrap) for k, v in (kwargs or {}).items()})
 
     def __repr__(self) -> str:
@@ -108,6 +111,7 @@ class TLCompatMixin:
                     return torch.zeros(n, cfg.d_head, dtype=cfg.dtype)
                 return parameter(module, "bias").reshape(n, cfg.d_head)
             return parameter(module).T.reshape(cfg.d_model, n, cfg.d_head).permute(1, 0, 2)
+
         return read
 
     def _attn(self, what: str) -> LayerWeights:
@@ -115,7 +119,9 @@ class TLCompatMixin:
         rel = {"Q": block.q, "K": block.k, "V": block.v}[what[-1]]
         if what[-1] == "Q":
             return LayerWeights(what, cfg.n_layers, self._heads(rel, what, cfg.n_heads))
-        return LayerWeights(what, cfg.n_layers, self._heads(rel, what, cfg.n_kv_heads), cfg.n_heads // cfg.n_kv_heads)
+        return LayerWeights(
+            what, cfg.n_layers, self._heads(rel, what, cfg.n_kv_heads), cfg.n_heads // cfg.n_kv_heads
+        )
 
     @property
     def W_Q(self) -> LayerWeights:
@@ -151,8 +157,13 @@ class TLCompatMixin:
     def W_O(self) -> LayerWeights:
         """``[n_layers, n_heads, d_head, d_model]`` attention output weights; ``model.W_O(l)`` reads one layer."""
         cfg = self.cfg
-        return LayerWeights("W_O", cfg.n_layers, lambda l: parameter(self._layer_module(l, self.adapter.modules.block.o))
-                            .T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model))
+        return LayerWeights(
+            "W_O",
+            cfg.n_layers,
+            lambda l: parameter(self._layer_module(l, self.adapter.modules.block.o)).T.reshape(
+                cfg.n_heads, cfg.d_head, cfg.d_model
+            ),
+        )
 
     @property
     def b_O(self) -> LayerWeights:
@@ -181,8 +192,10 @@ class TLCompatMixin:
     def _linear_in(self, rel: str, layer: int) -> Tensor:
         weight = parameter(self._layer_module(layer, rel))
         if self.cfg.d_mlp is not None and weight.shape[0] != self.cfg.d_mlp:
-            raise ValueError(f"{rel} has {weight.shape[0]} outputs, not d_mlp={self.cfg.d_mlp} (a fused projection); "
-                             "W_in / W_gate are not available for this model.")
+            raise ValueError(
+                f"{rel} has {weight.shape[0]} outputs, not d_mlp={self.cfg.d_mlp} (a fused projection); "
+                "W_in / W_gate are not available for this model."
+            )
         return weight.T
 
     @property
@@ -208,13 +221,18 @@ class TLCompatMixin:
     @property
     def W_out(self) -> LayerWeights:
         """``[n_layers, d_mlp, d_model]`` MLP output weights (the down projection)."""
-        return LayerWeights("W_out", self.cfg.n_layers,
-                            lambda l: parameter(self._layer_module(l, self.adapter.modules.block.mlp_down)).T)
+        return LayerWeights(
+            "W_out",
+            self.cfg.n_layers,
+            lambda l: parameter(self._layer_module(l, self.adapter.modules.block.mlp_down)).T,
+        )
 
     @property
     def b_out(self) -> LayerWeights:
         """``[n_layers, d_model]`` MLP output biases (zeros where there are none)."""
-        return LayerWeights("b_out", self.cfg.n_layers, lambda l: self._bias(self.adapter.modules.block.mlp_down, l))
+        return LayerWeights(
+            "b_out", self.cfg.n_layers, lambda l: self._bias(self.adapter.modules.block.mlp_down, l)
+        )
 
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
@@ -236,8 +254,14 @@ class TLCompatMixin:
 
     # -- persistent hooks ------------------------------------------------------------
 
-    def add_hook(self, name: Any, hook: Callable[..., Any], dir: str = "fwd", is_permanent: bool = False,
-                 prepend: bool = False) -> None:
+    def add_hook(
+        self,
+        name: Any,
+        hook: Callable[..., Any],
+        dir: str = "fwd",
+        is_permanent: bool = False,
+        prepend: bool = False,
+    ) -> None:
         """Keep ``hook`` on ``name`` (a name, list or predicate) for every later run, until :meth:`reset_hooks`.
 
         The hook is active exactly as inside ``with model.hooks(...)`` (runs, generation and
@@ -249,10 +273,14 @@ class TLCompatMixin:
             >>> model.reset_hooks()                                                  # doctest: +SKIP
         """
         if dir != "fwd":
-            raise ValueError("add_hook keeps forward hooks only (dir='fwd'); backward hooks belong to one run: "
-                             "run_with_hooks(..., bwd_hooks=[(name, fn)]) or run_with_cache(..., incl_bwd=True).")
+            raise ValueError(
+                "add_hook keeps forward hooks only (dir='fwd'); backward hooks belong to one run: "
+                "run_with_hooks(..., bwd_hooks=[(name, fn)]) or run_with_cache(..., incl_bwd=True)."
+            )
         if prepend:
-            raise ValueError("prepend=True is not offered: hooks on one point run in the order they were added.")
+            raise ValueError(
+                "prepend=True is not offered: hooks on one point run in the order they were added."
+            )
         block = self.hooks(fwd_hooks=[(name, hook)])
         block.__enter__()
         self.__dict__.setdefault("_added_hooks", []).append((block, is_permanent))
@@ -279,8 +307,9 @@ class TLCompatMixin:
 
     def _check_return_type(self, return_type: Any) -> None:
         if return_type not in self._RETURN_TYPES:
-            raise ValueError(f"return_type must be one of {', '.join(map(repr, self._RETURN_TYPES))}, "
-                             f"not {return_type!r}")
+            raise ValueError(
+                f"return_type must be one of {', '.join(map(repr, self._RETURN_TYPES))}, not {return_type!r}"
+            )
 
     def _returned(self, output: Any, batch: Any, return_type: str | None) -> Any:
         """What a run returns for ``return_type`` (checked by :meth:`_check_return_type`)."""
@@ -293,8 +322,9 @@ class TLCompatMixin:
         loss = self.lm_loss(output.logits, batch)
         return loss if return_type == "loss" else (output.logits, loss)
 
-    def text_batch(self, text: str | Sequence[str], prepend_bos: bool = True,
-                   padding_side: str = "left") -> Any:
+    def text_batch(
+        self, text: str | Sequence[str], prepend_bos: bool = True, padding_side: str = "left"
+    ) -> Any:
         """A text-only :class:`~hooked_mllm.inputs.MultimodalBatch`: ``model("a prompt")`` and every run
         method take strings through it.
 
@@ -323,7 +353,8 @@ class TLCompatMixin:
             if image_id is not None and bool((row == image_id).any()):
                 raise ValueError(
                     f"The text {t!r} holds the image placeholder token (id {image_id}), but a text-only run has no "
-                    "image for it; pass images with model.prepare(images=..., prompts=...).")
+                    "image for it; pass images with model.prepare(images=..., prompts=...)."
+                )
             if row.numel() == 0:
                 raise ValueError(f"The text {t!r} encodes to no tokens; give each prompt at least one token.")
         width = max(row.numel() for row in rows)
@@ -333,9 +364,14 @@ class TLCompatMixin:
         for i, row in enumerate(rows):
             where = slice(width - row.numel(), width) if padding_side == "left" else slice(0, row.numel())
             ids[i, where], mask[i, where] = row, 1
-        return MultimodalBatch.from_hf({"input_ids": ids, "attention_mask": mask}, image_token_id=image_id,
-                                       adapter=self.adapter, config=self.hf_model.config, tokenizer=tokenizer,
-                                       prompts=texts)
+        return MultimodalBatch.from_hf(
+            {"input_ids": ids, "attention_mask": mask},
+            image_token_id=image_id,
+            adapter=self.adapter,
+            config=self.hf_model.config,
+            tokenizer=tokenizer,
+            prompts=texts,
+        )
 
     def _pad_id(self) -> int:
         tokenizer = self.tokenizer
@@ -373,13 +409,15 @@ class TLCompatMixin:
         if off and (names_filter is not None and not callable(names_filter)):
             raise ValueError(
                 f"{off[0].name} does not run on a text-only input (the vision tower and projector run only with "
-                "images); give images with model.prepare(images=..., prompts=...), or hook language-model points.")
+                "images); give images with model.prepare(images=..., prompts=...), or hook language-model points."
+            )
         return [p for p in points if p.stream == "lm"]
 
     # -- loss ------------------------------------------------------------------------
 
-    def lm_loss(self, logits: Float[Tensor, "batch pos vocab"], batch: Any,
-                per_token: bool = False) -> Float[Tensor, ""] | Float[Tensor, "batch pos_1"]:
+    def lm_loss(
+        self, logits: Float[Tensor, "batch pos vocab"], batch: Any, per_token: bool = False
+    ) -> Float[Tensor, ""] | Float[Tensor, "batch pos_1"]:
         """Next-token cross-entropy of ``logits`` on ``batch``'s ids, over text targets only.
 
         Targets that are padding or image placeholder tokens (whose "next token" is an image
@@ -403,16 +441,22 @@ class TLCompatMixin:
         """The text tokenizer (the processor's, or the processor itself), or None."""
         if self.processor is None:
             return None
-        return getattr(self.processor, "tokenizer", None) or (self.processor if hasattr(self.processor, "encode")
-                                                               else None)
+        return getattr(self.processor, "tokenizer", None) or (
+            self.processor if hasattr(self.processor, "encode") else None
+        )
 
     def _need_tokenizer(self) -> Any:
         if self.tokenizer is None:
             raise ValueError("This model has no tokenizer (no processor was given); pass token ids instead.")
         return self.tokenizer
 
-    def to_tokens(self, input: str | list[str], prepend_bos: bool = True,
-                  padding_side: str = "right", move_to_device: bool = True) -> Int[Tensor, "batch pos"]:
+    def to_tokens(
+        self,
+        input: str | list[str],
+        prepend_bos: bool = True,
+        padding_side: str = "right",
+        move_to_device: bool = True,
+    ) -> Int[Tensor, "batch pos"]:
         """Token ids of text, ``[batch, pos]``, BOS prepended (if the tokenizer has one), right-padded.
 
         Text only: image placeholders are not expanded (use :meth:`prepare` for a multimodal batch).
@@ -431,7 +475,7 @@ class TLCompatMixin:
         out = torch.full((len(rows), width), pad, dtype=torch.long)
         for i, row in enumerate(rows):
             if padding_side == "left":
-                out[i, width - len(row):] = torch.tensor(row)
+                out[i, width - len(row) :] = torch.tensor(row)
             else:
                 out[i, : len(row)] = torch.tensor(row)
         return out.to(self.device) if move_to_device else out
@@ -444,8 +488,9 @@ class TLCompatMixin:
             return [self.to_string(row) for row in tokens]
         return tokenizer.decode(tokens.tolist(), clean_up_tokenization_spaces=False)
 
-    def to_str_tokens(self, input: str | list[str] | Tensor | Sequence[int],
-                      prepend_bos: bool = True) -> list[str] | list[list[str]]:
+    def to_str_tokens(
+        self, input: str | list[str] | Tensor | Sequence[int], prepend_bos: bool = True
+    ) -> list[str] | list[list[str]]:
         """Each token as a string: for text (tokenized as :meth:`to_tokens`) or ids (``[pos]`` or ``[1, pos]``)."""
         tokenizer = self._need_tokenizer()
         if isinstance(input, list) and input and isinstance(input[0], str):

@@ -41,8 +41,10 @@ def parameter(module: torch.nn.Module, name: str = "weight") -> Tensor:
         if weights is not None and name in weights:
             device = getattr(hook, "execution_device", None) or "cpu"
             return weights[name].to(device=device, dtype=value.dtype)
-    raise ValueError(f"{type(module).__name__}.{name} is on the meta device and has no offload map: "
-                     "load the model with real weights (or with accelerate's device_map offloading).")
+    raise ValueError(
+        f"{type(module).__name__}.{name} is on the meta device and has no offload map: "
+        "load the model with real weights (or with accelerate's device_map offloading)."
+    )
 
 
 def execution_device(model: torch.nn.Module) -> torch.device:

@@ -123,7 +123,9 @@ class MultimodalBatch:
             special_mask=self.special_mask[index : index + 1][:, keep],
             pad_mask=self.pad_mask[index : index + 1][:, keep],
             images=tuple(spans),
-            tokens=None if self.tokens is None else (tuple(t for t, k in zip(self.tokens[index], keep) if k),),
+            tokens=None
+            if self.tokens is None
+            else (tuple(t for t, k in zip(self.tokens[index], keep) if k),),
             prompts=None if self.prompts is None else (self.prompts[index],),
             images_per_row=(n_images,),
             input_split=self.input_split,
@@ -141,10 +143,19 @@ class MultimodalBatch:
         if len(self) != 1:
             raise ValueError(f"repeat() takes a batch of one row, not {len(self)}; use batch.row(i) first")
         rules = dict(self.input_split)
-        inputs = {k: rules[k](self, [0] * times) if callable(rules.get(k))
-                  else torch.cat([v] * times) if isinstance(v, Tensor) else v for k, v in self.inputs.items()}
-        spans = tuple(replace(span, row=r, index=r * len(self.images) + span.index)
-                      for r in range(times) for span in self.images)
+        inputs = {
+            k: rules[k](self, [0] * times)
+            if callable(rules.get(k))
+            else torch.cat([v] * times)
+            if isinstance(v, Tensor)
+            else v
+            for k, v in self.inputs.items()
+        }
+        spans = tuple(
+            replace(span, row=r, index=r * len(self.images) + span.index)
+            for r in range(times)
+            for span in self.images
+        )
         return MultimodalBatch(
             inputs=inputs,
             image_mask=self.image_mask.repeat(times, 1),
@@ -161,8 +172,9 @@ class MultimodalBatch:
 
     def to(self, device: torch.device | str) -> MultimodalBatch:
         """The batch with its HF tensors on ``device`` (masks stay on the CPU)."""
-        return replace(self, inputs={k: v.to(device) if isinstance(v, Tensor) else v
-                                     for k, v in self.inputs.items()})
+        return replace(
+            self, inputs={k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.inputs.items()}
+        )
 
     @classmethod
     def from_hf(
@@ -199,7 +211,8 @@ class MultimodalBatch:
         if ids.shape[1] == 0 or empty:
             raise ValueError(
                 f"Row(s) {empty or list(range(ids.shape[0]))} of input_ids hold no tokens (an empty prompt with no "
-                "image and no chat template encodes to nothing); give each row at least one token.")
+                "image and no chat template encodes to nothing); give each row at least one token."
+            )
         in_sequence = adapter is None or adapter.tokens.in_sequence
         if image_token_id is not None and in_sequence:
             image = ids.eq(image_token_id) & ~pad
@@ -210,24 +223,41 @@ class MultimodalBatch:
             special_ids = [i for i in tokenizer.all_special_ids if i != image_token_id or not in_sequence]
             special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype)) & ~pad & ~image
         text = ~pad & ~image & ~special
-        grids = adapter.tokens.grids(tensors, config) if adapter is not None and adapter.tokens.grids else None
+        grids = (
+            adapter.tokens.grids(tensors, config) if adapter is not None and adapter.tokens.grids else None
+        )
         if grids == [] and bool(image.any()):
             raise ValueError(
                 f"input_ids hold image tokens (id {image_token_id}), but the inputs carry no image geometry for "
                 f"the {adapter.name!r} architecture (got keys: {', '.join(sorted(tensors))}). Pass every key the "  # type: ignore[union-attr]
-                "processor returned with the images (model(**processor(images=..., text=...))).")
+                "processor returned with the images (model(**processor(images=..., text=...)))."
+            )
         row_break = _row_break_id(adapter, tokenizer)
-        views = adapter.tokens.views(tensors, config) if adapter is not None and adapter.tokens.views else None
+        views = (
+            adapter.tokens.views(tensors, config) if adapter is not None and adapter.tokens.views else None
+        )
         image_grid = None if adapter is None else (lambda n: adapter.tokens.grid(n, config))  # type: ignore[union-attr]
-        spans, per_row = find_image_spans(image, ids=ids, row_break=row_break, grids=grids, image_grid=image_grid,
-                                          token_counts=image_token_counts, views=views)
+        spans, per_row = find_image_spans(
+            image,
+            ids=ids,
+            row_break=row_break,
+            grids=grids,
+            image_grid=image_grid,
+            token_counts=image_token_counts,
+            views=views,
+        )
         if not in_sequence and image_token_id is not None:
             per_row = tuple(int(n) for n in (ids.eq(image_token_id) & ~pad).sum(1).tolist())
-        no_image_tokens = None if in_sequence else (
-            f"The {adapter.name!r} architecture has no image tokens in the language model's sequence: "  # type: ignore[union-attr]
-            "images enter through cross-attention to the vision states, and the image placeholder is one "
-            "special token. Image position selectors and cache.image() do not apply; select the placeholder "
-            "with positions.token(...) or read the cross-attention hooks (blocks.{l}.hook_cross_attn_out).")
+        no_image_tokens = (
+            None
+            if in_sequence
+            else (
+                f"The {adapter.name!r} architecture has no image tokens in the language model's sequence: "  # type: ignore[union-attr]
+                "images enter through cross-attention to the vision states, and the image placeholder is one "
+                "special token. Image position selectors and cache.image() do not apply; select the placeholder "
+                "with positions.token(...) or read the cross-attention hooks (blocks.{l}.hook_cross_attn_out)."
+            )
+        )
         n_pixel = tensors["pixel_values"].shape[0] if "pixel_values" in tensors else None
         one_per_span = adapter is not None and adapter.inputs.pixel_values_per_span
         if n_pixel is not None and one_per_span and n_pixel != len(spans):
@@ -238,10 +268,19 @@ class MultimodalBatch:
         tokens = None
         if tokenizer is not None:
             tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row.tolist())) for row in ids)
-        return cls(inputs=tensors, image_mask=image, text_mask=text, special_mask=special, pad_mask=pad,
-                   images=spans, tokens=tokens, prompts=None if prompts is None else tuple(prompts),
-                   images_per_row=per_row, input_split=adapter.inputs.split if adapter is not None else (),
-                   no_image_tokens=no_image_tokens)
+        return cls(
+            inputs=tensors,
+            image_mask=image,
+            text_mask=text,
+            special_mask=special,
+            pad_mask=pad,
+            images=spans,
+            tokens=tokens,
+            prompts=None if prompts is None else tuple(prompts),
+            images_per_row=per_row,
+            input_split=adapter.inputs.split if adapter is not None else (),
+            no_image_tokens=no_image_tokens,
+        )
 
     # -- saving (with a cache) ---------------------------------------------------------
 
@@ -253,10 +292,21 @@ class MultimodalBatch:
         """
         return {
             "inputs": {k: v for k, v in self.inputs.items() if isinstance(v, Tensor)},
-            "image_mask": self.image_mask, "text_mask": self.text_mask, "special_mask": self.special_mask,
+            "image_mask": self.image_mask,
+            "text_mask": self.text_mask,
+            "special_mask": self.special_mask,
             "pad_mask": self.pad_mask,
-            "images": [[s.row, s.index, s.start, s.end, None if s.grid is None else list(s.grid),
-                        None if s.positions is None else list(s.positions)] for s in self.images],
+            "images": [
+                [
+                    s.row,
+                    s.index,
+                    s.start,
+                    s.end,
+                    None if s.grid is None else list(s.grid),
+                    None if s.positions is None else list(s.positions),
+                ]
+                for s in self.images
+            ],
             "tokens": None if self.tokens is None else [list(row) for row in self.tokens],
             "prompts": None if self.prompts is None else list(self.prompts),
             "images_per_row": list(self.images_per_row),
@@ -267,18 +317,30 @@ class MultimodalBatch:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> MultimodalBatch:
         """The batch :meth:`state` described."""
-        images = tuple(ImageSpan(row=row, index=index, start=start, end=end,
-                                 grid=None if grid is None else (grid[0], grid[1]),
-                                 positions=None if positions is None else tuple(positions))
-                       for row, index, start, end, grid, positions in state["images"])
+        images = tuple(
+            ImageSpan(
+                row=row,
+                index=index,
+                start=start,
+                end=end,
+                grid=None if grid is None else (grid[0], grid[1]),
+                positions=None if positions is None else tuple(positions),
+            )
+            for row, index, start, end, grid, positions in state["images"]
+        )
         return cls(
-            inputs=dict(state["inputs"]), image_mask=state["image_mask"], text_mask=state["text_mask"],
-            special_mask=state["special_mask"], pad_mask=state["pad_mask"], images=images,
+            inputs=dict(state["inputs"]),
+            image_mask=state["image_mask"],
+            text_mask=state["text_mask"],
+            special_mask=state["special_mask"],
+            pad_mask=state["pad_mask"],
+            images=images,
             tokens=None if state["tokens"] is None else tuple(tuple(row) for row in state["tokens"]),
             prompts=None if state["prompts"] is None else tuple(state["prompts"]),
             images_per_row=tuple(state["images_per_row"]),
             input_split=tuple((key, _rule_from_state(key, rule)) for key, rule in state["input_split"]),
-            no_image_tokens=state["no_image_tokens"])
+            no_image_tokens=state["no_image_tokens"],
+        )
 
 
 def _rule_state(rule: SplitRule) -> list[Any] | None:
@@ -301,8 +363,10 @@ class _UnsavedRule:
         self.key = key
 
     def __call__(self, batch: MultimodalBatch, rows: list[int]) -> Tensor:
-        raise ValueError(f"This batch was loaded from a saved cache without its architecture's rule for splitting "
-                         f"{self.key!r} by row; build the batch again with model.prepare(...) to split or repeat it.")
+        raise ValueError(
+            f"This batch was loaded from a saved cache without its architecture's rule for splitting "
+            f"{self.key!r} by row; build the batch again with model.prepare(...) to split or repeat it."
+        )
 
 
 def _row_break_id(adapter: Adapter | None, tokenizer: Any) -> int | None:

@@ -54,10 +54,18 @@ class ActivationCache(Mapping):
         torch.Size([1, 60, 128])
     """
 
-    def __init__(self, store: dict[str, Tensor], readout: CacheReadout, batch: MultimodalBatch | None = None,
-                 positions: Tensor | None = None, has_batch_dim: bool = True) -> None:
+    def __init__(
+        self,
+        store: dict[str, Tensor],
+        readout: CacheReadout,
+        batch: MultimodalBatch | None = None,
+        positions: Tensor | None = None,
+        has_batch_dim: bool = True,
+    ) -> None:
         if not isinstance(readout, CacheReadout):
-            raise TypeError(f"ActivationCache takes a CacheReadout (model.readout()), not {type(readout).__name__}.")
+            raise TypeError(
+                f"ActivationCache takes a CacheReadout (model.readout()), not {type(readout).__name__}."
+            )
         self._store = store
         self.readout = readout
         self.batch = batch
@@ -66,8 +74,10 @@ class ActivationCache(Mapping):
 
     @property
     def model(self) -> Any:
-        raise AttributeError("An ActivationCache does not hold the model; cache.readout has the weights and norms "
-                             "its helpers read (W_U, W_O, norms), and the model that made it has the rest.")
+        raise AttributeError(
+            "An ActivationCache does not hold the model; cache.readout has the weights and norms "
+            "its helpers read (W_U, W_O, norms), and the model that made it has the rest."
+        )
 
     # -- mapping ---------------------------------------------------------------------
 
@@ -86,7 +96,9 @@ class ActivationCache(Mapping):
             return self._store[name]
         tl = tl_hint(name)
         if tl is not None:
-            raise HookNameError(f"{name!r} is a TransformerLens hook name that this library does not offer: {tl}.")
+            raise HookNameError(
+                f"{name!r} is a TransformerLens hook name that this library does not offer: {tl}."
+            )
         close = difflib.get_close_matches(name, list(self._store), n=5, cutoff=0.6)
         known = name in self.readout.hook_streams
         reason = "was not cached (widen names_filter)" if known else "is not a hook name"
@@ -107,8 +119,13 @@ class ActivationCache(Mapping):
 
     def to(self, device: torch.device | str) -> ActivationCache:
         """A cache with every tensor, and the readout's weights, on ``device`` (the batch stays)."""
-        return ActivationCache({k: v.to(device) for k, v in self._store.items()}, self.readout.to(device),
-                               self.batch, self.positions, self.has_batch_dim)
+        return ActivationCache(
+            {k: v.to(device) for k, v in self._store.items()},
+            self.readout.to(device),
+            self.batch,
+            self.positions,
+            self.has_batch_dim,
+        )
 
     # -- saving ----------------------------------------------------------------------
 
@@ -126,11 +143,13 @@ class ActivationCache(Mapping):
         """
         path = Path(path)
         state = {
-            "format": _FORMAT, "version": _VERSION,
+            "format": _FORMAT,
+            "version": _VERSION,
             "store": {name: compact(value) for name, value in self._store.items()},
             "readout": self.readout.state(),
             "batch": None if self.batch is None else self.batch.state(),
-            "positions": self.positions, "has_batch_dim": self.has_batch_dim,
+            "positions": self.positions,
+            "has_batch_dim": self.has_batch_dim,
         }
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
         os.close(fd)
@@ -143,8 +162,12 @@ class ActivationCache(Mapping):
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], map_location: torch.device | str | None = "cpu",
-             tokenizer: Any = None) -> ActivationCache:
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        map_location: torch.device | str | None = "cpu",
+        tokenizer: Any = None,
+    ) -> ActivationCache:
         """A cache :meth:`save` wrote (no model needed; loaded with ``weights_only=True``).
 
         ``tokenizer`` (e.g. ``model.tokenizer``) lets :meth:`logit_attrs` take string tokens.
@@ -156,11 +179,18 @@ class ActivationCache(Mapping):
         if not isinstance(state, dict) or state.get("format") != _FORMAT:
             raise ValueError(f"{path} is not a saved ActivationCache (ActivationCache.save writes one).")
         if state["version"] > _VERSION:
-            raise ValueError(f"{path} was saved by a newer hooked_mllm (format {state['version']}, this one "
-                             f"reads up to {_VERSION}); upgrade hooked_mllm to load it.")
+            raise ValueError(
+                f"{path} was saved by a newer hooked_mllm (format {state['version']}, this one "
+                f"reads up to {_VERSION}); upgrade hooked_mllm to load it."
+            )
         batch = None if state["batch"] is None else MultimodalBatch.from_state(state["batch"])
-        return cls(dict(state["store"]), CacheReadout.from_state(state["readout"], tokenizer=tokenizer), batch,
-                   state["positions"], bool(state["has_batch_dim"]))
+        return cls(
+            dict(state["store"]),
+            CacheReadout.from_state(state["readout"], tokenizer=tokenizer),
+            batch,
+            state["positions"],
+            bool(state["has_batch_dim"]),
+        )
 
     def _is_lm(self, name: str) -> bool:
         """Whether dim 0 of entry ``name`` is the batch (LM stream); vision/projector entries lead with images."""
@@ -176,12 +206,16 @@ class ActivationCache(Mapping):
             ValueError: if the batch has more than one row.
         """
         if not self.has_batch_dim:
-            logging.getLogger(__name__).warning("Tried removing batch dimension after already having removed it.")
+            logging.getLogger(__name__).warning(
+                "Tried removing batch dimension after already having removed it."
+            )
             return self
         sizes = {v.shape[0] for k, v in self._store.items() if v.dim() > 0 and self._is_lm(k)}
         if sizes - {1}:
-            raise ValueError(f"Cannot remove the batch dimension from a cache with batch size {max(sizes)}; "
-                             "use apply_slice_to_batch_dim(i) to pick one row.")
+            raise ValueError(
+                f"Cannot remove the batch dimension from a cache with batch size {max(sizes)}; "
+                "use apply_slice_to_batch_dim(i) to pick one row."
+            )
         self._store = {k: v[0] if v.dim() > 0 and v.shape[0] == 1 else v for k, v in self._store.items()}
         self.has_batch_dim = False
         return self
@@ -206,8 +240,9 @@ class ActivationCache(Mapping):
         # two views per image, Molmo2's): vision entries, one per tile or crop, cannot be picked by span.
         by_span = self.batch is None or not callable(dict(self.batch.input_split).get("pixel_values"))
         if len(per_row) == self._batch_rows() and by_span:
-            images = torch.tensor([first[r] + i for r in rows.reshape(-1).tolist() for i in range(per_row[r])],
-                                  dtype=torch.long)
+            images = torch.tensor(
+                [first[r] + i for r in rows.reshape(-1).tolist() for i in range(per_row[r])], dtype=torch.long
+            )
         store, dropped = {}, []
         for name, value in self._store.items():
             if self._is_lm(name):
@@ -217,13 +252,20 @@ class ActivationCache(Mapping):
             else:
                 dropped.append(name)
         if dropped:
-            logging.getLogger(__name__).warning("apply_slice_to_batch_dim left out %d entries not laid out by image "
-                                                "(%s ...)", len(dropped), dropped[0])
+            logging.getLogger(__name__).warning(
+                "apply_slice_to_batch_dim left out %d entries not laid out by image (%s ...)",
+                len(dropped),
+                dropped[0],
+            )
         positions = None if self.positions is None else self.positions[index]
-        batch = self.batch.row(batch_slice) if isinstance(batch_slice, int) and self.batch is not None else None
+        batch = (
+            self.batch.row(batch_slice) if isinstance(batch_slice, int) and self.batch is not None else None
+        )
         if isinstance(batch_slice, int) and positions is not None:
             positions = positions[None]
-        return ActivationCache(store, self.readout, batch, positions, has_batch_dim=not isinstance(batch_slice, int))
+        return ActivationCache(
+            store, self.readout, batch, positions, has_batch_dim=not isinstance(batch_slice, int)
+        )
 
     def _batch_rows(self) -> int:
         if self.batch is not None:
@@ -254,8 +296,9 @@ class ActivationCache(Mapping):
             pos_slice = torch.as_tensor(pos_slice)
         return tensor[..., pos_slice, :]
 
-    def stack_activation(self, activation_name: str, layer: int = -1,
-                         sublayer_type: str | None = None) -> Float[Tensor, "layer *rest"]:
+    def stack_activation(
+        self, activation_name: str, layer: int = -1, sublayer_type: str | None = None
+    ) -> Float[Tensor, "layer *rest"]:
         """Stack one activation over layers ``0 .. layer-1`` (all with ``layer=-1``).
 
         ``activation_name`` is a short name (``"resid_post"``, ``"pattern"``...);
@@ -265,8 +308,14 @@ class ActivationCache(Mapping):
         n = self._n_layers(None if layer == -1 else layer)
         return torch.stack([self[act_name(short, l)] for l in range(n)])
 
-    def accumulated_resid(self, layer: int | None = None, incl_mid: bool = False, apply_ln: bool = False,
-                          pos_slice: Any = None, return_labels: bool = False) -> Any:
+    def accumulated_resid(
+        self,
+        layer: int | None = None,
+        incl_mid: bool = False,
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        return_labels: bool = False,
+    ) -> Any:
         """The residual stream before each layer up to ``layer`` (and the final one if None).
 
         Returns ``[component, batch, pos, d_model]`` (and labels if asked).
@@ -287,8 +336,15 @@ class ActivationCache(Mapping):
             stack = self.apply_ln_to_stack(stack, layer=layer, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
-    def decompose_resid(self, layer: int | None = None, mode: str = "all", apply_ln: bool = False,
-                        pos_slice: Any = None, incl_embeds: bool = True, return_labels: bool = False) -> Any:
+    def decompose_resid(
+        self,
+        layer: int | None = None,
+        mode: str = "all",
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        incl_embeds: bool = True,
+        return_labels: bool = False,
+    ) -> Any:
         """The residual at ``layer`` (final if None) split into the outputs that built it.
 
         Components: ``"embed"`` (``blocks.0.hook_resid_pre``: text embeddings with the
@@ -315,8 +371,14 @@ class ActivationCache(Mapping):
             stack = self.apply_ln_to_stack(stack, layer=layer, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
-    def stack_head_results(self, layer: int = -1, return_labels: bool = False, incl_remainder: bool = False,
-                           pos_slice: Any = None, apply_ln: bool = False) -> Any:
+    def stack_head_results(
+        self,
+        layer: int = -1,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        pos_slice: Any = None,
+        apply_ln: bool = False,
+    ) -> Any:
         """Each head's output (``hook_z`` times its slice of ``W_O``) for layers below ``layer``.
 
         Returns ``[layer * head, batch, pos, d_model]``; with ``incl_remainder`` a last
@@ -338,9 +400,14 @@ class ActivationCache(Mapping):
             stack = self.apply_ln_to_stack(stack, layer=None if layer == -1 else layer, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
-    def apply_ln_to_stack(self, residual_stack: Float[Tensor, "... batch pos d_model"], layer: int | None = None,
-                          pos_slice: Any = None, has_batch_dim: bool | None = None,
-                          mlp_input: bool = False) -> Float[Tensor, "... batch pos d_model"]:
+    def apply_ln_to_stack(
+        self,
+        residual_stack: Float[Tensor, "... batch pos d_model"],
+        layer: int | None = None,
+        pos_slice: Any = None,
+        has_batch_dim: bool | None = None,
+        mlp_input: bool = False,
+    ) -> Float[Tensor, "... batch pos d_model"]:
         """Scale components by the norm that reads the residual at ``layer`` (final if None).
 
         The scale is taken from the cached full residual there (``blocks.{L-1}.hook_resid_post``
@@ -353,7 +420,9 @@ class ActivationCache(Mapping):
         has_batch_dim = self.has_batch_dim if has_batch_dim is None else has_batch_dim
         final = layer is None or layer >= readout.n_layers or layer == -1
         if mlp_input and not final:
-            if all(norm is None for norm in readout.ln2) and not any(k.startswith("ln2.") for k in readout.missing):
+            if all(norm is None for norm in readout.ln2) and not any(
+                k.startswith("ln2.") for k in readout.missing
+            ):
                 raise ValueError("This model's blocks are parallel (no ln2): the MLP reads ln1 of resid_pre.")
             resid, norm = self["resid_mid", layer], readout.weight("ln2", layer)
         elif final:
@@ -365,8 +434,13 @@ class ActivationCache(Mapping):
             resid = resid[0]
         return norm.apply(residual_stack, resid)
 
-    def logit_attrs(self, residual_stack: Float[Tensor, "... batch pos d_model"], tokens: Any,
-                    incorrect_tokens: Any = None, pos_slice: Any = None) -> Tensor:
+    def logit_attrs(
+        self,
+        residual_stack: Float[Tensor, "... batch pos d_model"],
+        tokens: Any,
+        incorrect_tokens: Any = None,
+        pos_slice: Any = None,
+    ) -> Tensor:
         """Each component's direct contribution to the logit of ``tokens`` (minus ``incorrect_tokens``).
 
         Applies the final norm (:meth:`apply_ln_to_stack`) and dots with the unembedding
@@ -384,8 +458,10 @@ class ActivationCache(Mapping):
         if isinstance(tokens, str):
             tokenizer = self.readout.tokenizer
             if tokenizer is None:
-                raise ValueError("String tokens need the model's tokenizer (a model without a processor, or a cache "
-                                 "loaded without tokenizer=...); pass token ids instead.")
+                raise ValueError(
+                    "String tokens need the model's tokenizer (a model without a processor, or a cache "
+                    "loaded without tokenizer=...); pass token ids instead."
+                )
             ids = tokenizer.encode(tokens, add_special_tokens=False)
             if len(ids) != 1:
                 raise ValueError(f"{tokens!r} is {len(ids)} tokens; logit_attrs takes one token.")
@@ -426,8 +502,9 @@ class ActivationCache(Mapping):
         if self.readout.neuron_note is not None:
             raise ValueError(self.readout.neuron_note)
 
-    def get_neuron_results(self, layer: int, neuron_slice: Any = None,
-                           pos_slice: Any = None) -> Float[Tensor, "... pos neuron d_model"]:
+    def get_neuron_results(
+        self, layer: int, neuron_slice: Any = None, pos_slice: Any = None
+    ) -> Float[Tensor, "... pos neuron d_model"]:
         """Each MLP neuron's contribution to the residual: ``mlp.hook_post[..., n] * W_out[layer, n]``.
 
         ``mlp.hook_post`` is the down projection's input (for gated MLPs, the activation of the
@@ -445,9 +522,16 @@ class ActivationCache(Mapping):
             acts, w_out = acts[..., index], w_out[index]
         return acts[..., None] * w_out
 
-    def stack_neuron_results(self, layer: int | None = None, pos_slice: Any = None, neuron_slice: Any = None,
-                             return_labels: bool = False, incl_remainder: bool = False,
-                             apply_ln: bool = False, mlp_input: bool = False) -> Any:
+    def stack_neuron_results(
+        self,
+        layer: int | None = None,
+        pos_slice: Any = None,
+        neuron_slice: Any = None,
+        return_labels: bool = False,
+        incl_remainder: bool = False,
+        apply_ln: bool = False,
+        mlp_input: bool = False,
+    ) -> Any:
         """Every neuron's result of the layers below ``layer`` (all with None or -1): ``[neuron, batch, pos, d_model]``.
 
         Labels ``L{l}N{n}``; with ``incl_remainder`` a last component holds the rest of the
@@ -480,9 +564,15 @@ class ActivationCache(Mapping):
             return self["resid_mid", layer]
         return self["resid_post", layer - 1] if layer == self.readout.n_layers else self["resid_pre", layer]
 
-    def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
-                                     expand_neurons: bool = True, apply_ln: bool = False, pos_slice: Any = None,
-                                     return_labels: bool = False) -> Any:
+    def get_full_resid_decomposition(
+        self,
+        layer: int | None = None,
+        mlp_input: bool = False,
+        expand_neurons: bool = True,
+        apply_ln: bool = False,
+        pos_slice: Any = None,
+        return_labels: bool = False,
+    ) -> Any:
         """The residual read by ``layer`` (the unembedding with None) split into every head, neuron, embed and bias.
 
         Components, in TransformerLens' order: each head's result (``L{l}H{h}``, layers below
@@ -502,17 +592,21 @@ class ActivationCache(Mapping):
         layer = n_layers if layer is None or layer == -1 else layer
         if mlp_input and layer >= n_layers:
             raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP).")
-        heads, labels = self.stack_head_results(layer + 1 if mlp_input else layer, pos_slice=pos_slice,
-                                                return_labels=True)
+        heads, labels = self.stack_head_results(
+            layer + 1 if mlp_input else layer, pos_slice=pos_slice, return_labels=True
+        )
         if heads.numel() == 0:
             heads = heads.reshape(0, *self._pos(self["resid_pre", 0], pos_slice).shape)
         parts = [heads]
         if layer > 0:
             if expand_neurons:
-                neurons, neuron_labels = self.stack_neuron_results(layer, pos_slice=pos_slice, return_labels=True)
+                neurons, neuron_labels = self.stack_neuron_results(
+                    layer, pos_slice=pos_slice, return_labels=True
+                )
             else:
-                neurons, neuron_labels = self.decompose_resid(layer, mode="mlp", incl_embeds=False,
-                                                              pos_slice=pos_slice, return_labels=True)
+                neurons, neuron_labels = self.decompose_resid(
+                    layer, mode="mlp", incl_embeds=False, pos_slice=pos_slice, return_labels=True
+                )
             parts.append(neurons)
             labels = labels + neuron_labels
         embed = self._pos(self["resid_pre", 0], pos_slice)
@@ -535,8 +629,10 @@ class ActivationCache(Mapping):
 
     def _require_batch(self) -> MultimodalBatch:
         if not self.has_batch_dim:
-            raise ValueError("This cache has no batch dimension (remove_batch_dim / an int batch slice); "
-                             "the image / text views need it.")
+            raise ValueError(
+                "This cache has no batch dimension (remove_batch_dim / an int batch slice); "
+                "the image / text views need it."
+            )
         if self.batch is None:
             raise ValueError("This cache has no batch, so it cannot tell image tokens from text tokens.")
         return self.batch
@@ -546,10 +642,12 @@ class ActivationCache(Mapping):
         if self.positions is None:
             return wanted
         kept = self.positions[row]
-        where = (kept[None, :] == wanted[:, None])
+        where = kept[None, :] == wanted[:, None]
         if not bool(where.any(1).all()):
-            raise ValueError("The cache was made with a position selector that dropped some of these "
-                             "tokens; cache with positions=None or positions='image'.")
+            raise ValueError(
+                "The cache was made with a position selector that dropped some of these "
+                "tokens; cache with positions=None or positions='image'."
+            )
         return where.int().argmax(1)
 
     def image(self, name: str | tuple, image: int = 0) -> Tensor | list[Tensor]:

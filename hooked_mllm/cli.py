@@ -84,29 +84,45 @@ def _cmd_hooks(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hooked-mllm`` (cheap: imports no model code)."""
-    parser = argparse.ArgumentParser(prog="hooked-mllm", description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hooked-mllm", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="run the main job on the embedded toy model and write a report",
-                          formatter_class=HelpFormatter)
+    demo = sub.add_parser(
+        "demo",
+        help="run the main job on the embedded toy model and write a report",
+        formatter_class=HelpFormatter,
+    )
     demo.add_argument("--out", default="reports/demo", help="directory for the HTML report")
-    demo.add_argument("--seed", type=int, default=0, help="world seed of the scenes shown (below 10000: unseen)")
+    demo.add_argument(
+        "--seed", type=int, default=0, help="world seed of the scenes shown (below 10000: unseen)"
+    )
     demo.add_argument("--model", default=None, help="toy checkpoint name (default: toy-llava)")
     demo.set_defaults(func=_cmd_demo)
     hooks = sub.add_parser("hooks", help="list a model's hook points", formatter_class=HelpFormatter)
-    hooks.add_argument("--model", default="tiny:llava",
-                       help="toy:<name> (a shipped toy checkpoint), tiny:llava (a tiny random LLaVA), "
-                            "a checkpoint folder or a hub id")
-    hooks.add_argument("--markdown", action="store_true", help="print the reference table (docs/hook_points.md)")
+    hooks.add_argument(
+        "--model",
+        default="tiny:llava",
+        help="toy:<name> (a shipped toy checkpoint), tiny:llava (a tiny random LLaVA), "
+        "a checkpoint folder or a hub id",
+    )
+    hooks.add_argument(
+        "--markdown", action="store_true", help="print the reference table (docs/hook_points.md)"
+    )
     hooks.set_defaults(func=_cmd_hooks)
     from .concepts.cli import add_subparsers as add_concepts
     from .toy.cli import add_subparsers as add_toy
 
     add_concepts(sub)
-    add_toy(sub.add_parser("toy", help="the toy world's model: train, evaluate or read out a checkpoint",
-                           formatter_class=HelpFormatter))
+    add_toy(
+        sub.add_parser(
+            "toy",
+            help="the toy world's model: train, evaluate or read out a checkpoint",
+            formatter_class=HelpFormatter,
+        )
+    )
     for action in sub.choices.values():
         _show_defaults(action)
     return parser

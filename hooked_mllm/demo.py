@@ -45,30 +45,37 @@ STEER_LAYER = 3
 CONCEPT_LAYER = 2
 
 
-def run_demo(out: str | Path = "reports/demo", seed: int = 0, model_name: str | None = None,
-             n_scenes: int = 3) -> Path:
+def run_demo(
+    out: str | Path = "reports/demo", seed: int = 0, model_name: str | None = None, n_scenes: int = 3
+) -> Path:
     """Run the demo on ``n_scenes`` scenes of ``World(seed)`` and return the path of its HTML report.
 
     Raises:
         ValueError: ``seed`` is a training world (>= 10000): the demo shows unseen scenes.
     """
     if not 0 <= seed < TRAINING_SEEDS:
-        raise ValueError(f"seed {seed} is not an unseen world: the toy models train on world seeds 10000 and "
-                         f"10001; pick a seed in [0, {TRAINING_SEEDS}).")
+        raise ValueError(
+            f"seed {seed} is not an unseen world: the toy models train on world seeds 10000 and "
+            f"10001; pick a seed in [0, {TRAINING_SEEDS})."
+        )
     model = _load_toy(model_name or "toy-llava")
     if model is None:
         from .testing import tiny_llava, tiny_processor
 
         report = Report("hooked_mllm demo (tiny RANDOM LLaVA: no toy checkpoint is installed)")
-        report.text("The toy checkpoint is not installed, so this ran on a tiny random-weight LLaVA: its answers "
-                    "and lens readings are noise; the steps are the real ones.")
+        report.text(
+            "The toy checkpoint is not installed, so this ran on a tiny random-weight LLaVA: its answers "
+            "and lens readings are noise; the steps are the real ones."
+        )
         _random_demo(HookedMLLM.from_hf(tiny_llava(), tiny_processor()), seed, report)
     else:
         name = model_name or "toy-llava"
         report = Report(f"hooked_mllm demo on {name}")
-        report.text(f"Scenes from World(seed={seed}), which the model never saw (it trained on worlds 10000 and "
-                    "10001). The toy model answers every question type correctly on at least 97 % of unseen "
-                    "scenes (docs/toy.md; `hooked-mllm toy eval` reproduces the numbers).")
+        report.text(
+            f"Scenes from World(seed={seed}), which the model never saw (it trained on worlds 10000 and "
+            "10001). The toy model answers every question type correctly on at least 97 % of unseen "
+            "scenes (docs/toy.md; `hooked-mllm toy eval` reproduces the numbers)."
+        )
         _toy_demo(model, name, seed, n_scenes, report)
     return report.save(out)
 
@@ -83,7 +90,9 @@ def _load_toy(name: str) -> HookedMLLM | None:
         return None
 
 
-def _answer(model: HookedMLLM, images: list[Image.Image], prompts: list[str], fwd_hooks: Any = ()) -> list[str]:
+def _answer(
+    model: HookedMLLM, images: list[Image.Image], prompts: list[str], fwd_hooks: Any = ()
+) -> list[str]:
     batch = model.prepare(images=images, prompts=prompts)
     return [t.strip() for t in model.generate(batch, max_new_tokens=3, fwd_hooks=fwd_hooks).text]
 
@@ -113,27 +122,34 @@ def _toy_demo(model: HookedMLLM, name: str, seed: int, n_scenes: int, report: Re
     qa = scene.questions_of("color")[0]
     target = next(o for o in scene.objects if o.shape in qa.question.split() and o.color == qa.answer)
     batch = model.prepare(images=[scene.image], prompts=[qa.question])
-    _, cache = model.run_with_cache(batch, names_filter=lambda n: n.startswith("blocks.") and (
-        "resid" in n or n.endswith("hook_pattern")))
+    _, cache = model.run_with_cache(
+        batch, names_filter=lambda n: n.startswith("blocks.") and ("resid" in n or n.endswith("hook_pattern"))
+    )
     span = batch.images_of(0)[0]
     object_positions = [span.token_positions[i] for i in target.patch_indices]
 
     text_positions = (~batch.image_mask[0] & ~batch.pad_mask[0]).nonzero().flatten().tolist()
-    grid = logit_lens_grid(model, cache, positions=sorted(object_positions + text_positions[:2])
-                           + text_positions[2:])
+    grid = logit_lens_grid(
+        model, cache, positions=sorted(object_positions + text_positions[:2]) + text_positions[2:]
+    )
     last_row = [grid.tokens[i][-1] for i in range(len(grid.layers))]
     first = next((grid.layers[i] for i, t in enumerate(last_row) if t == qa.answer), None)
     report.section(
         "2. Logit lens: what each layer says at each position",
         f"For '{qa.question}' on the first scene, each cell is the top token (and its probability) of the residual "
         f"stream read through the final norm and unembedding, at the text positions and at the {target.name}'s "
-        "image tokens.")
+        "image tokens.",
+    )
     report.image(scene.image, caption=scene.caption_colored, scale=3)
     report.html(grid.to_html())
-    report.text(f"The answer '{qa.answer}' is the top token at the last position from "
-                f"{first if first else 'no layer'} on (final layer: '{last_row[-1]}').")
+    report.text(
+        f"The answer '{qa.answer}' is the top token at the last position from "
+        f"{first if first else 'no layer'} on (final layer: '{last_row[-1]}')."
+    )
     image_grid = image_lens_grid(model, cache)
-    report.text("The same lens over every image cell, one panel per layer (the image on the left for reference):")
+    report.text(
+        "The same lens over every image cell, one panel per layer (the image on the left for reference):"
+    )
     report.figure(image_grid.figure(scene.image))
 
     run = capture(model, batch)  # one forward: patterns at the last position, values, residuals
@@ -149,30 +165,48 @@ def _toy_demo(model: HookedMLLM, name: str, seed: int, n_scenes: int, report: Re
         "Which image locations carry the answer, beside the pixels of the asked "
         f"{target.name}: the head contributions' map of the mechanism paper (its single top head, and all heads "
         "summed; one forward, no gradient) and its baselines (mean attention from the last token, attention x "
-        "gradient relevancy, occlusion of each cell).")
-    report.figure(heatmaps({name: (m.normalized() if hasattr(m, "normalized") else m) for name, m in maps.items()},
-                           scene.image, ncols=len(maps), shared_scale=True,
-                           suptitle=f"'{qa.question}' -> '{qa.answer}' (each map min-max normalised)"))
-    hits = [name for name, m in maps.items() if hasattr(m, "peak_index") and m.peak_index() in target.patch_indices]
-    report.text(f"Maps whose peak falls on the {target.name}: {', '.join(hits) if hits else 'none'} "
-                "(the pointing game in docs/mechanism.md scores every method over hundreds of questions).")
+        "gradient relevancy, occlusion of each cell).",
+    )
+    report.figure(
+        heatmaps(
+            {name: (m.normalized() if hasattr(m, "normalized") else m) for name, m in maps.items()},
+            scene.image,
+            ncols=len(maps),
+            shared_scale=True,
+            suptitle=f"'{qa.question}' -> '{qa.answer}' (each map min-max normalised)",
+        )
+    )
+    hits = [
+        name
+        for name, m in maps.items()
+        if hasattr(m, "peak_index") and m.peak_index() in target.patch_indices
+    ]
+    report.text(
+        f"Maps whose peak falls on the {target.name}: {', '.join(hits) if hits else 'none'} "
+        "(the pointing game in docs/mechanism.md scores every method over hundreds of questions)."
+    )
     layers = range(model.cfg.n_layers)
     per_layer = {layer: attention_map(model, run, layers=[layer]).values.reshape(-1) for layer in layers}
     best = max(layers, key=lambda layer: float(per_layer[layer][list(target.patch_indices)].sum()))
     share = float(per_layer[best][list(target.patch_indices)].sum() / per_layer[best].sum())
-    report.text(f"Layer {best} puts {share:.0%} of its image attention on the object's {len(target.patch_indices)} "
-                f"of {PATCH_GRID * PATCH_GRID} patches.")
+    report.text(
+        f"Layer {best} puts {share:.0%} of its image attention on the object's {len(target.patch_indices)} "
+        f"of {PATCH_GRID * PATCH_GRID} patches."
+    )
 
     report.section(
         f"4. Attention view, layer {best}",
         f"circuitsvis's attention heads of layer {best} over every token (image tokens named img0[r.c.] by their "
-        "patch, shown in the strip above the view): click a head to enlarge it, hover a cell for its value.")
+        "patch, shown in the strip above the view): click a head to enlarge it, hover a cell for its value.",
+    )
     report.attention(attention_heads(cache, best, image=scene.image))
 
-    for section, args in ((_patching_section, (model, scene, qa, target, report)),
-                          (_concept_section, (model, seed, report)),
-                          (_shift_section, (model, name, seed, scene, report)),
-                          (_steering_section, (model, seed, report))):
+    for section, args in (
+        (_patching_section, (model, scene, qa, target, report)),
+        (_concept_section, (model, seed, report)),
+        (_shift_section, (model, name, seed, scene, report)),
+        (_steering_section, (model, seed, report)),
+    ):
         start = time.perf_counter()
         section(*args)
         logger.info("%s: %.1f s", section.__name__.strip("_"), time.perf_counter() - start)
@@ -185,15 +219,19 @@ def _object_map(mask: np.ndarray, grid: int) -> Float[np.ndarray, "rows cols"]:
 
 
 def _answers_section(model: HookedMLLM, scenes: list[Any], report: Report) -> None:
-    report.section("1. Answers on unseen scenes",
-                   f"The model's greedy answers to every question about {len(scenes)} scenes it never saw, "
-                   "against the truth.")
+    report.section(
+        "1. Answers on unseen scenes",
+        f"The model's greedy answers to every question about {len(scenes)} scenes it never saw, "
+        "against the truth.",
+    )
     asked = [(k, scene, qa) for k, scene in enumerate(scenes) for qa in scene.questions]
     answers = _answer(model, [scene.image for _, scene, _ in asked], [qa.question for _, _, qa in asked])
     for k, scene in enumerate(scenes):
         report.image(scene.image, caption=f"scene {k}: {scene.caption_colored}", scale=3)
-    rows = [[k, qa.qtype, qa.question, qa.answer, answer, "yes" if answer == qa.answer else "NO"]
-            for (k, _, qa), answer in zip(asked, answers)]
+    rows = [
+        [k, qa.qtype, qa.question, qa.answer, answer, "yes" if answer == qa.answer else "NO"]
+        for (k, _, qa), answer in zip(asked, answers)
+    ]
     right = sum(row[-1] == "yes" for row in rows)
     report.table(["scene", "type", "question", "truth", "model", "right"], rows)
     report.text(f"{right} of {len(rows)} answers are right.")
@@ -224,13 +262,17 @@ def _patching_section(model: HookedMLLM, scene: Any, qa: Any, target: Any, repor
         "5. Patching sweep over the image",
         f"Each panel patches one layer's residual stream (resid_pre) of one world cell (2 x 2 image tokens) from "
         f"the clean scene into a copy where the {target.shape} is {new_color}, and colours the cell by how much of "
-        f"the logit difference '{qa.answer}' - '{new_color}' comes back (1 = all of it).")
-    report.image(scene.image, caption="clean", scale=3).image(other, caption=f"corrupted ({new_color} {target.shape})",
-                                                             scale=3)
+        f"the logit difference '{qa.answer}' - '{new_color}' comes back (1 = all of it).",
+    )
+    report.image(scene.image, caption="clean", scale=3).image(
+        other, caption=f"corrupted ({new_color} {target.shape})", scale=3
+    )
     report.html(display.patching_html(result, scene.image, normalized=True))
-    report.text(f"Clean {result.clean_metric:.2f}, corrupted {result.corrupted_metric:.2f}; the peak is at layer "
-                f"{layer}, cell {result.labels[unit]}, and the {target.shape} sits in world cell "
-                f"r{target.cell[0]}c{target.cell[1]}.")
+    report.text(
+        f"Clean {result.clean_metric:.2f}, corrupted {result.corrupted_metric:.2f}; the peak is at layer "
+        f"{layer}, cell {result.labels[unit]}, and the {target.shape} sits in world cell "
+        f"r{target.cell[0]}c{target.cell[1]}."
+    )
 
 
 def _concept_section(model: HookedMLLM, seed: int, report: Report, n: int = 40, k: int = 8) -> None:
@@ -241,8 +283,12 @@ def _concept_section(model: HookedMLLM, seed: int, report: Report, n: int = 40, 
     batch = model.prepare(images=[s.image for s in scenes], prompts=["describe the image ."] * n)
     name = f"blocks.{CONCEPT_LAYER}.hook_resid_post"
     _, cache = model.run_with_cache(batch, names_filter=name)
-    where = [(i, j, p) for i in range(n) for j, p in enumerate(batch.images_of(i)[0].token_positions)
-             if np.asarray(_patch(scenes[i].image, j)).any()]  # patches that show part of an object
+    where = [
+        (i, j, p)
+        for i in range(n)
+        for j, p in enumerate(batch.images_of(i)[0].token_positions)
+        if np.asarray(_patch(scenes[i].image, j)).any()
+    ]  # patches that show part of an object
     feats = torch.stack([cache[name][i, p] for i, _, p in where]).float().numpy()
     decomposer = make_decomposer("kmeans", n_components=k, random_state=0).fit(feats)
     activations = np.asarray(decomposer.transform(feats))
@@ -257,7 +303,8 @@ def _concept_section(model: HookedMLLM, seed: int, report: Report, n: int = 40, 
         "6. Concept dictionary of image tokens",
         f"k-means with {k} concepts on the layer-{CONCEPT_LAYER} residuals of the {len(where)} image tokens that show "
         f"part of an object in {n} unseen scenes: each concept's top words through the final norm and unembedding, and the image patches "
-        "that activate it most.")
+        "that activate it most.",
+    )
     report.html(display.concept_dictionary_html(words, patches, names))
 
 
@@ -267,7 +314,9 @@ def _patch(image: Image.Image, index: int, grid: int = 6) -> Image.Image:
     return image.crop((c * size, r * size, (c + 1) * size, (r + 1) * size))
 
 
-def _last_features(model: HookedMLLM, images: list[Image.Image], prompts: list[str], layer: int) -> torch.Tensor:
+def _last_features(
+    model: HookedMLLM, images: list[Image.Image], prompts: list[str], layer: int
+) -> torch.Tensor:
     batch = model.prepare(images=images, prompts=prompts)
     name = f"blocks.{layer}.hook_resid_post"
     _, cache = model.run_with_cache(batch, names_filter=name)
@@ -287,20 +336,32 @@ def _shift_section(model: HookedMLLM, name: str, seed: int, scene: Any, report: 
     a = _last_features(model, images, prompts, STEER_LAYER).numpy()
     b = _last_features(twin, images, prompts, STEER_LAYER).numpy()
     k = 6
-    result = analyze_shift(a, b, make_decomposer("kmeans", n_components=k, random_state=0),
-                           make_decomposer("kmeans", n_components=k, random_state=0))
+    result = analyze_shift(
+        a,
+        b,
+        make_decomposer("kmeans", n_components=k, random_state=0),
+        make_decomposer("kmeans", n_components=k, random_state=0),
+    )
     words_a = text_grounding(model, result.concepts_a, top_k=8, n_words=4, apply_norm=True)
     words_s = text_grounding(twin, result.shifted, top_k=8, n_words=4, apply_norm=True)
-    captions = [m.generate(m.prepare(images=[scene.image], prompts=[CAPTION_PROMPT]), max_new_tokens=12).text[0]
-                .replace("</s>", "").strip() for m in (model, twin)]
+    captions = [
+        m.generate(m.prepare(images=[scene.image], prompts=[CAPTION_PROMPT]), max_new_tokens=12)
+        .text[0]
+        .replace("</s>", "")
+        .strip()
+        for m in (model, twin)
+    ]
     report.section(
         f"7. Shift from {name} to its fine-tuned twin",
         f"Concepts of {name}'s last-prompt-token residual (layer {STEER_LAYER}) on {n} caption prompts, each moved "
-        "by the mean shift of its samples in the fine-tuned model, with the words each decodes to before and after.")
+        "by the mean shift of its samples in the fine-tuned model, with the words each decodes to before and after.",
+    )
     report.table(["model", "caption of the first scene"], [[name, captions[0]], ["twin", captions[1]]])
     report.html(display.shift_html(result))
-    report.table(["concept", "samples", f"words ({name})", "words after the shift (twin's unembedding)"],
-                 [[c, int(result.counts[c]), ", ".join(words_a[c]), ", ".join(words_s[c])] for c in range(k)])
+    report.table(
+        ["concept", "samples", f"words ({name})", "words after the shift (twin's unembedding)"],
+        [[c, int(result.counts[c]), ", ".join(words_a[c]), ", ".join(words_s[c])] for c in range(k)],
+    )
 
 
 def _steering_section(model: HookedMLLM, seed: int, report: Report) -> None:
@@ -311,8 +372,12 @@ def _steering_section(model: HookedMLLM, seed: int, report: Report) -> None:
     exist = [(s.image, qa.question, qa.answer) for s in scenes for qa in s.questions_of("exist")]
     fit, held = exist[:64], exist[64:]
     labels = _first_words(model, [x[0] for x in fit], [x[1] for x in fit])
-    vector = split_by(_last_features(model, [x[0] for x in fit], [x[1] for x in fit], STEER_LAYER), labels,
-                      target="no", source="yes")
+    vector = split_by(
+        _last_features(model, [x[0] for x in fit], [x[1] for x in fit], STEER_LAYER),
+        labels,
+        target="no",
+        source="yes",
+    )
     targeted = [x for x in held if x[2] == "yes"][:20]
     others = [(s.image, qa.question, qa.answer) for s in scenes[-20:] for qa in s.questions_of("count")]
     rows = targeted + others
@@ -322,20 +387,28 @@ def _steering_section(model: HookedMLLM, seed: int, report: Report) -> None:
     alphas = [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
     target_rate, other_accuracy = [], []
     for alpha in alphas:  # the first answer token is the argmax at the last prompt position
-        logits = model.run_with_hooks(batch, fwd_hooks=steering_hooks(vector, STEER_LAYER, alpha) if alpha else [])
+        logits = model.run_with_hooks(
+            batch, fwd_hooks=steering_hooks(vector, STEER_LAYER, alpha) if alpha else []
+        )
         words = tokenizer.convert_ids_to_tokens(logits[torch.arange(len(rows)), last].argmax(-1).tolist())
         target_rate.append(float(np.mean([w == "no" for w in words[: len(targeted)]])))
-        other_accuracy.append(float(np.mean([w == x[2] for w, x in zip(words[len(targeted):], others)])))
+        other_accuracy.append(float(np.mean([w == x[2] for w, x in zip(words[len(targeted) :], others)])))
     report.section(
         "8. Steering dose response",
         f"A 'no' minus 'yes' vector (mean layer-{STEER_LAYER} residual at the last prompt token of existence "
         f"questions the model answers no / yes) added at every position with growing strength: how often "
         f"{len(targeted)} questions whose answer is 'yes' flip to 'no', and how counting accuracy "
-        f"({len(others)} questions) holds up.")
-    report.figure(display.steering_dose_figure(alphas, target_rate, other_accuracy, target="no",
-                                               other="counting accuracy"))
-    report.table(["alpha", "answers 'no'", "counting accuracy"],
-                 [[a, t, o] for a, t, o in zip(alphas, target_rate, other_accuracy)])
+        f"({len(others)} questions) holds up.",
+    )
+    report.figure(
+        display.steering_dose_figure(
+            alphas, target_rate, other_accuracy, target="no", other="counting accuracy"
+        )
+    )
+    report.table(
+        ["alpha", "answers 'no'", "counting accuracy"],
+        [[a, t, o] for a, t, o in zip(alphas, target_rate, other_accuracy)],
+    )
 
 
 def _random_demo(model: HookedMLLM, seed: int, report: Report) -> None:
@@ -350,13 +423,16 @@ def _random_demo(model: HookedMLLM, seed: int, report: Report) -> None:
         report.image(image, caption="random image")
     report.table(["prompt", "model"], list(zip(prompts, answers)))
     batch = model.prepare(images=images[:1], prompts=prompts[:1])
-    _, cache = model.run_with_cache(batch, names_filter=lambda n: n.startswith("blocks.") and (
-        "resid" in n or n.endswith("hook_pattern")))
+    _, cache = model.run_with_cache(
+        batch, names_filter=lambda n: n.startswith("blocks.") and ("resid" in n or n.endswith("hook_pattern"))
+    )
     report.section("2. Logit lens", "Top token per layer and position (noise on random weights).")
     report.html(logit_lens_grid(model, cache, part="text").to_html())
     report.section("3. Attention view", "circuitsvis's attention heads of layer 0 over every token.")
     report.attention(attention_heads(cache, 0, image=images[0]))
     corrupted = model.prepare(images=images[1:], prompts=prompts[:1])
     result = activation_patching(model, batch, corrupted, logit_diff(5, 6), over="cell")
-    report.section("4. Patching sweep over the image", "Each cell patched from the first image into the second.")
+    report.section(
+        "4. Patching sweep over the image", "Each cell patched from the first image into the second."
+    )
     report.html(display.patching_html(result, images[0]))

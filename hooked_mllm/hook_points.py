@@ -103,26 +103,54 @@ _SHORT = {
 
 # TransformerLens' shorthand (``get_act_name``): aliases, and names for values this library
 # does not hook, each with what to use instead.
-_TL_ALIASES = {"attn": "pattern", "attn_logits": "attn_scores", "key": "k", "query": "q", "value": "v",
-               "mlp_pre": "pre", "mlp_mid": "mid", "mlp_post": "post"}
+_TL_ALIASES = {
+    "attn": "pattern",
+    "attn_logits": "attn_scores",
+    "key": "k",
+    "query": "q",
+    "value": "v",
+    "mlp_pre": "pre",
+    "mlp_mid": "mid",
+    "mlp_post": "post",
+}
 _TL_LAYER_TYPES = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "attention": "attn"}
 _TL_ATTN = ("k", "v", "q", "z", "rot_k", "rot_q", "result", "pattern", "attn_scores")
 _TL_MLP = ("pre", "post", "mid", "pre_linear")
 _TL_ONLY = ("rot_k", "rot_q", "result", "attn_scores", "mid", "pre_linear", "scale", "pos_embed")
 _TL_HINTS = (
-    (r"blocks\.\d+\.attn\.hook_result$", "per-head results are not a hook point here: call "
-     "cache.compute_head_results() (hook_z times W_O, per head) or use cache.stack_head_results()"),
-    (r"\.attn\.hook_attn_scores$", "pre-softmax attention scores are not exposed; attn.hook_pattern holds the "
-     "post-softmax pattern"),
-    (r"\.attn\.hook_rot_[qk]$", "rotated queries/keys are not exposed; attn.hook_q / attn.hook_k are the "
-     "projections before the rotary embedding"),
-    (r"(^|\.)hook_scale$", "norm scales are not hook points; ln1/ln2/ln_final.hook_normalized are, and "
-     "cache.apply_ln_to_stack recomputes the scale from the cached residual"),
-    (r"\.mlp\.hook_mid$", "SoLU's mid activation does not exist in these models; mlp.hook_pre and mlp.hook_post do"),
-    (r"\.mlp\.hook_pre_linear$", "the up projection's output is not a hook point; mlp.hook_pre (first / gate "
-     "projection output) and mlp.hook_post (the down projection's input) are"),
-    (r"^hook_pos_embed$", "these models have no learned position embedding (rotary); hook_embed is the token "
-     "embedding and blocks.0.hook_resid_pre the embedding with image features merged"),
+    (
+        r"blocks\.\d+\.attn\.hook_result$",
+        "per-head results are not a hook point here: call "
+        "cache.compute_head_results() (hook_z times W_O, per head) or use cache.stack_head_results()",
+    ),
+    (
+        r"\.attn\.hook_attn_scores$",
+        "pre-softmax attention scores are not exposed; attn.hook_pattern holds the post-softmax pattern",
+    ),
+    (
+        r"\.attn\.hook_rot_[qk]$",
+        "rotated queries/keys are not exposed; attn.hook_q / attn.hook_k are the "
+        "projections before the rotary embedding",
+    ),
+    (
+        r"(^|\.)hook_scale$",
+        "norm scales are not hook points; ln1/ln2/ln_final.hook_normalized are, and "
+        "cache.apply_ln_to_stack recomputes the scale from the cached residual",
+    ),
+    (
+        r"\.mlp\.hook_mid$",
+        "SoLU's mid activation does not exist in these models; mlp.hook_pre and mlp.hook_post do",
+    ),
+    (
+        r"\.mlp\.hook_pre_linear$",
+        "the up projection's output is not a hook point; mlp.hook_pre (first / gate "
+        "projection output) and mlp.hook_post (the down projection's input) are",
+    ),
+    (
+        r"^hook_pos_embed$",
+        "these models have no learned position embedding (rotary); hook_embed is the token "
+        "embedding and blocks.0.hook_resid_pre the embedding with image features merged",
+    ),
 )
 
 
@@ -201,8 +229,11 @@ def _block_points(
     def sub(rel: str) -> str:
         return f"{path}.{rel}"
 
-    attn_out = (Site(sub(block.attn_out)) if block.attn_out is not None
-                else Site(sub(block.attn), "output", block.attn_index))
+    attn_out = (
+        Site(sub(block.attn_out))
+        if block.attn_out is not None
+        else Site(sub(block.attn), "output", block.attn_index)
+    )
     attn_scale = sub(block.attn_scale) if block.attn_scale is not None else None
     mlp_scale = sub(block.mlp_scale) if block.mlp_scale is not None else None
     points = [
@@ -212,11 +243,19 @@ def _block_points(
         p("attn.hook_k", Site(sub(block.k)), heads=n_kv) if block.k is not None else None,
         p("attn.hook_v", Site(sub(block.v)), heads=n_kv) if block.v is not None else None,
         p("attn.hook_z", Site(sub(block.o), "input"), heads=n_heads or None),  # 0: head count unknown
-        p("attn.hook_pattern", Site(sub(block.attn), "output", block.pattern_index), writable=False,
-          needs_eager=True) if block.pattern_index is not None else None,
+        p(
+            "attn.hook_pattern",
+            Site(sub(block.attn), "output", block.pattern_index),
+            writable=False,
+            needs_eager=True,
+        )
+        if block.pattern_index is not None
+        else None,
         p("hook_attn_out", attn_out, scale=attn_scale),
         p("hook_resid_mid", attn_out, base=Site(path, "input"), scale=attn_scale),
-        p("ln2.hook_normalized", Site(sub(block.ln2))) if block.ln2 is not None else None,  # None: parallel block
+        p("ln2.hook_normalized", Site(sub(block.ln2)))
+        if block.ln2 is not None
+        else None,  # None: parallel block
         p("mlp.hook_pre", Site(sub(block.mlp_pre))),
         p("mlp.hook_post", Site(sub(block.mlp_down), "input")),
         p("hook_mlp_out", Site(sub(block.mlp_out or block.mlp)), scale=mlp_scale),
@@ -225,7 +264,9 @@ def _block_points(
     return [point for point in points if point is not None]
 
 
-def _cross_block_points(path: str, block: BlockLayout, layer: int, n_heads: int, n_kv: int) -> list[HookPoint]:
+def _cross_block_points(
+    path: str, block: BlockLayout, layer: int, n_heads: int, n_kv: int
+) -> list[HookPoint]:
     """The hook points of one gated cross-attention layer (Mllama) at module ``path``.
 
     The layer computes ``mid = pre + tanh(g_attn) * cross_attn(ln1(pre), vision)`` and
@@ -247,11 +288,21 @@ def _cross_block_points(path: str, block: BlockLayout, layer: int, n_heads: int,
         p("hook_resid_pre", Site(path, "input")),
         p("ln1.hook_normalized", Site(sub(block.ln1))),
         p("cross_attn.hook_q", Site(sub(block.q)), heads=n_heads) if block.q is not None else None,
-        p("cross_attn.hook_k", Site(sub(block.k)), heads=n_kv, sequence=False) if block.k is not None else None,
-        p("cross_attn.hook_v", Site(sub(block.v)), heads=n_kv, sequence=False) if block.v is not None else None,
+        p("cross_attn.hook_k", Site(sub(block.k)), heads=n_kv, sequence=False)
+        if block.k is not None
+        else None,
+        p("cross_attn.hook_v", Site(sub(block.v)), heads=n_kv, sequence=False)
+        if block.v is not None
+        else None,
         p("cross_attn.hook_z", Site(sub(block.o), "input"), heads=n_heads),
-        p("cross_attn.hook_pattern", Site(sub(block.attn), "output", block.pattern_index), writable=False,
-          needs_eager=True) if block.pattern_index is not None else None,
+        p(
+            "cross_attn.hook_pattern",
+            Site(sub(block.attn), "output", block.pattern_index),
+            writable=False,
+            needs_eager=True,
+        )
+        if block.pattern_index is not None
+        else None,
         p("hook_cross_attn_out", Site(sub(block.attn), "output", block.attn_index)),
         p("hook_resid_mid", Site(sub(block.ln2), "input"), writable=False),
         p("ln2.hook_normalized", Site(sub(block.ln2))),
@@ -306,32 +357,64 @@ class HookPoints:
         points: list[HookPoint] = []
         modules = adapter.modules
         if modules.vision_embed is not None:
-            points.append(HookPoint(name="vision.hook_embed", site=Site(modules.vision_embed), stream="vision",
-                                    sequence=False))
+            points.append(
+                HookPoint(
+                    name="vision.hook_embed", site=Site(modules.vision_embed), stream="vision", sequence=False
+                )
+            )
         if modules.vision_layers is not None and modules.vision_block is not None:
             for layer in range(vision_layers):
-                block = _block_points(f"vision.blocks.{layer}.", f"{modules.vision_layers}.{layer}",
-                                      modules.vision_block, layer, vision_heads, vision_heads, "vision")
+                block = _block_points(
+                    f"vision.blocks.{layer}.",
+                    f"{modules.vision_layers}.{layer}",
+                    modules.vision_block,
+                    layer,
+                    vision_heads,
+                    vision_heads,
+                    "vision",
+                )
                 if vision_layers_read is not None and layer >= vision_layers_read:
-                    reason = (f"the projector reads the vision tower's hidden state after layer {vision_layers_read - 1} "
-                              f"(the config's {adapter.config_keys.vision_feature_layer}), so vision layer {layer} never "
-                              f"reaches the output; write vision.blocks.{vision_layers_read - 1}.hook_resid_post "
-                              "instead")
+                    reason = (
+                        f"the projector reads the vision tower's hidden state after layer {vision_layers_read - 1} "
+                        f"(the config's {adapter.config_keys.vision_feature_layer}), so vision layer {layer} never "
+                        f"reaches the output; write vision.blocks.{vision_layers_read - 1}.hook_resid_post "
+                        "instead"
+                    )
                     block = [replace(point, writable=False, read_only=reason) for point in block]
                 points += [_replace_sequence(point) for point in block]
         if modules.projector is not None:
-            points.append(HookPoint(name="projector.hook_in", site=Site(modules.projector, "input"),
-                                    stream="projector", sequence=False))
-            points.append(HookPoint(name="projector.hook_out", site=Site(modules.projector), stream="projector",
-                                    sequence=False))
+            points.append(
+                HookPoint(
+                    name="projector.hook_in",
+                    site=Site(modules.projector, "input"),
+                    stream="projector",
+                    sequence=False,
+                )
+            )
+            points.append(
+                HookPoint(
+                    name="projector.hook_out",
+                    site=Site(modules.projector),
+                    stream="projector",
+                    sequence=False,
+                )
+            )
         points.append(HookPoint(name="hook_embed", site=Site(modules.embed)))
         for layer in range(n_layers):
             if layer in cross_layers and modules.cross is not None:
-                points += _cross_block_points(f"{modules.lm_layers}.{layer}", modules.cross.block, layer,
-                                              n_heads, n_kv_heads)
+                points += _cross_block_points(
+                    f"{modules.lm_layers}.{layer}", modules.cross.block, layer, n_heads, n_kv_heads
+                )
                 continue
-            points += _block_points(f"blocks.{layer}.", f"{modules.lm_layers}.{layer}", modules.block,
-                                    layer, n_heads, n_kv_heads, "lm")
+            points += _block_points(
+                f"blocks.{layer}.",
+                f"{modules.lm_layers}.{layer}",
+                modules.block,
+                layer,
+                n_heads,
+                n_kv_heads,
+                "lm",
+            )
         points.append(HookPoint(name="ln_final.hook_normalized", site=Site(modules.final_norm)))
         points.append(HookPoint(name="hook_logits", site=Site(modules.unembed)))
         return cls(points, adapter.name)
@@ -362,7 +445,9 @@ class HookPoints:
             return point
         raise HookNameError(self._unknown_message(name))
 
-    def select(self, names_filter: str | tuple | Iterable[str] | Callable[[str], bool] | None) -> list[HookPoint]:
+    def select(
+        self, names_filter: str | tuple | Iterable[str] | Callable[[str], bool] | None
+    ) -> list[HookPoint]:
         """The hook points chosen by a name, a list of names, a predicate, or None (all).
 
         A predicate that matches nothing is an error, as is any unknown name in a list.
@@ -398,8 +483,10 @@ class HookPoints:
                 )
         swapped = name.replace(".attn.", ".cross_attn.").replace(".hook_attn_out", ".hook_cross_attn_out")
         if swapped != name and swapped in self._points:
-            return (f"Hook {name!r}: that layer is a cross-attention layer (it attends to the image, not to the "
-                    f"sequence); its attention hooks are named like {swapped!r}.")
+            return (
+                f"Hook {name!r}: that layer is a cross-attention layer (it attends to the image, not to the "
+                f"sequence); its attention hooks are named like {swapped!r}."
+            )
         generic = re.sub(r"\.\d+\.", ".{l}.", name)
         known_forms = {re.sub(r"\.\d+\.", ".{l}.", n) for n in self._points}
         if generic in _ALL_CANONICAL_FORMS and generic not in known_forms:
@@ -416,8 +503,15 @@ def _replace_sequence(point: HookPoint) -> HookPoint:
 
 
 _ALL_CANONICAL_FORMS = frozenset(
-    {"hook_embed", "ln_final.hook_normalized", "hook_logits", "vision.hook_embed", "projector.hook_in",
-     "projector.hook_out", "blocks.{l}.hook_cross_attn_out"}
+    {
+        "hook_embed",
+        "ln_final.hook_normalized",
+        "hook_logits",
+        "vision.hook_embed",
+        "projector.hook_in",
+        "projector.hook_out",
+        "blocks.{l}.hook_cross_attn_out",
+    }
     | {f"blocks.{{l}}.cross_attn.hook_{x}" for x in ("q", "k", "v", "z", "pattern")}
     | {v.replace("{l}", "{l}") for v in _SHORT.values()}
     | {"vision." + v for v in _SHORT.values()}

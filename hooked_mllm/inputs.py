@@ -87,18 +87,26 @@ def prepare(
     tokenizer.padding_side = padding_side
     try:
         given = per_row if adapter is not None and adapter.inputs.nested_images and flat else flat
-        encoded = processor(images=given or None, text=texts, padding=True, return_tensors="pt",
-                            **processor_kwargs)
+        encoded = processor(
+            images=given or None, text=texts, padding=True, return_tensors="pt", **processor_kwargs
+        )
     finally:
         tokenizer.padding_side = saved_side
     encoded = dict(encoded)
     if "suffix" not in processor_kwargs:  # PaliGemma adds training labels (all ignored without a suffix)
         encoded.pop("labels", None)
-    counts = processor_token_counts(processor, [(image.height, image.width) for image in flat
-                                                if hasattr(image, "height")])
-    return MultimodalBatch.from_hf(encoded, image_token_id=image_token_id, adapter=adapter,
-                                   config=config, tokenizer=tokenizer, prompts=prompts,
-                                   image_token_counts=counts if counts is not None and len(counts) == len(flat) else None)
+    counts = processor_token_counts(
+        processor, [(image.height, image.width) for image in flat if hasattr(image, "height")]
+    )
+    return MultimodalBatch.from_hf(
+        encoded,
+        image_token_id=image_token_id,
+        adapter=adapter,
+        config=config,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        image_token_counts=counts if counts is not None and len(counts) == len(flat) else None,
+    )
 
 
 def processor_token_counts(processor: Any, image_sizes: Sequence[Sequence[int]]) -> list[int] | None:
@@ -119,7 +127,9 @@ def processor_token_counts(processor: Any, image_sizes: Sequence[Sequence[int]])
         data = method(image_sizes=[[int(v) for v in size] for size in image_sizes])
     except (TypeError, ValueError, KeyError, AttributeError):  # a processor whose rule needs more than sizes
         return None
-    counts = data.get("num_image_tokens") if isinstance(data, dict) else getattr(data, "num_image_tokens", None)
+    counts = (
+        data.get("num_image_tokens") if isinstance(data, dict) else getattr(data, "num_image_tokens", None)
+    )
     return [int(c) for c in counts] if counts is not None else None
 
 
@@ -129,8 +139,10 @@ def _images_per_row(images: Any, n_rows: int) -> list[list[Any]]:
     if not isinstance(images, (list, tuple)):
         raise ValueError("images must be a list (one image per prompt, or a list of images per prompt)")
     if len(images) != n_rows:
-        raise ValueError(f"Got {len(images)} image entries for {n_rows} prompts; give one entry per prompt "
-                         "(an image, a list of images, or None).")
+        raise ValueError(
+            f"Got {len(images)} image entries for {n_rows} prompts; give one entry per prompt "
+            "(an image, a list of images, or None)."
+        )
     rows = []
     for entry in images:
         if entry is None:

@@ -24,8 +24,13 @@ if TYPE_CHECKING:
     from .model import HookedMLLM
 
 
-def logit_lens(model: HookedMLLM, resid: Float[Tensor, "... d_model"], apply_norm: bool = True, *,
-               scale_from: Float[Tensor, "... d_model"] | None = None) -> Float[Tensor, "... d_vocab"]:
+def logit_lens(
+    model: HookedMLLM,
+    resid: Float[Tensor, "... d_model"],
+    apply_norm: bool = True,
+    *,
+    scale_from: Float[Tensor, "... d_model"] | None = None,
+) -> Float[Tensor, "... d_vocab"]:
     """Vocabulary logits of residual vectors: ``softcap(unembed(final_norm(resid)))``.
 
     The model's final logit soft-capping (Gemma 2 / PaliGemma 2: ``cap * tanh(logits / cap)``)
@@ -82,8 +87,9 @@ def softcap_logits(model: HookedMLLM, logits: Float[Tensor, "... d_vocab"]) -> F
     return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
-def frozen_final_norm(model: HookedMLLM, resid: Float[Tensor, "... d_model"],
-                      scale_from: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+def frozen_final_norm(
+    model: HookedMLLM, resid: Float[Tensor, "... d_model"], scale_from: Float[Tensor, "... d_model"]
+) -> Float[Tensor, "... d_model"]:
     """The final norm of ``resid`` with its scale taken from ``scale_from`` (float32).
 
     RMSNorm: ``resid / sqrt(mean(scale_from**2) + eps) * (weight + offset)``; LayerNorm:

@@ -114,8 +114,11 @@ class PatchingResult:
         for i in range(h):
             for j in range(w):
                 v = float(table[i, j]) / top
-                color = (255, int(255 * (1 - v)), int(255 * (1 - v))) if v >= 0 else \
-                    (int(255 * (1 + v)), int(255 * (1 + v)), 255)
+                color = (
+                    (255, int(255 * (1 - v)), int(255 * (1 - v)))
+                    if v >= 0
+                    else (int(255 * (1 + v)), int(255 * (1 + v)), 255)
+                )
                 draw.rectangle([j * scale, i * scale, (j + 1) * scale - 1, (i + 1) * scale - 1], fill=color)
         return image
 
@@ -135,15 +138,21 @@ class PatchingResult:
             >>> result.location_map().overlay(scene.image)      # doctest: +SKIP
         """
         if self.over != "cell" or self.values.dim() != 3:
-            raise ValueError(f"location_map needs a sweep over image cells (over='cell'), not over={self.over!r}.")
+            raise ValueError(
+                f"location_map needs a sweep over image cells (over='cell'), not over={self.over!r}."
+            )
         layer = self.peak()[0] if layer is None else layer
         if layer not in self.layers:
             raise ValueError(f"Layer {layer} was not patched; patched layers: {self.layers}.")
         table = self.normalized() if normalized else self.values
         values = table[self.layers.index(layer)].float().numpy()
         label = f"{self.method} patching of {self.hook.replace('{l}', str(layer))}"
-        return LocationMap(values=values, method=f"{self.method}_patching", label=label,
-                           positions=tuple(p for u in self.units for p in u))
+        return LocationMap(
+            values=values,
+            method=f"{self.method}_patching",
+            label=label,
+            positions=tuple(p for u in self.units for p in u),
+        )
 
     def save_plot(self, path: str) -> str:
         """Save :meth:`to_image` as a PNG and return the path."""
@@ -151,8 +160,14 @@ class PatchingResult:
         return path
 
 
-def _units(model: HookedMLLM, batch: MultimodalBatch, over: str, positions: Sequence[int] | None,
-           image: int, cell: tuple[int, int]) -> tuple[list[list[int]], list[str], tuple[int, int] | None]:
+def _units(
+    model: HookedMLLM,
+    batch: MultimodalBatch,
+    over: str,
+    positions: Sequence[int] | None,
+    image: int,
+    cell: tuple[int, int],
+) -> tuple[list[list[int]], list[str], tuple[int, int] | None]:
     if over == "head":
         return [[h] for h in range(model.cfg.n_heads)], [f"H{h}" for h in range(model.cfg.n_heads)], None
     if over == "position":
@@ -201,13 +216,23 @@ def _check_pair(clean: MultimodalBatch, corrupted: MultimodalBatch) -> None:
     if len(clean) != 1 or len(corrupted) != 1:
         raise ValueError("Patching takes one clean and one corrupted row (batch.row(i) selects one).")
     if clean.shape != corrupted.shape or not torch.equal(clean.image_mask, corrupted.image_mask):
-        raise ValueError(f"Clean {clean.shape} and corrupted {corrupted.shape} inputs must share their token "
-                         "layout (same template, prompt length and image sizes) to patch position by position.")
+        raise ValueError(
+            f"Clean {clean.shape} and corrupted {corrupted.shape} inputs must share their token "
+            "layout (same template, prompt length and image sizes) to patch position by position."
+        )
 
 
-def _setup(model: HookedMLLM, clean: MultimodalBatch, corrupted: MultimodalBatch, hook: str,
-           layers: Sequence[int] | None, over: str, positions: Sequence[int] | None, image: int,
-           cell: tuple[int, int]) -> tuple:
+def _setup(
+    model: HookedMLLM,
+    clean: MultimodalBatch,
+    corrupted: MultimodalBatch,
+    hook: str,
+    layers: Sequence[int] | None,
+    over: str,
+    positions: Sequence[int] | None,
+    image: int,
+    cell: tuple[int, int],
+) -> tuple:
     """What both sweeps share: checks, layers, units, hook names and the clean run's cache."""
     _check_pair(clean, corrupted)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
@@ -247,7 +272,8 @@ def activation_patching(
         batch_size: Patched runs per forward.
     """
     layers, units, labels, grid, names, clean_logits, clean_cache = _setup(
-        model, clean, corrupted, hook, layers, over, positions, image, cell)
+        model, clean, corrupted, hook, layers, over, positions, image, cell
+    )
     corrupted_logits = model.run_with_hooks(corrupted, fwd_hooks=list(corrupted_hooks))
     forwards, rows = 2, 2
     table = torch.empty(len(layers), len(units))
@@ -260,10 +286,18 @@ def activation_patching(
             table[li, start : start + len(chunk)] = metric(logits, repeated).float().cpu()
             forwards, rows = forwards + 1, rows + len(chunk)
     values = table.view(len(layers), *grid) if grid is not None else table
-    return PatchingResult(values=values, hook=act_name(hook, 0).replace("blocks.0.", "blocks.{l}."), layers=layers,
-                          over=over, labels=labels, units=units, clean_metric=float(metric(clean_logits, clean)[0]),
-                          corrupted_metric=float(metric(corrupted_logits, corrupted)[0]), forward_passes=forwards,
-                          rows=rows)
+    return PatchingResult(
+        values=values,
+        hook=act_name(hook, 0).replace("blocks.0.", "blocks.{l}."),
+        layers=layers,
+        over=over,
+        labels=labels,
+        units=units,
+        clean_metric=float(metric(clean_logits, clean)[0]),
+        corrupted_metric=float(metric(corrupted_logits, corrupted)[0]),
+        forward_passes=forwards,
+        rows=rows,
+    )
 
 
 class _Delta:
@@ -301,10 +335,13 @@ def attribution_patching(
     like the activation-patching table.
     """
     layers, units, labels, grid, names, clean_logits, clean_cache = _setup(
-        model, clean, corrupted, hook, layers, over, positions, image, cell)
+        model, clean, corrupted, hook, layers, over, positions, image, cell
+    )
     store: dict = {}
     delta = _Delta(store)
-    logits = model.run_with_hooks(corrupted, fwd_hooks=[*corrupted_hooks, *[(n, delta) for n in names]], grad=True)
+    logits = model.run_with_hooks(
+        corrupted, fwd_hooks=[*corrupted_hooks, *[(n, delta) for n in names]], grad=True
+    )
     value = metric(logits, corrupted).sum()
     grads = torch.autograd.grad(value, [store[n][1] for n in names])
     table = torch.empty(len(layers), len(units))
@@ -316,14 +353,25 @@ def attribution_patching(
     corrupted_metric = float(value.detach())
     table = table + corrupted_metric
     values = table.view(len(layers), *grid) if grid is not None else table
-    return PatchingResult(values=values, hook=act_name(hook, 0).replace("blocks.0.", "blocks.{l}."), layers=layers,
-                          over=over, labels=labels, units=units, clean_metric=float(metric(clean_logits, clean)[0]),
-                          corrupted_metric=corrupted_metric, forward_passes=2, rows=2, backward_passes=1,
-                          method="attribution")
+    return PatchingResult(
+        values=values,
+        hook=act_name(hook, 0).replace("blocks.0.", "blocks.{l}."),
+        layers=layers,
+        over=over,
+        labels=labels,
+        units=units,
+        clean_metric=float(metric(clean_logits, clean)[0]),
+        corrupted_metric=corrupted_metric,
+        forward_passes=2,
+        rows=2,
+        backward_passes=1,
+        method="attribution",
+    )
 
 
-def noise_image_tokens(model: HookedMLLM, batch: MultimodalBatch, scale: float = 3.0, seed: int = 0,
-                       std: float | None = None) -> tuple[str, Callable]:
+def noise_image_tokens(
+    model: HookedMLLM, batch: MultimodalBatch, scale: float = 3.0, seed: int = 0, std: float | None = None
+) -> tuple[str, Callable]:
     """Causal-tracing corruption: Gaussian noise on the image tokens of ``blocks.0.hook_resid_pre``.
 
     The noise's standard deviation is ``scale`` times ``std``, by default the standard

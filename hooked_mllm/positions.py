@@ -37,7 +37,9 @@ class Selector:
     def mask(self, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
         raise NotImplementedError
 
-    def step_mask(self, batch: MultimodalBatch | None, step: int, shape: tuple[int, int]) -> Bool[Tensor, "batch pos"] | None:
+    def step_mask(
+        self, batch: MultimodalBatch | None, step: int, shape: tuple[int, int]
+    ) -> Bool[Tensor, "batch pos"] | None:
         """The mask at one forward of a run (``step`` 0: the prompt), or None if nothing is selected.
 
         ``shape`` is the activation's ``(batch, pos)``. A prompt selector needs the batch.
@@ -47,7 +49,9 @@ class Selector:
         if not self.on_prompt:
             return None
         if batch is None:
-            raise ValueError("This position selector needs the run's MultimodalBatch; run through HookedMLLM.")
+            raise ValueError(
+                "This position selector needs the run's MultimodalBatch; run through HookedMLLM."
+            )
         return self.mask(batch, shape[1])
 
     def __or__(self, other: Any) -> Selector:
@@ -67,9 +71,14 @@ class _Union(Selector):
     def on_generated(self) -> bool:  # type: ignore[override]
         return self.left.on_generated or self.right.on_generated
 
-    def step_mask(self, batch: MultimodalBatch | None, step: int, shape: tuple[int, int]) -> Bool[Tensor, "batch pos"] | None:
-        masks = [m for m in (self.left.step_mask(batch, step, shape), self.right.step_mask(batch, step, shape))
-                 if m is not None]
+    def step_mask(
+        self, batch: MultimodalBatch | None, step: int, shape: tuple[int, int]
+    ) -> Bool[Tensor, "batch pos"] | None:
+        masks = [
+            m
+            for m in (self.left.step_mask(batch, step, shape), self.right.step_mask(batch, step, shape))
+            if m is not None
+        ]
         if not masks:
             return None
         return masks[0] | masks[1] if len(masks) == 2 else masks[0]
@@ -129,7 +138,9 @@ class Image(Selector):
     image_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.box is not None and (self.image_size is None or self.rows is not None or self.cols is not None):
+        if self.box is not None and (
+            self.image_size is None or self.rows is not None or self.cols is not None
+        ):
             raise ValueError("box= needs image_size=(width, height) and replaces rows=/cols=")
 
     def _cells(self, grid: tuple[int, int]) -> tuple[Any, Any]:
@@ -152,7 +163,8 @@ class Image(Selector):
                 raise IndexError(
                     f"positions.image({self.index}): row {row} has {len(spans)} image span(s) "
                     f"(per row: {[len(batch.images_of(r)) for r in range(len(batch))]}); an image index must be "
-                    "within every row's images.")
+                    "within every row's images."
+                )
             chosen = spans if self.index is None else spans[self.index : self.index + 1 or None]
             for span in chosen:
                 where = torch.as_tensor(list(span.token_positions), dtype=torch.long)
@@ -160,7 +172,9 @@ class Image(Selector):
                     out[row, where] = True
                     continue
                 if span.grid is None:
-                    raise ValueError(f"Image {span.index} has no patch grid, so rows/cols/box cannot select cells.")
+                    raise ValueError(
+                        f"Image {span.index} has no patch grid, so rows/cols/box cannot select cells."
+                    )
                 cells = torch.zeros(span.grid, dtype=torch.bool)
                 cells[self._cells(span.grid)] = True
                 out[row, where] = cells.flatten()
@@ -207,8 +221,10 @@ class Mask(Selector):
         if value.dim() == 1:
             value = value.expand(len(batch), -1)
         if tuple(value.shape) != (len(batch), length):
-            raise ValueError(f"Position mask has shape {tuple(self.value.shape)}; expected "
-                             f"[{length}] or [{len(batch)}, {length}].")
+            raise ValueError(
+                f"Position mask has shape {tuple(self.value.shape)}; expected "
+                f"[{length}] or [{len(batch)}, {length}]."
+            )
         return value.clone()
 
 
@@ -230,8 +246,11 @@ class Token(Selector):
         out = torch.zeros_like(batch.pad_mask)
         for row in range(len(batch)):
             seq = batch.input_ids[row].tolist()
-            starts = [i for i in range(len(seq) - len(ids) + 1)
-                      if seq[i : i + len(ids)] == ids and not bool(batch.pad_mask[row, i])]
+            starts = [
+                i
+                for i in range(len(seq) - len(ids) + 1)
+                if seq[i : i + len(ids)] == ids and not bool(batch.pad_mask[row, i])
+            ]
             if not starts:
                 raise ValueError(f"{self.text!r} (tokens {ids}) does not occur in row {row}'s prompt.")
             start = starts[self.occurrence]
@@ -257,8 +276,13 @@ def token(text: str, tokenizer: Any, occurrence: int = -1) -> Token:
     return Token(text, tokenizer, occurrence)
 
 
-def image(index: int | None = None, rows: Any = None, cols: Any = None,
-          box: tuple[float, float, float, float] | None = None, image_size: tuple[int, int] | None = None) -> Image:
+def image(
+    index: int | None = None,
+    rows: Any = None,
+    cols: Any = None,
+    box: tuple[float, float, float, float] | None = None,
+    image_size: tuple[int, int] | None = None,
+) -> Image:
     """Select image tokens: image ``index`` of each row, grid ``rows``/``cols``, or a pixel ``box``.
 
     Examples:
@@ -294,8 +318,10 @@ def as_selector(value: Any) -> Selector:
         return Mask(value)
     if isinstance(value, (int, slice, list, tuple)) or isinstance(value, Tensor):
         return Indices(value.tolist() if isinstance(value, Tensor) else value)
-    raise TypeError(f"Cannot select positions with {type(value).__name__}; use 'image', 'text', 'last', "
-                    "'all', an int, a slice, a list of ints, a boolean mask or a positions.* selector.")
+    raise TypeError(
+        f"Cannot select positions with {type(value).__name__}; use 'image', 'text', 'last', "
+        "'all', an int, a slice, a list of ints, a boolean mask or a positions.* selector."
+    )
 
 
 def resolve(selector: Any, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:

@@ -40,6 +40,8 @@ def compact(tensor: Tensor) -> Tensor:
     tensor = tensor.detach()
     whole = tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
     return tensor if whole and tensor.is_contiguous() else tensor.clone(memory_format=torch.contiguous_format)
+
+
 _MISSING_WEIGHT_ERRORS = (AttributeError, KeyError, IndexError, ValueError, RuntimeError)
 
 
@@ -64,8 +66,9 @@ class NormSpec:
     eps: float
     offset: float = 0.0
 
-    def apply(self, stack: Float[Tensor, "*lead d_model"], resid: Float[Tensor, "*rest d_model"]
-              ) -> Float[Tensor, "*lead d_model"]:
+    def apply(
+        self, stack: Float[Tensor, "*lead d_model"], resid: Float[Tensor, "*rest d_model"]
+    ) -> Float[Tensor, "*lead d_model"]:
         """``stack``'s components scaled as this norm scales the full residual ``resid`` (no bias).
 
         The scale is computed from ``resid`` (which broadcasts against ``stack``'s trailing
@@ -77,7 +80,7 @@ class NormSpec:
             scale = (resid.var(-1, keepdim=True, unbiased=False) + self.eps).sqrt()
         else:
             scale = (resid.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-        weight = (torch.ones(stack.shape[-1]) if self.weight is None else self.weight.detach().float())
+        weight = torch.ones(stack.shape[-1]) if self.weight is None else self.weight.detach().float()
         weight = weight.to(stack32.device) + self.offset
         return (stack32 / scale.to(stack32.device) * weight).to(stack.dtype)
 
@@ -89,7 +92,9 @@ class NormSpec:
         """The spec of a norm module (``variance_epsilon`` or ``eps``, else ``default_eps``)."""
         eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", None) or default_eps
         weight = parameter(module) if getattr(module, "weight", None) is not None else None
-        return cls(kind=kind, weight=None if weight is None else weight.detach(), eps=float(eps), offset=offset)
+        return cls(
+            kind=kind, weight=None if weight is None else weight.detach(), eps=float(eps), offset=offset
+        )
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -155,23 +160,28 @@ class CacheReadout:
             value = value[layer]
         if value is None:
             key = name if layer is None else f"{name}.{layer}"
-            raise ValueError(f"{key} is not available for this model: {self.missing.get(key, 'it has none')}.")
+            raise ValueError(
+                f"{key} is not available for this model: {self.missing.get(key, 'it has none')}."
+            )
         return value
 
     # -- moving and saving ------------------------------------------------------------
 
     def to(self, device: torch.device | str) -> CacheReadout:
         """The readout with every weight on ``device``."""
+
         def move(value: Any) -> Any:
             if isinstance(value, (Tensor, NormSpec)):
                 return value.to(device)
             if isinstance(value, tuple):
                 return tuple(move(v) for v in value)
             return value
+
         return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
     def state(self) -> dict[str, Any]:
         """Plain tensors, numbers and strings (loadable with ``torch.load(weights_only=True)``)."""
+
         def pack(value: Any) -> Any:
             if isinstance(value, NormSpec):
                 return {"kind": value.kind, "weight": value.weight, "eps": value.eps, "offset": value.offset}
@@ -180,21 +190,31 @@ class CacheReadout:
             if isinstance(value, Tensor):
                 return compact(value)
             return dict(value) if isinstance(value, Mapping) else value
+
         return {f.name: pack(getattr(self, f.name)) for f in fields(self) if f.name != "tokenizer"}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], tokenizer: Any = None) -> CacheReadout:
         """The readout :meth:`state` described."""
+
         def norm(value: Any) -> NormSpec | None:
             return None if value is None else NormSpec(**value)
+
         layered = ("W_O", "b_O", "W_out", "b_out")
         return cls(
-            n_layers=int(state["n_layers"]), d_model=int(state["d_model"]), d_mlp=state["d_mlp"],
-            hook_streams=dict(state["hook_streams"]), W_U=state["W_U"],
+            n_layers=int(state["n_layers"]),
+            d_model=int(state["d_model"]),
+            d_mlp=state["d_mlp"],
+            hook_streams=dict(state["hook_streams"]),
+            W_U=state["W_U"],
             **{name: tuple(state[name]) for name in layered},
-            ln1=tuple(norm(v) for v in state["ln1"]), ln2=tuple(norm(v) for v in state["ln2"]),
-            ln_final=norm(state["ln_final"]), neuron_note=state["neuron_note"], missing=dict(state["missing"]),
-            tokenizer=tokenizer)
+            ln1=tuple(norm(v) for v in state["ln1"]),
+            ln2=tuple(norm(v) for v in state["ln2"]),
+            ln_final=norm(state["ln_final"]),
+            neuron_note=state["neuron_note"],
+            missing=dict(state["missing"]),
+            tokenizer=tokenizer,
+        )
 
     # -- building -------------------------------------------------------------------
 
@@ -218,25 +238,37 @@ class CacheReadout:
             return value.detach() if isinstance(value, Tensor) else value
 
         def norm(path: str | None) -> Callable[[], NormSpec]:
-            return lambda: NormSpec.of(adapter.module(model.hf_model, path), block.norm, block.norm_offset,
-                                       cfg.norm_eps)
+            return lambda: NormSpec.of(
+                adapter.module(model.hf_model, path), block.norm, block.norm_offset, cfg.norm_eps
+            )
 
         layers = range(cfg.n_layers)
         prefix = adapter.modules.lm_layers
-        weights = {name: tuple(read(f"{name}.{l}", lambda n=name, l=l: getattr(model, n)(l)) for l in layers)
-                   for name in ("W_O", "b_O", "W_out", "b_out")}
+        weights = {
+            name: tuple(read(f"{name}.{l}", lambda n=name, l=l: getattr(model, n)(l)) for l in layers)
+            for name in ("W_O", "b_O", "W_out", "b_out")
+        }
         ln2: tuple[NormSpec | None, ...] = tuple(None for _ in layers)
         if block.ln2 is not None:
             ln2 = tuple(read(f"ln2.{l}", norm(f"{prefix}.{l}.{block.ln2}")) for l in layers)
         note = None
         if block.mlp_out is not None or block.mlp_scale is not None:
-            note = ("This model maps the MLP output (a post-feedforward norm or layer scale) before it reaches the "
-                    "residual, so per-neuron results do not add up to hook_mlp_out; use "
-                    "decompose_resid(mode='mlp') for whole-MLP outputs.")
+            note = (
+                "This model maps the MLP output (a post-feedforward norm or layer scale) before it reaches the "
+                "residual, so per-neuron results do not add up to hook_mlp_out; use "
+                "decompose_resid(mode='mlp') for whole-MLP outputs."
+            )
         return cls(
-            n_layers=cfg.n_layers, d_model=cfg.d_model, d_mlp=cfg.d_mlp,
+            n_layers=cfg.n_layers,
+            d_model=cfg.d_model,
+            d_mlp=cfg.d_mlp,
             hook_streams={point.name: point.stream for point in model.hook_points},
-            W_U=read("W_U", lambda: model.W_U), **weights,
-            ln1=tuple(read(f"ln1.{l}", norm(f"{prefix}.{l}.{block.ln1}")) for l in layers), ln2=ln2,
-            ln_final=read("ln_final", norm(adapter.modules.final_norm)), neuron_note=note, missing=missing,
-            tokenizer=model.tokenizer)
+            W_U=read("W_U", lambda: model.W_U),
+            **weights,
+            ln1=tuple(read(f"ln1.{l}", norm(f"{prefix}.{l}.{block.ln1}")) for l in layers),
+            ln2=ln2,
+            ln_final=read("ln_final", norm(adapter.modules.final_norm)),
+            neuron_note=note,
+            missing=missing,
+            tokenizer=model.tokenizer,
+        )

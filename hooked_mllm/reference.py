@@ -41,8 +41,11 @@ def _shape(generic: str) -> str:
     stem = re.sub(r"^(vision\.)?blocks\.\{l\}\.", "", generic)
     if generic.startswith("vision."):
         shape = _SHAPES.get(stem, "[n_images, n_patches, vision_d_model]")
-        return (shape.replace("batch, pos", "n_images, n_patches").replace("batch, n_heads", "n_images, n_heads")
-                .replace("query_pos, key_pos", "patch, patch"))
+        return (
+            shape.replace("batch, pos", "n_images, n_patches")
+            .replace("batch, n_heads", "n_images, n_heads")
+            .replace("query_pos, key_pos", "patch, patch")
+        )
     return _SHAPES.get(stem, _SHAPES.get(generic, "[batch, pos, d_model]"))
 
 
@@ -73,14 +76,20 @@ def _rows(points: Iterable[HookPoint]) -> list[str]:
         if generic in seen:
             continue
         seen.add(generic)
-        site = re.sub(r"\.(\d+)(\.|$)", r".{l}\2", point.site.path) if point.layer is not None else point.site.path
+        site = (
+            re.sub(r"\.(\d+)(\.|$)", r".{l}\2", point.site.path)
+            if point.layer is not None
+            else point.site.path
+        )
         value = point.site.io if point.site.index is None else f"output[{point.site.index}]"
         if point.scale is not None:
             value = f"{value} x `{point.scale.rpartition('.')[2]}`"
         if point.base is not None:
             value = f"input of block + {value}"
-        lines.append(f"| `{generic}` | `{site}` | {value} | {_shape(generic)} | "
-                     f"{'yes' if point.writable else 'no (read-only)'} |")
+        lines.append(
+            f"| `{generic}` | `{site}` | {value} | {_shape(generic)} | "
+            f"{'yes' if point.writable else 'no (read-only)'} |"
+        )
     return lines
 
 

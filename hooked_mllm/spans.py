@@ -110,8 +110,14 @@ def find_image_spans(
     found = _view_spans(image_mask, list(views)) if views else None
     if found is not None:
         return found
-    return _image_spans(image_mask, image_grid, None if grids is None else list(grids),
-                        ids if row_break is not None else None, row_break, token_counts)
+    return _image_spans(
+        image_mask,
+        image_grid,
+        None if grids is None else list(grids),
+        ids if row_break is not None else None,
+        row_break,
+        token_counts,
+    )
 
 
 def _runs(image_mask: Tensor, ids: Tensor | None, row_break: int | None) -> _Runs:
@@ -161,8 +167,9 @@ def _split_touching(runs: _Runs, counts: list[int]) -> _Runs | None:
     return out if i == len(counts) else None
 
 
-def _view_spans(image_mask: Tensor, views: list[ImageViews]
-                ) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]] | None:
+def _view_spans(
+    image_mask: Tensor, views: list[ImageViews]
+) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]] | None:
     """One span per view of each image (the adapter's ``tokens.views``), or None with a warning
     where the runs of image tokens do not hold exactly the images' token counts.
 
@@ -179,7 +186,9 @@ def _view_spans(image_mask: Tensor, views: list[ImageViews]
             f"Image geometry unknown: the image inputs describe {len(totals)} image(s) with {totals} tokens, but "
             f"input_ids hold {len(runs)} run(s) of image tokens with {sizes} tokens. Each run is kept as one image "
             "span without a grid, so grid selectors (rows/cols/box) and location maps are unavailable. Re-run the "
-            "processor on the same images and text to get both.", stacklevel=5)
+            "processor on the same images and text to get both.",
+            stacklevel=5,
+        )
         return None
     spans: list[ImageSpan] = []
     per_row = [0] * image_mask.shape[0]
@@ -190,16 +199,28 @@ def _view_spans(image_mask: Tensor, views: list[ImageViews]
                 positions: tuple[int, ...] | None = tuple(start + o for o in offsets)
             else:
                 positions = None
-            spans.append(ImageSpan(row=row, index=len(spans), start=start + offsets[0], end=start + offsets[-1] + 1,
-                                   grid=grid, positions=positions))
+            spans.append(
+                ImageSpan(
+                    row=row,
+                    index=len(spans),
+                    start=start + offsets[0],
+                    end=start + offsets[-1] + 1,
+                    grid=grid,
+                    positions=positions,
+                )
+            )
             per_row[row] += 1
     return tuple(spans), tuple(per_row)
 
 
-def _image_spans(image_mask: Tensor, image_grid: Callable[[int], Grid | None] | None,
-                 grids: list[tuple[int, int] | None] | None = None, ids: Tensor | None = None,
-                 row_break: int | None = None,
-                 image_token_counts: Sequence[int] | None = None) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]]:
+def _image_spans(
+    image_mask: Tensor,
+    image_grid: Callable[[int], Grid | None] | None,
+    grids: list[tuple[int, int] | None] | None = None,
+    ids: Tensor | None = None,
+    row_break: int | None = None,
+    image_token_counts: Sequence[int] | None = None,
+) -> tuple[tuple[ImageSpan, ...], tuple[int, ...]]:
     """Runs of image tokens per row, each one image, with its grid.
 
     Each contiguous run is one image, except that with ``row_break`` (a token id, with
@@ -223,8 +244,10 @@ def _image_spans(image_mask: Tensor, image_grid: Callable[[int], Grid | None] | 
     if grids is not None:
         sizes = [sum(b - a for a, b in parts) for _, parts in runs]
         if len(grids) != len(runs) or any(e is not None and e != n for e, n in zip(expected, sizes)):
-            problem = (f"the image inputs describe {len(grids)} image(s) with {expected} tokens, but input_ids "
-                       f"hold {len(runs)} run(s) of image tokens with {sizes} tokens")
+            problem = (
+                f"the image inputs describe {len(grids)} image(s) with {expected} tokens, but input_ids "
+                f"hold {len(runs)} run(s) of image tokens with {sizes} tokens"
+            )
     spans: list[ImageSpan] = []
     per_row = [0] * image_mask.shape[0]
     for row, parts in runs:
@@ -238,19 +261,25 @@ def _image_spans(image_mask: Tensor, image_grid: Callable[[int], Grid | None] | 
         if grids is not None:
             grid = grids[len(spans)] if problem is None else None
             if row_break is not None and grid is not None and len(parts) > 1 and grid != rows_grid:
-                problem = (f"image {len(spans)} is {grid[0]}x{grid[1]} tokens by its image inputs, but its "
-                           f"tokens in input_ids form {rows_grid} rows x cols")
+                problem = (
+                    f"image {len(spans)} is {grid[0]}x{grid[1]} tokens by its image inputs, but its "
+                    f"tokens in input_ids form {rows_grid} rows x cols"
+                )
                 grid = None
         elif row_break is not None:
             grid = rows_grid
         else:
             grid = image_grid(n_tokens) if image_grid is not None else None
-        spans.append(ImageSpan(row=row, index=len(spans), start=start, end=end, grid=grid, positions=positions))
+        spans.append(
+            ImageSpan(row=row, index=len(spans), start=start, end=end, grid=grid, positions=positions)
+        )
         per_row[row] += 1
     if problem is not None:
         warnings.warn(
             f"Image geometry unknown: {problem}. The image positions are kept (they are the image tokens), but "
             "no span has a grid, so grid selectors (rows/cols/box) and grid reshapes are unavailable. "
-            "Re-run the processor on the same images and text to get both.", stacklevel=5)
+            "Re-run the processor on the same images and text to get both.",
+            stacklevel=5,
+        )
         spans = [replace(span, grid=None) for span in spans]
     return tuple(spans), tuple(per_row)

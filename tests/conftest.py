@@ -36,8 +36,9 @@ def llama_model():
 
 @pytest.fixture
 def batch(hooked):
-    return hooked.prepare(images=[random_image(0), random_image(1)],
-                          prompts=["what color is the circle ?", "how many objects"])
+    return hooked.prepare(
+        images=[random_image(0), random_image(1)], prompts=["what color is the circle ?", "how many objects"]
+    )
 
 
 @pytest.fixture

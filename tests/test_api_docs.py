@@ -36,8 +36,13 @@ def _assigned_names(module: types.ModuleType) -> set[str]:
     tree = ast.parse(inspect.getsource(module))
     names: set[str] = set()
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, ast.AnnAssign) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
         names |= {t.id for t in targets if isinstance(t, ast.Name)}
     return names
 
@@ -120,14 +125,25 @@ def test_every_public_name_of_every_public_module_is_in_the_api_reference():
                 reached = id(value) in objects
             if not reached:
                 missing.append(f"{module_name}.{name}")
-    assert not missing, (f"public names missing from the API reference: {missing}; add a `::: module` (or "
-                         "`::: module.Name`) directive for them to a page in docs/api/")
+    assert not missing, (
+        f"public names missing from the API reference: {missing}; add a `::: module` (or "
+        "`::: module.Name`) directive for them to a page in docs/api/"
+    )
 
 
 def test_the_reference_covers_the_packages_listed_in_the_issue():
     _, modules, _ = documented()
-    for package in ("concepts", "mechanism", "viz", "toy", "lens", "patching", "hooks", "positions",
-                    "testing"):
+    for package in (
+        "concepts",
+        "mechanism",
+        "viz",
+        "toy",
+        "lens",
+        "patching",
+        "hooks",
+        "positions",
+        "testing",
+    ):
         name = f"hooked_mllm.{package}"
         assert {m for m in modules if m == name or m.startswith(name + ".")}, f"{name} has no page section"
     assert set(hooked_mllm.__all__) <= set(dir(hooked_mllm))
@@ -145,7 +161,8 @@ def test_docstrings_keep_to_the_google_dialect_that_mkdocstrings_parses():
             where = f"{file.name}:{getattr(node, 'name', '<module>')}"
             for line, following in zip(lines, [*lines[1:], ""]):
                 deeper = following.strip() and len(following) - len(following.lstrip()) > len(line) - len(
-                    line.lstrip())
+                    line.lstrip()
+                )
                 if re.fullmatch(r"\s*Examples?:?\s*", line) and line.strip() != "Examples:":
                     wrong.append(f"{where}: {line.strip()!r} (write 'Examples:')")
                 heading = re.fullmatch(r"\s*[A-Z][A-Za-z ()]*[A-Za-z)]\s*", line) and len(line.strip()) <= 30

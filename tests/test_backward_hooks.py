@@ -20,8 +20,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def batch(model):
-    return model.prepare(images=[random_image(0), random_image(1)],
-                         prompts=["what color is the circle ?", "how many objects"])
+    return model.prepare(
+        images=[random_image(0), random_image(1)], prompts=["what color is the circle ?", "how many objects"]
+    )
 
 
 def _out(value):
@@ -39,6 +40,7 @@ def reference_grads(model, batch):
             tensor = pick(args, output)
             tensor.retain_grad()
             kept[name] = tensor
+
         return hook
 
     handles = [
@@ -58,12 +60,14 @@ def reference_grads(model, batch):
             handle.remove()
     hf.zero_grad(set_to_none=True)
     n_heads = model.cfg.n_heads
-    return {"blocks.0.hook_resid_post": kept["resid_post0"].grad,
-            "blocks.1.attn.hook_z": kept["z1"].grad.unflatten(-1, (n_heads, -1)),
-            "blocks.1.hook_resid_mid": kept["attn_out1"].grad,  # the attention output feeds only resid_mid
-            "blocks.0.attn.hook_pattern": kept["pattern0"].grad,
-            "hook_embed": kept["embed"].grad,
-            "vision.blocks.0.hook_resid_post": kept["vision0"].grad}
+    return {
+        "blocks.0.hook_resid_post": kept["resid_post0"].grad,
+        "blocks.1.attn.hook_z": kept["z1"].grad.unflatten(-1, (n_heads, -1)),
+        "blocks.1.hook_resid_mid": kept["attn_out1"].grad,  # the attention output feeds only resid_mid
+        "blocks.0.attn.hook_pattern": kept["pattern0"].grad,
+        "hook_embed": kept["embed"].grad,
+        "vision.blocks.0.hook_resid_post": kept["vision0"].grad,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +99,17 @@ def test_incl_bwd_caches_gradients(model, batch, expected):
     for name, grad in expected.items():
         torch.testing.assert_close(cache[f"{name}_grad"], grad, atol=1e-6, rtol=1e-5, msg=name)
         assert not cache[name].requires_grad
-    positions, cut = model.run_with_cache(batch, names_filter="blocks.0.hook_resid_post", return_type="loss",
-                                          incl_bwd=True, positions="last")
+    positions, cut = model.run_with_cache(
+        batch, names_filter="blocks.0.hook_resid_post", return_type="loss", incl_bwd=True, positions="last"
+    )
     model.hf_model.zero_grad(set_to_none=True)
     assert set(cut) == {"blocks.0.hook_resid_post", "blocks.0.hook_resid_post_grad"}
-    torch.testing.assert_close(cut["blocks.0.hook_resid_post_grad"], expected["blocks.0.hook_resid_post"][:, -1:],
-                               atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        cut["blocks.0.hook_resid_post_grad"],
+        expected["blocks.0.hook_resid_post"][:, -1:],
+        atol=1e-6,
+        rtol=1e-5,
+    )
     with pytest.raises(ValueError, match="return_type='loss'"):
         model.run_with_cache(batch, incl_bwd=True)
 
@@ -125,9 +134,14 @@ def test_returned_gradient_replaces_it(model, batch):
 def test_gradient_is_taken_after_the_forward_hooks(model, batch):
     got = {}
     loss = model.run_with_hooks(
-        batch, return_type="loss", fwd_hooks=[("blocks.0.hook_resid_post", lambda act, hook: 2 * act)],
-        bwd_hooks=[(name, lambda grad, hook: got.setdefault(hook.name, grad))
-                   for name in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre")])
+        batch,
+        return_type="loss",
+        fwd_hooks=[("blocks.0.hook_resid_post", lambda act, hook: 2 * act)],
+        bwd_hooks=[
+            (name, lambda grad, hook: got.setdefault(hook.name, grad))
+            for name in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_pre")
+        ],
+    )
     loss.backward()
     model.hf_model.zero_grad(set_to_none=True)
     # w.r.t. the doubled value the model went on with, which is the next block's input
@@ -135,8 +149,10 @@ def test_gradient_is_taken_after_the_forward_hooks(model, batch):
 
 
 def _module_hooks(model):
-    return [(name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for name, m in model.hf_model.named_modules()]
+    return [
+        (name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+        for name, m in model.hf_model.named_modules()
+    ]
 
 
 def test_hooks_go_with_the_run_also_when_one_raises(model, batch):
@@ -155,8 +171,11 @@ def test_hooks_go_with_the_run_also_when_one_raises(model, batch):
         raise RuntimeError("forward boom")
 
     with pytest.raises(RuntimeError, match="forward boom"):
-        model.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_mlp_out", bad_forward)],
-                             bwd_hooks=[("blocks.1.hook_resid_post", fails)])
+        model.run_with_hooks(
+            batch,
+            fwd_hooks=[("blocks.0.hook_mlp_out", bad_forward)],
+            bwd_hooks=[("blocks.1.hook_resid_post", fails)],
+        )
     model(batch, return_type="loss", grad=True).backward()
     model.hf_model.zero_grad(set_to_none=True)
     assert calls == ["blocks.1.hook_resid_post"]
@@ -166,8 +185,9 @@ def test_hooks_go_with_the_run_also_when_one_raises(model, batch):
 
 def test_bwd_hook_errors(model, batch):
     with pytest.raises(ValueError, match="shape"):
-        model.run_with_hooks(batch, return_type="loss",
-                             bwd_hooks=[("blocks.0.hook_resid_post", lambda g, h: g[:, :1])]).backward()
+        model.run_with_hooks(
+            batch, return_type="loss", bwd_hooks=[("blocks.0.hook_resid_post", lambda g, h: g[:, :1])]
+        ).backward()
     model.hf_model.zero_grad(set_to_none=True)
     with pytest.raises(TypeError, match="bwd_hooks takes"):
         model.run_with_hooks(batch, bwd_hooks=["blocks.0.hook_resid_post"])

@@ -29,7 +29,9 @@ def test_decompose_resid_sums_to_final_residual(hooked, full):
     stack, labels = cache.decompose_resid(return_labels=True)
     assert labels[0] == "embed" and labels[-1] == f"{hooked.cfg.n_layers - 1}_mlp_out"
     assert stack.shape[0] == 1 + 2 * hooked.cfg.n_layers
-    torch.testing.assert_close(stack.sum(0), cache["resid_post", hooked.cfg.n_layers - 1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        stack.sum(0), cache["resid_post", hooked.cfg.n_layers - 1], atol=1e-5, rtol=1e-5
+    )
     acc = cache.accumulated_resid()
     assert acc.shape[0] == hooked.cfg.n_layers + 1
     torch.testing.assert_close(acc[1], cache["resid_pre", 1])

@@ -39,16 +39,21 @@ def saved(tmp_path_factory):
     """``(path, originals, independent, tokens)``: a cache saved after its model was freed."""
     hf = tiny_llava("llama", seed=3)
     model = HookedMLLM.from_hf(hf, tiny_processor())
-    batch = model.prepare(images=[random_image(0), random_image(1)],
-                          prompts=["what color is the circle ?", "how many objects"])
+    batch = model.prepare(
+        images=[random_image(0), random_image(1)], prompts=["what color is the circle ?", "how many objects"]
+    )
     logits, cache = model.run_with_cache(batch)
     tokens = torch.tensor([5, 9])
     originals = _helpers(cache, tokens)
     with torch.no_grad():  # the HF model's own final norm and LM head on the cached residual
         resid = cache["resid_post", -1]
         normed = hf.model.language_model.norm(resid)
-        independent = {"normed": normed, "logits": hf.lm_head(normed), "run_logits": logits,
-                       "o_proj": hf.model.language_model.layers[1].self_attn.o_proj.weight.clone()}
+        independent = {
+            "normed": normed,
+            "logits": hf.lm_head(normed),
+            "run_logits": logits,
+            "o_proj": hf.model.language_model.layers[1].self_attn.o_proj.weight.clone(),
+        }
     ref = weakref.ref(model)
     del model, hf, batch, logits
     gc.collect()
@@ -80,7 +85,9 @@ def test_loaded_cache_agrees_with_the_hf_modules(saved):
     path, _, independent, tokens = saved
     loaded = ActivationCache.load(path)
     stack = loaded.decompose_resid()
-    torch.testing.assert_close(loaded.apply_ln_to_stack(stack).sum(0), independent["normed"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        loaded.apply_ln_to_stack(stack).sum(0), independent["normed"], atol=1e-5, rtol=1e-4
+    )
     attrs = loaded.logit_attrs(stack, tokens)
     rows = torch.arange(2)
     torch.testing.assert_close(attrs.sum(0), independent["logits"][rows, :, tokens], atol=1e-4, rtol=1e-4)
@@ -89,7 +96,7 @@ def test_loaded_cache_agrees_with_the_hf_modules(saved):
     z = loaded["z", 1]
     w = independent["o_proj"]  # [d_model, n_heads * d_head]
     by_hand = torch.einsum("bphd,mhd->bphm", z, w.reshape(w.shape[0], z.shape[-2], z.shape[-1]))
-    heads = loaded.stack_head_results(layer=2)[z.shape[-2]:]
+    heads = loaded.stack_head_results(layer=2)[z.shape[-2] :]
     torch.testing.assert_close(heads, by_hand.movedim(2, 0), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(heads.sum(0), loaded["attn_out", 1], atol=1e-5, rtol=1e-4)
 
@@ -121,8 +128,9 @@ def test_string_tokens_need_a_tokenizer_after_loading(saved):
     with_tok = ActivationCache.load(path, tokenizer=tokenizer)
     token = tokenizer.encode("red", add_special_tokens=False)
     assert len(token) == 1
-    torch.testing.assert_close(with_tok.logit_attrs(stack, "red", pos_slice=-1),
-                               with_tok.logit_attrs(stack, token[0], pos_slice=-1))
+    torch.testing.assert_close(
+        with_tok.logit_attrs(stack, "red", pos_slice=-1), with_tok.logit_attrs(stack, token[0], pos_slice=-1)
+    )
 
 
 def test_to_moves_activations_and_readout(saved):

@@ -20,10 +20,14 @@ def _parsers(parser: argparse.ArgumentParser, path: str = "hooked-mllm"):
 
 
 def test_building_the_parser_imports_no_model_code():
-    code = ("import sys; from hooked_mllm.cli import build_parser; build_parser(); "
-            "heavy = [m for m in ('torch', 'transformers', 'sklearn', 'nnsight') if m in sys.modules]; "
-            "print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    code = (
+        "import sys; from hooked_mllm.cli import build_parser; build_parser(); "
+        "heavy = [m for m in ('torch', 'transformers', 'sklearn', 'nnsight') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "", f"building the parser imported {out}"
 
 

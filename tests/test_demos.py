@@ -36,9 +36,16 @@ def demo_report(tmp_path_factory):
     return run_demo(out=tmp_path_factory.mktemp("demo"), seed=0)
 
 
-SECTIONS = ["1. Answers on unseen scenes", "2. Logit lens", "3. Where the model looks", "4. Attention view",
-            "5. Patching sweep over the image", "6. Concept dictionary", "7. Shift from toy-llava",
-            "8. Steering dose response"]
+SECTIONS = [
+    "1. Answers on unseen scenes",
+    "2. Logit lens",
+    "3. Where the model looks",
+    "4. Attention view",
+    "5. Patching sweep over the image",
+    "6. Concept dictionary",
+    "7. Shift from toy-llava",
+    "8. Steering dose response",
+]
 
 
 def test_demo_report_tells_the_whole_story(demo_report):

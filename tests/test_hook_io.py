@@ -55,23 +55,53 @@ def module(model, name):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(("name", "make", "match"), [
-    ("blocks.0.attn.hook_pattern", lambda act: act.clone(), r"blocks\.0\.attn\.hook_pattern is read-only"),
-    ("blocks.0.hook_mlp_out", lambda act: act[0], r"on blocks\.0\.hook_mlp_out returned shape \(\d+, 64\)"),
-    ("blocks.0.hook_mlp_out", lambda act: torch.zeros(act.shape[-1]),  # broadcastable is not enough
-     r"on blocks\.0\.hook_mlp_out returned shape \(64,\), but the activation has shape \(1, \d+, 64\)"),
-    ("blocks.0.hook_mlp_out", lambda act: act.long(),
-     r"on blocks\.0\.hook_mlp_out returned dtype torch\.int64"),
-    ("blocks.0.hook_mlp_out", lambda act: act > 0, r"on blocks\.0\.hook_mlp_out returned dtype torch\.bool"),
-    ("blocks.0.hook_mlp_out", lambda act: torch.zeros(act.shape, device="meta"),
-     r"on blocks\.0\.hook_mlp_out returned a tensor on meta, but the activation is on cpu"),
-    ("blocks.0.hook_mlp_out", lambda act: 3.0, r"on blocks\.0\.hook_mlp_out returned float"),
-    ("blocks.0.attn.hook_z", lambda act: act.flatten(-2),  # per-head points take per-head values
-     r"on blocks\.0\.attn\.hook_z returned shape \(1, \d+, 64\), "
-     r"but the activation has shape \(1, \d+, 4, 16\)"),
-    ("vision.blocks.0.hook_resid_mid", lambda act: act[..., :-1],
-     r"on vision\.blocks\.0\.hook_resid_mid returned shape"),
-])
+@pytest.mark.parametrize(
+    ("name", "make", "match"),
+    [
+        (
+            "blocks.0.attn.hook_pattern",
+            lambda act: act.clone(),
+            r"blocks\.0\.attn\.hook_pattern is read-only",
+        ),
+        (
+            "blocks.0.hook_mlp_out",
+            lambda act: act[0],
+            r"on blocks\.0\.hook_mlp_out returned shape \(\d+, 64\)",
+        ),
+        (
+            "blocks.0.hook_mlp_out",
+            lambda act: torch.zeros(act.shape[-1]),  # broadcastable is not enough
+            r"on blocks\.0\.hook_mlp_out returned shape \(64,\), but the activation has shape \(1, \d+, 64\)",
+        ),
+        (
+            "blocks.0.hook_mlp_out",
+            lambda act: act.long(),
+            r"on blocks\.0\.hook_mlp_out returned dtype torch\.int64",
+        ),
+        (
+            "blocks.0.hook_mlp_out",
+            lambda act: act > 0,
+            r"on blocks\.0\.hook_mlp_out returned dtype torch\.bool",
+        ),
+        (
+            "blocks.0.hook_mlp_out",
+            lambda act: torch.zeros(act.shape, device="meta"),
+            r"on blocks\.0\.hook_mlp_out returned a tensor on meta, but the activation is on cpu",
+        ),
+        ("blocks.0.hook_mlp_out", lambda act: 3.0, r"on blocks\.0\.hook_mlp_out returned float"),
+        (
+            "blocks.0.attn.hook_z",
+            lambda act: act.flatten(-2),  # per-head points take per-head values
+            r"on blocks\.0\.attn\.hook_z returned shape \(1, \d+, 64\), "
+            r"but the activation has shape \(1, \d+, 4, 16\)",
+        ),
+        (
+            "vision.blocks.0.hook_resid_mid",
+            lambda act: act[..., :-1],
+            r"on vision\.blocks\.0\.hook_resid_mid returned shape",
+        ),
+    ],
+)
 def test_refused_writes_name_the_point_on_both_paths(internvl, path, name, make, match):
     model, batch = internvl
     clean = hf_logits(model, batch)
@@ -100,8 +130,11 @@ def test_writes_through_a_zero_layer_scale_are_refused_on_both_paths(internvl, p
 @pytest.mark.parametrize("path", PATHS)
 def test_a_plain_write_matches_a_torch_hook(internvl, path):
     model, batch = internvl
-    ref = hf_logits(model, batch, [(module(model, "blocks.0.hook_mlp_out"), "post",
-                                    lambda mod, args, out: torch.zeros_like(out))])
+    ref = hf_logits(
+        model,
+        batch,
+        [(module(model, "blocks.0.hook_mlp_out"), "post", lambda mod, args, out: torch.zeros_like(out))],
+    )
     torch.testing.assert_close(write(model, batch, path, "blocks.0.hook_mlp_out", torch.zeros_like), ref)
 
 
@@ -172,8 +205,14 @@ def test_another_float_precision_is_cast_to_the_activation_dtype(internvl, path)
 
 def test_both_paths_read_the_same_values(internvl):
     model, batch = internvl
-    names = ["blocks.0.hook_mlp_out", "blocks.0.attn.hook_z", "blocks.0.hook_resid_mid",
-             "vision.blocks.0.hook_attn_out", "vision.blocks.0.hook_resid_mid", "blocks.1.attn.hook_pattern"]
+    names = [
+        "blocks.0.hook_mlp_out",
+        "blocks.0.attn.hook_z",
+        "blocks.0.hook_resid_mid",
+        "vision.blocks.0.hook_attn_out",
+        "vision.blocks.0.hook_resid_mid",
+        "blocks.1.attn.hook_pattern",
+    ]
     _, cache = model.run_with_cache(batch, names_filter=names)
     for name in names:
         with model.trace(batch):
@@ -187,7 +226,9 @@ def test_trace_refuses_in_place_edits_of_computed_values(internvl, name):
     not reach the model, so the trace refuses it afterwards; assigning the edited tensor takes effect."""
     model, batch = internvl
     clean = hf_logits(model, batch)
-    with pytest.raises(ValueError, match=rf"in-place edit of {re.escape(name)} inside model.trace had no effect"):
+    with pytest.raises(
+        ValueError, match=rf"in-place edit of {re.escape(name)} inside model.trace had no effect"
+    ):
         with model.trace(batch):
             model.hook_point(name).output[:] = 0
     with model.trace(batch):
@@ -205,4 +246,6 @@ def test_trace_in_place_edit_of_a_module_tensor_takes_effect(internvl):
     with model.trace(batch):
         model.hook_point("blocks.0.hook_mlp_out").output[:] = 0
         output = model.nnsight.output.save()
-    assert torch.equal(output.logits, write(model, batch, "run_with_hooks", "blocks.0.hook_mlp_out", torch.zeros_like))
+    assert torch.equal(
+        output.logits, write(model, batch, "run_with_hooks", "blocks.0.hook_mlp_out", torch.zeros_like)
+    )

@@ -10,14 +10,22 @@ import pytest
 
 def test_importing_the_package_loads_no_torch():
     code = "import sys, hooked_mllm, hooked_mllm.concepts, hooked_mllm.toy; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "False"
+    )
 
 
 def test_a_submodule_import_does_not_shadow_the_public_function_of_the_same_name():
-    code = ("import hooked_mllm.concepts.extract, hooked_mllm.concepts as c, inspect; "
-            "print(inspect.isfunction(c.extract), inspect.ismodule(sys.modules['hooked_mllm.concepts.extract']))")
-    out = subprocess.run([sys.executable, "-c", "import sys; " + code], capture_output=True, text=True, check=True)
+    code = (
+        "import hooked_mllm.concepts.extract, hooked_mllm.concepts as c, inspect; "
+        "print(inspect.isfunction(c.extract), inspect.ismodule(sys.modules['hooked_mllm.concepts.extract']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; " + code], capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["True", "True"]
 
 

@@ -32,11 +32,17 @@ def test_resid_post_matches_transformer_lens_bridge(checkpoint):
     import tl_bridge
 
     ours = HookedMLLM.from_pretrained(checkpoint)
-    batch = ours.prepare(images=[random_image(5), random_image(6)],
-                         prompts=["what color is the circle ?", "is there a red square ?"])
-    _, cache = ours.run_with_cache(batch, names_filter=lambda n: n.startswith("blocks.") and n.endswith("resid_post"))
+    batch = ours.prepare(
+        images=[random_image(5), random_image(6)],
+        prompts=["what color is the circle ?", "is there a red square ?"],
+    )
+    _, cache = ours.run_with_cache(
+        batch, names_filter=lambda n: n.startswith("blocks.") and n.endswith("resid_post")
+    )
     bridge = tl_bridge.load_bridge(checkpoint, tokenizer=ours.processor.tokenizer)
-    theirs = tl_bridge.bridge_resid_post(bridge, batch.input_ids, batch.inputs["pixel_values"], batch.attention_mask)
+    theirs = tl_bridge.bridge_resid_post(
+        bridge, batch.input_ids, batch.inputs["pixel_values"], batch.attention_mask
+    )
     keep = ~batch.pad_mask
     assert len(theirs) == ours.cfg.n_layers
     for layer, resid in enumerate(theirs):

@@ -24,8 +24,9 @@ def valid(batch):
 
 
 def test_resid_post_equals_hf_hidden_states(hooked, batch):
-    logits, cache = hooked.run_with_cache(batch, names_filter=lambda n: n.endswith("resid_post")
-                                          or n == "ln_final.hook_normalized")
+    logits, cache = hooked.run_with_cache(
+        batch, names_filter=lambda n: n.endswith("resid_post") or n == "ln_final.hook_normalized"
+    )
     ref = hf_forward(hooked, batch, output_hidden_states=True)
     keep = valid(batch)
     n = hooked.cfg.n_layers
@@ -35,7 +36,8 @@ def test_resid_post_equals_hf_hidden_states(hooked, batch):
     torch.testing.assert_close(cache["ln_final.hook_normalized"][keep], ref.hidden_states[n][keep])
     captured = {}
     handle = hooked.hf_model.model.language_model.layers[n - 1].register_forward_hook(
-        lambda mod, args, out: captured.setdefault("out", out))
+        lambda mod, args, out: captured.setdefault("out", out)
+    )
     try:
         hf_forward(hooked, batch)
     finally:
@@ -47,14 +49,22 @@ def test_resid_post_equals_hf_hidden_states(hooked, batch):
 def test_residual_identities(hooked, batch):
     _, cache = hooked.run_with_cache(batch)
     for layer in range(hooked.cfg.n_layers):
-        torch.testing.assert_close(cache["resid_pre", layer] + cache["attn_out", layer], cache["resid_mid", layer])
-        torch.testing.assert_close(cache["resid_mid", layer] + cache["mlp_out", layer], cache["resid_post", layer])
+        torch.testing.assert_close(
+            cache["resid_pre", layer] + cache["attn_out", layer], cache["resid_mid", layer]
+        )
+        torch.testing.assert_close(
+            cache["resid_mid", layer] + cache["mlp_out", layer], cache["resid_post", layer]
+        )
         if layer + 1 < hooked.cfg.n_layers:
             torch.testing.assert_close(cache["resid_post", layer], cache["resid_pre", layer + 1])
     for layer in range(hooked.cfg.vision_n_layers):
         v = f"vision.blocks.{layer}."
-        torch.testing.assert_close(cache[v + "hook_resid_pre"] + cache[v + "hook_attn_out"], cache[v + "hook_resid_mid"])
-        torch.testing.assert_close(cache[v + "hook_resid_mid"] + cache[v + "hook_mlp_out"], cache[v + "hook_resid_post"])
+        torch.testing.assert_close(
+            cache[v + "hook_resid_pre"] + cache[v + "hook_attn_out"], cache[v + "hook_resid_mid"]
+        )
+        torch.testing.assert_close(
+            cache[v + "hook_resid_mid"] + cache[v + "hook_mlp_out"], cache[v + "hook_resid_post"]
+        )
 
 
 def test_patterns_equal_hf_eager_attentions(backbone):
@@ -86,17 +96,28 @@ def test_vision_layers_and_projector_equal_hf(hooked, batch):
         features = hooked.hf_model.model.get_image_features(pixel_values=pixel_values).pooler_output
     for layer in range(hooked.cfg.vision_n_layers):
         torch.testing.assert_close(cache[f"vision.blocks.{layer}.hook_resid_pre"], tower.hidden_states[layer])
-        torch.testing.assert_close(cache[f"vision.blocks.{layer}.hook_resid_post"], tower.hidden_states[layer + 1])
+        torch.testing.assert_close(
+            cache[f"vision.blocks.{layer}.hook_resid_post"], tower.hidden_states[layer + 1]
+        )
     projected = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
     torch.testing.assert_close(cache["projector.hook_out"].reshape(projected.shape), projected)
     # The projector's rows are what sits at the image positions of the LM's input.
     _, lm = hooked.run_with_cache(batch, names_filter="blocks.0.hook_resid_pre")
-    torch.testing.assert_close(lm["resid_pre", 0][batch.image_mask], cache["projector.hook_out"].flatten(0, 1))
+    torch.testing.assert_close(
+        lm["resid_pre", 0][batch.image_mask], cache["projector.hook_out"].flatten(0, 1)
+    )
 
 
 def test_head_views_match_projections(hooked, single):
-    _, cache = hooked.run_with_cache(single, names_filter=lambda n: ".attn.hook_" in n and "vision" not in n
-                                     and "pattern" not in n or n.endswith("ln1.hook_normalized"))
+    _, cache = hooked.run_with_cache(
+        single,
+        names_filter=lambda n: (
+            ".attn.hook_" in n
+            and "vision" not in n
+            and "pattern" not in n
+            or n.endswith("ln1.hook_normalized")
+        ),
+    )
     cfg = hooked.cfg
     attn = hooked.hf_model.model.language_model.layers[1].self_attn
     x = cache["blocks.1.ln1.hook_normalized"]
@@ -115,11 +136,15 @@ def test_identity_hook_and_zero_ablation_match_torch_hook(hooked, batch):
         seen.append((hook.name, hook.layer()))
         return act
 
-    logits = hooked.run_with_hooks(batch, fwd_hooks=[(lambda n: n.startswith("blocks.") and n.endswith("hook_resid_post"), identity)])
+    logits = hooked.run_with_hooks(
+        batch, fwd_hooks=[(lambda n: n.startswith("blocks.") and n.endswith("hook_resid_post"), identity)]
+    )
     torch.testing.assert_close(logits, clean, rtol=0, atol=0)
     assert seen == [(f"blocks.{l}.hook_resid_post", l) for l in range(hooked.cfg.n_layers)]
 
-    ablated = hooked.run_with_hooks(batch, fwd_hooks=[("blocks.1.hook_mlp_out", lambda a, h: torch.zeros_like(a))])
+    ablated = hooked.run_with_hooks(
+        batch, fwd_hooks=[("blocks.1.hook_mlp_out", lambda a, h: torch.zeros_like(a))]
+    )
     mlp = hooked.hf_model.model.language_model.layers[1].mlp
     handle = mlp.register_forward_hook(lambda mod, args, out: torch.zeros_like(out))
     try:
@@ -159,10 +184,13 @@ def test_writes_through_derived_and_head_views(hooked, single):
     torch.testing.assert_close(same, clean)
     target = cache["blocks.1.hook_resid_mid"] * 2
     seen = {}
-    hooked.run_with_hooks(single, fwd_hooks=[
-        ("blocks.1.hook_resid_mid", lambda a, h: target),
-        ("blocks.1.ln2.hook_normalized", lambda a, h: seen.setdefault("ln2", a)),
-    ])
+    hooked.run_with_hooks(
+        single,
+        fwd_hooks=[
+            ("blocks.1.hook_resid_mid", lambda a, h: target),
+            ("blocks.1.ln2.hook_normalized", lambda a, h: seen.setdefault("ln2", a)),
+        ],
+    )
     norm = hooked.hf_model.model.language_model.layers[1].post_attention_layernorm
     with torch.no_grad():
         torch.testing.assert_close(seen["ln2"], norm(target), atol=1e-5, rtol=1e-4)
@@ -196,8 +224,9 @@ def test_batched_rows_equal_single_rows(hooked, batch):
         row_logits, row_cache = hooked.run_with_cache(alone, names_filter="blocks.2.hook_resid_post")
         keep = ~batch.pad_mask[row]
         torch.testing.assert_close(logits[row, keep], row_logits[0], atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(cache["resid_post", 2][row, keep], row_cache["resid_post", 2][0],
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            cache["resid_post", 2][row, keep], row_cache["resid_post", 2][0], atol=1e-5, rtol=1e-4
+        )
 
 
 def test_cache_positions_image_only(hooked, batch):
@@ -228,8 +257,9 @@ def test_generate_matches_hf_and_steering_changes_it(hooked, batch):
         steps.append((hook.step, act.shape[1]))
         return act + 50.0 * torch.ones_like(act)
 
-    steered = hooked.generate(batch, max_new_tokens=4, fwd_hooks=[("blocks.0.hook_resid_post", steer)],
-                              min_new_tokens=4)
+    steered = hooked.generate(
+        batch, max_new_tokens=4, fwd_hooks=[("blocks.0.hook_resid_post", steer)], min_new_tokens=4
+    )
     assert not torch.equal(steered.new_tokens, out.new_tokens)
     assert [s for s, _ in steps] == [0, 1, 2, 3]
     assert steps[0][1] == batch.shape[1] and all(n == 1 for _, n in steps[1:])
@@ -255,13 +285,18 @@ def test_trace_passthrough_reads_and_edits(hooked, single):
         hooked.hook_point("blocks.2.hook_mlp_out").output[:] = 0
         logits = hooked.nnsight.lm_head.output.save()
     torch.testing.assert_close(resid, cache["resid_post", 1])
-    expected = hooked.run_with_hooks(single, fwd_hooks=[("blocks.2.hook_mlp_out", lambda a, h: torch.zeros_like(a))])
+    expected = hooked.run_with_hooks(
+        single, fwd_hooks=[("blocks.2.hook_mlp_out", lambda a, h: torch.zeros_like(a))]
+    )
     torch.testing.assert_close(logits, expected)
 
 
 def test_hf_keyword_inputs(hooked, single):
-    logits = hooked.run_with_hooks(input_ids=single.input_ids, pixel_values=single.inputs["pixel_values"],
-                                   attention_mask=single.attention_mask)
+    logits = hooked.run_with_hooks(
+        input_ids=single.input_ids,
+        pixel_values=single.inputs["pixel_values"],
+        attention_mask=single.attention_mask,
+    )
     torch.testing.assert_close(logits, hooked(single))
 
 
@@ -269,12 +304,31 @@ def test_hook_names_listed_and_resolvable(hooked):
     names = hooked.hook_names()
     n, v = hooked.cfg.n_layers, hooked.cfg.vision_n_layers
     for layer in range(n):
-        for suffix in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
-                       "ln1.hook_normalized", "ln2.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
-                       "attn.hook_z", "attn.hook_pattern", "mlp.hook_post"):
+        for suffix in (
+            "hook_resid_pre",
+            "hook_resid_mid",
+            "hook_resid_post",
+            "hook_attn_out",
+            "hook_mlp_out",
+            "ln1.hook_normalized",
+            "ln2.hook_normalized",
+            "attn.hook_q",
+            "attn.hook_k",
+            "attn.hook_v",
+            "attn.hook_z",
+            "attn.hook_pattern",
+            "mlp.hook_post",
+        ):
             assert f"blocks.{layer}.{suffix}" in names
-    for extra in ("hook_embed", "ln_final.hook_normalized", "hook_logits", "vision.hook_embed",
-                  "projector.hook_in", "projector.hook_out", f"vision.blocks.{v - 1}.attn.hook_pattern"):
+    for extra in (
+        "hook_embed",
+        "ln_final.hook_normalized",
+        "hook_logits",
+        "vision.hook_embed",
+        "projector.hook_in",
+        "projector.hook_out",
+        f"vision.blocks.{v - 1}.attn.hook_pattern",
+    ):
         assert extra in names
     assert len(hooked.hook_names("vision")) + len(hooked.hook_names("lm")) + 2 == len(names)
 
@@ -296,4 +350,6 @@ def test_errors_are_clear(hooked, single):
     with pytest.raises(ValueError, match="1 image placeholder.*2 image"):
         hooked.prepare(images=[[image, image]], prompts=["USER : <image> what ?"], chat_template=False)
     with pytest.raises(ValueError, match="2 images .*1 runs of image tokens"):
-        hooked.to_batch(input_ids=single.input_ids, pixel_values=torch.cat([single.inputs["pixel_values"]] * 2))
+        hooked.to_batch(
+            input_ids=single.input_ids, pixel_values=torch.cat([single.inputs["pixel_values"]] * 2)
+        )

@@ -18,7 +18,9 @@ def model():
 @pytest.fixture(scope="module")
 def batches(model):
     one = model.prepare(images=[random_image(0)], prompts=["what color is the circle ?"])
-    two = model.prepare(images=[random_image(1), random_image(2)], prompts=["how many", "is there a red square ?"])
+    two = model.prepare(
+        images=[random_image(1), random_image(2)], prompts=["how many", "is there a red square ?"]
+    )
     return one, two
 
 
@@ -53,11 +55,13 @@ def test_invokes_batched_into_one_forward(model, batches):
     for got, batch, zero in ((logits_one, one, None), (logits_two, two, 1)):
         expected = hf_logits(model, batch, zero_mlp_layer=zero)
         keep = ~batch.pad_mask
-        torch.testing.assert_close(got[:, -batch.input_ids.shape[1]:][keep], expected[keep], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            got[:, -batch.input_ids.shape[1] :][keep], expected[keep], atol=1e-5, rtol=1e-4
+        )
     text = model.text_batch("a red circle")
     with torch.no_grad():
         expected = model.hf_model(input_ids=text.input_ids).logits
-    torch.testing.assert_close(logits_text[:, -text.input_ids.shape[1]:], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits_text[:, -text.input_ids.shape[1] :], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_vision_points_are_refused_in_one_of_several_invokes(model, batches):
@@ -84,9 +88,12 @@ def test_traced_generation_per_step(model, batches):
         ids = tracer.result.save()
     seen = []
     layers = model.hf_model.model.language_model.layers
-    handles = [layers[0].register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple)
-                                                                             else out)),
-               layers[1].mlp.register_forward_hook(lambda m, a, out: torch.zeros_like(out))]
+    handles = [
+        layers[0].register_forward_hook(
+            lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+        ),
+        layers[1].mlp.register_forward_hook(lambda m, a, out: torch.zeros_like(out)),
+    ]
     try:
         with torch.no_grad():
             expected = model.hf_model.generate(**one.inputs, max_new_tokens=3, do_sample=False)

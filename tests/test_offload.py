@@ -35,8 +35,9 @@ DEVICE_MAP = {
 def pair(tmp_path_factory):
     path = toy.checkpoint_dir("toy-llava")
     plain = HookedMLLM.from_pretrained(path)
-    offloaded = HookedMLLM.from_pretrained(path, device_map=DEVICE_MAP,
-                                          offload_folder=str(tmp_path_factory.mktemp("offload")))
+    offloaded = HookedMLLM.from_pretrained(
+        path, device_map=DEVICE_MAP, offload_folder=str(tmp_path_factory.mktemp("offload"))
+    )
     assert offloaded.hf_model.lm_head.weight.device.type == "meta"  # really offloaded
     return plain, offloaded
 
@@ -94,8 +95,12 @@ def test_weight_accessors_load_offloaded_weights(pair, batches):
     torch.testing.assert_close(cache_b.stack_head_results(), cache_a.stack_head_results(), rtol=0, atol=0)
     stack_a = cache_a.accumulated_resid(apply_ln=True)
     torch.testing.assert_close(cache_b.accumulated_resid(apply_ln=True), stack_a, rtol=0, atol=0)
-    torch.testing.assert_close(logit_lens(offloaded, cache_b["resid_post", 1]),
-                               logit_lens(plain, cache_a["resid_post", 1]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        logit_lens(offloaded, cache_b["resid_post", 1]),
+        logit_lens(plain, cache_a["resid_post", 1]),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_attribution_patching_backward(pair):

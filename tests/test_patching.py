@@ -5,8 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hooked_mllm.patching import (activation_patching, attribution_patching, blur_region, correlation, logit_diff,
-                                  mask_region, noise_image_tokens)
+from hooked_mllm.patching import (
+    activation_patching,
+    attribution_patching,
+    blur_region,
+    correlation,
+    logit_diff,
+    mask_region,
+    noise_image_tokens,
+)
 from hooked_mllm.testing import image_pair, random_image
 
 
@@ -18,7 +25,9 @@ def pair(llama_model):
 def test_sweep_layout_and_exact_endpoints(llama_model, pair):
     clean, corrupted = pair
     metric = logit_diff(5, 6)
-    result = activation_patching(llama_model, clean, corrupted, metric, hook="resid_pre", over="cell", batch_size=8)
+    result = activation_patching(
+        llama_model, clean, corrupted, metric, hook="resid_pre", over="cell", batch_size=8
+    )
     assert result.values.shape == (3, 4, 4) and result.labels[5] == "r1c1"
     assert result.forward_passes == 2 + 3 * 2 and result.rows == 2 + 3 * 16
     # Patching one image token equals doing it by hand.
@@ -61,14 +70,24 @@ def test_noise_corruption_and_image_edits(llama_model, pair):
     first_image = int(clean.image_mask[0].nonzero()[0])
     torch.testing.assert_close(a[0, :first_image], llama_model(clean)[0, :first_image])
     assert text_only.any()
-    result = activation_patching(llama_model, clean, clean, logit_diff(5, 6), hook="resid_post", over="cell",
-                                 layers=[1], corrupted_hooks=[hook])
+    result = activation_patching(
+        llama_model,
+        clean,
+        clean,
+        logit_diff(5, 6),
+        hook="resid_post",
+        over="cell",
+        layers=[1],
+        corrupted_hooks=[hook],
+    )
     assert result.corrupted_metric != pytest.approx(result.clean_metric)
     image = random_image(3)
     masked = mask_region(image, (0, 0, 8, 8))
     assert masked.getpixel((3, 3)) == (0, 0, 0) and masked.getpixel((20, 20)) == image.getpixel((20, 20))
     blurred = blur_region(image, (8, 8, 24, 24))
-    assert blurred.getpixel((0, 0)) == image.getpixel((0, 0)) and blurred.getpixel((16, 16)) != image.getpixel((16, 16))
+    assert blurred.getpixel((0, 0)) == image.getpixel((0, 0)) and blurred.getpixel(
+        (16, 16)
+    ) != image.getpixel((16, 16))
 
 
 def test_mismatched_pair_is_refused(llama_model, pair):

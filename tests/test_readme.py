@@ -10,8 +10,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/scale.md", "docs/mechanism.md", "docs/toy.md",
-                                 "docs/hooks_and_patching.md", "docs/getting_started.md", "docs/concepts.md"])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        "README.md",
+        "docs/scale.md",
+        "docs/mechanism.md",
+        "docs/toy.md",
+        "docs/hooks_and_patching.md",
+        "docs/getting_started.md",
+        "docs/concepts.md",
+    ],
+)
 def test_code_blocks_run(doc, tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(encoding="utf-8"), re.S)
     assert blocks, f"{doc} has no python code block"
@@ -26,10 +36,17 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
     if doc == "docs/concepts.md":  # captions without "red" are skipped; the yes -> no vector flips answers
         assert namespace["feats"].manifest["skipped"] and len(namespace["Z"]) > 5
         report = namespace["report"]
-        assert report.target_rate_before < 0.2 < report.target_rate, (report.target_rate_before, report.target_rate)
+        assert report.target_rate_before < 0.2 < report.target_rate, (
+            report.target_rate_before,
+            report.target_rate,
+        )
     if doc == "docs/getting_started.md":  # gradients cached; invokes scoped to their rows; one read per step
         assert namespace["grad_cache"]["blocks.1.hook_resid_post_grad"].abs().sum() > 0
         assert namespace["resid_rows"].shape[0] == 2 and len(namespace["last_resid"]) == 3
-        assert namespace["pattern"].dim() == 4 and namespace["new_ids"].shape[1] == namespace["one"].shape[1] + 3
-    if doc == "docs/hooks_and_patching.md":  # the sweep finds the asked object's cell (cells of 2 x 2 patches)
+        assert (
+            namespace["pattern"].dim() == 4 and namespace["new_ids"].shape[1] == namespace["one"].shape[1] + 3
+        )
+    if (
+        doc == "docs/hooks_and_patching.md"
+    ):  # the sweep finds the asked object's cell (cells of 2 x 2 patches)
         assert namespace["sweep"].location_map().peak() == (namespace["row"], namespace["col"])

@@ -36,9 +36,7 @@ def test_one_run_per_image_with_its_grid():
 
 
 def test_several_images_over_several_rows():
-    ids = [[9, 9, 1, 9, 9, 9, 9, 2],
-           [1, 1, 1, 1, 1, 1, 1, 1],
-           [1, 9, 9, 9, 9, 9, 9, 1]]
+    ids = [[9, 9, 1, 9, 9, 9, 9, 2], [1, 1, 1, 1, 1, 1, 1, 1], [1, 9, 9, 9, 9, 9, 9, 1]]
     spans, per_row = find_image_spans(mask(*ids))
     assert where(spans) == [(0, 0, 2, None), (0, 3, 7, None), (2, 1, 7, None)]
     assert per_row == (2, 0, 1) and [s.index for s in spans] == [0, 1, 2]

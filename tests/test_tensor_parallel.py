@@ -13,7 +13,9 @@ from hooked_mllm._tensor_parallel import refuse_tensor_parallel
 
 
 def test_from_pretrained_refuses_a_tensor_parallel_load_before_loading():
-    with pytest.raises(ValueError, match=r"Tensor parallelism \(tp_plan=\) is not supported: nnsight 0\.8\.1"):
+    with pytest.raises(
+        ValueError, match=r"Tensor parallelism \(tp_plan=\) is not supported: nnsight 0\.8\.1"
+    ):
         HookedMLLM.from_pretrained(toy.checkpoint_dir("toy-llava"), tp_plan="auto")
     with pytest.raises(ValueError, match=r"\(tp_size=\)"):
         HookedMLLM.from_pretrained(toy.checkpoint_dir("toy-llava"), tp_size=2)

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from hooked_mllm import HookedMLLM
-from hooked_mllm.testing import tiny_llava, tiny_mllama, tiny_processor, tiny_qwen2_vl, tiny_qwen2_vl_processor
+from hooked_mllm.testing import (
+    tiny_llava,
+    tiny_mllama,
+    tiny_processor,
+    tiny_qwen2_vl,
+    tiny_qwen2_vl_processor,
+)
 
 PROMPTS = ["what color is the circle ?", "how many"]
 
@@ -40,13 +46,16 @@ def test_text_run_with_cache_and_generate(llava):
     batch = llava.text_batch(PROMPTS[0])
     torch.testing.assert_close(logits, _hf_logits(llava, batch))
     assert cache.batch.input_ids.shape == batch.input_ids.shape
-    assert all(not name.startswith(("vision.", "projector.")) for name in cache)  # no image: no vision tower run
+    assert all(
+        not name.startswith(("vision.", "projector.")) for name in cache
+    )  # no image: no vision tower run
     with torch.no_grad():
         hf = llava.hf_model(input_ids=batch.input_ids, output_hidden_states=True)
     torch.testing.assert_close(cache["resid_post", 0], hf.hidden_states[1])
     out = llava.generate(PROMPTS[0], max_new_tokens=3)
-    expected = llava.hf_model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                       max_new_tokens=3, do_sample=False)
+    expected = llava.hf_model.generate(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=3, do_sample=False
+    )
     assert torch.equal(out.sequences, expected)
 
 

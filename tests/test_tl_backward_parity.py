@@ -54,13 +54,24 @@ def test_incl_bwd_on_a_text_prompt(pair):
 
 def test_bwd_hooks_on_an_image_batch(pair):
     ours, bridge = pair
-    batch = ours.prepare(images=[random_image(5), random_image(6)],
-                         prompts=["what color is the circle ?", "is there a red square ?"])
+    batch = ours.prepare(
+        images=[random_image(5), random_image(6)],
+        prompts=["what color is the circle ?", "is there a red square ?"],
+    )
     keep = ~batch.pad_mask
-    weights = torch.randn(batch.input_ids.shape + (ours.cfg.d_vocab,), generator=torch.Generator().manual_seed(0))
+    weights = torch.randn(
+        batch.input_ids.shape + (ours.cfg.d_vocab,), generator=torch.Generator().manual_seed(0)
+    )
     weights = weights * keep[..., None]
-    names = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z", "blocks.2.attn.hook_v", "blocks.1.attn.hook_pattern",
-             "blocks.0.mlp.hook_post", "ln_final.hook_normalized", "blocks.2.hook_attn_out"]
+    names = [
+        "blocks.0.hook_resid_post",
+        "blocks.1.attn.hook_z",
+        "blocks.2.attn.hook_v",
+        "blocks.1.attn.hook_pattern",
+        "blocks.0.mlp.hook_post",
+        "ln_final.hook_normalized",
+        "blocks.2.hook_attn_out",
+    ]
 
     def run(model, **inputs):
         got = {}
@@ -71,7 +82,9 @@ def test_bwd_hooks_on_an_image_batch(pair):
         hooks = [(name, keeper(name)) for name in names]
         if model is bridge:
             with tl_bridge._quiet():
-                logits = bridge.run_with_hooks(batch.input_ids, bwd_hooks=hooks, reset_hooks_end=False, **inputs)
+                logits = bridge.run_with_hooks(
+                    batch.input_ids, bwd_hooks=hooks, reset_hooks_end=False, **inputs
+                )
             try:
                 (logits * weights).sum().backward()
             finally:

@@ -84,9 +84,7 @@ def test_boot_is_offline_eager_float32_and_unfolded(bridge, hf_ref):
     assert all(p.dtype == torch.float32 for p in model.parameters())
     # Weights are not processed (no LN folding / centering): identical to the checkpoint,
     # once the bridge's wrapper segment ("._original_component") is stripped from keys.
-    bridged = {
-        re.sub(r"\._original_component", "", k): v for k, v in model.state_dict().items()
-    }
+    bridged = {re.sub(r"\._original_component", "", k): v for k, v in model.state_dict().items()}
     for key, ref in hf_ref.state_dict().items():
         assert key in bridged, key
         assert torch.equal(bridged[key], ref), key
@@ -119,14 +117,10 @@ def test_named_hooks_match_hf(bridge, hf_ref):
     )
     torch.testing.assert_close(logits, out.logits, atol=ATOL, rtol=RTOL)
     torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], out.hidden_states[0])
-    torch.testing.assert_close(
-        cache["ln_final.hook_normalized"], out.hidden_states[-1], atol=ATOL, rtol=RTOL
-    )
+    torch.testing.assert_close(cache["ln_final.hook_normalized"], out.hidden_states[-1], atol=ATOL, rtol=RTOL)
     for layer in range(n_layers):
         name = lambda kind: tl_bridge.hook_name(kind, layer)  # noqa: E731
-        torch.testing.assert_close(
-            cache[name("pattern")], out.attentions[layer], atol=ATOL, rtol=RTOL
-        )
+        torch.testing.assert_close(cache[name("pattern")], out.attentions[layer], atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(
             cache[name("resid_pre")] + cache[name("attn_out")], cache[name("resid_mid")]
         )

@@ -20,11 +20,35 @@ def full(hooked, batch):
 def test_act_name_matches_transformer_lens():
     from transformer_lens.utilities.components_utils import get_act_name
 
-    for args in [("k6",), ("scale4ln1",), ("pre5",), ("attn", 2), ("key", 1), ("query", 0), ("value", 3),
-                 ("mlp_post", 0), ("mlp_pre", 1), ("result", 1), ("attn_scores", 0), ("attn_logits", 0),
-                 ("embed",), ("normalized", 2, "ln2"), ("normalized", 2, "ln1"), ("normalized",),
-                 ("ln_final.hook_normalized",), ("resid_post", 1), ("z", 0, "a"), ("mlp_mid", 1), ("scale",),
-                 ("pos_embed",), ("resid_mid", 4), ("attn_out", 0), ("mlp_out", 2), ("q", 3), ("post", 0)]:
+    for args in [
+        ("k6",),
+        ("scale4ln1",),
+        ("pre5",),
+        ("attn", 2),
+        ("key", 1),
+        ("query", 0),
+        ("value", 3),
+        ("mlp_post", 0),
+        ("mlp_pre", 1),
+        ("result", 1),
+        ("attn_scores", 0),
+        ("attn_logits", 0),
+        ("embed",),
+        ("normalized", 2, "ln2"),
+        ("normalized", 2, "ln1"),
+        ("normalized",),
+        ("ln_final.hook_normalized",),
+        ("resid_post", 1),
+        ("z", 0, "a"),
+        ("mlp_mid", 1),
+        ("scale",),
+        ("pos_embed",),
+        ("resid_mid", 4),
+        ("attn_out", 0),
+        ("mlp_out", 2),
+        ("q", 3),
+        ("post", 0),
+    ]:
         assert act_name(*args) == get_act_name(*args), args
 
 
@@ -40,9 +64,14 @@ def test_negative_layers_and_aliases(hooked, full):
     assert cache["normalized1ln1"] is cache["blocks.1.ln1.hook_normalized"]
     assert cache["embed"] is cache["hook_embed"] and cache["logits"] is cache["hook_logits"]
     assert cache["normalized"] is cache["ln_final.hook_normalized"]
-    for key, offer in [(("attn_scores", 0), "hook_pattern"), (("result", 0), "compute_head_results"),
-                       (("scale", 0, "ln1"), "apply_ln_to_stack"), (("pos_embed",), "hook_embed"),
-                       (("mlp_mid", 0), "mlp.hook_post"), (("rot_q", 0), "hook_q")]:
+    for key, offer in [
+        (("attn_scores", 0), "hook_pattern"),
+        (("result", 0), "compute_head_results"),
+        (("scale", 0, "ln1"), "apply_ln_to_stack"),
+        (("pos_embed",), "hook_embed"),
+        (("mlp_mid", 0), "mlp.hook_post"),
+        (("rot_q", 0), "hook_q"),
+    ]:
         with pytest.raises(KeyError, match=f"TransformerLens hook name.*{offer}"):
             cache[key]
     with pytest.raises(KeyError, match="TransformerLens hook name.*hook_pattern"):
@@ -59,7 +88,9 @@ def test_int_pos_slice_drops_the_position_axis(hooked, full):
     assert kept.shape[2] == 1
     attrs = cache.logit_attrs(cache.decompose_resid(pos_slice=-1), torch.tensor([5, 9]), pos_slice=-1)
     logits = cache["logits"]
-    torch.testing.assert_close(attrs.sum(0), logits[torch.arange(2), -1, torch.tensor([5, 9])], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        attrs.sum(0), logits[torch.arange(2), -1, torch.tensor([5, 9])], atol=1e-4, rtol=1e-4
+    )
 
 
 def test_batch_dim_helpers(hooked, full, single):
@@ -98,7 +129,9 @@ def test_head_results_sum_to_attn_out(hooked, full):
     for layer in range(hooked.cfg.n_layers):
         result = cache["result", layer]
         assert result.shape[-2:] == (hooked.cfg.n_heads, hooked.cfg.d_model)
-        torch.testing.assert_close(result.sum(-2) + hooked.b_O[layer], cache["attn_out", layer], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            result.sum(-2) + hooked.b_O[layer], cache["attn_out", layer], atol=1e-5, rtol=1e-5
+        )
 
 
 def test_neuron_results(hooked, full):
@@ -113,13 +146,21 @@ def test_neuron_results(hooked, full):
     torch.testing.assert_close(stack.sum(0), cache["resid_pre", 2], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("layer, mlp_input, target", [(None, False, ("resid_post", -1)), (1, True, ("resid_mid", 1)),
-                                                      (2, False, ("resid_pre", 2)), (0, False, ("resid_pre", 0))])
+@pytest.mark.parametrize(
+    "layer, mlp_input, target",
+    [
+        (None, False, ("resid_post", -1)),
+        (1, True, ("resid_mid", 1)),
+        (2, False, ("resid_pre", 2)),
+        (0, False, ("resid_pre", 0)),
+    ],
+)
 def test_full_resid_decomposition_sums_to_the_residual(hooked, full, layer, mlp_input, target):
     _, cache = full
     for expand in (True, False):
-        stack, labels = cache.get_full_resid_decomposition(layer, mlp_input=mlp_input, expand_neurons=expand,
-                                                           return_labels=True)
+        stack, labels = cache.get_full_resid_decomposition(
+            layer, mlp_input=mlp_input, expand_neurons=expand, return_labels=True
+        )
         assert labels[-2:] == ["embed", "bias"] and len(labels) == stack.shape[0]
         torch.testing.assert_close(stack.sum(0), cache[target], atol=1e-4, rtol=1e-4)
     normed = cache.get_full_resid_decomposition(apply_ln=True, pos_slice=-1)
@@ -138,30 +179,52 @@ def test_weights_rebuild_the_cached_activations(hooked, full):
     assert hooked.W_E.shape == (cfg.d_vocab, cfg.d_model) and hooked.W_U.shape == (cfg.d_model, cfg.d_vocab)
     for layer in (0, -1):
         x = cache["ln1", layer]
-        torch.testing.assert_close(torch.einsum("bpm,hmd->bphd", x, hooked.W_Q[layer]) + hooked.b_Q[layer],
-                                   cache["q", layer], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            torch.einsum("bpm,hmd->bphd", x, hooked.W_Q[layer]) + hooked.b_Q[layer],
+            cache["q", layer],
+            atol=1e-5,
+            rtol=1e-5,
+        )
         for w, b, name in ((hooked.W_K, hooked.b_K, "k"), (hooked.W_V, hooked.b_V, "v")):
-            torch.testing.assert_close(torch.einsum("bpm,hmd->bphd", x, w[layer]) + b[layer],
-                                       cache[name, layer], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(torch.einsum("bpm,hmd->bphd", x, w.expanded(layer)),
-                                       (cache[name, layer] - b[layer]).repeat_interleave(group, dim=2),
-                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                torch.einsum("bpm,hmd->bphd", x, w[layer]) + b[layer],
+                cache[name, layer],
+                atol=1e-5,
+                rtol=1e-5,
+            )
+            torch.testing.assert_close(
+                torch.einsum("bpm,hmd->bphd", x, w.expanded(layer)),
+                (cache[name, layer] - b[layer]).repeat_interleave(group, dim=2),
+                atol=1e-5,
+                rtol=1e-5,
+            )
         z = cache["z", layer]
-        torch.testing.assert_close(torch.einsum("bphd,hdm->bpm", z, hooked.W_O[layer]) + hooked.b_O[layer],
-                                   cache["attn_out", layer], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            torch.einsum("bphd,hdm->bpm", z, hooked.W_O[layer]) + hooked.b_O[layer],
+            cache["attn_out", layer],
+            atol=1e-5,
+            rtol=1e-5,
+        )
         x2 = cache["ln2", layer]
-        gated = torch.nn.functional.silu(x2 @ hooked.W_gate[layer] + 0) * (x2 @ hooked.W_in[layer] + hooked.b_in[layer])
+        gated = torch.nn.functional.silu(x2 @ hooked.W_gate[layer] + 0) * (
+            x2 @ hooked.W_in[layer] + hooked.b_in[layer]
+        )
         torch.testing.assert_close(gated, cache["post", layer], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(cache["post", layer] @ hooked.W_out[layer] + hooked.b_out[layer],
-                                   cache["mlp_out", layer], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            cache["post", layer] @ hooked.W_out[layer] + hooked.b_out[layer],
+            cache["mlp_out", layer],
+            atol=1e-5,
+            rtol=1e-5,
+        )
     torch.testing.assert_close(hooked.W_O(1), hooked.W_O[1])
     torch.testing.assert_close(torch.einsum("lhdm->lm", hooked.W_O), hooked.W_O.full().sum((1, 2)))
     torch.testing.assert_close(hooked.W_O[1, 2], hooked.W_O.full()[1, 2])
     ids = cache.batch.input_ids
     text = cache.batch.text_mask
     torch.testing.assert_close(hooked.W_E[ids[text]], cache["embed"][text])
-    torch.testing.assert_close(cache["ln_final.hook_normalized"] @ hooked.W_U + hooked.b_U, cache["logits"],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        cache["ln_final.hook_normalized"] @ hooked.W_U + hooked.b_U, cache["logits"], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_token_helpers(hooked):
@@ -170,13 +233,17 @@ def test_token_helpers(hooked):
     ids = hooked.to_tokens("what color is the circle ?")
     assert ids[0, 0] == tok.bos_token_id
     assert ids[0, 1:].tolist() == tok.encode("what color is the circle ?", add_special_tokens=False)
-    assert hooked.to_tokens("what color", prepend_bos=False)[0].tolist() == tok.encode("what color",
-                                                                                       add_special_tokens=False)
+    assert hooked.to_tokens("what color", prepend_bos=False)[0].tolist() == tok.encode(
+        "what color", add_special_tokens=False
+    )
     two = hooked.to_tokens(["what color", "what"], padding_side="left")
     assert two.shape == (2, 3) and two[1, -1] == ids[0, 1]
     strs = hooked.to_str_tokens("what color")
     assert strs == [tok.decode([i]) for i in hooked.to_tokens("what color")[0].tolist()]
-    assert hooked.to_str_tokens(["what", "color"]) == [hooked.to_str_tokens("what"), hooked.to_str_tokens("color")]
+    assert hooked.to_str_tokens(["what", "color"]) == [
+        hooked.to_str_tokens("what"),
+        hooked.to_str_tokens("color"),
+    ]
     assert hooked.to_string(ids[0, 1:]) == tok.decode(ids[0, 1:].tolist())
     assert hooked.to_string(two) == [tok.decode(row.tolist()) for row in two]
     assert hooked.to_single_token("color") == tok.encode("color", add_special_tokens=False)[0]
@@ -187,8 +254,10 @@ def test_token_helpers(hooked):
 def test_batch_slice_keeps_the_images_of_the_chosen_rows(hooked):
     from hooked_mllm.testing import random_image
 
-    batch = hooked.prepare(images=[random_image(0), random_image(1), random_image(2)],
-                           prompts=["what color", "how many objects", "is it red"])
+    batch = hooked.prepare(
+        images=[random_image(0), random_image(1), random_image(2)],
+        prompts=["what color", "how many objects", "is it red"],
+    )
     _, cache = hooked.run_with_cache(batch)
     name = "vision.blocks.0.hook_resid_post"
     picked = cache.apply_slice_to_batch_dim([0, 2])
@@ -202,10 +271,11 @@ def test_batch_slice_keeps_the_images_of_the_chosen_rows(hooked):
 def test_forward_loss(hooked, batch):
     with torch.no_grad():
         logits = hooked.hf_model(**batch.inputs).logits
-    valid = (~batch.pad_mask[:, 1:] & ~batch.pad_mask[:, :-1] & ~batch.image_mask[:, 1:])
+    valid = ~batch.pad_mask[:, 1:] & ~batch.pad_mask[:, :-1] & ~batch.image_mask[:, 1:]
     targets = batch.input_ids[:, 1:].masked_fill(~valid, -100)
-    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                 ignore_index=-100)
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+    )
     torch.testing.assert_close(hooked(batch, return_type="loss"), expected, atol=1e-5, rtol=1e-5)
     both_logits, loss = hooked(batch, return_type="both")
     torch.testing.assert_close(both_logits, logits, atol=1e-5, rtol=1e-5)

@@ -32,12 +32,18 @@ def pair(tmp_path_factory):
 @pytest.fixture(scope="module")
 def caches(pair):
     ours, bridge = pair
-    batch = ours.prepare(images=[random_image(5), random_image(6)],
-                         prompts=["what color is the circle ?", "is there a red square ?"])
+    batch = ours.prepare(
+        images=[random_image(5), random_image(6)],
+        prompts=["what color is the circle ?", "is there a red square ?"],
+    )
     _, mine = ours.run_with_cache(batch)
-    _, theirs = tl_bridge.bridge_run_with_cache(bridge, None, input_ids=batch.input_ids,
-                                                pixel_values=batch.inputs["pixel_values"],
-                                                attention_mask=batch.attention_mask)
+    _, theirs = tl_bridge.bridge_run_with_cache(
+        bridge,
+        None,
+        input_ids=batch.input_ids,
+        pixel_values=batch.inputs["pixel_values"],
+        attention_mask=batch.attention_mask,
+    )
     return mine, theirs, ~batch.pad_mask, batch
 
 
@@ -48,10 +54,27 @@ def masked(x, keep, batch_axis):
     return x * keep.view(shape).to(x.dtype)
 
 
-@pytest.mark.parametrize("key", [("resid_post", -1), ("resid_pre", -2), ("attn_out", -3), ("mlp_out", 1), ("k0",),
-                                 ("v", -1), ("q", 2), ("z", 1), ("mlp_post", 1), ("post2",), ("mlp_pre", 0),
-                                 ("normalized", 0, "ln2"), ("normalized", 1, "ln1"), ("normalized",),
-                                 ("resid_mid", 2), ("embed",)])
+@pytest.mark.parametrize(
+    "key",
+    [
+        ("resid_post", -1),
+        ("resid_pre", -2),
+        ("attn_out", -3),
+        ("mlp_out", 1),
+        ("k0",),
+        ("v", -1),
+        ("q", 2),
+        ("z", 1),
+        ("mlp_post", 1),
+        ("post2",),
+        ("mlp_pre", 0),
+        ("normalized", 0, "ln2"),
+        ("normalized", 1, "ln1"),
+        ("normalized",),
+        ("resid_mid", 2),
+        ("embed",),
+    ],
+)
 def test_act_name_keys_give_the_same_tensors(caches, key):
     mine, theirs, keep, _ = caches
     a, b = mine[key], theirs[key]
@@ -76,8 +99,12 @@ def test_compute_head_results(caches, pair):
     mine.compute_head_results()
     theirs.compute_head_results()
     for layer in range(pair[0].cfg.n_layers):
-        torch.testing.assert_close(masked(mine["result", layer], keep, 0), masked(theirs["result", layer], keep, 0),
-                                   atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(
+            masked(mine["result", layer], keep, 0),
+            masked(theirs["result", layer], keep, 0),
+            atol=ATOL,
+            rtol=RTOL,
+        )
 
 
 @pytest.mark.parametrize("pos_slice", [None, -1, slice(-3, None)])
@@ -88,10 +115,12 @@ def test_stack_helpers_with_pos_slice(caches, pos_slice):
     def cut(mask):
         return mask if pos_slice is None else mask[:, pos_slice]
 
-    for call in (lambda c: c.accumulated_resid(pos_slice=pos_slice, return_labels=True),
-                 lambda c: c.decompose_resid(pos_slice=pos_slice, return_labels=True),
-                 lambda c: c.stack_head_results(pos_slice=pos_slice, return_labels=True),
-                 lambda c: c.stack_neuron_results(2, pos_slice=pos_slice, return_labels=True)):
+    for call in (
+        lambda c: c.accumulated_resid(pos_slice=pos_slice, return_labels=True),
+        lambda c: c.decompose_resid(pos_slice=pos_slice, return_labels=True),
+        lambda c: c.stack_head_results(pos_slice=pos_slice, return_labels=True),
+        lambda c: c.stack_neuron_results(2, pos_slice=pos_slice, return_labels=True),
+    ):
         (a, la), (b, lb) = call(mine), call(theirs)
         assert a.shape == b.shape and la == lb
         for i, label in enumerate(la):  # the bridge's "embed" is hook_embed: no image features in it
@@ -114,7 +143,9 @@ def test_batch_dim_helpers(caches):
     mine, theirs, keep, _ = caches
     a, b = mine.apply_slice_to_batch_dim(1), theirs.apply_slice_to_batch_dim(1)
     assert a.has_batch_dim == b.has_batch_dim is False
-    torch.testing.assert_close(a["resid_post", -1][keep[1]], b["resid_post", -1][keep[1]], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(
+        a["resid_post", -1][keep[1]], b["resid_post", -1][keep[1]], atol=ATOL, rtol=RTOL
+    )
     a, b = mine.apply_slice_to_batch_dim(slice(0, 1)), theirs.apply_slice_to_batch_dim(slice(0, 1))
     assert a["z", 0].shape == b["z", 0].shape
     a.remove_batch_dim(), b.remove_batch_dim()
@@ -128,7 +159,14 @@ def test_weights(pair):
         a, b = getattr(ours, name), getattr(bridge, name)
         assert a.shape == b.shape, name
         torch.testing.assert_close(a[...] if name[2:] not in ("E", "U") else a, b, atol=0, rtol=0)
-    for name in ("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out"):  # bias-free here: zeros ours, AttributeError theirs
+    for name in (
+        "b_Q",
+        "b_K",
+        "b_V",
+        "b_O",
+        "b_in",
+        "b_out",
+    ):  # bias-free here: zeros ours, AttributeError theirs
         with pytest.raises(AttributeError):
             getattr(bridge, name)
         assert not getattr(ours, name).full().any()

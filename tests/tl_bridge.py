@@ -227,9 +227,7 @@ def load_bridge(
 
             cfg = AutoConfig.from_pretrained(checkpoint_dir)
             text_cfg = getattr(cfg, "text_config", cfg)
-            tokenizer = make_tiny_tokenizer(
-                text_cfg.vocab_size, getattr(cfg, "image_token_id", None)
-            )
+            tokenizer = make_tiny_tokenizer(text_cfg.vocab_size, getattr(cfg, "image_token_id", None))
 
         original = tl_hf_helpers._ensure_torchvision
         tl_hf_helpers._ensure_torchvision = lambda: False  # never pip-install at boot

@@ -81,9 +81,14 @@ def adapter_for(hf_model: Any) -> Adapter:
                 f"No adapter for {type(hf_model).__name__} (config {config_name}), and auto-discovery "
                 f"failed: {error} Supported config classes: {known}."
             ) from None
-        logger.warning("No adapter registered for %s (config %s); using the layout discovered from its "
-                       "module tree, its LM residual identities checked on a text-only probe (the vision tower "
-                       "is mapped by names, unchecked): %s", type(hf_model).__name__, config_name, adapter)
+        logger.warning(
+            "No adapter registered for %s (config %s); using the layout discovered from its "
+            "module tree, its LM residual identities checked on a text-only probe (the vision tower "
+            "is mapped by names, unchecked): %s",
+            type(hf_model).__name__,
+            config_name,
+            adapter,
+        )
         return adapter
     adapter = adapter.for_config(hf_model.config)
     adapter.validate(hf_model)

@@ -182,12 +182,16 @@ class ModuleLayout:
     def __post_init__(self) -> None:
         for name in ("lm_layers", "embed", "final_norm", "unembed"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"ModuleLayout.{name} must be a dotted module path such as 'model.norm', "
-                                 f"not {getattr(self, name)!r}.")
+                raise ValueError(
+                    f"ModuleLayout.{name} must be a dotted module path such as 'model.norm', "
+                    f"not {getattr(self, name)!r}."
+                )
         if (self.vision_block is None) != (self.vision_layers is None):
-            raise ValueError("ModuleLayout needs vision_layers and vision_block together (the tower's layer list "
-                             f"and the paths inside one layer); got vision_layers={self.vision_layers!r}, "
-                             f"vision_block={self.vision_block!r}.")
+            raise ValueError(
+                "ModuleLayout needs vision_layers and vision_block together (the tower's layer list "
+                f"and the paths inside one layer); got vision_layers={self.vision_layers!r}, "
+                f"vision_block={self.vision_block!r}."
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,8 +263,9 @@ class TokenLayout:
             if value is not None and not callable(value):
                 raise TypeError(f"TokenLayout.{name} must be a function (see its docstring), not {value!r}.")
         if self.row_break is not None and (not isinstance(self.row_break, str) or not self.row_break):
-            raise ValueError(f"TokenLayout.row_break must be a token string such as '[IMG_BREAK]', not "
-                             f"{self.row_break!r}.")
+            raise ValueError(
+                f"TokenLayout.row_break must be a token string such as '[IMG_BREAK]', not {self.row_break!r}."
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -354,10 +359,17 @@ class Adapter:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"Adapter.name must be a short family name such as 'llava', not {self.name!r}.")
         if isinstance(self.config_classes, str):
-            raise TypeError(f"Adapter.config_classes is a tuple of config class names: write "
-                            f"({self.config_classes!r},), not {self.config_classes!r}.")
-        for name, kind in (("modules", ModuleLayout), ("config_keys", ConfigKeys), ("tokens", TokenLayout),
-                           ("inputs", InputLayout), ("about", Metadata)):
+            raise TypeError(
+                f"Adapter.config_classes is a tuple of config class names: write "
+                f"({self.config_classes!r},), not {self.config_classes!r}."
+            )
+        for name, kind in (
+            ("modules", ModuleLayout),
+            ("config_keys", ConfigKeys),
+            ("tokens", TokenLayout),
+            ("inputs", InputLayout),
+            ("about", Metadata),
+        ):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"Adapter.{name} takes {kind.__name__}(...), not {getattr(self, name)!r}.")
 
@@ -400,10 +412,13 @@ class Adapter:
             for sub in _block_paths(block):
                 self.module(root, f"{prefix}.{sub}")
             for scale in (block.attn_scale, block.mlp_scale):
-                if scale is not None and not isinstance(getattr(self.module(root, prefix), scale, None),
-                                                        torch.nn.Parameter):
-                    raise ValueError(f"The {self.name!r} adapter expects a layer-scale parameter {scale!r} in "
-                                     f"{prefix}, but there is none; see docs/architectures.md.")
+                if scale is not None and not isinstance(
+                    getattr(self.module(root, prefix), scale, None), torch.nn.Parameter
+                ):
+                    raise ValueError(
+                        f"The {self.name!r} adapter expects a layer-scale parameter {scale!r} in "
+                        f"{prefix}, but there is none; see docs/architectures.md."
+                    )
         for path in (modules.vision_embed, modules.projector):
             if path is not None:
                 self.module(root, path)
@@ -451,6 +466,18 @@ class Adapter:
 
 
 def _block_paths(block: BlockLayout) -> tuple[str, ...]:
-    paths = (block.attn, block.mlp, block.ln1, block.ln2, block.q, block.k, block.v, block.o,
-             block.mlp_pre, block.mlp_down, block.attn_out, block.mlp_out)
+    paths = (
+        block.attn,
+        block.mlp,
+        block.ln1,
+        block.ln2,
+        block.q,
+        block.k,
+        block.v,
+        block.o,
+        block.mlp_pre,
+        block.mlp_down,
+        block.attn_out,
+        block.mlp_out,
+    )
     return tuple(path for path in paths if path is not None)

@@ -45,8 +45,16 @@ _MLP = ("mlp", "feed_forward", "ffn")
 _Q, _K, _V = ("q_proj", "query", "wq"), ("k_proj", "key", "wk"), ("v_proj", "value", "wv")
 _O = ("o_proj", "out_proj", "proj", "dense", "wo", "projection_layer")
 _LN1 = ("input_layernorm", "layer_norm1", "norm1", "ln_1", "attention_norm", "ln1", "layernorm_before")
-_LN2 = ("pre_feedforward_layernorm", "post_attention_layernorm", "layer_norm2", "norm2", "ln_2", "ffn_norm", "ln2",
-        "layernorm_after")
+_LN2 = (
+    "pre_feedforward_layernorm",
+    "post_attention_layernorm",
+    "layer_norm2",
+    "norm2",
+    "ln_2",
+    "ffn_norm",
+    "ln2",
+    "layernorm_after",
+)
 _MLP_PRE = ("gate_proj", "gate_up_proj", "fc1", "up_proj", "w1", "c_fc", "linear_fc1", "dense_h_to_4h")
 _MLP_DOWN = ("down_proj", "fc2", "w2", "c_proj", "linear_fc2", "dense_4h_to_h")
 _LAYER_SCALES = (("lambda_1", "lambda_2"), ("gamma_1", "gamma_2"))
@@ -81,17 +89,37 @@ def _block(layer: nn.Module) -> BlockLayout | None:
     sandwich = isinstance(getattr(layer, "pre_feedforward_layernorm", None), nn.Module)
     ln2 = _first(layer, _LN2)
     norm_module = layer.get_submodule(ln1)
-    scales = next((pair for pair in _LAYER_SCALES
-                   if all(isinstance(getattr(layer, name, None), nn.Parameter) for name in pair)), (None, None))
+    scales = next(
+        (
+            pair
+            for pair in _LAYER_SCALES
+            if all(isinstance(getattr(layer, name, None), nn.Parameter) for name in pair)
+        ),
+        (None, None),
+    )
     qkv = [_first(attn_mod, names, f"{attn}.") for names in (_Q, _K, _V)]
     fused = None in qkv
     return BlockLayout(
-        attn=attn, mlp=mlp, ln1=ln1, ln2=ln2, q=qkv[0], k=qkv[1], v=qkv[2], o=o, mlp_pre=pre, mlp_down=down,
+        attn=attn,
+        mlp=mlp,
+        ln1=ln1,
+        ln2=ln2,
+        q=qkv[0],
+        k=qkv[1],
+        v=qkv[2],
+        o=o,
+        mlp_pre=pre,
+        mlp_down=down,
         norm="layer" if isinstance(norm_module, nn.LayerNorm) else "rms",
-        attn_index=None if fused else 0, pattern_index=None if fused else 1,
+        attn_index=None if fused else 0,
+        pattern_index=None if fused else 1,
         attn_out="post_attention_layernorm" if sandwich else None,
-        mlp_out="post_feedforward_layernorm" if sandwich and hasattr(layer, "post_feedforward_layernorm") else None,
-        norm_offset=_norm_offset(norm_module), attn_scale=scales[0], mlp_scale=scales[1],
+        mlp_out="post_feedforward_layernorm"
+        if sandwich and hasattr(layer, "post_feedforward_layernorm")
+        else None,
+        norm_offset=_norm_offset(norm_module),
+        attn_scale=scales[0],
+        mlp_scale=scales[1],
     )
 
 
@@ -108,10 +136,14 @@ def _unrecognised(layer: nn.Module) -> str:
     attn_mod, mlp_mod = layer.get_submodule(attn), layer.get_submodule(mlp)
     if _first(attn_mod, _O) is None:
         names = ", ".join(n for n, _ in attn_mod.named_children())
-        return f"no output projection in {attn} ({type(attn_mod).__name__}: {names}; looked for {', '.join(_O)})"
+        return (
+            f"no output projection in {attn} ({type(attn_mod).__name__}: {names}; looked for {', '.join(_O)})"
+        )
     names = ", ".join(n for n, _ in mlp_mod.named_children())
-    return (f"no input/output projections in {mlp} ({type(mlp_mod).__name__}: {names}; looked for "
-            f"{', '.join(_MLP_PRE)} / {', '.join(_MLP_DOWN)})")
+    return (
+        f"no input/output projections in {mlp} ({type(mlp_mod).__name__}: {names}; looked for "
+        f"{', '.join(_MLP_PRE)} / {', '.join(_MLP_DOWN)})"
+    )
 
 
 def _norm_offset(norm: nn.Module) -> float:
@@ -188,8 +220,10 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
         parent = embed_path.rpartition(".")[0]
         lm = sorted(lm, key=lambda entry: entry[0].rpartition(".")[0] != parent)
     if not lm:
-        problems.append(f"ModuleList of decoder blocks of width {d_model} (attention with an output "
-                        "projection, an MLP, norms)")
+        problems.append(
+            f"ModuleList of decoder blocks of width {d_model} (attention with an output "
+            "projection, an MLP, norms)"
+        )
     if problems:
         missing = "; no ".join(problems)
         why = f" Layers not recognised: {'; '.join(refused)}." if refused else ""
@@ -202,8 +236,10 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     parent = hf_model.get_submodule(parent_path) if parent_path else hf_model
     final = _first(parent, _FINAL, f"{parent_path}." if parent_path else "")
     if final is None:
-        raise ValueError(f"Cannot map {name} automatically: no final norm ({', '.join(_FINAL)}) beside "
-                         f"{lm_path}. Write an adapter for it (see docs/architectures.md).")
+        raise ValueError(
+            f"Cannot map {name} automatically: no final norm ({', '.join(_FINAL)}) beside "
+            f"{lm_path}. Write an adapter for it (see docs/architectures.md)."
+        )
     vision = [entry for entry in lists if entry[0] != lm_path and not entry[0].startswith(lm_path)]
     vision_path, vision_block, vision_embed = None, None, None
     if vision:
@@ -211,16 +247,27 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
         tower = vision_path
         while tower and vision_embed is None:  # walk up from the layers to the tower's embedding
             tower = tower.rpartition(".")[0]
-            vision_embed = _first(hf_model.get_submodule(tower) if tower else hf_model, _EMBED,
-                                  f"{tower}." if tower else "")
-    projector = next((path for path, module in hf_model.named_modules()
-                      if path.rpartition(".")[2] in _PROJECTOR), None)
+            vision_embed = _first(
+                hf_model.get_submodule(tower) if tower else hf_model, _EMBED, f"{tower}." if tower else ""
+            )
+    projector = next(
+        (path for path, module in hf_model.named_modules() if path.rpartition(".")[2] in _PROJECTOR), None
+    )
     adapter = Adapter(
         name="discovered",
         config_classes=(type(hf_model.config).__name__,),
-        modules=ModuleLayout(lm_layers=lm_path, embed=embed_path, final_norm=final, unembed=unembed_path, block=block,
-                             vision_layers=vision_path, vision_embed=vision_embed, vision_block=vision_block,
-                             projector=projector, hidden_states_normed=True),
+        modules=ModuleLayout(
+            lm_layers=lm_path,
+            embed=embed_path,
+            final_norm=final,
+            unembed=unembed_path,
+            block=block,
+            vision_layers=vision_path,
+            vision_embed=vision_embed,
+            vision_block=vision_block,
+            projector=projector,
+            hidden_states_normed=True,
+        ),
         tokens=TokenLayout(grid=no_grid),
         about=Metadata(verified=False, notes=f"discovered from the module tree of {name}"),
     )
@@ -228,9 +275,20 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     if verify:
         adapter = replace(adapter, modules=replace(adapter.modules, block=_refine(hf_model, adapter)))
         adapter = verify_adapter(hf_model, adapter)
-    logger.info("Discovered the layout of %s: lm_layers=%s block=%s final_norm=%s embed=%s unembed=%s "
-                "vision_layers=%s vision_block=%s vision_embed=%s projector=%s", name, lm_path, adapter.modules.block,
-                final, embed_path, unembed_path, vision_path, vision_block, vision_embed, projector)
+    logger.info(
+        "Discovered the layout of %s: lm_layers=%s block=%s final_norm=%s embed=%s unembed=%s "
+        "vision_layers=%s vision_block=%s vision_embed=%s projector=%s",
+        name,
+        lm_path,
+        adapter.modules.block,
+        final,
+        embed_path,
+        unembed_path,
+        vision_path,
+        vision_block,
+        vision_embed,
+        projector,
+    )
     return adapter
 
 
@@ -259,7 +317,7 @@ def _probe_inputs(hf_model: nn.Module) -> dict[str, Tensor]:
     config = hf_model.config
     taken: set[int] = set()
     for cfg in (config, getattr(config, "text_config", None)):
-        for key, value in (vars(cfg).items() if cfg is not None else ()):
+        for key, value in vars(cfg).items() if cfg is not None else ():
             if "token" in key and isinstance(value, int):
                 taken.add(value)
             elif "token" in key and isinstance(value, (list, tuple)):
@@ -271,20 +329,32 @@ def _probe_inputs(hf_model: nn.Module) -> dict[str, Tensor]:
     return {"input_ids": ids_t, "attention_mask": torch.ones_like(ids_t)}
 
 
-def _record(hf_model: nn.Module, lists: dict[str, int], inputs: dict) -> tuple[dict[str, list[dict[str, tuple]]], Any]:
+def _record(
+    hf_model: nn.Module, lists: dict[str, int], inputs: dict
+) -> tuple[dict[str, list[dict[str, tuple]]], Any]:
     """Run ``inputs`` with torch hooks on every block of each list (path -> length) and its direct children.
 
     Returns, per list and block, ``{"": (input, output), child: (input, raw output), ...}``, and the HF output.
     """
-    records: dict[str, list[dict[str, tuple]]] = {prefix: [{} for _ in range(n)] for prefix, n in lists.items()}
+    records: dict[str, list[dict[str, tuple]]] = {
+        prefix: [{} for _ in range(n)] for prefix, n in lists.items()
+    }
     handles = []
     for prefix, n_layers in lists.items():
         for layer in range(n_layers):
             block = hf_model.get_submodule(f"{prefix}.{layer}")
             for name, module in [("", block), *block.named_children()]:
-                def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any, name: str = name,
-                         rec: dict = records[prefix][layer]) -> None:
+
+                def hook(
+                    mod: nn.Module,
+                    args: tuple,
+                    kwargs: dict,
+                    output: Any,
+                    name: str = name,
+                    rec: dict = records[prefix][layer],
+                ) -> None:
                     rec.setdefault(name, (_first_tensor(args, kwargs), output))
+
                 handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
@@ -320,8 +390,11 @@ def _refine(hf_model: nn.Module, adapter: Adapter) -> BlockLayout:
     attn_raw = _out(rec[block.attn][1], block.attn_index) if block.attn in rec else None
     mlp_raw = _out(rec[block.mlp][1]) if block.mlp in rec else None
     mlp_in = rec[block.mlp][0] if block.mlp in rec else None
-    norms = [n for n, m in layer.named_children() if n in rec and n not in (block.attn, block.mlp)
-             and "norm" in (type(m).__name__ + n).lower()]
+    norms = [
+        n
+        for n, m in layer.named_children()
+        if n in rec and n not in (block.attn, block.mlp) and "norm" in (type(m).__name__ + n).lower()
+    ]
     changes: dict[str, Any] = {}
     for n in norms:
         if n == block.ln1:
@@ -336,7 +409,9 @@ def _refine(hf_model: nn.Module, adapter: Adapter) -> BlockLayout:
     if "ln2" not in changes and block.ln1 in rec and _close(_out(rec[block.ln1][1]), mlp_in)[0]:
         changes["ln2"] = None  # parallel attention and MLP off one norm
     d_model = hf_model.get_output_embeddings().in_features
-    own = sorted(n for n, p in layer.named_parameters(recurse=False) if p.dim() == 1 and p.shape[0] == d_model)
+    own = sorted(
+        n for n, p in layer.named_parameters(recurse=False) if p.dim() == 1 and p.shape[0] == d_model
+    )
     if len(own) == 2 and block.attn_scale is None:
         changes.update(attn_scale=own[0], mlp_scale=own[1])
     return replace(block, **changes)
@@ -372,10 +447,18 @@ def verify_adapter(hf_model: nn.Module, adapter: Adapter, inputs: dict | None = 
         lists[modules.vision_layers] = len(hf_model.get_submodule(modules.vision_layers))
     records, output = _record(hf_model, lists, inputs or _probe_inputs(hf_model))
     hidden = output.hidden_states if getattr(output, "hidden_states", None) is not None else None
-    post = _check_blocks(hf_model, adapter, modules.lm_layers, modules.block, records[modules.lm_layers], hidden)
+    post = _check_blocks(
+        hf_model, adapter, modules.lm_layers, modules.block, records[modules.lm_layers], hidden
+    )
     if modules.vision_layers in records and len(lists) > 1:
-        _check_blocks(hf_model, adapter, modules.vision_layers, modules.vision_block,  # type: ignore[arg-type]
-                      records[modules.vision_layers], None)
+        _check_blocks(
+            hf_model,
+            adapter,
+            modules.vision_layers,
+            modules.vision_block,  # type: ignore[arg-type]
+            records[modules.vision_layers],
+            None,
+        )
     normed = modules.hidden_states_normed
     if hidden is not None:
         with torch.no_grad():
@@ -385,21 +468,43 @@ def verify_adapter(hf_model: nn.Module, adapter: Adapter, inputs: dict | None = 
         elif _close(post, hidden[-1])[0]:
             normed = False
         else:
-            _fail(hf_model, adapter, modules.block, "resid_post(last) = HF hidden_states[-1] (before or after the "
-                  "final norm)", "LM", n_layers - 1, *_close(final, hidden[-1])[1:])
+            _fail(
+                hf_model,
+                adapter,
+                modules.block,
+                "resid_post(last) = HF hidden_states[-1] (before or after the final norm)",
+                "LM",
+                n_layers - 1,
+                *_close(final, hidden[-1])[1:],
+            )
     return replace(adapter, modules=replace(adapter.modules, hidden_states_normed=normed))
 
 
-def _fail(hf_model: nn.Module, adapter: Adapter, block: BlockLayout, identity: str, stream: str, layer: int,
-          diff: float, scale: float) -> None:
+def _fail(
+    hf_model: nn.Module,
+    adapter: Adapter,
+    block: BlockLayout,
+    identity: str,
+    stream: str,
+    layer: int,
+    diff: float,
+    scale: float,
+) -> None:
     raise ValueError(
         f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: {identity} does not "
         f"hold at {stream} layer {layer} (off by {diff:.3g}; values up to {scale:.3g}). The mapping ({block}) would "
-        "name the wrong values; write an adapter for this model (see docs/architectures.md).")
+        "name the wrong values; write an adapter for this model (see docs/architectures.md)."
+    )
 
 
-def _check_blocks(hf_model: nn.Module, adapter: Adapter, prefix: str, block: BlockLayout,
-                  records: list[dict[str, tuple]], hidden: Any) -> Tensor | None:
+def _check_blocks(
+    hf_model: nn.Module,
+    adapter: Adapter,
+    prefix: str,
+    block: BlockLayout,
+    records: list[dict[str, tuple]],
+    hidden: Any,
+) -> Tensor | None:
     """The residual identities of every block of the list at ``prefix`` (see :func:`verify_adapter`);
     returns the last block's output."""
     stream = "LM" if prefix == adapter.modules.lm_layers else "vision"
@@ -412,10 +517,14 @@ def _check_blocks(hf_model: nn.Module, adapter: Adapter, prefix: str, block: Blo
     post_prev = None
     for layer, rec in enumerate(records):
         if "" not in rec:
-            raise ValueError(f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: "
-                             f"{stream} layer {layer} ({prefix}.{layer}) did not run on the probe.")
+            raise ValueError(
+                f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: "
+                f"{stream} layer {layer} ({prefix}.{layer}) did not run on the probe."
+            )
         pre, post = rec[""][0], _out(rec[""][1])
-        attn_out = _out(rec[block.attn_out][1]) if block.attn_out else _out(rec[block.attn][1], block.attn_index)
+        attn_out = (
+            _out(rec[block.attn_out][1]) if block.attn_out else _out(rec[block.attn][1], block.attn_index)
+        )
         mlp_out = _out(rec[block.mlp_out][1]) if block.mlp_out else _out(rec[block.mlp][1])
         attn_out, mlp_out = scaled(attn_out, block.attn_scale, layer), scaled(mlp_out, block.mlp_scale, layer)
         checks = [("ln1 output = the attention's input", _out(rec[block.ln1][1]), rec[block.attn][0])]
@@ -424,9 +533,16 @@ def _check_blocks(hf_model: nn.Module, adapter: Adapter, prefix: str, block: Blo
             checks.append(("resid_pre + attn_out = resid_mid (the input of ln2)", mid, rec[block.ln2][0]))
             checks.append(("ln2 output = the MLP's input", _out(rec[block.ln2][1]), rec[block.mlp][0]))
         else:
-            checks.append(("ln1 output = the MLP's input (parallel block)", _out(rec[block.ln1][1]), rec[block.mlp][0]))
-        checks.append(("resid_mid + mlp_out = resid_post", None if mid is None or mlp_out is None else mid + mlp_out,
-                       post))
+            checks.append(
+                ("ln1 output = the MLP's input (parallel block)", _out(rec[block.ln1][1]), rec[block.mlp][0])
+            )
+        checks.append(
+            (
+                "resid_mid + mlp_out = resid_post",
+                None if mid is None or mlp_out is None else mid + mlp_out,
+                post,
+            )
+        )
         if post_prev is not None:
             checks.append(("resid_post(l - 1) = resid_pre(l)", post_prev, pre))
         if hidden is not None and layer + 1 < len(records):

@@ -61,7 +61,7 @@ IDEFICS2 = Adapter(
     inputs=InputLayout(split={"pixel_values": PerRow(), "pixel_attention_mask": PerRow()}),
     about=Metadata(
         test_model="tiny random from HuggingFaceM4/idefics2-8b's config, image splitting on "
-                   "(processor: Idefics2ImageProcessorPil)",
+        "(processor: Idefics2ImageProcessorPil)",
         notes="Perceiver resampler: image tokens have no grid; one span per crop (4 crops + whole image).",
     ),
 )

@@ -55,7 +55,8 @@ def _tile_grid(n_tokens: int, config: Any) -> tuple[int, int] | None:
     vision = config.vision_config
     size, patch = vision.image_size, vision.patch_size
     side = int(size[0] if isinstance(size, (list, tuple)) else size) // int(
-        patch[0] if isinstance(patch, (list, tuple)) else patch)
+        patch[0] if isinstance(patch, (list, tuple)) else patch
+    )
     per_tile = round(side * side * float(config.downsample_ratio) ** 2)
     return square_grid(n_tokens) if n_tokens == per_tile else None
 
@@ -95,9 +96,9 @@ INTERNVL = Adapter(
     inputs=InputLayout(split={"pixel_values": Tiles()}),
     about=Metadata(
         test_model="tiny random from OpenGVLab/InternVL3-1B-hf's config: 16 px tiles, up to 4 + thumbnail, "
-                   "random layer scales, Qwen2 LM (processor: GotOcr2ImageProcessorPil, crop_to_patches)",
+        "random layer scales, Qwen2 LM (processor: GotOcr2ImageProcessorPil, crop_to_patches)",
         notes="One span per image (all its tiles, thumbnail last): square grid for one tile, else none. Vision "
-              "blocks' attn_out / mlp_out include the layer scale (lambda_1 / lambda_2). Video inputs are not "
-              "covered.",
+        "blocks' attn_out / mlp_out include the layer scale (lambda_1 / lambda_2). Video inputs are not "
+        "covered.",
     ),
 )

@@ -109,23 +109,27 @@ _LLAVA = Adapter(
     about=Metadata(
         test_model="tiny random from llava-hf/llava-1.5-7b-hf's config, Llama LM (processor: CLIPImageProcessorPil)",
         notes="Llama, Qwen2 and Mistral text backbones verified on tiny random models. With a Pixtral vision "
-              "tower the adapter is `pixtral` (next row).",
+        "tower the adapter is `pixtral` (next row).",
     ),
 )
 
 LLAVA_PIXTRAL = replace(
     _LLAVA,
     name="pixtral",
-    modules=replace(_LLAVA.modules, vision_layers="model.vision_tower.transformer.layers",
-                    vision_embed="model.vision_tower.patch_conv", vision_block=PIXTRAL_BLOCK),
+    modules=replace(
+        _LLAVA.modules,
+        vision_layers="model.vision_tower.transformer.layers",
+        vision_embed="model.vision_tower.patch_conv",
+        vision_block=PIXTRAL_BLOCK,
+    ),
     tokens=TokenLayout(grids=pixtral_grids, row_break="[IMG_BREAK]"),
     inputs=InputLayout(),
     about=Metadata(
         test_model="tiny random from mistral-community/pixtral-12b's config: Pixtral tower (patch 4, no merge), "
-                   "Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
+        "Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
         notes="`LlavaConfig` whose vision_config is a `PixtralVisionConfig` (`llava` specialised). Rows of [IMG] "
-              "tokens separated by [IMG_BREAK]: spans list their image-token positions; grid (h/p, w/p) from "
-              "image_sizes; vision tower packs all images in one sequence.",
+        "tokens separated by [IMG_BREAK]: spans list their image-token positions; grid (h/p, w/p) from "
+        "image_sizes; vision tower packs all images in one sequence.",
     ),
 )
 

@@ -47,7 +47,9 @@ from .llava import LLAVA
 from .split import Computed
 
 
-def anyres_views(inputs: dict, config: Any) -> list[tuple[int, list[tuple[tuple[int, ...], tuple[int, int]]]]] | None:
+def anyres_views(
+    inputs: dict, config: Any
+) -> list[tuple[int, list[tuple[tuple[int, ...], tuple[int, int]]]]] | None:
     """Each image's token count and its two views ``(offsets, (rows, cols))``, from ``image_sizes``.
 
     The base view is offsets ``[0, side**2)`` with grid ``(side, side)``, ``side = size / patch``;
@@ -77,14 +79,19 @@ def anyres_views(inputs: dict, config: Any) -> list[tuple[int, list[tuple[tuple[
     pinpoints = getattr(config, "image_grid_pinpoints", None)
     if sizes is None or vision is None or not isinstance(pinpoints, list):
         return None
-    if getattr(config, "vision_feature_select_strategy", "default") != "default" and \
-            getattr(vision, "model_type", "") == "clip_vision_model":
+    if (
+        getattr(config, "vision_feature_select_strategy", "default") != "default"
+        and getattr(vision, "model_type", "") == "clip_vision_model"
+    ):
         return None
     tile = int(vision.image_size)
     side = tile // int(vision.patch_size)
     aspect = getattr(config, "vision_aspect_ratio", None)
-    max_tiles = int(aspect.strip("anyres_max_")) if isinstance(aspect, str) and aspect.startswith("anyres_max_") \
+    max_tiles = (
+        int(aspect.strip("anyres_max_"))
+        if isinstance(aspect, str) and aspect.startswith("anyres_max_")
         else None
+    )
     out = []
     for size in sizes.tolist():
         if image_size_to_num_patches(size, pinpoints, tile) < 2:
@@ -104,15 +111,19 @@ def anyres_views(inputs: dict, config: Any) -> list[tuple[int, list[tuple[tuple[
 def _per_image(key: str) -> Any:
     """The split rule for a key with one entry per image (``pixel_values``, ``image_sizes``) when
     each image is one span (gridless) or two (its views)."""
+
     def take(batch: Any, rows: list[int]) -> torch.Tensor:
         value = batch.inputs[key]
         spans = sum(batch.images_per_row)
         per_image = spans // value.shape[0] if value.shape[0] else 1
         if per_image not in (1, 2) or per_image * value.shape[0] != spans:
-            raise ValueError(f"Cannot split {key!r} ({value.shape[0]} images) over {spans} image spans by row.")
+            raise ValueError(
+                f"Cannot split {key!r} ({value.shape[0]} images) over {spans} image spans by row."
+            )
         starts = [sum(batch.images_per_row[:r]) // per_image for r in range(len(batch.images_per_row))]
         index = [i for r in rows for i in range(starts[r], starts[r] + batch.images_per_row[r] // per_image)]
         return value[index]
+
     return take
 
 
@@ -125,12 +136,16 @@ LLAVA_NEXT = replace(
     specialize=None,
     variants=(),
     tokens=TokenLayout(grid=no_grid, views=anyres_views),
-    inputs=InputLayout(split={"pixel_values": Computed(_per_image("pixel_values")),
-                              "image_sizes": Computed(_per_image("image_sizes"))}),
+    inputs=InputLayout(
+        split={
+            "pixel_values": Computed(_per_image("pixel_values")),
+            "image_sizes": Computed(_per_image("image_sizes")),
+        }
+    ),
     about=Metadata(
         test_model="tiny random from llava-hf/llava-v1.6-mistral-7b-hf's config, anyres pinpoints 16/32 "
-                   "(processor: LlavaNextImageProcessorPil)",
+        "(processor: LlavaNextImageProcessorPil)",
         notes="Anyres tiles + image_newline: two spans per image, the base view (square grid) and the unpadded "
-              "high-resolution view (rows x cols from image_sizes, newline tokens excluded).",
+        "high-resolution view (rows x cols from image_sizes, newline tokens excluded).",
     ),
 )

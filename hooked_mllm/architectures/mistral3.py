@@ -94,8 +94,8 @@ MISTRAL3 = Adapter(
     tokens=TokenLayout(grids=pixtral_grids, row_break="[IMG_BREAK]"),
     about=Metadata(
         test_model="tiny random from mistralai/Mistral-Small-3.1-24B-Instruct-2503's config: Pixtral tower "
-                   "(patch 4), 2x2 patch merger, Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
+        "(patch 4), 2x2 patch merger, Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
         notes="Rows of [IMG] tokens separated by [IMG_BREAK]: spans list their image-token positions; grid "
-              "(h/2p, w/2p) from image_sizes; vision tower packs all images in one sequence.",
+        "(h/2p, w/2p) from image_sizes; vision tower packs all images in one sequence.",
     ),
 )

@@ -64,14 +64,27 @@ and ``aspect_ratio_mask`` split by row; ``cross_attention_mask``
 
 from __future__ import annotations
 
-from .base import (Adapter, BlockLayout, CrossAttention, InputLayout, Metadata, ModuleLayout, TokenLayout,
-                   no_grid)
+from .base import (
+    Adapter,
+    BlockLayout,
+    CrossAttention,
+    InputLayout,
+    Metadata,
+    ModuleLayout,
+    TokenLayout,
+    no_grid,
+)
 from .split import PerRow, Tokens
 
 MLLAMA_VISION_BLOCK = BlockLayout(o="self_attn.o_proj", mlp_pre="mlp.fc1", mlp_down="mlp.fc2", norm="layer")
 
-MLLAMA_CROSS_BLOCK = BlockLayout(attn="cross_attn", q="cross_attn.q_proj", k="cross_attn.k_proj",
-                                 v="cross_attn.v_proj", o="cross_attn.o_proj")
+MLLAMA_CROSS_BLOCK = BlockLayout(
+    attn="cross_attn",
+    q="cross_attn.q_proj",
+    k="cross_attn.k_proj",
+    v="cross_attn.v_proj",
+    o="cross_attn.o_proj",
+)
 
 MLLAMA = Adapter(
     name="mllama",
@@ -87,20 +100,27 @@ MLLAMA = Adapter(
         vision_block=MLLAMA_VISION_BLOCK,
         projector="model.multi_modal_projector",
         hidden_states_normed=True,
-        cross=CrossAttention(block=MLLAMA_CROSS_BLOCK, layers_attr="cross_attention_layers",
-                             gates=("cross_attn_attn_gate", "cross_attn_mlp_gate")),
+        cross=CrossAttention(
+            block=MLLAMA_CROSS_BLOCK,
+            layers_attr="cross_attention_layers",
+            gates=("cross_attn_attn_gate", "cross_attn_mlp_gate"),
+        ),
     ),
     tokens=TokenLayout(grid=no_grid, in_sequence=False),
     inputs=InputLayout(
-        split={"pixel_values": PerRow(), "aspect_ratio_ids": PerRow(), "aspect_ratio_mask": PerRow(),
-               "cross_attention_mask": Tokens()},
+        split={
+            "pixel_values": PerRow(),
+            "aspect_ratio_ids": PerRow(),
+            "aspect_ratio_mask": PerRow(),
+            "cross_attention_mask": Tokens(),
+        },
         nested_images=True,
     ),
     about=Metadata(
         test_model="tiny random from meta-llama/Llama-3.2-11B-Vision-Instruct's config: 3 LM layers, layer 1 "
-                   "cross-attention with open gates, 2 local + 1 global vision layers (processor: MllamaProcessor, "
-                   "MllamaImageProcessorPil)",
+        "cross-attention with open gates, 2 local + 1 global vision layers (processor: MllamaProcessor, "
+        "MllamaImageProcessorPil)",
         notes="Gated cross-attention layers: blocks.{l}.cross_attn.* and hook_cross_attn_out (before the tanh gate); "
-              "no image tokens in the sequence, so image selectors raise. Global vision layers not hooked.",
+        "no image tokens in the sequence, so image selectors raise. Global vision layers not hooked.",
     ),
 )

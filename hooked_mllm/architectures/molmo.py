@@ -61,12 +61,37 @@ def _vit_layers_read(hf_model: Any, n_layers: int) -> int:
         return n_layers
     return max(int(k) % n_layers for k in layers) + 1
 
-MOLMO_BLOCK = BlockLayout(attn="attn_out", mlp="ff_out", ln1="attn_norm", ln2="ff_norm", q=None, k=None, v=None,
-                          o="attn_out", mlp_pre="ff_proj", mlp_down="ff_out", attn_index=None, pattern_index=None)
 
-MOLMO_VIT_BLOCK = BlockLayout(attn="attention", mlp="feed_forward", ln1="attention_norm", ln2="ffn_norm", q=None,
-                              k=None, v=None, o="attention.wo", mlp_pre="feed_forward.w1",
-                              mlp_down="feed_forward.w2", norm="layer", attn_index=None, pattern_index=None)
+MOLMO_BLOCK = BlockLayout(
+    attn="attn_out",
+    mlp="ff_out",
+    ln1="attn_norm",
+    ln2="ff_norm",
+    q=None,
+    k=None,
+    v=None,
+    o="attn_out",
+    mlp_pre="ff_proj",
+    mlp_down="ff_out",
+    attn_index=None,
+    pattern_index=None,
+)
+
+MOLMO_VIT_BLOCK = BlockLayout(
+    attn="attention",
+    mlp="feed_forward",
+    ln1="attention_norm",
+    ln2="ffn_norm",
+    q=None,
+    k=None,
+    v=None,
+    o="attention.wo",
+    mlp_pre="feed_forward.w1",
+    mlp_down="feed_forward.w2",
+    norm="layer",
+    attn_index=None,
+    pattern_index=None,
+)
 
 MOLMO = Adapter(
     name="molmo",
@@ -89,10 +114,10 @@ MOLMO = Adapter(
         verified=False,
         checked_by="benchmarks/molmo_remote_check.py",
         test_model="none in the suite (remote code); benchmarks/molmo_remote_check.py runs a tiny random "
-                   "MolmoForCausalLM built from the remote code",
+        "MolmoForCausalLM built from the remote code",
         notes="Checked by benchmarks/molmo_remote_check.py on the public remote code, transformers 5.24, 2026-12-02: "
-              "logits, residuals vs hidden_states, identities, projector rows at image_input_idx, writes at every "
-              "point pass; generate not wrapped (that code has no generate under transformers >= 4.50). Fused qkv "
-              "(no per-head q/k/v, no patterns); no image spans (no image token id in the config).",
+        "logits, residuals vs hidden_states, identities, projector rows at image_input_idx, writes at every "
+        "point pass; generate not wrapped (that code has no generate under transformers >= 4.50). Fused qkv "
+        "(no per-head q/k/v, no patterns); no image spans (no image token id in the config).",
     ),
 )

@@ -89,7 +89,9 @@ def _grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
 def _images(batch: Any, rows: list[int]) -> list[int]:
     """The indices (in processor order) of the images of ``rows``: two spans per image."""
     if any(n % 2 for n in batch.images_per_row):
-        raise ValueError(f"Molmo2 batches have two image spans per image, got {list(batch.images_per_row)} per row.")
+        raise ValueError(
+            f"Molmo2 batches have two image spans per image, got {list(batch.images_per_row)} per row."
+        )
     starts = [sum(batch.images_per_row[:r]) // 2 for r in range(len(batch.images_per_row))]
     return [i for r in rows for i in range(starts[r], starts[r] + batch.images_per_row[r] // 2)]
 
@@ -138,7 +140,8 @@ def _refuse_post_norm(adapter: Adapter, config: Any) -> Adapter:
         raise ValueError(
             "This Molmo2 checkpoint's language model normalizes each block's outputs (text_config.norm_after="
             "True, post-norm), which the molmo2 adapter does not map: its ln1/ln2 hook points would name the "
-            "wrong values. Only pre-norm Molmo2 models (norm_after=False) are supported.")
+            "wrong values. Only pre-norm Molmo2 models (norm_after=False) are supported."
+        )
     return adapter
 
 
@@ -160,17 +163,21 @@ MOLMO2 = Adapter(
     config_keys=ConfigKeys(vision_feature_layer=None),  # the config trims the tower to the last layer read
     tokens=TokenLayout(grids=_grids, row_break="<im_col>"),
     inputs=InputLayout(
-        split={"mm_token_type_ids": Tokens(), "pixel_values": Computed(_take_crops),
-               "image_token_pooling": Computed(_take_pooling), "image_grids": Computed(_take_images("image_grids")),
-               "image_num_crops": Computed(_take_images("image_num_crops"))},
+        split={
+            "mm_token_type_ids": Tokens(),
+            "pixel_values": Computed(_take_crops),
+            "image_token_pooling": Computed(_take_pooling),
+            "image_grids": Computed(_take_images("image_grids")),
+            "image_num_crops": Computed(_take_images("image_num_crops")),
+        },
     ),
     about=Metadata(
         test_model="tiny random from allenai/Molmo2-8B's config: 20 px crops of 5x5 patches, overlap margins 1, "
-                   "2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, its "
-                   "torchvision resize / normalize in plain torch)",
+        "2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, its "
+        "torchvision resize / normalize in plain torch)",
         notes="Two spans per image (low-res view, then high-res crops: rows split by <im_col>), grids from "
-              "image_grids; projector output added to the <im_patch> embeddings; image tokens attend "
-              "bidirectionally. Not covered: video, norm_after=True (refused).",
+        "image_grids; projector output added to the <im_patch> embeddings; image tokens attend "
+        "bidirectionally. Not covered: video, norm_after=True (refused).",
     ),
     specialize=_refuse_post_norm,
 )

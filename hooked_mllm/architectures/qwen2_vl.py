@@ -56,36 +56,61 @@ def _merged_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
 
 TOKENS = TokenLayout(grids=_merged_grids)
 
-INPUTS = InputLayout(split={"pixel_values": Patches("image_grid_thw"), "image_grid_thw": PerImage(),
-                            "mm_token_type_ids": Tokens()})
+INPUTS = InputLayout(
+    split={
+        "pixel_values": Patches("image_grid_thw"),
+        "image_grid_thw": PerImage(),
+        "mm_token_type_ids": Tokens(),
+    }
+)
 
-_VISION = dict(attn="attn", mlp="mlp", ln1="norm1", ln2="norm2", q=None, k=None, v=None, o="attn.proj",
-               attn_index=None, pattern_index=None)
+_VISION = dict(
+    attn="attn",
+    mlp="mlp",
+    ln1="norm1",
+    ln2="norm2",
+    q=None,
+    k=None,
+    v=None,
+    o="attn.proj",
+    attn_index=None,
+    pattern_index=None,
+)
 
-_MODULES = dict(lm_layers="model.language_model.layers", embed="model.language_model.embed_tokens",
-                final_norm="model.language_model.norm", unembed="lm_head", block=BlockLayout(),
-                vision_layers="model.visual.blocks", vision_embed="model.visual.patch_embed",
-                projector="model.visual.merger", hidden_states_normed=True)
+_MODULES = dict(
+    lm_layers="model.language_model.layers",
+    embed="model.language_model.embed_tokens",
+    final_norm="model.language_model.norm",
+    unembed="lm_head",
+    block=BlockLayout(),
+    vision_layers="model.visual.blocks",
+    vision_embed="model.visual.patch_embed",
+    projector="model.visual.merger",
+    hidden_states_normed=True,
+)
 
 QWEN2_VL = Adapter(
     name="qwen2_vl",
     config_classes=("Qwen2VLConfig",),
-    modules=ModuleLayout(**_MODULES,
-                         vision_block=BlockLayout(**_VISION, mlp_pre="mlp.fc1", mlp_down="mlp.fc2", norm="layer")),
+    modules=ModuleLayout(
+        **_MODULES, vision_block=BlockLayout(**_VISION, mlp_pre="mlp.fc1", mlp_down="mlp.fc2", norm="layer")
+    ),
     tokens=TOKENS,
     inputs=INPUTS,
     about=Metadata(
         test_model="tiny random from Qwen/Qwen2-VL-2B-Instruct's config (processor: Qwen2VLImageProcessorPil)",
         notes="Grid (h/2, w/2) per image from image_grid_thw; M-RoPE; vision tower has no per-head q/k/v "
-              "or patterns (fused qkv).",
+        "or patterns (fused qkv).",
     ),
 )
 
 QWEN2_5_VL = Adapter(
     name="qwen2_5_vl",
     config_classes=("Qwen2_5_VLConfig",),
-    modules=ModuleLayout(**_MODULES, vision_block=BlockLayout(**_VISION, mlp_pre="mlp.gate_proj",
-                                                              mlp_down="mlp.down_proj", norm="rms")),
+    modules=ModuleLayout(
+        **_MODULES,
+        vision_block=BlockLayout(**_VISION, mlp_pre="mlp.gate_proj", mlp_down="mlp.down_proj", norm="rms"),
+    ),
     tokens=TOKENS,
     inputs=INPUTS,
     about=Metadata(

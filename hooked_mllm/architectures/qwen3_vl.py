@@ -59,9 +59,21 @@ QWEN3_VL = Adapter(
         block=BlockLayout(),
         vision_layers="model.visual.blocks",
         vision_embed="model.visual.patch_embed",
-        vision_block=BlockLayout(attn="attn", mlp="mlp", ln1="norm1", ln2="norm2", q=None, k=None, v=None,
-                                 o="attn.proj", mlp_pre="mlp.linear_fc1", mlp_down="mlp.linear_fc2", norm="layer",
-                                 attn_index=None, pattern_index=None),
+        vision_block=BlockLayout(
+            attn="attn",
+            mlp="mlp",
+            ln1="norm1",
+            ln2="norm2",
+            q=None,
+            k=None,
+            v=None,
+            o="attn.proj",
+            mlp_pre="mlp.linear_fc1",
+            mlp_down="mlp.linear_fc2",
+            norm="layer",
+            attn_index=None,
+            pattern_index=None,
+        ),
         projector="model.visual.merger",
         hidden_states_normed=True,
     ),
@@ -69,9 +81,9 @@ QWEN3_VL = Adapter(
     inputs=INPUTS,
     about=Metadata(
         test_model="tiny random from Qwen/Qwen3-VL-2B-Instruct's config: deepstack after vision blocks 0, 1 into "
-                   "LM layers 0, 1 of 3 (processor: Qwen2VLImageProcessorPil)",
+        "LM layers 0, 1 of 3 (processor: Qwen2VLImageProcessorPil)",
         notes="Grid (h/2, w/2) per image from image_grid_thw. DeepStack features are added at image positions "
-              "between resid_post[k] and resid_pre[k+1] (k < n_deepstack), verified against the mergers' "
-              "outputs; they are not hook points. Not covered: video inputs.",
+        "between resid_post[k] and resid_pre[k+1] (k < n_deepstack), verified against the mergers' "
+        "outputs; they are not hook points. Not covered: video inputs.",
     ),
 )

@@ -94,14 +94,21 @@ class Patches(SplitRule):
 
     def __post_init__(self) -> None:
         if not isinstance(self.sizes_key, str) or not self.sizes_key:
-            raise ValueError("Patches needs the key of the tensor holding each image's patch grid (as "
-                             f"'image_grid_thw'), not {self.sizes_key!r}.")
+            raise ValueError(
+                "Patches needs the key of the tensor holding each image's patch grid (as "
+                f"'image_grid_thw'), not {self.sizes_key!r}."
+            )
 
     def take(self, batch: Any, key: str, rows: list[int]) -> Tensor:
         value = batch.inputs[key]
         sizes = batch.inputs[self.sizes_key].prod(-1).tolist()
-        return _cat([value[int(sum(sizes[:first])) : int(sum(sizes[:end]))]
-                     for first, end in _image_ranges(batch, rows)], value)
+        return _cat(
+            [
+                value[int(sum(sizes[:first])) : int(sum(sizes[:end]))]
+                for first, end in _image_ranges(batch, rows)
+            ],
+            value,
+        )
 
 
 @dataclass(frozen=True)
@@ -113,8 +120,13 @@ class Tiles(SplitRule):
         value = batch.inputs[key]
         sizes = [span.n_tokens for span in batch.images]
         per_token = value.shape[0] / max(1, sum(sizes))
-        return _cat([value[round(sum(sizes[:first]) * per_token) : round(sum(sizes[:end]) * per_token)]
-                     for first, end in _image_ranges(batch, rows)], value)
+        return _cat(
+            [
+                value[round(sum(sizes[:first]) * per_token) : round(sum(sizes[:end]) * per_token)]
+                for first, end in _image_ranges(batch, rows)
+            ],
+            value,
+        )
 
 
 @dataclass(frozen=True)
@@ -145,8 +157,13 @@ class Computed(SplitRule):
         return self.function(batch, rows)
 
 
-_BY_STRING = {"token": "Tokens()", "image": "PerImage()", "row": "PerRow()", "tiles": "Tiles()",
-              "shared": "Shared()"}
+_BY_STRING = {
+    "token": "Tokens()",
+    "image": "PerImage()",
+    "row": "PerRow()",
+    "tiles": "Tiles()",
+    "shared": "Shared()",
+}
 _NAMES = "Tokens(), PerImage(), PerRow(), Patches(key), Tiles(), Shared()"
 
 
@@ -163,20 +180,28 @@ def check_rules(split: Any) -> tuple[tuple[str, SplitRule], ...]:
     seen: set[str] = set()
     for pair in pairs:
         if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)):
-            raise ValueError(f"Input split rules are (key, rule) pairs or a {{key: rule}} mapping; got {pair!r}.")
+            raise ValueError(
+                f"Input split rules are (key, rule) pairs or a {{key: rule}} mapping; got {pair!r}."
+            )
         key, rule = pair
         if key in seen:
             raise ValueError(f"Input split names {key!r} twice; give one rule per key.")
         seen.add(key)
         if isinstance(rule, str):
-            typed = _BY_STRING.get(rule) or (f"Patches({rule.split(':', 1)[1]!r})" if rule.startswith("patches:")
-                                             else None)
+            typed = _BY_STRING.get(rule) or (
+                f"Patches({rule.split(':', 1)[1]!r})" if rule.startswith("patches:") else None
+            )
             hint = f"use {typed}" if typed else f"use one of {_NAMES}"
-            raise ValueError(f"Input split rule for {key!r} is the string {rule!r}; rules are typed: {hint} "
-                             "(from hooked_mllm.architectures.split).")
+            raise ValueError(
+                f"Input split rule for {key!r} is the string {rule!r}; rules are typed: {hint} "
+                "(from hooked_mllm.architectures.split)."
+            )
         if not isinstance(rule, SplitRule):
-            hint = "wrap a function (batch, rows) -> tensor in Computed(...)" if callable(rule) else \
-                f"give a SplitRule ({_NAMES}, Computed(fn))"
+            hint = (
+                "wrap a function (batch, rows) -> tensor in Computed(...)"
+                if callable(rule)
+                else f"give a SplitRule ({_NAMES}, Computed(fn))"
+            )
             raise TypeError(f"Input split rule for {key!r} is {rule!r}; {hint}.")
     return pairs
 

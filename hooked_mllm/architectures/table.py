@@ -75,7 +75,10 @@ def _row(adapter: Adapter) -> str:
         vision,
         f"`{modules.projector}`" if modules.projector else "-",
         _grid(adapter),
-        "yes" if about.verified else f"by script: `{about.checked_by}`" if about.checked_by
+        "yes"
+        if about.verified
+        else f"by script: `{about.checked_by}`"
+        if about.checked_by
         else "**no** (published layout only)",
         about.test_model or "-",
         about.notes or "",
@@ -90,8 +93,12 @@ def supported_models_markdown(adapters: list[Adapter] | None = None) -> str:
         from . import registered_adapters
 
         adapters = list({id(a): a for a in registered_adapters().values()}.values())
-    lines = [_HEADER, "| Family | HF config | LM layers | Vision layers | Projector | Image grid | Verified "
-             "| Conformance model | Notes |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        _HEADER,
+        "| Family | HF config | LM layers | Vision layers | Projector | Image grid | Verified "
+        "| Conformance model | Notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     lines += [_row(layout) for adapter in adapters for layout in (adapter, *adapter.variants)]
     return "\n".join(lines) + "\n"
 

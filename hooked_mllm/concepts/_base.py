@@ -130,5 +130,3 @@ class ConceptDecomposer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     def _transform(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
-
-

@@ -47,15 +47,18 @@ def resolve_split(rank: int | None, world_size: int | None) -> Split:
             return Split(dist.get_rank(), dist.get_world_size(), dist.get_world_size() > 1)
         env = os.environ.get("WORLD_SIZE")
         if env is not None and env.isdigit() and int(env) > 1:
-            raise ValueError(f"WORLD_SIZE={env} is set (torchrun?) but no torch.distributed process group is "
-                             "initialized: call torch.distributed.init_process_group('gloo') first, or pass "
-                             "rank= and world_size= to extract")
+            raise ValueError(
+                f"WORLD_SIZE={env} is set (torchrun?) but no torch.distributed process group is "
+                "initialized: call torch.distributed.init_process_group('gloo') first, or pass "
+                "rank= and world_size= to extract"
+            )
         return Split()
     if rank is None or world_size is None:
         raise ValueError(f"Give both rank= and world_size= (got rank={rank}, world_size={world_size})")
     if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, "
-                         f"world_size={world_size}")
+        raise ValueError(
+            f"rank must be in [0, world_size) with world_size >= 1, got rank={rank}, world_size={world_size}"
+        )
     linked = group and dist.get_world_size() == world_size and dist.get_rank() == rank
     return Split(rank, world_size, linked and world_size > 1)
 
@@ -74,5 +77,7 @@ def agree(split: Split, error: BaseException | None) -> None:
         failed = [(r, o) for r, o in enumerate(outcomes) if o is not None]
         if failed:
             rank, outcome = failed[0]
-            raise RuntimeError(f"Rank {rank} of {split.world_size} failed ({outcome}); the samples every "
-                               "rank finished are saved in the store: run the same command again to resume")
+            raise RuntimeError(
+                f"Rank {rank} of {split.world_size} failed ({outcome}); the samples every "
+                "rank finished are saved in the store: run the same command again to resume"
+            )

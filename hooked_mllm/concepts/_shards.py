@@ -36,8 +36,14 @@ from jaxtyping import Float
 from safetensors.torch import save_file
 from torch import Tensor
 
-from ._store import (check_identity, mmap_safetensors, sha256_file, verify_shard, write_atomic,
-                     write_text_atomic)
+from ._store import (
+    check_identity,
+    mmap_safetensors,
+    sha256_file,
+    verify_shard,
+    write_atomic,
+    write_text_atomic,
+)
 
 MANIFEST = "manifest.json"
 _PART = re.compile(r"part-n(\d+)-r(\d+)\.json")
@@ -71,8 +77,15 @@ class ShardWriter:
         's3'
     """
 
-    def __init__(self, hooks: list[str], *, path: Path | None, manifest: dict, shard_size: int,
-                 part: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        hooks: list[str],
+        *,
+        path: Path | None,
+        manifest: dict,
+        shard_size: int,
+        part: tuple[int, int] | None = None,
+    ) -> None:
         self.hooks = list(hooks)
         self.path = path
         self.manifest = manifest
@@ -98,8 +111,9 @@ class ShardWriter:
         """Whether at least ``shard_size`` rows are pending."""
         return len(self.ids) >= self.shard_size
 
-    def add(self, index: int, sample_id: str, key: str, prediction: str,
-            rows: dict[str, Float[Tensor, "*d"]]) -> None:
+    def add(
+        self, index: int, sample_id: str, key: str, prediction: str, rows: dict[str, Float[Tensor, "*d"]]
+    ) -> None:
         """Queue one sample: its dataset position, id, fingerprint, answer and one row per hook point."""
         for name in self.hooks:
             self.rows[name].append(rows[name])
@@ -122,18 +136,25 @@ class ShardWriter:
         try:
             arrays = {name: torch.stack(rows).contiguous() for name, rows in self.rows.items()}
         except RuntimeError as error:
-            raise ValueError(f"Samples of one shard have features of different shapes ({error}); image_each "
-                             "needs the same number of image tokens for every sample") from None
-        record: dict[str, Any] = {"ids": list(self.ids), "keys": list(self.keys),
-                                  "predictions": list(self.predictions), "rows": len(self.ids)}
+            raise ValueError(
+                f"Samples of one shard have features of different shapes ({error}); image_each "
+                "needs the same number of image tokens for every sample"
+            ) from None
+        record: dict[str, Any] = {
+            "ids": list(self.ids),
+            "keys": list(self.keys),
+            "predictions": list(self.predictions),
+            "rows": len(self.ids),
+        }
         if self.part is not None:
             record["index"] = list(self.indices)
         if self.path is None:
             self.memory.append(dict(record, arrays=arrays))
         else:
             stem = "shard_" if self.part is None else part_name(*self.part) + "-"
-            self.manifest["shards"].append(write_shard(self.path, f"{stem}{len(self.manifest['shards']):05d}",
-                                                       arrays, record))
+            self.manifest["shards"].append(
+                write_shard(self.path, f"{stem}{len(self.manifest['shards']):05d}", arrays, record)
+            )
             self.save()
         self._clear()
 
@@ -185,8 +206,11 @@ def merge_parts(path: Path, manifest: dict, identity: dict, shard_size: int) -> 
     parts = read_parts(path, identity)
     if not parts:
         return 0
-    known = {i: k for shard in manifest["shards"]
-             for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))}
+    known = {
+        i: k
+        for shard in manifest["shards"]
+        for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))
+    }
     known.update({s["id"]: s.get("key") for s in manifest["skipped"]})
     rows: list[tuple[int, str, str, str, dict, int]] = []
     skipped: list[dict] = []
@@ -194,8 +218,9 @@ def merge_parts(path: Path, manifest: dict, identity: dict, shard_size: int) -> 
     for name, part in parts.items():
         for shard in part["shards"]:
             arrays = mmap_safetensors(path / shard["file"])
-            for j, (index, sid, key, pred) in enumerate(zip(shard["index"], shard["ids"], shard["keys"],
-                                                            shard["predictions"])):
+            for j, (index, sid, key, pred) in enumerate(
+                zip(shard["index"], shard["ids"], shard["keys"], shard["predictions"])
+            ):
                 if _seen(sid, key, name, known, origin):
                     rows.append((index, sid, key, pred, arrays, j))
         for item in part["skipped"]:
@@ -204,10 +229,16 @@ def merge_parts(path: Path, manifest: dict, identity: dict, shard_size: int) -> 
     rows.sort(key=lambda r: (r[0], r[1]))
     for start in range(0, len(rows), shard_size):
         chunk = rows[start : start + shard_size]
-        arrays = {h: torch.stack([torch.from_numpy(r[4][h][r[5]].copy()) for r in chunk]).contiguous()
-                  for h in manifest["hooks"]}
-        record = {"ids": [r[1] for r in chunk], "keys": [r[2] for r in chunk],
-                  "predictions": [r[3] for r in chunk], "rows": len(chunk)}
+        arrays = {
+            h: torch.stack([torch.from_numpy(r[4][h][r[5]].copy()) for r in chunk]).contiguous()
+            for h in manifest["hooks"]
+        }
+        record = {
+            "ids": [r[1] for r in chunk],
+            "keys": [r[2] for r in chunk],
+            "predictions": [r[3] for r in chunk],
+            "rows": len(chunk),
+        }
         manifest["shards"].append(write_shard(path, f"shard_{len(manifest['shards']):05d}", arrays, record))
     for item in sorted(skipped, key=lambda s: (s["index"], s["id"])):
         manifest["skipped"].append({k: v for k, v in item.items() if k != "index"})
@@ -225,13 +256,17 @@ def _seen(sample_id: str, key: str, part: str, known: dict, origin: dict) -> boo
     """Whether a part's sample is new (True), already merged (False); refuse conflicting duplicates."""
     if sample_id in known:
         if known[sample_id] not in (None, key):
-            raise ValueError(f"Sample {sample_id!r} of {part} is in the store with another prompt or image; "
-                             "features of different inputs cannot share an id. Use another out= folder.")
+            raise ValueError(
+                f"Sample {sample_id!r} of {part} is in the store with another prompt or image; "
+                "features of different inputs cannot share an id. Use another out= folder."
+            )
         return False
     if sample_id in origin:
-        raise ValueError(f"Sample {sample_id!r} was extracted by two processes ({origin[sample_id]} and "
-                         f"{part}); "
-                         "runs of different process counts wrote into this store at once. Delete the part-* "
-                         "files of one of them and run again.")
+        raise ValueError(
+            f"Sample {sample_id!r} was extracted by two processes ({origin[sample_id]} and "
+            f"{part}); "
+            "runs of different process counts wrote into this store at once. Delete the part-* "
+            "files of one of them and run again."
+        )
     origin[sample_id] = part
     return True

@@ -52,8 +52,12 @@ def init_atoms(Z: Float[Tensor, "n d"], k: int, generator: torch.Generator) -> F
 
 
 def sparse_codes(
-    B: Float[Tensor, "n k"], G: Float[Tensor, "k k"], alpha: float, V: Float[Tensor, "n k"] | None = None,
-    max_sweeps: int = 50, tol: float = 1e-6,
+    B: Float[Tensor, "n k"],
+    G: Float[Tensor, "k k"],
+    alpha: float,
+    V: Float[Tensor, "n k"] | None = None,
+    max_sweeps: int = 50,
+    tol: float = 1e-6,
 ) -> Float[Tensor, "n k"]:
     """Non-negative lasso codes ``argmin_{V>=0} 0.5||Z - V U||^2 + alpha |V|_1`` from ``B = Z U^T``, ``G = U U^T``.
 
@@ -74,8 +78,12 @@ def sparse_codes(
     return V
 
 
-def update_atoms(U: Float[Tensor, "k d"], A: Float[Tensor, "k k"], C: Float[Tensor, "k d"],
-                 spare: Float[Tensor, "m d"] | None = None) -> Float[Tensor, "k d"]:
+def update_atoms(
+    U: Float[Tensor, "k d"],
+    A: Float[Tensor, "k k"],
+    C: Float[Tensor, "k d"],
+    spare: Float[Tensor, "m d"] | None = None,
+) -> Float[Tensor, "k d"]:
     """One block-coordinate sweep over the atoms, each projected onto the unit ball.
 
     An atom no code uses (``A_jj == 0``) is replaced by a row of ``spare`` (unit-normalised), if given.
@@ -98,8 +106,13 @@ def objective(z_sq: Tensor, V: Tensor, B: Tensor, G: Tensor, alpha: float) -> fl
     return float(0.5 * sq.clamp_min(0) + alpha * V.sum())
 
 
-def fit_sparse(Z: Float[Tensor, "n d"], U: Float[Tensor, "k d"], alpha: float, max_iter: int, tol: float,
-               ) -> tuple[Float[Tensor, "n k"], Float[Tensor, "k d"], list[float]]:
+def fit_sparse(
+    Z: Float[Tensor, "n d"],
+    U: Float[Tensor, "k d"],
+    alpha: float,
+    max_iter: int,
+    tol: float,
+) -> tuple[Float[Tensor, "n k"], Float[Tensor, "k d"], list[float]]:
     """Full-batch alternating minimisation from atoms ``U``; returns codes, atoms, objective history."""
     norms = torch.linalg.vector_norm(Z, dim=1)  # no [n, d] temporaries: Z may be most of the memory
     z_sq = (norms * norms).sum()
@@ -121,8 +134,15 @@ def fit_sparse(Z: Float[Tensor, "n d"], U: Float[Tensor, "k d"], alpha: float, m
     return V, U, history
 
 
-def online_step(Z: Float[Tensor, "m d"], U: Float[Tensor, "k d"], A: Float[Tensor, "k k"], C: Float[Tensor, "k d"],
-                alpha: float, seen: int, forget: float) -> tuple[Tensor, Tensor, Tensor]:
+def online_step(
+    Z: Float[Tensor, "m d"],
+    U: Float[Tensor, "k d"],
+    A: Float[Tensor, "k k"],
+    C: Float[Tensor, "k d"],
+    alpha: float,
+    seen: int,
+    forget: float,
+) -> tuple[Tensor, Tensor, Tensor]:
     """One minibatch of online dictionary learning: code the block, fold it into ``A``/``C``, update atoms.
 
     ``A`` and ``C`` are running sums scaled by ``beta = (1 - m / (seen + m)) ** forget``-style

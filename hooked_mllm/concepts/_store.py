@@ -88,8 +88,11 @@ def config_fingerprint(config: dict) -> str:
 
     def clean(value: Any) -> Any:
         if isinstance(value, dict):
-            return {str(k): clean(v) for k, v in value.items()
-                    if not str(k).startswith("_") and k != "transformers_version"}
+            return {
+                str(k): clean(v)
+                for k, v in value.items()
+                if not str(k).startswith("_") and k != "transformers_version"
+            }
         return value
 
     return sha256_json(clean(config))
@@ -120,7 +123,7 @@ def describe_difference(stored: dict, wanted: dict, prefix: str = "") -> list[st
         if isinstance(a, dict) and isinstance(b, dict):
             out += describe_difference(a, b, f"{prefix}{key}.")
         elif a != b:
-            short = (lambda v: (repr(v)[:80] + "...") if len(repr(v)) > 80 else repr(v))
+            short = lambda v: (repr(v)[:80] + "...") if len(repr(v)) > 80 else repr(v)
             out.append(f"{prefix}{key}: stored {short(a)}, now {short(b)}")
     return out
 
@@ -138,8 +141,9 @@ def check_identity(path: Path, manifest: dict, identity: dict) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(path: Path, *, name: str = ".lock", shared: bool = False,
-                wait: bool = False) -> Iterator[None]:
+def folder_lock(
+    path: Path, *, name: str = ".lock", shared: bool = False, wait: bool = False
+) -> Iterator[None]:
     """Hold a lock on ``path/name`` for the block; by default exclusive, and a second holder fails at once.
 
     The lock is an ``fcntl.flock``: the system releases it if the process dies, so a crashed
@@ -179,12 +183,16 @@ def verify_shard(root: Path, shard: dict) -> None:
     if expected is None:
         return
     if "bytes" in shard and file.stat().st_size != shard["bytes"]:
-        raise ValueError(f"Shard {file} is truncated or extended: {file.stat().st_size} bytes, the manifest "
-                         f"records {shard['bytes']}. Delete that shard's entry or re-extract into a new folder.")
+        raise ValueError(
+            f"Shard {file} is truncated or extended: {file.stat().st_size} bytes, the manifest "
+            f"records {shard['bytes']}. Delete that shard's entry or re-extract into a new folder."
+        )
     actual = sha256_file(file)
     if actual != expected:
-        raise ValueError(f"Shard {file} is corrupted: SHA-256 {actual[:16]}..., the manifest records "
-                         f"{expected[:16]}.... Re-extract into a new folder.")
+        raise ValueError(
+            f"Shard {file} is corrupted: SHA-256 {actual[:16]}..., the manifest records "
+            f"{expected[:16]}.... Re-extract into a new folder."
+        )
 
 
 def mmap_safetensors(file: Path) -> dict[str, np.ndarray]:
@@ -198,7 +206,9 @@ def mmap_safetensors(file: Path) -> dict[str, np.ndarray]:
             continue
         dtype = _ST_DTYPES.get(info["dtype"])
         if dtype is None:
-            raise ValueError(f"{file}: tensor {name} has dtype {info['dtype']}, which cannot be memory-mapped")
+            raise ValueError(
+                f"{file}: tensor {name} has dtype {info['dtype']}, which cannot be memory-mapped"
+            )
         start, end = info["data_offsets"]
         shape = tuple(info["shape"])
         if end == start:
@@ -242,27 +252,41 @@ class Features:
         root = Path(path)
         file = root / "manifest.json"
         if not file.exists():
-            raise FileNotFoundError(f"No feature store at {root} (no manifest.json); run extract(..., out=) first")
+            raise FileNotFoundError(
+                f"No feature store at {root} (no manifest.json); run extract(..., out=) first"
+            )
         manifest = json.loads(file.read_text())
         parts = []
         for shard in manifest["shards"]:
             if verify:
                 verify_shard(root, shard)
-            parts.append({"arrays": mmap_safetensors(root / shard["file"]), "ids": shard["ids"],
-                          "predictions": shard["predictions"]})
+            parts.append(
+                {
+                    "arrays": mmap_safetensors(root / shard["file"]),
+                    "ids": shard["ids"],
+                    "predictions": shard["predictions"],
+                }
+            )
         return cls.from_parts(parts, manifest)
 
     @classmethod
     def from_parts(cls, parts: list[dict], manifest: dict) -> Features:
         hooks = list(manifest.get("hooks") or [])
-        return cls(parts, [i for p in parts for i in p["ids"]], [t for p in parts for t in p["predictions"]],
-                   manifest, hooks)
+        return cls(
+            parts,
+            [i for p in parts for i in p["ids"]],
+            [t for p in parts for t in p["predictions"]],
+            manifest,
+            hooks,
+        )
 
     def _hook(self, hook: str | None) -> str:
         if hook is None:
             if len(self.hooks) != 1:
-                raise ValueError(f"This store holds {len(self.hooks)} hook points ({', '.join(self.hooks)}); "
-                                 "pick one with feats[hook] or feats.tensor(hook)")
+                raise ValueError(
+                    f"This store holds {len(self.hooks)} hook points ({', '.join(self.hooks)}); "
+                    "pick one with feats[hook] or feats.tensor(hook)"
+                )
             return self.hooks[0]
         if hook not in self.hooks:
             raise KeyError(f"{hook!r} is not in this store; it holds {', '.join(self.hooks)}")
@@ -272,8 +296,12 @@ class Features:
         """All rows at ``hook`` (default: the only hook) as one float tensor (built once, then kept)."""
         hook = self._hook(hook)
         if hook not in self._cache:
-            blocks = [torch.from_numpy(p["arrays"][hook]) if isinstance(p["arrays"][hook], np.ndarray)
-                      else p["arrays"][hook] for p in self.parts]
+            blocks = [
+                torch.from_numpy(p["arrays"][hook])
+                if isinstance(p["arrays"][hook], np.ndarray)
+                else p["arrays"][hook]
+                for p in self.parts
+            ]
             if not blocks:
                 self._cache[hook] = torch.empty(0)
             else:

@@ -42,8 +42,9 @@ def token_spans(tokenizer: Any, ids: Sequence[int]) -> tuple[list[tuple[int, int
     return spans, text
 
 
-def find_word(text: str, words: Sequence[str], *, case_sensitive: bool = False,
-              whole_word: bool = True) -> list[tuple[int, int, str]]:
+def find_word(
+    text: str, words: Sequence[str], *, case_sensitive: bool = False, whole_word: bool = True
+) -> list[tuple[int, int, str]]:
     """Every match ``(start, end, word)`` of any of ``words`` in ``text``, in text order.
 
     Examples:
@@ -68,9 +69,15 @@ def overlapping(spans: Sequence[tuple[int, int]], start: int, end: int) -> list[
     return [i for i, (s, e) in enumerate(spans) if e > s and s < end and e > start]
 
 
-def find_subtokens(spans: Sequence[tuple[int, int]], text: str, words: Sequence[str], *,
-                   occurrence: str = "first", case_sensitive: bool = False,
-                   whole_word: bool = True) -> list[int]:
+def find_subtokens(
+    spans: Sequence[tuple[int, int]],
+    text: str,
+    words: Sequence[str],
+    *,
+    occurrence: str = "first",
+    case_sensitive: bool = False,
+    whole_word: bool = True,
+) -> list[int]:
     """Token indices of the first (or last) occurrence of any of ``words``; [] when absent."""
     matches = find_word(text, words, case_sensitive=case_sensitive, whole_word=whole_word)
     if not matches:

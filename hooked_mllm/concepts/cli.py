@@ -43,17 +43,31 @@ def _dataset(args: argparse.Namespace) -> Any:
 
         name, _, split = args.hf_dataset.partition(":")
         rows = datasets.load_dataset(name, split=split or "train", streaming=True)
-        return hf_dataset(rows, image_column=args.image_column, prompt_column=args.prompt_column,
-                          id_column=args.id_column, prompt=args.prompt)
+        return hf_dataset(
+            rows,
+            image_column=args.image_column,
+            prompt_column=args.prompt_column,
+            id_column=args.id_column,
+            prompt=args.prompt,
+        )
     return toy_dataset(args.n, seed=args.seed, prompt=args.prompt, qtype=args.qtype)
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from .extract import TokenRule, extract
 
-    words = tuple(w.strip() for w in args.token.split(",")) if args.token and "," in args.token else args.token
-    rule = TokenRule(args.rule, token=words, position=args.position, search=args.search, reduce=args.reduce,
-                     start=args.start, end=args.end)
+    words = (
+        tuple(w.strip() for w in args.token.split(",")) if args.token and "," in args.token else args.token
+    )
+    rule = TokenRule(
+        args.rule,
+        token=words,
+        position=args.position,
+        search=args.search,
+        reduce=args.reduce,
+        start=args.start,
+        end=args.end,
+    )
     hooks = [h.strip() for h in args.hook.split(",") if h.strip()]
     if (args.rank is None) != (args.ranks is None):
         raise ValueError("Give --rank and --ranks together (this process's rank and the number of processes)")
@@ -63,10 +77,20 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         if group and device == "cuda":  # one GPU per process under torchrun
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
         model = _model(args.model, args.dtype, device)
-        feats = extract(model, _dataset(args), hooks, rule, batch_size=args.batch_size, out=args.out,
-                        max_new_tokens=args.max_new_tokens, shard_size=args.shard_size, predict=args.predict,
-                        progress=not group or int(os.environ.get("RANK", "0")) == 0, rank=args.rank,
-                        world_size=args.ranks)
+        feats = extract(
+            model,
+            _dataset(args),
+            hooks,
+            rule,
+            batch_size=args.batch_size,
+            out=args.out,
+            max_new_tokens=args.max_new_tokens,
+            shard_size=args.shard_size,
+            predict=args.predict,
+            progress=not group or int(os.environ.get("RANK", "0")) == 0,
+            rank=args.rank,
+            world_size=args.ranks,
+        )
     finally:
         if group:
             import torch.distributed as dist
@@ -75,8 +99,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if group and int(os.environ.get("RANK", "0")) != 0:
         return 0
     shapes = {h: tuple(feats.tensor(h).shape) for h in feats.hooks}
-    print(f"{len(feats)} samples -> {args.out} (features {shapes}; "
-          f"{len(feats.manifest['skipped'])} skipped)")
+    print(f"{len(feats)} samples -> {args.out} (features {shapes}; {len(feats.manifest['skipped'])} skipped)")
     return 0
 
 
@@ -99,8 +122,9 @@ def _pick(feats: Any, hook: str | None) -> Any:
     if hook:
         return feats[hook]
     if len(feats.hooks) > 1:
-        raise SystemExit(f"The store holds {len(feats.hooks)} hook points ({', '.join(feats.hooks)}); pick one "
-                         "with --hook")
+        raise SystemExit(
+            f"The store holds {len(feats.hooks)} hook points ({', '.join(feats.hooks)}); pick one with --hook"
+        )
     return feats
 
 
@@ -111,13 +135,19 @@ def _decomposer(args: argparse.Namespace) -> Any:
     accepted = DECOMPOSERS[args.method]().get_params() if args.method in DECOMPOSERS else {}
     if "random_state" in accepted:
         params["random_state"] = args.seed
-    for name, attr in (("alpha", "dec_alpha"), ("max_iter", "max_iter"), ("batch_size", "dec_batch_size"),
-                       ("device", "device")):
+    for name, attr in (
+        ("alpha", "dec_alpha"),
+        ("max_iter", "max_iter"),
+        ("batch_size", "dec_batch_size"),
+        ("device", "device"),
+    ):
         value = getattr(args, attr, None)
         if value is not None:
             if name not in accepted:
-                raise SystemExit(f"{name} does not apply to --method {args.method} (its settings: "
-                                 f"{', '.join(sorted(accepted))})")
+                raise SystemExit(
+                    f"{name} does not apply to --method {args.method} (its settings: "
+                    f"{', '.join(sorted(accepted))})"
+                )
             params[name] = value
     return make_decomposer(args.method, **params)
 
@@ -161,13 +191,29 @@ def _cmd_shift(args: argparse.Namespace) -> int:
     if len(ia) == 0:
         raise SystemExit(f"{args.original} and {args.finetuned} share no sample ids")
     dec_a, dec_b = _decomposer(args), _decomposer(args)
-    result = analyze_shift(a.features[ia].numpy(), b.features[ib].numpy(), dec_a, dec_b, alpha=args.alpha,
-                           reduce=args.reduce, match_on=args.match_on, baselines=True, random_state=args.seed)
+    result = analyze_shift(
+        a.features[ia].numpy(),
+        b.features[ib].numpy(),
+        dec_a,
+        dec_b,
+        alpha=args.alpha,
+        reduce=args.reduce,
+        match_on=args.match_on,
+        baselines=True,
+        random_state=args.seed,
+    )
     report = dict(samples=len(ia), **result.summary())
     out = Path(args.out)
     json_path, npz_path = out.with_suffix(".json"), out.with_suffix(".npz")
-    _save_npz(npz_path, shift_vectors=result.shift_vectors, shifted=result.shifted, concepts_a=result.concepts_a,
-              concepts_b=result.concepts_b, assignment=result.assignment, ids=np.array([a.ids[i] for i in ia]))
+    _save_npz(
+        npz_path,
+        shift_vectors=result.shift_vectors,
+        shifted=result.shifted,
+        concepts_a=result.concepts_a,
+        concepts_b=result.concepts_b,
+        assignment=result.assignment,
+        ids=np.array([a.ids[i] for i in ia]),
+    )
     write_text_atomic(json_path, json.dumps(report, indent=1, default=str))
     print(json.dumps(report, indent=1, default=str)[:3000])
     print(f"report -> {json_path}, arrays -> {npz_path}")
@@ -188,8 +234,14 @@ def _eval_rows(file: str) -> list[tuple]:
         if "image" not in record or "prompt" not in record or answers is None:
             raise SystemExit(f"{file}:{number + 1} needs image, prompt and answer (or answers)")
         image = Path(record["image"])
-        rows.append((load_image(image if image.is_absolute() else root / image), record["prompt"], answers,
-                     record.get("answer_type", "other")))
+        rows.append(
+            (
+                load_image(image if image.is_absolute() else root / image),
+                record["prompt"],
+                answers,
+                record.get("answer_type", "other"),
+            )
+        )
     return rows
 
 
@@ -209,28 +261,47 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         labels = [normalize_answer(p) for p in feats.predictions]
         if not any(labels):
             raise SystemExit(f"{args.features} has no recorded answers: extract it with --predict")
-        vector = split_by(feats.features, labels, normalize_answer(args.target), normalize_answer(args.source))
+        vector = split_by(
+            feats.features, labels, normalize_answer(args.target), normalize_answer(args.source)
+        )
         if args.out:
             write_atomic(Path(args.out), lambda tmp: torch.save(vector, tmp))
-            print(f"steering vector {args.source!r} -> {args.target!r} (norm {float(vector.norm()):.3f}) -> {args.out}")
+            print(
+                f"steering vector {args.source!r} -> {args.target!r} (norm {float(vector.norm()):.3f}) -> {args.out}"
+            )
     if args.evaluate:
         if args.model is None or args.layer is None:
             raise SystemExit("--evaluate needs --model and --layer")
         rows = _eval_rows(args.evaluate)
         source = normalize_answer(args.source) if args.source else None
-        targeted = [r for r in rows if source is None or any(normalize_answer(a) == source for a in
-                                                             ([r[2]] if isinstance(r[2], str) else r[2]))]
+        targeted = [
+            r
+            for r in rows
+            if source is None
+            or any(normalize_answer(a) == source for a in ([r[2]] if isinstance(r[2], str) else r[2]))
+        ]
         others = [r for r in rows if r not in targeted] if source is not None else []
         model = _model(args.model, args.dtype, args.device)
         report = {}
         for alpha in args.alpha:
-            r = evaluate_steering(model, targeted, others, vector, layer=args.layer, alpha=alpha, target=args.target,
-                                  schedule=args.schedule, batch_size=args.batch_size,
-                                  max_new_tokens=args.max_new_tokens)
+            r = evaluate_steering(
+                model,
+                targeted,
+                others,
+                vector,
+                layer=args.layer,
+                alpha=alpha,
+                target=args.target,
+                schedule=args.schedule,
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens,
+            )
             report[str(alpha)] = r.to_dict()
-            print(f"alpha {alpha}: target rate {r.target_rate_before:.2f} -> {r.target_rate:.2f}, other accuracy "
-                  f"{r.other_accuracy_before:.2f} -> {r.other_accuracy_after:.2f}, {r.changed_other} other answers "
-                  "changed")
+            print(
+                f"alpha {alpha}: target rate {r.target_rate_before:.2f} -> {r.target_rate:.2f}, other accuracy "
+                f"{r.other_accuracy_before:.2f} -> {r.other_accuracy_after:.2f}, {r.changed_other} other answers "
+                "changed"
+            )
         if args.report:
             write_text_atomic(Path(args.report), json.dumps(report, indent=1))
             print(f"report -> {args.report}")
@@ -243,46 +314,91 @@ def add_subparsers(sub: Any) -> None:
     ex.add_argument("--model", default="toy:toy-llava", help="a checkpoint path or hub id, or toy:<name>")
     ex.add_argument("--dtype", default=None, choices=DTYPES, help="model dtype (default: the loader's)")
     ex.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
-    ex.add_argument("--hook", required=True, help="one or several comma-separated hook names, read in one pass "
-                    "(e.g. blocks.15.hook_resid_post,blocks.31.hook_resid_post)")
-    ex.add_argument("--rule", default="last", choices=RULES,
-                    help="which token(s) of each sample give its feature (docs/concepts.md)")
+    ex.add_argument(
+        "--hook",
+        required=True,
+        help="one or several comma-separated hook names, read in one pass "
+        "(e.g. blocks.15.hook_resid_post,blocks.31.hook_resid_post)",
+    )
+    ex.add_argument(
+        "--rule",
+        default="last",
+        choices=RULES,
+        help="which token(s) of each sample give its feature (docs/concepts.md)",
+    )
     ex.add_argument("--token", default=None, help="the word (or comma-separated words of a token class)")
-    ex.add_argument("--search", default="answer", choices=("answer", "prompt"),
-                    help="where --rule token / predicting looks for --token")
-    ex.add_argument("--reduce", default="first", choices=("first", "last", "mean"), help="over a word's sub-tokens")
+    ex.add_argument(
+        "--search",
+        default="answer",
+        choices=("answer", "prompt"),
+        help="where --rule token / predicting looks for --token",
+    )
+    ex.add_argument(
+        "--reduce", default="first", choices=("first", "last", "mean"), help="over a word's sub-tokens"
+    )
     ex.add_argument("--start", type=int, default=None, help="token range start for --rule range")
     ex.add_argument("--end", type=int, default=None, help="token range end for --rule range")
     ex.add_argument("--position", type=int, default=None, help="token position for --rule position")
-    ex.add_argument("--max-new-tokens", type=int, default=12, help="answer length when the rule needs the answer")
-    ex.add_argument("--predict", action="store_true", help="also generate and record each answer (needed by steer)")
+    ex.add_argument(
+        "--max-new-tokens", type=int, default=12, help="answer length when the rule needs the answer"
+    )
+    ex.add_argument(
+        "--predict", action="store_true", help="also generate and record each answer (needed by steer)"
+    )
     ex.add_argument("--images", default=None, help="a folder of images (default: toy scenes)")
     ex.add_argument("--jsonl", default=None, help='a JSON-lines file of {"id", "image": path, "prompt"}')
-    ex.add_argument("--hf-dataset", default=None, help="a Hugging Face dataset as name[:split] (needs datasets)")
+    ex.add_argument(
+        "--hf-dataset", default=None, help="a Hugging Face dataset as name[:split] (needs datasets)"
+    )
     ex.add_argument("--image-column", default="image", help="--hf-dataset: the column holding images")
     ex.add_argument("--prompt-column", default="prompt", help="--hf-dataset: the column holding prompts")
-    ex.add_argument("--id-column", default=None, help="--hf-dataset: the column of sample ids (default: row index)")
+    ex.add_argument(
+        "--id-column", default=None, help="--hf-dataset: the column of sample ids (default: row index)"
+    )
     ex.add_argument("--prompt", default=None, help="one prompt for every sample (overrides the dataset's)")
-    ex.add_argument("--shard-size", type=int, default=256, help="samples per shard (progress is saved per shard)")
+    ex.add_argument(
+        "--shard-size", type=int, default=256, help="samples per shard (progress is saved per shard)"
+    )
     ex.add_argument("--qtype", default=None, help="toy question type instead of the caption prompt")
     ex.add_argument("--n", type=int, default=200, help="toy scenes: how many")
     ex.add_argument("--seed", type=int, default=0, help="toy scenes: the world seed")
     ex.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
-    ex.add_argument("--out", required=True, help="the feature store folder (created, or resumed if compatible)")
-    ex.add_argument("--ranks", type=int, default=None, help="data-parallel: the number of processes writing "
-                    "into --out (each is given its --rank); under torchrun both come from its environment")
-    ex.add_argument("--rank", type=int, default=None,
-                    help="data-parallel: this process's rank, 0 to --ranks - 1")
+    ex.add_argument(
+        "--out", required=True, help="the feature store folder (created, or resumed if compatible)"
+    )
+    ex.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        help="data-parallel: the number of processes writing "
+        "into --out (each is given its --rank); under torchrun both come from its environment",
+    )
+    ex.add_argument(
+        "--rank", type=int, default=None, help="data-parallel: this process's rank, 0 to --ranks - 1"
+    )
     ex.set_defaults(func=_cmd_extract)
     co = sub.add_parser("concepts", help="learn a concept dictionary from extracted features")
     co.add_argument("--features", required=True, help="a feature store written by `extract`")
     co.add_argument("--hook", default=None, help="the hook point to use, when the store holds several")
-    co.add_argument("--method", default="seminmf", choices=METHODS, help="sparse is the papers' objective, "
-                    "dictlearn the reference code's scikit-learn version (slow)")
-    co.add_argument("--alpha", dest="dec_alpha", type=float, default=None, help="L1 weight of sparse / dictlearn")
-    co.add_argument("--max-iter", type=int, default=None, help="iterations of the decomposer (its own default)")
-    co.add_argument("--batch-size", dest="dec_batch_size", type=int, default=None,
-                    help="sparse: rows per minibatch (online fit for data too large for one batch)")
+    co.add_argument(
+        "--method",
+        default="seminmf",
+        choices=METHODS,
+        help="sparse is the papers' objective, dictlearn the reference code's scikit-learn version (slow)",
+    )
+    co.add_argument(
+        "--alpha", dest="dec_alpha", type=float, default=None, help="L1 weight of sparse / dictlearn"
+    )
+    co.add_argument(
+        "--max-iter", type=int, default=None, help="iterations of the decomposer (its own default)"
+    )
+    co.add_argument(
+        "--batch-size",
+        dest="dec_batch_size",
+        type=int,
+        default=None,
+        help="sparse: rows per minibatch (online fit for data too large for one batch)",
+    )
     co.add_argument("--device", default=None, help="seminmf / sparse: torch device, e.g. cuda")
     co.add_argument("--k", type=int, default=20, help="number of concepts")
     co.add_argument("--seed", type=int, default=0, help="random state of the decomposer")
@@ -297,29 +413,54 @@ def add_subparsers(sub: Any) -> None:
     sh.add_argument("--k", type=int, default=10, help="number of concepts")
     sh.add_argument("--alpha", type=float, default=1.0, help="shifted concepts: u_a + alpha * D")
     sh.add_argument("--seed", type=int, default=0, help="random state of the decomposer")
-    sh.add_argument("--reduce", default="mean", choices=("mean", "median", "trimmed"),
-                    help="how per-sample shifts are averaged into a concept's shift vector")
-    sh.add_argument("--match-on", default="shifted", choices=("shifted", "original"),
-                    help="match b's concepts to the shifted (default) or the original concepts of a")
-    sh.add_argument("--out", required=True,
-                    help="a path stem: the JSON report goes to STEM.json and the arrays to STEM.npz")
+    sh.add_argument(
+        "--reduce",
+        default="mean",
+        choices=("mean", "median", "trimmed"),
+        help="how per-sample shifts are averaged into a concept's shift vector",
+    )
+    sh.add_argument(
+        "--match-on",
+        default="shifted",
+        choices=("shifted", "original"),
+        help="match b's concepts to the shifted (default) or the original concepts of a",
+    )
+    sh.add_argument(
+        "--out",
+        required=True,
+        help="a path stem: the JSON report goes to STEM.json and the arrays to STEM.npz",
+    )
     sh.set_defaults(func=_cmd_shift)
-    st = sub.add_parser("steer", help="compute a mean-difference steering vector, and/or apply and evaluate one")
-    st.add_argument("--features", default=None, help="a store extracted with --predict (to compute the vector)")
+    st = sub.add_parser(
+        "steer", help="compute a mean-difference steering vector, and/or apply and evaluate one"
+    )
+    st.add_argument(
+        "--features", default=None, help="a store extracted with --predict (to compute the vector)"
+    )
     st.add_argument("--hook", default=None, help="the hook point to use, when the store holds several")
     st.add_argument("--vector", default=None, help="a .pt vector to evaluate instead of computing one")
-    st.add_argument("--source", default=None, help="the answer to steer away from (also picks the targeted rows)")
+    st.add_argument(
+        "--source", default=None, help="the answer to steer away from (also picks the targeted rows)"
+    )
     st.add_argument("--target", required=True, help="the answer to steer toward")
     st.add_argument("--out", default=None, help="a .pt file for the computed vector")
-    st.add_argument("--evaluate", default=None, help='a JSONL of {"image", "prompt", "answer" or "answers", '
-                    '"answer_type"}: rows answered --source are targeted, the others measure side effects')
+    st.add_argument(
+        "--evaluate",
+        default=None,
+        help='a JSONL of {"image", "prompt", "answer" or "answers", '
+        '"answer_type"}: rows answered --source are targeted, the others measure side effects',
+    )
     st.add_argument("--model", default=None, help="model to evaluate with (default: the store's model)")
     st.add_argument("--dtype", default=None, choices=DTYPES, help="model dtype (default: the loader's)")
     st.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
     st.add_argument("--layer", type=int, default=None, help="add the vector to blocks.LAYER.hook_resid_post")
     st.add_argument("--alpha", type=float, nargs="+", default=[1.0], help="one or several strengths to sweep")
-    st.add_argument("--schedule", default="all", choices=("all", "prompt", "image", "text", "last", "generated"),
-                    help="positions the vector is added at")
+    st.add_argument(
+        "--schedule",
+        default="all",
+        choices=("all", "prompt", "image", "text", "last", "generated"),
+        help="positions the vector is added at",
+    )
     st.add_argument("--batch-size", type=int, default=16, help="rows per generate call")
     st.add_argument("--max-new-tokens", type=int, default=3, help="answer length")
     st.add_argument("--report", default=None, help="a JSON file for the evaluation")

@@ -49,8 +49,10 @@ def iter_samples(dataset: Iterable[Any]) -> Iterator[Sample]:
         elif isinstance(item, tuple) and len(item) == 3:
             yield Sample(str(item[0]), item[1], item[2])
         else:
-            raise TypeError(f"Dataset item {i} is a {type(item).__name__}; give Sample, (image, prompt) or "
-                            "(id, image, prompt)")
+            raise TypeError(
+                f"Dataset item {i} is a {type(item).__name__}; give Sample, (image, prompt) or "
+                "(id, image, prompt)"
+            )
 
 
 def load_image(image: Any) -> Any:
@@ -85,8 +87,9 @@ def sample_fingerprint(sample: Sample) -> str:
     return digest.hexdigest()[:24]
 
 
-def folder_dataset(folder: str | os.PathLike[str], prompt: str,
-                   suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Sample]:
+def folder_dataset(
+    folder: str | os.PathLike[str], prompt: str, suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+) -> list[Sample]:
     """Every image in ``folder`` (sorted by name) with the same ``prompt``; images are opened per batch.
 
     Examples:
@@ -100,8 +103,14 @@ def folder_dataset(folder: str | os.PathLike[str], prompt: str,
     return [Sample(p.name, p, prompt) for p in paths]
 
 
-def jsonl_dataset(file: str | os.PathLike[str], *, image_key: str = "image", prompt_key: str = "prompt",
-                  id_key: str = "id", prompt: str | None = None) -> Iterator[Sample]:
+def jsonl_dataset(
+    file: str | os.PathLike[str],
+    *,
+    image_key: str = "image",
+    prompt_key: str = "prompt",
+    id_key: str = "id",
+    prompt: str | None = None,
+) -> Iterator[Sample]:
     """Samples from a JSON-lines file, one ``{"id": ..., "image": path, "prompt": ...}`` per line, read lazily.
 
     Relative image paths are taken from the file's folder. ``prompt`` fills in a missing
@@ -124,11 +133,19 @@ def jsonl_dataset(file: str | os.PathLike[str], *, image_key: str = "image", pro
             if image_key not in record or text is None:
                 raise ValueError(f"{file}:{number + 1} needs {image_key!r} and {prompt_key!r} (or prompt=)")
             path = Path(record[image_key])
-            yield Sample(str(record.get(id_key, number)), path if path.is_absolute() else file.parent / path, text)
+            yield Sample(
+                str(record.get(id_key, number)), path if path.is_absolute() else file.parent / path, text
+            )
 
 
-def hf_dataset(rows: Iterable[Mapping[str, Any]], *, image_column: str = "image", prompt_column: str | None = "prompt",
-               id_column: str | None = None, prompt: str | None = None) -> Iterator[Sample]:
+def hf_dataset(
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    image_column: str = "image",
+    prompt_column: str | None = "prompt",
+    id_column: str | None = None,
+    prompt: str | None = None,
+) -> Iterator[Sample]:
     """Samples from a Hugging Face ``datasets`` dataset (or any iterable of mappings), row by row.
 
     ``datasets`` decodes each row's image when the row is read, so nothing is decoded up front.
@@ -140,8 +157,11 @@ def hf_dataset(rows: Iterable[Mapping[str, Any]], *, image_column: str = "image"
         ...                   id_column="question_id")  # doctest: +SKIP
     """
     for index, row in enumerate(rows):
-        missing = [c for c in (image_column, id_column, None if prompt is not None else prompt_column)
-                   if c is not None and c not in row]
+        missing = [
+            c
+            for c in (image_column, id_column, None if prompt is not None else prompt_column)
+            if c is not None and c not in row
+        ]
         if missing:
             raise KeyError(f"Row {index} has no column {missing[0]!r}; its columns are {sorted(row)}")
         text = prompt if prompt is not None else row[prompt_column]

@@ -37,13 +37,31 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import NMF, PCA, DictionaryLearning, FastICA
 
-from hooked_mllm.concepts._base import _DTYPES, _TRANSFORM_TOL, ArrayLike, ConceptDecomposer, _as_tensor, _seed_from
+from hooked_mllm.concepts._base import (
+    _DTYPES,
+    _TRANSFORM_TOL,
+    ArrayLike,
+    ConceptDecomposer,
+    _as_tensor,
+    _seed_from,
+)
 from hooked_mllm.concepts._base import _to_host as _to_host
 from hooked_mllm.concepts._seminmf import fit_seminmf, nnls_fista
 from hooked_mllm.concepts.dictionary import SparseDictionary
 
-__all__ = ["DECOMPOSERS", "ConceptDecomposer", "SemiNMF", "SparseDictionary", "DictionaryLearningSemiNMF",
-           "KMeansConcepts", "PCAConcepts", "NMFConcepts", "ICAConcepts", "TopNormConcepts", "make_decomposer"]
+__all__ = [
+    "DECOMPOSERS",
+    "ConceptDecomposer",
+    "SemiNMF",
+    "SparseDictionary",
+    "DictionaryLearningSemiNMF",
+    "KMeansConcepts",
+    "PCAConcepts",
+    "NMFConcepts",
+    "ICAConcepts",
+    "TopNormConcepts",
+    "make_decomposer",
+]
 
 
 class SemiNMF(ConceptDecomposer):

@@ -14,6 +14,7 @@ import torch
 from hooked_mllm.concepts import _sparse
 from hooked_mllm.concepts._base import _DTYPES, ConceptDecomposer, _as_tensor, _seed_from
 
+
 class SparseDictionary(ConceptDecomposer):
     """The papers' objective, solved fast: sparse non-negative codes over unit-norm atoms.
 
@@ -48,9 +49,19 @@ class SparseDictionary(ConceptDecomposer):
 
     _needs_n_samples_ge_k = False
 
-    def __init__(self, n_components: int = 20, *, alpha: float = 1.0, max_iter: int = 1000, tol: float = 1e-8,
-                 batch_size: int | None = None, transform_max_iter: int = 200, random_state: Any = None,
-                 device: str | torch.device | None = None, dtype: str | None = None) -> None:
+    def __init__(
+        self,
+        n_components: int = 20,
+        *,
+        alpha: float = 1.0,
+        max_iter: int = 1000,
+        tol: float = 1e-8,
+        batch_size: int | None = None,
+        transform_max_iter: int = 200,
+        random_state: Any = None,
+        device: str | torch.device | None = None,
+        dtype: str | None = None,
+    ) -> None:
         self.n_components = n_components
         self.alpha = alpha
         self.max_iter = max_iter
@@ -68,7 +79,9 @@ class SparseDictionary(ConceptDecomposer):
                 name = str(self.components_.dtype)
         else:
             if self.dtype not in _DTYPES:
-                raise ValueError(f"SparseDictionary: dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
+                raise ValueError(
+                    f"SparseDictionary: dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}."
+                )
             name = self.dtype
         if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1):
             raise ValueError(f"SparseDictionary: max_iter must be an int >= 1, got {self.max_iter!r}.")
@@ -83,8 +96,13 @@ class SparseDictionary(ConceptDecomposer):
         k = int(self.n_components)
         if self.batch_size is None or self.batch_size >= len(X):
             Zt = _as_tensor(X, **kw)
-            _, U, history = _sparse.fit_sparse(Zt, _sparse.init_atoms(Zt, k, generator), float(self.alpha),
-                                               int(self.max_iter), float(self.tol))
+            _, U, history = _sparse.fit_sparse(
+                Zt,
+                _sparse.init_atoms(Zt, k, generator),
+                float(self.alpha),
+                int(self.max_iter),
+                float(self.tol),
+            )
             self.objective_history_ = history
             self.n_iter_ = len(history)
             self.components_ = U.cpu().numpy()
@@ -101,8 +119,9 @@ class SparseDictionary(ConceptDecomposer):
     def _partial(self, Zt: torch.Tensor, generator: torch.Generator) -> None:
         if getattr(self, "_state", None) is None:  # the first block: a short full-batch fit starts the atoms
             k = int(self.n_components)
-            _, U, _ = _sparse.fit_sparse(Zt, _sparse.init_atoms(Zt, k, generator), float(self.alpha), 50,
-                                         float(self.tol))
+            _, U, _ = _sparse.fit_sparse(
+                Zt, _sparse.init_atoms(Zt, k, generator), float(self.alpha), 50, float(self.tol)
+            )
             self._state = [U, Zt.new_zeros(k, k), Zt.new_zeros(k, Zt.shape[1]), 0]
         U, A, C, seen = self._state
         U, A, C = _sparse.online_step(Zt, U, A, C, float(self.alpha), seen, forget=1.0)
@@ -136,6 +155,15 @@ class SparseDictionary(ConceptDecomposer):
         out = []
         for start in range(0, max(len(X), 1), 16384):
             B = _as_tensor(X[start : start + 16384], **kw) @ U.T
-            out.append(_sparse.sparse_codes(B, G, float(self.alpha), max_sweeps=int(self.transform_max_iter),
-                                            tol=1e-5 if kw["dtype"] == torch.float32 else 1e-10).cpu().numpy())
+            out.append(
+                _sparse.sparse_codes(
+                    B,
+                    G,
+                    float(self.alpha),
+                    max_sweeps=int(self.transform_max_iter),
+                    tol=1e-5 if kw["dtype"] == torch.float32 else 1e-10,
+                )
+                .cpu()
+                .numpy()
+            )
         return np.concatenate(out) if out else np.zeros((0, len(U)))

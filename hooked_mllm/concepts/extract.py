@@ -41,8 +41,15 @@ from tqdm.auto import tqdm
 
 from ._parallel import Split, agree, resolve_split
 from ._shards import MANIFEST, ShardWriter, merge_parts, part_name, ranks_complete, read_parts
-from ._store import (FORMAT_VERSION, Features, check_identity, config_fingerprint, folder_lock, verify_shard,
-                     weights_fingerprint)
+from ._store import (
+    FORMAT_VERSION,
+    Features,
+    check_identity,
+    config_fingerprint,
+    folder_lock,
+    verify_shard,
+    weights_fingerprint,
+)
 from ._tokens import find_subtokens, token_spans
 from .data import Sample, folder_dataset, iter_samples, load_image, sample_fingerprint, toy_dataset
 
@@ -114,12 +121,20 @@ class TokenRule:
 
     @property
     def needs_answer(self) -> bool:
-        return self.kind == "answer_mean" or (self.kind in ("token", "predicting", "range")
-                                              and self.search == "answer")
+        return self.kind == "answer_mean" or (
+            self.kind in ("token", "predicting", "range") and self.search == "answer"
+        )
 
 
-def _positions(rule: TokenRule, batch: Any, row: int, prompt_len: int, answer: list[int],
-               tokenizer: Any, sample_id: str = "") -> list[int]:
+def _positions(
+    rule: TokenRule,
+    batch: Any,
+    row: int,
+    prompt_len: int,
+    answer: list[int],
+    tokenizer: Any,
+    sample_id: str = "",
+) -> list[int]:
     """Sequence positions (prompt then answer) the rule picks for one row; LookupError (naming the sample)
     when absent."""
     valid = (~batch.pad_mask[row]).nonzero().flatten().tolist()
@@ -127,8 +142,9 @@ def _positions(rule: TokenRule, batch: Any, row: int, prompt_len: int, answer: l
         return [valid[-1]]
     if rule.kind == "position":
         if not -len(valid) <= rule.position < len(valid):
-            raise LookupError(f"position {rule.position} is outside the {len(valid)} prompt tokens of sample "
-                              f"{sample_id!r}")
+            raise LookupError(
+                f"position {rule.position} is outside the {len(valid)} prompt tokens of sample {sample_id!r}"
+            )
         return [valid[rule.position]]
     if rule.kind in IMAGE_RULES:
         return batch.image_mask[row].nonzero().flatten().tolist()
@@ -142,15 +158,23 @@ def _positions(rule: TokenRule, batch: Any, row: int, prompt_len: int, answer: l
     if rule.kind in ("answer_mean", "range"):
         picked = region[rule.start : rule.end] if rule.kind == "range" else region
         if not picked:
-            raise LookupError(f"no {rule.search} tokens in range [{rule.start}:{rule.end}] of sample "
-                              f"{sample_id!r}")
+            raise LookupError(
+                f"no {rule.search} tokens in range [{rule.start}:{rule.end}] of sample {sample_id!r}"
+            )
         return picked
     spans, text = token_spans(tokenizer, ids)
-    sub = find_subtokens(spans, text, rule.words, occurrence=rule.occurrence,
-                         case_sensitive=rule.case_sensitive, whole_word=rule.whole_word)
+    sub = find_subtokens(
+        spans,
+        text,
+        rule.words,
+        occurrence=rule.occurrence,
+        case_sensitive=rule.case_sensitive,
+        whole_word=rule.whole_word,
+    )
     if not sub:
-        raise LookupError(f"{' / '.join(rule.words)!r} not found in the {rule.search} of sample "
-                          f"{sample_id!r} ({text!r})")
+        raise LookupError(
+            f"{' / '.join(rule.words)!r} not found in the {rule.search} of sample {sample_id!r} ({text!r})"
+        )
     picked = [region[i] - (1 if rule.kind == "predicting" else 0) for i in sub]
     return picked if rule.reduce == "mean" else [picked[0] if rule.reduce == "first" else picked[-1]]
 
@@ -161,23 +185,35 @@ def _reduce(acts: Tensor, positions: list[int], rule: TokenRule) -> Tensor:
     return acts[positions].mean(0) if len(positions) > 1 else acts[positions[0]]
 
 
-def _identity(model: HookedMLLM, hooks: list[str], rule: TokenRule, chat_template: bool,
-              max_new_tokens: int, dataset_name: str | None) -> dict:
+def _identity(
+    model: HookedMLLM,
+    hooks: list[str],
+    rule: TokenRule,
+    chat_template: bool,
+    max_new_tokens: int,
+    dataset_name: str | None,
+) -> dict:
     from .. import __version__
 
     config = model.hf_model.config
     template = getattr(model.processor, "chat_template", None) or getattr(
-        getattr(model.processor, "tokenizer", None), "chat_template", None)
+        getattr(model.processor, "tokenizer", None), "chat_template", None
+    )
     return {
-        "model": {"name": getattr(config, "_name_or_path", "") or "", "class": model.cfg.model_class,
-                  "config_sha256": config_fingerprint(config.to_dict()),
-                  "weights_sha256": weights_fingerprint(model.hf_model)},
+        "model": {
+            "name": getattr(config, "_name_or_path", "") or "",
+            "class": model.cfg.model_class,
+            "config_sha256": config_fingerprint(config.to_dict()),
+            "weights_sha256": weights_fingerprint(model.hf_model),
+        },
         "hooks": hooks,
         "rule": asdict(rule),
-        "template": {"chat_template": chat_template,
-                     "template_sha256": hashlib.sha256(str(template).encode()).hexdigest() if template else None,
-                     "max_new_tokens": max_new_tokens if rule.needs_answer else None,
-                     "dataset": dataset_name},
+        "template": {
+            "chat_template": chat_template,
+            "template_sha256": hashlib.sha256(str(template).encode()).hexdigest() if template else None,
+            "max_new_tokens": max_new_tokens if rule.needs_answer else None,
+            "dataset": dataset_name,
+        },
         "library": {"hooked_mllm": __version__, "format": FORMAT_VERSION},
     }
 
@@ -198,13 +234,20 @@ def _done(*manifests: dict) -> dict[str, str | None]:
     """Sample id -> fingerprint of every sample (extracted or skipped) the manifests hold."""
     done: dict[str, str | None] = {}
     for manifest in manifests:
-        done.update({i: k for shard in manifest["shards"]
-                     for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))})
+        done.update(
+            {
+                i: k
+                for shard in manifest["shards"]
+                for i, k in zip(shard["ids"], shard.get("keys") or [None] * len(shard["ids"]))
+            }
+        )
         done.update({s["id"]: s.get("key") for s in manifest["skipped"]})
     return done
 
 
-def _cache_hooks(points: list[Any], store: dict[str, list[Tensor]], keep_steps: bool) -> list[tuple[str, Any]]:
+def _cache_hooks(
+    points: list[Any], store: dict[str, list[Tensor]], keep_steps: bool
+) -> list[tuple[str, Any]]:
     def fn(act: Tensor, hook: Any) -> None:
         if hook.step == 0 or (keep_steps and hook.point.sequence):
             store[hook.name].append(act.detach())
@@ -226,11 +269,24 @@ class _Settings:
     split: Split = Split()
 
 
-def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str], token: TokenRule | str = "last",
-            *, batch_size: int = 8, out: str | os.PathLike[str] | None = None, max_new_tokens: int = 12,
-            shard_size: int = 256, progress: bool = True, skip_missing: bool = True, predict: bool = False,
-            chat_template: bool = True, dataset_name: str | None = None, rank: int | None = None,
-            world_size: int | None = None) -> Features:
+def extract(
+    model: HookedMLLM,
+    dataset: Iterable[Any],
+    hook: str | Sequence[str],
+    token: TokenRule | str = "last",
+    *,
+    batch_size: int = 8,
+    out: str | os.PathLike[str] | None = None,
+    max_new_tokens: int = 12,
+    shard_size: int = 256,
+    progress: bool = True,
+    skip_missing: bool = True,
+    predict: bool = False,
+    chat_template: bool = True,
+    dataset_name: str | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> Features:
     """Extract one representation per sample at each of ``hook`` and (optionally) stream it to ``out``.
 
     Args:
@@ -276,22 +332,34 @@ def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str]
         if point.needs_eager:
             raise ValueError(f"{point.name} is an attention pattern; extract a residual, MLP or head output")
         if not point.sequence and rule.kind not in IMAGE_RULES:
-            raise ValueError(f"{point.name} is on the {point.stream} stream, not the LM sequence: use the "
-                             f"image_mean or image_each rule there (got {rule.kind!r})")
+            raise ValueError(
+                f"{point.name} is on the {point.stream} stream, not the LM sequence: use the "
+                f"image_mean or image_each rule there (got {rule.kind!r})"
+            )
     if batch_size < 1 or shard_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
     hooks = [p.name for p in points]
     split = resolve_split(rank, world_size)
-    settings = _Settings(rule=rule, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
-                         skip_missing=skip_missing, generate=rule.needs_answer or predict,
-                         chat_template=chat_template, split=split)
+    settings = _Settings(
+        rule=rule,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        skip_missing=skip_missing,
+        generate=rule.needs_answer or predict,
+        chat_template=chat_template,
+        split=split,
+    )
     identity = _identity(model, hooks, rule, chat_template, max_new_tokens, dataset_name)
     if out is None:
         if split.world_size > 1:
-            raise ValueError(f"Data-parallel extraction (rank {split.rank} of {split.world_size}) needs "
-                             "out=: the processes meet in one feature store")
-        writer = ShardWriter(hooks, path=None, manifest=dict(identity, shards=[], skipped=[]),
-                             shard_size=shard_size)
+            raise ValueError(
+                f"Data-parallel extraction (rank {split.rank} of {split.world_size}) needs "
+                "out=: the processes meet in one feature store"
+            )
+        writer = ShardWriter(
+            hooks, path=None, manifest=dict(identity, shards=[], skipped=[]), shard_size=shard_size
+        )
         _run(model, dataset, points, writer, {}, settings)
         return Features.from_parts(writer.memory, writer.manifest)
     path = Path(out)
@@ -312,8 +380,15 @@ def extract(model: HookedMLLM, dataset: Iterable[Any], hook: str | Sequence[str]
     return Features.load(path, verify=False)
 
 
-def _extract_rank(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], path: Path, identity: dict,
-                  shard_size: int, settings: _Settings) -> Features:
+def _extract_rank(
+    model: HookedMLLM,
+    dataset: Iterable[Any],
+    points: list[Any],
+    path: Path,
+    identity: dict,
+    shard_size: int,
+    settings: _Settings,
+) -> Features:
     """One rank of a data-parallel extraction: write this rank's parts, then merge when every rank is done.
 
     The ranks hold the store's lock shared (a one-process writer is refused) and each its own
@@ -329,8 +404,13 @@ def _extract_rank(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], 
             parts = read_parts(path, identity)
             own = parts.get(f"{name}.json") or dict(identity, shards=[], skipped=[])
             own["complete"] = False
-            writer = ShardWriter([p.name for p in points], path=path, manifest=own, shard_size=shard_size,
-                                 part=(split.world_size, split.rank))
+            writer = ShardWriter(
+                [p.name for p in points],
+                path=path,
+                manifest=own,
+                shard_size=shard_size,
+                part=(split.world_size, split.rank),
+            )
             writer.save()
             _run(model, dataset, points, writer, _done(manifest, *parts.values()), settings)
             own["complete"] = True
@@ -338,8 +418,9 @@ def _extract_rank(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], 
         with folder_lock(path, wait=True):
             if ranks_complete(path, split.world_size):
                 file = path / MANIFEST
-                manifest = (json.loads(file.read_text()) if file.exists()
-                            else dict(identity, shards=[], skipped=[]))
+                manifest = (
+                    json.loads(file.read_text()) if file.exists() else dict(identity, shards=[], skipped=[])
+                )
                 merge_parts(path, manifest, identity, shard_size)
     except BaseException as caught:  # every rank must reach agree(), or the others would wait for it forever
         error = caught
@@ -349,14 +430,24 @@ def _extract_rank(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], 
     return Features.load(path, verify=False)
 
 
-def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], writer: ShardWriter,
-         done: dict[str, str | None], settings: _Settings) -> None:
+def _run(
+    model: HookedMLLM,
+    dataset: Iterable[Any],
+    points: list[Any],
+    writer: ShardWriter,
+    done: dict[str, str | None],
+    settings: _Settings,
+) -> None:
     """Extract the samples of ``dataset`` this rank owns and ``done`` lacks; flush and save also on errors."""
     total = len(dataset) if hasattr(dataset, "__len__") else None  # type: ignore[arg-type]
     if total is not None:
         total = len(range(settings.split.rank, total, settings.split.world_size))
-    bar = tqdm(total=total, desc=f"extract {', '.join(p.name for p in points)}", unit="sample",
-               disable=not settings.progress)
+    bar = tqdm(
+        total=total,
+        desc=f"extract {', '.join(p.name for p in points)}",
+        unit="sample",
+        disable=not settings.progress,
+    )
     seen: set[str] = set()
     chunk: list[tuple[int, Sample, str]] = []
     try:
@@ -369,8 +460,10 @@ def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], writer: S
             key = sample_fingerprint(sample)
             if sample.id in done:
                 if done[sample.id] is not None and done[sample.id] != key:
-                    raise ValueError(f"Sample {sample.id!r} is in the store with another prompt or image; "
-                                     "features of different inputs cannot share an id. Use another out= folder.")
+                    raise ValueError(
+                        f"Sample {sample.id!r} is in the store with another prompt or image; "
+                        "features of different inputs cannot share an id. Use another out= folder."
+                    )
                 bar.update(1)
                 continue
             chunk.append((index, sample, key))
@@ -389,12 +482,20 @@ def _run(model: HookedMLLM, dataset: Iterable[Any], points: list[Any], writer: S
         bar.close()
 
 
-def _batch(model: HookedMLLM, chunk: list[tuple[int, Sample, str]], points: list[Any], writer: ShardWriter,
-           settings: _Settings) -> None:
+def _batch(
+    model: HookedMLLM,
+    chunk: list[tuple[int, Sample, str]],
+    points: list[Any],
+    writer: ShardWriter,
+    settings: _Settings,
+) -> None:
     rule, tokenizer = settings.rule, model.processor.tokenizer
     samples = [s for _, s, _ in chunk]
-    batch = model.prepare(images=[load_image(s.image) for s in samples], prompts=[s.prompt for s in samples],
-                          chat_template=settings.chat_template)
+    batch = model.prepare(
+        images=[load_image(s.image) for s in samples],
+        prompts=[s.prompt for s in samples],
+        chat_template=settings.chat_template,
+    )
     store: dict[str, list[Tensor]] = {p.name: [] for p in points}
     hooks = _cache_hooks(points, store, keep_steps=rule.needs_answer)
     answers: list[list[int]] = [[] for _ in samples]
@@ -415,11 +516,15 @@ def _batch(model: HookedMLLM, chunk: list[tuple[int, Sample, str]], points: list
     for point in points:
         parts = store[point.name]
         if not parts:
-            raise RuntimeError(f"{point.name} did not fire during the run; it cannot be extracted for this model")
+            raise RuntimeError(
+                f"{point.name} did not fire during the run; it cannot be extracted for this model"
+            )
         acts[point.name] = torch.cat(parts, dim=1) if point.sequence else parts[0]
         if not point.sequence and acts[point.name].shape[0] != len(samples):
-            raise ValueError(f"{point.name} has {acts[point.name].shape[0]} images for {len(samples)} samples; "
-                             "vision and projector points need exactly one image per sample")
+            raise ValueError(
+                f"{point.name} has {acts[point.name].shape[0]} images for {len(samples)} samples; "
+                "vision and projector points need exactly one image per sample"
+            )
     prompt_len = batch.shape[1]
     for row, (index, sample, key) in enumerate(chunk):
         try:

@@ -31,9 +31,16 @@ STOPWORDS = frozenset(
 )
 
 
-def text_grounding(model: HookedMLLM, components: Any, *, top_k: int = 50, n_words: int = 10,
-                   apply_norm: bool = False, min_length: int = 2,
-                   stopwords: frozenset[str] = STOPWORDS) -> list[list[str]]:
+def text_grounding(
+    model: HookedMLLM,
+    components: Any,
+    *,
+    top_k: int = 50,
+    n_words: int = 10,
+    apply_norm: bool = False,
+    min_length: int = 2,
+    stopwords: frozenset[str] = STOPWORDS,
+) -> list[list[str]]:
     """The words each concept vector (rows of ``components`` ``[K, d]``) decodes to."""
     u = torch.as_tensor(getattr(components, "components_", components), dtype=torch.float32)
     head = model.adapter.module(model.hf_model, model.adapter.modules.unembed)
@@ -74,7 +81,9 @@ def shift_grounding(model: HookedMLLM, result: Any, **kwargs: Any) -> dict[str, 
         "original": text_grounding(model, result.concepts_a, **kwargs),
         "shifted": text_grounding(model, result.shifted, **kwargs),
         "shift": text_grounding(model, result.shift_vectors, **kwargs),
-        "finetuned": None if result.concepts_b is None else text_grounding(model, result.concepts_b, **kwargs),
+        "finetuned": None
+        if result.concepts_b is None
+        else text_grounding(model, result.concepts_b, **kwargs),
     }
     if result.improvement is not None and out["finetuned"] is not None:
         m = result.improvement.matching
@@ -97,8 +106,9 @@ def visual_grounding(activations: Float[Any, "n k"], ids: Sequence[str], top: in
     return [[ids[i] for i in order[:, k]] for k in range(v.shape[1])]
 
 
-def concept_map(decomposer: Any, token_features: Float[Tensor, "n_tokens d"], grid: tuple[int, int],
-                concept: int) -> Float[np.ndarray, "rows cols"]:
+def concept_map(
+    decomposer: Any, token_features: Float[Tensor, "n_tokens d"], grid: tuple[int, int], concept: int
+) -> Float[np.ndarray, "rows cols"]:
     """One concept's activation on each image token, shaped like the image's token grid."""
     rows, cols = grid
     if token_features.shape[0] != rows * cols:

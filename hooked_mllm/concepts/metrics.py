@@ -279,15 +279,17 @@ def clip_concept_score(
     pairs = [(i, c) for i in range(len(images)) for c in order[i] if words_per_concept[c]]
     scores = np.zeros((len(images), top_k))
     if pairs:
-        got = clip_style_score(scorer, [images[i] for i, _ in pairs], [words_per_concept[c] for _, c in pairs],
-                               template)
+        got = clip_style_score(
+            scorer, [images[i] for i, _ in pairs], [words_per_concept[c] for _, c in pairs], template
+        )
         for (i, c), value in zip(pairs, got):
             scores[i, list(order[i]).index(c)] = value
     return scores.mean(axis=1)
 
 
-def random_word_lists(vocabulary: Sequence[str], n_concepts: int, n_words: int = 10,
-                      seed: int = 0) -> list[list[str]]:
+def random_word_lists(
+    vocabulary: Sequence[str], n_concepts: int, n_words: int = 10, seed: int = 0
+) -> list[list[str]]:
     """``n_concepts`` lists of ``n_words`` distinct words drawn at random from ``vocabulary``: the baseline.
 
     Score random lists with the same metric (:func:`concept_overlap`, :func:`clip_concept_score`) to see
@@ -329,14 +331,20 @@ class CLIPScorer:
         out = []
         device = next(self.model.parameters()).device
         for start in range(0, len(texts), self.batch_size):
-            inputs = self.processor(text=list(texts[start : start + self.batch_size]),
-                                    images=list(images[start : start + self.batch_size]),
-                                    return_tensors="pt", padding=True)
+            inputs = self.processor(
+                text=list(texts[start : start + self.batch_size]),
+                images=list(images[start : start + self.batch_size]),
+                return_tensors="pt",
+                padding=True,
+            )
             inputs = {k: v.to(device) for k, v in inputs.items()}
             with torch.no_grad():
                 img = _features(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
-                txt = _features(self.model.get_text_features(
-                    input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")))
+                txt = _features(
+                    self.model.get_text_features(
+                        input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
+                    )
+                )
             cos = torch.nn.functional.cosine_similarity(img.float(), txt.float(), dim=-1)
             out.append((self.weight * cos.clamp_min(0)).cpu().double().numpy())
         return np.concatenate(out) if out else np.zeros(0)

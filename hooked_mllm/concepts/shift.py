@@ -253,8 +253,13 @@ def shift_improvement(
     a, s, b = U_a[m.index_x], U_s[m.index_x], U_b[m.index_y]
     dist = np.linalg.norm(b - a, axis=1) - np.linalg.norm(b - s, axis=1)
     cosg = _cos_rows(b, s) - _cos_rows(b, a)
-    return ShiftImprovement(matching=m, distance_gain=dist, cosine_gain=cosg, mean_distance_gain=float(dist.mean()),
-                            mean_cosine_gain=float(cosg.mean()))
+    return ShiftImprovement(
+        matching=m,
+        distance_gain=dist,
+        cosine_gain=cosg,
+        mean_distance_gain=float(dist.mean()),
+        mean_cosine_gain=float(cosg.mean()),
+    )
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -293,8 +298,12 @@ class ShiftResult:
             "consistency": [None if np.isnan(c) else float(c) for c in self.consistency],
             "mean_distance_gain": imp.mean_distance_gain if imp else None,
             "mean_cosine_gain": imp.mean_cosine_gain if imp else None,
-            "matching": None if imp is None else [[int(x), int(y), float(c)] for x, y, c in zip(
-                imp.matching.index_x, imp.matching.index_y, imp.matching.cosine)],
+            "matching": None
+            if imp is None
+            else [
+                [int(x), int(y), float(c)]
+                for x, y, c in zip(imp.matching.index_x, imp.matching.index_y, imp.matching.cosine)
+            ],
             "baselines": self.baselines,
         }
 
@@ -304,7 +313,9 @@ class ShiftResult:
         return shift_html(self)
 
 
-def align_ids(ids_a: Sequence[str], ids_b: Sequence[str]) -> tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"]]:
+def align_ids(
+    ids_a: Sequence[str], ids_b: Sequence[str]
+) -> tuple[Int[np.ndarray, " m"], Int[np.ndarray, " m"]]:
     """Row indices ``(ia, ib)`` of the ids present in both lists, in the order of ``ids_a``; O(n).
 
     Examples:
@@ -357,9 +368,14 @@ def shift_baselines(
         dist.append(r.mean_distance_gain)
         cos.append(r.mean_cosine_gain)
     return {
-        "global_mean_shift": {"mean_distance_gain": glob.mean_distance_gain,
-                              "mean_cosine_gain": glob.mean_cosine_gain},
-        "random_assignment": {"mean_distance_gain": float(np.mean(dist)), "mean_cosine_gain": float(np.mean(cos))},
+        "global_mean_shift": {
+            "mean_distance_gain": glob.mean_distance_gain,
+            "mean_cosine_gain": glob.mean_cosine_gain,
+        },
+        "random_assignment": {
+            "mean_distance_gain": float(np.mean(dist)),
+            "mean_cosine_gain": float(np.mean(cos)),
+        },
     }
 
 
@@ -411,7 +427,9 @@ def analyze_shift(
         U_b = np.asarray(_fitted_on(decomposer_b, B).components_, dtype=np.float64)
         improvement = shift_improvement(U_a, U_s, U_b, match_on)
         if baselines:
-            base = shift_baselines(A, B, U_a, U_b, assignment, alpha, reduce, match_on, random_state=random_state)
+            base = shift_baselines(
+                A, B, U_a, U_b, assignment, alpha, reduce, match_on, random_state=random_state
+            )
     return ShiftResult(
         concepts_a=U_a,
         activations_a=V_a,

@@ -56,7 +56,9 @@ def split_by(features: Any, labels: Sequence[Any], target: Any, source: Any) -> 
     mask_t = torch.tensor([label == target for label in labels])
     mask_s = torch.tensor([label == source for label in labels])
     if not mask_t.any() or not mask_s.any():
-        raise ValueError(f"No samples labelled {target!r} or {source!r} (labels seen: {sorted(set(map(str, labels)))})")
+        raise ValueError(
+            f"No samples labelled {target!r} or {source!r} (labels seen: {sorted(set(map(str, labels)))})"
+        )
     return mean_difference(z[mask_t], z[mask_s])
 
 
@@ -66,16 +68,40 @@ def concept_difference(components: Any, source: int, target: int) -> Float[Tenso
     return u[target] - u[source]
 
 
-def steering_hooks(vector: Tensor, layer: int, alpha: float = 1.0, schedule: Any = "all") -> list[tuple[str, Steer]]:
+def steering_hooks(
+    vector: Tensor, layer: int, alpha: float = 1.0, schedule: Any = "all"
+) -> list[tuple[str, Steer]]:
     """``fwd_hooks`` adding ``alpha * vector`` to ``blocks.{layer}.hook_resid_post``."""
     return [(f"blocks.{layer}.hook_resid_post", Steer(vector, alpha, schedule))]
 
 
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-            "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_NUMBERS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _ARTICLES = {"a", "an", "the"}
-_CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
-                 "wont": "won't", "didnt": "didn't", "im": "i'm", "ive": "i've", "thats": "that's"}
+_CONTRACTIONS = {
+    "dont": "don't",
+    "doesnt": "doesn't",
+    "isnt": "isn't",
+    "arent": "aren't",
+    "cant": "can't",
+    "wont": "won't",
+    "didnt": "didn't",
+    "im": "i'm",
+    "ive": "i've",
+    "thats": "that's",
+}
 _PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:]")
 
 
@@ -163,7 +189,9 @@ class SteeringReport:
         return steering_html(self)
 
 
-def _answers(model: HookedMLLM, samples: Sequence[Any], hooks: list, batch_size: int, max_new_tokens: int) -> list[str]:
+def _answers(
+    model: HookedMLLM, samples: Sequence[Any], hooks: list, batch_size: int, max_new_tokens: int
+) -> list[str]:
     out: list[str] = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
@@ -173,8 +201,15 @@ def _answers(model: HookedMLLM, samples: Sequence[Any], hooks: list, batch_size:
     return out
 
 
-def _report(targeted: Sequence[Any], others: Sequence[Any], target: str, before: list[str], after: list[str],
-            other_before: list[str], other_after: list[str]) -> SteeringReport:
+def _report(
+    targeted: Sequence[Any],
+    others: Sequence[Any],
+    target: str,
+    before: list[str],
+    after: list[str],
+    other_before: list[str],
+    other_after: list[str],
+) -> SteeringReport:
     want = normalize_answer(target)
 
     def accuracy(answers: list[str], rows: Sequence[Any]) -> float:
@@ -185,7 +220,10 @@ def _report(targeted: Sequence[Any], others: Sequence[Any], target: str, before:
     for kind in types:
         idx = [i for i, s in enumerate(others) if len(s) > 3 and str(s[3]) == kind]
         rows = [others[i] for i in idx]
-        by_type[kind] = (accuracy([other_before[i] for i in idx], rows), accuracy([other_after[i] for i in idx], rows))
+        by_type[kind] = (
+            accuracy([other_before[i] for i in idx], rows),
+            accuracy([other_after[i] for i in idx], rows),
+        )
     expected = [s[2] if isinstance(s[2], str) else "|".join(s[2]) for s in targeted]
     return SteeringReport(
         target_rate=float(np.mean([a == want for a in after])) if after else 0.0,
@@ -201,9 +239,19 @@ def _report(targeted: Sequence[Any], others: Sequence[Any], target: str, before:
     )
 
 
-def evaluate_steering(model: HookedMLLM, targeted: Sequence[tuple], others: Sequence[tuple], vector: Tensor, *,
-                      layer: int, alpha: float, target: str, schedule: Any = "all", batch_size: int = 16,
-                      max_new_tokens: int = 3) -> SteeringReport:
+def evaluate_steering(
+    model: HookedMLLM,
+    targeted: Sequence[tuple],
+    others: Sequence[tuple],
+    vector: Tensor,
+    *,
+    layer: int,
+    alpha: float,
+    target: str,
+    schedule: Any = "all",
+    batch_size: int = 16,
+    max_new_tokens: int = 3,
+) -> SteeringReport:
     """Steer ``targeted`` samples toward ``target`` and measure side effects on ``others``.
 
     Samples are ``(image, prompt, expected)`` or ``(image, prompt, expected, answer_type)``; ``expected``
@@ -223,10 +271,20 @@ def evaluate_steering(model: HookedMLLM, targeted: Sequence[tuple], others: Sequ
     return _report(targeted, others, target, before, after, other_before, other_after)
 
 
-def rank_steering_vectors(model: HookedMLLM, candidates: Mapping[str, Tensor], targeted: Sequence[tuple],
-                          others: Sequence[tuple], *, layer: int | Mapping[str, int], alpha: float, target: str,
-                          schedule: Any = "all", batch_size: int = 16, max_new_tokens: int = 3,
-                          side_effect_weight: float = 1.0) -> list[tuple[str, SteeringReport]]:
+def rank_steering_vectors(
+    model: HookedMLLM,
+    candidates: Mapping[str, Tensor],
+    targeted: Sequence[tuple],
+    others: Sequence[tuple],
+    *,
+    layer: int | Mapping[str, int],
+    alpha: float,
+    target: str,
+    schedule: Any = "all",
+    batch_size: int = 16,
+    max_new_tokens: int = 3,
+    side_effect_weight: float = 1.0,
+) -> list[tuple[str, SteeringReport]]:
     """Evaluate many candidate vectors on the same samples and rank them, best first.
 
     Score: ``target_rate - side_effect_weight * side_effect``. Unsteered answers are computed once.

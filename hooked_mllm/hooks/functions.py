@@ -56,8 +56,11 @@ class HookFunction:
             return slice(None)
         if hook.point.heads is None:
             raise ValueError(f"heads= needs a per-head hook point (attn.hook_q|k|v|z), not {hook.name}")
-        return torch.as_tensor([self.heads] if isinstance(self.heads, int) else self.heads) \
-            if not isinstance(self.heads, slice) else self.heads
+        return (
+            torch.as_tensor([self.heads] if isinstance(self.heads, int) else self.heads)
+            if not isinstance(self.heads, slice)
+            else self.heads
+        )
 
     def __call__(self, act: Tensor, hook: HookContext) -> Tensor | None:
         mask = self.mask(act, hook)
@@ -90,7 +93,9 @@ class CacheTo(HookFunction):
     ``store[name]``, so generated tokens are cached too.
     """
 
-    def __init__(self, store: dict, positions: Any = None, every_step: bool = False, device: Any = "cpu") -> None:
+    def __init__(
+        self, store: dict, positions: Any = None, every_step: bool = False, device: Any = "cpu"
+    ) -> None:
         super().__init__("everything" if positions is None else positions)
         self.keep_all = positions is None
         self.store, self.every_step, self.device = store, every_step, device
@@ -145,8 +150,10 @@ class PatchFrom(HookFunction):
             return None
         src = _source(self.source, hook).to(device=act.device, dtype=act.dtype)
         if src.shape[1:] != act.shape[1:]:
-            raise ValueError(f"PatchFrom on {hook.name}: source shape {tuple(src.shape)} does not match the "
-                             f"activation {tuple(act.shape)}; cache the source with positions=None.")
+            raise ValueError(
+                f"PatchFrom on {hook.name}: source shape {tuple(src.shape)} does not match the "
+                f"activation {tuple(act.shape)}; cache the source with positions=None."
+            )
         src = src.expand_as(act)
         out = act.clone()
         if self.heads is None:
@@ -169,8 +176,15 @@ class Ablate(HookFunction):
             or tensor from other inputs, drawn with ``generator``).
     """
 
-    def __init__(self, kind: str = "zero", positions: Any = "all", heads: Any = None, mean: Tensor | None = None,
-                 source: Any = None, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        kind: str = "zero",
+        positions: Any = "all",
+        heads: Any = None,
+        mean: Tensor | None = None,
+        source: Any = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
         if kind not in ("zero", "mean", "resample"):
             raise ValueError(f"Ablation kind must be 'zero', 'mean' or 'resample', not {kind!r}")
         if kind == "resample" and source is None:
@@ -209,7 +223,9 @@ def _unit(direction: Tensor) -> Tensor:
 class ProjectOut(HookFunction):
     """Remove the component along ``direction`` (``[d]``, or ``[k, d]`` orthonormalised: a subspace)."""
 
-    def __init__(self, direction: Float[Tensor, "*k d"], positions: Any = "everything", heads: Any = None) -> None:
+    def __init__(
+        self, direction: Float[Tensor, "*k d"], positions: Any = "everything", heads: Any = None
+    ) -> None:
         super().__init__(positions, heads)
         self.direction = direction
 
@@ -234,7 +250,9 @@ class SetComponent(HookFunction):
     another run).
     """
 
-    def __init__(self, direction: Float[Tensor, " d"], value: Any, positions: Any = "everything", heads: Any = None) -> None:
+    def __init__(
+        self, direction: Float[Tensor, " d"], value: Any, positions: Any = "everything", heads: Any = None
+    ) -> None:
         super().__init__(positions, heads)
         self.direction, self.value = direction, value
 
@@ -249,7 +267,11 @@ class SetComponent(HookFunction):
             target = _source(self.value, hook).to(act.device).float().expand_as(x) @ unit
         else:
             target = torch.as_tensor(self.value, dtype=torch.float32, device=act.device)
-            target = target.view(*target.shape, *([1] * (current.dim() - target.dim()))) if target.dim() else target
+            target = (
+                target.view(*target.shape, *([1] * (current.dim() - target.dim())))
+                if target.dim()
+                else target
+            )
         new = x + (target - current)[..., None] * unit
         out = torch.where(mask.view(*mask.shape, *([1] * (act.dim() - 2))), new, x)
         return out.to(act.dtype)
@@ -258,7 +280,9 @@ class SetComponent(HookFunction):
 class ScaleComponent(HookFunction):
     """Multiply the component along a unit ``direction`` by ``factor`` (0 removes it)."""
 
-    def __init__(self, direction: Float[Tensor, " d"], factor: float, positions: Any = "everything", heads: Any = None) -> None:
+    def __init__(
+        self, direction: Float[Tensor, " d"], factor: float, positions: Any = "everything", heads: Any = None
+    ) -> None:
         super().__init__(positions, heads)
         self.direction, self.factor = direction, factor
 
@@ -310,8 +334,10 @@ class Steer(HookFunction):
     def __init__(self, vector: Float[Tensor, "*batch d"], alpha: float = 1.0, schedule: Any = "all") -> None:
         selector = SCHEDULES.get(schedule, schedule) if isinstance(schedule, str) else schedule
         if isinstance(schedule, str) and schedule not in SCHEDULES:
-            raise ValueError(f"Unknown steering schedule {schedule!r}; use one of {', '.join(SCHEDULES)} "
-                             "or a position selector.")
+            raise ValueError(
+                f"Unknown steering schedule {schedule!r}; use one of {', '.join(SCHEDULES)} "
+                "or a position selector."
+            )
         super().__init__(selector)
         self.vector, self.alpha = vector, alpha
 

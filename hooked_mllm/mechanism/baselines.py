@@ -38,8 +38,15 @@ if TYPE_CHECKING:
     from ..model import HookedMLLM
 
 
-def _maps(batch: Any, row: int | None, image: int, method: str, label: str, tokens: list[str],
-          scores: Callable[[int, list[int]], Any]) -> LocationMap | list[LocationMap]:
+def _maps(
+    batch: Any,
+    row: int | None,
+    image: int,
+    method: str,
+    label: str,
+    tokens: list[str],
+    scores: Callable[[int, list[int]], Any],
+) -> LocationMap | list[LocationMap]:
     rows = range(len(batch)) if row is None else [row]
     out = []
     for b in rows:
@@ -56,8 +63,15 @@ def _tokens(model: HookedMLLM, ids: Tensor) -> list[str]:
     return tokenizer.convert_ids_to_tokens(ids.tolist())
 
 
-def attention_map(model: HookedMLLM, inputs: Any, *, layers: Any = None, row: int | None = 0, image: int = 0,
-                  target: Any = None) -> LocationMap | list[LocationMap]:
+def attention_map(
+    model: HookedMLLM,
+    inputs: Any,
+    *,
+    layers: Any = None,
+    row: int | None = 0,
+    image: int = 0,
+    target: Any = None,
+) -> LocationMap | list[LocationMap]:
     """Mean attention from ``T`` to each image position over ``layers`` (all) and every head.
 
     Examples:
@@ -67,8 +81,15 @@ def attention_map(model: HookedMLLM, inputs: Any, *, layers: Any = None, row: in
     chosen = _layer_list(layers, run.n_layers)
     mean = run.pattern[chosen].mean(dim=(0, 2))  # [batch, pos]
     label = "mean over heads" + ("" if layers is None else f", layers {chosen}")
-    return _maps(run.batch, row, image, "attention", label, run.target_tokens(),
-                 lambda b, pos: mean[b, pos].cpu().numpy())
+    return _maps(
+        run.batch,
+        row,
+        image,
+        "attention",
+        label,
+        run.target_tokens(),
+        lambda b, pos: mean[b, pos].cpu().numpy(),
+    )
 
 
 def _target_logits(model: HookedMLLM, logits: Tensor, batch: Any, target: Any) -> tuple[Tensor, Tensor]:
@@ -78,8 +99,9 @@ def _target_logits(model: HookedMLLM, logits: Tensor, batch: Any, target: Any) -
     return at_t.gather(1, ids.to(logits.device)[:, None]).sum(), ids
 
 
-def relevancy_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image: int = 0,
-                  target: Any = None) -> LocationMap | list[LocationMap]:
+def relevancy_map(
+    model: HookedMLLM, inputs: Any, *, row: int | None = 0, image: int = 0, target: Any = None
+) -> LocationMap | list[LocationMap]:
     """Attention x gradient relevancy (Chefer et al. 2021) from ``T`` to each image position.
 
     Examples:
@@ -99,29 +121,54 @@ def relevancy_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image:
             mixed = (grad * attn).clamp(min=0).mean(1).float()  # [batch, query, key]
             relevance = relevance + mixed @ relevance
     last = batch.last_positions()
-    return _maps(batch, row, image, "relevancy", "attention x gradient relevancy", _tokens(model, ids),
-                 lambda b, pos: relevance[b, int(last[b]), pos].cpu().numpy())
+    return _maps(
+        batch,
+        row,
+        image,
+        "relevancy",
+        "attention x gradient relevancy",
+        _tokens(model, ids),
+        lambda b, pos: relevance[b, int(last[b]), pos].cpu().numpy(),
+    )
 
 
-def gradient_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image: int = 0,
-                 target: Any = None) -> LocationMap | list[LocationMap]:
+def gradient_map(
+    model: HookedMLLM, inputs: Any, *, row: int | None = 0, image: int = 0, target: Any = None
+) -> LocationMap | list[LocationMap]:
     """Input x gradient of ``y``'s logit on the image-token embeddings (``blocks.0.hook_resid_pre``).
 
     Examples:
         >>> gradient_map(model, batch).peak()     # doctest: +SKIP
     """
     batch = model.to_batch(inputs)
-    logits, cache = model.run_with_cache(batch, names_filter="blocks.0.hook_resid_pre", device=None, grad=True)
+    logits, cache = model.run_with_cache(
+        batch, names_filter="blocks.0.hook_resid_pre", device=None, grad=True
+    )
     objective, ids = _target_logits(model, logits, batch, target)
     embed = cache["resid_pre", 0]
     (grad,) = torch.autograd.grad(objective, [embed])
     scores = (grad.float() * embed.detach().float()).sum(-1)
-    return _maps(batch, row, image, "input_x_gradient", "input x gradient on image embeddings",
-                 _tokens(model, ids), lambda b, pos: scores[b, pos].cpu().numpy())
+    return _maps(
+        batch,
+        row,
+        image,
+        "input_x_gradient",
+        "input x gradient on image embeddings",
+        _tokens(model, ids),
+        lambda b, pos: scores[b, pos].cpu().numpy(),
+    )
 
 
-def occlusion_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image: int = 0, target: Any = None,
-                  fill: float = 0.0, batch_size: int = 64) -> LocationMap | list[LocationMap]:
+def occlusion_map(
+    model: HookedMLLM,
+    inputs: Any,
+    *,
+    row: int | None = 0,
+    image: int = 0,
+    target: Any = None,
+    fill: float = 0.0,
+    batch_size: int = 64,
+) -> LocationMap | list[LocationMap]:
     """Drop in ``log p(y)`` at ``T`` when each grid cell's pixels are set to ``fill``.
 
     One forward per cell, ``batch_size`` occluded copies at a time.
@@ -133,9 +180,11 @@ def occlusion_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image:
     pixels = batch.inputs.get("pixel_values")
     if pixels is None or pixels.dim() != 4:
         shape = None if pixels is None else tuple(pixels.shape)
-        raise ValueError(f"occlusion_map needs pixel_values shaped [image, channel, height, width] with the "
-                         f"grid spanning each image; the {model.adapter.name!r} inputs have {shape}. Use "
-                         "image_locations, attention_map, relevancy_map or gradient_map instead.")
+        raise ValueError(
+            f"occlusion_map needs pixel_values shaped [image, channel, height, width] with the "
+            f"grid spanning each image; the {model.adapter.name!r} inputs have {shape}. Use "
+            "image_locations, attention_map, relevancy_map or gradient_map instead."
+        )
     with torch.no_grad():
         logits = model(batch)
     last = batch.last_positions().to(logits.device)
@@ -167,4 +216,6 @@ def occlusion_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image:
             drops.append(clean[b] - lp)
         return torch.cat(drops).cpu().numpy()
 
-    return _maps(batch, row, image, "occlusion", f"pixels set to {fill} per cell", _tokens(model, ids), scores)
+    return _maps(
+        batch, row, image, "occlusion", f"pixels set to {fill} per cell", _tokens(model, ids), scores
+    )

@@ -150,8 +150,13 @@ class MechanismRun:
         z = torch.einsum("bhp,bphd->bhd", attn, values)
         return self.post_attention(layer, torch.einsum("bhd,hdm->bhm", z, self._w_o(layer)))
 
-    def contributions(self, layer: int, heads: Sequence[int] | None = None, positions: Any = None,
-                      rows: Sequence[int] | None = None) -> Float[Tensor, "batch head pos d_model"]:
+    def contributions(
+        self,
+        layer: int,
+        heads: Sequence[int] | None = None,
+        positions: Any = None,
+        rows: Sequence[int] | None = None,
+    ) -> Float[Tensor, "batch head pos d_model"]:
         """``c[l, h, j]`` for ``layer``, the chosen heads, source positions and rows (all by default).
 
         Summed over every position and head (plus the output projection's bias, mapped the
@@ -160,8 +165,9 @@ class MechanismRun:
         index = None if rows is None else torch.as_tensor(list(rows), device=self.v.device)
         return self.post_attention(layer, self._raw(layer, heads, positions, index), index)
 
-    def post_attention(self, layer: int, x: Float[Tensor, "batch *rest d_model"],
-                       rows: Tensor | None = None) -> Float[Tensor, "batch *rest d_model"]:
+    def post_attention(
+        self, layer: int, x: Float[Tensor, "batch *rest d_model"], rows: Tensor | None = None
+    ) -> Float[Tensor, "batch *rest d_model"]:
         """Map parts of the attention output (``o_proj`` space) into the residual as the block does.
 
         Identity for plain pre-norm blocks. A post-attention norm (``BlockLayout.attn_out``)
@@ -179,8 +185,11 @@ class MechanismRun:
             bias = self._o_bias(layer)
             if bias is not None:
                 o_full = o_full + bias
-            eps = (getattr(norm, "variance_epsilon", None) or getattr(norm, "eps", None)
-                   or self.model.cfg.norm_eps)
+            eps = (
+                getattr(norm, "variance_epsilon", None)
+                or getattr(norm, "eps", None)
+                or self.model.cfg.norm_eps
+            )
             if block.norm == "layer":
                 x = x - x.mean(-1, keepdim=True)
                 scale = (o_full.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
@@ -218,16 +227,23 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
     batch = model.to_batch(inputs)
     n_layers = model.cfg.n_layers
     if model.adapter.cross_layers(model.hf_model.config):
-        raise ValueError(f"The {model.adapter.name!r} architecture reads images through cross-attention layers; "
-                         "the per-head decomposition over image positions does not apply to it.")
+        raise ValueError(
+            f"The {model.adapter.name!r} architecture reads images through cross-attention layers; "
+            "the per-head decomposition over image positions does not apply to it."
+        )
     names = set(model.hook_names("lm"))
     needed = [f"blocks.{l}.attn.hook_{x}" for l in range(n_layers) for x in ("v", "pattern")]
     missing = [n for n in needed if n not in names]
     if missing:
-        raise ValueError(f"The {model.adapter.name!r} adapter offers no {missing[0]} (fused QKV projection or a "
-                         "fused attention kernel), so per-head contributions cannot be computed for it.")
-    cached = [f"blocks.{l}.{x}" for l in range(n_layers)
-              for x in ("attn.hook_pattern", "hook_resid_pre", "hook_attn_out", "hook_mlp_out")]
+        raise ValueError(
+            f"The {model.adapter.name!r} adapter offers no {missing[0]} (fused QKV projection or a "
+            "fused attention kernel), so per-head contributions cannot be computed for it."
+        )
+    cached = [
+        f"blocks.{l}.{x}"
+        for l in range(n_layers)
+        for x in ("attn.hook_pattern", "hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+    ]
     cached.append(f"blocks.{n_layers - 1}.hook_resid_post")
     values: dict[int, Tensor] = {}
 
@@ -240,9 +256,14 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
         # only T's logits are read, and they are recomputed below from the final residual:
         # skip the LM head over every other position
         run_batch = replace(batch, inputs={**batch.inputs, "logits_to_keep": 1})
-    _, cache = model.run_with_cache(run_batch, names_filter=cached, positions="last", device=None,
-                                    dtype=torch.float32,
-                                    fwd_hooks=[([f"blocks.{l}.attn.hook_v" for l in range(n_layers)], keep_v)])
+    _, cache = model.run_with_cache(
+        run_batch,
+        names_filter=cached,
+        positions="last",
+        device=None,
+        dtype=torch.float32,
+        fwd_hooks=[([f"blocks.{l}.attn.hook_v" for l in range(n_layers)], keep_v)],
+    )
     last = batch.last_positions()
     final = cache["resid_post", n_layers - 1][:, 0]
     final_logits = logit_lens(model, final).float()  # the model's logits at T (final norm, head, soft cap)
@@ -265,14 +286,18 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
     )
 
 
-def resolve_target(model: HookedMLLM, target: Any,
-                   logits: Float[Tensor, "batch d_vocab"]) -> Int[Tensor, " batch"]:
+def resolve_target(
+    model: HookedMLLM, target: Any, logits: Float[Tensor, "batch d_vocab"]
+) -> Int[Tensor, " batch"]:
     """Per-row target ids: the argmax of ``logits`` for None, else the given id(s) or one-token string(s)."""
     n = logits.shape[0]
     if target is None:
         return logits.argmax(-1).cpu()
-    items = list(target) if isinstance(target, (list, tuple)) or (isinstance(target, Tensor) and target.dim()) \
+    items = (
+        list(target)
+        if isinstance(target, (list, tuple)) or (isinstance(target, Tensor) and target.dim())
         else [target] * n
+    )
     if len(items) != n:
         raise ValueError(f"Got {len(items)} targets for a batch of {n} rows; give one, or one per row.")
     ids = []

@@ -62,8 +62,13 @@ class PositionExplanation:
 
     def table(self, k: int = 3) -> str:
         """A markdown table: one row per position, the top ``k`` tokens of each part."""
-        head = "| position | cell | token | " + " | ".join(
-            f"L{self.layer}H{self.head} -> T" if p == "head" else f"L{self.layer} {p}" for p in PARTS) + " |"
+        head = (
+            "| position | cell | token | "
+            + " | ".join(
+                f"L{self.layer}H{self.head} -> T" if p == "head" else f"L{self.layer} {p}" for p in PARTS
+            )
+            + " |"
+        )
         lines = [head, "|" + "---|" * (3 + len(PARTS))]
         for entry in self.positions:
             cells = [", ".join(f"{t} {p:.2f}" for t, p in entry.parts[part][:k]) for part in PARTS]
@@ -76,9 +81,18 @@ def _single_row(model: HookedMLLM, inputs: Any, row: int) -> Any:
     return batch if len(batch) == 1 else batch.row(row)
 
 
-def explain_positions(model: HookedMLLM, inputs: Any, positions: Sequence[Any], *, layer: int,
-                      head: int | None = None, row: int = 0, image: int = 0, k: int = 5,
-                      target: Any = None) -> PositionExplanation:
+def explain_positions(
+    model: HookedMLLM,
+    inputs: Any,
+    positions: Sequence[Any],
+    *,
+    layer: int,
+    head: int | None = None,
+    row: int = 0,
+    image: int = 0,
+    k: int = 5,
+    target: Any = None,
+) -> PositionExplanation:
     """The logit lens of what sits at chosen image positions and of what they send to ``T``.
 
     Args:
@@ -105,21 +119,29 @@ def explain_positions(model: HookedMLLM, inputs: Any, positions: Sequence[Any], 
             seq.append(cells[r * cols + c])
         else:
             seq.append(int(p))
-    run = capture(model, single, None if target is None else [target] if not isinstance(target, (list, tuple))
-                  else target)
+    run = capture(
+        model,
+        single,
+        None if target is None else [target] if not isinstance(target, (list, tuple)) else target,
+    )
     if head is None:
         head = head_scores(model, run).top(1, layers=[layer])[0][1]
     last = model.cfg.n_layers - 1
-    names = [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out",
-             f"blocks.{last}.hook_resid_post"]
+    names = [
+        f"blocks.{layer}.hook_resid_pre",
+        f"blocks.{layer}.hook_attn_out",
+        f"blocks.{layer}.hook_mlp_out",
+        f"blocks.{last}.hook_resid_post",
+    ]
     _, cache = model.run_with_cache(single, names_filter=names, positions=seq)
     final = cache["resid_post", last][0]
     readouts = {
         "resid_pre": logit_lens(model, cache["resid_pre", layer][0]),
         "attn_out": logit_lens(model, cache["attn_out", layer][0], scale_from=final),
         "mlp_out": logit_lens(model, cache["mlp_out", layer][0], scale_from=final),
-        "head": logit_lens(model, run.contributions(layer, heads=[head], positions=seq)[0, 0],
-                           scale_from=run.final[0]),
+        "head": logit_lens(
+            model, run.contributions(layer, heads=[head], positions=seq)[0, 0], scale_from=run.final[0]
+        ),
     }
     tokens = single.tokens[0] if single.tokens is not None else None
     entries = []
@@ -152,22 +174,40 @@ class LensMap:
     def map(self, token: str, layer: int = -1) -> LocationMap:
         """The probability of ``token`` per cell at ``layer`` (an index into :attr:`layers`) as a map."""
         if token not in self.token_probs:
-            raise ValueError(f"{token!r} was not requested; logit_lens_map(..., tokens=[{token!r}]) keeps it. "
-                             f"Kept: {sorted(self.token_probs)}.")
+            raise ValueError(
+                f"{token!r} was not requested; logit_lens_map(..., tokens=[{token!r}]) keeps it. "
+                f"Kept: {sorted(self.token_probs)}."
+            )
         label = f"p({token}) at layer {self.layers[layer]}"
-        return LocationMap(values=self.token_probs[token][layer], method="logit_lens", label=label,
-                           positions=self.positions, target=token)
+        return LocationMap(
+            values=self.token_probs[token][layer],
+            method="logit_lens",
+            label=label,
+            positions=self.positions,
+            target=token,
+        )
 
     def table(self, layer: int = -1) -> str:
         """The top tokens of one layer as a markdown grid."""
         grid = self.tokens[layer]
-        lines = ["| " + " | ".join(f"c{c}" for c in range(grid.shape[1])) + " |", "|" + "---|" * grid.shape[1]]
+        lines = [
+            "| " + " | ".join(f"c{c}" for c in range(grid.shape[1])) + " |",
+            "|" + "---|" * grid.shape[1],
+        ]
         lines += ["| " + " | ".join(str(t) for t in grid[r]) + " |" for r in range(grid.shape[0])]
         return "\n".join(lines)
 
 
-def logit_lens_map(model: HookedMLLM, inputs: Any, *, row: int = 0, image: int = 0, layers: Any = None,
-                   tokens: Sequence[str] | None = None, frozen: bool = False) -> LensMap:
+def logit_lens_map(
+    model: HookedMLLM,
+    inputs: Any,
+    *,
+    row: int = 0,
+    image: int = 0,
+    layers: Any = None,
+    tokens: Sequence[str] | None = None,
+    frozen: bool = False,
+) -> LensMap:
     """The logit lens of every cell of one image after every layer (top token per cell per layer).
 
     Args:
@@ -197,7 +237,9 @@ def logit_lens_map(model: HookedMLLM, inputs: Any, *, row: int = 0, image: int =
     tokenizer = getattr(model.processor, "tokenizer", None)
 
     def names_of(id_list: list[int]) -> list[str]:
-        return tokenizer.convert_ids_to_tokens(id_list) if tokenizer is not None else [str(i) for i in id_list]
+        return (
+            tokenizer.convert_ids_to_tokens(id_list) if tokenizer is not None else [str(i) for i in id_list]
+        )
 
     frozen_ref = cache["resid_post", last][0] if frozen else None
     top_names, top_probs, kept = [], [], {name: [] for name in names_of(ids.tolist())}
@@ -209,12 +251,25 @@ def logit_lens_map(model: HookedMLLM, inputs: Any, *, row: int = 0, image: int =
         top_probs.append(value.numpy().reshape(rows, cols))
         for name, i in zip(kept, ids.tolist()):
             kept[name].append(probs[:, i].numpy().reshape(rows, cols))
-    return LensMap(layers=tuple(chosen), tokens=np.stack(top_names), probs=np.stack(top_probs),
-                   token_probs={name: np.stack(v) for name, v in kept.items()}, positions=tuple(span.token_positions))
+    return LensMap(
+        layers=tuple(chosen),
+        tokens=np.stack(top_names),
+        probs=np.stack(top_probs),
+        token_probs={name: np.stack(v) for name, v in kept.items()},
+        positions=tuple(span.token_positions),
+    )
 
 
-def lens_location_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, image: int = 0, layer: int = -1,
-                      frozen: bool = False, target: Any = None) -> LocationMap | list[LocationMap]:
+def lens_location_map(
+    model: HookedMLLM,
+    inputs: Any,
+    *,
+    row: int | None = 0,
+    image: int = 0,
+    layer: int = -1,
+    frozen: bool = False,
+    target: Any = None,
+) -> LocationMap | list[LocationMap]:
     """The probability of the explained token per cell at one layer's output, as a location map.
 
     One forward for every row (``row=None``: a list of maps). ``target`` as in
@@ -238,6 +293,8 @@ def lens_location_map(model: HookedMLLM, inputs: Any, *, row: int | None = 0, im
         resid = cache["resid_post", layer][b, where]
         ref = cache["resid_post", last][b, where] if frozen else None
         probs = logit_lens(model, resid, scale_from=ref).float().softmax(-1)[:, int(ids[b])].cpu()
-        token = tokenizer.convert_ids_to_tokens([int(ids[b])])[0] if tokenizer is not None else str(int(ids[b]))
+        token = (
+            tokenizer.convert_ids_to_tokens([int(ids[b])])[0] if tokenizer is not None else str(int(ids[b]))
+        )
         maps.append(to_map(probs.numpy(), span, image, "logit_lens", f"p({token}) at layer {layer}", token))
     return maps if row is None else maps[0]

@@ -70,8 +70,16 @@ class LocationMap:
         """The map min-max normalised to ``[0, 1]`` (all zeros where it is constant)."""
         lo, hi = float(self.values.min()), float(self.values.max())
         values = (self.values - lo) / (hi - lo) if hi > lo else np.zeros_like(self.values)
-        return LocationMap(values=values, method=self.method, label=self.label, row=self.row, image=self.image,
-                           positions=self.positions, target=self.target, extra=dict(self.extra))
+        return LocationMap(
+            values=values,
+            method=self.method,
+            label=self.label,
+            row=self.row,
+            image=self.image,
+            positions=self.positions,
+            target=self.target,
+            extra=dict(self.extra),
+        )
 
     def peak(self) -> tuple[int, int]:
         """``(row, col)`` of the highest score (the first one on ties)."""
@@ -122,9 +130,11 @@ class LocationMap:
         data = base64.b64encode(self._repr_png_bytes()).decode("ascii")
         rows, cols = self.shape
         caption = f"{self.method}: {self.label} ({rows}x{cols}, peak {self.peak()})"
-        return (f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,{data}" '
-                f'style="image-rendering:auto"/><figcaption style="font-size:small">{_escape(caption)}'
-                "</figcaption></figure>")
+        return (
+            f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,{data}" '
+            f'style="image-rendering:auto"/><figcaption style="font-size:small">{_escape(caption)}'
+            "</figcaption></figure>"
+        )
 
     def __repr__(self) -> str:
         rows, cols = self.shape
@@ -150,12 +160,14 @@ def grid_span(batch: MultimodalBatch, row: int, image: int) -> ImageSpan:
             f"Image {image} of row {row} has {span.n_tokens} image tokens that form no patch grid (resampled "
             "latents, or anyres tiles whose tokens do not match image_sizes), so a location map cannot be laid "
             "out. Head and layer scores still work; maps need a family with a grid (LLaVA, Qwen2-VL, Gemma 3, "
-            "PaliGemma, Idefics3 tiles, LLaVA-NeXT views...).")
+            "PaliGemma, Idefics3 tiles, LLaVA-NeXT views...)."
+        )
     return span
 
 
-def to_map(scores: Any, span: ImageSpan, image: int, method: str, label: str, target: str | None = None,
-           **extra: Any) -> LocationMap:
+def to_map(
+    scores: Any, span: ImageSpan, image: int, method: str, label: str, target: str | None = None, **extra: Any
+) -> LocationMap:
     """A :class:`LocationMap` from ``[n_tokens]`` scores in the span's token order.
 
     ``image`` is the span's index among its row's images.
@@ -164,5 +176,13 @@ def to_map(scores: Any, span: ImageSpan, image: int, method: str, label: str, ta
     rows, cols = span.grid  # type: ignore[misc]
     if values.shape[0] != rows * cols:
         raise ValueError(f"Got {values.shape[0]} scores for a {rows}x{cols} grid.")
-    return LocationMap(values=values.reshape(rows, cols), method=method, label=label, row=span.row, image=image,
-                       positions=tuple(span.token_positions), target=target, extra=dict(extra))
+    return LocationMap(
+        values=values.reshape(rows, cols),
+        method=method,
+        label=label,
+        row=span.row,
+        image=image,
+        positions=tuple(span.token_positions),
+        target=target,
+        extra=dict(extra),
+    )

@@ -127,8 +127,10 @@ class PointingResult:
     def table(self) -> str:
         """A markdown table: one row per method and the two chance levels, columns per question type."""
         qtypes = sorted({q for d in self.by_qtype.values() for q in d}, key=OBJECT_QTYPES.index)
-        lines = ["| method | pointing accuracy | " + " | ".join(qtypes) + " |",
-                 "|---|---|" + "---|" * len(qtypes)]
+        lines = [
+            "| method | pointing accuracy | " + " | ".join(qtypes) + " |",
+            "|---|---|" + "---|" * len(qtypes),
+        ]
         for name, acc in self.accuracy.items():
             per = " | ".join(f"{self.by_qtype[name].get(q, float('nan')):.2f}" for q in qtypes)
             lines.append(f"| {name}: {DESCRIPTIONS.get(name, name)} | {acc:.2f} | {per} |")
@@ -156,9 +158,16 @@ def asked_object(scene: Scene, qa: QA) -> SceneObject | None:
     return matches[0] if len(matches) == 1 else None
 
 
-def pointing_game(model: HookedMLLM, scenes: Sequence[Scene], *, methods: Sequence[str] | None = None,
-                  qtypes: Sequence[str] = OBJECT_QTYPES, batch_size: int = 16, progress: bool = False,
-                  world_seed: int | None = None) -> PointingResult:
+def pointing_game(
+    model: HookedMLLM,
+    scenes: Sequence[Scene],
+    *,
+    methods: Sequence[str] | None = None,
+    qtypes: Sequence[str] = OBJECT_QTYPES,
+    batch_size: int = 16,
+    progress: bool = False,
+    world_seed: int | None = None,
+) -> PointingResult:
     """Play the pointing game with every method over the object questions of ``scenes``.
 
     Args:
@@ -178,8 +187,14 @@ def pointing_game(model: HookedMLLM, scenes: Sequence[Scene], *, methods: Sequen
     unknown = [n for n in names if n not in METHODS]
     if unknown:
         raise ValueError(f"Unknown pointing methods {unknown}; known: {list(METHODS)}.")
-    items = [(scene, qa, obj) for scene in scenes for qa in scene.questions if qa.qtype in qtypes
-             for obj in [asked_object(scene, qa)] if obj is not None]
+    items = [
+        (scene, qa, obj)
+        for scene in scenes
+        for qa in scene.questions
+        if qa.qtype in qtypes
+        for obj in [asked_object(scene, qa)]
+        if obj is not None
+    ]
     if not items:
         raise ValueError("No question about one object among these scenes and question types.")
     tokenizer = model.processor.tokenizer
@@ -188,7 +203,9 @@ def pointing_game(model: HookedMLLM, scenes: Sequence[Scene], *, methods: Sequen
     chunks = range(0, len(items), batch_size)
     for start in tqdm(chunks, desc="pointing game", disable=not progress):
         chunk = items[start : start + batch_size]
-        batch = model.prepare(images=[s.image for s, _, _ in chunk], prompts=[qa.question for _, qa, _ in chunk])
+        batch = model.prepare(
+            images=[s.image for s, _, _ in chunk], prompts=[qa.question for _, qa, _ in chunk]
+        )
         run = capture(model, batch)
         answers = [tokenizer.encode(qa.answer, add_special_tokens=False)[0] for _, qa, _ in chunk]
         correct += [int(t) == a for t, a in zip(run.target.tolist(), answers)]
@@ -196,12 +213,19 @@ def pointing_game(model: HookedMLLM, scenes: Sequence[Scene], *, methods: Sequen
             maps = METHODS[name](model, run)
             for m, (_, _, obj) in zip(maps, chunk):
                 if m.values.size != 36:
-                    raise ValueError(f"The pointing game needs the toy's 6 x 6 image grid; {name} gave "
-                                     f"{m.shape}.")
+                    raise ValueError(
+                        f"The pointing game needs the toy's 6 x 6 image grid; {name} gave {m.shape}."
+                    )
                 hits[name].append(m.peak_index() in obj.patch_indices)
     qtype_of = [qa.qtype for _, qa, _ in items]
-    by_qtype = {n: {q: float(np.mean([h for h, t in zip(hits[n], qtype_of) if t == q]))
-                    for q in qtypes if q in qtype_of} for n in names}
+    by_qtype = {
+        n: {
+            q: float(np.mean([h for h, t in zip(hits[n], qtype_of) if t == q]))
+            for q in qtypes
+            if q in qtype_of
+        }
+        for n in names
+    }
     return PointingResult(
         accuracy={n: float(np.mean(hits[n])) for n in names},
         by_qtype=by_qtype,
@@ -221,12 +245,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .. import toy
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="toy-llava", help="a toy checkpoint name or a checkpoint directory")
+    parser.add_argument(
+        "--model", default="toy-llava", help="a toy checkpoint name or a checkpoint directory"
+    )
     parser.add_argument("--scenes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=7, help="world seed (below 10,000: unseen in training)")
     parser.add_argument("--methods", nargs="*", default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 is fastest on a busy machine)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy machine)"
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         import torch
@@ -238,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = toy.load(args.model) if args.model in toy.CHECKPOINTS else HookedMLLM.from_pretrained(args.model)
     scenes = toy.World(seed=args.seed).sample(args.scenes)
     result = pointing_game(model, scenes, methods=args.methods, progress=True, world_seed=args.seed)
-    sys.stdout.write(f"{result.n_questions} questions from {result.n_scenes} scenes of world seed {args.seed}; "
-                     f"model answers {result.model_accuracy:.2f} of them right (first token)\n\n")
+    sys.stdout.write(
+        f"{result.n_questions} questions from {result.n_scenes} scenes of world seed {args.seed}; "
+        f"model answers {result.model_accuracy:.2f} of them right (first token)\n\n"
+    )
     sys.stdout.write(result.table() + "\n")
     return 0

@@ -88,15 +88,20 @@ def _layer_list(layers: Any, n_layers: int) -> list[int]:
         return list(range(n_layers))
     if isinstance(layers, int):
         layers = [layers]
-    out = sorted({l if l >= 0 else n_layers + l for l in (range(n_layers)[layers] if isinstance(layers, slice)
-                                                         else layers)})
+    out = sorted(
+        {
+            l if l >= 0 else n_layers + l
+            for l in (range(n_layers)[layers] if isinstance(layers, slice) else layers)
+        }
+    )
     if not out or out[0] < 0 or out[-1] >= n_layers:
         raise ValueError(f"layers must name layers in 0..{n_layers - 1}, got {layers!r}.")
     return out
 
 
-def head_contributions(model: HookedMLLM, inputs: Any, *, layers: Any = None, positions: Any = None,
-                       target: Any = None) -> Float[Tensor, "layer head batch pos d_model"]:
+def head_contributions(
+    model: HookedMLLM, inputs: Any, *, layers: Any = None, positions: Any = None, target: Any = None
+) -> Float[Tensor, "layer head batch pos d_model"]:
     """The per-head per-source-position contributions to the residual at each row's last position.
 
     ``c[l, h, b, j] = attn[l, h, T, j] * v[l, j, kv(h)] @ W_O[l, h]`` (mapped through a
@@ -154,8 +159,9 @@ def layer_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> Layer
     return LayerScores(torch.stack(attn).cpu(), torch.stack(mlp).cpu(), run.target)
 
 
-def _choose_heads(run: MechanismRun, scores: HeadScores | None, heads: Heads, layers: Any,
-                  row: int) -> list[tuple[int, int]]:
+def _choose_heads(
+    run: MechanismRun, scores: HeadScores | None, heads: Heads, layers: Any, row: int
+) -> list[tuple[int, int]]:
     allowed = _layer_list(layers, run.n_layers)
     if isinstance(heads, str) and heads == "all":
         return [(l, h) for l in allowed for h in range(run.n_heads)]
@@ -164,20 +170,28 @@ def _choose_heads(run: MechanismRun, scores: HeadScores | None, heads: Heads, la
     if isinstance(heads, int) and not isinstance(heads, bool):
         assert scores is not None
         return scores.top(heads, row=row, layers=allowed)
-    pairs = isinstance(heads, (list, tuple)) and heads and all(isinstance(p, (list, tuple)) and len(p) == 2
-                                                               for p in heads)
+    pairs = (
+        isinstance(heads, (list, tuple))
+        and heads
+        and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in heads)
+    )
     if pairs:
         chosen = [(int(l) % run.n_layers, int(h)) for l, h in heads]
         bad = [(l, h) for l, h in chosen if not 0 <= h < run.n_heads]
         if bad:
-            raise ValueError(f"Head index out of range in {bad}; the model has {run.n_heads} heads per layer.")
+            raise ValueError(
+                f"Head index out of range in {bad}; the model has {run.n_heads} heads per layer."
+            )
         return chosen
-    raise ValueError(f"heads must be 'top', 'all', a number k of top heads, or a list of (layer, head) pairs; "
-                     f"got {heads!r}.")
+    raise ValueError(
+        f"heads must be 'top', 'all', a number k of top heads, or a list of (layer, head) pairs; "
+        f"got {heads!r}."
+    )
 
 
-def head_location_scores(run: MechanismRun, row: int, heads: Sequence[tuple[int, int]],
-                         positions: Sequence[int]) -> Float[Tensor, " pos"]:
+def head_location_scores(
+    run: MechanismRun, row: int, heads: Sequence[tuple[int, int]], positions: Sequence[int]
+) -> Float[Tensor, " pos"]:
     """``sum over heads of lp(x_l + c[l, h, j]) - lp(x_l)`` at the given source positions of one row."""
     total = torch.zeros(len(positions), device=run.v.device)
     by_layer: dict[int, list[int]] = {}
@@ -190,8 +204,16 @@ def head_location_scores(run: MechanismRun, row: int, heads: Sequence[tuple[int,
     return total
 
 
-def image_locations(model: HookedMLLM, inputs: Any, *, heads: Heads = "top", layers: Any = None,
-                    row: int | None = 0, image: int = 0, target: Any = None) -> LocationMap | list[LocationMap]:
+def image_locations(
+    model: HookedMLLM,
+    inputs: Any,
+    *,
+    heads: Heads = "top",
+    layers: Any = None,
+    row: int | None = 0,
+    image: int = 0,
+    target: Any = None,
+) -> LocationMap | list[LocationMap]:
     """Which image locations the chosen heads carry to the answer: the paper's map, one forward.
 
     ``s_j = lp(x_l(T) + c[l, h, j]) - lp(x_l(T))`` over the positions of one image, laid out
@@ -223,7 +245,7 @@ def image_locations(model: HookedMLLM, inputs: Any, *, heads: Heads = "top", lay
         span = grid_span(run.batch, b, image)
         chosen = _choose_heads(run, scores, heads, layers, b)
         values = head_location_scores(run, b, chosen, list(span.token_positions))
-        label = ("all heads" if heads == "all" else ", ".join(f"L{l}H{h}" for l, h in chosen))
+        label = "all heads" if heads == "all" else ", ".join(f"L{l}H{h}" for l, h in chosen)
         if layers is not None:
             label += f" (layers {_layer_list(layers, run.n_layers)})"
         maps.append(to_map(values.cpu().numpy(), span, image, "heads", label, tokens[b], heads=chosen))

@@ -26,8 +26,14 @@ from .gemma import GEMMA3_SPECIALS, tiny_gemma3, tiny_paligemma
 from .idefics import IDEFICS3_SPECIALS, IDEFICS_SPECIALS, tiny_idefics2, tiny_idefics3, tiny_smolvlm
 from .llava import tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_processor
 from .molmo2 import MOLMO2_IMAGE_TOKENS, MOLMO2_SPECIALS, molmo2_image_processor, tiny_molmo2
-from .others import (INTERNVL_SPECIALS, PIXTRAL_SPECIALS, tiny_internvl, tiny_mistral3, tiny_mllama,
-                     tiny_pixtral)
+from .others import (
+    INTERNVL_SPECIALS,
+    PIXTRAL_SPECIALS,
+    tiny_internvl,
+    tiny_mistral3,
+    tiny_mllama,
+    tiny_pixtral,
+)
 from .qwen import QWEN_SPECIALS, tiny_qwen2_vl, tiny_qwen2_vl_processor, tiny_qwen3_vl
 
 __all__ = [

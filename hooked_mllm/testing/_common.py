@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-WORDS = ("what color is the circle square triangle red green blue yellow purple how many objects "
-         "where left right top bottom yes no a an and of there one two three describe image picture "
-         "USER ASSISTANT : ? . , hello world").split()
+WORDS = (
+    "what color is the circle square triangle red green blue yellow purple how many objects "
+    "where left right top bottom yes no a an and of there one two three describe image picture "
+    "USER ASSISTANT : ? . , hello world"
+).split()
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'user' %}USER : "
@@ -39,8 +41,14 @@ def tiny_tokenizer():
     vocab = {tok: i for i, tok in enumerate(SPECIALS + list(dict.fromkeys(WORDS)))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
     return tok
 
 
@@ -67,17 +75,27 @@ def word_tokenizer(specials: list[str], **special_tokens: str):
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(base + specials + list(WORDS)))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", extra_special_tokens=special_tokens)
-    tok.add_special_tokens({"additional_special_tokens": [s for s in specials if s not in special_tokens.values()]})
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        extra_special_tokens=special_tokens,
+    )
+    tok.add_special_tokens(
+        {"additional_special_tokens": [s for s in specials if s not in special_tokens.values()]}
+    )
     return tok
 
 
 def _chat_template(image: str) -> str:
-    return ("{% for message in messages %}{% if message['role'] == 'user' %}USER : "
-            "{% for item in message['content'] %}{% if item['type'] == 'image' %}" + image + " "
-            "{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
-            "{% if add_generation_prompt %} ASSISTANT :{% endif %}")
+    return (
+        "{% for message in messages %}{% if message['role'] == 'user' %}USER : "
+        "{% for item in message['content'] %}{% if item['type'] == 'image' %}" + image + " "
+        "{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %} ASSISTANT :{% endif %}"
+    )
 
 
 def _build(model_cls, config, tok, seed: int, attn_implementation: str | None):
@@ -93,10 +111,18 @@ def _build(model_cls, config, tok, seed: int, attn_implementation: str | None):
 
 
 def _text_kwargs(tok, d_model: int, n_layers: int, n_heads: int) -> dict:
-    return dict(hidden_size=d_model, intermediate_size=2 * d_model, num_hidden_layers=n_layers,
-                num_attention_heads=n_heads, num_key_value_heads=max(1, n_heads // 2), vocab_size=len(tok),
-                max_position_embeddings=512, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id)
+    return dict(
+        hidden_size=d_model,
+        intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=max(1, n_heads // 2),
+        vocab_size=len(tok),
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
 
 
 def _without_video(processor_cls):

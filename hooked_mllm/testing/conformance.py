@@ -24,7 +24,9 @@ import torch
 STYLES = ("returned", "in_place")
 
 
-def unreached_writes(model: Any, batch: Any, names: list[str] | None = None, seed: int = 0) -> dict[str, list[str]]:
+def unreached_writes(
+    model: Any, batch: Any, names: list[str] | None = None, seed: int = 0
+) -> dict[str, list[str]]:
     """The writable hook points whose writes do not reach the logits, per write style.
 
     Args:
@@ -74,9 +76,12 @@ def _unreached(model: Any, batch: Any, names: list[str], style: str, seed: int) 
         if inputs and len(inputs) < len(names):  # also read by something outside the blocks
             rest = [n for n in names if n not in inputs]
             return [n for n in inputs if not _changes_output(model, batch, n, seed)] + _unreached(
-                model, batch, rest, style, seed)
+                model, batch, rest, style, seed
+            )
         half = len(names) // 2
-        return _unreached(model, batch, names[:half], style, seed) + _unreached(model, batch, names[half:], style, seed)
+        return _unreached(model, batch, names[:half], style, seed) + _unreached(
+            model, batch, names[half:], style, seed
+        )
     return [n for n in names if n not in deltas or deltas[n].grad is None or not bool(deltas[n].grad.any())]
 
 
@@ -101,12 +106,14 @@ def read_only_refusals(model: Any, batch: Any) -> dict[str, list[str]]:
     seen: dict[str, str] = {}
     for point in model.hook_points:
         if not point.writable:
-            kind = point.read_only or (point.name.replace(f".{point.layer}.", ".{l}.", 1)
-                                       if point.layer is not None else point.name)
+            kind = point.read_only or (
+                point.name.replace(f".{point.layer}.", ".{l}.", 1) if point.layer is not None else point.name
+            )
             seen.setdefault(kind, point.name)
     out: dict[str, list[str]] = {style: [] for style in STYLES}
     for name in seen.values():
         for style in STYLES:
+
             def write(act: torch.Tensor, hook: Any, style: str = style) -> torch.Tensor | None:
                 if style == "returned":
                     return act + 1

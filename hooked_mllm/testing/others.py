@@ -19,8 +19,15 @@ from ._common import _chat_template, _build, _text_kwargs, _without_video, word_
 INTERNVL_SPECIALS = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 
 
-def tiny_internvl(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 64,
-                  tile: int = 16, patch_size: int = 2, max_tiles: int = 4):
+def tiny_internvl(
+    seed: int = 0,
+    attn_implementation: str | None = None,
+    n_layers: int = 2,
+    d_model: int = 64,
+    tile: int = 16,
+    patch_size: int = 2,
+    max_tiles: int = 4,
+):
     """A tiny random InternVL (shrunk from OpenGVLab/InternVL3-1B-hf: InternViT tower with layer
     scale, pixel shuffle by 0.5 and an MLP projector, Qwen2 LM) and its processor, with tiling on
     (``crop_to_patches``: up to ``max_tiles`` tiles of ``tile`` px plus a thumbnail).
@@ -30,19 +37,41 @@ def tiny_internvl(seed: int = 0, attn_implementation: str | None = None, n_layer
     import transformers as tf
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
 
-    tok = word_tokenizer(INTERNVL_SPECIALS, start_image_token="<img>", end_image_token="</img>",
-                         context_image_token="<IMG_CONTEXT>", video_token="<video>")
+    tok = word_tokenizer(
+        INTERNVL_SPECIALS,
+        start_image_token="<img>",
+        end_image_token="</img>",
+        context_image_token="<IMG_CONTEXT>",
+        video_token="<video>",
+    )
     n_tokens = (tile // patch_size) ** 2 // 4
-    image_processor = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
-                                               min_patches=1, max_patches=max_tiles)
-    processor = _without_video(tf.InternVLProcessor)(image_processor=image_processor, tokenizer=tok,
-                                                      video_processor=None, image_seq_length=n_tokens,
-                                                      chat_template=_chat_template("<IMG_CONTEXT>"))
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=[tile, tile], patch_size=[patch_size, patch_size], layer_scale_init_value=0.1)
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=max_tiles
+    )
+    processor = _without_video(tf.InternVLProcessor)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=None,
+        image_seq_length=n_tokens,
+        chat_template=_chat_template("<IMG_CONTEXT>"),
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=[tile, tile],
+        patch_size=[patch_size, patch_size],
+        layer_scale_init_value=0.1,
+    )
     text = dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="qwen2")
-    config = tf.InternVLConfig(vision_config=vision, text_config=text, image_seq_length=n_tokens,
-                               image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5)
+    config = tf.InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_seq_length=n_tokens,
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        downsample_ratio=0.5,
+    )
     model = _build(tf.InternVLForConditionalGeneration, config, tok, seed, attn_implementation)
     with torch.no_grad():  # random layer scales, so that hooks see them apply per channel
         for layer in model.model.vision_tower.encoder.layer:
@@ -78,8 +107,14 @@ def _pixtral_processor_cls():
     return sys.modules[name].PixtralProcessor
 
 
-def tiny_mistral3(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 32,
-                  patch_size: int = 4, longest_edge: int = 32):
+def tiny_mistral3(
+    seed: int = 0,
+    attn_implementation: str | None = None,
+    n_layers: int = 2,
+    d_model: int = 32,
+    patch_size: int = 4,
+    longest_edge: int = 32,
+):
     """A tiny random Mistral 3 (shrunk from mistralai/Mistral-Small-3.1-24B-Instruct-2503: Pixtral
     tower with 2D RoPE, RMSNorm projector with a 2x2 patch merger, Mistral LM with ``head_dim``
     set apart from ``d_model / n_heads``) and its ``PixtralProcessor`` (PIL image processor).
@@ -93,19 +128,47 @@ def tiny_mistral3(seed: int = 0, attn_implementation: str | None = None, n_layer
 
     tok = word_tokenizer(PIXTRAL_SPECIALS, image_token="[IMG]")
     image_processor = PixtralImageProcessorPil(size={"longest_edge": longest_edge}, patch_size=patch_size)
-    processor = _pixtral_processor_cls()(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
-                                         spatial_merge_size=2, chat_template=_chat_template("[IMG]"))
-    text = dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="mistral", head_dim=d_model // 2,
-                sliding_window=None)
-    vision = dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, head_dim=8, image_size=longest_edge, patch_size=patch_size)
-    config = tf.Mistral3Config(text_config=text, vision_config=vision, spatial_merge_size=2, vision_feature_layer=-1,
-                               image_token_index=tok.convert_tokens_to_ids("[IMG]"))
+    processor = _pixtral_processor_cls()(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch_size,
+        spatial_merge_size=2,
+        chat_template=_chat_template("[IMG]"),
+    )
+    text = dict(
+        _text_kwargs(tok, d_model, n_layers, 4),
+        model_type="mistral",
+        head_dim=d_model // 2,
+        sliding_window=None,
+    )
+    vision = dict(
+        model_type="pixtral",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        head_dim=8,
+        image_size=longest_edge,
+        patch_size=patch_size,
+    )
+    config = tf.Mistral3Config(
+        text_config=text,
+        vision_config=vision,
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+    )
     return _build(tf.Mistral3ForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
-def tiny_pixtral(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 2, d_model: int = 32,
-                 patch_size: int = 4, longest_edge: int = 16):
+def tiny_pixtral(
+    seed: int = 0,
+    attn_implementation: str | None = None,
+    n_layers: int = 2,
+    d_model: int = 32,
+    patch_size: int = 4,
+    longest_edge: int = 16,
+):
     """A tiny random Pixtral on LLaVA (shrunk from mistral-community/pixtral-12b's config:
     ``LlavaForConditionalGeneration`` with a Pixtral tower (2D RoPE, gated SiLU MLP), LLaVA's
     two-layer projector, Mistral LM with ``head_dim`` set apart from ``d_model / n_heads``, last
@@ -121,22 +184,51 @@ def tiny_pixtral(seed: int = 0, attn_implementation: str | None = None, n_layers
 
     tok = word_tokenizer(PIXTRAL_SPECIALS, image_token="[IMG]")
     image_processor = PixtralImageProcessorPil(size={"longest_edge": longest_edge}, patch_size=patch_size)
-    processor = _pixtral_processor_cls()(image_processor=image_processor, tokenizer=tok, patch_size=patch_size,
-                                         spatial_merge_size=1, chat_template=_chat_template("[IMG]"))
-    text = dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="mistral", head_dim=d_model // 2,
-                sliding_window=None)
-    vision = dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, head_dim=8, hidden_act="silu", image_size=longest_edge,
-                  patch_size=patch_size)
-    config = tf.LlavaConfig(text_config=text, vision_config=vision, vision_feature_layer=-1,
-                            vision_feature_select_strategy="full", projector_hidden_act="gelu",
-                            image_token_index=tok.convert_tokens_to_ids("[IMG]"),
-                            pad_token_id=tok.pad_token_id)
+    processor = _pixtral_processor_cls()(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch_size,
+        spatial_merge_size=1,
+        chat_template=_chat_template("[IMG]"),
+    )
+    text = dict(
+        _text_kwargs(tok, d_model, n_layers, 4),
+        model_type="mistral",
+        head_dim=d_model // 2,
+        sliding_window=None,
+    )
+    vision = dict(
+        model_type="pixtral",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        head_dim=8,
+        hidden_act="silu",
+        image_size=longest_edge,
+        patch_size=patch_size,
+    )
+    config = tf.LlavaConfig(
+        text_config=text,
+        vision_config=vision,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        projector_hidden_act="gelu",
+        image_token_index=tok.convert_tokens_to_ids("[IMG]"),
+        pad_token_id=tok.pad_token_id,
+    )
     return _build(tf.LlavaForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
-def tiny_mllama(seed: int = 0, attn_implementation: str | None = None, n_layers: int = 3, d_model: int = 32,
-                cross_layers: tuple[int, ...] = (1,), image_size: int = 16, patch_size: int = 4):
+def tiny_mllama(
+    seed: int = 0,
+    attn_implementation: str | None = None,
+    n_layers: int = 3,
+    d_model: int = 32,
+    cross_layers: tuple[int, ...] = (1,),
+    image_size: int = 16,
+    patch_size: int = 4,
+):
     """A tiny random Mllama (shrunk from meta-llama/Llama-3.2-11B-Vision-Instruct: tiled vision
     encoder with local and gated global layers, linear projector, Llama LM whose layers
     ``cross_layers`` cross-attend to the vision states) and its ``MllamaProcessor``.
@@ -150,14 +242,29 @@ def tiny_mllama(seed: int = 0, attn_implementation: str | None = None, n_layers:
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
 
     tok = word_tokenizer(["<|image|>"], image_token="<|image|>")
-    image_processor = MllamaImageProcessorPil(size={"height": image_size, "width": image_size}, max_image_tiles=2)
-    processor = tf.MllamaProcessor(image_processor=image_processor, tokenizer=tok,
-                                   chat_template=_chat_template("<|image|>"))
+    image_processor = MllamaImageProcessorPil(
+        size={"height": image_size, "width": image_size}, max_image_tiles=2
+    )
+    processor = tf.MllamaProcessor(
+        image_processor=image_processor, tokenizer=tok, chat_template=_chat_template("<|image|>")
+    )
     text = dict(_text_kwargs(tok, d_model, n_layers, 4), cross_attention_layers=list(cross_layers))
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1, attention_heads=4,
-                  image_size=image_size, patch_size=patch_size, max_num_tiles=2, intermediate_layers_indices=[0],
-                  vision_output_dim=64, supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]])
-    config = tf.MllamaConfig(text_config=text, vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<|image|>"))
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_global_layers=1,
+        attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        max_num_tiles=2,
+        intermediate_layers_indices=[0],
+        vision_output_dim=64,
+        supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
+    )
+    config = tf.MllamaConfig(
+        text_config=text, vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<|image|>")
+    )
     model = _build(tf.MllamaForConditionalGeneration, config, tok, seed, attn_implementation)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -40,7 +40,9 @@ def _run_train(args: argparse.Namespace) -> int:
         result = train_stage(
             args.name, seed=args.seed, out=args.out, steps=args.steps, init_dir=args.init_dir, **overrides
         )
-        print(f"saved {args.name} to {result.out} in {result.seconds:.0f} s (final loss {result.final_loss:.4f})")
+        print(
+            f"saved {args.name} to {result.out} in {result.seconds:.0f} s (final loss {result.final_loss:.4f})"
+        )
         return 0
     result = train(
         args.name, seed=args.seed, out=args.out, steps=args.steps, init_dir=args.init_dir, **overrides
@@ -98,11 +100,19 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """
     sub = parser.add_subparsers(dest="toy_command", required=True, metavar="COMMAND")
     tr = sub.add_parser("train", help="train a toy checkpoint from scratch (or fine-tune, for toy-llava-ft)")
-    tr.add_argument("--name", choices=tuple(dict.fromkeys(CHECKPOINTS + STAGE_NAMES)), default="toy-llava",
-                    help=f"checkpoint to train; the LLaVA-recipe stages run in the order {', '.join(STAGE_NAMES)}")
+    tr.add_argument(
+        "--name",
+        choices=tuple(dict.fromkeys(CHECKPOINTS + STAGE_NAMES)),
+        default="toy-llava",
+        help=f"checkpoint to train; the LLaVA-recipe stages run in the order {', '.join(STAGE_NAMES)}",
+    )
     tr.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the data order")
-    tr.add_argument("--out", default=None, help="output directory (default: toy-checkpoints/NAME in the current "
-                    "directory; the checkpoints shipped inside the package are never overwritten unless named)")
+    tr.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default: toy-checkpoints/NAME in the current "
+        "directory; the checkpoints shipped inside the package are never overwritten unless named)",
+    )
     tr.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     tr.add_argument("--lr", type=float, default=None, help="override the recipe's peak learning rate")
     tr.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
@@ -114,8 +124,12 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ev.add_argument("--path", default=None, help="checkpoint directory (overrides --name)")
     ev.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")
     ev.add_argument("--n", type=int, default=1000, help="number of scenes")
-    ev.add_argument("--caption-style", choices=("plain", "colored"), default=None,
-                    help="expected captions (default: the checkpoint's own style)")
+    ev.add_argument(
+        "--caption-style",
+        choices=("plain", "colored"),
+        default=None,
+        help="expected captions (default: the checkpoint's own style)",
+    )
     ev.add_argument("--show-errors", type=int, default=5, help="how many wrong answers to print")
     ev.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ev.set_defaults(func=_run_eval)

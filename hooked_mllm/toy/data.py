@@ -185,7 +185,8 @@ def encode_dialogues(
         )
     texts = [
         " ".join(
-            (prompt_text(q) if t == 0 else f"USER: {q} ASSISTANT:") + f" {a} </s>" for t, (q, a) in enumerate(d)
+            (prompt_text(q) if t == 0 else f"USER: {q} ASSISTANT:") + f" {a} </s>"
+            for t, (q, a) in enumerate(d)
         )
         for d in dialogues
     ]
@@ -194,7 +195,9 @@ def encode_dialogues(
     ids = batch["input_ids"]
     pos = torch.arange(ids.shape[1]).expand_as(ids)
     none = torch.full_like(ids, -1)
-    last_assistant = torch.where(ids == tok.convert_tokens_to_ids("ASSISTANT:"), pos, none).cummax(dim=1).values
+    last_assistant = (
+        torch.where(ids == tok.convert_tokens_to_ids("ASSISTANT:"), pos, none).cummax(dim=1).values
+    )
     last_user = torch.where(ids == tok.convert_tokens_to_ids("USER:"), pos, none).cummax(dim=1).values
     # Inside an answer: the latest marker is ASSISTANT: and this token is not the marker itself.
     answer = (last_assistant > last_user) & (last_assistant < pos) & (batch["attention_mask"] == 1)
@@ -216,8 +219,9 @@ def sample_dialogue(
     seen: set[str] = set()
     out: list[tuple[str, str]] = []
     for _ in range(4 * turns):
-        q, a = sample_example(scene, rng, caption_style=caption_style, p_caption=p_caption,
-                              qtype_weights=qtype_weights)
+        q, a = sample_example(
+            scene, rng, caption_style=caption_style, p_caption=p_caption, qtype_weights=qtype_weights
+        )
         if q not in seen:
             seen.add(q)
             out.append((q, a))

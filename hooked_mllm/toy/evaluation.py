@@ -67,7 +67,6 @@ class EvalReport:
         return "\n".join(lines)
 
 
-
 class _Tally:
     """Right and total answers per question type (captions under ``"caption"``) and the first 20 wrong ones."""
 
@@ -94,6 +93,7 @@ class _Tally:
             caption_style=caption_style,
             errors=tuple(self.errors),
         )
+
 
 def _resolve(model, processor):
     if isinstance(model, (str, os.PathLike)):
@@ -218,7 +218,10 @@ def evaluate_text(
     model.eval()
     scenes = World(seed=seed).sample(n)
     items = [
-        (i, q, qa.question, qa.answer) for i, s in enumerate(scenes) for q in QTYPES for qa in s.questions_of(q)
+        (i, q, qa.question, qa.answer)
+        for i, s in enumerate(scenes)
+        for q in QTYPES
+        for qa in s.questions_of(q)
     ]
     items += [(i, "caption", CAPTION_PROMPT, target_caption(s, "scene")) for i, s in enumerate(scenes)]
     tally = _Tally()
@@ -227,8 +230,13 @@ def evaluate_text(
             chunk = items[start : start + batch_size]
             batch = encode_text(tokenizer, [scenes[i] for i, *_ in chunk], [q for _, _, q, _ in chunk])
             max_new = 24 if any(t == "caption" for _, t, _, _ in chunk) else 2
-            out = model.generate(**batch, max_new_tokens=max_new, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             got = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
             for (_, qtype, question, expected), answer in zip(chunk, got):
                 tally.add(qtype, question, expected, answer.strip())

@@ -36,7 +36,13 @@ if TYPE_CHECKING:
     from hooked_mllm import HookedMLLM
 
 __all__ = [
-    "BINDING_QTYPES", "AnswerHeads", "answer_heads", "compare", "format_comparison", "format_heads", "heads_table",
+    "BINDING_QTYPES",
+    "AnswerHeads",
+    "answer_heads",
+    "compare",
+    "format_comparison",
+    "format_heads",
+    "heads_table",
     "load_for_heads",
 ]
 
@@ -114,7 +120,9 @@ def answer_heads(
 def compare(vqa: AnswerHeads, tqa: AnswerHeads) -> float:
     """Pearson correlation of two ``[layer, head]`` score maps of the same shape."""
     if vqa.values.shape != tqa.values.shape:
-        raise ValueError(f"Head maps differ in shape: {tuple(vqa.values.shape)} vs {tuple(tqa.values.shape)}.")
+        raise ValueError(
+            f"Head maps differ in shape: {tuple(vqa.values.shape)} vs {tuple(tqa.values.shape)}."
+        )
     a, b = vqa.values.flatten(), tqa.values.flatten()
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
@@ -153,8 +161,9 @@ def load_for_heads(path) -> HookedMLLM:
     return HookedMLLM.from_hf(vlm_from_text_lm(lm).eval(), processor=build_processor())
 
 
-def heads_table(path, *, seed: int = 123, n: int = 100, qtypes: tuple[str, ...] = BINDING_QTYPES
-                ) -> list[AnswerHeads]:
+def heads_table(
+    path, *, seed: int = 123, n: int = 100, qtypes: tuple[str, ...] = BINDING_QTYPES
+) -> list[AnswerHeads]:
     """:func:`answer_heads` of a toy checkpoint for each question type: VQA for a VLM, textual QA for a text LM.
 
     Examples:
@@ -172,7 +181,9 @@ def format_heads(rows: list[AnswerHeads]) -> str:
     if not rows:
         return ""
     title = "VQA" if rows[0].mode == "image" else "textual QA"
-    out = [f"heads that raise log p(answer) at the last position ({title}; top 3 (layer, head), layer shares)"]
+    out = [
+        f"heads that raise log p(answer) at the last position ({title}; top 3 (layer, head), layer shares)"
+    ]
     for r in rows:
         shares = " ".join(f"{x:.2f}" for x in r.layer_share().tolist())
         out.append(f"  {r.qtype:<9} {str(r.top(3)):<26} [{shares}]  n={r.n}")

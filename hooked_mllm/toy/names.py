@@ -11,5 +11,11 @@ CHECKPOINTS: tuple[str, ...] = ("toy-llava", "toy-llava-ft")
 """Names of the shipped checkpoints. ``toy-llava`` captions with shapes only ("a circle and a square");
 ``toy-llava-ft`` is toy-llava fine-tuned to caption with colours ("a red circle and a blue square")."""
 
-STAGE_NAMES: tuple[str, ...] = ("toy-lm-base", "toy-lm", "toy-llava-deep-align", "toy-llava-deep", "toy-llava-deep-ft")
+STAGE_NAMES: tuple[str, ...] = (
+    "toy-lm-base",
+    "toy-lm",
+    "toy-llava-deep-align",
+    "toy-llava-deep",
+    "toy-llava-deep-ft",
+)
 """The stages of the LLaVA recipe on the toy world (:data:`hooked_mllm.toy.recipe.STAGES`), in training order."""

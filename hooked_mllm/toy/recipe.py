@@ -67,7 +67,11 @@ PARTS: tuple[str, ...] = ("patch_embedding", "vision", "projector", "embeddings"
 (tied) token embeddings, and the rest of the LM (blocks, final norm, an untied head)."""
 
 DEEP_SIZES: dict[str, int | bool] = {
-    "text_layers": 6, "text_hidden": 128, "text_heads": 4, "text_intermediate": 256, "tie_embeddings": True,
+    "text_layers": 6,
+    "text_hidden": 128,
+    "text_heads": 4,
+    "text_intermediate": 256,
+    "tie_embeddings": True,
 }
 """LM sizes of the recipe's checkpoints (the vision tower keeps the sizes of
 :func:`~hooked_mllm.toy.model.toy_config`)."""
@@ -117,8 +121,16 @@ _TQW = (2, 2, 0.15, 1, 1.2)  # textual QA: the binding questions often, counting
 STAGES: dict[str, Stage] = {
     "toy-lm-base": Stage(
         kind="text",
-        recipe=Recipe(caption_style="scene", steps=5000, batch_size=32, lr=1e-3, warmup=100, p_caption=0.15,
-               qtype_weights=_TQW, turns=4),
+        recipe=Recipe(
+            caption_style="scene",
+            steps=5000,
+            batch_size=32,
+            lr=1e-3,
+            warmup=100,
+            p_caption=0.15,
+            qtype_weights=_TQW,
+            turns=4,
+        ),
         trainable=("embeddings", "lm"),
         world_offset=20,
         answer_weight=2.0,
@@ -126,8 +138,17 @@ STAGES: dict[str, Stage] = {
     ),
     "toy-lm": Stage(
         kind="text",
-        recipe=Recipe(caption_style="scene", init="toy-lm-base", steps=800, batch_size=32, lr=3e-4, warmup=50,
-                      p_caption=0.15, qtype_weights=_TQW, turns=4),
+        recipe=Recipe(
+            caption_style="scene",
+            init="toy-lm-base",
+            steps=800,
+            batch_size=32,
+            lr=3e-4,
+            warmup=50,
+            p_caption=0.15,
+            qtype_weights=_TQW,
+            turns=4,
+        ),
         trainable=("embeddings", "lm"),
         world_offset=24,
         answer_weight=2.0,
@@ -135,23 +156,47 @@ STAGES: dict[str, Stage] = {
     ),
     "toy-llava-deep-align": Stage(
         kind="image",
-        recipe=Recipe(caption_style="scene", init="toy-lm", steps=600, batch_size=32, lr=1e-3, warmup=30,
-               p_caption=0.5, qtype_weights=_QW),
+        recipe=Recipe(
+            caption_style="scene",
+            init="toy-lm",
+            steps=600,
+            batch_size=32,
+            lr=1e-3,
+            warmup=30,
+            p_caption=0.5,
+            qtype_weights=_QW,
+        ),
         trainable=("projector",),
         world_offset=21,
         vision_init="toy-llava",
     ),
     "toy-llava-deep": Stage(
         kind="image",
-        recipe=Recipe(caption_style="plain", init="toy-llava-deep-align", steps=2400, batch_size=32, lr=5e-4,
-               warmup=30, p_caption=0.1, qtype_weights=_QW),
+        recipe=Recipe(
+            caption_style="plain",
+            init="toy-llava-deep-align",
+            steps=2400,
+            batch_size=32,
+            lr=5e-4,
+            warmup=30,
+            p_caption=0.1,
+            qtype_weights=_QW,
+        ),
         trainable=("projector", "lm"),
         world_offset=22,
     ),
     "toy-llava-deep-ft": Stage(
         kind="image",
-        recipe=Recipe(caption_style="colored", init="toy-llava-deep", steps=200, batch_size=32, lr=3e-4, warmup=20,
-               p_caption=0.4, qtype_weights=_QW),
+        recipe=Recipe(
+            caption_style="colored",
+            init="toy-llava-deep",
+            steps=200,
+            batch_size=32,
+            lr=3e-4,
+            warmup=20,
+            p_caption=0.4,
+            qtype_weights=_QW,
+        ),
         trainable=("projector", "lm"),
         world_offset=23,
     ),
@@ -347,8 +392,10 @@ def _load_init(stage: Stage, init_dir: str | os.PathLike[str] | None, seed: int)
         sizes = {"text_layers": stage.layers} if stage.layers else {}
         return build_text_lm(seed, **sizes), build_tokenizer()
     if init_dir is None and r.init not in CHECKPOINTS:
-        raise ValueError(f"Stage starts from {r.init!r}, which is not shipped: pass its directory as init_dir "
-                         f"(`--init-dir`).")
+        raise ValueError(
+            f"Stage starts from {r.init!r}, which is not shipped: pass its directory as init_dir "
+            f"(`--init-dir`)."
+        )
     src = Path(init_dir) if init_dir is not None else checkpoint_dir(r.init)
     meta = json.loads((src / META_FILE).read_text()) if (src / META_FILE).is_file() else {}
     if meta.get("kind") == "text" and stage.kind == "text":  # a text LM trained on, grown first
@@ -429,7 +476,6 @@ def train_stage(
     return TrainResult(saved, final, seconds, tuple(losses))
 
 
-
 def train_recipe(
     out_root: str | os.PathLike[str],
     seed: int = 0,
@@ -460,14 +506,21 @@ def train_recipe(
                 text = evaluate_text(m, seed=5, n=n_eval, tokenizer=tok, progress=False).format()
             else:
                 proc = build_processor()
-                text = evaluate(m, seed=5, n=n_eval, processor=proc, caption_style=stage.recipe.caption_style,
-                                progress=False).format()
+                text = evaluate(
+                    m,
+                    seed=5,
+                    n=n_eval,
+                    processor=proc,
+                    caption_style=stage.recipe.caption_style,
+                    progress=False,
+                ).format()
                 rows = image_token_readout(m, proc, seed=6, n_scenes=max(20, n_eval // 2))
                 text += "\n" + format_readout(rows)
             logger.info("%s after %d steps:\n%s", name, step, text)
 
-        results[name] = train_stage(name, seed, root / name, init_dir=prev, progress=progress, every=every,
-                                    callback=report)
+        results[name] = train_stage(
+            name, seed, root / name, init_dir=prev, progress=progress, every=every, callback=report
+        )
         logger.info("%s done in %.0f s", name, results[name].seconds)
         prev = root / name
     return results

@@ -123,6 +123,7 @@ def image_token_readout(
         chunk = scenes[start : start + batch_size]
         batch = encode(processor, [s.image for s in chunk], [CAPTION_PROMPT] * len(chunk))
         states: list[torch.Tensor] = []
+
         def grab_input(_m, args, kwargs):
             states.append(args[0] if args else kwargs["hidden_states"])
 
@@ -152,15 +153,24 @@ def image_token_readout(
                         col = scores[:, color_ids].argmax(-1) == c
                         shp = scores[:, shape_ids].argmax(-1) == s_
                         hits[li, layer] += torch.tensor(
-                            [float(col[0]), float(shp[0]), float(col[1:].sum()), float(shp[1:].sum())])
+                            [float(col[0]), float(shp[0]), float(col[1:].sum()), float(shp[1:].sum())]
+                        )
     model.train(was_training)
     rows = []
     for li, lens in enumerate(LENSES):
         for layer in range(n_read):
             cm, sm, cp, sp = hits[li, layer].tolist()
             rows.append(
-                ReadoutRow(lens=lens, layer=layer - 1, color_mean=cm / n_obj, shape_mean=sm / n_obj,
-                           color_patch=cp / n_patch, shape_patch=sp / n_patch, n_objects=n_obj, n_patches=n_patch)
+                ReadoutRow(
+                    lens=lens,
+                    layer=layer - 1,
+                    color_mean=cm / n_obj,
+                    shape_mean=sm / n_obj,
+                    color_patch=cp / n_patch,
+                    shape_patch=sp / n_patch,
+                    n_objects=n_obj,
+                    n_patches=n_patch,
+                )
             )
     return tuple(rows)
 
@@ -232,7 +242,9 @@ def _heads(name: str, path: Path, seed: int, n: int) -> str:
 
 
 SECTIONS: dict[str, Callable[[str, Path, int, int], str]] = {
-    "quality": _quality, "readout": _readout, "heads": _heads,
+    "quality": _quality,
+    "readout": _readout,
+    "heads": _heads,
 }
 """What ``hooked-mllm toy science`` prints for each checkpoint, in order: ``name -> fn(checkpoint_name, path,
 seed, n_scenes) -> text`` (an empty string prints nothing). Add a section to extend the report."""
@@ -271,4 +283,3 @@ def science_report(
                 out.append(f"== VQA ({name}) vs textual QA ({Path(texts[0]).name})")
                 out.append(format_comparison(list(zip(vqa, tqa))))
     return "\n".join(out)
-

@@ -98,12 +98,22 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "toy-llava": Recipe(
-        steps=5000, lr=1e-3, p_caption=0.08, freeze_patch_embedding=True, qtype_weights=(1, 1, 0.15, 1, 1.2),
+        steps=5000,
+        lr=1e-3,
+        p_caption=0.08,
+        freeze_patch_embedding=True,
+        qtype_weights=(1, 1, 0.15, 1, 1.2),
         stages=((800, (1, 0, 0, 0, 0)), (800, (1, 1, 0, 0, 0)), (800, (1, 1, 0, 1, 0))),
     ),
     "toy-llava-ft": Recipe(
-        caption_style="colored", init="toy-llava", steps=500, lr=3e-4, warmup=30, p_caption=0.4,
-        freeze_patch_embedding=True, qtype_weights=(1, 1, 0.15, 1, 1.2),
+        caption_style="colored",
+        init="toy-llava",
+        steps=500,
+        lr=3e-4,
+        warmup=30,
+        p_caption=0.4,
+        freeze_patch_embedding=True,
+        qtype_weights=(1, 1, 0.15, 1, 1.2),
     ),
 }
 
@@ -170,7 +180,9 @@ def train_steps(
         scenes = (single if early else world).sample(recipe.batch_size)
         style = recipe.caption_style
         dialogues = [
-            sample_dialogue(s, rng, recipe.turns, caption_style=style, p_caption=p_caption, qtype_weights=weights)
+            sample_dialogue(
+                s, rng, recipe.turns, caption_style=style, p_caption=p_caption, qtype_weights=weights
+            )
             for s in scenes
         ]
         batch = encode_dialogues(processor, [s.image for s in scenes], dialogues)
@@ -203,8 +215,9 @@ def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], recipe: Recipe)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe))
 
 
-def optimizer_step(loss: torch.Tensor, params: list[torch.nn.Parameter], grad_clip: float, opt: Any,
-                   sched: Any) -> None:
+def optimizer_step(
+    loss: torch.Tensor, params: list[torch.nn.Parameter], grad_clip: float, opt: Any, sched: Any
+) -> None:
     """Backward, clip the gradient norm of ``params`` to ``grad_clip``, step the optimizer and schedule, reset."""
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, grad_clip)

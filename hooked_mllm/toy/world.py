@@ -81,9 +81,7 @@ QTYPES: tuple[str, ...] = ("color", "shape", "count", "position", "exist")
 def cell_patch_indices(row: int, col: int) -> tuple[int, ...]:
     """Indices into the flattened (row-major) patch grid of the patches covering cell ``(row, col)``."""
     per = CELL // PATCH
-    return tuple(
-        (row * per + dr) * PATCH_GRID + col * per + dc for dr in range(per) for dc in range(per)
-    )
+    return tuple((row * per + dr) * PATCH_GRID + col * per + dc for dr in range(per) for dc in range(per))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -65,8 +65,10 @@ def img_tag(image: Any, alt: str = "", dpi: int = 110, width: int | None = None)
 
 def page(title: str, body: str, head: str = "") -> str:
     """A complete self-contained HTML document."""
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
-            f"<style>{STYLE}</style>{head}</head><body>{body}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
+        f"<style>{STYLE}</style>{head}</head><body>{body}</body></html>"
+    )
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> Path:

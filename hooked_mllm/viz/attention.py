@@ -59,8 +59,10 @@ def circuitsvis_bundle() -> str:
         raise ImportError("Attention views need circuitsvis: pip install 'hooked-mllm[viz]'") from error
     path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
     if not path.is_file():
-        raise FileNotFoundError(f"circuitsvis {getattr(circuitsvis, '__version__', '?')} has no browser bundle at "
-                                f"{path}; reinstall circuitsvis>=1.43.")
+        raise FileNotFoundError(
+            f"circuitsvis {getattr(circuitsvis, '__version__', '?')} has no browser bundle at "
+            f"{path}; reinstall circuitsvis>=1.43."
+        )
     text = path.read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if not line.startswith("//# sourceMappingURL=")]
     return "\n".join(lines).replace("</script", "<\\/script")
@@ -87,7 +89,9 @@ def token_labels(batch: MultimodalBatch, row: int = 0) -> list[str]:
         ['<s>', 'USER:', 'img0[r0c0]', 'img0[r0c1]']
     """
     n = batch.shape[1]
-    tokens = list(batch.tokens[row]) if batch.tokens is not None else [str(int(t)) for t in batch.input_ids[row]]
+    tokens = (
+        list(batch.tokens[row]) if batch.tokens is not None else [str(int(t)) for t in batch.input_ids[row]]
+    )
     labels = [tokens[p] if p < len(tokens) else str(p) for p in range(n)]
     for i, span in enumerate(batch.images_of(row)):  # i: the image's index within the row
         for k, position in enumerate(span.token_positions):
@@ -116,8 +120,9 @@ def part_positions(batch: MultimodalBatch, row: int = 0, part: str = "all") -> l
     return positions
 
 
-def patch_strip(image: Image.Image, grid: tuple[int, int], labels: Sequence[str] | None = None,
-                size: int = 28) -> str:
+def patch_strip(
+    image: Image.Image, grid: tuple[int, int], labels: Sequence[str] | None = None, size: int = 28
+) -> str:
     """HTML: the image's patches in row-major (token) order, each enlarged to ``size`` px and labelled.
 
     ``labels`` default to ``r{r}c{c}``. The image is cut into ``grid`` equal cells, as the
@@ -134,8 +139,10 @@ def patch_strip(image: Image.Image, grid: tuple[int, int], labels: Sequence[str]
         r, c = divmod(k, cols)
         tile = rgb.crop((c * w // cols, r * h // rows, (c + 1) * w // cols, (r + 1) * h // rows))
         tile = tile.resize((size, size), Image.NEAREST)
-        cells.append(f'<div><img src="{_html.png_data_uri(tile)}" width="{size}" height="{size}" '
-                     f'alt="{_html.escape(labels[k])}"/>{_html.escape(labels[k])}</div>')
+        cells.append(
+            f'<div><img src="{_html.png_data_uri(tile)}" width="{size}" height="{size}" '
+            f'alt="{_html.escape(labels[k])}"/>{_html.escape(labels[k])}</div>'
+        )
     return f'<div class="hm-strip">{"".join(cells)}</div>'
 
 
@@ -159,9 +166,11 @@ class AttentionView:
     def fragment(self) -> str:
         """The view's HTML without the circuitsvis bundle (for pages that include it once)."""
         title = f"<p><b>{_html.escape(self.title)}</b></p>" if self.title else ""
-        return (f'<div class="hm-attention hm-scroll">{title}{self.header}<div id="{self.element_id}" '
-                f'style="margin:15px 0"></div><script>CircuitsVis.render("{self.element_id}", '
-                f"CircuitsVis.{self.element}, {_json(self.props)});</script></div>")
+        return (
+            f'<div class="hm-attention hm-scroll">{title}{self.header}<div id="{self.element_id}" '
+            f'style="margin:15px 0"></div><script>CircuitsVis.render("{self.element_id}", '
+            f"CircuitsVis.{self.element}, {_json(self.props)});</script></div>"
+        )
 
     def to_html(self) -> str:
         """A complete offline page: the bundle inline, then the view."""
@@ -182,20 +191,35 @@ def _pattern(cache: ActivationCache | Tensor, layer: int | None, row: int) -> Fl
             pattern = pattern[row]
     else:
         if getattr(cache, "positions", None) is not None:
-            raise ValueError("This cache kept only some positions; attention views need every query: "
-                             "run_with_cache without positions=.")
+            raise ValueError(
+                "This cache kept only some positions; attention views need every query: "
+                "run_with_cache without positions=."
+            )
         if layer is None:
             raise ValueError("Pass layer= to read blocks.{layer}.attn.hook_pattern from the cache.")
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][row]
     if pattern.dim() != 3 or pattern.shape[1] != pattern.shape[2]:
-        raise ValueError(f"Need an attention pattern [heads, query, key] (or [batch, heads, query, key]); "
-                         f"got {tuple(pattern.shape)}.")
+        raise ValueError(
+            f"Need an attention pattern [heads, query, key] (or [batch, heads, query, key]); "
+            f"got {tuple(pattern.shape)}."
+        )
     return pattern.detach().float().cpu()
 
 
-def _view(element: str, cache: Any, layer: int | None, *, batch: MultimodalBatch | None, row: int, part: str,
-          positions: Sequence[int] | None, heads: Sequence[int] | None, image: Image.Image | None,
-          tokens: Sequence[str] | None, extra: dict[str, Any]) -> AttentionView:
+def _view(
+    element: str,
+    cache: Any,
+    layer: int | None,
+    *,
+    batch: MultimodalBatch | None,
+    row: int,
+    part: str,
+    positions: Sequence[int] | None,
+    heads: Sequence[int] | None,
+    image: Image.Image | None,
+    tokens: Sequence[str] | None,
+    extra: dict[str, Any],
+) -> AttentionView:
     pattern = _pattern(cache, layer, row)
     batch = batch if batch is not None else getattr(cache, "batch", None)
     header = ""
@@ -207,8 +231,10 @@ def _view(element: str, cache: Any, layer: int | None, *, batch: MultimodalBatch
             if not spans or spans[0].grid is None:
                 raise ValueError("image= draws the patch strip of image 0, which has no patch grid here.")
             span = spans[0]
-            header = ("<p><small>Image 0's patches in token order (columns <code>img0[r.c.]</code>):</small></p>"
-                      + patch_strip(image, span.grid))
+            header = (
+                "<p><small>Image 0's patches in token order (columns <code>img0[r.c.]</code>):</small></p>"
+                + patch_strip(image, span.grid)
+            )
     else:
         if tokens is None:
             raise ValueError("Pass batch= (or a cache that carries its batch) or tokens= to label the view.")
@@ -230,10 +256,19 @@ def _view(element: str, cache: Any, layer: int | None, *, batch: MultimodalBatch
     return AttentionView(element=element, props=props, title=title, header=header)
 
 
-def attention_heads(cache: ActivationCache | Tensor, layer: int | None = None, *, batch: MultimodalBatch | None = None,
-                    row: int = 0, part: str = "all", positions: Sequence[int] | None = None,
-                    heads: Sequence[int] | None = None, image: Image.Image | None = None,
-                    tokens: Sequence[str] | None = None, mask_upper_tri: bool = True) -> AttentionView:
+def attention_heads(
+    cache: ActivationCache | Tensor,
+    layer: int | None = None,
+    *,
+    batch: MultimodalBatch | None = None,
+    row: int = 0,
+    part: str = "all",
+    positions: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    image: Image.Image | None = None,
+    tokens: Sequence[str] | None = None,
+    mask_upper_tri: bool = True,
+) -> AttentionView:
     """circuitsvis ``AttentionHeads`` for layer ``layer``'s pattern of one row.
 
     Args:
@@ -257,14 +292,33 @@ def attention_heads(cache: ActivationCache | Tensor, layer: int | None = None, *
     Examples:
         >>> view = attention_heads(cache, 3, part="image", image=scene.image)   # doctest: +SKIP
     """
-    return _view("AttentionHeads", cache, layer, batch=batch, row=row, part=part, positions=positions, heads=heads,
-                 image=image, tokens=tokens, extra={"maskUpperTri": mask_upper_tri})
+    return _view(
+        "AttentionHeads",
+        cache,
+        layer,
+        batch=batch,
+        row=row,
+        part=part,
+        positions=positions,
+        heads=heads,
+        image=image,
+        tokens=tokens,
+        extra={"maskUpperTri": mask_upper_tri},
+    )
 
 
-def attention_patterns(cache: ActivationCache | Tensor, layer: int | None = None, *,
-                       batch: MultimodalBatch | None = None, row: int = 0, part: str = "all",
-                       positions: Sequence[int] | None = None, heads: Sequence[int] | None = None,
-                       image: Image.Image | None = None, tokens: Sequence[str] | None = None) -> AttentionView:
+def attention_patterns(
+    cache: ActivationCache | Tensor,
+    layer: int | None = None,
+    *,
+    batch: MultimodalBatch | None = None,
+    row: int = 0,
+    part: str = "all",
+    positions: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    image: Image.Image | None = None,
+    tokens: Sequence[str] | None = None,
+) -> AttentionView:
     """circuitsvis ``AttentionPatterns`` (head selector, hover a token to see where it looks).
 
     Arguments as :func:`attention_heads`.
@@ -272,5 +326,16 @@ def attention_patterns(cache: ActivationCache | Tensor, layer: int | None = None
     Examples:
         >>> attention_patterns(cache, 0, part="text").save("attn_text.html")   # doctest: +SKIP
     """
-    return _view("AttentionPatterns", cache, layer, batch=batch, row=row, part=part, positions=positions,
-                 heads=heads, image=image, tokens=tokens, extra={})
+    return _view(
+        "AttentionPatterns",
+        cache,
+        layer,
+        batch=batch,
+        row=row,
+        part=part,
+        positions=positions,
+        heads=heads,
+        image=image,
+        tokens=tokens,
+        extra={},
+    )

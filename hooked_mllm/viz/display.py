@@ -22,7 +22,9 @@ from . import _html
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{_html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -45,8 +47,14 @@ def patching_figure(result: Any, image: Image.Image | None = None, normalized: b
     what = f"{result.method} patching of {result.hook}"
     label = "fraction of the clean metric restored" if normalized else "metric"
     if values.ndim == 3:
-        return heatmaps(values, image, titles=[f"layer {layer}" for layer in result.layers],
-                        suptitle=what, label=label, alpha=0.75)
+        return heatmaps(
+            values,
+            image,
+            titles=[f"layer {layer}" for layer in result.layers],
+            suptitle=what,
+            label=label,
+            alpha=0.75,
+        )
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * values.shape[1] + 2), 0.4 * values.shape[0] + 1.6))
     top = float(np.abs(values).max()) or 1.0
     shown = ax.imshow(values, cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
@@ -61,11 +69,13 @@ def patching_figure(result: Any, image: Image.Image | None = None, normalized: b
 def patching_html(result: Any, image: Image.Image | None = None, normalized: bool = False) -> str:
     """HTML for a :class:`~hooked_mllm.patching.PatchingResult`: its numbers, then its figure."""
     layer, unit = result.peak()
-    summary = (f"<p>{_html.escape(result.method)} patching, <code>{_html.escape(result.hook)}</code> over "
-               f"{_html.escape(result.over)}s: clean metric {result.clean_metric:.3f}, corrupted "
-               f"{result.corrupted_metric:.3f}; peak at layer {layer}, {_html.escape(result.labels[unit])} "
-               f"({float(result.flat().max()):.3f}); {result.forward_passes} forward and "
-               f"{result.backward_passes} backward passes.</p>")
+    summary = (
+        f"<p>{_html.escape(result.method)} patching, <code>{_html.escape(result.hook)}</code> over "
+        f"{_html.escape(result.over)}s: clean metric {result.clean_metric:.3f}, corrupted "
+        f"{result.corrupted_metric:.3f}; peak at layer {layer}, {_html.escape(result.labels[unit])} "
+        f"({float(result.flat().max()):.3f}); {result.forward_passes} forward and "
+        f"{result.backward_passes} backward passes.</p>"
+    )
     return summary + _html.img_tag(patching_figure(result, image, normalized), "patching sweep")
 
 
@@ -75,37 +85,77 @@ def shift_html(result: Any) -> str:
     gains = {}
     if result.improvement is not None:
         m = result.improvement.matching
-        gains = {int(k): (int(j), float(d), float(c)) for k, j, d, c in zip(
-            m.index_x, m.index_y, result.improvement.distance_gain, result.improvement.cosine_gain)}
+        gains = {
+            int(k): (int(j), float(d), float(c))
+            for k, j, d, c in zip(
+                m.index_x, m.index_y, result.improvement.distance_gain, result.improvement.cosine_gain
+            )
+        }
     for k in range(len(result.counts)):
         j, dist, cos = gains.get(k, (None, None, None))
-        rows.append([k, int(result.counts[k]), float(result.consistency[k]),
-                     float(np.linalg.norm(result.shift_vectors[k])),
-                     "" if j is None else j, "" if dist is None else dist, "" if cos is None else cos])
-    head = (f"<p>Concept shift ({_html.escape(result.reduce)}, alpha {result.alpha}): mean consistency "
-            f"{result.mean_consistency:.3f}")
+        rows.append(
+            [
+                k,
+                int(result.counts[k]),
+                float(result.consistency[k]),
+                float(np.linalg.norm(result.shift_vectors[k])),
+                "" if j is None else j,
+                "" if dist is None else dist,
+                "" if cos is None else cos,
+            ]
+        )
+    head = (
+        f"<p>Concept shift ({_html.escape(result.reduce)}, alpha {result.alpha}): mean consistency "
+        f"{result.mean_consistency:.3f}"
+    )
     if result.improvement is not None:
-        head += (f"; shifted concepts closer to the fine-tuned model's by {result.improvement.mean_distance_gain:.3f}"
-                 f" in distance and {result.improvement.mean_cosine_gain:.3f} in cosine")
-    for name, gain in (getattr(result, "baselines", None) or {}).items():  # what the concept-wise shift must beat
-        head += (f"; baseline {_html.escape(name.replace('_', ' '))}: {gain['mean_distance_gain']:.3f} in distance, "
-                 f"{gain['mean_cosine_gain']:.3f} in cosine")
-    return head + ".</p>" + _table(["concept", "samples", "consistency", "|shift|", "matched b concept",
-                                    "distance gain", "cosine gain"], rows)
+        head += (
+            f"; shifted concepts closer to the fine-tuned model's by {result.improvement.mean_distance_gain:.3f}"
+            f" in distance and {result.improvement.mean_cosine_gain:.3f} in cosine"
+        )
+    for name, gain in (
+        getattr(result, "baselines", None) or {}
+    ).items():  # what the concept-wise shift must beat
+        head += (
+            f"; baseline {_html.escape(name.replace('_', ' '))}: {gain['mean_distance_gain']:.3f} in distance, "
+            f"{gain['mean_cosine_gain']:.3f} in cosine"
+        )
+    return (
+        head
+        + ".</p>"
+        + _table(
+            [
+                "concept",
+                "samples",
+                "consistency",
+                "|shift|",
+                "matched b concept",
+                "distance gain",
+                "cosine gain",
+            ],
+            rows,
+        )
+    )
 
 
 def steering_html(report: Any) -> str:
     """HTML for a :class:`~hooked_mllm.concepts.SteeringReport`: rates and the changed answers."""
     changed = [a for a in report.answers if a[2] != a[3]]
-    text = (f"<p>Target rate {report.target_rate_before:.2f} &rarr; {report.target_rate:.2f}; accuracy on the "
-            f"other questions {report.other_accuracy_before:.2f} &rarr; {report.other_accuracy_after:.2f}. "
-            f"{len(changed)} of {len(report.answers)} targeted answers changed.</p>")
+    text = (
+        f"<p>Target rate {report.target_rate_before:.2f} &rarr; {report.target_rate:.2f}; accuracy on the "
+        f"other questions {report.other_accuracy_before:.2f} &rarr; {report.other_accuracy_after:.2f}. "
+        f"{len(changed)} of {len(report.answers)} targeted answers changed.</p>"
+    )
     return text + _table(["question", "expected", "before", "after"], report.answers[:12])
 
 
-def steering_dose_figure(alphas: Sequence[float], target_rates: Sequence[float] | Sequence[Any],
-                         other_accuracies: Sequence[float] | None = None, target: str = "target",
-                         other: str = "accuracy on other questions") -> Any:
+def steering_dose_figure(
+    alphas: Sequence[float],
+    target_rates: Sequence[float] | Sequence[Any],
+    other_accuracies: Sequence[float] | None = None,
+    target: str = "target",
+    other: str = "accuracy on other questions",
+) -> Any:
     """Dose response of a steering vector: target rate and side-effect accuracy against alpha.
 
     Pass the rates, or a list of :class:`~hooked_mllm.concepts.SteeringReport` (one per alpha) as
@@ -133,8 +183,12 @@ def steering_dose_figure(alphas: Sequence[float], target_rates: Sequence[float] 
     return fig
 
 
-def concept_dictionary_html(words: Sequence[Sequence[str]], patches: Sequence[Sequence[Image.Image]] | None = None,
-                            names: Sequence[str] | None = None, size: int = 40) -> str:
+def concept_dictionary_html(
+    words: Sequence[Sequence[str]],
+    patches: Sequence[Sequence[Image.Image]] | None = None,
+    names: Sequence[str] | None = None,
+    size: int = 40,
+) -> str:
     """A table of concepts: their top words and (optionally) their top image patches.
 
     Args:
@@ -147,10 +201,19 @@ def concept_dictionary_html(words: Sequence[Sequence[str]], patches: Sequence[Se
         name = names[k] if names is not None else f"concept {k}"
         tiles = ""
         if patches is not None:
-            tiles = "".join(f'<img src="{_html.png_data_uri(p.resize((size, size), Image.NEAREST))}" width="{size}" '
-                            f'height="{size}" style="image-rendering:pixelated;margin:1px;border:1px solid #888"/>'
-                            for p in patches[k])
-        rows.append(f"<tr><th>{_html.escape(name)}</th><td>{_html.escape(', '.join(ws) or '(no words)')}</td>"
-                    + (f"<td>{tiles}</td>" if patches is not None else "") + "</tr>")
-    head = "<tr><th></th><th>top words</th>" + ("<th>top image patches</th>" if patches is not None else "") + "</tr>"
+            tiles = "".join(
+                f'<img src="{_html.png_data_uri(p.resize((size, size), Image.NEAREST))}" width="{size}" '
+                f'height="{size}" style="image-rendering:pixelated;margin:1px;border:1px solid #888"/>'
+                for p in patches[k]
+            )
+        rows.append(
+            f"<tr><th>{_html.escape(name)}</th><td>{_html.escape(', '.join(ws) or '(no words)')}</td>"
+            + (f"<td>{tiles}</td>" if patches is not None else "")
+            + "</tr>"
+        )
+    head = (
+        "<tr><th></th><th>top words</th>"
+        + ("<th>top image patches</th>" if patches is not None else "")
+        + "</tr>"
+    )
     return f"<table>{head}{''.join(rows)}</table>"

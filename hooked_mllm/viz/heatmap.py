@@ -33,8 +33,10 @@ def as_map(value: Any) -> Float[np.ndarray, "rows cols"]:
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
-        raise ValueError(f"A heatmap needs a [rows, cols] map; got shape {array.shape}. Select one layer/head "
-                         "first, or pass several maps to heatmaps().")
+        raise ValueError(
+            f"A heatmap needs a [rows, cols] map; got shape {array.shape}. Select one layer/head "
+            "first, or pass several maps to heatmaps()."
+        )
     return array
 
 
@@ -59,8 +61,18 @@ def _limits(maps: Sequence[np.ndarray], vmin: float | None, vmax: float | None, 
     return (lo if vmin is None else vmin), (hi if vmax is None else vmax), cmap or "inferno"
 
 
-def _draw(ax: Any, array: np.ndarray, image: Image.Image | None, title: str | None, vmin: float, vmax: float,
-          cmap: str, alpha: float, smooth: bool, grid_lines: bool) -> Any:
+def _draw(
+    ax: Any,
+    array: np.ndarray,
+    image: Image.Image | None,
+    title: str | None,
+    vmin: float,
+    vmax: float,
+    cmap: str,
+    alpha: float,
+    smooth: bool,
+    grid_lines: bool,
+) -> Any:
     rows, cols = array.shape
     if image is not None:
         rgb = np.asarray(image.convert("RGB"))
@@ -68,8 +80,15 @@ def _draw(ax: Any, array: np.ndarray, image: Image.Image | None, title: str | No
         ax.imshow(rgb, extent=(0, w, h, 0), interpolation="nearest")
     else:
         h, w, alpha = rows, cols, 1.0
-    shown = ax.imshow(array, extent=(0, w, h, 0), cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha,
-                      interpolation="bilinear" if smooth else "nearest")
+    shown = ax.imshow(
+        array,
+        extent=(0, w, h, 0),
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        alpha=alpha,
+        interpolation="bilinear" if smooth else "nearest",
+    )
     if grid_lines:
         for r in range(1, rows):
             ax.axhline(r * h / rows, color="white", lw=0.4, alpha=0.5)
@@ -85,9 +104,21 @@ def _draw(ax: Any, array: np.ndarray, image: Image.Image | None, title: str | No
     return shown
 
 
-def heatmap(values: Any, image: Image.Image | None = None, *, title: str | None = None, ax: Any = None,
-            cmap: str | None = None, alpha: float = 0.6, vmin: float | None = None, vmax: float | None = None,
-            smooth: bool = False, colorbar: bool = True, label: str | None = None, grid_lines: bool = True) -> Any:
+def heatmap(
+    values: Any,
+    image: Image.Image | None = None,
+    *,
+    title: str | None = None,
+    ax: Any = None,
+    cmap: str | None = None,
+    alpha: float = 0.6,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    smooth: bool = False,
+    colorbar: bool = True,
+    label: str | None = None,
+    grid_lines: bool = True,
+) -> Any:
     """One map over its image; returns the matplotlib ``Figure``.
 
     Args:
@@ -126,8 +157,10 @@ def _as_maps(maps: Any, titles: Sequence[str] | None) -> tuple[list[np.ndarray],
     if not isinstance(maps, (list, tuple)):
         stack = _array(maps)
         if stack.ndim != 3:
-            raise ValueError(f"heatmaps() needs several [rows, cols] maps: a list, a dict, or a [n, rows, cols] "
-                             f"array; got shape {stack.shape}.")
+            raise ValueError(
+                f"heatmaps() needs several [rows, cols] maps: a list, a dict, or a [n, rows, cols] "
+                f"array; got shape {stack.shape}."
+            )
         layers = getattr(maps, "layers", None)
         names = titles or ([f"layer {layer}" for layer in layers] if layers is not None else None)
         return list(stack), list(names) if names else [str(i) for i in range(len(stack))]
@@ -135,10 +168,20 @@ def _as_maps(maps: Any, titles: Sequence[str] | None) -> tuple[list[np.ndarray],
     return arrays, list(titles) if titles is not None else [str(i) for i in range(len(arrays))]
 
 
-def heatmaps(maps: Any, image: Image.Image | Sequence[Image.Image | None] | None = None, *,
-             titles: Sequence[str] | None = None, suptitle: str | None = None, ncols: int | None = None,
-             cmap: str | None = None, alpha: float = 0.6, shared_scale: bool = True, smooth: bool = False,
-             label: str | None = None, panel_size: float = 2.6) -> Any:
+def heatmaps(
+    maps: Any,
+    image: Image.Image | Sequence[Image.Image | None] | None = None,
+    *,
+    titles: Sequence[str] | None = None,
+    suptitle: str | None = None,
+    ncols: int | None = None,
+    cmap: str | None = None,
+    alpha: float = 0.6,
+    shared_scale: bool = True,
+    smooth: bool = False,
+    label: str | None = None,
+    panel_size: float = 2.6,
+) -> Any:
     """Several maps side by side (layers, methods, baselines) over their image(s); returns the ``Figure``.
 
     Args:
@@ -162,9 +205,16 @@ def heatmaps(maps: Any, image: Image.Image | Sequence[Image.Image | None] | None
         raise ValueError(f"{len(images)} images for {len(arrays)} maps")
     ncols = ncols or min(len(arrays), 6)
     nrows = -(-len(arrays) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols + (0.8 if shared_scale else 0),
-                                                    panel_size * nrows + (0.5 if suptitle else 0.2)),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(
+            panel_size * ncols + (0.8 if shared_scale else 0),
+            panel_size * nrows + (0.5 if suptitle else 0.2),
+        ),
+        squeeze=False,
+        constrained_layout=True,
+    )
     shared = _limits(arrays, None, None, cmap) if shared_scale else None
     last = None
     for k, ax in enumerate(axes.flat):

@@ -61,15 +61,19 @@ class LensGrid:
 
     def to_html(self) -> str:
         """A table (rows = layers, columns = positions), each cell shaded by probability."""
-        head = "<th></th>" + "".join(f"<th title='position {p}'>{_html.escape(lab)}</th>"
-                                     for p, lab in zip(self.positions, self.labels))
+        head = "<th></th>" + "".join(
+            f"<th title='position {p}'>{_html.escape(lab)}</th>"
+            for p, lab in zip(self.positions, self.labels)
+        )
         body = []
         for i, name in enumerate(self.layers):
-            cells = "".join(f"<td style='{_shade(self.probs[i, j])}' title='{self.probs[i, j]:.3f}'>"
-                            f"{_html.escape(self.tokens[i][j])}<br><small>{self.probs[i, j]:.2f}</small></td>"
-                            for j in range(len(self.positions)))
+            cells = "".join(
+                f"<td style='{_shade(self.probs[i, j])}' title='{self.probs[i, j]:.3f}'>"
+                f"{_html.escape(self.tokens[i][j])}<br><small>{self.probs[i, j]:.2f}</small></td>"
+                for j in range(len(self.positions))
+            )
             body.append(f"<tr><th>{_html.escape(name)}</th>{cells}</tr>")
-        return (f"<div class='hm-scroll'><table class='hm-lens'><tr>{head}</tr>{''.join(body)}</table></div>")
+        return f"<div class='hm-scroll'><table class='hm-lens'><tr>{head}</tr>{''.join(body)}</table></div>"
 
     def figure(self, title: str | None = None) -> Any:
         """A matplotlib figure: probability as colour, the top token written in each cell."""
@@ -80,8 +84,15 @@ class LensGrid:
         shown = ax.imshow(self.probs, cmap="Blues", vmin=0, vmax=1, aspect="auto")
         for i in range(n_layers):
             for j in range(n_pos):
-                ax.text(j, i, self.tokens[i][j], ha="center", va="center", fontsize=7,
-                        color="white" if self.probs[i, j] > 0.55 else "black")
+                ax.text(
+                    j,
+                    i,
+                    self.tokens[i][j],
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if self.probs[i, j] > 0.55 else "black",
+                )
         ax.set_xticks(range(n_pos), self.labels, rotation=70, fontsize=7)
         ax.set_yticks(range(n_layers), self.layers, fontsize=8)
         fig.colorbar(shown, ax=ax, fraction=0.03, pad=0.01, label="top-token probability")
@@ -113,12 +124,20 @@ class ImageLensGrid:
         rows, cols = self.grid
         panels = []
         for i, name in enumerate(self.layers):
-            trs = "".join("<tr>" + "".join(
-                f"<td style='{_shade(self.probs[i, r, c])}' title='r{r}c{c}: {self.probs[i, r, c]:.3f}'>"
-                f"{_html.escape(self.tokens[i][r * cols + c])}</td>" for c in range(cols)) + "</tr>"
-                for r in range(rows))
-            panels.append(f"<figure><table class='hm-lens'>{trs}</table><figcaption>{_html.escape(name)}"
-                          "</figcaption></figure>")
+            trs = "".join(
+                "<tr>"
+                + "".join(
+                    f"<td style='{_shade(self.probs[i, r, c])}' title='r{r}c{c}: {self.probs[i, r, c]:.3f}'>"
+                    f"{_html.escape(self.tokens[i][r * cols + c])}</td>"
+                    for c in range(cols)
+                )
+                + "</tr>"
+                for r in range(rows)
+            )
+            panels.append(
+                f"<figure><table class='hm-lens'>{trs}</table><figcaption>{_html.escape(name)}"
+                "</figcaption></figure>"
+            )
         return f"<div class='hm-scroll'>{''.join(panels)}</div>"
 
     def figure(self, image: Image.Image | None = None, title: str | None = None) -> Any:
@@ -136,13 +155,25 @@ class ImageLensGrid:
             _cell_axes(ax, rows, cols, lines=True)
         shown = None
         for i, ax in enumerate(panels):
-            shown = ax.imshow(self.probs[i], cmap="Blues", vmin=0, vmax=1, extent=(0, cols, rows, 0),
-                              interpolation="nearest")
+            shown = ax.imshow(
+                self.probs[i],
+                cmap="Blues",
+                vmin=0,
+                vmax=1,
+                extent=(0, cols, rows, 0),
+                interpolation="nearest",
+            )
             for r in range(rows):
                 for c in range(cols):
-                    ax.text(c + 0.5, r + 0.5, self.tokens[i][r * cols + c], ha="center", va="center",
-                            fontsize=max(4.0, 9.0 - 0.5 * cols),
-                            color="white" if self.probs[i, r, c] > 0.55 else "black")
+                    ax.text(
+                        c + 0.5,
+                        r + 0.5,
+                        self.tokens[i][r * cols + c],
+                        ha="center",
+                        va="center",
+                        fontsize=max(4.0, 9.0 - 0.5 * cols),
+                        color="white" if self.probs[i, r, c] > 0.55 else "black",
+                    )
             _cell_axes(ax, rows, cols, lines=False)
             ax.set_title(self.layers[i], fontsize=9)
         fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="top-token probability")
@@ -164,8 +195,14 @@ def _cell_axes(ax: Any, rows: int, cols: int, lines: bool) -> None:
             ax.axvline(c, color="white", lw=0.4, alpha=0.5)
 
 
-def _stack(model: HookedMLLM, cache: ActivationCache, row: int, positions: Sequence[int], hook: str,
-           include_embed: bool) -> tuple[list[str], torch.Tensor]:
+def _stack(
+    model: HookedMLLM,
+    cache: ActivationCache,
+    row: int,
+    positions: Sequence[int],
+    hook: str,
+    include_embed: bool,
+) -> tuple[list[str], torch.Tensor]:
     names, acts = [], []
     if include_embed:
         names.append("embed")
@@ -176,8 +213,10 @@ def _stack(model: HookedMLLM, cache: ActivationCache, row: int, positions: Seque
             names.append(f"L{layer}")
             acts.append(cache[name][row, positions])
     if len(names) == int(include_embed):
-        raise ValueError(f"The cache holds no blocks.{{l}}.hook_{hook}; run_with_cache with a names_filter that "
-                         f"keeps them (e.g. lambda n: 'resid' in n).")
+        raise ValueError(
+            f"The cache holds no blocks.{{l}}.hook_{hook}; run_with_cache with a names_filter that "
+            f"keeps them (e.g. lambda n: 'resid' in n)."
+        )
     return names, torch.stack(acts)
 
 
@@ -194,9 +233,18 @@ def _top(model: HookedMLLM, resid: torch.Tensor, apply_norm: bool) -> tuple[list
     return tokens, values.cpu().numpy()
 
 
-def logit_lens_grid(model: HookedMLLM, cache: ActivationCache, *, batch: MultimodalBatch | None = None,
-                    row: int = 0, positions: Sequence[int] | None = None, part: str = "all",
-                    hook: str = "resid_post", include_embed: bool = True, apply_norm: bool = True) -> LensGrid:
+def logit_lens_grid(
+    model: HookedMLLM,
+    cache: ActivationCache,
+    *,
+    batch: MultimodalBatch | None = None,
+    row: int = 0,
+    positions: Sequence[int] | None = None,
+    part: str = "all",
+    hook: str = "resid_post",
+    include_embed: bool = True,
+    apply_norm: bool = True,
+) -> LensGrid:
     """The top token and probability of the logit lens at every (layer, position) of one row.
 
     Args:
@@ -214,17 +262,29 @@ def logit_lens_grid(model: HookedMLLM, cache: ActivationCache, *, batch: Multimo
     if batch is None:
         raise ValueError("Pass batch= (the cache does not carry the batch it was run on).")
     if getattr(cache, "positions", None) is not None:
-        raise ValueError("This cache kept only some positions; run_with_cache without positions= for a lens grid.")
+        raise ValueError(
+            "This cache kept only some positions; run_with_cache without positions= for a lens grid."
+        )
     chosen = list(positions) if positions is not None else part_positions(batch, row, part)
     layers, resid = _stack(model, cache, row, chosen, hook, include_embed)
     tokens, probs = _top(model, resid, apply_norm)
     labels = token_labels(batch, row)
-    return LensGrid(layers=layers, positions=chosen, labels=[labels[p] for p in chosen], tokens=tokens, probs=probs)
+    return LensGrid(
+        layers=layers, positions=chosen, labels=[labels[p] for p in chosen], tokens=tokens, probs=probs
+    )
 
 
-def image_lens_grid(model: HookedMLLM, cache: ActivationCache, *, batch: MultimodalBatch | None = None,
-                    row: int = 0, image: int = 0, hook: str = "resid_post", include_embed: bool = False,
-                    apply_norm: bool = True) -> ImageLensGrid:
+def image_lens_grid(
+    model: HookedMLLM,
+    cache: ActivationCache,
+    *,
+    batch: MultimodalBatch | None = None,
+    row: int = 0,
+    image: int = 0,
+    hook: str = "resid_post",
+    include_embed: bool = False,
+    apply_norm: bool = True,
+) -> ImageLensGrid:
     """The logit lens over one image's patch grid: top token per cell, per layer.
 
     Examples:

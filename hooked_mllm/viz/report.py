@@ -48,8 +48,9 @@ class Report:
     def image(self, image: Image.Image, caption: str = "", scale: int = 4) -> Report:
         """An inline PNG, enlarged ``scale`` times with nearest-neighbour sampling."""
         big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-        self._parts.append(f"<figure>{_html.img_tag(big, caption)}<figcaption>{_html.escape(caption)}"
-                           "</figcaption></figure>")
+        self._parts.append(
+            f"<figure>{_html.img_tag(big, caption)}<figcaption>{_html.escape(caption)}</figcaption></figure>"
+        )
         return self
 
     def figure(self, figure: Any, caption: str = "", dpi: int = 110) -> Report:
@@ -71,7 +72,9 @@ class Report:
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Report:
         head = "".join(f"<th>{_html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{_html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
+        )
         self._parts.append(f"<table><tr>{head}</tr>{body}</table>")
         return self
 

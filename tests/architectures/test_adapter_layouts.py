@@ -8,10 +8,25 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hooked_mllm.architectures import (LLAVA, Adapter, BlockLayout, InputLayout, ModuleLayout, TokenLayout,
-                                       registered_adapters)
-from hooked_mllm.architectures.split import (Computed, Patches, PerImage, PerRow, Shared, Tiles, Tokens,
-                                             rule_for)
+from hooked_mllm.architectures import (
+    LLAVA,
+    Adapter,
+    BlockLayout,
+    InputLayout,
+    ModuleLayout,
+    TokenLayout,
+    registered_adapters,
+)
+from hooked_mllm.architectures.split import (
+    Computed,
+    Patches,
+    PerImage,
+    PerRow,
+    Shared,
+    Tiles,
+    Tokens,
+    rule_for,
+)
 from hooked_mllm.inputs import MultimodalBatch
 
 IMAGE = 9
@@ -28,14 +43,17 @@ def _batch(split=(), pixel_values=None, **extra) -> MultimodalBatch:
     return replace(batch, input_split=InputLayout(split=split).split)
 
 
-@pytest.mark.parametrize(("split", "error", "message"), [
-    ({"pixel_values": "tiles"}, ValueError, r"the string 'tiles'; rules are typed: use Tiles\(\)"),
-    ({"pixel_values": "patches:image_grid_thw"}, ValueError, r"use Patches\('image_grid_thw'\)"),
-    ({"pixel_values": "rows"}, ValueError, r"use one of Tokens\(\), PerImage\(\)"),
-    ({"pixel_values": lambda batch, rows: batch}, TypeError, r"wrap a function .* in Computed"),
-    ((("pixel_values", Tiles()), ("pixel_values", PerRow())), ValueError, "names 'pixel_values' twice"),
-    ((("pixel_values",),), ValueError, r"\(key, rule\) pairs"),
-])
+@pytest.mark.parametrize(
+    ("split", "error", "message"),
+    [
+        ({"pixel_values": "tiles"}, ValueError, r"the string 'tiles'; rules are typed: use Tiles\(\)"),
+        ({"pixel_values": "patches:image_grid_thw"}, ValueError, r"use Patches\('image_grid_thw'\)"),
+        ({"pixel_values": "rows"}, ValueError, r"use one of Tokens\(\), PerImage\(\)"),
+        ({"pixel_values": lambda batch, rows: batch}, TypeError, r"wrap a function .* in Computed"),
+        ((("pixel_values", Tiles()), ("pixel_values", PerRow())), ValueError, "names 'pixel_values' twice"),
+        ((("pixel_values",),), ValueError, r"\(key, rule\) pairs"),
+    ],
+)
 def test_bad_split_rules_are_refused_saying_what_to_write(split, error, message):
     with pytest.raises(error, match=message):
         InputLayout(split=split)
@@ -65,13 +83,17 @@ def test_bad_groups_are_refused_at_construction():
 def test_every_registered_split_is_typed():
     for adapter in registered_adapters().values():
         for layout in (adapter, *adapter.variants):
-            assert all(isinstance(rule, (Tokens, PerImage, PerRow, Patches, Tiles, Shared, Computed))
-                       for _, rule in layout.inputs.split), layout.name
+            assert all(
+                isinstance(rule, (Tokens, PerImage, PerRow, Patches, Tiles, Shared, Computed))
+                for _, rule in layout.inputs.split
+            ), layout.name
 
 
 def test_default_rules():
-    assert [type(rule_for(key, {})) for key in ("input_ids", "token_type_ids", "pixel_values", "image_sizes",
-                                                "other")] == [Tokens, Tokens, PerImage, PerImage, Shared]
+    assert [
+        type(rule_for(key, {}))
+        for key in ("input_ids", "token_type_ids", "pixel_values", "image_sizes", "other")
+    ] == [Tokens, Tokens, PerImage, PerImage, Shared]
     assert rule_for("pixel_values", {"pixel_values": Tiles()}) == Tiles()
 
 
@@ -81,8 +103,14 @@ def test_rules_cut_each_row_as_an_independent_slice_does():
     thw = torch.tensor([[1, 2, 2], [1, 1, 3], [1, 2, 1]])  # 4, 3 and 2 patches
     patches = torch.arange(9 * 2).reshape(9, 2)
     tiles = torch.arange(12).reshape(12, 1)  # 6 image tokens in all: 2 tiles per token
-    batch = _batch(pixel_values=pixels, crops=per_row, thw=thw, packed=patches, tiles=tiles,
-                   split={"crops": PerRow(), "packed": Patches("thw"), "tiles": Tiles()})
+    batch = _batch(
+        pixel_values=pixels,
+        crops=per_row,
+        thw=thw,
+        packed=patches,
+        tiles=tiles,
+        split={"crops": PerRow(), "packed": Patches("thw"), "tiles": Tiles()},
+    )
     assert batch.images_per_row == (1, 2)
     row0, row1 = batch.row(0), batch.row(1)
     assert row0.input_ids.tolist() == [[5, IMAGE, IMAGE, 6, 7]]  # padding removed
@@ -109,7 +137,10 @@ def test_computed_rules_give_the_rows_tensors_in_row_and_repeat():
 
 def test_pixel_values_per_span_refuses_an_image_without_its_placeholder():
     ids = torch.tensor([[5, IMAGE, IMAGE, 6]])
-    inputs = {"input_ids": ids, "pixel_values": torch.zeros(2, 3, 4, 4)}  # two images, one run of image tokens
+    inputs = {
+        "input_ids": ids,
+        "pixel_values": torch.zeros(2, 3, 4, 4),
+    }  # two images, one run of image tokens
     assert LLAVA.inputs.pixel_values_per_span
     with pytest.raises(ValueError, match=r"2 images \(pixel_values\) but 1 runs of image tokens"):
         MultimodalBatch.from_hf(inputs, image_token_id=IMAGE, adapter=LLAVA)

@@ -62,14 +62,20 @@ def test_adapter_chosen_and_every_hook_fires(model, family, batch):
 
 def test_resid_post_and_logits_equal_hf(model, batch):
     n = model.cfg.n_layers
-    logits, cache = model.run_with_cache(batch, names_filter=lambda name: name.endswith("hook_resid_post")
-                                         or name == "ln_final.hook_normalized")
+    logits, cache = model.run_with_cache(
+        batch,
+        names_filter=lambda name: name.endswith("hook_resid_post") or name == "ln_final.hook_normalized",
+    )
     ref = hf(model, batch, output_hidden_states=True)
     keep = ~batch.pad_mask
     lm = [i for i in range(n)]
     for layer in lm[:-1]:
         torch.testing.assert_close(cache["resid_post", layer][keep], ref.hidden_states[layer + 1][keep])
-    last = "ln_final.hook_normalized" if model.adapter.modules.hidden_states_normed else f"blocks.{n - 1}.hook_resid_post"
+    last = (
+        "ln_final.hook_normalized"
+        if model.adapter.modules.hidden_states_normed
+        else f"blocks.{n - 1}.hook_resid_post"
+    )
     torch.testing.assert_close(cache[last][keep], ref.hidden_states[n][keep])
     captured = {}
     layer = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.{n - 1}")
@@ -94,8 +100,10 @@ def _added_between_layers(model, family, batch) -> dict[int, torch.Tensor]:
         return {}
     outputs: dict[int, torch.Tensor] = {}
     modules = list(model.adapter.module(model.hf_model, path))
-    handles = [m.register_forward_hook(lambda mod, args, out, k=k: outputs.__setitem__(k, out))
-               for k, m in enumerate(modules)]
+    handles = [
+        m.register_forward_hook(lambda mod, args, out, k=k: outputs.__setitem__(k, out))
+        for k, m in enumerate(modules)
+    ]
     try:
         hf(model, batch)
     finally:
@@ -112,7 +120,9 @@ def _added_between_layers(model, family, batch) -> dict[int, torch.Tensor]:
 
 
 def test_residual_identities(model, family, batch):
-    _, cache = model.run_with_cache(batch, names_filter=lambda n: "resid" in n or n.endswith(("attn_out", "mlp_out")))
+    _, cache = model.run_with_cache(
+        batch, names_filter=lambda n: "resid" in n or n.endswith(("attn_out", "mlp_out"))
+    )
     cross = model.adapter.cross_layers(model.hf_model.config)
     between = _added_between_layers(model, family, batch)
     for prefix, n_layers in (("", model.cfg.n_layers), ("vision.", model.cfg.vision_n_layers)):
@@ -120,29 +130,42 @@ def test_residual_identities(model, family, batch):
             b = f"{prefix}blocks.{layer}."
             if not prefix and layer in cross:  # gated cross-attention: the residual adds tanh(gate) * output
                 module = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.{layer}")
-                g_attn, g_mlp = (getattr(module, name).detach().tanh() for name in model.adapter.modules.cross.gates)
-                rows = family.extra["row_mask"](batch)[..., None].to(g_mlp.dtype)  # text positions that see an image
+                g_attn, g_mlp = (
+                    getattr(module, name).detach().tanh() for name in model.adapter.modules.cross.gates
+                )
+                rows = family.extra["row_mask"](batch)[..., None].to(
+                    g_mlp.dtype
+                )  # text positions that see an image
                 assert 0 < float(g_attn.abs()) and 0 < float(g_mlp.abs()) and bool(rows.any())
-                torch.testing.assert_close(cache[b + "hook_resid_pre"] + g_attn * cache[b + "hook_cross_attn_out"],
-                                           cache[b + "hook_resid_mid"])
-                torch.testing.assert_close(cache[b + "hook_resid_mid"] + g_mlp * rows * cache[b + "hook_mlp_out"],
-                                           cache[b + "hook_resid_post"])
+                torch.testing.assert_close(
+                    cache[b + "hook_resid_pre"] + g_attn * cache[b + "hook_cross_attn_out"],
+                    cache[b + "hook_resid_mid"],
+                )
+                torch.testing.assert_close(
+                    cache[b + "hook_resid_mid"] + g_mlp * rows * cache[b + "hook_mlp_out"],
+                    cache[b + "hook_resid_post"],
+                )
                 assert b + "hook_attn_out" not in model.hook_points
             else:
-                torch.testing.assert_close(cache[b + "hook_resid_pre"] + cache[b + "hook_attn_out"],
-                                           cache[b + "hook_resid_mid"])
-                torch.testing.assert_close(cache[b + "hook_resid_mid"] + cache[b + "hook_mlp_out"],
-                                           cache[b + "hook_resid_post"])
+                torch.testing.assert_close(
+                    cache[b + "hook_resid_pre"] + cache[b + "hook_attn_out"], cache[b + "hook_resid_mid"]
+                )
+                torch.testing.assert_close(
+                    cache[b + "hook_resid_mid"] + cache[b + "hook_mlp_out"], cache[b + "hook_resid_post"]
+                )
             if layer + 1 < n_layers:
                 added = between.get(layer, 0.0) if not prefix else 0.0
-                torch.testing.assert_close(cache[b + "hook_resid_post"] + added,
-                                           cache[f"{prefix}blocks.{layer + 1}.hook_resid_pre"])
+                torch.testing.assert_close(
+                    cache[b + "hook_resid_post"] + added, cache[f"{prefix}blocks.{layer + 1}.hook_resid_pre"]
+                )
 
 
 def test_patterns_equal_hf_eager_attentions(model, family, batch):
     if not family.hf_patterns:
         pytest.skip(f"{family.adapter}: HF returns no LM attentions")
-    _, cache = model.run_with_cache(batch, names_filter=lambda n: n.startswith("blocks.") and n.endswith("pattern"))
+    _, cache = model.run_with_cache(
+        batch, names_filter=lambda n: n.startswith("blocks.") and n.endswith("pattern")
+    )
     ref = hf(model, batch, output_attentions=True)
     attentions = ref.attentions if ref.attentions is not None else ref.language_model_outputs.attentions
     keep = ~batch.pad_mask
@@ -151,8 +174,10 @@ def test_patterns_equal_hf_eager_attentions(model, family, batch):
         pattern = cache[name if name in model.hook_points else f"blocks.{layer}.cross_attn.hook_pattern"]
         assert pattern.shape[:2] == (len(batch), model.cfg.n_heads)
         torch.testing.assert_close(pattern, attentions[layer])
-        torch.testing.assert_close(pattern.sum(-1)[keep.unsqueeze(1).expand(-1, pattern.shape[1], -1)],
-                                   torch.ones(int(keep.sum()) * pattern.shape[1]))
+        torch.testing.assert_close(
+            pattern.sum(-1)[keep.unsqueeze(1).expand(-1, pattern.shape[1], -1)],
+            torch.ones(int(keep.sum()) * pattern.shape[1]),
+        )
 
 
 def test_image_geometry_matches_processor(model, family, batch):
@@ -166,7 +191,7 @@ def test_image_geometry_matches_processor(model, family, batch):
     assert int(batch.image_mask.sum()) == sum(n for n, _ in family.geometry) + family.extra.get("newlines", 0)
     for span in batch.images:
         assert bool(batch.image_mask[span.row, list(span.token_positions)].all())
-        inside = int(batch.image_mask[span.row, span.start:span.end].sum())
+        inside = int(batch.image_mask[span.row, span.start : span.end].sum())
         if family.extra.get("newlines") and span.positions is not None:  # a newline image token ends each row
             assert inside == span.n_tokens + span.grid[0] - 1
         else:
@@ -189,18 +214,22 @@ def test_projector_rows_are_the_image_positions(model, family, batch):
             keys = k_proj(out.reshape(-1, out.shape[-2], out.shape[-1]))  # one row per image tile
         torch.testing.assert_close(cache[names[1]].flatten(-2), keys)
         return
-    _, cache = model.run_with_cache(batch, names_filter=["projector.hook_out", "blocks.0.hook_resid_pre", "hook_embed"])
+    _, cache = model.run_with_cache(
+        batch, names_filter=["projector.hook_out", "blocks.0.hook_resid_pre", "hook_embed"]
+    )
     if "base_tiles" in family.extra:  # anyres: each span starts with its whole-image tile
         out = cache["projector.hook_out"]
-        bases = batch.images[::family.extra.get("views", 1)]
+        bases = batch.images[:: family.extra.get("views", 1)]
         assert len(bases) == len(family.extra["base_tiles"])
         for span, tile in zip(bases, family.extra["base_tiles"]):
-            placed = cache["resid_pre", 0][span.row, span.start:span.start + out.shape[1]]
+            placed = cache["resid_pre", 0][span.row, span.start : span.start + out.shape[1]]
             torch.testing.assert_close(placed, out[tile])
         return
     rows = cache["projector.hook_out"].flatten(0, -2)
     placed = cache["resid_pre", 0][batch.image_mask]
-    if family.extra.get("projector_added"):  # Molmo2 adds the projector's rows to the image tokens' embeddings
+    if family.extra.get(
+        "projector_added"
+    ):  # Molmo2 adds the projector's rows to the image tokens' embeddings
         placed = placed - cache["hook_embed"][batch.image_mask]
     if not family.projector_raster:  # same rows, another order
         rows, placed = rows[rows[:, 0].argsort()], placed[placed[:, 0].argsort()]
@@ -231,7 +260,9 @@ def test_batched_rows_equal_single_rows(model, family, batch):
     logits, cache = model.run_with_cache(batch, names_filter=name)
     for row in range(len(batch)):
         alone = batch.row(row)
-        assert [(s.n_tokens, s.grid) for s in alone.images] == [(s.n_tokens, s.grid) for s in batch.images_of(row)]
+        assert [(s.n_tokens, s.grid) for s in alone.images] == [
+            (s.n_tokens, s.grid) for s in batch.images_of(row)
+        ]
         row_logits, row_cache = model.run_with_cache(alone, names_filter=name)
         keep = ~batch.pad_mask[row]
         torch.testing.assert_close(logits[row, keep], row_logits[0], atol=1e-5, rtol=1e-4)
@@ -248,7 +279,9 @@ def test_generate_equals_hf(model, batch):
 def test_apply_ln_to_stack_reproduces_the_final_norm(model, batch):
     """Scaling the full residual as a one-component stack gives the final norm's output."""
     n = model.cfg.n_layers
-    _, cache = model.run_with_cache(batch, names_filter=[f"blocks.{n - 1}.hook_resid_post", "ln_final.hook_normalized"])
+    _, cache = model.run_with_cache(
+        batch, names_filter=[f"blocks.{n - 1}.hook_resid_post", "ln_final.hook_normalized"]
+    )
     scaled = cache.apply_ln_to_stack(cache["resid_post", n - 1][None], layer=None)[0]
     keep = ~batch.pad_mask
     torch.testing.assert_close(scaled[keep], cache["ln_final.hook_normalized"][keep], atol=1e-4, rtol=1e-4)
@@ -282,9 +315,14 @@ def _processor_outputs(model, family) -> BatchFeature:
             texts.append(placeholder * len(images) + prompt)
         else:
             content = [{"type": "image"} for _ in images] + [{"type": "text", "text": prompt}]
-            texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
-                                                       add_generation_prompt=True))
-    images = family.images if model.adapter.inputs.nested_images else [im for row in family.images for im in row]
+            texts.append(
+                processor.apply_chat_template(
+                    [{"role": "user", "content": content}], add_generation_prompt=True
+                )
+            )
+    images = (
+        family.images if model.adapter.inputs.nested_images else [im for row in family.images for im in row]
+    )
     processor.tokenizer.padding_side = "left"
     out = processor(images=images, text=texts, padding=True, return_tensors="pt")
     out.pop("labels", None)
@@ -296,16 +334,25 @@ def test_every_entry_point_takes_every_input_form(model, family, batch):
     run_with_hooks, generate, trace), each against HF's own forward and generate on the same tensors."""
     last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
     direct = _processor_outputs(model, family)
-    forms = {"prepare": ((batch,), {}, batch.inputs), "keywords": ((), dict(direct), dict(direct)),
-             "processor": ((direct,), {}, dict(direct))}
+    forms = {
+        "prepare": ((batch,), {}, batch.inputs),
+        "keywords": ((), dict(direct), dict(direct)),
+        "processor": ((direct,), {}, dict(direct)),
+    }
     refs: dict[int, tuple] = {}
     for form, (args, kwargs, tensors) in forms.items():
-        key = 0 if set(tensors) == set(batch.inputs) and all(torch.equal(v, batch.inputs[k])
-                                                              for k, v in tensors.items()) else 1
+        key = (
+            0
+            if set(tensors) == set(batch.inputs)
+            and all(torch.equal(v, batch.inputs[k]) for k, v in tensors.items())
+            else 1
+        )
         if key not in refs:
             with torch.no_grad():
-                refs[key] = (model.hf_model(**tensors).logits,
-                             model.hf_model.generate(**tensors, max_new_tokens=2, do_sample=False))
+                refs[key] = (
+                    model.hf_model(**tensors).logits,
+                    model.hf_model.generate(**tensors, max_new_tokens=2, do_sample=False),
+                )
         ref, ref_gen = refs[key]
         keep = tensors["attention_mask"].bool()
         torch.testing.assert_close(model(*args, **kwargs)[keep], ref[keep], msg=f"forward({form})")
@@ -313,7 +360,9 @@ def test_every_entry_point_takes_every_input_form(model, family, batch):
         torch.testing.assert_close(logits[keep], ref[keep], msg=f"run_with_cache({form})")
         assert cache[last].shape[:2] == ref.shape[:2]
         seen = []
-        hooked = model.run_with_hooks(*args, fwd_hooks=[(last, lambda act, hook: seen.append(hook.name))], **kwargs)
+        hooked = model.run_with_hooks(
+            *args, fwd_hooks=[(last, lambda act, hook: seen.append(hook.name))], **kwargs
+        )
         torch.testing.assert_close(hooked[keep], ref[keep], msg=f"run_with_hooks({form})")
         assert seen == [last]
         out = model.generate(*args, max_new_tokens=2, **kwargs)

@@ -21,10 +21,27 @@ from hooked_mllm.architectures import adapter_for, discover, registered_adapters
 from hooked_mllm.architectures.discover import verify_adapter
 from hooked_mllm.testing.conformance import unreached_writes
 
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            vocab_size=64, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16,
-              patch_size=4, model_type="siglip_vision_model")
+TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=64,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+SIGLIP = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=16,
+    patch_size=4,
+    model_type="siglip_vision_model",
+)
 
 
 def _build(config, cls):
@@ -38,25 +55,54 @@ def _build(config, cls):
 
 
 def aya_vision():
-    config = tf.AyaVisionConfig(vision_config=SIGLIP, text_config=dict(TEXT, model_type="cohere2"),
-                                image_token_index=5, downsample_factor=2)
+    config = tf.AyaVisionConfig(
+        vision_config=SIGLIP,
+        text_config=dict(TEXT, model_type="cohere2"),
+        image_token_index=5,
+        downsample_factor=2,
+    )
     return _build(config, tf.AyaVisionForConditionalGeneration)
 
 
 def glm4v():
     rope = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0}
     config = tf.Glm4vConfig(
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32,
-                           patch_size=4, spatial_merge_size=2, image_size=16),
-        text_config=dict(TEXT, rope_parameters=rope), image_token_id=5, video_token_id=6, image_start_token_id=7,
-        image_end_token_id=8, video_start_token_id=9, video_end_token_id=10)
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=32,
+            patch_size=4,
+            spatial_merge_size=2,
+            image_size=16,
+        ),
+        text_config=dict(TEXT, rope_parameters=rope),
+        image_token_id=5,
+        video_token_id=6,
+        image_start_token_id=7,
+        image_end_token_id=8,
+        video_start_token_id=9,
+        video_end_token_id=10,
+    )
     return _build(config, tf.Glm4vForConditionalGeneration)
 
 
 def got_ocr2():
-    vision = dict(hidden_size=16, output_channels=32, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=4, mlp_dim=32, window_size=2, global_attn_indexes=[1])
-    config = tf.GotOcr2Config(vision_config=vision, text_config=dict(TEXT, model_type="qwen2"), image_token_index=5)
+    vision = dict(
+        hidden_size=16,
+        output_channels=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=4,
+        mlp_dim=32,
+        window_size=2,
+        global_attn_indexes=[1],
+    )
+    config = tf.GotOcr2Config(
+        vision_config=vision, text_config=dict(TEXT, model_type="qwen2"), image_token_index=5
+    )
     return _build(config, tf.GotOcr2ForConditionalGeneration)
 
 
@@ -78,8 +124,11 @@ def test_layout_is_recognised_by_structure(discovered):
     if name == "aya_vision":  # one norm, attention and MLP in parallel
         assert block.ln2 is None and block.attn_out is None and block.mlp_out is None
     elif name == "glm4v":  # sandwich norms under their own names, fused gate and up
-        assert (block.ln2, block.attn_out, block.mlp_out) == ("post_attention_layernorm", "post_self_attn_layernorm",
-                                                             "post_mlp_layernorm")
+        assert (block.ln2, block.attn_out, block.mlp_out) == (
+            "post_attention_layernorm",
+            "post_self_attn_layernorm",
+            "post_mlp_layernorm",
+        )
         assert block.mlp_pre == "mlp.gate_up_proj"
     else:
         assert (block.ln2, block.attn_out, block.mlp_out) == ("post_attention_layernorm", None, None)
@@ -95,27 +144,44 @@ def test_discovered_model_equals_hf_and_keeps_the_identities(discovered):
     torch.testing.assert_close(logits, ref.logits)
     n = model.cfg.n_layers
     for layer in range(n):
-        torch.testing.assert_close(cache["resid_pre", layer] + cache["attn_out", layer], cache["resid_mid", layer])
-        torch.testing.assert_close(cache["resid_mid", layer] + cache["mlp_out", layer], cache["resid_post", layer])
+        torch.testing.assert_close(
+            cache["resid_pre", layer] + cache["attn_out", layer], cache["resid_mid", layer]
+        )
+        torch.testing.assert_close(
+            cache["resid_mid", layer] + cache["mlp_out", layer], cache["resid_post", layer]
+        )
         if layer + 1 < n:
             torch.testing.assert_close(cache["resid_post", layer], ref.hidden_states[layer + 1])
-    last = "ln_final.hook_normalized" if adapter.modules.hidden_states_normed else f"blocks.{n - 1}.hook_resid_post"
+    last = (
+        "ln_final.hook_normalized"
+        if adapter.modules.hidden_states_normed
+        else f"blocks.{n - 1}.hook_resid_post"
+    )
     torch.testing.assert_close(cache[last], ref.hidden_states[n])
     batch = model.to_batch(input_ids=IDS)
     assert unreached_writes(model, batch, names=names) == {"returned": [], "in_place": []}
 
 
-@pytest.mark.parametrize(("family", "wrong", "identity"), [
-    ("glm4v", dict(attn_out=None, mlp_out=None), r"resid_pre \+ attn_out = resid_mid"),
-    ("glm4v", dict(ln1="post_attention_layernorm", ln2="input_layernorm"), "ln1 output = the attention's input"),
-    ("aya_vision", dict(ln2="input_layernorm"), r"resid_pre \+ attn_out = resid_mid"),
-    ("got_ocr2", dict(mlp_out="post_attention_layernorm"), r"resid_mid \+ mlp_out = resid_post"),
-])
+@pytest.mark.parametrize(
+    ("family", "wrong", "identity"),
+    [
+        ("glm4v", dict(attn_out=None, mlp_out=None), r"resid_pre \+ attn_out = resid_mid"),
+        (
+            "glm4v",
+            dict(ln1="post_attention_layernorm", ln2="input_layernorm"),
+            "ln1 output = the attention's input",
+        ),
+        ("aya_vision", dict(ln2="input_layernorm"), r"resid_pre \+ attn_out = resid_mid"),
+        ("got_ocr2", dict(mlp_out="post_attention_layernorm"), r"resid_mid \+ mlp_out = resid_post"),
+    ],
+)
 def test_a_mis_mapped_layout_is_refused_naming_the_identity(family, wrong, identity):
     hf_model = FAMILIES[family]()
     adapter = discover(hf_model)
     bad = replace(adapter, modules=replace(adapter.modules, block=replace(adapter.modules.block, **wrong)))
-    with pytest.raises(ValueError, match=rf"failed its self-check: {identity}[^;]* does not hold at LM layer 0 \(off by "):
+    with pytest.raises(
+        ValueError, match=rf"failed its self-check: {identity}[^;]* does not hold at LM layer 0 \(off by "
+    ):
         verify_adapter(hf_model, bad)
 
 
@@ -132,8 +198,11 @@ def test_refusal_names_the_sub_module_it_could_not_recognise():
     for layer in hf_model.model.language_model.layers:
         layer.mixer = layer.self_attn  # attention under an unknown name
         del layer.self_attn
-    with pytest.raises(ValueError, match=r"model\.language_model\.layers\.0 \(Qwen2DecoderLayer\): no attention "
-                                         r"sub-module .* mixer \(Qwen2Attention\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.language_model\.layers\.0 \(Qwen2DecoderLayer\): no attention "
+        r"sub-module .* mixer \(Qwen2Attention\)",
+    ):
         discover(hf_model)
 
 
@@ -145,13 +214,17 @@ def test_self_check_covers_the_vision_tower_when_given_images(adapter_name):
 
     family = next(f for f in REGISTERED if f.adapter == adapter_name)
     hf_model, processor = family.build()
-    batch = HookedMLLM.from_hf(hf_model, processor).prepare(images=family.images[:1], prompts=family.prompts[:1])
+    batch = HookedMLLM.from_hf(hf_model, processor).prepare(
+        images=family.images[:1], prompts=family.prompts[:1]
+    )
     adapter = discover(hf_model)
     checked = verify_adapter(hf_model, adapter, batch.inputs)
     assert checked.modules.hidden_states_normed == adapter.modules.hidden_states_normed
     vision = adapter.modules.vision_block
     swapped_block = replace(vision, ln1=vision.ln2, ln2=vision.ln1)
     swapped = replace(adapter, modules=replace(adapter.modules, vision_block=swapped_block))
-    with pytest.raises(ValueError, match=r"ln1 output = the attention's input does not hold at vision layer 0"):
+    with pytest.raises(
+        ValueError, match=r"ln1 output = the attention's input does not hold at vision layer 0"
+    ):
         verify_adapter(hf_model, swapped, batch.inputs)
     verify_adapter(hf_model, swapped)  # the text-only probe does not run the tower: nothing to catch there

@@ -16,17 +16,27 @@ from hooked_mllm.architectures.table import GUIDE_HEADING, rewrite, supported_mo
 from .families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[2]
-_FIELDS = ("lm_layers", "embed", "final_norm", "unembed", "block", "vision_layers", "vision_embed", "vision_block",
-           "projector")
+_FIELDS = (
+    "lm_layers",
+    "embed",
+    "final_norm",
+    "unembed",
+    "block",
+    "vision_layers",
+    "vision_embed",
+    "vision_block",
+    "projector",
+)
 
 
 def test_architectures_doc_is_generated_from_the_registry(tmp_path):
     text = supported_models_markdown()
     doc = (ROOT / "docs" / "architectures.md").read_text()
     assert doc.startswith(text + "\n" + GUIDE_HEADING), (
-        "regenerate: python -m hooked_mllm.architectures.table docs/architectures.md")
+        "regenerate: python -m hooked_mllm.architectures.table docs/architectures.md"
+    )
     stale = tmp_path / "architectures.md"  # the rewrite replaces the table and keeps the guide
-    stale.write_text("# old table\n\n" + doc[len(text):])
+    stale.write_text("# old table\n\n" + doc[len(text) :])
     rewrite(stale)
     assert stale.read_text() == doc and oct(stale.stat().st_mode & 0o777) == "0o644"
     for adapter in registered_adapters().values():
@@ -46,12 +56,17 @@ def test_adding_a_family_guide_runs_as_written(tmp_path, monkeypatch):
     namespace: dict = {"__name__": "__doc_example__"}
     exec(compile(script.read_text(encoding="utf-8"), str(script), "exec"), namespace)  # noqa: S102 - our own docs
     adapter, model = namespace["MY_VLM"], namespace["model"]
-    assert model.adapter is adapter and adapter.name == "my_vlm" and adapter.name not in {
-        a.name for a in registered_adapters().values()}
+    assert (
+        model.adapter is adapter
+        and adapter.name == "my_vlm"
+        and adapter.name not in {a.name for a in registered_adapters().values()}
+    )
     assert namespace["checked"].modules.hidden_states_normed
     hidden, cache = namespace["hidden"], namespace["cache"]
-    assert all(torch.allclose(cache["resid_post", layer], hidden[layer + 1], atol=1e-5)
-               for layer in range(model.cfg.n_layers - 1))
+    assert all(
+        torch.allclose(cache["resid_post", layer], hidden[layer + 1], atol=1e-5)
+        for layer in range(model.cfg.n_layers - 1)
+    )
     assert "vision.blocks.0.hook_resid_pre" in cache
 
 
@@ -101,5 +116,7 @@ def test_discovery_refuses_clearly():
 
     with pytest.raises(ValueError, match=r"Cannot map NotAnLM automatically: found no LM head"):
         discover(NotAnLM())
-    with pytest.raises(ValueError, match=r"No adapter for NotAnLM .*auto-discovery failed.*Supported config classes"):
+    with pytest.raises(
+        ValueError, match=r"No adapter for NotAnLM .*auto-discovery failed.*Supported config classes"
+    ):
         architectures.adapter_for(NotAnLM())

@@ -37,7 +37,9 @@ def test_image_span_positions_skip_row_breaks(pixtral_tower):
         rows, cols = span.grid
         assert tokens.count("[IMG_BREAK]") == rows - 1 and batch.tokens[span.row][span.end] == "[IMG_END]"
         assert [batch.tokens[span.row][p] for p in span.token_positions] == ["[IMG]"] * (rows * cols)
-        assert list(span.token_positions) == [p for p in range(span.start, span.end) if tokens[p - span.start] == "[IMG]"]
+        assert list(span.token_positions) == [
+            p for p in range(span.start, span.end) if tokens[p - span.start] == "[IMG]"
+        ]
 
 
 def test_grid_selectors_and_cache_use_the_image_positions(pixtral_tower):
@@ -93,19 +95,46 @@ class _Tree(nn.Module):
 
     def __init__(self, d: int = 8, n_layers: int = 2):
         super().__init__()
-        block = lambda: nn.ModuleDict(dict(attn_norm=nn.LayerNorm(d), att_proj=nn.Linear(d, 3 * d),  # noqa: E731
-                                           attn_out=nn.Linear(d, d), ff_norm=nn.LayerNorm(d),
-                                           ff_proj=nn.Linear(d, 4 * d), ff_out=nn.Linear(2 * d, d)))
-        resblock = lambda: nn.ModuleDict(dict(  # noqa: E731
-            attention_norm=nn.LayerNorm(d), ffn_norm=nn.LayerNorm(d),
-            attention=nn.ModuleDict({n: nn.Linear(d, d) for n in ("wq", "wk", "wv", "wo")}),
-            feed_forward=nn.ModuleDict(dict(w1=nn.Linear(d, 2 * d), w2=nn.Linear(2 * d, d)))))
-        transformer = nn.ModuleDict(dict(wte=nn.Embedding(16, d), ln_f=nn.LayerNorm(d), ff_out=nn.Linear(d, 16),
-                                         blocks=nn.ModuleList([block() for _ in range(n_layers)])))
-        vit = nn.ModuleDict(dict(patch_embedding=nn.Linear(12, d), pre_ln=nn.LayerNorm(d),
-                                 transformer=nn.ModuleDict(dict(resblocks=nn.ModuleList([resblock(), resblock()])))))
-        vision = nn.ModuleDict(dict(image_vit=vit, image_pooling_2d=nn.ModuleDict({"wq": nn.Linear(d, d)}),
-                                    image_projector=nn.ModuleDict({"w1": nn.Linear(d, d)})))
+        block = lambda: nn.ModuleDict(
+            dict(
+                attn_norm=nn.LayerNorm(d),
+                att_proj=nn.Linear(d, 3 * d),  # noqa: E731
+                attn_out=nn.Linear(d, d),
+                ff_norm=nn.LayerNorm(d),
+                ff_proj=nn.Linear(d, 4 * d),
+                ff_out=nn.Linear(2 * d, d),
+            )
+        )
+        resblock = lambda: nn.ModuleDict(
+            dict(  # noqa: E731
+                attention_norm=nn.LayerNorm(d),
+                ffn_norm=nn.LayerNorm(d),
+                attention=nn.ModuleDict({n: nn.Linear(d, d) for n in ("wq", "wk", "wv", "wo")}),
+                feed_forward=nn.ModuleDict(dict(w1=nn.Linear(d, 2 * d), w2=nn.Linear(2 * d, d))),
+            )
+        )
+        transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(16, d),
+                ln_f=nn.LayerNorm(d),
+                ff_out=nn.Linear(d, 16),
+                blocks=nn.ModuleList([block() for _ in range(n_layers)]),
+            )
+        )
+        vit = nn.ModuleDict(
+            dict(
+                patch_embedding=nn.Linear(12, d),
+                pre_ln=nn.LayerNorm(d),
+                transformer=nn.ModuleDict(dict(resblocks=nn.ModuleList([resblock(), resblock()]))),
+            )
+        )
+        vision = nn.ModuleDict(
+            dict(
+                image_vit=vit,
+                image_pooling_2d=nn.ModuleDict({"wq": nn.Linear(d, d)}),
+                image_projector=nn.ModuleDict({"w1": nn.Linear(d, d)}),
+            )
+        )
         self.model = nn.ModuleDict(dict(transformer=transformer, vision_backbone=vision))
         self.config = type("MolmoConfig", (), {"model_type": "molmo"})()
 
@@ -135,7 +164,7 @@ def molmo2():
 def test_molmo2_row_inputs_equal_the_processor_on_that_row(molmo2):
     model, family, batch = molmo2
     for row in range(len(batch)):
-        alone = model.prepare(images=family.images[row:row + 1], prompts=family.prompts[row:row + 1])
+        alone = model.prepare(images=family.images[row : row + 1], prompts=family.prompts[row : row + 1])
         split = batch.row(row)
         assert split.inputs.keys() == alone.inputs.keys()
         for key, value in alone.inputs.items():
@@ -154,8 +183,12 @@ def test_molmo2_projector_hook_writes_through_its_model_output(molmo2):
     clean = model(batch)
     same = model.run_with_hooks(batch, fwd_hooks=[("projector.hook_out", lambda act, hook: act.clone())])
     torch.testing.assert_close(same, clean, rtol=0, atol=0)
-    zeroed = model.run_with_hooks(batch, fwd_hooks=[("projector.hook_out", lambda act, hook: torch.zeros_like(act))])
-    inputs = {k: v for k, v in batch.inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    zeroed = model.run_with_hooks(
+        batch, fwd_hooks=[("projector.hook_out", lambda act, hook: torch.zeros_like(act))]
+    )
+    inputs = {
+        k: v for k, v in batch.inputs.items() if k in ("input_ids", "attention_mask", "mm_token_type_ids")
+    }
     with torch.no_grad():  # no image features at all: the <im_patch> positions keep their embeddings
         ref = model.hf_model(**inputs).logits
     torch.testing.assert_close(zeroed, ref)
@@ -169,10 +202,21 @@ def test_molmo2_spans_with_and_without_column_tokens(molmo2):
     assert all(span.positions is None for span in batch.images[::2])  # low-res views: one run each
     assert all(span.positions is not None for span in batch.images[1::2])  # high-res rows end in <im_col>
     for flags in ({"use_single_crop_col_tokens": None}, {"image_use_col_tokens": False}):
-        variant = type(processor)(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
-                                  video_processor=None, chat_template=processor.chat_template, **flags)
-        other = prepare(variant, images=family.images, prompts=family.prompts, image_token_id=model.cfg.image_token_id,
-                        adapter=model.adapter, config=model.hf_model.config)
+        variant = type(processor)(
+            image_processor=processor.image_processor,
+            tokenizer=processor.tokenizer,
+            video_processor=None,
+            chat_template=processor.chat_template,
+            **flags,
+        )
+        other = prepare(
+            variant,
+            images=family.images,
+            prompts=family.prompts,
+            image_token_id=model.cfg.image_token_id,
+            adapter=model.adapter,
+            config=model.hf_model.config,
+        )
         assert [(span.n_tokens, span.grid) for span in other.images] == expected
         with_cols = flags.get("image_use_col_tokens", True)
         assert all((span.positions is not None) == with_cols for span in other.images)
@@ -185,7 +229,9 @@ def test_molmo2_pixels_and_post_norm_refusal(molmo2):
 
     model, family, batch = molmo2
     pixels = np.asarray(family.images[1][0], dtype=np.float32) / 255  # 20x20: one crop, no resize anywhere
-    patches = torch.from_numpy((pixels - 0.5) / 0.5).reshape(5, 4, 5, 4, 3).permute(0, 2, 1, 3, 4).reshape(25, 48)
+    patches = (
+        torch.from_numpy((pixels - 0.5) / 0.5).reshape(5, 4, 5, 4, 3).permute(0, 2, 1, 3, 4).reshape(25, 48)
+    )
     row = batch.row(1).inputs["pixel_values"]
     torch.testing.assert_close(row[0], patches)  # low-res view
     torch.testing.assert_close(row[1], patches)  # the single high-res crop
@@ -195,8 +241,10 @@ def test_molmo2_pixels_and_post_norm_refusal(molmo2):
         model.adapter.for_config(config)
 
 
-@pytest.mark.skipif(not os.environ.get("MOLMO_REMOTE_CODE"),
-                    reason="set MOLMO_REMOTE_CODE to a folder holding Molmo's modeling_molmo.py and config_molmo.py")
+@pytest.mark.skipif(
+    not os.environ.get("MOLMO_REMOTE_CODE"),
+    reason="set MOLMO_REMOTE_CODE to a folder holding Molmo's modeling_molmo.py and config_molmo.py",
+)
 def test_molmo_adapter_against_its_remote_code():
     """benchmarks/molmo_remote_check.py on the remote code the user holds (never part of this repository)."""
     import importlib.util

@@ -29,10 +29,13 @@ def test_layer_scaled_attn_out_writes_back_through_the_scale(internvl):
     lambda_1 = layer.lambda_1.detach().clone()
     assert float(lambda_1.std()) > 0  # per-channel scales, not all equal
     clean = model(batch)
-    same = model.run_with_hooks(batch, fwd_hooks=[("vision.blocks.0.hook_attn_out", lambda act, hook: act.clone())])
+    same = model.run_with_hooks(
+        batch, fwd_hooks=[("vision.blocks.0.hook_attn_out", lambda act, hook: act.clone())]
+    )
     torch.testing.assert_close(same, clean, rtol=0, atol=0)
-    zeroed = model.run_with_hooks(batch, fwd_hooks=[("vision.blocks.0.hook_attn_out",
-                                                     lambda act, hook: torch.zeros_like(act))])
+    zeroed = model.run_with_hooks(
+        batch, fwd_hooks=[("vision.blocks.0.hook_attn_out", lambda act, hook: torch.zeros_like(act))]
+    )
     with torch.no_grad():
         layer.lambda_1.zero_()
         try:
@@ -52,7 +55,9 @@ def test_write_through_a_zero_layer_scale_is_refused(internvl):
         with torch.no_grad():
             layer.lambda_1[0] = 0.0
         with pytest.raises(ValueError, match="zero entries"):
-            model.run_with_hooks(batch, fwd_hooks=[("vision.blocks.0.hook_attn_out", lambda act, hook: act + 1)])
+            model.run_with_hooks(
+                batch, fwd_hooks=[("vision.blocks.0.hook_attn_out", lambda act, hook: act + 1)]
+            )
     finally:
         with torch.no_grad():
             layer.lambda_1.copy_(saved)
@@ -105,8 +110,9 @@ def test_prepare_without_chat_template_puts_images_first():
     assert "labels" not in batch.inputs and "token_type_ids" in batch.inputs
 
 
-@pytest.mark.parametrize("name, side, shuffle, cls", [("idefics3", 8, 2, 0), ("smolvlm", 16, 4, 0),
-                                                      ("internvl", 8, 2, 1)])
+@pytest.mark.parametrize(
+    "name, side, shuffle, cls", [("idefics3", 8, 2, 0), ("smolvlm", 16, 4, 0), ("internvl", 8, 2, 1)]
+)
 def test_pixel_shuffle_keeps_raster_order(name, side, shuffle, cls):
     """A change to one vision patch of tile 0 moves exactly the token of its s x s block, row-major."""
     family = BY_NAME[name]
@@ -116,6 +122,7 @@ def test_pixel_shuffle_keeps_raster_order(name, side, shuffle, cls):
     _, clean = model.run_with_cache(batch, names_filter="projector.hook_out")
     out_side = side // shuffle
     for r, c in ((side - 3, 2), (1, side - 1)):
+
         def bump(act, hook, r=r, c=c):
             act = act.clone()
             act[0, cls + r * side + c] += 10 * act[0].abs().max()

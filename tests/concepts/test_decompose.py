@@ -311,16 +311,30 @@ def atom_recovery(U_true, U_found):
 def test_sparse_dictionary_recovers_atoms_like_sklearn():
     Z, _, U = sparse_codes_case()
     ours = SparseDictionary(6, alpha=1.0, random_state=0).fit(Z)
-    ref = DictionaryLearning(6, alpha=1.0, positive_code=True, fit_algorithm="cd", transform_algorithm="lasso_cd",
-                             max_iter=200, random_state=0).fit(Z)
+    ref = DictionaryLearning(
+        6,
+        alpha=1.0,
+        positive_code=True,
+        fit_algorithm="cd",
+        transform_algorithm="lasso_cd",
+        max_iter=200,
+        random_state=0,
+    ).fit(Z)
     assert atom_recovery(U, ours.components_) >= 0.98
     assert atom_recovery(U, ours.components_) >= atom_recovery(U, ref.components_) - 0.005
     np.testing.assert_allclose(np.linalg.norm(ours.components_, axis=1), 1.0, atol=1e-5)
     # transform solves the same non-negative lasso as sklearn's, for our atoms
     V = ours.transform(Z[:20])
     from sklearn.decomposition import sparse_encode
-    expected = sparse_encode(Z[:20], ours.components_.astype(np.float64), algorithm="lasso_cd", alpha=1.0,
-                             positive=True, max_iter=5000)
+
+    expected = sparse_encode(
+        Z[:20],
+        ours.components_.astype(np.float64),
+        algorithm="lasso_cd",
+        alpha=1.0,
+        positive=True,
+        max_iter=5000,
+    )
     np.testing.assert_allclose(V, expected, atol=2e-3)
     assert (V >= 0).all() and (V == 0).mean() > 0.3  # sparse codes, unlike Semi-NMF's dense ones
     assert SemiNMF(6, random_state=0).fit(Z).transform(Z).__eq__(0).mean() < (V == 0).mean()

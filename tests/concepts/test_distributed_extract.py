@@ -65,7 +65,10 @@ def test_ranks_in_turn_with_an_interrupted_rank_equal_one_process(llama_model, s
     assert_same_store(one, two)
     assert_same_store(one, Features.load(out))
     assert not list(out.glob("part-*")) and not list(out.glob(".lock-part-*"))
-    assert [s["file"] for s in two.manifest["shards"]] == ["shard_00000.safetensors", "shard_00001.safetensors"]
+    assert [s["file"] for s in two.manifest["shards"]] == [
+        "shard_00000.safetensors",
+        "shard_00001.safetensors",
+    ]
     assert "index" not in json.dumps(two.manifest)
 
 
@@ -105,14 +108,42 @@ def test_torchrun_two_processes_equal_one_process(tmp_path):
     hooks = "blocks.2.hook_resid_post,blocks.3.hook_resid_post"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     env.pop("WORLD_SIZE", None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-               "hooked_mllm.cli", "--", "extract", "--model", "toy:toy-llava", "--hook", hooks, "--n", "10",
-               "--batch-size", "3", "--shard-size", "4", "--out", str(tmp_path / "two")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "hooked_mllm.cli",
+        "--",
+        "extract",
+        "--model",
+        "toy:toy-llava",
+        "--hook",
+        hooks,
+        "--n",
+        "10",
+        "--batch-size",
+        "3",
+        "--shard-size",
+        "4",
+        "--out",
+        str(tmp_path / "two"),
+    ]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("10 samples ->") == 1  # rank 0 reports
-    one = extract(toy.load("toy-llava"), toy_dataset(10), hooks.split(","), batch_size=3, shard_size=4,
-                  out=tmp_path / "one", progress=False)
+    one = extract(
+        toy.load("toy-llava"),
+        toy_dataset(10),
+        hooks.split(","),
+        batch_size=3,
+        shard_size=4,
+        out=tmp_path / "one",
+        progress=False,
+    )
     two = Features.load(tmp_path / "two")
     assert one.ids == two.ids and len(two) == 10
     for hook in hooks.split(","):

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from hooked_mllm import HookedMLLM
-from hooked_mllm.concepts import Features, Sample, TokenRule, extract, folder_dataset, hf_dataset, jsonl_dataset
+from hooked_mllm.concepts import (
+    Features,
+    Sample,
+    TokenRule,
+    extract,
+    folder_dataset,
+    hf_dataset,
+    jsonl_dataset,
+)
 from hooked_mllm.concepts._store import folder_lock
 from hooked_mllm.testing import random_image, tiny_llava, tiny_processor
 
@@ -49,13 +57,21 @@ def test_extract_matches_cache_and_resumes(llama_model, samples, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         with llama_model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", interrupt)]):
-            extract(llama_model, samples, hook, "last", batch_size=2, out=tmp_path, shard_size=4, progress=False)
+            extract(
+                llama_model, samples, hook, "last", batch_size=2, out=tmp_path, shard_size=4, progress=False
+            )
     partial = json.loads((tmp_path / "manifest.json").read_text())
-    assert sum(len(s["ids"]) for s in partial["shards"]) == 4  # the completed batches are saved on the way out
-    feats = extract(llama_model, samples, hook, "last", batch_size=2, out=tmp_path, shard_size=4, progress=False)
+    assert (
+        sum(len(s["ids"]) for s in partial["shards"]) == 4
+    )  # the completed batches are saved on the way out
+    feats = extract(
+        llama_model, samples, hook, "last", batch_size=2, out=tmp_path, shard_size=4, progress=False
+    )
     assert feats.ids == [s.id for s in samples] and feats.predictions == [""] * 7
     for sample, feature in zip(samples, feats.features):
-        torch.testing.assert_close(feature, reference(llama_model, sample, hook, "last"), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            feature, reference(llama_model, sample, hook, "last"), atol=1e-5, rtol=1e-4
+        )
     again = Features.load(tmp_path)
     assert again.ids == feats.ids and torch.equal(again.features, feats.features)
     mask = 0o666 & ~_umask()
@@ -106,11 +122,17 @@ def test_corrupted_or_truncated_shard_is_named(llama_model, samples, tmp_path):
 
 
 def test_several_hooks_one_pass_with_vision_and_projector(llama_model, samples, tmp_path):
-    hooks = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post", "vision.blocks.1.hook_resid_post",
-             "projector.hook_out"]
+    hooks = [
+        "blocks.0.hook_resid_post",
+        "blocks.2.hook_resid_post",
+        "vision.blocks.1.hook_resid_post",
+        "projector.hook_out",
+    ]
     calls, ctx = counter(llama_model)
     with ctx:
-        feats = extract(llama_model, samples[:4], hooks, "image_mean", batch_size=2, out=tmp_path, progress=False)
+        feats = extract(
+            llama_model, samples[:4], hooks, "image_mean", batch_size=2, out=tmp_path, progress=False
+        )
     assert calls == {"prompt": 2, "steps": 0}  # one forward per batch, no generation
     assert feats.hooks == hooks
     with pytest.raises(ValueError, match="holds 4 hook points"):
@@ -130,26 +152,41 @@ def test_several_hooks_one_pass_with_vision_and_projector(llama_model, samples, 
 
 def test_answer_rules_cache_during_generation(llama_model, samples):
     hook = "blocks.2.hook_resid_post"
-    batch = llama_model.prepare(images=[s.image for s in samples[:3]], prompts=[s.prompt for s in samples[:3]])
+    batch = llama_model.prepare(
+        images=[s.image for s in samples[:3]], prompts=[s.prompt for s in samples[:3]]
+    )
     gen = llama_model.generate(batch, max_new_tokens=4)
     tokenizer = llama_model.processor.tokenizer
     calls, ctx = counter(llama_model)
     with ctx:
-        mean = extract(llama_model, samples[:3], hook, "answer_mean", batch_size=3, max_new_tokens=4, progress=False)
-        second = extract(llama_model, samples[:3], hook, TokenRule("token", token=tokenizer.decode(
-            gen.new_tokens[0, 1:2])), batch_size=3, max_new_tokens=4, progress=False)
+        mean = extract(
+            llama_model, samples[:3], hook, "answer_mean", batch_size=3, max_new_tokens=4, progress=False
+        )
+        second = extract(
+            llama_model,
+            samples[:3],
+            hook,
+            TokenRule("token", token=tokenizer.decode(gen.new_tokens[0, 1:2])),
+            batch_size=3,
+            max_new_tokens=4,
+            progress=False,
+        )
     assert calls["prompt"] == 2  # no second full forward after generating
     for row in range(3):
         ids = gen.new_tokens[row].tolist()
         ids = ids[: ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in ids else ids
         full = torch.cat([gen.sequences[row, : batch.shape[1]], torch.tensor(ids, dtype=torch.long)])
         run = llama_model.prepare(images=[samples[row].image], prompts=[samples[row].prompt])
-        run = llama_model.to_batch(input_ids=full[None], pixel_values=run.inputs["pixel_values"],
-                                   attention_mask=torch.cat([batch.attention_mask[row],
-                                                             torch.ones(len(ids), dtype=torch.long)])[None])
+        run = llama_model.to_batch(
+            input_ids=full[None],
+            pixel_values=run.inputs["pixel_values"],
+            attention_mask=torch.cat([batch.attention_mask[row], torch.ones(len(ids), dtype=torch.long)])[
+                None
+            ],
+        )
         _, cache = llama_model.run_with_cache(run, names_filter=hook)
         acts = cache[hook][0]
-        torch.testing.assert_close(mean.features[row], acts[batch.shape[1]:].mean(0), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mean.features[row], acts[batch.shape[1] :].mean(0), atol=1e-4, rtol=1e-4)
         assert mean.predictions[row] == tokenizer.decode(ids, skip_special_tokens=True).strip()
         if row == 0:  # the second answer token, which the last generation step still runs through the model
             torch.testing.assert_close(second.features[0], acts[batch.shape[1] + 1], atol=1e-4, rtol=1e-4)
@@ -163,15 +200,18 @@ def test_word_rules_on_the_prompt(llama_model, samples):
     red = tokens.index("red")
     _, cache = llama_model.run_with_cache(batch, names_filter=hook)
     acts = cache[hook][0]
-    rules = {TokenRule("token", token="RED", search="prompt"): acts[red],
-             TokenRule("predicting", token=("blue", "red"), search="prompt"): acts[red - 1],
-             TokenRule("token", token="red square", search="prompt", reduce="mean"): acts[red:red + 2].mean(0),
-             TokenRule("range", search="prompt", start=-3, end=-1): acts[-3:-1].mean(0)}
+    rules = {
+        TokenRule("token", token="RED", search="prompt"): acts[red],
+        TokenRule("predicting", token=("blue", "red"), search="prompt"): acts[red - 1],
+        TokenRule("token", token="red square", search="prompt", reduce="mean"): acts[red : red + 2].mean(0),
+        TokenRule("range", search="prompt", start=-3, end=-1): acts[-3:-1].mean(0),
+    }
     for rule, expected in rules.items():
         got = extract(llama_model, [sample], hook, rule, progress=False)
         torch.testing.assert_close(got.features[0], expected, atol=1e-5, rtol=1e-4)
-    missing = extract(llama_model, samples[:1], hook, TokenRule("token", token="zebra", search="prompt"),
-                      progress=False)
+    missing = extract(
+        llama_model, samples[:1], hook, TokenRule("token", token="zebra", search="prompt"), progress=False
+    )
     assert len(missing) == 0 and missing.manifest["skipped"][0]["id"] == "s0"
     with pytest.raises(ValueError, match="Unknown token rule"):
         TokenRule("middle")
@@ -182,11 +222,14 @@ def test_lazy_datasets(tmp_path):
         random_image(i).save(tmp_path / f"img{i}.png")
     data = folder_dataset(tmp_path, "describe the image .")
     assert [s.id for s in data] == ["img0.png", "img1.png"] and data[0].image == tmp_path / "img0.png"
-    (tmp_path / "d.jsonl").write_text('{"id": "a", "image": "img1.png", "prompt": "how many objects"}\n\n'
-                                      '{"image": "img0.png"}\n')
+    (tmp_path / "d.jsonl").write_text(
+        '{"id": "a", "image": "img1.png", "prompt": "how many objects"}\n\n{"image": "img0.png"}\n'
+    )
     rows = list(jsonl_dataset(tmp_path / "d.jsonl", prompt="fallback"))
-    assert [(r.id, r.image, r.prompt) for r in rows] == [("a", tmp_path / "img1.png", "how many objects"),
-                                                        ("2", tmp_path / "img0.png", "fallback")]
+    assert [(r.id, r.image, r.prompt) for r in rows] == [
+        ("a", tmp_path / "img1.png", "how many objects"),
+        ("2", tmp_path / "img0.png", "fallback"),
+    ]
     table = [{"image": random_image(0), "question": "q0", "qid": 7}]
     assert next(hf_dataset(table, prompt_column="question", id_column="qid")).id == "7"
     with pytest.raises(KeyError, match="no column 'prompt'"):
@@ -197,7 +240,9 @@ def test_paths_are_read_per_batch(llama_model, tmp_path):
     for i in range(3):
         random_image(i).save(tmp_path / f"{i}.png")
     hook = "blocks.1.hook_resid_post"
-    feats = extract(llama_model, folder_dataset(tmp_path, PROMPTS[0]), hook, "last", batch_size=2, progress=False)
+    feats = extract(
+        llama_model, folder_dataset(tmp_path, PROMPTS[0]), hook, "last", batch_size=2, progress=False
+    )
     expected = reference(llama_model, Sample("0", random_image(0), PROMPTS[0]), hook, "last")
     torch.testing.assert_close(feats.features[0], expected, atol=1e-5, rtol=1e-4)
 

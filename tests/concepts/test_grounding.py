@@ -17,8 +17,11 @@ def test_text_grounding_reads_the_unembedding(llama_model):
     u = w_u[target][None] * 10.0  # a vector pointing at "circle"'s unembedding
     assert text_grounding(llama_model, u, top_k=1, n_words=1)[0] == ["circle"]
     raw = text_grounding(llama_model, u, top_k=10)
-    expected = [t.lower() for t in tok.convert_ids_to_tokens((u @ w_u.T)[0].topk(10).indices.tolist())
-                if t.isalpha() and len(t) > 2 and t.lower() not in STOPWORDS]
+    expected = [
+        t.lower()
+        for t in tok.convert_ids_to_tokens((u @ w_u.T)[0].topk(10).indices.tolist())
+        if t.isalpha() and len(t) > 2 and t.lower() not in STOPWORDS
+    ]
     assert raw[0] == expected[: len(raw[0])]
     normed = text_grounding(llama_model, u, top_k=10, apply_norm=True)
     assert normed[0][0] == "circle"

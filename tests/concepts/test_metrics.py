@@ -188,28 +188,56 @@ def test_clip_scorer_on_a_tiny_random_clip():
     raw.train_from_iterator(sentences, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]")
     config = CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=0),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
     torch.manual_seed(0)
     clip = CLIPModel(config).eval()
 
     def processor(text, images, return_tensors, padding):
         enc = tokenizer(text, padding=True, return_tensors="pt")
-        pixels = torch.stack([torch.from_numpy(np.asarray(im.resize((32, 32)), dtype=np.float32) / 255)
-                              .permute(2, 0, 1) for im in images])
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "pixel_values": pixels}
+        pixels = torch.stack(
+            [
+                torch.from_numpy(np.asarray(im.resize((32, 32)), dtype=np.float32) / 255).permute(2, 0, 1)
+                for im in images
+            ]
+        )
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "pixel_values": pixels,
+        }
 
     images = [random_image(i) for i in range(3)]
-    texts = ["A photo is described by the words dog, fur", "A photo is described by the words car",
-             "A photo is described by the words sky, red, road"]
+    texts = [
+        "A photo is described by the words dog, fur",
+        "A photo is described by the words car",
+        "A photo is described by the words sky, red, road",
+    ]
     got = CLIPScorer(clip, processor, batch_size=2)(images, texts)
     inputs = processor(texts, images, "pt", True)
     with torch.no_grad():
         out = clip(**inputs)
-    cos = (out.logits_per_image / clip.logit_scale.exp()).diagonal().detach().double().numpy()  # plain HF forward
+    cos = (
+        (out.logits_per_image / clip.logit_scale.exp()).diagonal().detach().double().numpy()
+    )  # plain HF forward
     np.testing.assert_allclose(got, 2.5 * np.maximum(cos, 0), atol=1e-5)
     assert isinstance(CLIPScorer(clip, processor), ImageTextScorer)

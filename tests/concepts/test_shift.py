@@ -185,22 +185,32 @@ def test_baselines_global_and_random_assignment():
         assert result.improvement.mean_distance_gain > base[name]["mean_distance_gain"] + 0.5
     # a random assignment with equal concept sizes: every concept gets roughly the global mean shift
     assert base["random_assignment"]["mean_distance_gain"] == pytest.approx(
-        base["global_mean_shift"]["mean_distance_gain"], abs=1.0)
+        base["global_mean_shift"]["mean_distance_gain"], abs=1.0
+    )
     assert m.index_x.tolist() == sorted(m.index_x.tolist())
     summary = result.summary()
     assert summary["baselines"] == base and len(summary["matching"]) == K
     # if every sample moves by one common offset, the global shift is as good as the concept-wise one
-    common = analyze_shift(A, A + offsets[0], KMeansConcepts(K, random_state=0), KMeansConcepts(K, random_state=1))
+    common = analyze_shift(
+        A, A + offsets[0], KMeansConcepts(K, random_state=0), KMeansConcepts(K, random_state=1)
+    )
     assert common.improvement.mean_distance_gain == pytest.approx(
-        common.baselines["global_mean_shift"]["mean_distance_gain"])
+        common.baselines["global_mean_shift"]["mean_distance_gain"]
+    )
     direct = shift_baselines(A, B, U_a, U_b, result.assignment, n_random=2, random_state=3)
     assert direct["global_mean_shift"] == base["global_mean_shift"]
 
 
 def test_match_on_original_is_passed_through():
     A, B, _, _ = clusters()
-    r = analyze_shift(A, B, KMeansConcepts(K, random_state=0), KMeansConcepts(K, random_state=1),
-                      match_on="original", baselines=False)
+    r = analyze_shift(
+        A,
+        B,
+        KMeansConcepts(K, random_state=0),
+        KMeansConcepts(K, random_state=1),
+        match_on="original",
+        baselines=False,
+    )
     expected = shift_improvement(r.concepts_a, r.shifted, r.concepts_b, match_on="original")
     np.testing.assert_allclose(r.improvement.distance_gain, expected.distance_gain)
     assert r.baselines is None

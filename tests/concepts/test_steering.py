@@ -6,16 +6,25 @@ import numpy as np
 import pytest
 import torch
 
-from hooked_mllm.concepts.steering import (concept_difference, evaluate_steering, mean_difference, normalize_answer,
-                                           rank_steering_vectors, split_by, steering_hooks, vqa_accuracy)
+from hooked_mllm.concepts.steering import (
+    concept_difference,
+    evaluate_steering,
+    mean_difference,
+    normalize_answer,
+    rank_steering_vectors,
+    split_by,
+    steering_hooks,
+    vqa_accuracy,
+)
 from hooked_mllm.testing import random_image
 
 
 def test_vectors_match_numpy():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(5, 4)), rng.normal(size=(7, 4))
-    np.testing.assert_allclose(mean_difference(torch.tensor(a), torch.tensor(b)).numpy(), a.mean(0) - b.mean(0),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        mean_difference(torch.tensor(a), torch.tensor(b)).numpy(), a.mean(0) - b.mean(0), rtol=1e-5
+    )
     z = np.concatenate([a, b])
     labels = ["no"] * 5 + ["yes"] * 7
     np.testing.assert_allclose(split_by(z, labels, "no", "yes").numpy(), a.mean(0) - b.mean(0), rtol=1e-5)
@@ -34,13 +43,25 @@ def test_steering_through_hooks(llama_model):
     v = torch.randn(llama_model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     batch = llama_model.prepare(images=[samples[0][0]], prompts=[samples[0][1]])
     steered = llama_model.run_with_hooks(batch, fwd_hooks=steering_hooks(v, 1, 2.0, "prompt"))
-    manual = llama_model.run_with_hooks(batch, fwd_hooks=[("blocks.1.hook_resid_post", lambda a, h: a + 2.0 * v)])
+    manual = llama_model.run_with_hooks(
+        batch, fwd_hooks=[("blocks.1.hook_resid_post", lambda a, h: a + 2.0 * v)]
+    )
     torch.testing.assert_close(steered, manual)
 
 
-@pytest.mark.parametrize("raw, normal", [("Yes.", "yes"), ("yes", "yes"), ("The two dogs!", "2 dogs"), ("3.5", "3.5"),
-                                         ("  A Red Car ", "red car"), ("none", "0"), ("dont", "don't"),
-                                         ("left, right", "left right")])
+@pytest.mark.parametrize(
+    "raw, normal",
+    [
+        ("Yes.", "yes"),
+        ("yes", "yes"),
+        ("The two dogs!", "2 dogs"),
+        ("3.5", "3.5"),
+        ("  A Red Car ", "red car"),
+        ("none", "0"),
+        ("dont", "don't"),
+        ("left, right", "left right"),
+    ],
+)
 def test_normalize_answer_like_vqa(raw, normal):
     assert normalize_answer(raw) == normal
 
@@ -66,8 +87,15 @@ def test_report_details_and_ranking(llama_model):
     assert set(report.other_by_type) == {"number", "other"}
     assert sum(report.histogram_before.values()) == len(targeted) + len(others)
     assert report.histogram_before == report.histogram_after
-    ranked = rank_steering_vectors(llama_model, {"zero": zero, "big": big}, targeted, others, layer=1, alpha=1.0,
-                                   target=report.answers[0][2])
+    ranked = rank_steering_vectors(
+        llama_model,
+        {"zero": zero, "big": big},
+        targeted,
+        others,
+        layer=1,
+        alpha=1.0,
+        target=report.answers[0][2],
+    )
     # the unsteered answers are the target for the zero vector: target rate 1, no side effect: it ranks first
     assert [name for name, _ in ranked] == ["zero", "big"]
     assert ranked[0][1].target_rate == 1.0 and ranked[1][1].changed_targeted + ranked[1][1].changed_other > 0

@@ -8,8 +8,13 @@ from transformers import PreTrainedTokenizerFast
 
 from hooked_mllm.concepts._tokens import find_subtokens, find_word, token_spans
 
-SENTENCES = ["the dog runs after the red ball", "a Dog sleeps near the blue car", "two dogs and a cat",
-             "hotdog stands sell food", "the doggedly patient cat watches"] * 4
+SENTENCES = [
+    "the dog runs after the red ball",
+    "a Dog sleeps near the blue car",
+    "two dogs and a cat",
+    "hotdog stands sell food",
+    "the doggedly patient cat watches",
+] * 4
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +23,12 @@ def bpe():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(SENTENCES, trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"],
-                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        SENTENCES,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
 
 
@@ -29,8 +38,10 @@ def unigram():
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(SENTENCES, trainers.UnigramTrainer(vocab_size=60, special_tokens=["<eos>", "<unk>"],
-                                                               unk_token="<unk>"))
+    tok.train_from_iterator(
+        SENTENCES,
+        trainers.UnigramTrainer(vocab_size=60, special_tokens=["<eos>", "<unk>"], unk_token="<unk>"),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<unk>")
 
 
@@ -61,7 +72,9 @@ def test_leading_space_and_case_variants_match(family, request):
     assert "".join(toks[i] for i in sub).replace(marker, "") == "dog"
     ids, toks = pieces(tokenizer, "a Dog sleeps")
     spans, text = token_spans(tokenizer, ids)
-    assert find_subtokens(spans, text, ["dog"]) and not find_subtokens(spans, text, ["dog"], case_sensitive=True)
+    assert find_subtokens(spans, text, ["dog"]) and not find_subtokens(
+        spans, text, ["dog"], case_sensitive=True
+    )
 
 
 @pytest.mark.parametrize("family", ["bpe", "unigram"])
@@ -71,15 +84,21 @@ def test_multi_token_word_gives_all_its_subtokens(family, request):
     spans, text = token_spans(tokenizer, ids)
     sub = find_subtokens(spans, text, ["doggedly"])
     assert len(sub) >= 2, toks  # a rare word is several tokens
-    assert "".join(text[spans[i][0]:spans[i][1]] for i in sub).strip() == "doggedly"
+    assert "".join(text[spans[i][0] : spans[i][1]] for i in sub).strip() == "doggedly"
     # whole words only: "dog" is not found inside "doggedly" or "hotdog", unless asked
     assert find_subtokens(spans, text, ["dog"]) == []
-    assert find_subtokens(spans, text, ["dog"], whole_word=False) == sub[:len(find_subtokens(
-        spans, text, ["dog"], whole_word=False))]
+    assert (
+        find_subtokens(spans, text, ["dog"], whole_word=False)
+        == sub[: len(find_subtokens(spans, text, ["dog"], whole_word=False))]
+    )
 
 
 def test_find_word_classes_and_occurrences():
-    assert [m[2] for m in find_word("a red and a blue ball, red again", ["blue", "red"])] == ["red", "blue", "red"]
+    assert [m[2] for m in find_word("a red and a blue ball, red again", ["blue", "red"])] == [
+        "red",
+        "blue",
+        "red",
+    ]
     spans = [(0, 1), (1, 5), (5, 9), (9, 13)]  # "a", " red", " cat", " red"
     assert find_subtokens(spans, "a red cat red", ["red"]) == [1]
     assert find_subtokens(spans, "a red cat red", ["red"], occurrence="last") == [3]

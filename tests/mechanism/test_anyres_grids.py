@@ -28,8 +28,11 @@ IMAGES = [[image(0, 20, 32)], [image(1, 32, 32)]]
 CASES = {
     "llava_next": (lambda: t.tiny_llava_next(attn_implementation="eager"), None, [(6, 8), (8, 8)]),
     "llava_onevision": (lambda: t.tiny_llava_onevision(attn_implementation="eager"), None, [(6, 8), (8, 8)]),
-    "onevision_pooled": (lambda: t.tiny_llava_onevision(attn_implementation="eager"), "anyres_max_1",
-                         [(3, 4), (4, 4)]),
+    "onevision_pooled": (
+        lambda: t.tiny_llava_onevision(attn_implementation="eager"),
+        "anyres_max_1",
+        [(3, 4), (4, 4)],
+    ),
 }
 _BUILT: dict = {}
 
@@ -46,9 +49,14 @@ def case(request):
         model = HookedMLLM.from_hf(hf_model, processor)
         batch = model.prepare(images=IMAGES, prompts=PROMPTS)
         with torch.no_grad():
-            extra = {"batch_num_images": batch.inputs["batch_num_images"]} if "batch_num_images" in batch.inputs else {}
-            packed = hf_model.model.get_image_features(pixel_values=batch.inputs["pixel_values"],
-                                                       image_sizes=batch.inputs["image_sizes"], **extra).pooler_output
+            extra = (
+                {"batch_num_images": batch.inputs["batch_num_images"]}
+                if "batch_num_images" in batch.inputs
+                else {}
+            )
+            packed = hf_model.model.get_image_features(
+                pixel_values=batch.inputs["pixel_values"], image_sizes=batch.inputs["image_sizes"], **extra
+            ).pooler_output
         _BUILT[name] = (model, batch, list(packed), grids)
     return _BUILT[name]
 
@@ -59,12 +67,12 @@ def _hf_layout(model, feats):
     newline = model.hf_model.model.image_newline.detach()
     is_newline = (feats == newline).all(-1)
     side = model.hf_model.config.vision_config.image_size // model.hf_model.config.vision_config.patch_size
-    assert not is_newline[:side * side].any()
-    ends = is_newline[side * side:].nonzero().flatten()
+    assert not is_newline[: side * side].any()
+    ends = is_newline[side * side :].nonzero().flatten()
     rows, width = len(ends), int(ends[0]) + 1  # every row: cols features, then the newline
     assert ends.tolist() == [r * width + width - 1 for r in range(rows)]
-    high = feats[side * side:][~is_newline[side * side:]]
-    return feats[:side * side], high, (side, side), (rows, width - 1)
+    high = feats[side * side :][~is_newline[side * side :]]
+    return feats[: side * side], high, (side, side), (rows, width - 1)
 
 
 def test_views_hold_hfs_features_and_skip_the_newlines(case):
@@ -87,7 +95,7 @@ def test_views_hold_hfs_features_and_skip_the_newlines(case):
         # cache.image reshapes each view row-major onto its grid
         close(cache.image("blocks.0.hook_resid_pre", 0)[row], base.reshape(*base_grid, -1), atol=0)
         one = batch.row(row)  # a row alone: its pixel_values / image_sizes follow its two views
-        assert torch.equal(one.inputs["image_sizes"], batch.inputs["image_sizes"][row:row + 1])
+        assert torch.equal(one.inputs["image_sizes"], batch.inputs["image_sizes"][row : row + 1])
         _, row_cache = model.run_with_cache(one, names_filter=["blocks.0.hook_resid_pre"])
         close(row_cache.image("blocks.0.hook_resid_pre", 1)[0], high.reshape(*high_grid, -1), atol=1e-6)
 

@@ -13,8 +13,14 @@ from PIL import Image
 
 from hooked_mllm import HookedMLLM
 from hooked_mllm.lens import logit_lens
-from hooked_mllm.mechanism import (LocationMap, attention_map, explain_positions, head_scores, image_locations,
-                                   logit_lens_map)
+from hooked_mllm.mechanism import (
+    LocationMap,
+    attention_map,
+    explain_positions,
+    head_scores,
+    image_locations,
+    logit_lens_map,
+)
 
 from architectures.families import FAMILIES
 from architectures.test_conformance import _MODELS as CONFORMANCE_MODELS

@@ -35,7 +35,9 @@ def test_asked_object_is_the_one_the_question_names():
                 assert obj is None
                 continue
             assert obj is not None
-            answer = {"color": obj.color, "shape": obj.shape, "position": obj.position, "exist": "yes"}[qa.qtype]
+            answer = {"color": obj.color, "shape": obj.shape, "position": obj.position, "exist": "yes"}[
+                qa.qtype
+            ]
             assert qa.answer == answer
 
 
@@ -43,8 +45,9 @@ def test_pointing_game_on_unseen_scenes(toy_model, one_thread):
     from hooked_mllm.toy import World
 
     scenes = World(seed=7).sample(60)  # world seeds below 10,000 are never used in training
-    result = pointing_game(toy_model, scenes, methods=["heads_top", "heads_all", "attention"], batch_size=32,
-                           world_seed=7)
+    result = pointing_game(
+        toy_model, scenes, methods=["heads_top", "heads_all", "attention"], batch_size=32, world_seed=7
+    )
     assert result.n_questions >= 300
     assert 0.4 < result.random_object < 0.8 and 0.05 < result.random_patch < 0.2
     best, accuracy = result.best()

@@ -18,19 +18,37 @@ import torch
 from hooked_mllm import HookedMLLM
 from hooked_mllm import testing as t
 from hooked_mllm.lens import logit_lens
-from hooked_mllm.mechanism import (attention_map, capture, gradient_map, head_contributions, head_scores,
-                                   image_locations, layer_scores, occlusion_map, relevancy_map)
+from hooked_mllm.mechanism import (
+    attention_map,
+    capture,
+    gradient_map,
+    head_contributions,
+    head_scores,
+    image_locations,
+    layer_scores,
+    occlusion_map,
+    relevancy_map,
+)
 
 from architectures.families import image
 
 PROMPTS = ["what color is the circle ?", "how many objects"]
 CASES = {
-    "llava": (lambda: (t.tiny_llava("llama", attn_implementation="eager", n_layers=2), t.tiny_processor()),
-              [image(0, 32, 32), image(1, 32, 32)], (4, 4)),
-    "qwen2_vl": (lambda: (t.tiny_qwen2_vl("2", attn_implementation="eager"), t.tiny_qwen2_vl_processor()),
-                 [image(0, 16, 24), image(1, 16, 24)], (2, 3)),
-    "paligemma2": (lambda: t.tiny_paligemma("2", attn_implementation="eager"),
-                   [image(0, 16, 16), image(1, 16, 16)], (4, 4)),
+    "llava": (
+        lambda: (t.tiny_llava("llama", attn_implementation="eager", n_layers=2), t.tiny_processor()),
+        [image(0, 32, 32), image(1, 32, 32)],
+        (4, 4),
+    ),
+    "qwen2_vl": (
+        lambda: (t.tiny_qwen2_vl("2", attn_implementation="eager"), t.tiny_qwen2_vl_processor()),
+        [image(0, 16, 24), image(1, 16, 24)],
+        (2, 3),
+    ),
+    "paligemma2": (
+        lambda: t.tiny_paligemma("2", attn_implementation="eager"),
+        [image(0, 16, 16), image(1, 16, 16)],
+        (4, 4),
+    ),
 }
 ATOL = 1e-5
 
@@ -53,11 +71,13 @@ class Reference:
         def pre_hook(i):
             def fn(module, args, kwargs):
                 got["pre"][i] = (args[0] if args else kwargs["hidden_states"]).detach()
+
             return fn
 
         def out_hook(key, i, index=None):
             def fn(module, args, output):
                 got[key][i] = (output if index is None else output[index]).detach()
+
             return fn
 
         for i, layer in enumerate(self.layers):
@@ -69,7 +89,9 @@ class Reference:
             handles.append(attn_out.register_forward_hook(out_hook("attn_out", i, None if self.gemma else 0)))
             mlp_out = layer.post_feedforward_layernorm if self.gemma else layer.mlp
             handles.append(mlp_out.register_forward_hook(out_hook("mlp_out", i)))
-        final_hook = lm.norm.register_forward_pre_hook(lambda m, args: got.__setitem__("final", args[0].detach()))
+        final_hook = lm.norm.register_forward_pre_hook(
+            lambda m, args: got.__setitem__("final", args[0].detach())
+        )
         handles.append(final_hook)
         try:
             with torch.no_grad():
@@ -102,7 +124,7 @@ class Reference:
         out = []
         for h in range(self.n_heads):
             v_h = v[:, h // (self.n_heads // self.n_kv)]
-            w_h = w[:, h * self.d_head:(h + 1) * self.d_head]
+            w_h = w[:, h * self.d_head : (h + 1) * self.d_head]
             out.append(attn[h, :, None] * (v_h @ w_h.T))
         c = torch.stack(out)
         if self.gemma:
@@ -221,7 +243,7 @@ def test_gradient_baselines_equal_reference():
         grabbed.setdefault("attn", []).append(output[1])
 
     def keep_embed(module, args, kwargs):
-        x = (args[0] if args else kwargs["hidden_states"])
+        x = args[0] if args else kwargs["hidden_states"]
         x.retain_grad()
         grabbed["embed"] = x
 
@@ -255,7 +277,7 @@ def test_occlusion_equals_reference_for_some_cells():
         r, c = divmod(cell, grid[1])
         single = {k: v[1:2].clone() for k, v in batch.inputs.items()}
         step = pixels.shape[-1] // grid[1]
-        single["pixel_values"][0, :, r * step:(r + 1) * step, c * step:(c + 1) * step] = 0
+        single["pixel_values"][0, :, r * step : (r + 1) * step, c * step : (c + 1) * step] = 0
         with torch.no_grad():
             out = model.hf_model(**single).logits[0, -1].log_softmax(-1)[ref.y[1]]
         assert abs(m.values[r, c] - float(clean - out)) < 1e-4

@@ -42,8 +42,9 @@ def test_object_cell_carries_the_colour(toy_model):
     peaks, corr = [], []
     for clean, corrupted, (good, bad), cell, new in recoloured_pairs(toy_model, 3):
         metric = logit_diff(good, bad)
-        sweep = activation_patching(toy_model, clean, corrupted, metric, hook="resid_pre", over="cell", cell=(2, 2),
-                                    layers=[0, 1])
+        sweep = activation_patching(
+            toy_model, clean, corrupted, metric, hook="resid_pre", over="cell", cell=(2, 2), layers=[0, 1]
+        )
         assert sweep.clean_metric > 0 > sweep.corrupted_metric
         row, col = cell
         layer0 = sweep.values[0]
@@ -52,8 +53,9 @@ def test_object_cell_carries_the_colour(toy_model):
         others[row, col] = float("-inf")
         assert float(others.max()) < 0
         peaks.append(sweep.labels[sweep.peak()[1]] == f"r{row}c{col}")
-        approx = attribution_patching(toy_model, clean, corrupted, metric, hook="resid_pre", over="cell",
-                                      cell=(2, 2), layers=[0, 1])
+        approx = attribution_patching(
+            toy_model, clean, corrupted, metric, hook="resid_pre", over="cell", cell=(2, 2), layers=[0, 1]
+        )
         corr.append(correlation(approx.values, sweep.values))
     print(f"attribution vs activation patching correlation (resid_pre, image cells): {corr}")
     assert all(peaks)
@@ -62,6 +64,10 @@ def test_object_cell_carries_the_colour(toy_model):
     metric = logit_diff(good, bad)
     for hook in ("resid_mid", "resid_post", "attn_out", "mlp_out"):
         exact = activation_patching(toy_model, clean, corrupted, metric, hook=hook, over="cell", cell=(2, 2))
-        approx = attribution_patching(toy_model, clean, corrupted, metric, hook=hook, over="cell", cell=(2, 2))
-        print(f"attribution vs activation patching correlation ({hook}, image cells): "
-              f"{correlation(approx.values, exact.values):.3f}")
+        approx = attribution_patching(
+            toy_model, clean, corrupted, metric, hook=hook, over="cell", cell=(2, 2)
+        )
+        print(
+            f"attribution vs activation patching correlation ({hook}, image cells): "
+            f"{correlation(approx.values, exact.values):.3f}"
+        )

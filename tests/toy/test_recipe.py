@@ -18,7 +18,13 @@ from hooked_mllm.toy.model import build_model
 from hooked_mllm.toy.processor import build_processor
 from hooked_mllm import toy
 from hooked_mllm.toy.recipe import (
-    PARTS, STAGES, build_text_lm, grow_text_lm, set_trainable, train_stage, vlm_from_text_lm,
+    PARTS,
+    STAGES,
+    build_text_lm,
+    grow_text_lm,
+    set_trainable,
+    train_stage,
+    vlm_from_text_lm,
 )
 from hooked_mllm.toy.science import LENSES, format_readout, image_token_readout
 from hooked_mllm.toy.tokenizer import build_tokenizer
@@ -59,7 +65,8 @@ def test_encode_text_labels():
     prompts = encode_text(tok, scenes, ["how many objects ?"] * 3)
     assert "labels" not in prompts
     assert tok.decode(prompts["input_ids"][0][prompts["attention_mask"][0] == 1]) == "<s> " + text_prompt(
-        scenes[0], "how many objects ?")
+        scenes[0], "how many objects ?"
+    )
     with pytest.raises(ValueError, match="one dialogue per scene"):
         encode_text(tok, scenes, dialogues[:2])
 
@@ -84,8 +91,11 @@ def test_set_trainable_groups():
 
 
 def _weights(path):
-    cls = LlamaForCausalLM if json.loads((path / "toy_meta.json").read_text()).get("kind") == "text" else (
-        LlavaForConditionalGeneration)
+    cls = (
+        LlamaForCausalLM
+        if json.loads((path / "toy_meta.json").read_text()).get("kind") == "text"
+        else (LlavaForConditionalGeneration)
+    )
     return {n: p.detach().clone() for n, p in cls.from_pretrained(path).named_parameters()}
 
 
@@ -110,7 +120,9 @@ def test_grow_text_lm_preserves_the_function():
 def test_recipe_stages_run_and_keep_frozen_parts_frozen(tmp_path):
     torch.set_num_threads(1)
     kw = {"steps": 2, "batch_size": 4, "progress": False}
-    base_dir, lm_dir, align_dir, inst_dir, ft_dir = (tmp_path / n for n in ("base", "lm", "align", "inst", "ft"))
+    base_dir, lm_dir, align_dir, inst_dir, ft_dir = (
+        tmp_path / n for n in ("base", "lm", "align", "inst", "ft")
+    )
     first = train_stage("toy-lm-base", out=base_dir, **kw)
     assert len(first.losses) == 2 and json.loads((base_dir / "toy_meta.json").read_text())["kind"] == "text"
     with pytest.raises(ValueError, match="not shipped: pass its directory"):
@@ -124,17 +136,22 @@ def test_recipe_stages_run_and_keep_frozen_parts_frozen(tmp_path):
     donor = _weights(toy.checkpoint_dir("toy-llava"))  # the pretrained vision tower, frozen
     tower = {n: w for n, w in align_w.items() if n.startswith("model.vision_tower")}
     assert tower and all(torch.equal(w, donor[n]) for n, w in tower.items())
-    fresh = vlm_from_text_lm(LlamaForCausalLM.from_pretrained(lm_dir), seed=0,
-                             vision_from=toy.checkpoint_dir("toy-llava")).state_dict()
+    fresh = vlm_from_text_lm(
+        LlamaForCausalLM.from_pretrained(lm_dir), seed=0, vision_from=toy.checkpoint_dir("toy-llava")
+    ).state_dict()
     moved = {n for n in align_w if not torch.equal(align_w[n], fresh[n])}
     assert moved and all("multi_modal_projector" in n for n in moved), "alignment trains the projector only"
     train_stage("toy-llava-deep", out=inst_dir, init_dir=align_dir, **kw)
     inst_w = _weights(inst_dir)
     changed = {n for n in inst_w if not torch.equal(inst_w[n], align_w[n])}
-    assert any(n.startswith("model.language_model.layers") for n in changed), "instruction tuning trains the LM"
+    assert any(n.startswith("model.language_model.layers") for n in changed), (
+        "instruction tuning trains the LM"
+    )
     assert any("multi_modal_projector" in n for n in changed)
     frozen = {n for n in inst_w if "vision_tower" in n or "embed_tokens" in n}
-    assert frozen and not (frozen & changed), "instruction tuning keeps the vision tower and embeddings frozen"
+    assert frozen and not (frozen & changed), (
+        "instruction tuning keeps the vision tower and embeddings frozen"
+    )
     train_stage("toy-llava-deep-ft", out=ft_dir, init_dir=inst_dir, **kw)
     meta = json.loads((ft_dir / "toy_meta.json").read_text())
     assert meta["caption_style"] == "colored" and meta["steps_done"] == 2
@@ -202,9 +219,13 @@ def test_image_token_readout_against_a_plain_computation(tmp_path):
                 for o in s.objects:
                     v = h[b, pos[list(o.patch_indices)]]
                     with torch.no_grad():
-                        sc = (vlm.lm_head(vlm.model.language_model.norm(v)) if lens == "logit"
-                              else torch.nn.functional.cosine_similarity(
-                                  v[:, None], vlm.get_input_embeddings().weight[None], dim=-1))
+                        sc = (
+                            vlm.lm_head(vlm.model.language_model.norm(v))
+                            if lens == "logit"
+                            else torch.nn.functional.cosine_similarity(
+                                v[:, None], vlm.get_input_embeddings().weight[None], dim=-1
+                            )
+                        )
                     hits += int((sc[:, sid].argmax(-1) == SHAPES.index(o.shape)).sum())
                     chits += int((sc[:, cid].argmax(-1) == list(COLORS).index(o.color)).sum())
                     n += len(v)
@@ -221,7 +242,10 @@ def test_cli_science_and_text_eval(tmp_path, capsys):
 
     torch.set_num_threads(1)
     lm_dir, vlm_dir = tmp_path / "lm", tmp_path / "vlm"
-    assert main(["train", "--name", "toy-lm-base", "--out", str(lm_dir), "--steps", "1", "--batch-size", "2"]) == 0
+    assert (
+        main(["train", "--name", "toy-lm-base", "--out", str(lm_dir), "--steps", "1", "--batch-size", "2"])
+        == 0
+    )
     assert main(["train", "--name", "toy-llava-deep-align", "--init-dir", str(lm_dir), "--out", str(vlm_dir),
                  "--steps", "1", "--batch-size", "2"]) == 0  # fmt: skip
     capsys.readouterr()

@@ -15,9 +15,18 @@ from PIL import Image
 from hooked_mllm import HookedMLLM
 from hooked_mllm.testing import random_image, tiny_llava, tiny_processor
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--host-resolver-rules=MAP * ~NOTFOUND"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
 
 
 @pytest.fixture(scope="session")
@@ -30,8 +39,9 @@ def run(eager_model):
     """Two rows of different lengths (left padding), every pattern and residual cached."""
     images = [random_image(0), random_image(1)]
     batch = eager_model.prepare(images=images, prompts=["what color is the circle ?", "how many"])
-    logits, cache = eager_model.run_with_cache(batch, names_filter=lambda n: n.startswith("blocks.") and (
-        "resid" in n or n.endswith("hook_pattern")))
+    logits, cache = eager_model.run_with_cache(
+        batch, names_filter=lambda n: n.startswith("blocks.") and ("resid" in n or n.endswith("hook_pattern"))
+    )
     return eager_model, batch, cache, logits, images
 
 
@@ -52,9 +62,22 @@ class Chromium:
     def _run(self, url: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
         profile = tempfile.mkdtemp(prefix="hm-chromium-")
         try:
-            return subprocess.run([self.binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                                   "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", *args, url],
-                                  capture_output=True, text=True, timeout=timeout, check=False)
+            return subprocess.run(
+                [
+                    self.binary,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={profile}",
+                    "--enable-logging=stderr",
+                    "--v=0",
+                    "--virtual-time-budget=10000",
+                    *args,
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
         finally:
             shutil.rmtree(profile, ignore_errors=True)
 

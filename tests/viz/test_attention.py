@@ -63,8 +63,12 @@ def test_heads_and_positions_select(run):
     _, batch, cache, _, _ = run
     view = attention_patterns(cache, 0, heads=[2], positions=[0, 3, 5])
     assert np.array(view.props["attention"]).shape == (1, 3, 3)
-    torch.testing.assert_close(torch.tensor(view.props["attention"][0]),
-                               cache["pattern", 0][0, 2][[0, 3, 5]][:, [0, 3, 5]].float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor(view.props["attention"][0]),
+        cache["pattern", 0][0, 2][[0, 3, 5]][:, [0, 3, 5]].float(),
+        atol=1e-5,
+        rtol=0,
+    )
     assert view.element == "AttentionPatterns"
 
 
@@ -85,7 +89,9 @@ def test_refusals(run, eager_model):
         attention_heads(cache, 0, part="pixels")
     with pytest.raises(HookNameError, match="not cached|not a hook"):
         attention_heads(cache, 7)
-    _, partial = eager_model.run_with_cache(batch, names_filter="blocks.0.attn.hook_pattern", positions="last")
+    _, partial = eager_model.run_with_cache(
+        batch, names_filter="blocks.0.attn.hook_pattern", positions="last"
+    )
     with pytest.raises(ValueError, match="only some positions"):
         attention_heads(partial, 0)
 
@@ -99,7 +105,7 @@ def test_html_is_offline_and_inlines_the_installed_bundle(run, tmp_path):
     assert "unpkg" not in page and "cdn." not in page.lower().replace("dist/cdn", "")
     assert not re.search(r"<script[^>]+src=", page) and "sourceMappingURL" not in page
     assert page.count("</script>") == 2  # bundle + the render call: no "</s>" token closed a script early
-    assert "\"<\\/s>\"" in view.fragment() or "</s>" not in json.dumps(view.props)
+    assert '"<\\/s>"' in view.fragment() or "</s>" not in json.dumps(view.props)
     path = view.save(tmp_path / "views" / "attention.html")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert path.read_text(encoding="utf-8") == page.replace(view.element_id, view.element_id)

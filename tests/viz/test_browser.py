@@ -37,7 +37,9 @@ window.addEventListener("load", () => setTimeout(() => {
 def measured(chromium, page: Path, out: Path) -> tuple[np.ndarray, list[dict], str, list[str]]:
     """Screenshot of the whole page, the element boxes, the DOM text and the console lines."""
     copy = out / page.name
-    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8")
+    copy.write_text(
+        page.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"), encoding="utf-8"
+    )
     _, dom, console = chromium.open(copy, height=900)
     height = int(re.search(r'data-height="(\d+)"', dom).group(1))
     shot, dom, more = chromium.open(copy, height=min(height + 40, 16000))

@@ -18,7 +18,7 @@ def reference(model, batch, row):
         hidden = out.hidden_states
         n = model.cfg.n_layers
         logits = [head(norm(hidden[layer][row])) for layer in range(n)]  # embed, L0 .. L(n-2)
-        logits.append(out.logits[row])                                   # L(n-1): the model's own logits
+        logits.append(out.logits[row])  # L(n-1): the model's own logits
         probs = torch.stack(logits).float().softmax(-1)
     return probs.max(-1)
 
@@ -33,13 +33,17 @@ def test_grid_matches_hf_hidden_states_and_logits(run):
         assert grid.positions == keep
         assert grid.layers == ["embed"] + [f"L{layer}" for layer in range(model.cfg.n_layers)]
         np.testing.assert_allclose(grid.probs, values[:, keep].numpy(), atol=1e-5)
-        assert grid.tokens == [tok.convert_ids_to_tokens(ids[i, keep].tolist()) for i in range(len(grid.layers))]
+        assert grid.tokens == [
+            tok.convert_ids_to_tokens(ids[i, keep].tolist()) for i in range(len(grid.layers))
+        ]
 
 
 def test_parts_positions_and_image_grid(run):
     model, batch, cache, _, _ = run
     text = logit_lens_grid(model, cache, part="text", include_embed=False)
-    assert not any(label.startswith("img") for label in text.labels) and len(text.layers) == model.cfg.n_layers
+    assert (
+        not any(label.startswith("img") for label in text.labels) and len(text.layers) == model.cfg.n_layers
+    )
     image = logit_lens_grid(model, cache, part="image", include_embed=False)
     cells = image_lens_grid(model, cache)
     rows, cols = cells.grid
