@@ -105,8 +105,8 @@ def main() -> None:
     print(f"{1:>10} {one:>9.2f} {args.n / one:>10.2f}")
     print(f"{2:>10} {two:>9.2f} {args.n / two:>10.2f}")
     print(
-        f"throughput ratio 2 vs 1 process: {one / two:.2f}x (target >= 1.6x); stores equal sample for sample: "
-        f"{same}"
+        f"throughput ratio 2 vs 1 process: {one / two:.2f}x (target >= 1.6x); stores equal sample for "
+        f"sample: {same}"
     )
 
 

@@ -1,4 +1,5 @@
-"""Check the ``molmo`` adapter against Molmo's own remote code (allenai/Molmo-7B-D-0924), on a tiny random model.
+"""Check the ``molmo`` adapter against Molmo's own remote code (allenai/Molmo-7B-D-0924), on a tiny random
+model.
 
 Molmo's modeling code is not part of transformers and not part of this repository: it lives in
 the checkpoint's Hugging Face repository (``modeling_molmo.py``, ``config_molmo.py``). Give this
@@ -159,7 +160,8 @@ def main(code_dir: str) -> int:
         normed = torch.allclose(cache["ln_final.hook_normalized"], ref.hidden_states[-1], atol=1e-6)
         raw = torch.allclose(cache["resid_post", n - 1], ref.hidden_states[-1], atol=1e-6)
         check(
-            "the adapter's hidden_states_normed says which of ln_final / resid_post(last) is hidden_states[-1]",
+            "the adapter's hidden_states_normed says which of ln_final / resid_post(last) is "
+            "hidden_states[-1]",
             normed != raw and model.adapter.modules.hidden_states_normed == normed,
         )
         for prefix, count in (("", n), ("vision.", model.cfg.vision_n_layers)):
@@ -224,8 +226,8 @@ def main(code_dir: str) -> int:
         else:
             print(
                 "skip generate: this remote code's MolmoForCausalLM has no generate() under the installed "
-                "transformers (it relied on PreTrainedModel inheriting GenerationMixin, which transformers 4.50 "
-                "dropped); HookedMLLM.generate needs it, Molmo's own generate_from_batch is not wrapped"
+                "transformers (it relied on PreTrainedModel inheriting GenerationMixin, which transformers "
+                "4.50 dropped); HookedMLLM.generate needs it, Molmo's own generate_from_batch is not wrapped"
             )
     import transformers
 

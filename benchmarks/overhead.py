@@ -58,7 +58,8 @@ def main() -> None:
     names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
     print(
         f"model: LM d_model={model.cfg.d_model} x {model.cfg.n_layers} layers, "
-        f"{int(batch.image_mask.sum())} image tokens, sequence {batch.shape[1]}, threads {torch.get_num_threads()}"
+        f"{int(batch.image_mask.sum())} image tokens, sequence {batch.shape[1]}, threads "
+        f"{torch.get_num_threads()}"
     )
 
     def hf_hidden():
@@ -89,7 +90,8 @@ def main() -> None:
     for key, value in med.items():
         print(f"{key:28s} {value * 1e3:9.1f} ms (median of {args.repeats})")
     print(
-        f"ratio run_with_cache / hf output_hidden_states: {med['ours run_with_cache'] / med['hf hidden_states']:.3f}"
+        "ratio run_with_cache / hf output_hidden_states: "
+        f"{med['ours run_with_cache'] / med['hf hidden_states']:.3f}"
         " (target <= 1.10)"
     )
     print(

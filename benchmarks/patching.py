@@ -55,7 +55,8 @@ def main() -> None:
         f"batch size {args.batch_size})"
     )
     print(
-        f"attribution patching: {t_attr:8.3f} s, {attr.forward_passes} forward + {attr.backward_passes} backward"
+        f"attribution patching: {t_attr:8.3f} s, {attr.forward_passes} forward + {attr.backward_passes} "
+        "backward"
     )
     print(
         f"speed-up of attribution: {t_act / t_attr:.1f}x; correlation of the tables: "

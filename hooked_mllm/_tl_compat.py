@@ -21,7 +21,8 @@ TransformerLens; ``mlp.hook_post`` is ``act(gate) * up``, the down projection's 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -155,7 +156,9 @@ class TLCompatMixin:
 
     @property
     def W_O(self) -> LayerWeights:
-        """``[n_layers, n_heads, d_head, d_model]`` attention output weights; ``model.W_O(l)`` reads one layer."""
+        """``[n_layers, n_heads, d_head, d_model]`` attention output weights; ``model.W_O(l)`` reads one
+        layer.
+        """
         cfg = self.cfg
         return LayerWeights(
             "W_O",
@@ -262,7 +265,8 @@ class TLCompatMixin:
         is_permanent: bool = False,
         prepend: bool = False,
     ) -> None:
-        """Keep ``hook`` on ``name`` (a name, list or predicate) for every later run, until :meth:`reset_hooks`.
+        """Keep ``hook`` on ``name`` (a name, list or predicate) for every later run, until
+        :meth:`reset_hooks`.
 
         The hook is active exactly as inside ``with model.hooks(...)`` (runs, generation and
         ``model.trace``); an unknown name fails here, not at the next run. ``is_permanent`` hooks
@@ -352,8 +356,8 @@ class TLCompatMixin:
         for t, row in zip(texts, rows):
             if image_id is not None and bool((row == image_id).any()):
                 raise ValueError(
-                    f"The text {t!r} holds the image placeholder token (id {image_id}), but a text-only run has no "
-                    "image for it; pass images with model.prepare(images=..., prompts=...)."
+                    f"The text {t!r} holds the image placeholder token (id {image_id}), but a text-only run "
+                    "has no image for it; pass images with model.prepare(images=..., prompts=...)."
                 )
             if row.numel() == 0:
                 raise ValueError(f"The text {t!r} encodes to no tokens; give each prompt at least one token.")
@@ -408,8 +412,9 @@ class TLCompatMixin:
         off = [p for p in points if p.stream != "lm"]
         if off and (names_filter is not None and not callable(names_filter)):
             raise ValueError(
-                f"{off[0].name} does not run on a text-only input (the vision tower and projector run only with "
-                "images); give images with model.prepare(images=..., prompts=...), or hook language-model points."
+                f"{off[0].name} does not run on a text-only input (the vision tower and projector run only "
+                "with images); give images with model.prepare(images=..., prompts=...), or hook "
+                "language-model points."
             )
         return [p for p in points if p.stream == "lm"]
 
@@ -491,7 +496,9 @@ class TLCompatMixin:
     def to_str_tokens(
         self, input: str | list[str] | Tensor | Sequence[int], prepend_bos: bool = True
     ) -> list[str] | list[list[str]]:
-        """Each token as a string: for text (tokenized as :meth:`to_tokens`) or ids (``[pos]`` or ``[1, pos]``)."""
+        """Each token as a string: for text (tokenized as :meth:`to_tokens`) or ids (``[pos]`` or
+        ``[1, pos]``).
+        """
         tokenizer = self._need_tokenizer()
         if isinstance(input, list) and input and isinstance(input[0], str):
             return [self.to_str_tokens(text, prepend_bos) for text in input]

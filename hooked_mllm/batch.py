@@ -21,8 +21,9 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Bool, Int
@@ -210,8 +211,8 @@ class MultimodalBatch:
         empty = [row for row in range(ids.shape[0]) if bool(pad[row].all())]
         if ids.shape[1] == 0 or empty:
             raise ValueError(
-                f"Row(s) {empty or list(range(ids.shape[0]))} of input_ids hold no tokens (an empty prompt with no "
-                "image and no chat template encodes to nothing); give each row at least one token."
+                f"Row(s) {empty or list(range(ids.shape[0]))} of input_ids hold no tokens (an empty prompt "
+                "with no image and no chat template encodes to nothing); give each row at least one token."
             )
         in_sequence = adapter is None or adapter.tokens.in_sequence
         if image_token_id is not None and in_sequence:
@@ -228,8 +229,9 @@ class MultimodalBatch:
         )
         if grids == [] and bool(image.any()):
             raise ValueError(
-                f"input_ids hold image tokens (id {image_token_id}), but the inputs carry no image geometry for "
-                f"the {adapter.name!r} architecture (got keys: {', '.join(sorted(tensors))}). Pass every key the "  # type: ignore[union-attr]
+                f"input_ids hold image tokens (id {image_token_id}), but the inputs carry no image geometry "
+                f"for the {adapter.name!r} architecture "  # type: ignore[union-attr]
+                f"(got keys: {', '.join(sorted(tensors))}). Pass every key the "
                 "processor returned with the images (model(**processor(images=..., text=...)))."
             )
         row_break = _row_break_id(adapter, tokenizer)
@@ -254,8 +256,9 @@ class MultimodalBatch:
             else (
                 f"The {adapter.name!r} architecture has no image tokens in the language model's sequence: "  # type: ignore[union-attr]
                 "images enter through cross-attention to the vision states, and the image placeholder is one "
-                "special token. Image position selectors and cache.image() do not apply; select the placeholder "
-                "with positions.token(...) or read the cross-attention hooks (blocks.{l}.hook_cross_attn_out)."
+                "special token. Image position selectors and cache.image() do not apply; select the "
+                "placeholder with positions.token(...) or read the cross-attention hooks "
+                "(blocks.{l}.hook_cross_attn_out)."
             )
         )
         n_pixel = tensors["pixel_values"].shape[0] if "pixel_values" in tensors else None

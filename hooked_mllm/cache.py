@@ -22,9 +22,9 @@ import difflib
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -115,7 +115,8 @@ class ActivationCache(Mapping):
         return isinstance(key, (str, tuple)) and self._key(key) in self._store  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
-        return f"ActivationCache({len(self)} hook points: {', '.join(list(self)[:4])}{', ...' if len(self) > 4 else ''})"
+        more = ", ..." if len(self) > 4 else ""
+        return f"ActivationCache({len(self)} hook points: {', '.join(list(self)[:4])}{more})"
 
     def to(self, device: torch.device | str) -> ActivationCache:
         """A cache with every tensor, and the readout's weights, on ``device`` (the batch stays)."""
@@ -193,7 +194,9 @@ class ActivationCache(Mapping):
         )
 
     def _is_lm(self, name: str) -> bool:
-        """Whether dim 0 of entry ``name`` is the batch (LM stream); vision/projector entries lead with images."""
+        """Whether dim 0 of entry ``name`` is the batch (LM stream); vision/projector entries lead with
+        images.
+        """
         return self.readout.stream(name) == "lm"
 
     def remove_batch_dim(self) -> ActivationCache:
@@ -298,7 +301,7 @@ class ActivationCache(Mapping):
 
     def stack_activation(
         self, activation_name: str, layer: int = -1, sublayer_type: str | None = None
-    ) -> Float[Tensor, "layer *rest"]:
+    ) -> Float[Tensor, "layer *rest"]:  # noqa: F821 (jaxtyping shape string)
         """Stack one activation over layers ``0 .. layer-1`` (all with ``layer=-1``).
 
         ``activation_name`` is a short name (``"resid_post"``, ``"pattern"``...);
@@ -532,7 +535,8 @@ class ActivationCache(Mapping):
         apply_ln: bool = False,
         mlp_input: bool = False,
     ) -> Any:
-        """Every neuron's result of the layers below ``layer`` (all with None or -1): ``[neuron, batch, pos, d_model]``.
+        """Every neuron's result of the layers below ``layer`` (all with None or -1):
+        ``[neuron, batch, pos, d_model]``.
 
         Labels ``L{l}N{n}``; with ``incl_remainder`` a last component holds the rest of the
         residual that ``layer``'s attention reads (its MLP with ``mlp_input``). Mind the
@@ -573,7 +577,8 @@ class ActivationCache(Mapping):
         pos_slice: Any = None,
         return_labels: bool = False,
     ) -> Any:
-        """The residual read by ``layer`` (the unembedding with None) split into every head, neuron, embed and bias.
+        """The residual read by ``layer`` (the unembedding with None) split into every head, neuron, embed and
+        bias.
 
         Components, in TransformerLens' order: each head's result (``L{l}H{h}``, layers below
         ``layer``, and ``layer`` itself with ``mlp_input``), each neuron's result (``L{l}N{n}``;

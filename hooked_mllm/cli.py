@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 #: Exceptions that mean the user asked for something that cannot be done (a bad value, a missing file or
 #: checkpoint, a missing optional package): shown as one line.

@@ -136,9 +136,9 @@ def _toy_demo(model: HookedMLLM, name: str, seed: int, n_scenes: int, report: Re
     first = next((grid.layers[i] for i, t in enumerate(last_row) if t == qa.answer), None)
     report.section(
         "2. Logit lens: what each layer says at each position",
-        f"For '{qa.question}' on the first scene, each cell is the top token (and its probability) of the residual "
-        f"stream read through the final norm and unembedding, at the text positions and at the {target.name}'s "
-        "image tokens.",
+        f"For '{qa.question}' on the first scene, each cell is the top token (and its probability) of the "
+        "residual stream read through the final norm and unembedding, at the text positions and at the "
+        f"{target.name}'s image tokens.",
     )
     report.image(scene.image, caption=scene.caption_colored, scale=3)
     report.html(grid.to_html())
@@ -162,10 +162,10 @@ def _toy_demo(model: HookedMLLM, name: str, seed: int, n_scenes: int, report: Re
     logger.info("lens and maps: %.1f s", time.perf_counter() - start)
     report.section(
         "3. Where the model looks",
-        "Which image locations carry the answer, beside the pixels of the asked "
-        f"{target.name}: the head contributions' map of the mechanism paper (its single top head, and all heads "
-        "summed; one forward, no gradient) and its baselines (mean attention from the last token, attention x "
-        "gradient relevancy, occlusion of each cell).",
+        f"Which image locations carry the answer, beside the pixels of the asked {target.name}: the head "
+        "contributions' map of the mechanism paper (its single top head, and all heads summed; one forward, "
+        "no gradient) and its baselines (mean attention from the last token, attention x gradient "
+        "relevancy, occlusion of each cell).",
     )
     report.figure(
         heatmaps(
@@ -196,8 +196,9 @@ def _toy_demo(model: HookedMLLM, name: str, seed: int, n_scenes: int, report: Re
 
     report.section(
         f"4. Attention view, layer {best}",
-        f"circuitsvis's attention heads of layer {best} over every token (image tokens named img0[r.c.] by their "
-        "patch, shown in the strip above the view): click a head to enlarge it, hover a cell for its value.",
+        f"circuitsvis's attention heads of layer {best} over every token (image tokens named img0[r.c.] by "
+        "their patch, shown in the strip above the view): click a head to enlarge it, hover a cell for its "
+        "value.",
     )
     report.attention(attention_heads(cache, best, image=scene.image))
 
@@ -260,9 +261,9 @@ def _patching_section(model: HookedMLLM, scene: Any, qa: Any, target: Any, repor
     logger.info("patching sweep: %.1f s", time.perf_counter() - start)
     report.section(
         "5. Patching sweep over the image",
-        f"Each panel patches one layer's residual stream (resid_pre) of one world cell (2 x 2 image tokens) from "
-        f"the clean scene into a copy where the {target.shape} is {new_color}, and colours the cell by how much of "
-        f"the logit difference '{qa.answer}' - '{new_color}' comes back (1 = all of it).",
+        "Each panel patches one layer's residual stream (resid_pre) of one world cell (2 x 2 image tokens) "
+        f"from the clean scene into a copy where the {target.shape} is {new_color}, and colours the cell by "
+        f"how much of the logit difference '{qa.answer}' - '{new_color}' comes back (1 = all of it).",
     )
     report.image(scene.image, caption="clean", scale=3).image(
         other, caption=f"corrupted ({new_color} {target.shape})", scale=3
@@ -301,9 +302,9 @@ def _concept_section(model: HookedMLLM, seed: int, report: Report, n: int = 40, 
     names = [f"concept {c} ({counts[c]} tokens)" for c in range(k)]
     report.section(
         "6. Concept dictionary of image tokens",
-        f"k-means with {k} concepts on the layer-{CONCEPT_LAYER} residuals of the {len(where)} image tokens that show "
-        f"part of an object in {n} unseen scenes: each concept's top words through the final norm and unembedding, and the image patches "
-        "that activate it most.",
+        f"k-means with {k} concepts on the layer-{CONCEPT_LAYER} residuals of the {len(where)} image tokens "
+        f"that show part of an object in {n} unseen scenes: each concept's top words through the final norm "
+        "and unembedding, and the image patches that activate it most.",
     )
     report.html(display.concept_dictionary_html(words, patches, names))
 
@@ -353,8 +354,9 @@ def _shift_section(model: HookedMLLM, name: str, seed: int, scene: Any, report: 
     ]
     report.section(
         f"7. Shift from {name} to its fine-tuned twin",
-        f"Concepts of {name}'s last-prompt-token residual (layer {STEER_LAYER}) on {n} caption prompts, each moved "
-        "by the mean shift of its samples in the fine-tuned model, with the words each decodes to before and after.",
+        f"Concepts of {name}'s last-prompt-token residual (layer {STEER_LAYER}) on {n} caption prompts, each "
+        "moved by the mean shift of its samples in the fine-tuned model, with the words each decodes to "
+        "before and after.",
     )
     report.table(["model", "caption of the first scene"], [[name, captions[0]], ["twin", captions[1]]])
     report.html(display.shift_html(result))

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal
+from typing import TYPE_CHECKING, Literal
 
 from .architectures.base import Adapter, BlockLayout
 
@@ -375,10 +376,10 @@ class HookPoints:
                 )
                 if vision_layers_read is not None and layer >= vision_layers_read:
                     reason = (
-                        f"the projector reads the vision tower's hidden state after layer {vision_layers_read - 1} "
-                        f"(the config's {adapter.config_keys.vision_feature_layer}), so vision layer {layer} never "
-                        f"reaches the output; write vision.blocks.{vision_layers_read - 1}.hook_resid_post "
-                        "instead"
+                        "the projector reads the vision tower's hidden state after layer "
+                        f"{vision_layers_read - 1} (the config's "
+                        f"{adapter.config_keys.vision_feature_layer}), so vision layer {layer} never reaches "
+                        f"the output; write vision.blocks.{vision_layers_read - 1}.hook_resid_post instead"
                     )
                     block = [replace(point, writable=False, read_only=reason) for point in block]
                 points += [_replace_sequence(point) for point in block]

@@ -14,7 +14,8 @@ Used by :mod:`hooked_mllm.model` (``model.prepare``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from .batch import MultimodalBatch as MultimodalBatch
 from .spans import ImageSpan as ImageSpan

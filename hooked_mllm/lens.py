@@ -146,8 +146,8 @@ def embedding_lens(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, 
     """The embedding lens: cosine similarity of residual vectors to every input token embedding.
 
     Reads a vector by its nearest words in the *input* embedding space (the "input embedding matrix" reading
-    of vision tokens): entry ``[..., v]`` is ``cos(resid, W_E[v])``. Unlike :func:`logit_lens` it needs no final
-    norm or LM head, so it reads what a token *is* rather than what the model predicts *next*; with tied
+    of vision tokens): entry ``[..., v]`` is ``cos(resid, W_E[v])``. Unlike :func:`logit_lens` it needs no
+    final norm or LM head, so it reads what a token *is* rather than what the model predicts *next*; with tied
     embeddings the two spaces coincide. Works for a ``HookedMLLM`` or any Hugging Face model with
     ``get_input_embeddings()``. :func:`nearest_tokens` names the top entries.
 

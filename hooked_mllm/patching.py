@@ -17,14 +17,16 @@ Metrics: :func:`logit_diff`, :func:`answer_logprob`.
 
 Examples:
     >>> metric = logit_diff(red_id, blue_id)
-    >>> result = activation_patching(model, clean, corrupted, metric, hook="resid_pre", over="cell")  # doctest: +SKIP
+    >>> result = activation_patching(model, clean, corrupted, metric, hook="resid_pre",
+    ...                              over="cell")                                # doctest: +SKIP
     >>> result.values.shape            # [layers, grid rows, grid cols]            # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -128,7 +130,8 @@ class PatchingResult:
         return patching_html(self)
 
     def location_map(self, layer: int | None = None, normalized: bool = True) -> LocationMap:
-        """One layer's sweep over image cells (``over="cell"``) as a :class:`~hooked_mllm.mechanism.LocationMap`.
+        """One layer's sweep over image cells (``over="cell"``) as a
+        :class:`~hooked_mllm.mechanism.LocationMap`.
 
         ``layer`` is a layer of :attr:`layers` (default: the peak's); with ``normalized`` the
         values are :meth:`normalized` (1 = fully restored). ``.overlay(image)`` draws it over

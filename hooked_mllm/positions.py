@@ -14,8 +14,9 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
@@ -126,8 +127,8 @@ class Image(Selector):
     selects every cell the box overlaps (the grid spans the whole image).
 
     An ``index`` past the last image of any row is an ``IndexError`` (as an integer position
-    past the sequence is). Cells map to the span's image-token positions (:attr:`ImageSpan.token_positions`), so
-    tokens between an image's rows (Pixtral's ``[IMG_BREAK]``) are never selected. Models
+    past the sequence is). Cells map to the span's image-token positions (:attr:`ImageSpan.token_positions`),
+    so tokens between an image's rows (Pixtral's ``[IMG_BREAK]``) are never selected. Models
     with no image tokens in the sequence (Mllama's cross-attention) raise a ``ValueError``.
     """
 
@@ -161,9 +162,9 @@ class Image(Selector):
             spans = batch.images_of(row)
             if self.index is not None and not -len(spans) <= self.index < len(spans):
                 raise IndexError(
-                    f"positions.image({self.index}): row {row} has {len(spans)} image span(s) "
-                    f"(per row: {[len(batch.images_of(r)) for r in range(len(batch))]}); an image index must be "
-                    "within every row's images."
+                    f"positions.image({self.index}): row {row} has {len(spans)} image span(s) (per row: "
+                    f"{[len(batch.images_of(r)) for r in range(len(batch))]}); an image index must be within "
+                    "every row's images."
                 )
             chosen = spans if self.index is None else spans[self.index : self.index + 1 or None]
             for span in chosen:

@@ -22,8 +22,9 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -57,7 +58,8 @@ class NormSpec:
 
     Examples:
         >>> import torch
-        >>> NormSpec(kind="layer", weight=None, eps=1e-5).apply(torch.ones(1, 2, 3), torch.arange(3.)[None]).shape
+        >>> x, w = torch.ones(1, 2, 3), torch.arange(3.)[None]
+        >>> NormSpec(kind="layer", weight=None, eps=1e-5).apply(x, w).shape
         torch.Size([1, 2, 3])
     """
 
@@ -254,8 +256,8 @@ class CacheReadout:
         note = None
         if block.mlp_out is not None or block.mlp_scale is not None:
             note = (
-                "This model maps the MLP output (a post-feedforward norm or layer scale) before it reaches the "
-                "residual, so per-neuron results do not add up to hook_mlp_out; use "
+                "This model maps the MLP output (a post-feedforward norm or layer scale) before it reaches "
+                "the residual, so per-neuron results do not add up to hook_mlp_out; use "
                 "decompose_resid(mode='mlp') for whole-MLP outputs."
             )
         return cls(

@@ -11,7 +11,8 @@ test keeps the file in step with the code.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .hook_points import HookPoint

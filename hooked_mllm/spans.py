@@ -18,8 +18,9 @@ Examples:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
@@ -183,10 +184,10 @@ def _view_spans(
     sizes = [sum(b - a for a, b in parts) for _, parts in runs]
     if sizes != totals or any(len(parts) != 1 for _, parts in runs):
         warnings.warn(
-            f"Image geometry unknown: the image inputs describe {len(totals)} image(s) with {totals} tokens, but "
-            f"input_ids hold {len(runs)} run(s) of image tokens with {sizes} tokens. Each run is kept as one image "
-            "span without a grid, so grid selectors (rows/cols/box) and location maps are unavailable. Re-run the "
-            "processor on the same images and text to get both.",
+            f"Image geometry unknown: the image inputs describe {len(totals)} image(s) with {totals} tokens, "
+            f"but input_ids hold {len(runs)} run(s) of image tokens with {sizes} tokens. Each run is kept as "
+            "one image span without a grid, so grid selectors (rows/cols/box) and location maps are "
+            "unavailable. Re-run the processor on the same images and text to get both.",
             stacklevel=5,
         )
         return None
@@ -276,8 +277,8 @@ def _image_spans(
         per_row[row] += 1
     if problem is not None:
         warnings.warn(
-            f"Image geometry unknown: {problem}. The image positions are kept (they are the image tokens), but "
-            "no span has a grid, so grid selectors (rows/cols/box) and grid reshapes are unavailable. "
+            f"Image geometry unknown: {problem}. The image positions are kept (they are the image tokens), "
+            "but no span has a grid, so grid selectors (rows/cols/box) and grid reshapes are unavailable. "
             "Re-run the processor on the same images and text to get both.",
             stacklevel=5,
         )

@@ -150,7 +150,7 @@ def test_not_a_cache_and_no_model(saved, tmp_path):
         ActivationCache.load(other)
     loaded = ActivationCache.load(path)
     with pytest.raises(AttributeError, match="does not hold the model"):
-        loaded.model
+        loaded.model  # noqa: B018 (the access is what raises)
     with pytest.raises(TypeError, match="CacheReadout"):
         ActivationCache({}, object())  # type: ignore[arg-type]
 

@@ -1,4 +1,6 @@
-"""benchmarks/gpu_checks.py stays runnable: its CPU dry run at tiny sizes checks the cached residuals against HF."""
+"""benchmarks/gpu_checks.py stays runnable: its CPU dry run at tiny sizes checks the cached residuals against
+HF.
+"""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from hooked_mllm.hooks import (
     Steer,
     compose,
 )
-from hooked_mllm.testing import image_pair, random_image
+from hooked_mllm.testing import image_pair
 
 
 @pytest.fixture

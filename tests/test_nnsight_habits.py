@@ -81,7 +81,7 @@ def test_traced_generation_per_step(model, batches):
     one, _ = batches
     with model.generate(one, max_new_tokens=3) as tracer:
         resid = list().save()
-        for step in tracer.iter[:3]:
+        for _step in tracer.iter[:3]:
             resid.append(model.hook_point("blocks.0.hook_resid_post").output)
             mlp = model.hook_point("blocks.1.hook_mlp_out")
             mlp.output = torch.zeros_like(mlp.output)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from hooked_mllm.batch import MultimodalBatch
-from hooked_mllm.inputs import ImageSpan, MultimodalBatch as FromInputs
+from hooked_mllm.inputs import ImageSpan
+from hooked_mllm.inputs import MultimodalBatch as FromInputs
 from hooked_mllm.spans import find_image_spans
 
 IMG, BREAK, PAD = 9, 5, 0

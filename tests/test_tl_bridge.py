@@ -119,7 +119,7 @@ def test_named_hooks_match_hf(bridge, hf_ref):
     torch.testing.assert_close(cache["blocks.0.hook_resid_pre"], out.hidden_states[0])
     torch.testing.assert_close(cache["ln_final.hook_normalized"], out.hidden_states[-1], atol=ATOL, rtol=RTOL)
     for layer in range(n_layers):
-        name = lambda kind: tl_bridge.hook_name(kind, layer)  # noqa: E731
+        name = lambda kind: tl_bridge.hook_name(kind, layer)  # noqa: E731, B023 (used in this iteration)
         torch.testing.assert_close(cache[name("pattern")], out.attentions[layer], atol=ATOL, rtol=RTOL)
         torch.testing.assert_close(
             cache[name("resid_pre")] + cache[name("attn_out")], cache[name("resid_mid")]

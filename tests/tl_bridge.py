@@ -72,11 +72,12 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Any, Callable, Iterator, Sequence, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
-NamesFilter = Union[None, str, Sequence[str], Callable[[str], bool]]
+NamesFilter = None | str | Sequence[str] | Callable[[str], bool]
 
 # Canonical bridge hook names for one LM layer.
 HOOK_NAMES = {

@@ -21,8 +21,9 @@ Contents: :class:`BlockLayout` (one transformer block), the groups above, :class
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 

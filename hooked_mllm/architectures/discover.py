@@ -229,7 +229,8 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
         why = f" Layers not recognised: {'; '.join(refused)}." if refused else ""
         raise ValueError(
             f"Cannot map {name} automatically: found no {missing}. Found block lists: "
-            f"{[path for path, _, _ in lists] or 'none'}.{why} Write an adapter for it (see docs/architectures.md)."
+            f"{[path for path, _, _ in lists] or 'none'}.{why} Write an adapter for it (see "
+            "docs/architectures.md)."
         )
     lm_path, _, block = lm[0]
     parent_path = lm_path.rpartition(".")[0]
@@ -334,7 +335,8 @@ def _record(
 ) -> tuple[dict[str, list[dict[str, tuple]]], Any]:
     """Run ``inputs`` with torch hooks on every block of each list (path -> length) and its direct children.
 
-    Returns, per list and block, ``{"": (input, output), child: (input, raw output), ...}``, and the HF output.
+    Returns, per list and block, ``{"": (input, output), child: (input, raw output), ...}``, and the HF
+    output.
     """
     records: dict[str, list[dict[str, tuple]]] = {
         prefix: [{} for _ in range(n)] for prefix, n in lists.items()
@@ -491,9 +493,9 @@ def _fail(
     scale: float,
 ) -> None:
     raise ValueError(
-        f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: {identity} does not "
-        f"hold at {stream} layer {layer} (off by {diff:.3g}; values up to {scale:.3g}). The mapping ({block}) would "
-        "name the wrong values; write an adapter for this model (see docs/architectures.md)."
+        f"The {adapter.name!r} layout of {type(hf_model).__name__} failed its self-check: {identity} does "
+        f"not hold at {stream} layer {layer} (off by {diff:.3g}; values up to {scale:.3g}). The mapping "
+        f"({block}) would name the wrong values; write an adapter for this model (see docs/architectures.md)."
     )
 
 

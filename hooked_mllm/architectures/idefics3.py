@@ -56,8 +56,8 @@ IDEFICS3 = replace(
     config_classes=("Idefics3Config",),
     tokens=replace(IDEFICS2.tokens, grid=square_tokens),
     about=Metadata(
-        test_model="tiny random from HuggingFaceM4/Idefics3-8B-Llama3's config: 16 px tiles, shuffle 2, image "
-        "splitting on (processor: Idefics3ImageProcessorPil)",
+        test_model="tiny random from HuggingFaceM4/Idefics3-8B-Llama3's config: 16 px tiles, shuffle 2, "
+        "image splitting on (processor: Idefics3ImageProcessorPil)",
         notes="One span per tile and per global image (tiles row-major, global last), each a square grid "
         "(pixel shuffle keeps raster order); verified with 2x2 and 1x2 tilings. Not run: "
         "do_image_splitting=False (then one global span per image).",
@@ -70,8 +70,8 @@ SMOLVLM = replace(
     config_classes=("SmolVLMConfig",),
     inputs=replace(IDEFICS3.inputs, nested_images=True),
     about=Metadata(
-        test_model="tiny random from HuggingFaceTB/SmolVLM-256M-Instruct's config: 32 px tiles, shuffle 4, image "
-        "splitting on (processor: SmolVLMImageProcessorPil; needs num2words)",
+        test_model="tiny random from HuggingFaceTB/SmolVLM-256M-Instruct's config: 32 px tiles, shuffle 4, "
+        "image splitting on (processor: SmolVLMImageProcessorPil; needs num2words)",
         notes="As Idefics3 (shuffle 4): one span per tile and per global image, each a square grid; images "
         "as one list per prompt. Not covered: video inputs.",
     ),

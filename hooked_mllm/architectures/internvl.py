@@ -97,8 +97,8 @@ INTERNVL = Adapter(
     about=Metadata(
         test_model="tiny random from OpenGVLab/InternVL3-1B-hf's config: 16 px tiles, up to 4 + thumbnail, "
         "random layer scales, Qwen2 LM (processor: GotOcr2ImageProcessorPil, crop_to_patches)",
-        notes="One span per image (all its tiles, thumbnail last): square grid for one tile, else none. Vision "
-        "blocks' attn_out / mlp_out include the layer scale (lambda_1 / lambda_2). Video inputs are not "
-        "covered.",
+        notes="One span per image (all its tiles, thumbnail last): square grid for one tile, else none. "
+        "Vision blocks' attn_out / mlp_out include the layer scale (lambda_1 / lambda_2). Video inputs are "
+        "not covered.",
     ),
 )

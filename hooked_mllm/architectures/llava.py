@@ -107,7 +107,8 @@ _LLAVA = Adapter(
     ),
     inputs=InputLayout(pixel_values_per_span=True),
     about=Metadata(
-        test_model="tiny random from llava-hf/llava-1.5-7b-hf's config, Llama LM (processor: CLIPImageProcessorPil)",
+        test_model="tiny random from llava-hf/llava-1.5-7b-hf's config, Llama LM (processor: "
+        "CLIPImageProcessorPil)",
         notes="Llama, Qwen2 and Mistral text backbones verified on tiny random models. With a Pixtral vision "
         "tower the adapter is `pixtral` (next row).",
     ),
@@ -125,11 +126,11 @@ LLAVA_PIXTRAL = replace(
     tokens=TokenLayout(grids=pixtral_grids, row_break="[IMG_BREAK]"),
     inputs=InputLayout(),
     about=Metadata(
-        test_model="tiny random from mistral-community/pixtral-12b's config: Pixtral tower (patch 4, no merge), "
-        "Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
-        notes="`LlavaConfig` whose vision_config is a `PixtralVisionConfig` (`llava` specialised). Rows of [IMG] "
-        "tokens separated by [IMG_BREAK]: spans list their image-token positions; grid (h/p, w/p) from "
-        "image_sizes; vision tower packs all images in one sequence.",
+        test_model="tiny random from mistral-community/pixtral-12b's config: Pixtral tower (patch 4, no "
+        "merge), Mistral LM (processor: PixtralProcessor, PixtralImageProcessorPil)",
+        notes="`LlavaConfig` whose vision_config is a `PixtralVisionConfig` (`llava` specialised). Rows of "
+        "[IMG] tokens separated by [IMG_BREAK]: spans list their image-token positions; grid (h/p, w/p) "
+        "from image_sizes; vision tower packs all images in one sequence.",
     ),
 )
 

@@ -36,7 +36,6 @@ high-resolution view ``2 i + 1``.
 from __future__ import annotations
 
 import math
-
 from dataclasses import replace
 from typing import Any
 
@@ -88,7 +87,7 @@ def anyres_views(
     side = tile // int(vision.patch_size)
     aspect = getattr(config, "vision_aspect_ratio", None)
     max_tiles = (
-        int(aspect.strip("anyres_max_"))
+        int(aspect.removeprefix("anyres_max_"))
         if isinstance(aspect, str) and aspect.startswith("anyres_max_")
         else None
     )
@@ -145,7 +144,7 @@ LLAVA_NEXT = replace(
     about=Metadata(
         test_model="tiny random from llava-hf/llava-v1.6-mistral-7b-hf's config, anyres pinpoints 16/32 "
         "(processor: LlavaNextImageProcessorPil)",
-        notes="Anyres tiles + image_newline: two spans per image, the base view (square grid) and the unpadded "
-        "high-resolution view (rows x cols from image_sizes, newline tokens excluded).",
+        notes="Anyres tiles + image_newline: two spans per image, the base view (square grid) and the "
+        "unpadded high-resolution view (rows x cols from image_sizes, newline tokens excluded).",
     ),
 )

@@ -34,8 +34,8 @@ LLAVA_ONEVISION = replace(
     config_classes=("LlavaOnevisionConfig",),
     inputs=replace(LLAVA_NEXT.inputs, split=LLAVA_NEXT.inputs.split + (("batch_num_images", PerRow()),)),
     about=Metadata(
-        test_model="tiny random from llava-hf/llava-onevision-qwen2-7b-ov-hf's config: SigLIP tower, Qwen2 LM, "
-        "anyres pinpoints 16/32 (processor: LlavaOnevisionImageProcessorPil)",
+        test_model="tiny random from llava-hf/llava-onevision-qwen2-7b-ov-hf's config: SigLIP tower, Qwen2 "
+        "LM, anyres pinpoints 16/32 (processor: LlavaOnevisionImageProcessorPil)",
         notes="Anyres tiles + image_newline as LLaVA-NeXT: two spans per image (base view, high-resolution "
         "view, pooled by anyres_max_N where HF pools).",
     ),

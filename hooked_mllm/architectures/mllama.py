@@ -1,4 +1,5 @@
-"""Mllama / Llama 3.2 Vision (``MllamaForConditionalGeneration``, e.g. meta-llama/Llama-3.2-11B-Vision-Instruct).
+"""Mllama / Llama 3.2 Vision (``MllamaForConditionalGeneration``, e.g.
+meta-llama/Llama-3.2-11B-Vision-Instruct).
 
 Module tree (transformers 5)::
 
@@ -120,7 +121,8 @@ MLLAMA = Adapter(
         test_model="tiny random from meta-llama/Llama-3.2-11B-Vision-Instruct's config: 3 LM layers, layer 1 "
         "cross-attention with open gates, 2 local + 1 global vision layers (processor: MllamaProcessor, "
         "MllamaImageProcessorPil)",
-        notes="Gated cross-attention layers: blocks.{l}.cross_attn.* and hook_cross_attn_out (before the tanh gate); "
-        "no image tokens in the sequence, so image selectors raise. Global vision layers not hooked.",
+        notes="Gated cross-attention layers: blocks.{l}.cross_attn.* and hook_cross_attn_out (before the "
+        "tanh gate); no image tokens in the sequence, so image selectors raise. Global vision layers not "
+        "hooked.",
     ),
 )

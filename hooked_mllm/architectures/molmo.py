@@ -29,13 +29,15 @@ Module tree (remote code, OLMo-style blocks)::
         │   │   ├── att_proj (fused q, k, v)                        (no per-head q / k / v)
         │   │   ├── attn_out (output projection)                    -> attn.hook_z (input), hook_attn_out
         │   │   ├── ff_norm                                         -> ln2.hook_normalized
-        │   │   ├── ff_proj (fused gate and up) -> act (SwiGLU) -> ff_out   -> mlp.hook_pre / hook_post / hook_mlp_out
+        │   │   ├── ff_proj (fused gate and up) -> act (SwiGLU)     -> mlp.hook_pre / mlp.hook_post
+        │   │   ├── ff_out                                          -> hook_mlp_out
         │   ├── ln_f                                                -> ln_final.hook_normalized
         │   └── ff_out (LM head, untied)                            -> hook_logits
         └── vision_backbone: MolmoVisionBackbone
             ├── image_vit: VisionTransformer (CLIP ViT-L/14 336)
             │   ├── patch_embedding (Linear over flattened patches) -> vision.hook_embed
-            │   └── transformer.resblocks[i]{attention_norm, attention{wq,wk,wv,wo}, ffn_norm, feed_forward{w1,w2}}
+            │   └── transformer.resblocks[i]{attention_norm, attention{wq,wk,wv,wo}, ffn_norm,
+            │                                feed_forward{w1,w2}}
             ├── image_pooling_2d (attention pooling of 2x2 patches)
             └── image_projector (SwiGLU MLP)                        -> projector.hook_in / hook_out
 
@@ -115,9 +117,10 @@ MOLMO = Adapter(
         checked_by="benchmarks/molmo_remote_check.py",
         test_model="none in the suite (remote code); benchmarks/molmo_remote_check.py runs a tiny random "
         "MolmoForCausalLM built from the remote code",
-        notes="Checked by benchmarks/molmo_remote_check.py on the public remote code, transformers 5.24, 2026-12-02: "
-        "logits, residuals vs hidden_states, identities, projector rows at image_input_idx, writes at every "
-        "point pass; generate not wrapped (that code has no generate under transformers >= 4.50). Fused qkv "
-        "(no per-head q/k/v, no patterns); no image spans (no image token id in the config).",
+        notes="Checked by benchmarks/molmo_remote_check.py on the public remote code, transformers 5.24, "
+        "2026-12-02: logits, residuals vs hidden_states, identities, projector rows at image_input_idx, "
+        "writes at every point pass; generate not wrapped (that code has no generate under transformers >= "
+        "4.50). Fused qkv (no per-head q/k/v, no patterns); no image spans (no image token id in the "
+        "config).",
     ),
 )

@@ -105,7 +105,7 @@ def _ranges(counts: Int[Tensor, " n"]) -> list[tuple[int, int]]:
 def _take_images(key: str):
     """The rule for a key with one entry per image (``image_grids``, ``image_num_crops``)."""
 
-    def take(batch: Any, rows: list[int]) -> Int[Tensor, "images *rest"]:
+    def take(batch: Any, rows: list[int]) -> Int[Tensor, "images *rest"]:  # noqa: F821 (jaxtyping shape string)
         return batch.inputs[key][_images(batch, rows)]
 
     return take
@@ -172,9 +172,9 @@ MOLMO2 = Adapter(
         },
     ),
     about=Metadata(
-        test_model="tiny random from allenai/Molmo2-8B's config: 20 px crops of 5x5 patches, overlap margins 1, "
-        "2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, its "
-        "torchvision resize / normalize in plain torch)",
+        test_model="tiny random from allenai/Molmo2-8B's config: 20 px crops of 5x5 patches, overlap "
+        "margins 1, 2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, "
+        "its torchvision resize / normalize in plain torch)",
         notes="Two spans per image (low-res view, then high-res crops: rows split by <im_col>), grids from "
         "image_grids; projector output added to the <im_patch> embeddings; image tokens attend "
         "bidirectionally. Not covered: video, norm_after=True (refused).",

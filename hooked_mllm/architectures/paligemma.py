@@ -86,8 +86,8 @@ _PALIGEMMA = Adapter(
     about=Metadata(
         test_model="tiny random from google/paligemma-3b-pt-224's config, Gemma LM (processor: "
         "SiglipImageProcessorPil, no chat template)",
-        notes="Gemma LM: pre-norm block, RMSNorm (1 + w); bidirectional prefix, no chat template. A Gemma 2 LM "
-        "(PaliGemma 2) gives the `paligemma2` layout. Not covered: training inputs (suffix / labels).",
+        notes="Gemma LM: pre-norm block, RMSNorm (1 + w); bidirectional prefix, no chat template. A Gemma 2 "
+        "LM (PaliGemma 2) gives the `paligemma2` layout. Not covered: training inputs (suffix / labels).",
     ),
 )
 
@@ -98,8 +98,8 @@ PALIGEMMA2 = replace(
     about=Metadata(
         test_model="tiny random from google/paligemma2-3b-pt-224's config, Gemma 2 LM (processor: "
         "SiglipImageProcessorPil, no chat template)",
-        notes="PaliGemma 2 (PaliGemmaConfig with a Gemma 2 LM): sandwich norms as Gemma 3, hook_logits before "
-        "the logit soft-cap; bidirectional prefix, no chat template. Not covered: training inputs.",
+        notes="PaliGemma 2 (PaliGemmaConfig with a Gemma 2 LM): sandwich norms as Gemma 3, hook_logits "
+        "before the logit soft-cap; bidirectional prefix, no chat template. Not covered: training inputs.",
     ),
 )
 

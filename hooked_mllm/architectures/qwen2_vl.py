@@ -98,7 +98,8 @@ QWEN2_VL = Adapter(
     tokens=TOKENS,
     inputs=INPUTS,
     about=Metadata(
-        test_model="tiny random from Qwen/Qwen2-VL-2B-Instruct's config (processor: Qwen2VLImageProcessorPil)",
+        test_model="tiny random from Qwen/Qwen2-VL-2B-Instruct's config (processor: "
+        "Qwen2VLImageProcessorPil)",
         notes="Grid (h/2, w/2) per image from image_grid_thw; M-RoPE; vision tower has no per-head q/k/v "
         "or patterns (fused qkv).",
     ),
@@ -114,7 +115,8 @@ QWEN2_5_VL = Adapter(
     tokens=TOKENS,
     inputs=INPUTS,
     about=Metadata(
-        test_model="tiny random from Qwen/Qwen2.5-VL-3B-Instruct's config (processor: Qwen2VLImageProcessorPil)",
+        test_model="tiny random from Qwen/Qwen2.5-VL-3B-Instruct's config (processor: "
+        "Qwen2VLImageProcessorPil)",
         notes="As Qwen2-VL; vision blocks and projector.hook_out are in window order (windowed attention).",
     ),
 )

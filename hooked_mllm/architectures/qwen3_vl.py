@@ -80,10 +80,10 @@ QWEN3_VL = Adapter(
     tokens=TOKENS,
     inputs=INPUTS,
     about=Metadata(
-        test_model="tiny random from Qwen/Qwen3-VL-2B-Instruct's config: deepstack after vision blocks 0, 1 into "
-        "LM layers 0, 1 of 3 (processor: Qwen2VLImageProcessorPil)",
-        notes="Grid (h/2, w/2) per image from image_grid_thw. DeepStack features are added at image positions "
-        "between resid_post[k] and resid_pre[k+1] (k < n_deepstack), verified against the mergers' "
-        "outputs; they are not hook points. Not covered: video inputs.",
+        test_model="tiny random from Qwen/Qwen3-VL-2B-Instruct's config: deepstack after vision blocks 0, 1 "
+        "into LM layers 0, 1 of 3 (processor: Qwen2VLImageProcessorPil)",
+        notes="Grid (h/2, w/2) per image from image_grid_thw. DeepStack features are added at image "
+        "positions between resid_post[k] and resid_pre[k+1] (k < n_deepstack), verified against the "
+        "mergers' outputs; they are not hook points. Not covered: video inputs.",
     ),
 )

@@ -21,13 +21,14 @@ Examples:
     >>> Patches("")
     Traceback (most recent call last):
     ...
-    ValueError: Patches needs the key of the tensor holding each image's patch grid (as 'image_grid_thw'), not ''.
+    ValueError: Patches needs the key of the tensor holding each image's patch grid (as 'image_grid_thw'), ...
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -174,7 +175,7 @@ def check_rules(split: Any) -> tuple[tuple[str, SplitRule], ...]:
         >>> check_rules({"pixel_values": "tiles"})
         Traceback (most recent call last):
         ...
-        ValueError: Input split rule for 'pixel_values' is the string 'tiles'; rules are typed: use Tiles() ...
+        ValueError: Input split rule for 'pixel_values' is the string 'tiles'; rules are typed: ...
     """
     pairs = tuple(split.items()) if isinstance(split, Mapping) else tuple(split)
     seen: set[str] = set()

@@ -263,10 +263,9 @@ def _seen(sample_id: str, key: str, part: str, known: dict, origin: dict) -> boo
         return False
     if sample_id in origin:
         raise ValueError(
-            f"Sample {sample_id!r} was extracted by two processes ({origin[sample_id]} and "
-            f"{part}); "
-            "runs of different process counts wrote into this store at once. Delete the part-* "
-            "files of one of them and run again."
+            f"Sample {sample_id!r} was extracted by two processes ({origin[sample_id]} and {part}); runs of "
+            "different process counts wrote into this store at once. Delete the part-* files of one of them "
+            "and run again."
         )
     origin[sample_id] = part
     return True

@@ -59,7 +59,8 @@ def sparse_codes(
     max_sweeps: int = 50,
     tol: float = 1e-6,
 ) -> Float[Tensor, "n k"]:
-    """Non-negative lasso codes ``argmin_{V>=0} 0.5||Z - V U||^2 + alpha |V|_1`` from ``B = Z U^T``, ``G = U U^T``.
+    """Non-negative lasso codes ``argmin_{V>=0} 0.5||Z - V U||^2 + alpha |V|_1`` from ``B = Z U^T``,
+    ``G = U U^T``.
 
     Cyclic coordinate descent over the ``k`` coordinates, all rows at once, warm-started from ``V``;
     stops when a sweep moves no code by more than ``tol`` times the largest code.

@@ -27,9 +27,10 @@ import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -115,6 +116,10 @@ def weights_fingerprint(module: torch.nn.Module, per_tensor: int = 4096) -> str:
     return digest.hexdigest()
 
 
+def _short(value: object) -> str:
+    return (repr(value)[:80] + "...") if len(repr(value)) > 80 else repr(value)
+
+
 def describe_difference(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
     """The fields (dotted names) whose values differ between two identity dicts, with both values."""
     out = []
@@ -123,8 +128,7 @@ def describe_difference(stored: dict, wanted: dict, prefix: str = "") -> list[st
         if isinstance(a, dict) and isinstance(b, dict):
             out += describe_difference(a, b, f"{prefix}{key}.")
         elif a != b:
-            short = lambda v: (repr(v)[:80] + "...") if len(repr(v)) > 80 else repr(v)
-            out.append(f"{prefix}{key}: stored {short(a)}, now {short(b)}")
+            out.append(f"{prefix}{key}: stored {_short(a)}, now {_short(b)}")
     return out
 
 
@@ -292,7 +296,7 @@ class Features:
             raise KeyError(f"{hook!r} is not in this store; it holds {', '.join(self.hooks)}")
         return hook
 
-    def tensor(self, hook: str | None = None) -> Float[Tensor, "n *d"]:
+    def tensor(self, hook: str | None = None) -> Float[Tensor, "n *d"]:  # noqa: F821 (jaxtyping shape string)
         """All rows at ``hook`` (default: the only hook) as one float tensor (built once, then kept)."""
         hook = self._hook(hook)
         if hook not in self._cache:
@@ -309,7 +313,7 @@ class Features:
         return self._cache[hook]
 
     @property
-    def features(self) -> Float[Tensor, "n *d"]:
+    def features(self) -> Float[Tensor, "n *d"]:  # noqa: F821 (jaxtyping shape string)
         return self.tensor()
 
     def __getitem__(self, hook: str) -> Features:

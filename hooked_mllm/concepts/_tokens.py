@@ -17,7 +17,8 @@ Examples:
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def token_spans(tokenizer: Any, ids: Sequence[int]) -> tuple[list[tuple[int, int]], str]:

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-
 #: Names of :data:`hooked_mllm.concepts.decompose.DECOMPOSERS` and of the token rules, listed here so that
 #: building the parser imports no scikit-learn or torch (a test keeps them equal).
 METHODS = ("seminmf", "sparse", "dictlearn", "kmeans", "pca", "nmf", "ica", "topnorm")
@@ -165,7 +164,6 @@ def _save_npz(path: Path, **arrays: Any) -> None:
 
 
 def _cmd_concepts(args: argparse.Namespace) -> int:
-    from .decompose import make_decomposer
     from .extract import Features
     from .grounding import text_grounding
 
@@ -221,7 +219,9 @@ def _cmd_shift(args: argparse.Namespace) -> int:
 
 
 def _eval_rows(file: str) -> list[tuple]:
-    """``(image, prompt, answers, answer_type)`` rows of a JSONL with image, prompt, answer(s), answer_type."""
+    """``(image, prompt, answers, answer_type)`` rows of a JSONL with image, prompt, answer(s),
+    answer_type.
+    """
     from .data import load_image
 
     rows = []
@@ -267,7 +267,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         if args.out:
             write_atomic(Path(args.out), lambda tmp: torch.save(vector, tmp))
             print(
-                f"steering vector {args.source!r} -> {args.target!r} (norm {float(vector.norm()):.3f}) -> {args.out}"
+                f"steering vector {args.source!r} -> {args.target!r} (norm {float(vector.norm()):.3f}) -> "
+                f"{args.out}"
             )
     if args.evaluate:
         if args.model is None or args.layer is None:
@@ -298,9 +299,9 @@ def _cmd_steer(args: argparse.Namespace) -> int:
             )
             report[str(alpha)] = r.to_dict()
             print(
-                f"alpha {alpha}: target rate {r.target_rate_before:.2f} -> {r.target_rate:.2f}, other accuracy "
-                f"{r.other_accuracy_before:.2f} -> {r.other_accuracy_after:.2f}, {r.changed_other} other answers "
-                "changed"
+                f"alpha {alpha}: target rate {r.target_rate_before:.2f} -> {r.target_rate:.2f}, other "
+                f"accuracy {r.other_accuracy_before:.2f} -> {r.other_accuracy_after:.2f}, {r.changed_other} "
+                "other answers changed"
             )
         if args.report:
             write_text_atomic(Path(args.report), json.dumps(report, indent=1))

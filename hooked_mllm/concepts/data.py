@@ -111,7 +111,8 @@ def jsonl_dataset(
     id_key: str = "id",
     prompt: str | None = None,
 ) -> Iterator[Sample]:
-    """Samples from a JSON-lines file, one ``{"id": ..., "image": path, "prompt": ...}`` per line, read lazily.
+    """Samples from a JSON-lines file, one ``{"id": ..., "image": path, "prompt": ...}`` per line, read
+    lazily.
 
     Relative image paths are taken from the file's folder. ``prompt`` fills in a missing
     prompt; a missing id becomes the line number.
@@ -152,7 +153,9 @@ def hf_dataset(
     ``prompt`` replaces a prompt column; without ``id_column`` the row index is the id.
 
     Examples:
-        >>> ds = datasets.load_dataset("HuggingFaceM4/VQAv2", split="validation", streaming=True)  # doctest: +SKIP
+        >>> ds = datasets.load_dataset(
+        ...     "HuggingFaceM4/VQAv2", split="validation", streaming=True
+        ... )  # doctest: +SKIP
         >>> data = hf_dataset(ds, image_column="image", prompt_column="question",
         ...                   id_column="question_id")  # doctest: +SKIP
     """

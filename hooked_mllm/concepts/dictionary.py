@@ -133,7 +133,8 @@ class SparseDictionary(ConceptDecomposer):
         return super().fit(Z, y)  # type: ignore[return-value]
 
     def partial_fit(self, Z: Any, y: Any = None) -> SparseDictionary:
-        """Update the atoms with one block of rows ``Z [m, d]`` (online dictionary learning); returns ``self``.
+        """Update the atoms with one block of rows ``Z [m, d]`` (online dictionary learning); returns
+        ``self``.
 
         Examples:
             >>> dec = SparseDictionary(3, alpha=0.1, random_state=0)

@@ -31,9 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -320,8 +321,10 @@ def extract(
         The :class:`Features` (memory-mapped from ``out`` when given).
 
     Examples:
-        >>> feats = extract(model, folder_dataset("val2017", "Describe the image."), "blocks.31.hook_resid_post",
-        ...                 TokenRule("predicting", token="dog", reduce="mean"), out="features/dog")  # doctest: +SKIP
+        >>> samples = folder_dataset("val2017", "Describe the image.")  # doctest: +SKIP
+        >>> rule = TokenRule("predicting", token="dog", reduce="mean")  # doctest: +SKIP
+        >>> feats = extract(model, samples, "blocks.31.hook_resid_post", rule,
+        ...                 out="features/dog")  # doctest: +SKIP
     """
     rule = TokenRule(token) if isinstance(token, str) else token
     names = [hook] if isinstance(hook, str) else list(hook)

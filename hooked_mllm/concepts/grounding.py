@@ -13,7 +13,8 @@ Examples:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,8 +27,8 @@ if TYPE_CHECKING:
 STOPWORDS = frozenset(
     "the and for are but not you all any can had her was one our out has him his how its may new now old see "
     "two way who did get let put say she too use that with have this will your from they know want been good "
-    "much some time very when come here just like long make many more only over such take than them well were "
-    "what there which their would about these other into could".split()
+    "much some time very when come here just like long make many more only over such take than them well "
+    "were what there which their would about these other into could".split()
 )
 
 

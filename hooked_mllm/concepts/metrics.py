@@ -257,7 +257,8 @@ def clip_concept_score(
     top_k: int = 1,
     template: str = DEFAULT_TEMPLATE,
 ) -> Float[np.ndarray, " n"]:
-    """CoX-LMM's CLIPScore: per image, the mean over its ``top_k`` concepts of ``scorer(image, text(concept))``.
+    """CoX-LMM's CLIPScore: per image, the mean over its ``top_k`` concepts of
+    ``scorer(image, text(concept))``.
 
     Each concept is scored on its own (text ``template.format(", ".join(words))``), then the scores of
     the image's top concepts are averaged, as in the reference code (not one text of all words joined).
@@ -265,7 +266,8 @@ def clip_concept_score(
 
     Examples:
         >>> scorer = lambda imgs, texts: [float("dog" in t) for t in texts]
-        >>> clip_concept_score(scorer, ["i0"], np.array([[0.9, 0.5, 0.1]]), [["dog"], ["car"], ["sky"]], top_k=2)
+        >>> V = np.array([[0.9, 0.5, 0.1]])
+        >>> clip_concept_score(scorer, ["i0"], V, [["dog"], ["car"], ["sky"]], top_k=2)
         array([0.5])
     """
     Vn = _np2d(V, "V")
@@ -317,8 +319,9 @@ class CLIPScorer:
         batch_size: pairs per forward.
 
     Examples:
-        >>> scorer = CLIPScorer(CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path))  # doctest: +SKIP
-        >>> clip_concept_score(scorer, images, V, words, top_k=3).mean()                              # doctest: +SKIP
+        >>> scorer = CLIPScorer(CLIPModel.from_pretrained(path),
+        ...                     CLIPProcessor.from_pretrained(path))  # doctest: +SKIP
+        >>> clip_concept_score(scorer, images, V, words, top_k=3).mean()  # doctest: +SKIP
     """
 
     def __init__(self, model: Any, processor: Any, weight: float = 2.5, batch_size: int = 32) -> None:

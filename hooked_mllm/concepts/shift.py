@@ -21,8 +21,9 @@ Contents:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -353,7 +354,8 @@ def shift_baselines(
 
     Examples:
         >>> A = np.repeat(np.eye(2) * 10, 5, axis=0); B = A + np.repeat([[1.0, 0], [0, 2.0]], 5, axis=0)
-        >>> sorted(shift_baselines(A, B, np.eye(2) * 10, np.eye(2) * 10 + [[1, 0], [0, 2]], np.repeat([0, 1], 5)))
+        >>> U_a, U_b = np.eye(2) * 10, np.eye(2) * 10 + [[1, 0], [0, 2]]
+        >>> sorted(shift_baselines(A, B, U_a, U_b, np.repeat([0, 1], 5)))
         ['global_mean_shift', 'random_assignment']
     """
     A, B = _pair(A, B)
@@ -402,9 +404,10 @@ def analyze_shift(
     """Run the concept-shift analysis of arXiv 2501.03012 on features ``A`` (model a) and ``B`` (model b).
 
     ``decomposer_a`` (and ``decomposer_b``) may be fitted already (used as is) or unfitted (a clone is fitted
-    on ``A`` (``B``)). Without ``decomposer_b`` the result has no ``concepts_b``/``improvement``/``baselines``.
-    ``match_on`` is passed to :func:`shift_improvement`; ``baselines`` adds :func:`shift_baselines` (the one
-    global mean shift and a random concept assignment, seeded by ``random_state``) for comparison.
+    on ``A`` (``B``)). Without ``decomposer_b`` the result has no
+    ``concepts_b``/``improvement``/``baselines``. ``match_on`` is passed to :func:`shift_improvement`;
+    ``baselines`` adds :func:`shift_baselines` (the one global mean shift and a random concept assignment,
+    seeded by ``random_state``) for comparison.
 
     Examples:
         >>> from hooked_mllm.concepts.decompose import KMeansConcepts

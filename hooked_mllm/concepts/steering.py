@@ -11,18 +11,19 @@ accuracy, changed answers and answer histograms; :func:`rank_steering_vectors` r
 
 Examples:
     >>> v = mean_difference(features_no, features_yes)                           # doctest: +SKIP
-    >>> report = evaluate_steering(model, targeted, others, v, layer=3, alpha=4, target="no")  # doctest: +SKIP
+    >>> report = evaluate_steering(model, targeted, others, v, layer=3, alpha=4,
+    ...                            target="no")                                  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -106,7 +107,8 @@ _PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$~|:]")
 
 
 def normalize_answer(text: str) -> str:
-    """An answer as the VQA evaluation compares it: lower case, no punctuation or articles, digits for number words.
+    """An answer as the VQA evaluation compares it: lower case, no punctuation or articles, digits for number
+    words.
 
     Examples:
         >>> normalize_answer("Yes."), normalize_answer("The two dogs!"), normalize_answer("3.5")
@@ -292,8 +294,9 @@ def rank_steering_vectors(
 
     Examples:
         >>> ranked = rank_steering_vectors(model, {"l2": v2, "l3": v3}, targeted, others,
-        ...                                layer={"l2": 2, "l3": 3}, alpha=1.0, target="yes")  # doctest: +SKIP
-        >>> ranked[0][0]                                                                        # doctest: +SKIP
+        ...                                layer={"l2": 2, "l3": 3}, alpha=1.0,
+        ...                                target="yes")  # doctest: +SKIP
+        >>> ranked[0][0]  # doctest: +SKIP
         'l3'
     """
     before = _answers(model, targeted, [], batch_size, max_new_tokens)

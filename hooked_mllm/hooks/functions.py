@@ -16,13 +16,14 @@ Contents: :class:`HookFunction` (base: positions and heads), :class:`CacheTo`,
 Examples:
     >>> from hooked_mllm.hooks import PatchFrom, Steer
     >>> fwd = [("blocks.2.hook_resid_post", PatchFrom(clean_cache, positions="image"))]  # doctest: +SKIP
-    >>> model.generate(batch, fwd_hooks=[("blocks.4.hook_resid_post", Steer(v, alpha=4, schedule="all"))])  # doctest: +SKIP
+    >>> steer = Steer(v, alpha=4, schedule="all")                                        # doctest: +SKIP
+    >>> model.generate(batch, fwd_hooks=[("blocks.4.hook_resid_post", steer)])            # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from jaxtyping import Float

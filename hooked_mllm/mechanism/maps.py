@@ -158,9 +158,9 @@ def grid_span(batch: MultimodalBatch, row: int, image: int) -> ImageSpan:
     if span.grid is None:
         raise ValueError(
             f"Image {image} of row {row} has {span.n_tokens} image tokens that form no patch grid (resampled "
-            "latents, or anyres tiles whose tokens do not match image_sizes), so a location map cannot be laid "
-            "out. Head and layer scores still work; maps need a family with a grid (LLaVA, Qwen2-VL, Gemma 3, "
-            "PaliGemma, Idefics3 tiles, LLaVA-NeXT views...)."
+            "latents, or anyres tiles whose tokens do not match image_sizes), so a location map cannot be "
+            "laid out. Head and layer scores still work; maps need a family with a grid (LLaVA, Qwen2-VL, "
+            "Gemma 3, PaliGemma, Idefics3 tiles, LLaVA-NeXT views...)."
         )
     return span
 

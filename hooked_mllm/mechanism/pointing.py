@@ -20,15 +20,16 @@ Examples:
     >>> scenes = toy.World(seed=7).sample(60)
     >>> model = toy.load("toy-llava")                                                  # doctest: +SKIP
     >>> result = pointing_game(model, scenes, methods=["attention", "heads_all"])     # doctest: +SKIP
-    >>> print(result.table())                                                                    # doctest: +SKIP
+    >>> print(result.table())                                                         # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _chat_template, _build, _text_kwargs, word_tokenizer
+from ._common import _build, _chat_template, _text_kwargs, word_tokenizer
 
 GEMMA3_SPECIALS = ["<start_of_image>", "<image_soft_token>", "<end_of_image>"]
 

@@ -9,8 +9,7 @@ Examples:
 
 from __future__ import annotations
 
-
-from ._common import _chat_template, _build, _text_kwargs, _without_video, word_tokenizer
+from ._common import _build, _chat_template, _text_kwargs, _without_video, word_tokenizer
 
 IDEFICS_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
 

@@ -13,7 +13,6 @@ Examples:
 
 from __future__ import annotations
 
-
 from ._common import CHAT_TEMPLATE, _build, _text_kwargs, _without_video, tiny_tokenizer
 
 
@@ -48,8 +47,14 @@ def tiny_llava(
     n_heads: int = 4,
 ):
     """A tiny random LlavaForConditionalGeneration with a Llama, Qwen2 or Mistral LM."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-    from transformers import MistralConfig, Qwen2Config
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        MistralConfig,
+        Qwen2Config,
+    )
 
     tok = tiny_tokenizer()
     vocab = len(tok)

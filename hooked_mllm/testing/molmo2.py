@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from ._common import _chat_template, _build, _text_kwargs, _without_video, word_tokenizer
+from ._common import _build, _chat_template, _text_kwargs, _without_video, word_tokenizer
 
 MOLMO2_SPECIALS = ["<|image|>", "<|video|>"]
 # The image-layout tokens, appended after the base vocabulary as the checkpoint's additional

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _chat_template, _build, _text_kwargs, _without_video, word_tokenizer
+from ._common import _build, _chat_template, _text_kwargs, _without_video, word_tokenizer
 
 INTERNVL_SPECIALS = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 
@@ -32,7 +32,8 @@ def tiny_internvl(
     scale, pixel shuffle by 0.5 and an MLP projector, Qwen2 LM) and its processor, with tiling on
     (``crop_to_patches``: up to ``max_tiles`` tiles of ``tile`` px plus a thumbnail).
 
-    Each tile is ``(tile / patch_size) ** 2 / 4`` (16) ``<IMG_CONTEXT>`` tokens. Returns ``(model, processor)``.
+    Each tile is ``(tile / patch_size) ** 2 / 4`` (16) ``<IMG_CONTEXT>`` tokens. Returns
+    ``(model, processor)``.
     """
     import transformers as tf
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil

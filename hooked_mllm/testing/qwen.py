@@ -9,8 +9,7 @@ Examples:
 
 from __future__ import annotations
 
-
-from ._common import _chat_template, _build, _text_kwargs, _without_video, word_tokenizer
+from ._common import _build, _chat_template, _text_kwargs, _without_video, word_tokenizer
 
 QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 

@@ -41,7 +41,8 @@ def _run_train(args: argparse.Namespace) -> int:
             args.name, seed=args.seed, out=args.out, steps=args.steps, init_dir=args.init_dir, **overrides
         )
         print(
-            f"saved {args.name} to {result.out} in {result.seconds:.0f} s (final loss {result.final_loss:.4f})"
+            f"saved {args.name} to {result.out} in {result.seconds:.0f} s (final loss "
+            f"{result.final_loss:.4f})"
         )
         return 0
     result = train(

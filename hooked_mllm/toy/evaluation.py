@@ -68,7 +68,9 @@ class EvalReport:
 
 
 class _Tally:
-    """Right and total answers per question type (captions under ``"caption"``) and the first 20 wrong ones."""
+    """Right and total answers per question type (captions under ``"caption"``) and the first 20 wrong
+    ones.
+    """
 
     def __init__(self) -> None:
         self.right: dict[str, int] = defaultdict(int)

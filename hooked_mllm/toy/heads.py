@@ -3,16 +3,17 @@
 Purpose:
     The seed paper on LLaVA compares visual QA with textual QA (the same question about the scene described in
     words) and finds that the visual mechanism reuses the text model's in-context mechanism. On the toy world
-    both sides exist: a recipe VLM answers about the image, ``toy-lm`` (the LM it started from) answers about the
-    scene in words. For each question type, :func:`answer_heads` averages
+    both sides exist: a recipe VLM answers about the image, ``toy-lm`` (the LM it started from) answers about
+    the scene in words. For each question type, :func:`answer_heads` averages
     :func:`hooked_mllm.mechanism.head_scores` (how much each head's output at the last position raises the log
     probability of the right answer, with the frozen-scale readout) over the questions of unseen scenes.
 
 Connections:
-    Scenes and questions from :class:`hooked_mllm.toy.world.World`, prompts from :func:`hooked_mllm.toy.data.encode`
-    (image) and :func:`~hooked_mllm.toy.data.encode_text` (words); a text LM is run inside a LLaVA whose language
-    model is a copy of it (:func:`hooked_mllm.toy.recipe.vlm_from_text_lm`, text-only inputs), so both sides go
-    through the same :class:`hooked_mllm.HookedMLLM` hook points. :mod:`hooked_mllm.toy.science` prints
+    Scenes and questions from :class:`hooked_mllm.toy.world.World`, prompts from
+    :func:`hooked_mllm.toy.data.encode` (image) and :func:`~hooked_mllm.toy.data.encode_text` (words); a text
+    LM is run inside a LLaVA whose language model is a copy of it
+    (:func:`hooked_mllm.toy.recipe.vlm_from_text_lm`, text-only inputs), so both sides go through the same
+    :class:`hooked_mllm.HookedMLLM` hook points. :mod:`hooked_mllm.toy.science` prints
     :func:`format_comparison` as its ``heads`` section.
 
 Contents:
@@ -164,7 +165,8 @@ def load_for_heads(path) -> HookedMLLM:
 def heads_table(
     path, *, seed: int = 123, n: int = 100, qtypes: tuple[str, ...] = BINDING_QTYPES
 ) -> list[AnswerHeads]:
-    """:func:`answer_heads` of a toy checkpoint for each question type: VQA for a VLM, textual QA for a text LM.
+    """:func:`answer_heads` of a toy checkpoint for each question type: VQA for a VLM, textual QA for a text
+    LM.
 
     Examples:
         >>> rows = heads_table(toy.checkpoint_dir("toy-llava"), n=20)  # doctest: +SKIP

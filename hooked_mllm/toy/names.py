@@ -18,4 +18,6 @@ STAGE_NAMES: tuple[str, ...] = (
     "toy-llava-deep",
     "toy-llava-deep-ft",
 )
-"""The stages of the LLaVA recipe on the toy world (:data:`hooked_mllm.toy.recipe.STAGES`), in training order."""
+"""The stages of the LLaVA recipe on the toy world (:data:`hooked_mllm.toy.recipe.STAGES`), in training
+order.
+"""

@@ -93,10 +93,11 @@ class Stage:
             mean over the answer tokens (their ``</s>`` included), so the few answer tokens are not drowned by
             the scene text, whose words are random.
         layers: text stages only: the LM's depth. From scratch, the depth it is built with (default
-            :data:`DEEP_SIZES`); from a shallower text LM, the depth it is grown to first (:func:`grow_text_lm`).
+            :data:`DEEP_SIZES`); from a shallower text LM, the depth it is grown to first
+            (:func:`grow_text_lm`).
         vision_init: for a stage that starts a LLaVA around a text LM: the shipped VLM checkpoint whose vision
-            tower it copies (``"toy-llava"``, the toy world's pretrained vision encoder, as LLaVA starts from a
-            pretrained CLIP); ``None`` for a freshly initialised tower.
+            tower it copies (``"toy-llava"``, the toy world's pretrained vision encoder, as LLaVA starts from
+            a pretrained CLIP); ``None`` for a freshly initialised tower.
     """
 
     kind: str
@@ -206,8 +207,8 @@ STAGES: dict[str, Stage] = {
 
 def build_text_lm(seed: int = 0, **sizes) -> LlamaForCausalLM:
     """A freshly initialised text-only LM of the toy family (the LM of
-    :func:`~hooked_mllm.toy.model.toy_config` with ``sizes``, by default :data:`DEEP_SIZES`), deterministic per
-    ``seed``."""
+    :func:`~hooked_mllm.toy.model.toy_config` with ``sizes``, by default :data:`DEEP_SIZES`), deterministic
+    per ``seed``."""
     torch.manual_seed(seed)
     config = toy_config(**{**DEEP_SIZES, **sizes}).text_config
     model = LlamaForCausalLM(config)
@@ -221,7 +222,8 @@ def build_text_lm(seed: int = 0, **sizes) -> LlamaForCausalLM:
 def grow_text_lm(lm: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
     """A deeper copy of ``lm`` computing exactly the same function: base layer ``i`` of ``n`` goes to position
     ``i * layers // n``; the new layers are freshly initialised with zero output projections (``o_proj``,
-    ``down_proj``), so they add nothing until trained (function-preserving growth, as in progressive stacking).
+    ``down_proj``), so they add nothing until trained (function-preserving growth, as in progressive
+    stacking).
 
     Examples:
         >>> deep = grow_text_lm(build_text_lm(0, text_layers=2), 6)  # doctest: +SKIP
@@ -262,7 +264,8 @@ def vlm_from_text_lm(
     (its sizes then come from that checkpoint).
 
     Examples:
-        >>> vlm = vlm_from_text_lm(build_text_lm(0), vision_from=checkpoint_dir("toy-llava"))  # doctest: +SKIP
+        >>> lm = build_text_lm(0)                                                    # doctest: +SKIP
+        >>> vlm = vlm_from_text_lm(lm, vision_from=checkpoint_dir("toy-llava"))      # doctest: +SKIP
     """
     donor = None
     if vision_from is not None:
@@ -272,8 +275,9 @@ def vlm_from_text_lm(
                         "vision_heads": vc.num_attention_heads}  # fmt: skip
     tc = lm.config
     sizes = {
-        "text_layers": tc.num_hidden_layers, "text_hidden": tc.hidden_size, "text_heads": tc.num_attention_heads,
-        "text_intermediate": tc.intermediate_size, "tie_embeddings": bool(tc.tie_word_embeddings), **vision_sizes,
+        "text_layers": tc.num_hidden_layers, "text_hidden": tc.hidden_size,
+        "text_heads": tc.num_attention_heads, "text_intermediate": tc.intermediate_size,
+        "tie_embeddings": bool(tc.tie_word_embeddings), **vision_sizes,
     }  # fmt: skip
     vlm = build_model(seed, **sizes)
     vlm.model.language_model.load_state_dict(lm.model.state_dict())

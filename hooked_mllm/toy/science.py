@@ -125,10 +125,10 @@ def image_token_readout(
         states: list[torch.Tensor] = []
 
         def grab_input(_m, args, kwargs):
-            states.append(args[0] if args else kwargs["hidden_states"])
+            states.append(args[0] if args else kwargs["hidden_states"])  # noqa: B023 (removed below)
 
         def grab_output(_m, _args, out):
-            states.append(out[0] if isinstance(out, tuple) else out)
+            states.append(out[0] if isinstance(out, tuple) else out)  # noqa: B023 (removed below)
 
         handles = [layers[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
         handles += [layer.register_forward_hook(grab_output) for layer in layers]

@@ -12,7 +12,8 @@ Connections:
     :func:`hooked_mllm.toy.model.save_checkpoint`; the CLI (:mod:`hooked_mllm.toy.cli`) calls :func:`train`.
 
 Contents:
-    :class:`Recipe`, :data:`RECIPES`, :class:`TrainResult`, :func:`task_mix`, :func:`train`, :func:`train_steps`.
+    :class:`Recipe`, :data:`RECIPES`, :class:`TrainResult`, :func:`task_mix`, :func:`train`,
+    :func:`train_steps`.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ class Recipe:
         turns: questions (or captions) per training example, asked as a multi-turn conversation about the
             one image with the loss on every answer: more supervision per image-token forward pass.
         stages: a binding curriculum run before the main mixture (after the one-object warm-up), as
-            ``(steps, qtype_weights)`` pairs without captions, e.g. colour questions only, then colour and shape.
-            Their steps count within ``steps``; the learning-rate schedule spans the whole run.
+            ``(steps, qtype_weights)`` pairs without captions, e.g. colour questions only, then colour and
+            shape. Their steps count within ``steps``; the learning-rate schedule spans the whole run.
     """
 
     caption_style: str = "plain"
@@ -199,7 +200,8 @@ def train_steps(
 
 
 def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], recipe: Recipe) -> tuple[Any, Any]:
-    """AdamW (betas 0.9/0.98; weight decay on matrices that are not embeddings) and the warm-up + cosine schedule.
+    """AdamW (betas 0.9/0.98; weight decay on matrices that are not embeddings) and the warm-up + cosine
+    schedule.
 
     Args:
         params: ``(name, parameter)`` pairs to train.
@@ -218,7 +220,9 @@ def make_optimizer(params: list[tuple[str, torch.nn.Parameter]], recipe: Recipe)
 def optimizer_step(
     loss: torch.Tensor, params: list[torch.nn.Parameter], grad_clip: float, opt: Any, sched: Any
 ) -> None:
-    """Backward, clip the gradient norm of ``params`` to ``grad_clip``, step the optimizer and schedule, reset."""
+    """Backward, clip the gradient norm of ``params`` to ``grad_clip``, step the optimizer and schedule,
+    reset.
+    """
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, grad_clip)
     opt.step()

@@ -17,7 +17,8 @@ once. circuitsvis's own ``RenderedHTML`` is not used: it probes the internet and
 to a CDN link when online.
 
 Examples:
-    >>> _, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_pattern"))  # doctest: +SKIP
+    >>> _, cache = model.run_with_cache(
+    ...     batch, names_filter=lambda n: n.endswith("hook_pattern"))     # doctest: +SKIP
     >>> view = attention_heads(cache, layer=2, image=scene.image)       # doctest: +SKIP
     >>> view.save("reports/attention_l2.html")                          # doctest: +SKIP
 """
@@ -26,10 +27,11 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -152,7 +154,8 @@ class AttentionView:
 
     Attributes:
         element: ``"AttentionHeads"`` or ``"AttentionPatterns"`` (circuitsvis React components).
-        props: The component's properties (``attention`` ``[heads, dest, src]`` as nested lists, ``tokens``...).
+        props: The component's properties (``attention`` ``[heads, dest, src]`` as nested lists,
+            ``tokens``...).
         title: A line shown above the view.
         header: Extra HTML above the view (the image-patch strip).
     """

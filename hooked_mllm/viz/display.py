@@ -1,4 +1,5 @@
-"""Notebook pictures of the results users print: patching sweeps, concept shifts, steering, concept dictionaries.
+"""Notebook pictures of the results users print: patching sweeps, concept shifts, steering, concept
+dictionaries.
 
 The result classes of :mod:`hooked_mllm.patching` and :mod:`hooked_mllm.concepts` delegate their
 ``_repr_html_`` here, so a notebook cell that ends with a result shows a picture and the
@@ -12,7 +13,8 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -110,15 +112,16 @@ def shift_html(result: Any) -> str:
     )
     if result.improvement is not None:
         head += (
-            f"; shifted concepts closer to the fine-tuned model's by {result.improvement.mean_distance_gain:.3f}"
+            "; shifted concepts closer to the fine-tuned model's by "
+            f"{result.improvement.mean_distance_gain:.3f}"
             f" in distance and {result.improvement.mean_cosine_gain:.3f} in cosine"
         )
     for name, gain in (
         getattr(result, "baselines", None) or {}
     ).items():  # what the concept-wise shift must beat
         head += (
-            f"; baseline {_html.escape(name.replace('_', ' '))}: {gain['mean_distance_gain']:.3f} in distance, "
-            f"{gain['mean_cosine_gain']:.3f} in cosine"
+            f"; baseline {_html.escape(name.replace('_', ' '))}: {gain['mean_distance_gain']:.3f} in "
+            f"distance, {gain['mean_cosine_gain']:.3f} in cosine"
         )
     return (
         head

@@ -8,7 +8,9 @@ fetched from the network when the page opens. Written atomically with mode 0644
 
 Examples:
     >>> report = Report("Demo")
-    >>> report.section("Answers", "What the model answers.").table(["question", "answer"], [["what color ?", "red"]])  # doctest: +ELLIPSIS
+    >>> report.section("Answers", "What the model answers.").table(
+    ...     ["question", "answer"], [["what color ?", "red"]]
+    ... )  # doctest: +ELLIPSIS
     <...Report...>
     >>> path = report.save("reports/demo")            # doctest: +SKIP
 """
@@ -16,8 +18,9 @@ Examples:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -66,7 +69,9 @@ class Report:
         return self
 
     def html(self, fragment: str) -> Report:
-        """Raw HTML (e.g. a result's ``_repr_html_()`` or ``LensGrid.to_html()``); must not load remote content."""
+        """Raw HTML (e.g. a result's ``_repr_html_()`` or ``LensGrid.to_html()``); must not load remote
+        content.
+        """
         self._parts.append(fragment)
         return self
 

@@ -8,8 +8,9 @@ independently of the adapter (from the image sizes and the family's published ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image

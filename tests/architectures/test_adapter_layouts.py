@@ -34,7 +34,9 @@ PATHS = dict(lm_layers="model.layers", embed="model.embed_tokens", final_norm="m
 
 
 def _batch(split=(), pixel_values=None, **extra) -> MultimodalBatch:
-    """Two rows: row 0 holds one image of 2 tokens (left-padded by one), row 1 two images of 3 and 1 tokens."""
+    """Two rows: row 0 holds one image of 2 tokens (left-padded by one), row 1 two images of 3 and 1
+    tokens.
+    """
     ids = torch.tensor([[0, 5, IMAGE, IMAGE, 6, 7], [IMAGE, IMAGE, IMAGE, 8, IMAGE, 6]])
     inputs = {"input_ids": ids, "attention_mask": torch.tensor([[0, 1, 1, 1, 1, 1], [1] * 6]), **extra}
     if pixel_values is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from transformers import BatchFeature
 
 from hooked_mllm import HookedMLLM, positions
@@ -361,7 +360,9 @@ def test_every_entry_point_takes_every_input_form(model, family, batch):
         assert cache[last].shape[:2] == ref.shape[:2]
         seen = []
         hooked = model.run_with_hooks(
-            *args, fwd_hooks=[(last, lambda act, hook: seen.append(hook.name))], **kwargs
+            *args,
+            fwd_hooks=[(last, lambda act, hook: seen.append(hook.name))],  # noqa: B023 (runs at once)
+            **kwargs,
         )
         torch.testing.assert_close(hooked[keep], ref[keep], msg=f"run_with_hooks({form})")
         assert seen == [last]

@@ -1,4 +1,6 @@
-"""docs/architectures.md is generated from the registry; auto-discovery maps every family's tree or refuses clearly."""
+"""docs/architectures.md is generated from the registry; auto-discovery maps every family's tree or refuses
+clearly.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hooked_mllm import HookedMLLM
-from hooked_mllm import architectures
+from hooked_mllm import HookedMLLM, architectures
 from hooked_mllm.architectures import discover, registered_adapters
 from hooked_mllm.architectures.table import GUIDE_HEADING, rewrite, supported_models_markdown
 

@@ -95,24 +95,29 @@ class _Tree(nn.Module):
 
     def __init__(self, d: int = 8, n_layers: int = 2):
         super().__init__()
-        block = lambda: nn.ModuleDict(
-            dict(
-                attn_norm=nn.LayerNorm(d),
-                att_proj=nn.Linear(d, 3 * d),  # noqa: E731
-                attn_out=nn.Linear(d, d),
-                ff_norm=nn.LayerNorm(d),
-                ff_proj=nn.Linear(d, 4 * d),
-                ff_out=nn.Linear(2 * d, d),
+
+        def block():
+            return nn.ModuleDict(
+                dict(
+                    attn_norm=nn.LayerNorm(d),
+                    att_proj=nn.Linear(d, 3 * d),
+                    attn_out=nn.Linear(d, d),
+                    ff_norm=nn.LayerNorm(d),
+                    ff_proj=nn.Linear(d, 4 * d),
+                    ff_out=nn.Linear(2 * d, d),
+                )
             )
-        )
-        resblock = lambda: nn.ModuleDict(
-            dict(  # noqa: E731
-                attention_norm=nn.LayerNorm(d),
-                ffn_norm=nn.LayerNorm(d),
-                attention=nn.ModuleDict({n: nn.Linear(d, d) for n in ("wq", "wk", "wv", "wo")}),
-                feed_forward=nn.ModuleDict(dict(w1=nn.Linear(d, 2 * d), w2=nn.Linear(2 * d, d))),
+
+        def resblock():
+            return nn.ModuleDict(
+                dict(
+                    attention_norm=nn.LayerNorm(d),
+                    ffn_norm=nn.LayerNorm(d),
+                    attention=nn.ModuleDict({n: nn.Linear(d, d) for n in ("wq", "wk", "wv", "wo")}),
+                    feed_forward=nn.ModuleDict(dict(w1=nn.Linear(d, 2 * d), w2=nn.Linear(2 * d, d))),
+                )
             )
-        )
+
         transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(16, d),

@@ -73,7 +73,7 @@ def test_layer_scaled_point_reads_the_same_in_trace(internvl):
 
 
 def test_paligemma_layout_follows_the_text_backbone():
-    for version, name, sandwich in (("1", "paligemma", False), ("2", "paligemma2", True)):
+    for _version, name, sandwich in (("1", "paligemma", False), ("2", "paligemma2", True)):
         family = BY_NAME[name]
         model = HookedMLLM.from_hf(*family.build())
         assert model.adapter.name == name and (model.adapter.modules.block.attn_out is not None) == sandwich

@@ -7,9 +7,9 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
-from sklearn.decomposition import DictionaryLearning
 from sklearn.base import clone
 from sklearn.cluster import KMeans
+from sklearn.decomposition import DictionaryLearning
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 

@@ -1,4 +1,6 @@
-"""Data-parallel extraction: ranks write parts into one store, merged so it equals a one-process run exactly."""
+"""Data-parallel extraction: ranks write parts into one store, merged so it equals a one-process run
+exactly.
+"""
 
 from __future__ import annotations
 

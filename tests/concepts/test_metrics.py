@@ -12,15 +12,15 @@ from hooked_mllm.concepts.decompose import PCAConcepts
 from hooked_mllm.concepts.metrics import (
     CLIPScorer,
     ImageTextScorer,
-    clip_concept_score,
-    random_word_lists,
     Sparsity,
     attribute_recovery,
+    clip_concept_score,
     clip_style_score,
     concept_overlap,
     hoyer_sparsity,
     overlap_matrix,
     project,
+    random_word_lists,
     reconstruction_error,
     sparsity,
     top_concept_words,
@@ -160,7 +160,8 @@ def test_clip_concept_score_averages_each_concept():
         return [10.0 * ("dog" in t) + len(im) for im, t in zip(images, batch_texts)]
 
     got = clip_concept_score(scorer, ["a", "bb"], V, words, top_k=2)
-    # image 0: concepts 0 and 1 scored apart -> (10 + 1 + 0 + 1) / 2; image 1: concepts 2 (no words: 0) and 1 -> 2 / 2
+    # image 0: concepts 0 and 1 scored apart -> (10 + 1 + 0 + 1) / 2;
+    # image 1: concepts 2 (no words: 0) and 1 -> 2 / 2
     np.testing.assert_allclose(got, [(11 + 1) / 2, (0 + 2) / 2])
     assert "A photo is described by the words dog, fur" in texts and len(texts) == 3
 

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from architectures.families import image
 
 from hooked_mllm import HookedMLLM
 from hooked_mllm import testing as t
 from hooked_mllm.mechanism import attention_map, head_scores, image_locations
-
-from architectures.families import image
 from mechanism.test_reference import Reference, close
 
 PROMPTS = ["what color is the circle ?", "how many objects"]

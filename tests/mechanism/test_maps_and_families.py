@@ -9,6 +9,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from architectures.families import FAMILIES
+from architectures.test_conformance import _MODELS as CONFORMANCE_MODELS
 from PIL import Image
 
 from hooked_mllm import HookedMLLM
@@ -21,9 +23,6 @@ from hooked_mllm.mechanism import (
     image_locations,
     logit_lens_map,
 )
-
-from architectures.families import FAMILIES
-from architectures.test_conformance import _MODELS as CONFORMANCE_MODELS
 
 
 def test_location_map_helpers():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from architectures.families import image
 
 from hooked_mllm import HookedMLLM
 from hooked_mllm import testing as t
@@ -29,8 +30,6 @@ from hooked_mllm.mechanism import (
     occlusion_map,
     relevancy_map,
 )
-
-from architectures.families import image
 
 PROMPTS = ["what color is the circle ?", "how many objects"]
 CASES = {

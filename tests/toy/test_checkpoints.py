@@ -62,7 +62,9 @@ def _report(shipped):
 
 
 def test_quality_targets(shipped):
-    """Every question type >= 97 % and exact captions >= 90 % on scenes never seen in training (docs/toy.md)."""
+    """Every question type >= 97 % and exact captions >= 90 % on scenes never seen in training
+    (docs/toy.md).
+    """
     report = _report(shipped)
     assert all(acc >= 0.97 for acc in report.accuracy.values()), report.format()
     assert report.caption_exact >= 0.90, report.format()

@@ -8,6 +8,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from hooked_mllm.concepts import (
+    Sample,
     analyze_shift,
     attribute_recovery,
     evaluate_steering,
@@ -15,7 +16,6 @@ from hooked_mllm.concepts import (
     make_decomposer,
     split_by,
 )
-from hooked_mllm.concepts import Sample
 from hooked_mllm.toy.world import World
 
 
@@ -100,8 +100,9 @@ def test_steering_no_to_yes(models):
                for alpha in (0.5, 1.0, 2.0)}  # fmt: skip
     for alpha, r in reports.items():
         print(
-            f"steering no->yes, alpha {alpha}: target rate {r.target_rate_before:.2f} -> {r.target_rate:.2f}; "
-            f"count accuracy {r.other_accuracy_before:.2f} -> {r.other_accuracy_after:.2f}"
+            f"steering no->yes, alpha {alpha}: target rate {r.target_rate_before:.2f} -> "
+            f"{r.target_rate:.2f}; count accuracy {r.other_accuracy_before:.2f} -> "
+            f"{r.other_accuracy_after:.2f}"
         )
     weak, mid, strong = reports.values()
     assert weak.target_rate_before <= 0.3 and weak.other_accuracy_before >= 0.9

@@ -40,7 +40,7 @@ def recoloured_pairs(model, n):
 
 def test_object_cell_carries_the_colour(toy_model):
     peaks, corr = [], []
-    for clean, corrupted, (good, bad), cell, new in recoloured_pairs(toy_model, 3):
+    for clean, corrupted, (good, bad), cell, _new in recoloured_pairs(toy_model, 3):
         metric = logit_diff(good, bad)
         sweep = activation_patching(
             toy_model, clean, corrupted, metric, hook="resid_pre", over="cell", cell=(2, 2), layers=[0, 1]

@@ -12,11 +12,11 @@ import torch
 from sklearn.metrics.pairwise import cosine_similarity
 from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
 
+from hooked_mllm import toy
 from hooked_mllm.lens import embedding_lens, nearest_tokens
 from hooked_mllm.toy.data import encode_text, sample_dialogue, scene_text, text_prompt
 from hooked_mllm.toy.model import build_model
 from hooked_mllm.toy.processor import build_processor
-from hooked_mllm import toy
 from hooked_mllm.toy.recipe import (
     PARTS,
     STAGES,

@@ -25,8 +25,9 @@ window.addEventListener("load", () => setTimeout(() => {
   const boxes = [];
   document.querySelectorAll("img, [id^=hm-cv-]").forEach((el) => {
     const r = el.getBoundingClientRect();
-    boxes.push({kind: el.tagName === "IMG" ? "img" : "attention", alt: el.alt || "", children: el.childElementCount,
-                x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height});
+    boxes.push({kind: el.tagName === "IMG" ? "img" : "attention", alt: el.alt || "",
+                children: el.childElementCount, x: r.left + window.scrollX, y: r.top + window.scrollY,
+                w: r.width, h: r.height});
   });
   document.body.setAttribute("data-boxes", JSON.stringify(boxes));
   document.body.setAttribute("data-height", String(document.documentElement.scrollHeight));
