@@ -12,20 +12,28 @@ Examples:
     >>> check("run_with_cache", {"names_filtr": None}, ("names_filter",), frozenset({"input_ids"}))
     Traceback (most recent call last):
     ...
-    TypeError: run_with_cache() got an unknown argument 'names_filtr'; did you mean 'names_filter'? It takes names_filter and the model's HF inputs (input_ids).
+    TypeError: run_with_cache() got an unknown argument 'names_filtr'; did you mean 'names_filter'? ...
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 # Options every HF forward takes through ``**kwargs`` besides its named inputs.
-HF_OPTIONS = frozenset({"output_hidden_states", "output_attentions", "return_dict", "use_cache",
-                        "output_router_logits", "cache_position"})
+HF_OPTIONS = frozenset(
+    {
+        "output_hidden_states",
+        "output_attentions",
+        "return_dict",
+        "use_cache",
+        "output_router_logits",
+        "cache_position",
+    }
+)
 # TransformerLens keywords with no counterpart here, and what to do instead.
 TL_HINTS = {
     "return_cache_object": "run_with_cache always returns an ActivationCache",
@@ -41,7 +49,9 @@ def input_names(hf_model: torch.nn.Module) -> frozenset[str]:
 
 
 def check(method: str, keywords: dict, own: Sequence[str], inputs: frozenset[str]) -> None:
-    """Raise ``TypeError`` for a keyword that is neither ``method``'s own nor an HF input (``inputs``) or option."""
+    """Raise ``TypeError`` for a keyword that is neither ``method``'s own nor an HF input (``inputs``) or
+    option.
+    """
     allowed = inputs | HF_OPTIONS
     for key in keywords:
         if key in allowed:
@@ -51,4 +61,5 @@ def check(method: str, keywords: dict, own: Sequence[str], inputs: frozenset[str
         extra = f" ({TL_HINTS[key]})" if key in TL_HINTS else ""
         raise TypeError(
             f"{method}() got an unknown argument {key!r}{hint}{extra} It takes "
-            f"{', '.join(own) + ' and ' if own else ''}the model's HF inputs ({', '.join(sorted(inputs))}).")
+            f"{', '.join(own) + ' and ' if own else ''}the model's HF inputs ({', '.join(sorted(inputs))})."
+        )

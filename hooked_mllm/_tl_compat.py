@@ -390,7 +390,9 @@ class TLCompatMixin:
         return configs + ([vision] if vision is not None else [])
 
     def _eager_configs(self, hooks: list[Any]) -> list[Any]:
-        """The attention configs of the streams where ``hooks`` read patterns (switched to eager for the run)."""
+        """The attention configs of the streams where ``hooks`` read patterns (switched to eager for the
+        run).
+        """
         streams = {hook.point.stream for hook in hooks if hook.point.needs_eager}
         configs = []
         if "lm" in streams:
