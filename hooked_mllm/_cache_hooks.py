@@ -8,15 +8,23 @@ and dtype.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
 from .hook_points import HookContext
 
 
-def cache_fn(store: dict[str, Tensor], index: Tensor | None, device: Any, dtype: Any, grad: bool,
-              versions: dict[str, int], clone: set[str]) -> Callable:
+def cache_fn(
+    store: dict[str, Tensor],
+    index: Tensor | None,
+    device: Any,
+    dtype: Any,
+    grad: bool,
+    versions: dict[str, int],
+    clone: set[str],
+) -> Callable:
     """A hook storing each value in ``store`` (and, for values that share the activation's memory,
     their version in ``versions``, so that an in-place edit by the model after the hook is seen);
     names in ``clone`` are copied."""

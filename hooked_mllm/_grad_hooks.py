@@ -31,7 +31,8 @@ Examples:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -57,12 +58,15 @@ def _body(nn: NNsight, point: HookPoint, fns: list[GradFunction], batch: Any) ->
                 return
             raise RuntimeError(
                 f"A backward hook on {point.name} cannot fire: its value does not require grad in this run "
-                "(autograd is off, or no parameter or input before it requires grad).")
+                "(autograd is off, or no parameter or input before it requires grad)."
+            )
         scale = io.scale
         if scale is not None and bool((scale == 0).any()):
-            raise ValueError(f"A backward hook on {point.name} cannot be served: the value is the sublayer output "
-                             f"times the layer scale {point.scale!r}, which has zero entries. Hook the residual "
-                             "stream (hook_resid_mid / hook_resid_post) instead.")
+            raise ValueError(
+                f"A backward hook on {point.name} cannot be served: the value is the sublayer output "
+                f"times the layer scale {point.scale!r}, which has zero entries. Hook the residual "
+                "stream (hook_resid_mid / hook_resid_post) instead."
+            )
         hook = HookContext(point.name, point, batch() if callable(batch) else batch, 0, {})
 
         def on_grad(grad_site: Tensor) -> Tensor | None:
@@ -77,8 +81,9 @@ def _body(nn: NNsight, point: HookPoint, fns: list[GradFunction], batch: Any) ->
                 if not isinstance(new, Tensor) or new.shape != grad.shape:
                     got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
                     raise ValueError(
-                        f"Backward hook {getattr(fn, '__name__', fn)!r} on {point.name} returned {got}; return a "
-                        f"gradient of shape {tuple(grad.shape)}, or None to leave it unchanged.")
+                        f"Backward hook {getattr(fn, '__name__', fn)!r} on {point.name} returned {got}; "
+                        f"return a gradient of shape {tuple(grad.shape)}, or None to leave it unchanged."
+                    )
                 grad, changed = new.to(device=grad_site.device, dtype=grad_site.dtype), True
             if not changed:
                 return None

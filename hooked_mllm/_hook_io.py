@@ -78,14 +78,21 @@ def bind(nn: NNsight, point: HookPoint) -> Access:
     """The envoys and layer-scale parameter of ``point`` in the wrapped model ``nn``."""
     envoy = nn.get(point.site.path)
     base_envoy = nn.get(point.base.path) if point.base is not None else None
-    scale = None if point.scale is None else nn.get_parameter(point.scale)  # the envoy falls through to the module
+    scale = (
+        None if point.scale is None else nn.get_parameter(point.scale)
+    )  # the envoy falls through to the module
     return Access(point, envoy, base_envoy, scale)
 
 
 def _index(site: Site, raw: Any) -> int | None:
     """The tuple element a site reads: its own index, or 0 for a tuple output of a module that
     HF code returns as a tensor (older remote code returns ``(hidden, cache)`` from its blocks)."""
-    if site.index is None and site.io == "output" and isinstance(raw, tuple) and not isinstance(raw, ModelOutput):
+    if (
+        site.index is None
+        and site.io == "output"
+        and isinstance(raw, tuple)
+        and not isinstance(raw, ModelOutput)
+    ):
         return 0
     return site.index
 
@@ -148,8 +155,10 @@ def read_only_reason(point: HookPoint) -> str:
 def check_writable(point: HookPoint, who: str) -> None:
     """Raise a ``ValueError`` naming ``point`` (and why) if it is read-only."""
     if not point.writable:
-        raise ValueError(f"{point.name} is read-only{read_only_reason(point)}: {who} cannot replace it; "
-                         "read it without changing it (a hook function returns None).")
+        raise ValueError(
+            f"{point.name} is read-only{read_only_reason(point)}: {who} cannot replace it; "
+            "read it without changing it (a hook function returns None)."
+        )
 
 
 def check(point: HookPoint, new: Any, act: torch.Tensor, who: str) -> None:
@@ -163,20 +172,25 @@ def check(point: HookPoint, new: Any, act: torch.Tensor, who: str) -> None:
     name = point.name
     check_writable(point, who)
     if not isinstance(new, torch.Tensor):
-        raise ValueError(f"{who} on {name} returned {type(new).__name__}; return a tensor of shape "
-                         f"{tuple(act.shape)}, or None to leave the activation unchanged.")
+        raise ValueError(
+            f"{who} on {name} returned {type(new).__name__}; return a tensor of shape "
+            f"{tuple(act.shape)}, or None to leave the activation unchanged."
+        )
     if new.shape != act.shape:
         raise ValueError(
             f"{who} on {name} returned shape {tuple(new.shape)}, but the activation has shape "
-            f"{tuple(act.shape)}; return a tensor of the same shape, or None to leave it unchanged.")
+            f"{tuple(act.shape)}; return a tensor of the same shape, or None to leave it unchanged."
+        )
     if act.is_floating_point() and not new.is_floating_point():
         raise ValueError(
             f"{who} on {name} returned dtype {new.dtype}, but the activation is {act.dtype}; an integer or "
-            f"boolean replacement would be cast silently. Return a floating tensor (e.g. new.to(act.dtype)).")
+            f"boolean replacement would be cast silently. Return a floating tensor (e.g. new.to(act.dtype))."
+        )
     if new.device != act.device:
         raise ValueError(
             f"{who} on {name} returned a tensor on {new.device}, but the activation is on {act.device}; "
-            "move it there (e.g. new.to(act.device)).")
+            "move it there (e.g. new.to(act.device))."
+        )
 
 
 def write(io: Access, reading: Reading, new: torch.Tensor, who: str) -> None:
@@ -223,7 +237,9 @@ class HookPointHandle:
     checked by :func:`hooked_mllm.write` as in ``run_with_hooks``, naming the point.
     """
 
-    def __init__(self, nn: NNsight, point: HookPoint, reads: list[tuple[str, Tensor, int]] | None = None) -> None:
+    def __init__(
+        self, nn: NNsight, point: HookPoint, reads: list[tuple[str, Tensor, int]] | None = None
+    ) -> None:
         self.point = point
         self._io = bind(nn, point)
         self.envoy = self._io.envoy

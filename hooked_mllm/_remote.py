@@ -56,8 +56,9 @@ def load(name_or_path: str, processor: Any, *, revision: str | None = None, **kw
     from nnsight import TransformersModel
 
     tokenizer = getattr(processor, "tokenizer", None)
-    envoy = TransformersModel(name_or_path, task=_TASK, processor=processor, tokenizer=tokenizer,
-                              revision=revision, **kwargs)
+    envoy = TransformersModel(
+        name_or_path, task=_TASK, processor=processor, tokenizer=tokenizer, revision=revision, **kwargs
+    )
     return envoy, _compat.wrapped_module(envoy)
 
 
@@ -66,11 +67,19 @@ def refuse(what: str, reason: str) -> None:
     raise ValueError(
         f"{what} cannot run remotely: {reason}. Remotely, run_with_hooks, run_with_cache, generate (with "
         "fwd_hooks or model.hooks()) and model.trace work; run it on a locally loaded model "
-        "(from_pretrained without remote=...) otherwise.")
+        "(from_pretrained without remote=...) otherwise."
+    )
 
 
-def run(envoy: Any, fn: str, interventions: list[Body], inputs: dict[str, torch.Tensor], options: dict,
-        remote: bool | str, keep: Any = None) -> tuple[Any, Any]:
+def run(
+    envoy: Any,
+    fn: str,
+    interventions: list[Body],
+    inputs: dict[str, torch.Tensor],
+    options: dict,
+    remote: bool | str,
+    keep: Any = None,
+) -> tuple[Any, Any]:
     """Run ``fn`` (``"__call__"`` or ``"generate"``) remotely with ``interventions``.
 
     Args:
@@ -91,8 +100,15 @@ def run(envoy: Any, fn: str, interventions: list[Body], inputs: dict[str, torch.
         return _traced(envoy, fn, interventions, inputs, options, remote, keep)
 
 
-def _traced(envoy: Any, fn: str, interventions: list[Body], inputs: dict[str, torch.Tensor], options: dict,
-            remote: bool | str, keep: Any) -> tuple[Any, Any]:
+def _traced(
+    envoy: Any,
+    fn: str,
+    interventions: list[Body],
+    inputs: dict[str, torch.Tensor],
+    options: dict,
+    remote: bool | str,
+    keep: Any,
+) -> tuple[Any, Any]:
     """The trace block itself (serialized by nnsight as written here, and run on the server)."""
     import nnsight
 
@@ -109,8 +125,9 @@ def _traced(envoy: Any, fn: str, interventions: list[Body], inputs: dict[str, to
     return result, kept
 
 
-def from_pretrained(cls: type, name_or_path: str, remote: bool | str, *, device: Any, device_map: Any,
-                    **kwargs: Any) -> Any:
+def from_pretrained(
+    cls: type, name_or_path: str, remote: bool | str, *, device: Any, device_map: Any, **kwargs: Any
+) -> Any:
     """A ``cls`` (HookedMLLM) of ``name_or_path`` on the meta device whose runs go through ``remote``."""
     from transformers import AutoProcessor
 
@@ -118,13 +135,27 @@ def from_pretrained(cls: type, name_or_path: str, remote: bool | str, *, device:
         refuse("from_pretrained(device=/device_map=)", "the server places the model")
     options = {k: v for k, v in kwargs.items() if v is not None and v is not False}
     loading = ("revision", "token", "cache_dir", "local_files_only", "trust_remote_code")
-    processor = AutoProcessor.from_pretrained(name_or_path, **{k: options[k] for k in loading if k in options})
+    processor = AutoProcessor.from_pretrained(
+        name_or_path, **{k: options[k] for k in loading if k in options}
+    )
     envoy, hf_model = load(name_or_path, processor, **options)
     return cls(hf_model, processor, envoy=envoy, remote=remote)
 
 
-def run_model(model: Any, batch: Any, hooks: list, fn: str, every_step: bool, grad: bool, what: str, keep: Any,
-              options: dict, context: list, guard: Any, bwd: Any = ()) -> Any:
+def run_model(
+    model: Any,
+    batch: Any,
+    hooks: list,
+    fn: str,
+    every_step: bool,
+    grad: bool,
+    what: str,
+    keep: Any,
+    options: dict,
+    context: list,
+    guard: Any,
+    bwd: Any = (),
+) -> Any:
     """One run of a remote HookedMLLM with ``hooks`` and the ``context`` of its ``model.hooks()`` blocks,
     holding its run ``guard``; ``keep`` is filled in place. Backward hooks (``bwd``) are refused."""
     from ._runner import bodies
@@ -138,11 +169,17 @@ def run_model(model: Any, batch: Any, hooks: list, fn: str, every_step: bool, gr
     eager = [hook.point.name for hook in hooks + context if hook.point.needs_eager]
     text = model.adapter.text_cfg(model.hf_model.config)
     if eager and model.remote != "local":
-        refuse(f"{what} reading {eager[0]}", "attention patterns need eager attention, and an NDIF deployment "
-               "chooses its own attention implementation (a run cannot switch it on the server)")
+        refuse(
+            f"{what} reading {eager[0]}",
+            "attention patterns need eager attention, and an NDIF deployment "
+            "chooses its own attention implementation (a run cannot switch it on the server)",
+        )
     if eager and getattr(text, "_attn_implementation", None) != "eager":
-        refuse(f"{what} reading {eager[0]}", "attention patterns need eager attention, which a run cannot switch "
-               "on the server; load with from_pretrained(..., attn_implementation='eager')")
+        refuse(
+            f"{what} reading {eager[0]}",
+            "attention patterns need eager attention, which a run cannot switch "
+            "on the server; load with from_pretrained(..., attn_implementation='eager')",
+        )
     order = model.hook_points.order
     with guard(what):
         context = bodies(model.nnsight, context, order, batch=batch, every_step=True)
@@ -154,8 +191,16 @@ def run_model(model: Any, batch: Any, hooks: list, fn: str, every_step: bool, gr
     return result
 
 
-def trace(envoy: Any, remote: bool | str, batch_and_options: Any, *, invokes: bool, hooked: bool, fn: Any = None,
-          eager: bool | None = None) -> Any:
+def trace(
+    envoy: Any,
+    remote: bool | str,
+    batch_and_options: Any,
+    *,
+    invokes: bool,
+    hooked: bool,
+    fn: Any = None,
+    eager: bool | None = None,
+) -> Any:
     """A remote HookedMLLM's ``model.trace``: nnsight's trace of ``envoy`` with ``remote=``.
 
     Args:
@@ -168,14 +213,22 @@ def trace(envoy: Any, remote: bool | str, batch_and_options: Any, *, invokes: bo
         eager: ``eager_attention=`` (True is refused).
     """
     if hooked:
-        refuse("model.trace inside model.hooks()", "the block's edits are not shipped with a trace; pass the "
-               "hooks to run_with_hooks / generate (fwd_hooks=...) instead")
+        refuse(
+            "model.trace inside model.hooks()",
+            "the block's edits are not shipped with a trace; pass the "
+            "hooks to run_with_hooks / generate (fwd_hooks=...) instead",
+        )
     if eager:
-        refuse("model.trace(eager_attention=True)", "a run cannot switch the attention implementation on the "
-               "server; load with from_pretrained(..., attn_implementation='eager')")
+        refuse(
+            "model.trace(eager_attention=True)",
+            "a run cannot switch the attention implementation on the "
+            "server; load with from_pretrained(..., attn_implementation='eager')",
+        )
     if invokes:
-        refuse("model.trace() with tracer.invoke(...) inputs", "several invokes are batched by the local wrapper "
-               "only; pass one batch: model.trace(batch)")
+        refuse(
+            "model.trace() with tracer.invoke(...) inputs",
+            "several invokes are batched by the local wrapper only; pass one batch: model.trace(batch)",
+        )
     batch, options = batch_and_options()
     register()
     extra = {} if fn is None else {"fn": fn}

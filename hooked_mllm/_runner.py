@@ -21,8 +21,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from nnsight.intervention.tracer import InterleavingTracer
@@ -48,8 +49,9 @@ class HookFn:
     fn: HookFunction
 
 
-def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict,
-          every_step: bool) -> Body:
+def _body(
+    nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict, every_step: bool
+) -> Body:
     access: list[_hook_io.Access] = []  # bound on first use, against the envoy that runs it
 
     def visit(step: int) -> None:
@@ -70,8 +72,10 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
         if original._version != version and not changed:
             if not point.writable:
                 reason = _hook_io.read_only_reason(point)
-                raise ValueError(f"{point.name} is read-only{reason}: a hook function edited it in place, "
-                                 "which would have no effect; read it without changing it.")
+                raise ValueError(
+                    f"{point.name} is read-only{reason}: a hook function edited it in place, "
+                    "which would have no effect; read it without changing it."
+                )
             if reading.base is not None or io.scale is not None:  # act was computed from the site: write back
                 changed = True
         if changed:
@@ -87,8 +91,9 @@ def _body(nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ct
     return body
 
 
-def bodies(nn: NNsight, hooks: list[HookFn], order: Callable[[str], int], batch: Any = None,
-           every_step: bool = False) -> list[Body]:
+def bodies(
+    nn: NNsight, hooks: list[HookFn], order: Callable[[str], int], batch: Any = None, every_step: bool = False
+) -> list[Body]:
     """One intervention per hook point, its functions applied in the given order.
 
     Args:
@@ -127,7 +132,10 @@ def edited(nn: Envoy, interventions: list[Body]) -> Envoy:
 
 
 def interleave(nn: Envoy, fn: Any, kwargs: dict) -> Any:
-    """Run ``fn(**kwargs)`` on the wrapped model with its edits (nnsight's one-shot ``trace(trace=False)``)."""
+    """Run ``fn(**kwargs)`` on the wrapped model with its edits.
+
+    It goes through nnsight's one-shot ``trace(trace=False)``.
+    """
     with warnings.catch_warnings():
         # An open per-step loop ends when generation stops; nnsight reports that as a
         # warning by design. It is the expected end of every generation here.
@@ -153,13 +161,16 @@ class RunGuard:
         if not self._lock.acquire(blocking=False):
             if self._owner == threading.get_ident():
                 raise RuntimeError(
-                    f"{what} was called while this model is running, from inside one of its own hook functions "
-                    "(or a trace body). Runs of one model cannot nest: compute what the hook needs beforehand "
-                    "(e.g. with run_with_cache) and read it in the hook, or wrap a second model.")
+                    f"{what} was called while this model is running, from inside one of its own hook "
+                    "functions (or a trace body). Runs of one model cannot nest: compute what the hook "
+                    "needs beforehand (e.g. with run_with_cache) and read it in the hook, or wrap a second "
+                    "model."
+                )
             raise RuntimeError(
-                f"{what}: another thread is running this model. A HookedMLLM runs one forward at a time (its hooks "
-                "live on the shared module tree); give each thread its own HookedMLLM, or serialise the calls "
-                "with a lock.")
+                f"{what}: another thread is running this model. A HookedMLLM runs one forward at a time (its "
+                "hooks live on the shared module tree); give each thread its own HookedMLLM, or serialise "
+                "the calls with a lock."
+            )
         self._owner = threading.get_ident()
         try:
             yield

@@ -27,7 +27,8 @@ Examples:
 from __future__ import annotations
 
 import ast
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from nnsight import NNsight
@@ -41,8 +42,9 @@ if TYPE_CHECKING:
 
 
 def _is_text(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, (list, tuple)) and bool(value)
-                                      and all(isinstance(v, str) for v in value))
+    return isinstance(value, str) or (
+        isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
+    )
 
 
 class MLLMEnvoy(NNsight):
@@ -68,8 +70,10 @@ class MLLMEnvoy(NNsight):
         if isinstance(ids, torch.Tensor):
             return int(ids.shape[0]) if ids.dim() > 1 else 1
         if inputs:
-            raise TypeError(f"tracer.invoke takes a MultimodalBatch, text, or HF tensors as keywords; got "
-                            f"{type(inputs[0]).__name__}.")
+            raise TypeError(
+                f"tracer.invoke takes a MultimodalBatch, text, or HF tensors as keywords; got "
+                f"{type(inputs[0]).__name__}."
+            )
         return 0
 
     def _batch(self, invokes: list[tuple], fn: Any) -> tuple:
@@ -77,9 +81,15 @@ class MLLMEnvoy(NNsight):
             return invokes[0]  # one call's HF keywords (every run of HookedMLLM): unchanged
         batches = []
         for args, kwargs in invokes:
-            batches.append(self._mllm_to_batch(args[0] if args else None,  # type: ignore[attr-defined]
-                                               **{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}))
-        options = {k: v for args, kwargs in invokes for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
+            batches.append(
+                self._mllm_to_batch(
+                    args[0] if args else None,  # type: ignore[attr-defined]
+                    **{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)},
+                )
+            )
+        options = {
+            k: v for args, kwargs in invokes for k, v in kwargs.items() if not isinstance(v, torch.Tensor)
+        }
         return (), dict(combine(batches, self._mllm_pad_id()), **options)  # type: ignore[attr-defined]
 
 
@@ -102,7 +112,9 @@ def combine(batches: Sequence[MultimodalBatch], pad_id: int) -> dict[str, torch.
             if value is None:
                 continue
             if not isinstance(value, torch.Tensor):
-                raise ValueError(f"Invoke input {key!r} is not a tensor; it cannot be batched across invokes.")
+                raise ValueError(
+                    f"Invoke input {key!r} is not a tensor; it cannot be batched across invokes."
+                )
             ids = batch.input_ids
             if value.dim() >= 2 and value.shape[:2] == ids.shape:  # token-aligned: pad on the left
                 fill = pad_id if key == "input_ids" else 0
@@ -113,8 +125,10 @@ def combine(batches: Sequence[MultimodalBatch], pad_id: int) -> dict[str, torch.
             out[key] = torch.cat(parts, dim=0)
         except RuntimeError as error:
             shapes = ", ".join(str(tuple(p.shape)) for p in parts)
-            raise ValueError(f"The invokes' {key!r} cannot be batched into one forward (shapes {shapes}): {error}. "
-                             "Give invokes inputs of one layout (e.g. the same number of images per row).") from None
+            raise ValueError(
+                f"The invokes' {key!r} cannot be batched into one forward (shapes {shapes}): {error}. "
+                "Give invokes inputs of one layout (e.g. the same number of images per row)."
+            ) from None
     if "attention_mask" not in out:
         raise ValueError("Invokes need attention masks to be batched (to tell padding from tokens).")
     return out
@@ -133,7 +147,8 @@ def check_invoke_point(nn: NNsight, point: HookPoint) -> None:
         raise ValueError(
             f"{point.name} is a {point.stream} value, laid out by image rather than by row, so it cannot be "
             "scoped to one of several invokes. Read it in a trace of one input, or in an empty "
-            "`tracer.invoke()` (which sees the whole batch).")
+            "`tracer.invoke()` (which sees the whole batch)."
+        )
 
 
 def _names_patterns(node: Any) -> bool:
@@ -142,7 +157,7 @@ def _names_patterns(node: Any) -> bool:
         text = ast.unparse(node)
     except Exception:
         return False
-    return "hook_pattern" in text or "\"pattern\"" in text or "'pattern'" in text
+    return "hook_pattern" in text or '"pattern"' in text or "'pattern'" in text
 
 
 def habit_tracer(base: type, eager_configs: Callable[[], list[Any]], eager: bool | None) -> type:

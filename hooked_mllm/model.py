@@ -11,7 +11,8 @@ so ``run_with_cache``, ``run_with_hooks``, ``generate`` and a user's own
 Examples:
     >>> model = HookedMLLM.from_pretrained("llava-hf/llava-1.5-7b-hf")      # doctest: +SKIP
     >>> batch = model.prepare(images=[image], prompts=["What is shown?"])   # doctest: +SKIP
-    >>> logits, cache = model.run_with_cache(batch, names_filter=lambda n: "resid_post" in n)  # doctest: +SKIP
+    >>> resid_only = lambda n: "resid_post" in n
+    >>> logits, cache = model.run_with_cache(batch, names_filter=resid_only)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -28,15 +30,15 @@ from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
 from . import _compat, _grad_hooks, _keywords, _remote, _runner
+from . import positions as _positions
+from ._cache_hooks import cache_fn, grad_cache_fn
 from ._hook_io import HookPointHandle
 from ._tensor_parallel import refuse_tensor_parallel
 from ._tl_compat import TLCompatMixin
 from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
 from ._weights import execution_device
-from . import positions as _positions
 from .architectures import adapter_for
 from .architectures.base import Adapter
-from ._cache_hooks import cache_fn, grad_cache_fn
 from .cache import ActivationCache
 from .config import MLLMConfig
 from .hook_points import HookPoints
@@ -48,8 +50,15 @@ logger = logging.getLogger(__name__)
 HookSpec = tuple[Any, Callable]
 
 # The processor keywords from_pretrained passes on to AutoProcessor, so a pinned revision pins both.
-_PROCESSOR_LOADING = ("revision", "token", "cache_dir", "local_files_only", "proxies", "force_download",
-                      "code_revision")
+_PROCESSOR_LOADING = (
+    "revision",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "proxies",
+    "force_download",
+    "code_revision",
+)
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,15 @@ class HookedMLLM(TLCompatMixin):
         cfg: Its sizes (:class:`~hooked_mllm.config.MLLMConfig`).
     """
 
-    def __init__(self, hf_model: torch.nn.Module, processor: Any = None, adapter: Adapter | None = None, *,
-                 envoy: Any = None, remote: bool | str = False) -> None:
+    def __init__(
+        self,
+        hf_model: torch.nn.Module,
+        processor: Any = None,
+        adapter: Adapter | None = None,
+        *,
+        envoy: Any = None,
+        remote: bool | str = False,
+    ) -> None:
         refuse_tensor_parallel(model=hf_model)
         self.hf_model = hf_model.eval()
         self.remote = remote  # nnsight's remote=: every run goes through its remote backend
@@ -106,7 +122,9 @@ class HookedMLLM(TLCompatMixin):
             vision_layers=self.cfg.vision_n_layers,
             vision_heads=self.cfg.vision_n_heads,
             cross_layers=self.adapter.cross_layers(hf_model.config, self.cfg.n_layers),
-            vision_layers_read=self.adapter.vision_layers_read(hf_model.config, self.cfg.vision_n_layers, hf_model),
+            vision_layers_read=self.adapter.vision_layers_read(
+                hf_model.config, self.cfg.vision_n_layers, hf_model
+            ),
         )
         self._context: list[_runner.HookFn] = []
         self._context_bodies: list[_runner.Body] = []  # the interventions of active model.hooks() blocks
@@ -149,9 +167,17 @@ class HookedMLLM(TLCompatMixin):
 
         refuse_tensor_parallel(hf_kwargs)
         if remote:
-            return _remote.from_pretrained(cls, name_or_path, remote, dtype=dtype, device=device,
-                                           device_map=device_map, attn_implementation=attn_implementation,
-                                           trust_remote_code=trust_remote_code, **hf_kwargs)
+            return _remote.from_pretrained(
+                cls,
+                name_or_path,
+                remote,
+                dtype=dtype,
+                device=device,
+                device_map=device_map,
+                attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code,
+                **hf_kwargs,
+            )
         kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
         if dtype is not None:
             kwargs["dtype"] = dtype
@@ -169,9 +195,13 @@ class HookedMLLM(TLCompatMixin):
             hf_model = hf_model.to(device)
         try:
             loading = {k: hf_kwargs[k] for k in _PROCESSOR_LOADING if k in hf_kwargs}
-            processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **loading)
+            processor = AutoProcessor.from_pretrained(
+                name_or_path, trust_remote_code=trust_remote_code, **loading
+            )
         except (OSError, ValueError, TypeError) as error:
-            logger.warning("No processor loaded from %s (%s); pass HF tensors to run methods.", name_or_path, error)
+            logger.warning(
+                "No processor loaded from %s (%s); pass HF tensors to run methods.", name_or_path, error
+            )
             processor = None
         return cls(hf_model, processor)
 
@@ -201,8 +231,9 @@ class HookedMLLM(TLCompatMixin):
         bound = []
         for spec in fwd_hooks:
             if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
-                raise TypeError(f"{kind} takes (name_or_filter, fn) pairs, e.g. "
-                                "[('blocks.0.hook_resid_post', fn)]")
+                raise TypeError(
+                    f"{kind} takes (name_or_filter, fn) pairs, e.g. [('blocks.0.hook_resid_post', fn)]"
+                )
             target, fn = spec
             for point in self.hook_points.select(target):
                 bound.append(_runner.HookFn(point, fn))
@@ -210,15 +241,30 @@ class HookedMLLM(TLCompatMixin):
 
     # -- inputs ----------------------------------------------------------------------
 
-    def prepare(self, *, images: Any = None, prompts: str | Sequence[str], chat_template: bool = True,
-                padding_side: str = "left", **processor_kwargs: Any) -> MultimodalBatch:
+    def prepare(
+        self,
+        *,
+        images: Any = None,
+        prompts: str | Sequence[str],
+        chat_template: bool = True,
+        padding_side: str = "left",
+        **processor_kwargs: Any,
+    ) -> MultimodalBatch:
         """Encode images and prompts into one :class:`~hooked_mllm.inputs.MultimodalBatch`.
 
         See :func:`hooked_mllm.inputs.prepare`.
         """
-        return prepare(self.processor, images=images, prompts=prompts, chat_template=chat_template,
-                       padding_side=padding_side, image_token_id=self.cfg.image_token_id,
-                       adapter=self.adapter, config=self.hf_model.config, **processor_kwargs)
+        return prepare(
+            self.processor,
+            images=images,
+            prompts=prompts,
+            chat_template=chat_template,
+            padding_side=padding_side,
+            image_token_id=self.cfg.image_token_id,
+            adapter=self.adapter,
+            config=self.hf_model.config,
+            **processor_kwargs,
+        )
 
     def to_batch(self, inputs: Any = None, **hf_kwargs: Any) -> MultimodalBatch:
         """A :class:`MultimodalBatch` from a batch, a dict of HF tensors, HF keywords, or text.
@@ -227,26 +273,38 @@ class HookedMLLM(TLCompatMixin):
         key is an error naming it (and the closest known one). A string or a list of
         strings is a text-only batch (:meth:`text_batch`).
         """
-        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
+        if isinstance(inputs, str) or (
+            isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)
+        ):
             if hf_kwargs:
-                raise ValueError(f"Pass either text or HF input tensors, not both (got text and "
-                                 f"{', '.join(sorted(hf_kwargs))}).")
+                raise ValueError(
+                    f"Pass either text or HF input tensors, not both (got text and "
+                    f"{', '.join(sorted(hf_kwargs))})."
+                )
             return self.text_batch(inputs)
         if isinstance(inputs, MultimodalBatch):
             if hf_kwargs:
                 raise ValueError(
                     "Pass either a MultimodalBatch or HF input tensors, not both (got a batch and "
-                    f"{', '.join(sorted(hf_kwargs))}).")
+                    f"{', '.join(sorted(hf_kwargs))})."
+                )
             return inputs
         if inputs is not None and not isinstance(inputs, dict) and not hasattr(inputs, "keys"):
-            raise TypeError(f"Inputs must be a MultimodalBatch (model.prepare(...)) or HF tensors; got "
-                            f"{type(inputs).__name__}.")
+            raise TypeError(
+                f"Inputs must be a MultimodalBatch (model.prepare(...)) or HF tensors; got "
+                f"{type(inputs).__name__}."
+            )
         tensors = dict(inputs or {}, **hf_kwargs)
         self._check_keywords("to_batch", tensors, ())
         tokenizer = getattr(self.processor, "tokenizer", None)
-        return MultimodalBatch.from_hf(tensors, image_token_id=self.cfg.image_token_id, adapter=self.adapter,
-                                       config=self.hf_model.config, tokenizer=tokenizer,
-                                       image_token_counts=self._token_counts(tensors))
+        return MultimodalBatch.from_hf(
+            tensors,
+            image_token_id=self.cfg.image_token_id,
+            adapter=self.adapter,
+            config=self.hf_model.config,
+            tokenizer=tokenizer,
+            image_token_counts=self._token_counts(tensors),
+        )
 
     def _token_counts(self, tensors: dict) -> list[int] | None:
         """Each image's token count as the processor computes it, from the HF tensors (None if unknown):
@@ -255,7 +313,9 @@ class HookedMLLM(TLCompatMixin):
         if isinstance(sizes, Tensor) and sizes.dim() == 2:
             return processor_token_counts(self.processor, sizes.tolist())
         pixels = tensors.get("pixel_values")
-        one_per_image = "pixel_values" not in dict(self.adapter.inputs.split) and self.adapter.tokens.grids is None
+        one_per_image = (
+            "pixel_values" not in dict(self.adapter.inputs.split) and self.adapter.tokens.grids is None
+        )
         if isinstance(pixels, Tensor) and pixels.dim() == 4 and one_per_image:
             return processor_token_counts(self.processor, [tuple(pixels.shape[-2:])] * pixels.shape[0])
         return None
@@ -274,8 +334,9 @@ class HookedMLLM(TLCompatMixin):
         """Raise ``TypeError`` for a keyword that is neither ``method``'s own nor an HF input or option."""
         _keywords.check(method, keywords, own, self._input_names)
 
-    def _batch_and_options(self, method: str, inputs: Any, hf_kwargs: dict,
-                           own: Sequence[str]) -> tuple[MultimodalBatch, dict]:
+    def _batch_and_options(
+        self, method: str, inputs: Any, hf_kwargs: dict, own: Sequence[str]
+    ) -> tuple[MultimodalBatch, dict]:
         """Check ``hf_kwargs``; tensors make the batch, other values (``output_attentions=True``,
         ``vision_feature_layer=-2``...) are options for the HF call."""
         self._check_keywords(method, hf_kwargs, own)
@@ -285,21 +346,50 @@ class HookedMLLM(TLCompatMixin):
 
     @property
     def device(self) -> torch.device:
-        """Where inputs go: the model's execution device (the CPU for a remote model; the server places them)."""
+        """Where inputs go: the model's execution device.
+
+        The CPU for a remote model: the server places them.
+        """
         return torch.device("cpu") if self.remote else execution_device(self.hf_model)
 
     # -- running ---------------------------------------------------------------------
 
-    def _run(self, batch: MultimodalBatch, hooks: list[_runner.HookFn], fn: Any = "__call__",
-             every_step: bool = False, grad: bool = False, what: str = "run", bwd: Sequence[_runner.HookFn] = (),
-             keep: Any = None, **call_kwargs: Any) -> Any:
+    def _run(
+        self,
+        batch: MultimodalBatch,
+        hooks: list[_runner.HookFn],
+        fn: Any = "__call__",
+        every_step: bool = False,
+        grad: bool = False,
+        what: str = "run",
+        bwd: Sequence[_runner.HookFn] = (),
+        keep: Any = None,
+        **call_kwargs: Any,
+    ) -> Any:
         self._runnable(batch, [hook.point for hook in [*hooks, *bwd]])
         if self.remote:
-            return _remote.run_model(self, batch, hooks, fn, every_step, grad, what, keep, call_kwargs,
-                                     self._context, self._guard, bwd=bwd)
+            return _remote.run_model(
+                self,
+                batch,
+                hooks,
+                fn,
+                every_step,
+                grad,
+                what,
+                keep,
+                call_kwargs,
+                self._context,
+                self._guard,
+                bwd=bwd,
+            )
         with self._guard(what):
-            bodies = _runner.bodies(self.nnsight, hooks, self.hook_points.order,
-                                    batch=lambda: self._state.batch, every_step=every_step)
+            bodies = _runner.bodies(
+                self.nnsight,
+                hooks,
+                self.hook_points.order,
+                batch=lambda: self._state.batch,
+                every_step=every_step,
+            )
             bodies += _grad_hooks.bodies(self.nnsight, bwd, batch=lambda: self._state.batch)
             envoy = _runner.edited(self.nnsight, self._context_bodies + bodies)
             eager = self._eager_configs([*hooks, *bwd, *self._context])
@@ -314,8 +404,10 @@ class HookedMLLM(TLCompatMixin):
     def __getstate__(self) -> dict:
         """A remote model's state for a remote ``model.trace`` body: no weights, lock or processor."""
         if not self.remote:
-            raise TypeError("A HookedMLLM pickles only as part of a remote request (from_pretrained(..., remote=...)); "
-                            "save the HF model with model.hf_model.save_pretrained(path) instead.")
+            raise TypeError(
+                "A HookedMLLM pickles only as part of a remote request (from_pretrained(..., remote=...)); "
+                "save the HF model with model.hf_model.save_pretrained(path) instead."
+            )
         state = self.__dict__.copy()
         state.update(hf_model=None, processor=None, _guard=None)
         return state
@@ -324,8 +416,15 @@ class HookedMLLM(TLCompatMixin):
         self.__dict__.update(state)
         self._guard = _runner.RunGuard()
 
-    def forward(self, inputs: Any = None, *, return_type: str | None = "logits", grad: bool = False,
-                loss_per_token: bool = False, **hf_kwargs: Any) -> Any:
+    def forward(
+        self,
+        inputs: Any = None,
+        *,
+        return_type: str | None = "logits",
+        grad: bool = False,
+        loss_per_token: bool = False,
+        **hf_kwargs: Any,
+    ) -> Any:
         """Run the model (with any ``model.hooks()`` active); return logits, the HF output, or the loss.
 
         ``return_type``: ``"logits"``, ``"output"`` (the HF output object), ``"loss"`` (next-token
@@ -347,9 +446,16 @@ class HookedMLLM(TLCompatMixin):
 
     __call__ = forward
 
-    def run_with_hooks(self, inputs: Any = None, *, fwd_hooks: Iterable[HookSpec] = (),
-                       bwd_hooks: Iterable[HookSpec] = (), return_type: str | None = "logits", grad: bool = False,
-                       **hf_kwargs: Any) -> Float[Tensor, "batch pos vocab"] | Any:
+    def run_with_hooks(
+        self,
+        inputs: Any = None,
+        *,
+        fwd_hooks: Iterable[HookSpec] = (),
+        bwd_hooks: Iterable[HookSpec] = (),
+        return_type: str | None = "logits",
+        grad: bool = False,
+        **hf_kwargs: Any,
+    ) -> Float[Tensor, "batch pos vocab"] | Any:
         """Run once with hook functions ``fn(activation, hook) -> replacement | None``.
 
         Args:
@@ -368,14 +474,22 @@ class HookedMLLM(TLCompatMixin):
         Examples:
             >>> def zero(act, hook):
             ...     return torch.zeros_like(act)
-            >>> logits = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_mlp_out", zero)])  # doctest: +SKIP
+            >>> hooks = [("blocks.0.hook_mlp_out", zero)]
+            >>> logits = model.run_with_hooks(batch, fwd_hooks=hooks)  # doctest: +SKIP
         """
         self._check_return_type(return_type)
-        batch, options = self._batch_and_options("run_with_hooks", inputs, hf_kwargs,
-                                                 ("inputs", "fwd_hooks", "bwd_hooks", "return_type", "grad"))
+        batch, options = self._batch_and_options(
+            "run_with_hooks", inputs, hf_kwargs, ("inputs", "fwd_hooks", "bwd_hooks", "return_type", "grad")
+        )
         backward = self._bind(bwd_hooks, "bwd_hooks")
-        output = self._run(batch, self._bind(fwd_hooks), grad=grad or bool(backward), what="run_with_hooks",
-                           bwd=backward, **options)
+        output = self._run(
+            batch,
+            self._bind(fwd_hooks),
+            grad=grad or bool(backward),
+            what="run_with_hooks",
+            bwd=backward,
+            **options,
+        )
         return self._returned(output, batch, return_type)
 
     def run_with_cache(
@@ -420,13 +534,28 @@ class HookedMLLM(TLCompatMixin):
             torch.Size([1, 576, 4096])
         """
         batch, options = self._batch_and_options(
-            "run_with_cache", inputs, hf_kwargs,
-            ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad", "remove_batch_dim",
-             "incl_bwd", "return_type"))
+            "run_with_cache",
+            inputs,
+            hf_kwargs,
+            (
+                "inputs",
+                "names_filter",
+                "positions",
+                "device",
+                "dtype",
+                "fwd_hooks",
+                "grad",
+                "remove_batch_dim",
+                "incl_bwd",
+                "return_type",
+            ),
+        )
         self._check_return_type(return_type)
         if incl_bwd and return_type != "loss":
-            raise ValueError(f"incl_bwd=True needs a scalar output to call backward() on, got return_type="
-                             f"{return_type!r}; pass return_type='loss'.")
+            raise ValueError(
+                f"incl_bwd=True needs a scalar output to call backward() on, got return_type="
+                f"{return_type!r}; pass return_type='loss'."
+            )
         store: dict[str, Tensor] = {}
         index = None
         if positions is not None:
@@ -437,12 +566,24 @@ class HookedMLLM(TLCompatMixin):
         for attempt in range(2):
             hooks = self._bind(fwd_hooks)
             for point in chosen:
-                hooks.append(_runner.HookFn(point, cache_fn(store, index, device, dtype, grad, versions, clone)))
+                hooks.append(
+                    _runner.HookFn(point, cache_fn(store, index, device, dtype, grad, versions, clone))
+                )
             grads: dict[str, Tensor] = {}
-            backward = [_runner.HookFn(point, grad_cache_fn(grads, index, device, dtype)) for point in chosen
-                        if incl_bwd]
-            output = self._run(batch, hooks, grad=grad or incl_bwd, what="run_with_cache", bwd=backward, keep=store,
-                               **options)
+            backward = [
+                _runner.HookFn(point, grad_cache_fn(grads, index, device, dtype))
+                for point in chosen
+                if incl_bwd
+            ]
+            output = self._run(
+                batch,
+                hooks,
+                grad=grad or incl_bwd,
+                what="run_with_cache",
+                bwd=backward,
+                keep=store,
+                **options,
+            )
             # A model that edits a value in place after the hook read it (Molmo adds the image features
             # into its embedding output) leaves a stale cache entry: run again, copying those entries.
             stale = {name for name, version in versions.items() if store[name]._version != version}
@@ -455,7 +596,9 @@ class HookedMLLM(TLCompatMixin):
         if incl_bwd:
             result.backward()
             store.update({f"{name}_grad": value for name, value in grads.items()})
-        cache = ActivationCache(store, self.readout(), batch=batch, positions=None if index is None else index.cpu())
+        cache = ActivationCache(
+            store, self.readout(), batch=batch, positions=None if index is None else index.cpu()
+        )
         if remove_batch_dim:
             cache.remove_batch_dim()
         return result, cache
@@ -472,8 +615,9 @@ class HookedMLLM(TLCompatMixin):
             ...     out = model.generate(batch, max_new_tokens=5)
         """
         bound = self._bind(fwd_hooks)
-        bodies = _runner.bodies(self.nnsight, bound, self.hook_points.order,
-                                batch=lambda: self._state.batch, every_step=True)
+        bodies = _runner.bodies(
+            self.nnsight, bound, self.hook_points.order, batch=lambda: self._state.batch, every_step=True
+        )
         self._context = self._context + bound
         self._context_bodies = self._context_bodies + bodies
         try:
@@ -482,8 +626,15 @@ class HookedMLLM(TLCompatMixin):
             self._context = [hook for hook in self._context if hook not in bound]
             self._context_bodies = [body for body in self._context_bodies if body not in bodies]
 
-    def generate(self, inputs: Any = None, *, max_new_tokens: int = 16, fwd_hooks: Iterable[HookSpec] = (),
-                 do_sample: bool = False, **generate_kwargs: Any) -> GenerationOutput:
+    def generate(
+        self,
+        inputs: Any = None,
+        *,
+        max_new_tokens: int = 16,
+        fwd_hooks: Iterable[HookSpec] = (),
+        do_sample: bool = False,
+        **generate_kwargs: Any,
+    ) -> GenerationOutput:
         """Generate with hook functions firing on the prompt and on every generated token.
 
         ``hook.step`` is 0 on the prompt forward and ``k`` on the forward that produces
@@ -498,38 +649,58 @@ class HookedMLLM(TLCompatMixin):
             >>> out.text                                         # doctest: +SKIP
             ['red']
         """
-        tensors = {k: generate_kwargs.pop(k) for k in list(generate_kwargs)
-                   if k in self._input_names and isinstance(generate_kwargs[k], Tensor)}
+        tensors = {
+            k: generate_kwargs.pop(k)
+            for k in list(generate_kwargs)
+            if k in self._input_names and isinstance(generate_kwargs[k], Tensor)
+        }
         options = dict(generate_kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample)
         fn = "generate" if self.remote else functools.partial(self.hf_model.generate, **options)
         # a remote probe carries no inputs: it is never entered unless refused below
-        tracer = self.nnsight.trace(fn=fn, remote=self.remote) if self.remote else self.trace(inputs, fn=fn, **tensors)
+        tracer = (
+            self.nnsight.trace(fn=fn, remote=self.remote)
+            if self.remote
+            else self.trace(inputs, fn=fn, **tensors)
+        )
         try:  # `with model.generate(...) as tracer:` traces generation (nnsight's test: the caller's frame)
             tracer.capture()
             if self.remote:
-                _remote.refuse("with model.generate(...) as tracer", "a traced generation is not shipped; pass "
-                               "fwd_hooks to model.generate, or use model.trace for one forward")
+                _remote.refuse(
+                    "with model.generate(...) as tracer",
+                    "a traced generation is not shipped; pass "
+                    "fwd_hooks to model.generate, or use model.trace for one forward",
+                )
             if fwd_hooks:
-                raise ValueError("A traced generate takes no fwd_hooks: write to hook points inside the block, "
-                                 "or wrap it in `with model.hooks(fwd_hooks=...)`.")
+                raise ValueError(
+                    "A traced generate takes no fwd_hooks: write to hook points inside the block, "
+                    "or wrap it in `with model.hooks(fwd_hooks=...)`."
+                )
             return tracer
         except WithBlockNotFoundError:
             pass
         batch = self.to_batch(inputs, **tensors)
-        sequences = self._run(batch, self._bind(fwd_hooks), fn=fn, every_step=True, what="generate",
-                              **(options if self.remote else {}))
+        sequences = self._run(
+            batch,
+            self._bind(fwd_hooks),
+            fn=fn,
+            every_step=True,
+            what="generate",
+            **(options if self.remote else {}),
+        )
         if not isinstance(sequences, Tensor):
             sequences = sequences.sequences
         sequences = sequences.cpu()
-        new = sequences[:, batch.shape[1]:]
+        new = sequences[:, batch.shape[1] :]
         tokenizer = getattr(self.processor, "tokenizer", None)
         text = tokenizer.batch_decode(new, skip_special_tokens=True) if tokenizer is not None else None
         return GenerationOutput(sequences, new, text)
 
-    def trace(self, inputs: Any = None, *, eager_attention: bool | None = None, fn: Any = None,
-              **hf_kwargs: Any) -> Any:
+    def trace(
+        self, inputs: Any = None, *, eager_attention: bool | None = None, fn: Any = None, **hf_kwargs: Any
+    ) -> Any:
         """nnsight's ``trace`` over the same inputs (a batch, text or HF tensors), or, given none, over
-        the inputs of its ``tracer.invoke(...)`` blocks batched into one forward (:mod:`hooked_mllm._tracing`).
+        the inputs of its ``tracer.invoke(...)`` blocks batched into one forward
+        (:mod:`hooked_mllm._tracing`).
 
         ``eager_attention``: run under eager attention (patterns); None does so when the block
         names ``hook_pattern``. ``fn``: what to run instead of the forward (``generate`` uses it).
@@ -539,16 +710,26 @@ class HookedMLLM(TLCompatMixin):
             ...     h = model.hook_point("blocks.0.hook_resid_post").output.save()
             ...     model.hook_point("blocks.1.hook_mlp_out").output[:] = 0
         """
-        invokes = inputs is None and not any(isinstance(v, Tensor) for v in hf_kwargs.values())  # invokes give inputs
+        invokes = inputs is None and not any(
+            isinstance(v, Tensor) for v in hf_kwargs.values()
+        )  # invokes give inputs
         own = ("inputs", "eager_attention")
         if self.remote:
-            return _remote.trace(self.nnsight, self.remote,
-                                 lambda: self._batch_and_options("trace", inputs, hf_kwargs, own), invokes=invokes,
-                                 hooked=bool(self._context), fn=fn, eager=eager_attention)
+            return _remote.trace(
+                self.nnsight,
+                self.remote,
+                lambda: self._batch_and_options("trace", inputs, hf_kwargs, own),
+                invokes=invokes,
+                hooked=bool(self._context),
+                fn=fn,
+                eager=eager_attention,
+            )
         self._trace_reads.clear()
-        tracer_cls = habit_tracer(_runner.guarded_tracer(self._guard, quiet=bool(self._context),
-                                                         after=self._check_trace_reads),
-                                  self._attention_configs, eager_attention)
+        tracer_cls = habit_tracer(
+            _runner.guarded_tracer(self._guard, quiet=bool(self._context), after=self._check_trace_reads),
+            self._attention_configs,
+            eager_attention,
+        )
         envoy = _runner.edited(self.nnsight, self._context_bodies)  # a copy carrying model.hooks() edits
         extra = {} if fn is None else {"fn": fn}
         if invokes:
@@ -563,9 +744,11 @@ class HookedMLLM(TLCompatMixin):
         self._trace_reads.clear()
         if edited:
             raise ValueError(
-                f"An in-place edit of {', '.join(edited)} inside model.trace had no effect: there the trace hands "
-                "out a computed value (a sum or a layer-scaled output), not the model's own tensor. Assign instead: "
-                "`point.output = new_value` (or edit in place inside a hook function of run_with_hooks).")
+                f"An in-place edit of {', '.join(edited)} inside model.trace had no effect: there the trace "
+                "hands out a computed value (a sum or a layer-scaled output), not the model's own tensor. "
+                "Assign instead: `point.output = new_value` (or edit in place inside a hook function of "
+                "run_with_hooks)."
+            )
 
     # -- weights (W_Q ... W_U: hooked_mllm._tl_compat) ------------------------------
 
@@ -587,6 +770,7 @@ class HookedMLLM(TLCompatMixin):
 
     def __repr__(self) -> str:
         c = self.cfg
-        return (f"HookedMLLM({c.model_class}: {c.n_layers} layers, d_model={c.d_model}, "
-                f"vision {c.vision_n_layers} layers, {len(self.hook_points)} hook points)")
-
+        return (
+            f"HookedMLLM({c.model_class}: {c.n_layers} layers, d_model={c.d_model}, "
+            f"vision {c.vision_n_layers} layers, {len(self.hook_points)} hook points)"
+        )

@@ -48,7 +48,9 @@ def test_runs_leave_the_envoy_unedited(model):
     ids = torch.tensor([[1, 2, 3, 4]])
     seen = []
     with model.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda a, h: seen.append(h.name))]):
-        model.run_with_hooks(input_ids=ids, fwd_hooks=[("blocks.1.hook_resid_post", lambda a, h: seen.append(h.name))])
+        model.run_with_hooks(
+            input_ids=ids, fwd_hooks=[("blocks.1.hook_resid_post", lambda a, h: seen.append(h.name))]
+        )
     assert seen == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
     # The public edit API stores on a copy: a plain trace of the wrapper runs none of those hooks.
     seen.clear()
@@ -64,13 +66,16 @@ def test_backward_hooks_leave_the_envoy_unedited(model):
     ids = torch.tensor([[1, 2, 3, 4]])
     name = "blocks.0.hook_resid_post"
     seen = []
-    loss = model.run_with_hooks(input_ids=ids, return_type="loss",
-                                bwd_hooks=[(name, lambda g, h: seen.append(g.clone()))])
+    loss = model.run_with_hooks(
+        input_ids=ids, return_type="loss", bwd_hooks=[(name, lambda g, h: seen.append(g.clone()))]
+    )
     loss.backward()
     assert len(seen) == 1
     layer = model.hf_model.model.language_model.layers[0]
     kept = []
-    handle = layer.register_forward_hook(lambda module, args, out: kept.append(out[0] if isinstance(out, tuple) else out))
+    handle = layer.register_forward_hook(
+        lambda module, args, out: kept.append(out[0] if isinstance(out, tuple) else out)
+    )
     try:
         loss = model(input_ids=ids, return_type="loss", grad=True)
     finally:

@@ -93,8 +93,10 @@ def test_run_with_cache_matches_local(pair):
 def test_run_with_hooks_writes_match_local(pair):
     local, remote, batch = pair
     clean = local(batch)
-    hooks = [("blocks.0.hook_mlp_out", Ablate("zero", positions="image")),
-             ("blocks.1.hook_resid_post", lambda act, hook: act * 1.5)]
+    hooks = [
+        ("blocks.0.hook_mlp_out", Ablate("zero", positions="image")),
+        ("blocks.1.hook_resid_post", lambda act, hook: act * 1.5),
+    ]
     expected = local.run_with_hooks(batch, fwd_hooks=hooks)
     assert not torch.equal(expected, clean)
     assert torch.equal(remote.run_with_hooks(batch, fwd_hooks=hooks), expected)
@@ -129,7 +131,8 @@ def test_trace_matches_local(pair):
         with model.trace(batch):
             resid = model.hook_point("blocks.0.hook_resid_post").output.save()
             model.hook_point("blocks.1.hook_mlp_out").output = torch.zeros_like(
-                model.hook_point("blocks.1.hook_mlp_out").output)
+                model.hook_point("blocks.1.hook_mlp_out").output
+            )
             logits = model.nnsight.output.logits.save()
         results.append((resid, logits))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
@@ -157,11 +160,19 @@ def test_what_cannot_run_remotely_is_refused(pair, checkpoint):
 def test_gradients_invokes_and_traced_generation_are_refused_remotely(pair):
     _, remote, batch = pair
     keep = [("blocks.0.hook_resid_post", lambda grad, hook: None)]
-    with pytest.raises(ValueError, match=r"backward hooks .* cannot run remotely: gradients stay on the server"):
+    with pytest.raises(
+        ValueError, match=r"backward hooks .* cannot run remotely: gradients stay on the server"
+    ):
         remote.run_with_hooks(batch, bwd_hooks=keep, return_type="loss")
-    with pytest.raises(ValueError, match=r"incl_bwd=True\) cannot run remotely: gradients stay on the server"):
-        remote.run_with_cache(batch, names_filter="blocks.0.hook_resid_post", incl_bwd=True, return_type="loss")
-    with pytest.raises(ValueError, match=r"tracer.invoke\(...\) inputs cannot run remotely.*model.trace\(batch\)"):
+    with pytest.raises(
+        ValueError, match=r"incl_bwd=True\) cannot run remotely: gradients stay on the server"
+    ):
+        remote.run_with_cache(
+            batch, names_filter="blocks.0.hook_resid_post", incl_bwd=True, return_type="loss"
+        )
+    with pytest.raises(
+        ValueError, match=r"tracer.invoke\(...\) inputs cannot run remotely.*model.trace\(batch\)"
+    ):
         with remote.trace() as tracer:
             with tracer.invoke(batch):
                 pass

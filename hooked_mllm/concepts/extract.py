@@ -308,14 +308,15 @@ def extract(
             need it (the prompt activations are cached during that generation: one pass).
         chat_template: Wrap prompts in the processor's chat template.
         dataset_name: A name recorded in (and checked against) the store's identity.
-        rank, world_size: Extract only the samples at dataset positions ``rank``, ``rank +
-            world_size``, ... as one of ``world_size`` data-parallel processes writing into the
-            same ``out`` (default: from an initialized ``torch.distributed`` process group, as
-            under ``torchrun``, else one process). Each rank writes its own part files; when the
+        rank: Extract only the samples at dataset positions ``rank``, ``rank + world_size``,
+            ... as one of ``world_size`` data-parallel processes writing into the same ``out``
+            (default: from an initialized ``torch.distributed`` process group, as under
+            ``torchrun``, else one process). Each rank writes its own part files; when the
             last rank is done, the parts are merged into the store in dataset order, so it reads
             exactly as a one-process run. With a process group every rank then returns the
             whole store and fails if any rank failed; without one, start the ranks together
             (a rank that finishes before another starts merges only what is done).
+        world_size: The number of data-parallel processes (see ``rank``).
 
     Returns:
         The :class:`Features` (memory-mapped from ``out`` when given).

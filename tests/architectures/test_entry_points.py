@@ -51,7 +51,9 @@ def test_touching_image_placeholders_are_split_by_the_processors_counts(adapter)
     views = 2 if adapter == "llava_next" else 1  # anyres: a base view and a high-resolution view per image
     spans = batch.images
     if views == 2:  # each image's run: its two views plus one newline token per high-resolution row
-        spans = [(a.start, b.end, a.n_tokens + b.n_tokens + b.grid[0]) for a, b in zip(spans[::2], spans[1::2])]
+        spans = [
+            (a.start, b.end, a.n_tokens + b.n_tokens + b.grid[0]) for a, b in zip(spans[::2], spans[1::2])
+        ]
         assert [n for _, _, n in spans] == counts and len(counts) == 2
         assert spans[0][1] + 1 == spans[1][0]  # they touch (the last row's newline token between)
     else:
@@ -59,7 +61,9 @@ def test_touching_image_placeholders_are_split_by_the_processors_counts(adapter)
         assert batch.images[0].end == batch.images[1].start  # they touch
     assert batch.images_per_row == (2 * views,)
     again = model.to_batch(dict(batch.inputs))  # the HF tensors alone give the same split
-    assert [(s.start, s.end, s.grid) for s in again.images] == [(s.start, s.end, s.grid) for s in batch.images]
+    assert [(s.start, s.end, s.grid) for s in again.images] == [
+        (s.start, s.end, s.grid) for s in batch.images
+    ]
     mask = positions.resolve(positions.image(views), batch)
     assert mask.sum() == batch.images[views].n_tokens and bool(mask[0, batch.images[views].start])
     torch.testing.assert_close(model(batch), hf_logits(model, batch.inputs))
@@ -87,14 +91,18 @@ def test_molmo2_one_contiguous_run_per_image_keeps_positions_and_grids():
     batch = model.prepare(images=[image(0, 20, 32)], prompts=["what"])
     tok = processor.tokenizer
     patch = tok.convert_tokens_to_ids("<im_patch>")
-    layout = {tok.convert_tokens_to_ids(x) for x in ("<im_col>", "<im_start>", "<im_end>", "<low_res_im_start>")}
+    layout = {
+        tok.convert_tokens_to_ids(x) for x in ("<im_col>", "<im_start>", "<im_end>", "<low_res_im_start>")
+    }
     ids = batch.inputs["input_ids"][0]
     keep = torch.tensor([int(i) not in layout for i in ids])
     first = int(ids.eq(patch).nonzero()[0])
     keep[:first] = True  # only the layout tokens between the patches go: the patches become one run
-    keep[int(ids.eq(patch).nonzero()[-1]):] = True
-    inputs = {k: (v[:, keep] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
-              for k, v in batch.inputs.items()}
+    keep[int(ids.eq(patch).nonzero()[-1]) :] = True
+    inputs = {
+        k: (v[:, keep] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+        for k, v in batch.inputs.items()
+    }
     assert int(inputs["input_ids"].eq(patch).sum()) == 21
     runs = torch.diff(inputs["input_ids"][0].eq(patch).int()).abs().sum()
     assert int(runs) == 2  # one run: it starts and ends once
@@ -146,11 +154,15 @@ def test_vision_layers_the_projector_never_reads_refuse_writes(llava, llava_batc
         point = llava.hook_points.resolve(name)
         assert not point.writable and "vision_feature_layer" in point.read_only
         for fn in (_bump_returned, _bump_in_place):
-            with pytest.raises(ValueError, match=f"read-only.*hook_resid_post instead"):
+            with pytest.raises(ValueError, match="read-only.*hook_resid_post instead"):
                 llava.run_with_hooks(llava_batch, fwd_hooks=[(name, fn)])
-    _, cache = llava.run_with_cache(llava_batch, names_filter=f"vision.blocks.{last}.hook_resid_pre")  # still read
+    _, cache = llava.run_with_cache(
+        llava_batch, names_filter=f"vision.blocks.{last}.hook_resid_pre"
+    )  # still read
     feature = f"vision.blocks.{last - 1}.hook_resid_post"
-    assert not torch.equal(llava.run_with_hooks(llava_batch, fwd_hooks=[(feature, _bump_returned)]), llava(llava_batch))
+    assert not torch.equal(
+        llava.run_with_hooks(llava_batch, fwd_hooks=[(feature, _bump_returned)]), llava(llava_batch)
+    )
 
 
 def test_in_place_edit_of_a_read_only_point_is_refused(llava, llava_batch):
@@ -172,18 +184,26 @@ def test_image_index_past_the_last_image_raises(llava, llava_batch):
             positions.resolve(positions.image(index), llava_batch)
 
 
-@pytest.mark.parametrize(("method", "wrong", "right"), [
-    ("run_with_cache", "name_filter", "names_filter"), ("run_with_cache", "fwd_hook", "fwd_hooks"),
-    ("run_with_hooks", "fwd_hook", "fwd_hooks"), ("run_with_hooks", "retrun_type", "return_type"),
-    ("forward", "pixel_value", "pixel_values"), ("trace", "input_id", "input_ids"),
-])
+@pytest.mark.parametrize(
+    ("method", "wrong", "right"),
+    [
+        ("run_with_cache", "name_filter", "names_filter"),
+        ("run_with_cache", "fwd_hook", "fwd_hooks"),
+        ("run_with_hooks", "fwd_hook", "fwd_hooks"),
+        ("run_with_hooks", "retrun_type", "return_type"),
+        ("forward", "pixel_value", "pixel_values"),
+        ("trace", "input_id", "input_ids"),
+    ],
+)
 def test_unknown_keywords_name_the_closest_known_one(llava, llava_batch, method, wrong, right):
     with pytest.raises(TypeError, match=f"unknown argument '{wrong}'; did you mean '{right}'"):
         getattr(llava, method)(llava_batch, **{wrong: lambda name: True})
 
 
 def test_transformer_lens_only_keywords_say_what_to_do(llava, llava_batch):
-    with pytest.raises(TypeError, match="unknown argument 'return_cache_object'.*always returns an ActivationCache"):
+    with pytest.raises(
+        TypeError, match="unknown argument 'return_cache_object'.*always returns an ActivationCache"
+    ):
         llava.run_with_cache(llava_batch, return_cache_object=False)
 
 
@@ -194,13 +214,19 @@ def test_hf_options_pass_with_a_batch(llava, llava_batch):
     torch.testing.assert_close(out.hidden_states[-1], ref.hidden_states[-1])
 
 
-@pytest.mark.parametrize(("make", "match"), [
-    (lambda act: act.long(), "returned dtype torch.int64.*blocks.0.hook_mlp_out|blocks.0.hook_mlp_out.*dtype torch.int64"),
-    (lambda act: act > 0, "dtype torch.bool"),
-    (lambda act: torch.zeros(act.shape, device="meta"), "on meta, but the activation is on cpu"),
-    (lambda act: act[0], r"returned shape \(\d+, \d+\)"),
-    (lambda act: 3.0, "returned float"),
-])
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (
+            lambda act: act.long(),
+            "returned dtype torch.int64.*blocks.0.hook_mlp_out|blocks.0.hook_mlp_out.*dtype torch.int64",
+        ),
+        (lambda act: act > 0, "dtype torch.bool"),
+        (lambda act: torch.zeros(act.shape, device="meta"), "on meta, but the activation is on cpu"),
+        (lambda act: act[0], r"returned shape \(\d+, \d+\)"),
+        (lambda act: 3.0, "returned float"),
+    ],
+)
 def test_hook_return_values_are_checked_naming_the_hook(llava, llava_batch, make, match):
     with pytest.raises(ValueError, match=match) as error:
         llava.run_with_hooks(llava_batch, fwd_hooks=[("blocks.0.hook_mlp_out", lambda act, hook: make(act))])
@@ -216,7 +242,9 @@ def test_trace_writes_are_checked_for_exact_shape(llava, llava_batch):
         point = llava.hook_point("blocks.0.hook_mlp_out")
         point.output = torch.zeros_like(point.output)
         logits = llava.nnsight.output.save()
-    zeroed = llava.run_with_hooks(llava_batch, fwd_hooks=[("blocks.0.hook_mlp_out", lambda a, h: torch.zeros_like(a))])
+    zeroed = llava.run_with_hooks(
+        llava_batch, fwd_hooks=[("blocks.0.hook_mlp_out", lambda a, h: torch.zeros_like(a))]
+    )
     torch.testing.assert_close(logits.logits, zeroed)
 
 
@@ -283,10 +311,15 @@ def test_from_pretrained_pins_the_processor_with_the_weights(tmp_path, monkeypat
         return original(*args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", spy)
-    model = HookedMLLM.from_pretrained(str(tmp_path), revision="main", cache_dir=str(tmp_path / "cache"),
-                                       local_files_only=True, token=False)
+    model = HookedMLLM.from_pretrained(
+        str(tmp_path), revision="main", cache_dir=str(tmp_path / "cache"), local_files_only=True, token=False
+    )
     assert {k: seen.get(k) for k in ("revision", "cache_dir", "local_files_only", "token")} == {
-        "revision": "main", "cache_dir": str(tmp_path / "cache"), "local_files_only": True, "token": False}
+        "revision": "main",
+        "cache_dir": str(tmp_path / "cache"),
+        "local_files_only": True,
+        "token": False,
+    }
     assert model.processor is not None
 
 
