@@ -90,6 +90,10 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             rank=args.rank,
             world_size=args.ranks,
         )
+        if group:  # every rank done (the merge included) before any tears the group down
+            import torch.distributed as dist
+
+            dist.barrier()
     finally:
         if group:
             import torch.distributed as dist
