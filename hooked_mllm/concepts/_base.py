@@ -21,11 +21,11 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 # ``sklearn.utils.check_array`` accepts (lists, DataFrames, integer arrays). ``validate_data`` checks the
 # shape, so the annotation below documents it without rejecting sklearn's duck-typed inputs at run time.
 ArrayLike = Any
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
-_TRANSFORM_TOL = {"float64": 1e-10, "float32": 1e-5}
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+TRANSFORM_TOL = {"float64": 1e-10, "float32": 1e-5}
 
 
-def _to_host(X: ArrayLike) -> Any:
+def to_host(X: ArrayLike) -> Any:
     """Turn a torch tensor (any device, any float dtype) into a numpy array; leave anything else alone."""
     if isinstance(X, torch.Tensor):
         X = X.detach().cpu()
@@ -35,14 +35,14 @@ def _to_host(X: ArrayLike) -> Any:
     return X
 
 
-def _as_tensor(X: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def as_tensor(X: np.ndarray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Copy-free where possible; read-only arrays (e.g. memmaps) are copied because torch cannot wrap them."""
     if not X.flags.writeable:
         X = X.copy()
     return torch.as_tensor(X, dtype=dtype, device=device)
 
 
-def _seed_from(random_state: Any) -> int:
+def seed_from(random_state: Any) -> int:
     """Draw an int seed from a sklearn-style ``random_state`` (None, int or ``np.random.RandomState``)."""
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
@@ -79,7 +79,7 @@ class ConceptDecomposer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
             )
 
     def _validate(self, Z: ArrayLike, *, reset: bool) -> np.ndarray:
-        X = validate_data(self, _to_host(Z), reset=reset, dtype=[np.float64, np.float32])
+        X = validate_data(self, to_host(Z), reset=reset, dtype=[np.float64, np.float32])
         if reset:
             self._check_n_components(X)
         return X
@@ -107,7 +107,7 @@ class ConceptDecomposer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         """Map activations ``V [n, n_components]`` back to features ``[n, d]`` (default ``V @ components_``,
         plus ``mean_`` where the method centres the data; see each class for exceptions)."""
         check_is_fitted(self)
-        V = check_array(_to_host(V), dtype=[np.float64, np.float32])
+        V = check_array(to_host(V), dtype=[np.float64, np.float32])
         k = self.components_.shape[0]
         if V.shape[1] != k:
             raise ValueError(

@@ -38,14 +38,14 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import NMF, PCA, DictionaryLearning, FastICA
 
 from hooked_mllm.concepts._base import (
-    _DTYPES,
-    _TRANSFORM_TOL,
+    DTYPES,
+    TRANSFORM_TOL,
     ArrayLike,
     ConceptDecomposer,
-    _as_tensor,
-    _seed_from,
+    as_tensor,
+    seed_from,
 )
-from hooked_mllm.concepts._base import _to_host as _to_host
+from hooked_mllm.concepts._base import to_host as to_host
 from hooked_mllm.concepts._seminmf import fit_seminmf, nnls_fista
 from hooked_mllm.concepts.dictionary import SparseDictionary
 
@@ -112,15 +112,15 @@ class SemiNMF(ConceptDecomposer):
         self.dtype = dtype
 
     def _torch_kwargs(self) -> dict[str, Any]:
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"SemiNMF: dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}.")
-        return {"dtype": _DTYPES[self.dtype], "device": torch.device(self.device or "cpu")}
+        if self.dtype not in DTYPES:
+            raise ValueError(f"SemiNMF: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}.")
+        return {"dtype": DTYPES[self.dtype], "device": torch.device(self.device or "cpu")}
 
     def _fit(self, X: np.ndarray) -> None:
         if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1):
             raise ValueError(f"SemiNMF: max_iter must be an int >= 1, got {self.max_iter!r}.")
-        Zt = _as_tensor(X, **self._torch_kwargs())
-        generator = torch.Generator().manual_seed(_seed_from(self.random_state))
+        Zt = as_tensor(X, **self._torch_kwargs())
+        generator = torch.Generator().manual_seed(seed_from(self.random_state))
         _, U, history = fit_seminmf(
             Zt, int(self.n_components), int(self.max_iter), float(self.tol), generator
         )
@@ -132,10 +132,10 @@ class SemiNMF(ConceptDecomposer):
     def _transform(self, X: np.ndarray) -> np.ndarray:
         kw = self._torch_kwargs()
         V = nnls_fista(
-            _as_tensor(X, **kw),
-            _as_tensor(self.components_, **kw),
+            as_tensor(X, **kw),
+            as_tensor(self.components_, **kw),
             int(self.transform_max_iter),
-            _TRANSFORM_TOL[self.dtype],
+            TRANSFORM_TOL[self.dtype],
         )
         return V.cpu().numpy()
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from hooked_mllm.concepts import _sparse
-from hooked_mllm.concepts._base import _DTYPES, ConceptDecomposer, _as_tensor, _seed_from
+from hooked_mllm.concepts._base import DTYPES, ConceptDecomposer, as_tensor, seed_from
 
 
 class SparseDictionary(ConceptDecomposer):
@@ -78,24 +78,24 @@ class SparseDictionary(ConceptDecomposer):
             if X is None and hasattr(self, "components_"):
                 name = str(self.components_.dtype)
         else:
-            if self.dtype not in _DTYPES:
+            if self.dtype not in DTYPES:
                 raise ValueError(
-                    f"SparseDictionary: dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}."
+                    f"SparseDictionary: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}."
                 )
             name = self.dtype
         if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1):
             raise ValueError(f"SparseDictionary: max_iter must be an int >= 1, got {self.max_iter!r}.")
         if not (isinstance(self.alpha, numbers.Real) and self.alpha >= 0):
             raise ValueError(f"SparseDictionary: alpha must be a number >= 0, got {self.alpha!r}.")
-        return {"dtype": _DTYPES[name], "device": torch.device(self.device or "cpu")}
+        return {"dtype": DTYPES[name], "device": torch.device(self.device or "cpu")}
 
     def _fit(self, X: np.ndarray) -> None:
         kw = self._kw(X)
-        seed = _seed_from(self.random_state)
+        seed = seed_from(self.random_state)
         generator = torch.Generator().manual_seed(seed)
         k = int(self.n_components)
         if self.batch_size is None or self.batch_size >= len(X):
-            Zt = _as_tensor(X, **kw)
+            Zt = as_tensor(X, **kw)
             _, U, history = _sparse.fit_sparse(
                 Zt,
                 _sparse.init_atoms(Zt, k, generator),
@@ -110,10 +110,10 @@ class SparseDictionary(ConceptDecomposer):
         rng = np.random.default_rng(seed)
         # Warm start: a full-batch fit on a random subsample of at most 10,000 rows, then online passes.
         sample = np.sort(rng.choice(len(X), size=min(len(X), 10_000), replace=False))
-        self._partial(_as_tensor(X[sample], **kw), generator)
+        self._partial(as_tensor(X[sample], **kw), generator)
         for _ in range(int(self.max_iter)):
             for start in rng.permutation(np.arange(0, len(X), int(self.batch_size))):
-                self._partial(_as_tensor(X[start : start + int(self.batch_size)], **kw), generator)
+                self._partial(as_tensor(X[start : start + int(self.batch_size)], **kw), generator)
         self.n_iter_ = int(self.max_iter)
 
     def _partial(self, Zt: torch.Tensor, generator: torch.Generator) -> None:
@@ -145,17 +145,17 @@ class SparseDictionary(ConceptDecomposer):
         """
         first = getattr(self, "_state", None) is None
         X = self._validate(Z, reset=first)
-        generator = torch.Generator().manual_seed(_seed_from(self.random_state))
-        self._partial(_as_tensor(X, **self._kw(X)), generator)
+        generator = torch.Generator().manual_seed(seed_from(self.random_state))
+        self._partial(as_tensor(X, **self._kw(X)), generator)
         return self
 
     def _transform(self, X: np.ndarray) -> np.ndarray:
         kw = self._kw(X)
-        U = _as_tensor(self.components_, **kw)
+        U = as_tensor(self.components_, **kw)
         G = U @ U.T
         out = []
         for start in range(0, max(len(X), 1), 16384):
-            B = _as_tensor(X[start : start + 16384], **kw) @ U.T
+            B = as_tensor(X[start : start + 16384], **kw) @ U.T
             out.append(
                 _sparse.sparse_codes(
                     B,

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .capture import capture, resolve_target
 from .maps import LocationMap, grid_span, to_map
-from .scores import _layer_list
+from .scores import layer_list
 
 if TYPE_CHECKING:
     from ..model import HookedMLLM
@@ -79,7 +79,7 @@ def attention_map(
         >>> attention_map(model, batch, layers=[2, 3]).peak()   # doctest: +SKIP
     """
     run = capture(model, inputs, target)
-    chosen = _layer_list(layers, run.n_layers)
+    chosen = layer_list(layers, run.n_layers)
     mean = run.pattern[chosen].mean(dim=(0, 2))  # [batch, pos]
     label = "mean over heads" + ("" if layers is None else f", layers {chosen}")
     return _maps(

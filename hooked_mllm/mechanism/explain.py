@@ -27,7 +27,7 @@ import torch
 from ..lens import logit_lens, top_tokens
 from .capture import capture, resolve_target
 from .maps import LocationMap, grid_span, to_map
-from .scores import _layer_list, head_scores
+from .scores import head_scores, layer_list
 
 if TYPE_CHECKING:
     from ..model import HookedMLLM
@@ -109,7 +109,7 @@ def explain_positions(
         >>> explain_positions(model, batch, [(1, 4), (1, 5)], layer=2).table()   # doctest: +SKIP
     """
     single = _single_row(model, inputs, row)
-    layer = _layer_list(layer, model.cfg.n_layers)[0]
+    layer = layer_list(layer, model.cfg.n_layers)[0]
     span = grid_span(single, 0, image)
     cols = span.grid[1]  # type: ignore[index]
     cells = list(span.token_positions)
@@ -226,7 +226,7 @@ def logit_lens_map(
     single = _single_row(model, inputs, row)
     span = grid_span(single, 0, image)
     rows, cols = span.grid  # type: ignore[misc]
-    chosen = _layer_list(layers, model.cfg.n_layers)
+    chosen = layer_list(layers, model.cfg.n_layers)
     last = model.cfg.n_layers - 1
     names = sorted({f"blocks.{l}.hook_resid_post" for l in chosen + [last]})
     logits, cache = model.run_with_cache(single, names_filter=names, positions=list(span.token_positions))
@@ -280,7 +280,7 @@ def lens_location_map(
         >>> lens_location_map(model, batch, layer=-1).peak()     # doctest: +SKIP
     """
     batch = model.to_batch(inputs.batch if hasattr(inputs, "pattern") else inputs)
-    layer = _layer_list(layer, model.cfg.n_layers)[0]
+    layer = layer_list(layer, model.cfg.n_layers)[0]
     last = model.cfg.n_layers - 1
     names = sorted({f"blocks.{layer}.hook_resid_post", f"blocks.{last}.hook_resid_post"})
     logits, cache = model.run_with_cache(batch, names_filter=names)

@@ -60,7 +60,7 @@ class HeadScores:
         scores = self.values[row].clone()
         if layers is not None:
             allowed = torch.zeros(scores.shape[0], dtype=torch.bool)
-            allowed[_layer_list(layers, scores.shape[0])] = True
+            allowed[layer_list(layers, scores.shape[0])] = True
             scores[~allowed] = -torch.inf
         n = int(torch.isfinite(scores).sum())
         if not 1 <= k <= n:
@@ -84,7 +84,7 @@ class LayerScores:
     target: Int[Tensor, " batch"]
 
 
-def _layer_list(layers: Any, n_layers: int) -> list[int]:
+def layer_list(layers: Any, n_layers: int) -> list[int]:
     if layers is None:
         return list(range(n_layers))
     if isinstance(layers, int):
@@ -124,7 +124,7 @@ def head_contributions(
         >>> c = head_contributions(model, batch, layers=[2], positions=list(range(5, 41)))  # doctest: +SKIP
     """
     run = capture(model, inputs, target)
-    chosen = _layer_list(layers, run.n_layers)
+    chosen = layer_list(layers, run.n_layers)
     return torch.stack([run.contributions(l, positions=positions).transpose(0, 1) for l in chosen])
 
 
@@ -163,7 +163,7 @@ def layer_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> Layer
 def _choose_heads(
     run: MechanismRun, scores: HeadScores | None, heads: Heads, layers: Any, row: int
 ) -> list[tuple[int, int]]:
-    allowed = _layer_list(layers, run.n_layers)
+    allowed = layer_list(layers, run.n_layers)
     if isinstance(heads, str) and heads == "all":
         return [(l, h) for l in allowed for h in range(run.n_heads)]
     if isinstance(heads, str) and heads == "top":
@@ -248,6 +248,6 @@ def image_locations(
         values = head_location_scores(run, b, chosen, list(span.token_positions))
         label = "all heads" if heads == "all" else ", ".join(f"L{l}H{h}" for l, h in chosen)
         if layers is not None:
-            label += f" (layers {_layer_list(layers, run.n_layers)})"
+            label += f" (layers {layer_list(layers, run.n_layers)})"
         maps.append(to_map(values.cpu().numpy(), span, image, "heads", label, tokens[b], heads=chosen))
     return maps if row is None else maps[0]

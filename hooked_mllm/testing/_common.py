@@ -1,10 +1,10 @@
 """Shared pieces of the tiny builders: a word-level vocabulary, tokenizers, chat templates, images.
 
 :func:`tiny_tokenizer` (LLaVA's ``<image>`` vocabulary) and :func:`word_tokenizer` (the same
-words plus a family's special tokens) build real HF fast tokenizers; ``_chat_template``
+words plus a family's special tokens) build real HF fast tokenizers; ``chat_template_for``
 writes the user turn with a family's image placeholder; :func:`random_image` and
-:func:`image_pair` make seeded inputs. The private helpers (``_build``, ``_text_kwargs``,
-``_without_video``) are shared by the family modules beside this one.
+:func:`image_pair` make seeded inputs. The private helpers (``build_tiny``, ``text_kwargs``,
+``without_video``) are shared by the family modules beside this one.
 
 Examples:
     >>> from hooked_mllm.testing import word_tokenizer
@@ -89,7 +89,7 @@ def word_tokenizer(specials: list[str], **special_tokens: str):
     return tok
 
 
-def _chat_template(image: str) -> str:
+def chat_template_for(image: str) -> str:
     return (
         "{% for message in messages %}{% if message['role'] == 'user' %}USER : "
         "{% for item in message['content'] %}{% if item['type'] == 'image' %}" + image + " "
@@ -98,7 +98,7 @@ def _chat_template(image: str) -> str:
     )
 
 
-def _build(model_cls, config, tok, seed: int, attn_implementation: str | None):
+def build_tiny(model_cls, config, tok, seed: int, attn_implementation: str | None):
     """``model_cls(config)`` with seeded random weights, the attention implementation, eval mode and the
     tokenizer's special ids in its generation config."""
     if attn_implementation is not None:
@@ -110,7 +110,7 @@ def _build(model_cls, config, tok, seed: int, attn_implementation: str | None):
     return model
 
 
-def _text_kwargs(tok, d_model: int, n_layers: int, n_heads: int) -> dict:
+def text_kwargs(tok, d_model: int, n_layers: int, n_heads: int) -> dict:
     return dict(
         hidden_size=d_model,
         intermediate_size=2 * d_model,
@@ -125,7 +125,7 @@ def _text_kwargs(tok, d_model: int, n_layers: int, n_heads: int) -> dict:
     )
 
 
-def _without_video(processor_cls):
+def without_video(processor_cls):
     """``processor_cls`` accepting ``video_processor=None`` or a PIL-only video processor (the class
     check of video processors needs torchvision)."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _build, _chat_template, _text_kwargs, word_tokenizer
+from ._common import build_tiny, chat_template_for, text_kwargs, word_tokenizer
 
 GEMMA3_SPECIALS = ["<start_of_image>", "<image_soft_token>", "<end_of_image>"]
 
@@ -45,10 +45,10 @@ def tiny_gemma3(
         image_processor=image_processor,
         tokenizer=tok,
         image_seq_length=tokens_per_image,
-        chat_template=_chat_template("<start_of_image>"),
+        chat_template=chat_template_for("<start_of_image>"),
     )
     text = dict(
-        _text_kwargs(tok, d_model, n_layers, 4),
+        text_kwargs(tok, d_model, n_layers, 4),
         head_dim=16,
         sliding_window=8,
         query_pre_attn_scalar=16,
@@ -73,7 +73,7 @@ def tiny_gemma3(
     config = tf.Gemma3Config(
         text_config=text, vision_config=vision, mm_tokens_per_image=tokens_per_image, **ids
     )
-    model = _build(tf.Gemma3ForConditionalGeneration, config, tok, seed, attn_implementation)
+    model = build_tiny(tf.Gemma3ForConditionalGeneration, config, tok, seed, attn_implementation)
     with torch.no_grad():
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.2)
     return model, processor
@@ -104,7 +104,7 @@ def tiny_paligemma(
     image_processor.image_seq_length = (image_size // patch_size) ** 2
     tok = word_tokenizer(["<image>"], image_token="<image>")
     processor = tf.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
-    text = dict(_text_kwargs(tok, d_model, n_layers, 4), head_dim=8, hidden_activation="gelu_pytorch_tanh")
+    text = dict(text_kwargs(tok, d_model, n_layers, 4), head_dim=8, hidden_activation="gelu_pytorch_tanh")
     if version == "2":
         text.update(
             model_type="gemma2",
@@ -134,4 +134,4 @@ def tiny_paligemma(
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vocab_size=len(tok),
     )
-    return _build(tf.PaliGemmaForConditionalGeneration, config, tok, seed, attn_implementation), processor
+    return build_tiny(tf.PaliGemmaForConditionalGeneration, config, tok, seed, attn_implementation), processor

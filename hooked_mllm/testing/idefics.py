@@ -9,7 +9,7 @@ Examples:
 
 from __future__ import annotations
 
-from ._common import _build, _chat_template, _text_kwargs, _without_video, word_tokenizer
+from ._common import build_tiny, chat_template_for, text_kwargs, without_video, word_tokenizer
 
 IDEFICS_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
 
@@ -37,7 +37,7 @@ def tiny_idefics2(
         image_processor=image_processor,
         tokenizer=tok,
         image_seq_len=n_latents,
-        chat_template=_chat_template("<image>"),
+        chat_template=chat_template_for("<image>"),
     )
     vision = dict(
         hidden_size=32,
@@ -58,11 +58,11 @@ def tiny_idefics2(
     config = tf.Idefics2Config(
         vision_config=vision,
         perceiver_config=perceiver,
-        text_config=dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="mistral"),
+        text_config=dict(text_kwargs(tok, d_model, n_layers, 4), model_type="mistral"),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         pad_token_id=tok.pad_token_id,
     )
-    return _build(tf.Idefics2ForConditionalGeneration, config, tok, seed, attn_implementation), processor
+    return build_tiny(tf.Idefics2ForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
 IDEFICS3_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"] + [
@@ -89,17 +89,17 @@ def _idefics3_like(smol: bool, seed: int, attn_implementation: str | None, n_lay
         image_size=tile,
         patch_size=2,
     )
-    text = dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="llama")
+    text = dict(text_kwargs(tok, d_model, n_layers, 4), model_type="llama")
     if smol:
         from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
         from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
 
-        processor = _without_video(tf.SmolVLMProcessor)(
+        processor = without_video(tf.SmolVLMProcessor)(
             image_processor=SmolVLMImageProcessorPil(**sizes),
             tokenizer=tok,
             video_processor=SmolVLMVideoProcessor(),
             image_seq_len=n_tokens,
-            chat_template=_chat_template("<image>"),
+            chat_template=chat_template_for("<image>"),
         )
         config_cls, model_cls = tf.SmolVLMConfig, tf.SmolVLMForConditionalGeneration
     else:
@@ -109,7 +109,7 @@ def _idefics3_like(smol: bool, seed: int, attn_implementation: str | None, n_lay
             image_processor=Idefics3ImageProcessorPil(**sizes),
             tokenizer=tok,
             image_seq_len=n_tokens,
-            chat_template=_chat_template("<image>"),
+            chat_template=chat_template_for("<image>"),
         )
         config_cls, model_cls = tf.Idefics3Config, tf.Idefics3ForConditionalGeneration
     config = config_cls(
@@ -119,7 +119,7 @@ def _idefics3_like(smol: bool, seed: int, attn_implementation: str | None, n_lay
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         pad_token_id=tok.pad_token_id,
     )
-    return _build(model_cls, config, tok, seed, attn_implementation), processor
+    return build_tiny(model_cls, config, tok, seed, attn_implementation), processor
 
 
 def tiny_idefics3(

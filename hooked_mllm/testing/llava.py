@@ -13,7 +13,7 @@ Examples:
 
 from __future__ import annotations
 
-from ._common import CHAT_TEMPLATE, _build, _text_kwargs, _without_video, tiny_tokenizer
+from ._common import CHAT_TEMPLATE, build_tiny, text_kwargs, tiny_tokenizer, without_video
 
 
 def tiny_processor(image_size: int = 32, patch_size: int = 8):
@@ -89,7 +89,7 @@ def tiny_llava(
         image_seq_length=(image_size // patch_size) ** 2,
         pad_token_id=tok.pad_token_id,
     )
-    return _build(LlavaForConditionalGeneration, config, tok, seed, attn_implementation)
+    return build_tiny(LlavaForConditionalGeneration, config, tok, seed, attn_implementation)
 
 
 def tiny_llava_next(
@@ -132,7 +132,7 @@ def tiny_llava_next(
         patch_size=patch_size,
         projection_dim=32,
     )
-    text = tf.MistralConfig(**_text_kwargs(tok, d_model, n_layers, 4))
+    text = tf.MistralConfig(**text_kwargs(tok, d_model, n_layers, 4))
     config = tf.LlavaNextConfig(
         vision_config=vision,
         text_config=text,
@@ -142,7 +142,7 @@ def tiny_llava_next(
         vision_feature_select_strategy="default",
         pad_token_id=tok.pad_token_id,
     )
-    return _build(tf.LlavaNextForConditionalGeneration, config, tok, seed, attn_implementation), processor
+    return build_tiny(tf.LlavaNextForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
 def tiny_llava_onevision(
@@ -168,7 +168,7 @@ def tiny_llava_onevision(
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints
     )
-    processor = _without_video(tf.LlavaOnevisionProcessor)(
+    processor = without_video(tf.LlavaOnevisionProcessor)(
         image_processor=image_processor,
         tokenizer=tok,
         num_image_tokens=(image_size // patch_size) ** 2,
@@ -183,7 +183,7 @@ def tiny_llava_onevision(
         image_size=image_size,
         patch_size=patch_size,
     )
-    text = tf.Qwen2Config(**_text_kwargs(tok, d_model, n_layers, 4))
+    text = tf.Qwen2Config(**text_kwargs(tok, d_model, n_layers, 4))
     config = tf.LlavaOnevisionConfig(
         vision_config=vision,
         text_config=text,
@@ -193,6 +193,6 @@ def tiny_llava_onevision(
         vision_feature_select_strategy="full",
         pad_token_id=tok.pad_token_id,
     )
-    return _build(
+    return build_tiny(
         tf.LlavaOnevisionForConditionalGeneration, config, tok, seed, attn_implementation
     ), processor

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from ._common import _build, _chat_template, _text_kwargs, _without_video, word_tokenizer
+from ._common import build_tiny, chat_template_for, text_kwargs, without_video, word_tokenizer
 
 MOLMO2_SPECIALS = ["<|image|>", "<|video|>"]
 # The image-layout tokens, appended after the base vocabulary as the checkpoint's additional
@@ -167,17 +167,17 @@ def tiny_molmo2(
         overlap_margins=[1, 1],
         pooling_size=[2, 2],
     )
-    processor = _without_video(tf.Molmo2Processor)(
+    processor = without_video(tf.Molmo2Processor)(
         image_processor=image_processor,
         tokenizer=tok,
         video_processor=None,
         image_use_col_tokens=True,
         use_single_crop_col_tokens=False,
         use_single_crop_start_token=True,
-        chat_template=_chat_template("<|image|>"),
+        chat_template=chat_template_for("<|image|>"),
     )
     text = dict(
-        _text_kwargs(tok, d_model, n_layers, n_heads),
+        text_kwargs(tok, d_model, n_layers, n_heads),
         vocab_size=n_base,
         additional_vocab_size=len(tok) - n_base,
         head_dim=d_model // n_heads,
@@ -214,4 +214,4 @@ def tiny_molmo2(
         )
     }
     config = tf.Molmo2Config(text_config=text, vision_config=vision, adapter_config=adapter, **ids)
-    return _build(tf.Molmo2ForConditionalGeneration, config, tok, seed, attn_implementation), processor
+    return build_tiny(tf.Molmo2ForConditionalGeneration, config, tok, seed, attn_implementation), processor

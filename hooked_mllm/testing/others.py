@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import _build, _chat_template, _text_kwargs, _without_video, word_tokenizer
+from ._common import build_tiny, chat_template_for, text_kwargs, without_video, word_tokenizer
 
 INTERNVL_SPECIALS = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
 
@@ -49,12 +49,12 @@ def tiny_internvl(
     image_processor = GotOcr2ImageProcessorPil(
         size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=max_tiles
     )
-    processor = _without_video(tf.InternVLProcessor)(
+    processor = without_video(tf.InternVLProcessor)(
         image_processor=image_processor,
         tokenizer=tok,
         video_processor=None,
         image_seq_length=n_tokens,
-        chat_template=_chat_template("<IMG_CONTEXT>"),
+        chat_template=chat_template_for("<IMG_CONTEXT>"),
     )
     vision = dict(
         hidden_size=32,
@@ -65,7 +65,7 @@ def tiny_internvl(
         patch_size=[patch_size, patch_size],
         layer_scale_init_value=0.1,
     )
-    text = dict(_text_kwargs(tok, d_model, n_layers, 4), model_type="qwen2")
+    text = dict(text_kwargs(tok, d_model, n_layers, 4), model_type="qwen2")
     config = tf.InternVLConfig(
         vision_config=vision,
         text_config=text,
@@ -73,7 +73,7 @@ def tiny_internvl(
         image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
         downsample_ratio=0.5,
     )
-    model = _build(tf.InternVLForConditionalGeneration, config, tok, seed, attn_implementation)
+    model = build_tiny(tf.InternVLForConditionalGeneration, config, tok, seed, attn_implementation)
     with torch.no_grad():  # random layer scales, so that hooks see them apply per channel
         for layer in model.model.vision_tower.encoder.layer:
             layer.lambda_1.uniform_(0.05, 0.5)
@@ -134,10 +134,10 @@ def tiny_mistral3(
         tokenizer=tok,
         patch_size=patch_size,
         spatial_merge_size=2,
-        chat_template=_chat_template("[IMG]"),
+        chat_template=chat_template_for("[IMG]"),
     )
     text = dict(
-        _text_kwargs(tok, d_model, n_layers, 4),
+        text_kwargs(tok, d_model, n_layers, 4),
         model_type="mistral",
         head_dim=d_model // 2,
         sliding_window=None,
@@ -159,7 +159,7 @@ def tiny_mistral3(
         vision_feature_layer=-1,
         image_token_index=tok.convert_tokens_to_ids("[IMG]"),
     )
-    return _build(tf.Mistral3ForConditionalGeneration, config, tok, seed, attn_implementation), processor
+    return build_tiny(tf.Mistral3ForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
 def tiny_pixtral(
@@ -190,10 +190,10 @@ def tiny_pixtral(
         tokenizer=tok,
         patch_size=patch_size,
         spatial_merge_size=1,
-        chat_template=_chat_template("[IMG]"),
+        chat_template=chat_template_for("[IMG]"),
     )
     text = dict(
-        _text_kwargs(tok, d_model, n_layers, 4),
+        text_kwargs(tok, d_model, n_layers, 4),
         model_type="mistral",
         head_dim=d_model // 2,
         sliding_window=None,
@@ -218,7 +218,7 @@ def tiny_pixtral(
         image_token_index=tok.convert_tokens_to_ids("[IMG]"),
         pad_token_id=tok.pad_token_id,
     )
-    return _build(tf.LlavaForConditionalGeneration, config, tok, seed, attn_implementation), processor
+    return build_tiny(tf.LlavaForConditionalGeneration, config, tok, seed, attn_implementation), processor
 
 
 def tiny_mllama(
@@ -247,9 +247,9 @@ def tiny_mllama(
         size={"height": image_size, "width": image_size}, max_image_tiles=2
     )
     processor = tf.MllamaProcessor(
-        image_processor=image_processor, tokenizer=tok, chat_template=_chat_template("<|image|>")
+        image_processor=image_processor, tokenizer=tok, chat_template=chat_template_for("<|image|>")
     )
-    text = dict(_text_kwargs(tok, d_model, n_layers, 4), cross_attention_layers=list(cross_layers))
+    text = dict(text_kwargs(tok, d_model, n_layers, 4), cross_attention_layers=list(cross_layers))
     vision = dict(
         hidden_size=32,
         intermediate_size=64,
@@ -266,7 +266,7 @@ def tiny_mllama(
     config = tf.MllamaConfig(
         text_config=text, vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<|image|>")
     )
-    model = _build(tf.MllamaForConditionalGeneration, config, tok, seed, attn_implementation)
+    model = build_tiny(tf.MllamaForConditionalGeneration, config, tok, seed, attn_implementation)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("_gate", ".gate", "gate_attn", "gate_ffn")) and param.numel() == 1:

@@ -9,7 +9,7 @@ Examples:
 
 from __future__ import annotations
 
-from ._common import _build, _chat_template, _text_kwargs, _without_video, word_tokenizer
+from ._common import build_tiny, chat_template_for, text_kwargs, without_video, word_tokenizer
 
 QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
@@ -26,8 +26,8 @@ def tiny_qwen2_vl_processor(patch_size: int = 4):
         temporal_patch_size=2,
         size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32},
     )
-    template = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
-    return _without_video(Qwen2VLProcessor)(
+    template = chat_template_for("<|vision_start|><|image_pad|><|vision_end|>")
+    return without_video(Qwen2VLProcessor)(
         image_processor=image_processor, tokenizer=tok, chat_template=template
     )
 
@@ -49,7 +49,7 @@ def tiny_qwen2_vl(
     head_dim = d_model // n_heads
     mrope = [head_dim // 4, head_dim // 8, head_dim // 8]  # temporal, height, width: head_dim / 2 in all
     text = dict(
-        _text_kwargs(tok, d_model, n_layers, n_heads),
+        text_kwargs(tok, d_model, n_layers, n_heads),
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
     )
     vision = dict(
@@ -84,7 +84,7 @@ def tiny_qwen2_vl(
         )
         config = tf.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
         model_cls = tf.Qwen2_5_VLForConditionalGeneration
-    return _build(model_cls, config, tok, seed, attn_implementation)
+    return build_tiny(model_cls, config, tok, seed, attn_implementation)
 
 
 def tiny_qwen3_vl(
@@ -111,16 +111,16 @@ def tiny_qwen3_vl(
         temporal_patch_size=2,
         size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32},
     )
-    processor = _without_video(tf.Qwen3VLProcessor)(
+    processor = without_video(tf.Qwen3VLProcessor)(
         image_processor=image_processor,
         tokenizer=tok,
         video_processor=None,
-        chat_template=_chat_template("<|vision_start|><|image_pad|><|vision_end|>"),
+        chat_template=chat_template_for("<|vision_start|><|image_pad|><|vision_end|>"),
     )
     head_dim = d_model // n_heads
     mrope = [head_dim // 4, head_dim // 8, head_dim // 8]  # temporal, height, width: head_dim / 2 in all
     text = dict(
-        _text_kwargs(tok, d_model, n_layers, n_heads),
+        text_kwargs(tok, d_model, n_layers, n_heads),
         head_dim=head_dim,
         rope_parameters={
             "rope_type": "default",
@@ -151,4 +151,4 @@ def tiny_qwen3_vl(
         )
     }
     config = tf.Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
-    return _build(tf.Qwen3VLForConditionalGeneration, config, tok, seed, attn_implementation), processor
+    return build_tiny(tf.Qwen3VLForConditionalGeneration, config, tok, seed, attn_implementation), processor
