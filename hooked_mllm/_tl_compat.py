@@ -124,6 +124,36 @@ class TLCompatMixin:
             what, cfg.n_layers, self._heads(rel, what, cfg.n_kv_heads), cfg.n_heads // cfg.n_kv_heads
         )
 
+    def to(self, device_or_dtype: torch.device | str | torch.dtype) -> Any:
+        """Move or cast the wrapped model, as TransformerLens' ``model.to``; returns the model itself.
+
+        Inputs follow (runs send them to :attr:`device`). A remote model lives on its server and a model
+        dispatched by accelerate (``device_map``) keeps its placement: both refuse.
+
+        Examples:
+            >>> model = model.to(torch.float64)  # doctest: +SKIP
+        """
+        if getattr(self, "remote", False):
+            raise ValueError(
+                "A remote model lives on its server: it cannot be moved or cast; load it with the dtype you "
+                "want (from_pretrained(..., dtype=...))."
+            )
+        if getattr(self.hf_model, "hf_device_map", None):
+            raise ValueError(
+                "This model is dispatched by accelerate (device_map): moving it would break its placement; "
+                "reload it with another device_map or dtype instead."
+            )
+        self.hf_model.to(device_or_dtype)
+        return self
+
+    def cpu(self) -> Any:
+        """``model.to("cpu")``."""
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | None = None) -> Any:
+        """``model.to("cuda")`` (or ``f"cuda:{device}"``)."""
+        return self.to("cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device)
+
     @property
     def W_Q(self) -> LayerWeights:
         """``[n_layers, n_heads, d_model, d_head]`` query weights."""

@@ -328,3 +328,32 @@ def test_add_hook_and_reset_hooks(hooked, batch):
         torch.testing.assert_close(hooked(batch), clean)
     finally:
         hooked.reset_hooks(including_permanent=True)
+
+
+def test_model_to_casts_like_hf_and_returns_the_model():
+    """``model.to(dtype)`` casts the wrapped model (runs then match HF's own cast); refusals are clear."""
+    import copy
+
+    from hooked_mllm import toy
+
+    model = toy.load("toy-llava")
+    reference = copy.deepcopy(model.hf_model).to(torch.float64)
+    from hooked_mllm.toy.data import encode
+
+    scenes = toy.World(seed=3).sample(2)
+    batch = dict(encode(model.processor, [s.image for s in scenes], ["how many objects ?"] * 2))
+    assert model.to(torch.float64) is model and model.cpu() is model
+    # attention patterns are left out: they switch attention to HF's eager path, whose softmax runs in float32
+    logits, cache = model.run_with_cache(batch, names_filter=lambda n: "pattern" not in n)
+    assert logits.dtype == torch.float64 and cache["blocks.0.hook_resid_post"].dtype == torch.float64
+    with torch.no_grad():
+        expected = reference(**batch).logits
+    torch.testing.assert_close(logits, expected, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(model(batch), expected, atol=1e-10, rtol=1e-10)
+    model.remote = True
+    with pytest.raises(ValueError, match="lives on its server"):
+        model.to("cpu")
+    model.remote = False
+    model.hf_model.hf_device_map = {"": "cpu"}
+    with pytest.raises(ValueError, match="dispatched by accelerate"):
+        model.to(torch.float32)
