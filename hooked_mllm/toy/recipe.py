@@ -2,15 +2,17 @@
 
 Purpose:
     Build toy checkpoints whose image tokens live in the language model's word space, as in LLaVA: the
-    projector learns to map into the embeddings of a *pretrained* LM. Stages, each a :class:`Stage`:
+    projector learns to map into the embeddings of a *pretrained* LM, from a *pretrained* vision encoder.
+    Stages, each a :class:`Stage`:
 
-    1. ``toy-lm``: a text-only ``LlamaForCausalLM`` (tied embeddings, 6 layers) trained with loss on every
-       token on textual scenes followed by questions and answers (textual QA, "TQA").
-    2. ``toy-llava-deep-align``: a ``LlavaForConditionalGeneration`` whose LM is ``toy-lm``, frozen; only the
-       vision tower and the projector learn, to make the LM reproduce the textual scene from the image and
-       answer questions about it.
-    3. ``toy-llava-deep``: visual instruction tuning (questions and plain captions) with the LM unfrozen.
-    4. ``toy-llava-deep-ft``: the fine-tuned twin that captions with colours (as ``toy-llava-ft``).
+    1. ``toy-lm-base``: a text-only ``LlamaForCausalLM`` (tied embeddings, 2 layers) trained with loss on
+       every token on textual scenes followed by questions and answers (textual QA, "TQA").
+    2. ``toy-lm``: ``toy-lm-base`` grown to 6 layers (:func:`grow_text_lm`, function-preserving), trained on.
+    3. ``toy-llava-deep-align``: a ``LlavaForConditionalGeneration`` with toy-llava's vision tower and
+       ``toy-lm`` as its LM, both frozen; only the projector learns, to make the LM reproduce the textual
+       scene from the image and answer questions about it.
+    4. ``toy-llava-deep``: visual instruction tuning (questions and plain captions): projector and LM learn.
+    5. ``toy-llava-deep-ft``: the fine-tuned twin that captions with colours (as ``toy-llava-ft``).
 
 Connections:
     Optimisation settings and task mixtures are :class:`hooked_mllm.toy.training.Recipe` records (same
@@ -21,7 +23,8 @@ Connections:
 
 Contents:
     :data:`PARTS`, :data:`DEEP_SIZES`, :class:`Stage`, :data:`STAGES`, :func:`build_text_lm`,
-    :func:`vlm_from_text_lm`, :func:`set_trainable`, :func:`run_stage`, :func:`train_stage`.
+    :func:`grow_text_lm`, :func:`vlm_from_text_lm`, :func:`set_trainable`, :func:`run_stage`,
+    :func:`train_stage`.
 """
 
 from __future__ import annotations
