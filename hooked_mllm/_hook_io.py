@@ -265,3 +265,18 @@ class HookPointHandle:
         write(self._io, reading, new, "A trace write")
 
     value = output
+
+
+def check_trace_reads(reads: list[tuple[str, Tensor, int]]) -> None:
+    """Refuse, after a trace, in-place edits of computed values that could not reach the model.
+
+    ``reads`` holds ``(name, value, version)`` of each computed value handed out; it is cleared."""
+    edited = sorted({name for name, value, version in reads if value._version != version})
+    reads.clear()
+    if edited:
+        raise ValueError(
+            f"An in-place edit of {', '.join(edited)} inside model.trace had no effect: there the trace "
+            "hands out a computed value (a sum or a layer-scaled output), not the model's own tensor. "
+            "Assign instead: `point.output = new_value` (or edit in place inside a hook function of "
+            "run_with_hooks)."
+        )

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from . import _compat
+from ._loading import PROCESSOR_LOADING
 from ._runner import NEVER_REACHED, Body
 
 _TASK = "image-text-to-text"
@@ -134,7 +135,7 @@ def from_pretrained(
     if device is not None or device_map is not None:
         refuse("from_pretrained(device=/device_map=)", "the server places the model")
     options = {k: v for k, v in kwargs.items() if v is not None and v is not False}
-    loading = ("revision", "token", "cache_dir", "local_files_only", "trust_remote_code")
+    loading = (*PROCESSOR_LOADING, "trust_remote_code")
     processor = AutoProcessor.from_pretrained(
         name_or_path, **{k: options[k] for k in loading if k in options}
     )

@@ -29,6 +29,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ._weights import parameter
+from .readout import CacheReadout
 
 
 def _map(value: Any, fn: Callable[[Any], Any]) -> Any:
@@ -96,6 +97,22 @@ class TLCompatMixin:
     """TransformerLens' weight attributes and tokenizer helpers (mixed into ``HookedMLLM``)."""
 
     # -- weights ---------------------------------------------------------------------
+
+    def final_norm(self) -> torch.nn.Module:
+        """The language model's final norm module."""
+        return self.adapter.module(self.hf_model, self.adapter.modules.final_norm)
+
+    def readout(self) -> CacheReadout:
+        """What a cache's helpers read of this model (layer count, ``W_O``, ``W_U``, norms, hook names),
+        as a frozen :class:`~hooked_mllm.readout.CacheReadout` of views of the weights (no copies).
+
+        Built once and reused until a parameter is replaced or moved (new storage); in-place weight
+        edits show through the views."""
+        key = tuple((id(p), p.data_ptr()) for p in self.hf_model.parameters())
+        memo = self.__dict__.get("_readout_memo")
+        if memo is None or memo[0] != key:
+            memo = self.__dict__["_readout_memo"] = (key, CacheReadout.from_model(self))
+        return memo[1]
 
     def _layer_module(self, layer: int, rel: str) -> torch.nn.Module:
         return self.adapter.module(self.hf_model, f"{self.adapter.modules.lm_layers}.{layer}.{rel}")

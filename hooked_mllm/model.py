@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,36 +28,23 @@ from jaxtyping import Float, Int
 from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
-from . import _compat, _grad_hooks, _keywords, _remote, _runner
+from . import _compat, _grad_hooks, _remote, _runner
 from . import positions as _positions
 from ._cache_hooks import cache_fn, grad_cache_fn
-from ._hook_io import HookPointHandle
+from ._hook_io import HookPointHandle, check_trace_reads
+from ._loading import load_local
+from ._model_inputs import InputsMixin
 from ._tensor_parallel import refuse_tensor_parallel
 from ._tl_compat import TLCompatMixin
 from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
-from ._weights import execution_device
 from .architectures import adapter_for
 from .architectures.base import Adapter
 from .cache import ActivationCache
 from .config import MLLMConfig
 from .hook_points import HookPoints
-from .inputs import MultimodalBatch, prepare, processor_token_counts
-from .readout import CacheReadout
-
-logger = logging.getLogger(__name__)
+from .inputs import MultimodalBatch
 
 HookSpec = tuple[Any, Callable]
-
-# The processor keywords from_pretrained passes on to AutoProcessor, so a pinned revision pins both.
-_PROCESSOR_LOADING = (
-    "revision",
-    "token",
-    "cache_dir",
-    "local_files_only",
-    "proxies",
-    "force_download",
-    "code_revision",
-)
 
 
 @dataclass(frozen=True)
@@ -84,7 +70,7 @@ class _RunState:
         self.batch: MultimodalBatch | None = None
 
 
-class HookedMLLM(TLCompatMixin):
+class HookedMLLM(InputsMixin, TLCompatMixin):
     """A multimodal LLM with TransformerLens-style hook points, on nnsight.
 
     Attributes:
@@ -163,8 +149,6 @@ class HookedMLLM(TLCompatMixin):
         Examples:
             >>> model = HookedMLLM.from_pretrained(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
         """
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
-
         refuse_tensor_parallel(hf_kwargs)
         if remote:
             return _remote.from_pretrained(
@@ -178,31 +162,15 @@ class HookedMLLM(TLCompatMixin):
                 trust_remote_code=trust_remote_code,
                 **hf_kwargs,
             )
-        kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        if device_map is not None:
-            kwargs["device_map"] = device_map
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        try:
-            hf_model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
-        except ValueError as error:  # remote code registered only as a causal LM (Molmo's MolmoForCausalLM)
-            if "Unrecognized configuration class" not in str(error):
-                raise
-            hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-        if device is not None and device_map is None:
-            hf_model = hf_model.to(device)
-        try:
-            loading = {k: hf_kwargs[k] for k in _PROCESSOR_LOADING if k in hf_kwargs}
-            processor = AutoProcessor.from_pretrained(
-                name_or_path, trust_remote_code=trust_remote_code, **loading
-            )
-        except (OSError, ValueError, TypeError) as error:
-            logger.warning(
-                "No processor loaded from %s (%s); pass HF tensors to run methods.", name_or_path, error
-            )
-            processor = None
+        hf_model, processor = load_local(
+            name_or_path,
+            dtype=dtype,
+            device=device,
+            device_map=device_map,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            **hf_kwargs,
+        )
         return cls(hf_model, processor)
 
     @classmethod
@@ -238,119 +206,6 @@ class HookedMLLM(TLCompatMixin):
             for point in self.hook_points.select(target):
                 bound.append(_runner.HookFn(point, fn))
         return bound
-
-    # -- inputs ----------------------------------------------------------------------
-
-    def prepare(
-        self,
-        *,
-        images: Any = None,
-        prompts: str | Sequence[str],
-        chat_template: bool = True,
-        padding_side: str = "left",
-        **processor_kwargs: Any,
-    ) -> MultimodalBatch:
-        """Encode images and prompts into one :class:`~hooked_mllm.inputs.MultimodalBatch`.
-
-        See :func:`hooked_mllm.inputs.prepare`.
-        """
-        return prepare(
-            self.processor,
-            images=images,
-            prompts=prompts,
-            chat_template=chat_template,
-            padding_side=padding_side,
-            image_token_id=self.cfg.image_token_id,
-            adapter=self.adapter,
-            config=self.hf_model.config,
-            **processor_kwargs,
-        )
-
-    def to_batch(self, inputs: Any = None, **hf_kwargs: Any) -> MultimodalBatch:
-        """A :class:`MultimodalBatch` from a batch, a dict of HF tensors, HF keywords, or text.
-
-        A dict or keywords may hold every key the model's processor returns; an unknown
-        key is an error naming it (and the closest known one). A string or a list of
-        strings is a text-only batch (:meth:`text_batch`).
-        """
-        if isinstance(inputs, str) or (
-            isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)
-        ):
-            if hf_kwargs:
-                raise ValueError(
-                    f"Pass either text or HF input tensors, not both (got text and "
-                    f"{', '.join(sorted(hf_kwargs))})."
-                )
-            return self.text_batch(inputs)
-        if isinstance(inputs, MultimodalBatch):
-            if hf_kwargs:
-                raise ValueError(
-                    "Pass either a MultimodalBatch or HF input tensors, not both (got a batch and "
-                    f"{', '.join(sorted(hf_kwargs))})."
-                )
-            return inputs
-        if inputs is not None and not isinstance(inputs, dict) and not hasattr(inputs, "keys"):
-            raise TypeError(
-                f"Inputs must be a MultimodalBatch (model.prepare(...)) or HF tensors; got "
-                f"{type(inputs).__name__}."
-            )
-        tensors = dict(inputs or {}, **hf_kwargs)
-        self._check_keywords("to_batch", tensors, ())
-        tokenizer = getattr(self.processor, "tokenizer", None)
-        return MultimodalBatch.from_hf(
-            tensors,
-            image_token_id=self.cfg.image_token_id,
-            adapter=self.adapter,
-            config=self.hf_model.config,
-            tokenizer=tokenizer,
-            image_token_counts=self._token_counts(tensors),
-        )
-
-    def _token_counts(self, tensors: dict) -> list[int] | None:
-        """Each image's token count as the processor computes it, from the HF tensors (None if unknown):
-        from ``image_sizes`` where given, else from ``pixel_values`` of one resized image per entry."""
-        sizes = tensors.get("image_sizes")
-        if isinstance(sizes, Tensor) and sizes.dim() == 2:
-            return processor_token_counts(self.processor, sizes.tolist())
-        pixels = tensors.get("pixel_values")
-        one_per_image = (
-            "pixel_values" not in dict(self.adapter.inputs.split) and self.adapter.tokens.grids is None
-        )
-        if isinstance(pixels, Tensor) and pixels.dim() == 4 and one_per_image:
-            return processor_token_counts(self.processor, [tuple(pixels.shape[-2:])] * pixels.shape[0])
-        return None
-
-    @property
-    def _input_names(self) -> frozenset[str]:
-        """The named inputs of the HF model's forward (every key its processor returns).
-
-        Cached by hand: a ``functools.cached_property`` holds a lock on Python 3.11, which
-        would stop the class from travelling by value with a remote request."""
-        if "_input_names_cache" not in self.__dict__:
-            self.__dict__["_input_names_cache"] = _keywords.input_names(self.hf_model)
-        return self.__dict__["_input_names_cache"]
-
-    def _check_keywords(self, method: str, keywords: dict, own: Sequence[str]) -> None:
-        """Raise ``TypeError`` for a keyword that is neither ``method``'s own nor an HF input or option."""
-        _keywords.check(method, keywords, own, self._input_names)
-
-    def _batch_and_options(
-        self, method: str, inputs: Any, hf_kwargs: dict, own: Sequence[str]
-    ) -> tuple[MultimodalBatch, dict]:
-        """Check ``hf_kwargs``; tensors make the batch, other values (``output_attentions=True``,
-        ``vision_feature_layer=-2``...) are options for the HF call."""
-        self._check_keywords(method, hf_kwargs, own)
-        options = {k: v for k, v in hf_kwargs.items() if not isinstance(v, Tensor)}
-        tensors = {k: v for k, v in hf_kwargs.items() if isinstance(v, Tensor)}
-        return self.to_batch(inputs, **tensors), options
-
-    @property
-    def device(self) -> torch.device:
-        """Where inputs go: the model's execution device.
-
-        The CPU for a remote model: the server places them.
-        """
-        return torch.device("cpu") if self.remote else execution_device(self.hf_model)
 
     # -- running ---------------------------------------------------------------------
 
@@ -726,7 +581,9 @@ class HookedMLLM(TLCompatMixin):
             )
         self._trace_reads.clear()
         tracer_cls = habit_tracer(
-            _runner.guarded_tracer(self._guard, quiet=bool(self._context), after=self._check_trace_reads),
+            _runner.guarded_tracer(
+                self._guard, quiet=bool(self._context), after=lambda: check_trace_reads(self._trace_reads)
+            ),
             self._attention_configs,
             eager_attention,
         )
@@ -737,36 +594,6 @@ class HookedMLLM(TLCompatMixin):
             return envoy.trace(tracer_cls=tracer_cls, **extra, **hf_kwargs)
         batch, options = self._batch_and_options("trace", inputs, hf_kwargs, own)
         return envoy.trace(tracer_cls=tracer_cls, **extra, **batch.to(self.device).inputs, **options)
-
-    def _check_trace_reads(self) -> None:
-        """Refuse, after a trace, in-place edits of computed values that could not reach the model."""
-        edited = sorted({name for name, value, version in self._trace_reads if value._version != version})
-        self._trace_reads.clear()
-        if edited:
-            raise ValueError(
-                f"An in-place edit of {', '.join(edited)} inside model.trace had no effect: there the trace "
-                "hands out a computed value (a sum or a layer-scaled output), not the model's own tensor. "
-                "Assign instead: `point.output = new_value` (or edit in place inside a hook function of "
-                "run_with_hooks)."
-            )
-
-    # -- weights (W_Q ... W_U: hooked_mllm._tl_compat) ------------------------------
-
-    def final_norm(self) -> torch.nn.Module:
-        """The language model's final norm module."""
-        return self.adapter.module(self.hf_model, self.adapter.modules.final_norm)
-
-    def readout(self) -> CacheReadout:
-        """What a cache's helpers read of this model (layer count, ``W_O``, ``W_U``, norms, hook names),
-        as a frozen :class:`~hooked_mllm.readout.CacheReadout` of views of the weights (no copies).
-
-        Built once and reused until a parameter is replaced or moved (new storage); in-place weight
-        edits show through the views."""
-        key = tuple((id(p), p.data_ptr()) for p in self.hf_model.parameters())
-        memo = self.__dict__.get("_readout_memo")
-        if memo is None or memo[0] != key:
-            memo = self.__dict__["_readout_memo"] = (key, CacheReadout.from_model(self))
-        return memo[1]
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -1,0 +1,82 @@
+"""Loading a Hugging Face model and its processor for :meth:`HookedMLLM.from_pretrained`.
+
+Purpose:
+    The HF Auto classes with the keywords ``from_pretrained`` accepts, the causal-LM fallback for
+    remote code registered only as ``AutoModelForCausalLM`` (Molmo), and the processor loaded with
+    the same pinned revision as the weights.
+
+Connections:
+    Called by :meth:`hooked_mllm.model.HookedMLLM.from_pretrained` (local models);
+    :mod:`hooked_mllm._remote` loads remote ones with the same processor keywords.
+
+Contents:
+    ``PROCESSOR_LOADING``, ``load_local``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PROCESSOR_LOADING = (
+    "revision",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "proxies",
+    "force_download",
+    "code_revision",
+)
+"""The keywords of ``from_pretrained`` that go to ``AutoProcessor`` too, so a pinned revision pins both."""
+
+
+def load_local(
+    name_or_path: str,
+    *,
+    dtype: torch.dtype | str | None,
+    device: torch.device | str | None,
+    device_map: Any,
+    attn_implementation: str | None,
+    trust_remote_code: bool,
+    **hf_kwargs: Any,
+) -> tuple[torch.nn.Module, Any]:
+    """The HF model (moved to ``device`` unless ``device_map`` places it) and its processor.
+
+    The processor is None when none loads (then runs take HF tensors).
+
+    Examples:
+        >>> hf_model, processor = load_local(path, dtype=None, device=None, device_map=None,
+        ...     attn_implementation=None, trust_remote_code=False)   # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+
+    kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        hf_model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    except ValueError as error:  # remote code registered only as a causal LM (Molmo's MolmoForCausalLM)
+        if "Unrecognized configuration class" not in str(error):
+            raise
+        hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if device is not None and device_map is None:
+        hf_model = hf_model.to(device)
+    try:
+        loading = {k: hf_kwargs[k] for k in PROCESSOR_LOADING if k in hf_kwargs}
+        processor = AutoProcessor.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, **loading
+        )
+    except (OSError, ValueError, TypeError) as error:
+        logger.warning(
+            "No processor loaded from %s (%s); pass HF tensors to run methods.", name_or_path, error
+        )
+        processor = None
+    return hf_model, processor
