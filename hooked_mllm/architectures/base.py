@@ -21,7 +21,7 @@ Contents: :class:`BlockLayout` (one transformer block), the groups above, :class
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -292,7 +292,7 @@ class InputLayout:
         (('pixel_values', Tiles()),)
     """
 
-    split: tuple[tuple[str, SplitRule], ...] = ()
+    split: tuple[tuple[str, SplitRule], ...] | Mapping[str, SplitRule] = ()
     nested_images: bool = False
     pixel_values_per_span: bool = False
 
