@@ -329,7 +329,7 @@ def _shift_section(model: HookedMLLM, name: str, seed: int, scene: Any, report: 
     from .toy import CAPTION_PROMPT
     from .toy.world import World
 
-    twin = _load_toy("toy-llava-ft" if name != "toy-llava-ft" else "toy-llava")
+    twin = _load_toy(name.removesuffix("-ft") if name.endswith("-ft") else f"{name}-ft")  # the known difference
     if twin is None:
         return
     scenes = list(islice(World(seed=seed + 2), n))

@@ -13,6 +13,8 @@ CHECKPOINTS: tuple[str, ...] = ("toy-llava", "toy-llava-ft")
 
 STAGE_NAMES: tuple[str, ...] = (
     "toy-lm-base",
+    "toy-lm-restart",
+    "toy-lm-small",
     "toy-lm",
     "toy-llava-deep-align",
     "toy-llava-deep",

@@ -121,13 +121,14 @@ class Stage:
 
 _QW = (1, 1, 0.15, 1, 1.2)
 _TQW = (2, 2, 0.15, 1, 1.2)  # textual QA: the binding questions often, counting rarely
+_TQW_BIND = (3, 2, 0.15, 2, 1.2)  # finishing the 2-layer LM: colour and position, the last to bind
 
 STAGES: dict[str, Stage] = {
     "toy-lm-base": Stage(
         kind="text",
         recipe=Recipe(
             caption_style="scene",
-            steps=5000,
+            steps=1500,
             batch_size=32,
             lr=1e-3,
             warmup=100,
@@ -140,11 +141,47 @@ STAGES: dict[str, Stage] = {
         answer_weight=2.0,
         layers=2,
     ),
-    "toy-lm": Stage(
+    "toy-lm-restart": Stage(
         kind="text",
         recipe=Recipe(
             caption_style="scene",
             init="toy-lm-base",
+            steps=2500,
+            batch_size=32,
+            lr=1e-3,
+            warmup=50,
+            p_caption=0.15,
+            qtype_weights=_TQW,
+            turns=4,
+        ),
+        trainable=("embeddings", "lm"),
+        world_offset=20,
+        answer_weight=2.0,
+        layers=2,
+    ),
+    "toy-lm-small": Stage(
+        kind="text",
+        recipe=Recipe(
+            caption_style="scene",
+            init="toy-lm-restart",
+            steps=1000,
+            batch_size=32,
+            lr=5e-4,
+            warmup=50,
+            p_caption=0.15,
+            qtype_weights=_TQW_BIND,
+            turns=4,
+        ),
+        trainable=("embeddings", "lm"),
+        world_offset=30,
+        answer_weight=2.0,
+        layers=2,
+    ),
+    "toy-lm": Stage(
+        kind="text",
+        recipe=Recipe(
+            caption_style="scene",
+            init="toy-lm-small",
             steps=800,
             batch_size=32,
             lr=3e-4,

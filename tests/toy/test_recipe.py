@@ -127,7 +127,13 @@ def test_recipe_stages_run_and_keep_frozen_parts_frozen(tmp_path):
     assert len(first.losses) == 2 and json.loads((base_dir / "toy_meta.json").read_text())["kind"] == "text"
     with pytest.raises(ValueError, match="not shipped: pass its directory"):
         train_stage("toy-lm", out=lm_dir, **kw)
-    train_stage("toy-lm", out=lm_dir, init_dir=base_dir, **kw)
+    restart_dir, small_dir = tmp_path / "restart", tmp_path / "small"
+    train_stage("toy-lm-restart", out=restart_dir, init_dir=base_dir, **kw)
+    train_stage("toy-lm-small", out=small_dir, init_dir=restart_dir, **kw)
+    base_w, small_w = _weights(base_dir), _weights(small_dir)
+    assert LlamaForCausalLM.from_pretrained(small_dir).config.num_hidden_layers == 2  # not grown yet
+    assert base_w.keys() == small_w.keys() and any(not torch.equal(base_w[n], small_w[n]) for n in base_w)
+    train_stage("toy-lm", out=lm_dir, init_dir=small_dir, **kw)
     assert LlamaForCausalLM.from_pretrained(lm_dir).config.num_hidden_layers == STAGES["toy-lm"].layers == 6
     train_stage("toy-llava-deep-align", out=align_dir, init_dir=lm_dir, **kw)
     lm_w, align_w = _weights(lm_dir), _weights(align_dir)
