@@ -168,10 +168,26 @@ def save_checkpoint(
 def load(name: str = "toy-llava", **kwargs: Any):
     """``hooked_mllm.HookedMLLM.from_pretrained(checkpoint_dir(name), **kwargs)``.
 
+    A text-only checkpoint (``toy-lm``) loads inside a toy LLaVA whose language model is an exact copy of
+    it (:func:`hooked_mllm.toy.heads.load_for_heads`): run it on text (``model("...")``, HF ``input_ids``),
+    with the same hook names as the VLMs; its vision tower is untrained and takes no part in a text run.
+
     Examples:
         >>> from hooked_mllm import toy
         >>> model = toy.load("toy-llava")  # doctest: +SKIP
+        >>> text_model = toy.load("toy-lm")  # doctest: +SKIP
     """
     from hooked_mllm import HookedMLLM  # the core imports heavy machinery; keep `toy` light
+    from hooked_mllm.toy.science import checkpoint_kind
 
-    return HookedMLLM.from_pretrained(str(checkpoint_dir(name)), **kwargs)
+    path = checkpoint_dir(name)
+    if checkpoint_kind(path) == "text":
+        if kwargs:
+            raise TypeError(
+                f"{name} is a text-only LM and loads without options; got {', '.join(sorted(kwargs))} "
+                "(cast or move it afterwards: model.to(...))."
+            )
+        from hooked_mllm.toy.heads import load_for_heads
+
+        return load_for_heads(path)
+    return HookedMLLM.from_pretrained(str(path), **kwargs)
