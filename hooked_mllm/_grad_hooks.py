@@ -32,17 +32,15 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from nnsight import Envoy
 from torch import Tensor
 
 from . import _hook_io
 from ._runner import Body, HookFn
 from .hook_points import HookContext, HookPoint
-
-if TYPE_CHECKING:
-    from nnsight import Envoy
 
 GradFunction = Callable[[Tensor, HookContext], "Tensor | None"]
 

@@ -28,16 +28,14 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from nnsight import Envoy
 from torch import Tensor
 from transformers.utils import ModelOutput
 
 from .hook_points import HookPoint, Site
-
-if TYPE_CHECKING:
-    from nnsight import Envoy
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,14 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from nnsight import Envoy
 from nnsight.intervention.tracer import InterleavingTracer
 
 from . import _hook_io
 from .hook_points import HookContext, HookPoint
-
-if TYPE_CHECKING:
-    from nnsight import Envoy
 
 NEVER_REACHED = r".*was never reached.*"
 
