@@ -32,22 +32,20 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from nnsight import Envoy
 from torch import Tensor
 
 from . import _hook_io
 from ._runner import Body, HookFn
 from .hook_points import HookContext, HookPoint
 
-if TYPE_CHECKING:
-    from nnsight import NNsight
-
 GradFunction = Callable[[Tensor, HookContext], "Tensor | None"]
 
 
-def _body(nn: NNsight, point: HookPoint, fns: list[GradFunction], batch: Any) -> Body:
+def _body(nn: Envoy, point: HookPoint, fns: list[GradFunction], batch: Any) -> Body:
     strict = not all(getattr(fn, "optional", False) for fn in fns)
 
     def body(tracer: Any) -> None:
@@ -95,7 +93,7 @@ def _body(nn: NNsight, point: HookPoint, fns: list[GradFunction], batch: Any) ->
     return body
 
 
-def bodies(nn: NNsight, hooks: Sequence[HookFn], batch: Any = None) -> list[Body]:
+def bodies(nn: Envoy, hooks: Sequence[HookFn], batch: Any = None) -> list[Body]:
     """One intervention ``body(tracer)`` per hook point, registering its backward hooks (in list order)
     on the run's graph; run them as edits after the forward hooks' (:func:`hooked_mllm._runner.edited`).
 

@@ -28,16 +28,14 @@ Examples:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from nnsight import Envoy
 from torch import Tensor
 from transformers.utils import ModelOutput
 
 from .hook_points import HookPoint, Site
-
-if TYPE_CHECKING:
-    from nnsight import NNsight
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class Reading:
     base: torch.Tensor | None
 
 
-def bind(nn: NNsight, point: HookPoint) -> Access:
+def bind(nn: Envoy, point: HookPoint) -> Access:
     """The envoys and layer-scale parameter of ``point`` in the wrapped model ``nn``."""
     envoy = nn.get(point.site.path)
     base_envoy = nn.get(point.base.path) if point.base is not None else None
@@ -193,7 +191,7 @@ def check(point: HookPoint, new: Any, act: torch.Tensor, who: str) -> None:
         )
 
 
-def write(io: Access, reading: Reading, new: torch.Tensor, who: str) -> None:
+def write(io: Access, reading: Reading, new: torch.Tensor | Any, who: str) -> None:
     """Write ``new`` as the hook point's value: back into the site ``reading`` was read from.
 
     Every check is here: the point is writable, ``new`` passes :func:`check` against
@@ -204,7 +202,8 @@ def write(io: Access, reading: Reading, new: torch.Tensor, who: str) -> None:
     Args:
         io: The bound hook point.
         reading: The :func:`read` this write replaces (same run, same step).
-        new: The replacement, shaped like ``reading.act``.
+        new: The replacement, a tensor shaped like ``reading.act`` (anything else is refused by
+            :func:`check`, naming the point).
         who: The writer, for error messages.
 
     Raises:
@@ -238,7 +237,7 @@ class HookPointHandle:
     """
 
     def __init__(
-        self, nn: NNsight, point: HookPoint, reads: list[tuple[str, Tensor, int]] | None = None
+        self, nn: Envoy, point: HookPoint, reads: list[tuple[str, Tensor, int]] | None = None
     ) -> None:
         self.point = point
         self._io = bind(nn, point)
@@ -256,7 +255,7 @@ class HookPointHandle:
         return act
 
     @output.setter
-    def output(self, new: Tensor) -> None:
+    def output(self, new: Tensor | Any) -> None:  # `| Any`: anything else is refused by `write`
         check_writable(self.point, "A trace write")  # refused before waiting for a value
         reading = self._reading if self._reading is not None else read(self._io)
         self._reading = None  # the write goes back into the value read, once

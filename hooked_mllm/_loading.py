@@ -16,6 +16,7 @@ Contents:
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ PROCESSOR_LOADING = (
 
 
 def load_local(
-    name_or_path: str,
+    name_or_path: str | os.PathLike[str],
     *,
     dtype: torch.dtype | str | None,
     device: torch.device | str | None,

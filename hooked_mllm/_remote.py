@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Any
@@ -46,7 +47,9 @@ def register() -> None:
     nnsight.register(sys.modules[__package__])
 
 
-def load(name_or_path: str, processor: Any, *, revision: str | None = None, **kwargs: Any) -> tuple[Any, Any]:
+def load(
+    name_or_path: str | os.PathLike[str], processor: Any, *, revision: str | None = None, **kwargs: Any
+) -> tuple[Any, Any]:
     """nnsight's ``TransformersModel`` of ``name_or_path`` built on the meta device, and its HF module.
 
     No weights are read: the module tree comes from the config alone (``dispatch=False``).
@@ -127,7 +130,13 @@ def _traced(
 
 
 def from_pretrained(
-    cls: type, name_or_path: str, remote: bool | str, *, device: Any, device_map: Any, **kwargs: Any
+    cls: type,
+    name_or_path: str | os.PathLike[str],
+    remote: bool | str,
+    *,
+    device: Any,
+    device_map: Any,
+    **kwargs: Any,
 ) -> Any:
     """A ``cls`` (HookedMLLM) of ``name_or_path`` on the meta device whose runs go through ``remote``."""
     from transformers import AutoProcessor

@@ -23,16 +23,14 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from nnsight import Envoy
 from nnsight.intervention.tracer import InterleavingTracer
 
 from . import _hook_io
 from .hook_points import HookContext, HookPoint
-
-if TYPE_CHECKING:
-    from nnsight import Envoy, NNsight
 
 NEVER_REACHED = r".*was never reached.*"
 
@@ -50,7 +48,7 @@ class HookFn:
 
 
 def _body(
-    nn: NNsight, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict, every_step: bool
+    nn: Envoy, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict, every_step: bool
 ) -> Body:
     access: list[_hook_io.Access] = []  # bound on first use, against the envoy that runs it
 
@@ -92,7 +90,7 @@ def _body(
 
 
 def bodies(
-    nn: NNsight, hooks: list[HookFn], order: Callable[[str], int], batch: Any = None, every_step: bool = False
+    nn: Envoy, hooks: list[HookFn], order: Callable[[str], int], batch: Any = None, every_step: bool = False
 ) -> list[Body]:
     """One intervention per hook point, its functions applied in the given order.
 

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from nnsight import NNsight
+from nnsight import Envoy, NNsight
 from nnsight.intervention.interleaver import Mediator
 
 from . import _compat
@@ -134,7 +134,7 @@ def combine(batches: Sequence[MultimodalBatch], pad_id: int) -> dict[str, torch.
     return out
 
 
-def check_invoke_point(nn: NNsight, point: HookPoint) -> None:
+def check_invoke_point(nn: Envoy, point: HookPoint) -> None:
     """Refuse a vision or projector point inside one of several invokes (its values are laid out by image)."""
     batcher = getattr(nn.interleaver, "batcher", None)
     if point.stream == "lm" or batcher is None or not batcher.batching:

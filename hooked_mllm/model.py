@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, no_type_check
 
 import torch
 from jaxtyping import Float, Int
@@ -44,7 +45,9 @@ from .config import MLLMConfig
 from .hook_points import HookPoints
 from .inputs import MultimodalBatch
 
-HookSpec = tuple[Any, Callable]
+# A hook is a ``(name_or_filter, fn)`` pair. `| Any`: whatever else is passed (a bare name, a pair without a
+# function) is let through to `_bind`, which refuses it saying what to pass.
+HookSpec = tuple[Any, Callable] | Any
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str,
+        name_or_path: str | os.PathLike[str],
         *,
         dtype: torch.dtype | str | None = None,
         device: torch.device | str | None = None,
@@ -481,6 +484,10 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
             self._context = [hook for hook in self._context if hook not in bound]
             self._context_bodies = [body for body in self._context_bodies if body not in bodies]
 
+    # Not wrapped by run-time type checkers (jaxtyping's import hook, which honours no_type_check): nnsight's
+    # tracer.capture() below finds the caller's `with` block a fixed two frames up, and a checking wrapper
+    # adds frames, so `with model.generate(...) as tracer:` would not be recognised.
+    @no_type_check
     def generate(
         self,
         inputs: Any = None,

@@ -252,9 +252,10 @@ class TokenLayout:
         ((24, 24), None)
     """
 
-    grid: Callable[[int, Any], tuple[int, int] | None] = square_tokens
-    grids: Callable[[dict, Any], list[tuple[int, int] | None]] | None = None
-    views: Callable[[dict, Any], list[ImageViews] | None] | None = None
+    # `| Any`: what is not a function is let through to __post_init__, which refuses it saying so
+    grid: Callable[[int, Any], tuple[int, int] | None] | Any = square_tokens
+    grids: Callable[[dict, Any], list[tuple[int, int] | None]] | Any = None
+    views: Callable[[dict, Any], list[ImageViews] | None] | Any = None
     row_break: str | None = None
     in_sequence: bool = True
 
@@ -292,7 +293,9 @@ class InputLayout:
         (('pixel_values', Tiles()),)
     """
 
-    split: tuple[tuple[str, SplitRule], ...] | Mapping[str, SplitRule] = ()
+    # `| Any`: rules that are not SplitRules (a string, a bare function) and malformed pairs are let through
+    # to check_rules, which refuses them naming the rule to write
+    split: tuple[tuple[str, SplitRule], ...] | Mapping[str, SplitRule] | Any = ()
     nested_images: bool = False
     pixel_values_per_span: bool = False
 
@@ -347,12 +350,14 @@ class Adapter:
     """
 
     name: str
-    config_classes: tuple[str, ...]
-    modules: ModuleLayout
-    config_keys: ConfigKeys = field(default_factory=ConfigKeys)
-    tokens: TokenLayout = field(default_factory=TokenLayout)
-    inputs: InputLayout = field(default_factory=InputLayout)
-    about: Metadata = field(default_factory=Metadata)
+    # `| Any`: a wrong value (a bare string for the tuple, pairs for InputLayout...) is let through to
+    # __post_init__, which refuses it saying what to write
+    config_classes: tuple[str, ...] | Any
+    modules: ModuleLayout | Any
+    config_keys: ConfigKeys | Any = field(default_factory=ConfigKeys)
+    tokens: TokenLayout | Any = field(default_factory=TokenLayout)
+    inputs: InputLayout | Any = field(default_factory=InputLayout)
+    about: Metadata | Any = field(default_factory=Metadata)
     specialize: Callable[[Adapter, Any], Adapter] | None = None
     variants: tuple[Adapter, ...] = ()
 

@@ -145,7 +145,7 @@ class Computed(SplitRule):
     indices). The one callable rule: :meth:`MultimodalBatch.repeat
     <hooked_mllm.inputs.MultimodalBatch.repeat>` calls it, where it concatenates other keys."""
 
-    function: Callable[[Any, list[int]], Tensor]
+    function: Callable[[Any, list[int]], Tensor] | Any  # `| Any`: anything else is refused below, saying so
 
     def __post_init__(self) -> None:
         if not callable(self.function):

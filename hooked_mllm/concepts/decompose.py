@@ -14,7 +14,9 @@ Every decomposer follows scikit-learn's estimator rules (``__init__`` only store
 ``self``, fitted attributes end in ``_``, ``get_params``/``set_params``/``clone`` work) and passes
 ``sklearn.utils.estimator_checks.check_estimator``. Inputs may be numpy arrays or torch tensors (any device;
 they are copied to host memory for validation); ``transform`` and ``inverse_transform`` always return numpy
-float arrays. ``fit_transform(Z)`` equals ``fit(Z).transform(Z)``.
+float arrays. ``fit_transform(Z)`` equals ``fit(Z).transform(Z)``. Constructor parameters are annotated
+``Any``: by those rules ``__init__`` stores any value unchanged (``check_estimator`` passes strings, arrays
+and lists) and ``fit`` validates it, saying what was expected; the defaults show the types.
 
 Contents:
 - :class:`SemiNMF`: Ding, Li & Jordan (2010) multiplicative updates in torch (``device``), k-means init.
@@ -94,14 +96,14 @@ class SemiNMF(ConceptDecomposer):
 
     def __init__(
         self,
-        n_components: int = 20,
+        n_components: Any = 20,
         *,
-        max_iter: int = 500,
-        tol: float = 1e-5,
-        transform_max_iter: int = 1000,
+        max_iter: Any = 500,
+        tol: Any = 1e-5,
+        transform_max_iter: Any = 1000,
         random_state: Any = None,
-        device: str | torch.device | None = None,
-        dtype: str = "float64",
+        device: Any = None,
+        dtype: Any = "float64",
     ) -> None:
         self.n_components = n_components
         self.max_iter = max_iter
@@ -174,12 +176,12 @@ class DictionaryLearningSemiNMF(_SklearnWrapper):
 
     def __init__(
         self,
-        n_components: int = 20,
+        n_components: Any = 20,
         *,
-        alpha: float = 1.0,
-        max_iter: int = 5000,
-        tol: float = 1e-8,
-        transform_max_iter: int = 1000,
+        alpha: Any = 1.0,
+        max_iter: Any = 5000,
+        tol: Any = 1e-8,
+        transform_max_iter: Any = 1000,
         random_state: Any = None,
     ) -> None:
         self.n_components = n_components
@@ -218,11 +220,11 @@ class KMeansConcepts(_SklearnWrapper):
 
     def __init__(
         self,
-        n_components: int = 20,
+        n_components: Any = 20,
         *,
-        n_init: int | str = "auto",
-        max_iter: int = 300,
-        tol: float = 1e-4,
+        n_init: Any = "auto",
+        max_iter: Any = 300,
+        tol: Any = 1e-4,
         random_state: Any = None,
     ) -> None:
         self.n_components = n_components
@@ -265,7 +267,7 @@ class PCAConcepts(_SklearnWrapper):
 
     _needs_n_features_ge_k = True
 
-    def __init__(self, n_components: int = 20, *, whiten: bool = False, random_state: Any = None) -> None:
+    def __init__(self, n_components: Any = 20, *, whiten: Any = False, random_state: Any = None) -> None:
         self.n_components = n_components
         self.whiten = whiten
         self.random_state = random_state
@@ -297,11 +299,11 @@ class NMFConcepts(_SklearnWrapper):
 
     def __init__(
         self,
-        n_components: int = 20,
+        n_components: Any = 20,
         *,
-        init: str | None = "nndsvda",
-        max_iter: int = 500,
-        tol: float = 1e-4,
+        init: Any = "nndsvda",
+        max_iter: Any = 500,
+        tol: Any = 1e-4,
         random_state: Any = None,
     ) -> None:
         self.n_components = n_components
@@ -350,11 +352,11 @@ class ICAConcepts(_SklearnWrapper):
 
     def __init__(
         self,
-        n_components: int = 20,
+        n_components: Any = 20,
         *,
-        whiten: str = "unit-variance",
-        max_iter: int = 1000,
-        tol: float = 1e-4,
+        whiten: Any = "unit-variance",
+        max_iter: Any = 1000,
+        tol: Any = 1e-4,
         random_state: Any = None,
     ) -> None:
         self.n_components = n_components
@@ -394,7 +396,7 @@ class TopNormConcepts(ConceptDecomposer):
     """
 
     def __init__(
-        self, n_components: int = 20, *, normalize: bool = True, activation: str = "projection"
+        self, n_components: Any = 20, *, normalize: Any = True, activation: Any = "projection"
     ) -> None:
         self.n_components = n_components
         self.normalize = normalize

@@ -50,17 +50,17 @@ class SparseDictionary(ConceptDecomposer):
     _needs_n_samples_ge_k = False
 
     def __init__(
-        self,
-        n_components: int = 20,
+        self,  # parameters typed Any by scikit-learn's rules: see hooked_mllm.concepts.decompose
+        n_components: Any = 20,
         *,
-        alpha: float = 1.0,
-        max_iter: int = 1000,
-        tol: float = 1e-8,
-        batch_size: int | None = None,
-        transform_max_iter: int = 200,
+        alpha: Any = 1.0,
+        max_iter: Any = 1000,
+        tol: Any = 1e-8,
+        batch_size: Any = None,
+        transform_max_iter: Any = 200,
         random_state: Any = None,
-        device: str | torch.device | None = None,
-        dtype: str | None = None,
+        device: Any = None,
+        dtype: Any = None,
     ) -> None:
         self.n_components = n_components
         self.alpha = alpha

@@ -20,18 +20,23 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+)
 
 from hooked_mllm.toy.names import CHECKPOINTS as CHECKPOINTS
 from hooked_mllm.toy.processor import NUM_IMAGE_TOKENS
 from hooked_mllm.toy.tokenizer import SPECIAL_TOKENS, VOCAB
 from hooked_mllm.toy.world import IMAGE_SIZE, PATCH
-
-if TYPE_CHECKING:
-    from transformers import LlavaProcessor
 
 __all__ = ["CHECKPOINTS", "build_model", "checkpoint_dir", "load", "save_checkpoint", "toy_config"]
 
@@ -129,13 +134,16 @@ def checkpoint_dir(name: str = "toy-llava") -> Path:
 
 
 def save_checkpoint(
-    model: LlavaForConditionalGeneration,
-    processor: LlavaProcessor,
+    model: PreTrainedModel,
+    processor: ProcessorMixin | PreTrainedTokenizerBase,
     out: str | os.PathLike[str],
     *,
     extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Save ``model`` (safetensors) and ``processor`` (tokenizer, image processor, chat template) to ``out``.
+
+    ``model`` is the LLaVA or, for the text stage of :mod:`hooked_mllm.toy.recipe`, its language model alone;
+    ``processor`` its ``LlavaProcessor`` or tokenizer.
 
     Writes into a temporary sibling directory and renames it over ``out`` at the end, so an interrupted save
     never leaves a half-written checkpoint. ``extra_files`` maps file names to text written alongside.

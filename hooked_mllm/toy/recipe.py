@@ -34,7 +34,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -347,7 +347,9 @@ def set_trainable(model: torch.nn.Module, parts: tuple[str, ...]) -> dict[str, l
     return groups
 
 
-def _batch(stage: Stage, proc, scenes, rng: random.Random, weights, p_caption: float) -> dict:
+def _batch(
+    stage: Stage, proc, scenes, rng: random.Random, weights, p_caption: float
+) -> MutableMapping[str, torch.Tensor]:
     r = stage.recipe
     dialogues = [
         sample_dialogue(
@@ -360,7 +362,9 @@ def _batch(stage: Stage, proc, scenes, rng: random.Random, weights, p_caption: f
     return encode_dialogues(proc, [s.image for s in scenes], dialogues)
 
 
-def _loss(model: torch.nn.Module, stage: Stage, proc, batch: dict) -> torch.Tensor:
+def _loss(
+    model: torch.nn.Module, stage: Stage, proc, batch: MutableMapping[str, torch.Tensor]
+) -> torch.Tensor:
     if stage.kind != "text" or not stage.answer_weight:
         return model(**batch).loss
     labels = batch.pop("labels")

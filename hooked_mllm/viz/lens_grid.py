@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsFloat
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..model import HookedMLLM
 
 
-def _shade(p: float) -> str:
+def _shade(p: SupportsFloat) -> str:
     """White (p=0) to a strong blue (p=1), with readable text colour."""
     p = min(max(float(p), 0.0), 1.0)
     r, g, b = (int(255 - p * (255 - t)) for t in (33, 102, 172))
