@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seed", type=int, default=0, help="world seed of the scenes shown (below 10000: unseen)"
     )
-    demo.add_argument("--model", default=None, help="toy checkpoint name (default: toy-llava)")
+    demo.add_argument("--model", default=None, help="toy checkpoint name (default: toy-llava-deep)")
     demo.set_defaults(func=_cmd_demo)
     hooks = sub.add_parser("hooks", help="list a model's hook points", formatter_class=HelpFormatter)
     hooks.add_argument(

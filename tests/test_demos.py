@@ -43,7 +43,7 @@ SECTIONS = [
     "4. Attention view",
     "5. Patching sweep over the image",
     "6. Concept dictionary",
-    "7. Shift from toy-llava",
+    "7. Shift from toy-llava-deep",
     "8. Steering dose response",
 ]
 
@@ -62,6 +62,9 @@ def test_demo_report_tells_the_whole_story(demo_report):
     answers = re.search(r"(\d+) of (\d+) answers are right", html)
     assert int(answers.group(1)) >= 0.9 * int(answers.group(2))
     assert html.count("data:image/png;base64,") > 20
+    words = re.search(r"Do image tokens read as words\?.*?</table>", html, re.S).group(0)
+    colour_at_input = re.findall(r"<td>LM input</td><td>([\d.]+)</td>", words)
+    assert float(colour_at_input[0]) >= 0.8  # toy-llava-deep: image tokens name their object's colour
 
 
 def test_demo_shows_only_unseen_worlds(tmp_path):

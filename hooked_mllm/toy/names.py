@@ -7,9 +7,12 @@ Examples:
 
 from __future__ import annotations
 
-CHECKPOINTS: tuple[str, ...] = ("toy-llava", "toy-llava-ft")
+CHECKPOINTS: tuple[str, ...] = ("toy-llava", "toy-llava-ft", "toy-lm", "toy-llava-deep", "toy-llava-deep-ft")
 """Names of the shipped checkpoints. ``toy-llava`` captions with shapes only ("a circle and a square");
-``toy-llava-ft`` is toy-llava fine-tuned to caption with colours ("a red circle and a blue square")."""
+``toy-llava-ft`` is toy-llava fine-tuned to caption with colours ("a red circle and a blue square").
+The LLaVA recipe's (:mod:`hooked_mllm.toy.recipe`): ``toy-lm``, a text-only LM of the world's words;
+``toy-llava-deep``, a 6-layer LLaVA built on it; ``toy-llava-deep-ft``, its twin that captions with
+colours."""
 
 STAGE_NAMES: tuple[str, ...] = (
     "toy-lm-base",

@@ -7,12 +7,14 @@ Purpose:
 
     1. ``toy-lm-base``: a text-only ``LlamaForCausalLM`` (tied embeddings, 2 layers) trained with loss on
        every token on textual scenes followed by questions and answers (textual QA, "TQA").
-    2. ``toy-lm``: ``toy-lm-base`` grown to 6 layers (:func:`grow_text_lm`, function-preserving), trained on.
-    3. ``toy-llava-deep-align``: a ``LlavaForConditionalGeneration`` with toy-llava's vision tower and
+    2. ``toy-lm-restart``: the same scenes again with the learning rate warmed up again (colour binds here).
+    3. ``toy-lm-small``: a short finishing stage on new scenes, colour and position weighted up.
+    4. ``toy-lm``: ``toy-lm-small`` grown to 6 layers (:func:`grow_text_lm`, function-preserving), trained on.
+    5. ``toy-llava-deep-align``: a ``LlavaForConditionalGeneration`` with toy-llava's vision tower and
        ``toy-lm`` as its LM, both frozen; only the projector learns, to make the LM reproduce the textual
        scene from the image and answer questions about it.
-    4. ``toy-llava-deep``: visual instruction tuning (questions and plain captions): projector and LM learn.
-    5. ``toy-llava-deep-ft``: the fine-tuned twin that captions with colours (as ``toy-llava-ft``).
+    6. ``toy-llava-deep``: visual instruction tuning (questions and plain captions): projector and LM learn.
+    7. ``toy-llava-deep-ft``: the fine-tuned twin that captions with colours (as ``toy-llava-ft``).
 
 Connections:
     Optimisation settings and task mixtures are :class:`hooked_mllm.toy.training.Recipe` records (same
