@@ -125,78 +125,49 @@ _QW = (1, 1, 0.15, 1, 1.2)
 _TQW = (2, 2, 0.15, 1, 1.2)  # textual QA: the binding questions often, counting rarely
 _TQW_BIND = (3, 2, 0.15, 2, 1.2)  # finishing the 2-layer LM: colour and position, the last to bind
 
+
+def _text_stage(
+    *,
+    init: str | None,
+    steps: int,
+    lr: float,
+    warmup: int,
+    world_offset: int,
+    layers: int,
+    weights: tuple[float, ...] = _TQW,
+) -> Stage:
+    """A stage of the text LM: textual scenes and questions, loss on every token (answers weighted 2x)."""
+    recipe = Recipe(
+        caption_style="scene",
+        init=init,
+        steps=steps,
+        batch_size=32,
+        lr=lr,
+        warmup=warmup,
+        p_caption=0.15,
+        qtype_weights=weights,
+        turns=4,
+    )
+    return Stage(
+        kind="text",
+        recipe=recipe,
+        trainable=("embeddings", "lm"),
+        world_offset=world_offset,
+        answer_weight=2.0,
+        layers=layers,
+    )
+
+
 STAGES: dict[str, Stage] = {
-    "toy-lm-base": Stage(
-        kind="text",
-        recipe=Recipe(
-            caption_style="scene",
-            steps=1500,
-            batch_size=32,
-            lr=1e-3,
-            warmup=100,
-            p_caption=0.15,
-            qtype_weights=_TQW,
-            turns=4,
-        ),
-        trainable=("embeddings", "lm"),
-        world_offset=20,
-        answer_weight=2.0,
-        layers=2,
+    "toy-lm-base": _text_stage(init=None, steps=1500, lr=1e-3, warmup=100, world_offset=20, layers=2),
+    # the same scenes again (same world offset), the learning rate warmed up again
+    "toy-lm-restart": _text_stage(
+        init="toy-lm-base", steps=2500, lr=1e-3, warmup=50, world_offset=20, layers=2
     ),
-    "toy-lm-restart": Stage(
-        kind="text",
-        recipe=Recipe(
-            caption_style="scene",
-            init="toy-lm-base",
-            steps=2500,
-            batch_size=32,
-            lr=1e-3,
-            warmup=50,
-            p_caption=0.15,
-            qtype_weights=_TQW,
-            turns=4,
-        ),
-        trainable=("embeddings", "lm"),
-        world_offset=20,
-        answer_weight=2.0,
-        layers=2,
+    "toy-lm-small": _text_stage(
+        init="toy-lm-restart", steps=1000, lr=5e-4, warmup=50, world_offset=30, layers=2, weights=_TQW_BIND
     ),
-    "toy-lm-small": Stage(
-        kind="text",
-        recipe=Recipe(
-            caption_style="scene",
-            init="toy-lm-restart",
-            steps=1000,
-            batch_size=32,
-            lr=5e-4,
-            warmup=50,
-            p_caption=0.15,
-            qtype_weights=_TQW_BIND,
-            turns=4,
-        ),
-        trainable=("embeddings", "lm"),
-        world_offset=30,
-        answer_weight=2.0,
-        layers=2,
-    ),
-    "toy-lm": Stage(
-        kind="text",
-        recipe=Recipe(
-            caption_style="scene",
-            init="toy-lm-small",
-            steps=800,
-            batch_size=32,
-            lr=3e-4,
-            warmup=50,
-            p_caption=0.15,
-            qtype_weights=_TQW,
-            turns=4,
-        ),
-        trainable=("embeddings", "lm"),
-        world_offset=24,
-        answer_weight=2.0,
-        layers=6,
-    ),
+    "toy-lm": _text_stage(init="toy-lm-small", steps=800, lr=3e-4, warmup=50, world_offset=24, layers=6),
     "toy-llava-deep-align": Stage(
         kind="image",
         recipe=Recipe(
