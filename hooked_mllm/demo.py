@@ -23,7 +23,7 @@ import logging
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from jaxtyping import Float
 from PIL import Image
 
 from .mechanism import attention_map, capture, image_locations, occlusion_map, relevancy_map
+from .mechanism.maps import LocationMap
 from .model import HookedMLLM
 from .viz import display
 from .viz.attention import attention_heads
@@ -186,7 +187,9 @@ def _toy_demo(model: HookedMLLM, name: str, seed: int, n_scenes: int, report: Re
         "(the pointing game in docs/mechanism.md scores every method over hundreds of questions)."
     )
     layers = range(model.cfg.n_layers)
-    per_layer = {layer: attention_map(model, run, layers=[layer]).values.reshape(-1) for layer in layers}
+    # row 0's map
+    maps_of = {layer: cast(LocationMap, attention_map(model, run, layers=[layer])) for layer in layers}
+    per_layer = {layer: m.values.reshape(-1) for layer, m in maps_of.items()}
     best = max(layers, key=lambda layer: float(per_layer[layer][list(target.patch_indices)].sum()))
     share = float(per_layer[best][list(target.patch_indices)].sum() / per_layer[best].sum())
     report.text(
@@ -329,7 +332,8 @@ def _shift_section(model: HookedMLLM, name: str, seed: int, scene: Any, report: 
     from .toy import CAPTION_PROMPT
     from .toy.world import World
 
-    twin = _load_toy(name.removesuffix("-ft") if name.endswith("-ft") else f"{name}-ft")  # the known difference
+    # the known difference
+    twin = _load_toy(name.removesuffix("-ft") if name.endswith("-ft") else f"{name}-ft")
     if twin is None:
         return
     scenes = list(islice(World(seed=seed + 2), n))
