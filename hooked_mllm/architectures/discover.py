@@ -206,7 +206,7 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     """
     name = type(hf_model).__name__
     problems = []
-    get_head = getattr(hf_model, "get_output_embeddings", None)  # HF models' (an nn.Module may lack them)
+    get_head = getattr(hf_model, "get_output_embeddings", None)  # a plain nn.Module has neither
     get_embed = getattr(hf_model, "get_input_embeddings", None)
     head = get_head() if get_head is not None else None
     embed = get_embed() if get_embed is not None else None
