@@ -131,7 +131,9 @@ def read(io: Access) -> Reading:
             without eager attention).
     """
     point = io.point
-    base = _get(io.base_envoy, point.base)[1] if io.base_envoy is not None else None
+    base = None
+    if io.base_envoy is not None and point.base is not None:  # bound together (see bind)
+        base = _get(io.base_envoy, point.base)[1]
     raw, value = _get(io.envoy, point.site)
     if value is None:
         raise RuntimeError(

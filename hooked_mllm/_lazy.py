@@ -50,7 +50,7 @@ def lazy_exports(
     public = sorted({*names, *modules})
     module = sys.modules.get(package)
     if module is not None:
-        module._lazy_names = frozenset(names)
+        module._lazy_names = frozenset(names)  # type: ignore[attr-defined]  # read by _LazyPackage
         module.__class__ = _LazyPackage
 
     def __getattr__(name: str) -> Any:

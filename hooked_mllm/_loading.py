@@ -69,7 +69,7 @@ def load_local(
             raise
         hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     if device is not None and device_map is None:
-        hf_model = hf_model.to(device)
+        hf_model = hf_model.to(device)  # type: ignore[arg-type]  # transformers wraps .to
     try:
         loading = {k: hf_kwargs[k] for k in PROCESSOR_LOADING if k in hf_kwargs}
         processor = AutoProcessor.from_pretrained(

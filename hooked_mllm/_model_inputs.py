@@ -47,7 +47,9 @@ class InputsMixin:
 
     if TYPE_CHECKING:
 
-        def text_batch(self, text: Any) -> MultimodalBatch: ...
+        def text_batch(
+            self, text: str | Sequence[str], prepend_bos: bool = True, padding_side: str = "left"
+        ) -> MultimodalBatch: ...
 
     def prepare(
         self,

@@ -21,15 +21,21 @@ TransformerLens; ``mlp.hook_post`` is ``act(gate) * up``, the down projection's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from ._weights import parameter
+from .inputs import MultimodalBatch
 from .readout import CacheReadout
+
+if TYPE_CHECKING:
+    from .architectures.base import Adapter
+    from .config import MLLMConfig
 
 
 def _map(value: Any, fn: Callable[[Any], Any]) -> Any:
@@ -95,6 +101,19 @@ class LayerWeights:
 
 class TLCompatMixin:
     """TransformerLens' weight attributes and tokenizer helpers (mixed into ``HookedMLLM``)."""
+
+    # what the mixin reads of the model it is mixed into
+    hf_model: torch.nn.Module
+    processor: Any
+    adapter: Adapter
+    cfg: MLLMConfig
+
+    if TYPE_CHECKING:
+
+        @property
+        def device(self) -> torch.device: ...
+
+        def hooks(self, fwd_hooks: Iterable[Any] = ()) -> contextlib.AbstractContextManager[Any]: ...
 
     # -- weights ---------------------------------------------------------------------
 
@@ -375,7 +394,7 @@ class TLCompatMixin:
 
     def text_batch(
         self, text: str | Sequence[str], prepend_bos: bool = True, padding_side: str = "left"
-    ) -> Any:
+    ) -> MultimodalBatch:
         """A text-only :class:`~hooked_mllm.inputs.MultimodalBatch`: ``model("a prompt")`` and every run
         method take strings through it.
 
@@ -390,8 +409,6 @@ class TLCompatMixin:
             >>> logits = model("a red circle")                 # doctest: +SKIP
             >>> logits, cache = model.run_with_cache(["a red circle", "two squares"])   # doctest: +SKIP
         """
-        from .inputs import MultimodalBatch
-
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
         texts = [text] if isinstance(text, str) else list(text)
@@ -539,7 +556,7 @@ class TLCompatMixin:
         tokenizer = self._need_tokenizer()
         tokens = torch.as_tensor(tokens)
         if tokens.dim() == 2:
-            return [self.to_string(row) for row in tokens]
+            return [tokenizer.decode(row.tolist(), clean_up_tokenization_spaces=False) for row in tokens]
         return tokenizer.decode(tokens.tolist(), clean_up_tokenization_spaces=False)
 
     def to_str_tokens(
@@ -548,9 +565,12 @@ class TLCompatMixin:
         """Each token as a string: for text (tokenized as :meth:`to_tokens`) or ids (``[pos]`` or
         ``[1, pos]``).
         """
-        tokenizer = self._need_tokenizer()
         if isinstance(input, list) and input and isinstance(input[0], str):
-            return [self.to_str_tokens(text, prepend_bos) for text in input]
+            return [self._str_tokens(text, prepend_bos) for text in cast(list[str], input)]
+        return self._str_tokens(cast("str | Tensor | Sequence[int]", input), prepend_bos)
+
+    def _str_tokens(self, input: str | Tensor | Sequence[int], prepend_bos: bool) -> list[str]:
+        tokenizer = self._need_tokenizer()
         if isinstance(input, str):
             ids = self.to_tokens(input, prepend_bos=prepend_bos, move_to_device=False)[0]
         else:

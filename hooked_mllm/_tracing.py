@@ -83,14 +83,14 @@ class MLLMEnvoy(NNsight):
         for args, kwargs in invokes:
             batches.append(
                 self._mllm_to_batch(
-                    args[0] if args else None,  # type: ignore[attr-defined]
+                    args[0] if args else None,
                     **{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)},
                 )
             )
         options = {
             k: v for args, kwargs in invokes for k, v in kwargs.items() if not isinstance(v, torch.Tensor)
         }
-        return (), dict(combine(batches, self._mllm_pad_id()), **options)  # type: ignore[attr-defined]
+        return (), dict(combine(batches, self._mllm_pad_id()), **options)
 
 
 def combine(batches: Sequence[MultimodalBatch], pad_id: int) -> dict[str, torch.Tensor]:
@@ -164,7 +164,7 @@ def habit_tracer(base: type, eager_configs: Callable[[], list[Any]], eager: bool
     """``base`` (a tracer class), running under eager attention when ``eager`` is true, or when it is
     None and the block names ``hook_pattern``."""
 
-    class HabitTracer(base):  # type: ignore[valid-type, misc]
+    class HabitTracer(base):
         def __exit__(self, *exc: Any) -> bool:
             wanted = eager if eager is not None else _names_patterns(getattr(self, "node", None))
             with _compat.eager_attention(eager_configs() if wanted else []):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from jaxtyping import Bool, Int
@@ -144,14 +144,13 @@ class MultimodalBatch:
         if len(self) != 1:
             raise ValueError(f"repeat() takes a batch of one row, not {len(self)}; use batch.row(i) first")
         rules = dict(self.input_split)
-        inputs = {
-            k: rules[k](self, [0] * times)
-            if callable(rules.get(k))
-            else torch.cat([v] * times)
-            if isinstance(v, Tensor)
-            else v
-            for k, v in self.inputs.items()
-        }
+        inputs = {}
+        for k, v in self.inputs.items():
+            rule = rules.get(k)
+            if callable(rule):
+                inputs[k] = rule(self, [0] * times)
+            else:
+                inputs[k] = torch.cat([v] * times) if isinstance(v, Tensor) else v
         spans = tuple(
             replace(span, row=r, index=r * len(self.images) + span.index)
             for r in range(times)
@@ -238,7 +237,7 @@ class MultimodalBatch:
         views = (
             adapter.tokens.views(tensors, config) if adapter is not None and adapter.tokens.views else None
         )
-        image_grid = None if adapter is None else (lambda n: adapter.tokens.grid(n, config))  # type: ignore[union-attr]
+        image_grid = None if adapter is None else (lambda n: adapter.tokens.grid(n, config))
         spans, per_row = find_image_spans(
             image,
             ids=ids,
@@ -281,7 +280,10 @@ class MultimodalBatch:
             tokens=tokens,
             prompts=None if prompts is None else tuple(prompts),
             images_per_row=per_row,
-            input_split=adapter.inputs.split if adapter is not None else (),
+            # InputLayout stores its split as checked (key, rule) pairs
+            input_split=cast(
+                "tuple[tuple[str, SplitRule], ...]", adapter.inputs.split if adapter is not None else ()
+            ),
             no_image_tokens=no_image_tokens,
         )
 

@@ -114,7 +114,7 @@ class ActivationCache(ResidDecomposition, Mapping):
         return len(self._store)
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, (str, tuple)) and self._key(key) in self._store  # type: ignore[arg-type]
+        return isinstance(key, (str, tuple)) and self._key(key) in self._store
 
     def __repr__(self) -> str:
         more = ", ..." if len(self) > 4 else ""
@@ -330,8 +330,9 @@ class ActivationCache(ResidDecomposition, Mapping):
             span = spans[image]
             pieces.append(act[row, self._row_positions(row, span.token_positions)])
             grids.append(span.grid)
-        if all(g is not None for g in grids) and len(set(grids)) == 1:
-            rows, cols = grids[0]
+        first = grids[0] if grids else None
+        if first is not None and len(set(grids)) == 1:  # one grid, shared by every row
+            rows, cols = first
             return torch.stack([p.reshape(rows, cols, *p.shape[1:]) for p in pieces])
         return pieces
 

@@ -9,7 +9,7 @@ model, the vision tower's sizes, and the image token id. Built by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -50,9 +50,13 @@ class MLLMConfig:
         n_heads = int(text.num_attention_heads)
         d_model = int(text.hidden_size)
         head_dim = getattr(text, "head_dim", None) or d_model // n_heads
-        lm_layers = adapter.module(hf_model, adapter.modules.lm_layers)
+        lm_layers = cast(torch.nn.ModuleList, adapter.module(hf_model, adapter.modules.lm_layers))
         vision_path = adapter.modules.vision_layers
-        vision_layers = len(adapter.module(hf_model, vision_path)) if vision_path is not None else 0
+        vision_layers = (
+            len(cast(torch.nn.ModuleList, adapter.module(hf_model, vision_path)))
+            if vision_path is not None
+            else 0
+        )
         unembed = adapter.module(hf_model, adapter.modules.unembed)
         image_token = getattr(config, adapter.config_keys.image_token_id, None)
         eps = getattr(text, "rms_norm_eps", None) or getattr(text, "layer_norm_eps", None) or 1e-6
@@ -65,7 +69,7 @@ class MLLMConfig:
             n_kv_heads=int(getattr(text, "num_key_value_heads", None) or n_heads),
             d_head=int(head_dim),
             d_mlp=getattr(text, "intermediate_size", None),
-            d_vocab=int(unembed.weight.shape[0]),
+            d_vocab=int(unembed.weight.shape[0]),  # type: ignore[index]  # nn.Module attribute
             vision_n_layers=vision_layers,
             vision_d_model=getattr(vision, "hidden_size", None) if vision is not None else None,
             vision_n_heads=int(getattr(vision, "num_attention_heads", 0) or 0) if vision is not None else 0,

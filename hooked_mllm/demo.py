@@ -24,7 +24,7 @@ import logging
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from jaxtyping import Float
 from PIL import Image
 
 from .mechanism import attention_map, capture, image_locations, occlusion_map, relevancy_map
+from .mechanism.maps import LocationMap
 from .model import HookedMLLM
 from .viz import display
 from .viz.attention import attention_heads
@@ -189,7 +190,9 @@ def _toy_demo(model: HookedMLLM, name: str, seed: int, n_scenes: int, report: Re
         "(the pointing game in docs/mechanism.md scores every method over hundreds of questions)."
     )
     layers = range(model.cfg.n_layers)
-    per_layer = {layer: attention_map(model, run, layers=[layer]).values.reshape(-1) for layer in layers}
+    # row 0's map
+    maps_of = {layer: cast(LocationMap, attention_map(model, run, layers=[layer])) for layer in layers}
+    per_layer = {layer: m.values.reshape(-1) for layer, m in maps_of.items()}
     best = max(layers, key=lambda layer: float(per_layer[layer][list(target.patch_indices)].sum()))
     share = float(per_layer[best][list(target.patch_indices)].sum() / per_layer[best].sum())
     report.text(

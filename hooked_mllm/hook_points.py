@@ -21,7 +21,7 @@ import difflib
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .architectures.base import Adapter, BlockLayout
 
@@ -224,7 +224,7 @@ def _block_points(
 ) -> list[HookPoint]:
     """The hook points of one pre-norm block at module ``path``, in forward order."""
 
-    def p(name: str, site: Site, **kw: object) -> HookPoint:
+    def p(name: str, site: Site, **kw: Any) -> HookPoint:
         return HookPoint(name=f"{prefix}{name}", site=site, layer=layer, stream=stream, **kw)
 
     def sub(rel: str) -> str:
@@ -279,8 +279,11 @@ def _cross_block_points(
     not the sequence.
     """
 
-    def p(name: str, site: Site, **kw: object) -> HookPoint:
+    def p(name: str, site: Site, **kw: Any) -> HookPoint:
         return HookPoint(name=f"blocks.{layer}.{name}", site=site, layer=layer, stream="lm", **kw)
+
+    # Mllama's gated cross-attention layers are sequential blocks: a norm before the MLP too
+    assert block.ln2 is not None, f"cross-attention block {path}: ln2 is None"
 
     def sub(rel: str) -> str:
         return f"{path}.{rel}"
@@ -475,7 +478,7 @@ class HookPoints:
         match = re.match(r"(vision\.)?blocks\.(\d+)\.", name)
         if match:
             prefix = "vision.blocks" if match.group(1) else "blocks"
-            layers = {p.layer for p in self if p.name.startswith(prefix + ".")}
+            layers = {p.layer for p in self if p.layer is not None and p.name.startswith(prefix + ".")}
             layer = int(match.group(2))
             if layers and layer not in layers:
                 return (

@@ -144,7 +144,7 @@ def _images_per_row(images: Any, n_rows: int) -> list[list[Any]]:
             f"Got {len(images)} image entries for {n_rows} prompts; give one entry per prompt "
             "(an image, a list of images, or None)."
         )
-    rows = []
+    rows: list[list[Any]] = []
     for entry in images:
         if entry is None:
             rows.append([])

@@ -58,11 +58,12 @@ def logit_lens(
                 raise ValueError("scale_from= sets the final norm's scale; it needs apply_norm=True.")
             x = frozen_final_norm(model, resid.to(model.device), scale_from.to(model.device))
             bias = getattr(head, "bias", None)
-            logits = x @ head.weight.detach().float().T
+            logits = x @ head.weight.detach().float().T  # type: ignore[operator]  # nn.Module attribute
             if bias is not None:
                 logits = logits + bias.detach().float()
         else:
-            x = resid.to(device=model.device, dtype=head.weight.dtype)
+            dtype = head.weight.dtype
+            x = resid.to(device=model.device, dtype=dtype)  # type: ignore[arg-type]  # nn.Module attribute
             if apply_norm:
                 x = model.final_norm()(x)
             logits = head(x)
@@ -113,7 +114,8 @@ def frozen_final_norm(
         scale = (ref.var(-1, keepdim=True, unbiased=False) + eps).sqrt()
     else:
         scale = (ref.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    weight = norm.weight.detach().float().to(x.device) + model.adapter.modules.block.norm_offset
+    weight = norm.weight.detach().float().to(x.device)  # type: ignore[operator]  # nn.Module attribute
+    weight = weight + model.adapter.modules.block.norm_offset
     out = x / scale * weight
     bias = getattr(norm, "bias", None)
     return out if bias is None else out + bias.detach().float().to(x.device)

@@ -180,9 +180,9 @@ def _units(
     if over != "cell":
         raise ValueError(f"over must be 'position', 'cell' or 'head', not {over!r}")
     spans = batch.images_of(0)
-    if image >= len(spans) or spans[image].grid is None:
+    span = spans[image] if image < len(spans) else None
+    if span is None or span.grid is None:
         raise ValueError(f"Image {image} of row 0 has no patch grid to sweep over cells.")
-    span = spans[image]
     rows, cols = span.grid
     cr, cc = cell
     if rows % cr or cols % cc:
@@ -235,7 +235,7 @@ def _setup(
     positions: Sequence[int] | None,
     image: int,
     cell: tuple[int, int],
-) -> tuple:
+) -> tuple[list[int], list[list[int]], list[str], tuple[int, int] | None, list[str], Any, Any]:
     """What both sweeps share: checks, layers, units, hook names and the clean run's cache."""
     _check_pair(clean, corrupted)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)

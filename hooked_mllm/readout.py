@@ -244,10 +244,13 @@ class CacheReadout:
                 adapter.module(model.hf_model, path), block.norm, block.norm_offset, cfg.norm_eps
             )
 
+        def weight(name: str, layer: int) -> Callable[[], Any]:
+            return lambda: getattr(model, name)(layer)
+
         layers = range(cfg.n_layers)
         prefix = adapter.modules.lm_layers
         weights = {
-            name: tuple(read(f"{name}.{l}", lambda n=name, l=l: getattr(model, n)(l)) for l in layers)
+            name: tuple(read(f"{name}.{l}", weight(name, l)) for l in layers)
             for name in ("W_O", "b_O", "W_out", "b_out")
         }
         ln2: tuple[NormSpec | None, ...] = tuple(None for _ in layers)

@@ -104,6 +104,7 @@ def _cross_attention_section() -> list[str]:
     for name, adapter in sorted(adapters.items()):
         points = HookPoints.build(adapter, n_layers=1, n_heads=1, n_kv_heads=1, cross_layers=frozenset({0}))
         cross = adapter.modules.cross
+        assert cross is not None  # adapters with cross-attention layers only
         gate_attn, gate_mlp = cross.gates
         lines += [
             "",

@@ -238,11 +238,12 @@ def _image_spans(
     """
     runs = _runs(image_mask, ids, row_break)
     expected = None if grids is None else [None if g is None else g[0] * g[1] for g in grids]
-    counts = expected if expected is not None and None not in expected else image_token_counts
+    known = None if expected is None or None in expected else [e for e in expected if e is not None]
+    counts = known if known is not None else image_token_counts
     if counts and len(counts) > len(runs):
         runs = _split_touching(runs, list(counts)) or runs
     problem = None
-    if grids is not None:
+    if grids is not None and expected is not None:  # expected is None exactly when grids is
         sizes = [sum(b - a for a, b in parts) for _, parts in runs]
         if len(grids) != len(runs) or any(e is not None and e != n for e, n in zip(expected, sizes)):
             problem = (

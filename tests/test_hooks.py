@@ -9,6 +9,7 @@ from hooked_mllm import positions
 from hooked_mllm.hooks import (
     Ablate,
     CacheTo,
+    HookFunction,
     PatchFrom,
     PatchSubspace,
     ProjectOut,
@@ -166,6 +167,23 @@ def test_ablations(hooked, batch):
         ],
     )
     torch.testing.assert_close(a, b)
+
+
+def test_apply_returning_none_leaves_the_selected_heads_unchanged(hooked, pair):
+    # None from apply() means "unchanged", with heads= as without (it raised TypeError with heads=)
+    _, corrupted = pair
+    seen = []
+
+    class Unchanged(HookFunction):
+        def apply(self, selected, hook, mask, heads):
+            seen.append(tuple(selected.shape))
+            return None
+
+    plain = hooked(corrupted)
+    for heads in ([1], None):
+        out = hooked.run_with_hooks(corrupted, fwd_hooks=[("blocks.1.attn.hook_z", Unchanged("all", heads))])
+        torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    assert len(seen) == 2 and seen[0][1] == 1 and seen[1][1] == hooked.cfg.n_heads
 
 
 def test_per_head_patch_matches_manual(hooked, pair):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -405,7 +405,7 @@ class Adapter:
         for path in (modules.lm_layers, modules.embed, modules.final_norm, modules.unembed):
             self.module(root, path)
         blocks = [(f"{modules.lm_layers}.0", modules.block)]
-        n_layers = len(self.module(root, modules.lm_layers))
+        n_layers = len(cast(torch.nn.ModuleList, self.module(root, modules.lm_layers)))
         cross = self.cross_layers(root.config, n_layers) if modules.cross is not None else frozenset()
         if cross:  # layers alternate between two layouts: check the first of each
             first_self = next((i for i in range(n_layers) if i not in cross), None)

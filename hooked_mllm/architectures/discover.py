@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -206,8 +206,10 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     """
     name = type(hf_model).__name__
     problems = []
-    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
-    embed = hf_model.get_input_embeddings() if hasattr(hf_model, "get_input_embeddings") else None
+    get_head = getattr(hf_model, "get_output_embeddings", None)  # a plain nn.Module has neither
+    get_embed = getattr(hf_model, "get_input_embeddings", None)
+    head = get_head() if get_head is not None else None
+    embed = get_embed() if get_embed is not None else None
     unembed_path, embed_path = _path_of(hf_model, head), _path_of(hf_model, embed)
     if unembed_path is None:
         problems.append("LM head (get_output_embeddings())")
@@ -217,8 +219,8 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
     d_model = getattr(head, "in_features", None)
     lm = [entry for entry in lists if _width(entry[1], entry[2]) == d_model]
     if embed_path is not None:  # prefer the list beside the token embedding
-        parent = embed_path.rpartition(".")[0]
-        lm = sorted(lm, key=lambda entry: entry[0].rpartition(".")[0] != parent)
+        embed_parent = embed_path.rpartition(".")[0]
+        lm = sorted(lm, key=lambda entry: entry[0].rpartition(".")[0] != embed_parent)
     if not lm:
         problems.append(
             f"ModuleList of decoder blocks of width {d_model} (attention with an output "
@@ -232,6 +234,7 @@ def discover(hf_model: nn.Module, verify: bool = True) -> Adapter:
             f"{[path for path, _, _ in lists] or 'none'}.{why} Write an adapter for it (see "
             "docs/architectures.md)."
         )
+    assert unembed_path is not None and embed_path is not None  # else a problem, raised above
     lm_path, _, block = lm[0]
     parent_path = lm_path.rpartition(".")[0]
     parent = hf_model.get_submodule(parent_path) if parent_path else hf_model
@@ -323,7 +326,7 @@ def _probe_inputs(hf_model: nn.Module) -> dict[str, Tensor]:
                 taken.add(value)
             elif "token" in key and isinstance(value, (list, tuple)):
                 taken.update(v for v in value if isinstance(v, int))
-    vocab = hf_model.get_input_embeddings().weight.shape[0]
+    vocab = hf_model.get_input_embeddings().weight.shape[0]  # type: ignore[operator]  # nn.Module attribute
     ids = [i for i in range(vocab) if i not in taken][3:11]
     device = next(hf_model.parameters()).device
     ids_t = torch.tensor([ids], device=device)
@@ -410,7 +413,7 @@ def _refine(hf_model: nn.Module, adapter: Adapter) -> BlockLayout:
             changes["ln2"] = n
     if "ln2" not in changes and block.ln1 in rec and _close(_out(rec[block.ln1][1]), mlp_in)[0]:
         changes["ln2"] = None  # parallel attention and MLP off one norm
-    d_model = hf_model.get_output_embeddings().in_features
+    d_model = hf_model.get_output_embeddings().in_features  # type: ignore[operator]  # nn.Module attribute
     own = sorted(
         n for n, p in layer.named_parameters(recurse=False) if p.dim() == 1 and p.shape[0] == d_model
     )
@@ -443,10 +446,10 @@ def verify_adapter(hf_model: nn.Module, adapter: Adapter, inputs: dict | None = 
         >>> verify_adapter(hf_model, discover(hf_model, verify=False), batch.inputs)   # doctest: +SKIP
     """
     modules = adapter.modules
-    n_layers = len(hf_model.get_submodule(modules.lm_layers))
+    n_layers = len(cast(nn.ModuleList, hf_model.get_submodule(modules.lm_layers)))
     lists = {modules.lm_layers: n_layers}
     if inputs is not None and modules.vision_layers is not None and modules.vision_block is not None:
-        lists[modules.vision_layers] = len(hf_model.get_submodule(modules.vision_layers))
+        lists[modules.vision_layers] = len(cast(nn.ModuleList, hf_model.get_submodule(modules.vision_layers)))
     records, output = _record(hf_model, lists, inputs or _probe_inputs(hf_model))
     hidden = output.hidden_states if getattr(output, "hidden_states", None) is not None else None
     post = _check_blocks(

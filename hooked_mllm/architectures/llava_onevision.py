@@ -32,7 +32,7 @@ LLAVA_ONEVISION = replace(
     LLAVA_NEXT,
     name="llava_onevision",
     config_classes=("LlavaOnevisionConfig",),
-    inputs=replace(LLAVA_NEXT.inputs, split=LLAVA_NEXT.inputs.split + (("batch_num_images", PerRow()),)),
+    inputs=replace(LLAVA_NEXT.inputs, split={**dict(LLAVA_NEXT.inputs.split), "batch_num_images": PerRow()}),
     about=Metadata(
         test_model="tiny random from llava-hf/llava-onevision-qwen2-7b-ov-hf's config: SigLIP tower, Qwen2 "
         "LM, anyres pinpoints 16/32 (processor: LlavaOnevisionImageProcessorPil)",

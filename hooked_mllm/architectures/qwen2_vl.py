@@ -64,7 +64,7 @@ INPUTS = InputLayout(
     }
 )
 
-_VISION = dict(
+_VISION: dict[str, Any] = dict(
     attn="attn",
     mlp="mlp",
     ln1="norm1",
@@ -77,7 +77,7 @@ _VISION = dict(
     pattern_index=None,
 )
 
-_MODULES = dict(
+_MODULES: dict[str, Any] = dict(
     lm_layers="model.language_model.layers",
     embed="model.language_model.embed_tokens",
     final_norm="model.language_model.norm",

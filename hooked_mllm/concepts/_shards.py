@@ -124,7 +124,12 @@ class ShardWriter:
 
     def skip(self, index: int, sample_id: str, key: str, reason: str, prediction: str) -> None:
         """Record a sample whose representation was not found (it has no row)."""
-        record = {"id": sample_id, "key": key, "reason": reason, "prediction": prediction}
+        record: dict[str, str | int] = {
+            "id": sample_id,
+            "key": key,
+            "reason": reason,
+            "prediction": prediction,
+        }
         if self.part is not None:
             record["index"] = index
         self.manifest["skipped"].append(record)
@@ -217,12 +222,12 @@ def merge_parts(path: Path, manifest: dict, identity: dict, shard_size: int) -> 
     origin: dict[str, str] = {}
     for name, part in parts.items():
         for shard in part["shards"]:
-            arrays = mmap_safetensors(path / shard["file"])
+            mapped = mmap_safetensors(path / shard["file"])
             for j, (index, sid, key, pred) in enumerate(
                 zip(shard["index"], shard["ids"], shard["keys"], shard["predictions"])
             ):
                 if _seen(sid, key, name, known, origin):
-                    rows.append((index, sid, key, pred, arrays, j))
+                    rows.append((index, sid, key, pred, mapped, j))
         for item in part["skipped"]:
             if _seen(item["id"], item["key"], name, known, origin):
                 skipped.append(item)

@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -159,6 +159,10 @@ def hf_dataset(
         >>> data = hf_dataset(ds, image_column="image", prompt_column="question",
         ...                   id_column="question_id")  # doctest: +SKIP
     """
+    if prompt is None and prompt_column is None:
+        raise ValueError(
+            "hf_dataset needs prompt_column= (the column of each row's prompt) or prompt= (one for all)."
+        )
     for index, row in enumerate(rows):
         missing = [
             c
@@ -167,7 +171,7 @@ def hf_dataset(
         ]
         if missing:
             raise KeyError(f"Row {index} has no column {missing[0]!r}; its columns are {sorted(row)}")
-        text = prompt if prompt is not None else row[prompt_column]
+        text = prompt if prompt is not None else row[cast(str, prompt_column)]
         yield Sample(str(row[id_column]) if id_column else str(index), row[image_column], text)
 
 

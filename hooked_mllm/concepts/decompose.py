@@ -119,7 +119,7 @@ class SemiNMF(ConceptDecomposer):
         return {"dtype": DTYPES[self.dtype], "device": torch.device(self.device or "cpu")}
 
     def _fit(self, X: np.ndarray) -> None:
-        if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1):
+        if not (isinstance(self.max_iter, numbers.Integral) and int(self.max_iter) >= 1):
             raise ValueError(f"SemiNMF: max_iter must be an int >= 1, got {self.max_iter!r}.")
         Zt = as_tensor(X, **self._torch_kwargs())
         generator = torch.Generator().manual_seed(seed_from(self.random_state))

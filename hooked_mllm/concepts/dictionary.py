@@ -83,9 +83,9 @@ class SparseDictionary(ConceptDecomposer):
                     f"SparseDictionary: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}."
                 )
             name = self.dtype
-        if not (isinstance(self.max_iter, numbers.Integral) and self.max_iter >= 1):
+        if not (isinstance(self.max_iter, numbers.Integral) and int(self.max_iter) >= 1):
             raise ValueError(f"SparseDictionary: max_iter must be an int >= 1, got {self.max_iter!r}.")
-        if not (isinstance(self.alpha, numbers.Real) and self.alpha >= 0):
+        if not (isinstance(self.alpha, numbers.Real) and float(self.alpha) >= 0):
             raise ValueError(f"SparseDictionary: alpha must be a number >= 0, got {self.alpha!r}.")
         return {"dtype": DTYPES[name], "device": torch.device(self.device or "cpu")}
 
@@ -116,21 +116,24 @@ class SparseDictionary(ConceptDecomposer):
                 self._partial(as_tensor(X[start : start + int(self.batch_size)], **kw), generator)
         self.n_iter_ = int(self.max_iter)
 
+    _state: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None  # online fit: U, A, C, rows seen
+
     def _partial(self, Zt: torch.Tensor, generator: torch.Generator) -> None:
-        if getattr(self, "_state", None) is None:  # the first block: a short full-batch fit starts the atoms
+        state = getattr(self, "_state", None)
+        if state is None:  # the first block: a short full-batch fit starts the atoms
             k = int(self.n_components)
             _, U, _ = _sparse.fit_sparse(
                 Zt, _sparse.init_atoms(Zt, k, generator), float(self.alpha), 50, float(self.tol)
             )
-            self._state = [U, Zt.new_zeros(k, k), Zt.new_zeros(k, Zt.shape[1]), 0]
-        U, A, C, seen = self._state
+            state = self._state = (U, Zt.new_zeros(k, k), Zt.new_zeros(k, Zt.shape[1]), 0)
+        U, A, C, seen = state
         U, A, C = _sparse.online_step(Zt, U, A, C, float(self.alpha), seen, forget=1.0)
-        self._state = [U, A, C, seen + len(Zt)]
+        self._state = (U, A, C, seen + len(Zt))
         self.components_ = U.cpu().numpy()
 
     def fit(self, Z: Any, y: Any = None) -> SparseDictionary:
         self._state = None
-        return super().fit(Z, y)  # type: ignore[return-value]
+        return super().fit(Z, y)
 
     def partial_fit(self, Z: Any, y: Any = None) -> SparseDictionary:
         """Update the atoms with one block of rows ``Z [m, d]`` (online dictionary learning); returns

@@ -142,11 +142,13 @@ def _positions(
     if rule.kind == "last":
         return [valid[-1]]
     if rule.kind == "position":
-        if not -len(valid) <= rule.position < len(valid):
+        position = rule.position
+        assert position is not None  # TokenRule("position") requires it
+        if not -len(valid) <= position < len(valid):
             raise LookupError(
-                f"position {rule.position} is outside the {len(valid)} prompt tokens of sample {sample_id!r}"
+                f"position {position} is outside the {len(valid)} prompt tokens of sample {sample_id!r}"
             )
-        return [valid[rule.position]]
+        return [valid[position]]
     if rule.kind in IMAGE_RULES:
         return batch.image_mask[row].nonzero().flatten().tolist()
     if rule.kind == "answer_mean" or rule.search == "answer":
@@ -196,7 +198,7 @@ def _identity(
 ) -> dict:
     from .. import __version__
 
-    config = model.hf_model.config
+    config: Any = model.hf_model.config  # the HF config
     template = getattr(model.processor, "chat_template", None) or getattr(
         getattr(model.processor, "tokenizer", None), "chat_template", None
     )

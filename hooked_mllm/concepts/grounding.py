@@ -45,7 +45,7 @@ def text_grounding(
     """The words each concept vector (rows of ``components`` ``[K, d]``) decodes to."""
     u = torch.as_tensor(getattr(components, "components_", components), dtype=torch.float32)
     head = model.adapter.module(model.hf_model, model.adapter.modules.unembed)
-    x = u.to(device=model.device, dtype=head.weight.dtype)
+    x = u.to(device=model.device, dtype=head.weight.dtype)  # type: ignore[arg-type]  # nn.Module attribute
     with torch.no_grad():
         if apply_norm:
             x = model.final_norm()(x)

@@ -49,7 +49,7 @@ class HookFunction:
         """The ``[batch, pos]`` mask of this run step (on ``act``'s device), or None."""
         if not hook.point.sequence:
             return torch.ones(act.shape[:2], dtype=torch.bool, device=act.device)
-        mask = self.positions.step_mask(hook.batch, hook.step, tuple(act.shape[:2]))
+        mask = self.positions.step_mask(hook.batch, hook.step, (act.shape[0], act.shape[1]))
         return None if mask is None else mask.to(act.device)
 
     def _head_index(self, act: Tensor, hook: HookContext) -> Any:
@@ -70,12 +70,16 @@ class HookFunction:
         heads = self._head_index(act, hook)
         selected = act[mask]  # [n, ...]
         if self.heads is not None:
+            part = self.apply(selected[:, heads], hook, mask, heads)
+            if part is None:  # the selected heads unchanged
+                return None
             new = selected.clone()
-            new[:, heads] = self.apply(selected[:, heads], hook, mask, heads)
+            new[:, heads] = part
         else:
-            new = self.apply(selected, hook, mask, heads)
-        if new is None:
-            return None
+            replaced = self.apply(selected, hook, mask, heads)
+            if replaced is None:
+                return None
+            new = replaced
         out = act.clone()
         out[mask] = new.to(act.dtype)
         return out

@@ -94,7 +94,8 @@ class MechanismRun:
         Any leading shape; computed in float32 in chunks (the full vocabulary is needed for the
         normaliser).
         """
-        w_u, bias = (t if t is None else t.to(z.device) for t in self._unembed)
+        w_u, bias = self._unembed
+        w_u, bias = w_u.to(z.device), None if bias is None else bias.to(z.device)
         ref = self.final[row].to(z.device)
         flat = z.reshape(-1, z.shape[-1])
         step = max(1, _CHUNK_FLOATS // w_u.shape[0])
@@ -111,7 +112,8 @@ class MechanismRun:
     def _unembed(self) -> tuple[Tensor, Tensor | None]:
         head = self.model.adapter.module(self.model.hf_model, self.model.adapter.modules.unembed)
         bias = getattr(head, "bias", None)
-        return head.weight.detach().float(), None if bias is None else bias.detach().float()
+        weight = head.weight.detach().float()  # type: ignore[operator]  # nn.Module attribute
+        return weight, None if bias is None else bias.detach().float()
 
     # -- per-head per-position contributions -------------------------------------------
 
@@ -197,7 +199,8 @@ class MechanismRun:
             else:
                 scale = (o_full.pow(2).mean(-1, keepdim=True) + eps).sqrt()
             scale = scale.view(scale.shape[0], *([1] * (x.dim() - 2)), 1)
-            weight = norm.weight.detach().float().to(x.device) + block.norm_offset
+            weight = norm.weight.detach().float()  # type: ignore[operator]  # nn.Module attribute
+            weight = weight.to(x.device) + block.norm_offset
             x = x / scale * weight
         if block.attn_scale is not None:
             gamma = self.model.adapter.module(self.model.hf_model, prefix).get_parameter(block.attn_scale)
@@ -256,7 +259,7 @@ def capture(model: HookedMLLM, inputs: Any, target: Any = None) -> MechanismRun:
     if "logits_to_keep" in inspect.signature(model.hf_model.forward).parameters:
         # only T's logits are read, and they are recomputed below from the final residual:
         # skip the LM head over every other position
-        run_batch = replace(batch, inputs={**batch.inputs, "logits_to_keep": 1})
+        run_batch = replace(batch, inputs={**batch.inputs, "logits_to_keep": 1})  # type: ignore[dict-item]  # an HF keyword
     _, cache = model.run_with_cache(
         run_batch,
         names_filter=cached,

@@ -150,7 +150,7 @@ def explain_positions(
         cell = divmod(cells.index(pos), cols) if pos in cells else None
         parts = {name: top_tokens(model, logits[i].cpu(), k=k) for name, logits in readouts.items()}
         token = tokens[pos] if tokens else str(pos)
-        entries.append(ExplainedPosition(pos, cell, token, parts))  # type: ignore[arg-type]
+        entries.append(ExplainedPosition(pos, cell, token, parts))
     return PositionExplanation(layer, int(head), run.target_tokens()[0], tuple(entries))
 
 
@@ -243,7 +243,9 @@ def logit_lens_map(
         )
 
     frozen_ref = cache["resid_post", last][0] if frozen else None
-    top_names, top_probs, kept = [], [], {name: [] for name in names_of(ids.tolist())}
+    top_names: list[np.ndarray] = []
+    top_probs: list[np.ndarray] = []
+    kept: dict[str, list[np.ndarray]] = {name: [] for name in names_of(ids.tolist())}
     for l in chosen:
         resid = cache["resid_post", l][0]
         probs = logit_lens(model, resid, scale_from=frozen_ref).float().softmax(-1).cpu()

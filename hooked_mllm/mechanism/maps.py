@@ -64,7 +64,7 @@ class LocationMap:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.values.shape  # type: ignore[return-value]
+        return self.values.shape
 
     def normalized(self) -> LocationMap:
         """The map min-max normalised to ``[0, 1]`` (all zeros where it is constant)."""
@@ -84,7 +84,7 @@ class LocationMap:
     def peak(self) -> tuple[int, int]:
         """``(row, col)`` of the highest score (the first one on ties)."""
         flat = int(np.argmax(self.values))
-        return divmod(flat, self.values.shape[1])  # type: ignore[return-value]
+        return divmod(flat, self.values.shape[1])
 
     def peak_index(self) -> int:
         """The highest cell's index in the row-major flattened grid."""

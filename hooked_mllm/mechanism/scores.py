@@ -66,7 +66,7 @@ class HeadScores:
         if not 1 <= k <= n:
             raise ValueError(f"k must be between 1 and the {n} heads considered, not {k}.")
         flat = scores.flatten().topk(k).indices.tolist()
-        return [divmod(i, scores.shape[1]) for i in flat]  # type: ignore[misc]
+        return [divmod(i, scores.shape[1]) for i in flat]
 
 
 @dataclass(frozen=True, eq=False)

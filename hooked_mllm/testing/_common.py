@@ -129,7 +129,7 @@ def without_video(processor_cls):
     """``processor_cls`` accepting ``video_processor=None`` or a PIL-only video processor (the class
     check of video processors needs torchvision)."""
 
-    class ImageOnly(processor_cls):
+    class ImageOnly(processor_cls):  # type: ignore[misc, valid-type]  # a class given at run time
         def check_argument_for_proper_class(self, argument_name, argument):
             if argument_name == "video_processor":
                 return None

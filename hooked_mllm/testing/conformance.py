@@ -82,7 +82,8 @@ def _unreached(model: Any, batch: Any, names: list[str], style: str, seed: int) 
         return _unreached(model, batch, names[:half], style, seed) + _unreached(
             model, batch, names[half:], style, seed
         )
-    return [n for n in names if n not in deltas or deltas[n].grad is None or not bool(deltas[n].grad.any())]
+    grads = {n: delta.grad for n, delta in deltas.items()}
+    return [n for n in names if (grad := grads.get(n)) is None or not bool(grad.any())]
 
 
 def _changes_output(model: Any, batch: Any, name: str, seed: int) -> bool:

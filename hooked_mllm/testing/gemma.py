@@ -101,7 +101,7 @@ def tiny_paligemma(
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
-    image_processor.image_seq_length = (image_size // patch_size) ** 2
+    image_processor.image_seq_length = (image_size // patch_size) ** 2  # type: ignore[attr-defined]  # read by the processor
     tok = word_tokenizer(["<image>"], image_token="<image>")
     processor = tf.PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
     text = dict(text_kwargs(tok, d_model, n_layers, 4), head_dim=8, hidden_activation="gelu_pytorch_tanh")

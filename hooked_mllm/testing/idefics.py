@@ -9,6 +9,8 @@ Examples:
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._common import build_tiny, chat_template_for, text_kwargs, without_video, word_tokenizer
 
 IDEFICS_SPECIALS = ["<fake_token_around_image>", "<image>", "<end_of_utterance>"]
@@ -55,7 +57,7 @@ def tiny_idefics2(
         resampler_head_dim=8,
         num_key_value_heads=2,
     )
-    config = tf.Idefics2Config(
+    config = tf.Idefics2Config(  # type: ignore[call-arg]  # HF configs take token ids as extra keywords
         vision_config=vision,
         perceiver_config=perceiver,
         text_config=dict(text_kwargs(tok, d_model, n_layers, 4), model_type="mistral"),
@@ -78,7 +80,7 @@ def _idefics3_like(smol: bool, seed: int, attn_implementation: str | None, n_lay
     # SmolVLM: 32px tiles of 16x16 patches (patch 2), shuffled by 4 -> 16 tokens per tile.
     tile, scale = (32, 4) if smol else (16, 2)
     n_tokens = (tile // 2) ** 2 // scale**2
-    sizes = dict(
+    sizes: dict[str, Any] = dict(
         do_image_splitting=True, size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}
     )
     vision = dict(
@@ -101,7 +103,8 @@ def _idefics3_like(smol: bool, seed: int, attn_implementation: str | None, n_lay
             image_seq_len=n_tokens,
             chat_template=chat_template_for("<image>"),
         )
-        config_cls, model_cls = tf.SmolVLMConfig, tf.SmolVLMForConditionalGeneration
+        config_cls: type[tf.PreTrainedConfig] = tf.SmolVLMConfig
+        model_cls: type[tf.PreTrainedModel] = tf.SmolVLMForConditionalGeneration
     else:
         from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
@@ -112,7 +115,7 @@ def _idefics3_like(smol: bool, seed: int, attn_implementation: str | None, n_lay
             chat_template=chat_template_for("<image>"),
         )
         config_cls, model_cls = tf.Idefics3Config, tf.Idefics3ForConditionalGeneration
-    config = config_cls(
+    config = config_cls(  # type: ignore[call-arg]  # HF configs take token ids as extra keywords
         vision_config=vision,
         text_config=text,
         scale_factor=scale,

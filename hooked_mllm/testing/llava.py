@@ -80,7 +80,7 @@ def tiny_llava(
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    config = LlavaConfig(
+    config = LlavaConfig(  # type: ignore[call-arg]  # HF configs take token ids as extra keywords
         vision_config=vision,
         text_config=text_cfg,
         image_token_id=tok.convert_tokens_to_ids("<image>"),
@@ -133,7 +133,7 @@ def tiny_llava_next(
         projection_dim=32,
     )
     text = tf.MistralConfig(**text_kwargs(tok, d_model, n_layers, 4))
-    config = tf.LlavaNextConfig(
+    config = tf.LlavaNextConfig(  # type: ignore[call-arg]  # HF configs take token ids as extra keywords
         vision_config=vision,
         text_config=text,
         image_grid_pinpoints=pinpoints,
@@ -184,7 +184,7 @@ def tiny_llava_onevision(
         patch_size=patch_size,
     )
     text = tf.Qwen2Config(**text_kwargs(tok, d_model, n_layers, 4))
-    config = tf.LlavaOnevisionConfig(
+    config = tf.LlavaOnevisionConfig(  # type: ignore[call-arg]  # HF configs take token ids as extra keywords
         vision_config=vision,
         text_config=text,
         image_grid_pinpoints=pinpoints,

@@ -51,7 +51,7 @@ def _molmo2_image_processor_cls() -> type:
     module = importlib.import_module("transformers.models.molmo2.image_processing_molmo2")
     from transformers.image_utils import PILImageResampling
 
-    class Molmo2ImageProcessor(module.Molmo2ImageProcessor):
+    class Molmo2ImageProcessor(module.Molmo2ImageProcessor):  # type: ignore[name-defined]  # loaded at run time
         """HF's ``Molmo2ImageProcessor`` with its torchvision resize and normalize in plain torch."""
 
         def resize(

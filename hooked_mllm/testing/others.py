@@ -209,7 +209,7 @@ def tiny_pixtral(
         image_size=longest_edge,
         patch_size=patch_size,
     )
-    config = tf.LlavaConfig(
+    config = tf.LlavaConfig(  # type: ignore[call-arg]  # HF configs take token ids as extra keywords
         text_config=text,
         vision_config=vision,
         vision_feature_layer=-1,

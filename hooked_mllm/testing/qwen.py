@@ -9,6 +9,8 @@ Examples:
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._common import build_tiny, chat_template_for, text_kwargs, without_video, word_tokenizer
 
 QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -52,7 +54,7 @@ def tiny_qwen2_vl(
         text_kwargs(tok, d_model, n_layers, n_heads),
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
     )
-    vision = dict(
+    vision: dict[str, Any] = dict(
         depth=2,
         hidden_size=d_model,
         num_heads=4,
@@ -69,6 +71,8 @@ def tiny_qwen2_vl(
             ("vision_end_token_id", "<|vision_end|>"),
         )
     }
+    config: tf.PreTrainedConfig
+    model_cls: type[tf.PreTrainedModel]
     if version == "2":
         vision.update(embed_dim=32, mlp_ratio=2)
         config = tf.Qwen2VLConfig(text_config=text, vision_config=vision, **ids)

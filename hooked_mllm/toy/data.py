@@ -12,7 +12,7 @@ Contents:
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 
@@ -87,7 +87,7 @@ def encode_text(
         raise ValueError(f"loss must be 'all' or 'answer', got {loss!r}.")
     generate = all(isinstance(d, str) for d in dialogues)
     if generate:
-        texts = [text_prompt(s, q) for s, q in zip(scenes, dialogues)]
+        texts = [text_prompt(s, cast(str, q)) for s, q in zip(scenes, dialogues)]
     else:
         texts = [
             " ".join(

@@ -19,6 +19,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -97,7 +98,9 @@ class _Tally:
         )
 
 
-def _resolve(model, processor):
+def _resolve(
+    model: str | os.PathLike[str] | PreTrainedModel, processor: Any
+) -> tuple[PreTrainedModel, Any, Path | None]:
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.exists() and str(model) in CHECKPOINTS:
@@ -232,7 +235,7 @@ def evaluate_text(
             chunk = items[start : start + batch_size]
             batch = encode_text(tokenizer, [scenes[i] for i, *_ in chunk], [q for _, _, q, _ in chunk])
             max_new = 24 if any(t == "caption" for _, t, _, _ in chunk) else 2
-            out = model.generate(
+            out = model.generate(  # type: ignore[operator]  # nn.Module attribute: GenerationMixin.generate
                 **batch,
                 max_new_tokens=max_new,
                 do_sample=False,

@@ -23,6 +23,7 @@ Contents:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -104,10 +105,12 @@ def answer_heads(
     items = _questions(seed, n, qtype)
     if not items:
         raise ValueError(f"No {qtype!r} question in {n} scenes of World({seed}); ask for more scenes.")
-    total, count = None, 0
+    total: torch.Tensor | None = None
+    count = 0
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         scenes, questions = [s for s, _ in chunk], [qa.question for _, qa in chunk]
+        batch: Mapping[str, torch.Tensor]
         if mode == "image":
             batch = encode(model.processor, [s.image for s in scenes], questions)
         else:
@@ -115,6 +118,7 @@ def answer_heads(
         scores = head_scores(model, dict(batch), target=[qa.answer for _, qa in chunk]).values
         total = scores.sum(0) if total is None else total + scores.sum(0)
         count += len(chunk)
+    assert total is not None  # items is not empty
     return AnswerHeads(mode, qtype, total / count, count)
 
 

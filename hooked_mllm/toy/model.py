@@ -99,7 +99,7 @@ def toy_config(
     return config
 
 
-def build_model(seed: int = 0, **sizes: int) -> LlavaForConditionalGeneration:
+def build_model(seed: int = 0, **sizes: Any) -> LlavaForConditionalGeneration:
     """A freshly initialised toy LLaVA (float32, eval mode), deterministic per ``seed``.
 
     ``sizes`` are passed to :func:`toy_config`.

@@ -240,7 +240,7 @@ class World:
         off_y = 1 + (rng.randint(0, slack) if self.jitter else slack // 2)
         x0, y0 = col * CELL + off_x, row * CELL + off_y
         box = (x0, y0, x0 + size - 1, y0 + size - 1)
-        rgb = COLORS[color]
+        rgb: tuple[int, ...] = COLORS[color]
         if self.jitter:
             rgb = tuple(int(min(255, max(0, v + rng.randint(-20, 20)))) for v in rgb)
         layer = Image.new("L", image.size, 0)

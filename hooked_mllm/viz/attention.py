@@ -140,7 +140,7 @@ def patch_strip(
     for k in range(rows * cols):
         r, c = divmod(k, cols)
         tile = rgb.crop((c * w // cols, r * h // rows, (c + 1) * w // cols, (r + 1) * h // rows))
-        tile = tile.resize((size, size), Image.NEAREST)
+        tile = tile.resize((size, size), Image.Resampling.NEAREST)
         cells.append(
             f'<div><img src="{_html.png_data_uri(tile)}" width="{size}" height="{size}" '
             f'alt="{_html.escape(labels[k])}"/>{_html.escape(labels[k])}</div>'
@@ -231,9 +231,9 @@ def _view(
         chosen = list(positions) if positions is not None else part_positions(batch, row, part)
         if image is not None:
             spans = batch.images_of(row)
-            if not spans or spans[0].grid is None:
+            span = spans[0] if spans else None
+            if span is None or span.grid is None:
                 raise ValueError("image= draws the patch strip of image 0, which has no patch grid here.")
-            span = spans[0]
             header = (
                 "<p><small>Image 0's patches in token order (columns <code>img0[r.c.]</code>):</small></p>"
                 + patch_strip(image, span.grid)

@@ -205,8 +205,9 @@ def concept_dictionary_html(
         tiles = ""
         if patches is not None:
             tiles = "".join(
-                f'<img src="{_html.png_data_uri(p.resize((size, size), Image.NEAREST))}" width="{size}" '
-                f'height="{size}" style="image-rendering:pixelated;margin:1px;border:1px solid #888"/>'
+                f'<img src="{_html.png_data_uri(p.resize((size, size), Image.Resampling.NEAREST))}" '
+                f'width="{size}" height="{size}" '
+                'style="image-rendering:pixelated;margin:1px;border:1px solid #888"/>'
                 for p in patches[k]
             )
         rows.append(

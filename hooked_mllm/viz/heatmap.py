@@ -18,7 +18,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from jaxtyping import Float
@@ -201,7 +201,9 @@ def heatmaps(
     arrays, names = _as_maps(maps, titles)
     if not arrays:
         raise ValueError("heatmaps() got no maps.")
-    images = list(image) if isinstance(image, (list, tuple)) else [image] * len(arrays)
+    images: list[Image.Image | None] = (
+        list(image) if isinstance(image, (list, tuple)) else [cast("Image.Image | None", image)] * len(arrays)
+    )
     if len(images) != len(arrays):
         raise ValueError(f"{len(images)} images for {len(arrays)} maps")
     ncols = ncols or min(len(arrays), 6)

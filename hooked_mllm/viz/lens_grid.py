@@ -177,6 +177,7 @@ class ImageLensGrid:
                     )
             _cell_axes(ax, rows, cols, lines=False)
             ax.set_title(self.layers[i], fontsize=9)
+        assert shown is not None  # a grid has at least one layer
         fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="top-token probability")
         fig.suptitle(title or "Logit lens on the image tokens: top token per cell and layer", fontsize=10)
         return fig
@@ -295,9 +296,9 @@ def image_lens_grid(
     if batch is None:
         raise ValueError("Pass batch= (the cache does not carry the batch it was run on).")
     spans = batch.images_of(row)
-    if image >= len(spans) or spans[image].grid is None:
+    span = spans[image] if image < len(spans) else None
+    if span is None or span.grid is None:
         raise ValueError(f"Image {image} of row {row} has no patch grid (found {len(spans)} image(s)).")
-    span = spans[image]
     layers, resid = _stack(model, cache, row, list(span.token_positions), hook, include_embed)
     tokens, probs = _top(model, resid, apply_norm)
     return ImageLensGrid(layers, span.grid, tokens, probs.reshape(len(layers), *span.grid))

@@ -50,7 +50,7 @@ class Report:
 
     def image(self, image: Image.Image, caption: str = "", scale: int = 4) -> Report:
         """An inline PNG, enlarged ``scale`` times with nearest-neighbour sampling."""
-        big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        big = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
         self._parts.append(
             f"<figure>{_html.img_tag(big, caption)}<figcaption>{_html.escape(caption)}</figcaption></figure>"
         )

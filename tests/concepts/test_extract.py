@@ -234,6 +234,9 @@ def test_lazy_datasets(tmp_path):
     assert next(hf_dataset(table, prompt_column="question", id_column="qid")).id == "7"
     with pytest.raises(KeyError, match="no column 'prompt'"):
         next(hf_dataset(table))
+    with pytest.raises(ValueError, match="prompt_column= .* or prompt="):
+        next(hf_dataset(table, prompt_column=None))
+    assert next(hf_dataset(table, prompt_column=None, prompt="p")).prompt == "p"
 
 
 def test_paths_are_read_per_batch(llama_model, tmp_path):
