@@ -42,7 +42,14 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoProcessor, LlamaForCausalLM, LlavaForConditionalGeneration
+from transformers import (
+    AutoProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+)
 
 from hooked_mllm.toy.data import encode_dialogues, encode_text, sample_dialogue
 from hooked_mllm.toy.model import build_model, save_checkpoint, toy_config
@@ -224,6 +231,7 @@ def build_text_lm(seed: int = 0, **sizes) -> LlamaForCausalLM:
     per ``seed``."""
     torch.manual_seed(seed)
     config = toy_config(**{**DEEP_SIZES, **sizes}).text_config
+    assert isinstance(config, LlamaConfig)  # toy_config builds a Llama LM
     model = LlamaForCausalLM(config)
     gen = model.generation_config
     gen.pad_token_id, gen.bos_token_id = config.pad_token_id, config.bos_token_id
@@ -284,6 +292,7 @@ def vlm_from_text_lm(
     if vision_from is not None:
         donor = LlavaForConditionalGeneration.from_pretrained(vision_from, dtype=torch.float32)
         vc = donor.config.vision_config
+        assert isinstance(vc, CLIPVisionConfig)  # the toy LLaVAs have a CLIP tower
         vision_sizes = {"vision_hidden": vc.hidden_size, "vision_layers": vc.num_hidden_layers,
                         "vision_heads": vc.num_attention_heads}  # fmt: skip
     tc = lm.config
@@ -357,14 +366,14 @@ def _loss(
 
 
 def run_stage(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     proc,
     stage: Stage,
     *,
     seed: int = 0,
     progress: bool = True,
     every: int = 0,
-    callback: Callable[[int, torch.nn.Module], None] | None = None,
+    callback: Callable[[int, PreTrainedModel], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place for ``stage.recipe.steps`` steps with only ``stage.trainable`` parts learning.
 
@@ -442,7 +451,7 @@ def train_stage(
     progress: bool = True,
     save: bool = True,
     every: int = 0,
-    callback: Callable[[int, torch.nn.Module], None] | None = None,
+    callback: Callable[[int, PreTrainedModel], None] | None = None,
     **overrides,
 ) -> TrainResult:
     """Run stage ``name`` of :data:`STAGES` and save its checkpoint atomically to ``out``.
@@ -481,7 +490,7 @@ def train_stage(
             "final_loss": sum(recent) / len(recent) if recent else None,
         }, indent=2)  # fmt: skip
 
-    def interim(step: int, m: torch.nn.Module) -> None:
+    def interim(step: int, m: PreTrainedModel) -> None:
         if save and step < stage.recipe.steps:
             save_checkpoint(m, proc, dest, extra_files={META_FILE: meta(step, None)})
         if callback is not None:
@@ -521,7 +530,7 @@ def train_recipe(
     prev: Path | None = None
     for name, stage in STAGES.items():
 
-        def report(step: int, m: torch.nn.Module, name: str = name, stage: Stage = stage) -> None:
+        def report(step: int, m: PreTrainedModel, name: str = name, stage: Stage = stage) -> None:
             if stage.kind == "text":
                 tok = build_tokenizer()
                 text = evaluate_text(m, seed=5, n=n_eval, tokenizer=tok, progress=False).format()
