@@ -5,6 +5,8 @@ Purpose:
     without a download: which image tokens show which object (:class:`World` scenes carry masks and
     ``patch_indices``), what the model answers (scored per question type, see docs/toy.md), and a
     fine-tuned twin whose behaviour differs in one documented way (captions with colours) for model-diffing.
+    LLaVA's recipe (:mod:`hooked_mllm.toy.recipe`) adds ``toy-lm`` (text only), ``toy-llava-deep`` (image
+    tokens that read as words; visual QA on the text model's heads) and its twin ``toy-llava-deep-ft``.
 
 Connections:
     ``world`` (scenes) -> ``tokenizer`` / ``processor`` (Hub-format ``LlavaProcessor``) -> ``model``
