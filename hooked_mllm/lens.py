@@ -14,14 +14,11 @@ Examples:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from .model import HookedMLLM
+from .model import HookedMLLM
 
 
 def logit_lens(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -36,9 +36,7 @@ from torch import Tensor
 from .hook_points import HookContext, act_name
 from .inputs import MultimodalBatch
 from .mechanism.maps import LocationMap
-
-if TYPE_CHECKING:
-    from .model import HookedMLLM
+from .model import HookedMLLM
 
 Metric = Callable[[Tensor, MultimodalBatch], Tensor]
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .hook_points import HookPoint
-    from .model import HookedMLLM
+from .hook_points import HookPoint
+from .model import HookedMLLM
 
 _SHAPES = {
     "cross_attn.hook_q": "[batch, pos, n_heads, d_head]",

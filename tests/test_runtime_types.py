@@ -36,3 +36,14 @@ def test_mismatched_named_dimension_is_refused(llama_model):
     with pytest.raises(TypeCheckError, match="d_model"):
         # without the check this broadcasts: the scale is a mean over the last axis of either width
         frozen_final_norm(llama_model, resid, torch.randn(2, d - 1))
+
+
+def test_a_plain_hf_model_where_a_hooked_model_is_annotated_is_refused(llama_model):
+    """``HookedMLLM`` annotations are checked too (the model class is imported at run time, not only for type
+    checkers): a bare Hugging Face model fails at the call, naming the parameter."""
+    from hooked_mllm.lens import logit_lens
+
+    resid = torch.randn(2, llama_model.cfg.d_model)
+    assert logit_lens(llama_model, resid).shape == (2, llama_model.cfg.d_vocab)
+    with pytest.raises(TypeCheckError, match="model"):
+        logit_lens(llama_model.hf_model, resid)

@@ -34,12 +34,13 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..model import HookedMLLM
 from ._parallel import Split, agree, resolve_split
 from ._shards import MANIFEST, ShardWriter, merge_parts, part_name, ranks_complete, read_parts
 from ._store import (
@@ -53,9 +54,6 @@ from ._store import (
 )
 from ._tokens import find_subtokens, token_spans
 from .data import Sample, folder_dataset, iter_samples, load_image, sample_fingerprint, toy_dataset
-
-if TYPE_CHECKING:
-    from ..model import HookedMLLM
 
 __all__ = ["RULES", "TokenRule", "extract", "Features", "Sample", "folder_dataset", "toy_dataset"]
 

@@ -14,15 +14,14 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from ..model import HookedMLLM
+from ..model import HookedMLLM
 
 STOPWORDS = frozenset(
     "the and for are but not you all any can had her was one our out has him his how its may new now old see "

@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..hooks import Steer
-
-if TYPE_CHECKING:
-    from ..model import HookedMLLM
+from ..model import HookedMLLM
 
 
 def _matrix(features: Any) -> Tensor:

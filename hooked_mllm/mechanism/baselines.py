@@ -26,17 +26,15 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..model import HookedMLLM
 from .capture import capture, resolve_target
 from .maps import LocationMap, grid_span, to_map
 from .scores import layer_list
-
-if TYPE_CHECKING:
-    from ..model import HookedMLLM
 
 
 def _maps(

@@ -27,7 +27,7 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -35,9 +35,7 @@ from torch import Tensor
 
 from ..inputs import MultimodalBatch
 from ..lens import frozen_final_norm, logit_lens, softcap_logits
-
-if TYPE_CHECKING:
-    from ..model import HookedMLLM
+from ..model import HookedMLLM
 
 _CHUNK_FLOATS = 1 << 24  # logits held at once by the readout
 

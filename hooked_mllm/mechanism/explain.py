@@ -19,18 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..lens import logit_lens, top_tokens
+from ..model import HookedMLLM
 from .capture import capture, resolve_target
 from .maps import LocationMap, grid_span, to_map
 from .scores import head_scores, layer_list
-
-if TYPE_CHECKING:
-    from ..model import HookedMLLM
 
 PARTS = ("resid_pre", "attn_out", "mlp_out", "head")
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..model import HookedMLLM
 from .baselines import attention_map, gradient_map, occlusion_map, relevancy_map
 from .capture import MechanismRun, capture
 from .explain import lens_location_map
@@ -41,7 +42,6 @@ from .maps import LocationMap
 from .scores import image_locations
 
 if TYPE_CHECKING:
-    from ..model import HookedMLLM
     from ..toy.world import QA, Scene, SceneObject
 
 MapMethod = Callable[["HookedMLLM", MechanismRun], list[LocationMap]]

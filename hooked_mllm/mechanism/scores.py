@@ -26,17 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..model import HookedMLLM
 from .capture import MechanismRun, capture
 from .maps import LocationMap, grid_span, to_map
-
-if TYPE_CHECKING:
-    from ..model import HookedMLLM
 
 Heads = Any  # "top" | "all" | int | sequence of (layer, head)
 

@@ -19,20 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, SupportsFloat
+from typing import Any, SupportsFloat
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from PIL import Image
 
+from ..cache import ActivationCache
+from ..inputs import MultimodalBatch
+from ..model import HookedMLLM
 from . import _html
 from .attention import part_positions, token_labels
-
-if TYPE_CHECKING:
-    from ..cache import ActivationCache
-    from ..inputs import MultimodalBatch
-    from ..model import HookedMLLM
 
 
 def _shade(p: SupportsFloat) -> str:
