@@ -19,13 +19,12 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from ..inputs import ImageSpan, MultimodalBatch
+from ..inputs import ImageSpan, MultimodalBatch
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,11 +39,9 @@ from jaxtyping import Float
 from PIL import Image
 from torch import Tensor
 
+from ..cache import ActivationCache
+from ..inputs import MultimodalBatch
 from . import _html
-
-if TYPE_CHECKING:
-    from ..cache import ActivationCache
-    from ..inputs import MultimodalBatch
 
 PARTS = ("all", "image", "text")
 
