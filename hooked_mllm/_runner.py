@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,7 @@ from nnsight import Envoy
 from nnsight.intervention.tracer import InterleavingTracer
 
 from . import _hook_io
-from .hook_points import HookContext, HookPoint
+from .hook_points import HookContext, HookPoint, HookPoints
 
 NEVER_REACHED = r".*was never reached.*"
 
@@ -45,6 +45,23 @@ class HookFn:
 
     point: HookPoint
     fn: HookFunction
+
+
+def bind(points: HookPoints, specs: Iterable[Any], kind: str = "fwd_hooks") -> list[HookFn]:
+    """``(name_or_filter, fn)`` pairs as one :class:`HookFn` per selected hook point, in the order given.
+
+    Examples:
+        >>> hooks = bind(model.hook_points, [("blocks.0.hook_resid_post", fn)])  # doctest: +SKIP
+    """
+    bound: list[HookFn] = []
+    for spec in specs:
+        if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
+            raise TypeError(
+                f"{kind} takes (name_or_filter, fn) pairs, e.g. [('blocks.0.hook_resid_post', fn)]"
+            )
+        target, fn = spec
+        bound.extend(HookFn(point, fn) for point in points.select(target))
+    return bound
 
 
 def _body(

@@ -46,7 +46,7 @@ from .hook_points import HookPoints
 from .inputs import MultimodalBatch
 
 # A hook is a ``(name_or_filter, fn)`` pair. `| Any`: whatever else is passed (a bare name, a pair without a
-# function) is let through to `_bind`, which refuses it saying what to pass.
+# function) is let through to `_runner.bind`, which refuses it saying what to pass.
 HookSpec = tuple[Any, Callable] | Any
 
 
@@ -199,16 +199,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         return HookPointHandle(self.nnsight, point, self._trace_reads)
 
     def _bind(self, fwd_hooks: Iterable[HookSpec], kind: str = "fwd_hooks") -> list[_runner.HookFn]:
-        bound = []
-        for spec in fwd_hooks:
-            if not (isinstance(spec, tuple) and len(spec) == 2 and callable(spec[1])):
-                raise TypeError(
-                    f"{kind} takes (name_or_filter, fn) pairs, e.g. [('blocks.0.hook_resid_post', fn)]"
-                )
-            target, fn = spec
-            for point in self.hook_points.select(target):
-                bound.append(_runner.HookFn(point, fn))
-        return bound
+        return _runner.bind(self.hook_points, fwd_hooks, kind)
 
     # -- running ---------------------------------------------------------------------
 
