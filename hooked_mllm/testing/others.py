@@ -12,6 +12,8 @@ Examples:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from ._common import build_tiny, chat_template_for, text_kwargs, without_video, word_tokenizer
@@ -108,23 +110,11 @@ def _pixtral_processor_cls():
     return sys.modules[name].PixtralProcessor
 
 
-def tiny_mistral3(
-    seed: int = 0,
-    attn_implementation: str | None = None,
-    n_layers: int = 2,
-    d_model: int = 32,
-    patch_size: int = 4,
-    longest_edge: int = 32,
-):
-    """A tiny random Mistral 3 (shrunk from mistralai/Mistral-Small-3.1-24B-Instruct-2503: Pixtral
-    tower with 2D RoPE, RMSNorm projector with a 2x2 patch merger, Mistral LM with ``head_dim``
-    set apart from ``d_model / n_heads``) and its ``PixtralProcessor`` (PIL image processor).
-
-    Images are resized to a longest edge of at most ``longest_edge`` px and to multiples of
-    ``2 * patch_size``; each ``2 * patch_size`` block is one ``[IMG]`` token, rows ended by
-    ``[IMG_BREAK]`` (the last by ``[IMG_END]``). Returns ``(model, processor)``.
-    """
-    import transformers as tf
+def _pixtral_parts(
+    d_model: int, n_layers: int, patch_size: int, longest_edge: int, *, merge: int
+) -> tuple[Any, Any, dict[str, Any], dict[str, Any]]:
+    """The tokenizer, ``PixtralProcessor`` (``merge``: its spatial merge size), Mistral text config and tiny
+    Pixtral vision config shared by :func:`tiny_mistral3` and :func:`tiny_pixtral`."""
     from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
     tok = word_tokenizer(PIXTRAL_SPECIALS, image_token="[IMG]")
@@ -133,7 +123,7 @@ def tiny_mistral3(
         image_processor=image_processor,
         tokenizer=tok,
         patch_size=patch_size,
-        spatial_merge_size=2,
+        spatial_merge_size=merge,
         chat_template=chat_template_for("[IMG]"),
     )
     text = dict(
@@ -152,6 +142,28 @@ def tiny_mistral3(
         image_size=longest_edge,
         patch_size=patch_size,
     )
+    return tok, processor, text, vision
+
+
+def tiny_mistral3(
+    seed: int = 0,
+    attn_implementation: str | None = None,
+    n_layers: int = 2,
+    d_model: int = 32,
+    patch_size: int = 4,
+    longest_edge: int = 32,
+):
+    """A tiny random Mistral 3 (shrunk from mistralai/Mistral-Small-3.1-24B-Instruct-2503: Pixtral
+    tower with 2D RoPE, RMSNorm projector with a 2x2 patch merger, Mistral LM with ``head_dim``
+    set apart from ``d_model / n_heads``) and its ``PixtralProcessor`` (PIL image processor).
+
+    Images are resized to a longest edge of at most ``longest_edge`` px and to multiples of
+    ``2 * patch_size``; each ``2 * patch_size`` block is one ``[IMG]`` token, rows ended by
+    ``[IMG_BREAK]`` (the last by ``[IMG_END]``). Returns ``(model, processor)``.
+    """
+    import transformers as tf
+
+    tok, processor, text, vision = _pixtral_parts(d_model, n_layers, patch_size, longest_edge, merge=2)
     config = tf.Mistral3Config(
         text_config=text,
         vision_config=vision,
@@ -181,34 +193,9 @@ def tiny_pixtral(
     by ``[IMG_END]``). Returns ``(model, processor)``.
     """
     import transformers as tf
-    from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
-    tok = word_tokenizer(PIXTRAL_SPECIALS, image_token="[IMG]")
-    image_processor = PixtralImageProcessorPil(size={"longest_edge": longest_edge}, patch_size=patch_size)
-    processor = _pixtral_processor_cls()(
-        image_processor=image_processor,
-        tokenizer=tok,
-        patch_size=patch_size,
-        spatial_merge_size=1,
-        chat_template=chat_template_for("[IMG]"),
-    )
-    text = dict(
-        text_kwargs(tok, d_model, n_layers, 4),
-        model_type="mistral",
-        head_dim=d_model // 2,
-        sliding_window=None,
-    )
-    vision = dict(
-        model_type="pixtral",
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        head_dim=8,
-        hidden_act="silu",
-        image_size=longest_edge,
-        patch_size=patch_size,
-    )
+    tok, processor, text, vision = _pixtral_parts(d_model, n_layers, patch_size, longest_edge, merge=1)
+    vision["hidden_act"] = "silu"
     config = tf.LlavaConfig(  # type: ignore[call-arg]  # HF configs take token ids as extra keywords
         text_config=text,
         vision_config=vision,
