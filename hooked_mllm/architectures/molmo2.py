@@ -40,11 +40,14 @@ attends to all the others, across images, bidirectionally; the rest is causal.
 
 Inputs: ``pixel_values`` ``[total crops, patches, patch * patch * 3]`` (each image's
 low-resolution crop, then its high-resolution crops), ``image_token_pooling``
-``[total image tokens, 4]`` (indices into all images' patches together, -1 for padding),
-``image_grids`` and ``image_num_crops`` (one row per image), ``mm_token_type_ids``. Splitting
-a batch into rows re-bases the pooling indices (rules below). The vision tower runs every
-crop as one row, so vision hook points have one row per crop; ``projector.hook_in`` is the
-concatenated features of the ViT layers in ``adapter_config.vision_feature_layer``
+``[total image tokens, 4]`` (indices into the images' patches, -1 for padding),
+``image_grids`` and ``image_num_crops`` (one row per image), ``mm_token_type_ids``. Up to
+transformers 5.24 the pooling indices of each image are offset by the patches of the images before
+it; from 5.25 they start at 0 for each image and the model adds the offsets itself. Splitting a
+batch into rows reads which of the two it was given from the indices and keeps it (rules below).
+The vision tower runs every crop as one row, so vision hook points have one row per crop;
+``projector.hook_in`` is the concatenated features of the ViT layers in
+``adapter_config.vision_feature_layer``
 (``[crops, patches, len(vision_feature_layer) * d_vision]``) and ``projector.hook_out`` is
 ``[total image tokens, d_model]``, in sequence order (the adapter returns a ``ModelOutput``;
 the hook points see its ``last_hidden_state``).
@@ -64,6 +67,7 @@ same ``<im_patch>`` token; their spans get no grids, a clear error), text config
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 from typing import Any
 
@@ -118,19 +122,52 @@ def _take_crops(batch: Any, rows: list[int]) -> Float[Tensor, "crops patches pix
     return torch.cat([pixels[slice(*crops[i])] for i in _images(batch, rows)] or [pixels[:0]])
 
 
+def _indexes_whole_batch(
+    pooling: Int[Tensor, "tokens window"],
+    tokens: list[tuple[int, int]],
+    crops: list[tuple[int, int]],
+    patches: int,
+) -> bool:
+    """Whether ``image_token_pooling`` indexes all images' patches together, read off the data.
+
+    The processor of transformers <= 5.24 offsets each image's indices by the patches of the images
+    before it (one index space for the batch); from 5.25 each image's indices start at its own first
+    patch and the model adds the offsets from ``image_num_crops``. An image's first pooling window
+    always reads its first patch, so its smallest index is its own offset in the first layout and 0
+    in the second: the first image with a non-zero offset decides. A single image reads the same in
+    both; then the installed model says which it expects (it takes ``image_num_crops`` from 5.25).
+    """
+    for (start, end), (first_crop, _) in zip(tokens, crops):
+        offset = first_crop * patches
+        valid = pooling[start:end][pooling[start:end] >= 0]
+        if offset > 0 and valid.numel():
+            return bool(valid.min() >= offset)
+    from transformers.models.molmo2 import modeling_molmo2
+
+    features = modeling_molmo2.Molmo2Model.get_image_features
+    return "image_num_crops" not in inspect.signature(features).parameters
+
+
 def _take_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
-    """``image_token_pooling`` of ``rows``: each image's token rows, indices re-based to the taken crops."""
+    """``image_token_pooling`` of ``rows``: each image's token rows, in the index space they came in.
+
+    Indices into the whole batch's patches (transformers <= 5.24) are re-based to the taken crops;
+    per-image indices (transformers >= 5.25) are kept as they are (:func:`_indexes_whole_batch`).
+    """
     inputs = batch.inputs
     grids = inputs["image_grids"]
     tokens = _ranges(grids[:, 0] * grids[:, 1] + grids[:, 2] * grids[:, 3])
     crops = _ranges(inputs["image_num_crops"])
     patches = inputs["pixel_values"].shape[1]
     pooling = inputs["image_token_pooling"]
+    whole_batch = _indexes_whole_batch(pooling, tokens, crops, patches)
     pieces, offset = [], 0
     for i in _images(batch, rows):
         piece = pooling[slice(*tokens[i])]
-        shift = offset - crops[i][0] * patches
-        pieces.append(torch.where(piece >= 0, piece + shift, piece))
+        if whole_batch:
+            shift = offset - crops[i][0] * patches
+            piece = torch.where(piece >= 0, piece + shift, piece)
+        pieces.append(piece)
         offset += (crops[i][1] - crops[i][0]) * patches
     return torch.cat(pieces or [pooling[:0]])
 

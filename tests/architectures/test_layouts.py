@@ -5,6 +5,7 @@ unverified Molmo adapter on a module tree of its published layout."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -174,13 +175,56 @@ def test_molmo2_row_inputs_equal_the_processor_on_that_row(molmo2):
         assert split.inputs.keys() == alone.inputs.keys()
         for key, value in alone.inputs.items():
             torch.testing.assert_close(split.inputs[key], value, rtol=0, atol=0, msg=key)
-    twice = batch.row(1).repeat(2)  # the second copy's pooling indices point at its own crops
-    crops, pooling = batch.row(1).inputs["pixel_values"], batch.row(1).inputs["image_token_pooling"]
-    patches = crops.shape[0] * crops.shape[1]
-    expected = torch.cat([pooling, torch.where(pooling >= 0, pooling + patches, pooling)])
-    torch.testing.assert_close(twice.inputs["image_token_pooling"], expected, rtol=0, atol=0)
+    # the processor's own batch of the same row twice: its pooling indices are in whichever index space
+    # this transformers uses (whole batch up to 5.24, per image from 5.25), and the repeat must match it
+    for row in range(len(batch)):  # one image (the space is the installed model's) and two images
+        twice = batch.row(row).repeat(2)
+        both = model.prepare(
+            images=family.images[row : row + 1] * 2, prompts=family.prompts[row : row + 1] * 2
+        )
+        for key, value in both.inputs.items():
+            torch.testing.assert_close(twice.inputs[key], value, rtol=0, atol=0, msg=key)
     logits = model(twice)
     torch.testing.assert_close(logits[1], logits[0])
+
+
+def _per_image_to_whole_batch(inputs: dict) -> torch.Tensor:
+    """Molmo2 pooling indices with each image offset by the patches of the images before it (<= 5.24)."""
+    grids, crops = inputs["image_grids"], inputs["image_num_crops"]
+    tokens = (grids[:, 0] * grids[:, 1] + grids[:, 2] * grids[:, 3]).tolist()
+    patches = crops * inputs["pixel_values"].shape[1]
+    offsets = (patches.cumsum(0) - patches).repeat_interleave(torch.tensor(tokens))
+    pooling = inputs["image_token_pooling"]
+    return torch.where(pooling >= 0, pooling + offsets[:, None], pooling)
+
+
+def test_molmo2_row_split_keeps_either_index_space(molmo2):
+    """Whole-batch indices (transformers <= 5.24) and per-image ones (>= 5.25): each split keeps its space.
+
+    Both layouts are built by hand from the processor's output, so both are checked under any
+    transformers: a row of two images (and that row repeated) split from either must equal the
+    per-image indices of that row, converted to the whole-batch space where that was the space given.
+    (One image reads the same in both spaces; the test above checks it against the processor.)
+    """
+    model, _, batch = molmo2
+    pooling = batch.inputs["image_token_pooling"]
+    grids = batch.inputs["image_grids"]
+    second = pooling[int(grids[0, 0] * grids[0, 1] + grids[0, 2] * grids[0, 3]) :]
+    if second[second >= 0].min() > 0:  # this processor gives whole-batch indices: take the offsets off
+        pooling = 2 * pooling - _per_image_to_whole_batch(batch.inputs)
+    per_image = replace(batch, inputs=dict(batch.inputs, image_token_pooling=pooling))
+    whole = replace(
+        batch, inputs=dict(batch.inputs, image_token_pooling=_per_image_to_whole_batch(per_image.inputs))
+    )
+    assert not whole.inputs["image_token_pooling"].equal(pooling)  # the two spaces differ on this batch
+    for row in [r for r, n in enumerate(batch.images_per_row) if n > 2]:  # two spans per image
+        for times in (1, 2):
+            own = per_image.row(row).repeat(times).inputs  # per-image indices need no re-basing
+            own_pooling = torch.cat([per_image.row(row).inputs["image_token_pooling"]] * times)
+            torch.testing.assert_close(own["image_token_pooling"], own_pooling, rtol=0, atol=0)
+            split = whole.row(row).repeat(times).inputs
+            expected = _per_image_to_whole_batch(dict(own, image_token_pooling=own_pooling))
+            torch.testing.assert_close(split["image_token_pooling"], expected, rtol=0, atol=0)
 
 
 def test_molmo2_projector_hook_writes_through_its_model_output(molmo2):
