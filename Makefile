@@ -1,6 +1,11 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
 # A virtual environment is created in .venv; torch==2.13.0 (CPU) is installed only when
 # the environment has no torch yet (install a CUDA torch into .venv first to use a GPU).
+# Every other package is installed at the release pinned in requirements/lock.txt (pip constraints),
+# so the two commands give the environment the suite passed with on any day; `make lock` refreshes
+# the lock from the newest releases, `make test CONSTRAINTS=` installs from pyproject's ranges alone.
+# `make test-latest` checks the newest upstream releases in a separate environment (.venv-latest)
+# and prints one line per family that drifts.
 # `make docs` adds the docs extra (MkDocs) to .venv, regenerates the generated pages and builds the site
 # into site/ with warnings as errors.
 
@@ -10,17 +15,23 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hooked-mllm-installed
 DOCS_STAMP := $(VENV)/.hooked-mllm-docs-installed
 PYTEST_ARGS ?=
+CONSTRAINTS ?= requirements/lock.txt
+PIP_C := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
+TORCH := torch==2.13.0
+LATEST := .venv-latest
+# what the newest-release tier runs: the architecture conformance suite and the peers' parity checks
+LATEST_TESTS := tests/architectures tests/test_compat.py tests/test_nnsight_habits.py tests/test_tl_parity.py
 
-.PHONY: demo test install docs bench clean
+.PHONY: demo test test-latest install docs bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet $(PIP_C) -e ".[dev]"
 	touch $(STAMP)
 
-$(DOCS_STAMP): $(STAMP) pyproject.toml
-	$(PY) -m pip install --quiet -e ".[dev,docs]"
+$(DOCS_STAMP): $(STAMP) pyproject.toml $(CONSTRAINTS)
+	$(PY) -m pip install --quiet $(PIP_C) -e ".[dev,docs]"
 	touch $(DOCS_STAMP)
 
 install: $(STAMP)
@@ -40,5 +51,31 @@ docs: $(DOCS_STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 
+# The newest releases the registry has of every dependency (torch stays the CPU build above: newer
+# torch releases here are CUDA builds of several GB; LATEST_TORCH=torch takes the newest anyway),
+# past pyproject's upper bounds, in a fresh .venv-latest; one line per family that drifts.
+LATEST_TORCH ?= $(TORCH)
+UPSTREAMS := transformers nnsight transformer-lens accelerate huggingface-hub tokenizers safetensors
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet "$(LATEST_TORCH)"
+	$(LATEST)/bin/python -m pip install --quiet -e ".[dev]"
+	$(LATEST)/bin/python -m pip install --quiet --upgrade $(UPSTREAMS)
+	HF_HUB_OFFLINE=1 $(LATEST)/bin/python .ci/latest.py --out reports/latest.xml -- $(LATEST_TESTS)
+
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet "$(TORCH)"
+	.venv-lock/bin/python -m pip install --quiet -e ".[dev,docs]"
+	{ echo "# Every package of the dev, test and docs environment at the release the suite passed with"; \
+	  echo "# (CPython 3.11, Linux x86_64). torch is left out: the Makefile installs it only when missing."; \
+	  echo "# Made by \`make lock\`; see requirements/README.md."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton)[=-]'; \
+	} > requirements/lock.txt.tmp
+	mv requirements/lock.txt.tmp requirements/lock.txt
+	rm -rf .venv-lock
+
 clean:
-	rm -rf $(VENV) reports site .pytest_cache
+	rm -rf $(VENV) $(LATEST) reports site .pytest_cache

@@ -18,7 +18,13 @@ that removes one fails there, loudly, rather than somewhere in a run:
   :class:`hooked_mllm._tracing.MLLMEnvoy` (nnsight's own model classes override them the
   same way). An overridden hook nnsight no longer calls would silently stop batching.
 
-Contents: :data:`PRIVATE_NAMES`, :func:`eager_attention`, :func:`wrapped_module`.
+The same upgrades are met on purpose at run time: :data:`TESTED` names the releases of
+transformers and nnsight the suite passed with (the lock file, ``requirements/lock.txt``, pins one
+of them; ``tests/test_compat.py`` holds the two together), and :func:`check_tested_versions`
+warns once, when a model is wrapped, if the installed release lies outside them.
+
+Contents: :data:`PRIVATE_NAMES`, :func:`eager_attention`, :func:`wrapped_module`, :data:`TESTED`,
+:class:`UntestedVersionWarning`, :func:`check_tested_versions`.
 
 Examples:
     >>> with eager_attention([model.hf_model.config]):   # doctest: +SKIP
@@ -28,6 +34,9 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.metadata
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,3 +67,54 @@ def eager_attention(configs: list[Any]) -> Iterator[None]:
 def wrapped_module(envoy: Any) -> torch.nn.Module:
     """The ``torch.nn.Module`` an nnsight envoy (or model wrapper) wraps."""
     return envoy._module
+
+
+# The (major, minor) releases each upstream passed the whole suite with, oldest and newest; a patch
+# release of a tested minor counts as tested. `make test-latest` meets a newer release on purpose.
+TESTED: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "transformers": ((5, 24), (5, 25)),
+    "nnsight": ((0, 8), (0, 8)),
+}
+
+
+class UntestedVersionWarning(UserWarning):
+    """A dependency's installed release lies outside the ones hooked_mllm was tested with."""
+
+
+def _minor(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a release string such as ``"5.25.0"`` or ``"5.26.0.dev0"``."""
+    major, minor = (version.split(".") + ["0"])[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+@functools.cache
+def check_tested_versions() -> tuple[str, ...]:
+    """Warn (once per process) for each dependency installed at an untested release.
+
+    Called when a model is wrapped, not at import. The warning names the tested range and the
+    installed release; results may still be right, but nothing has checked them.
+
+    Returns:
+        The packages warned about (empty when every release is a tested one).
+
+    Examples:
+        >>> check_tested_versions()   # doctest: +SKIP
+        ()
+    """
+    untested = []
+    for package, (oldest, newest) in TESTED.items():
+        try:
+            installed = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        if not oldest <= _minor(installed) <= newest:
+            tested = ".".join(map(str, oldest)) + " to " + ".".join(map(str, newest))
+            warnings.warn(
+                f"hooked_mllm was tested with {package} {tested}, and {installed} is installed: nothing has "
+                f"checked this release yet. Install a tested one (pip install -c requirements/lock.txt ...) "
+                f"or run `make test-latest` to check it.",
+                UntestedVersionWarning,
+                stacklevel=3,
+            )
+            untested.append(package)
+    return tuple(untested)

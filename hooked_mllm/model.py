@@ -94,6 +94,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         remote: bool | str = False,
     ) -> None:
         refuse_tensor_parallel(model=hf_model)
+        _compat.check_tested_versions()
         self.hf_model = hf_model.eval()
         self.remote = remote  # nnsight's remote=: every run goes through its remote backend
         self.processor = processor

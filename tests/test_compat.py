@@ -5,6 +5,9 @@ path leaves the wrapped model's own envoy unedited (it goes through nnsight's pu
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +109,48 @@ def test_edited_copy_keeps_invoke_batching(model):
     with torch.no_grad():
         torch.testing.assert_close(first, model.hf_model(input_ids=a).logits, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(second[:, -3:], model.hf_model(input_ids=b).logits, atol=1e-5, rtol=1e-4)
+
+
+def _lock_pins() -> dict[str, str]:
+    lock = Path(__file__).parents[1] / "requirements" / "lock.txt"
+    pins = {}
+    for line in lock.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, _, version = line.split(";")[0].strip().partition("==")
+            pins[name.lower()] = version
+    return pins
+
+
+@pytest.mark.parametrize("package", sorted(_compat.TESTED))
+def test_the_lock_pins_a_tested_release(package):
+    oldest, newest = _compat.TESTED[package]
+    pinned = _lock_pins()[package]
+    assert oldest <= _compat._minor(pinned) <= newest, f"lock pins {package} {pinned}: update _compat.TESTED"
+
+
+def test_an_untested_release_warns_once_naming_the_tested_range(monkeypatch):
+    real = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: "5.99.0" if name == "transformers" else real(name)
+    )
+    _compat.check_tested_versions.cache_clear()
+    try:
+        with pytest.warns(_compat.UntestedVersionWarning, match=r"transformers 5\.24 to 5\.25, and 5\.99\.0"):
+            assert _compat.check_tested_versions() == ("transformers",)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _compat.check_tested_versions() == ("transformers",)  # cached: no second warning
+    finally:
+        monkeypatch.undo()
+        _compat.check_tested_versions.cache_clear()
+    with warnings.catch_warnings():  # the installed releases are tested ones: wrapping warns nothing
+        warnings.simplefilter("error")
+        assert _compat.check_tested_versions() == ()
+        HookedMLLM.from_hf(tiny_llava("llama", d_model=32, n_layers=1, vision_d_model=16, vision_layers=1))
+
+
+@pytest.mark.parametrize(
+    ("version", "minor"), [("5.25.0", (5, 25)), ("5.26.0.dev0", (5, 26)), ("6.0", (6, 0)), ("0.8.1", (0, 8))]
+)
+def test_minor_release_of_a_version_string(version, minor):
+    assert _compat._minor(version) == minor
