@@ -22,7 +22,7 @@ LATEST := .venv-latest
 # what the newest-release tier runs: the architecture conformance suite and the peers' parity checks
 LATEST_TESTS := tests/architectures tests/test_compat.py tests/test_nnsight_habits.py tests/test_tl_parity.py
 
-.PHONY: demo test test-latest install docs bench lock clean
+.PHONY: demo test test-latest install notebooks docs bench lock clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
-docs: $(DOCS_STAMP)
+# the tutorials, executed top to bottom (a broken cell fails the build) into docs/notebooks/ for the site
+notebooks: $(DOCS_STAMP)
+	mkdir -p docs/notebooks
+	for source in notebooks/[0-9]*.py; do \
+	  HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(VENV)/bin/jupytext --to ipynb --execute "$$source" \
+	    -o "docs/notebooks/$$(basename "$$source" .py).ipynb" || exit 1; \
+	done
+
+docs: $(DOCS_STAMP) notebooks
 	HF_HUB_OFFLINE=1 $(VENV)/bin/hooked-mllm hooks --markdown > docs/hook_points.md.tmp
 	mv docs/hook_points.md.tmp docs/hook_points.md
 	HF_HUB_OFFLINE=1 $(PY) -m hooked_mllm.architectures.table docs/architectures.md
