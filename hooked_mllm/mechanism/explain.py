@@ -33,6 +33,23 @@ from .scores import head_scores, layer_list
 PARTS = ("resid_pre", "attn_out", "mlp_out", "head")
 
 
+_MARKDOWN_SPECIAL = str.maketrans({c: f"&#{ord(c)};" for c in "&<>|`*_[]\\~"} | {"\n": " ", "\r": " "})
+
+
+def markdown_text(text: Any) -> str:
+    """``text`` as literal text in a markdown table cell: a token such as ``<image>``, ``</s>`` or ``a|b``
+    shows as itself, never as an HTML tag, a cell break or emphasis.
+
+    Markup characters (``& < > | ` * _ [ ] \\ ~``) become numeric character references, line breaks spaces;
+    ``html.unescape`` gives the text back.
+
+    Examples:
+        >>> markdown_text("<image>|**")
+        '&#60;image&#62;&#124;&#42;&#42;'
+    """
+    return str(text).translate(_MARKDOWN_SPECIAL)
+
+
 @dataclass(frozen=True)
 class ExplainedPosition:
     """One explained position: its sequence index, grid cell, token, and top tokens per part."""
@@ -60,7 +77,7 @@ class PositionExplanation:
     positions: tuple[ExplainedPosition, ...]
 
     def table(self, k: int = 3) -> str:
-        """A markdown table: one row per position, the top ``k`` tokens of each part."""
+        """A markdown table: one row per position, the top ``k`` tokens of each part (tokens escaped)."""
         head = (
             "| position | cell | token | "
             + " | ".join(
@@ -70,8 +87,14 @@ class PositionExplanation:
         )
         lines = [head, "|" + "---|" * (3 + len(PARTS))]
         for entry in self.positions:
-            cells = [", ".join(f"{t} {p:.2f}" for t, p in entry.parts[part][:k]) for part in PARTS]
-            lines.append(f"| {entry.position} | {entry.cell} | {entry.token} | " + " | ".join(cells) + " |")
+            cells = [
+                ", ".join(f"{markdown_text(t)} {p:.2f}" for t, p in entry.parts[part][:k]) for part in PARTS
+            ]
+            lines.append(
+                f"| {entry.position} | {entry.cell} | {markdown_text(entry.token)} | "
+                + " | ".join(cells)
+                + " |"
+            )
         return "\n".join(lines)
 
 
@@ -187,13 +210,13 @@ class LensMap:
         )
 
     def table(self, layer: int = -1) -> str:
-        """The top tokens of one layer as a markdown grid."""
+        """The top tokens of one layer as a markdown grid (tokens escaped)."""
         grid = self.tokens[layer]
         lines = [
             "| " + " | ".join(f"c{c}" for c in range(grid.shape[1])) + " |",
             "|" + "---|" * grid.shape[1],
         ]
-        lines += ["| " + " | ".join(str(t) for t in grid[r]) + " |" for r in range(grid.shape[0])]
+        lines += ["| " + " | ".join(markdown_text(t) for t in grid[r]) + " |" for r in range(grid.shape[0])]
         return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import re
 
@@ -182,3 +183,30 @@ def test_frozen_logit_lens_map_agrees_at_the_last_layer():
     frozen = logit_lens_map(model, batch, layers=[0, last], frozen=True)
     assert np.allclose(own.probs[1], frozen.probs[1], atol=1e-5)  # the final residual's own scale
     assert not np.allclose(own.probs[0], frozen.probs[0], atol=1e-3)  # elsewhere the frozen scale differs
+
+
+def test_markdown_tables_show_tokens_as_text():
+    """Tokens such as <image>, </s> or a|b reach a markdown table as text: no tag, no cell break."""
+    from hooked_mllm.mechanism.explain import (
+        PARTS,
+        ExplainedPosition,
+        LensMap,
+        PositionExplanation,
+        markdown_text,
+    )
+
+    hostile = ["<image>", "</s>", "a|b", "<script>alert(1)</script>", "**x**", "`y`", "line\nbreak"]
+    for token in hostile:
+        cell = markdown_text(token)
+        assert not set(cell) & set("<>|`*\n")
+        assert html.unescape(cell) == token.replace("\n", " ")
+    parts = {part: [(token, 0.5)] for part, token in zip(PARTS, hostile[1:])}
+    explanation = PositionExplanation(
+        layer=1, head=0, target="x", positions=(ExplainedPosition(3, (0, 1), hostile[0], parts),)
+    )
+    row = explanation.table().splitlines()[-1]
+    assert row.count("|") == 3 + len(PARTS) + 1  # every cell where it belongs
+    assert "&#60;image&#62;" in row and "<" not in row
+    grid = np.array([[["<image>", "a|b"]]], dtype=object)
+    lens = LensMap(layers=(0,), tokens=grid, probs=np.ones((1, 1, 2)), positions=(1, 2))
+    assert lens.table(0).splitlines()[-1] == "| &#60;image&#62; | a&#124;b |"
