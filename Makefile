@@ -46,7 +46,7 @@ test: $(STAMP)
 notebooks: $(DOCS_STAMP)
 	mkdir -p docs/notebooks
 	for source in notebooks/[0-9]*.py; do \
-	  HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(VENV)/bin/jupytext --to ipynb --execute "$$source" \
+	  HF_HUB_OFFLINE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/jupytext --to ipynb --execute "$$source" \
 	    -o "docs/notebooks/$$(basename "$$source" .py).ipynb" || exit 1; \
 	done
 

@@ -1,4 +1,4 @@
-"""The ``hooked-mllm`` command line: ``demo``, ``hooks``, the concept pipeline and the toy world's commands.
+"""The ``hooked-mllm`` command line: ``demo``, ``hooks``, ``explore``, concepts and the toy's commands.
 
 Each subcommand has ``--help`` (defaults shown). Building the parser imports neither torch nor
 transformers, so ``--help`` is instant; each command imports what it needs when it runs. A user
@@ -114,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hooks.set_defaults(func=_cmd_hooks)
     from .concepts.cli import add_subparsers as add_concepts
+    from .explore.cli import add_subparser as add_explore
     from .toy.cli import add_subparsers as add_toy
 
     add_concepts(sub)
+    add_explore(sub)
     add_toy(
         sub.add_parser(
             "toy",

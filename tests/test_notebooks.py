@@ -22,13 +22,19 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9]*.py"))
 
 def test_the_tutorials_are_there():
     names = [path.stem for path in NOTEBOOKS]
-    assert names[:3] == ["01_main_demo", "02_where_does_the_model_look", "03_patching"]
+    assert names[:4] == [
+        "01_main_demo",
+        "02_where_does_the_model_look",
+        "03_patching",
+        "04_concepts_shift_steering",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar too
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     notebook = jupytext.read(path)
     client = nbclient.NotebookClient(
@@ -40,4 +46,6 @@ def test_notebook_runs_top_to_bottom(path, monkeypatch):
     stderr = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]
     warnings = [text for text in stderr if "Warning" in text]
     assert not warnings, warnings  # nothing a reader would take for a problem
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # its figures drew
+    shown = [o.get("data", {}) for o in outputs]
+    assert not [d for d in shown if "application/vnd.jupyter.widget-view+json" in d]  # no stale progress bars
+    assert outputs  # it showed what it computed
