@@ -143,7 +143,10 @@ def from_pretrained(
 
     if device is not None or device_map is not None:
         refuse("from_pretrained(device=/device_map=)", "the server places the model")
-    options = {k: v for k, v in kwargs.items() if v is not None and v is not False}
+    # Only unset options (None) are dropped: a False, above all trust_remote_code=False, reaches
+    # transformers as given (left out, transformers would ask on stdin whether to run the code).
+    options = {k: v for k, v in kwargs.items() if v is not None}
+    options["trust_remote_code"] = kwargs.get("trust_remote_code") or False
     loading = (*PROCESSOR_LOADING, "trust_remote_code")
     processor = AutoProcessor.from_pretrained(
         name_or_path, **{k: options[k] for k in loading if k in options}

@@ -137,6 +137,11 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(child)
 
 
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line (its lines joined), or its type's name when it has none."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hooked-mllm`` script.
 
@@ -153,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as error:
         if args.debug:
             raise
-        message = str(error).strip() or type(error).__name__
+        message = one_line(error)
         print(f"hooked-mllm {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 

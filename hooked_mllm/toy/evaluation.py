@@ -105,8 +105,10 @@ def _resolve(
         path = Path(model)
         if not path.exists() and str(model) in CHECKPOINTS:
             path = checkpoint_dir(str(model))
-        loaded = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
-        return loaded, processor or AutoProcessor.from_pretrained(path), path
+        loaded = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=False
+        ).eval()
+        return loaded, processor or AutoProcessor.from_pretrained(path, trust_remote_code=False), path
     if processor is None:
         raise ValueError("Pass `processor=` when `model` is a model object rather than a checkpoint path.")
     return model, processor, None
@@ -215,8 +217,8 @@ def evaluate_text(
         path = Path(model)
         if not path.exists() and str(model) in CHECKPOINTS:
             path = checkpoint_dir(str(model))
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer is None:
         raise ValueError("Pass `tokenizer=` when `model` is a model object rather than a checkpoint path.")
     was_training = model.training
