@@ -1,0 +1,165 @@
+"""What a remote model trusts about its server (hooked_mllm._remote_host).
+
+Plain ``http://`` is refused unless opted in; a server that accepts and never answers, or answers the
+websocket handshake and then says nothing, ends in a ``TimeoutError`` naming the host (local socket
+servers on 127.0.0.1 that stop by themselves); a result whose pickle would call code is refused before
+anything runs, while tensors and transformers outputs load as they were saved.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import pickle
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hooked_mllm import HookedMLLM, Remote
+from hooked_mllm._remote_host import guarded_backend, load_result
+from hooked_mllm.testing import random_image, tiny_llava, tiny_processor
+
+
+def _pwn(path: str) -> str:
+    """What a hostile payload calls while it is unpickled (here: writes a marker file)."""
+    Path(path).write_text("ran")
+    return "pwned"
+
+
+class _Hostile:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (_pwn, (self.path,))
+
+
+def _saved(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, pickle_protocol=4)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny-llava")
+    tiny_llava("llama").save_pretrained(path)
+    tiny_processor().save_pretrained(path)
+    return str(path)
+
+
+def test_plain_http_is_refused_unless_opted_in(checkpoint):
+    with pytest.raises(ValueError, match=r"plain http://.*allow_http=True"):
+        HookedMLLM.from_pretrained(checkpoint, remote="http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="plain http://"):
+        HookedMLLM.from_pretrained(checkpoint, remote=Remote("http://127.0.0.1:9"))
+    with pytest.raises(ValueError, match="not a URL"):
+        HookedMLLM.from_pretrained(checkpoint, remote="ftp://127.0.0.1:9")
+    with pytest.raises(ValueError, match="receive_timeout"):
+        Remote.of(Remote("https://example.org", receive_timeout=0))
+    model = HookedMLLM.from_pretrained(checkpoint, remote=Remote("http://127.0.0.1:9", allow_http=True))
+    assert model.remote == Remote("http://127.0.0.1:9", allow_http=True)
+    assert Remote.of("https://example.org/") == Remote("https://example.org/")
+
+
+def _serve(handshake: bool, seconds: float = 3.0) -> tuple[int, threading.Thread]:
+    """A server on 127.0.0.1 that accepts, optionally completes the websocket handshake, then never
+    sends anything; it closes everything after ``seconds``."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.1)
+    held: list[socket.socket] = []
+
+    def run() -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            held.append(conn)
+            if handshake:
+                request = conn.recv(65536).decode()
+                key = next(
+                    line.split(":", 1)[1].strip()
+                    for line in request.split("\r\n")
+                    if line.lower().startswith("sec-websocket-key")
+                )
+                accept = base64.b64encode(
+                    hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+                ).decode()
+                conn.sendall(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+                )
+        for conn in held:
+            conn.close()
+        server.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return server.getsockname()[1], thread
+
+
+@pytest.mark.parametrize(
+    ("handshake", "what"), [(False, "accept the connection"), (True, "send a status update")]
+)
+def test_a_server_that_never_answers_times_out_naming_the_host(checkpoint, monkeypatch, handshake, what):
+    import nnsight.modeling.huggingface as hf
+
+    monkeypatch.setitem(hf._ID_CACHE, checkpoint, "org/tiny-llava")  # the key a Hub id would give
+    port, thread = _serve(handshake)
+    host = f"http://127.0.0.1:{port}"
+    model = HookedMLLM.from_pretrained(
+        checkpoint, remote=Remote(host, allow_http=True, connect_timeout=0.5, receive_timeout=0.5)
+    )
+    batch = model.prepare(images=[random_image(0, 32)], prompts=["what color is the circle ?"])
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=rf"remote host {host} did not {what} within 0.5 s"):
+        model.run_with_cache(batch, names_filter="blocks.0.hook_resid_post")
+    assert time.monotonic() - start < 5.0
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_hostile_result_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    blob = _saved({"result": _Hostile(marker)})
+    with pytest.raises(pickle.UnpicklingError, match=r"https://evil\.example sent a result holding .*_pwn"):
+        load_result(blob, host="https://evil.example")
+    backend = guarded_backend('{"repo_id": "org/x"}', Remote("https://evil.example"))
+    backend.compress = False
+    with pytest.raises(pickle.UnpicklingError, match="nothing in it was run"):
+        backend.finalize(blob)
+    response = _saved({"id": "1", "status": "COMPLETED", "description": "", "data": _Hostile(marker)})
+    with pytest.raises(pickle.UnpicklingError):
+        backend.parse(response)
+    assert not marker.exists()
+    # the same bytes loaded the way nnsight loads them run the payload: the test payload is live
+    assert torch.load(io.BytesIO(blob), weights_only=False)["result"] == "pwned"
+    assert marker.exists()
+
+
+def test_a_result_of_tensors_and_transformers_outputs_loads_as_saved():
+    model = tiny_llava("llama").eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        output = model(input_ids=ids)
+    saves = {
+        "result": output,
+        "kept": {"blocks.0.hook_resid_post": torch.randn(1, 4, 8, dtype=torch.bfloat16)},
+        "generated": torch.tensor([[5, 6]]),
+        "shape": torch.Size([2, 3]),
+    }
+    loaded = load_result(_saved(saves))
+    assert type(loaded["result"]) is type(output)
+    assert torch.equal(loaded["result"].logits, output.logits)
+    assert type(loaded["result"].past_key_values) is type(output.past_key_values)
+    assert torch.equal(loaded["kept"]["blocks.0.hook_resid_post"], saves["kept"]["blocks.0.hook_resid_post"])
+    assert torch.equal(loaded["generated"], saves["generated"]) and loaded["shape"] == saves["shape"]
