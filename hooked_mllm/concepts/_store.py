@@ -99,21 +99,59 @@ def config_fingerprint(config: dict) -> str:
     return sha256_json(clean(config))
 
 
-def weights_fingerprint(module: torch.nn.Module, per_tensor: int = 4096) -> str:
-    """A SHA-256 over every parameter's name, shape, dtype and ``per_tensor`` evenly strided values.
+def _tensor_digest(name: str, tensor: torch.Tensor) -> bytes:
+    """SHA-256 of a tensor's name, shape, dtype and every byte of its values."""
+    digest = hashlib.sha256(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    if tensor.is_meta:  # no values to read (a model built without weights)
+        return digest.digest()
+    flat = tensor.detach().reshape(-1)
+    step = 1 << 26  # bytes per block: bounded host copies of device tensors
+    raw = flat.contiguous().view(torch.uint8) if flat.numel() else flat.new_empty(0, dtype=torch.uint8)
+    for start in range(0, raw.numel(), step):
+        block = raw[start : start + step].cpu().numpy()
+        digest.update(block.data)  # hashlib releases the GIL on large buffers
+    return digest.digest()
 
-    Reads a few thousand values per tensor (not whole 7B checkpoints), which tells apart two
-    checkpoints of one architecture (a fine-tune moves every entry of the matrices it trains).
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """``"sha256:<hex>"`` over every parameter and buffer: its name, shape, dtype and every byte.
+
+    Editing any single value (one MLP weight, the last embedding row) changes it. Tensors are hashed
+    in parallel threads (hashlib releases the GIL), about 1 GB/s per core; ``benchmarks/fingerprint.py``
+    measures it on a model's worth of bytes. Tied tensors (one storage under two names) are read once.
+
+    Examples:
+        >>> weights_fingerprint(model.hf_model)[:7]   # doctest: +SKIP
+        'sha256:'
     """
-    digest = hashlib.sha256()
+    from concurrent.futures import ThreadPoolExecutor
+
     with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            step = max(1, flat.numel() // per_tensor)
-            sample = flat[::step][:per_tensor].to("cpu", torch.float64)
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()
+        state = module.state_dict(keep_vars=False)
+        seen: dict[tuple, str] = {}
+        jobs: list[tuple[str, torch.Tensor | None, str | None]] = []
+        for name, tensor in state.items():
+            key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+            if not tensor.is_meta and tensor.data_ptr() and key in seen:
+                jobs.append((name, None, seen[key]))  # the same values as an earlier name
+            else:
+                seen[key] = name
+                jobs.append((name, tensor, None))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            digests = list(
+                pool.map(
+                    lambda job: (
+                        _tensor_digest(job[0], job[1])
+                        if job[1] is not None
+                        else f"{job[0]}=={job[2]}".encode()
+                    ),
+                    jobs,
+                )
+            )
+    total = hashlib.sha256()
+    for digest in digests:
+        total.update(digest)
+    return "sha256:" + total.hexdigest()
 
 
 def _short(value: object) -> str:

@@ -205,7 +205,7 @@ def _identity(
             "name": getattr(config, "_name_or_path", "") or "",
             "class": model.cfg.model_class,
             "config_sha256": config_fingerprint(config.to_dict()),
-            "weights_sha256": weights_fingerprint(model.hf_model),
+            "weights_digest": weights_fingerprint(model.hf_model),
         },
         "hooks": hooks,
         "rule": asdict(rule),
