@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from . import _compat
-from ._loading import PROCESSOR_LOADING
+from ._loading import PROCESSOR_LOADING, check_local_path
 from ._remote_host import Remote
 from ._runner import NEVER_REACHED, Body
 
@@ -147,6 +147,7 @@ def from_pretrained(
 
     if device is not None or device_map is not None:
         refuse("from_pretrained(device=/device_map=)", "the server places the model")
+    check_local_path(name_or_path)
     if remote != "local":
         Remote.of(remote)  # refuse plain http:// (unless allowed) and bad timeouts before loading anything
     # Only unset options (None) are dropped: a False, above all trust_remote_code=False, reaches

@@ -20,11 +20,13 @@ Examples:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
@@ -69,6 +71,65 @@ def write_atomic(path: str | os.PathLike[str], writer: Callable[[str], Any]) -> 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """:func:`write_atomic` for a text file."""
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def read_manifest(file: str | os.PathLike[str]) -> dict:
+    """The manifest at ``file``, checked: JSON, a mapping with ``shards`` and ``skipped`` lists, no sample
+    id listed twice.
+
+    Raises:
+        ValueError: The file is damaged, naming it and what is wrong.
+
+    Examples:
+        >>> manifest = read_manifest("features/manifest.json")   # doctest: +SKIP
+    """
+    path = Path(file)
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} is damaged (not JSON: {error}); restore it or extract into a new folder"
+        ) from None
+    if not isinstance(manifest, dict) or not all(
+        isinstance(manifest.get(key), list) for key in ("shards", "skipped")
+    ):
+        raise ValueError(
+            f"{path} is damaged (no shards / skipped lists); restore it or extract into a new folder"
+        )
+    ids: list = []
+    for shard in manifest["shards"]:
+        if not isinstance(shard, dict) or not isinstance(shard.get("ids"), list) or "file" not in shard:
+            raise ValueError(f"{path} is damaged (a shard without file or ids); restore it or extract anew")
+        ids += shard["ids"]
+    for group in (ids, [s.get("id") for s in manifest["skipped"] if isinstance(s, dict)]):
+        counts = collections.Counter(group)
+        twice = next((sample for sample in group if counts[sample] > 1), None)
+        if twice is not None:
+            raise ValueError(
+                f"{path} lists sample id {twice!r} twice; a store holds each sample once (restore the "
+                "manifest or extract into a new folder)"
+            )
+    return manifest
+
+
+_LEFTOVER = re.compile(r"\.(manifest\.json|(shard|part)[\w.-]*\.(safetensors|json))\.[a-z0-9_]{8}")
+
+
+def remove_leftovers(path: Path) -> list[str]:
+    """Delete the temporary files (``.manifest.json.XXXXXXXX``...) that :func:`write_atomic` leaves when
+    a process is killed between writing and renaming; call it holding the store's exclusive lock.
+
+    Returns:
+        The names removed.
+    """
+    removed = sorted(p.name for p in path.iterdir() if _LEFTOVER.fullmatch(p.name) and p.is_file())
+    for name in removed:
+        (path / name).unlink(missing_ok=True)
+    return removed
+
+
+class StoreBusyError(RuntimeError):
+    """Another extraction holds the store's lock."""
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -202,7 +263,7 @@ def folder_lock(
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise RuntimeError(
+            raise StoreBusyError(
                 f"{path} is being written by another extraction ({holder}); wait for it to finish or use "
                 "another out= folder. Two runs into one folder would lose and mislabel samples."
             ) from None
@@ -297,7 +358,7 @@ class Features:
             raise FileNotFoundError(
                 f"No feature store at {root} (no manifest.json); run extract(..., out=) first"
             )
-        manifest = json.loads(file.read_text())
+        manifest = read_manifest(file)
         parts = []
         for shard in manifest["shards"]:
             if verify:
