@@ -119,7 +119,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         self._context: list[_runner.HookFn] = []
         self._context_bodies: list[_runner.Body] = []  # the interventions of active model.hooks() blocks
         self._state = _RunState()
-        self._guard = _runner.RunGuard()
+        self._guard = _runner.RunGuard.of(hf_model)  # shared by every wrapper of hf_model
         self._trace_reads: list[tuple[str, Tensor, int]] = []  # computed values handed out in model.trace
 
     # -- loading ---------------------------------------------------------------------
