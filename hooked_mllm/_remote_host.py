@@ -26,6 +26,7 @@ import io
 import json
 import pickle
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,10 +117,15 @@ class _Refused(pickle.UnpicklingError):
 
 def _allowed(module: str, name: str) -> Any:
     """The global ``module.name`` if a server's result may hold it, else None (nothing is imported)."""
+    import importlib
+
     from torch._weights_only_unpickler import _get_allowed_globals
 
-    if (module, name) in _PLAIN or f"{module}.{name}" in _get_allowed_globals():
-        return getattr(sys.modules.get(module) or __import__(module), name, None)
+    torch_allowed = _get_allowed_globals()  # what torch.load(weights_only=True) builds: tensors, dtypes
+    if f"{module}.{name}" in torch_allowed:
+        return torch_allowed[f"{module}.{name}"]
+    if (module, name) in _PLAIN:
+        return getattr(importlib.import_module(module), name, None)
     if not module.startswith("transformers.") or module not in sys.modules:
         return None
     found = getattr(sys.modules[module], name, None)
@@ -211,8 +217,6 @@ def _backend_class() -> type:
             return httpx.Client(timeout=httpx.Timeout(s.receive_timeout, connect=s.connect_timeout))
 
         def _post(self, request: Any, blob: bytes) -> Any:
-            import time
-
             import httpx
             from nnsight.intervention.backends import remote as nnsight_remote
 
@@ -272,18 +276,34 @@ def _backend_class() -> type:
                 connection.settimeout(s.receive_timeout)
                 try:
                     request.session_id = json.loads(connection.recv())["session_id"]
-                    self.send(request, blob)
-                    while True:
-                        response = self.parse(connection.recv())
-                        result = self.handle(response)
-                        if response.status == Status.COMPLETED:
-                            return result
-                except (websocket.WebSocketTimeoutException, TimeoutError) as error:
-                    if isinstance(error, TimeoutError) and "remote host" in str(error):
-                        raise
-                    raise _timeout(self.host, "send a status update", s.receive_timeout) from error
+                except websocket.WebSocketTimeoutException as error:
+                    raise _timeout(self.host, "send a session id", s.receive_timeout) from error
+                self.send(request, blob)
+                return self._wait(connection)
             finally:
                 connection.close()
+
+        def _wait(self, connection: Any) -> Any:
+            """Status updates until COMPLETED, each at most receive_timeout after the last."""
+            import websocket
+
+            limit = self.settings.receive_timeout
+            tick = 0.1 if self.display.enabled else limit
+            connection.settimeout(tick if limit is None else min(tick or limit, limit))
+            last = time.monotonic()
+            while True:
+                try:
+                    message = connection.recv()
+                except websocket.WebSocketTimeoutException as error:
+                    if limit is not None and time.monotonic() - last >= limit:
+                        raise _timeout(self.host, "send a status update", limit) from error
+                    self.display.refresh()
+                    continue
+                last = time.monotonic()
+                response = self.parse(message)
+                result = self.handle(response)
+                if response.status == Status.COMPLETED:
+                    return result
 
     return GuardedBackend
 

@@ -67,18 +67,19 @@ def test_plain_http_is_refused_unless_opted_in(checkpoint):
     assert Remote.of("https://example.org/") == Remote("https://example.org/")
 
 
-def _serve(handshake: bool, seconds: float = 3.0) -> tuple[int, threading.Thread]:
+def _serve(handshake: bool, port: int, stop: threading.Event, seconds: float = 8.0) -> threading.Thread:
     """A server on 127.0.0.1 that accepts, optionally completes the websocket handshake, then never
-    sends anything; it closes everything after ``seconds``."""
+    sends anything; it closes everything once ``stop`` is set, or after ``seconds``."""
     server = socket.socket()
-    server.bind(("127.0.0.1", 0))
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", port))
     server.listen()
     server.settimeout(0.1)
     held: list[socket.socket] = []
 
     def run() -> None:
         end = time.monotonic() + seconds
-        while time.monotonic() < end:
+        while time.monotonic() < end and not stop.is_set():
             try:
                 conn, _ = server.accept()
             except OSError:
@@ -104,28 +105,54 @@ def _serve(handshake: bool, seconds: float = 3.0) -> tuple[int, threading.Thread
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return server.getsockname()[1], thread
+    return thread
 
 
 @pytest.mark.parametrize(
-    ("handshake", "what"), [(False, "accept the connection"), (True, "send a status update")]
+    ("handshake", "what"), [(False, "accept the connection"), (True, "send a session id")]
 )
 def test_a_server_that_never_answers_times_out_naming_the_host(checkpoint, monkeypatch, handshake, what):
     import nnsight.modeling.huggingface as hf
 
     monkeypatch.setitem(hf._ID_CACHE, checkpoint, "org/tiny-llava")  # the key a Hub id would give
-    port, thread = _serve(handshake)
+    server = socket.socket()  # reserve a port now; the silent server listens on it from just before the run
+    server.bind(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    server.close()
     host = f"http://127.0.0.1:{port}"
     model = HookedMLLM.from_pretrained(
         checkpoint, remote=Remote(host, allow_http=True, connect_timeout=0.5, receive_timeout=0.5)
     )
     batch = model.prepare(images=[random_image(0, 32)], prompts=["what color is the circle ?"])
+    stop = threading.Event()
+    thread = _serve(handshake, port, stop)
     start = time.monotonic()
     with pytest.raises(TimeoutError, match=rf"remote host {host} did not {what} within 0.5 s"):
         model.run_with_cache(batch, names_filter="blocks.0.hook_resid_post")
-    assert time.monotonic() - start < 5.0
-    thread.join(10)
+    assert time.monotonic() - start < 10.0  # 0.5 s limits, with room for a loaded machine
+    stop.set()
+    thread.join(15)
     assert not thread.is_alive()
+
+
+def test_status_updates_that_stop_coming_time_out():
+    import websocket
+
+    class Silent:
+        def settimeout(self, seconds):
+            self.seconds = seconds
+
+        def recv(self):
+            time.sleep(self.seconds)
+            raise websocket.WebSocketTimeoutException("timed out")
+
+    backend = guarded_backend('{"repo_id": "org/x"}', Remote("https://quiet.example", receive_timeout=0.3))
+    start = time.monotonic()
+    with pytest.raises(
+        TimeoutError, match=r"remote host https://quiet\.example did not send a status update"
+    ):
+        backend._wait(Silent())
+    assert 0.3 <= time.monotonic() - start < 2.0
 
 
 def test_a_hostile_result_is_refused_and_runs_nothing(tmp_path):
