@@ -47,7 +47,6 @@ def _number(kind: type, test: Any, want: str) -> Any:
             raise argparse.ArgumentTypeError(f"{text} is not {want}")
         return value
 
-    parse.__name__ = want  # argparse names the type in its own messages
     return parse
 
 
