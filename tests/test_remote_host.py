@@ -184,7 +184,23 @@ def test_a_result_of_tensors_and_transformers_outputs_loads_as_saved():
         "generated": torch.tensor([[5, 6]]),
         "shape": torch.Size([2, 3]),
     }
-    loaded = load_result(_saved(saves))
+    blob = _saved(saves)
+    loaded = load_result(blob)
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    theirs, ours = (
+        RemoteBackend("key", host="https://x.example"),
+        guarded_backend("key", Remote("https://x.example")),
+    )
+    theirs.compress = ours.compress = False
+    for name, value in ours.finalize(blob).items():  # what nnsight's own backend loads, value for value
+        other = theirs.finalize(blob)[name]
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, other)
+        elif name == "result":
+            assert torch.equal(value.logits, other.logits) and type(value) is type(other)
+        else:
+            assert str(value) == str(other)
     assert type(loaded["result"]) is type(output)
     assert torch.equal(loaded["result"].logits, output.logits)
     assert type(loaded["result"].past_key_values) is type(output.past_key_values)
