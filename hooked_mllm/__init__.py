@@ -3,7 +3,7 @@
 Public surface:
     :class:`HookedMLLM` (load, hook, cache, generate, trace), :class:`ActivationCache`
     (with its :class:`CacheReadout`),
-    :class:`MultimodalBatch`, :class:`MLLMConfig`, :class:`HookContext`,
+    :class:`MultimodalBatch`, :class:`MLLMConfig`, :class:`HookContext`, :class:`Remote` (a remote host),
     :mod:`positions` (position selectors), :func:`act_name`; from :mod:`mechanism`:
     :class:`LocationMap`, :func:`image_locations`, :func:`head_scores`, :func:`layer_scores`,
     :func:`head_contributions`, the baselines (:func:`attention_map`, :func:`relevancy_map`,
@@ -36,6 +36,7 @@ _NAMES = {
     "relevancy_map": ".mechanism",
     "GenerationOutput": ".model",
     "HookedMLLM": ".model",
+    "Remote": "._remote_host",
 }
 _MODULES = {
     "mechanism": ".mechanism",

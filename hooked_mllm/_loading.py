@@ -10,13 +10,14 @@ Connections:
     :mod:`hooked_mllm._remote` loads remote ones with the same processor keywords.
 
 Contents:
-    ``PROCESSOR_LOADING``, ``load_local``.
+    ``PROCESSOR_LOADING``, ``check_local_path``, ``load_local``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,25 @@ PROCESSOR_LOADING = (
     "code_revision",
 )
 """The keywords of ``from_pretrained`` that go to ``AutoProcessor`` too, so a pinned revision pins both."""
+
+
+def check_local_path(name_or_path: str | os.PathLike[str]) -> None:
+    """Refuse a local checkpoint path that does not exist, before transformers reads it as a Hub id.
+
+    A path is local when it is absolute, starts with ``.`` or ``~``, or has more than one ``/``
+    (a Hub id is ``name`` or ``org/name``).
+
+    Raises:
+        FileNotFoundError: ``name_or_path`` is a local path and nothing is there.
+
+    Examples:
+        >>> check_local_path("./checkpoints/nope")   # doctest: +SKIP
+        FileNotFoundError: No checkpoint folder at ./checkpoints/nope ...
+    """
+    text = os.fspath(name_or_path)
+    local = isinstance(name_or_path, os.PathLike) or text.startswith(("/", ".", "~")) or text.count("/") > 1
+    if local and not Path(text).expanduser().exists():
+        raise FileNotFoundError(f"No checkpoint folder at {text} (the path does not exist)")
 
 
 def load_local(
@@ -55,6 +75,7 @@ def load_local(
     """
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
+    check_local_path(name_or_path)
     kwargs: dict[str, Any] = dict(hf_kwargs, trust_remote_code=trust_remote_code)
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -27,6 +27,7 @@ from ._weights import execution_device
 from .inputs import MultimodalBatch, prepare, processor_token_counts
 
 if TYPE_CHECKING:
+    from ._remote_host import Remote
     from .architectures.base import Adapter
     from .config import MLLMConfig
 
@@ -43,7 +44,7 @@ class InputsMixin:
     processor: Any
     adapter: Adapter
     cfg: MLLMConfig
-    remote: bool | str
+    remote: bool | str | Remote
 
     if TYPE_CHECKING:
 

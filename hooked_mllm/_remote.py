@@ -10,8 +10,11 @@ it installed), so hook points, hook functions, position selectors and caches tra
 the request; the cache and the model's output come back as saved values.
 
 ``remote`` is what nnsight's ``trace(remote=...)`` takes: ``True`` (NDIF, the API key from
-``nnsight.CONFIG``), a host URL, or ``"local"`` (serialize and deserialize here with local
-modules hidden, then run: what the tests use).
+``nnsight.CONFIG``), an ``https://`` host URL, a :class:`~hooked_mllm._remote_host.Remote` (a
+host with its timeouts and opt-ins), or ``"local"`` (serialize and deserialize here with local
+modules hidden, then run: what the tests use). Requests to a host go through
+:mod:`hooked_mllm._remote_host` (no plain ``http://`` unless allowed, bounded waits, restricted
+unpickling of the answers).
 
 Contents: :func:`load`, :func:`run`, :func:`refuse`, :func:`register`, :func:`run_model` and
 :func:`trace` (a remote ``HookedMLLM``'s runs and traces), :func:`from_pretrained`. What a
@@ -34,7 +37,8 @@ from typing import Any
 import torch
 
 from . import _compat
-from ._loading import PROCESSOR_LOADING
+from ._loading import PROCESSOR_LOADING, check_local_path
+from ._remote_host import Remote
 from ._runner import NEVER_REACHED, Body
 
 _TASK = "image-text-to-text"
@@ -57,10 +61,10 @@ def load(
     Returns:
         ``(envoy, hf_model)``: the nnsight model (remote-capable) and the meta HF model it wraps.
     """
-    from nnsight import TransformersModel
+    from ._remote_host import guarded_model_class
 
     tokenizer = getattr(processor, "tokenizer", None)
-    envoy = TransformersModel(
+    envoy = guarded_model_class()(
         name_or_path, task=_TASK, processor=processor, tokenizer=tokenizer, revision=revision, **kwargs
     )
     return envoy, _compat.wrapped_module(envoy)
@@ -81,7 +85,7 @@ def run(
     interventions: list[Body],
     inputs: dict[str, torch.Tensor],
     options: dict,
-    remote: bool | str,
+    remote: bool | str | Remote,
     keep: Any = None,
 ) -> tuple[Any, Any]:
     """Run ``fn`` (``"__call__"`` or ``"generate"``) remotely with ``interventions``.
@@ -110,7 +114,7 @@ def _traced(
     interventions: list[Body],
     inputs: dict[str, torch.Tensor],
     options: dict,
-    remote: bool | str,
+    remote: bool | str | Remote,
     keep: Any,
 ) -> tuple[Any, Any]:
     """The trace block itself (serialized by nnsight as written here, and run on the server)."""
@@ -132,7 +136,7 @@ def _traced(
 def from_pretrained(
     cls: type,
     name_or_path: str | os.PathLike[str],
-    remote: bool | str,
+    remote: bool | str | Remote,
     *,
     device: Any,
     device_map: Any,
@@ -143,7 +147,13 @@ def from_pretrained(
 
     if device is not None or device_map is not None:
         refuse("from_pretrained(device=/device_map=)", "the server places the model")
-    options = {k: v for k, v in kwargs.items() if v is not None and v is not False}
+    check_local_path(name_or_path)
+    if remote != "local":
+        Remote.of(remote)  # refuse plain http:// (unless allowed) and bad timeouts before loading anything
+    # Only unset options (None) are dropped: a False, above all trust_remote_code=False, reaches
+    # transformers as given (left out, transformers would ask on stdin whether to run the code).
+    options = {k: v for k, v in kwargs.items() if v is not None}
+    options["trust_remote_code"] = kwargs.get("trust_remote_code") or False
     loading = (*PROCESSOR_LOADING, "trust_remote_code")
     processor = AutoProcessor.from_pretrained(
         name_or_path, **{k: options[k] for k in loading if k in options}
@@ -203,7 +213,7 @@ def run_model(
 
 def trace(
     envoy: Any,
-    remote: bool | str,
+    remote: bool | str | Remote,
     batch_and_options: Any,
     *,
     invokes: bool,

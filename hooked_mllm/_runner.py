@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -159,39 +160,87 @@ def interleave(nn: Envoy, fn: Any, kwargs: dict) -> Any:
 
 
 class RunGuard:
-    """One run at a time per model: a re-entrant call or a second thread gets a clear error.
+    """One run at a time per HF model: a re-entrant call or a second thread gets a clear error.
 
     nnsight installs a run's interventions on the model's shared module tree, so two runs
-    of one model cannot overlap. A run method called from inside one of the model's own
-    hook functions (same thread, run in progress) and a run started by another thread while
-    one is in progress each raise a ``RuntimeError``; nothing waits or interleaves.
+    of one model cannot overlap, whichever wrapper starts them: :meth:`of` gives every
+    ``HookedMLLM`` of one HF model the same guard. A run method called from inside one of the
+    model's own hook functions (same thread, run in progress; through this wrapper or another
+    wrapper of the same HF model), a call of the raw HF model from there, and a run or raw call
+    started by another thread while one is in progress each raise a ``RuntimeError``; nothing
+    waits or interleaves.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, module: torch.nn.Module | None = None) -> None:
         self._lock = threading.Lock()
         self._owner: int | None = None
+        self._module = weakref.ref(module) if module is not None else None
+        self._depth = 0  # calls of the HF model's forward in progress during a run
+
+    @classmethod
+    def of(cls, module: torch.nn.Module) -> RunGuard:
+        """The guard shared by every wrapper of ``module`` (kept on the module, outside its state dict)."""
+        guard = module.__dict__.setdefault(_ATTRIBUTE, cls(module))  # atomic: one guard per module
+        if not isinstance(guard, RunGuard) or guard._module is None or guard._module() is not module:
+            guard = cls(module)  # a copy of another model carried that model's guard
+            module.__dict__[_ATTRIBUTE] = guard
+        return guard
+
+    def __reduce__(self) -> tuple:
+        return (RunGuard, ())  # a copied or pickled model gets a fresh guard (no lock travels)
+
+    def __deepcopy__(self, memo: dict) -> RunGuard:
+        return RunGuard()
+
+    def _nested(self, what: str) -> RuntimeError:
+        return RuntimeError(
+            f"{what} was called while this model is running, from inside one of its own hook "
+            "functions (or a trace body). Runs of one model cannot nest, through this HookedMLLM, another "
+            "HookedMLLM of the same HF model, or the HF model itself: compute what the hook needs beforehand "
+            "(e.g. with run_with_cache) and read it in the hook, or load a second copy of the model."
+        )
+
+    def _other_thread(self, what: str) -> RuntimeError:
+        return RuntimeError(
+            f"{what}: another thread is running this model. A HookedMLLM runs one forward at a time (its "
+            "hooks live on the shared module tree, shared by every HookedMLLM of one HF model); give each "
+            "thread its own copy of the model, or serialise the calls with a lock."
+        )
+
+    def _enter_forward(self, *_: Any) -> None:
+        if self._depth:
+            what = "The HF model's forward"
+            raise self._nested(what) if self._owner == threading.get_ident() else self._other_thread(what)
+        self._depth += 1
+
+    def _exit_forward(self, *_: Any) -> None:
+        self._depth = max(0, self._depth - 1)
 
     @contextlib.contextmanager
     def __call__(self, what: str) -> Iterator[None]:
         if not self._lock.acquire(blocking=False):
             if self._owner == threading.get_ident():
-                raise RuntimeError(
-                    f"{what} was called while this model is running, from inside one of its own hook "
-                    "functions (or a trace body). Runs of one model cannot nest: compute what the hook "
-                    "needs beforehand (e.g. with run_with_cache) and read it in the hook, or wrap a second "
-                    "model."
-                )
-            raise RuntimeError(
-                f"{what}: another thread is running this model. A HookedMLLM runs one forward at a time (its "
-                "hooks live on the shared module tree); give each thread its own HookedMLLM, or serialise "
-                "the calls with a lock."
-            )
+                raise self._nested(what)
+            raise self._other_thread(what)
         self._owner = threading.get_ident()
+        module = self._module() if self._module is not None else None
+        handles = []
+        if module is not None:  # a second call of the raw model while it runs is refused, not interleaved
+            handles = [
+                module.register_forward_pre_hook(self._enter_forward),
+                module.register_forward_hook(self._exit_forward, always_call=True),
+            ]
         try:
             yield
         finally:
+            for handle in handles:
+                handle.remove()
+            self._depth = 0
             self._owner = None
             self._lock.release()
+
+
+_ATTRIBUTE = "_hooked_mllm_run_guard"
 
 
 def guarded_tracer(guard: RunGuard, quiet: bool = False, after: Callable[[], None] | None = None) -> type:

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 #: Exceptions that mean the user asked for something that cannot be done (a bad value, a missing file or
 #: checkpoint, a missing optional package): shown as one line.
@@ -26,6 +27,35 @@ USER_ERRORS = (ValueError, KeyError, OSError, ImportError)
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default (when it has one) after its help text."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2), naming ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` as one line and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, test: Any, want: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {want}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {want}")
+        return value
+
+    return parse
+
+
+#: Argument types refused at parse time: a count (an int >= 1), an index (an int >= 0), a finite float,
+#: a positive finite float.
+count = _number(int, lambda v: v >= 1, "a whole number >= 1")
+index = _number(int, lambda v: v >= 0, "a whole number >= 0")
+finite = _number(float, math.isfinite, "a finite number")
+positive = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 
 
 def load_model(spec: str, dtype: str | None = None, device: str | None = None) -> Any:
@@ -46,10 +76,44 @@ def load_model(spec: str, dtype: str | None = None, device: str | None = None) -
 
         model = toy.load(spec[4:])
     else:
+        check_device(device)
         return HookedMLLM.from_pretrained(spec, dtype=torch_dtype(dtype), device=device)
+    check_device(device)
     if dtype not in (None, "auto") or device:
         model.hf_model.to(device=device, dtype=torch_dtype(dtype) if dtype not in (None, "auto") else None)
     return model
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a ``--device`` that is not a torch device or is not present here (None passes).
+
+    Raises:
+        ValueError: Saying what was wrong and which devices exist here.
+
+    Examples:
+        >>> check_device("cuda:7")   # doctest: +SKIP
+        ValueError: --device cuda:7: this machine has 1 CUDA device (cuda:0)
+    """
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ValueError(
+                f"--device {device}: no CUDA device here (torch {torch.__version__}); use --device cpu"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+            )
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
 
 
 def torch_dtype(name: str | None) -> Any:
@@ -85,9 +149,7 @@ def _cmd_hooks(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hooked-mllm`` (cheap: imports no model code)."""
-    parser = argparse.ArgumentParser(
-        prog="hooked-mllm", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
-    )
+    parser = Parser(prog="hooked-mllm", description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -139,6 +201,22 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
                 _show_defaults(child)
 
 
+def is_user_error(error: BaseException) -> bool:
+    """Whether ``error`` is one a user causes (shown as one line): :data:`USER_ERRORS`, a busy feature
+    store, an unreadable safetensors file."""
+    if isinstance(error, USER_ERRORS):
+        return True
+    store = sys.modules.get("hooked_mllm.concepts._store")
+    if store is not None and isinstance(error, store.StoreBusyError):
+        return True
+    return type(error).__name__ == "SafetensorError"
+
+
+def one_line(error: BaseException) -> str:
+    """``error``'s message on one line (its lines joined), or its type's name when it has none."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hooked-mllm`` script.
 
@@ -152,10 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as error:
-        if args.debug:
+    except Exception as error:
+        if args.debug or not is_user_error(error):
             raise
-        message = str(error).strip() or type(error).__name__
+        message = one_line(error)
         print(f"hooked-mllm {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 2
 

@@ -35,6 +35,7 @@ from ._cache_hooks import cache_fn, grad_cache_fn
 from ._hook_io import HookPointHandle, check_trace_reads
 from ._loading import load_local
 from ._model_inputs import InputsMixin
+from ._remote_host import Remote
 from ._tensor_parallel import refuse_tensor_parallel
 from ._tl_compat import TLCompatMixin
 from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
@@ -91,7 +92,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         adapter: Adapter | None = None,
         *,
         envoy: Any = None,
-        remote: bool | str = False,
+        remote: bool | str | Remote = False,
     ) -> None:
         refuse_tensor_parallel(model=hf_model)
         _compat.check_tested_versions()
@@ -119,7 +120,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         self._context: list[_runner.HookFn] = []
         self._context_bodies: list[_runner.Body] = []  # the interventions of active model.hooks() blocks
         self._state = _RunState()
-        self._guard = _runner.RunGuard()
+        self._guard = _runner.RunGuard.of(hf_model)  # shared by every wrapper of hf_model
         self._trace_reads: list[tuple[str, Tensor, int]] = []  # computed values handed out in model.trace
 
     # -- loading ---------------------------------------------------------------------
@@ -134,13 +135,14 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         device_map: Any = None,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
-        remote: bool | str = False,
+        remote: bool | str | Remote = False,
         **hf_kwargs: Any,
     ) -> HookedMLLM:
         """Load model and processor with the HF Auto classes and wrap them.
 
-        With ``remote`` (nnsight's ``remote=``: ``True`` for NDIF, a host URL, or ``"local"``
-        to simulate a server here), the model is built on the meta device from its config
+        With ``remote`` (nnsight's ``remote=``: ``True`` for NDIF, an ``https://`` host URL, a
+        :class:`~hooked_mllm.Remote` for plain ``http://``, timeouts or a trusted server, or
+        ``"local"`` to simulate a server here), the model is built on the meta device from its config
         (no weights are read) and every run goes through nnsight's remote backend; see
         docs/scale.md.
 

@@ -156,8 +156,15 @@ class PatchingResult:
         )
 
     def save_plot(self, path: str) -> str:
-        """Save :meth:`to_image` as a PNG and return the path."""
-        self.to_image().save(path)
+        """Save :meth:`to_image` as a PNG and return the path.
+
+        Written atomically (a temporary file in the same folder, then a rename, mode 0644 under the
+        usual umask): a reader never sees half a picture, and an error leaves no partial file.
+        """
+        from .concepts._store import write_atomic
+
+        image = self.to_image()
+        write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
         return path
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -95,3 +97,36 @@ def test_mismatched_pair_is_refused(llama_model, pair):
     other = llama_model.prepare(images=[random_image(1)], prompts=["how many objects ?"])
     with pytest.raises(ValueError, match="share their token layout"):
         activation_patching(llama_model, clean, other, logit_diff(5, 6))
+
+
+def test_save_plot_is_atomic(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from hooked_mllm.patching import PatchingResult
+
+    result = PatchingResult(
+        values=torch.randn(2, 3),
+        hook="blocks.{l}.hook_resid_pre",
+        layers=[0, 1],
+        over="position",
+        labels=["a", "b", "c"],
+        units=[[0], [1], [2]],
+        clean_metric=1.0,
+        corrupted_metric=0.0,
+        forward_passes=6,
+        rows=6,
+    )
+    path = tmp_path / "sweep.png"
+    assert result.save_plot(str(path)) == str(path)
+    assert np.array_equal(np.asarray(Image.open(path)), np.asarray(result.to_image()))
+    before = path.read_bytes()
+
+    def interrupted(self, file, *args, **kwargs):
+        Path(file).write_bytes(b"\x89PNG half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    with pytest.raises(OSError, match="No space left"):
+        result.save_plot(str(path))
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["sweep.png"]

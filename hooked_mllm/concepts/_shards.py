@@ -33,12 +33,14 @@ from typing import Any
 
 import torch
 from jaxtyping import Float
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import Tensor
 
 from ._store import (
     check_identity,
     mmap_safetensors,
+    read_manifest,
     sha256_file,
     verify_shard,
     write_atomic,
@@ -172,7 +174,12 @@ class ShardWriter:
 def write_shard(path: Path, stem: str, arrays: dict[str, Tensor], record: dict) -> dict:
     """Write ``arrays`` to ``path/stem.safetensors`` atomically; return ``record`` with file and checksum."""
     name = f"{stem}.safetensors"
-    write_atomic(path / name, lambda tmp: save_file(arrays, tmp))
+    try:
+        write_atomic(path / name, lambda tmp: save_file(arrays, tmp))
+    except SafetensorError as error:  # e.g. the disk is full; nothing of the shard is left behind
+        raise OSError(
+            f"Could not write {path / name}: {error} (the store is unchanged; free space and rerun)"
+        ) from None
     return dict(record, file=name, sha256=sha256_file(path / name), bytes=(path / name).stat().st_size)
 
 
@@ -182,7 +189,7 @@ def read_parts(path: Path, identity: dict) -> dict[str, dict]:
     for file in sorted(path.glob("part-n*-r*.json")):
         if not _PART.fullmatch(file.name):
             continue
-        manifest = json.loads(file.read_text())
+        manifest = read_manifest(file)
         check_identity(file, manifest, identity)
         for shard in manifest["shards"]:
             verify_shard(path, shard)
@@ -194,7 +201,7 @@ def ranks_complete(path: Path, world_size: int) -> bool:
     """Whether every rank of a ``world_size``-process run has finished its part."""
     for rank in range(world_size):
         file = path / f"{part_name(world_size, rank)}.json"
-        if not file.exists() or not json.loads(file.read_text()).get("complete"):
+        if not file.exists() or not read_manifest(file).get("complete"):
             return False
     return True
 

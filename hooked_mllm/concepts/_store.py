@@ -20,11 +20,13 @@ Examples:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Callable, Iterator
@@ -71,6 +73,65 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def read_manifest(file: str | os.PathLike[str]) -> dict:
+    """The manifest at ``file``, checked: JSON, a mapping with ``shards`` and ``skipped`` lists, no sample
+    id listed twice.
+
+    Raises:
+        ValueError: The file is damaged, naming it and what is wrong.
+
+    Examples:
+        >>> manifest = read_manifest("features/manifest.json")   # doctest: +SKIP
+    """
+    path = Path(file)
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} is damaged (not JSON: {error}); restore it or extract into a new folder"
+        ) from None
+    if not isinstance(manifest, dict) or not all(
+        isinstance(manifest.get(key), list) for key in ("shards", "skipped")
+    ):
+        raise ValueError(
+            f"{path} is damaged (no shards / skipped lists); restore it or extract into a new folder"
+        )
+    ids: list = []
+    for shard in manifest["shards"]:
+        if not isinstance(shard, dict) or not isinstance(shard.get("ids"), list) or "file" not in shard:
+            raise ValueError(f"{path} is damaged (a shard without file or ids); restore it or extract anew")
+        ids += shard["ids"]
+    for group in (ids, [s.get("id") for s in manifest["skipped"] if isinstance(s, dict)]):
+        counts = collections.Counter(group)
+        twice = next((sample for sample in group if counts[sample] > 1), None)
+        if twice is not None:
+            raise ValueError(
+                f"{path} lists sample id {twice!r} twice; a store holds each sample once (restore the "
+                "manifest or extract into a new folder)"
+            )
+    return manifest
+
+
+_LEFTOVER = re.compile(r"\.(manifest\.json|(shard|part)[\w.-]*\.(safetensors|json))\.[a-z0-9_]{8}")
+
+
+def remove_leftovers(path: Path) -> list[str]:
+    """Delete the temporary files (``.manifest.json.XXXXXXXX``...) that :func:`write_atomic` leaves when
+    a process is killed between writing and renaming; call it holding the store's exclusive lock.
+
+    Returns:
+        The names removed.
+    """
+    removed = sorted(p.name for p in path.iterdir() if _LEFTOVER.fullmatch(p.name) and p.is_file())
+    for name in removed:
+        (path / name).unlink(missing_ok=True)
+    return removed
+
+
+class StoreBusyError(RuntimeError):
+    """Another extraction holds the store's lock."""
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -99,21 +160,59 @@ def config_fingerprint(config: dict) -> str:
     return sha256_json(clean(config))
 
 
-def weights_fingerprint(module: torch.nn.Module, per_tensor: int = 4096) -> str:
-    """A SHA-256 over every parameter's name, shape, dtype and ``per_tensor`` evenly strided values.
+def _tensor_digest(name: str, tensor: torch.Tensor) -> bytes:
+    """SHA-256 of a tensor's name, shape, dtype and every byte of its values."""
+    digest = hashlib.sha256(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    if tensor.is_meta:  # no values to read (a model built without weights)
+        return digest.digest()
+    flat = tensor.detach().reshape(-1)
+    step = 1 << 26  # bytes per block: bounded host copies of device tensors
+    raw = flat.contiguous().view(torch.uint8) if flat.numel() else flat.new_empty(0, dtype=torch.uint8)
+    for start in range(0, raw.numel(), step):
+        block = raw[start : start + step].cpu().numpy()
+        digest.update(block.data)  # hashlib releases the GIL on large buffers
+    return digest.digest()
 
-    Reads a few thousand values per tensor (not whole 7B checkpoints), which tells apart two
-    checkpoints of one architecture (a fine-tune moves every entry of the matrices it trains).
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """``"sha256:<hex>"`` over every parameter and buffer: its name, shape, dtype and every byte.
+
+    Editing any single value (one MLP weight, the last embedding row) changes it. Tensors are hashed
+    in parallel threads (hashlib releases the GIL), about 1 GB/s per core; ``benchmarks/fingerprint.py``
+    measures it on a model's worth of bytes. Tied tensors (one storage under two names) are read once.
+
+    Examples:
+        >>> weights_fingerprint(model.hf_model)[:7]   # doctest: +SKIP
+        'sha256:'
     """
-    digest = hashlib.sha256()
+    from concurrent.futures import ThreadPoolExecutor
+
     with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            step = max(1, flat.numel() // per_tensor)
-            sample = flat[::step][:per_tensor].to("cpu", torch.float64)
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()
+        state = module.state_dict(keep_vars=False)
+        seen: dict[tuple, str] = {}
+        jobs: list[tuple[str, torch.Tensor | None, str | None]] = []
+        for name, tensor in state.items():
+            key = (tensor.device, tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+            if not tensor.is_meta and tensor.data_ptr() and key in seen:
+                jobs.append((name, None, seen[key]))  # the same values as an earlier name
+            else:
+                seen[key] = name
+                jobs.append((name, tensor, None))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            digests = list(
+                pool.map(
+                    lambda job: (
+                        _tensor_digest(job[0], job[1])
+                        if job[1] is not None
+                        else f"{job[0]}=={job[2]}".encode()
+                    ),
+                    jobs,
+                )
+            )
+    total = hashlib.sha256()
+    for digest in digests:
+        total.update(digest)
+    return "sha256:" + total.hexdigest()
 
 
 def _short(value: object) -> str:
@@ -164,7 +263,7 @@ def folder_lock(
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise RuntimeError(
+            raise StoreBusyError(
                 f"{path} is being written by another extraction ({holder}); wait for it to finish or use "
                 "another out= folder. Two runs into one folder would lose and mislabel samples."
             ) from None
@@ -259,7 +358,7 @@ class Features:
             raise FileNotFoundError(
                 f"No feature store at {root} (no manifest.json); run extract(..., out=) first"
             )
-        manifest = json.loads(file.read_text())
+        manifest = read_manifest(file)
         parts = []
         for shard in manifest["shards"]:
             if verify:

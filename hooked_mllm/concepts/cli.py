@@ -168,9 +168,11 @@ def _save_npz(path: Path, **arrays: Any) -> None:
 
 
 def _cmd_concepts(args: argparse.Namespace) -> int:
+    from ..cli import check_device
     from .extract import Features
     from .grounding import text_grounding
 
+    check_device(args.device)
     feats = _pick(Features.load(args.features), args.hook)
     dec = _decomposer(args)
     v = dec.fit_transform(feats.features.numpy())
@@ -249,6 +251,49 @@ def _eval_rows(file: str) -> list[tuple]:
     return rows
 
 
+def load_vector(file: str | os.PathLike[str]) -> Any:
+    """The steering vector in ``file``: one 1-D floating tensor, saved by ``steer --out`` (``torch.save``)
+    or in a safetensors file (one tensor). Never unpickles code: ``torch.load(weights_only=True)``.
+
+    Raises:
+        ValueError: The file is missing, is not such a file, or holds something else than one 1-D
+            finite floating tensor.
+
+    Examples:
+        >>> vector = load_vector("red_to_blue.pt")   # doctest: +SKIP
+    """
+    import pickle
+    import warnings
+
+    import torch
+
+    path = Path(file)
+    if not path.is_file():
+        raise ValueError(f"--vector {file}: no such file")
+    want = "a file holding one 1-D tensor (written by `steer --out`, or a .safetensors file)"
+    try:
+        if path.read_bytes()[8:9] == b"{":  # safetensors: an 8-byte header length, then JSON
+            from safetensors.torch import load_file
+
+            tensors = load_file(path)
+            vector: Any = next(iter(tensors.values())) if len(tensors) == 1 else tensors
+        else:
+            with warnings.catch_warnings():  # a plain pickle is refused below, whatever its protocol
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                vector = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"--vector {file} is not {want} ({first})") from error
+    if not isinstance(vector, torch.Tensor):
+        raise ValueError(f"--vector {file} holds a {type(vector).__name__}, not {want}")
+    if vector.ndim != 1 or not vector.is_floating_point() or not bool(torch.isfinite(vector).all()):
+        raise ValueError(
+            f"--vector {file} holds a {tuple(vector.shape)} {vector.dtype} tensor; give one 1-D tensor of "
+            "finite floats (d_model values)"
+        )
+    return vector
+
+
 def _cmd_steer(args: argparse.Namespace) -> int:
     import torch
 
@@ -257,7 +302,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from .steering import evaluate_steering, normalize_answer, split_by
 
     if args.vector:
-        vector = torch.load(args.vector)
+        vector = load_vector(args.vector)
     else:
         if not (args.features and args.source):
             raise SystemExit("give --vector FILE, or --features F --source S --target T to compute one")
@@ -315,6 +360,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 
 def add_subparsers(sub: Any) -> None:
     """Mount ``extract``, ``concepts``, ``shift`` and ``steer`` on the package CLI."""
+    from ..cli import count, finite, index, positive
+
     ex = sub.add_parser("extract", help="extract one feature per sample to a resumable folder")
     ex.add_argument("--model", default="toy:toy-llava", help="a checkpoint path or hub id, or toy:<name>")
     ex.add_argument("--dtype", default=None, choices=DTYPES, help="model dtype (default: the loader's)")
@@ -345,7 +392,7 @@ def add_subparsers(sub: Any) -> None:
     ex.add_argument("--end", type=int, default=None, help="token range end for --rule range")
     ex.add_argument("--position", type=int, default=None, help="token position for --rule position")
     ex.add_argument(
-        "--max-new-tokens", type=int, default=12, help="answer length when the rule needs the answer"
+        "--max-new-tokens", type=count, default=12, help="answer length when the rule needs the answer"
     )
     ex.add_argument(
         "--predict", action="store_true", help="also generate and record each answer (needed by steer)"
@@ -362,24 +409,24 @@ def add_subparsers(sub: Any) -> None:
     )
     ex.add_argument("--prompt", default=None, help="one prompt for every sample (overrides the dataset's)")
     ex.add_argument(
-        "--shard-size", type=int, default=256, help="samples per shard (progress is saved per shard)"
+        "--shard-size", type=count, default=256, help="samples per shard (progress is saved per shard)"
     )
     ex.add_argument("--qtype", default=None, help="toy question type instead of the caption prompt")
-    ex.add_argument("--n", type=int, default=200, help="toy scenes: how many")
+    ex.add_argument("--n", type=count, default=200, help="toy scenes: how many")
     ex.add_argument("--seed", type=int, default=0, help="toy scenes: the world seed")
-    ex.add_argument("--batch-size", type=int, default=16, help="samples per forward pass")
+    ex.add_argument("--batch-size", type=count, default=16, help="samples per forward pass")
     ex.add_argument(
         "--out", required=True, help="the feature store folder (created, or resumed if compatible)"
     )
     ex.add_argument(
         "--ranks",
-        type=int,
+        type=count,
         default=None,
         help="data-parallel: the number of processes writing "
         "into --out (each is given its --rank); under torchrun both come from its environment",
     )
     ex.add_argument(
-        "--rank", type=int, default=None, help="data-parallel: this process's rank, 0 to --ranks - 1"
+        "--rank", type=index, default=None, help="data-parallel: this process's rank, 0 to --ranks - 1"
     )
     ex.set_defaults(func=_cmd_extract)
     co = sub.add_parser("concepts", help="learn a concept dictionary from extracted features")
@@ -392,20 +439,20 @@ def add_subparsers(sub: Any) -> None:
         help="sparse is the papers' objective, dictlearn the reference code's scikit-learn version (slow)",
     )
     co.add_argument(
-        "--alpha", dest="dec_alpha", type=float, default=None, help="L1 weight of sparse / dictlearn"
+        "--alpha", dest="dec_alpha", type=positive, default=None, help="L1 weight of sparse / dictlearn"
     )
     co.add_argument(
-        "--max-iter", type=int, default=None, help="iterations of the decomposer (its own default)"
+        "--max-iter", type=count, default=None, help="iterations of the decomposer (its own default)"
     )
     co.add_argument(
         "--batch-size",
         dest="dec_batch_size",
-        type=int,
+        type=count,
         default=None,
         help="sparse: rows per minibatch (online fit for data too large for one batch)",
     )
     co.add_argument("--device", default=None, help="seminmf / sparse: torch device, e.g. cuda")
-    co.add_argument("--k", type=int, default=20, help="number of concepts")
+    co.add_argument("--k", type=count, default=20, help="number of concepts")
     co.add_argument("--seed", type=int, default=0, help="random state of the decomposer")
     co.add_argument("--model", default=None, help="ground the concepts in words with this model")
     co.add_argument("--out", required=True, help="an .npz with components, activations, ids")
@@ -415,8 +462,8 @@ def add_subparsers(sub: Any) -> None:
     sh.add_argument("--finetuned", required=True, help="feature store of the fine-tuned model (same samples)")
     sh.add_argument("--hook", default=None, help="the hook point to use, when the stores hold several")
     sh.add_argument("--method", default="kmeans", choices=METHODS, help="decomposer of both models' features")
-    sh.add_argument("--k", type=int, default=10, help="number of concepts")
-    sh.add_argument("--alpha", type=float, default=1.0, help="shifted concepts: u_a + alpha * D")
+    sh.add_argument("--k", type=count, default=10, help="number of concepts")
+    sh.add_argument("--alpha", type=finite, default=1.0, help="shifted concepts: u_a + alpha * D")
     sh.add_argument("--seed", type=int, default=0, help="random state of the decomposer")
     sh.add_argument(
         "--reduce",
@@ -458,15 +505,19 @@ def add_subparsers(sub: Any) -> None:
     st.add_argument("--model", default=None, help="model to evaluate with (default: the store's model)")
     st.add_argument("--dtype", default=None, choices=DTYPES, help="model dtype (default: the loader's)")
     st.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
-    st.add_argument("--layer", type=int, default=None, help="add the vector to blocks.LAYER.hook_resid_post")
-    st.add_argument("--alpha", type=float, nargs="+", default=[1.0], help="one or several strengths to sweep")
+    st.add_argument(
+        "--layer", type=index, default=None, help="add the vector to blocks.LAYER.hook_resid_post"
+    )
+    st.add_argument(
+        "--alpha", type=finite, nargs="+", default=[1.0], help="one or several strengths to sweep"
+    )
     st.add_argument(
         "--schedule",
         default="all",
         choices=("all", "prompt", "image", "text", "last", "generated"),
         help="positions the vector is added at",
     )
-    st.add_argument("--batch-size", type=int, default=16, help="rows per generate call")
-    st.add_argument("--max-new-tokens", type=int, default=3, help="answer length")
+    st.add_argument("--batch-size", type=count, default=16, help="rows per generate call")
+    st.add_argument("--max-new-tokens", type=count, default=3, help="answer length")
     st.add_argument("--report", default=None, help="a JSON file for the evaluation")
     st.set_defaults(func=_cmd_steer)

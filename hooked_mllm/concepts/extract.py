@@ -29,7 +29,6 @@ Examples:
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -49,6 +48,8 @@ from ._store import (
     check_identity,
     config_fingerprint,
     folder_lock,
+    read_manifest,
+    remove_leftovers,
     verify_shard,
     weights_fingerprint,
 )
@@ -205,7 +206,7 @@ def _identity(
             "name": getattr(config, "_name_or_path", "") or "",
             "class": model.cfg.model_class,
             "config_sha256": config_fingerprint(config.to_dict()),
-            "weights_sha256": weights_fingerprint(model.hf_model),
+            "weights_digest": weights_fingerprint(model.hf_model),
         },
         "hooks": hooks,
         "rule": asdict(rule),
@@ -223,7 +224,7 @@ def _open_store(path: Path, identity: dict) -> dict:
     file = path / "manifest.json"
     if not file.exists():
         return dict(identity, shards=[], skipped=[])
-    manifest = json.loads(file.read_text())
+    manifest = read_manifest(file)
     check_identity(path, manifest, identity)
     for shard in manifest["shards"]:
         verify_shard(path, shard)
@@ -371,6 +372,7 @@ def extract(
     if split.world_size > 1:
         return _extract_rank(model, dataset, points, path, identity, shard_size, settings)
     with folder_lock(path):
+        remove_leftovers(path)  # temporary files of a run killed between writing and renaming
         manifest = _open_store(path, identity)
         parts = read_parts(path, identity)
         if not parts:
@@ -422,9 +424,7 @@ def _extract_rank(
         with folder_lock(path, wait=True):
             if ranks_complete(path, split.world_size):
                 file = path / MANIFEST
-                manifest = (
-                    json.loads(file.read_text()) if file.exists() else dict(identity, shards=[], skipped=[])
-                )
+                manifest = read_manifest(file) if file.exists() else dict(identity, shards=[], skipped=[])
                 merge_parts(path, manifest, identity, shard_size)
     except BaseException as caught:  # every rank must reach agree(), or the others would wait for it forever
         error = caught
@@ -481,9 +481,9 @@ def _run(
             _batch(model, chunk, points, writer, settings)
             bar.update(len(chunk))
     finally:
+        bar.close()  # first: an error below (a full disk) is then printed on a line of its own
         writer.flush()
         writer.save()
-        bar.close()
 
 
 def _batch(

@@ -99,6 +99,8 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     Each sub-command stores its handler in ``args.func``; call ``args.func(args)``.
     """
+    from hooked_mllm.cli import count, index, positive
+
     sub = parser.add_subparsers(dest="toy_command", required=True, metavar="COMMAND")
     tr = sub.add_parser("train", help="train a toy checkpoint from scratch (or fine-tune, for toy-llava-ft)")
     tr.add_argument(
@@ -114,40 +116,42 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="output directory (default: toy-checkpoints/NAME in the current "
         "directory; the checkpoints shipped inside the package are never overwritten unless named)",
     )
-    tr.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
-    tr.add_argument("--lr", type=float, default=None, help="override the recipe's peak learning rate")
-    tr.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    tr.add_argument("--steps", type=count, default=None, help="override the recipe's number of steps")
+    tr.add_argument("--lr", type=positive, default=None, help="override the recipe's peak learning rate")
+    tr.add_argument("--batch-size", type=count, default=None, help="override the recipe's batch size")
     tr.add_argument("--init-dir", default=None, help="checkpoint to start from (fine-tunes, recipe stages)")
-    tr.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    tr.add_argument("--threads", type=count, default=None, help="torch threads (default: torch's choice)")
     tr.set_defaults(func=_run_train)
     ev = sub.add_parser("eval", help="score a toy checkpoint on fresh scenes with greedy generation")
     ev.add_argument("--name", choices=CHECKPOINTS, default="toy-llava", help="shipped checkpoint to score")
     ev.add_argument("--path", default=None, help="checkpoint directory (overrides --name)")
     ev.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")
-    ev.add_argument("--n", type=int, default=1000, help="number of scenes")
+    ev.add_argument("--n", type=count, default=1000, help="number of scenes")
     ev.add_argument(
         "--caption-style",
         choices=("plain", "colored"),
         default=None,
         help="expected captions (default: the checkpoint's own style)",
     )
-    ev.add_argument("--show-errors", type=int, default=5, help="how many wrong answers to print")
-    ev.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ev.add_argument("--show-errors", type=index, default=5, help="how many wrong answers to print")
+    ev.add_argument("--threads", type=count, default=None, help="torch threads (default: torch's choice)")
     ev.set_defaults(func=_run_eval)
     sc = sub.add_parser("science", help="quality, textual QA and lens read-outs of image tokens")
     sc.add_argument("--name", action="append", choices=CHECKPOINTS, help="checkpoint (repeatable)")
     sc.add_argument("--path", action="append", help="checkpoint directory (repeatable; overrides --name)")
     sc.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")
-    sc.add_argument("--n", type=int, default=200, help="number of scenes")
+    sc.add_argument("--n", type=count, default=200, help="number of scenes")
     sc.add_argument("--section", action="append", help="only these report sections (repeatable)")
-    sc.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    sc.add_argument("--threads", type=count, default=None, help="torch threads (default: torch's choice)")
     sc.set_defaults(func=_run_science)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry: ``python -m hooked_mllm.toy.cli train|eval ...``."""
-    top = argparse.ArgumentParser(prog="hooked-mllm toy", description=(__doc__ or "").split("\n")[0])
+    from hooked_mllm.cli import Parser
+
+    top = Parser(prog="hooked-mllm toy", description=(__doc__ or "").split("\n")[0])
     parser = add_subparsers(top)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

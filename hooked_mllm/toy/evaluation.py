@@ -98,15 +98,27 @@ class _Tally:
         )
 
 
+def _checkpoint_path(model: str | os.PathLike[str]) -> Path:
+    """A checkpoint folder, or a shipped checkpoint's by name; a missing folder is refused as such."""
+    path = Path(model)
+    if not path.exists() and str(model) in CHECKPOINTS:
+        return checkpoint_dir(str(model))
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"No checkpoint folder at {model} (give a folder, or one of {', '.join(CHECKPOINTS)})"
+        )
+    return path
+
+
 def _resolve(
     model: str | os.PathLike[str] | PreTrainedModel, processor: Any
 ) -> tuple[PreTrainedModel, Any, Path | None]:
     if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.exists() and str(model) in CHECKPOINTS:
-            path = checkpoint_dir(str(model))
-        loaded = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
-        return loaded, processor or AutoProcessor.from_pretrained(path), path
+        path = _checkpoint_path(model)
+        loaded = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=False
+        ).eval()
+        return loaded, processor or AutoProcessor.from_pretrained(path, trust_remote_code=False), path
     if processor is None:
         raise ValueError("Pass `processor=` when `model` is a model object rather than a checkpoint path.")
     return model, processor, None
@@ -212,11 +224,9 @@ def evaluate_text(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.exists() and str(model) in CHECKPOINTS:
-            path = checkpoint_dir(str(model))
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+        path = _checkpoint_path(model)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer is None:
         raise ValueError("Pass `tokenizer=` when `model` is a model object rather than a checkpoint path.")
     was_training = model.training

@@ -438,7 +438,7 @@ def _load_init(stage: Stage, init_dir: str | os.PathLike[str] | None, seed: int)
         donor = checkpoint_dir(stage.vision_init) if stage.vision_init else None
         return vlm_from_text_lm(lm, seed, vision_from=donor), build_processor()
     model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
-    return model, AutoProcessor.from_pretrained(src)
+    return model, AutoProcessor.from_pretrained(src, trust_remote_code=False)
 
 
 def train_stage(

@@ -209,8 +209,10 @@ def _quality(name: str, path: Path, seed: int, n: int) -> str:
 def _readout(name: str, path: Path, seed: int, n: int) -> str:
     if checkpoint_kind(path) == "text":
         return ""
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=torch.float32, trust_remote_code=False
+    ).eval()
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
     return format_readout(image_token_readout(model, processor, seed=seed + 1, n_scenes=n))
 
 

@@ -269,7 +269,7 @@ def train(
     else:
         src = Path(init_dir) if init_dir is not None else checkpoint_dir(recipe.init)
         model = LlavaForConditionalGeneration.from_pretrained(src, dtype=torch.float32)
-        processor = AutoProcessor.from_pretrained(src)
+        processor = AutoProcessor.from_pretrained(src, trust_remote_code=False)
     logger.info("training %s (seed %d): %s", name, seed, recipe)
     losses = train_steps(model, processor, recipe, seed=seed, progress=progress)
     seconds = time.perf_counter() - start

@@ -73,9 +73,18 @@ def bundle_script() -> str:
     return f"<script>{circuitsvis_bundle()}</script>"
 
 
-def _json(props: dict[str, Any]) -> str:
-    # "</" inside a script would end it early (the toy vocabulary has "</s>")
-    return json.dumps(props).replace("</", "<\\/")
+def _json(props: Any) -> str:
+    """``props`` as a JavaScript literal safe inside ``<script>``: ``<``, ``>``, ``&`` and U+2028/U+2029
+    written as ``\\uXXXX`` escapes, so no token (``</script>``, ``<!--<script>``, ``]]>``) can end the
+    script, open a comment the parser honours, or break the line; the values are unchanged."""
+    text = json.dumps(props)
+    for char, escaped in _SCRIPT_ESCAPES.items():
+        text = text.replace(char, escaped)
+    return text
+
+
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_ELEMENTS = ("AttentionHeads", "AttentionPatterns")
 
 
 def token_labels(batch: MultimodalBatch, row: int = 0) -> list[str]:
@@ -164,12 +173,21 @@ class AttentionView:
     header: str = ""
     element_id: str = field(default_factory=lambda: "hm-cv-" + uuid.uuid4().hex[:12])
 
+    def __post_init__(self) -> None:
+        if self.element not in _ELEMENTS:
+            raise ValueError(f"element must be one of {_ELEMENTS}, not {self.element!r}")
+
     def fragment(self) -> str:
-        """The view's HTML without the circuitsvis bundle (for pages that include it once)."""
+        """The view's HTML without the circuitsvis bundle (for pages that include it once).
+
+        Every string is escaped for where it lands: the title as text, the element id as an
+        attribute, the properties (tokens, head names) as a script literal (:func:`_json`).
+        """
         title = f"<p><b>{_html.escape(self.title)}</b></p>" if self.title else ""
+        element_id = _html.escape(self.element_id)
         return (
-            f'<div class="hm-attention hm-scroll">{title}{self.header}<div id="{self.element_id}" '
-            f'style="margin:15px 0"></div><script>CircuitsVis.render("{self.element_id}", '
+            f'<div class="hm-attention hm-scroll">{title}{self.header}<div id="{element_id}" '
+            f'style="margin:15px 0"></div><script>CircuitsVis.render({_json(self.element_id)}, '
             f"CircuitsVis.{self.element}, {_json(self.props)});</script></div>"
         )
 

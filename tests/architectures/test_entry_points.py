@@ -286,6 +286,46 @@ def test_a_second_thread_gets_a_clear_error_while_a_run_is_in_progress(llava, ll
     torch.testing.assert_close(llava(llava_batch), hf_logits(llava, llava_batch.inputs))
 
 
+@pytest.mark.parametrize("callee", ["second wrapper", "raw HF model"])
+def test_a_hook_calling_another_wrapper_or_the_raw_model_is_a_clear_error(llava, llava_batch, callee):
+    other = HookedMLLM.from_hf(llava.hf_model, llava.processor)
+
+    def nested(act, hook):
+        other(llava_batch) if callee == "second wrapper" else llava.hf_model(**llava_batch.inputs)
+
+    with pytest.raises(RuntimeError, match="from inside one of its own hook functions"):
+        llava.run_with_hooks(llava_batch, fwd_hooks=[("blocks.0.hook_resid_post", nested)])
+    expected = hf_logits(llava, llava_batch.inputs)
+    torch.testing.assert_close(llava(llava_batch), expected)  # both usable afterwards
+    torch.testing.assert_close(other(llava_batch), expected)
+
+
+@pytest.mark.parametrize("callee", ["second wrapper", "raw HF model"])
+def test_two_wrappers_of_one_model_in_two_threads_get_a_clear_error(llava, llava_batch, callee):
+    other = HookedMLLM.from_hf(llava.hf_model, llava.processor)
+    started, release, errors = threading.Event(), threading.Event(), []
+
+    def wait(act, hook):
+        started.set()
+        release.wait(timeout=30)
+
+    worker = threading.Thread(
+        target=lambda: llava.run_with_hooks(llava_batch, fwd_hooks=[("blocks.0.hook_resid_post", wait)])
+    )
+    worker.start()
+    try:
+        assert started.wait(timeout=30)
+        try:
+            other(llava_batch) if callee == "second wrapper" else llava.hf_model(**llava_batch.inputs)
+        except RuntimeError as error:
+            errors.append(str(error))
+    finally:
+        release.set()
+        worker.join()
+    assert len(errors) == 1 and "another thread is running this model" in errors[0]
+    torch.testing.assert_close(other(llava_batch), hf_logits(llava, llava_batch.inputs))
+
+
 # -- empty inputs and loading -------------------------------------------------------------
 
 

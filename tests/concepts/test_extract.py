@@ -92,7 +92,7 @@ def test_store_refuses_other_checkpoint_prompt_and_second_writer(llama_model, sa
     hook = "blocks.1.hook_resid_post"
     extract(llama_model, samples[:3], hook, "last", out=tmp_path, progress=False)
     other = HookedMLLM.from_hf(tiny_llava("llama", seed=1), tiny_processor())  # same class, other weights
-    with pytest.raises(ValueError, match="model.weights_sha256: stored"):
+    with pytest.raises(ValueError, match="model.weights_digest: stored"):
         extract(other, samples, hook, "last", out=tmp_path, progress=False)
     reprompted = [Sample(s.id, s.image, "describe the image .") for s in samples[:3]]
     with pytest.raises(ValueError, match="'s0' is in the store with another prompt or image"):
@@ -103,6 +103,23 @@ def test_store_refuses_other_checkpoint_prompt_and_second_writer(llama_model, sa
         with pytest.raises(RuntimeError, match="being written by another extraction"):
             extract(llama_model, samples, hook, "last", out=tmp_path, progress=False)
     assert len(Features.load(tmp_path)) == 3  # nothing was added by the refused runs
+
+
+@pytest.mark.parametrize("edit", ["one MLP weight", "last embedding row"])
+def test_an_edit_of_one_weight_is_refused(samples, tmp_path, edit):
+    hook = "blocks.1.hook_resid_post"
+    model = HookedMLLM.from_hf(tiny_llava("llama"), tiny_processor())
+    extract(model, samples[:2], hook, "last", out=tmp_path, progress=False)
+    lm = model.hf_model.model.language_model
+    with torch.no_grad():
+        if edit == "one MLP weight":
+            weight = lm.layers[-1].mlp.down_proj.weight
+            weight[-1, -1] = torch.nextafter(weight[-1, -1], torch.tensor(1.0))  # the smallest change
+        else:
+            lm.embed_tokens.weight[-1] += 1e-3
+    with pytest.raises(ValueError, match="model.weights_digest: stored"):
+        extract(model, samples, hook, "last", out=tmp_path, progress=False)
+    assert len(Features.load(tmp_path)) == 2  # nothing from the edited model was appended
 
 
 def test_corrupted_or_truncated_shard_is_named(llama_model, samples, tmp_path):

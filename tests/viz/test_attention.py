@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 
 from hooked_mllm.hook_points import HookNameError
-from hooked_mllm.viz import attention_heads, attention_patterns, patch_strip, token_labels
-from hooked_mllm.viz.attention import circuitsvis_bundle
+from hooked_mllm.viz import Report, attention_heads, attention_patterns, patch_strip, token_labels
+from hooked_mllm.viz.attention import AttentionView, circuitsvis_bundle
 
 
 def props_of(view_html: str) -> dict:
     call = re.search(r'CircuitsVis\.render\("[^"]+", CircuitsVis\.\w+, (\{.*\})\);</script>', view_html, re.S)
-    return json.loads(call.group(1).replace("<\\/", "</"))
+    return json.loads(call.group(1))
 
 
 def test_labels_name_image_tokens_by_cell_and_padding(run):
@@ -105,7 +105,7 @@ def test_html_is_offline_and_inlines_the_installed_bundle(run, tmp_path):
     assert "unpkg" not in page and "cdn." not in page.lower().replace("dist/cdn", "")
     assert not re.search(r"<script[^>]+src=", page) and "sourceMappingURL" not in page
     assert page.count("</script>") == 2  # bundle + the render call: no "</s>" token closed a script early
-    assert '"<\\/s>"' in view.fragment() or "</s>" not in json.dumps(view.props)
+    assert '"\\u003c/s\\u003e"' in view.fragment() or "</s>" not in json.dumps(view.props)
     path = view.save(tmp_path / "views" / "attention.html")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
     assert path.read_text(encoding="utf-8") == page.replace(view.element_id, view.element_id)
@@ -123,3 +123,32 @@ def test_patch_strip_tiles_are_the_image_patches():
     np.testing.assert_array_equal(tile, expected)
     with pytest.raises(ValueError, match="labels"):
         patch_strip(image, (4, 4), labels=["a"])
+
+
+HOSTILE = [
+    "<!--<script>",
+    "</script><script>document.body.setAttribute('data-pwned','script')</script>",
+    "<img src=x onerror=\"document.body.setAttribute('data-pwned','img')\">",
+    "]]>\u2028\u2029&amp;'\"",
+]
+
+
+def test_hostile_tokens_stay_data_inside_the_script():
+    pattern = torch.softmax(torch.randn(2, len(HOSTILE), len(HOSTILE)), -1)
+    view = attention_heads(pattern, tokens=HOSTILE)
+    fragment = view.fragment()
+    script = fragment[fragment.index("<script>") + len("<script>") : fragment.rindex("</script>")]
+    for forbidden in ("<", ">", "&", "\u2028", "\u2029"):
+        assert forbidden not in script, forbidden
+    assert fragment.count("<script>") == 1 and fragment.count("</script>") == 1
+    assert props_of(fragment)["tokens"] == HOSTILE  # the values reach circuitsvis unchanged
+    page = view.to_html()
+    assert page.count("</script>") == 2 and "<!--" not in page.replace(circuitsvis_bundle(), "")
+    report = Report(HOSTILE[1]).text(HOSTILE[0]).section(HOSTILE[2], HOSTILE[3]).attention(view).render()
+    outside = report.replace(circuitsvis_bundle(), "").replace(script, "")
+    assert "<script>document" not in outside and "<img src=x" not in outside and "<!--" not in outside
+
+
+def test_a_view_refuses_an_unknown_element():
+    with pytest.raises(ValueError, match="element must be one of"):
+        AttentionView(element="alert(1);AttentionHeads", props={})

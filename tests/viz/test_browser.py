@@ -93,3 +93,37 @@ def test_demo_report_draws_every_figure_and_view(chromium, tmp_path):
     small = [b for b in boxes if b["kind"] == "img" and b["w"] <= 250]
     assert small and all(b["w"] > 10 and b["h"] > 10 for b in small)  # no broken-image icons
     assert shot.shape[0] > 4000
+
+
+def test_hostile_tokens_and_texts_draw_and_run_nothing(chromium, tmp_path):
+    import torch
+
+    from hooked_mllm.viz import Report
+
+    hostile = [
+        "<!--<script>",
+        "</script><script>document.body.setAttribute('data-pwned','script')</script>",
+        "<img src=x onerror=\"document.body.setAttribute('data-pwned','img')\">",
+        "]]>\u2028\u2029&amp;'\"",
+        "red",
+    ]
+    pattern = torch.softmax(
+        torch.randn(2, len(hostile), len(hostile), generator=torch.Generator().manual_seed(0)), -1
+    )
+    view = attention_heads(pattern, tokens=hostile)
+    page = (
+        Report(hostile[1])
+        .section(hostile[0], hostile[2])
+        .text(hostile[3])
+        .attention(view)
+        .table(["token"], [[t] for t in hostile])
+        .save(tmp_path / "hostile")
+    )
+    shot, boxes, dom, console = measured(chromium, page, tmp_path)
+    assert console == [], console
+    assert "data-pwned" not in dom.split("<body", 1)[1].split(">", 1)[0]  # no injected code ran
+    (drawn_view,) = [b for b in boxes if b["kind"] == "attention"]
+    assert drawn_view["children"] > 0 and drawn_view["h"] > 100 and drawn(crop(shot, drawn_view), 20)
+    assert "Head Selector" in dom  # circuitsvis rendered the view
+    after = dom[dom.index('id="' + view.element_id) :]  # the page after the view was parsed, not swallowed:
+    assert "<td>&lt;!--&lt;script&gt;</td>" in after and "<td>red</td>" in after
