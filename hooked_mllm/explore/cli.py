@@ -25,19 +25,13 @@ def port_number(text: str) -> int:
 
 def _cmd_explore(args: argparse.Namespace) -> int:
     from ..cli import load_model
-    from .analysis import Explorer
-    from .server import serve
+    from .server import run
 
-    server = serve(
-        Explorer(load_model(args.model)), host=args.host, port=args.port, allow_remote=args.allow_remote
-    )
-    print(f"Explorer at {server.url} (Ctrl-C stops it)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    def announce(url: str) -> None:
+        print(f"Explorer at {url} (Ctrl-C stops it)", flush=True)
+
+    model = load_model(args.model)
+    run(model, host=args.host, port=args.port, allow_remote=args.allow_remote, on_start=announce)
     return 0
 
 

@@ -27,6 +27,7 @@ import binascii
 import io
 import json
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -211,19 +212,26 @@ def serve(
     return ExplorerServer((host, port), handler)
 
 
-def run(model: Any, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False) -> None:
+def run(
+    model: Any,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    allow_remote: bool = False,
+    on_start: Callable[[str], Any] | None = None,
+) -> None:
     """Serve the explorer for ``model`` until interrupted (Ctrl-C).
 
     Args:
         model: A :class:`~hooked_mllm.HookedMLLM`.
         host: Listen address; loopback only unless ``allow_remote``.
-        port: The port (0: any free one; the URL is logged).
+        port: The port (0: any free one).
+        on_start: Called with the page's URL once the server listens (default: logged).
 
     Examples:
         >>> run(toy.load("toy-llava"))                            # doctest: +SKIP
     """
     server = serve(Explorer(model), host=host, port=port, allow_remote=allow_remote)
-    logger.warning("explorer at %s (Ctrl-C stops it)", server.url)
+    (on_start or (lambda url: logger.warning("explorer at %s (Ctrl-C stops it)", url)))(server.url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

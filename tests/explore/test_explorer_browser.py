@@ -10,9 +10,9 @@ page is written where `EXPLORER_SCREENSHOT` points (docs/images/explorer.png is 
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 
+import chromium
 import pytest
 
 from hooked_mllm import toy
@@ -22,15 +22,6 @@ pytestmark = pytest.mark.browser
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # the standard deviation of a drawn image's pixels: 0 for a blank or missing image
 PIXEL_SPREAD = """(id) => {
   const img = document.getElementById(id);
@@ -56,13 +47,10 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs it with apt-get install -y chromium")
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    binary = chromium.binary()
+    flags = [flag for flag in chromium.FLAGS if flag != "--headless"]  # Playwright adds its own headless mode
     with playwright_sync.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=binary, headless=True, args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=binary, headless=True, args=flags)
         yield browser
         browser.close()
 

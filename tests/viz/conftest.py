@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+import chromium as chromium_binary
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,18 +15,7 @@ from PIL import Image
 from hooked_mllm import HookedMLLM
 from hooked_mllm.testing import random_image, tiny_llava, tiny_processor
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-]
+CHROMIUM_FLAGS = chromium_binary.FLAGS
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +84,4 @@ class Chromium:
 
 @pytest.fixture(scope="session")
 def chromium():
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; .ci/run installs it with apt-get install -y chromium")
-        pytest.skip("chromium is not installed (apt-get install -y chromium)")
-    return Chromium(binary)
+    return Chromium(chromium_binary.binary())
