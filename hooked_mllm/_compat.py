@@ -34,7 +34,6 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.metadata
 import warnings
 from collections.abc import Iterator
@@ -87,12 +86,20 @@ def _minor(version: str) -> tuple[int, int]:
     return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
 
 
-@functools.cache
-def check_tested_versions() -> tuple[str, ...]:
+# the first check's result in this process (a list, not functools.cache: the run path's code travels to
+# nnsight's remote servers by value, and a cache wrapper would travel by reference to this package)
+_CHECKED: list[tuple[str, ...]] = []
+
+
+def check_tested_versions(recheck: bool = False) -> tuple[str, ...]:
     """Warn (once per process) for each dependency installed at an untested release.
 
     Called when a model is wrapped, not at import. The warning names the tested range and the
     installed release; results may still be right, but nothing has checked them.
+
+    Args:
+        recheck: Look at the installed releases again (and warn again) instead of returning the
+            first check's result.
 
     Returns:
         The packages warned about (empty when every release is a tested one).
@@ -101,6 +108,8 @@ def check_tested_versions() -> tuple[str, ...]:
         >>> check_tested_versions()   # doctest: +SKIP
         ()
     """
+    if _CHECKED and not recheck:
+        return _CHECKED[0]
     untested = []
     for package, (oldest, newest) in TESTED.items():
         try:
@@ -117,4 +126,5 @@ def check_tested_versions() -> tuple[str, ...]:
                 stacklevel=3,
             )
             untested.append(package)
-    return tuple(untested)
+    _CHECKED[:] = [tuple(untested)]
+    return _CHECKED[0]
