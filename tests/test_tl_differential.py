@@ -1,0 +1,392 @@
+"""Differential tests: the same weights in TransformerLens and in ``HookedMLLM``, every mirrored cache method.
+
+One tiny random LLaVA checkpoint (Llama LM with grouped-query attention, its norm weights
+randomised so that a forgotten or doubled norm weight shows) is booted three ways:
+
+* ``ours``: ``HookedMLLM.from_pretrained``, run text-only;
+* ``raw``: TransformerLens 4.3's ``TransformerBridge`` on the unprocessed weights (as
+  tests/test_tl_parity.py boots it);
+* ``folded``: the same bridge after ``enable_compatibility_mode(fold_ln=True)`` without
+  centring, i.e. HookedTransformer's default processing: its norm weights are folded into
+  the next linear layer, so its ``apply_ln_to_stack`` divides by the norm's scale only.
+
+Both caches come from one text-only batch (no padding); every ``ActivationCache`` method
+TransformerLens has is compared over a grid of its arguments. Where we differ on purpose the
+test says how (docs/parity.md has the table).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hooked_mllm import HookedMLLM
+from hooked_mllm.testing import tiny_llava, tiny_processor
+
+pytest.importorskip("transformer_lens")
+import tl_bridge  # noqa: E402
+
+ATOL, RTOL = 2e-5, 1e-4
+PROMPTS = ["what color is the circle ?", "is there a red square ?"]  # one length: no padding
+POS_SLICES = [None, -1, 0, slice(1, 4), (1, 4), (0, None, 2), [3, 1, 3], torch.tensor([5, 0])]
+
+
+def close(a, b, what=""):
+    assert a.shape == b.shape, (what, a.shape, b.shape)
+    torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llava-differential")
+    model = tiny_llava("llama", seed=11)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:  # random norm weights: a dropped or doubled weight shows
+                param.copy_(torch.rand(param.shape, generator=generator) + 0.5)
+    model.save_pretrained(path)
+    tiny_processor().save_pretrained(path)
+    ours = HookedMLLM.from_pretrained(str(path))
+    tokenizer = ours.processor.tokenizer
+    raw = tl_bridge.load_bridge(str(path), tokenizer=tokenizer)
+    folded = tl_bridge.load_bridge(str(path), tokenizer=tokenizer)
+    with tl_bridge._quiet():
+        folded.enable_compatibility_mode(
+            disable_warnings=True,
+            fold_ln=True,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+        )
+    return ours, raw, folded
+
+
+@pytest.fixture(scope="module")
+def caches(models):
+    ours, raw, folded = models
+    batch = ours.text_batch(PROMPTS)
+    assert not batch.pad_mask.any()
+    _, mine = ours.run_with_cache(batch)
+
+    def theirs(bridge):
+        return tl_bridge.bridge_run_with_cache(
+            bridge, None, input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        )[1]
+
+    return mine, theirs(raw), theirs(folded)
+
+
+def ln_weight(cache, kind, layer=None):
+    """The weight of one of our norms (``ln1``/``ln2`` of a layer, or ``ln_final``), from the model."""
+    readout = cache.readout
+    norm = readout.ln_final if kind == "ln_final" else getattr(readout, kind)[layer]
+    return norm.weight + norm.offset
+
+
+# -- stacks without a norm: the same numbers and labels as the bridge ---------------------------
+
+
+@pytest.mark.parametrize("pos_slice", POS_SLICES, ids=repr)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"layer": -1},
+        {"layer": 0},
+        {"layer": 1},
+        {"layer": 3},
+        {"layer": 1, "incl_mid": True},
+        {"layer": 2, "mlp_input": True},
+        {"layer": 2, "incl_mid": True, "mlp_input": True},
+        {"incl_mid": True},
+    ],
+    ids=repr,
+)
+def test_accumulated_resid(caches, kwargs, pos_slice):
+    mine, raw, _ = caches
+    (a, la), (b, lb) = (
+        c.accumulated_resid(pos_slice=pos_slice, return_labels=True, **kwargs) for c in (mine, raw)
+    )
+    assert la == lb
+    close(a, b, str(kwargs))
+
+
+def test_accumulated_resid_labels_include_the_layer_asked(caches):
+    mine, _, _ = caches
+    stack, labels = mine.accumulated_resid(layer=2, return_labels=True)
+    assert labels == ["0_pre", "1_pre", "2_pre"]
+    close(stack[-1], mine["resid_pre", 2])
+
+
+@pytest.mark.parametrize("pos_slice", POS_SLICES[:5], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"layer": 0},
+        {"layer": 2},
+        {"mode": "attn"},
+        {"mode": "mlp", "incl_embeds": False},
+        {"layer": 1, "mlp_input": True},
+        {"layer": 2, "mlp_input": True, "mode": "attn"},
+        {"layer": 2, "mlp_input": True, "mode": "mlp"},
+    ],
+    ids=repr,
+)
+def test_decompose_resid(caches, kwargs, pos_slice):
+    mine, raw, _ = caches
+    (a, la), (b, lb) = (
+        c.decompose_resid(pos_slice=pos_slice, return_labels=True, **kwargs) for c in (mine, raw)
+    )
+    assert la == lb
+    close(a, b, str(kwargs))
+
+
+def test_decompose_resid_arguments_in_transformer_lens_order(caches):
+    mine, raw, _ = caches
+    close(mine.decompose_resid(1, True, "attn"), raw.decompose_resid(1, True, "attn"))
+
+
+@pytest.mark.parametrize("pos_slice", POS_SLICES, ids=repr)
+@pytest.mark.parametrize("layer", [-1, 0, 1, 3])
+def test_stack_head_results(caches, layer, pos_slice):
+    mine, raw, _ = caches
+    (a, la), (b, lb) = (
+        c.stack_head_results(layer, return_labels=True, pos_slice=pos_slice) for c in (mine, raw)
+    )
+    assert la == lb
+    close(a, b, f"layer {layer}")
+    if layer != 0:  # TransformerLens' remainder at layer 0 is the *last* resid_post (layer - 1 = -1)
+        (a, la), (b, lb) = (
+            c.stack_head_results(layer, return_labels=True, incl_remainder=True, pos_slice=pos_slice)
+            for c in (mine, raw)
+        )
+        assert la == lb
+        close(a, b, f"layer {layer} remainder")
+
+
+def test_stack_head_results_at_layer_zero(caches):
+    mine, _, _ = caches
+    for pos_slice in (None, -1, [2, 2]):
+        empty = mine.stack_head_results(layer=0, pos_slice=pos_slice)
+        resid = mine._pos(mine["resid_pre", 0], pos_slice)
+        assert empty.shape == (0, *resid.shape)
+        stack, labels = mine.stack_head_results(
+            layer=0, pos_slice=pos_slice, incl_remainder=True, return_labels=True
+        )
+        assert labels == ["remainder"]
+        close(stack[0], resid)  # what layer 0 reads: the embeddings
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("q", -1, "attn"),
+        ("k", 2, "attn"),
+        ("pre", -1, "mlp"),
+        ("post", 1, "mlp"),
+        ("pattern", -1),
+        ("z",),
+        ("resid_post",),
+        ("normalized", 2, "ln1"),
+    ],
+    ids=repr,
+)
+def test_stack_activation(caches, args):
+    mine, raw, _ = caches
+    a = mine.stack_activation(*args)
+    if args[0] == "normalized":  # ours: the norm module's output (weight applied); the bridge's: before it
+        layer = args[1]
+        weights = torch.stack([ln_weight(mine, "ln1", l) for l in range(layer)])[:, None, None]
+        close(a, raw.stack_activation(*args) * weights)
+    else:
+        close(a, raw.stack_activation(*args), str(args))
+    layers = a.shape[0]
+    key = (args[0],) if len(args) < 3 else (args[0], args[2])
+    close(a, torch.stack([mine[(key[0], l, *key[1:])] for l in range(layers)]))
+
+
+@pytest.mark.parametrize("pos_slice", [None, -1, (1, 3), [4, 0, 4]], ids=repr)
+@pytest.mark.parametrize("neuron_slice", [None, 3, [7, 2, 7], (0, 10, 3), slice(5, 9)], ids=repr)
+def test_neuron_results(caches, pos_slice, neuron_slice):
+    mine, raw, _ = caches
+    close(
+        mine.get_neuron_results(1, neuron_slice=neuron_slice, pos_slice=pos_slice),
+        raw.get_neuron_results(1, neuron_slice=neuron_slice, pos_slice=pos_slice),
+    )
+    for kwargs in (
+        {"layer": 2},
+        {"layer": 1, "incl_remainder": True},
+        {"layer": 2, "mlp_input": True, "incl_remainder": True},
+    ):
+        (a, la), (b, lb) = (
+            c.stack_neuron_results(
+                neuron_slice=neuron_slice, pos_slice=pos_slice, return_labels=True, **kwargs
+            )
+            for c in (mine, raw)
+        )
+        assert la == lb, kwargs
+        close(a, b, str(kwargs))
+
+
+@pytest.mark.parametrize("pos_slice", [None, -1, [3, 1, 3]], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"layer": 0}, {"layer": 2, "mlp_input": True}, {"expand_neurons": False}, {"layer": -1}],
+    ids=repr,
+)
+def test_full_resid_decomposition(caches, kwargs, pos_slice):
+    mine, raw, _ = caches
+    (a, la), (b, lb) = (
+        c.get_full_resid_decomposition(pos_slice=pos_slice, return_labels=True, **kwargs) for c in (mine, raw)
+    )
+    assert la == lb
+    close(a, b, str(kwargs))
+
+
+def test_head_results_and_batch_dims(caches, models):
+    mine, raw, _ = caches
+    mine.compute_head_results()
+    raw.compute_head_results()
+    for layer in range(models[0].cfg.n_layers):
+        close(mine["result", layer], raw["result", layer])
+    for batch_slice in (1, slice(0, 1), [1, 0]):
+        a, b = mine.apply_slice_to_batch_dim(batch_slice), raw.apply_slice_to_batch_dim(batch_slice)
+        assert a.has_batch_dim == b.has_batch_dim
+        close(a["z", 1], b["z", 1])
+        close(a.decompose_resid(pos_slice=-1), b.decompose_resid(pos_slice=-1))
+    a, b = mine.apply_slice_to_batch_dim(slice(1, 2)), raw.apply_slice_to_batch_dim(slice(1, 2))
+    a.remove_batch_dim(), b.remove_batch_dim()
+    assert a.has_batch_dim is b.has_batch_dim is False
+    close(a["pattern", 0], b["pattern", 0])
+    close(a.accumulated_resid(pos_slice=[2, 0]), b.accumulated_resid(pos_slice=[2, 0]))
+
+
+# -- norms: the logit lens, the final norm, a layer's norm --------------------------------------
+
+
+@pytest.mark.parametrize("pos_slice", [None, -1, [3, 1]], ids=repr)
+def test_logit_lens_recomputes_the_final_norm_per_layer(models, caches, pos_slice):
+    ours, raw, _ = models
+    mine, theirs, _ = caches
+    a = mine.accumulated_resid(apply_ln=True, pos_slice=pos_slice, incl_mid=True)
+    close(a, theirs.accumulated_resid(apply_ln=True, pos_slice=pos_slice, incl_mid=True))
+    final_norm = ours.adapter.module(ours.hf_model, ours.adapter.modules.final_norm)
+    with torch.no_grad():  # independently: the model's own final norm on each residual
+        expected = torch.stack(
+            [final_norm(x) for x in mine.accumulated_resid(pos_slice=pos_slice, incl_mid=True)]
+        )
+    close(a, expected)
+    close(
+        mine.apply_ln_to_stack(mine.accumulated_resid(), recompute_ln=True),
+        mine.accumulated_resid(apply_ln=True),
+    )
+
+
+def test_logit_lens_top_token_at_layer_zero(models, caches):
+    """The logit lens of the embeddings: probabilities from the final norm on the embeddings themselves."""
+    ours, _, _ = models
+    mine, raw, _ = caches
+    lens = mine.accumulated_resid(apply_ln=True)[0] @ ours.W_U
+    theirs = raw.accumulated_resid(apply_ln=True)[0] @ ours.W_U
+    close(lens.softmax(-1), theirs.softmax(-1))
+
+
+@pytest.mark.parametrize("pos_slice", [None, -1, [3, 1, 3]], ids=repr)
+@pytest.mark.parametrize(
+    "kwargs, norm",
+    [
+        ({}, ("ln_final",)),
+        ({"layer": -1}, ("ln_final",)),
+        ({"layer": 3}, ("ln_final",)),
+        ({"layer": 1}, ("ln1", 1)),
+        ({"layer": 2, "mlp_input": True}, ("ln2", 2)),
+        ({"layer": 0}, ("ln1", 0)),
+    ],
+    ids=repr,
+)
+def test_apply_ln_to_stack_is_the_folded_peer_times_the_norm_weight(caches, kwargs, norm, pos_slice):
+    """Unfolded weights: our scaled components times ``W_U`` (or the next layer's unfolded weights) give
+    what the folded peer's scaled components give with its folded weights, so ours carry the norm weight."""
+    mine, raw, folded = caches
+    stack = mine.decompose_resid(pos_slice=pos_slice)
+    weight = ln_weight(mine, *norm)
+    for peer in (raw, folded):  # neither multiplies by the weight (the folded one has it in W_U / W_Q...)
+        close(
+            mine.apply_ln_to_stack(stack, pos_slice=pos_slice, **kwargs),
+            peer.apply_ln_to_stack(stack, pos_slice=pos_slice, **kwargs) * weight,
+        )
+
+
+def test_apply_ln_to_stack_batch_slice(caches):
+    mine, raw, _ = caches
+    stack = mine.decompose_resid()
+    weight = ln_weight(mine, "ln_final")
+    for batch_slice in (1, [1, 0], slice(1, 2)):
+        close(
+            mine.apply_ln_to_stack(stack, batch_slice=batch_slice),
+            raw.apply_ln_to_stack(stack, batch_slice=batch_slice) * weight,
+        )
+
+
+def test_apply_ln_to_stack_arguments_in_transformer_lens_order(caches):
+    mine, _, _ = caches
+    stack = mine.decompose_resid(2, True)
+    close(mine.apply_ln_to_stack(stack, 2, True), mine.apply_ln_to_stack(stack, layer=2, mlp_input=True))
+
+
+@pytest.mark.parametrize(
+    "tokens, incorrect",
+    [
+        (torch.tensor([5, 9]), None),
+        (torch.tensor([5, 9]), torch.tensor([7, 8])),
+        (7, 12),
+        (torch.tensor([[5, 6, 7, 8, 9, 10, 11]] * 2), torch.tensor([[1, 2, 3, 4, 5, 6, 7]] * 2)),
+    ],
+    ids=["batch", "batch-diff", "int-diff", "batch-pos-diff"],
+)
+def test_logit_attrs_match_the_folded_peer(caches, tokens, incorrect):
+    mine, _, folded = caches
+    for pos_slice in (None, -1) if torch.as_tensor(tokens).dim() < 2 else (None,):
+        a = mine.logit_attrs(
+            mine.decompose_resid(pos_slice=pos_slice), tokens, incorrect, pos_slice=pos_slice
+        )
+        b = folded.logit_attrs(
+            folded.decompose_resid(pos_slice=pos_slice), tokens, incorrect, pos_slice=pos_slice
+        )
+        close(a, b)
+
+
+def test_logit_attrs_sum_to_the_logits(models, caches):
+    ours, _, _ = models
+    mine, _, _ = caches
+    tokens = torch.tensor([5, 9])
+    attrs = mine.logit_attrs(mine.decompose_resid(pos_slice=-1), tokens, pos_slice=-1)
+    close(attrs.sum(0), mine["logits"][torch.arange(2), -1, tokens], "sum of components")
+
+
+def test_logit_attrs_refuse_tokens_of_another_shape(caches):
+    mine, raw, _ = caches
+    stack = mine.decompose_resid()
+    for tokens, incorrect in [
+        (torch.tensor([5, 9]), torch.tensor(3)),
+        (torch.tensor([5, 9]), torch.tensor([[3, 4]])),
+        (5, torch.tensor([3, 4])),
+    ]:
+        with pytest.raises(ValueError, match="same shape"):
+            raw.logit_attrs(stack, tokens, incorrect)
+        with pytest.raises(ValueError, match="same shape"):
+            mine.logit_attrs(stack, tokens, incorrect)
+
+
+def test_bad_selections_are_refused(caches):
+    mine, _, _ = caches
+    for bad in (0.5, "last", [[0, 1]], True, torch.tensor([True, False])):
+        with pytest.raises(ValueError, match="pos_slice takes"):
+            mine.accumulated_resid(pos_slice=bad)
+    for layer in (5, -6):
+        with pytest.raises(ValueError, match="layer must be in"):
+            mine.accumulated_resid(layer=layer)
+    with pytest.raises(ValueError, match="mlp_input"):
+        mine.decompose_resid(mlp_input=True)
