@@ -484,6 +484,13 @@ class TLCompatMixin:
             )
         return [p for p in points if p.stream == "lm"]
 
+    def _runnable_hooks(self, batch: Any, hooks: Sequence[Any]) -> list[Any]:
+        """The bound ``hooks`` a run of ``batch`` reaches (:meth:`_runnable`): on a point that does not run,
+        a hook a predicate chose is left out and one chosen by name refused."""
+        self._runnable(batch, [hook.point for hook in hooks if not hook.by_filter])
+        reached = {point.name for point in self._runnable(batch, [hook.point for hook in hooks], None)}
+        return [hook for hook in hooks if hook.point.name in reached]
+
     # -- loss ------------------------------------------------------------------------
 
     def lm_loss(

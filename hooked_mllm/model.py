@@ -215,7 +215,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         keep: Any = None,
         **call_kwargs: Any,
     ) -> Any:
-        self._runnable(batch, [hook.point for hook in [*hooks, *bwd]])
+        hooks, bwd = self._runnable_hooks(batch, hooks), self._runnable_hooks(batch, bwd)
         if self.remote:
             return _remote.run_model(
                 self,
@@ -245,7 +245,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
             kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
             previous, self._state.batch = self._state.batch, batch
             try:
-                with torch.set_grad_enabled(grad), _compat.eager_attention(eager):
+                with _runner.grad_mode(grad, what), _compat.eager_attention(eager):
                     return _runner.interleave(envoy, fn, kwargs)
             finally:
                 self._state.batch = previous
@@ -360,9 +360,9 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
 
         Args:
             names_filter: A name, a list of names, a predicate, or None (every hook point).
-            positions: Keep only these sequence positions of LM activations ("image",
-                "text", "last", an int, a slice, a mask or a ``positions`` selector); each
-                row must select the same number. Patterns are selected on the query axis.
+            positions: Keep only these sequence positions of LM activations ("image", "text", "last",
+                an int, a slice or list (kept in the order given, repeats too), a mask or a ``positions``
+                selector); each row must select the same number. Patterns: on the query axis.
             device: Where cached tensors go (default CPU; None keeps them in place).
             dtype: Cast cached tensors.
             fwd_hooks: Hook functions to run too (the cache sees their results).
@@ -408,7 +408,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         store: dict[str, Tensor] = {}
         index = None
         if positions is not None:
-            index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
+            index = _positions.ordered_index(positions, batch).to(self.device)
         chosen = self._runnable(batch, self.hook_points.select(names_filter), names_filter)
         versions: dict[str, int] = {}
         clone: set[str] = {p.name for p in chosen} if self.remote else set()  # versions do not travel
