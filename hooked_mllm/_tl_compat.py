@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ._tl_tokens import TokenHabitsMixin
 from ._weights import parameter
 from .inputs import MultimodalBatch
 from .readout import CacheReadout
@@ -99,7 +100,7 @@ class LayerWeights:
         return f"LayerWeights({self._name}, {self._n} layers)"
 
 
-class TLCompatMixin:
+class TLCompatMixin(TokenHabitsMixin):
     """TransformerLens' weight attributes and tokenizer helpers (mixed into ``HookedMLLM``)."""
 
     # what the mixin reads of the model it is mixed into

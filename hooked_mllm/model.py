@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
-from . import _compat, _grad_hooks, _remote, _runner
+from . import _compat, _grad_hooks, _keywords, _remote, _runner
 from . import positions as _positions
 from ._cache_hooks import cache_fn, grad_cache_fn
 from ._hook_io import HookPointHandle, check_trace_reads
@@ -507,7 +507,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
             for k in list(generate_kwargs)
             if k in self._input_names and isinstance(generate_kwargs[k], Tensor)
         }
-        options = dict(generate_kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample)
+        options = _keywords.generate_options(generate_kwargs, max_new_tokens, do_sample)  # TL names mapped
         fn = "generate" if self.remote else functools.partial(self.hf_model.generate, **options)
         # a remote probe carries no inputs: it is never entered unless refused below
         tracer = (

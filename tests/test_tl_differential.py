@@ -390,3 +390,65 @@ def test_bad_selections_are_refused(caches):
             mine.accumulated_resid(layer=layer)
     with pytest.raises(ValueError, match="mlp_input"):
         mine.decompose_resid(mlp_input=True)
+
+
+# -- model habits: the same calls on both -------------------------------------------------------
+
+
+def test_model_of_token_ids(models):
+    ours, raw, _ = models
+    tokens = ours.to_tokens(PROMPTS)
+    with torch.no_grad(), tl_bridge._quiet():
+        expected = raw(tokens)
+    close(ours(tokens), expected)
+    close(ours(tokens[0]), expected[:1])
+    logits, cache = ours.run_with_cache(tokens, names_filter="blocks.1.hook_resid_post")
+    close(logits, ours(PROMPTS))
+    close(cache["resid_post", 1], ours.run_with_cache(PROMPTS)[1]["resid_post", 1])
+    with pytest.raises(ValueError, match="image placeholder"):
+        ours(torch.tensor([[1, ours.cfg.image_token_id]]))
+
+
+def test_token_helpers_match(models):
+    ours, raw, _ = models
+    for token in (5, 9, torch.tensor(7)):
+        assert ours.to_single_str_token(token) == raw.to_single_str_token(int(token))
+    for tokens in ("red", 7, torch.tensor([5, 9]), torch.tensor([[5, 9, 5], [1, 2, 3]])):
+        close(ours.tokens_to_residual_directions(tokens), raw.tokens_to_residual_directions(tokens))
+    text = "is the red square red ?"
+    for mode in ("first", "last"):
+        for source in (text, ours.to_tokens(text)):
+            assert ours.get_token_position("red", source, mode=mode) == raw.get_token_position(
+                "red", source, mode=mode
+            )
+    with pytest.raises(ValueError, match="does not occur"):
+        ours.get_token_position("blue", text)
+    assert ours.to_str_tokens(PROMPTS) == raw.to_str_tokens(PROMPTS)
+    assert ours.cfg.n_ctx == raw.cfg.n_ctx and ours.cfg.default_prepend_bos == raw.cfg.default_prepend_bos
+
+
+def test_utils_get_act_name():
+    from transformer_lens.utilities.components_utils import get_act_name
+
+    from hooked_mllm import utils
+
+    for args in [("resid_post", 1), ("q", 0, "attn"), ("pre", 2), ("normalized", 1, "ln2"), ("embed",)]:
+        assert utils.get_act_name(*args) == get_act_name(*args)
+
+
+def test_generate_takes_transformer_lens_keywords(models):
+    ours, _, _ = models
+    plain = ours.generate(PROMPTS[0], max_new_tokens=3)
+    mapped = ours.generate(
+        PROMPTS[0], max_new_tokens=3, verbose=False, use_past_kv_cache=False, stop_at_eos=True
+    )
+    assert torch.equal(plain.sequences, mapped.sequences)
+    for key, value in (("stop_at_eos", False), ("return_type", "str"), ("prepend_bos", False)):
+        with pytest.raises(TypeError, match=f"TransformerLens' {key}"):
+            ours.generate(PROMPTS[0], max_new_tokens=2, **{key: value})
+
+
+def test_run_with_cache_pos_slice_points_to_positions(models):
+    ours, _, _ = models
+    with pytest.raises(TypeError, match="positions="):
+        ours.run_with_cache(PROMPTS[0], pos_slice=-1)
