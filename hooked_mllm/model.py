@@ -314,7 +314,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
             bwd_hooks: ``(name_or_filter, fn)`` pairs of backward hooks ``fn(grad, hook)``,
                 called when the returned output is differentiated (``loss.backward()``) with
                 the gradient w.r.t. the point's value (after the forward hooks); a returned
-                tensor replaces that gradient. They belong to this run's graph
+                tensor (or 1-tuple) replaces that gradient. They belong to this run's graph
                 (:mod:`hooked_mllm._grad_hooks`); autograd is on for the run.
             return_type: ``"logits"``, ``"output"`` (the HF output object), ``"loss"``
                 (:meth:`lm_loss`), ``"both"`` (``(logits, loss)``) or None.

@@ -452,3 +452,78 @@ def test_run_with_cache_pos_slice_points_to_positions(models):
     ours, _, _ = models
     with pytest.raises(TypeError, match="positions="):
         ours.run_with_cache(PROMPTS[0], pos_slice=-1)
+
+
+def test_add_hook_and_reset_hooks_match(models):
+    ours, raw, _ = models
+    tokens = ours.to_tokens(PROMPTS)
+
+    def plus(act, hook):
+        return act + 1.0
+
+    def twice(act, hook):
+        return act * 2.0
+
+    def both(model):
+        with torch.no_grad(), tl_bridge._quiet():
+            return model(tokens)
+
+    plain = both(ours)
+    try:
+        for model in (ours, raw):
+            model.add_hook("blocks.0.hook_resid_post", plus, is_permanent=True)
+            model.add_hook("blocks.0.hook_resid_post", twice)  # after plus: (x + 1) * 2
+        hooked = both(ours)
+        close(hooked, both(raw))
+        for model in (ours, raw):
+            model.reset_hooks()  # plus stays
+        kept = both(ours)
+        close(kept, both(raw))
+        assert not torch.allclose(hooked, plain) and not torch.allclose(kept, hooked)
+        for model in (ours, raw):
+            model.reset_hooks(including_permanent=True)
+        close(both(ours), both(raw))
+        close(both(ours), ours.run_with_hooks(tokens))
+    finally:
+        for model in (ours, raw):
+            model.reset_hooks(including_permanent=True)
+    with pytest.raises(ValueError, match="prepend"):
+        ours.add_hook("blocks.0.hook_resid_post", plus, prepend=True)
+    with pytest.raises(ValueError, match="bwd_hooks"):
+        ours.add_hook("blocks.0.hook_resid_post", plus, dir="bwd")
+
+
+@pytest.mark.parametrize("form", ["tensor", "1-tuple"])
+def test_backward_hook_replacing_the_gradient(models, form):
+    ours, raw, _ = models
+    batch = ours.text_batch(PROMPTS)
+
+    def run(model, replace):
+        seen = {}
+
+        def scale(grad, hook):
+            new = grad * 3.0
+            return (new,) if form == "1-tuple" else new
+
+        def keep(grad, hook):
+            seen["grad"] = grad.detach().clone()
+
+        hooks = [("blocks.0.hook_resid_post", keep)]
+        if replace:
+            hooks.insert(0, ("blocks.1.hook_resid_post", scale))
+        if model is raw:
+            with tl_bridge._quiet():
+                logits = raw.run_with_hooks(batch.input_ids, bwd_hooks=hooks, reset_hooks_end=False)
+            try:
+                logits.sum().backward()
+            finally:
+                raw.reset_hooks()
+                raw.zero_grad(set_to_none=True)
+        else:
+            ours.run_with_hooks(batch, bwd_hooks=hooks).sum().backward()
+            ours.hf_model.zero_grad(set_to_none=True)
+        return seen["grad"]
+
+    mine = run(ours, True)
+    close(mine, run(raw, True))
+    assert not torch.allclose(mine, run(ours, False))
