@@ -1,7 +1,8 @@
 """Differential tests: the same weights in TransformerLens and in ``HookedMLLM``, every mirrored cache method.
 
-One tiny random LLaVA checkpoint (Llama LM with grouped-query attention, its norm weights
-randomised so that a forgotten or doubled norm weight shows) is booted three ways:
+One tiny random LLaVA checkpoint per language model (Llama with grouped-query attention; Qwen2,
+with attention biases), its norm weights randomised so that a forgotten or doubled norm weight
+shows, is booted three ways:
 
 * ``ours``: ``HookedMLLM.from_pretrained``, run text-only;
 * ``raw``: TransformerLens 4.3's ``TransformerBridge`` on the unprocessed weights (as
@@ -36,10 +37,10 @@ def close(a, b, what=""):
     torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=lambda m: f"{what}: {m}")
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llava-differential")
-    model = tiny_llava("llama", seed=11)
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def models(tmp_path_factory, request):
+    path = tmp_path_factory.mktemp(f"tiny-llava-differential-{request.param}")
+    model = tiny_llava(request.param, seed=11)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in model.named_parameters():
