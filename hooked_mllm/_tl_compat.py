@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ._tl_tokens import TokenHabitsMixin
+from ._tl_habits import TLHabitsMixin
 from ._weights import parameter
 from .inputs import MultimodalBatch
 from .readout import CacheReadout
@@ -100,7 +100,7 @@ class LayerWeights:
         return f"LayerWeights({self._name}, {self._n} layers)"
 
 
-class TLCompatMixin(TokenHabitsMixin):
+class TLCompatMixin(TLHabitsMixin):
     """TransformerLens' weight attributes and tokenizer helpers (mixed into ``HookedMLLM``)."""
 
     # what the mixin reads of the model it is mixed into

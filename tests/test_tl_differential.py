@@ -528,3 +528,13 @@ def test_backward_hook_replacing_the_gradient(models, form):
     mine = run(ours, True)
     close(mine, run(raw, True))
     assert not torch.allclose(mine, run(ours, False))
+
+
+def test_factored_circuits_match(models):
+    ours, raw, _ = models
+    for name in ("OV", "QK"):
+        a, b = getattr(ours, name), getattr(raw, name)
+        assert type(a) is type(b) and a.shape == b.shape, name
+        close(a.A, b.A, name)
+        close(a.B, b.B, name)
+        close(a[1, 2].AB, b[1, 2].AB, name)

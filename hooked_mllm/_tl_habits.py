@@ -1,8 +1,9 @@
-"""TransformerLens' token helpers that ``HookedMLLM`` adds to its own (``to_tokens``, ``to_str_tokens``...).
+"""TransformerLens habits that ``HookedMLLM`` adds to its weights and token helpers.
 
-Contents: :class:`TokenHabitsMixin` with ``to_single_str_token``, ``tokens_to_residual_directions`` and
-``get_token_position``, each as TransformerLens defines it (tests/test_tl_differential.py runs both on
-the same weights). Mixed into :class:`~hooked_mllm._tl_compat.TLCompatMixin`.
+Contents: :class:`TLHabitsMixin` with ``to_single_str_token``, ``tokens_to_residual_directions``,
+``get_token_position`` and the factored ``OV`` / ``QK`` circuits, each as TransformerLens defines it
+(tests/test_tl_differential.py runs both on the same weights). Mixed into
+:class:`~hooked_mllm._tl_compat.TLCompatMixin`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 
-class TokenHabitsMixin:
-    """Token helpers a TransformerLens user types from habit.
+class TLHabitsMixin:
+    """Token helpers and factored circuits a TransformerLens user types from habit.
 
     Examples:
         >>> model.to_single_str_token(model.to_single_token("red"))   # doctest: +SKIP
@@ -30,6 +31,14 @@ class TokenHabitsMixin:
         def _need_tokenizer(self) -> Any: ...
         @property
         def W_U(self) -> Tensor: ...
+        @property
+        def W_Q(self) -> Any: ...
+        @property
+        def W_K(self) -> Any: ...
+        @property
+        def W_V(self) -> Any: ...
+        @property
+        def W_O(self) -> Any: ...
 
     def to_single_str_token(self, int_token: int | Tensor) -> str:
         """The string of one token id.
@@ -96,3 +105,45 @@ class TokenHabitsMixin:
         if not where:
             raise ValueError(f"Token {single_token!r} (id {token}) does not occur in the input.")
         return where[0] if mode == "first" else where[-1]
+
+    @property
+    def OV(self) -> Any:
+        """TransformerLens' ``FactoredMatrix(W_V, W_O)``: ``[n_layers, n_heads, d_model, d_model]``, each
+        head's value-output circuit (grouped key/value heads repeated per query head).
+
+        Needs ``transformer-lens`` (the ``tl`` extra).
+
+        Examples:
+            >>> model.OV[2, 1].eigenvalues.shape                   # doctest: +SKIP
+            torch.Size([128])
+        """
+        return _factored(_per_head(self.W_V), self.W_O.full())
+
+    @property
+    def QK(self) -> Any:
+        """TransformerLens' ``FactoredMatrix(W_Q, W_K^T)``: ``[n_layers, n_heads, d_model, d_model]``, each
+        head's query-key circuit (grouped key heads repeated per query head).
+
+        Needs ``transformer-lens`` (the ``tl`` extra).
+
+        Examples:
+            >>> model.QK[0, 3].AB.shape                             # doctest: +SKIP
+            torch.Size([128, 128])
+        """
+        return _factored(self.W_Q.full(), _per_head(self.W_K).transpose(-2, -1))
+
+
+def _per_head(weights: Any) -> Tensor:
+    """Every layer's key/value heads repeated to the query heads: ``[n_layers, n_heads, ...]``."""
+    return torch.stack([weights.expanded(layer) for layer in range(len(weights))])
+
+
+def _factored(a: Tensor, b: Tensor) -> Any:
+    try:
+        from transformer_lens import FactoredMatrix
+    except ImportError as error:
+        raise ImportError(
+            "OV and QK are TransformerLens' FactoredMatrix: install transformer-lens (pip install "
+            "'hooked-mllm[tl]'), or multiply the weights yourself (model.W_V.expanded(l) @ model.W_O(l))."
+        ) from error
+    return FactoredMatrix(a, b)
