@@ -538,3 +538,61 @@ def test_factored_circuits_match(models):
         close(a.A, b.A, name)
         close(a.B, b.B, name)
         close(a[1, 2].AB, b[1, 2].AB, name)
+
+
+# -- Gemma 3: norms as x * (1 + weight), sandwich norms, a scaled embedding -----------------------
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    from hooked_mllm.testing import tiny_gemma3
+
+    path = tmp_path_factory.mktemp("tiny-gemma3-differential")
+    model, processor = tiny_gemma3(seed=3)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:  # Gemma scales by (1 + weight): random offsets around zero
+                param.copy_(torch.rand(param.shape, generator=generator) - 0.5)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    ours = HookedMLLM.from_pretrained(str(path))
+    raw = tl_bridge.load_bridge(str(path), tokenizer=ours.processor.tokenizer)
+    batch = ours.text_batch(PROMPTS)
+    _, mine = ours.run_with_cache(batch)
+    _, theirs = tl_bridge.bridge_run_with_cache(
+        raw, None, input_ids=batch.input_ids, attention_mask=batch.attention_mask
+    )
+    return ours, mine, theirs
+
+
+@pytest.mark.parametrize("pos_slice", [None, -1, [3, 0, 3]], ids=repr)
+def test_gemma_stacks_and_logit_lens(gemma, pos_slice):
+    ours, mine, theirs = gemma
+    n = ours.cfg.n_layers
+    for kwargs in (
+        {},
+        {"layer": 1},
+        {"incl_mid": True},
+        {"apply_ln": True},
+        {"apply_ln": True, "incl_mid": True},
+    ):
+        (a, la), (b, lb) = (
+            c.accumulated_resid(pos_slice=pos_slice, return_labels=True, **kwargs) for c in (mine, theirs)
+        )
+        assert la == lb
+        close(a, b, f"accumulated_resid {kwargs}")
+    for kwargs in ({}, {"layer": 1}, {"layer": 1, "mlp_input": True}):
+        (a, la), (b, lb) = (
+            c.decompose_resid(pos_slice=pos_slice, return_labels=True, **kwargs) for c in (mine, theirs)
+        )
+        assert la == lb
+        close(a, b, f"decompose_resid {kwargs}")
+    close(mine.stack_head_results(n, pos_slice=pos_slice), theirs.stack_head_results(n, pos_slice=pos_slice))
+    stack = mine.decompose_resid(pos_slice=pos_slice)
+    close(
+        mine.apply_ln_to_stack(stack, pos_slice=pos_slice),
+        theirs.apply_ln_to_stack(stack, pos_slice=pos_slice) * ln_weight(mine, "ln_final"),
+        "apply_ln_to_stack (1 + weight)",
+    )
+    close(mine["logits"], theirs["unembed.hook_out"], "logits")
