@@ -210,3 +210,21 @@ def test_grad_of_every_hook_point_in_a_trace_backward(model, batch):
         assert list(grads) == chosen[::-1]
         for name, grad in grads.items():
             torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_cache_to_keeps_explicit_positions_in_order(model, batch):
+    from hooked_mllm.hooks import CacheTo
+
+    _, full = model.run_with_cache(batch, names_filter="blocks.1.hook_resid_post")
+    for chosen in ([7, 2, 7], -1, slice(9, 3, -2)):
+        store: dict = {}
+        model.run_with_hooks(
+            batch, fwd_hooks=[("blocks.1.hook_resid_post", CacheTo(store, positions=chosen))]
+        )
+        seq = range(batch.input_ids.shape[1])
+        where = (
+            list(seq[chosen])
+            if isinstance(chosen, slice)
+            else [seq[p] for p in ([chosen] if isinstance(chosen, int) else chosen)]
+        )
+        torch.testing.assert_close(store["blocks.1.hook_resid_post"], full["resid_post", 1][:, where])
