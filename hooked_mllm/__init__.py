@@ -41,6 +41,7 @@ _NAMES = {
 _MODULES = {
     "mechanism": ".mechanism",
     "positions": ".positions",
+    "utils": ".utils",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES, _MODULES)

@@ -22,8 +22,53 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .hook_points import act_name
 from .readout import CacheReadout
+
+
+def pos_index(selection: Any, what: str = "pos_slice") -> int | slice | Tensor | None:
+    """A ``pos_slice`` (or ``neuron_slice``) as an index, read as TransformerLens' ``Slice`` reads it.
+
+    None keeps everything; an int (or a one-element 0-d tensor) picks one and drops the axis; a
+    ``slice`` or a ``(start, stop[, step])`` tuple is a slice; a list, array or 1-d tensor picks
+    those entries in the order given, repeats kept. A TransformerLens ``Slice`` is unwrapped.
+
+    Raises:
+        ValueError: for anything else (says what is accepted).
+
+    Examples:
+        >>> pos_index((1, 3)), pos_index([3, 1, 3]).tolist(), pos_index(-1)
+        (slice(1, 3, None), [3, 1, 3], -1)
+    """
+    if selection is None:
+        return None
+    if hasattr(selection, "slice") and hasattr(selection, "mode"):  # TransformerLens' Slice
+        selection = selection.slice
+    if isinstance(selection, tuple):
+        return slice(*selection)
+    if isinstance(selection, slice):
+        return selection
+    if isinstance(selection, bool):
+        raise ValueError(f"{what} takes positions, not a bool ({selection!r}).")
+    if isinstance(selection, int):
+        return selection
+    try:
+        index = torch.as_tensor(selection)
+    except (TypeError, ValueError, RuntimeError):
+        index = None
+    if index is None or index.dtype in (torch.bool, *_FLOAT_DTYPES) or index.dim() > 1:
+        raise ValueError(
+            f"{what} takes None, an int, a slice, a (start, stop[, step]) tuple, or a list or 1-d tensor of "
+            f"indices; got {selection!r}."
+        )
+    return int(index) if index.dim() == 0 else index.long()
+
+
+def batch_index(selection: Any) -> int | slice | Tensor | None:
+    """A ``batch_slice`` as an index (read as :func:`pos_index` reads a ``pos_slice``)."""
+    return pos_index(selection, "batch_slice")
+
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class ResidDecomposition:
@@ -47,29 +92,44 @@ class ResidDecomposition:
     # -- stacking --------------------------------------------------------------------
 
     def _n_layers(self, layer: int | None) -> int:
+        """``layer`` as a count of layers in ``0 .. n_layers``: None and -1 mean all, -2 all but the last."""
         n = self.readout.n_layers
-        return n if layer is None else (layer if layer >= 0 else n + 1 + layer)
+        if layer is None:
+            return n
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise TypeError(f"layer must be an int or None, not {type(layer).__name__}.")
+        count = layer if layer >= 0 else n + 1 + layer
+        if not 0 <= count <= n:
+            raise ValueError(
+                f"layer must be in -{n + 1}..{n} (None and -1 mean every layer, n_layers = {n}), got {layer}."
+            )
+        return count
 
     @staticmethod
     def _pos(tensor: Tensor, pos_slice: Any) -> Tensor:
-        """``pos_slice`` on the position axis (dim -2); an int drops the axis, as in TransformerLens."""
-        if pos_slice is None:
-            return tensor
-        if isinstance(pos_slice, (list, tuple)):
-            pos_slice = torch.as_tensor(pos_slice)
-        return tensor[..., pos_slice, :]
+        """``pos_slice`` on the position axis (dim -2), read as TransformerLens' ``Slice`` reads it.
+
+        An int drops the axis; a tuple is ``slice(*tuple)``; a list, array or tensor picks positions in
+        the order given, repeats kept.
+        """
+        index = pos_index(pos_slice)
+        return tensor if index is None else tensor[..., index, :]
 
     def stack_activation(
         self, activation_name: str, layer: int = -1, sublayer_type: str | None = None
     ) -> Float[Tensor, "layer *rest"]:  # noqa: F821 (jaxtyping shape string)
-        """Stack one activation over layers ``0 .. layer-1`` (all with ``layer=-1``).
+        """Stack one activation over layers ``0 .. layer-1`` (all with ``layer=-1``), as TransformerLens does.
 
-        ``activation_name`` is a short name (``"resid_post"``, ``"pattern"``...);
-        ``sublayer_type`` picks e.g. ``"ln1"``/``"ln2"`` for ``"normalized"``.
+        ``activation_name`` is a short name (``"resid_post"``, ``"pattern"``, ``"q"``...) and
+        ``sublayer_type`` the sublayer that holds it (``"attn"``, ``"mlp"``, ``"ln1"``, ``"ln2"``),
+        read together as ``cache[activation_name, l, sublayer_type]``.
+
+        Examples:
+            >>> cache.stack_activation("q", -1, "attn").shape   # layer batch pos head d_head # doctest: +SKIP
         """
-        short = f"{sublayer_type}" if sublayer_type else activation_name
-        n = self._n_layers(None if layer == -1 else layer)
-        return torch.stack([self[act_name(short, l)] for l in range(n)])
+        n = self._n_layers(layer)
+        key = (activation_name,) if sublayer_type is None else (activation_name, sublayer_type)
+        return torch.stack([self[(key[0], l, *key[1:])] for l in range(n)])
 
     def accumulated_resid(
         self,
@@ -77,47 +137,74 @@ class ResidDecomposition:
         incl_mid: bool = False,
         apply_ln: bool = False,
         pos_slice: Any = None,
+        mlp_input: bool = False,
         return_labels: bool = False,
     ) -> Any:
-        """The residual stream before each layer up to ``layer`` (and the final one if None).
+        """The residual stream before each layer up to and including ``layer`` (every one and the final
+        residual with None or -1), as TransformerLens' ``accumulated_resid``.
 
-        Returns ``[component, batch, pos, d_model]`` (and labels if asked).
+        Labels ``{l}_pre`` (``hook_resid_pre``), ``{l}_mid`` (``hook_resid_mid`` with ``incl_mid``,
+        layers below ``layer``; of ``layer`` itself with ``mlp_input``) and ``final_post``. With
+        ``apply_ln`` over every layer it is a logit lens: the final norm is recomputed on each
+        component (``apply_ln_to_stack(..., recompute_ln=True)``); up to a layer below the last,
+        every component is scaled as that layer's norm scales its own input.
+
+        Returns:
+            ``[component, batch, pos, d_model]`` (and labels if asked).
+
+        Examples:
+            >>> stack, labels = cache.accumulated_resid(apply_ln=True, return_labels=True)  # doctest: +SKIP
+            >>> lens_logits = stack @ cache.readout.W_U                                      # doctest: +SKIP
         """
-        n = self._n_layers(layer)
+        n_layers = self.readout.n_layers
+        layer = self._n_layers(layer)
         parts, labels = [], []
-        for l in range(min(n, self.readout.n_layers)):
+        for l in range(layer + 1):
+            if l == n_layers:
+                parts.append(self["resid_post", n_layers - 1])
+                labels.append("final_post")
+                continue
             parts.append(self["resid_pre", l])
             labels.append(f"{l}_pre")
-            if incl_mid:
+            if (incl_mid and l < layer) or (mlp_input and l == layer):
                 parts.append(self["resid_mid", l])
                 labels.append(f"{l}_mid")
-        if n == self.readout.n_layers:
-            parts.append(self["resid_post", n - 1])
-            labels.append("final_post")
         stack = self._pos(torch.stack(parts), pos_slice)
         if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer=layer, pos_slice=pos_slice)
+            stack = self.apply_ln_to_stack(
+                stack, layer, mlp_input=mlp_input, pos_slice=pos_slice, recompute_ln=layer == n_layers
+            )
         return (stack, labels) if return_labels else stack
 
     def decompose_resid(
         self,
         layer: int | None = None,
+        mlp_input: bool = False,
         mode: str = "all",
         apply_ln: bool = False,
         pos_slice: Any = None,
         incl_embeds: bool = True,
         return_labels: bool = False,
     ) -> Any:
-        """The residual at ``layer`` (final if None) split into the outputs that built it.
+        """The residual read by ``layer`` (the final one with None or -1) split into what built it.
 
         Components: ``"embed"`` (``blocks.0.hook_resid_pre``: text embeddings with the
         projected image features scattered in), then each layer's attention and MLP
-        outputs (``mode``: ``"all"``, ``"attn"`` or ``"mlp"``). Summing the components
-        gives the residual. Returns ``[component, batch, pos, d_model]``.
+        outputs (``mode``: ``"all"``, ``"attn"`` or ``"mlp"``), and with ``mlp_input`` the
+        attention output of ``layer`` itself (the MLP's input). Summing the components gives
+        the residual. Arguments in TransformerLens' order.
+
+        Returns:
+            ``[component, batch, pos, d_model]`` (and labels if asked).
+
+        Examples:
+            >>> stack = cache.decompose_resid(layer=2, mlp_input=True)   # doctest: +SKIP
         """
         if mode not in ("all", "attn", "mlp"):
             raise ValueError(f"mode must be 'all', 'attn' or 'mlp', not {mode!r}")
         n = self._n_layers(layer)
+        if mlp_input and n == self.readout.n_layers:
+            raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP).")
         parts, labels = [], []
         if incl_embeds:
             parts.append(self["resid_pre", 0])
@@ -129,10 +216,19 @@ class ResidDecomposition:
             if mode in ("all", "mlp"):
                 parts.append(self["mlp_out", l])
                 labels.append(f"{l}_mlp_out")
+        if mlp_input and mode != "mlp":
+            parts.append(self["attn_out", n])
+            labels.append(f"{n}_attn_out")
+        if not parts:
+            raise ValueError("decompose_resid selected no component (layer 0 without incl_embeds).")
         stack = self._pos(torch.stack(parts), pos_slice)
         if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer=layer, pos_slice=pos_slice)
+            stack = self.apply_ln_to_stack(stack, n, mlp_input=mlp_input, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
+
+    def _empty_stack(self, pos_slice: Any) -> Tensor:
+        like = self._pos(self["resid_pre", 0], pos_slice)
+        return like.new_zeros((0, *like.shape))
 
     def stack_head_results(
         self,
@@ -144,80 +240,124 @@ class ResidDecomposition:
     ) -> Any:
         """Each head's output (``hook_z`` times its slice of ``W_O``) for layers below ``layer``.
 
-        Returns ``[layer * head, batch, pos, d_model]``; with ``incl_remainder`` a last
-        component holds the rest of the residual at ``layer``.
+        Returns ``[layer * head, batch, pos, d_model]`` (no component for ``layer=0``); with
+        ``incl_remainder`` a last component holds the rest of the residual that ``layer``
+        reads (``hook_resid_pre`` of ``layer``; the last ``hook_resid_post`` for every layer).
+
+        Examples:
+            >>> stack = cache.stack_head_results(layer=2, pos_slice=-1)   # doctest: +SKIP
         """
-        n = self._n_layers(None if layer == -1 else layer)
+        n = self._n_layers(layer)
         parts, labels = [], []
         for l in range(n):
-            result = self._head_result(l).movedim(-2, 0)
+            result = self._pos(self._head_result(l).movedim(-2, 0), pos_slice)
             parts.append(result)
             labels += [f"L{l}H{h}" for h in range(result.shape[0])]
-        stack = torch.cat(parts) if parts else torch.empty(0)
+        stack = torch.cat(parts) if parts else self._empty_stack(pos_slice)
         if incl_remainder:
-            resid = self["resid_post", n - 1] if n == self.readout.n_layers else self["resid_pre", n]
+            resid = self._pos(self._resid_into(n, False), pos_slice)
             stack = torch.cat([stack, (resid - stack.sum(0))[None]])
             labels.append("remainder")
-        stack = self._pos(stack, pos_slice)
         if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer=None if layer == -1 else layer, pos_slice=pos_slice)
+            stack = self.apply_ln_to_stack(stack, n, pos_slice=pos_slice)
         return (stack, labels) if return_labels else stack
 
     def apply_ln_to_stack(
         self,
-        residual_stack: Float[Tensor, "... batch pos d_model"],
+        residual_stack: Float[Tensor, "... d_model"],
         layer: int | None = None,
-        pos_slice: Any = None,
-        has_batch_dim: bool | None = None,
         mlp_input: bool = False,
-    ) -> Float[Tensor, "... batch pos d_model"]:
-        """Scale components by the norm that reads the residual at ``layer`` (final if None).
+        pos_slice: Any = None,
+        batch_slice: Any = None,
+        has_batch_dim: bool | None = None,
+        recompute_ln: bool = False,
+    ) -> Float[Tensor, "... d_model"]:
+        """Scale components by the norm that reads the residual at ``layer`` (None, -1, n_layers: final).
 
         The scale is taken from the cached full residual there (``blocks.{L-1}.hook_resid_post``
         for the final norm, ``blocks.{layer}.hook_resid_pre`` for a layer's ``ln1``, or
         ``hook_resid_mid`` and ``ln2`` with ``mlp_input``), so the components stay additive:
-        their sum equals the norm's output (minus its bias). ``has_batch_dim`` says whether
-        ``residual_stack`` has a batch axis (default: as the cache).
+        their sum equals the norm's output (minus its bias). With ``recompute_ln`` the norm is
+        instead applied to each component on its own (its own scale, plus the norm's bias), as
+        TransformerLens' logit lens does. Arguments in TransformerLens' order.
+
+        Args:
+            residual_stack: ``[component, batch, pos, d_model]`` (``pos`` absent after an int
+                ``pos_slice``, ``batch`` absent with ``has_batch_dim=False``).
+            pos_slice: The positions ``residual_stack`` holds (the cached residual is cut alike).
+            batch_slice: Rows to keep, applied to the stack's batch axis and the cached residual.
+            has_batch_dim: Whether ``residual_stack`` has a batch axis (default: as the cache).
+            recompute_ln: Normalise each component by its own scale.
+
+        Examples:
+            >>> scaled = cache.apply_ln_to_stack(cache.decompose_resid(), layer=None)  # doctest: +SKIP
         """
         readout = self.readout
         has_batch_dim = self.has_batch_dim if has_batch_dim is None else has_batch_dim
-        final = layer is None or layer >= readout.n_layers or layer == -1
-        if mlp_input and not final:
+        n = self._n_layers(layer)
+        final = n == readout.n_layers
+        rows = batch_index(batch_slice)
+        if has_batch_dim and rows is not None:
+            residual_stack = residual_stack[:, rows]
+        if mlp_input and final:
+            raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP).")
+        if mlp_input:
             if all(norm is None for norm in readout.ln2) and not any(
                 k.startswith("ln2.") for k in readout.missing
             ):
                 raise ValueError("This model's blocks are parallel (no ln2): the MLP reads ln1 of resid_pre.")
-            resid, norm = self["resid_mid", layer], readout.weight("ln2", layer)
+            resid, norm = self["resid_mid", n], readout.weight("ln2", n)
         elif final:
             resid, norm = self["resid_post", readout.n_layers - 1], readout.weight("ln_final")
         else:
-            resid, norm = self["resid_pre", layer], readout.weight("ln1", layer)
+            resid, norm = self["resid_pre", n], readout.weight("ln1", n)
+        if recompute_ln:
+            return norm.normalize(residual_stack)
         resid = self._pos(resid, pos_slice)
+        if self.has_batch_dim and rows is not None:
+            resid = resid[rows]
         if self.has_batch_dim and not has_batch_dim:
             resid = resid[0]
         return norm.apply(residual_stack, resid)
 
     def logit_attrs(
         self,
-        residual_stack: Float[Tensor, "... batch pos d_model"],
+        residual_stack: Float[Tensor, "... d_model"],
         tokens: Any,
         incorrect_tokens: Any = None,
         pos_slice: Any = None,
+        batch_slice: Any = None,
+        has_batch_dim: bool | None = None,
     ) -> Tensor:
         """Each component's direct contribution to the logit of ``tokens`` (minus ``incorrect_tokens``).
 
         Applies the final norm (:meth:`apply_ln_to_stack`) and dots with the unembedding
-        columns. ``tokens``: an id, a string (one token), ``[batch]`` or ``[batch, pos]`` ids.
+        columns. ``tokens``: an id, a string (one token), ``[batch]`` or ``[batch, pos]`` ids;
+        ``incorrect_tokens`` of the same shape (another shape is refused, as in TransformerLens).
         Returns the stack's shape without ``d_model``.
+
+        Examples:
+            >>> stack = cache.decompose_resid(pos_slice=-1)                       # doctest: +SKIP
+            >>> attrs = cache.logit_attrs(stack, "red", "blue", pos_slice=-1)   # doctest: +SKIP
         """
-        scaled = self.apply_ln_to_stack(residual_stack, layer=None, pos_slice=pos_slice)
-        keep_pos = not isinstance(pos_slice, int)
+        if incorrect_tokens is not None:
+            shapes = [self._token_ids(t).shape for t in (tokens, incorrect_tokens)]
+            if shapes[0] != shapes[1]:
+                raise ValueError(
+                    f"tokens and incorrect_tokens must have the same shape, got {tuple(shapes[0])} and "
+                    f"{tuple(shapes[1])}; give one incorrect token per correct one."
+                )
+        scaled = self.apply_ln_to_stack(
+            residual_stack, None, pos_slice=pos_slice, batch_slice=batch_slice, has_batch_dim=has_batch_dim
+        )
+        keep_pos = not isinstance(pos_index(pos_slice), int)
         directions = self._directions(tokens, scaled, keep_pos)
         if incorrect_tokens is not None:
             directions = directions - self._directions(incorrect_tokens, scaled, keep_pos)
         return (scaled * directions).sum(-1)
 
-    def _directions(self, tokens: Any, like: Tensor, keep_pos: bool = True) -> Tensor:
+    def _token_ids(self, tokens: Any) -> Tensor:
+        """``tokens`` as an id tensor: an id, a one-token string, or ids."""
         if isinstance(tokens, str):
             tokenizer = self.readout.tokenizer
             if tokenizer is None:
@@ -229,7 +369,10 @@ class ResidDecomposition:
             if len(ids) != 1:
                 raise ValueError(f"{tokens!r} is {len(ids)} tokens; logit_attrs takes one token.")
             tokens = ids[0]
-        tokens = torch.as_tensor(tokens)
+        return torch.as_tensor(tokens)
+
+    def _directions(self, tokens: Any, like: Tensor, keep_pos: bool = True) -> Tensor:
+        tokens = self._token_ids(tokens)
         w_u = self.readout.weight("W_U").to(device=like.device, dtype=like.dtype)
         directions = w_u[:, tokens].movedim(0, -1)
         if tokens.dim() == 1 and keep_pos:
@@ -267,21 +410,24 @@ class ResidDecomposition:
 
     def get_neuron_results(
         self, layer: int, neuron_slice: Any = None, pos_slice: Any = None
-    ) -> Float[Tensor, "... pos neuron d_model"]:
+    ) -> Float[Tensor, "... d_model"]:
         """Each MLP neuron's contribution to the residual: ``mlp.hook_post[..., n] * W_out[layer, n]``.
 
         ``mlp.hook_post`` is the down projection's input (for gated MLPs, the activation of the
         gate times the up projection), so the neurons plus the down projection's bias sum to
         ``hook_mlp_out``. Returns ``[batch, pos, neuron, d_model]`` (``pos`` dropped by an
-        int ``pos_slice``).
+        int ``pos_slice``, ``neuron`` by an int ``neuron_slice``, as in TransformerLens;
+        ``neuron_slice`` is read as ``pos_slice`` is).
+
+        Examples:
+            >>> cache.get_neuron_results(1, neuron_slice=[7, 3]).shape   # doctest: +SKIP
+            torch.Size([1, 60, 2, 128])
         """
         self._neuron_checks()
         acts = self._pos(self["post", layer], pos_slice)
         w_out = self.readout.weight("W_out", layer).to(device=acts.device, dtype=acts.dtype)
-        if neuron_slice is not None:
-            index = torch.as_tensor(neuron_slice) if isinstance(neuron_slice, (list, tuple)) else neuron_slice
-            if isinstance(index, int):
-                index = torch.tensor([index])
+        index = pos_index(neuron_slice, "neuron_slice")
+        if index is not None:
             acts, w_out = acts[..., index], w_out[index]
         return acts[..., None] * w_out
 
@@ -302,19 +448,18 @@ class ResidDecomposition:
         residual that ``layer``'s attention reads (its MLP with ``mlp_input``). Mind the
         memory: ``n_layers * d_mlp`` copies of the residual.
         """
-        n = self.readout.n_layers if layer is None or layer == -1 else layer
+        n = self._n_layers(layer)
+        chosen = pos_index(neuron_slice, "neuron_slice")
+        if isinstance(chosen, int):  # one neuron keeps its axis here, as in TransformerLens
+            chosen = torch.tensor([chosen])
         parts, labels = [], []
         for l in range(n):
-            result = self.get_neuron_results(l, neuron_slice=neuron_slice, pos_slice=pos_slice)
+            result = self.get_neuron_results(l, neuron_slice=chosen, pos_slice=pos_slice)
             parts.append(result.movedim(-2, 0))
-            if neuron_slice is None:
-                ids = torch.arange(result.shape[-2])
-            else:
-                chosen = [neuron_slice] if isinstance(neuron_slice, int) else neuron_slice
-                ids = torch.arange(self.readout.weight("W_out", l).shape[0])[chosen]
-            labels += [f"L{l}N{int(i)}" for i in torch.as_tensor(ids).flatten()]
-        like = self._pos(self["resid_pre", 0], pos_slice)
-        stack = torch.cat(parts) if parts else like.new_zeros((0, *like.shape))
+            ids = torch.arange(self.readout.weight("W_out", l).shape[0])
+            ids = ids if chosen is None else ids[chosen]
+            labels += [f"L{l}N{int(i)}" for i in ids.flatten()]
+        stack = torch.cat(parts) if parts else self._empty_stack(pos_slice)
         if incl_remainder:
             target = self._pos(self._resid_into(n, mlp_input), pos_slice)
             stack = torch.cat([stack, (target - stack.sum(0))[None]])
@@ -354,7 +499,7 @@ class ResidDecomposition:
             True
         """
         n_layers = self.readout.n_layers
-        layer = n_layers if layer is None or layer == -1 else layer
+        layer = self._n_layers(layer)
         if mlp_input and layer >= n_layers:
             raise ValueError("mlp_input=True needs a layer below n_layers (the unembedding has no MLP).")
         heads, labels = self.stack_head_results(

@@ -5,7 +5,7 @@ A backward hook ``fn(grad, hook) -> replacement | None`` receives the gradient o
 ``bwd_hooks`` do: ``grad`` has the value's shape (``[batch, pos, d_model]`` for the residual
 stream, ``[batch, pos, heads, d_head]`` for per-head points), and is taken after the run's
 forward hooks on that point (w.r.t. what the model went on with). A returned tensor of the
-same shape replaces that gradient for the rest of the backward pass.
+same shape (or TransformerLens' 1-tuple of it) replaces that gradient for the rest of the backward pass.
 
 How: one intervention per hook point (:func:`bodies`, stored as an nnsight ``edit()`` of
 the run's envoy copy after the forward hooks' interventions of :mod:`hooked_mllm._runner`,
@@ -74,6 +74,8 @@ def _body(nn: Envoy, point: HookPoint, fns: list[GradFunction], batch: Any) -> B
             changed = False
             for fn in fns:
                 new = fn(grad, hook)
+                if isinstance(new, tuple) and len(new) == 1:  # TransformerLens' (grad,) form
+                    new = new[0]
                 if new is None:
                     continue
                 if not isinstance(new, Tensor) or new.shape != grad.shape:

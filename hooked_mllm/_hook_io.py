@@ -228,6 +228,36 @@ def write(io: Access, reading: Reading, new: torch.Tensor | Any, who: str) -> No
     _put(io.envoy, point.site, reading.raw, out.to(reading.value.dtype))
 
 
+class _Reroute(torch.autograd.Function):
+    """Forward: the site's own value, unchanged. Backward: the gradient goes to the hook point's computed
+    value ``act = base + value * scale`` (as ``d site / d act``), and is taken back from ``base``, so
+    ``act.grad`` is the gradient w.r.t. the hook point and every other gradient is as before."""
+
+    @staticmethod
+    def forward(ctx: Any, value: Tensor, act: Tensor, base: Tensor | None, scale: Tensor | None) -> Tensor:
+        ctx.scale, ctx.has_base = scale, base is not None
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        to_act = grad if ctx.scale is None else grad / ctx.scale
+        return None, to_act, -to_act if ctx.has_base else None, None
+
+
+def reroute(io: Access, reading: Reading) -> None:
+    """Put a trace read's value on the model's path, so that nnsight's ``.grad`` of it is the gradient.
+
+    A per-head view (``hook_q``...) goes back flattened, so the model runs on it; a computed value
+    (``hook_resid_mid``, a layer-scaled output) through :class:`_Reroute`. The forward's numbers are
+    unchanged, and so is every other gradient.
+    """
+    point = io.point
+    act = reading.act.flatten(-2) if point.heads is not None else reading.act
+    if reading.base is not None or io.scale is not None:
+        act = _Reroute.apply(reading.value, act, reading.base, io.scale)
+    _put(io.envoy, point.site, reading.raw, act)
+
+
 class HookPointHandle:
     """A hook point inside a user's ``model.trace``: read or assign ``.output``.
 
@@ -252,8 +282,15 @@ class HookPointHandle:
         self._reading = read(self._io)
         act = self._reading.act
         computed = self._io.base_envoy is not None or self._io.scale is not None
-        if computed and self._reads is not None:
+        if (computed or not self.point.writable) and self._reads is not None:
             self._reads.append((self.point.name, act, act._version))
+        if (
+            (computed or self.point.heads is not None)
+            and self.point.writable
+            and act.requires_grad
+            and torch.is_grad_enabled()
+        ):
+            reroute(self._io, self._reading)  # `.grad` of a per-head or computed value in a backward
         return act
 
     @output.setter
@@ -269,15 +306,17 @@ class HookPointHandle:
 
 
 def check_trace_reads(reads: list[tuple[str, Tensor, int]]) -> None:
-    """Refuse, after a trace, in-place edits of computed values that could not reach the model.
+    """Refuse, after a trace, in-place edits of values that could not reach the model.
 
-    ``reads`` holds ``(name, value, version)`` of each computed value handed out; it is cleared."""
+    ``reads`` holds ``(name, value, version)`` of each computed or read-only value handed out; it is
+    cleared."""
     edited = sorted({name for name, value, version in reads if value._version != version})
     reads.clear()
     if edited:
         raise ValueError(
             f"An in-place edit of {', '.join(edited)} inside model.trace had no effect: there the trace "
-            "hands out a computed value (a sum or a layer-scaled output), not the model's own tensor. "
-            "Assign instead: `point.output = new_value` (or edit in place inside a hook function of "
-            "run_with_hooks)."
+            "hands out a computed value (a sum or a layer-scaled output), not the model's own tensor, or a "
+            "read-only one (hook_pattern: the weights are handed out after the attention used them). "
+            "Assign a computed point instead: `point.output = new_value` (or edit in place inside a hook "
+            "function of run_with_hooks); a read-only point cannot be written."
         )

@@ -39,7 +39,46 @@ TL_HINTS = {
     "return_cache_object": "run_with_cache always returns an ActivationCache",
     "reset_hooks_end": "hooks given to a run are always removed when it ends; use model.hooks() to keep them",
     "clear_contexts": "hooks given to a run are always removed when it ends",
+    "pos_slice": "run_with_cache keeps positions with positions=...; pos_slice= is for the cache's helpers",
 }
+# TransformerLens' generate keywords: a HF name for each one kept, or why it is refused.
+TL_GENERATE = {
+    "use_past_kv_cache": "use_cache",
+    "eos_token_id": "eos_token_id",
+    "verbose": None,  # no progress bar here: accepted and ignored
+}
+TL_GENERATE_REFUSED = {
+    "stop_at_eos": "generation stops at the end-of-sequence token as HF generate does; stop_at_eos=False "
+    "has no HF counterpart",
+    "return_type": "generate returns a GenerationOutput (.sequences, .new_tokens, .text)",
+    "prepend_bos": "tokenize with model.text_batch(text, prepend_bos=...) and pass the batch",
+    "padding_side": "tokenize with model.text_batch(text, padding_side=...) and pass the batch",
+    "freq_penalty": "use HF's repetition_penalty=",
+    "input": "pass the prompt first, or a batch",
+}
+
+
+def generate_options(kwargs: dict, max_new_tokens: int, do_sample: bool) -> dict:
+    """HF ``generate`` options from ``model.generate``'s keywords, TransformerLens' mapped to HF's.
+
+    Raises:
+        TypeError: a TransformerLens keyword with no HF counterpart (says what to do instead).
+
+    Examples:
+        >>> generate_options({"use_past_kv_cache": False, "verbose": False}, 4, False)
+        {'use_cache': False, 'max_new_tokens': 4, 'do_sample': False}
+    """
+    options: dict[str, object] = {}
+    for key, value in kwargs.items():
+        if key in TL_GENERATE_REFUSED and not (key == "stop_at_eos" and value is True):
+            raise TypeError(f"generate() got TransformerLens' {key}={value!r}: {TL_GENERATE_REFUSED[key]}.")
+        if key in TL_GENERATE or key == "stop_at_eos":
+            target = TL_GENERATE.get(key)
+            if target is not None:
+                options[target] = value
+            continue
+        options[key] = value
+    return dict(options, max_new_tokens=max_new_tokens, do_sample=do_sample)
 
 
 def input_names(hf_model: torch.nn.Module) -> frozenset[str]:

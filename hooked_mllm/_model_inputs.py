@@ -82,7 +82,8 @@ class InputsMixin:
 
         A dict or keywords may hold every key the model's processor returns; an unknown
         key is an error naming it (and the closest known one). A string or a list of
-        strings is a text-only batch (:meth:`text_batch`).
+        strings is a text-only batch (:meth:`text_batch`); a ``[pos]`` or ``[batch, pos]`` tensor of
+        token ids (``model.to_tokens(...)``) is one too, every id attended.
         """
         if isinstance(inputs, str) or (
             isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)
@@ -93,6 +94,15 @@ class InputsMixin:
                     f"{', '.join(sorted(hf_kwargs))})."
                 )
             return self.text_batch(inputs)
+        if isinstance(inputs, Tensor) and not inputs.is_floating_point() and inputs.dim() in (1, 2):
+            ids = (inputs[None] if inputs.dim() == 1 else inputs).long()  # TransformerLens' model(tokens)
+            image_id = self.cfg.image_token_id
+            if image_id is not None and bool((ids == image_id).any()):
+                raise ValueError(
+                    "The token ids hold the image placeholder token, but a run of bare ids has no image for "
+                    "it; pass images with model.prepare(images=..., prompts=...)."
+                )
+            inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
         if isinstance(inputs, MultimodalBatch):
             if hf_kwargs:
                 raise ValueError(

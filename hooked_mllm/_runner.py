@@ -42,10 +42,11 @@ Body = Callable[[Any], None]  # one intervention: body(tracer), run inside an nn
 
 @dataclass(frozen=True)
 class HookFn:
-    """One hook function bound to one hook point."""
+    """One hook function bound to one hook point (``by_filter``: chosen by a predicate, not by name)."""
 
     point: HookPoint
     fn: HookFunction
+    by_filter: bool = False
 
 
 def bind(points: HookPoints, specs: Iterable[Any], kind: str = "fwd_hooks") -> list[HookFn]:
@@ -61,7 +62,7 @@ def bind(points: HookPoints, specs: Iterable[Any], kind: str = "fwd_hooks") -> l
                 f"{kind} takes (name_or_filter, fn) pairs, e.g. [('blocks.0.hook_resid_post', fn)]"
             )
         target, fn = spec
-        bound.extend(HookFn(point, fn) for point in points.select(target))
+        bound.extend(HookFn(point, fn, callable(target)) for point in points.select(target))
     return bound
 
 
@@ -81,7 +82,7 @@ def _body(
         changed = False
         for fn in fns:
             new = fn(act, hook)
-            if new is None:
+            if new is None or new is act:  # an observation that hands its input back writes nothing
                 continue
             _hook_io.check(point, new, act, f"Hook function {getattr(fn, '__name__', fn)!r}")
             act, changed = new, True
@@ -157,6 +158,29 @@ def interleave(nn: Envoy, fn: Any, kwargs: dict) -> Any:
         # warning by design. It is the expected end of every generation here.
         warnings.filterwarnings("ignore", message=NEVER_REACHED)
         return nn.trace(fn=fn, trace=False, **kwargs)
+
+
+def grad_mode(grad: bool, what: str) -> Any:
+    """``torch.set_grad_enabled(grad)`` for one run, refusing ``grad=True`` inside ``torch.inference_mode()``.
+
+    Inference mode cannot be left from inside, so a run asked for gradients there would build no
+    graph and hand back tensors without them.
+
+    Raises:
+        RuntimeError: ``grad`` inside ``torch.inference_mode()``.
+
+    Examples:
+        >>> with grad_mode(True, "run_with_cache"):
+        ...     torch.is_grad_enabled()
+        True
+    """
+    if grad and torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{what} was asked for gradients (grad=True, backward hooks or attribution) inside "
+            "torch.inference_mode(), where autograd cannot be turned back on; call it outside the "
+            "inference_mode block (torch.no_grad() is fine: the run turns gradients on itself)."
+        )
+    return torch.set_grad_enabled(grad)
 
 
 class RunGuard:

@@ -29,6 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ._tl_habits import TLHabitsMixin
 from ._weights import parameter
 from .inputs import MultimodalBatch
 from .readout import CacheReadout
@@ -99,7 +100,7 @@ class LayerWeights:
         return f"LayerWeights({self._name}, {self._n} layers)"
 
 
-class TLCompatMixin:
+class TLCompatMixin(TLHabitsMixin):
     """TransformerLens' weight attributes and tokenizer helpers (mixed into ``HookedMLLM``)."""
 
     # what the mixin reads of the model it is mixed into
@@ -483,6 +484,13 @@ class TLCompatMixin:
                 "language-model points."
             )
         return [p for p in points if p.stream == "lm"]
+
+    def _runnable_hooks(self, batch: Any, hooks: Sequence[Any]) -> list[Any]:
+        """The bound ``hooks`` a run of ``batch`` reaches (:meth:`_runnable`): on a point that does not run,
+        a hook a predicate chose is left out and one chosen by name refused."""
+        self._runnable(batch, [hook.point for hook in hooks if not hook.by_filter])
+        reached = {point.name for point in self._runnable(batch, [hook.point for hook in hooks], None)}
+        return [hook for hook in hooks if hook.point.name in reached]
 
     # -- loss ------------------------------------------------------------------------
 

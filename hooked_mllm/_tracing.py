@@ -66,12 +66,14 @@ class MLLMEnvoy(NNsight):
             return int(inputs[0].input_ids.shape[0])
         if inputs and _is_text(inputs[0]):
             return 1 if isinstance(inputs[0], str) else len(inputs[0])
+        if inputs and isinstance(inputs[0], torch.Tensor) and not inputs[0].is_floating_point():
+            return int(inputs[0].shape[0]) if inputs[0].dim() > 1 else 1  # token ids, as to_batch takes them
         ids = kwargs.get("input_ids")
         if isinstance(ids, torch.Tensor):
             return int(ids.shape[0]) if ids.dim() > 1 else 1
         if inputs:
             raise TypeError(
-                f"tracer.invoke takes a MultimodalBatch, text, or HF tensors as keywords; got "
+                f"tracer.invoke takes a MultimodalBatch, text, token ids, or HF tensors as keywords; got "
                 f"{type(inputs[0]).__name__}."
             )
         return 0

@@ -20,6 +20,9 @@ from .architectures.base import Adapter
 class MLLMConfig:
     """Sizes of the language model and the vision tower.
 
+    TransformerLens' names: ``n_ctx`` is the language model's ``max_position_embeddings`` (None where
+    the config has none); ``default_prepend_bos`` is True, as :meth:`HookedMLLM.to_tokens` prepends BOS.
+
     Examples:
         >>> model.cfg.n_layers, model.cfg.d_model       # doctest: +SKIP
         (32, 4096)
@@ -40,6 +43,8 @@ class MLLMConfig:
     image_token_id: int | None
     dtype: torch.dtype
     norm_eps: float
+    n_ctx: int | None = None
+    default_prepend_bos: bool = True
 
     @classmethod
     def from_model(cls, hf_model: torch.nn.Module, adapter: Adapter) -> MLLMConfig:
@@ -76,6 +81,7 @@ class MLLMConfig:
             image_token_id=None if image_token is None else int(image_token),
             dtype=next(hf_model.parameters()).dtype,
             norm_eps=float(eps),
+            n_ctx=getattr(text, "max_position_embeddings", None),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from jaxtyping import Float, Int
 from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
-from . import _compat, _grad_hooks, _remote, _runner
+from . import _compat, _grad_hooks, _keywords, _remote, _runner
 from . import positions as _positions
 from ._cache_hooks import cache_fn, grad_cache_fn
 from ._hook_io import HookPointHandle, check_trace_reads
@@ -218,7 +218,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         keep: Any = None,
         **call_kwargs: Any,
     ) -> Any:
-        self._runnable(batch, [hook.point for hook in [*hooks, *bwd]])
+        hooks, bwd = self._runnable_hooks(batch, hooks), self._runnable_hooks(batch, bwd)
         if self.remote:
             return _remote.run_model(
                 self,
@@ -248,7 +248,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
             kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
             previous, self._state.batch = self._state.batch, batch
             try:
-                with torch.set_grad_enabled(grad), _compat.eager_attention(eager):
+                with _runner.grad_mode(grad, what), _compat.eager_attention(eager):
                     return _runner.interleave(envoy, fn, kwargs)
             finally:
                 self._state.batch = previous
@@ -317,7 +317,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
             bwd_hooks: ``(name_or_filter, fn)`` pairs of backward hooks ``fn(grad, hook)``,
                 called when the returned output is differentiated (``loss.backward()``) with
                 the gradient w.r.t. the point's value (after the forward hooks); a returned
-                tensor replaces that gradient. They belong to this run's graph
+                tensor (or 1-tuple) replaces that gradient. They belong to this run's graph
                 (:mod:`hooked_mllm._grad_hooks`); autograd is on for the run.
             return_type: ``"logits"``, ``"output"`` (the HF output object), ``"loss"``
                 (:meth:`lm_loss`), ``"both"`` (``(logits, loss)``) or None.
@@ -363,9 +363,9 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
 
         Args:
             names_filter: A name, a list of names, a predicate, or None (every hook point).
-            positions: Keep only these sequence positions of LM activations ("image",
-                "text", "last", an int, a slice, a mask or a ``positions`` selector); each
-                row must select the same number. Patterns are selected on the query axis.
+            positions: Keep only these sequence positions of LM activations ("image", "text", "last",
+                an int, a slice or list (kept in the order given, repeats too), a mask or a ``positions``
+                selector); each row must select the same number. Patterns: on the query axis.
             device: Where cached tensors go (default CPU; None keeps them in place).
             dtype: Cast cached tensors.
             fwd_hooks: Hook functions to run too (the cache sees their results).
@@ -411,7 +411,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         store: dict[str, Tensor] = {}
         index = None
         if positions is not None:
-            index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
+            index = _positions.ordered_index(positions, batch).to(self.device)
         chosen = self._runnable(batch, self.hook_points.select(names_filter), names_filter)
         versions: dict[str, int] = {}
         clone: set[str] = {p.name for p in chosen} if self.remote else set()  # versions do not travel
@@ -510,7 +510,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
             for k in list(generate_kwargs)
             if k in self._input_names and isinstance(generate_kwargs[k], Tensor)
         }
-        options = dict(generate_kwargs, max_new_tokens=max_new_tokens, do_sample=do_sample)
+        options = _keywords.generate_options(generate_kwargs, max_new_tokens, do_sample)  # TL names mapped
         fn = "generate" if self.remote else functools.partial(self.hf_model.generate, **options)
         # a remote probe carries no inputs: it is never entered unless refused below
         tracer = (

@@ -350,8 +350,9 @@ def attribution_patching(
     logits = model.run_with_hooks(
         corrupted, fwd_hooks=[*corrupted_hooks, *[(n, delta) for n in names]], grad=True
     )
-    value = metric(logits, corrupted).sum()
-    grads = torch.autograd.grad(value, [store[n][1] for n in names])
+    with torch.enable_grad():  # the metric joins the run's graph under a caller's torch.no_grad() too
+        value = metric(logits, corrupted).sum()
+        grads = torch.autograd.grad(value, [store[n][1] for n in names])
     table = torch.empty(len(layers), len(units))
     for li, (name, grad) in enumerate(zip(names, grads)):
         diff = (clean_cache[name].to(grad) - store[name][0]) * grad

@@ -201,7 +201,7 @@ class Indices(Selector):
         out = torch.zeros(len(batch), length, dtype=torch.bool)
         value = self.value
         if isinstance(value, slice):
-            out[:, value] = True
+            out[:, list(range(length)[value])] = True
         else:
             idx = torch.as_tensor([value] if isinstance(value, int) else list(value))
             if (idx >= length).any() or (idx < -length).any():
@@ -328,6 +328,32 @@ def as_selector(value: Any) -> Selector:
 def resolve(selector: Any, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
     """The ``[batch, pos]`` mask of ``selector`` on ``batch``."""
     return as_selector(selector).mask(batch, seq_len)
+
+
+def ordered_index(
+    selector: Any, batch: MultimodalBatch, seq_len: int | None = None
+) -> Int[Tensor, "batch k"]:
+    """Per-row positions of ``selector`` in the order it gives them, repeats kept.
+
+    Explicit positions (an int, a slice, a list or a 1-d integer tensor) keep their order and
+    repeats (``[5, 1, 5]`` gives positions 5, 1, 5; a negative step runs backwards); every other
+    selector gives its mask's positions in sequence order (:func:`gather_index`).
+
+    Examples:
+        >>> ordered_index([5, 1, 5], batch)[0].tolist()        # doctest: +SKIP
+        [5, 1, 5]
+    """
+    chosen = as_selector(selector)
+    mask = chosen.mask(batch, seq_len)  # checks the range
+    if not isinstance(chosen, Indices):
+        return gather_index(mask)
+    value = chosen.value
+    value = [value] if isinstance(value, int) else value if isinstance(value, slice) else list(value)
+    where = torch.tensor(
+        list(range(mask.shape[1])[value]) if isinstance(value, slice) else value, dtype=torch.long
+    )
+    where = torch.arange(mask.shape[1])[where]  # negative positions count from the end
+    return where.expand(mask.shape[0], -1).clone()
 
 
 def gather_index(mask: Bool[Tensor, "batch pos"]) -> Int[Tensor, "batch k"]:

@@ -48,13 +48,14 @@ _MISSING_WEIGHT_ERRORS = (AttributeError, KeyError, IndexError, ValueError, Runt
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class NormSpec:
-    """One norm as ``apply_ln_to_stack`` uses it: its kind, weight, epsilon and weight offset.
+    """One norm as ``apply_ln_to_stack`` uses it: its kind, weight, epsilon, weight offset and bias.
 
     Attributes:
         kind: ``"rms"`` (RMSNorm) or ``"layer"`` (LayerNorm: components are centred first).
         weight: ``[d_model]`` the norm's weight, or None (no affine weight: ones).
         eps: The epsilon added to the variance.
         offset: Added to the weight (1.0 for Gemma's ``x * (1 + weight)``).
+        bias: ``[d_model]`` the norm's bias, or None (added only by :meth:`normalize`).
 
     Examples:
         >>> import torch
@@ -67,6 +68,7 @@ class NormSpec:
     weight: Float[Tensor, " d_model"] | None
     eps: float
     offset: float = 0.0
+    bias: Float[Tensor, " d_model"] | None = None
 
     def apply(
         self, stack: Float[Tensor, "*lead d_model"], resid: Float[Tensor, "*rest d_model"]
@@ -86,16 +88,39 @@ class NormSpec:
         weight = weight.to(stack32.device) + self.offset
         return (stack32 / scale.to(stack32.device) * weight).to(stack.dtype)
 
+    def normalize(self, stack: Float[Tensor, "*lead d_model"]) -> Float[Tensor, "*lead d_model"]:
+        """The norm itself on each vector of ``stack`` (its own scale, weight and bias), as the model runs it.
+
+        Examples:
+            >>> import torch
+            >>> NormSpec(kind="rms", weight=None, eps=0.0).normalize(torch.tensor([[3.0, 4.0]])).pow(2).mean()
+            tensor(1.)
+        """
+        x = stack.float()
+        out = self.apply(x, x)
+        if self.bias is not None:
+            out = out + self.bias.detach().float().to(out.device)
+        return out.to(stack.dtype)
+
     def to(self, device: torch.device | str) -> NormSpec:
-        return self if self.weight is None else replace(self, weight=self.weight.to(device))
+        return replace(
+            self,
+            weight=None if self.weight is None else self.weight.to(device),
+            bias=None if self.bias is None else self.bias.to(device),
+        )
 
     @classmethod
     def of(cls, module: torch.nn.Module, kind: NormKind, offset: float, default_eps: float) -> NormSpec:
         """The spec of a norm module (``variance_epsilon`` or ``eps``, else ``default_eps``)."""
         eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", None) or default_eps
         weight = parameter(module) if getattr(module, "weight", None) is not None else None
+        bias = parameter(module, "bias") if getattr(module, "bias", None) is not None else None
         return cls(
-            kind=kind, weight=None if weight is None else weight.detach(), eps=float(eps), offset=offset
+            kind=kind,
+            weight=None if weight is None else weight.detach(),
+            eps=float(eps),
+            offset=offset,
+            bias=None if bias is None else bias.detach(),
         )
 
 
@@ -186,7 +211,13 @@ class CacheReadout:
 
         def pack(value: Any) -> Any:
             if isinstance(value, NormSpec):
-                return {"kind": value.kind, "weight": value.weight, "eps": value.eps, "offset": value.offset}
+                return {
+                    "kind": value.kind,
+                    "weight": value.weight,
+                    "eps": value.eps,
+                    "offset": value.offset,
+                    "bias": value.bias,
+                }
             if isinstance(value, tuple):
                 return [pack(v) for v in value]
             if isinstance(value, Tensor):

@@ -344,8 +344,8 @@ def test_errors_are_clear(hooked, single):
         hooked.run_with_cache(single, names_filter=lambda n: "nothing" in n)
     with pytest.raises(ValueError, match=r"blocks\.0\.hook_mlp_out.*\(1, 2\).*\(1, \d+, 64\)"):
         hooked.run_with_hooks(single, fwd_hooks=[("blocks.0.hook_mlp_out", lambda a, h: torch.zeros(1, 2))])
-    with pytest.raises(ValueError, match="read-only"):
-        hooked.run_with_hooks(single, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, h: a)])
+    with pytest.raises(ValueError, match="read-only"):  # a replacement; handing `a` back writes nothing
+        hooked.run_with_hooks(single, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda a, h: a * 1)])
     image = random_image(0)
     with pytest.raises(ValueError, match="1 image placeholder.*2 image"):
         hooked.prepare(images=[[image, image]], prompts=["USER : <image> what ?"], chat_template=False)

@@ -94,7 +94,8 @@ class CacheTo(HookFunction):
 
     ``positions=None`` (default) keeps whole activations; a selector keeps
     ``[batch, n_selected, ...]`` when every row selects as many positions, else the
-    flattened ``[n_selected_total, ...]``. With ``every_step=True`` each step appends to
+    flattened ``[n_selected_total, ...]``; explicit positions (ints, a list, a slice) on the
+    prompt are kept in the order given, repeats too. With ``every_step=True`` each step appends to
     ``store[name]``, so generated tokens are cached too.
     """
 
@@ -120,7 +121,15 @@ class CacheTo(HookFunction):
             return None
         counts = mask.sum(1)
         value = act[mask].detach().to(self.device)
-        if len(counts) and bool((counts == counts[0]).all()):
+        batch = hook.batch
+        explicit = isinstance(self.positions, _positions.Indices) and hook.step == 0 and hook.point.sequence
+        if explicit and batch is not None:
+            # explicit positions: in the order given, repeats kept (as run_with_cache keeps them)
+            index = _positions.ordered_index(self.positions, batch, act.shape[1]).to(act.device)
+            value = (
+                act[torch.arange(act.shape[0], device=act.device)[:, None], index].detach().to(self.device)
+            )
+        elif len(counts) and bool((counts == counts[0]).all()):
             value = value.view(act.shape[0], int(counts[0]), *act.shape[2:])
         if self.every_step:
             self.store.setdefault(hook.name, []).append(value)

@@ -77,7 +77,7 @@ def attention_map(
         >>> attention_map(model, batch, layers=[2, 3]).peak()   # doctest: +SKIP
     """
     run = capture(model, inputs, target)
-    chosen = layer_list(layers, run.n_layers)
+    chosen = layer_list(layers, run.n_layers, unique=True)
     mean = run.pattern[chosen].mean(dim=(0, 2))  # [batch, pos]
     label = "mean over heads" + ("" if layers is None else f", layers {chosen}")
     return _maps(

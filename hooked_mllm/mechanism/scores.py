@@ -58,7 +58,7 @@ class HeadScores:
         scores = self.values[row].clone()
         if layers is not None:
             allowed = torch.zeros(scores.shape[0], dtype=torch.bool)
-            allowed[layer_list(layers, scores.shape[0])] = True
+            allowed[layer_list(layers, scores.shape[0], unique=True)] = True
             scores[~allowed] = -torch.inf
         n = int(torch.isfinite(scores).sum())
         if not 1 <= k <= n:
@@ -82,20 +82,28 @@ class LayerScores:
     target: Int[Tensor, " batch"]
 
 
-def layer_list(layers: Any, n_layers: int) -> list[int]:
+def layer_list(layers: Any, n_layers: int, unique: bool = False) -> list[int]:
+    """``layers`` (None: all, an int, a list, a slice; negatives count from the end) as layer indices.
+
+    In the order given with repeats kept; ``unique`` keeps each layer's first mention only (for
+    ``layers=`` that restrict a choice rather than list results). Out-of-range layers are refused.
+
+    Examples:
+        >>> layer_list([3, -4, 3], 4), layer_list([3, -4, 3], 4, unique=True), layer_list(slice(2, None), 4)
+        ([3, 0, 3], [3, 0], [2, 3])
+    """
     if layers is None:
         return list(range(n_layers))
-    if isinstance(layers, int):
+    if isinstance(layers, int) and not isinstance(layers, bool):
         layers = [layers]
-    out = sorted(
-        {
-            l if l >= 0 else n_layers + l
-            for l in (range(n_layers)[layers] if isinstance(layers, slice) else layers)
-        }
-    )
-    if not out or out[0] < 0 or out[-1] >= n_layers:
-        raise ValueError(f"layers must name layers in 0..{n_layers - 1}, got {layers!r}.")
-    return out
+    given = list(range(n_layers)[layers]) if isinstance(layers, slice) else list(layers)
+    bad = [l for l in given if isinstance(l, bool) or not isinstance(l, int) or not -n_layers <= l < n_layers]
+    if not given or bad:
+        raise ValueError(
+            f"layers must name layers in 0..{n_layers - 1} (negatives count from the end), got {layers!r}."
+        )
+    out = [l % n_layers for l in given]
+    return list(dict.fromkeys(out)) if unique else out
 
 
 def head_contributions(
@@ -110,7 +118,8 @@ def head_contributions(
 
     Args:
         inputs: A :class:`~hooked_mllm.MultimodalBatch` or a :class:`MechanismRun`.
-        layers: Layers to return (an int, a list, a slice; all by default).
+        layers: Layers to return, in the order given with repeats (an int, a list, a slice; all
+            by default).
         positions: Source positions (indices into the sequence; all by default).
         target: Unused for the contributions; fixes the run's target (see :func:`capture`).
 
@@ -161,7 +170,7 @@ def layer_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> Layer
 def _choose_heads(
     run: MechanismRun, scores: HeadScores | None, heads: Heads, layers: Any, row: int
 ) -> list[tuple[int, int]]:
-    allowed = layer_list(layers, run.n_layers)
+    allowed = layer_list(layers, run.n_layers, unique=True)
     if isinstance(heads, str) and heads == "all":
         return [(l, h) for l in allowed for h in range(run.n_heads)]
     if isinstance(heads, str) and heads == "top":
@@ -180,6 +189,12 @@ def _choose_heads(
         if bad:
             raise ValueError(
                 f"Head index out of range in {bad}; the model has {run.n_heads} heads per layer."
+            )
+        outside = [(l, h) for l, h in chosen if l not in allowed]
+        if layers is not None and outside:
+            raise ValueError(
+                f"heads {outside} lie outside layers={layers!r}; with a list of (layer, head) pairs the "
+                "pairs name the layers: leave layers= out, or list only heads of those layers."
             )
         return chosen
     raise ValueError(
@@ -223,7 +238,8 @@ def image_locations(
         heads: ``"top"`` (the single best head by :func:`head_scores`, the paper's rule), an
             int ``k`` (the top ``k`` heads), ``"all"`` (every head of ``layers``), or a list of
             ``(layer, head)``; several heads' maps are summed.
-        layers: Restrict the heads to these layers (an int, list or slice; all by default).
+        layers: Restrict the heads to these layers (an int, list or slice; all by default); with a
+            list of ``(layer, head)`` pairs, a pair outside them is refused.
             On small models the top head is often in layer 0, whose query has not read the
             question yet; later layers, or summing heads, point better (docs/mechanism.md).
         row: The batch row (None: a list with one map per row).
@@ -246,6 +262,6 @@ def image_locations(
         values = head_location_scores(run, b, chosen, list(span.token_positions))
         label = "all heads" if heads == "all" else ", ".join(f"L{l}H{h}" for l, h in chosen)
         if layers is not None:
-            label += f" (layers {layer_list(layers, run.n_layers)})"
+            label += f" (layers {layer_list(layers, run.n_layers, unique=True)})"
         maps.append(to_map(values.cpu().numpy(), span, image, "heads", label, tokens[b], heads=chosen))
     return maps if row is None else maps[0]
