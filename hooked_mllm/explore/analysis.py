@@ -100,8 +100,11 @@ class Explorer:
             raise KeyError(f"Unknown or expired question id {key!r}: ask the question again.")
         return self._asked[key]
 
-    def ask(self, image: Image.Image, question: str) -> dict[str, Any]:
+    def ask(self, image: Image.Image, question: Any) -> dict[str, Any]:
         """Answer ``question`` about ``image`` and read out every panel.
+
+        A question that is not a non-empty string, or an image too large, is refused with a ValueError
+        saying what is wrong.
 
         Returns:
             ``id`` (for :meth:`head` and :meth:`cell`), ``answer``, ``image`` (a PNG data URI), ``grid``

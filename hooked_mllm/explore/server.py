@@ -173,7 +173,7 @@ class Handler(BaseHTTPRequestHandler):
                 image = _scene(int(seed), int(index)).image
             else:
                 image = decode_image(body.get("image"))
-            return self.explorer.ask(image, body.get("question"))
+            return self.explorer.ask(image, body.get("question", ""))
 
         self._answer(ask)
 
@@ -186,6 +186,7 @@ class ExplorerServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{host}:{port}/"
 
 
