@@ -40,6 +40,8 @@ TL_HINTS = {
     "reset_hooks_end": "hooks given to a run are always removed when it ends; use model.hooks() to keep them",
     "clear_contexts": "hooks given to a run are always removed when it ends",
     "pos_slice": "run_with_cache keeps positions with positions=...; pos_slice= is for the cache's helpers",
+    "prepend_bos": "pass model.to_tokens(text, prepend_bos=...) instead of the text",
+    "padding_side": "pass model.to_tokens(texts, padding_side=...) instead of the texts",
 }
 # TransformerLens' generate keywords: a HF name for each one kept, or why it is refused.
 TL_GENERATE = {

@@ -535,10 +535,12 @@ class TLCompatMixin(TLHabitsMixin):
         prepend_bos: bool = True,
         padding_side: str = "right",
         move_to_device: bool = True,
+        truncate: bool = True,
     ) -> Int[Tensor, "batch pos"]:
         """Token ids of text, ``[batch, pos]``, BOS prepended (if the tokenizer has one), right-padded.
 
         Text only: image placeholders are not expanded (use :meth:`prepare` for a multimodal batch).
+        As in TransformerLens, ``truncate`` cuts each row to ``cfg.n_ctx`` tokens (when known).
 
         Examples:
             >>> model.to_tokens("a red circle").shape       # doctest: +SKIP
@@ -547,8 +549,12 @@ class TLCompatMixin(TLHabitsMixin):
         tokenizer = self._need_tokenizer()
         texts = [input] if isinstance(input, str) else list(input)
         rows = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
         if prepend_bos and tokenizer.bos_token_id is not None:
             rows = [[tokenizer.bos_token_id, *row] for row in rows]
+        if truncate and self.cfg.n_ctx is not None:
+            rows = [row[: self.cfg.n_ctx] for row in rows]
         width = max(len(row) for row in rows)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         out = torch.full((len(rows), width), pad, dtype=torch.long)

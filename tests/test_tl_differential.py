@@ -425,6 +425,20 @@ def test_token_helpers_match(models):
     with pytest.raises(ValueError, match="does not occur"):
         ours.get_token_position("blue", text)
     assert ours.to_str_tokens(PROMPTS) == raw.to_str_tokens(PROMPTS)
+    long = "red " * (ours.cfg.n_ctx + 5)  # past the context: truncate cuts to n_ctx, as TransformerLens does
+    for truncate in (True, False):
+        for side in ("left", "right"):
+            expected = raw.to_tokens([long, "red"], truncate=truncate, padding_side=side)
+            assert (
+                ours.to_tokens([long, "red"], truncate=truncate, padding_side=side).tolist()
+                == expected.tolist()
+            )
+    assert ours.to_tokens(long).shape[1] == ours.cfg.n_ctx
+    with pytest.raises(ValueError, match="padding_side"):
+        ours.to_tokens("red", padding_side="middle")
+    for keyword in ("prepend_bos", "padding_side"):  # on a run: refused, pointing to to_tokens
+        with pytest.raises(TypeError, match=rf"{keyword}.*to_tokens"):
+            ours("red", **{keyword: False})
     assert ours.cfg.n_ctx == raw.cfg.n_ctx and ours.cfg.default_prepend_bos == raw.cfg.default_prepend_bos
 
 
