@@ -114,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     hooks.set_defaults(func=_cmd_hooks)
     from .concepts.cli import add_subparsers as add_concepts
+    from .sae.cli import add_subparsers as add_sae
     from .toy.cli import add_subparsers as add_toy
 
     add_concepts(sub)
+    add_sae(sub)
     add_toy(
         sub.add_parser(
             "toy",
