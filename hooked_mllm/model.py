@@ -408,7 +408,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
         index = None
         if positions is not None:
             index = _positions.gather_index(_positions.resolve(positions, batch)).to(self.device)
-        names_filter, inner = self._cache_points(names_filter, positions)  # inner: names inside SAEs
+        names_filter, inner = self._cache_points(names_filter, positions, batch)  # inner: inside SAEs
         chosen = self._runnable(batch, self.hook_points.select(names_filter), names_filter)
         versions: dict[str, int] = {}
         clone: set[str] = {p.name for p in chosen} if self.remote else set()  # versions do not travel

@@ -62,6 +62,7 @@ class Splice:
         sae: The SAELens ``SAE``.
         selector: The positions where it applies (None: everywhere).
         previous_error_term: The SAE's ``use_error_term`` before splicing (restored on removal).
+        use_error_term: Whether it is spliced with the error term.
         hook: The splice's hook function bound to ``point``.
         body: Its intervention (an entry of the model's active edits).
     """
@@ -70,6 +71,7 @@ class Splice:
     sae: Any
     selector: _positions.Selector | None
     previous_error_term: bool
+    use_error_term: bool = False
     hook: _runner.HookFn | None = None
     body: _runner.Body | None = None
 
@@ -113,6 +115,8 @@ class SAESpliceMixin:
     _state: Any
 
     if TYPE_CHECKING:
+
+        def _has_images(self, batch: Any) -> bool: ...
 
         def run_with_hooks(self, inputs: Any = None, **kwargs: Any) -> Any: ...
         def run_with_cache(self, inputs: Any = None, **kwargs: Any) -> Any: ...
@@ -203,19 +207,30 @@ class SAESpliceMixin:
                 )
             selector = _positions.as_selector(positions)
         self._remove_splices([s for s in self._splices if s.point.name == point.name])
-        splice = Splice(point, sae, selector, bool(sae.use_error_term))
+        splice = Splice(point, sae, selector, bool(sae.use_error_term), use_error_term)
         sae.use_error_term = use_error_term
         splice.hook = _runner.HookFn(point, self._splice_fn(splice))
-        (splice.body,) = _runner.bodies(
+        (body,) = _runner.bodies(
             self.nnsight,
             [splice.hook],
             self.hook_points.order,
             batch=lambda: self._state.batch,
             every_step=True,
         )
+        splice.body = body if point.stream == "lm" else self._with_images_only(body)
         self._splices = (*self._splices, splice)
         self._context = [splice.hook, *self._context]  # first: before any model.hooks() edit
         self._context_bodies = [splice.body, *self._context_bodies]
+
+    def _with_images_only(self, body: _runner.Body) -> _runner.Body:
+        """``body`` skipped in runs of a text-only batch (the vision tower and projector do not run)."""
+
+        def vision_body(tracer: Any) -> None:
+            batch = self._state.batch
+            if batch is None or self._has_images(batch):
+                body(tracer)
+
+        return vision_body
 
     def reset_saes(self, act_names: str | Sequence[str] | None = None) -> None:
         """Remove the SAEs spliced at these hook names (default: all), restoring each SAE's
@@ -272,7 +287,7 @@ class SAESpliceMixin:
                     if old not in self._splices:  # replaced in the block: splice it again
                         self.add_sae(
                             old.sae,
-                            bool(old.sae.use_error_term),
+                            old.use_error_term,
                             hook_name=old.point.name,
                             positions=old.selector,
                         )
@@ -350,11 +365,20 @@ class SAESpliceMixin:
             extra.extend(_runner.HookFn(inner[n].point, _Inner(n, fn)) for n in names)
         return _runner.bind(self.hook_points, plain, kind) + extra
 
-    def _cache_points(self, names_filter: Any, positions: Any = None) -> tuple[Any, list[str]]:
+    def _cache_points(
+        self, names_filter: Any, positions: Any = None, batch: Any = None
+    ) -> tuple[Any, list[str]]:
         """``names_filter`` without the names inside spliced SAEs (None keeps every model point), and
-        those names (all of them for None); refuses ``positions`` for the points inside an SAE spliced
-        at chosen positions (they have no sequence axis)."""
+        those names (all of them for None; a filter's leave out SAEs on the vision tower and projector
+        when ``batch`` has no images, as for model points); refuses ``positions`` for the points inside
+        an SAE spliced at chosen positions (they have no sequence axis)."""
         inner = self._inner_points()
+        if (
+            batch is not None
+            and not self._has_images(batch)
+            and (names_filter is None or callable(names_filter))
+        ):
+            inner = {name: s for name, s in inner.items() if s.point.stream == "lm"}
         rest: Any
         if not inner or names_filter is None or isinstance(names_filter, tuple):
             rest, chosen = names_filter, list(inner)

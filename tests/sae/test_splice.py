@@ -197,6 +197,15 @@ def test_saes_block_restores_what_it_replaced(hooked, batch):
     torch.testing.assert_close(hooked(batch), with_first)
     hooked.reset_saes(LM)
     assert hooked.acts_to_saes == {}
+    # a replaced SAE comes back as it was spliced: with its error term
+    plain = hooked(batch)
+    hooked.add_sae(first, use_error_term=True)
+    with hooked.saes([second]):
+        pass
+    torch.testing.assert_close(hooked(batch), plain, atol=1e-5, rtol=1e-5)
+    assert first.use_error_term is True
+    hooked.reset_saes()
+    assert first.use_error_term is False
 
 
 def test_bad_input_is_refused_clearly(hooked, batch, sae):
@@ -233,3 +242,13 @@ def test_text_only_model(tmp_path):
     expected = model.run_with_hooks(batch, fwd_hooks=[("blocks.2.hook_mlp_out", applied(sae))])
     torch.testing.assert_close(model.run_with_saes(batch, saes=[sae]), expected)
     assert random_image(0) is not None
+
+
+def test_a_vision_sae_stays_out_of_a_text_only_run(hooked, sae):
+    hooked.add_sae(random_sae(hooked.cfg.vision_d_model, "vision.blocks.0.hook_resid_post"))
+    hooked.add_sae(sae)
+    text = hooked.prepare(prompts=["what color is the circle ?"])
+    _, cache = hooked.run_with_cache(text, names_filter=lambda n: "hook_sae" in n)
+    assert sorted(cache) == sorted(f"{LM}.{sub}" for sub in SAE_HOOKS if sub != "hook_sae_error")
+    with pytest.raises(ValueError, match="text-only"):
+        hooked.run_with_cache(text, names_filter="vision.blocks.0.hook_resid_post.hook_sae_acts_post")

@@ -55,8 +55,7 @@ def test_vision_points_give_every_patch_and_refuse_positions(hooked, data):
         token_activations(hooked, batch, name, "image")
 
 
-@pytest.mark.parametrize("architecture,options", [("standard", {"l1_coefficient": 0.5}), ("topk", {"k": 8})])
-def test_train_save_load_splice(hooked, data, tmp_path, architecture, options):
+def test_train_save_load_splice(hooked, data, tmp_path):  # (TopK is trained in the guide and the CLI test)
     from sae_lens import SAE
 
     sae = train_sae(
@@ -64,14 +63,14 @@ def test_train_save_load_splice(hooked, data, tmp_path, architecture, options):
         data,
         HOOK,
         positions="image",
-        architecture=architecture,
+        architecture="standard",
+        l1_coefficient=0.5,
         d_sae=96,
         total_tokens=2048,
         train_batch_size=64,
         lr=3e-3,
         batch_size=3,
         out=tmp_path / "sae",
-        **options,
     )
     loaded = SAE.load_from_disk(tmp_path / "sae")
     assert loaded.cfg.metadata.hook_name == HOOK and loaded.cfg.d_sae == 96
@@ -162,18 +161,6 @@ def test_resume_continues_from_a_checkpoint(hooked, data, tmp_path):
     saved = TrainingSAE.load_from_disk(checkpoint)
     cosine = torch.nn.functional.cosine_similarity(resumed.W_dec, saved.W_dec, dim=-1)
     torch.testing.assert_close(cosine, torch.ones_like(cosine))
-    fresh = train_sae(
-        hooked,
-        data,
-        HOOK,
-        positions="text",
-        d_sae=32,
-        total_tokens=64,
-        train_batch_size=32,
-        batch_size=3,
-        seed=1,
-    )
-    assert not torch.allclose(fresh.W_dec, resumed.W_dec)
 
 
 def test_bad_options_are_refused(hooked, data):
