@@ -26,6 +26,11 @@ _NAMES = {
     "training_config": ".train",
     "SAEMetrics": ".evaluate",
     "evaluate_sae": ".evaluate",
+    "FeatureExample": ".features",
+    "decoder_words": ".features",
+    "feature_html": ".features",
+    "top_examples": ".features",
+    "write_feature_page": ".features",
 }
 _MODULES: dict[str, str] = {}
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_guide_code_blocks_run(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "sae.md").read_text(encoding="utf-8"), re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     monkeypatch.chdir(tmp_path)
     script = tmp_path / "sae_example.py"  # a real file: nnsight reads hook functions' source
     script.write_text("\n".join(blocks), encoding="utf-8")
@@ -28,6 +28,7 @@ def test_guide_code_blocks_run(tmp_path, monkeypatch):
     assert not torch.allclose(namespace["logits"], namespace["clean"])
     assert namespace["again"].cfg.metadata.hook_name == namespace["hook"]
     metrics = namespace["metrics"]
+    assert namespace["page"].is_file() and "<h2>Top activations</h2>" in namespace["page"].read_text()
     assert metrics.explained_variance > 0.2 and metrics.l0 <= 8 + 1e-6  # (the mean alone explains 0)
 
 
