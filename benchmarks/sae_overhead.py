@@ -1,6 +1,6 @@
 """Cost of SAEs spliced into hooked_mllm (needs the sae extra; run it in .venv-sae).
 
-Prints, from one run with interleaved repeats (median seconds):
+Prints, from one run with interleaved repeats (median seconds; every measurement of a repeat in turn):
 
 * a forward with an SAE spliced at ``blocks.{l}.hook_resid_post`` (``run_with_saes``) vs the plain
   forward, as a ratio, and the extra time against the SAE's own forward on the same activations (the
@@ -25,18 +25,21 @@ from hooked_mllm import toy
 from hooked_mllm.concepts import toy_dataset
 
 
-def timed(fn, repeats):
-    fn()  # warm-up
-    out = []
+def timed(fns, repeats):
+    """Median seconds of each function, the functions interleaved in every repeat (shared load hits all)."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - start)
-    return statistics.median(out)
+        for name, fn in fns.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -66,13 +69,18 @@ def main() -> None:
     x = cache[hook]
 
     with torch.no_grad():
-        plain = timed(lambda: model(batch), args.repeats)
-        spliced = timed(lambda: model.run_with_saes(batch, saes=[sae]), args.repeats)
-        cached = timed(
-            lambda: model.run_with_cache_with_saes(batch, saes=[sae], names_filter=lambda n: "hook_sae" in n),
+        medians = timed(
+            {
+                "plain": lambda: model(batch),
+                "spliced": lambda: model.run_with_saes(batch, saes=[sae]),
+                "cached": lambda: model.run_with_cache_with_saes(
+                    batch, saes=[sae], names_filter=lambda n: "hook_sae" in n
+                ),
+                "alone": lambda: sae(x),
+            },
             args.repeats,
         )
-        alone = timed(lambda: sae(x), args.repeats)
+    plain, spliced, cached, alone = (medians[k] for k in ("plain", "spliced", "cached", "alone"))
     size = f"batch {args.batch} x {batch.shape[1]} tokens, SAE {model.cfg.d_model}->{args.d_sae}"
     print(f"{args.model} on {args.device}, {size}")
     print(f"plain forward            {plain * 1e3:8.1f} ms")
