@@ -6,6 +6,9 @@
 # the lock from the newest releases, `make test CONSTRAINTS=` installs from pyproject's ranges alone.
 # `make test-latest` checks the newest upstream releases in a separate environment (.venv-latest)
 # and prints one line per family that drifts.
+# `make test-sae` runs the sparse-autoencoder tests (tests/sae) in their own environment (.venv-sae: the
+# `sae-test` extra, SAELens with the transformer-lens<4 it requires, locked by requirements/lock-sae.txt);
+# `make lock-sae` refreshes that lock.
 # `make docs` adds the docs extra (MkDocs) to .venv, regenerates the generated pages and builds the site
 # into site/ with warnings as errors.
 
@@ -22,7 +25,14 @@ LATEST := .venv-latest
 # what the newest-release tier runs: the architecture conformance suite and the peers' parity checks
 LATEST_TESTS := tests/architectures tests/test_compat.py tests/test_nnsight_habits.py tests/test_tl_parity.py
 
-.PHONY: demo test test-latest install notebooks docs bench lock clean
+# the SAE tier: SAELens requires transformer-lens<4, the dev extra's parity tests >=4.3, so it has its own venv
+SAE_VENV := .venv-sae
+SAE_PY := $(SAE_VENV)/bin/python
+SAE_STAMP := $(SAE_VENV)/.hooked-mllm-installed
+SAE_CONSTRAINTS ?= requirements/lock-sae.txt
+SAE_TESTS := tests/sae
+
+.PHONY: demo test test-sae test-latest install notebooks docs bench lock lock-sae clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +51,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+$(SAE_STAMP): pyproject.toml $(SAE_CONSTRAINTS)
+	test -x $(SAE_PY) || $(PYTHON) -m venv $(SAE_VENV)
+	$(SAE_PY) -c "import torch" 2>/dev/null || $(SAE_PY) -m pip install --quiet "$(TORCH)"
+	$(SAE_PY) -m pip install --quiet $(if $(SAE_CONSTRAINTS),-c $(SAE_CONSTRAINTS)) -e ".[sae-test]"
+	touch $(SAE_STAMP)
+
+test-sae: $(SAE_STAMP)
+	HF_HUB_OFFLINE=1 $(SAE_PY) -m pytest -q $(SAE_TESTS) $(PYTEST_ARGS)
+
 
 # the tutorials, executed top to bottom (a broken cell fails the build) into docs/notebooks/ for the site
 notebooks: $(DOCS_STAMP)
@@ -85,5 +105,18 @@ lock:
 	mv requirements/lock.txt.tmp requirements/lock.txt
 	rm -rf .venv-lock
 
+lock-sae:
+	rm -rf .venv-sae-lock
+	$(PYTHON) -m venv .venv-sae-lock
+	.venv-sae-lock/bin/python -m pip install --quiet "$(TORCH)"
+	.venv-sae-lock/bin/python -m pip install --quiet -e ".[sae-test]"
+	{ echo "# Every package of the SAE test environment (.venv-sae: the sae-test extra) at the release its"; \
+	  echo "# tests passed with (CPython 3.11, Linux x86_64). torch is left out: installed only when missing."; \
+	  echo "# Made by \`make lock-sae\`; see requirements/README.md."; \
+	  .venv-sae-lock/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton)[=-]'; \
+	} > requirements/lock-sae.txt.tmp
+	mv requirements/lock-sae.txt.tmp requirements/lock-sae.txt
+	rm -rf .venv-sae-lock
+
 clean:
-	rm -rf $(VENV) $(LATEST) reports site .pytest_cache
+	rm -rf $(VENV) $(SAE_VENV) $(LATEST) reports site .pytest_cache

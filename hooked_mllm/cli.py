@@ -177,10 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     hooks.set_defaults(func=_cmd_hooks)
     from .concepts.cli import add_subparsers as add_concepts
     from .explore.cli import add_subparser as add_explore
+    from .sae.cli import add_subparsers as add_sae
     from .toy.cli import add_subparsers as add_toy
 
     add_concepts(sub)
     add_explore(sub)
+    add_sae(sub)
     add_toy(
         sub.add_parser(
             "toy",

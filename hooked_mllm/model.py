@@ -45,6 +45,7 @@ from .cache import ActivationCache
 from .config import MLLMConfig
 from .hook_points import HookPoints
 from .inputs import MultimodalBatch
+from .sae._splice import SAESpliceMixin
 
 # A hook is a ``(name_or_filter, fn)`` pair. `| Any`: whatever else is passed (a bare name, a pair without a
 # function) is let through to `_runner.bind`, which refuses it saying what to pass.
@@ -74,7 +75,7 @@ class _RunState:
         self.batch: MultimodalBatch | None = None
 
 
-class HookedMLLM(InputsMixin, TLCompatMixin):
+class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
     """A multimodal LLM with TransformerLens-style hook points, on nnsight.
 
     Attributes:
@@ -201,9 +202,6 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         check_invoke_point(self.nnsight, point)
         return HookPointHandle(self.nnsight, point, self._trace_reads)
 
-    def _bind(self, fwd_hooks: Iterable[HookSpec], kind: str = "fwd_hooks") -> list[_runner.HookFn]:
-        return _runner.bind(self.hook_points, fwd_hooks, kind)
-
     # -- running ---------------------------------------------------------------------
 
     def _run(
@@ -234,7 +232,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
                 self._guard,
                 bwd=bwd,
             )
-        with self._guard(what):
+        with self._guard(what), self._sae_run(hooks) as hooks:  # hooks inside SAEs go to their splices
             bodies = _runner.bodies(
                 self.nnsight,
                 hooks,
@@ -412,15 +410,14 @@ class HookedMLLM(InputsMixin, TLCompatMixin):
         index = None
         if positions is not None:
             index = _positions.ordered_index(positions, batch).to(self.device)
+        names_filter, inner = self._cache_points(names_filter, positions, batch)  # inner: inside SAEs
         chosen = self._runnable(batch, self.hook_points.select(names_filter), names_filter)
         versions: dict[str, int] = {}
         clone: set[str] = {p.name for p in chosen} if self.remote else set()  # versions do not travel
         for attempt in range(2):
             hooks = self._bind(fwd_hooks)
-            for point in chosen:
-                hooks.append(
-                    _runner.HookFn(point, cache_fn(store, index, device, dtype, grad, versions, clone))
-                )
+            fn = cache_fn(store, index, device, dtype, grad, versions, clone)
+            hooks += [_runner.HookFn(point, fn) for point in chosen] + self._bind([(inner, fn)] * bool(inner))
             grads: dict[str, Tensor] = {}
             backward = [
                 _runner.HookFn(point, grad_cache_fn(grads, index, device, dtype))

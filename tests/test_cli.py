@@ -38,7 +38,7 @@ def test_every_option_has_help_and_defaults_are_shown():
                 continue
             assert action.help, f"{path} {action.option_strings or action.dest} has no help text"
         text = parser.format_help()
-        assert "(default:" in text or path.endswith(("toy",)) or path == "hooked-mllm", path
+        assert "(default:" in text or path.endswith(("toy", "sae")) or path == "hooked-mllm", path
 
 
 def test_closed_option_sets_are_choices_that_match_the_library():
