@@ -42,7 +42,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout, TokenLayout
-from .split import Patches, PerImage, Tokens
+from .split import Patches, PerImage, PerVideo, Tokens
 
 
 def _merged_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
@@ -54,14 +54,34 @@ def _merged_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
     return [(int(h) // merge, int(w) // merge) if int(t) == 1 else None for t, h, w in thw.tolist()]
 
 
-TOKENS = TokenLayout(grids=_merged_grids)
+def _video_geometry(inputs: dict, config: Any) -> list[tuple[int, int, int, int]]:
+    """Each video's ``(time, rows, cols, frames per step)`` from ``video_grid_thw``: ``t`` temporal
+    patches of ``temporal_patch_size`` frames, each ``(h / merge, w / merge)`` tokens."""
+    thw = inputs.get("video_grid_thw")
+    if thw is None:
+        return []
+    merge = int(config.vision_config.spatial_merge_size)
+    step = int(getattr(config.vision_config, "temporal_patch_size", 1))
+    return [(int(t), int(h) // merge, int(w) // merge, step) for t, h, w in thw.tolist()]
 
-INPUTS = InputLayout(
-    split={
-        "pixel_values": Patches("image_grid_thw"),
-        "image_grid_thw": PerImage(),
-        "mm_token_type_ids": Tokens(),
-    }
+
+TOKENS = TokenLayout(grids=_merged_grids)
+"""Image tokens only (Qwen3-VL's layout too, whose video tokens this library does not cover)."""
+VIDEO_TOKENS = TokenLayout(grids=_merged_grids, videos=_video_geometry)
+
+_IMAGE_SPLIT = {
+    "pixel_values": Patches("image_grid_thw"),
+    "image_grid_thw": PerImage(),
+    "mm_token_type_ids": Tokens(),
+}
+INPUTS = InputLayout(split=_IMAGE_SPLIT)
+VIDEO_INPUTS = InputLayout(
+    split=dict(
+        _IMAGE_SPLIT,
+        pixel_values_videos=Patches("video_grid_thw", per="video"),
+        video_grid_thw=PerVideo(),
+        second_per_grid_ts=PerVideo(),
+    )
 )
 
 _VISION: dict[str, Any] = dict(
@@ -95,8 +115,8 @@ QWEN2_VL = Adapter(
     modules=ModuleLayout(
         **_MODULES, vision_block=BlockLayout(**_VISION, mlp_pre="mlp.fc1", mlp_down="mlp.fc2", norm="layer")
     ),
-    tokens=TOKENS,
-    inputs=INPUTS,
+    tokens=VIDEO_TOKENS,
+    inputs=VIDEO_INPUTS,
     about=Metadata(
         test_model="tiny random from Qwen/Qwen2-VL-2B-Instruct's config (processor: "
         "Qwen2VLImageProcessorPil)",
@@ -112,8 +132,8 @@ QWEN2_5_VL = Adapter(
         **_MODULES,
         vision_block=BlockLayout(**_VISION, mlp_pre="mlp.gate_proj", mlp_down="mlp.down_proj", norm="rms"),
     ),
-    tokens=TOKENS,
-    inputs=INPUTS,
+    tokens=VIDEO_TOKENS,
+    inputs=VIDEO_INPUTS,
     about=Metadata(
         test_model="tiny random from Qwen/Qwen2.5-VL-3B-Instruct's config (processor: "
         "Qwen2VLImageProcessorPil)",

@@ -17,9 +17,12 @@ QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video
 
 
 def tiny_qwen2_vl_processor(patch_size: int = 4):
-    """A ``Qwen2VLProcessor``: PIL Qwen2-VL image processor (patch 4, 2x2 merge), tiny tokenizer."""
+    """A ``Qwen2VLProcessor``: PIL Qwen2-VL image processor (patch 4, 2x2 merge), the torch video
+    processor of :mod:`.video` (2 frames per temporal patch), tiny tokenizer."""
     from transformers import Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .video import TorchQwen2VLVideoProcessor
 
     tok = word_tokenizer(QWEN_SPECIALS, image_token="<|image_pad|>", video_token="<|video_pad|>")
     image_processor = Qwen2VLImageProcessorPil(
@@ -28,9 +31,17 @@ def tiny_qwen2_vl_processor(patch_size: int = 4):
         temporal_patch_size=2,
         size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32},
     )
-    template = chat_template_for("<|vision_start|><|image_pad|><|vision_end|>")
+    video_processor = TorchQwen2VLVideoProcessor(
+        patch_size=patch_size, merge_size=2, temporal_patch_size=2, min_pixels=8 * 8, max_pixels=32 * 32
+    )
+    template = chat_template_for(
+        "<|vision_start|><|image_pad|><|vision_end|>", video="<|vision_start|><|video_pad|><|vision_end|>"
+    )
     return without_video(Qwen2VLProcessor)(
-        image_processor=image_processor, tokenizer=tok, chat_template=template
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=video_processor,
+        chat_template=template,
     )
 
 
