@@ -28,6 +28,14 @@ height, width sections), computed by the HF model from ``image_grid_thw``; hooks
 residual stream, not the position ids. Splitting a batch into rows slices
 ``pixel_values`` by each image's ``t*h*w`` patches.
 
+Video (``model.prepare(videos=...)``, docs/video.md): ``pixel_values_videos`` packs every video's
+patches as ``pixel_values`` does, with ``video_grid_thw`` ``[n_videos, 3]``; each video is
+``<|vision_start|>`` + ``t*h*w / 4`` copies of ``<|video_pad|>`` + ``<|vision_end|>``, ``t``
+time steps of ``temporal_patch_size`` (2) frames, each step's ``(h / 2, w / 2)`` tokens
+row-major, step after step (:class:`~hooked_mllm.spans.VideoSpan`). M-RoPE's temporal
+section counts the steps. The tower runs once for the images and once for the videos of a
+forward, so on a batch holding both its hook points are refused.
+
 Vision tower: blocks see ``[patches, d]`` with no batch dimension (all images packed,
 attention restricted per image, or per window in 2.5). The fused ``qkv`` projection gives
 no per-head q / k / v hook points, and the attention module returns a tensor, so the
@@ -121,7 +129,7 @@ QWEN2_VL = Adapter(
         test_model="tiny random from Qwen/Qwen2-VL-2B-Instruct's config (processor: "
         "Qwen2VLImageProcessorPil)",
         notes="Grid (h/2, w/2) per image from image_grid_thw; M-RoPE; vision tower has no per-head q/k/v "
-        "or patterns (fused qkv).",
+        "or patterns (fused qkv). Video: time steps of 2 frames, each (h/2, w/2), from video_grid_thw.",
     ),
 )
 
@@ -137,6 +145,7 @@ QWEN2_5_VL = Adapter(
     about=Metadata(
         test_model="tiny random from Qwen/Qwen2.5-VL-3B-Instruct's config (processor: "
         "Qwen2VLImageProcessorPil)",
-        notes="As Qwen2-VL; vision blocks and projector.hook_out are in window order (windowed attention).",
+        notes="As Qwen2-VL (video too); vision blocks and projector.hook_out are in window order "
+        "(windowed attention).",
     ),
 )
