@@ -16,10 +16,11 @@ from ._common import build_tiny, chat_template_for, text_kwargs, without_video, 
 QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def tiny_qwen2_vl_processor(patch_size: int = 4):
-    """A ``Qwen2VLProcessor``: PIL Qwen2-VL image processor (patch 4, 2x2 merge), the torch video
+def tiny_qwen2_vl_processor(patch_size: int = 4, version: str = "2"):
+    """A ``Qwen2VLProcessor`` (``version="2.5"``: ``Qwen2_5_VLProcessor``, which adds each video's
+    ``second_per_grid_ts``): PIL Qwen2-VL image processor (patch 4, 2x2 merge), the torch video
     processor of :mod:`.video` (2 frames per temporal patch), tiny tokenizer."""
-    from transformers import Qwen2VLProcessor
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from .video import TorchQwen2VLVideoProcessor
@@ -37,7 +38,8 @@ def tiny_qwen2_vl_processor(patch_size: int = 4):
     template = chat_template_for(
         "<|vision_start|><|image_pad|><|vision_end|>", video="<|vision_start|><|video_pad|><|vision_end|>"
     )
-    return without_video(Qwen2VLProcessor)(
+    processor_cls = Qwen2_5_VLProcessor if version == "2.5" else Qwen2VLProcessor
+    return without_video(processor_cls)(
         image_processor=image_processor,
         tokenizer=tok,
         video_processor=video_processor,

@@ -93,15 +93,22 @@ class TorchQwen2VLVideoProcessor:
 
         if _is_pil_frames(videos) or getattr(videos, "ndim", None) == 4:
             videos = [videos]
-        patches, grids = [], []
+        from transformers.video_utils import VideoMetadata
+
+        patches, grids, metadata = [], [], []
         for video in videos:
-            flat, grid = self._one(_frames_tensor(video))
+            frames = _frames_tensor(video)
+            flat, grid = self._one(frames)
             patches.append(flat)
             grids.append(grid)
-        return BatchFeature(
+            n = int(frames.shape[0])  # HF's default metadata for frames given as they are (no fps known)
+            metadata.append(VideoMetadata(total_num_frames=n, fps=None, frames_indices=list(range(n))))
+        out = BatchFeature(
             {"pixel_values_videos": torch.cat(patches), "video_grid_thw": torch.tensor(grids)},
             tensor_type=return_tensors,
         )
+        out["video_metadata"] = metadata  # what HF's video processors return (Qwen2.5-VL's reads fps from it)
+        return out
 
     def _one(self, video: Float[Tensor, "time channels height width"]) -> tuple[Tensor, list[int]]:
         height, width = video.shape[-2:]

@@ -37,7 +37,8 @@ _MODELS: dict[str, HookedMLLM] = {}
 def model(request) -> HookedMLLM:
     if request.param not in _MODELS:
         hf_model = t.tiny_qwen2_vl(request.param, attn_implementation="eager")
-        _MODELS[request.param] = HookedMLLM.from_hf(hf_model, t.tiny_qwen2_vl_processor())
+        processor = t.tiny_qwen2_vl_processor(version=request.param)
+        _MODELS[request.param] = HookedMLLM.from_hf(hf_model, processor)
     return _MODELS[request.param]
 
 
@@ -101,6 +102,10 @@ def test_video_spans_follow_the_processor_geometry(model, batch, videos):
         not (batch.text_mask & batch.video_mask).any() and not (batch.special_mask & batch.video_mask).any()
     )
     assert batch.pad_mask[1].any()  # the shorter row is left-padded
+    if model.adapter.name == "qwen2_5_vl":  # Qwen2.5-VL's processor: seconds per time step, per video
+        seconds = batch.inputs["second_per_grid_ts"]
+        torch.testing.assert_close(seconds, torch.full((2,), 2 / 24))  # HF's default 24 fps, 2 frames a step
+        torch.testing.assert_close(batch.row(1).inputs["second_per_grid_ts"], seconds[1:])
 
 
 # -- against HF ---------------------------------------------------------------------------
