@@ -149,7 +149,18 @@ def find_video_spans(
         ([(1, 9, 2, (2, 2))], (1,))
     """
     stacked: list[tuple[int, int] | None] = [(t * rows, cols) for t, rows, cols in geometry]
-    spans, per_row = _image_spans(video_mask, None, stacked)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spans, per_row = _image_spans(video_mask, None, stacked)
+    if caught:
+        warnings.warn(
+            f"Video geometry unknown: video_grid_thw describes {len(geometry)} video(s) with "
+            f"{[t * r * c for t, r, c in geometry]} tokens, but input_ids hold {len(spans)} run(s) of video "
+            f"tokens with {[s.n_tokens for s in spans]} tokens. The video positions are kept ('video' "
+            "selects them), but frames and cells cannot be selected and cache.video is unavailable. "
+            "Re-run the processor on the same videos and text to get both.",
+            stacklevel=4,
+        )
     videos = tuple(
         VideoSpan(
             row=span.row,

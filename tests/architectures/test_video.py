@@ -108,6 +108,20 @@ def test_video_spans_follow_the_processor_geometry(model, batch, videos):
         torch.testing.assert_close(batch.row(1).inputs["second_per_grid_ts"], seconds[1:])
 
 
+def test_contradicting_video_geometry_keeps_positions_and_refuses_frames(model, batch):
+    inputs = dict(batch.inputs, video_grid_thw=batch.inputs["video_grid_thw"].flip(0))
+    with pytest.warns(UserWarning, match="Video geometry unknown"):
+        degraded = model.to_batch(inputs)
+    assert torch.equal(degraded.video_mask, batch.video_mask)
+    assert [(s.time, s.grid) for s in degraded.videos] == [(None, None)] * 2
+    assert torch.equal(positions.resolve("video", degraded), batch.video_mask)
+    with pytest.raises(ValueError, match="no frame geometry"):
+        positions.video(frames=0).mask(degraded)
+    missing = {k: v for k, v in batch.inputs.items() if k != "video_grid_thw"}
+    with pytest.raises(ValueError, match="no video geometry"):
+        model.to_batch(missing)
+
+
 # -- against HF ---------------------------------------------------------------------------
 
 
