@@ -40,6 +40,8 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
         assert swapped[0, 0].equal(frames[0, 1]) and swapped[0, 2].equal(frames[0, 0])
         assert [(v.time, v.grid) for v in namespace["batch"].videos] == [(2, (2, 3)), (3, (2, 2))]
         assert namespace["change"] > 0
+        assert tuple(namespace["per_step"].shape) == (namespace["model"].cfg.n_layers, 2)
+        assert namespace["sweep"].labels == ["vid0[t0]", "vid0[t1]"]
     if doc == "docs/concepts.md":  # captions without "red" are skipped; the yes -> no vector flips answers
         assert namespace["feats"].manifest["skipped"] and len(namespace["Z"]) > 5
         report = namespace["report"]

@@ -14,6 +14,7 @@ from PIL import Image
 from hooked_mllm import HookedMLLM, positions
 from hooked_mllm import testing as t
 from hooked_mllm.cache import ActivationCache
+from hooked_mllm.patching import activation_patching, logit_diff
 from hooked_mllm.testing.video import TorchQwen2VLVideoProcessor
 
 from .families import image
@@ -374,3 +375,50 @@ def test_bad_video_entries_are_refused(model):
         model.prepare(videos=["clip.mp4", None], prompts=PROMPTS)
     with pytest.raises(ValueError, match="frames= or cells="):
         positions.video(frames=0, cells=[(0, 0, 0)])
+
+
+# -- patching over frames -----------------------------------------------------------------
+
+
+def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
+    """Each time step's patched metric equals HF's forward on the corrupted clip with a plain torch
+    pre-hook that writes the clean clip's layer-1 input at that step's positions."""
+    clean = model.prepare(videos=[videos[0]], prompts=[PROMPTS[0]])
+    corrupted = model.prepare(videos=[frames(7, 4, 16, 24)], prompts=[PROMPTS[0]])
+    metric = logit_diff(3, 4)
+    result = activation_patching(model, clean, corrupted, metric, hook="resid_pre", layers=[1], over="frame")
+    span = clean.videos[0]
+    rows, cols = span.grid
+    assert result.labels == [f"vid0[t{k}]" for k in range(span.time)]
+    assert result.units == [
+        list(range(span.start + t * rows * cols, span.start + (t + 1) * rows * cols))
+        for t in range(span.time)
+    ]
+    clean_in = hf(model, clean.inputs, output_hidden_states=True).hidden_states[1]  # layer 1's input
+    layer1 = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.1")
+    for step, unit in enumerate(result.units):
+
+        def pre(module, args, kwargs, unit=unit):
+            hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+            hidden[:, unit] = clean_in[:, unit]
+            return ((hidden, *args[1:]), kwargs) if args else (args, dict(kwargs, hidden_states=hidden))
+
+        handle = layer1.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            expected = metric(hf(model, corrupted.inputs).logits, corrupted)
+        finally:
+            handle.remove()
+        torch.testing.assert_close(result.values[0, step], expected[0], atol=1e-5, rtol=1e-4)
+    assert result.values.shape == (1, span.time)
+    with pytest.raises(ValueError, match="share their token"):
+        activation_patching(
+            model,
+            clean,
+            model.prepare(videos=[frames(7, 2, 16, 24)], prompts=[PROMPTS[0]]),
+            metric,
+            layers=[1],
+            over="frame",
+        )
+    image_row = model.prepare(images=[image(0, 16, 24)], prompts=[PROMPTS[0]])
+    with pytest.raises(ValueError, match="holds no video"):
+        activation_patching(model, image_row, image_row, metric, layers=[1], over="frame")
