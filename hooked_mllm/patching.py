@@ -236,8 +236,8 @@ class _RowPatch:
 def _check_pair(clean: MultimodalBatch, corrupted: MultimodalBatch) -> None:
     if len(clean) != 1 or len(corrupted) != 1:
         raise ValueError("Patching takes one clean and one corrupted row (batch.row(i) selects one).")
-    videos = (clean.video_mask, corrupted.video_mask)
-    same_videos = videos[0] is None or videos[1] is None or torch.equal(*videos)
+    a, b = clean.video_mask, corrupted.video_mask
+    same_videos = a is None or b is None or torch.equal(a, b)
     if (
         clean.shape != corrupted.shape
         or not torch.equal(clean.image_mask, corrupted.image_mask)
