@@ -451,6 +451,8 @@ def _row_break_id(adapter: Adapter | None, tokenizer: Any) -> int | None:
 
 
 _VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw")
+# other families' video inputs (LLaVA-OneVision, Molmo2): refused where video is not covered
+_OTHER_VIDEO_KEYS = ("image_sizes_videos", "video_grids", "video_token_pooling")
 
 
 def video_families() -> list[str]:
@@ -474,7 +476,7 @@ def _find_videos(
     tensors: dict[str, Any], ids: Tensor, pad: Tensor, adapter: Adapter | None, config: Any
 ) -> tuple[Tensor | None, tuple[VideoSpan, ...], tuple[int, ...], int | None]:
     """The video mask, spans, videos per row and video token id (None, (), (), None without video)."""
-    given = [key for key in _VIDEO_KEYS if key in tensors]
+    given = [key for key in _VIDEO_KEYS + _OTHER_VIDEO_KEYS if key in tensors]
     rule = None if adapter is None else adapter.tokens.videos
     if rule is None:
         if given:

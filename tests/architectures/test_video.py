@@ -422,3 +422,20 @@ def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
     image_row = model.prepare(images=[image(0, 16, 24)], prompts=[PROMPTS[0]])
     with pytest.raises(ValueError, match="holds no video"):
         activation_patching(model, image_row, image_row, metric, layers=[1], over="frame")
+
+
+@pytest.mark.parametrize(
+    ("adapter", "key"),
+    [
+        ("LLAVA_ONEVISION", "pixel_values_videos"),
+        ("LLAVA_ONEVISION", "image_sizes_videos"),
+        ("MOLMO2", "video_grids"),
+    ],
+)
+def test_other_families_video_inputs_are_refused_not_read_as_text(adapter, key):
+    import hooked_mllm.architectures as registry
+    from hooked_mllm.batch import MultimodalBatch
+
+    inputs = {"input_ids": torch.tensor([[1, 2, 3]]), key: torch.zeros(1, 2)}
+    with pytest.raises(ValueError, match=rf"The inputs hold {key}: video is not covered.*qwen2_vl"):
+        MultimodalBatch.from_hf(inputs, image_token_id=9, adapter=getattr(registry, adapter), config=None)
