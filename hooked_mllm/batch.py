@@ -456,7 +456,12 @@ _OTHER_VIDEO_KEYS = ("image_sizes_videos", "video_grids", "video_token_pooling")
 
 
 def video_families() -> list[str]:
-    """The names of the registered adapters whose video inputs this library covers."""
+    """The names of the registered adapters whose video inputs this library covers.
+
+    Examples:
+        >>> video_families()
+        ['qwen2_5_vl', 'qwen2_vl']
+    """
     from .architectures import registered_adapters
 
     layouts = [layout for a in registered_adapters().values() for layout in (a, *a.variants)]
@@ -464,7 +469,21 @@ def video_families() -> list[str]:
 
 
 def refuse_video(adapter: Adapter | None, what: str) -> None:
-    """Raise the one error for video given to a family whose video this library does not cover."""
+    """Raise the one error for video given to a family whose video this library does not cover.
+
+    Args:
+        adapter: The model's adapter (None: "this model").
+        what: What was given, the start of the message (``"videos= was given"``).
+
+    Raises:
+        ValueError: always, naming the families whose video is covered.
+
+    Examples:
+        >>> refuse_video(None, "videos= was given")
+        Traceback (most recent call last):
+        ...
+        ValueError: videos= was given: video is not covered for this model. Video inputs are covered for ...
+    """
     name = "this model" if adapter is None else f"the {adapter.name!r} architecture"
     raise ValueError(
         f"{what}: video is not covered for {name}. Video inputs are covered for "

@@ -360,7 +360,7 @@ class ActivationCache(ResidDecomposition, Mapping):
             if not -len(spans) <= video < len(spans):
                 raise ValueError(f"Row {row} has {len(spans)} video(s); video index {video} is out of range.")
             span = spans[video]
-            time, (rows, cols) = span._geometry()
+            time, (rows, cols) = span.frame_geometry()
             if frames is None or isinstance(frames, slice):
                 steps = list(range(time))[frames or slice(None)]
             else:

@@ -189,7 +189,7 @@ def _units(
         if not -len(videos) <= image < len(videos):
             raise ValueError(f"Row 0 has {len(videos)} video(s); video {image} is out of range.")
         video = videos[image]
-        time = video._geometry()[0]
+        time = video.frame_geometry()[0]
         return (
             [video.frame_positions(t) for t in range(time)],
             [f"vid{image}[t{t}]" for t in range(time)],

@@ -264,7 +264,9 @@ class Video(Selector):
                 elif self.cells is not None:
                     where = [span.cell_position(*cell) for cell in self.cells]
                 else:
-                    where = [p for t in self._steps(span._geometry()[0]) for p in span.frame_positions(t)]
+                    where = [
+                        p for t in self._steps(span.frame_geometry()[0]) for p in span.frame_positions(t)
+                    ]
                 out[row, torch.as_tensor(where, dtype=torch.long)] = True
         return out
 

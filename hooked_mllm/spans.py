@@ -98,7 +98,7 @@ class VideoSpan(ImageSpan):
 
     def frame_positions(self, t: int) -> list[int]:
         """The sequence positions of time step ``t``'s tokens (row-major); negative ``t`` counts back."""
-        time, grid = self._geometry()
+        time, grid = self.frame_geometry()
         if not -time <= t < time:
             raise IndexError(f"Video {self.index} has {time} time step(s); time step {t} is out of range.")
         per_frame = grid[0] * grid[1]
@@ -107,7 +107,7 @@ class VideoSpan(ImageSpan):
 
     def cell_position(self, t: int, r: int, c: int) -> int:
         """The sequence position of cell ``(r, c)`` of time step ``t`` (no negative indices)."""
-        time, (rows, cols) = self._geometry()
+        time, (rows, cols) = self.frame_geometry()
         if not (0 <= t < time and 0 <= r < rows and 0 <= c < cols):
             raise IndexError(
                 f"Video {self.index} has {time} time steps of {rows}x{cols} cells; cell {(t, r, c)} is out "
@@ -115,7 +115,13 @@ class VideoSpan(ImageSpan):
             )
         return self.token_positions[(t * rows + r) * cols + c]
 
-    def _geometry(self) -> tuple[int, tuple[int, int]]:
+    def frame_geometry(self) -> tuple[int, tuple[int, int]]:
+        """``(time, (rows, cols))``, or a ``ValueError`` where the geometry is unknown.
+
+        Examples:
+            >>> VideoSpan(row=0, index=0, start=0, end=8, grid=(2, 2), time=2).frame_geometry()
+            (2, (2, 2))
+        """
         if self.time is None or self.grid is None:
             raise ValueError(
                 f"Video {self.index} has no frame geometry (its inputs' video_grid_thw did not match its "
