@@ -210,8 +210,13 @@ class Video(Selector):
             raise TypeError(
                 f"frames= takes an int, a slice or a list of ints, not {type(self.frames).__name__}."
             )
-        if isinstance(self.frames, (list, tuple)) and not all(isinstance(f, int) for f in self.frames):
-            raise TypeError(f"frames= lists ints (time steps); got {list(self.frames)!r}.")
+        listed = self.frames if isinstance(self.frames, (list, tuple)) else [self.frames]
+        if (
+            self.frames is not None
+            and not isinstance(self.frames, slice)
+            and not all(isinstance(f, int) and not isinstance(f, bool) for f in listed)
+        ):
+            raise TypeError(f"frames= takes ints (time steps); got {self.frames!r}.")
         if self.cells is not None:
             cells = list(self.cells)
             if not all(isinstance(c, (tuple, list)) and len(c) == 3 for c in cells) or not all(
@@ -420,7 +425,7 @@ def as_selector(value: Any) -> Selector:
     if isinstance(value, (int, slice, list, tuple)) or isinstance(value, Tensor):
         return Indices(value.tolist() if isinstance(value, Tensor) else value)
     raise TypeError(
-        f"Cannot select positions with {type(value).__name__}; use 'image', 'text', 'last', "
+        f"Cannot select positions with {type(value).__name__}; use 'image', 'video', 'text', 'last', "
         "'all', an int, a slice, a list of ints, a boolean mask or a positions.* selector."
     )
 

@@ -375,6 +375,10 @@ def test_bad_video_entries_are_refused(model):
         model.prepare(videos=["clip.mp4", None], prompts=PROMPTS)
     with pytest.raises(ValueError, match="frames= or cells="):
         positions.video(frames=0, cells=[(0, 0, 0)])
+    with pytest.raises(TypeError, match="frames= takes ints"):
+        positions.video(frames=[0, True])
+    with pytest.raises(TypeError, match=r"\(t, r, c\) triples"):
+        positions.video(cells=[(0, 0)])
 
 
 # -- patching over frames -----------------------------------------------------------------
