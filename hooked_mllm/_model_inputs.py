@@ -57,18 +57,21 @@ class InputsMixin:
         *,
         images: Any = None,
         prompts: str | Sequence[str],
+        videos: Any = None,
         chat_template: bool = True,
         padding_side: str = "left",
         **processor_kwargs: Any,
     ) -> MultimodalBatch:
-        """Encode images and prompts into one :class:`~hooked_mllm.inputs.MultimodalBatch`.
+        """Encode images, videos and prompts into one :class:`~hooked_mllm.inputs.MultimodalBatch`.
 
-        See :func:`hooked_mllm.inputs.prepare`.
+        See :func:`hooked_mllm.inputs.prepare` (``videos=``: one video per prompt, a list of PIL
+        frames or an array ``[T, H, W, C]``, for the families in docs/video.md).
         """
         return prepare(
             self.processor,
             images=images,
             prompts=prompts,
+            videos=videos,
             chat_template=chat_template,
             padding_side=padding_side,
             image_token_id=self.cfg.image_token_id,

@@ -66,6 +66,19 @@ def bind(points: HookPoints, specs: Iterable[Any], kind: str = "fwd_hooks") -> l
     return bound
 
 
+def check_tower_once(point: HookPoint, batch: Any) -> None:
+    """Refuse a vision or projector hook point on a batch holding both images and videos: the tower
+    runs once on the images and again on the videos, and a hook point sees one call only."""
+    if point.stream != "lm" and bool(getattr(batch, "images", None)) and bool(getattr(batch, "videos", None)):
+        raise ValueError(
+            f"{point.name} is a vision-tower hook point, and this batch holds both images and videos: the "
+            "tower runs twice per forward (images, then videos), so the hook point would see only one of "
+            "them. Run the image rows and the video rows as separate batches (batch.row(i)) for "
+            "vision-tower hook points; language-model hook points (names_filter=lambda n: "
+            'n.startswith("blocks")) work on the mixed batch.'
+        )
+
+
 def _body(
     nn: Envoy, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict, every_step: bool
 ) -> Body:
@@ -75,9 +88,11 @@ def _body(
         if not access:
             access.append(_hook_io.bind(nn, point))
         io = access[0]
+        run_batch = batch() if callable(batch) else batch
+        check_tower_once(point, run_batch)
         reading = _hook_io.read(io)
         act = reading.act
-        hook = HookContext(point.name, point, batch() if callable(batch) else batch, step, ctx)
+        hook = HookContext(point.name, point, run_batch, step, ctx)
         original, version = act, act._version  # in-place edits bump the version counter
         changed = False
         for fn in fns:
@@ -126,6 +141,8 @@ def bodies(
     grouped: dict[str, tuple[HookPoint, list[HookFunction]]] = {}
     for hook in hooks:
         grouped.setdefault(hook.point.name, (hook.point, []))[1].append(hook.fn)
+        if not callable(batch):
+            check_tower_once(hook.point, batch)
     ctx: dict = {}
     return [_body(nn, *grouped[name], batch, ctx, every_step) for name in sorted(grouped, key=order)]
 

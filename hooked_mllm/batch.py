@@ -30,8 +30,8 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .architectures import split as _split_rules
-from .architectures.split import Computed, SplitRule, rule_for
-from .spans import ImageSpan, find_image_spans
+from .architectures.split import Computed, Patches, PerImage, PerVideo, SplitRule, rule_for
+from .spans import ImageSpan, VideoSpan, find_image_spans, find_video_spans
 
 if TYPE_CHECKING:
     from .architectures.base import Adapter
@@ -57,6 +57,9 @@ class MultimodalBatch:
             models such as Mllama, whose image placeholder is marked special), or None.
             Image selectors and ``cache.image`` raise with this reason instead of
             selecting wrong positions.
+        video_mask: ``[batch, pos]`` True at video tokens (None: no video in the batch).
+        videos: Every video's :class:`~hooked_mllm.spans.VideoSpan`, in order.
+        videos_per_row: How many videos each row holds.
 
     Examples:
         >>> batch = model.prepare(images=[img], prompts=["what color is the circle?"])  # doctest: +SKIP
@@ -75,6 +78,9 @@ class MultimodalBatch:
     images_per_row: tuple[int, ...] = field(default=())
     input_split: tuple[tuple[str, SplitRule], ...] = ()
     no_image_tokens: str | None = None
+    video_mask: Bool[Tensor, "batch pos"] | None = None
+    videos: tuple[VideoSpan, ...] = ()
+    videos_per_row: tuple[int, ...] = ()
 
     @property
     def input_ids(self) -> Int[Tensor, "batch pos"]:
@@ -96,6 +102,10 @@ class MultimodalBatch:
         """The image spans of one row, in order."""
         return [span for span in self.images if span.row == row]
 
+    def videos_of(self, row: int) -> list[VideoSpan]:
+        """The video spans of one row, in order."""
+        return [span for span in self.videos if span.row == row]
+
     def last_positions(self) -> Int[Tensor, " batch"]:
         """The index of each row's last non-padding token."""
         valid = ~self.pad_mask
@@ -113,10 +123,21 @@ class MultimodalBatch:
         n_images = self.images_per_row[index] if self.images_per_row else 0
         rules = dict(self.input_split)
         inputs = {key: rule_for(key, rules).take(self, key, [index]) for key in self.inputs}
+        for key in _VIDEO_KEYS + ("second_per_grid_ts",):  # a row without videos: no video inputs at all
+            if key in inputs and isinstance(rules.get(key), (Patches, PerVideo)) and not inputs[key].shape[0]:
+                del inputs[key]
+        if not self.images_of(index):  # the same for the image inputs of Qwen-style packed patches
+            for key, rule in rules.items():
+                if key in inputs and isinstance(rule, (Patches, PerImage)) and not inputs[key].shape[0]:
+                    del inputs[key]
         spans = []
         for i, span in enumerate(self.images_of(index)):
             offset = int((~keep[: span.start]).sum())
             spans.append(span.shifted(offset, row=0, index=i))
+        videos = tuple(
+            video.shifted(int((~keep[: video.start]).sum()), row=0, index=i)
+            for i, video in enumerate(self.videos_of(index))
+        )
         return MultimodalBatch(
             inputs=inputs,
             image_mask=self.image_mask[index : index + 1][:, keep],
@@ -131,6 +152,9 @@ class MultimodalBatch:
             images_per_row=(n_images,),
             input_split=self.input_split,
             no_image_tokens=self.no_image_tokens,
+            video_mask=None if self.video_mask is None else self.video_mask[index : index + 1][:, keep],
+            videos=videos,  # type: ignore[arg-type]  # shifted keeps the VideoSpan type
+            videos_per_row=(len(videos),) if self.videos_per_row else (),
         )
 
     def repeat(self, times: int) -> MultimodalBatch:
@@ -156,6 +180,11 @@ class MultimodalBatch:
             for r in range(times)
             for span in self.images
         )
+        videos = tuple(
+            replace(span, row=r, index=r * len(self.videos) + span.index)
+            for r in range(times)
+            for span in self.videos
+        )
         return MultimodalBatch(
             inputs=inputs,
             image_mask=self.image_mask.repeat(times, 1),
@@ -168,6 +197,9 @@ class MultimodalBatch:
             images_per_row=self.images_per_row * times,
             input_split=self.input_split,
             no_image_tokens=self.no_image_tokens,
+            video_mask=None if self.video_mask is None else self.video_mask.repeat(times, 1),
+            videos=videos,
+            videos_per_row=self.videos_per_row * times,
         )
 
     def to(self, device: torch.device | str) -> MultimodalBatch:
@@ -218,11 +250,17 @@ class MultimodalBatch:
             image = ids.eq(image_token_id) & ~pad
         else:  # cross-attention models: the placeholder is a special token, not an image position
             image = torch.zeros_like(pad)
+        video_mask, videos, videos_per_row, video_token_id = _find_videos(tensors, ids, pad, adapter, config)
+        video = torch.zeros_like(pad) if video_mask is None else video_mask
         special = torch.zeros_like(pad)
         if tokenizer is not None:
-            special_ids = [i for i in tokenizer.all_special_ids if i != image_token_id or not in_sequence]
-            special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype)) & ~pad & ~image
-        text = ~pad & ~image & ~special
+            special_ids = [
+                i
+                for i in tokenizer.all_special_ids
+                if (i != image_token_id or not in_sequence) and (video_mask is None or i != video_token_id)
+            ]
+            special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype)) & ~pad & ~image & ~video
+        text = ~pad & ~image & ~special & ~video
         grids = (
             adapter.tokens.grids(tensors, config) if adapter is not None and adapter.tokens.grids else None
         )
@@ -285,6 +323,9 @@ class MultimodalBatch:
                 "tuple[tuple[str, SplitRule], ...]", adapter.inputs.split if adapter is not None else ()
             ),
             no_image_tokens=no_image_tokens,
+            video_mask=video_mask,
+            videos=videos,
+            videos_per_row=videos_per_row,
         )
 
     # -- saving (with a cache) ---------------------------------------------------------
@@ -317,6 +358,13 @@ class MultimodalBatch:
             "images_per_row": list(self.images_per_row),
             "input_split": [[key, _rule_state(rule)] for key, rule in self.input_split],
             "no_image_tokens": self.no_image_tokens,
+            "video_mask": self.video_mask,
+            "videos": [
+                [s.row, s.index, s.start, s.end, None if s.grid is None else list(s.grid), s.time]
+                + [s.frames_per_step, None if s.positions is None else list(s.positions)]
+                for s in self.videos
+            ],
+            "videos_per_row": list(self.videos_per_row),
         }
 
     @classmethod
@@ -345,6 +393,21 @@ class MultimodalBatch:
             images_per_row=tuple(state["images_per_row"]),
             input_split=tuple((key, _rule_from_state(key, rule)) for key, rule in state["input_split"]),
             no_image_tokens=state["no_image_tokens"],
+            video_mask=state.get("video_mask"),
+            videos=tuple(
+                VideoSpan(
+                    row=row,
+                    index=index,
+                    start=start,
+                    end=end,
+                    grid=None if grid is None else (grid[0], grid[1]),
+                    time=time,
+                    frames_per_step=step,
+                    positions=None if positions is None else tuple(positions),
+                )
+                for row, index, start, end, grid, time, step, positions in state.get("videos", [])
+            ),
+            videos_per_row=tuple(state.get("videos_per_row", ())),
         )
 
 
@@ -385,3 +448,70 @@ def _row_break_id(adapter: Adapter | None, tokenizer: Any) -> int | None:
             "processor (HookedMLLM.from_hf(hf_model, processor)) or use model.prepare(...)."
         )
     return int(tokenizer.convert_tokens_to_ids(adapter.tokens.row_break))
+
+
+_VIDEO_KEYS = ("pixel_values_videos", "video_grid_thw")
+# other families' video inputs (LLaVA-OneVision, Molmo2): refused where video is not covered
+_OTHER_VIDEO_KEYS = ("image_sizes_videos", "video_grids", "video_token_pooling")
+
+
+def video_families() -> list[str]:
+    """The names of the registered adapters whose video inputs this library covers.
+
+    Examples:
+        >>> video_families()
+        ['qwen2_5_vl', 'qwen2_vl']
+    """
+    from .architectures import registered_adapters
+
+    layouts = [layout for a in registered_adapters().values() for layout in (a, *a.variants)]
+    return sorted(a.name for a in layouts if a.tokens.videos is not None)
+
+
+def refuse_video(adapter: Adapter | None, what: str) -> None:
+    """Raise the one error for video given to a family whose video this library does not cover.
+
+    Args:
+        adapter: The model's adapter (None: "this model").
+        what: What was given, the start of the message (``"videos= was given"``).
+
+    Raises:
+        ValueError: always, naming the families whose video is covered.
+
+    Examples:
+        >>> refuse_video(None, "videos= was given")
+        Traceback (most recent call last):
+        ...
+        ValueError: videos= was given: video is not covered for this model. Video inputs are covered for ...
+    """
+    name = "this model" if adapter is None else f"the {adapter.name!r} architecture"
+    raise ValueError(
+        f"{what}: video is not covered for {name}. Video inputs are covered for "
+        f"{', '.join(video_families())}; for other families pass the frames as images (one image per frame)."
+    )
+
+
+def _find_videos(
+    tensors: dict[str, Any], ids: Tensor, pad: Tensor, adapter: Adapter | None, config: Any
+) -> tuple[Tensor | None, tuple[VideoSpan, ...], tuple[int, ...], int | None]:
+    """The video mask, spans, videos per row and video token id (None, (), (), None without video)."""
+    given = [key for key in _VIDEO_KEYS + _OTHER_VIDEO_KEYS if key in tensors]
+    rule = None if adapter is None else adapter.tokens.videos
+    if rule is None:
+        if given:
+            refuse_video(adapter, f"The inputs hold {', '.join(given)}")
+        return None, (), (), None
+    token = getattr(config, adapter.config_keys.video_token_id, None)  # type: ignore[union-attr]
+    if token is None:
+        return None, (), (), None
+    mask = ids.eq(int(token)) & ~pad
+    geometry = rule(tensors, config)
+    if bool(mask.any()) and not geometry:
+        raise ValueError(
+            f"input_ids hold video tokens (id {int(token)}), but the inputs carry no video geometry (got "
+            f"keys: {', '.join(sorted(tensors))}). Pass every key the processor returned with the videos "
+            "(pixel_values_videos, video_grid_thw)."
+        )
+    step = geometry[0][3] if geometry else 1
+    spans, per_row = find_video_spans(mask, [(t, r, c) for t, r, c, _ in geometry], frames_per_step=step)
+    return mask, spans, per_row, int(token)

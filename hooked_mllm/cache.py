@@ -336,6 +336,47 @@ class ActivationCache(ResidDecomposition, Mapping):
             return torch.stack([p.reshape(rows, cols, *p.shape[1:]) for p in pieces])
         return pieces
 
+    def video(self, name: str | tuple, video: int = 0, frames: Any = None) -> Tensor | list[Tensor]:
+        """Video ``video`` of every row for one hook: ``[batch, time, rows, cols, ...]``.
+
+        ``time`` counts the language model's time steps (:class:`~hooked_mllm.spans.VideoSpan`);
+        ``frames`` picks some: an int, a slice, or a list of ints gathered in the order given,
+        repeats included (the time axis stays). Rows whose videos differ in geometry give a list
+        of ``[time, rows, cols, ...]`` tensors.
+
+        Examples:
+            >>> cache.video("blocks.0.hook_resid_post", frames=[2, 0]).shape   # doctest: +SKIP
+            torch.Size([1, 2, 2, 3, 64])
+        """
+        batch = self._require_batch()
+        if batch.video_mask is None:
+            from .batch import refuse_video
+
+            refuse_video(None, "cache.video() was called")
+        act = self[name]
+        pieces, shapes = [], []
+        for row in range(len(batch)):
+            spans = batch.videos_of(row)
+            if not -len(spans) <= video < len(spans):
+                raise ValueError(f"Row {row} has {len(spans)} video(s); video index {video} is out of range.")
+            span = spans[video]
+            time, (rows, cols) = span.frame_geometry()
+            if frames is None or isinstance(frames, slice):
+                steps = list(range(time))[frames or slice(None)]
+            else:
+                steps = [frames] if isinstance(frames, int) else list(frames)
+                if any(not -time <= t < time for t in steps):
+                    raise IndexError(
+                        f"frames={frames!r}: video {video} of row {row} has {time} time step(s)."
+                    )
+            where = [p for t in steps for p in span.frame_positions(t)]
+            value = act[row, self._row_positions(row, where)]
+            pieces.append(value.reshape(len(steps), rows, cols, *value.shape[1:]))
+            shapes.append(pieces[-1].shape)
+        if len(set(shapes)) == 1:
+            return torch.stack(pieces)
+        return pieces
+
     def text(self, name: str | tuple) -> Tensor | list[Tensor]:
         """The text-token activations per row: ``[batch, n_text, ...]`` if every row has as many."""
         batch = self._require_batch()

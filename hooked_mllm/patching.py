@@ -69,8 +69,8 @@ class PatchingResult:
         values: ``[layer, unit]``, or ``[layer, rows, cols]`` over image cells.
         hook: The canonical name pattern patched (``blocks.{l}.hook_resid_pre``).
         layers: The layers of dim 0.
-        over: ``"position"``, ``"cell"`` or ``"head"``.
-        labels: One label per unit (token string at a position, ``"r1c2"``, ``"H3"``).
+        over: ``"position"``, ``"cell"``, ``"frame"`` or ``"head"``.
+        labels: One label per unit (token string at a position, ``"r1c2"``, ``"vid0[t1]"``, ``"H3"``).
         units: Per unit, the sequence positions (or head index) it covers.
         clean_metric: The metric of the unpatched clean run.
         corrupted_metric: The metric of the unpatched corrupted run.
@@ -182,8 +182,21 @@ def _units(
         pos = list(positions) if positions is not None else (~batch.pad_mask[0]).nonzero().flatten().tolist()
         tokens = batch.tokens[0] if batch.tokens is not None else [str(p) for p in range(batch.shape[1])]
         return [[p] for p in pos], [f"{p}:{tokens[p]}" for p in pos], None
+    if over == "frame":
+        videos = batch.videos_of(0)
+        if not videos:
+            raise ValueError("over='frame' sweeps a video's time steps, and row 0 holds no video.")
+        if not -len(videos) <= image < len(videos):
+            raise ValueError(f"Row 0 has {len(videos)} video(s); video {image} is out of range.")
+        video = videos[image]
+        time = video.frame_geometry()[0]
+        return (
+            [video.frame_positions(t) for t in range(time)],
+            [f"vid{image}[t{t}]" for t in range(time)],
+            None,
+        )
     if over != "cell":
-        raise ValueError(f"over must be 'position', 'cell' or 'head', not {over!r}")
+        raise ValueError(f"over must be 'position', 'cell', 'frame' or 'head', not {over!r}")
     spans = batch.images_of(0)
     span = spans[image] if image < len(spans) else None
     if span is None or span.grid is None:
@@ -223,7 +236,13 @@ class _RowPatch:
 def _check_pair(clean: MultimodalBatch, corrupted: MultimodalBatch) -> None:
     if len(clean) != 1 or len(corrupted) != 1:
         raise ValueError("Patching takes one clean and one corrupted row (batch.row(i) selects one).")
-    if clean.shape != corrupted.shape or not torch.equal(clean.image_mask, corrupted.image_mask):
+    a, b = clean.video_mask, corrupted.video_mask
+    same_videos = a is None or b is None or torch.equal(a, b)
+    if (
+        clean.shape != corrupted.shape
+        or not torch.equal(clean.image_mask, corrupted.image_mask)
+        or not same_videos
+    ):
         raise ValueError(
             f"Clean {clean.shape} and corrupted {corrupted.shape} inputs must share their token "
             "layout (same template, prompt length and image sizes) to patch position by position."
@@ -274,7 +293,9 @@ def activation_patching(
             ``mlp_out``, or ``z`` (with ``over="head"``).
         over: ``"position"`` (each position in ``positions``, default all non-padding),
             ``"cell"`` (each ``cell``-sized block of image ``image``'s token grid; the result is
-            shaped ``[layer, rows, cols]``) or ``"head"``.
+            shaped ``[layer, rows, cols]``), ``"frame"`` (each time step of video ``image`` of the
+            row, all its tokens at once: which frame carries the answer; ``[layer, time]``,
+            labelled ``vid0[t2]``) or ``"head"``.
         corrupted_hooks: Hooks that make the corruption (e.g. :func:`noise_image_tokens`);
             they run before the patch on every corrupted run.
         batch_size: Patched runs per forward.

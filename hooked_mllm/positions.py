@@ -2,7 +2,7 @@
 
 A selector turns a :class:`~hooked_mllm.inputs.MultimodalBatch` into a ``[batch, pos]``
 boolean mask. Strings and plain values are accepted wherever a selector is:
-``"image"``, ``"text"``, ``"last"``, ``"all"`` (prompt, no padding), ``"generated"``,
+``"image"``, ``"video"``, ``"text"``, ``"last"``, ``"all"`` (prompt, no padding), ``"generated"``,
 ``"everything"`` (prompt and generated tokens), an int (negative counts from each row's
 end), a slice, a list of indices, or a boolean mask (``[pos]`` or ``[batch, pos]``).
 
@@ -182,6 +182,100 @@ class Image(Selector):
         return out
 
 
+@dataclass(frozen=True, kw_only=True)
+class Video(Selector):
+    """Video tokens: all, one video (``index`` within each row), some of its frames, or cells.
+
+    ``frames`` selects time steps of the language model's sequence (:class:`~hooked_mllm.spans.VideoSpan`:
+    Qwen2-VL merges 2 input frames into one step): an int (negative counts from the end), a
+    slice, or a list of ints in increasing order without repeats. ``cells`` lists ``(t, r, c)``
+    cells (time step, row, column of the frame's grid, non-negative), in sequence order without
+    repeats. A selector is a mask, so it selects each position once, in sequence order: a list
+    out of order or with repeats is refused (``cache.video(name, frames=[...])`` gathers frames in
+    any order, repeats included). Out-of-range frames, cells or ``index`` are an ``IndexError``.
+
+    Examples:
+        >>> positions.video(frames=[0, 2]).mask(batch)               # doctest: +SKIP
+        >>> positions.video(cells=[(0, 1, 1), (1, 0, 0)]).mask(batch)  # doctest: +SKIP
+    """
+
+    index: int | None = None
+    frames: Any = None
+    cells: Any = None
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and self.cells is not None:
+            raise ValueError("positions.video takes frames= or cells=, not both.")
+        if self.frames is not None and not isinstance(self.frames, (int, slice, list, tuple)):
+            raise TypeError(
+                f"frames= takes an int, a slice or a list of ints, not {type(self.frames).__name__}."
+            )
+        listed = self.frames if isinstance(self.frames, (list, tuple)) else [self.frames]
+        if (
+            self.frames is not None
+            and not isinstance(self.frames, slice)
+            and not all(isinstance(f, int) and not isinstance(f, bool) for f in listed)
+        ):
+            raise TypeError(f"frames= takes ints (time steps); got {self.frames!r}.")
+        if self.cells is not None:
+            cells = list(self.cells)
+            if not all(isinstance(c, (tuple, list)) and len(c) == 3 for c in cells) or not all(
+                isinstance(v, int) for c in cells for v in c
+            ):
+                raise TypeError(f"cells= lists (t, r, c) triples of ints; got {cells!r}.")
+            if any(a >= b for a, b in zip(map(tuple, cells), map(tuple, cells[1:]))):
+                raise ValueError(
+                    f"cells={cells!r} are not in sequence order without repeats; a position selector selects "
+                    "each position once, in sequence order. Sort them and drop repeats, or gather them from "
+                    "cache.video(...) in the order you need."
+                )
+
+    def _steps(self, time: int) -> list[int]:
+        if self.frames is None:
+            return list(range(time))
+        if isinstance(self.frames, slice):
+            return list(range(time))[self.frames]
+        given = [self.frames] if isinstance(self.frames, int) else list(self.frames)
+        bad = [f for f in given if not -time <= f < time]
+        if bad:
+            raise IndexError(f"positions.video(frames={self.frames!r}): the video has {time} time step(s).")
+        steps = [f % time for f in given]
+        if any(a >= b for a, b in zip(steps, steps[1:])):
+            raise ValueError(
+                f"frames={self.frames!r} are not in increasing order without repeats; a position selector "
+                "selects each position once, in sequence order. Use cache.video(name, frames=[...]) to "
+                "gather frames in any order, repeats included."
+            )
+        return steps
+
+    def mask(self, batch: MultimodalBatch, seq_len: int | None = None) -> Bool[Tensor, "batch pos"]:
+        if batch.video_mask is None:
+            from .batch import refuse_video
+
+            refuse_video(None, "A video position selector was used")
+        out = torch.zeros_like(batch.pad_mask)
+        for row in range(len(batch)):
+            spans = batch.videos_of(row)
+            if self.index is not None and not -len(spans) <= self.index < len(spans):
+                raise IndexError(
+                    f"positions.video({self.index}): row {row} has {len(spans)} video(s) (per row: "
+                    f"{[len(batch.videos_of(r)) for r in range(len(batch))]}); a video index must be within "
+                    "every row's videos."
+                )
+            chosen = spans if self.index is None else spans[self.index : self.index + 1 or None]
+            for span in chosen:
+                if self.frames is None and self.cells is None:
+                    where = list(span.token_positions)
+                elif self.cells is not None:
+                    where = [span.cell_position(*cell) for cell in self.cells]
+                else:
+                    where = [
+                        p for t in self._steps(span.frame_geometry()[0]) for p in span.frame_positions(t)
+                    ]
+                out[row, torch.as_tensor(where, dtype=torch.long)] = True
+        return out
+
+
 def _index(value: Any) -> Any:
     if value is None:
         return slice(None)
@@ -259,7 +353,7 @@ class Token(Selector):
         return out
 
 
-NAMES = ("image", "text", "last", "all", "generated", "everything")
+NAMES = ("image", "video", "text", "last", "all", "generated", "everything")
 
 
 def generated() -> Selector:
@@ -292,6 +386,17 @@ def image(
     return Image(index=index, rows=rows, cols=cols, box=box, image_size=image_size)
 
 
+def video(index: int | None = None, frames: Any = None, cells: Any = None) -> Video:
+    """Select video tokens: video ``index`` of each row, its time steps ``frames``, or ``(t, r, c)`` cells.
+
+    See :class:`Video` (lists are taken in sequence order without repeats, or refused).
+
+    Examples:
+        >>> positions.video(frames=slice(0, 2))       # the first two time steps  # doctest: +SKIP
+    """
+    return Video(index=index, frames=frames, cells=cells)
+
+
 def text() -> Selector:
     """Select ordinary text tokens (not image, special or padding)."""
     return _Named("text")
@@ -314,13 +419,13 @@ def as_selector(value: Any) -> Selector:
     if isinstance(value, str):
         if value not in NAMES:
             raise ValueError(f"Unknown position name {value!r}; use one of {', '.join(NAMES)}.")
-        return _Named(value) if value != "image" else Image()
+        return Image() if value == "image" else Video() if value == "video" else _Named(value)
     if isinstance(value, Tensor) and value.dtype == torch.bool:
         return Mask(value)
     if isinstance(value, (int, slice, list, tuple)) or isinstance(value, Tensor):
         return Indices(value.tolist() if isinstance(value, Tensor) else value)
     raise TypeError(
-        f"Cannot select positions with {type(value).__name__}; use 'image', 'text', 'last', "
+        f"Cannot select positions with {type(value).__name__}; use 'image', 'video', 'text', 'last', "
         "'all', an int, a slice, a list of ints, a boolean mask or a positions.* selector."
     )
 

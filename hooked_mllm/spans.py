@@ -74,6 +74,115 @@ class ImageSpan:
         return replace(self, start=self.start - offset, end=self.end - offset, positions=positions, **changes)
 
 
+@dataclass(frozen=True, kw_only=True)
+class VideoSpan(ImageSpan):
+    """Where one video's tokens sit: an :class:`ImageSpan` whose tokens are ``time`` frames of
+    ``grid`` each, frame after frame, each frame row-major.
+
+    ``time`` counts the frames of the language model's sequence: Qwen2-VL merges
+    ``frames_per_step`` (its ``temporal_patch_size``, 2) consecutive input frames into one, so
+    time step ``t`` covers input frames ``[t * frames_per_step, (t + 1) * frames_per_step)`` (a
+    video with a frame count that is not a multiple has its last frame repeated to fill the last
+    step). ``grid`` is one frame's ``(rows, cols)`` after the spatial merge; ``n_tokens ==
+    time * rows * cols``. ``time`` and ``grid`` are None where the inputs' geometry did not
+    match the tokens (positions known, geometry unknown).
+
+    Examples:
+        >>> span = VideoSpan(row=0, index=0, start=3, end=15, grid=(2, 3), time=2, frames_per_step=2)
+        >>> list(span.frame_positions(1)), span.cell_position(1, 0, 2)
+        ([9, 10, 11, 12, 13, 14], 11)
+    """
+
+    time: int | None = None
+    frames_per_step: int = 1
+
+    def frame_positions(self, t: int) -> list[int]:
+        """The sequence positions of time step ``t``'s tokens (row-major); negative ``t`` counts back."""
+        time, grid = self.frame_geometry()
+        if not -time <= t < time:
+            raise IndexError(f"Video {self.index} has {time} time step(s); time step {t} is out of range.")
+        per_frame = grid[0] * grid[1]
+        first = (t % time) * per_frame
+        return list(self.token_positions[first : first + per_frame])
+
+    def cell_position(self, t: int, r: int, c: int) -> int:
+        """The sequence position of cell ``(r, c)`` of time step ``t`` (no negative indices)."""
+        time, (rows, cols) = self.frame_geometry()
+        if not (0 <= t < time and 0 <= r < rows and 0 <= c < cols):
+            raise IndexError(
+                f"Video {self.index} has {time} time steps of {rows}x{cols} cells; cell {(t, r, c)} is out "
+                "of range (cells take non-negative (t, r, c))."
+            )
+        return self.token_positions[(t * rows + r) * cols + c]
+
+    def frame_geometry(self) -> tuple[int, tuple[int, int]]:
+        """``(time, (rows, cols))``, or a ``ValueError`` where the geometry is unknown.
+
+        Examples:
+            >>> VideoSpan(row=0, index=0, start=0, end=8, grid=(2, 2), time=2).frame_geometry()
+            (2, (2, 2))
+        """
+        if self.time is None or self.grid is None:
+            raise ValueError(
+                f"Video {self.index} has no frame geometry (its inputs' video_grid_thw did not match its "
+                "tokens), so frames and cells cannot be selected; re-run the processor on the same videos."
+            )
+        return self.time, self.grid
+
+
+def find_video_spans(
+    video_mask: Bool[Tensor, "batch pos"],
+    geometry: Sequence[tuple[int, int, int]],
+    frames_per_step: int = 1,
+) -> tuple[tuple[VideoSpan, ...], tuple[int, ...]]:
+    """Every video's span in a batch, and how many videos each row holds.
+
+    Args:
+        video_mask: ``[batch, pos]`` True at video tokens (padding already excluded).
+        geometry: Each video's ``(time, rows, cols)`` in the sequence, in order (the adapter's
+            ``tokens.videos`` rule, from ``video_grid_thw``).
+        frames_per_step: Input frames per time step (``temporal_patch_size``).
+
+    Returns:
+        ``(spans, videos_per_row)``. Runs that do not match ``geometry`` keep their positions with
+        ``time`` and ``grid`` None (with a warning), as image spans do.
+
+    Examples:
+        >>> import torch
+        >>> mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1, 1, 0]]).bool()
+        >>> spans, per_row = find_video_spans(mask, [(2, 2, 2)], frames_per_step=2)
+        >>> [(s.start, s.end, s.time, s.grid) for s in spans], per_row
+        ([(1, 9, 2, (2, 2))], (1,))
+    """
+    stacked: list[tuple[int, int] | None] = [(t * rows, cols) for t, rows, cols in geometry]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spans, per_row = _image_spans(video_mask, None, stacked)
+    if caught:
+        warnings.warn(
+            f"Video geometry unknown: video_grid_thw describes {len(geometry)} video(s) with "
+            f"{[t * r * c for t, r, c in geometry]} tokens, but input_ids hold {len(spans)} run(s) of video "
+            f"tokens with {[s.n_tokens for s in spans]} tokens. The video positions are kept ('video' "
+            "selects them), but frames and cells cannot be selected and cache.video is unavailable. "
+            "Re-run the processor on the same videos and text to get both.",
+            stacklevel=4,
+        )
+    videos = tuple(
+        VideoSpan(
+            row=span.row,
+            index=span.index,
+            start=span.start,
+            end=span.end,
+            positions=span.positions,
+            grid=None if span.grid is None else (geometry[i][1], geometry[i][2]),
+            time=None if span.grid is None else geometry[i][0],
+            frames_per_step=frames_per_step,
+        )
+        for i, span in enumerate(spans)
+    )
+    return videos, per_row
+
+
 def find_image_spans(
     image_mask: Bool[Tensor, "batch pos"],
     *,

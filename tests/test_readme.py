@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
         "docs/hooks_and_patching.md",
         "docs/getting_started.md",
         "docs/concepts.md",
+        "docs/video.md",
     ],
 )
 def test_code_blocks_run(doc, tmp_path, monkeypatch):
@@ -33,6 +34,14 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
     if doc == "README.md":
         assert tuple(namespace["h"].shape) == tuple(namespace["cache"]["resid_post", 3].shape)
         assert not namespace["ablated"].equal(namespace["logits"])
+    if doc == "docs/video.md":  # one time step of 2x3 tokens per frame pair; frames gathered in order
+        frames, swapped = namespace["frames"], namespace["swapped"]
+        assert tuple(frames.shape[:4]) == (1, 2, 2, 3)
+        assert swapped[0, 0].equal(frames[0, 1]) and swapped[0, 2].equal(frames[0, 0])
+        assert [(v.time, v.grid) for v in namespace["batch"].videos] == [(2, (2, 3)), (3, (2, 2))]
+        assert namespace["change"] > 0
+        assert tuple(namespace["per_step"].shape) == (namespace["model"].cfg.n_layers, 2)
+        assert namespace["sweep"].labels == ["vid0[t0]", "vid0[t1]"]
     if doc == "docs/concepts.md":  # captions without "red" are skipped; the yes -> no vector flips answers
         assert namespace["feats"].manifest["skipped"] and len(namespace["Z"]) > 5
         report = namespace["report"]

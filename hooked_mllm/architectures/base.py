@@ -203,6 +203,7 @@ class ConfigKeys:
         text_config: Attribute holding the LM config (a flat config is its own).
         vision_config: Attribute holding the vision config.
         image_token_id: Attribute holding the image token id.
+        video_token_id: Attribute holding the video token id (read where ``tokens.videos`` is given).
         vision_feature_layer: Attribute naming the vision layer(s) whose hidden state the
             projector reads (LLaVA's ``vision_feature_layer``: an index into the tower's
             ``hidden_states``, ``-2`` for LLaVA-1.5, or a list of them). Vision layers after the
@@ -217,6 +218,7 @@ class ConfigKeys:
     text_config: str = "text_config"
     vision_config: str = "vision_config"
     image_token_id: str = "image_token_id"
+    video_token_id: str = "video_token_id"
     vision_feature_layer: str | None = "vision_feature_layer"
 
 
@@ -246,6 +248,11 @@ class TokenLayout:
         in_sequence: False for cross-attention models (Mllama), whose LM sequence holds one
             placeholder token per image and no image features: the placeholder is then marked
             special and image selectors raise a clear error.
+        videos: Rule for families whose video inputs this library covers (Qwen2-VL's
+            ``video_grid_thw``): ``inputs, config -> [(time, rows, cols, frames_per_step) per
+            video, in order]``, each video being ``time`` frames of ``rows x cols`` tokens (after
+            the temporal and spatial merges) with ``frames_per_step`` input frames per time step.
+            None: ``videos=`` and video inputs are refused, naming the families that take them.
 
     Examples:
         >>> TokenLayout().grid(576, None), TokenLayout(grid=no_grid).grid(576, None)
@@ -258,9 +265,10 @@ class TokenLayout:
     views: Callable[[dict, Any], list[ImageViews] | None] | Any = None
     row_break: str | None = None
     in_sequence: bool = True
+    videos: Callable[[dict, Any], list[tuple[int, int, int, int]]] | Any = None
 
     def __post_init__(self) -> None:
-        for name in ("grid", "grids", "views"):
+        for name in ("grid", "grids", "views", "videos"):
             value = getattr(self, name)
             if value is not None and not callable(value):
                 raise TypeError(f"TokenLayout.{name} must be a function (see its docstring), not {value!r}.")

@@ -28,6 +28,14 @@ height, width sections), computed by the HF model from ``image_grid_thw``; hooks
 residual stream, not the position ids. Splitting a batch into rows slices
 ``pixel_values`` by each image's ``t*h*w`` patches.
 
+Video (``model.prepare(videos=...)``, docs/video.md): ``pixel_values_videos`` packs every video's
+patches as ``pixel_values`` does, with ``video_grid_thw`` ``[n_videos, 3]``; each video is
+``<|vision_start|>`` + ``t*h*w / 4`` copies of ``<|video_pad|>`` + ``<|vision_end|>``, ``t``
+time steps of ``temporal_patch_size`` (2) frames, each step's ``(h / 2, w / 2)`` tokens
+row-major, step after step (:class:`~hooked_mllm.spans.VideoSpan`). M-RoPE's temporal
+section counts the steps. The tower runs once for the images and once for the videos of a
+forward, so on a batch holding both its hook points are refused.
+
 Vision tower: blocks see ``[patches, d]`` with no batch dimension (all images packed,
 attention restricted per image, or per window in 2.5). The fused ``qkv`` projection gives
 no per-head q / k / v hook points, and the attention module returns a tensor, so the
@@ -42,7 +50,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout, TokenLayout
-from .split import Patches, PerImage, Tokens
+from .split import Patches, PerImage, PerVideo, Tokens
 
 
 def _merged_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
@@ -54,14 +62,34 @@ def _merged_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:
     return [(int(h) // merge, int(w) // merge) if int(t) == 1 else None for t, h, w in thw.tolist()]
 
 
-TOKENS = TokenLayout(grids=_merged_grids)
+def _video_geometry(inputs: dict, config: Any) -> list[tuple[int, int, int, int]]:
+    """Each video's ``(time, rows, cols, frames per step)`` from ``video_grid_thw``: ``t`` temporal
+    patches of ``temporal_patch_size`` frames, each ``(h / merge, w / merge)`` tokens."""
+    thw = inputs.get("video_grid_thw")
+    if thw is None:
+        return []
+    merge = int(config.vision_config.spatial_merge_size)
+    step = int(getattr(config.vision_config, "temporal_patch_size", 1))
+    return [(int(t), int(h) // merge, int(w) // merge, step) for t, h, w in thw.tolist()]
 
-INPUTS = InputLayout(
-    split={
-        "pixel_values": Patches("image_grid_thw"),
-        "image_grid_thw": PerImage(),
-        "mm_token_type_ids": Tokens(),
-    }
+
+TOKENS = TokenLayout(grids=_merged_grids)
+"""Image tokens only (Qwen3-VL's layout too, whose video tokens this library does not cover)."""
+VIDEO_TOKENS = TokenLayout(grids=_merged_grids, videos=_video_geometry)
+
+_IMAGE_SPLIT = {
+    "pixel_values": Patches("image_grid_thw"),
+    "image_grid_thw": PerImage(),
+    "mm_token_type_ids": Tokens(),
+}
+INPUTS = InputLayout(split=_IMAGE_SPLIT)
+VIDEO_INPUTS = InputLayout(
+    split=dict(
+        _IMAGE_SPLIT,
+        pixel_values_videos=Patches("video_grid_thw", per="video"),
+        video_grid_thw=PerVideo(),
+        second_per_grid_ts=PerVideo(),
+    )
 )
 
 _VISION: dict[str, Any] = dict(
@@ -95,13 +123,13 @@ QWEN2_VL = Adapter(
     modules=ModuleLayout(
         **_MODULES, vision_block=BlockLayout(**_VISION, mlp_pre="mlp.fc1", mlp_down="mlp.fc2", norm="layer")
     ),
-    tokens=TOKENS,
-    inputs=INPUTS,
+    tokens=VIDEO_TOKENS,
+    inputs=VIDEO_INPUTS,
     about=Metadata(
         test_model="tiny random from Qwen/Qwen2-VL-2B-Instruct's config (processor: "
         "Qwen2VLImageProcessorPil)",
         notes="Grid (h/2, w/2) per image from image_grid_thw; M-RoPE; vision tower has no per-head q/k/v "
-        "or patterns (fused qkv).",
+        "or patterns (fused qkv). Video: time steps of 2 frames, each (h/2, w/2), from video_grid_thw.",
     ),
 )
 
@@ -112,11 +140,12 @@ QWEN2_5_VL = Adapter(
         **_MODULES,
         vision_block=BlockLayout(**_VISION, mlp_pre="mlp.gate_proj", mlp_down="mlp.down_proj", norm="rms"),
     ),
-    tokens=TOKENS,
-    inputs=INPUTS,
+    tokens=VIDEO_TOKENS,
+    inputs=VIDEO_INPUTS,
     about=Metadata(
         test_model="tiny random from Qwen/Qwen2.5-VL-3B-Instruct's config (processor: "
         "Qwen2VLImageProcessorPil)",
-        notes="As Qwen2-VL; vision blocks and projector.hook_out are in window order (windowed attention).",
+        notes="As Qwen2-VL (video too); vision blocks and projector.hook_out are in window order "
+        "(windowed attention).",
     ),
 )

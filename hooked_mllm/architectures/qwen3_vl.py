@@ -84,6 +84,7 @@ QWEN3_VL = Adapter(
         "into LM layers 0, 1 of 3 (processor: Qwen2VLImageProcessorPil)",
         notes="Grid (h/2, w/2) per image from image_grid_thw. DeepStack features are added at image "
         "positions between resid_post[k] and resid_pre[k+1] (k < n_deepstack), verified against the "
-        "mergers' outputs; they are not hook points. Not covered: video inputs.",
+        "mergers' outputs; they are not hook points. Not covered: video inputs (refused; "
+        "Qwen2-VL and Qwen2.5-VL take video).",
     ),
 )

@@ -8,6 +8,7 @@ an adapter names for each key in :attr:`~.base.InputLayout.split`; keys it does 
 follow :func:`rule_for`'s defaults.
 
 The rules: :class:`Tokens` (``[batch, pos]``), :class:`PerImage` (one entry per image span),
+:class:`PerVideo` (one entry per video span),
 :class:`PerRow` (one entry per row), :class:`Patches` (each image's patches, counted by
 another key), :class:`Tiles` (each image's tiles, in proportion to its tokens),
 :class:`Shared` (the same for every row) and :class:`Computed` (a family's own function, for
@@ -17,7 +18,7 @@ the listed rows, in order. Used by :mod:`hooked_mllm.inputs`; declared by the fa
 Examples:
     >>> from hooked_mllm.architectures.split import Patches, Tiles
     >>> Patches("image_grid_thw")
-    Patches(sizes_key='image_grid_thw')
+    Patches(sizes_key='image_grid_thw', per='image')
     >>> Patches("")
     Traceback (most recent call last):
     ...
@@ -50,6 +51,12 @@ def _image_ranges(batch: Any, rows: list[int]) -> list[tuple[int, int]]:
     return [(sum(per_row[:r]), sum(per_row[:r]) + (per_row[r] if per_row else 0)) for r in rows]
 
 
+def _video_ranges(batch: Any, rows: list[int]) -> list[tuple[int, int]]:
+    """``[first, end)`` video-span indices of each listed row."""
+    per_row = getattr(batch, "videos_per_row", ())
+    return [(sum(per_row[:r]), sum(per_row[:r]) + (per_row[r] if per_row else 0)) for r in rows]
+
+
 class SplitRule:
     """How one HF input tensor splits by batch row (subclasses say how)."""
 
@@ -78,6 +85,15 @@ class PerImage(SplitRule):
 
 
 @dataclass(frozen=True)
+class PerVideo(SplitRule):
+    """Dim 0 holds one entry per video span, in order (Qwen2-VL's ``video_grid_thw``)."""
+
+    def take(self, batch: Any, key: str, rows: list[int]) -> Tensor:
+        value = batch.inputs[key]
+        return _cat([value[first:end] for first, end in _video_ranges(batch, rows)], value)
+
+
+@dataclass(frozen=True)
 class PerRow(SplitRule):
     """Dim 0 is the batch row (Idefics' ``pixel_values`` ``[batch, crops, ...]``)."""
 
@@ -89,9 +105,11 @@ class PerRow(SplitRule):
 @dataclass(frozen=True)
 class Patches(SplitRule):
     """Dim 0 concatenates each image's patches, ``prod(batch.inputs[sizes_key][i])`` of them
-    (Qwen2-VL's ``pixel_values`` with ``sizes_key="image_grid_thw"``)."""
+    (Qwen2-VL's ``pixel_values`` with ``sizes_key="image_grid_thw"``), or each video's with
+    ``per="video"`` (``pixel_values_videos`` with ``"video_grid_thw"``)."""
 
     sizes_key: str
+    per: str = "image"
 
     def __post_init__(self) -> None:
         if not isinstance(self.sizes_key, str) or not self.sizes_key:
@@ -99,15 +117,15 @@ class Patches(SplitRule):
                 "Patches needs the key of the tensor holding each image's patch grid (as "
                 f"'image_grid_thw'), not {self.sizes_key!r}."
             )
+        if self.per not in ("image", "video"):
+            raise ValueError(f"Patches(per=...) is 'image' or 'video', not {self.per!r}.")
 
     def take(self, batch: Any, key: str, rows: list[int]) -> Tensor:
         value = batch.inputs[key]
         sizes = batch.inputs[self.sizes_key].prod(-1).tolist()
+        ranges = _image_ranges(batch, rows) if self.per == "image" else _video_ranges(batch, rows)
         return _cat(
-            [
-                value[int(sum(sizes[:first])) : int(sum(sizes[:end]))]
-                for first, end in _image_ranges(batch, rows)
-            ],
+            [value[int(sum(sizes[:first])) : int(sum(sizes[:end]))] for first, end in ranges],
             value,
         )
 

@@ -2,8 +2,9 @@
 
 :func:`supported_models_markdown` renders every registered adapter, each followed by the
 config-specialised ``variants`` it can turn into (family, HF config classes, where the
-LM / vision tower / projector live, image-token geometry, what the conformance suite runs
-it on, notes). ``tests/architectures/test_docs_and_discovery.py`` checks that
+LM / vision tower / projector live, image-token geometry, whether ``videos=`` is covered
+(``tokens.videos``; other families refuse video inputs), what the conformance suite runs it on,
+notes). ``tests/architectures/test_docs_and_discovery.py`` checks that
 the file in docs/ begins with exactly this text, followed by its hand-written "Adding a family"
 guide (:data:`GUIDE_HEADING`); regenerate the table, keeping the guide, with
 ``python -m hooked_mllm.architectures.table docs/architectures.md`` (without a path it prints
@@ -33,6 +34,9 @@ against Hugging Face; every entry point (`forward`, `run_with_cache`, `run_with_
 processor's own output dict); and that a write at every writable hook point, returned or made
 in place, reaches the logits while read-only points refuse writes
 (`hooked_mllm.testing.conformance`, which you can run on your own model).
+"Video" says whether `model.prepare(videos=...)` and HF video inputs are covered (checked against
+Hugging Face in `tests/architectures/test_video.py`, see [Video](video.md)); the others refuse
+them with an error naming the families that take them.
 
 Models without a registered adapter are mapped from their module tree by
 `hooked_mllm.architectures.discover`: attention, MLP and norms from the block's children, then
@@ -75,6 +79,7 @@ def _row(adapter: Adapter) -> str:
         vision,
         f"`{modules.projector}`" if modules.projector else "-",
         _grid(adapter),
+        "yes ([video](video.md))" if adapter.tokens.videos is not None else "refused",
         "yes"
         if about.verified
         else f"by script: `{about.checked_by}`"
@@ -95,9 +100,9 @@ def supported_models_markdown(adapters: list[Adapter] | None = None) -> str:
         adapters = list({id(a): a for a in registered_adapters().values()}.values())
     lines = [
         _HEADER,
-        "| Family | HF config | LM layers | Vision layers | Projector | Image grid | Verified "
+        "| Family | HF config | LM layers | Vision layers | Projector | Image grid | Video | Verified "
         "| Conformance model | Notes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(layout) for adapter in adapters for layout in (adapter, *adapter.variants)]
     return "\n".join(lines) + "\n"

@@ -7,8 +7,9 @@ and the family's own HF processor.
 
 Modules: :mod:`._common` (vocabulary, tokenizers, chat templates, random images),
 :mod:`.llava` (LLaVA, LLaVA-NeXT, LLaVA-OneVision; the default :func:`tiny_llava`),
-:mod:`.qwen` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), :mod:`.idefics` (Idefics2, Idefics3,
-SmolVLM), :mod:`.gemma` (Gemma 3, PaliGemma), :mod:`.others` (InternVL, Mistral 3,
+:mod:`.qwen` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), :mod:`.video` (a torch Qwen2-VL video
+processor), :mod:`.idefics` (Idefics2, Idefics3, SmolVLM), :mod:`.gemma` (Gemma 3, PaliGemma),
+:mod:`.others` (InternVL, Mistral 3,
 Pixtral, Mllama), :mod:`.molmo2` (Molmo2). Every public name is importable from here.
 
 Examples:
@@ -35,6 +36,7 @@ from .others import (
     tiny_pixtral,
 )
 from .qwen import QWEN_SPECIALS, tiny_qwen2_vl, tiny_qwen2_vl_processor, tiny_qwen3_vl
+from .video import TorchQwen2VLVideoProcessor
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -47,6 +49,7 @@ __all__ = [
     "PIXTRAL_SPECIALS",
     "QWEN_SPECIALS",
     "SPECIALS",
+    "TorchQwen2VLVideoProcessor",
     "WORDS",
     "image_pair",
     "molmo2_image_processor",

@@ -89,10 +89,11 @@ def word_tokenizer(specials: list[str], **special_tokens: str):
     return tok
 
 
-def chat_template_for(image: str) -> str:
+def chat_template_for(image: str, video: str | None = None) -> str:
+    videos = "" if video is None else "{% elif item['type'] == 'video' %}" + video + " "
     return (
         "{% for message in messages %}{% if message['role'] == 'user' %}USER : "
-        "{% for item in message['content'] %}{% if item['type'] == 'image' %}" + image + " "
+        "{% for item in message['content'] %}{% if item['type'] == 'image' %}" + image + " " + videos + ""
         "{% else %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %} ASSISTANT :{% endif %}"
     )

@@ -16,10 +16,14 @@ from ._common import build_tiny, chat_template_for, text_kwargs, without_video, 
 QWEN_SPECIALS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 
 
-def tiny_qwen2_vl_processor(patch_size: int = 4):
-    """A ``Qwen2VLProcessor``: PIL Qwen2-VL image processor (patch 4, 2x2 merge), tiny tokenizer."""
-    from transformers import Qwen2VLProcessor
+def tiny_qwen2_vl_processor(patch_size: int = 4, version: str = "2"):
+    """A ``Qwen2VLProcessor`` (``version="2.5"``: ``Qwen2_5_VLProcessor``, which adds each video's
+    ``second_per_grid_ts``): PIL Qwen2-VL image processor (patch 4, 2x2 merge), the torch video
+    processor of :mod:`.video` (2 frames per temporal patch), tiny tokenizer."""
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .video import TorchQwen2VLVideoProcessor
 
     tok = word_tokenizer(QWEN_SPECIALS, image_token="<|image_pad|>", video_token="<|video_pad|>")
     image_processor = Qwen2VLImageProcessorPil(
@@ -28,9 +32,18 @@ def tiny_qwen2_vl_processor(patch_size: int = 4):
         temporal_patch_size=2,
         size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32},
     )
-    template = chat_template_for("<|vision_start|><|image_pad|><|vision_end|>")
-    return without_video(Qwen2VLProcessor)(
-        image_processor=image_processor, tokenizer=tok, chat_template=template
+    video_processor = TorchQwen2VLVideoProcessor(
+        patch_size=patch_size, merge_size=2, temporal_patch_size=2, min_pixels=8 * 8, max_pixels=32 * 32
+    )
+    template = chat_template_for(
+        "<|vision_start|><|image_pad|><|vision_end|>", video="<|vision_start|><|video_pad|><|vision_end|>"
+    )
+    processor_cls = Qwen2_5_VLProcessor if version == "2.5" else Qwen2VLProcessor
+    return without_video(processor_cls)(
+        image_processor=image_processor,
+        tokenizer=tok,
+        video_processor=video_processor,
+        chat_template=template,
     )
 
 

@@ -22,6 +22,7 @@ from hooked_mllm.architectures.split import (
     Patches,
     PerImage,
     PerRow,
+    PerVideo,
     Shared,
     Tiles,
     Tokens,
@@ -86,7 +87,7 @@ def test_every_registered_split_is_typed():
     for adapter in registered_adapters().values():
         for layout in (adapter, *adapter.variants):
             assert all(
-                isinstance(rule, (Tokens, PerImage, PerRow, Patches, Tiles, Shared, Computed))
+                isinstance(rule, (Tokens, PerImage, PerVideo, PerRow, Patches, Tiles, Shared, Computed))
                 for _, rule in layout.inputs.split
             ), layout.name
 
