@@ -37,10 +37,13 @@ _NAMES = {
     "GenerationOutput": ".model",
     "HookedMLLM": ".model",
     "Remote": "._remote_host",
+    "CacheEstimate": ".estimate",
+    "estimate_cache": ".estimate",
 }
 _MODULES = {
     "mechanism": ".mechanism",
     "positions": ".positions",
+    "geometry": ".geometry",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES, _MODULES)

@@ -43,6 +43,7 @@ from .architectures import adapter_for
 from .architectures.base import Adapter
 from .cache import ActivationCache
 from .config import MLLMConfig
+from .estimate import EstimateMixin
 from .hook_points import HookPoints
 from .inputs import MultimodalBatch
 
@@ -74,7 +75,7 @@ class _RunState:
         self.batch: MultimodalBatch | None = None
 
 
-class HookedMLLM(InputsMixin, TLCompatMixin):
+class HookedMLLM(InputsMixin, TLCompatMixin, EstimateMixin):
     """A multimodal LLM with TransformerLens-style hook points, on nnsight.
 
     Attributes:
