@@ -33,6 +33,8 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
     if doc == "README.md":
         assert tuple(namespace["h"].shape) == tuple(namespace["cache"]["resid_post", 3].shape)
         assert not namespace["ablated"].equal(namespace["logits"])
+    if doc == "docs/scale.md":  # Qwen2-VL-7B residual stream at image positions: layers x tokens x d_model
+        assert namespace["est"].nbytes == 28 * 1564 * 3584 * 2
     if doc == "docs/concepts.md":  # captions without "red" are skipped; the yes -> no vector flips answers
         assert namespace["feats"].manifest["skipped"] and len(namespace["Z"]) > 5
         report = namespace["report"]
