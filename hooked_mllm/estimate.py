@@ -19,6 +19,7 @@ Examples:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,11 @@ def estimate_cache(
     if batch is not None:
         points = model._runnable(batch, points, names_filter)
     elif "pixel_values" not in tensors:
+        off = [p.name for p in points if p.stream != "lm"]
+        if off and names_filter is not None and not callable(names_filter):
+            raise ValueError(
+                f"{off[0]} does not run on a text-only input (no pixel_values among the inputs)."
+            )
         points = [p for p in points if p.stream == "lm"]
     shapes: dict[str, tuple[int, ...]] = {}
     tower = None
@@ -165,13 +171,23 @@ def _width(name: str, d_model: int, heads: int, kv_heads: int, d_head: int, d_ml
     return (d_model,)
 
 
+_LM_POINTS = re.compile(
+    r"(hook_embed|hook_logits|ln_final\.hook_normalized|blocks\.\d+\.(hook_resid_(pre|mid|post)|hook_attn_out|"
+    r"hook_mlp_out|hook_cross_attn_out|ln[12]\.hook_normalized|attn\.hook_[qkvz]|attn\.hook_pattern|"
+    r"cross_attn\.hook_[qz]|mlp\.hook_(pre|post)))"
+)
+
+
 def _lm_shape(model: Any, point: Any, n_rows: int, seq: int, kept: int) -> tuple[int, ...]:
     cfg = model.cfg
-    if not point.sequence:
+    if not point.sequence or not _LM_POINTS.fullmatch(point.name):
         raise ValueError(
-            f"{point.name} does not run over the sequence (cross-attention over the vision states): "
-            "estimate_cache does not know its shape; leave it out of names_filter."
+            f"estimate_cache does not know the shape of {point.name} (cross-attention over the vision "
+            "states, or a point of this family only); leave it out of names_filter."
         )
+    if point.name.endswith("mlp.hook_pre") or point.name.endswith("mlp.hook_post"):
+        if not cfg.d_mlp:
+            raise ValueError(f"{point.name}: the model's MLP width is not known (model.cfg.d_mlp is None).")
     if point.name.endswith("hook_pattern"):
         return (n_rows, cfg.n_heads, kept, seq)
     if point.name == "hook_logits":

@@ -71,6 +71,38 @@ def test_other_families_language_model_points_and_a_clear_refusal_for_their_towe
             model.estimate(batch, names_filter="vision.blocks.0.hook_resid_post")
 
 
+TUPLE_BUILDERS = [
+    "tiny_gemma3",
+    "tiny_idefics2",
+    "tiny_idefics3",
+    "tiny_internvl",
+    "tiny_llava_next",
+    "tiny_mistral3",
+    "tiny_mllama",
+    "tiny_molmo2",
+    "tiny_paligemma",
+    "tiny_pixtral",
+    "tiny_qwen3_vl",
+    "tiny_smolvlm",
+]
+
+
+@pytest.mark.parametrize("builder", TUPLE_BUILDERS)
+def test_language_model_points_of_every_family(builder):
+    import hooked_mllm.testing as testing
+
+    model = HookedMLLM.from_hf(*getattr(testing, builder)())
+    batch = model.prepare(images=[random_image(0)], prompts=["what color is the circle ?"])
+    lm = lambda n: not n.startswith(("vision", "projector")) and ".cross_attn.hook_" not in n  # noqa: E731
+    _, cache = model.run_with_cache(batch, names_filter=lm)
+    est = model.estimate(batch, names_filter=lm)
+    assert est.shapes == _actual(cache)[0] and est.nbytes == _actual(cache)[1]
+    if builder == "tiny_mllama":  # its pattern runs over the vision states, not the sequence: refused
+        cross = [n for n in model.hook_names() if ".cross_attn.hook_pattern" in n]
+        with pytest.raises(ValueError, match="does not know the shape of"):
+            model.estimate(batch, names_filter=cross[0])
+
+
 def test_hf_tensors_with_a_count_of_positions():
     model = HookedMLLM.from_hf(tiny_llava(), tiny_processor())
     batch = model.prepare(images=[random_image(0)], prompts=["what color is the circle ?"])
@@ -81,6 +113,10 @@ def test_hf_tensors_with_a_count_of_positions():
         model.estimate(meta, positions="image")
     with pytest.raises(ValueError, match="must be a count of positions"):
         model.estimate(meta, positions=10_000)
+    text_only = {key: meta[key] for key in ("input_ids", "attention_mask")}
+    assert all(not n.startswith("vision") for n in model.estimate(text_only).shapes)
+    with pytest.raises(ValueError, match="does not run on a text-only input"):
+        model.estimate(text_only, names_filter="vision.blocks.0.hook_resid_post")
 
 
 # -- geometry presets ----------------------------------------------------------------------------
