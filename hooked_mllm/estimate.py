@@ -6,14 +6,15 @@ and their bytes for a selection of hook names and positions, from the model's si
 works on a model built on the ``meta`` device (:mod:`hooked_mllm.geometry`) as well as on a
 loaded one. The language-model stream is worked out for every family; the vision tower and
 projector for the families whose tower layout is known here (``llava``, ``llava_onevision``,
-``qwen2_vl``). Selecting a vision or projector point of another family raises a
-``ValueError`` naming it, rather than guessing. Tests compare every estimate with the bytes a
+``qwen2_vl``). Selecting a vision or projector point of another family, or a point whose shape
+is not the sequence's (Mllama's cross-attention pattern), raises a ``ValueError`` naming it,
+rather than guessing. Tests compare every estimate with the bytes a
 real ``run_with_cache`` holds on tiny models (equal).
 
 Examples:
-    >>> est = model.estimate(batch, names_filter=lambda n: n.endswith("hook_resid_post"))  # doctest: +SKIP
-    >>> est.nbytes, est.shapes["blocks.0.hook_resid_post"]                                 # doctest: +SKIP
-    (1277952, (1, 39, 4096))
+    >>> est = model.estimate(batch, names_filter="blocks.0.hook_resid_post")  # doctest: +SKIP
+    >>> est.shapes["blocks.0.hook_resid_post"], est.nbytes                    # doctest: +SKIP
+    ((1, 39, 4096), 319488)
 """
 
 from __future__ import annotations
