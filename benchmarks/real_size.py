@@ -231,6 +231,36 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
+    """CPU-time ratio to the forward and memory added, against d_model, one line per tool and image-token
+    count, written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for count, style in zip(sorted({r["image_tokens"] for r in rows}), ("--", "-"), strict=False):
+        chosen = sorted((r for r in rows if r["image_tokens"] == count), key=lambda r: r["d_model"])
+        widths = [r["d_model"] for r in chosen]
+        for tool, color in zip(
+            ("cache_resid", "cache_all", "locations_top", "attention_map"), "bgrm", strict=True
+        ):
+            if all(f"{tool}_s" in r for r in chosen):
+                label, kw = f"{tool}, {count} image tokens", dict(marker="o", color=color)
+                left.plot(widths, [r[f"{tool}_cpu_ratio"] for r in chosen], style, label=label, **kw)
+                right.plot(widths, [r[f"{tool}_peak_mib"] for r in chosen], style, label=label, **kw)
+        right.plot(
+            widths, [r["forward_peak_mib"] for r in chosen], style, color="k", label=f"forward, {count}"
+        )
+    left.set(xlabel="d_model", ylabel="CPU time / plain forward", xscale="log", title=title)
+    right.set(xlabel="d_model", ylabel="memory added during the call (MiB)", xscale="log")
+    left.axhline(1.0, color="grey", lw=0.5)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="512,2048,4096", help="LM d_model values (comma-separated)")
@@ -244,7 +274,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--budget-gib", type=float, default=4.0, help="largest cache_all run")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--tiny", action="store_true", help="small sizes: a seconds-long check")
+    parser.add_argument("--plot", default=None, help="draw the grid into this image (matplotlib)")
+    parser.add_argument("--from-json", default=None, help="only redraw --plot from an earlier --json")
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        if args.plot:
+            first = saved["rows"][0]
+            plot(
+                saved["rows"],
+                args.plot,
+                f"{first['lm_layers']} LM / {first['vision_layers']} vision layers, {saved['machine']}",
+            )
+        return dict(saved)
     widths = [int(w) for w in args.widths.split(",")]
     tokens = [int(t) for t in args.tokens.split(",")]
     vision_width = None
@@ -285,6 +328,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(table(rows))
     if "extrapolated_32_layers" in result:
         print("extrapolated to 32 LM layers (linear in layers):", result["extrapolated_32_layers"])
+    if args.plot:
+        plot(rows, args.plot, f"{args.layers} LM / {args.vision_layers} vision layers, {result['machine']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -19,7 +19,7 @@ def _load():
 
 def test_tiny_run_measures_every_tool(tmp_path, capsys):
     out = tmp_path / "result.json"
-    result = _load().main(["--tiny", "--json", str(out)])
+    result = _load().main(["--tiny", "--json", str(out), "--plot", str(tmp_path / "grid.png")])
     (row,) = result["rows"]
     assert (row["d_model"], row["image_tokens"], row["lm_layers"]) == (128, 16, 2)
     for tool in ("forward", "cache_resid", "cache_all", "locations_top", "attention_map"):
@@ -28,3 +28,5 @@ def test_tiny_run_measures_every_tool(tmp_path, capsys):
     assert result["slope_row"]["lm_layers"] == 3 and "forward_s" in result["extrapolated_32_layers"]
     assert json.loads(out.read_text())["rows"][0]["d_model"] == 128
     assert "| 128 | 16 | 2 / 1 |" in capsys.readouterr().out
+    assert (tmp_path / "grid.png").stat().st_size > 0
+    assert _load().main(["--from-json", str(out)])["rows"] == result["rows"]
