@@ -16,7 +16,7 @@ uses to keep the script working). It prints absolute times and ratios measured s
 4. **Every tool at real size** (``benchmarks/real_size.py``'s table on the device): LLaVA-1.5-7B's
    shape with all 32 LM and 24 vision layers in bfloat16, at 144 and 576 image tokens, with SDPA and
    with eager attention: plain forward, ``run_with_cache`` of the residual stream and of every hook
-   point (when ``model.estimate`` fits 8 GiB), ``image_locations`` (top head) and ``attention_map``;
+   point (when ``estimate_cache`` fits 8 GiB), ``image_locations`` (top head) and ``attention_map``;
    time ratios to the forward and peak device memory added (caches go to the CPU, the default).
    ``--tiny`` runs it at tiny sizes (also on the CPU dry run).
 

@@ -10,7 +10,7 @@ measures, in one process:
 
 * ``forward``: HF's plain forward (no hooks);
 * ``cache_resid``: ``run_with_cache`` of every ``blocks.{l}.hook_resid_post``;
-* ``cache_all``: ``run_with_cache`` of every hook point, when ``model.estimate`` says the cache fits
+* ``cache_all``: ``run_with_cache`` of every hook point, when ``estimate_cache`` says the cache fits
   ``--budget-gib`` (otherwise only the estimate is reported);
 * ``locations_top``: ``image_locations`` with the top head; ``attention_map``;
 
@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from hooked_mllm import HookedMLLM, geometry
+from hooked_mllm import HookedMLLM, estimate_cache, geometry
 from hooked_mllm.mechanism import attention_map, image_locations
 from hooked_mllm.testing import random_image, tiny_processor
 
@@ -168,8 +168,8 @@ def row(
         with torch.no_grad():
             return hf(**batch.inputs)
 
-    est_all = model.estimate(batch)
-    est_resid = model.estimate(batch, names_filter=resid)
+    est_all = estimate_cache(model, batch)
+    est_resid = estimate_cache(model, batch, names_filter=resid)
     tools: dict[str, Callable[[], Any]] = {
         "forward": plain,
         "cache_resid": lambda: model.run_with_cache(batch, names_filter=resid),

@@ -1,6 +1,6 @@
 """How many bytes a ``run_with_cache`` will hold, worked out from shapes before running anything.
 
-:func:`estimate_cache` (also ``model.estimate(...)``) gives the shape of every cached value
+:func:`estimate_cache` gives the shape of every cached value
 and their bytes for a selection of hook names and positions, from the model's sizes
 (``model.cfg`` and the HF config) and the input's shapes only: no forward pass runs, so it
 works on a model built on the ``meta`` device (:mod:`hooked_mllm.geometry`) as well as on a
@@ -12,7 +12,7 @@ rather than guessing. Tests compare every estimate with the bytes a
 real ``run_with_cache`` holds on tiny models (equal).
 
 Examples:
-    >>> est = model.estimate(batch, names_filter="blocks.0.hook_resid_post")  # doctest: +SKIP
+    >>> est = estimate_cache(model, batch, names_filter="blocks.0.hook_resid_post")  # doctest: +SKIP
     >>> est.shapes["blocks.0.hook_resid_post"], est.nbytes                    # doctest: +SKIP
     ((1, 39, 4096), 319488)
 """
@@ -30,7 +30,7 @@ import torch
 from . import positions as _positions
 from .batch import MultimodalBatch
 
-__all__ = ["CacheEstimate", "EstimateMixin", "estimate_cache"]
+__all__ = ["CacheEstimate", "estimate_cache"]
 
 _TOWERS = ("llava", "llava_onevision", "qwen2_vl")
 
@@ -60,34 +60,6 @@ class CacheEstimate:
 
     def __str__(self) -> str:
         return f"{len(self.shapes)} tensors, {self.nbytes / 2**30:.3f} GiB ({str(self.dtype)[6:]})"
-
-
-class EstimateMixin:
-    """Gives :class:`~hooked_mllm.model.HookedMLLM` its ``estimate`` method."""
-
-    def estimate(
-        self,
-        inputs: Any,
-        *,
-        names_filter: Any = None,
-        positions: Any = None,
-        dtype: torch.dtype | None = None,
-    ) -> CacheEstimate:
-        """What ``run_with_cache(inputs, names_filter=..., positions=..., dtype=...)`` will hold.
-
-        See :func:`estimate_cache` (this is ``estimate_cache(self, inputs, ...)``).
-
-        Examples:
-            >>> print(model.estimate(batch, names_filter="blocks.0.hook_resid_post"))  # doctest: +SKIP
-            1 tensors, 0.000 GiB (float32)
-        """
-        return estimate_cache(
-            self,
-            inputs,
-            names_filter=names_filter,
-            positions=positions,
-            dtype=dtype,
-        )
 
 
 def estimate_cache(

@@ -5,7 +5,7 @@ family's flagship checkpoints (each with the ``config.json`` / model card it com
 the settings of its image processor. :func:`build` makes the model on the ``meta`` device (no
 weights are allocated or downloaded; a 7B model takes well under a second) and wraps it in
 :class:`~hooked_mllm.model.HookedMLLM`, so ``model.hook_names()``, ``model.cfg`` and
-``model.estimate(...)`` give the real model's numbers. :func:`prepare` runs the real image
+``estimate_cache(model, ...)`` give the real model's numbers. :func:`prepare` runs the real image
 processor class with the checkpoint's settings (and a small stand-in tokenizer: image tokens are
 counted exactly, text tokens are the stand-in's words) on an image of a given size.
 
@@ -328,7 +328,7 @@ def build(
         name: A key of :data:`PRESETS`.
         n_layers: LM layers (default the published number).
         vision_layers: Vision tower layers (default the published number).
-        dtype: The parameters' dtype (what ``model.estimate`` counts by default).
+        dtype: The parameters' dtype (what ``estimate_cache`` counts by default).
         device: ``"meta"`` (default), or a real device for random weights (the real size:
             a 7B model in bfloat16 takes 14 GB).
         with_processor: Attach :func:`processor` and use its stand-in tokenizer's image token ids

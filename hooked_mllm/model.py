@@ -43,7 +43,6 @@ from .architectures import adapter_for
 from .architectures.base import Adapter
 from .cache import ActivationCache
 from .config import MLLMConfig
-from .estimate import EstimateMixin
 from .hook_points import HookPoints
 from .inputs import MultimodalBatch
 
@@ -75,7 +74,7 @@ class _RunState:
         self.batch: MultimodalBatch | None = None
 
 
-class HookedMLLM(InputsMixin, TLCompatMixin, EstimateMixin):
+class HookedMLLM(InputsMixin, TLCompatMixin):
     """A multimodal LLM with TransformerLens-style hook points, on nnsight.
 
     Attributes:

@@ -40,7 +40,7 @@ def test_estimate_equals_the_cache_of_a_real_run(positions):
             prompts=["what color is the circle ?", "what ?"],
         )
         _, cache = model.run_with_cache(batch, positions=positions)
-        est = model.estimate(batch, positions=positions)
+        est = estimate_cache(model, batch, positions=positions)
         shapes, nbytes = _actual(cache)
         assert est.shapes == shapes, family
         assert est.nbytes == nbytes, family
@@ -56,7 +56,7 @@ def test_estimate_follows_names_filter_and_dtype():
     assert est.dtype == torch.float16 and set(est.shapes) == set(names)
     pred = lambda name: name.endswith("hook_resid_post")  # noqa: E731
     _, cache = model.run_with_cache(batch, names_filter=pred)
-    assert model.estimate(batch, names_filter=pred).nbytes == _actual(cache)[1]
+    assert estimate_cache(model, batch, names_filter=pred).nbytes == _actual(cache)[1]
 
 
 def test_other_families_language_model_points_and_a_clear_refusal_for_their_tower():
@@ -65,10 +65,10 @@ def test_other_families_language_model_points_and_a_clear_refusal_for_their_towe
         model = HookedMLLM.from_hf(hf, processor)
         batch = model.prepare(images=[random_image(0)], prompts=["what color is the circle ?"])
         _, cache = model.run_with_cache(batch, names_filter=lm, positions="image")
-        est = model.estimate(batch, names_filter=lm, positions="image")
+        est = estimate_cache(model, batch, names_filter=lm, positions="image")
         assert est.shapes == _actual(cache)[0] and est.nbytes == _actual(cache)[1]
         with pytest.raises(ValueError, match="does not know the vision tower's shapes"):
-            model.estimate(batch, names_filter="vision.blocks.0.hook_resid_post")
+            estimate_cache(model, batch, names_filter="vision.blocks.0.hook_resid_post")
 
 
 TUPLE_BUILDERS = [
@@ -95,28 +95,31 @@ def test_language_model_points_of_every_family(builder):
     batch = model.prepare(images=[random_image(0)], prompts=["what color is the circle ?"])
     lm = lambda n: not n.startswith(("vision", "projector")) and ".cross_attn.hook_" not in n  # noqa: E731
     _, cache = model.run_with_cache(batch, names_filter=lm)
-    est = model.estimate(batch, names_filter=lm)
+    est = estimate_cache(model, batch, names_filter=lm)
     assert est.shapes == _actual(cache)[0] and est.nbytes == _actual(cache)[1]
     if builder == "tiny_mllama":  # its pattern runs over the vision states, not the sequence: refused
         cross = [n for n in model.hook_names() if ".cross_attn.hook_pattern" in n]
         with pytest.raises(ValueError, match="does not know the shape of"):
-            model.estimate(batch, names_filter=cross[0])
+            estimate_cache(model, batch, names_filter=cross[0])
 
 
 def test_hf_tensors_with_a_count_of_positions():
     model = HookedMLLM.from_hf(tiny_llava(), tiny_processor())
     batch = model.prepare(images=[random_image(0)], prompts=["what color is the circle ?"])
     meta = {key: torch.empty(value.shape, device="meta") for key, value in batch.inputs.items()}
-    assert model.estimate(meta).shapes == model.estimate(batch).shapes
-    assert model.estimate(meta, positions=1).shapes == model.estimate(batch, positions="last").shapes
+    assert estimate_cache(model, meta).shapes == estimate_cache(model, batch).shapes
+    assert (
+        estimate_cache(model, meta, positions=1).shapes
+        == estimate_cache(model, batch, positions="last").shapes
+    )
     with pytest.raises(ValueError, match="needs a prepared batch"):
-        model.estimate(meta, positions="image")
+        estimate_cache(model, meta, positions="image")
     with pytest.raises(ValueError, match="must be a count of positions"):
-        model.estimate(meta, positions=10_000)
+        estimate_cache(model, meta, positions=10_000)
     text_only = {key: meta[key] for key in ("input_ids", "attention_mask")}
-    assert all(not n.startswith("vision") for n in model.estimate(text_only).shapes)
+    assert all(not n.startswith("vision") for n in estimate_cache(model, text_only).shapes)
     with pytest.raises(ValueError, match="does not run on a text-only input"):
-        model.estimate(text_only, names_filter="vision.blocks.0.hook_resid_post")
+        estimate_cache(model, text_only, names_filter="vision.blocks.0.hook_resid_post")
 
 
 # -- geometry presets ----------------------------------------------------------------------------
@@ -142,7 +145,9 @@ def test_presets_build_on_meta_with_their_published_sizes(name):
         assert sum(n.startswith(f"blocks.{layer}.") for n in model.hook_names("lm")) == len(per_layer)
     # the residual stream of every layer: layers x positions x d_model bf16 values
     batch = geometry.prepare(model, name, (640, 480))
-    est = model.estimate(batch, names_filter=lambda n: n.startswith("blocks.") and n.endswith("resid_post"))
+    est = estimate_cache(
+        model, batch, names_filter=lambda n: n.startswith("blocks.") and n.endswith("resid_post")
+    )
     assert est.nbytes == model.cfg.n_layers * batch.input_ids.shape[1] * model.cfg.d_model * 2
 
 
