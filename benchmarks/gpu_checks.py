@@ -13,6 +13,12 @@ uses to keep the script working). It prints absolute times and ratios measured s
 3. **A random model of 7B shape** (LLaVA-1.5-7B's sizes: Llama d_model 4096 x 32 layers, MLP 11008,
    CLIP-L/336 tower, 576 image tokens; random weights built on the device, nothing downloaded; skipped
    with ``--tiny``): forward and ``run_with_cache`` times, their ratio, and peak device memory.
+4. **Every tool at real size** (``benchmarks/real_size.py``'s table on the device): LLaVA-1.5-7B's
+   shape with all 32 LM and 24 vision layers in bfloat16, at 144 and 576 image tokens, with SDPA and
+   with eager attention: plain forward, ``run_with_cache`` of the residual stream and of every hook
+   point (when ``estimate_cache`` fits 8 GiB), ``image_locations`` (top head) and ``attention_map``;
+   time ratios to the forward and peak device memory added (caches go to the CPU, the default).
+   ``--tiny`` runs it at tiny sizes (also on the CPU dry run).
 
 Usage: ``python benchmarks/gpu_checks.py [--device cuda] [--tiny] [--repeats N]``.
 """
@@ -20,8 +26,11 @@ Usage: ``python benchmarks/gpu_checks.py [--device cuda] [--tiny] [--repeats N]`
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,6 +186,46 @@ def seven_b(device: torch.device, dtype: torch.dtype, repeats: int) -> dict[str,
     }
 
 
+def _real_size() -> Any:
+    """benchmarks/real_size.py, beside this script."""
+    spec = importlib.util.spec_from_file_location("real_size", Path(__file__).with_name("real_size.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tools(device: torch.device, tiny: bool, repeats: int) -> dict[str, dict[str, float]]:
+    """real_size.py's table on ``device``: SDPA and eager, 144 and 576 image tokens."""
+    real_size = _real_size()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    sizes = (
+        dict(d_model=128, n_layers=2, vision_layers=1, vision_width=64)
+        if tiny
+        else dict(d_model=4096, n_layers=32, vision_layers=24, vision_width=None)
+    )
+    out: dict[str, dict[str, float]] = {}
+    for attn in ("sdpa", "eager"):
+        for count in (16,) if tiny else (144, 576):
+            model, batch = real_size.build(
+                sizes["d_model"],
+                count,
+                sizes["n_layers"],
+                sizes["vision_layers"],
+                sizes["vision_width"],
+                device=device,
+                dtype=dtype,
+                attn_implementation=attn,
+            )
+            row = real_size.row(model, batch, repeats, budget_gib=8.0)
+            out[f"tools_{attn}_{count}"] = {k: float(v) for k, v in row.items()}
+            del model, batch
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print(real_size.table(list(out.values())))
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu for a dry run")
@@ -195,6 +244,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results["sparse_dictionary"] = dictionary(device, args.tiny)
     if device.type == "cuda" and not args.tiny:
         results["llava_7b_shape_bf16"] = seven_b(device, torch.bfloat16, args.repeats)
+    results.update(tools(device, args.tiny, args.repeats))
     for name, values in results.items():
         print(name, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
     return results

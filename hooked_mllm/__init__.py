@@ -37,11 +37,14 @@ _NAMES = {
     "GenerationOutput": ".model",
     "HookedMLLM": ".model",
     "Remote": "._remote_host",
+    "CacheEstimate": ".estimate",
+    "estimate_cache": ".estimate",
 }
 _MODULES = {
     "mechanism": ".mechanism",
     "positions": ".positions",
     "utils": ".utils",
+    "geometry": ".geometry",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES, _MODULES)

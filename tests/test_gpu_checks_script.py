@@ -23,7 +23,14 @@ def test_dry_run_on_cpu(capsys):
     results = _load().main(["--device", "cpu", "--tiny", "--repeats", "1"])
     assert results["overhead_float32"]["cache_ratio"] > 0
     assert results["sparse_dictionary"]["cpu_recovery"] > 0.98
-    assert "overhead_float32" in capsys.readouterr().out
+    for attn in ("sdpa", "eager"):  # real_size.py's table, SDPA and eager
+        row = results[f"tools_{attn}_16"]
+        assert row["forward_s"] > 0 and row["image_tokens"] == 16
+        assert (
+            row["cache_all_ratio"] > 0 and row["locations_top_ratio"] > 0 and row["attention_map_ratio"] > 0
+        )
+    out = capsys.readouterr().out
+    assert "overhead_float32" in out and "| d_model | image tokens |" in out
 
 
 def test_asking_for_cuda_without_one_is_a_clear_error():

@@ -42,6 +42,8 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
         assert namespace["change"] > 0
         assert tuple(namespace["per_step"].shape) == (namespace["model"].cfg.n_layers, 2)
         assert namespace["sweep"].labels == ["vid0[t0]", "vid0[t1]"]
+    if doc == "docs/scale.md":  # Qwen2-VL-7B residual stream at image positions: layers x tokens x d_model
+        assert namespace["est"].nbytes == 28 * 1564 * 3584 * 2
     if doc == "docs/concepts.md":  # captions without "red" are skipped; the yes -> no vector flips answers
         assert namespace["feats"].manifest["skipped"] and len(namespace["Z"]) > 5
         report = namespace["report"]
