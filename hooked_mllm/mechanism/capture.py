@@ -79,10 +79,13 @@ class MechanismRun:
         return self.pattern.shape[2]
 
     def target_tokens(self) -> list[str]:
-        """The target tokens as strings (ids where no tokenizer is known)."""
+        """The target tokens as strings: ids where no tokenizer is known, ``<id N>`` for an id past the
+        tokenizer's vocabulary (the LM head can be wider, e.g. LLaVA-1.5's 32064 rows for 32002 tokens)."""
         tokenizer = getattr(self.model.processor, "tokenizer", None)
         ids = self.target.tolist()
-        return tokenizer.convert_ids_to_tokens(ids) if tokenizer is not None else [str(i) for i in ids]
+        if tokenizer is None:
+            return [str(i) for i in ids]
+        return [t if t is not None else f"<id {i}>" for i, t in zip(ids, tokenizer.convert_ids_to_tokens(ids))]
 
     # -- the frozen readout ------------------------------------------------------------
 

@@ -210,3 +210,19 @@ def test_markdown_tables_show_tokens_as_text():
     grid = np.array([[["<image>", "a|b"]]], dtype=object)
     lens = LensMap(layers=(0,), tokens=grid, probs=np.ones((1, 1, 2)), positions=(1, 2))
     assert lens.table(0).splitlines()[-1] == "| &#60;image&#62; | a&#124;b |"
+
+
+def test_a_target_past_the_tokenizer_is_named_by_its_id():
+    """The LM head can be wider than the tokenizer (LLaVA-1.5: 32064 rows, 32002 tokens)."""
+    from hooked_mllm.mechanism import capture
+    from hooked_mllm.testing import random_image, tiny_llava, tiny_processor
+
+    processor = tiny_processor()
+    hf_model = tiny_llava()
+    hf_model.resize_token_embeddings(len(processor.tokenizer) + 8)  # 8 head rows no token names
+    model = HookedMLLM.from_hf(hf_model, processor)
+    batch = model.prepare(images=[random_image(0)], prompts=["what color ?"])
+    beyond = model.cfg.d_vocab - 1
+    assert processor.tokenizer.convert_ids_to_tokens([beyond]) == [None]
+    run = capture(model, batch, target=[beyond])
+    assert run.target_tokens() == [f"<id {beyond}>"]
