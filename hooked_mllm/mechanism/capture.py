@@ -85,7 +85,9 @@ class MechanismRun:
         ids = self.target.tolist()
         if tokenizer is None:
             return [str(i) for i in ids]
-        return [t if t is not None else f"<id {i}>" for i, t in zip(ids, tokenizer.convert_ids_to_tokens(ids))]
+        return [
+            t if t is not None else f"<id {i}>" for i, t in zip(ids, tokenizer.convert_ids_to_tokens(ids))
+        ]
 
     # -- the frozen readout ------------------------------------------------------------
 
