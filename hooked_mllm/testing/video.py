@@ -41,7 +41,8 @@ class TorchQwen2VLVideoProcessor:
         patch_size: The vision tower's patch size.
         merge_size: The merger's spatial merge (2: 2x2 patches per token).
         temporal_patch_size: Frames per temporal patch (2 for Qwen2-VL and Qwen2.5-VL).
-        min_pixels, max_pixels: Bounds on each resized frame's area.
+        min_pixels: Lower bound on each resized frame's area.
+        max_pixels: Upper bound on each resized frame's area.
 
     Examples:
         >>> from PIL import Image
