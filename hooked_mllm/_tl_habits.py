@@ -1,18 +1,23 @@
-"""TransformerLens habits that ``HookedMLLM`` adds to its weights and token helpers.
+"""TransformerLens habits that ``HookedMLLM`` adds to its weights: its token helpers and circuits.
 
-Contents: :class:`TLHabitsMixin` with ``to_single_str_token``, ``tokens_to_residual_directions``,
-``get_token_position`` and the factored ``OV`` / ``QK`` circuits, each as TransformerLens defines it
-(tests/test_tl_differential.py runs both on the same weights). Mixed into
+Contents: :class:`TLHabitsMixin` with the ``to_tokens`` family (``tokenizer``, ``to_tokens``,
+``to_string``, ``to_str_tokens``, ``to_single_token``), ``to_single_str_token``,
+``tokens_to_residual_directions``, ``get_token_position`` and the factored ``OV`` / ``QK`` circuits,
+each as TransformerLens defines it (tests/test_tl_differential.py runs both on the same weights). Mixed into
 :class:`~hooked_mllm._tl_compat.TLCompatMixin`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .config import MLLMConfig
 
 
 class TLHabitsMixin:
@@ -23,12 +28,12 @@ class TLHabitsMixin:
         'red'
     """
 
-    if TYPE_CHECKING:  # provided by TLCompatMixin
+    if TYPE_CHECKING:  # provided by HookedMLLM and TLCompatMixin
+        processor: Any
+        cfg: MLLMConfig
 
-        def to_tokens(self, input: Any, prepend_bos: bool = True, padding_side: str = "right",
-                      move_to_device: bool = True) -> Tensor: ...  # fmt: skip
-        def to_single_token(self, string: str) -> int: ...
-        def _need_tokenizer(self) -> Any: ...
+        @property
+        def device(self) -> torch.device: ...
         @property
         def W_U(self) -> Tensor: ...
         @property
@@ -131,6 +136,99 @@ class TLHabitsMixin:
             torch.Size([128, 128])
         """
         return _factored(self.W_Q.full(), _per_head(self.W_K).transpose(-2, -1))
+
+    # -- tokens ----------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tokenizer (the processor's, or the processor itself), or None."""
+        if self.processor is None:
+            return None
+        return getattr(self.processor, "tokenizer", None) or (
+            self.processor if hasattr(self.processor, "encode") else None
+        )
+
+    def _need_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError("This model has no tokenizer (no processor was given); pass token ids instead.")
+        return self.tokenizer
+
+    def to_tokens(
+        self,
+        input: str | list[str],
+        prepend_bos: bool = True,
+        padding_side: str = "right",
+        move_to_device: bool = True,
+        truncate: bool = True,
+    ) -> Int[Tensor, "batch pos"]:
+        """Token ids of text, ``[batch, pos]``, BOS prepended (if the tokenizer has one), right-padded.
+
+        Text only: image placeholders are not expanded (use :meth:`prepare` for a multimodal batch).
+        As in TransformerLens, ``truncate`` cuts each row to ``cfg.n_ctx`` tokens (when known).
+
+        Examples:
+            >>> model.to_tokens("a red circle").shape       # doctest: +SKIP
+            torch.Size([1, 4])
+        """
+        tokenizer = self._need_tokenizer()
+        texts = [input] if isinstance(input, str) else list(input)
+        rows = [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+        if prepend_bos and tokenizer.bos_token_id is not None:
+            rows = [[tokenizer.bos_token_id, *row] for row in rows]
+        if truncate and self.cfg.n_ctx is not None:
+            rows = [row[: self.cfg.n_ctx] for row in rows]
+        width = max(len(row) for row in rows)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        out = torch.full((len(rows), width), pad, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if padding_side == "left":
+                out[i, width - len(row) :] = torch.tensor(row)
+            else:
+                out[i, : len(row)] = torch.tensor(row)
+        return out.to(self.device) if move_to_device else out
+
+    def to_string(self, tokens: Tensor | Sequence[int]) -> str | list[str]:
+        """Decode ids: ``[pos]`` gives a string, ``[batch, pos]`` a list of strings."""
+        tokenizer = self._need_tokenizer()
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() == 2:
+            return [tokenizer.decode(row.tolist(), clean_up_tokenization_spaces=False) for row in tokens]
+        return tokenizer.decode(tokens.tolist(), clean_up_tokenization_spaces=False)
+
+    def to_str_tokens(
+        self, input: str | list[str] | Tensor | Sequence[int], prepend_bos: bool = True
+    ) -> list[str] | list[list[str]]:
+        """Each token as a string: for text (tokenized as :meth:`to_tokens`) or ids (``[pos]`` or
+        ``[1, pos]``).
+        """
+        if isinstance(input, list) and input and isinstance(input[0], str):
+            return [self._str_tokens(text, prepend_bos) for text in cast(list[str], input)]
+        return self._str_tokens(cast("str | Tensor | Sequence[int]", input), prepend_bos)
+
+    def _str_tokens(self, input: str | Tensor | Sequence[int], prepend_bos: bool) -> list[str]:
+        tokenizer = self._need_tokenizer()
+        if isinstance(input, str):
+            ids = self.to_tokens(input, prepend_bos=prepend_bos, move_to_device=False)[0]
+        else:
+            ids = torch.as_tensor(input)
+            if ids.dim() == 2:
+                if ids.shape[0] != 1:
+                    raise ValueError(f"to_str_tokens takes one row of ids, got shape {tuple(ids.shape)}")
+                ids = ids[0]
+        return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in ids.tolist()]
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is exactly one token (no BOS).
+
+        Raises:
+            ValueError: if it is several tokens.
+        """
+        ids = self.to_tokens(string, prepend_bos=False, move_to_device=False)[0]
+        if ids.numel() != 1:
+            raise ValueError(f"{string!r} is {ids.numel()} tokens, not one: {self.to_str_tokens(ids)}")
+        return int(ids[0])
 
 
 def _per_head(weights: Any) -> Tensor:
