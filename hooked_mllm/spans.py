@@ -144,8 +144,10 @@ def find_video_spans(
         frames_per_step: Input frames per time step (``temporal_patch_size``).
 
     Returns:
-        ``(spans, videos_per_row)``. Runs that do not match ``geometry`` keep their positions with
-        ``time`` and ``grid`` None (with a warning), as image spans do.
+        ``(spans, videos_per_row)``. A video is one run of tokens (Qwen2-VL) or one run per time
+        step (Qwen3-VL writes ``<t seconds>`` between its frames; the span then lists its
+        positions, separators excluded). Runs that do not match ``geometry`` keep their positions
+        with ``time`` and ``grid`` None (with a warning), as image spans do.
 
     Examples:
         >>> import torch
@@ -154,6 +156,9 @@ def find_video_spans(
         >>> [(s.start, s.end, s.time, s.grid) for s in spans], per_row
         ([(1, 9, 2, (2, 2))], (1,))
     """
+    framed = _frame_runs(video_mask, geometry, frames_per_step)
+    if framed is not None:
+        return framed
     stacked: list[tuple[int, int] | None] = [(t * rows, cols) for t, rows, cols in geometry]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -181,6 +186,46 @@ def find_video_spans(
         for i, span in enumerate(spans)
     )
     return videos, per_row
+
+
+def _frame_runs(
+    video_mask: Tensor, geometry: Sequence[tuple[int, int, int]], frames_per_step: int
+) -> tuple[tuple[VideoSpan, ...], tuple[int, ...]] | None:
+    """Videos whose time steps are separate runs (Qwen3-VL writes a timestamp between frames), or
+    None where the runs are not exactly ``time`` runs of ``rows * cols`` tokens per video, in order.
+
+    Only taken where some video has more than one time step and the runs outnumber the videos, so
+    a layout with one run per video never reaches it.
+    """
+    runs = _runs(video_mask, None, None)
+    if len(runs) == len(geometry) or len(runs) != sum(t for t, _, _ in geometry):
+        return None
+    spans: list[VideoSpan] = []
+    per_row = [0] * video_mask.shape[0]
+    i = 0
+    for time, rows, cols in geometry:
+        frames = runs[i : i + time]
+        i += time
+        if {row for row, _ in frames} != {frames[0][0]} or any(
+            len(parts) != 1 or parts[0][1] - parts[0][0] != rows * cols for _, parts in frames
+        ):
+            return None
+        row = frames[0][0]
+        positions = tuple(p for _, parts in frames for p in range(*parts[0]))
+        spans.append(
+            VideoSpan(
+                row=row,
+                index=len(spans),
+                start=positions[0],
+                end=positions[-1] + 1,
+                positions=positions,
+                grid=(rows, cols),
+                time=time,
+                frames_per_step=frames_per_step,
+            )
+        )
+        per_row[row] += 1
+    return tuple(spans), tuple(per_row)
 
 
 def find_image_spans(

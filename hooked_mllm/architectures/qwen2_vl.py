@@ -73,16 +73,14 @@ def _video_geometry(inputs: dict, config: Any) -> list[tuple[int, int, int, int]
     return [(int(t), int(h) // merge, int(w) // merge, step) for t, h, w in thw.tolist()]
 
 
-TOKENS = TokenLayout(grids=_merged_grids)
-"""Image tokens only (Qwen3-VL's layout too, whose video tokens this library does not cover)."""
 VIDEO_TOKENS = TokenLayout(grids=_merged_grids, videos=_video_geometry)
+"""Image and video tokens (Qwen3-VL's layout too: its time steps are separate runs)."""
 
 _IMAGE_SPLIT = {
     "pixel_values": Patches("image_grid_thw"),
     "image_grid_thw": PerImage(),
     "mm_token_type_ids": Tokens(),
 }
-INPUTS = InputLayout(split=_IMAGE_SPLIT)
 VIDEO_INPUTS = InputLayout(
     split=dict(
         _IMAGE_SPLIT,

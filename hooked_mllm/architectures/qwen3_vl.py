@@ -38,6 +38,13 @@ component for the deepstack additions (read ``model.visual.deepstack_merger_list
 with ``model.trace`` if you need them). Patching ``resid_post[k]`` at an image position
 still gets the deepstack features added on top.
 
+Video (docs/video.md): as Qwen2-VL's (``pixel_values_videos``, ``video_grid_thw``, time steps of
+``temporal_patch_size`` frames), except that each time step is its own run: the processor
+writes ``<t seconds>`` + ``<|vision_start|>`` + ``h*w / 4`` copies of ``<|video_pad|>`` +
+``<|vision_end|>`` per step, so a video's :class:`~hooked_mllm.spans.VideoSpan` lists its
+positions (timestamps and markers excluded). DeepStack features are added at video positions
+as at image positions.
+
 Vision tower: as Qwen2-VL's, blocks see ``[patches, d]`` (all images packed), the fused
 ``qkv`` gives no per-head q / k / v and no patterns. ``vision.hook_embed`` is before the
 position embeddings are added; ``vision.blocks.0.hook_resid_pre`` is after.
@@ -46,7 +53,7 @@ position embeddings are added; ``vision.blocks.0.hook_resid_pre`` is after.
 from __future__ import annotations
 
 from .base import Adapter, BlockLayout, Metadata, ModuleLayout
-from .qwen2_vl import INPUTS, TOKENS
+from .qwen2_vl import VIDEO_INPUTS, VIDEO_TOKENS
 
 QWEN3_VL = Adapter(
     name="qwen3_vl",
@@ -77,14 +84,14 @@ QWEN3_VL = Adapter(
         projector="model.visual.merger",
         hidden_states_normed=True,
     ),
-    tokens=TOKENS,
-    inputs=INPUTS,
+    tokens=VIDEO_TOKENS,
+    inputs=VIDEO_INPUTS,
     about=Metadata(
         test_model="tiny random from Qwen/Qwen3-VL-2B-Instruct's config: deepstack after vision blocks 0, 1 "
         "into LM layers 0, 1 of 3 (processor: Qwen2VLImageProcessorPil)",
         notes="Grid (h/2, w/2) per image from image_grid_thw. DeepStack features are added at image "
         "positions between resid_post[k] and resid_pre[k+1] (k < n_deepstack), verified against the "
-        "mergers' outputs; they are not hook points. Not covered: video inputs (refused; "
-        "Qwen2-VL and Qwen2.5-VL take video).",
+        "mergers' outputs; they are not hook points. Video: time steps of 2 frames, each (h/2, w/2), "
+        "one run per step with a '<t seconds>' timestamp before it; deepstack adds at video positions too.",
     ),
 )

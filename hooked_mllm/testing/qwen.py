@@ -114,12 +114,15 @@ def tiny_qwen3_vl(
 ):
     """A tiny random Qwen3-VL (shrunk from Qwen/Qwen3-VL-2B-Instruct: 3 vision blocks of width 32,
     2x2 merger, deepstack mergers after vision blocks 0 and 1 feeding LM layers 0 and 1, Qwen3 LM
-    with interleaved M-RoPE) and its processor.
+    with interleaved M-RoPE) and its processor (PIL image processor, the torch video processor of
+    :mod:`.video`; Qwen3-VL's processor writes a ``<t seconds>`` timestamp before each time step).
 
     Returns ``(model, processor)``.
     """
     import transformers as tf
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from .video import TorchQwen2VLVideoProcessor
 
     tok = word_tokenizer(QWEN_SPECIALS, image_token="<|image_pad|>", video_token="<|video_pad|>")
     image_processor = Qwen2VLImageProcessorPil(
@@ -128,11 +131,16 @@ def tiny_qwen3_vl(
         temporal_patch_size=2,
         size={"shortest_edge": 8 * 8, "longest_edge": 32 * 32},
     )
+    video_processor = TorchQwen2VLVideoProcessor(
+        patch_size=patch_size, merge_size=2, temporal_patch_size=2, min_pixels=8 * 8, max_pixels=32 * 32
+    )
     processor = without_video(tf.Qwen3VLProcessor)(
         image_processor=image_processor,
         tokenizer=tok,
-        video_processor=None,
-        chat_template=chat_template_for("<|vision_start|><|image_pad|><|vision_end|>"),
+        video_processor=video_processor,
+        chat_template=chat_template_for(
+            "<|vision_start|><|image_pad|><|vision_end|>", video="<|vision_start|><|video_pad|><|vision_end|>"
+        ),
     )
     head_dim = d_model // n_heads
     mrope = [head_dim // 4, head_dim // 8, head_dim // 8]  # temporal, height, width: head_dim / 2 in all

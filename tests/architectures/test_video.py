@@ -1,4 +1,4 @@
-"""Video inputs (Qwen2-VL, Qwen2.5-VL): every entry point against HF's own forward, the video token
+"""Video inputs (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): every entry point against HF's own forward, the video token
 geometry against the processor's rules, video selectors and ``cache.video`` against independent
 index arithmetic, and the refusals (families without covered video, mixed batches on the tower)."""
 
@@ -34,12 +34,15 @@ def array_video(seed: int, n: int, height: int, width: int) -> np.ndarray:
 _MODELS: dict[str, HookedMLLM] = {}
 
 
-@pytest.fixture(scope="module", params=["2", "2.5"])
+@pytest.fixture(scope="module", params=["2", "2.5", "3"])
 def model(request) -> HookedMLLM:
     if request.param not in _MODELS:
-        hf_model = t.tiny_qwen2_vl(request.param, attn_implementation="eager")
-        processor = t.tiny_qwen2_vl_processor(version=request.param)
-        _MODELS[request.param] = HookedMLLM.from_hf(hf_model, processor)
+        if request.param == "3":  # each time step its own run, a timestamp before it; deepstack
+            _MODELS["3"] = HookedMLLM.from_hf(*t.tiny_qwen3_vl(attn_implementation="eager"))
+        else:
+            hf_model = t.tiny_qwen2_vl(request.param, attn_implementation="eager")
+            processor = t.tiny_qwen2_vl_processor(version=request.param)
+            _MODELS[request.param] = HookedMLLM.from_hf(hf_model, processor)
     return _MODELS[request.param]
 
 
@@ -52,6 +55,17 @@ def videos():
 @pytest.fixture(scope="module")
 def batch(model, videos):
     return model.prepare(videos=videos, prompts=PROMPTS)
+
+
+def video_tokens(batch, row: int) -> list[int]:
+    """The row's video-token positions read off input_ids (one video per row in these tests)."""
+    return (batch.input_ids[row].eq(_video_id(batch)) & ~batch.pad_mask[row]).nonzero().flatten().tolist()
+
+
+def _video_id(batch) -> int:
+    ids = batch.input_ids[batch.video_mask]
+    assert ids.unique().numel() == 1
+    return int(ids[0])
 
 
 def hf(model, inputs, **kw):
@@ -109,12 +123,32 @@ def test_video_spans_follow_the_processor_geometry(model, batch, videos):
         torch.testing.assert_close(batch.row(1).inputs["second_per_grid_ts"], seconds[1:])
 
 
+def test_qwen3_vl_time_steps_are_runs_with_a_timestamp_before_each(model, batch):
+    """Qwen3-VL's processor writes ``<t seconds>`` + vision start before each time step and vision end
+    after it: each step of a span is one contiguous run of rows * cols video tokens, and the tokens
+    between two steps (timestamp, markers) are neither video nor image tokens."""
+    if model.adapter.name != "qwen3_vl":
+        pytest.skip("one run per video in Qwen2-VL and Qwen2.5-VL")
+    tok = model.processor.tokenizer
+    start, end = tok.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>"])
+    for span in batch.videos:
+        rows, cols = span.grid
+        runs = [span.frame_positions(k) for k in range(span.time)]
+        assert all(run == list(range(run[0], run[0] + rows * cols)) for run in runs)
+        for before, after in zip(runs, runs[1:]):
+            ids = batch.input_ids[span.row, before[-1] + 1 : after[0]].tolist()
+            assert ids[0] == end and ids[-1] == start and len(ids) > 2  # timestamp text between markers
+            between = list(range(before[-1] + 1, after[0]))  # the tiny tokenizer reads "<0.0" as <unk>
+            assert not (batch.video_mask | batch.image_mask)[span.row, between].any()
+        assert list(span.token_positions) == [p for run in runs for p in run]
+
+
 def test_contradicting_video_geometry_keeps_positions_and_refuses_frames(model, batch):
     inputs = dict(batch.inputs, video_grid_thw=batch.inputs["video_grid_thw"].flip(0))
     with pytest.warns(UserWarning, match="Video geometry unknown"):
         degraded = model.to_batch(inputs)
     assert torch.equal(degraded.video_mask, batch.video_mask)
-    assert [(s.time, s.grid) for s in degraded.videos] == [(None, None)] * 2
+    assert degraded.videos and {(s.time, s.grid) for s in degraded.videos} == {(None, None)}
     assert torch.equal(positions.resolve("video", degraded), batch.video_mask)
     with pytest.raises(ValueError, match="no frame geometry"):
         positions.video(frames=0).mask(degraded)
@@ -264,9 +298,9 @@ def test_a_batch_mixing_an_image_row_and_a_video_row(model, videos):
 # -- selectors and cache.video ------------------------------------------------------------
 
 
-def _cell(span, t, r, c):
+def _cell(batch, span, t, r, c):
     rows, cols = span.grid
-    return span.start + (t * rows + r) * cols + c
+    return video_tokens(batch, span.row)[(t * rows + r) * cols + c]
 
 
 @settings(max_examples=40, deadline=None)
@@ -283,7 +317,7 @@ def test_video_selectors_pick_the_cells_index_arithmetic_gives(batch, data):
     else:
         for span in vb.videos:
             for cell in cells:
-                expected[span.row, _cell(span, *cell)] = True
+                expected[span.row, _cell(vb, span, *cell)] = True
         assert torch.equal(positions.video(cells=cells).mask(vb), expected)
     steps = data.draw(st.lists(st.integers(-3, 2), max_size=4))
     if any(not -2 <= s < 2 for s in steps):
@@ -299,7 +333,7 @@ def test_video_selectors_pick_the_cells_index_arithmetic_gives(batch, data):
     for span in vb.videos:
         rows, cols = span.grid
         for s in normal:
-            expected[span.row, span.start + s * rows * cols : span.start + (s + 1) * rows * cols] = True
+            expected[span.row, video_tokens(vb, span.row)[s * rows * cols : (s + 1) * rows * cols]] = True
     assert torch.equal(positions.video(frames=steps).mask(vb), expected)
 
 
@@ -324,10 +358,10 @@ def test_cache_video_gathers_frames_in_the_order_given_with_repeats(model, batch
     assert isinstance(per_row, list)
     for span, got in zip(batch.videos, per_row):
         rows, cols = span.grid
-        whole = cache[name][span.row, span.start : span.end].reshape(span.time, rows, cols, -1)
+        whole = cache[name][span.row, video_tokens(batch, span.row)].reshape(span.time, rows, cols, -1)
         torch.testing.assert_close(got, whole[[1, 0, 1]])
         r, c = rows - 1, cols - 1
-        torch.testing.assert_close(got[0, r, c], cache[name][span.row, _cell(span, 1, r, c)])
+        torch.testing.assert_close(got[0, r, c], cache[name][span.row, _cell(batch, span, 1, r, c)])
     one = batch.row(0)
     _, cache1 = model.run_with_cache(one, names_filter=name)
     full = cache1.video(name)
@@ -351,21 +385,23 @@ def test_a_saved_cache_keeps_the_video_geometry(model, batch, tmp_path):
 
 def test_families_without_covered_video_refuse_it_naming_those_that_do(videos):
     llava = HookedMLLM.from_hf(t.tiny_llava("llama", n_layers=2), t.tiny_processor())
-    with pytest.raises(ValueError, match=r"video is not covered for the 'llava'.*qwen2_5_vl, qwen2_vl"):
+    with pytest.raises(
+        ValueError, match=r"video is not covered for the 'llava'.*qwen2_5_vl, qwen2_vl, qwen3_vl"
+    ):
         llava.prepare(videos=[videos[0]], prompts=["what"])
     batch = llava.prepare(images=[image(0, 32, 32)], prompts=["what"])
     with pytest.raises(TypeError, match="pixel_values_videos"):  # LLaVA's HF forward takes no video
         llava.to_batch(dict(batch.inputs, pixel_values_videos=torch.zeros(4, 8)))
     with pytest.raises(ValueError, match="video is not covered"):
         positions.video().mask(batch)
-    # Qwen3-VL's HF forward takes video, this library does not cover it yet: refused, not misread
-    qwen3 = HookedMLLM.from_hf(*t.tiny_qwen3_vl(attn_implementation="eager"))
-    with pytest.raises(ValueError, match=r"video is not covered for the 'qwen3_vl'"):
-        qwen3.prepare(videos=[videos[0]], prompts=["what"])
-    batch = qwen3.prepare(images=[image(0, 16, 16)], prompts=["what"])
-    extra = dict(batch.inputs, pixel_values_videos=torch.zeros(4, 8), video_grid_thw=torch.ones(1, 3).long())
-    with pytest.raises(ValueError, match="The inputs hold pixel_values_videos, video_grid_thw: video is not"):
-        qwen3.to_batch(extra)
+    # LLaVA-OneVision's HF forward takes video, this library does not cover it yet: refused, not misread
+    onevision = HookedMLLM.from_hf(*t.tiny_llava_onevision(attn_implementation="eager"))
+    with pytest.raises(ValueError, match=r"video is not covered for the 'llava_onevision'"):
+        onevision.prepare(videos=[videos[0]], prompts=["what"])
+    batch = onevision.prepare(images=[image(0, 16, 16)], prompts=["what"])
+    extra = dict(batch.inputs, pixel_values_videos=torch.zeros(1, 2, 3, 16, 16))
+    with pytest.raises(ValueError, match="The inputs hold pixel_values_videos: video is not"):
+        onevision.to_batch(extra)
 
 
 def test_bad_video_entries_are_refused(model):
@@ -394,12 +430,20 @@ def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
     span = clean.videos[0]
     rows, cols = span.grid
     assert result.labels == [f"vid0[t{k}]" for k in range(span.time)]
-    assert result.units == [
-        list(range(span.start + t * rows * cols, span.start + (t + 1) * rows * cols))
-        for t in range(span.time)
-    ]
-    clean_in = hf(model, clean.inputs, output_hidden_states=True).hidden_states[1]  # layer 1's input
+    tokens = video_tokens(clean, 0)
+    assert result.units == [tokens[t * rows * cols : (t + 1) * rows * cols] for t in range(span.time)]
     layer1 = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.1")
+    seen: dict = {}  # layer 1's input on the clean clip (Qwen3-VL: after layer 0's deepstack addition)
+
+    def keep_input(module, args, kwargs):
+        seen["in"] = (args[0] if args else kwargs["hidden_states"]).clone()
+
+    handle = layer1.register_forward_pre_hook(keep_input, with_kwargs=True)
+    try:
+        hf(model, clean.inputs)
+    finally:
+        handle.remove()
+    clean_in = seen["in"]
     for step, unit in enumerate(result.units):
 
         def pre(module, args, kwargs, unit=unit):
