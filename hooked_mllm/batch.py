@@ -126,9 +126,13 @@ class MultimodalBatch:
         for key in _VIDEO_KEYS + ("second_per_grid_ts",):  # a row without videos: no video inputs at all
             if key in inputs and isinstance(rules.get(key), (Patches, PerVideo)) and not inputs[key].shape[0]:
                 del inputs[key]
-        if not self.images_of(index):  # the same for the image inputs of Qwen-style packed patches
+        if not self.images_of(index):  # the same for per-image inputs (packed patches, anyres tiles)
             for key, rule in rules.items():
-                if key in inputs and isinstance(rule, (Patches, PerImage)) and not inputs[key].shape[0]:
+                if (
+                    key in inputs
+                    and isinstance(rule, (Patches, PerImage, Computed))
+                    and not inputs[key].shape[0]
+                ):
                     del inputs[key]
         spans = []
         for i, span in enumerate(self.images_of(index)):
@@ -513,5 +517,10 @@ def _find_videos(
             "(pixel_values_videos, video_grid_thw)."
         )
     step = geometry[0][3] if geometry else 1
-    spans, per_row = find_video_spans(mask, [(t, r, c) for t, r, c, _ in geometry], frames_per_step=step)
+    spans, per_row = find_video_spans(
+        mask,
+        [(t, r, c) for t, r, c, _ in geometry],
+        frames_per_step=step,
+        trailing=adapter.tokens.video_trailing,  # type: ignore[union-attr]  # rule is not None: adapter is
+    )
     return mask, spans, per_row, int(token)

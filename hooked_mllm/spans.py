@@ -134,6 +134,7 @@ def find_video_spans(
     video_mask: Bool[Tensor, "batch pos"],
     geometry: Sequence[tuple[int, int, int]],
     frames_per_step: int = 1,
+    trailing: int = 0,
 ) -> tuple[tuple[VideoSpan, ...], tuple[int, ...]]:
     """Every video's span in a batch, and how many videos each row holds.
 
@@ -142,6 +143,8 @@ def find_video_spans(
         geometry: Each video's ``(time, rows, cols)`` in the sequence, in order (the adapter's
             ``tokens.videos`` rule, from ``video_grid_thw``).
         frames_per_step: Input frames per time step (``temporal_patch_size``).
+        trailing: Tokens after each video's frames in its run that belong to no frame
+            (LLaVA-OneVision's newline): the span ends before them.
 
     Returns:
         ``(spans, videos_per_row)``. A video is one run of tokens (Qwen2-VL) or one run per time
@@ -156,7 +159,9 @@ def find_video_spans(
         >>> [(s.start, s.end, s.time, s.grid) for s in spans], per_row
         ([(1, 9, 2, (2, 2))], (1,))
     """
-    framed = _frame_runs(video_mask, geometry, frames_per_step)
+    framed = _frame_runs(video_mask, geometry, frames_per_step) or _trailing_runs(
+        video_mask, geometry, frames_per_step, trailing
+    )
     if framed is not None:
         return framed
     stacked: list[tuple[int, int] | None] = [(t * rows, cols) for t, rows, cols in geometry]
@@ -165,11 +170,11 @@ def find_video_spans(
         spans, per_row = _image_spans(video_mask, None, stacked)
     if caught:
         warnings.warn(
-            f"Video geometry unknown: video_grid_thw describes {len(geometry)} video(s) with "
-            f"{[t * r * c for t, r, c in geometry]} tokens, but input_ids hold {len(spans)} run(s) of video "
-            f"tokens with {[s.n_tokens for s in spans]} tokens. The video positions are kept ('video' "
-            "selects them), but frames and cells cannot be selected and cache.video is unavailable. "
-            "Re-run the processor on the same videos and text to get both.",
+            f"Video geometry unknown: the video inputs describe {len(geometry)} video(s) with "
+            f"{[t * r * c + trailing for t, r, c in geometry]} tokens, but input_ids hold {len(spans)} "
+            f"run(s) of video tokens with {[s.n_tokens for s in spans]} tokens. The video positions are "
+            "kept ('video' selects them), but frames and cells cannot be selected and cache.video is "
+            "unavailable. Re-run the processor on the same videos and text to get both.",
             stacklevel=4,
         )
     videos = tuple(
@@ -186,6 +191,38 @@ def find_video_spans(
         for i, span in enumerate(spans)
     )
     return videos, per_row
+
+
+def _trailing_runs(
+    video_mask: Tensor, geometry: Sequence[tuple[int, int, int]], frames_per_step: int, trailing: int
+) -> tuple[tuple[VideoSpan, ...], tuple[int, ...]] | None:
+    """Videos that are one run each of ``time * rows * cols`` frame tokens and ``trailing`` more
+    (LLaVA-OneVision's newline), each span ending before those; None where the runs differ."""
+    runs = _runs(video_mask, None, None)
+    if not trailing or len(runs) != len(geometry):
+        return None
+    if any(
+        len(parts) != 1 or parts[0][1] - parts[0][0] != t * r * c + trailing
+        for (_, parts), (t, r, c) in zip(runs, geometry)
+    ):
+        return None
+    spans: list[VideoSpan] = []
+    per_row = [0] * video_mask.shape[0]
+    for (row, parts), (time, rows, cols) in zip(runs, geometry):
+        start = parts[0][0]
+        spans.append(
+            VideoSpan(
+                row=row,
+                index=len(spans),
+                start=start,
+                end=start + time * rows * cols,
+                grid=(rows, cols),
+                time=time,
+                frames_per_step=frames_per_step,
+            )
+        )
+        per_row[row] += 1
+    return tuple(spans), tuple(per_row)
 
 
 def _frame_runs(

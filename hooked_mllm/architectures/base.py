@@ -253,6 +253,9 @@ class TokenLayout:
             video, in order]``, each video being ``time`` frames of ``rows x cols`` tokens (after
             the temporal and spatial merges) with ``frames_per_step`` input frames per time step.
             None: ``videos=`` and video inputs are refused, naming the families that take them.
+        video_trailing: Tokens at the end of each video's run that belong to no frame
+            (LLaVA-OneVision's one ``image_newline`` after the last frame): they stay video
+            tokens (``"video"`` selects them) but lie outside the video's span and its frames.
 
     Examples:
         >>> TokenLayout().grid(576, None), TokenLayout(grid=no_grid).grid(576, None)
@@ -266,6 +269,7 @@ class TokenLayout:
     row_break: str | None = None
     in_sequence: bool = True
     videos: Callable[[dict, Any], list[tuple[int, int, int, int]]] | Any = None
+    video_trailing: int = 0
 
     def __post_init__(self) -> None:
         for name in ("grid", "grids", "views", "videos"):

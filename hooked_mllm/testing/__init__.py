@@ -36,7 +36,7 @@ from .others import (
     tiny_pixtral,
 )
 from .qwen import QWEN_SPECIALS, tiny_qwen2_vl, tiny_qwen2_vl_processor, tiny_qwen3_vl
-from .video import TorchQwen2VLVideoProcessor
+from .video import TorchLlavaOnevisionVideoProcessor, TorchQwen2VLVideoProcessor
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -49,6 +49,7 @@ __all__ = [
     "PIXTRAL_SPECIALS",
     "QWEN_SPECIALS",
     "SPECIALS",
+    "TorchLlavaOnevisionVideoProcessor",
     "TorchQwen2VLVideoProcessor",
     "WORDS",
     "image_pair",

@@ -13,7 +13,15 @@ Examples:
 
 from __future__ import annotations
 
-from ._common import CHAT_TEMPLATE, build_tiny, text_kwargs, tiny_tokenizer, without_video
+from ._common import (
+    CHAT_TEMPLATE,
+    build_tiny,
+    chat_template_for,
+    text_kwargs,
+    tiny_tokenizer,
+    without_video,
+    word_tokenizer,
+)
 
 
 def tiny_processor(image_size: int = 32, patch_size: int = 8):
@@ -154,7 +162,8 @@ def tiny_llava_onevision(
     patch_size: int = 4,
 ):
     """A tiny random LLaVA-OneVision (shrunk from llava-hf/llava-onevision-qwen2-7b-ov-hf: SigLIP
-    tower, anyres tiles over pinpoints ``[[16, 32], [32, 16], [32, 32]]``, Qwen2 LM) and its processor.
+    tower, anyres tiles over pinpoints ``[[16, 32], [32, 16], [32, 32]]``, Qwen2 LM) and its processor
+    (PIL image processor; the torch video processor of :mod:`.video`, frames resized to ``image_size``).
 
     Returns ``(model, processor)``.
     """
@@ -163,7 +172,9 @@ def tiny_llava_onevision(
         LlavaOnevisionImageProcessorPil,
     )
 
-    tok = tiny_tokenizer()
+    from .video import TorchLlavaOnevisionVideoProcessor
+
+    tok = word_tokenizer(["<image>", "<video>"], image_token="<image>", video_token="<video>")
     pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints
@@ -171,9 +182,10 @@ def tiny_llava_onevision(
     processor = without_video(tf.LlavaOnevisionProcessor)(
         image_processor=image_processor,
         tokenizer=tok,
+        video_processor=TorchLlavaOnevisionVideoProcessor(size=image_size),
         num_image_tokens=(image_size // patch_size) ** 2,
         vision_feature_select_strategy="full",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template_for("<image>", video="<video>"),
     )
     vision = tf.SiglipVisionConfig(
         hidden_size=32,
@@ -189,6 +201,7 @@ def tiny_llava_onevision(
         text_config=text,
         image_grid_pinpoints=pinpoints,
         image_token_id=tok.convert_tokens_to_ids("<image>"),
+        video_token_id=tok.convert_tokens_to_ids("<video>"),
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
         pad_token_id=tok.pad_token_id,

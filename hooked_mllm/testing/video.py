@@ -1,4 +1,4 @@
-"""A Qwen2-VL video processor in plain torch, for tests and toy models (no torchvision).
+"""Qwen2-VL's and LLaVA-OneVision's video processors in plain torch, for tests (no torchvision).
 
 transformers' ``Qwen2VLVideoProcessor`` imports torchvision at module load (its resize), so
 a processor built from it cannot run where torchvision is absent. :class:`TorchQwen2VLVideoProcessor`
@@ -11,6 +11,8 @@ repeating the last frame, and HF's own patch layout (time, merged rows, merged c
 and ``video_grid_thw`` ``[videos, 3]``. It samples no frames and decodes no files: pass the
 frames. With a real checkpoint and torchvision installed, the checkpoint's own
 ``Qwen2VLVideoProcessor`` does this; the model sees the same layout either way.
+:class:`TorchLlavaOnevisionVideoProcessor` does the same for ``LlavaOnevisionVideoProcessor``
+(each frame resized to the tower's square size, CLIP-normalized, ``[videos, frames, 3, H, W]``).
 
 Examples:
     >>> import numpy as np
@@ -155,3 +157,53 @@ def _is_pil_frames(value: Any) -> bool:
         and bool(value)
         and all(hasattr(f, "convert") and hasattr(f, "mode") for f in value)
     )
+
+
+class TorchLlavaOnevisionVideoProcessor:
+    """LLaVA-OneVision's video preprocessing in plain torch (no torchvision): every frame resized to
+    ``size x size`` (bicubic with antialiasing), rescaled to ``[0, 1]`` and normalized with CLIP's
+    mean and std, as ``LlavaOnevisionVideoProcessor`` does.
+
+    Returns ``pixel_values_videos`` ``[videos, frames, 3, size, size]``; the videos of one call must
+    have the same frame count (HF stacks them into one tensor too).
+
+    Args:
+        size: The tower's ``image_size`` (384 for llava-onevision-qwen2-7b-ov-hf).
+
+    Examples:
+        >>> import numpy as np
+        >>> out = TorchLlavaOnevisionVideoProcessor(size=16)([np.zeros((3, 20, 24, 3), dtype=np.uint8)])
+        >>> tuple(out["pixel_values_videos"].shape)
+        (1, 3, 3, 16, 16)
+    """
+
+    model_input_names = ["pixel_values_videos"]
+
+    def __init__(self, size: int = 384) -> None:
+        self.size = size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self), video_processor_type=type(self).__name__)
+
+    def __call__(self, videos: Any, return_tensors: Any = None, **kwargs: Any) -> Any:
+        from transformers import BatchFeature
+
+        if _is_pil_frames(videos) or getattr(videos, "ndim", None) == 4:
+            videos = [videos]
+        out = []
+        for video in videos:
+            frames = _frames_tensor(video)
+            if tuple(frames.shape[-2:]) != (self.size, self.size):
+                frames = F.interpolate(
+                    frames, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True
+                )
+            mean = torch.tensor(_MEAN).view(1, 3, 1, 1)
+            std = torch.tensor(_STD).view(1, 3, 1, 1)
+            out.append((frames / 255.0 - mean) / std)
+        counts = sorted({int(v.shape[0]) for v in out})
+        if len(counts) > 1:
+            raise ValueError(
+                f"LLaVA-OneVision stacks the videos of one call into one tensor, so they need one frame "
+                f"count; got videos of {counts} frames. Sample the same number of frames from each video."
+            )
+        return BatchFeature({"pixel_values_videos": torch.stack(out)}, tensor_type=return_tensors)

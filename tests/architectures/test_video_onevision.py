@@ -1,0 +1,225 @@
+"""LLaVA-OneVision video: each frame pooled 2x, frames one after the other, one newline after the
+last. Every entry point against HF's own forward and generate, the geometry against HF's own
+``get_video_features``, the newline against ``image_newline``, and the torch video processor
+against HF's image processor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hooked_mllm import HookedMLLM, positions
+from hooked_mllm import testing as t
+from hooked_mllm.patching import activation_patching, logit_diff
+from hooked_mllm.testing.video import TorchLlavaOnevisionVideoProcessor
+
+from .families import image
+from .test_video import PROMPTS, array_video, frames, hf, video_tokens
+
+_MODEL: list[HookedMLLM] = []
+
+
+@pytest.fixture(scope="module")
+def model() -> HookedMLLM:
+    if not _MODEL:
+        _MODEL.append(HookedMLLM.from_hf(*t.tiny_llava_onevision(attn_implementation="eager")))
+    return _MODEL[0]
+
+
+@pytest.fixture(scope="module")
+def videos():
+    # 3 frames of 16x24 (PIL, resized to the tower's 16x16) and 3 frames of 16x16 (an array)
+    return [frames(0, 3, 16, 24), array_video(1, 3, 16, 16)]
+
+
+@pytest.fixture(scope="module")
+def batch(model, videos):
+    return model.prepare(videos=videos, prompts=PROMPTS)
+
+
+def test_processor_frames_equal_the_image_processors_base_tile():
+    """A 16x16 frame gives exactly the base tile HF's OneVision image processor gives for that picture."""
+    _, processor = t.tiny_llava_onevision()
+    still = image(3, 16, 16)
+    video = processor.video_processor([[still, still]], return_tensors="pt")["pixel_values_videos"]
+    ref = processor.image_processor(images=[still], return_tensors="pt")["pixel_values"]
+    assert video.shape == (1, 2, 3, 16, 16)
+    torch.testing.assert_close(video[0, 0], ref[0, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(video[0, 1], ref[0, 0], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one frame count"):
+        TorchLlavaOnevisionVideoProcessor(size=16)([array_video(0, 2, 16, 16), array_video(1, 3, 16, 16)])
+
+
+def test_spans_are_the_pooled_frames_and_the_newline_is_left_out(model, batch):
+    """frames * ceil(side / 2) ** 2 + 1 video tokens per row (side = image_size / patch_size = 4): the
+    span covers all but the last, whose first-layer input is HF's image_newline."""
+    config = model.hf_model.config.vision_config
+    side = math.ceil(config.image_size // config.patch_size / 2)
+    resid, cache = model.run_with_cache(batch, names_filter="blocks.0.hook_resid_pre")
+    for span in batch.videos:
+        tokens = video_tokens(batch, span.row)
+        assert (span.time, span.grid, span.frames_per_step) == (3, (side, side), 1)
+        assert len(tokens) == 3 * side * side + 1
+        assert list(span.token_positions) == tokens[:-1]
+        newline = cache["blocks.0.hook_resid_pre"][span.row, tokens[-1]]
+        torch.testing.assert_close(newline, model.hf_model.model.image_newline.detach())
+    assert batch.pad_mask[0].any() or batch.pad_mask[1].any()  # prompts of different lengths: left padding
+    everything = positions.video().mask(batch)
+    assert int(everything.sum()) == int(batch.video_mask.sum()) - 2  # the two newlines stay out of frames
+
+
+def test_cache_video_equals_hfs_pooled_video_features(model, batch):
+    """cache.video at the first layer's input, frame by frame, equals HF's get_video_features (tower,
+    projector, 2x bilinear pooling) for each video, in the order asked, repeats kept."""
+    _, cache = model.run_with_cache(batch, names_filter="blocks.0.hook_resid_pre")
+    with torch.no_grad():
+        features = model.hf_model.model.get_video_features(
+            batch.inputs["pixel_values_videos"],
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        ).pooler_output
+    got = cache.video("blocks.0.hook_resid_pre", frames=[2, 0, 2])
+    for span in batch.videos:
+        rows, cols = span.grid
+        expected = features[span.index, :-1].reshape(span.time, rows, cols, -1)
+        torch.testing.assert_close(got[span.row], expected[[2, 0, 2]], atol=1e-5, rtol=1e-4)
+
+
+def test_logits_hidden_states_and_a_frame_write_equal_hf(model, batch):
+    logits, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_resid_post"))
+    ref = hf(model, batch.inputs, output_hidden_states=True)
+    keep = ~batch.pad_mask
+    torch.testing.assert_close(logits[keep], ref.logits[keep])
+    for layer in range(model.cfg.n_layers - 1):
+        torch.testing.assert_close(cache["resid_post", layer][keep], ref.hidden_states[layer + 1][keep])
+    where = positions.video(frames=1).mask(batch)
+
+    def zero(act, hook):
+        act = act.clone()
+        act[where] = 0
+        return act
+
+    hooked = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_resid_pre", zero)])
+    layer0 = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.0")
+
+    def pre(module, args, kwargs):
+        hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+        hidden[where] = 0
+        return ((hidden, *args[1:]), kwargs) if args else (args, dict(kwargs, hidden_states=hidden))
+
+    handle = layer0.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        expected = hf(model, batch.inputs).logits
+    finally:
+        handle.remove()
+    torch.testing.assert_close(hooked[keep], expected[keep])
+    assert not torch.allclose(hooked[keep], logits[keep])
+
+
+def test_every_entry_point_takes_every_input_form(model, batch, videos):
+    processor = model.processor
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": p}]}],
+            add_generation_prompt=True,
+        )
+        for p in PROMPTS
+    ]
+    processor.tokenizer.padding_side = "left"
+    direct = processor(videos=videos, text=texts, padding=True, return_tensors="pt")
+    for key in batch.inputs:
+        assert torch.equal(direct[key], batch.inputs[key]), key
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    ref = hf(model, batch.inputs).logits
+    with torch.no_grad():
+        ref_gen = model.hf_model.generate(**batch.inputs, max_new_tokens=2, do_sample=False)
+    keep = ~batch.pad_mask
+    for form, (args, kwargs) in {
+        "prepare": ((batch,), {}),
+        "keywords": ((), dict(direct)),
+        "processor": ((direct,), {}),
+    }.items():
+        torch.testing.assert_close(model(*args, **kwargs)[keep], ref[keep], msg=f"forward({form})")
+        logits, _ = model.run_with_cache(*args, names_filter=last, **kwargs)
+        torch.testing.assert_close(logits[keep], ref[keep], msg=f"run_with_cache({form})")
+        seen: list[str] = []
+        hooked = model.run_with_hooks(
+            *args,
+            fwd_hooks=[(last, lambda act, hook: seen.append(hook.name))],  # noqa: B023 (runs at once)
+            **kwargs,
+        )
+        torch.testing.assert_close(hooked[keep], ref[keep], msg=f"run_with_hooks({form})")
+        assert seen == [last]
+        out = model.generate(*args, max_new_tokens=2, **kwargs)
+        torch.testing.assert_close(out.sequences, ref_gen, msg=f"generate({form})")
+        with model.trace(*args, **kwargs):
+            traced = model.nnsight.output.save()
+        torch.testing.assert_close(traced.logits[keep], ref[keep], msg=f"trace({form})")
+
+
+def test_vision_tower_hooks_see_every_frame(model, batch):
+    _, cache = model.run_with_cache(batch, names_filter="vision.hook_embed")
+    captured = {}
+    embed = model.adapter.module(model.hf_model, model.adapter.modules.vision_embed)
+    handle = embed.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        hf(model, batch.inputs)
+    finally:
+        handle.remove()
+    assert cache["vision.hook_embed"].shape[0] == 2 * 3  # videos x frames
+    torch.testing.assert_close(cache["vision.hook_embed"], captured["out"])
+
+
+def test_rows_alone_and_a_batch_mixing_images_and_videos(model, batch, videos):
+    logits = model(batch)
+    for row in range(len(batch)):
+        keep = ~batch.pad_mask[row]
+        torch.testing.assert_close(model(batch.row(row))[0], logits[row, keep], atol=1e-5, rtol=1e-4)
+    mixed = model.prepare(images=[image(0, 16, 24), None], videos=[None, videos[1]], prompts=PROMPTS)
+    assert [len(mixed.videos_of(r)) for r in range(2)] == [0, 1]
+    logits, cache = model.run_with_cache(mixed, names_filter="blocks.0.hook_resid_post")
+    ref = hf(model, mixed.inputs, output_hidden_states=True)
+    keep = ~mixed.pad_mask
+    torch.testing.assert_close(logits[keep], ref.logits[keep])
+    torch.testing.assert_close(cache["resid_post", 0][keep], ref.hidden_states[1][keep])
+    with pytest.raises(ValueError, match="both images and videos"):
+        model.run_with_cache(mixed, names_filter="vision.hook_embed")
+    for row in range(2):
+        torch.testing.assert_close(model(mixed.row(row))[0], logits[row, keep[row]], atol=1e-5, rtol=1e-4)
+
+
+def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
+    clean = model.prepare(videos=[videos[1]], prompts=[PROMPTS[0]])
+    corrupted = model.prepare(videos=[array_video(7, 3, 16, 16)], prompts=[PROMPTS[0]])
+    metric = logit_diff(3, 4)
+    result = activation_patching(model, clean, corrupted, metric, hook="resid_pre", layers=[1], over="frame")
+    tokens = video_tokens(clean, 0)[:-1]
+    assert result.units == [tokens[k * 4 : (k + 1) * 4] for k in range(3)]
+    layer1 = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.1")
+    clean_in = hf(model, clean.inputs, output_hidden_states=True).hidden_states[1]
+    for step, unit in enumerate(result.units):
+
+        def pre(module, args, kwargs, unit=unit):
+            hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+            hidden[:, unit] = clean_in[:, unit]
+            return ((hidden, *args[1:]), kwargs) if args else (args, dict(kwargs, hidden_states=hidden))
+
+        handle = layer1.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            expected = metric(hf(model, corrupted.inputs).logits, corrupted)
+        finally:
+            handle.remove()
+        torch.testing.assert_close(result.values[0, step], expected[0], atol=1e-5, rtol=1e-4)
+
+
+def test_contradicting_video_inputs_keep_positions_and_refuse_frames(model, batch):
+    """Two frames' worth of pixel values for three frames' tokens: positions kept, no frame geometry."""
+    inputs = dict(batch.inputs, pixel_values_videos=batch.inputs["pixel_values_videos"][:, :2])
+    with pytest.warns(UserWarning, match="Video geometry unknown"):
+        degraded = model.to_batch(inputs)
+    assert torch.equal(degraded.video_mask, batch.video_mask)
+    assert {(s.time, s.grid) for s in degraded.videos} == {(None, None)}
+    with pytest.raises(ValueError, match="no frame geometry"):
+        positions.video(frames=0).mask(degraded)
