@@ -161,6 +161,58 @@ class MultimodalBatch:
             videos_per_row=(len(videos),) if self.videos_per_row else (),
         )
 
+    def frames_as_images(self, video: int = 0) -> MultimodalBatch:
+        """This batch with each time step of each row's video ``video`` standing as one image.
+
+        Every image tool then works frame by frame: ``image=t`` names time step ``t`` in
+        ``image_locations``, the baselines, ``logit_lens_map`` and ``lens_location_map``, and
+        ``"image"`` selects the video's tokens. The HF inputs (so the forward) are unchanged;
+        the videos stay as they are. A batch that also holds images is refused (their inputs
+        split by image).
+
+        Returns:
+            A batch whose ``images`` are the frames, ``images_per_row`` the frame counts.
+
+        Examples:
+            >>> frames = batch.frames_as_images()                    # doctest: +SKIP
+            >>> steps = range(batch.videos[0].time)                  # doctest: +SKIP
+            >>> maps = [image_locations(model, frames, image=t) for t in steps]  # doctest: +SKIP
+        """
+        if self.images:
+            raise ValueError(
+                "frames_as_images needs a batch without images (this one holds "
+                f"{len(self.images)}); run the video rows alone (batch.row(i))."
+            )
+        frames: list[ImageSpan] = []
+        per_row = [0] * len(self)
+        mask = torch.zeros_like(self.pad_mask)
+        for row in range(len(self)):
+            videos = self.videos_of(row)
+            if not -len(videos) <= video < len(videos):
+                continue
+            span = videos[video]
+            time, grid = span.frame_geometry()
+            for t in range(time):
+                where = span.frame_positions(t)
+                contiguous = where == list(range(where[0], where[-1] + 1))
+                frames.append(
+                    ImageSpan(
+                        row=row,
+                        index=len(frames),
+                        start=where[0],
+                        end=where[-1] + 1,
+                        grid=grid,
+                        positions=None if contiguous else tuple(where),
+                    )
+                )
+                mask[row, where] = True
+            per_row[row] = time
+        if not frames:
+            raise ValueError(
+                f"No row of this batch holds a video {video} (videos per row: {self.videos_per_row})."
+            )
+        return replace(self, images=tuple(frames), images_per_row=tuple(per_row), image_mask=mask)
+
     def repeat(self, times: int) -> MultimodalBatch:
         """A one-row batch repeated ``times`` times (every HF tensor concatenated on dim 0).
 

@@ -4,8 +4,9 @@
 ``run_with_cache`` (with ``blocks.{l}.attn.hook_pattern`` in it) and a layer, and return an
 :class:`AttentionView`: circuitsvis's ``AttentionHeads`` (one small pattern per head, click
 to enlarge) or ``AttentionPatterns`` (pick a head, hover a token) over the row's tokens.
-Image tokens are labelled ``img{i}[r{r}c{c}]`` (:func:`token_labels`), ``part="image"`` or
-``part="text"`` keeps only that part of the sequence (both axes), and when the image is
+Image tokens are labelled ``img{i}[r{r}c{c}]``, video tokens ``vid{i}[t{t} r{r}c{c}]``
+(:func:`token_labels`), ``part="image"``, ``part="video"`` or ``part="text"`` keeps only that
+part of the sequence (both axes), and when the image is
 given a strip of its patches, in token order and with the same labels, sits above the view
 so a reader sees which patch a column is.
 
@@ -43,7 +44,7 @@ from ..cache import ActivationCache
 from ..inputs import MultimodalBatch
 from . import _html
 
-PARTS = ("all", "image", "text")
+PARTS = ("all", "image", "video", "text")
 
 
 @lru_cache(maxsize=1)
@@ -88,10 +89,11 @@ _ELEMENTS = ("AttentionHeads", "AttentionPatterns")
 
 
 def token_labels(batch: MultimodalBatch, row: int = 0) -> list[str]:
-    """One label per sequence position of ``row``: the token, ``img{i}[r{r}c{c}]`` for image tokens.
+    """One label per sequence position of ``row``: the token, ``img{i}[r{r}c{c}]`` for image tokens,
+    ``vid{i}[t{t} r{r}c{c}]`` for video tokens (time step ``t``, cell ``(r, c)`` of its grid).
 
-    ``i`` counts the row's images from 0. Image tokens without a grid (resampled latents) are
-    ``img{i}[{k}]``; padding is ``<pad>``.
+    ``i`` counts the row's images (videos) from 0. Image tokens without a grid (resampled latents)
+    are ``img{i}[{k}]``, video tokens without frame geometry ``vid{i}[{k}]``; padding is ``<pad>``.
 
     Examples:
         >>> token_labels(batch)[:4]                        # doctest: +SKIP
@@ -109,20 +111,34 @@ def token_labels(batch: MultimodalBatch, row: int = 0) -> list[str]:
                 labels[position] = f"img{i}[r{r}c{c}]"
             else:
                 labels[position] = f"img{i}[{k}]"
+    for i, video in enumerate(batch.videos_of(row)):
+        for k, position in enumerate(video.token_positions):
+            if video.time is not None and video.grid is not None:
+                t, cell = divmod(k, video.grid[0] * video.grid[1])
+                r, c = divmod(cell, video.grid[1])
+                labels[position] = f"vid{i}[t{t} r{r}c{c}]"
+            else:
+                labels[position] = f"vid{i}[{k}]"
     for p in batch.pad_mask[row].nonzero().flatten().tolist():
         labels[p] = "<pad>"
     return labels
 
 
 def part_positions(batch: MultimodalBatch, row: int = 0, part: str = "all") -> list[int]:
-    """The non-padding positions of ``row`` in ``part`` (``"all"``, ``"image"`` or ``"text"``)."""
+    """The non-padding positions of ``row`` in ``part``.
+
+    ``part`` is ``"all"``, ``"image"``, ``"video"`` or ``"text"`` (neither image nor video).
+    """
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, not {part!r}")
     keep = ~batch.pad_mask[row]
+    video = batch.video_mask[row] if batch.video_mask is not None else torch.zeros_like(keep)
     if part == "image":
         keep &= batch.image_mask[row]
+    elif part == "video":
+        keep &= video
     elif part == "text":
-        keep &= ~batch.image_mask[row]
+        keep &= ~batch.image_mask[row] & ~video
     positions = keep.nonzero().flatten().tolist()
     if not positions:
         raise ValueError(f"Row {row} has no {part} tokens to show.")
@@ -298,8 +314,8 @@ def attention_heads(
         batch: The batch that was run (default: the cache's own) for labels and parts;
             without it pass ``tokens``.
         row: Which row of the batch.
-        part: ``"all"`` non-padding positions, only the ``"image"`` tokens, or only the
-            ``"text"`` tokens (queries and keys alike; rows then need not sum to 1).
+        part: ``"all"`` non-padding positions, only the ``"image"`` tokens, only the ``"video"``
+            tokens, or only the ``"text"`` tokens (queries and keys alike; rows then need not sum to 1).
         positions: Explicit positions to show instead of ``part``.
         heads: Heads to show (default all).
         image: The row's first image: adds a strip of its patches labelled like the columns.

@@ -251,7 +251,7 @@ def logit_lens_grid(
         cache: From ``run_with_cache`` with ``blocks.{l}.hook_resid_post`` (and ``blocks.0.hook_resid_pre``
             for the embedding row) kept at every position.
         positions: Sequence positions (default: every non-padding position in ``part``).
-        part: ``"all"``, ``"image"`` or ``"text"``.
+        part: ``"all"``, ``"image"``, ``"video"`` or ``"text"`` (neither image nor video).
         hook: ``resid_post`` (default), ``resid_mid`` or ``resid_pre``.
         apply_norm: Read through the final norm first (as the model does).
 
