@@ -15,8 +15,9 @@ Connections:
 
 Contents (public API):
     :func:`attention_heads`, :func:`attention_patterns`, :class:`AttentionView`, :func:`token_labels`,
-    :func:`patch_strip` (attention); :func:`heatmap`, :func:`heatmaps`, :func:`as_map` (maps over the
-    image); :func:`logit_lens_grid`, :func:`image_lens_grid`, :class:`LensGrid`, :class:`ImageLensGrid`;
+    :func:`patch_strip` (attention); :func:`heatmap`, :func:`heatmaps`, :func:`frame_strip`,
+    :func:`as_map` (maps over the image, or over a video's frames); :func:`logit_lens_grid`,
+    :func:`image_lens_grid`, :class:`LensGrid`, :class:`ImageLensGrid`;
     :func:`patching_figure`, :func:`steering_dose_figure`, :func:`concept_dictionary_html`; :class:`Report`.
 
 Examples:
@@ -33,6 +34,7 @@ from .display import concept_dictionary_html as concept_dictionary_html
 from .display import patching_figure as patching_figure
 from .display import steering_dose_figure as steering_dose_figure
 from .heatmap import as_map as as_map
+from .heatmap import frame_strip as frame_strip
 from .heatmap import heatmap as heatmap
 from .heatmap import heatmaps as heatmaps
 from .lens_grid import ImageLensGrid as ImageLensGrid

@@ -6,7 +6,9 @@ over cells for one layer, a concept's activation over patches, an attention row 
 grid). :func:`heatmap` draws one over its image (each cell stretched over the pixels it covers,
 nearest-neighbour so cell borders stay honest; ``smooth=True`` for bilinear), with a title and a
 colour bar; :func:`heatmaps` draws several side by side (layers, methods, baselines) on one
-shared colour scale. Maps where both signs matter get a diverging colour map centred on 0.
+shared colour scale; :func:`frame_strip` lays out one map per time step of a video (titled
+``vid0[t2]``, each over its step's first frame). Maps where both signs matter get a diverging
+colour map centred on 0.
 
 Examples:
     >>> import numpy as np
@@ -236,3 +238,47 @@ def heatmaps(
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     return fig
+
+
+def frame_strip(
+    maps: Sequence[Any],
+    frames: Sequence[Image.Image] | None = None,
+    *,
+    frames_per_step: int = 1,
+    video: int = 0,
+    **kwargs: Any,
+) -> Any:
+    """One map per time step of a video, left to right on one colour scale; returns the ``Figure``.
+
+    The panels are titled ``vid{video}[t{t}]`` (as the attention views label video tokens) and,
+    with ``frames``, panel ``t`` sits over input frame ``t * frames_per_step`` (the first frame of
+    the step; Qwen2-VL's ``frames_per_step`` is 2, :attr:`~hooked_mllm.spans.VideoSpan.frames_per_step`).
+
+    Args:
+        maps: One map per time step, in order (``[image_locations(model, batch.frames_as_images(),
+            image=t) for t in ...]``, or a ``[time, rows, cols]`` array such as ``cache.video``'s norms).
+        frames: The video's input frames (PIL images), or None for bare panels.
+        frames_per_step: Input frames per time step.
+        video: The video's index in its row (for the titles).
+        **kwargs: Passed to :func:`heatmaps` (``cmap``, ``alpha``, ``label``, ``shared_scale``...).
+
+    Examples:
+        >>> import numpy as np
+        >>> fig = frame_strip(np.random.rand(3, 2, 2))
+        >>> [ax.get_title() for ax in fig.axes if ax.get_title()]
+        ['vid0[t0]', 'vid0[t1]', 'vid0[t2]']
+    """
+    arrays = [as_map(m) for m in maps]
+    if not arrays:
+        raise ValueError("frame_strip() got no maps (one per time step).")
+    images: list[Image.Image | None] | None = None
+    if frames is not None:
+        needed = (len(arrays) - 1) * frames_per_step + 1
+        if len(frames) < needed:
+            raise ValueError(
+                f"{len(arrays)} time steps of {frames_per_step} frame(s) need at least {needed} frames; "
+                f"got {len(frames)}."
+            )
+        images = [frames[t * frames_per_step] for t in range(len(arrays))]
+    titles = [f"vid{video}[t{t}]" for t in range(len(arrays))]
+    return heatmaps(arrays, images, titles=titles, ncols=kwargs.pop("ncols", len(arrays)), **kwargs)

@@ -92,3 +92,22 @@ def test_layer_stack_objects_get_one_panel_per_layer():
         heatmaps(np.zeros((2, 2)))
     with pytest.raises(ValueError, match="images for"):
         heatmaps([np.zeros((2, 2))] * 2, image=[None])
+
+
+def test_frame_strip_puts_each_step_over_its_first_frame_on_one_scale():
+    from hooked_mllm.viz import frame_strip
+
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(a) for a in rng.integers(0, 255, (6, 8, 8, 3), dtype=np.uint8)]
+    maps = [k * np.eye(2) for k in (1.0, 2.0, 3.0)]
+    fig = frame_strip(maps, frames, frames_per_step=2, video=1)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["vid1[t0]", "vid1[t1]", "vid1[t2]"]
+    for step, ax in enumerate(panels):
+        np.testing.assert_array_equal(ax.images[0].get_array(), np.asarray(frames[2 * step]))
+        np.testing.assert_array_equal(ax.images[-1].get_array(), maps[step])
+    assert {ax.images[-1].get_clim() for ax in panels} == {(0.0, 3.0)}
+    with pytest.raises(ValueError, match="need at least 5 frames"):
+        frame_strip(maps, frames[:4], frames_per_step=2)
+    with pytest.raises(ValueError, match="no maps"):
+        frame_strip([])
