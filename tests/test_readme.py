@@ -42,6 +42,12 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
         assert namespace["change"] > 0
         assert tuple(namespace["per_step"].shape) == (namespace["model"].cfg.n_layers, 2)
         assert namespace["sweep"].labels == ["vid0[t0]", "vid0[t1]"]
+        step1 = tuple(namespace["alone"].videos[0].frame_positions(1))  # one map per time step, on its tokens
+        assert len(namespace["maps"]) == 2 and namespace["maps"][1].positions == step1
+        assert [ax.get_title() for ax in namespace["figure"].axes if ax.get_title()] == [
+            "vid0[t0]",
+            "vid0[t1]",
+        ]
     if doc == "docs/scale.md":  # Qwen2-VL-7B residual stream at image positions: layers x tokens x d_model
         assert namespace["est"].nbytes == 28 * 1564 * 3584 * 2
     if doc == "docs/concepts.md":  # captions without "red" are skipped; the yes -> no vector flips answers
