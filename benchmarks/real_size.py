@@ -283,7 +283,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
             kw = dict(marker="o", color=colors[tool], label=f"{tool}, {count} tokens")
             if tool != "forward":
                 axes[0][0].plot(xs, [r[f"{tool}_cpu_ratio"] for r in kept], styles[count], **kw)
-            axes[0][1].plot(xs, [r[f"{tool}_peak_mib"] for r in kept], styles[count], **kw)
+            axes[0][1].plot(xs, [max(1.0, r[f"{tool}_peak_mib"]) for r in kept], styles[count], **kw)
     widest = max(r["d_model"] for r in rows)
     chosen = sorted((r for r in rows if r["d_model"] == widest), key=lambda r: r["image_tokens"])
     for tool in ("forward", *TOOLS):
@@ -294,11 +294,16 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
         xs = [r["image_tokens"] for r in kept]
         if tool != "forward":
             axes[1][0].plot(xs, [r[f"{tool}_cpu_ratio"] for r in kept], **kw)
-        axes[1][1].plot(xs, [r[f"{tool}_peak_mib"] for r in kept], **kw)
+        axes[1][1].plot(xs, [max(1.0, r[f"{tool}_peak_mib"]) for r in kept], **kw)
     axes[0][0].set(
         xlabel="d_model", ylabel="CPU time / plain forward", xscale="log", yscale="log", title=title
     )
-    axes[0][1].set(xlabel="d_model", ylabel="memory added during the call (MiB)", xscale="log", yscale="log")
+    axes[0][1].set(
+        xlabel="d_model",
+        ylabel="memory added during the call (MiB; under 1 drawn at 1)",
+        xscale="log",
+        yscale="log",
+    )
     axes[1][0].set(
         xlabel="image tokens",
         ylabel="CPU time / plain forward",
