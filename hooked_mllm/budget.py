@@ -292,7 +292,7 @@ def plan_lens(
         fixed=_f32_copy(dtype, vocab * d_model) if frozen else 0,
         per_vector=_READOUT_COPIES * 4 * vocab + size * vocab + _NORM_COPIES * 4 * d_model,
         n_vectors=n_positions,
-        capture=size * (len({*range(n_layers)}) + 1) * n_positions * d_model,
+        capture=size * (n_layers + 1) * n_positions * d_model,  # the layers' cached residuals (at most)
         budget=budget,
         hint="fewer layers=",
     )
