@@ -11,13 +11,15 @@ uses to keep the script working). It prints absolute times and ratios measured s
 2. **Sparse dictionary**: ``SparseDictionary`` fitted on the device against the CPU, on synthetic
    sparse codes (time ratio, atom recovery of both).
 3. **A random model of 7B shape** (LLaVA-1.5-7B's sizes: Llama d_model 4096 x 32 layers, MLP 11008,
-   CLIP-L/336 tower, 576 image tokens; random weights built on the device, nothing downloaded; skipped
-   with ``--tiny``): forward and ``run_with_cache`` times, their ratio, and peak device memory.
+   CLIP-L/336 tower, 576 image tokens; the configuration of ``geometry.PRESETS["llava-1.5-7b"]`` with
+   random weights built on the device, nothing downloaded; ``--tiny``: a 2-layer stand-in): forward and
+   ``run_with_cache`` times, their ratio, and peak device memory.
 4. **Every tool at real size** (``benchmarks/real_size.py``'s table on the device): LLaVA-1.5-7B's
    shape with all 32 LM and 24 vision layers in bfloat16, at 144 and 576 image tokens, with SDPA and
    with eager attention: plain forward, ``run_with_cache`` of the residual stream and of every hook
-   point (when ``estimate_cache`` fits 8 GiB), ``image_locations`` (top head) and ``attention_map``;
-   time ratios to the forward and peak device memory added (caches go to the CPU, the default).
+   point (when ``estimate_cache`` fits 8 GiB), ``image_locations`` (top head, and every head of the last
+   layer), ``attention_map`` and ``concepts.extract``; time ratios to the forward and peak device memory
+   added (caches go to the CPU, the default).
    ``--tiny`` runs it at tiny sizes (also on the CPU dry run).
 
 Usage: ``python benchmarks/gpu_checks.py [--device cuda] [--tiny] [--repeats N]``.
@@ -124,53 +126,19 @@ def dictionary(device: torch.device, tiny: bool) -> dict[str, float]:
     return out
 
 
-def seven_b(device: torch.device, dtype: torch.dtype, repeats: int) -> dict[str, float]:
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    from hooked_mllm.testing import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    vision = CLIPVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        image_size=336,
-        patch_size=14,
-        projection_dim=768,
-    )
-    text = LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_seq_length=576,
-    )
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            hf = LlavaForConditionalGeneration(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
-    model = HookedMLLM.from_hf(hf, tiny_processor(image_size=336, patch_size=14))
-    batch = model.prepare(images=[random_image(0, 336)], prompts=["what color is the circle ?"]).to(device)
+def seven_b(device: torch.device, dtype: torch.dtype, repeats: int, tiny: bool) -> dict[str, float]:
+    """A random model of LLaVA-1.5-7B's shape (``geometry.PRESETS["llava-1.5-7b"]``, through
+    ``real_size.build``), 576 image tokens; ``tiny``: a 2-layer d_model-128 stand-in (the CPU dry run)."""
+    real_size = _real_size()
+    if tiny:
+        model, batch = real_size.build(128, 16, 2, 1, 64, device=device, dtype=dtype)
+    else:
+        model, batch = real_size.build(4096, 576, 32, 24, device=device, dtype=dtype)
+    hf = model.hf_model
     names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
-    torch.cuda.reset_peak_memory_stats(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
 
     def plain():
         with torch.no_grad():
@@ -182,7 +150,7 @@ def seven_b(device: torch.device, dtype: torch.dtype, repeats: int) -> dict[str,
         "params_b": sum(p.numel() for p in hf.parameters()) / 1e9,
         "forward_s": forward,
         "cache_ratio": cache / forward,
-        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else float("nan"),
     }
 
 
@@ -217,7 +185,8 @@ def tools(device: torch.device, tiny: bool, repeats: int) -> dict[str, dict[str,
                 dtype=dtype,
                 attn_implementation=attn,
             )
-            row = real_size.row(model, batch, repeats, budget_gib=8.0)
+            # on a GPU every head of the last layer: 32 x 576 vectors through the LM head
+            row = real_size.row(model, batch, repeats, budget_gib=8.0, all_heads_gflop=1e9)
             out[f"tools_{attn}_{count}"] = {k: float(v) for k, v in row.items()}
             del model, batch
             if device.type == "cuda":
@@ -242,8 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     for dtype in dtypes:
         results[f"overhead_{str(dtype)[6:]}"] = overhead(device, dtype, args.tiny, args.repeats)
     results["sparse_dictionary"] = dictionary(device, args.tiny)
-    if device.type == "cuda" and not args.tiny:
-        results["llava_7b_shape_bf16"] = seven_b(device, torch.bfloat16, args.repeats)
+    results["llava_7b_shape_bf16"] = seven_b(device, torch.bfloat16, args.repeats, args.tiny)
     results.update(tools(device, args.tiny, args.repeats))
     for name, values in results.items():
         print(name, " ".join(f"{k}={v:.4g}" for k, v in values.items()))

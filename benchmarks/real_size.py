@@ -5,14 +5,18 @@ d_mlp = 11008 / 4096 x d_model, vocabulary 32,064; CLIP ViT-L/14 tower of width 
 bfloat16 weights, with a few LM layers and a few vision layers (the published model has 32 and 24:
 per-layer costs add up linearly, so the full model's numbers are extrapolated from a second
 real-width build with more layers and labelled so). For each d_model in ``--widths`` and each
-image-token count in ``--tokens`` (144 tokens: a 168 px tower; 576: 336 px, as published) it
-measures, in one process:
+image-token count in ``--tokens`` (144 tokens: a 168 px tower; 576: 336 px, as published; 2,916: a
+756 px tower, the size of Qwen2-VL's 2,880 tokens of a 1344 x 1680 image) it measures, in one process:
 
 * ``forward``: HF's plain forward (no hooks);
 * ``cache_resid``: ``run_with_cache`` of every ``blocks.{l}.hook_resid_post``;
 * ``cache_all``: ``run_with_cache`` of every hook point, when ``estimate_cache`` says the cache fits
   ``--budget-gib`` (otherwise only the estimate is reported);
 * ``locations_top``: ``image_locations`` with the top head; ``attention_map``;
+* ``locations_all``: ``image_locations(heads="all", layers=[last])``: every head of one layer at every
+  image position read out through the LM head (per layer: the full model's cost is ``n_layers`` times),
+  when it reads at most ``--all-heads-max`` vectors (otherwise only ``estimate_tool``'s numbers);
+* ``extraction``: ``concepts.extract`` of one sample's last position at the last layer;
 
 with each one's time (median of ``--repeats``, after one warm-up forward per model), its ratio to
 the plain forward, and the peak resident memory added during the call (``/proc/self/statm``
@@ -38,6 +42,8 @@ from typing import Any
 import torch
 
 from hooked_mllm import HookedMLLM, estimate_cache, geometry
+from hooked_mllm.budget import estimate_tool
+from hooked_mllm.concepts import Sample, extract
 from hooked_mllm.mechanism import attention_map, image_locations
 from hooked_mllm.testing import random_image, tiny_processor
 
@@ -157,12 +163,20 @@ def build(
 
 
 def row(
-    model: HookedMLLM, batch: Any, repeats: int, budget_gib: float, only: tuple[str, ...] = ()
+    model: HookedMLLM,
+    batch: Any,
+    repeats: int,
+    budget_gib: float,
+    only: tuple[str, ...] = (),
+    all_heads_gflop: float = 1300.0,
 ) -> dict[str, Any]:
     """Every tool's (or ``only`` these tools') time, ratio and added memory on one model (after a warm-up
     forward)."""
     hf = model.hf_model
+    last = model.cfg.n_layers - 1
     resid = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    side = int(batch.inputs["pixel_values"].shape[-1])
+    sample = [Sample("0", random_image(0, side), "what color is the circle ?")]
 
     def plain() -> Any:
         with torch.no_grad():
@@ -176,7 +190,14 @@ def row(
         # an explained token of the stand-in vocabulary: a random model's argmax may be an id past it
         "locations_top": lambda: image_locations(model, batch, target="yes"),
         "attention_map": lambda: attention_map(model, batch, target="yes"),
+        "extraction": lambda: extract(model, sample, resid[-1], "last", batch_size=1, progress=False),
     }
+    est_heads = estimate_tool(model, batch, "image_locations", heads="all", layers=[last])
+    readout_gflop = 2 * est_heads.n_vectors * model.cfg.d_model * model.cfg.d_vocab / 1e9
+    if readout_gflop <= all_heads_gflop:
+        tools["locations_all"] = lambda: image_locations(
+            model, batch, heads="all", layers=[last], target="yes"
+        )
     if est_all.nbytes <= budget_gib * 2**30:
         tools["cache_all"] = lambda: model.run_with_cache(batch)
     if only:
@@ -190,6 +211,10 @@ def row(
         "vision_layers": model.cfg.vision_n_layers,
         "cache_all_estimate_mib": est_all.nbytes / 2**20,
         "cache_resid_estimate_mib": est_resid.nbytes / 2**20,
+        "locations_all_vectors": est_heads.n_vectors,
+        "locations_all_readout_gflop": readout_gflop,
+        "locations_all_estimate_mib": est_heads.peak / 2**20,
+        "locations_all_chunks": est_heads.n_chunks,
     }
     for name, fn in tools.items():
         seconds, cpu, peak = measured(fn, repeats, model.device)
@@ -204,13 +229,17 @@ def row(
     return out
 
 
+TOOLS = ("cache_resid", "cache_all", "locations_top", "locations_all", "attention_map", "extraction")
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as a Markdown table."""
     head = (
         "| d_model | image tokens | LM / vision layers | forward: wall s, CPU s | cache resid | cache all | "
-        "locations (top) | attention_map | cache all (estimate) |"
+        "locations (top) | locations (all heads, 1 layer) | attention_map | extraction | "
+        "cache all (estimate) | all heads (estimate) |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
 
         def cell(name: str, r: dict[str, Any] = r) -> str:
@@ -224,54 +253,101 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['d_model']} | {r['image_tokens']} | {r['lm_layers']} / {r['vision_layers']} | "
             f"{r['forward_s']:.2f}, {r['forward_cpu_s']:.2f} (+{r['forward_peak_mib']:.0f} MiB) | "
-            f"{cell('cache_resid')} | "
-            f"{cell('cache_all')} | {cell('locations_top')} | {cell('attention_map')} | "
-            f"{r['cache_all_estimate_mib']:.0f} MiB |"
+            + " | ".join(cell(t) for t in TOOLS)
+            + f" | {r['cache_all_estimate_mib']:.0f} MiB | {r.get('locations_all_vectors', 0)} vectors, "
+            f"{r.get('locations_all_estimate_mib', 0):.0f} MiB in {r.get('locations_all_chunks', 0)} chunks |"
         )
     return "\n".join(lines)
 
 
 def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
-    """CPU-time ratio to the forward and memory added, against d_model, one line per tool and image-token
-    count, written to ``path``."""
+    """CPU-time ratio to the forward and memory added, against d_model (top, one line per tool and image-token
+    count) and against image tokens (bottom, at the largest d_model), written to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for count, style in zip(sorted({r["image_tokens"] for r in rows}), ("--", "-"), strict=False):
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    colors = dict(zip(("forward", *TOOLS), "kbcrymg", strict=True))
+    counts = sorted({r["image_tokens"] for r in rows})
+    styles = dict(zip(counts, (":", "--", "-", "-."), strict=False))
+    for count in counts:
         chosen = sorted((r for r in rows if r["image_tokens"] == count), key=lambda r: r["d_model"])
         widths = [r["d_model"] for r in chosen]
-        for tool, color in zip(
-            ("cache_resid", "cache_all", "locations_top", "attention_map"), "bgrm", strict=True
-        ):
-            if all(f"{tool}_s" in r for r in chosen):
-                label, kw = f"{tool}, {count} image tokens", dict(marker="o", color=color)
-                left.plot(widths, [r[f"{tool}_cpu_ratio"] for r in chosen], style, label=label, **kw)
-                right.plot(widths, [r[f"{tool}_peak_mib"] for r in chosen], style, label=label, **kw)
-        right.plot(
-            widths, [r["forward_peak_mib"] for r in chosen], style, color="k", label=f"forward, {count}"
-        )
-    left.set(xlabel="d_model", ylabel="CPU time / plain forward", xscale="log", title=title)
-    right.set(xlabel="d_model", ylabel="memory added during the call (MiB)", xscale="log")
-    left.axhline(1.0, color="grey", lw=0.5)
-    right.legend(fontsize=7)
+        for tool in ("forward", *TOOLS):
+            points = [(w, r) for w, r in zip(widths, chosen, strict=True) if f"{tool}_s" in r]
+            if not points:
+                continue
+            xs, kept = [w for w, _ in points], [r for _, r in points]
+            kw = dict(marker="o", color=colors[tool], label=f"{tool}, {count} tokens")
+            if tool != "forward":
+                axes[0][0].plot(xs, [r[f"{tool}_cpu_ratio"] for r in kept], styles[count], **kw)
+            axes[0][1].plot(xs, [max(1.0, r[f"{tool}_peak_mib"]) for r in kept], styles[count], **kw)
+    widest = max(r["d_model"] for r in rows)
+    chosen = sorted((r for r in rows if r["d_model"] == widest), key=lambda r: r["image_tokens"])
+    for tool in ("forward", *TOOLS):
+        kept = [r for r in chosen if f"{tool}_s" in r]
+        if not kept:
+            continue
+        kw = dict(marker="o", color=colors[tool], label=tool)
+        xs = [r["image_tokens"] for r in kept]
+        if tool != "forward":
+            axes[1][0].plot(xs, [r[f"{tool}_cpu_ratio"] for r in kept], **kw)
+        axes[1][1].plot(xs, [max(1.0, r[f"{tool}_peak_mib"]) for r in kept], **kw)
+    axes[0][0].set(
+        xlabel="d_model", ylabel="CPU time / plain forward", xscale="log", yscale="log", title=title
+    )
+    axes[0][1].set(
+        xlabel="d_model",
+        ylabel="memory added during the call (MiB; under 1 drawn at 1)",
+        xscale="log",
+        yscale="log",
+    )
+    axes[1][0].set(
+        xlabel="image tokens",
+        ylabel="CPU time / plain forward",
+        xscale="log",
+        yscale="log",
+        title=f"d_model {widest}",
+    )
+    axes[1][1].set(xlabel="image tokens", ylabel="memory added (MiB)", xscale="log", yscale="log")
+    for ax in (axes[0][0], axes[1][0]):
+        ax.axhline(1.0, color="grey", lw=0.5)
+    axes[0][1].legend(fontsize=6, ncol=2)
+    axes[1][1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="512,2048,4096", help="LM d_model values (comma-separated)")
-    parser.add_argument("--tokens", default="144,576", help="image-token counts (squares of whole numbers)")
+    parser.add_argument(
+        "--tokens", default="144,576,2916", help="image-token counts (squares of whole numbers)"
+    )
     parser.add_argument("--layers", type=int, default=2, help="LM layers (published: 32)")
     parser.add_argument("--vision-layers", type=int, default=2, help="vision layers (published: 24)")
     parser.add_argument(
         "--slope-layers", type=int, default=4, help="LM layers of the extrapolation build (0: none)"
     )
+    parser.add_argument(
+        "--slope-tokens", type=int, default=576, help="image tokens of the extrapolation build"
+    )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--budget-gib", type=float, default=4.0, help="largest cache_all run")
+    parser.add_argument("--budget-gib", type=float, default=2.0, help="largest cache_all run")
+    parser.add_argument(
+        "--all-heads-gflop",
+        type=float,
+        default=1300.0,
+        help="largest locations_all run (GFLOP of its float32 readout through the LM head)",
+    )
+    parser.add_argument(
+        "--cross",
+        action="store_true",
+        help="only the cells on two axes: every width at the middle token count, every token count at "
+        "the largest width (instead of every pair)",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--tiny", action="store_true", help="small sizes: a seconds-long check")
     parser.add_argument("--plot", default=None, help="draw the grid into this image (matplotlib)")
@@ -301,19 +377,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             64,
         )
     _fixed_mmap_threshold()
-    rows = []
-    for d_model in widths:
-        for count in tokens:
-            model, batch = build(d_model, count, args.layers, args.vision_layers, vision_width)
-            rows.append(row(model, batch, args.repeats, args.budget_gib))
-            del model, batch
+    rows: list[dict[str, Any]] = []
+    cells = [(w, t) for w in widths for t in tokens]
+    if args.cross:
+        middle = tokens[len(tokens) // 2]
+        cells = [(w, middle) for w in widths] + [(widths[-1], t) for t in tokens if t != middle]
+    for d_model, count in cells:
+        model, batch = build(d_model, count, args.layers, args.vision_layers, vision_width)
+        rows.append(row(model, batch, args.repeats, args.budget_gib, all_heads_gflop=args.all_heads_gflop))
+        del model, batch
+        print(table(rows[-1:]), flush=True)
+        if args.json:  # what is done so far, in case a long run is stopped
+            with open(args.json, "w") as f:
+                json.dump({"rows": rows}, f, indent=1)
     result: dict[str, Any] = {
         "rows": rows,
         "machine": f"{os.cpu_count()} CPU threads, torch {torch.__version__}",
         "load_average_1min_after_grid": os.getloadavg()[0],
     }
     if args.slope_layers:
-        d_model, count = widths[-1], tokens[-1]
+        d_model = widths[-1]
+        count = args.slope_tokens if args.slope_tokens in tokens else tokens[-1]
         model, batch = build(d_model, count, args.slope_layers, args.vision_layers, vision_width)
         more = row(model, batch, args.repeats, args.budget_gib, only=("forward", "cache_resid"))
         del model, batch

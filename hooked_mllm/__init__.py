@@ -39,12 +39,14 @@ _NAMES = {
     "Remote": "._remote_host",
     "CacheEstimate": ".estimate",
     "estimate_cache": ".estimate",
+    "estimate_tool": ".budget",
 }
 _MODULES = {
     "mechanism": ".mechanism",
     "positions": ".positions",
     "utils": ".utils",
     "geometry": ".geometry",
+    "budget": ".budget",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES, _MODULES)

@@ -29,6 +29,11 @@ def test_dry_run_on_cpu(capsys):
         assert (
             row["cache_all_ratio"] > 0 and row["locations_top_ratio"] > 0 and row["attention_map_ratio"] > 0
         )
+        assert row["locations_all_ratio"] > 0 and row["extraction_ratio"] > 0
+    # the 7B-shape check's code path runs too (a 2-layer stand-in built from the geometry preset)
+    assert (
+        results["llava_7b_shape_bf16"]["forward_s"] > 0 and results["llava_7b_shape_bf16"]["cache_ratio"] > 0
+    )
     out = capsys.readouterr().out
     assert "overhead_float32" in out and "| d_model | image tokens |" in out
 

@@ -91,17 +91,19 @@ class MechanismRun:
 
     # -- the frozen readout ------------------------------------------------------------
 
-    def log_prob(self, z: Float[Tensor, "... d_model"], row: int) -> Float[Tensor, "..."]:
+    def log_prob(
+        self, z: Float[Tensor, "... d_model"], row: int, chunk_rows: int | None = None
+    ) -> Float[Tensor, "..."]:
         """``log p(target[row] | z)`` with the final norm's scale frozen at row ``row``'s final residual.
 
-        Any leading shape; computed in float32 in chunks (the full vocabulary is needed for the
-        normaliser).
+        Any leading shape; computed in float32 in chunks of ``chunk_rows`` vectors (default: 2^24
+        logits at a time; the full vocabulary is needed for the normaliser).
         """
         w_u, bias = self._unembed
         w_u, bias = w_u.to(z.device), None if bias is None else bias.to(z.device)
         ref = self.final[row].to(z.device)
         flat = z.reshape(-1, z.shape[-1])
-        step = max(1, _CHUNK_FLOATS // w_u.shape[0])
+        step = chunk_rows or max(1, _CHUNK_FLOATS // w_u.shape[0])
         out = []
         for chunk in flat.split(step):
             logits = frozen_final_norm(self.model, chunk, ref) @ w_u.T
@@ -138,14 +140,15 @@ class MechanismRun:
         """``[batch, head, pos, d_model]`` ``attn * v @ W_O`` before the block's post-attention map."""
         rows = slice(None) if rows is None else rows
         attn = self.pattern[layer][rows]  # [batch, head, pos]
-        values = self.v[layer][rows][:, :, self._kv_index()]  # [batch, pos, head, d_head]
-        w_o = self._w_o(layer)
-        if heads is not None:
-            index = torch.as_tensor(list(heads), device=attn.device)
-            attn, values, w_o = attn[:, index], values[:, :, index], w_o[index]
-        if positions is not None:
+        values = self.v[layer][rows]  # [batch, pos, kv, d_head]
+        kv, w_o = self._kv_index(), self._w_o(layer)
+        if positions is not None:  # select before gathering the heads' values: chunks stay small
             index = torch.as_tensor(positions, device=attn.device)
             attn, values = attn[..., index], values[:, index]
+        if heads is not None:
+            index = torch.as_tensor(list(heads), device=attn.device)
+            attn, kv, w_o = attn[:, index], kv[index], w_o[index]
+        values = values[:, :, kv]  # [batch, pos, head, d_head]
         projected = torch.einsum("bphd,hdm->bhpm", values, w_o)
         return attn[..., None] * projected
 

@@ -24,8 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import budget as _budget
 from ..lens import logit_lens, top_tokens
 from ..model import HookedMLLM
+from . import _chunks
 from .capture import capture, resolve_target
 from .maps import LocationMap, grid_span, to_map
 from .scores import head_scores, layer_list
@@ -229,6 +231,7 @@ def logit_lens_map(
     layers: Any = None,
     tokens: Sequence[str] | None = None,
     frozen: bool = False,
+    max_memory: int | str | None = None,
 ) -> LensMap:
     """The logit lens of every cell of one image after every layer (top token per cell per layer).
 
@@ -239,6 +242,12 @@ def logit_lens_map(
             the row's last position).
         frozen: Read with the final norm's scale frozen at each cell's final residual instead of
             each layer's own residual.
+        max_memory: Memory budget of the readout (bytes or ``"4GB"``; see
+            :mod:`hooked_mllm.budget`): the cells go through the LM head a chunk of positions at a
+            time; same numbers at any budget.
+
+    Raises:
+        hooked_mllm.budget.MemoryBudgetError: When not even one position's logits fit ``max_memory``.
 
     Examples:
         >>> lm = logit_lens_map(model, batch, tokens=["red"])     # doctest: +SKIP
@@ -264,17 +273,24 @@ def logit_lens_map(
         )
 
     frozen_ref = cache["resid_post", last][0] if frozen else None
+    n_pos = len(span.token_positions)
+    plan = _budget.plan_lens(model, len(chosen), n_pos, len(ids), frozen, _budget.resolve_budget(max_memory))
     top_names: list[np.ndarray] = []
     top_probs: list[np.ndarray] = []
     kept: dict[str, list[np.ndarray]] = {name: [] for name in names_of(ids.tolist())}
     for l in chosen:
-        resid = cache["resid_post", l][0]
-        probs = logit_lens(model, resid, scale_from=frozen_ref).float().softmax(-1).cpu()
-        value, index = probs.max(-1)
+        value, index = torch.empty(n_pos), torch.empty(n_pos, dtype=torch.long)
+        chosen_probs = torch.empty(len(ids), n_pos)
+        for p0, probs in _chunks.lens_chunks(model, cache["resid_post", l][0], frozen_ref, plan.chunk):
+            probs = probs.cpu()
+            end = p0 + probs.shape[0]
+            value[p0:end], index[p0:end] = probs.max(-1)
+            chosen_probs[:, p0:end] = probs[:, ids].T
+            del probs
         top_names.append(np.array(names_of(index.tolist()), dtype=object).reshape(rows, cols))
         top_probs.append(value.numpy().reshape(rows, cols))
-        for name, i in zip(kept, ids.tolist()):
-            kept[name].append(probs[:, i].numpy().reshape(rows, cols))
+        for name, p in zip(kept, chosen_probs):
+            kept[name].append(p.numpy().reshape(rows, cols))
     return LensMap(
         layers=tuple(chosen),
         tokens=np.stack(top_names),

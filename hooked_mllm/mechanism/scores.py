@@ -33,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..model import HookedMLLM
+from . import _chunks
 from .capture import MechanismRun, capture
 from .maps import LocationMap, grid_span, to_map
 
@@ -107,7 +108,13 @@ def layer_list(layers: Any, n_layers: int, unique: bool = False) -> list[int]:
 
 
 def head_contributions(
-    model: HookedMLLM, inputs: Any, *, layers: Any = None, positions: Any = None, target: Any = None
+    model: HookedMLLM,
+    inputs: Any,
+    *,
+    layers: Any = None,
+    positions: Any = None,
+    target: Any = None,
+    max_memory: int | str | None = None,
 ) -> Float[Tensor, "layer head batch pos d_model"]:
     """The per-head per-source-position contributions to the residual at each row's last position.
 
@@ -122,17 +129,24 @@ def head_contributions(
             by default).
         positions: Source positions (indices into the sequence; all by default).
         target: Unused for the contributions; fixes the run's target (see :func:`capture`).
+        max_memory: Memory budget of the call (bytes or ``"4GB"``; default
+            :func:`hooked_mllm.budget.resolve_budget`): the result is filled a chunk of heads x
+            positions at a time so that the result and one chunk's copies fit it; same numbers
+            at any budget.
 
     Returns:
-        ``[layer, head, batch, pos, d_model]`` float32 (mind the size on large models:
-        pick layers and positions).
+        ``[layer, head, batch, pos, d_model]`` float32 (its size is layers x heads x rows x
+        positions x d_model x 4 bytes: pick layers and positions on large models;
+        :func:`hooked_mllm.budget.estimate_tool` gives it before running).
+
+    Raises:
+        hooked_mllm.budget.MemoryBudgetError: When the result alone does not fit ``max_memory``.
 
     Examples:
         >>> c = head_contributions(model, batch, layers=[2], positions=list(range(5, 41)))  # doctest: +SKIP
     """
     run = capture(model, inputs, target)
-    chosen = layer_list(layers, run.n_layers)
-    return torch.stack([run.contributions(l, positions=positions).transpose(0, 1) for l in chosen])
+    return _chunks.contributions(run, layer_list(layers, run.n_layers), positions, max_memory)
 
 
 def head_scores(model: HookedMLLM, inputs: Any, *, target: Any = None) -> HeadScores:
@@ -204,17 +218,24 @@ def _choose_heads(
 
 
 def head_location_scores(
-    run: MechanismRun, row: int, heads: Sequence[tuple[int, int]], positions: Sequence[int]
+    run: MechanismRun,
+    row: int,
+    heads: Sequence[tuple[int, int]],
+    positions: Sequence[int],
+    max_memory: int | str | None = None,
 ) -> Float[Tensor, " pos"]:
-    """``sum over heads of lp(x_l + c[l, h, j]) - lp(x_l)`` at the given source positions of one row."""
+    """``sum over heads of lp(x_l + c[l, h, j]) - lp(x_l)`` at the given source positions of one row.
+
+    Computed a chunk of heads x positions at a time within ``max_memory`` (see
+    :mod:`hooked_mllm.budget`); summed per layer, layers in the order first named.
+    """
+    per_head = _chunks.location_scores(run, row, heads, positions, max_memory)  # [pair, pos]
     total = torch.zeros(len(positions), device=run.v.device)
     by_layer: dict[int, list[int]] = {}
-    for l, h in heads:
-        by_layer.setdefault(l, []).append(h)
-    for l, hs in by_layer.items():
-        c = run.contributions(l, heads=hs, positions=list(positions), rows=[row])[0]  # [head, pos, d]
-        base = run.resid_pre[l, row]
-        total = total + (run.log_prob(base + c, row) - run.log_prob(base, row)).sum(0)
+    for i, (l, _) in enumerate(heads):
+        by_layer.setdefault(l, []).append(i)
+    for slots in by_layer.values():
+        total = total + per_head[slots].sum(0)
     return total
 
 
@@ -227,6 +248,7 @@ def image_locations(
     row: int | None = 0,
     image: int = 0,
     target: Any = None,
+    max_memory: int | str | None = None,
 ) -> LocationMap | list[LocationMap]:
     """Which image locations the chosen heads carry to the answer: the paper's map, one forward.
 
@@ -245,6 +267,12 @@ def image_locations(
         row: The batch row (None: a list with one map per row).
         image: The image within the row.
         target: The explained token (default: the prediction; see :func:`capture`).
+        max_memory: Memory budget of the readout (bytes or ``"4GB"``; see
+            :mod:`hooked_mllm.budget`): the heads' contributions at the image positions go through
+            the LM head a chunk of vectors at a time; same numbers at any budget.
+
+    Raises:
+        hooked_mllm.budget.MemoryBudgetError: When not even one vector's readout fits ``max_memory``.
 
     Examples:
         >>> m = image_locations(model, batch, heads=3, layers=slice(2, None))   # doctest: +SKIP
@@ -259,7 +287,7 @@ def image_locations(
     for b in rows:
         span = grid_span(run.batch, b, image)
         chosen = _choose_heads(run, scores, heads, layers, b)
-        values = head_location_scores(run, b, chosen, list(span.token_positions))
+        values = head_location_scores(run, b, chosen, list(span.token_positions), max_memory)
         label = "all heads" if heads == "all" else ", ".join(f"L{l}H{h}" for l, h in chosen)
         if layers is not None:
             label += f" (layers {layer_list(layers, run.n_layers, unique=True)})"
