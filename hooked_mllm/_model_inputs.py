@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import _keywords
-from ._weights import execution_device
+from ._runtime import keywords as run_keywords
+from ._runtime.offload import execution_device
 from .inputs import MultimodalBatch, prepare, processor_token_counts
 
 if TYPE_CHECKING:
-    from ._remote_host import Remote
+    from ._runtime.remote_host import Remote
     from .architectures.base import Adapter
     from .config import MLLMConfig
 
@@ -151,12 +151,12 @@ class InputsMixin:
         Cached by hand: a ``functools.cached_property`` holds a lock on Python 3.11, which
         would stop the class from travelling by value with a remote request."""
         if "_input_names_cache" not in self.__dict__:
-            self.__dict__["_input_names_cache"] = _keywords.input_names(self.hf_model)
+            self.__dict__["_input_names_cache"] = run_keywords.input_names(self.hf_model)
         return self.__dict__["_input_names_cache"]
 
     def _check_keywords(self, method: str, keywords: dict, own: Sequence[str]) -> None:
         """Raise ``TypeError`` for a keyword that is neither ``method``'s own nor an HF input or option."""
-        _keywords.check(method, keywords, own, self._input_names)
+        run_keywords.check(method, keywords, own, self._input_names)
 
     def _batch_and_options(
         self, method: str, inputs: Any, hf_kwargs: dict, own: Sequence[str]

@@ -2,7 +2,7 @@
 
 :class:`TLCompatMixin` gives the model TransformerLens' weight attributes, shaped as
 TransformerLens shapes them, and its ``to_tokens`` family. Weights are read through
-:func:`hooked_mllm._weights.parameter` (so accelerate-offloaded models work) and are not
+:func:`hooked_mllm._runtime.offload.parameter` (so accelerate-offloaded models work) and are not
 processed (no LayerNorm folding or centering). Each ``W_*`` / ``b_*`` is a
 :class:`LayerWeights`: ``model.W_O[3]`` or ``model.W_O(3)`` reads one layer without
 stacking the others, ``model.W_O[3, 0]`` one head, and anything else (``model.W_O.shape``,
@@ -29,8 +29,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from ._runtime.offload import parameter
 from ._tl_habits import TLHabitsMixin
-from ._weights import parameter
 from .inputs import MultimodalBatch
 from .readout import CacheReadout
 

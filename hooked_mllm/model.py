@@ -2,7 +2,7 @@
 
 The class wraps a loaded HF model in nnsight (``model.nnsight``) and exposes the hook
 points of :mod:`hooked_mllm.hook_points` by their TransformerLens names. Every run
-method turns hook functions into nnsight interventions (:mod:`hooked_mllm._runner`),
+method turns hook functions into nnsight interventions (:mod:`hooked_mllm._runtime.runner`),
 so ``run_with_cache``, ``run_with_hooks``, ``generate`` and a user's own
 ``model.trace`` all go through one mechanism. Inputs come from :meth:`prepare`
 (:mod:`hooked_mllm.inputs`) or as HF keyword tensors; caches are
@@ -29,16 +29,16 @@ from jaxtyping import Float, Int
 from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
-from . import _compat, _grad_hooks, _keywords, _remote, _runner
 from . import positions as _positions
-from ._cache_hooks import cache_fn, grad_cache_fn
-from ._hook_io import HookPointHandle, check_trace_reads
-from ._loading import load_local
 from ._model_inputs import InputsMixin
-from ._remote_host import Remote
-from ._tensor_parallel import refuse_tensor_parallel
+from ._runtime import backward, keywords, nnsight_private, runner
+from ._runtime import remote as _remote
+from ._runtime.caching import cache_fn, grad_cache_fn
+from ._runtime.hook_io import HookPointHandle, check_trace_reads
+from ._runtime.invokes import MLLMEnvoy, check_invoke_point, habit_tracer
+from ._runtime.loading import load_local, refuse_tensor_parallel
+from ._runtime.remote_host import Remote
 from ._tl_compat import TLCompatMixin
-from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
 from .architectures import adapter_for
 from .architectures.base import Adapter
 from .cache import ActivationCache
@@ -48,7 +48,7 @@ from .inputs import MultimodalBatch
 from .sae._splice import SAESpliceMixin
 
 # A hook is a ``(name_or_filter, fn)`` pair. `| Any`: whatever else is passed (a bare name, a pair without a
-# function) is let through to `_runner.bind`, which refuses it saying what to pass.
+# function) is let through to `runner.bind`, which refuses it saying what to pass.
 HookSpec = tuple[Any, Callable] | Any
 
 
@@ -96,7 +96,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
         remote: bool | str | Remote = False,
     ) -> None:
         refuse_tensor_parallel(model=hf_model)
-        _compat.check_tested_versions()
+        nnsight_private.check_tested_versions()
         self.hf_model = hf_model.eval()
         self.remote = remote  # nnsight's remote=: every run goes through its remote backend
         self.processor = processor
@@ -118,10 +118,10 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
                 hf_model.config, self.cfg.vision_n_layers, hf_model
             ),
         )
-        self._context: list[_runner.HookFn] = []
-        self._context_bodies: list[_runner.Body] = []  # the interventions of active model.hooks() blocks
+        self._context: list[runner.HookFn] = []
+        self._context_bodies: list[runner.Body] = []  # the interventions of active model.hooks() blocks
         self._state = _RunState()
-        self._guard = _runner.RunGuard.of(hf_model)  # shared by every wrapper of hf_model
+        self._guard = runner.RunGuard.of(hf_model)  # shared by every wrapper of hf_model
         self._trace_reads: list[tuple[str, Tensor, int]] = []  # computed values handed out in model.trace
 
     # -- loading ---------------------------------------------------------------------
@@ -207,12 +207,12 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
     def _run(
         self,
         batch: MultimodalBatch,
-        hooks: list[_runner.HookFn],
+        hooks: list[runner.HookFn],
         fn: Any = "__call__",
         every_step: bool = False,
         grad: bool = False,
         what: str = "run",
-        bwd: Sequence[_runner.HookFn] = (),
+        bwd: Sequence[runner.HookFn] = (),
         keep: Any = None,
         **call_kwargs: Any,
     ) -> Any:
@@ -233,21 +233,21 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
                 bwd=bwd,
             )
         with self._guard(what), self._sae_run(hooks) as hooks:  # hooks inside SAEs go to their splices
-            bodies = _runner.bodies(
+            bodies = runner.bodies(
                 self.nnsight,
                 hooks,
                 self.hook_points.order,
                 batch=lambda: self._state.batch,
                 every_step=every_step,
             )
-            bodies += _grad_hooks.bodies(self.nnsight, bwd, batch=lambda: self._state.batch)
-            envoy = _runner.edited(self.nnsight, self._context_bodies + bodies)
+            bodies += backward.bodies(self.nnsight, bwd, batch=lambda: self._state.batch)
+            envoy = runner.edited(self.nnsight, self._context_bodies + bodies)
             eager = self._eager_configs([*hooks, *bwd, *self._context])
             kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
             previous, self._state.batch = self._state.batch, batch
             try:
-                with _runner.grad_mode(grad, what), _compat.eager_attention(eager):
-                    return _runner.interleave(envoy, fn, kwargs)
+                with runner.grad_mode(grad, what), nnsight_private.eager_attention(eager):
+                    return runner.interleave(envoy, fn, kwargs)
             finally:
                 self._state.batch = previous
 
@@ -264,7 +264,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._guard = _runner.RunGuard()
+        self._guard = runner.RunGuard()
 
     def forward(
         self,
@@ -316,7 +316,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
                 called when the returned output is differentiated (``loss.backward()``) with
                 the gradient w.r.t. the point's value (after the forward hooks); a returned
                 tensor (or 1-tuple) replaces that gradient. They belong to this run's graph
-                (:mod:`hooked_mllm._grad_hooks`); autograd is on for the run.
+                (:mod:`hooked_mllm._runtime.backward`); autograd is on for the run.
             return_type: ``"logits"``, ``"output"`` (the HF output object), ``"loss"``
                 (:meth:`lm_loss`), ``"both"`` (``(logits, loss)``) or None.
             grad: Keep autograd on (for gradients through the run).
@@ -417,10 +417,10 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
         for attempt in range(2):
             hooks = self._bind(fwd_hooks)
             fn = cache_fn(store, index, device, dtype, grad, versions, clone)
-            hooks += [_runner.HookFn(point, fn) for point in chosen] + self._bind([(inner, fn)] * bool(inner))
+            hooks += [runner.HookFn(point, fn) for point in chosen] + self._bind([(inner, fn)] * bool(inner))
             grads: dict[str, Tensor] = {}
             backward = [
-                _runner.HookFn(point, grad_cache_fn(grads, index, device, dtype))
+                runner.HookFn(point, grad_cache_fn(grads, index, device, dtype))
                 for point in chosen
                 if incl_bwd
             ]
@@ -464,7 +464,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             ...     out = model.generate(batch, max_new_tokens=5)
         """
         bound = self._bind(fwd_hooks)
-        bodies = _runner.bodies(
+        bodies = runner.bodies(
             self.nnsight, bound, self.hook_points.order, batch=lambda: self._state.batch, every_step=True
         )
         self._context = self._context + bound
@@ -507,7 +507,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             for k in list(generate_kwargs)
             if k in self._input_names and isinstance(generate_kwargs[k], Tensor)
         }
-        options = _keywords.generate_options(generate_kwargs, max_new_tokens, do_sample)  # TL names mapped
+        options = keywords.generate_options(generate_kwargs, max_new_tokens, do_sample)  # TL names mapped
         fn = "generate" if self.remote else functools.partial(self.hf_model.generate, **options)
         # a remote probe carries no inputs: it is never entered unless refused below
         tracer = (
@@ -553,7 +553,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
     ) -> Any:
         """nnsight's ``trace`` over the same inputs (a batch, text or HF tensors), or, given none, over
         the inputs of its ``tracer.invoke(...)`` blocks batched into one forward
-        (:mod:`hooked_mllm._tracing`).
+        (:mod:`hooked_mllm._runtime.invokes`).
 
         ``eager_attention``: run under eager attention (patterns); None does so when the block
         names ``hook_pattern``. ``fn``: what to run instead of the forward (``generate`` uses it).
@@ -579,13 +579,13 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             )
         self._trace_reads.clear()
         tracer_cls = habit_tracer(
-            _runner.guarded_tracer(
+            runner.guarded_tracer(
                 self._guard, quiet=bool(self._context), after=lambda: check_trace_reads(self._trace_reads)
             ),
             self._attention_configs,
             eager_attention,
         )
-        envoy = _runner.edited(self.nnsight, self._context_bodies)  # a copy carrying model.hooks() edits
+        envoy = runner.edited(self.nnsight, self._context_bodies)  # a copy carrying model.hooks() edits
         extra = {} if fn is None else {"fn": fn}
         if invokes:
             self._check_keywords("trace", hf_kwargs, own)

@@ -1,8 +1,8 @@
 """Hook functions that fill an ``ActivationCache``: values (forward) and gradients (backward).
 
 Used by :meth:`hooked_mllm.model.HookedMLLM.run_with_cache`: :func:`cache_fn` is a forward
-hook function for :mod:`hooked_mllm._runner`, :func:`grad_cache_fn` a backward one for
-:mod:`hooked_mllm._grad_hooks`; both keep only the selected positions, on the chosen device
+hook function for :mod:`hooked_mllm._runtime.runner`, :func:`grad_cache_fn` a backward one for
+:mod:`hooked_mllm._runtime.backward`; both keep only the selected positions, on the chosen device
 and dtype.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .hook_points import HookContext
+from ..hook_points import HookContext
 
 
 def cache_fn(
