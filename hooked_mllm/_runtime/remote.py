@@ -48,7 +48,7 @@ def register() -> None:
     """Ship ``hooked_mllm`` by value with remote requests (the server does not install it)."""
     import nnsight
 
-    nnsight.register(sys.modules[__package__])
+    nnsight.register(sys.modules[__name__.split(".")[0]])  # the whole package, not only _runtime
 
 
 def load(
