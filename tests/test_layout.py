@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "hooked_mllm"
 
 # What hooked_mllm._runtime may import of hooked_mllm besides itself (see its docstring).
-RUNTIME_MAY_IMPORT = ("hook_points", "names", "inputs", "batch", "architectures")
+RUNTIME_MAY_IMPORT = ("hook_points", "hook_kinds", "tl_names", "inputs", "batch", "architectures")
 
 
 def _module_name(path: Path) -> str:

@@ -17,7 +17,8 @@
 8. ``offload``: weights read as real tensors when accelerate has offloaded them;
    ``nnsight_private``: the private nnsight and transformers names relied on, checked by a test.
 
-What may import what: modules here import each other, :mod:`hooked_mllm.hook_points` (hook points
+What may import what: modules here import each other, :mod:`hooked_mllm.hook_points`,
+:mod:`hooked_mllm.hook_kinds` and :mod:`hooked_mllm.tl_names` (hook points
 and their names), :mod:`hooked_mllm.inputs` / :mod:`hooked_mllm.batch` (batches) and
 :mod:`hooked_mllm.architectures` (adapters), and nothing else of ``hooked_mllm``: the model, caches
 and analyses sit above (``tests/test_layout.py`` holds this rule).

@@ -39,13 +39,12 @@ def cache_fn(
             value = value.clone()
         if index is not None and hook.point.sequence:
             at = index.to(value.device)  # a remote run's index was made on the client's device
-            if hook.point.needs_eager:  # [batch, heads, query, key]: select queries
-                gather = at[:, None, :, None].expand(-1, value.shape[1], -1, value.shape[3])
-                value = value.gather(2, gather)
-            else:
-                shape = at.shape + value.shape[2:]
-                gather = at.view(*at.shape, *([1] * (value.dim() - 2))).expand(shape)
-                value = value.gather(1, gather)
+            axis = hook.point.seq_axis  # 1, or 2 for a pattern's query axis
+            view = [at.shape[0]] + [1] * (value.dim() - 1)
+            view[axis] = at.shape[1]
+            shape = list(value.shape)
+            shape[axis] = at.shape[1]
+            value = value.gather(axis, at.view(view).expand(shape))
         if device is not None or dtype is not None:
             value = value.to(device=device, dtype=dtype)
         store[hook.name] = value
