@@ -12,7 +12,8 @@ chance levels are reported exactly (as expectations, not samples): a random patc
 heads of the later layers, the top three heads, all heads summed; the attention,
 relevancy, input x gradient and occlusion baselines; the last layer's logit lens).
 :func:`pointing_game` runs them on any model that speaks the toy world, so it can be rerun
-on retrained checkpoints; ``python -m hooked_mllm.mechanism`` prints the table.
+on retrained checkpoints; ``python -m hooked_mllm.mechanism`` prints the table. It lives in the toy
+package because it knows the toy world; ``hooked_mllm.mechanism`` re-exports it.
 
 Examples:
     >>> from hooked_mllm import toy
@@ -34,15 +35,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..mechanism.baselines import attention_map, gradient_map, occlusion_map, relevancy_map
+from ..mechanism.capture import MechanismRun, capture
+from ..mechanism.explain import lens_location_map
+from ..mechanism.maps import LocationMap
+from ..mechanism.scores import image_locations
 from ..model import HookedMLLM
-from .baselines import attention_map, gradient_map, occlusion_map, relevancy_map
-from .capture import MechanismRun, capture
-from .explain import lens_location_map
-from .maps import LocationMap
-from .scores import image_locations
 
 if TYPE_CHECKING:
-    from ..toy.world import QA, Scene, SceneObject
+    from .world import QA, Scene, SceneObject
 
 MapMethod = Callable[["HookedMLLM", MechanismRun], list[LocationMap]]
 
