@@ -5,7 +5,7 @@ gloo are enough). Loads the shipped toy LLaVA with ``tp_plan="auto"`` and prints
 the plain Hugging Face forward against the unsharded model; a plain nnsight trace of a layer's
 output; the same with nnsight's tensor-parallel support; and what ``HookedMLLM.from_hf`` says.
 With nnsight 0.8.1 and transformers 5.24 the plain forward matches and both traces fail, which
-is why ``hooked_mllm`` refuses tensor parallelism (``hooked_mllm/_tensor_parallel.py``).
+is why ``hooked_mllm`` refuses tensor parallelism (``hooked_mllm/_runtime/loading.py``).
 """
 
 from __future__ import annotations

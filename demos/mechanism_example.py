@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         image_locations,
         occlusion_map,
     )
-    from hooked_mllm.mechanism.pointing import asked_object
+    from hooked_mllm.toy.pointing import asked_object
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")

@@ -36,7 +36,7 @@ _NAMES = {
     "relevancy_map": ".mechanism",
     "GenerationOutput": ".model",
     "HookedMLLM": ".model",
-    "Remote": "._remote_host",
+    "Remote": "._runtime.remote_host",
     "CacheEstimate": ".estimate",
     "estimate_cache": ".estimate",
     "estimate_tool": ".budget",

@@ -1,8 +1,11 @@
-"""TransformerLens-style weights and tokenizer helpers on :class:`~hooked_mllm.model.HookedMLLM`.
+"""TransformerLens-style weights on :class:`~hooked_mllm.model.HookedMLLM`: the weights mixin.
 
 :class:`TLCompatMixin` gives the model TransformerLens' weight attributes, shaped as
-TransformerLens shapes them, and its ``to_tokens`` family. Weights are read through
-:func:`hooked_mllm._weights.parameter` (so accelerate-offloaded models work) and are not
+TransformerLens shapes them, ``readout()`` for caches, ``to`` / ``cpu`` / ``cuda``,
+``tokens_to_residual_directions`` and the factored ``OV`` / ``QK`` circuits (the token helpers are
+in :mod:`hooked_mllm._model_inputs`; ``add_hook``, ``reset_hooks`` and ``lm_loss`` in
+:mod:`hooked_mllm.model`). Weights are read through
+:func:`hooked_mllm._runtime.offload.parameter` (so accelerate-offloaded models work) and are not
 processed (no LayerNorm folding or centering). Each ``W_*`` / ``b_*`` is a
 :class:`LayerWeights`: ``model.W_O[3]`` or ``model.W_O(3)`` reads one layer without
 stacking the others, ``model.W_O[3, 0]`` one head, and anything else (``model.W_O.shape``,
@@ -21,17 +24,14 @@ TransformerLens; ``mlp.hook_post`` is ``act(gate) * up``, the down projection's 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._tl_habits import TLHabitsMixin
-from ._weights import parameter
-from .inputs import MultimodalBatch
+from ._runtime.offload import parameter
 from .readout import CacheReadout
 
 if TYPE_CHECKING:
@@ -100,8 +100,8 @@ class LayerWeights:
         return f"LayerWeights({self._name}, {self._n} layers)"
 
 
-class TLCompatMixin(TLHabitsMixin):
-    """TransformerLens' weight attributes and tokenizer helpers (mixed into ``HookedMLLM``)."""
+class TLCompatMixin:
+    """TransformerLens' weight attributes and circuits (mixed into ``HookedMLLM``)."""
 
     # what the mixin reads of the model it is mixed into
     hf_model: torch.nn.Module
@@ -114,7 +114,7 @@ class TLCompatMixin(TLHabitsMixin):
         @property
         def device(self) -> torch.device: ...
 
-        def hooks(self, fwd_hooks: Iterable[Any] = ()) -> contextlib.AbstractContextManager[Any]: ...
+        def to_single_token(self, string: str) -> int: ...
 
     # -- weights ---------------------------------------------------------------------
 
@@ -322,193 +322,64 @@ class TLCompatMixin(TLHabitsMixin):
             return torch.zeros(self.cfg.d_vocab, dtype=self.cfg.dtype)
         return parameter(head, "bias")
 
-    # -- persistent hooks ------------------------------------------------------------
+    # -- circuits --------------------------------------------------------------------
 
-    def add_hook(
-        self,
-        name: Any,
-        hook: Callable[..., Any],
-        dir: str = "fwd",
-        is_permanent: bool = False,
-        prepend: bool = False,
-    ) -> None:
-        """Keep ``hook`` on ``name`` (a name, list or predicate) for every later run, until
-        :meth:`reset_hooks`.
+    def tokens_to_residual_directions(self, tokens: Any) -> Float[Tensor, "... d_model"]:
+        """The unembedding column of each token: ``W_U[:, token]``.
 
-        The hook is active exactly as inside ``with model.hooks(...)`` (runs, generation and
-        ``model.trace``); an unknown name fails here, not at the next run. ``is_permanent`` hooks
-        survive ``reset_hooks()`` and go with ``reset_hooks(including_permanent=True)``.
+        ``tokens``: a one-token string or an id (``[d_model]``), or ``[batch]`` / ``[batch, pos]`` ids
+        (``[batch, d_model]`` / ``[batch, pos, d_model]``).
 
         Examples:
-            >>> model.add_hook("blocks.0.hook_mlp_out", lambda act, hook: act * 0)   # doctest: +SKIP
-            >>> model.reset_hooks()                                                  # doctest: +SKIP
+            >>> model.tokens_to_residual_directions("red").shape    # doctest: +SKIP
+            torch.Size([4096])
         """
-        if dir != "fwd":
-            raise ValueError(
-                "add_hook keeps forward hooks only (dir='fwd'); backward hooks belong to one run: "
-                "run_with_hooks(..., bwd_hooks=[(name, fn)]) or run_with_cache(..., incl_bwd=True)."
-            )
-        if prepend:
-            raise ValueError(
-                "prepend=True is not offered: hooks on one point run in the order they were added."
-            )
-        block = self.hooks(fwd_hooks=[(name, hook)])
-        block.__enter__()
-        self.__dict__.setdefault("_added_hooks", []).append((block, is_permanent))
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        ids = torch.as_tensor(tokens)
+        if ids.is_floating_point() or ids.dtype == torch.bool:
+            raise ValueError(f"tokens must be ids (an int or an integer tensor), got dtype {ids.dtype}.")
+        w_u = self.W_U
+        return w_u[:, ids.to(w_u.device)].movedim(0, -1)
 
-    def reset_hooks(self, including_permanent: bool = False) -> None:
-        """Remove the hooks :meth:`add_hook` added (the permanent ones too with ``including_permanent``)."""
-        added = self.__dict__.get("_added_hooks", [])
-        keep = [(block, permanent) for block, permanent in added if permanent and not including_permanent]
-        errors = []
-        for block, permanent in reversed(added):
-            if (block, permanent) in keep:
-                continue
-            try:
-                block.__exit__(None, None, None)
-            except Exception as error:  # remove the others anyway, then report
-                errors.append(error)
-        self.__dict__["_added_hooks"] = keep
-        if errors:
-            raise errors[0]
+    @property
+    def OV(self) -> Any:
+        """TransformerLens' ``FactoredMatrix(W_V, W_O)``: ``[n_layers, n_heads, d_model, d_model]``, each
+        head's value-output circuit (grouped key/value heads repeated per query head).
 
-    # -- return types and text-only input -------------------------------------------
-
-    _RETURN_TYPES = ("logits", "output", "loss", "both", None)
-
-    def _check_return_type(self, return_type: Any) -> None:
-        if return_type not in self._RETURN_TYPES:
-            raise ValueError(
-                f"return_type must be one of {', '.join(map(repr, self._RETURN_TYPES))}, not {return_type!r}"
-            )
-
-    def _returned(self, output: Any, batch: Any, return_type: str | None) -> Any:
-        """What a run returns for ``return_type`` (checked by :meth:`_check_return_type`)."""
-        if return_type == "output":
-            return output
-        if return_type is None:
-            return None
-        if return_type == "logits":
-            return output.logits
-        loss = self.lm_loss(output.logits, batch)
-        return loss if return_type == "loss" else (output.logits, loss)
-
-    def text_batch(
-        self, text: str | Sequence[str], prepend_bos: bool = True, padding_side: str = "left"
-    ) -> MultimodalBatch:
-        """A text-only :class:`~hooked_mllm.inputs.MultimodalBatch`: ``model("a prompt")`` and every run
-        method take strings through it.
-
-        Tokenized as :meth:`to_tokens` (BOS prepended, no chat template), left-padded by default
-        (as :meth:`prepare` pads) with an attention mask over the real tokens.
-
-        Raises:
-            ValueError: The text holds the image placeholder token (a text-only run has no image
-                to put there: use :meth:`prepare` with images), or the model has no tokenizer.
+        Needs ``transformer-lens`` (the ``tl`` extra).
 
         Examples:
-            >>> logits = model("a red circle")                 # doctest: +SKIP
-            >>> logits, cache = model.run_with_cache(["a red circle", "two squares"])   # doctest: +SKIP
+            >>> model.OV[2, 1].eigenvalues.shape                   # doctest: +SKIP
+            torch.Size([128])
         """
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError("Text input must be a string or a non-empty list of strings.")
-        tokenizer = self._need_tokenizer()
-        rows = [self.to_tokens(t, prepend_bos=prepend_bos, move_to_device=False)[0] for t in texts]
-        image_id = self.cfg.image_token_id
-        for t, row in zip(texts, rows):
-            if image_id is not None and bool((row == image_id).any()):
-                raise ValueError(
-                    f"The text {t!r} holds the image placeholder token (id {image_id}), but a text-only run "
-                    "has no image for it; pass images with model.prepare(images=..., prompts=...)."
-                )
-            if row.numel() == 0:
-                raise ValueError(f"The text {t!r} encodes to no tokens; give each prompt at least one token.")
-        width = max(row.numel() for row in rows)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            where = slice(width - row.numel(), width) if padding_side == "left" else slice(0, row.numel())
-            ids[i, where], mask[i, where] = row, 1
-        return MultimodalBatch.from_hf(
-            {"input_ids": ids, "attention_mask": mask},
-            image_token_id=image_id,
-            adapter=self.adapter,
-            config=self.hf_model.config,
-            tokenizer=tokenizer,
-            prompts=texts,
-        )
+        return _factored(_per_head(self.W_V), self.W_O.full())
 
-    def _pad_id(self) -> int:
-        tokenizer = self.tokenizer
-        if tokenizer is None:
-            return 0
-        return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    @property
+    def QK(self) -> Any:
+        """TransformerLens' ``FactoredMatrix(W_Q, W_K^T)``: ``[n_layers, n_heads, d_model, d_model]``, each
+        head's query-key circuit (grouped key heads repeated per query head).
 
-    def _attention_configs(self) -> list[Any]:
-        """The LM's and the vision tower's attention configs (switched to eager where patterns are read)."""
-        configs = [self.adapter.text_cfg(self.hf_model.config)]
-        vision = self.adapter.vision_cfg(self.hf_model.config)
-        return configs + ([vision] if vision is not None else [])
-
-    def _eager_configs(self, hooks: list[Any]) -> list[Any]:
-        """The attention configs of the streams where ``hooks`` read patterns (switched to eager for the
-        run).
-        """
-        streams = {hook.point.stream for hook in hooks if hook.point.needs_eager}
-        configs = []
-        if "lm" in streams:
-            configs.append(self.adapter.text_cfg(self.hf_model.config))
-        if "vision" in streams and self.adapter.vision_cfg(self.hf_model.config) is not None:
-            configs.append(self.adapter.vision_cfg(self.hf_model.config))
-        return configs
-
-    @staticmethod
-    def _has_images(batch: Any) -> bool:
-        return any("pixel" in key or "image" in key for key in batch.inputs)
-
-    def _runnable(self, batch: Any, points: Sequence[Any], names_filter: Any = "explicit") -> list[Any]:
-        """``points`` that a run of ``batch`` reaches: on a text-only batch the vision tower and the
-        projector do not run, so their points are left out of a filter (``None`` or a predicate) and
-        refused when named."""
-        if self._has_images(batch):
-            return list(points)
-        off = [p for p in points if p.stream != "lm"]
-        if off and (names_filter is not None and not callable(names_filter)):
-            raise ValueError(
-                f"{off[0].name} does not run on a text-only input (the vision tower and projector run only "
-                "with images); give images with model.prepare(images=..., prompts=...), or hook "
-                "language-model points."
-            )
-        return [p for p in points if p.stream == "lm"]
-
-    def _runnable_hooks(self, batch: Any, hooks: Sequence[Any]) -> list[Any]:
-        """The bound ``hooks`` a run of ``batch`` reaches (:meth:`_runnable`): on a point that does not run,
-        a hook a predicate chose is left out and one chosen by name refused."""
-        self._runnable(batch, [hook.point for hook in hooks if not hook.by_filter])
-        reached = {point.name for point in self._runnable(batch, [hook.point for hook in hooks], None)}
-        return [hook for hook in hooks if hook.point.name in reached]
-
-    # -- loss ------------------------------------------------------------------------
-
-    def lm_loss(
-        self, logits: Float[Tensor, "batch pos vocab"], batch: Any, per_token: bool = False
-    ) -> Float[Tensor, ""] | Float[Tensor, "batch pos_1"]:
-        """Next-token cross-entropy of ``logits`` on ``batch``'s ids, over text targets only.
-
-        Targets that are padding or image placeholder tokens (whose "next token" is an image
-        feature, not a prediction) are left out: the mean is over the rest; ``per_token``
-        gives ``[batch, pos - 1]`` with zeros there.
+        Needs ``transformer-lens`` (the ``tl`` extra).
 
         Examples:
-            >>> loss = model(batch, return_type="loss")         # doctest: +SKIP
+            >>> model.QK[0, 3].AB.shape                             # doctest: +SKIP
+            torch.Size([128, 128])
         """
-        ids = batch.input_ids.to(logits.device)
-        log_probs = logits[:, :-1].float().log_softmax(-1)
-        nll = -log_probs.gather(-1, ids[:, 1:, None])[..., 0]
-        valid = (~batch.pad_mask[:, 1:] & ~batch.pad_mask[:, :-1] & ~batch.image_mask[:, 1:]).to(nll.device)
-        nll = nll * valid
-        return nll if per_token else nll.sum() / valid.sum().clamp(min=1)
+        return _factored(self.W_Q.full(), _per_head(self.W_K).transpose(-2, -1))
+
+
+def _per_head(weights: Any) -> Tensor:
+    """Every layer's key/value heads repeated to the query heads: ``[n_layers, n_heads, ...]``."""
+    return torch.stack([weights.expanded(layer) for layer in range(len(weights))])
+
+
+def _factored(a: Tensor, b: Tensor) -> Any:
+    try:
+        from transformer_lens import FactoredMatrix
+    except ImportError as error:
+        raise ImportError(
+            "OV and QK are TransformerLens' FactoredMatrix: install transformer-lens (pip install "
+            "'hooked-mllm[tl]'), or multiply the weights yourself (model.W_V.expanded(l) @ model.W_O(l))."
+        ) from error
+    return FactoredMatrix(a, b)

@@ -9,10 +9,12 @@ from the adapter (:mod:`hooked_mllm.architectures`) and the loaded model, so eve
 listed exists and fires; :meth:`HookPoints.resolve` rejects anything else with the
 close matches.
 
-Contents: :class:`Site`, :class:`HookPoint`, :class:`HookPoints` (the table of one
-model), :func:`act_name` (the short ``("resid_post", 3)`` form), :class:`HookContext`
-(the ``hook`` argument of a hook function: the point where it fires, and the run), and the
-error :class:`HookNameError`.
+Which kinds of point a block has, and what each kind is, is the table
+:mod:`hooked_mllm.hook_kinds`; the TransformerLens name grammar (:func:`act_name`, short forms,
+:class:`HookNameError`) is :mod:`hooked_mllm.tl_names` (both importable from here too).
+
+Contents: :class:`HookPoint`, :class:`HookPoints` (the table of one model), :class:`HookContext`
+(the ``hook`` argument of a hook function: the point where it fires, and the run).
 """
 
 from __future__ import annotations
@@ -23,32 +25,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import hook_kinds
 from .architectures.base import Adapter, BlockLayout
+from .hook_kinds import MODEL_KINDS, HookKind, generic_forms
+from .hook_kinds import Site as Site
+from .tl_names import HookNameError as HookNameError
+from .tl_names import act_name as act_name
+from .tl_names import tl_hint as tl_hint
 
 if TYPE_CHECKING:
     from .inputs import MultimodalBatch
 
 Stream = Literal["lm", "vision", "projector"]
-
-
-class HookNameError(KeyError):
-    """An unknown or unavailable hook name; the message lists close matches."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
-        return str(self.args[0]) if self.args else ""
-
-
-@dataclass(frozen=True)
-class Site:
-    """A value on a module: its output (optionally one tuple element) or its first input.
-
-    An output that is a Hugging Face ``ModelOutput`` (a ``PreTrainedModel`` used as a part,
-    such as Molmo2's vision adapter) stands for its first field (``last_hidden_state``).
-    """
-
-    path: str
-    io: Literal["input", "output"] = "output"
-    index: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +55,8 @@ class HookPoint:
         needs_eager: Whether the value exists only under eager attention (patterns).
         layer: The block index, or None.
         stream: ``"lm"``, ``"vision"`` or ``"projector"``.
-        sequence: Whether dim 1 is the LM sequence position (position selectors apply).
+        sequence: Whether the value has an LM sequence axis (position selectors apply).
+        seq_axis: That axis (1; 2 for attention patterns ``[batch, heads, query, key]``: the query axis).
     """
 
     name: str
@@ -81,194 +70,52 @@ class HookPoint:
     sequence: bool = True
     scale: str | None = None
     read_only: str | None = None
+    seq_axis: int = 1
 
 
-_SHORT = {
-    "resid_pre": "blocks.{l}.hook_resid_pre",
-    "resid_mid": "blocks.{l}.hook_resid_mid",
-    "resid_post": "blocks.{l}.hook_resid_post",
-    "attn_out": "blocks.{l}.hook_attn_out",
-    "mlp_out": "blocks.{l}.hook_mlp_out",
-    "q": "blocks.{l}.attn.hook_q",
-    "k": "blocks.{l}.attn.hook_k",
-    "v": "blocks.{l}.attn.hook_v",
-    "z": "blocks.{l}.attn.hook_z",
-    "pattern": "blocks.{l}.attn.hook_pattern",
-    "pre": "blocks.{l}.mlp.hook_pre",
-    "post": "blocks.{l}.mlp.hook_post",
-    "normalized": "blocks.{l}.ln1.hook_normalized",
-    "ln1": "blocks.{l}.ln1.hook_normalized",
-    "ln2": "blocks.{l}.ln2.hook_normalized",
-}
-
-
-# TransformerLens' shorthand (``get_act_name``): aliases, and names for values this library
-# does not hook, each with what to use instead.
-_TL_ALIASES = {
-    "attn": "pattern",
-    "attn_logits": "attn_scores",
-    "key": "k",
-    "query": "q",
-    "value": "v",
-    "mlp_pre": "pre",
-    "mlp_mid": "mid",
-    "mlp_post": "post",
-}
-_TL_LAYER_TYPES = {"a": "attn", "m": "mlp", "b": "", "block": "", "blocks": "", "attention": "attn"}
-_TL_ATTN = ("k", "v", "q", "z", "rot_k", "rot_q", "result", "pattern", "attn_scores")
-_TL_MLP = ("pre", "post", "mid", "pre_linear")
-_TL_ONLY = ("rot_k", "rot_q", "result", "attn_scores", "mid", "pre_linear", "scale", "pos_embed")
-_TL_HINTS = (
-    (
-        r"blocks\.\d+\.attn\.hook_result$",
-        "per-head results are not a hook point here: call "
-        "cache.compute_head_results() (hook_z times W_O, per head) or use cache.stack_head_results()",
-    ),
-    (
-        r"\.attn\.hook_attn_scores$",
-        "pre-softmax attention scores are not exposed; attn.hook_pattern holds the post-softmax pattern",
-    ),
-    (
-        r"\.attn\.hook_rot_[qk]$",
-        "rotated queries/keys are not exposed; attn.hook_q / attn.hook_k are the "
-        "projections before the rotary embedding",
-    ),
-    (
-        r"(^|\.)hook_scale$",
-        "norm scales are not hook points; ln1/ln2/ln_final.hook_normalized are, and "
-        "cache.apply_ln_to_stack recomputes the scale from the cached residual",
-    ),
-    (
-        r"\.mlp\.hook_mid$",
-        "SoLU's mid activation does not exist in these models; mlp.hook_pre and mlp.hook_post do",
-    ),
-    (
-        r"\.mlp\.hook_pre_linear$",
-        "the up projection's output is not a hook point; mlp.hook_pre (first / gate "
-        "projection output) and mlp.hook_post (the down projection's input) are",
-    ),
-    (
-        r"^hook_pos_embed$",
-        "these models have no learned position embedding (rotary); hook_embed is the token "
-        "embedding and blocks.0.hook_resid_pre the embedding with image features merged",
-    ),
-)
-
-
-def tl_hint(name: str) -> str | None:
-    """What to use instead of a TransformerLens hook name this library does not offer, or None.
-
-    Examples:
-        >>> tl_hint("blocks.0.attn.hook_attn_scores").startswith("pre-softmax")
-        True
-    """
-    for pattern, hint in _TL_HINTS:
-        if re.search(pattern, name):
-            return hint
-    return None
-
-
-def act_name(name: str, layer: int | str | None = None, layer_type: str | None = None) -> str:
-    """The canonical name for TransformerLens' short form (its ``utils.get_act_name``).
-
-    Accepts TransformerLens' aliases (``"attn"`` for the pattern, ``"key"``, ``"mlp_post"``...)
-    and compact forms (``"k6"``, ``"normalized3ln2"``); a full name comes back unchanged.
-    Values TransformerLens hooks that this library does not (``"attn_scores"``,
-    ``"result"``, ``"scale"``...) get TransformerLens' name, which lookups then refuse with
-    what to use instead (:func:`tl_hint`). Negative layers are resolved by the cache.
-
-    Examples:
-        >>> act_name("resid_post", 3)
-        'blocks.3.hook_resid_post'
-        >>> act_name("embed")
-        'hook_embed'
-        >>> act_name("k6"), act_name("normalized", 2, "ln2"), act_name("attn", 1)
-        ('blocks.6.attn.hook_k', 'blocks.2.ln2.hook_normalized', 'blocks.1.attn.hook_pattern')
-    """
-    if ("." in name or name.startswith("hook_")) and layer is None and layer_type is None:
-        return name
-    if layer is None:
-        match = re.match(r"([a-z]+)(\d+)([a-z]?.*)", name)
-        if match is not None:
-            name, layer, layer_type = match.group(1), int(match.group(2)), match.group(3) or None
-    name = _TL_ALIASES.get(name, name)
-    layer_type = _TL_LAYER_TYPES.get(layer_type, layer_type) if layer_type is not None else None
-    if name == "normalized" and layer is not None and layer_type in ("ln1", "ln2"):
-        name = layer_type
-    if name == "normalized" and layer is None:
-        return "ln_final.hook_normalized"
-    if name in _SHORT:
-        if layer is None:
-            raise ValueError(f"{name!r} needs a layer index, e.g. ({name!r}, 0)")
-        return _SHORT[name].format(l=layer)
-    if layer is None and name in ("embed", "logits"):
-        return f"hook_{name}"
-    if name in _TL_ONLY:  # TransformerLens' own name; lookups refuse it with a hint
-        if name in _TL_ATTN:
-            layer_type = "attn"
-        elif name in _TL_MLP:
-            layer_type = "mlp"
-        full = (f"blocks.{layer}." if layer is not None else "") + (f"{layer_type}." if layer_type else "")
-        full += f"hook_{name}"
-        return f"ln_final.{full}" if name == "scale" and layer is None else full
-    if layer is None and layer_type is None:
-        return name
-    raise HookNameError(
-        f"Unknown short hook name {name!r}; known: {', '.join(sorted(_SHORT))}, embed, logits "
-        "(and TransformerLens' aliases: attn, key, query, value, mlp_pre, mlp_post)"
-    )
+def _points(
+    kinds: tuple[HookKind, ...],
+    prefix: str,
+    path: str,
+    block: BlockLayout,
+    layer: int,
+    heads: dict,
+    stream: Stream,
+) -> list[HookPoint]:
+    """The hook points of one block at module ``path``, one per kind its layout has, in table order."""
+    points = []
+    for kind in kinds:
+        placed = kind.site(block, path)
+        if placed is None:
+            continue
+        points.append(
+            HookPoint(
+                name=f"{prefix}{kind.name}",
+                layer=layer,
+                stream=stream,
+                heads=heads[kind.heads] or None if kind.heads else None,  # 0: head count unknown
+                writable=kind.writable,
+                needs_eager=kind.needs_eager,
+                sequence=kind.seq_axis is not None,
+                seq_axis=kind.seq_axis or 1,
+                **placed,
+            )
+        )
+    return points
 
 
 def _block_points(
     prefix: str, path: str, block: BlockLayout, layer: int, n_heads: int, n_kv: int, stream: Stream
 ) -> list[HookPoint]:
-    """The hook points of one pre-norm block at module ``path``, in forward order."""
-
-    def p(name: str, site: Site, **kw: Any) -> HookPoint:
-        return HookPoint(name=f"{prefix}{name}", site=site, layer=layer, stream=stream, **kw)
-
-    def sub(rel: str) -> str:
-        return f"{path}.{rel}"
-
-    attn_out = (
-        Site(sub(block.attn_out))
-        if block.attn_out is not None
-        else Site(sub(block.attn), "output", block.attn_index)
-    )
-    attn_scale = sub(block.attn_scale) if block.attn_scale is not None else None
-    mlp_scale = sub(block.mlp_scale) if block.mlp_scale is not None else None
-    points = [
-        p("hook_resid_pre", Site(path, "input")),
-        p("ln1.hook_normalized", Site(sub(block.ln1))),
-        p("attn.hook_q", Site(sub(block.q)), heads=n_heads) if block.q is not None else None,
-        p("attn.hook_k", Site(sub(block.k)), heads=n_kv) if block.k is not None else None,
-        p("attn.hook_v", Site(sub(block.v)), heads=n_kv) if block.v is not None else None,
-        p("attn.hook_z", Site(sub(block.o), "input"), heads=n_heads or None),  # 0: head count unknown
-        p(
-            "attn.hook_pattern",
-            Site(sub(block.attn), "output", block.pattern_index),
-            writable=False,
-            needs_eager=True,
-        )
-        if block.pattern_index is not None
-        else None,
-        p("hook_attn_out", attn_out, scale=attn_scale),
-        p("hook_resid_mid", attn_out, base=Site(path, "input"), scale=attn_scale),
-        p("ln2.hook_normalized", Site(sub(block.ln2)))
-        if block.ln2 is not None
-        else None,  # None: parallel block
-        p("mlp.hook_pre", Site(sub(block.mlp_pre))),
-        p("mlp.hook_post", Site(sub(block.mlp_down), "input")),
-        p("hook_mlp_out", Site(sub(block.mlp_out or block.mlp)), scale=mlp_scale),
-        p("hook_resid_post", Site(path)),
-    ]
-    return [point for point in points if point is not None]
+    """The hook points of one pre-norm block at module ``path`` (``hook_kinds.BLOCK_KINDS``)."""
+    return _points(hook_kinds.BLOCK_KINDS, prefix, path, block, layer, {"q": n_heads, "kv": n_kv}, stream)
 
 
 def _cross_block_points(
     path: str, block: BlockLayout, layer: int, n_heads: int, n_kv: int
 ) -> list[HookPoint]:
-    """The hook points of one gated cross-attention layer (Mllama) at module ``path``.
+    """The hook points of one gated cross-attention layer (Mllama) at module ``path``
+    (``hook_kinds.CROSS_KINDS``).
 
     The layer computes ``mid = pre + tanh(g_attn) * cross_attn(ln1(pre), vision)`` and
     ``post = mid + tanh(g_mlp) * row_mask * mlp(ln2(mid))``. ``hook_cross_attn_out`` and
@@ -278,44 +125,27 @@ def _cross_block_points(
     ``cross_attn.hook_k`` / ``hook_v`` run over the vision states (one row per image tile),
     not the sequence.
     """
-
-    def p(name: str, site: Site, **kw: Any) -> HookPoint:
-        return HookPoint(name=f"blocks.{layer}.{name}", site=site, layer=layer, stream="lm", **kw)
-
     # Mllama's gated cross-attention layers are sequential blocks: a norm before the MLP too
     assert block.ln2 is not None, f"cross-attention block {path}: ln2 is None"
+    return _points(
+        hook_kinds.CROSS_KINDS, f"blocks.{layer}.", path, block, layer, {"q": n_heads, "kv": n_kv}, "lm"
+    )
 
-    def sub(rel: str) -> str:
-        return f"{path}.{rel}"
 
-    points = [
-        p("hook_resid_pre", Site(path, "input")),
-        p("ln1.hook_normalized", Site(sub(block.ln1))),
-        p("cross_attn.hook_q", Site(sub(block.q)), heads=n_heads) if block.q is not None else None,
-        p("cross_attn.hook_k", Site(sub(block.k)), heads=n_kv, sequence=False)
-        if block.k is not None
-        else None,
-        p("cross_attn.hook_v", Site(sub(block.v)), heads=n_kv, sequence=False)
-        if block.v is not None
-        else None,
-        p("cross_attn.hook_z", Site(sub(block.o), "input"), heads=n_heads),
-        p(
-            "cross_attn.hook_pattern",
-            Site(sub(block.attn), "output", block.pattern_index),
-            writable=False,
-            needs_eager=True,
+def _model_point(name: str, modules: Any) -> list[HookPoint]:
+    """The hook point ``name`` outside blocks (``hook_kinds.MODEL_KINDS``), if the model has it."""
+    kind = MODEL_KINDS[name]
+    placed = kind.site(modules, "")
+    if placed is None:
+        return []
+    stream: Stream = (
+        "vision" if name.startswith("vision.") else "projector" if name.startswith("projector.") else "lm"
+    )
+    return [
+        HookPoint(
+            name=name, stream=stream, sequence=kind.seq_axis is not None, writable=kind.writable, **placed
         )
-        if block.pattern_index is not None
-        else None,
-        p("hook_cross_attn_out", Site(sub(block.attn), "output", block.attn_index)),
-        p("hook_resid_mid", Site(sub(block.ln2), "input"), writable=False),
-        p("ln2.hook_normalized", Site(sub(block.ln2))),
-        p("mlp.hook_pre", Site(sub(block.mlp_pre))),
-        p("mlp.hook_post", Site(sub(block.mlp_down), "input")),
-        p("hook_mlp_out", Site(sub(block.mlp_out or block.mlp))),
-        p("hook_resid_post", Site(path)),
     ]
-    return [point for point in points if point is not None]
 
 
 class HookPoints:
@@ -360,12 +190,7 @@ class HookPoints:
         """
         points: list[HookPoint] = []
         modules = adapter.modules
-        if modules.vision_embed is not None:
-            points.append(
-                HookPoint(
-                    name="vision.hook_embed", site=Site(modules.vision_embed), stream="vision", sequence=False
-                )
-            )
+        points += _model_point("vision.hook_embed", modules)
         if modules.vision_layers is not None and modules.vision_block is not None:
             for layer in range(vision_layers):
                 block = _block_points(
@@ -386,24 +211,8 @@ class HookPoints:
                     )
                     block = [replace(point, writable=False, read_only=reason) for point in block]
                 points += [_replace_sequence(point) for point in block]
-        if modules.projector is not None:
-            points.append(
-                HookPoint(
-                    name="projector.hook_in",
-                    site=Site(modules.projector, "input"),
-                    stream="projector",
-                    sequence=False,
-                )
-            )
-            points.append(
-                HookPoint(
-                    name="projector.hook_out",
-                    site=Site(modules.projector),
-                    stream="projector",
-                    sequence=False,
-                )
-            )
-        points.append(HookPoint(name="hook_embed", site=Site(modules.embed)))
+        points += _model_point("projector.hook_in", modules) + _model_point("projector.hook_out", modules)
+        points += _model_point("hook_embed", modules)
         for layer in range(n_layers):
             if layer in cross_layers and modules.cross is not None:
                 points += _cross_block_points(
@@ -419,8 +228,7 @@ class HookPoints:
                 n_kv_heads,
                 "lm",
             )
-        points.append(HookPoint(name="ln_final.hook_normalized", site=Site(modules.final_norm)))
-        points.append(HookPoint(name="hook_logits", site=Site(modules.unembed)))
+        points += _model_point("ln_final.hook_normalized", modules) + _model_point("hook_logits", modules)
         return cls(points, adapter.name)
 
     def __iter__(self) -> Iterator[HookPoint]:
@@ -506,20 +314,7 @@ def _replace_sequence(point: HookPoint) -> HookPoint:
     return replace(point, sequence=False)
 
 
-_ALL_CANONICAL_FORMS = frozenset(
-    {
-        "hook_embed",
-        "ln_final.hook_normalized",
-        "hook_logits",
-        "vision.hook_embed",
-        "projector.hook_in",
-        "projector.hook_out",
-        "blocks.{l}.hook_cross_attn_out",
-    }
-    | {f"blocks.{{l}}.cross_attn.hook_{x}" for x in ("q", "k", "v", "z", "pattern")}
-    | {v.replace("{l}", "{l}") for v in _SHORT.values()}
-    | {"vision." + v for v in _SHORT.values()}
-)
+_ALL_CANONICAL_FORMS = generic_forms()
 
 
 @dataclass

@@ -2,11 +2,14 @@
 
 The class wraps a loaded HF model in nnsight (``model.nnsight``) and exposes the hook
 points of :mod:`hooked_mllm.hook_points` by their TransformerLens names. Every run
-method turns hook functions into nnsight interventions (:mod:`hooked_mllm._runner`),
+method turns hook functions into nnsight interventions (:mod:`hooked_mllm._runtime.runner`),
 so ``run_with_cache``, ``run_with_hooks``, ``generate`` and a user's own
-``model.trace`` all go through one mechanism. Inputs come from :meth:`prepare`
-(:mod:`hooked_mllm.inputs`) or as HF keyword tensors; caches are
-:class:`~hooked_mllm.cache.ActivationCache`.
+``model.trace`` all go through one mechanism, run here or remotely by the backend chosen when the
+model is built (:mod:`hooked_mllm._runtime.backend`). The class also keeps TransformerLens' run
+habits: ``add_hook`` / ``reset_hooks``, ``return_type`` and ``lm_loss``; its weights come from
+:mod:`hooked_mllm._tl_compat`, its inputs and tokens from :mod:`hooked_mllm._model_inputs`.
+Inputs come from :meth:`prepare` (:mod:`hooked_mllm.inputs`) or as HF keyword tensors; caches
+are :class:`~hooked_mllm.cache.ActivationCache`.
 
 Examples:
     >>> model = HookedMLLM.from_pretrained("llava-hf/llava-1.5-7b-hf")      # doctest: +SKIP
@@ -29,16 +32,16 @@ from jaxtyping import Float, Int
 from nnsight.tracing.tracer import WithBlockNotFoundError
 from torch import Tensor
 
-from . import _compat, _grad_hooks, _keywords, _remote, _runner
 from . import positions as _positions
-from ._cache_hooks import cache_fn, grad_cache_fn
-from ._hook_io import HookPointHandle, check_trace_reads
-from ._loading import load_local
 from ._model_inputs import InputsMixin
-from ._remote_host import Remote
-from ._tensor_parallel import refuse_tensor_parallel
+from ._runtime import caching, keywords, nnsight_private, plan, runner
+from ._runtime import remote as _remote
+from ._runtime.backend import backend_for
+from ._runtime.hook_io import HookPointHandle
+from ._runtime.invokes import MLLMEnvoy, check_invoke_point
+from ._runtime.loading import load_local, refuse_tensor_parallel
+from ._runtime.remote_host import Remote
 from ._tl_compat import TLCompatMixin
-from ._tracing import MLLMEnvoy, check_invoke_point, habit_tracer
 from .architectures import adapter_for
 from .architectures.base import Adapter
 from .cache import ActivationCache
@@ -48,7 +51,7 @@ from .inputs import MultimodalBatch
 from .sae._splice import SAESpliceMixin
 
 # A hook is a ``(name_or_filter, fn)`` pair. `| Any`: whatever else is passed (a bare name, a pair without a
-# function) is let through to `_runner.bind`, which refuses it saying what to pass.
+# function) is let through to `runner.bind`, which refuses it saying what to pass.
 HookSpec = tuple[Any, Callable] | Any
 
 
@@ -96,15 +99,16 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
         remote: bool | str | Remote = False,
     ) -> None:
         refuse_tensor_parallel(model=hf_model)
-        _compat.check_tested_versions()
+        nnsight_private.check_tested_versions()
         self.hf_model = hf_model.eval()
         self.remote = remote  # nnsight's remote=: every run goes through its remote backend
+        self._backend = backend_for(remote)
         self.processor = processor
         self.adapter = adapter.for_config(hf_model.config) if adapter is not None else adapter_for(hf_model)
         self.cfg = MLLMConfig.from_model(hf_model, self.adapter)
         if envoy is None:
             envoy = MLLMEnvoy(hf_model)
-            envoy.attach(self.to_batch, self._pad_id)
+            envoy.attach(self.to_batch, lambda: plan.pad_id(self.tokenizer))
         self.nnsight = envoy
         self.hook_points = HookPoints.build(
             self.adapter,
@@ -118,10 +122,10 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
                 hf_model.config, self.cfg.vision_n_layers, hf_model
             ),
         )
-        self._context: list[_runner.HookFn] = []
-        self._context_bodies: list[_runner.Body] = []  # the interventions of active model.hooks() blocks
+        self._context: list[runner.HookFn] = []
+        self._context_bodies: list[runner.Body] = []  # the interventions of active model.hooks() blocks
         self._state = _RunState()
-        self._guard = _runner.RunGuard.of(hf_model)  # shared by every wrapper of hf_model
+        self._guard = runner.RunGuard.of(hf_model)  # shared by every wrapper of hf_model
         self._trace_reads: list[tuple[str, Tensor, int]] = []  # computed values handed out in model.trace
 
     # -- loading ---------------------------------------------------------------------
@@ -157,28 +161,11 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             >>> model = HookedMLLM.from_pretrained(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
         """
         refuse_tensor_parallel(hf_kwargs)
+        options = dict(dtype=dtype, device=device, device_map=device_map, **hf_kwargs)
+        options.update(attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         if remote:
-            return _remote.from_pretrained(
-                cls,
-                name_or_path,
-                remote,
-                dtype=dtype,
-                device=device,
-                device_map=device_map,
-                attn_implementation=attn_implementation,
-                trust_remote_code=trust_remote_code,
-                **hf_kwargs,
-            )
-        hf_model, processor = load_local(
-            name_or_path,
-            dtype=dtype,
-            device=device,
-            device_map=device_map,
-            attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
-            **hf_kwargs,
-        )
-        return cls(hf_model, processor)
+            return _remote.from_pretrained(cls, name_or_path, remote, **options)
+        return cls(*load_local(name_or_path, **options))
 
     @classmethod
     def from_hf(cls, hf_model: torch.nn.Module, processor: Any = None) -> HookedMLLM:
@@ -204,52 +191,24 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
 
     # -- running ---------------------------------------------------------------------
 
+    # what a run of a batch reaches (hooked_mllm._runtime.plan), also for estimate_cache and the SAE splices
+    _runnable = staticmethod(plan.runnable)
+    _has_images = staticmethod(plan.has_images)
+
     def _run(
         self,
         batch: MultimodalBatch,
-        hooks: list[_runner.HookFn],
+        hooks: list[runner.HookFn],
         fn: Any = "__call__",
         every_step: bool = False,
         grad: bool = False,
         what: str = "run",
-        bwd: Sequence[_runner.HookFn] = (),
+        bwd: Sequence[runner.HookFn] = (),
         keep: Any = None,
         **call_kwargs: Any,
     ) -> Any:
-        hooks, bwd = self._runnable_hooks(batch, hooks), self._runnable_hooks(batch, bwd)
-        if self.remote:
-            return _remote.run_model(
-                self,
-                batch,
-                hooks,
-                fn,
-                every_step,
-                grad,
-                what,
-                keep,
-                call_kwargs,
-                self._context,
-                self._guard,
-                bwd=bwd,
-            )
-        with self._guard(what), self._sae_run(hooks) as hooks:  # hooks inside SAEs go to their splices
-            bodies = _runner.bodies(
-                self.nnsight,
-                hooks,
-                self.hook_points.order,
-                batch=lambda: self._state.batch,
-                every_step=every_step,
-            )
-            bodies += _grad_hooks.bodies(self.nnsight, bwd, batch=lambda: self._state.batch)
-            envoy = _runner.edited(self.nnsight, self._context_bodies + bodies)
-            eager = self._eager_configs([*hooks, *bwd, *self._context])
-            kwargs = dict(batch.to(self.device).inputs, **call_kwargs)
-            previous, self._state.batch = self._state.batch, batch
-            try:
-                with _runner.grad_mode(grad, what), _compat.eager_attention(eager):
-                    return _runner.interleave(envoy, fn, kwargs)
-            finally:
-                self._state.batch = previous
+        hooks, bwd = plan.runnable_hooks(batch, hooks), plan.runnable_hooks(batch, bwd)
+        return self._backend.run(self, batch, hooks, fn, every_step, grad, what, bwd, keep, call_kwargs)
 
     def __getstate__(self) -> dict:
         """A remote model's state for a remote ``model.trace`` body: no weights, lock or processor."""
@@ -264,7 +223,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._guard = _runner.RunGuard()
+        self._guard = runner.RunGuard()
 
     def forward(
         self,
@@ -316,7 +275,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
                 called when the returned output is differentiated (``loss.backward()``) with
                 the gradient w.r.t. the point's value (after the forward hooks); a returned
                 tensor (or 1-tuple) replaces that gradient. They belong to this run's graph
-                (:mod:`hooked_mllm._grad_hooks`); autograd is on for the run.
+                (:mod:`hooked_mllm._runtime.backward`); autograd is on for the run.
             return_type: ``"logits"``, ``"output"`` (the HF output object), ``"loss"``
                 (:meth:`lm_loss`), ``"both"`` (``(logits, loss)``) or None.
             grad: Keep autograd on (for gradients through the run).
@@ -383,64 +342,35 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             >>> cache["resid_post", 2].shape                               # doctest: +SKIP
             torch.Size([1, 576, 4096])
         """
-        batch, options = self._batch_and_options(
-            "run_with_cache",
-            inputs,
-            hf_kwargs,
-            (
-                "inputs",
-                "names_filter",
-                "positions",
-                "device",
-                "dtype",
-                "fwd_hooks",
-                "grad",
-                "remove_batch_dim",
-                "incl_bwd",
-                "return_type",
-            ),
-        )
+        own: tuple[str, ...] = ("inputs", "names_filter", "positions", "device", "dtype", "fwd_hooks", "grad")
+        own += ("remove_batch_dim", "incl_bwd", "return_type")
+        batch, options = self._batch_and_options("run_with_cache", inputs, hf_kwargs, own)
         self._check_return_type(return_type)
         if incl_bwd and return_type != "loss":
             raise ValueError(
                 f"incl_bwd=True needs a scalar output to call backward() on, got return_type="
                 f"{return_type!r}; pass return_type='loss'."
             )
-        store: dict[str, Tensor] = {}
         index = None
         if positions is not None:
             index = _positions.ordered_index(positions, batch).to(self.device)
         names_filter, inner = self._cache_points(names_filter, positions, batch)  # inner: inside SAEs
-        chosen = self._runnable(batch, self.hook_points.select(names_filter), names_filter)
-        versions: dict[str, int] = {}
-        clone: set[str] = {p.name for p in chosen} if self.remote else set()  # versions do not travel
-        for attempt in range(2):
-            hooks = self._bind(fwd_hooks)
-            fn = cache_fn(store, index, device, dtype, grad, versions, clone)
-            hooks += [_runner.HookFn(point, fn) for point in chosen] + self._bind([(inner, fn)] * bool(inner))
-            grads: dict[str, Tensor] = {}
-            backward = [
-                _runner.HookFn(point, grad_cache_fn(grads, index, device, dtype))
-                for point in chosen
-                if incl_bwd
-            ]
-            output = self._run(
-                batch,
-                hooks,
-                grad=grad or incl_bwd,
-                what="run_with_cache",
-                bwd=backward,
-                keep=store,
-                **options,
+        chosen = plan.runnable(batch, self.hook_points.select(names_filter), names_filter)
+
+        def hooks(fn: Callable) -> list[runner.HookFn]:  # the user's, then the cache's (inside SAEs too)
+            return (
+                self._bind(fwd_hooks)
+                + [runner.HookFn(p, fn) for p in chosen]
+                + self._bind([(inner, fn)] * bool(inner))
             )
-            # A model that edits a value in place after the hook read it (Molmo adds the image features
-            # into its embedding output) leaves a stale cache entry: run again, copying those entries.
-            stale = {name for name, version in versions.items() if store[name]._version != version}
-            if not stale or attempt:
-                break
-            clone |= stale
-            store.clear()
-            versions.clear()
+
+        def run(hooks: list[runner.HookFn], bwd: list[runner.HookFn], store: dict) -> Any:
+            return self._run(
+                batch, hooks, grad=grad or incl_bwd, what="run_with_cache", bwd=bwd, keep=store, **options
+            )
+
+        clone = {p.name for p in chosen} if self.remote else set()  # versions do not travel
+        output, store, grads = caching.run(run, hooks, chosen, index, device, dtype, grad, incl_bwd, clone)
         result = self._returned(output, batch, return_type)
         if incl_bwd:
             result.backward()
@@ -464,7 +394,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             ...     out = model.generate(batch, max_new_tokens=5)
         """
         bound = self._bind(fwd_hooks)
-        bodies = _runner.bodies(
+        bodies = runner.bodies(
             self.nnsight, bound, self.hook_points.order, batch=lambda: self._state.batch, every_step=True
         )
         self._context = self._context + bound
@@ -507,7 +437,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             for k in list(generate_kwargs)
             if k in self._input_names and isinstance(generate_kwargs[k], Tensor)
         }
-        options = _keywords.generate_options(generate_kwargs, max_new_tokens, do_sample)  # TL names mapped
+        options = keywords.generate_options(generate_kwargs, max_new_tokens, do_sample)  # TL names mapped
         fn = "generate" if self.remote else functools.partial(self.hf_model.generate, **options)
         # a remote probe carries no inputs: it is never entered unless refused below
         tracer = (
@@ -553,7 +483,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
     ) -> Any:
         """nnsight's ``trace`` over the same inputs (a batch, text or HF tensors), or, given none, over
         the inputs of its ``tracer.invoke(...)`` blocks batched into one forward
-        (:mod:`hooked_mllm._tracing`).
+        (:mod:`hooked_mllm._runtime.invokes`).
 
         ``eager_attention``: run under eager attention (patterns); None does so when the block
         names ``hook_pattern``. ``fn``: what to run instead of the forward (``generate`` uses it).
@@ -567,31 +497,95 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             isinstance(v, Tensor) for v in hf_kwargs.values()
         )  # invokes give inputs
         own = ("inputs", "eager_attention")
-        if self.remote:
-            return _remote.trace(
-                self.nnsight,
-                self.remote,
-                lambda: self._batch_and_options("trace", inputs, hf_kwargs, own),
-                invokes=invokes,
-                hooked=bool(self._context),
-                fn=fn,
-                eager=eager_attention,
+        return self._backend.trace(self, inputs, hf_kwargs, own, invokes, fn, eager_attention)
+
+    # -- TransformerLens habits: persistent hooks, return types, loss ---------------------
+
+    def add_hook(
+        self,
+        name: Any,
+        hook: Callable[..., Any],
+        dir: str = "fwd",
+        is_permanent: bool = False,
+        prepend: bool = False,
+    ) -> None:
+        """Keep ``hook`` on ``name`` (a name, list or predicate) for every later run, until
+        :meth:`reset_hooks`.
+
+        The hook is active exactly as inside ``with model.hooks(...)`` (runs, generation and
+        ``model.trace``); an unknown name fails here, not at the next run. ``is_permanent`` hooks
+        survive ``reset_hooks()`` and go with ``reset_hooks(including_permanent=True)``.
+
+        Examples:
+            >>> model.add_hook("blocks.0.hook_mlp_out", lambda act, hook: act * 0)   # doctest: +SKIP
+            >>> model.reset_hooks()                                                  # doctest: +SKIP
+        """
+        if dir != "fwd":
+            raise ValueError(
+                "add_hook keeps forward hooks only (dir='fwd'); backward hooks belong to one run: "
+                "run_with_hooks(..., bwd_hooks=[(name, fn)]) or run_with_cache(..., incl_bwd=True)."
             )
-        self._trace_reads.clear()
-        tracer_cls = habit_tracer(
-            _runner.guarded_tracer(
-                self._guard, quiet=bool(self._context), after=lambda: check_trace_reads(self._trace_reads)
-            ),
-            self._attention_configs,
-            eager_attention,
-        )
-        envoy = _runner.edited(self.nnsight, self._context_bodies)  # a copy carrying model.hooks() edits
-        extra = {} if fn is None else {"fn": fn}
-        if invokes:
-            self._check_keywords("trace", hf_kwargs, own)
-            return envoy.trace(tracer_cls=tracer_cls, **extra, **hf_kwargs)
-        batch, options = self._batch_and_options("trace", inputs, hf_kwargs, own)
-        return envoy.trace(tracer_cls=tracer_cls, **extra, **batch.to(self.device).inputs, **options)
+        if prepend:
+            raise ValueError(
+                "prepend=True is not offered: hooks on one point run in the order they were added."
+            )
+        block = self.hooks(fwd_hooks=[(name, hook)])
+        block.__enter__()
+        self.__dict__.setdefault("_added_hooks", []).append((block, is_permanent))
+
+    def reset_hooks(self, including_permanent: bool = False) -> None:
+        """Remove the hooks :meth:`add_hook` added (the permanent ones too with ``including_permanent``)."""
+        added = self.__dict__.get("_added_hooks", [])
+        keep = [(block, permanent) for block, permanent in added if permanent and not including_permanent]
+        errors = []
+        for block, permanent in reversed(added):
+            if (block, permanent) in keep:
+                continue
+            try:
+                block.__exit__(None, None, None)
+            except Exception as error:  # remove the others anyway, then report
+                errors.append(error)
+        self.__dict__["_added_hooks"] = keep
+        if errors:
+            raise errors[0]
+
+    _RETURN_TYPES = ("logits", "output", "loss", "both", None)
+
+    def _check_return_type(self, return_type: Any) -> None:
+        if return_type not in self._RETURN_TYPES:
+            raise ValueError(
+                f"return_type must be one of {', '.join(map(repr, self._RETURN_TYPES))}, not {return_type!r}"
+            )
+
+    def _returned(self, output: Any, batch: Any, return_type: str | None) -> Any:
+        """What a run returns for ``return_type`` (checked by :meth:`_check_return_type`)."""
+        if return_type == "output":
+            return output
+        if return_type is None:
+            return None
+        if return_type == "logits":
+            return output.logits
+        loss = self.lm_loss(output.logits, batch)
+        return loss if return_type == "loss" else (output.logits, loss)
+
+    def lm_loss(
+        self, logits: Float[Tensor, "batch pos vocab"], batch: Any, per_token: bool = False
+    ) -> Float[Tensor, ""] | Float[Tensor, "batch pos_1"]:
+        """Next-token cross-entropy of ``logits`` on ``batch``'s ids, over text targets only.
+
+        Targets that are padding or image placeholder tokens (whose "next token" is an image
+        feature, not a prediction) are left out: the mean is over the rest; ``per_token``
+        gives ``[batch, pos - 1]`` with zeros there.
+
+        Examples:
+            >>> loss = model(batch, return_type="loss")         # doctest: +SKIP
+        """
+        ids = batch.input_ids.to(logits.device)
+        log_probs = logits[:, :-1].float().log_softmax(-1)
+        nll = -log_probs.gather(-1, ids[:, 1:, None])[..., 0]
+        valid = (~batch.pad_mask[:, 1:] & ~batch.pad_mask[:, :-1] & ~batch.image_mask[:, 1:]).to(nll.device)
+        nll = nll * valid
+        return nll if per_token else nll.sum() / valid.sum().clamp(min=1)
 
     def __repr__(self) -> str:
         c = self.cfg

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ._weights import parameter
+from ._runtime.offload import parameter
 
 NormKind = Literal["rms", "layer"]
 

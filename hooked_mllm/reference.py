@@ -13,39 +13,23 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from .hook_kinds import kind_of
 from .hook_points import HookPoint
 from .model import HookedMLLM
 
-_SHAPES = {
-    "cross_attn.hook_q": "[batch, pos, n_heads, d_head]",
-    "cross_attn.hook_k": "[batch * n_images * n_tiles, vision_pos, n_kv_heads, d_head]",
-    "cross_attn.hook_v": "[batch * n_images * n_tiles, vision_pos, n_kv_heads, d_head]",
-    "cross_attn.hook_z": "[batch, pos, n_heads, d_head]",
-    "cross_attn.hook_pattern": "[batch, n_heads, query_pos, vision_pos]",
-    "hook_embed": "[batch, pos, d_model]",
-    "attn.hook_q": "[batch, pos, n_heads, d_head]",
-    "attn.hook_k": "[batch, pos, n_kv_heads, d_head]",
-    "attn.hook_v": "[batch, pos, n_kv_heads, d_head]",
-    "attn.hook_z": "[batch, pos, n_heads, d_head]",
-    "attn.hook_pattern": "[batch, n_heads, query_pos, key_pos]",
-    "mlp.hook_pre": "[batch, pos, d_mlp]",
-    "mlp.hook_post": "[batch, pos, d_mlp]",
-    "hook_logits": "[batch, pos, d_vocab]",
-    "projector.hook_in": "[n_images, n_patches, vision_d_model]",
-    "projector.hook_out": "[n_images, n_image_tokens, d_model]",
-}
-
 
 def _shape(generic: str) -> str:
-    stem = re.sub(r"^(vision\.)?blocks\.\{l\}\.", "", generic)
-    if generic.startswith("vision."):
-        shape = _SHAPES.get(stem, "[n_images, n_patches, vision_d_model]")
+    """The shape of a generic name, from the table of hook kinds (vision blocks: per image and patch)."""
+    kind = kind_of(generic)
+    shape = kind.shape if kind is not None else "[batch, pos, d_model]"
+    if generic.startswith("vision.blocks."):
         return (
-            shape.replace("batch, pos", "n_images, n_patches")
+            shape.replace("d_model]", "vision_d_model]")
+            .replace("batch, pos", "n_images, n_patches")
             .replace("batch, n_heads", "n_images, n_heads")
             .replace("query_pos, key_pos", "patch, patch")
         )
-    return _SHAPES.get(stem, _SHAPES.get(generic, "[batch, pos, d_model]"))
+    return shape
 
 
 def hook_reference_markdown(model: HookedMLLM) -> str:

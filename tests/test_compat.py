@@ -1,5 +1,5 @@
 """The private nnsight and transformers names hooked_mllm relies on (all listed in
-``hooked_mllm._compat``) exist in the installed versions and behave as used, and the run
+``hooked_mllm._runtime.nnsight_private``) exist in the installed versions and behave as used, and the run
 path leaves the wrapped model's own envoy unedited (it goes through nnsight's public ``edit``)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hooked_mllm import HookedMLLM, _compat, _runner
-from hooked_mllm._tracing import MLLMEnvoy
+from hooked_mllm import HookedMLLM
+from hooked_mllm._runtime import nnsight_private, runner
+from hooked_mllm._runtime.invokes import MLLMEnvoy
 from hooked_mllm.testing import tiny_llava
 
 
@@ -27,24 +28,26 @@ def model():
     return HookedMLLM.from_hf(tiny_llava("llama", d_model=32, n_layers=2, vision_d_model=16, vision_layers=1))
 
 
-@pytest.mark.parametrize(("owner", "name"), _compat.PRIVATE_NAMES)
+@pytest.mark.parametrize(("owner", "name"), nnsight_private.PRIVATE_NAMES)
 def test_private_names_exist(model, owner, name):
     cls = _owner(owner)
     instance = model.hf_model.config if issubclass(model.hf_model.config.__class__, cls) else model.nnsight
     assert isinstance(instance, cls)
-    assert hasattr(cls, name) or name in vars(instance), f"{owner}.{name} is gone: update hooked_mllm._compat"
+    assert hasattr(cls, name) or name in vars(instance), (
+        f"{owner}.{name} is gone: update hooked_mllm._runtime.nnsight_private"
+    )
 
 
 def test_eager_attention_switches_and_restores(model):
     config = model.adapter.text_cfg(model.hf_model.config)
     before = config._attn_implementation
-    with _compat.eager_attention([config]):
+    with nnsight_private.eager_attention([config]):
         assert config._attn_implementation == "eager"
     assert config._attn_implementation == before
 
 
 def test_wrapped_module_is_the_hf_model(model):
-    assert _compat.wrapped_module(model.nnsight) is model.hf_model
+    assert nnsight_private.wrapped_module(model.nnsight) is model.hf_model
 
 
 def test_runs_leave_the_envoy_unedited(model):
@@ -96,7 +99,7 @@ def test_backward_hooks_leave_the_envoy_unedited(model):
 def test_edited_copy_keeps_invoke_batching(model):
     """The copy a run goes through is still an MLLMEnvoy, and a model.hooks() block applies to the one
     forward that several invokes are batched into."""
-    assert isinstance(_runner.edited(model.nnsight, [lambda tracer: None]), MLLMEnvoy)
+    assert isinstance(runner.edited(model.nnsight, [lambda tracer: None]), MLLMEnvoy)
     a, b = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[5, 6, 7]])
     rows = []
     with model.hooks(fwd_hooks=[("blocks.1.hook_resid_post", lambda act, hook: rows.append(act.shape[0]))]):
@@ -121,11 +124,13 @@ def _lock_pins() -> dict[str, str]:
     return pins
 
 
-@pytest.mark.parametrize("package", sorted(_compat.TESTED))
+@pytest.mark.parametrize("package", sorted(nnsight_private.TESTED))
 def test_the_lock_pins_a_tested_release(package):
-    oldest, newest = _compat.TESTED[package]
+    oldest, newest = nnsight_private.TESTED[package]
     pinned = _lock_pins()[package]
-    assert oldest <= _compat._minor(pinned) <= newest, f"lock pins {package} {pinned}: update _compat.TESTED"
+    assert oldest <= nnsight_private._minor(pinned) <= newest, (
+        f"lock pins {package} {pinned}: update nnsight_private.TESTED"
+    )
 
 
 def test_an_untested_release_warns_once_naming_the_tested_range(monkeypatch):
@@ -134,16 +139,20 @@ def test_an_untested_release_warns_once_naming_the_tested_range(monkeypatch):
         importlib.metadata, "version", lambda name: "5.99.0" if name == "transformers" else real(name)
     )
     try:
-        with pytest.warns(_compat.UntestedVersionWarning, match=r"transformers 5\.24 to 5\.25, and 5\.99\.0"):
-            assert _compat.check_tested_versions(recheck=True) == ("transformers",)
+        with pytest.warns(
+            nnsight_private.UntestedVersionWarning, match=r"transformers 5\.24 to 5\.25, and 5\.99\.0"
+        ):
+            assert nnsight_private.check_tested_versions(recheck=True) == ("transformers",)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            assert _compat.check_tested_versions() == ("transformers",)  # once per process: no second warning
+            assert nnsight_private.check_tested_versions() == (
+                "transformers",
+            )  # once per process: no second warning
     finally:
         monkeypatch.undo()
     with warnings.catch_warnings():  # the installed releases are tested ones: wrapping warns nothing
         warnings.simplefilter("error")
-        assert _compat.check_tested_versions(recheck=True) == ()
+        assert nnsight_private.check_tested_versions(recheck=True) == ()
         HookedMLLM.from_hf(tiny_llava("llama", d_model=32, n_layers=1, vision_d_model=16, vision_layers=1))
 
 
@@ -151,4 +160,4 @@ def test_an_untested_release_warns_once_naming_the_tested_range(monkeypatch):
     ("version", "minor"), [("5.25.0", (5, 25)), ("5.26.0.dev0", (5, 26)), ("6.0", (6, 0)), ("0.8.1", (0, 8))]
 )
 def test_minor_release_of_a_version_string(version, minor):
-    assert _compat._minor(version) == minor
+    assert nnsight_private._minor(version) == minor

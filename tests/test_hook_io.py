@@ -1,6 +1,6 @@
 """Every write check, and every kind of write, through both paths that write hook points:
 ``run_with_hooks`` (a hook function's return value) and ``model.trace`` (assigning
-``model.hook_point(name).output``). Both go through ``hooked_mllm._hook_io``; these tests pin
+``model.hook_point(name).output``). Both go through ``hooked_mllm._runtime.hook_io``; these tests pin
 that they refuse the same writes with the same errors and that accepted writes take the same
 effect, checked against plain torch hooks or edited weights on a tiny random InternVL (its
 vision blocks have layer scales)."""

@@ -1,4 +1,4 @@
-"""What a remote model trusts about its server (hooked_mllm._remote_host).
+"""What a remote model trusts about its server (hooked_mllm._runtime.remote_host).
 
 Plain ``http://`` is refused unless opted in; a server that accepts and never answers, or answers the
 websocket handshake and then says nothing, ends in a ``TimeoutError`` naming the host (local socket
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from hooked_mllm import HookedMLLM, Remote
-from hooked_mllm._remote_host import guarded_backend, load_result
+from hooked_mllm._runtime.remote_host import guarded_backend, load_result
 from hooked_mllm.testing import random_image, tiny_llava, tiny_processor
 
 

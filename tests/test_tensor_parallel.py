@@ -1,4 +1,4 @@
-"""Tensor parallelism is refused up front, for the reason ``hooked_mllm/_tensor_parallel.py`` gives."""
+"""Tensor parallelism is refused up front, for the reason ``hooked_mllm/_runtime/loading.py`` gives."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import transformers.distributed.tensor_parallel as hf_tp
 from transformers import DistributedConfig
 
 from hooked_mllm import HookedMLLM, toy
-from hooked_mllm._tensor_parallel import refuse_tensor_parallel
+from hooked_mllm._runtime.loading import refuse_tensor_parallel
 
 
 def test_from_pretrained_refuses_a_tensor_parallel_load_before_loading():

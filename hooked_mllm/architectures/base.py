@@ -145,10 +145,11 @@ class ModuleLayout:
     """Where the parts live: module paths from the HF model root (``*ForConditionalGeneration``).
 
     Attributes:
-        lm_layers: The language model's decoder ``ModuleList``.
-        embed: The token embedding (``hook_embed``).
-        final_norm: The final norm (``ln_final.hook_normalized``).
-        unembed: The unembedding / LM head (``hook_logits``).
+        lm_layers: The language model's decoder ``ModuleList`` (default
+            ``model.language_model.layers``, as the next three: transformers' ``*ForConditionalGeneration``).
+        embed: The token embedding (``hook_embed``; default ``model.language_model.embed_tokens``).
+        final_norm: The final norm (``ln_final.hook_normalized``; default ``model.language_model.norm``).
+        unembed: The unembedding / LM head (``hook_logits``; default ``lm_head``).
         block: Paths inside one decoder layer.
         vision_layers: The vision tower's layer ``ModuleList`` (None: no tower).
         vision_embed: The vision embedding module (``vision.hook_embed``).
@@ -167,10 +168,11 @@ class ModuleLayout:
         'self_attn'
     """
 
-    lm_layers: str
-    embed: str
-    final_norm: str
-    unembed: str
+    # the language model of transformers' *ForConditionalGeneration classes, which most adapters repeat
+    lm_layers: str = "model.language_model.layers"
+    embed: str = "model.language_model.embed_tokens"
+    final_norm: str = "model.language_model.norm"
+    unembed: str = "lm_head"
     block: BlockLayout = field(default_factory=BlockLayout)
     vision_layers: str | None = None
     vision_embed: str | None = None

@@ -38,15 +38,8 @@ global attention.
 
 from __future__ import annotations
 
-from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout
-from .llava import CLIP_BLOCK
-
-GEMMA_BLOCK = BlockLayout(
-    ln2="pre_feedforward_layernorm",
-    attn_out="post_attention_layernorm",
-    mlp_out="post_feedforward_layernorm",
-    norm_offset=1.0,
-)
+from .base import Adapter, InputLayout, Metadata, ModuleLayout
+from .blocks import CLIP_BLOCK, GEMMA_BLOCK
 
 GEMMA3 = Adapter(
     name="gemma3",

@@ -39,7 +39,7 @@ Inputs: ``pixel_values`` ``[batch, max_crops, 3, H, W]`` and ``pixel_attention_m
 from __future__ import annotations
 
 from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout, TokenLayout, no_grid
-from .llava import CLIP_BLOCK
+from .blocks import CLIP_BLOCK
 from .split import PerRow
 
 IDEFICS2 = Adapter(

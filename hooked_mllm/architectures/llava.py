@@ -61,21 +61,8 @@ from dataclasses import replace
 from typing import Any
 
 from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout, TokenLayout
-from .mistral3 import PIXTRAL_BLOCK, pixtral_grids
-
-CLIP_BLOCK = BlockLayout(
-    attn="self_attn",
-    mlp="mlp",
-    ln1="layer_norm1",
-    ln2="layer_norm2",
-    q="self_attn.q_proj",
-    k="self_attn.k_proj",
-    v="self_attn.v_proj",
-    o="self_attn.out_proj",
-    mlp_pre="mlp.fc1",
-    mlp_down="mlp.fc2",
-    norm="layer",
-)
+from .blocks import CLIP_BLOCK, PIXTRAL_BLOCK
+from .mistral3 import pixtral_grids
 
 
 def _for_vision_tower(adapter: Adapter, config: Any) -> Adapter:

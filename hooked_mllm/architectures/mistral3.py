@@ -46,20 +46,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Adapter, BlockLayout, Metadata, ModuleLayout, TokenLayout
-
-PIXTRAL_BLOCK = BlockLayout(
-    attn="attention",
-    mlp="feed_forward",
-    ln1="attention_norm",
-    ln2="ffn_norm",
-    q="attention.q_proj",
-    k="attention.k_proj",
-    v="attention.v_proj",
-    o="attention.o_proj",
-    mlp_pre="feed_forward.gate_proj",
-    mlp_down="feed_forward.down_proj",
-    norm="rms",
-)
+from .blocks import PIXTRAL_BLOCK
 
 
 def pixtral_grids(inputs: dict, config: Any) -> list[tuple[int, int] | None]:

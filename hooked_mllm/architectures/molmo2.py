@@ -76,7 +76,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .base import Adapter, BlockLayout, ConfigKeys, InputLayout, Metadata, ModuleLayout, TokenLayout
-from .llava import CLIP_BLOCK
+from .blocks import CLIP_BLOCK
 from .split import Computed, Tokens
 
 MOLMO2_VISION_BLOCK = replace(CLIP_BLOCK, o="self_attn.o_proj")

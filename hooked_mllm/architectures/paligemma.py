@@ -52,8 +52,7 @@ from dataclasses import replace
 from typing import Any
 
 from .base import Adapter, BlockLayout, InputLayout, Metadata, ModuleLayout
-from .gemma3 import GEMMA_BLOCK
-from .llava import CLIP_BLOCK
+from .blocks import CLIP_BLOCK, GEMMA_BLOCK
 from .split import Tokens
 
 

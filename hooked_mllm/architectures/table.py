@@ -25,7 +25,8 @@ _HEADER = """# Supported architectures
 Generated from the adapter registry (`hooked_mllm.architectures`) by
 `python -m hooked_mllm.architectures.table docs/architectures.md` (which keeps the hand-written
 "Adding a family" guide after the table); a test keeps it in sync.
-Each family is one declarative adapter file whose docstring shows its HF module tree.
+Each family is one declarative adapter file whose docstring shows its HF module tree; block layouts that
+several families share (CLIP / SigLIP, Pixtral, Gemma) are in `hooked_mllm/architectures/blocks.py`.
 "Verified" means the conformance suite (`tests/architectures/test_conformance.py`) runs the
 family on a tiny random model built from its config and checks hidden states, logits,
 residual identities, patterns, generation, batching, hook cleanup and image geometry

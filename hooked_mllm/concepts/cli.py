@@ -22,7 +22,7 @@ DTYPES = ("float32", "float16", "bfloat16", "auto")
 
 
 def _model(spec: str, dtype: str | None = None, device: str | None = None) -> Any:
-    from ..cli import load_model
+    from .._cli_common import load_model
 
     return load_model(spec, dtype, device)
 
@@ -168,7 +168,7 @@ def _save_npz(path: Path, **arrays: Any) -> None:
 
 
 def _cmd_concepts(args: argparse.Namespace) -> int:
-    from ..cli import check_device
+    from .._cli_common import check_device
     from .extract import Features
     from .grounding import text_grounding
 
@@ -360,7 +360,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
 
 def add_subparsers(sub: Any) -> None:
     """Mount ``extract``, ``concepts``, ``shift`` and ``steer`` on the package CLI."""
-    from ..cli import count, finite, index, positive
+    from .._cli_common import count, finite, index, positive
 
     ex = sub.add_parser("extract", help="extract one feature per sample to a resumable folder")
     ex.add_argument("--model", default="toy:toy-llava", help="a checkpoint path or hub id, or toy:<name>")

@@ -24,7 +24,7 @@ def port_number(text: str) -> int:
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:
-    from ..cli import load_model
+    from .._cli_common import load_model
     from .server import run
 
     def announce(url: str) -> None:

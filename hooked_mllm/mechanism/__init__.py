@@ -11,7 +11,7 @@ on the toy world that scores every method. See docs/mechanism.md.
 Modules: :mod:`.capture` (the forward and the frozen readout, :class:`MechanismRun`),
 :mod:`.scores` (head / layer scores, :func:`image_locations`), :mod:`.baselines`,
 :mod:`.explain` (:func:`explain_positions`, :func:`logit_lens_map`), :mod:`.maps`
-(:class:`LocationMap`), :mod:`.pointing` (:func:`pointing_game`).
+(:class:`LocationMap`); :func:`pointing_game` is :mod:`hooked_mllm.toy.pointing`'s.
 
 Examples:
     >>> from hooked_mllm import toy
@@ -22,6 +22,7 @@ Examples:
     >>> image_locations(model, batch, heads="all").overlay(scene.image)      # doctest: +SKIP
 """
 
+from .._lazy import lazy_exports
 from .baselines import attention_map as attention_map
 from .baselines import gradient_map as gradient_map
 from .baselines import occlusion_map as occlusion_map
@@ -34,15 +35,17 @@ from .explain import explain_positions as explain_positions
 from .explain import lens_location_map as lens_location_map
 from .explain import logit_lens_map as logit_lens_map
 from .maps import LocationMap as LocationMap
-from .pointing import METHODS as METHODS
-from .pointing import PointingResult as PointingResult
-from .pointing import pointing_game as pointing_game
 from .scores import HeadScores as HeadScores
 from .scores import LayerScores as LayerScores
 from .scores import head_contributions as head_contributions
 from .scores import head_scores as head_scores
 from .scores import image_locations as image_locations
 from .scores import layer_scores as layer_scores
+
+# The pointing game knows the toy world, so it lives in hooked_mllm.toy.pointing; re-exported on first use
+# (an import here would run the toy module, which imports the modules above, while this one is starting).
+_NAMES = {name: "hooked_mllm.toy.pointing" for name in ("METHODS", "PointingResult", "pointing_game")}
+__getattr__ = lazy_exports(__name__, _NAMES, {})[0]  # dir() stays the default
 
 __all__ = [
     "METHODS",

@@ -1,5 +1,5 @@
-"""``python -m hooked_mllm.mechanism``: the pointing game on a toy checkpoint (see :func:`.pointing.main`)."""
+"""``python -m hooked_mllm.mechanism``: the pointing game on a toy checkpoint (hooked_mllm.toy.pointing)."""
 
-from .pointing import main
+from ..toy.pointing import main
 
 raise SystemExit(main())

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from .. import _hook_io, _runner
 from .. import positions as _positions
+from .._runtime import hook_io as _hook_io
+from .._runtime import runner as _runner
 from ..hook_points import HookContext, HookPoint
 
 SAE_HOOKS = (

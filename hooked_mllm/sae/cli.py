@@ -28,7 +28,7 @@ def _dataset(args: argparse.Namespace, seed: int) -> Any:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from ..cli import load_model
+    from .._cli_common import load_model
     from .evaluate import evaluate_sae
     from .train import train_sae
 

@@ -9,8 +9,8 @@ Modules: :mod:`._common` (vocabulary, tokenizers, chat templates, random images)
 :mod:`.llava` (LLaVA, LLaVA-NeXT, LLaVA-OneVision; the default :func:`tiny_llava`),
 :mod:`.qwen` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), :mod:`.video` (a torch Qwen2-VL video
 processor), :mod:`.idefics` (Idefics2, Idefics3, SmolVLM), :mod:`.gemma` (Gemma 3, PaliGemma),
-:mod:`.others` (InternVL, Mistral 3,
-Pixtral, Mllama), :mod:`.molmo2` (Molmo2). Every public name is importable from here.
+:mod:`.internvl` (InternVL), :mod:`.pixtral` (Pixtral, Mistral 3), :mod:`.mllama` (Mllama),
+:mod:`.molmo2` (Molmo2). Every public name is importable from here.
 
 Examples:
     >>> from hooked_mllm import HookedMLLM
@@ -25,16 +25,11 @@ from __future__ import annotations
 from ._common import CHAT_TEMPLATE, SPECIALS, WORDS, image_pair, random_image, tiny_tokenizer, word_tokenizer
 from .gemma import GEMMA3_SPECIALS, tiny_gemma3, tiny_paligemma
 from .idefics import IDEFICS3_SPECIALS, IDEFICS_SPECIALS, tiny_idefics2, tiny_idefics3, tiny_smolvlm
+from .internvl import INTERNVL_SPECIALS, tiny_internvl
 from .llava import tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_processor
+from .mllama import tiny_mllama
 from .molmo2 import MOLMO2_IMAGE_TOKENS, MOLMO2_SPECIALS, molmo2_image_processor, tiny_molmo2
-from .others import (
-    INTERNVL_SPECIALS,
-    PIXTRAL_SPECIALS,
-    tiny_internvl,
-    tiny_mistral3,
-    tiny_mllama,
-    tiny_pixtral,
-)
+from .pixtral import PIXTRAL_SPECIALS, tiny_mistral3, tiny_pixtral
 from .qwen import QWEN_SPECIALS, tiny_qwen2_vl, tiny_qwen2_vl_processor, tiny_qwen3_vl
 from .video import TorchLlavaOnevisionVideoProcessor, TorchQwen2VLVideoProcessor
 

@@ -59,7 +59,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from hooked_mllm.toy.science import checkpoint_kind
+    from hooked_mllm.toy.model import checkpoint_kind
 
     target = args.path or args.name
     if checkpoint_kind(target) == "text":
@@ -99,7 +99,7 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
     Each sub-command stores its handler in ``args.func``; call ``args.func(args)``.
     """
-    from hooked_mllm.cli import count, index, positive
+    from hooked_mllm._cli_common import count, index, positive
 
     sub = parser.add_subparsers(dest="toy_command", required=True, metavar="COMMAND")
     tr = sub.add_parser("train", help="train a toy checkpoint from scratch (or fine-tune, for toy-llava-ft)")
@@ -149,7 +149,7 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry: ``python -m hooked_mllm.toy.cli train|eval ...``."""
-    from hooked_mllm.cli import Parser
+    from hooked_mllm._cli_common import Parser
 
     top = Parser(prog="hooked-mllm toy", description=(__doc__ or "").split("\n")[0])
     parser = add_subparsers(top)

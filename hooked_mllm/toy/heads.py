@@ -32,6 +32,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hooked_mllm.toy.data import encode, encode_text
+from hooked_mllm.toy.model import checkpoint_kind, load_for_heads
 from hooked_mllm.toy.world import World
 
 if TYPE_CHECKING:
@@ -146,26 +147,6 @@ def format_comparison(pairs: list[tuple[AnswerHeads, AnswerHeads]]) -> str:
     return "\n".join(lines)
 
 
-def load_for_heads(path) -> HookedMLLM:
-    """A :class:`~hooked_mllm.HookedMLLM` for a toy checkpoint directory: a VLM as it is, a text LM inside a
-    LLaVA whose language model is a copy of it (run it with text-only inputs, ``mode="text"``).
-
-    Examples:
-        >>> model = load_for_heads(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
-    """
-    from hooked_mllm import HookedMLLM
-    from hooked_mllm.toy.processor import build_processor
-    from hooked_mllm.toy.recipe import vlm_from_text_lm
-    from hooked_mllm.toy.science import checkpoint_kind
-
-    if checkpoint_kind(path) != "text":
-        return HookedMLLM.from_pretrained(str(path))
-    from transformers import LlamaForCausalLM
-
-    lm = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return HookedMLLM.from_hf(vlm_from_text_lm(lm).eval(), processor=build_processor())
-
-
 def heads_table(
     path, *, seed: int = 123, n: int = 100, qtypes: tuple[str, ...] = BINDING_QTYPES
 ) -> list[AnswerHeads]:
@@ -175,8 +156,6 @@ def heads_table(
     Examples:
         >>> rows = heads_table(toy.checkpoint_dir("toy-llava"), n=20)  # doctest: +SKIP
     """
-    from hooked_mllm.toy.science import checkpoint_kind
-
     mode = "text" if checkpoint_kind(path) == "text" else "image"
     model = load_for_heads(path)
     return [answer_heads(model, q, mode=mode, seed=seed, n=n) for q in qtypes]

@@ -10,8 +10,10 @@ Connections:
     :func:`save_checkpoint`; :func:`load` hands a shipped checkpoint to ``hooked_mllm.HookedMLLM``.
 
 Contents:
-    :data:`CHECKPOINTS`, :func:`toy_config`, :func:`build_model`, :func:`checkpoint_dir`,
-    :func:`save_checkpoint`, :func:`load`.
+    :data:`CHECKPOINTS`, :func:`toy_config`, :func:`build_model`, :func:`vlm_from_text_lm` (a toy LLaVA
+    around a text LM), :func:`checkpoint_dir`, :func:`checkpoint_kind`, :func:`save_checkpoint`,
+    :func:`load`, :func:`load_for_heads`. Everything that builds, saves, locates or loads a toy model is
+    here, so the training, evaluation and science modules import this one and it imports none of them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
+    LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
     PreTrainedModel,
@@ -38,7 +41,17 @@ from hooked_mllm.toy.processor import NUM_IMAGE_TOKENS
 from hooked_mllm.toy.tokenizer import SPECIAL_TOKENS, VOCAB
 from hooked_mllm.toy.world import IMAGE_SIZE, PATCH
 
-__all__ = ["CHECKPOINTS", "build_model", "checkpoint_dir", "load", "save_checkpoint", "toy_config"]
+__all__ = [
+    "CHECKPOINTS",
+    "build_model",
+    "checkpoint_dir",
+    "checkpoint_kind",
+    "load",
+    "load_for_heads",
+    "save_checkpoint",
+    "toy_config",
+    "vlm_from_text_lm",
+]
 
 _CHECKPOINT_ROOT = Path(__file__).resolve().parent / "checkpoints"
 
@@ -177,7 +190,7 @@ def load(name: str = "toy-llava", **kwargs: Any):
     """``hooked_mllm.HookedMLLM.from_pretrained(checkpoint_dir(name), **kwargs)``.
 
     A text-only checkpoint (``toy-lm``) loads inside a toy LLaVA whose language model is an exact copy of
-    it (:func:`hooked_mllm.toy.heads.load_for_heads`): run it on text (``model("...")``, HF ``input_ids``),
+    it (:func:`load_for_heads`): run it on text (``model("...")``, HF ``input_ids``),
     with the same hook names as the VLMs; its vision tower is untrained and takes no part in a text run.
 
     Examples:
@@ -186,7 +199,6 @@ def load(name: str = "toy-llava", **kwargs: Any):
         >>> text_model = toy.load("toy-lm")  # doctest: +SKIP
     """
     from hooked_mllm import HookedMLLM  # the core imports heavy machinery; keep `toy` light
-    from hooked_mllm.toy.science import checkpoint_kind
 
     path = checkpoint_dir(name)
     if checkpoint_kind(path) == "text":
@@ -195,7 +207,73 @@ def load(name: str = "toy-llava", **kwargs: Any):
                 f"{name} is a text-only LM and loads without options; got {', '.join(sorted(kwargs))} "
                 "(cast or move it afterwards: model.to(...))."
             )
-        from hooked_mllm.toy.heads import load_for_heads
-
         return load_for_heads(path)
     return HookedMLLM.from_pretrained(str(path), **kwargs)
+
+
+def checkpoint_kind(model: str | os.PathLike[str]) -> str:
+    """``"text"`` for a text-only toy LM (``toy-lm``), else ``"image"``; ``model`` is a directory or a shipped
+    checkpoint name (read from its ``toy_meta.json``)."""
+    import json
+
+    path = Path(model)
+    if not path.exists() and str(model) in CHECKPOINTS:
+        path = checkpoint_dir(str(model))
+    meta = path / "toy_meta.json"
+    return json.loads(meta.read_text()).get("kind", "image") if meta.is_file() else "image"
+
+
+def load_for_heads(path: str | os.PathLike[str]) -> Any:
+    """A :class:`~hooked_mllm.HookedMLLM` for a toy checkpoint directory: a VLM as it is, a text LM inside a
+    LLaVA whose language model is a copy of it (run it with text-only inputs, ``mode="text"``).
+
+    Examples:
+        >>> model = load_for_heads(toy.checkpoint_dir("toy-llava"))  # doctest: +SKIP
+    """
+    from hooked_mllm import HookedMLLM
+    from hooked_mllm.toy.processor import build_processor
+
+    if checkpoint_kind(path) != "text":
+        return HookedMLLM.from_pretrained(str(path))
+    from transformers import LlamaForCausalLM
+
+    lm = LlamaForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return HookedMLLM.from_hf(vlm_from_text_lm(lm).eval(), processor=build_processor())
+
+
+def vlm_from_text_lm(
+    lm: LlamaForCausalLM,
+    seed: int = 0,
+    *,
+    vision_from: str | os.PathLike[str] | None = None,
+    **vision_sizes: int,
+) -> LlavaForConditionalGeneration:
+    """A toy LLaVA (fresh projector, seeded) whose language model is a copy of ``lm``.
+
+    The vision tower is freshly initialised, or copied from the LLaVA checkpoint directory ``vision_from``
+    (its sizes then come from that checkpoint).
+
+    Examples:
+        >>> lm = build_text_lm(0)                                                    # doctest: +SKIP
+        >>> vlm = vlm_from_text_lm(lm, vision_from=checkpoint_dir("toy-llava"))      # doctest: +SKIP
+    """
+    donor = None
+    if vision_from is not None:
+        donor = LlavaForConditionalGeneration.from_pretrained(vision_from, dtype=torch.float32)
+        vc = donor.config.vision_config
+        assert isinstance(vc, CLIPVisionConfig)  # the toy LLaVAs have a CLIP tower
+        vision_sizes = {"vision_hidden": vc.hidden_size, "vision_layers": vc.num_hidden_layers,
+                        "vision_heads": vc.num_attention_heads}  # fmt: skip
+    tc = lm.config
+    sizes = {
+        "text_layers": tc.num_hidden_layers, "text_hidden": tc.hidden_size,
+        "text_heads": tc.num_attention_heads, "text_intermediate": tc.intermediate_size,
+        "tie_embeddings": bool(tc.tie_word_embeddings), **vision_sizes,
+    }  # fmt: skip
+    vlm = build_model(seed, **sizes)
+    vlm.model.language_model.load_state_dict(lm.model.state_dict())
+    if donor is not None:
+        vlm.model.vision_tower.load_state_dict(donor.model.vision_tower.state_dict())
+    if not tc.tie_word_embeddings:
+        vlm.lm_head.load_state_dict(lm.lm_head.state_dict())
+    return vlm

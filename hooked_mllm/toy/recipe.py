@@ -25,8 +25,8 @@ Connections:
 
 Contents:
     :data:`PARTS`, :data:`DEEP_SIZES`, :class:`Stage`, :data:`STAGES`, :func:`build_text_lm`,
-    :func:`grow_text_lm`, :func:`vlm_from_text_lm`, :func:`set_trainable`, :func:`run_stage`,
-    :func:`train_stage`.
+    :func:`grow_text_lm`, :func:`set_trainable`, :func:`run_stage`, :func:`train_stage`. The VLM around a
+    text LM is :func:`hooked_mllm.toy.model.vlm_from_text_lm` (importable from here too).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import (
     AutoProcessor,
-    CLIPVisionConfig,
     LlamaConfig,
     LlamaForCausalLM,
     LlavaForConditionalGeneration,
@@ -52,7 +51,7 @@ from transformers import (
 )
 
 from hooked_mllm.toy.data import encode_dialogues, encode_text, sample_dialogue
-from hooked_mllm.toy.model import build_model, save_checkpoint, toy_config
+from hooked_mllm.toy.model import save_checkpoint, toy_config, vlm_from_text_lm
 from hooked_mllm.toy.processor import build_processor
 from hooked_mllm.toy.tokenizer import build_tokenizer
 from hooked_mllm.toy.training import META_FILE, Recipe, TrainResult, make_optimizer, optimizer_step, task_mix
@@ -69,7 +68,6 @@ __all__ = [
     "run_stage",
     "train_recipe",
     "train_stage",
-    "vlm_from_text_lm",
 ]
 
 logger = logging.getLogger(__name__)
@@ -270,44 +268,6 @@ def grow_text_lm(lm: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
             torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
             torch.nn.init.zeros_(layer.mlp.down_proj.weight)
     return grown.eval()
-
-
-def vlm_from_text_lm(
-    lm: LlamaForCausalLM,
-    seed: int = 0,
-    *,
-    vision_from: str | os.PathLike[str] | None = None,
-    **vision_sizes: int,
-) -> LlavaForConditionalGeneration:
-    """A toy LLaVA (fresh projector, seeded) whose language model is a copy of ``lm``.
-
-    The vision tower is freshly initialised, or copied from the LLaVA checkpoint directory ``vision_from``
-    (its sizes then come from that checkpoint).
-
-    Examples:
-        >>> lm = build_text_lm(0)                                                    # doctest: +SKIP
-        >>> vlm = vlm_from_text_lm(lm, vision_from=checkpoint_dir("toy-llava"))      # doctest: +SKIP
-    """
-    donor = None
-    if vision_from is not None:
-        donor = LlavaForConditionalGeneration.from_pretrained(vision_from, dtype=torch.float32)
-        vc = donor.config.vision_config
-        assert isinstance(vc, CLIPVisionConfig)  # the toy LLaVAs have a CLIP tower
-        vision_sizes = {"vision_hidden": vc.hidden_size, "vision_layers": vc.num_hidden_layers,
-                        "vision_heads": vc.num_attention_heads}  # fmt: skip
-    tc = lm.config
-    sizes = {
-        "text_layers": tc.num_hidden_layers, "text_hidden": tc.hidden_size,
-        "text_heads": tc.num_attention_heads, "text_intermediate": tc.intermediate_size,
-        "tie_embeddings": bool(tc.tie_word_embeddings), **vision_sizes,
-    }  # fmt: skip
-    vlm = build_model(seed, **sizes)
-    vlm.model.language_model.load_state_dict(lm.model.state_dict())
-    if donor is not None:
-        vlm.model.vision_tower.load_state_dict(donor.model.vision_tower.state_dict())
-    if not tc.tie_word_embeddings:
-        vlm.lm_head.load_state_dict(lm.lm_head.state_dict())
-    return vlm
 
 
 def _part_of(name: str, is_vlm: bool) -> str:

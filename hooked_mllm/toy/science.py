@@ -33,6 +33,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from hooked_mllm.lens import embedding_lens
 from hooked_mllm.toy.data import encode
+from hooked_mllm.toy.model import checkpoint_kind
 from hooked_mllm.toy.processor import CAPTION_PROMPT
 from hooked_mllm.toy.world import COLORS, SHAPES, World
 
@@ -214,20 +215,6 @@ def _readout(name: str, path: Path, seed: int, n: int) -> str:
     ).eval()
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
     return format_readout(image_token_readout(model, processor, seed=seed + 1, n_scenes=n))
-
-
-def checkpoint_kind(model: str | os.PathLike[str]) -> str:
-    """``"text"`` for a text-only toy LM (``toy-lm``), else ``"image"``; ``model`` is a directory or a shipped
-    checkpoint name (read from its ``toy_meta.json``)."""
-    import json
-
-    from hooked_mllm.toy.model import CHECKPOINTS, checkpoint_dir
-
-    path = Path(model)
-    if not path.exists() and str(model) in CHECKPOINTS:
-        path = checkpoint_dir(str(model))
-    meta = path / "toy_meta.json"
-    return json.loads(meta.read_text()).get("kind", "image") if meta.is_file() else "image"
 
 
 @functools.lru_cache(maxsize=8)

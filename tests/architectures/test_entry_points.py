@@ -381,7 +381,7 @@ def test_a_block_returning_a_tuple_is_read_and_written_at_its_first_element():
     """Older remote code (Molmo) returns ``(hidden, cache)`` from its blocks, where HF returns a tensor."""
     from nnsight import NNsight
 
-    from hooked_mllm import _runner
+    from hooked_mllm._runtime import runner
     from hooked_mllm.hook_points import HookPoint, Site
 
     class Block(torch.nn.Module):
@@ -404,8 +404,8 @@ def test_a_block_returning_a_tuple_is_read_and_written_at_its_first_element():
         seen.append(act.clone())
         return act * 0
 
-    bodies = _runner.bodies(nn, [_runner.HookFn(point, fn)], lambda name: 0)
-    out = _runner.interleave(_runner.edited(nn, bodies), "__call__", {"x": torch.ones(2, 3)})
+    bodies = runner.bodies(nn, [runner.HookFn(point, fn)], lambda name: 0)
+    out = runner.interleave(runner.edited(nn, bodies), "__call__", {"x": torch.ones(2, 3)})
     torch.testing.assert_close(seen[0], torch.full((2, 3), 2.0))
     torch.testing.assert_close(out, torch.ones(2, 3))
 

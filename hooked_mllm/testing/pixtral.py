@@ -1,4 +1,4 @@
-"""Tiny random InternVL, Mistral 3 and Pixtral (Pixtral tower) and Mllama models and their processors.
+"""Tiny random Pixtral and Mistral 3 models (both with a Pixtral tower) and their processors.
 
 Mistral 3 and Pixtral share :func:`_pixtral_processor_cls` (``PixtralProcessor`` without
 torchvision); Pixtral's model is a ``LlavaForConditionalGeneration``.
@@ -14,74 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from ._common import build_tiny, chat_template_for, text_kwargs, without_video, word_tokenizer
-
-INTERNVL_SPECIALS = ["<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
-
-
-def tiny_internvl(
-    seed: int = 0,
-    attn_implementation: str | None = None,
-    n_layers: int = 2,
-    d_model: int = 64,
-    tile: int = 16,
-    patch_size: int = 2,
-    max_tiles: int = 4,
-):
-    """A tiny random InternVL (shrunk from OpenGVLab/InternVL3-1B-hf: InternViT tower with layer
-    scale, pixel shuffle by 0.5 and an MLP projector, Qwen2 LM) and its processor, with tiling on
-    (``crop_to_patches``: up to ``max_tiles`` tiles of ``tile`` px plus a thumbnail).
-
-    Each tile is ``(tile / patch_size) ** 2 / 4`` (16) ``<IMG_CONTEXT>`` tokens. Returns
-    ``(model, processor)``.
-    """
-    import transformers as tf
-    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
-
-    tok = word_tokenizer(
-        INTERNVL_SPECIALS,
-        start_image_token="<img>",
-        end_image_token="</img>",
-        context_image_token="<IMG_CONTEXT>",
-        video_token="<video>",
-    )
-    n_tokens = (tile // patch_size) ** 2 // 4
-    image_processor = GotOcr2ImageProcessorPil(
-        size={"height": tile, "width": tile}, crop_to_patches=True, min_patches=1, max_patches=max_tiles
-    )
-    processor = without_video(tf.InternVLProcessor)(
-        image_processor=image_processor,
-        tokenizer=tok,
-        video_processor=None,
-        image_seq_length=n_tokens,
-        chat_template=chat_template_for("<IMG_CONTEXT>"),
-    )
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=[tile, tile],
-        patch_size=[patch_size, patch_size],
-        layer_scale_init_value=0.1,
-    )
-    text = dict(text_kwargs(tok, d_model, n_layers, 4), model_type="qwen2")
-    config = tf.InternVLConfig(
-        vision_config=vision,
-        text_config=text,
-        image_seq_length=n_tokens,
-        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
-        downsample_ratio=0.5,
-    )
-    model = build_tiny(tf.InternVLForConditionalGeneration, config, tok, seed, attn_implementation)
-    with torch.no_grad():  # random layer scales, so that hooks see them apply per channel
-        for layer in model.model.vision_tower.encoder.layer:
-            layer.lambda_1.uniform_(0.05, 0.5)
-            layer.lambda_2.uniform_(0.05, 0.5)
-    return model, processor
-
+from ._common import build_tiny, chat_template_for, text_kwargs, word_tokenizer
 
 PIXTRAL_SPECIALS = ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]
 
@@ -206,56 +139,3 @@ def tiny_pixtral(
         pad_token_id=tok.pad_token_id,
     )
     return build_tiny(tf.LlavaForConditionalGeneration, config, tok, seed, attn_implementation), processor
-
-
-def tiny_mllama(
-    seed: int = 0,
-    attn_implementation: str | None = None,
-    n_layers: int = 3,
-    d_model: int = 32,
-    cross_layers: tuple[int, ...] = (1,),
-    image_size: int = 16,
-    patch_size: int = 4,
-):
-    """A tiny random Mllama (shrunk from meta-llama/Llama-3.2-11B-Vision-Instruct: tiled vision
-    encoder with local and gated global layers, linear projector, Llama LM whose layers
-    ``cross_layers`` cross-attend to the vision states) and its ``MllamaProcessor``.
-
-    Tiles are ``image_size`` px (``(image_size / patch_size)**2`` patches + CLS), at most 2 per
-    image (aspect ratios 1x1, 1x2, 2x1). The cross-attention gates, zero at initialisation
-    in HF, are set to random non-zero values so that the image reaches the text.
-    Returns ``(model, processor)``.
-    """
-    import transformers as tf
-    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
-
-    tok = word_tokenizer(["<|image|>"], image_token="<|image|>")
-    image_processor = MllamaImageProcessorPil(
-        size={"height": image_size, "width": image_size}, max_image_tiles=2
-    )
-    processor = tf.MllamaProcessor(
-        image_processor=image_processor, tokenizer=tok, chat_template=chat_template_for("<|image|>")
-    )
-    text = dict(text_kwargs(tok, d_model, n_layers, 4), cross_attention_layers=list(cross_layers))
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_global_layers=1,
-        attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-        max_num_tiles=2,
-        intermediate_layers_indices=[0],
-        vision_output_dim=64,
-        supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]],
-    )
-    config = tf.MllamaConfig(
-        text_config=text, vision_config=vision, image_token_index=tok.convert_tokens_to_ids("<|image|>")
-    )
-    model = build_tiny(tf.MllamaForConditionalGeneration, config, tok, seed, attn_implementation)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(("_gate", ".gate", "gate_attn", "gate_ffn")) and param.numel() == 1:
-                param.uniform_(0.3, 1.0)
-    return model, processor

@@ -15,7 +15,7 @@ that removes one fails there, loudly, rather than somewhere in a run:
   device, for remote execution); nnsight offers no public accessor.
 * ``Envoy._batch_size`` and ``Envoy._batch`` (nnsight): the hooks through which an envoy
   sizes one ``tracer.invoke(...)`` input and batches several into one forward; overridden by
-  :class:`hooked_mllm._tracing.MLLMEnvoy` (nnsight's own model classes override them the
+  :class:`hooked_mllm._runtime.invokes.MLLMEnvoy` (nnsight's own model classes override them the
   same way). An overridden hook nnsight no longer calls would silently stop batching.
 
 The same upgrades are met on purpose at run time: :data:`TESTED` names the releases of

@@ -2,18 +2,18 @@
 
 A remote model is built on the meta device by nnsight's ``TransformersModel`` (no weights
 are read); every run is one nnsight trace whose block holds the model's inputs in one
-``tracer.invoke(...)`` and each hook point's intervention (:func:`hooked_mllm._runner.bodies`)
+``tracer.invoke(...)`` and each hook point's intervention (:func:`hooked_mllm._runtime.runner.bodies`)
 in an empty invoke of its own, so the server interleaves them with its forward pass or
-``generate`` exactly as :mod:`hooked_mllm._runner` does locally. The block is serialized
+``generate`` exactly as :mod:`hooked_mllm._runtime.runner` does locally. The block is serialized
 by nnsight with ``hooked_mllm`` registered for pickling by value (the server does not have
 it installed), so hook points, hook functions, position selectors and caches travel with
 the request; the cache and the model's output come back as saved values.
 
 ``remote`` is what nnsight's ``trace(remote=...)`` takes: ``True`` (NDIF, the API key from
-``nnsight.CONFIG``), an ``https://`` host URL, a :class:`~hooked_mllm._remote_host.Remote` (a
+``nnsight.CONFIG``), an ``https://`` host URL, a :class:`~hooked_mllm._runtime.remote_host.Remote` (a
 host with its timeouts and opt-ins), or ``"local"`` (serialize and deserialize here with local
 modules hidden, then run: what the tests use). Requests to a host go through
-:mod:`hooked_mllm._remote_host` (no plain ``http://`` unless allowed, bounded waits, restricted
+:mod:`hooked_mllm._runtime.remote_host` (no plain ``http://`` unless allowed, bounded waits, restricted
 unpickling of the answers).
 
 Contents: :func:`load`, :func:`run`, :func:`refuse`, :func:`register`, :func:`run_model` and
@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
-from . import _compat
-from ._loading import PROCESSOR_LOADING, check_local_path
-from ._remote_host import Remote
-from ._runner import NEVER_REACHED, Body
+from . import nnsight_private
+from .loading import PROCESSOR_LOADING, check_local_path
+from .remote_host import Remote
+from .runner import NEVER_REACHED, Body
 
 _TASK = "image-text-to-text"
 
@@ -48,7 +48,7 @@ def register() -> None:
     """Ship ``hooked_mllm`` by value with remote requests (the server does not install it)."""
     import nnsight
 
-    nnsight.register(sys.modules[__package__])
+    nnsight.register(sys.modules[__name__.split(".")[0]])  # the whole package, not only _runtime
 
 
 def load(
@@ -61,13 +61,13 @@ def load(
     Returns:
         ``(envoy, hf_model)``: the nnsight model (remote-capable) and the meta HF model it wraps.
     """
-    from ._remote_host import guarded_model_class
+    from .remote_host import guarded_model_class
 
     tokenizer = getattr(processor, "tokenizer", None)
     envoy = guarded_model_class()(
         name_or_path, task=_TASK, processor=processor, tokenizer=tokenizer, revision=revision, **kwargs
     )
-    return envoy, _compat.wrapped_module(envoy)
+    return envoy, nnsight_private.wrapped_module(envoy)
 
 
 def refuse(what: str, reason: str) -> None:
@@ -178,7 +178,7 @@ def run_model(
 ) -> Any:
     """One run of a remote HookedMLLM with ``hooks`` and the ``context`` of its ``model.hooks()`` blocks,
     holding its run ``guard``; ``keep`` is filled in place. Backward hooks (``bwd``) are refused."""
-    from ._runner import bodies
+    from .runner import bodies
 
     if bwd:
         refuse(f"{what} with backward hooks (bwd_hooks= / incl_bwd=True)", "gradients stay on the server")

@@ -34,11 +34,11 @@ import torch
 from nnsight import Envoy, NNsight
 from nnsight.intervention.interleaver import Mediator
 
-from . import _compat
-from .hook_points import HookPoint
+from ..hook_points import HookPoint
+from . import nnsight_private
 
 if TYPE_CHECKING:
-    from .inputs import MultimodalBatch
+    from ..inputs import MultimodalBatch
 
 
 def _is_text(value: Any) -> bool:
@@ -50,8 +50,8 @@ def _is_text(value: Any) -> bool:
 class MLLMEnvoy(NNsight):
     """``NNsight`` that batches several multimodal invokes into one forward (see the module docstring).
 
-    It overrides nnsight's private ``_batch_size`` / ``_batch`` (listed in :mod:`hooked_mllm._compat`).
-    Runs go through an edited copy of it (:func:`hooked_mllm._runner.edited`), which keeps its class.
+    It overrides nnsight's private ``_batch_size`` / ``_batch`` (listed in ``nnsight_private``).
+    Runs go through an edited copy of it (:func:`hooked_mllm._runtime.runner.edited`), which keeps its class.
 
     ``to_batch`` turns one invoke's ``(args, kwargs)`` into a ``MultimodalBatch``; it is set
     by ``HookedMLLM`` (:meth:`attach`).
@@ -169,7 +169,7 @@ def habit_tracer(base: type, eager_configs: Callable[[], list[Any]], eager: bool
     class HabitTracer(base):
         def __exit__(self, *exc: Any) -> bool:
             wanted = eager if eager is not None else _names_patterns(getattr(self, "node", None))
-            with _compat.eager_attention(eager_configs() if wanted else []):
+            with nnsight_private.eager_attention(eager_configs() if wanted else []):
                 return super().__exit__(*exc)
 
     return HabitTracer

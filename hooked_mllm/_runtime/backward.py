@@ -8,9 +8,9 @@ forward hooks on that point (w.r.t. what the model went on with). A returned ten
 same shape (or TransformerLens' 1-tuple of it) replaces that gradient for the rest of the backward pass.
 
 How: one intervention per hook point (:func:`bodies`, stored as an nnsight ``edit()`` of
-the run's envoy copy after the forward hooks' interventions of :mod:`hooked_mllm._runner`,
-through :func:`hooked_mllm._runner.edited`) reads the site's tensor through
-:mod:`hooked_mllm._hook_io` and registers a *tensor* hook on it (``Tensor.register_hook``,
+the run's envoy copy after the forward hooks' interventions of :mod:`hooked_mllm._runtime.runner`,
+through :func:`hooked_mllm._runtime.runner.edited`) reads the site's tensor through
+:mod:`hooked_mllm._runtime.hook_io` and registers a *tensor* hook on it (``Tensor.register_hook``,
 public torch API). Values computed from the
 site are mapped exactly, without writing anything into the run: a per-head view takes the
 site's gradient split into heads, a sum ``base + site`` (``hook_resid_mid``) the site's
@@ -38,9 +38,9 @@ import torch
 from nnsight import Envoy
 from torch import Tensor
 
-from . import _hook_io
-from ._runner import Body, HookFn
-from .hook_points import HookContext, HookPoint
+from ..hook_points import HookContext, HookPoint
+from . import hook_io
+from .runner import Body, HookFn
 
 GradFunction = Callable[[Tensor, HookContext], "Tensor | None"]
 
@@ -49,8 +49,8 @@ def _body(nn: Envoy, point: HookPoint, fns: list[GradFunction], batch: Any) -> B
     strict = not all(getattr(fn, "optional", False) for fn in fns)
 
     def body(tracer: Any) -> None:
-        io = _hook_io.bind(nn, point)  # bound inside the run, against the envoy that runs it
-        value = _hook_io.read(io).value  # the tensor the model goes on with
+        io = hook_io.bind(nn, point)  # bound inside the run, against the envoy that runs it
+        value = hook_io.read(io).value  # the tensor the model goes on with
         if not torch.is_grad_enabled() or not value.requires_grad:
             if not strict:
                 return
@@ -97,7 +97,7 @@ def _body(nn: Envoy, point: HookPoint, fns: list[GradFunction], batch: Any) -> B
 
 def bodies(nn: Envoy, hooks: Sequence[HookFn], batch: Any = None) -> list[Body]:
     """One intervention ``body(tracer)`` per hook point, registering its backward hooks (in list order)
-    on the run's graph; run them as edits after the forward hooks' (:func:`hooked_mllm._runner.edited`).
+    on the run's graph; run them as edits after the forward hooks' (``runner.edited``).
 
     Args:
         nn: The nnsight wrapper of the HF model.

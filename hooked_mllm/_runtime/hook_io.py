@@ -7,7 +7,7 @@ view ``[..., heads, d_head]``. This module is the one place that turns the envoy
 values into the hook point's value (:func:`read`) and a replacement back into what the
 module passes on (:func:`write`), refusing every write that could not take effect as
 given (read-only points, another shape, a non-float tensor for a float activation,
-another device, a zero layer scale). Both the run path (:mod:`hooked_mllm._runner`:
+another device, a zero layer scale). Both the run path (:mod:`hooked_mllm._runtime.runner`:
 ``run_with_hooks``, ``run_with_cache``, ``generate``, ``model.hooks()``) and
 ``model.hook_point(...).output`` inside ``model.trace`` (:mod:`hooked_mllm.model`) go
 through it, so the two cannot drift apart.
@@ -35,7 +35,7 @@ from nnsight import Envoy
 from torch import Tensor
 from transformers.utils import ModelOutput
 
-from .hook_points import HookPoint, Site
+from ..hook_points import HookPoint, Site
 
 
 @dataclass(frozen=True)

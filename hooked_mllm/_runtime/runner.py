@@ -3,7 +3,7 @@
 Each hook point that has work to do (caching or user hook functions) becomes one
 nnsight *edit* (``envoy.edit()``, nnsight's public API for interventions replayed on
 every run) whose body reads the hook point's value, calls the functions in order, and
-writes a replacement back, both through :mod:`hooked_mllm._hook_io` (the same reads,
+writes a replacement back, both through :mod:`hooked_mllm._runtime.hook_io` (the same reads,
 writes and checks as ``model.hook_point(...).output`` in a trace). The edits are stored
 on a copy of the wrapped model made for one run (or for one ``model.trace`` inside a
 ``model.hooks()`` block), so nnsight interleaves them with the forward pass, with
@@ -13,7 +13,7 @@ never changed. Nothing here registers a torch hook.
 Contents: :class:`HookFn` (a bound hook), :func:`bodies` (one intervention per hook
 point), :func:`edited` (a copy of the envoy carrying them), :func:`interleave` (one run),
 :class:`RunGuard`, :func:`guarded_tracer`. What must stay private is in
-:mod:`hooked_mllm._compat`.
+:mod:`hooked_mllm._runtime.nnsight_private`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import torch
 from nnsight import Envoy
 from nnsight.intervention.tracer import InterleavingTracer
 
-from . import _hook_io
-from .hook_points import HookContext, HookPoint, HookPoints
+from ..hook_points import HookContext, HookPoint, HookPoints
+from . import hook_io
 
 NEVER_REACHED = r".*was never reached.*"
 
@@ -82,15 +82,15 @@ def check_tower_once(point: HookPoint, batch: Any) -> None:
 def _body(
     nn: Envoy, point: HookPoint, fns: list[HookFunction], batch: Any, ctx: dict, every_step: bool
 ) -> Body:
-    access: list[_hook_io.Access] = []  # bound on first use, against the envoy that runs it
+    access: list[hook_io.Access] = []  # bound on first use, against the envoy that runs it
 
     def visit(step: int) -> None:
         if not access:
-            access.append(_hook_io.bind(nn, point))
+            access.append(hook_io.bind(nn, point))
         io = access[0]
         run_batch = batch() if callable(batch) else batch
         check_tower_once(point, run_batch)
-        reading = _hook_io.read(io)
+        reading = hook_io.read(io)
         act = reading.act
         hook = HookContext(point.name, point, run_batch, step, ctx)
         original, version = act, act._version  # in-place edits bump the version counter
@@ -99,11 +99,11 @@ def _body(
             new = fn(act, hook)
             if new is None or new is act:  # an observation that hands its input back writes nothing
                 continue
-            _hook_io.check(point, new, act, f"Hook function {getattr(fn, '__name__', fn)!r}")
+            hook_io.check(point, new, act, f"Hook function {getattr(fn, '__name__', fn)!r}")
             act, changed = new, True
         if original._version != version and not changed:
             if not point.writable:
-                reason = _hook_io.read_only_reason(point)
+                reason = hook_io.read_only_reason(point)
                 raise ValueError(
                     f"{point.name} is read-only{reason}: a hook function edited it in place, "
                     "which would have no effect; read it without changing it."
@@ -111,7 +111,7 @@ def _body(
             if reading.base is not None or io.scale is not None:  # act was computed from the site: write back
                 changed = True
         if changed:
-            _hook_io.write(io, reading, act, "A hook function")
+            hook_io.write(io, reading, act, "A hook function")
 
     def body(tracer: Any) -> None:
         if every_step:

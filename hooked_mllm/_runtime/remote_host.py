@@ -11,7 +11,7 @@ Purpose:
     output and cache classes, refusing any other global before it is called.
 
 Connections:
-    :func:`hooked_mllm._remote.load` builds the nnsight model as :func:`guarded_model_class`, whose
+    :func:`hooked_mllm._runtime.remote.load` builds the nnsight model as :func:`guarded_model_class`, whose
     backend is a :func:`guarded_backend`; ``HookedMLLM.from_pretrained(remote=...)`` checks the host
     with :meth:`Remote.of`. ``remote="local"`` (the in-process simulation) is unchanged.
 
