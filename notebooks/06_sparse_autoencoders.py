@@ -169,10 +169,10 @@ rows, best = [], {}
 for color in COLORS:
     is_color = torch.tensor([label == color for label in truth])
     hits = (active & is_color[:, None]).sum(0).float()
-    precision = hits / active.sum(0).clamp(
-        min=1
-    )  # of the tokens where it is active, the share of this colour
-    recall = hits / is_color.sum()  # of this colour's tokens, the share where it is active
+    # precision: of the tokens where a feature is active, the share showing this colour;
+    # recall: of the tokens showing this colour, the share where it is active
+    precision = hits / active.sum(0).clamp(min=1)
+    recall = hits / is_color.sum()
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-9)
     feature = int(f1.argmax())
     best[color] = feature
@@ -188,9 +188,9 @@ Markdown(
 )
 
 # %% [markdown]
-# Red gets a feature of its own: active on every red patch, and on other patches only weakly. The
-# other colours share features with each other (a small SAE, trained for seconds, on a model that
-# was never asked to tell them apart in its captions). The rest of the notebook follows the red one.
+# Red gets a feature of its own: active on every red patch, and on other patches only weakly. The other
+# colours are less clean in an SAE this small, trained for seconds: some features are precise but miss
+# many of their colour's patches, some are shared by two colours. The rest of the notebook follows red.
 
 # %%
 red = best["red"]
