@@ -42,8 +42,8 @@ from typing import Any
 import torch
 
 from hooked_mllm import HookedMLLM, estimate_cache, geometry
-from hooked_mllm.budget import estimate_tool
 from hooked_mllm.concepts import Sample, extract
+from hooked_mllm.estimate import estimate_tool
 from hooked_mllm.mechanism import attention_map, image_locations
 from hooked_mllm.testing import random_image, tiny_processor
 

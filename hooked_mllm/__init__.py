@@ -39,7 +39,7 @@ _NAMES = {
     "Remote": "._runtime.remote_host",
     "CacheEstimate": ".estimate",
     "estimate_cache": ".estimate",
-    "estimate_tool": ".budget",
+    "estimate_tool": ".estimate",
 }
 _MODULES = {
     "mechanism": ".mechanism",

@@ -10,10 +10,11 @@ never changes the numbers (the tests compare every budget down to one head and o
 chunk with one unchunked call). A request that cannot fit even at one vector per chunk (its
 result alone is larger than the budget) raises :class:`MemoryBudgetError` with the estimate.
 
-:func:`estimate_tool` says, before running, how many bytes a call will hold: its result, the fixed
-float32 copies it makes (the unembedding), its largest chunk's working memory and the forward's
-captured tensors, from shapes only (it works on a :mod:`hooked_mllm.geometry` model on the
-``meta`` device). The tests compare it with the peak of live tensors measured during real calls.
+:func:`hooked_mllm.estimate.estimate_tool` says, before running, how many bytes a call will
+hold: its result, the fixed float32 copies it makes (the unembedding), its largest chunk's
+working memory and the forward's captured tensors, from shapes only (it works on a
+:mod:`hooked_mllm.geometry` model on the ``meta`` device). The tests compare it with the peak of
+live tensors measured during real calls.
 
 Examples:
     >>> from hooked_mllm.budget import parse_memory
@@ -36,7 +37,6 @@ __all__ = [
     "DEFAULT_BUDGET",
     "MemoryBudgetError",
     "ToolEstimate",
-    "estimate_tool",
     "memory_budget",
     "parse_memory",
     "resolve_budget",
@@ -296,75 +296,3 @@ def plan_lens(
         budget=budget,
         hint="fewer layers=",
     )
-
-
-def estimate_tool(
-    model: Any, inputs: Any, tool: str, *, max_memory: int | str | None = None, **kwargs: Any
-) -> Any:
-    """How many bytes ``tool(model, inputs, **kwargs)`` will hold, from shapes only (no forward runs).
-
-    Args:
-        model: A :class:`~hooked_mllm.HookedMLLM`; its weights may be on the ``meta`` device
-            (:func:`hooked_mllm.geometry.build`).
-        inputs: A prepared :class:`~hooked_mllm.MultimodalBatch` (``geometry.prepare`` for a preset).
-        tool: ``"head_contributions"`` (``layers=``, ``positions=``), ``"image_locations"``
-            (``heads=``, ``layers=``, ``row=``, ``image=``), ``"logit_lens_map"`` (``layers=``,
-            ``tokens=``, ``row=``, ``image=``, ``frozen=``), or ``"run_with_cache"`` (the keywords of
-            :func:`~hooked_mllm.estimate_cache`, which it returns).
-        max_memory: The budget the chunks are sized for (as in the tools).
-
-    Returns:
-        A :class:`ToolEstimate` (``.peak``, ``.result``, ``.working``, ``.chunk``...), or a
-        :class:`~hooked_mllm.estimate.CacheEstimate` for ``"run_with_cache"``.
-
-    Raises:
-        MemoryBudgetError: When the call cannot fit ``max_memory`` at the smallest chunk.
-        ValueError: For an unknown tool or keyword.
-
-    Examples:
-        >>> model = geometry.build("llava-1.5-7b")                               # doctest: +SKIP
-        >>> batch = geometry.prepare(model, "llava-1.5-7b", (640, 480))           # doctest: +SKIP
-        >>> print(estimate_tool(model, batch, "image_locations", heads="all"))    # doctest: +SKIP
-    """
-    from .estimate import estimate_cache
-    from .mechanism.maps import grid_span
-    from .mechanism.scores import layer_list
-
-    if tool == "run_with_cache":
-        return estimate_cache(model, inputs, **kwargs)
-    known = {
-        "head_contributions": {"layers", "positions"},
-        "image_locations": {"heads", "layers", "row", "image"},
-        "logit_lens_map": {"layers", "tokens", "row", "image", "frozen"},
-    }
-    if tool not in known:
-        raise ValueError(f"estimate_tool knows {sorted([*known, 'run_with_cache'])}, not {tool!r}.")
-    unknown = sorted(set(kwargs) - known[tool])
-    if unknown:
-        raise ValueError(f"{tool} takes no {unknown} here; it takes {sorted(known[tool])}.")
-    batch = model.to_batch(inputs)
-    n_rows, seq = (int(n) for n in batch.input_ids.shape)
-    budget = resolve_budget(max_memory)
-    n_layers = model.cfg.n_layers
-    if tool == "head_contributions":
-        positions = kwargs.get("positions")
-        n_pos = seq if positions is None else int(torch.as_tensor(positions).numel())
-        chosen = layer_list(kwargs.get("layers"), n_layers)
-        return plan_contributions(model, len(chosen), n_rows, n_pos, seq, budget)
-    row = kwargs.get("row", 0)
-    span = grid_span(batch, 0 if row is None else row, kwargs.get("image", 0))
-    if tool == "image_locations":
-        heads, layers = kwargs.get("heads", "top"), kwargs.get("layers")
-        if isinstance(heads, str) and heads == "all":
-            pairs = len(layer_list(layers, n_layers, unique=True)) * model.cfg.n_heads
-        elif isinstance(heads, str) and heads == "top":
-            pairs = 1
-        elif isinstance(heads, int) and not isinstance(heads, bool):
-            pairs = heads
-        else:
-            pairs = len(list(heads))
-        return plan_locations(model, pairs, span.n_tokens, n_rows, seq, budget)
-    chosen = layer_list(kwargs.get("layers"), n_layers)
-    tokens = kwargs.get("tokens")
-    n_tokens = 1 if tokens is None else len(tokens)
-    return plan_lens(model, len(chosen), span.n_tokens, n_tokens, bool(kwargs.get("frozen", False)), budget)

@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
+from . import budget as _budget
 from . import positions as _positions
 from .batch import MultimodalBatch
 
-__all__ = ["CacheEstimate", "estimate_cache"]
+__all__ = ["CacheEstimate", "estimate_cache", "estimate_tool"]
 
 _TOWERS = ("llava", "llava_onevision", "qwen2_vl")
 
@@ -259,3 +260,75 @@ def _tower_shape(model: Any, point: Any, tower: _Tower) -> tuple[int, ...]:
         d_head = tower.d // tower.heads
         return (*tower.lead, *_width(point.name, tower.d, tower.heads, tower.heads, d_head, tower.d_mlp))
     raise ValueError(f"estimate_cache does not know the shape of {point.name}; leave it out of names_filter.")
+
+
+def estimate_tool(
+    model: Any, inputs: Any, tool: str, *, max_memory: int | str | None = None, **kwargs: Any
+) -> Any:
+    """How many bytes ``tool(model, inputs, **kwargs)`` will hold, from shapes only (no forward runs).
+
+    Args:
+        model: A :class:`~hooked_mllm.HookedMLLM`; its weights may be on the ``meta`` device
+            (:func:`hooked_mllm.geometry.build`).
+        inputs: A prepared :class:`~hooked_mllm.MultimodalBatch` (``geometry.prepare`` for a preset).
+        tool: ``"head_contributions"`` (``layers=``, ``positions=``), ``"image_locations"``
+            (``heads=``, ``layers=``, ``row=``, ``image=``), ``"logit_lens_map"`` (``layers=``,
+            ``tokens=``, ``row=``, ``image=``, ``frozen=``), or ``"run_with_cache"`` (the keywords of
+            :func:`~hooked_mllm.estimate_cache`, which it returns).
+        max_memory: The budget the chunks are sized for (as in the tools).
+
+    Returns:
+        A :class:`~hooked_mllm.budget.ToolEstimate` (``.peak``, ``.result``, ``.working``,
+        ``.chunk``...), or a :class:`~hooked_mllm.estimate.CacheEstimate` for ``"run_with_cache"``.
+
+    Raises:
+        hooked_mllm.budget.MemoryBudgetError: When the call cannot fit ``max_memory`` at the smallest chunk.
+        ValueError: For an unknown tool or keyword.
+
+    Examples:
+        >>> model = geometry.build("llava-1.5-7b")                               # doctest: +SKIP
+        >>> batch = geometry.prepare(model, "llava-1.5-7b", (640, 480))           # doctest: +SKIP
+        >>> print(estimate_tool(model, batch, "image_locations", heads="all"))    # doctest: +SKIP
+    """
+    from .mechanism.maps import grid_span
+    from .mechanism.scores import layer_list
+
+    if tool == "run_with_cache":
+        return estimate_cache(model, inputs, **kwargs)
+    known = {
+        "head_contributions": {"layers", "positions"},
+        "image_locations": {"heads", "layers", "row", "image"},
+        "logit_lens_map": {"layers", "tokens", "row", "image", "frozen"},
+    }
+    if tool not in known:
+        raise ValueError(f"estimate_tool knows {sorted([*known, 'run_with_cache'])}, not {tool!r}.")
+    unknown = sorted(set(kwargs) - known[tool])
+    if unknown:
+        raise ValueError(f"{tool} takes no {unknown} here; it takes {sorted(known[tool])}.")
+    batch = model.to_batch(inputs)
+    n_rows, seq = (int(n) for n in batch.input_ids.shape)
+    budget = _budget.resolve_budget(max_memory)
+    n_layers = model.cfg.n_layers
+    if tool == "head_contributions":
+        positions = kwargs.get("positions")
+        n_pos = seq if positions is None else int(torch.as_tensor(positions).numel())
+        chosen = layer_list(kwargs.get("layers"), n_layers)
+        return _budget.plan_contributions(model, len(chosen), n_rows, n_pos, seq, budget)
+    row = kwargs.get("row", 0)
+    span = grid_span(batch, 0 if row is None else row, kwargs.get("image", 0))
+    if tool == "image_locations":
+        heads, layers = kwargs.get("heads", "top"), kwargs.get("layers")
+        if isinstance(heads, str) and heads == "all":
+            pairs = len(layer_list(layers, n_layers, unique=True)) * model.cfg.n_heads
+        elif isinstance(heads, str) and heads == "top":
+            pairs = 1
+        elif isinstance(heads, int) and not isinstance(heads, bool):
+            pairs = heads
+        else:
+            pairs = len(list(heads))
+        return _budget.plan_locations(model, pairs, span.n_tokens, n_rows, seq, budget)
+    chosen = layer_list(kwargs.get("layers"), n_layers)
+    tokens = kwargs.get("tokens")
+    n_tokens = 1 if tokens is None else len(tokens)
+    frozen = bool(kwargs.get("frozen", False))
+    return _budget.plan_lens(model, len(chosen), span.n_tokens, n_tokens, frozen, budget)

@@ -137,7 +137,7 @@ def head_contributions(
     Returns:
         ``[layer, head, batch, pos, d_model]`` float32 (its size is layers x heads x rows x
         positions x d_model x 4 bytes: pick layers and positions on large models;
-        :func:`hooked_mllm.budget.estimate_tool` gives it before running).
+        :func:`hooked_mllm.estimate_tool` gives it before running).
 
     Raises:
         hooked_mllm.budget.MemoryBudgetError: When the result alone does not fit ``max_memory``.

@@ -72,7 +72,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from ..cli import load_model
+    from .._cli_common import load_model
     from .study import run_study
 
     model = load_model(args.model, args.dtype, args.device)

@@ -15,12 +15,12 @@ from hooked_mllm import HookedMLLM, geometry
 from hooked_mllm.budget import (
     DEFAULT_BUDGET,
     MemoryBudgetError,
-    estimate_tool,
     memory_budget,
     parse_memory,
     resolve_budget,
     set_memory_budget,
 )
+from hooked_mllm.estimate import estimate_tool
 from hooked_mllm.mechanism import capture, head_contributions, image_locations, logit_lens_map
 from hooked_mllm.testing import random_image, tiny_gemma3, tiny_llava, tiny_processor
 
