@@ -6,7 +6,9 @@ when an SAE is used. Splicing is a set of methods of every :class:`~hooked_mllm.
 (``model.add_sae``, ``reset_saes``, ``saes``, ``run_with_saes``, ``run_with_cache_with_saes``:
 :mod:`hooked_mllm.sae._splice`); :mod:`.train` streams activations into SAELens' trainer
 (:func:`train_sae`, ``hooked-mllm sae train``); :mod:`.evaluate` gives L0, explained variance, dead
-features and the LM loss recovered (:func:`evaluate_sae`).
+features and the LM loss recovered (:func:`evaluate_sae`); :mod:`.study` scores an SAE's features
+against the toy world's ground truth beside the concept dictionaries and steers with them
+(:func:`run_study`, ``hooked-mllm sae study``).
 
 Examples:
     >>> from hooked_mllm.sae import train_sae, evaluate_sae                          # doctest: +SKIP
@@ -31,6 +33,15 @@ _NAMES = {
     "feature_html": ".features",
     "top_examples": ".features",
     "write_feature_page": ".features",
+    "ConceptScore": ".study",
+    "SteeringOutcome": ".study",
+    "StudyResult": ".study",
+    "auroc": ".study",
+    "image_token_activations": ".study",
+    "image_token_labels": ".study",
+    "run_study": ".study",
+    "score_units": ".study",
+    "steer_colour": ".study",
 }
 _MODULES: dict[str, str] = {}
 

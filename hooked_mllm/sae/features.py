@@ -169,13 +169,25 @@ def _histogram(values: torch.Tensor, bins: int = 20) -> str:
         return "<p>Never active on these tokens.</p>"
     counts = torch.histc(values, bins=bins, min=0.0, max=float(values.max()))
     top = float(counts.max())
+    left, width = 40, bins * 12  # room for the y-axis labels; the bars; then the x-axis labels below
     bars = "".join(
-        f'<rect x="{i * 12}" y="{100 - height:.1f}" width="10" height="{height:.1f}" fill="#4a7">'
+        f'<rect x="{left + i * 12}" y="{100 - height:.1f}" width="10" height="{height:.1f}" fill="#4a7">'
         f"<title>{int(c)}</title></rect>"
         for i, (c, height) in enumerate(zip(counts, (100 * counts / top).tolist()))
     )
+    axes = (
+        f'<line x1="{left - 2}" y1="100" x2="{left + width}" y2="100" stroke="#333"/>'
+        f'<line x1="{left - 2}" y1="0" x2="{left - 2}" y2="100" stroke="#333"/>'
+        f'<text x="{left - 4}" y="10" font-size="10" text-anchor="end">{int(top)}</text>'
+        f'<text x="{left - 4}" y="100" font-size="10" text-anchor="end">0</text>'
+        f'<text x="{left}" y="112" font-size="10">0</text>'
+        f'<text x="{left + width}" y="112" font-size="10" text-anchor="end">{float(values.max()):.3g}</text>'
+        f'<text x="{left + width / 2}" y="126" font-size="11" text-anchor="middle">activation</text>'
+        f'<text x="10" y="50" font-size="11" text-anchor="middle" transform="rotate(-90 10 50)">tokens</text>'
+    )
     return (
-        f'<svg width="{bins * 12}" height="100" role="img" aria-label="activation histogram">{bars}</svg>'
+        f'<svg width="{left + width + 10}" height="130" role="img" aria-label="activation histogram">'
+        f"{bars}{axes}</svg>"
         f"<p>{values.numel()} active tokens; activations 0 to {float(values.max()):.3g}.</p>"
     )
 

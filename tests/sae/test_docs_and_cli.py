@@ -78,3 +78,15 @@ def test_cli_architectures_are_the_trainers():
     from hooked_mllm.sae import cli, train
 
     assert cli._ARCHITECTURES == train.ARCHITECTURES
+
+
+def test_sae_study_command(tmp_path, capsys):
+    out = tmp_path / "study.md"
+    args = "--model toy:toy-llava --hook blocks.0.hook_resid_post --d-sae 32 --k 4 --tokens 256 --n-train 4 "
+    args += "--n-select 8 --n-test 8 --dictionaries kmeans --components 4 --steer-scenes 12 --strengths 2 "
+    args += f"--batch-size 8 --out {out}"
+    assert main(["sae", "study", *args.split()]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert text.rstrip() == capsys.readouterr().out.rstrip()
+    assert "| attribute | value | sae | kmeans |" in text and "| shape | triangle |" in text
+    assert "| strength | removed |" in text and "without an SAE feature of AUROC >= 0.95" in text

@@ -69,3 +69,9 @@ def test_page_escapes_every_string(hooked, tmp_path):
     html = feature_html(hooked, sae, data, feature, k=2)
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<h2>Decoder direction</h2>" in html and "<svg" in html
+    # the histogram's axes are labelled with the real extremes: the largest activation and bin count
+    _, values = top_examples(hooked, sae, data, [feature], k=2)
+    acts = values[feature]
+    largest_bin = int(torch.histc(acts, bins=20, min=0.0, max=float(acts.max())).max())
+    assert f">{float(acts.max()):.3g}</text>" in html and f">{largest_bin}</text>" in html
+    assert ">activation</text>" in html and ">tokens</text>" in html
