@@ -9,8 +9,9 @@
 # `make test-sae` runs the sparse-autoencoder tests (tests/sae) in their own environment (.venv-sae: the
 # `sae-test` extra, SAELens with the transformer-lens<4 it requires, locked by requirements/lock-sae.txt);
 # `make lock-sae` refreshes that lock.
-# `make docs` adds the docs extra (MkDocs) to .venv, regenerates the generated pages and builds the site
-# into site/ with warnings as errors.
+# `make docs` adds the docs extra (MkDocs) to .venv, executes the tutorials (the SAE tutorial in .venv-sae,
+# which it sets up when missing), regenerates the generated pages and builds the site into site/ with
+# warnings as errors.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -62,11 +63,15 @@ test-sae: $(SAE_STAMP)
 	HF_HUB_OFFLINE=1 $(SAE_PY) -m pytest -q $(SAE_TESTS) $(PYTEST_ARGS)
 
 
-# the tutorials, executed top to bottom (a broken cell fails the build) into docs/notebooks/ for the site
-notebooks: $(DOCS_STAMP)
+# the tutorials, executed top to bottom (a broken cell fails the build) into docs/notebooks/ for the site;
+# the SAE tutorials import sae_lens (transformer-lens<4), so they run with .venv-sae's jupytext and kernel
+# (tests/notebook_runner.py's SAE_NOTEBOOKS names the same files; tests/test_notebooks.py checks they agree)
+SAE_NOTEBOOKS := notebooks/06_sparse_autoencoders.py
+notebooks: $(DOCS_STAMP) $(SAE_STAMP)
 	mkdir -p docs/notebooks
 	for source in notebooks/[0-9]*.py; do \
-	  HF_HUB_OFFLINE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(VENV)/bin/jupytext --to ipynb --execute "$$source" \
+	  case " $(SAE_NOTEBOOKS) " in *" $$source "*) bin=$(SAE_VENV)/bin;; *) bin=$(VENV)/bin;; esac; \
+	  HF_HUB_OFFLINE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $$bin/jupytext --to ipynb --execute "$$source" \
 	    -o "docs/notebooks/$$(basename "$$source" .py).ipynb" || exit 1; \
 	done
 
