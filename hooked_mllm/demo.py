@@ -9,8 +9,10 @@ image tokens name their object's colour and shape under the logit and embedding 
 place); a
 circuitsvis attention view; the activation-patching sweep over the image's cells; a concept
 dictionary of image-token residuals with its top words and top image patches; the shift from
-the model to its fine-tuned twin (``toy-llava-deep-ft``) on caption prompts; and the dose
-response of a steering vector. Without a shipped toy checkpoint it runs a few of the same
+the model to its fine-tuned twin (``toy-llava-deep-ft``) on caption prompts; the dose
+response of a steering vector; and, when sae_lens is importable, a small sparse autoencoder of the
+image-token residuals with one feature's top patches (:mod:`hooked_mllm.sae.demo`; otherwise a note on how
+to install it). Without a shipped toy checkpoint it runs a few of the same
 steps on a tiny random LLaVA and says so.
 
 Examples:
