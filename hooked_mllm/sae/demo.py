@@ -117,17 +117,35 @@ def sae_section(
         "image patches where its most often active feature fires most.",
     )
     report.table(
-        ["image tokens", "L0", "explained variance", "LM loss recovered", "dead features"],
+        [
+            "image tokens",
+            "L0",
+            "explained variance",
+            "LM loss recovered",
+            "LM loss clean / SAE spliced / zeroed",
+            "dead features",
+        ],
         [
             [
                 metrics.n_tokens,
                 metrics.l0,
                 metrics.explained_variance,
                 metrics.loss_recovered,
+                f"{metrics.loss_clean:.3f} / {metrics.loss_spliced:.3f} / {metrics.loss_zero:.3f}",
                 f"{metrics.dead_features} of {d_sae}",
             ]
         ],
     )
+    if (
+        metrics.loss_zero is not None
+        and metrics.loss_clean is not None
+        and metrics.loss_zero <= metrics.loss_clean
+    ):
+        report.text(
+            "Zeroing the image tokens does not raise this LM loss (it is the mean over the prompt's own "
+            "words, which the image barely predicts), so the loss recovered says little about the SAE here; "
+            "the explained variance does."
+        )
     report.text(
         f"Feature {feature} is active on {int(values[feature].numel())} of the {metrics.n_tokens} held-out "
         f"image tokens; its top {len(shown)} patches (outlined) and the words its decoder direction writes:"

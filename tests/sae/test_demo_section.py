@@ -64,10 +64,12 @@ def test_section_numbers_are_the_saes_own(section):
         f"{metrics.l0:.3f}",
         f"{metrics.explained_variance:.3f}",
         f"{metrics.loss_recovered:.3f}",
+        f"{metrics.loss_clean:.3f} / {metrics.loss_spliced:.3f} / {metrics.loss_zero:.3f}",
         f"{metrics.dead_features} of {result.sae.cfg.d_sae}",
     ]
     shown = re.search(r"<div class='sae-feature'>(.*?)</div>", page).group(1)
     assert shown.count("data:image/png;base64,") == len(result.examples) > 0
+    assert ("Zeroing the image tokens does not raise" in page) == (metrics.loss_zero <= metrics.loss_clean)
     assert f"Feature {result.feature} is active on {int(counts[result.feature])} of" in page
 
 
