@@ -9,8 +9,10 @@ image tokens name their object's colour and shape under the logit and embedding 
 place); a
 circuitsvis attention view; the activation-patching sweep over the image's cells; a concept
 dictionary of image-token residuals with its top words and top image patches; the shift from
-the model to its fine-tuned twin (``toy-llava-deep-ft``) on caption prompts; and the dose
-response of a steering vector. Without a shipped toy checkpoint it runs a few of the same
+the model to its fine-tuned twin (``toy-llava-deep-ft``) on caption prompts; the dose
+response of a steering vector; and, when sae_lens is importable, a small sparse autoencoder of the
+image-token residuals with one feature's top patches (:mod:`hooked_mllm.sae.demo`; otherwise a note on how
+to install it). Without a shipped toy checkpoint it runs a few of the same
 steps on a tiny random LLaVA and says so.
 
 Examples:
@@ -213,6 +215,7 @@ def _toy_demo(model: HookedMLLM, name: str, seed: int, n_scenes: int, report: Re
         (_concept_section, (model, seed, report)),
         (_shift_section, (model, name, seed, scene, report)),
         (_steering_section, (model, seed, report)),
+        (_sae_section, (model, seed, report)),
     ):
         start = time.perf_counter()
         section(*args)
@@ -438,6 +441,28 @@ def _steering_section(model: HookedMLLM, seed: int, report: Report) -> None:
         ["alpha", "answers 'no'", "counting accuracy"],
         [[a, t, o] for a, t, o in zip(alphas, target_rate, other_accuracy)],
     )
+
+
+SAE_NOTE = (
+    "sae_lens is not installed, so this section is empty: `pip install 'hooked-mllm[sae]'` (or the .venv-sae "
+    "environment that `make test-sae` builds) adds a small SAE trained on these residuals, its L0, explained "
+    "variance and LM loss recovered, and one feature's top image patches."
+)
+
+
+def _sae_section(model: HookedMLLM, seed: int, report: Report) -> None:
+    """The sparse-autoencoder section (:mod:`hooked_mllm.sae.demo`) with sae_lens; without it, a note."""
+    import importlib.util
+
+    if importlib.util.find_spec("sae_lens") is None:
+        from .sae.demo import TITLE
+
+        report.section(TITLE, "Sparse-autoencoder features of the image-token residuals need SAELens.")
+        report.text(SAE_NOTE)
+        return
+    from .sae.demo import sae_section
+
+    sae_section(model, seed, report, layer=CONCEPT_LAYER)
 
 
 def _random_demo(model: HookedMLLM, seed: int, report: Report) -> None:

@@ -45,6 +45,7 @@ SECTIONS = [
     "6. Concept dictionary",
     "7. Shift from toy-llava-deep",
     "8. Steering dose response",
+    "9. Sparse-autoencoder features",
 ]
 
 
@@ -65,6 +66,34 @@ def test_demo_report_tells_the_whole_story(demo_report):
     words = re.search(r"Do image tokens read as words\?.*?</table>", html, re.S).group(0)
     colour_at_input = re.findall(r"<td>LM input</td><td>([\d.]+)</td>", words)
     assert float(colour_at_input[0]) >= 0.8  # toy-llava-deep: image tokens name their object's colour
+    from hooked_mllm.demo import SAE_NOTE
+    from hooked_mllm.viz._html import escape
+
+    # without sae_lens (this environment) the SAE section is the note saying how to get it; with it
+    # (.venv-sae) the section's numbers are checked by tests/sae/test_demo_section.py
+    if importlib.util.find_spec("sae_lens") is None:
+        assert escape(SAE_NOTE) in html and "hooked-mllm[sae]" in SAE_NOTE and "make test-sae" in SAE_NOTE
+    else:
+        assert escape(SAE_NOTE) not in html and "LM loss recovered" in html
+
+
+def test_demo_sae_section_without_sae_lens_is_a_note(monkeypatch):
+    import hooked_mllm.demo as demo
+    from hooked_mllm.viz._html import escape
+    from hooked_mllm.viz.report import Report
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sae_lens" else real(name, *a)
+    )
+    from hooked_mllm import HookedMLLM
+    from hooked_mllm.testing import tiny_llava, tiny_processor
+
+    report = Report("t")
+    demo._sae_section(HookedMLLM.from_hf(tiny_llava(), tiny_processor()), 0, report)
+    html = report.render()
+    assert "<h2>9. Sparse-autoencoder features</h2>" in html
+    assert f"<p>{escape(demo.SAE_NOTE)}</p>" in html and "pip install &#x27;hooked-mllm[sae]&#x27;" in html
 
 
 def test_demo_shows_only_unseen_worlds(tmp_path):
