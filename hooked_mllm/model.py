@@ -185,6 +185,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             >>> with model.trace(batch):                                            # doctest: +SKIP
             ...     resid = model.hook_point("blocks.3.hook_resid_post").output.save()
         """
+        self._refuse_inner_point(name)  # a point inside a spliced SAE: run methods only
         point = self.hook_points.resolve(name)
         check_invoke_point(self.nnsight, point)
         return HookPointHandle(self.nnsight, point, self._trace_reads)

@@ -122,6 +122,17 @@ class SAESpliceMixin:
         def run_with_hooks(self, inputs: Any = None, **kwargs: Any) -> Any: ...
         def run_with_cache(self, inputs: Any = None, **kwargs: Any) -> Any: ...
 
+    def _refuse_inner_point(self, name: Any) -> None:
+        """Refuse a point inside a spliced SAE where only the model's own points are handles
+        (:meth:`~hooked_mllm.HookedMLLM.hook_point`, for ``model.trace``)."""
+        if isinstance(name, str) and any(name in splice.names() for splice in self._splices):
+            point = name.rsplit(".", 1)[0]
+            raise ValueError(
+                f"{name} is a hook point inside a spliced SAE, which model.trace does not reach: read it "
+                "with model.run_with_cache(..., names_filter=...) or edit it with run_with_hooks / generate "
+                f"(fwd_hooks=[({name!r}, fn)]); in a trace, {point!r} holds the SAE's output."
+            )
+
     # -- splicing ----------------------------------------------------------------------
 
     @property

@@ -147,6 +147,16 @@ def test_model_trace_and_hooks_blocks_see_the_splice(hooked, batch, sae):
     with hooked.hooks(fwd_hooks=[(LM, lambda act, hook: act * 2)]):  # after the SAE, as every hook on LM
         doubled = hooked(batch)
     torch.testing.assert_close(doubled, twice)
+    with hooked.trace(batch):  # the point itself is the SAE's output in a trace
+        out = hooked.hook_point(LM).output.save()
+    torch.testing.assert_close(
+        out,
+        hooked.run_with_cache(batch, names_filter=[LM, f"{LM}.hook_sae_output"])[1][f"{LM}.hook_sae_output"],
+    )
+    with pytest.raises(
+        ValueError, match=r"inside a spliced SAE, which model.trace does not reach.*run_with_cache"
+    ):
+        hooked.hook_point(f"{LM}.hook_sae_acts_post")
 
 
 @pytest.mark.parametrize(
