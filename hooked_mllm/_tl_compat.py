@@ -254,9 +254,8 @@ class TLCompatMixin:
             try:
                 self._layer_module(0, up)
             except (AttributeError, KeyError, IndexError):
-                up = None
-            if up is not None:
-                return up, pre
+                return pre, None
+            return up, pre
         return pre, None
 
     def _linear_in(self, rel: str, layer: int) -> Tensor:

@@ -21,7 +21,6 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -213,7 +212,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
 
     def __getstate__(self) -> dict:
         """A remote model's state for a remote ``model.trace`` body: no weights, lock or processor."""
-        if not self.remote:
+        if not self._backend.ships_requests:
             raise TypeError(
                 "A HookedMLLM pickles only as part of a remote request (from_pretrained(..., remote=...)); "
                 "save the HF model with model.hf_model.save_pretrained(path) instead."
@@ -370,7 +369,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
                 batch, hooks, grad=grad or incl_bwd, what="run_with_cache", bwd=bwd, keep=store, **options
             )
 
-        clone = {p.name for p in chosen} if self.remote else set()  # versions do not travel
+        clone = {p.name for p in chosen} if self._backend.ships_requests else set()  # versions do not travel
         output, store, grads = caching.run(run, hooks, chosen, index, device, dtype, grad, incl_bwd, clone)
         result = self._returned(output, batch, return_type)
         if incl_bwd:
@@ -439,21 +438,10 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             if k in self._input_names and isinstance(generate_kwargs[k], Tensor)
         }
         options = keywords.generate_options(generate_kwargs, max_new_tokens, do_sample)  # TL names mapped
-        fn = "generate" if self.remote else functools.partial(self.hf_model.generate, **options)
-        # a remote probe carries no inputs: it is never entered unless refused below
-        tracer = (
-            self.nnsight.trace(fn=fn, remote=self.remote)
-            if self.remote
-            else self.trace(inputs, fn=fn, **tensors)
-        )
+        fn, tracer, run_options = self._backend.generation(self, inputs, tensors, options)
         try:  # `with model.generate(...) as tracer:` traces generation (nnsight's test: the caller's frame)
             tracer.capture()
-            if self.remote:
-                _remote.refuse(
-                    "with model.generate(...) as tracer",
-                    "a traced generation is not shipped; pass "
-                    "fwd_hooks to model.generate, or use model.trace for one forward",
-                )
+            self._backend.check_traced_generation()
             if fwd_hooks:
                 raise ValueError(
                     "A traced generate takes no fwd_hooks: write to hook points inside the block, "
@@ -469,7 +457,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
             fn=fn,
             every_step=True,
             what="generate",
-            **(options if self.remote else {}),
+            **run_options,
         )
         if not isinstance(sequences, Tensor):
             sequences = sequences.sequences

@@ -4,7 +4,7 @@ Purpose:
     A model built with ``remote=...`` ships every run and trace to a server (:mod:`.remote`); any
     other runs them on the wrapped model here. :func:`backend_for` picks the :class:`LocalBackend` or
     :class:`RemoteBackend` once, when the model is built, and ``HookedMLLM._run`` / ``HookedMLLM.trace``
-    hand each run to it, so the model does not test ``remote`` on every run.
+    / ``HookedMLLM.generate`` hand each run to it, so the model does not test ``remote`` on every run.
 
 Connections:
     Both backends take the model (its envoy, hook points, ``model.hooks()`` edits and run guard) and
@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,17 @@ from .remote_host import Remote
 @dataclass(frozen=True)
 class LocalBackend:
     """Runs and traces on the wrapped model, here."""
+
+    ships_requests = False  # runs, and the model's state, stay here
+
+    def generation(self, model: Any, inputs: Any, tensors: dict, options: dict) -> tuple[Any, Any, dict]:
+        """``model.generate``'s ``(fn, tracer, run options)``: HF ``generate`` with ``options`` bound, a
+        ``model.trace`` of it over ``inputs`` (entered only as ``with model.generate(...)``), no options."""
+        fn = functools.partial(model.hf_model.generate, **options)
+        return fn, model.trace(inputs, fn=fn, **tensors), {}
+
+    def check_traced_generation(self) -> None:
+        """A traced generation (``with model.generate(...) as tracer``) runs here."""
 
     def run(
         self,
@@ -103,6 +115,22 @@ class RemoteBackend:
     """
 
     remote: bool | str | Remote
+
+    ships_requests = True  # each run (its hook functions, the model's state) is pickled to the server
+
+    def generation(self, model: Any, inputs: Any, tensors: dict, options: dict) -> tuple[Any, Any, dict]:
+        """``model.generate``'s ``(fn, tracer, run options)``: the envoy's ``"generate"``, a remote probe
+        carrying no inputs (never entered unless refused by :meth:`check_traced_generation`), and
+        ``options`` shipped with each run."""
+        return "generate", model.nnsight.trace(fn="generate", remote=self.remote), options
+
+    def check_traced_generation(self) -> None:
+        """Refuse ``with model.generate(...) as tracer``: a traced generation is not shipped."""
+        remote.refuse(
+            "with model.generate(...) as tracer",
+            "a traced generation is not shipped; pass "
+            "fwd_hooks to model.generate, or use model.trace for one forward",
+        )
 
     def run(
         self,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal, TypeVar, cast, no_type_check
 
 import torch
 
@@ -224,6 +224,31 @@ class ConfigKeys:
     vision_feature_layer: str | None = "vision_feature_layer"
 
 
+_Class = TypeVar("_Class", bound=type)
+
+
+def _checked_in_post_init(cls: _Class) -> _Class:
+    """Exempt a dataclass's generated ``__init__`` from run-time type checkers (``typing.no_type_check``).
+
+    Its ``__post_init__`` checks the fields itself and refuses a wrong value saying what to write
+    (``use Tiles()``, ``write ('LlavaConfig',)``); a checker wrapping ``__init__`` (the test suite's
+    jaxtyping + beartype, or a user's) would refuse first with a generic type error. The fields keep
+    their exact types for static checkers; the class's other methods stay checked. Put it above
+    ``@dataclass``.
+
+    Examples:
+        >>> @_checked_in_post_init
+        ... @dataclass
+        ... class Point:
+        ...     x: int
+        >>> Point.__init__.__no_type_check__
+        True
+    """
+    no_type_check(vars(cls)["__init__"])
+    return cls
+
+
+@_checked_in_post_init
 @dataclass(frozen=True, kw_only=True)
 class TokenLayout:
     """How one image's tokens sit in the LM sequence (its spans and grids).
@@ -264,13 +289,12 @@ class TokenLayout:
         ((24, 24), None)
     """
 
-    # `| Any`: what is not a function is let through to __post_init__, which refuses it saying so
-    grid: Callable[[int, Any], tuple[int, int] | None] | Any = square_tokens
-    grids: Callable[[dict, Any], list[tuple[int, int] | None]] | Any = None
-    views: Callable[[dict, Any], list[ImageViews] | None] | Any = None
+    grid: Callable[[int, Any], tuple[int, int] | None] = square_tokens
+    grids: Callable[[dict, Any], list[tuple[int, int] | None]] | None = None
+    views: Callable[[dict, Any], list[ImageViews] | None] | None = None
     row_break: str | None = None
     in_sequence: bool = True
-    videos: Callable[[dict, Any], list[tuple[int, int, int, int]]] | Any = None
+    videos: Callable[[dict, Any], list[tuple[int, int, int, int]]] | None = None
     video_trailing: int = 0
 
     def __post_init__(self) -> None:
@@ -284,6 +308,7 @@ class TokenLayout:
             )
 
 
+@_checked_in_post_init
 @dataclass(frozen=True, kw_only=True)
 class InputLayout:
     """How the processor takes images and how a batch's HF inputs split by row.
@@ -307,9 +332,7 @@ class InputLayout:
         (('pixel_values', Tiles()),)
     """
 
-    # `| Any`: rules that are not SplitRules (a string, a bare function) and malformed pairs are let through
-    # to check_rules, which refuses them naming the rule to write
-    split: tuple[tuple[str, SplitRule], ...] | Mapping[str, SplitRule] | Any = ()
+    split: tuple[tuple[str, SplitRule], ...] | Mapping[str, SplitRule] = ()
     nested_images: bool = False
     pixel_values_per_span: bool = False
 
@@ -335,6 +358,7 @@ class Metadata:
     notes: str = ""
 
 
+@_checked_in_post_init
 @dataclass(frozen=True, kw_only=True)
 class Adapter:
     """One family's layout: where its parts live, how its image tokens and inputs are laid out.
@@ -364,14 +388,12 @@ class Adapter:
     """
 
     name: str
-    # `| Any`: a wrong value (a bare string for the tuple, pairs for InputLayout...) is let through to
-    # __post_init__, which refuses it saying what to write
-    config_classes: tuple[str, ...] | Any
-    modules: ModuleLayout | Any
-    config_keys: ConfigKeys | Any = field(default_factory=ConfigKeys)
-    tokens: TokenLayout | Any = field(default_factory=TokenLayout)
-    inputs: InputLayout | Any = field(default_factory=InputLayout)
-    about: Metadata | Any = field(default_factory=Metadata)
+    config_classes: tuple[str, ...]
+    modules: ModuleLayout
+    config_keys: ConfigKeys = field(default_factory=ConfigKeys)
+    tokens: TokenLayout = field(default_factory=TokenLayout)
+    inputs: InputLayout = field(default_factory=InputLayout)
+    about: Metadata = field(default_factory=Metadata)
     specialize: Callable[[Adapter, Any], Adapter] | None = None
     variants: tuple[Adapter, ...] = ()
 
@@ -439,9 +461,9 @@ class Adapter:
                         f"The {self.name!r} adapter expects a layer-scale parameter {scale!r} in "
                         f"{prefix}, but there is none; see docs/architectures.md."
                     )
-        for path in (modules.vision_embed, modules.projector):
-            if path is not None:
-                self.module(root, path)
+        for optional in (modules.vision_embed, modules.projector):
+            if optional is not None:
+                self.module(root, optional)
 
     def text_cfg(self, config: Any) -> Any:
         """The language model's sub-config (the config itself for flat configs)."""

@@ -49,7 +49,6 @@ IDEFICS2 = Adapter(
         lm_layers="model.text_model.layers",
         embed="model.text_model.embed_tokens",
         final_norm="model.text_model.norm",
-        unembed="lm_head",
         block=BlockLayout(),
         vision_layers="model.vision_model.encoder.layers",
         vision_embed="model.vision_model.embeddings",

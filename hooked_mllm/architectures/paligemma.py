@@ -70,10 +70,6 @@ _PALIGEMMA = Adapter(
     name="paligemma",
     config_classes=("PaliGemmaConfig",),
     modules=ModuleLayout(
-        lm_layers="model.language_model.layers",
-        embed="model.language_model.embed_tokens",
-        final_norm="model.language_model.norm",
-        unembed="lm_head",
         block=BlockLayout(norm_offset=1.0),
         vision_layers="model.vision_tower.encoder.layers",
         vision_embed="model.vision_tower.embeddings",

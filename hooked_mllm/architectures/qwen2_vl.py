@@ -104,10 +104,6 @@ _VISION: dict[str, Any] = dict(
 )
 
 _MODULES: dict[str, Any] = dict(
-    lm_layers="model.language_model.layers",
-    embed="model.language_model.embed_tokens",
-    final_norm="model.language_model.norm",
-    unembed="lm_head",
     block=BlockLayout(),
     vision_layers="model.visual.blocks",
     vision_embed="model.visual.patch_embed",

@@ -3,9 +3,9 @@
 Every method of :mod:`hooked_mllm.mechanism` (the head-contribution map, the attention,
 relevancy, input-times-gradient and occlusion baselines, the logit-lens probability map)
 returns a :class:`LocationMap` for one image of one batch row: the raw scores on the
-image's patch grid, with normalising, upsampling (bicubic) and overlay helpers, and an
-inline PNG for notebooks. :func:`grid_span` finds the image and refuses images without a
-grid; :func:`to_map` turns per-position scores into a map.
+image's patch grid, with normalising and upsampling (bicubic); its colouring, overlay and
+inline PNG for notebooks are drawn by :mod:`hooked_mllm.viz.location`. :func:`grid_span` finds
+the image and refuses images without a grid; :func:`to_map` turns per-position scores into a map.
 
 Examples:
     >>> import numpy as np
@@ -16,8 +16,6 @@ Examples:
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,48 +98,38 @@ class LocationMap:
         return np.clip(np.asarray(up), 0.0, 1.0)
 
     def colorize(self, size: int | tuple[int, int], cmap: str = "inferno") -> Image.Image:
-        """The upsampled map coloured with a matplotlib colormap, as an RGB image."""
-        from matplotlib import colormaps
+        """The upsampled map coloured with a matplotlib colormap, as an RGB image (drawn by ``viz``)."""
+        from ..viz.location import colorize
 
-        rgba = colormaps[cmap](self.upsample(size))
-        return Image.fromarray((rgba[..., :3] * 255).round().astype(np.uint8), mode="RGB")
+        return colorize(self, size, cmap)
 
     def overlay(self, image: Image.Image, alpha: float = 0.5, cmap: str = "inferno") -> Image.Image:
         """``image`` blended with the coloured map (bicubic upsampling over the whole image).
+
+        Drawn by :func:`hooked_mllm.viz.location.overlay`.
 
         Args:
             image: The image the map is about (any PIL mode; the grid spans all of it).
             alpha: Weight of the map (0: the image only, 1: the map only).
             cmap: A matplotlib colormap name.
         """
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        base = image.convert("RGB")
-        return Image.blend(base, self.colorize(base.size, cmap), alpha)
+        from ..viz.location import overlay
+
+        return overlay(self, image, alpha, cmap)
 
     def _repr_png_bytes(self, image: Image.Image | None = None, side: int = 192) -> bytes:
-        picture = self.overlay(image) if image is not None else self.colorize(side)
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        return buffer.getvalue()
+        from ..viz.location import png_bytes
+
+        return png_bytes(self, image, side)
 
     def _repr_html_(self) -> str:
-        data = base64.b64encode(self._repr_png_bytes()).decode("ascii")
-        rows, cols = self.shape
-        caption = f"{self.method}: {self.label} ({rows}x{cols}, peak {self.peak()})"
-        return (
-            f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,{data}" '
-            f'style="image-rendering:auto"/><figcaption style="font-size:small">{_escape(caption)}'
-            "</figcaption></figure>"
-        )
+        from ..viz.location import location_map_html
+
+        return location_map_html(self)
 
     def __repr__(self) -> str:
         rows, cols = self.shape
         return f"LocationMap({self.method!r}, {rows}x{cols}, peak={self.peak()}, label={self.label!r})"
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def grid_span(batch: MultimodalBatch, row: int, image: int) -> ImageSpan:

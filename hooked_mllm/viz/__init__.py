@@ -10,8 +10,9 @@ Connections:
     Reads an :class:`~hooked_mllm.cache.ActivationCache` and its
     :class:`~hooked_mllm.inputs.MultimodalBatch`; :mod:`hooked_mllm.lens` for the logit lens;
     result classes of :mod:`hooked_mllm.patching` and :mod:`hooked_mllm.concepts` delegate their
-    ``_repr_html_`` to :mod:`.display`. matplotlib and circuitsvis are imported when a view is drawn
-    (``pip install 'hooked-mllm[viz]'``).
+    ``_repr_html_`` to :mod:`.display`, and :class:`~hooked_mllm.mechanism.LocationMap` its
+    ``colorize``, ``overlay`` and ``_repr_html_`` to :mod:`.location`. matplotlib and circuitsvis
+    are imported when a view is drawn (``pip install 'hooked-mllm[viz]'``).
 
 Contents (public API):
     :func:`attention_heads`, :func:`attention_patterns`, :class:`AttentionView`, :func:`token_labels`,
