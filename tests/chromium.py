@@ -26,6 +26,20 @@ FLAGS = [
 ]
 
 
+# the standard deviation of a drawn <img>'s pixels (0 for a blank or missing image), a JavaScript function of
+# the element: ``page.evaluate(f"() => Array.from(document.images, {IMAGE_SPREAD})")``
+IMAGE_SPREAD = """(img) => {
+  if (!img.complete || !img.naturalWidth) return 0;
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const context = canvas.getContext("2d"); context.drawImage(img, 0, 0);
+  const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  let sum = 0, squares = 0, n = data.length / 4;
+  for (let i = 0; i < data.length; i += 4) { const v = data[i] + data[i + 1] + data[i + 2]; sum += v; squares += v * v; }
+  return Math.sqrt(Math.max(0, squares / n - (sum / n) ** 2));
+}"""  # noqa: E501
+
+
 def binary() -> str:
     """The path of Debian's ``chromium``; skips the test where it is missing (fails under CI)."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -23,17 +23,7 @@ pytestmark = pytest.mark.browser
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
 # the standard deviation of a drawn image's pixels: 0 for a blank or missing image
-PIXEL_SPREAD = """(id) => {
-  const img = document.getElementById(id);
-  if (!img.complete || !img.naturalWidth) return 0;
-  const canvas = document.createElement("canvas");
-  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
-  const context = canvas.getContext("2d"); context.drawImage(img, 0, 0);
-  const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
-  let sum = 0, squares = 0, n = data.length / 4;
-  for (let i = 0; i < data.length; i += 4) { const v = data[i] + data[i + 1] + data[i + 2]; sum += v; squares += v * v; }
-  return Math.sqrt(Math.max(0, squares / n - (sum / n) ** 2));
-}"""
+PIXEL_SPREAD = f"(id) => ({chromium.IMAGE_SPREAD})(document.getElementById(id))"
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,8 @@ from .helpers import random_sae  # noqa: E402
 
 HOOK = "blocks.1.hook_resid_post"
 
-# the standard deviation of a drawn image's pixels (0 for a blank or missing image), per <img> of the page
-PIXEL_SPREADS = """() => Array.from(document.images, (img) => {
-  if (!img.complete || !img.naturalWidth) return 0;
-  const canvas = document.createElement("canvas");
-  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
-  const context = canvas.getContext("2d"); context.drawImage(img, 0, 0);
-  const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
-  let sum = 0, squares = 0, n = data.length / 4;
-  for (let i = 0; i < data.length; i += 4) { const v = data[i] + data[i + 1] + data[i + 2]; sum += v; squares += v * v; }
-  return Math.sqrt(Math.max(0, squares / n - (sum / n) ** 2));
-})"""  # noqa: E501
+# the standard deviation of each <img>'s pixels (0 for a blank or missing image), in page order
+PIXEL_SPREADS = f"() => Array.from(document.images, {chromium.IMAGE_SPREAD})"
 
 BARS = """() => Array.from(document.querySelectorAll('svg[aria-label="activation histogram"] rect'),
   (r) => r.getBoundingClientRect().height)"""
