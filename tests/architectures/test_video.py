@@ -207,9 +207,10 @@ def test_a_write_on_video_tokens_equals_a_torch_hook(model, batch):
     assert not torch.allclose(hooked[keep], hf(model, batch.inputs).logits[keep])
 
 
-def test_every_entry_point_takes_every_input_form(model, batch, videos):
+def check_every_entry_point(model, batch, videos):
     """(prepare / HF keywords / the processor's own output) x (forward, run_with_cache,
-    run_with_hooks, generate, trace) against HF's forward and generate on the same tensors."""
+    run_with_hooks, generate, trace) against HF's forward and generate on the same tensors
+    (shared by every family's video tests)."""
     processor = model.processor
     texts = [
         processor.apply_chat_template(
@@ -248,6 +249,10 @@ def test_every_entry_point_takes_every_input_form(model, batch, videos):
         with model.trace(*args, **kwargs):
             traced = model.nnsight.output.save()
         torch.testing.assert_close(traced.logits[keep], ref[keep], msg=f"trace({form})")
+
+
+def test_every_entry_point_takes_every_input_form(model, batch, videos):
+    check_every_entry_point(model, batch, videos)
 
 
 def test_vision_tower_hooks_see_the_video_patches(model, batch):

@@ -16,7 +16,7 @@ from hooked_mllm.patching import activation_patching, logit_diff
 from hooked_mllm.testing.video import TorchLlavaOnevisionVideoProcessor
 
 from .families import image
-from .test_video import PROMPTS, array_video, frames, hf, video_tokens
+from .test_video import PROMPTS, array_video, check_every_entry_point, frames, hf, video_tokens
 
 _MODEL: list[HookedMLLM] = []
 
@@ -119,44 +119,7 @@ def test_logits_hidden_states_and_a_frame_write_equal_hf(model, batch):
 
 
 def test_every_entry_point_takes_every_input_form(model, batch, videos):
-    processor = model.processor
-    texts = [
-        processor.apply_chat_template(
-            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": p}]}],
-            add_generation_prompt=True,
-        )
-        for p in PROMPTS
-    ]
-    processor.tokenizer.padding_side = "left"
-    direct = processor(videos=videos, text=texts, padding=True, return_tensors="pt")
-    for key in batch.inputs:
-        assert torch.equal(direct[key], batch.inputs[key]), key
-    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
-    ref = hf(model, batch.inputs).logits
-    with torch.no_grad():
-        ref_gen = model.hf_model.generate(**batch.inputs, max_new_tokens=2, do_sample=False)
-    keep = ~batch.pad_mask
-    for form, (args, kwargs) in {
-        "prepare": ((batch,), {}),
-        "keywords": ((), dict(direct)),
-        "processor": ((direct,), {}),
-    }.items():
-        torch.testing.assert_close(model(*args, **kwargs)[keep], ref[keep], msg=f"forward({form})")
-        logits, _ = model.run_with_cache(*args, names_filter=last, **kwargs)
-        torch.testing.assert_close(logits[keep], ref[keep], msg=f"run_with_cache({form})")
-        seen: list[str] = []
-        hooked = model.run_with_hooks(
-            *args,
-            fwd_hooks=[(last, lambda act, hook: seen.append(hook.name))],  # noqa: B023 (runs at once)
-            **kwargs,
-        )
-        torch.testing.assert_close(hooked[keep], ref[keep], msg=f"run_with_hooks({form})")
-        assert seen == [last]
-        out = model.generate(*args, max_new_tokens=2, **kwargs)
-        torch.testing.assert_close(out.sequences, ref_gen, msg=f"generate({form})")
-        with model.trace(*args, **kwargs):
-            traced = model.nnsight.output.save()
-        torch.testing.assert_close(traced.logits[keep], ref[keep], msg=f"trace({form})")
+    check_every_entry_point(model, batch, videos)
 
 
 def test_vision_tower_hooks_see_every_frame(model, batch):
