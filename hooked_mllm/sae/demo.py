@@ -3,22 +3,26 @@
 A small SAELens SAE is trained for a few seconds on a toy model's image-token residuals
 (:func:`~hooked_mllm.sae.train.train_sae`), measured on scenes it did not train on
 (:func:`~hooked_mllm.sae.evaluate.evaluate_sae`: L0, explained variance, LM loss recovered) and one
-feature's dashboard summary is shown: its top image patches (:func:`~hooked_mllm.sae.features.top_examples`)
-and the words its decoder direction writes. :func:`hooked_mllm.demo.run_demo` calls :func:`sae_section`
-only when ``sae_lens`` is importable, and otherwise says in the report how to get it.
+feature's dashboard summary is shown: the feature chosen by the toy world's ground truth (the one that
+marks one colour's objects and no other colour best, :func:`colour_feature`), its top image patches
+(:func:`~hooked_mllm.sae.features.top_examples`) and the words its decoder direction writes.
+:func:`hooked_mllm.demo.run_demo` calls :func:`sae_section` only when ``sae_lens`` is importable, and
+otherwise says in the report how to get it.
 
 Examples:
     >>> from hooked_mllm.sae.demo import sae_section                     # doctest: +SKIP
     >>> result = sae_section(toy.load("toy-llava-deep"), 0, report)     # doctest: +SKIP
     >>> result.metrics.l0                                               # doctest: +SKIP
-    7.9
+    4.0
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..concepts.data import Sample, load_image, toy_dataset
@@ -40,7 +44,10 @@ class SAEDemo:
         train: The training samples.
         held_out: The samples the metrics and the feature's examples are measured on.
         metrics: :func:`~hooked_mllm.sae.evaluate.evaluate_sae` on ``held_out``'s image tokens.
-        feature: The feature shown (the most often active on ``held_out``'s image tokens).
+        feature: The feature shown (:func:`colour_feature`, chosen on ``train``).
+        colour: The colour it marks.
+        auroc: Its AUROC for ``colour``'s object tokens among ``held_out``'s image tokens.
+        other_auroc: Its highest AUROC for another colour there.
         examples: Its top image tokens on ``held_out``, highest activation first.
     """
 
@@ -50,6 +57,9 @@ class SAEDemo:
     held_out: list[Sample]
     metrics: SAEMetrics
     feature: int
+    colour: str
+    auroc: float
+    other_auroc: float
     examples: list[FeatureExample]
 
 
@@ -59,18 +69,18 @@ def sae_section(
     report: Any,
     *,
     layer: int = 2,
-    n_train: int = 32,
+    n_train: int = 128,
     n_eval: int = 12,
-    d_sae: int = 128,
-    k: int = 8,
-    total_tokens: int = 2048,
+    d_sae: int = 256,
+    k: int = 4,
+    total_tokens: int = 32768,
     n_examples: int = 6,
 ) -> SAEDemo:
     """Train a small top-k SAE on ``model``'s layer-``layer`` image-token residuals and add its section
-    (metrics table, one feature's top image patches and decoder words) to ``report``.
+    (metrics table, the colour feature's held-out AUROC, top image patches and decoder words) to ``report``.
 
     Args:
-        model: A toy :class:`~hooked_mllm.HookedMLLM` (any model with image tokens works).
+        model: A toy :class:`~hooked_mllm.HookedMLLM` (the toy world's ground truth picks the feature).
         seed: The demo's world seed: training scenes are drawn from ``World(seed + 4)``, the held-out scenes
             from ``World(seed + 5)`` (both unseen by the toy model).
         report: The :class:`~hooked_mllm.viz.report.Report` the section is added to.
@@ -107,7 +117,11 @@ def sae_section(
         seed=seed,
     )
     metrics = evaluate_sae(model, sae, held_out, positions="image", batch_size=16)
-    feature = _most_active_feature(model, sae, held_out, hook_name)
+    from ..toy import World
+
+    feature, colour, auroc, other = colour_feature(
+        sae, model, World(seed=seed + 4).sample(n_train), World(seed=seed + 5).sample(n_eval), hook_name
+    )
     examples, values = top_examples(model, sae, held_out, [feature], k=n_examples, batch_size=16)
     shown = [e for e in examples[feature] if e.cell is not None]
     report.section(
@@ -147,8 +161,11 @@ def sae_section(
             "the explained variance does."
         )
     report.text(
-        f"Feature {feature} is active on {int(values[feature].numel())} of the {metrics.n_tokens} held-out "
-        f"image tokens; its top {len(shown)} patches (outlined) and the words its decoder direction writes:"
+        f"Feature {feature} marks {colour} objects: chosen on the training scenes as the feature whose AUROC "
+        f"for {colour} objects' tokens most exceeds its AUROC for any other colour, it scores AUROC "
+        f"{auroc:.3f} for {colour} on the held-out image tokens and at most {other:.3f} for another colour. "
+        f"It is active on {int(values[feature].numel())} of the {metrics.n_tokens} held-out image tokens; "
+        f"its top {len(shown)} patches (outlined) and the words its decoder direction writes:"
     )
     figures = []
     for example in shown:
@@ -165,16 +182,52 @@ def sae_section(
         ["lens", "words"],
         [[lens, ", ".join(f"{w} ({s:.2f})" for w, s in listed) or "-"] for lens, listed in words.items()],
     )
-    return SAEDemo(sae, hook_name, train, held_out, metrics, feature, examples[feature])
+    return SAEDemo(sae, hook_name, train, held_out, metrics, feature, colour, auroc, other, examples[feature])
 
 
-def _most_active_feature(model: Any, sae: Any, samples: list[Sample], hook_name: str) -> int:
-    """The feature active on the most image tokens of ``samples`` (lowest index on ties)."""
-    from .train import model_batches, token_activations
+def colour_feature(
+    sae: Any, model: Any, train: Sequence[Any], held_out: Sequence[Any], hook_name: str
+) -> tuple[int, str, float, float]:
+    """The SAE feature that marks one colour's objects best, by the toy world's ground truth.
 
-    counts = torch.zeros(sae.cfg.d_sae)
-    with torch.no_grad():
-        for batch in model_batches(model, samples, 16):
-            x = token_activations(model, batch, hook_name, "image").to(sae.W_enc.dtype)
-            counts += (sae.encode(x) > 0).sum(0).float()
-    return int(counts.argmax())
+    For every feature and colour, the AUROC of the feature's activation for that colour's object tokens
+    among all image tokens of the ``train`` scenes (:func:`~hooked_mllm.sae.study.auroc`); the feature and
+    colour chosen are those where this AUROC most exceeds the same feature's best AUROC for another colour
+    (a feature firing on every object scores near 0 there). They are then graded on ``held_out``.
+
+    Args:
+        sae: A SAELens SAE trained on ``hook_name``.
+        model: The toy :class:`~hooked_mllm.HookedMLLM`.
+        train: :class:`hooked_mllm.toy.Scene` records the choice is made on.
+        held_out: Scenes it is graded on.
+        hook_name: The hook point the SAE reads.
+
+    Returns:
+        ``(feature, colour, held-out AUROC for colour, held-out highest AUROC for another colour)``.
+
+    Examples:
+        >>> hook = "blocks.2.hook_resid_post"
+        >>> feature, colour, auroc, _ = colour_feature(sae, model, train, held_out, hook)  # doctest: +SKIP
+    """
+    from .study import attribute_values, auroc, image_token_activations, image_token_labels
+
+    truths = {
+        name: image_token_labels(scenes)["color"]
+        for name, scenes in (("train", train), ("held_out", held_out))
+    }
+    colours = [
+        c for c in attribute_values("color") if all(0 < (t == c).sum() < len(t) for t in truths.values())
+    ]
+    if len(colours) < 2:
+        raise ValueError("Both scene sets need objects of at least two colours to choose a colour feature.")
+    areas = {}
+    for name, scenes in (("train", train), ("held_out", held_out)):
+        with torch.no_grad():
+            x = image_token_activations(model, scenes, hook_name).to(sae.W_enc.dtype)
+            features = sae.encode(x).float().numpy()
+        areas[name] = np.stack([auroc(features, truths[name] == c) for c in colours])  # [colours, features]
+    chosen = areas["train"]
+    margin = np.stack([chosen[i] - np.delete(chosen, i, 0).max(0) for i in range(len(colours))])
+    c, feature = np.unravel_index(int(margin.argmax()), margin.shape)
+    graded = areas["held_out"][:, feature]
+    return int(feature), colours[c], float(graded[c]), float(np.delete(graded, c).max())
