@@ -77,6 +77,7 @@ TUPLE_BUILDERS = [
     "tiny_idefics3",
     "tiny_internvl",
     "tiny_llava_next",
+    "tiny_llava_next_video",
     "tiny_mistral3",
     "tiny_mllama",
     "tiny_molmo2",

@@ -36,6 +36,7 @@ from .idefics3 import IDEFICS3, SMOLVLM
 from .internvl import INTERNVL
 from .llava import LLAVA
 from .llava_next import LLAVA_NEXT
+from .llava_next_video import LLAVA_NEXT_VIDEO
 from .llava_onevision import LLAVA_ONEVISION
 from .mistral3 import MISTRAL3
 from .mllama import MLLAMA
@@ -102,6 +103,7 @@ register_adapter(IDEFICS2)
 register_adapter(GEMMA3)
 register_adapter(LLAVA_NEXT)
 register_adapter(LLAVA_ONEVISION)
+register_adapter(LLAVA_NEXT_VIDEO)
 register_adapter(IDEFICS3)
 register_adapter(SMOLVLM)
 register_adapter(PALIGEMMA)

@@ -6,9 +6,9 @@ module tree, the token layout and the image processing, with a real word-level t
 and the family's own HF processor.
 
 Modules: :mod:`._common` (vocabulary, tokenizers, chat templates, random images),
-:mod:`.llava` (LLaVA, LLaVA-NeXT, LLaVA-OneVision; the default :func:`tiny_llava`),
-:mod:`.qwen` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), :mod:`.video` (a torch Qwen2-VL video
-processor), :mod:`.idefics` (Idefics2, Idefics3, SmolVLM), :mod:`.gemma` (Gemma 3, PaliGemma),
+:mod:`.llava` (LLaVA, LLaVA-NeXT, LLaVA-NeXT-Video, LLaVA-OneVision; the default :func:`tiny_llava`),
+:mod:`.qwen` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), :mod:`.video` (torch video
+processors), :mod:`.idefics` (Idefics2, Idefics3, SmolVLM), :mod:`.gemma` (Gemma 3, PaliGemma),
 :mod:`.internvl` (InternVL), :mod:`.pixtral` (Pixtral, Mistral 3), :mod:`.mllama` (Mllama),
 :mod:`.molmo2` (Molmo2). Every public name is importable from here.
 
@@ -26,12 +26,16 @@ from ._common import CHAT_TEMPLATE, SPECIALS, WORDS, image_pair, random_image, t
 from .gemma import GEMMA3_SPECIALS, tiny_gemma3, tiny_paligemma
 from .idefics import IDEFICS3_SPECIALS, IDEFICS_SPECIALS, tiny_idefics2, tiny_idefics3, tiny_smolvlm
 from .internvl import INTERNVL_SPECIALS, tiny_internvl
-from .llava import tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_processor
+from .llava import tiny_llava, tiny_llava_next, tiny_llava_next_video, tiny_llava_onevision, tiny_processor
 from .mllama import tiny_mllama
 from .molmo2 import MOLMO2_IMAGE_TOKENS, MOLMO2_SPECIALS, molmo2_image_processor, tiny_molmo2
 from .pixtral import PIXTRAL_SPECIALS, tiny_mistral3, tiny_pixtral
 from .qwen import QWEN_SPECIALS, tiny_qwen2_vl, tiny_qwen2_vl_processor, tiny_qwen3_vl
-from .video import TorchLlavaOnevisionVideoProcessor, TorchQwen2VLVideoProcessor
+from .video import (
+    TorchLlavaNextVideoVideoProcessor,
+    TorchLlavaOnevisionVideoProcessor,
+    TorchQwen2VLVideoProcessor,
+)
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -44,6 +48,7 @@ __all__ = [
     "PIXTRAL_SPECIALS",
     "QWEN_SPECIALS",
     "SPECIALS",
+    "TorchLlavaNextVideoVideoProcessor",
     "TorchLlavaOnevisionVideoProcessor",
     "TorchQwen2VLVideoProcessor",
     "WORDS",
@@ -56,6 +61,7 @@ __all__ = [
     "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",
+    "tiny_llava_next_video",
     "tiny_llava_onevision",
     "tiny_mistral3",
     "tiny_mllama",

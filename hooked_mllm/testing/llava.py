@@ -1,4 +1,4 @@
-"""Tiny random LLaVA, LLaVA-NeXT and LLaVA-OneVision models and their processors.
+"""Tiny random LLaVA, LLaVA-NeXT, LLaVA-NeXT-Video and LLaVA-OneVision models and their processors.
 
 :func:`tiny_llava` and :func:`tiny_processor` are the default tiny model of the tests,
 benchmarks and the demo's fallback: shrunk from llava-1.5-7b's config (CLIP ViT-L/14 tower,
@@ -208,4 +208,72 @@ def tiny_llava_onevision(
     )
     return build_tiny(
         tf.LlavaOnevisionForConditionalGeneration, config, tok, seed, attn_implementation
+    ), processor
+
+
+def tiny_llava_next_video(
+    seed: int = 0,
+    attn_implementation: str | None = None,
+    n_layers: int = 2,
+    d_model: int = 64,
+    image_size: int = 16,
+    patch_size: int = 4,
+):
+    """A tiny random LLaVA-NeXT-Video (shrunk from llava-hf/LLaVA-NeXT-Video-7B-hf: CLIP tower, anyres
+    tiles over pinpoints ``[[16, 32], [32, 16], [32, 32]]``, average pooling of video frames with stride 2,
+    Llama LM) and its processor (PIL image processor; the torch video processor of :mod:`.video`, frames
+    resized on their shortest edge and centre-cropped to ``image_size``).
+
+    Returns ``(model, processor)``.
+
+    Examples:
+        >>> model, processor = tiny_llava_next_video()
+        >>> type(model).__name__, model.config.spatial_pool_stride
+        ('LlavaNextVideoForConditionalGeneration', 2)
+    """
+    import transformers as tf
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    from .video import TorchLlavaNextVideoVideoProcessor
+
+    tok = word_tokenizer(["<image>", "<video>"], image_token="<image>", video_token="<video>")
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        image_grid_pinpoints=pinpoints,
+        crop_size={"height": image_size, "width": image_size},
+    )
+    processor = without_video(tf.LlavaNextVideoProcessor)(
+        video_processor=TorchLlavaNextVideoVideoProcessor(size=image_size),
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_template_for("<image>", video="<video>"),
+    )
+    vision = tf.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
+    text = tf.LlamaConfig(**text_kwargs(tok, d_model, n_layers, 4))
+    config = tf.LlavaNextVideoConfig(  # type: ignore[call-arg]  # HF configs take token ids as extra keywords
+        vision_config=vision,
+        text_config=text,
+        image_grid_pinpoints=pinpoints,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        video_token_id=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        spatial_pool_mode="average",
+        spatial_pool_stride=2,
+        pad_token_id=tok.pad_token_id,
+    )
+    return build_tiny(
+        tf.LlavaNextVideoForConditionalGeneration, config, tok, seed, attn_implementation
     ), processor

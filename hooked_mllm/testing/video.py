@@ -1,4 +1,5 @@
-"""Qwen2-VL's and LLaVA-OneVision's video processors in plain torch, for tests (no torchvision).
+"""Qwen2-VL's, LLaVA-OneVision's and LLaVA-NeXT-Video's video processors in plain torch, for tests
+(no torchvision).
 
 transformers' ``Qwen2VLVideoProcessor`` imports torchvision at module load (its resize), so
 a processor built from it cannot run where torchvision is absent. :class:`TorchQwen2VLVideoProcessor`
@@ -12,7 +13,9 @@ and ``video_grid_thw`` ``[videos, 3]``. It samples no frames and decodes no file
 frames. With a real checkpoint and torchvision installed, the checkpoint's own
 ``Qwen2VLVideoProcessor`` does this; the model sees the same layout either way.
 :class:`TorchLlavaOnevisionVideoProcessor` does the same for ``LlavaOnevisionVideoProcessor``
-(each frame resized to the tower's square size, CLIP-normalized, ``[videos, frames, 3, H, W]``).
+(each frame resized to the tower's square size, CLIP-normalized, ``[videos, frames, 3, H, W]``), and
+:class:`TorchLlavaNextVideoVideoProcessor` for ``LlavaNextVideoVideoProcessor`` (shortest edge resized,
+centre crop, CLIP-normalized).
 
 Examples:
     >>> import numpy as np
@@ -178,6 +181,7 @@ class TorchLlavaOnevisionVideoProcessor:
     """
 
     model_input_names = ["pixel_values_videos"]
+    family = "LLaVA-OneVision"
 
     def __init__(self, size: int = 384) -> None:
         self.size = size
@@ -192,18 +196,58 @@ class TorchLlavaOnevisionVideoProcessor:
             videos = [videos]
         out = []
         for video in videos:
-            frames = _frames_tensor(video)
-            if tuple(frames.shape[-2:]) != (self.size, self.size):
-                frames = F.interpolate(
-                    frames, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True
-                )
+            frames = self._resize(_frames_tensor(video))
             mean = torch.tensor(_MEAN).view(1, 3, 1, 1)
             std = torch.tensor(_STD).view(1, 3, 1, 1)
             out.append((frames / 255.0 - mean) / std)
         counts = sorted({int(v.shape[0]) for v in out})
         if len(counts) > 1:
             raise ValueError(
-                f"LLaVA-OneVision stacks the videos of one call into one tensor, so they need one frame "
+                f"{self.family} stacks the videos of one call into one tensor, so they need one frame "
                 f"count; got videos of {counts} frames. Sample the same number of frames from each video."
             )
         return BatchFeature({"pixel_values_videos": torch.stack(out)}, tensor_type=return_tensors)
+
+    def _resize(self, frames: Float[Tensor, "t 3 h w"]) -> Float[Tensor, "t 3 size size"]:
+        """Every frame to ``size x size`` (bicubic with antialiasing; aspect ratio not kept)."""
+        if tuple(frames.shape[-2:]) != (self.size, self.size):
+            frames = F.interpolate(
+                frames, size=(self.size, self.size), mode="bicubic", align_corners=False, antialias=True
+            )
+        return frames
+
+
+class TorchLlavaNextVideoVideoProcessor(TorchLlavaOnevisionVideoProcessor):
+    """LLaVA-NeXT-Video's video preprocessing in plain torch (no torchvision): every frame resized so
+    its shortest edge is ``size`` (bicubic with antialiasing), centre-cropped to ``size x size``,
+    rescaled to ``[0, 1]`` and normalized with CLIP's mean and std, as ``LlavaNextVideoVideoProcessor``
+    does (its defaults: shortest edge 224, crop 224).
+
+    Returns ``pixel_values_videos`` ``[videos, frames, 3, size, size]``; the videos of one call must
+    have the same frame count (HF stacks them into one tensor too).
+
+    Args:
+        size: The tower's ``image_size`` (336 for LLaVA-NeXT-Video-7B-hf).
+
+    Examples:
+        >>> import numpy as np
+        >>> out = TorchLlavaNextVideoVideoProcessor(size=16)([np.zeros((3, 20, 24, 3), dtype=np.uint8)])
+        >>> tuple(out["pixel_values_videos"].shape)
+        (1, 3, 3, 16, 16)
+    """
+
+    family = "LLaVA-NeXT-Video"
+
+    def _resize(self, frames: Float[Tensor, "t 3 h w"]) -> Float[Tensor, "t 3 size size"]:
+        """The shortest edge to ``size`` (the long edge ``int(size * long / short)``, as HF's
+        ``get_resize_output_image_size``), then the centre ``size x size`` crop."""
+        height, width = (int(n) for n in frames.shape[-2:])
+        if min(height, width) != self.size:
+            if height <= width:
+                new = (self.size, int(self.size * width / height))
+            else:
+                new = (int(self.size * height / width), self.size)
+            frames = F.interpolate(frames, size=new, mode="bicubic", align_corners=False, antialias=True)
+            height, width = new
+        top, left = int(round((height - self.size) / 2)), int(round((width - self.size) / 2))
+        return frames[..., top : top + self.size, left : left + self.size]

@@ -102,6 +102,16 @@ FAMILIES = [
         [(16, (4, 4)), (32, (4, 8)), (16, (4, 4)), (64, (8, 8))],
         extra={"base_tiles": [0, 3], "geometry_key": "image_sizes", "views": 2, "newlines": 12},
     ),
+    # LLaVA-NeXT-Video: LLaVA-NeXT's image geometry (CLIP tower, anyres tiles); its video is in
+    # test_video_next_video.py.
+    Family(
+        "llava_next_video",
+        lambda: t.tiny_llava_next_video(attn_implementation="eager"),
+        [[image(0, 16, 32)], [image(1, 32, 32)]],
+        PROMPTS,
+        [(16, (4, 4)), (32, (4, 8)), (16, (4, 4)), (64, (8, 8))],
+        extra={"base_tiles": [0, 3], "geometry_key": "image_sizes", "views": 2, "newlines": 12},
+    ),
     # LLaVA-OneVision: the same geometry with a SigLIP tower ("full": no CLS to drop).
     Family(
         "llava_onevision",
