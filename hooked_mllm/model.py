@@ -76,6 +76,11 @@ class _RunState:
     def __init__(self) -> None:
         self.batch: MultimodalBatch | None = None
 
+    def current_batch(self) -> MultimodalBatch | None:
+        """The batch of the run in progress (what hook bodies call; a method, not a lambda over the
+        model, so serializing a body for a remote run carries this small state, not the model)."""
+        return self.batch
+
 
 class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
     """A multimodal LLM with TransformerLens-style hook points, on nnsight.
@@ -395,7 +400,7 @@ class HookedMLLM(InputsMixin, TLCompatMixin, SAESpliceMixin):
         """
         bound = self._bind(fwd_hooks)
         bodies = runner.bodies(
-            self.nnsight, bound, self.hook_points.order, batch=lambda: self._state.batch, every_step=True
+            self.nnsight, bound, self.hook_points.order, batch=self._state.current_batch, every_step=True
         )
         self._context = self._context + bound
         self._context_bodies = self._context_bodies + bodies

@@ -64,10 +64,10 @@ class LocalBackend:
                 model.nnsight,
                 hooks,
                 model.hook_points.order,
-                batch=lambda: model._state.batch,
+                batch=model._state.current_batch,
                 every_step=every_step,
             )
-            bodies += backward.bodies(model.nnsight, bwd, batch=lambda: model._state.batch)
+            bodies += backward.bodies(model.nnsight, bwd, batch=model._state.current_batch)
             envoy = runner.edited(model.nnsight, model._context_bodies + bodies)
             eager = plan.eager_configs(model.adapter, model.hf_model.config, [*hooks, *bwd, *model._context])
             kwargs = dict(batch.to(model.device).inputs, **call_kwargs)

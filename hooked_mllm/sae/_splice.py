@@ -226,7 +226,7 @@ class SAESpliceMixin:
             self.nnsight,
             [splice.hook],
             self.hook_points.order,
-            batch=lambda: self._state.batch,
+            batch=self._state.current_batch,
             every_step=True,
         )
         splice.body = body if point.stream == "lm" else self._with_images_only(body)
