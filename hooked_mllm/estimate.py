@@ -115,11 +115,12 @@ def estimate_cache(
     points = model.hook_points.select(names_filter)
     if batch is not None:
         points = model._runnable(batch, points, names_filter)
-    elif "pixel_values" not in tensors:
+    elif not {"pixel_values", "pixel_values_videos"} & set(tensors):
         off = [p.name for p in points if p.stream != "lm"]
         if off and names_filter is not None and not callable(names_filter):
             raise ValueError(
-                f"{off[0]} does not run on a text-only input (no pixel_values among the inputs)."
+                f"{off[0]} does not run on a text-only input (no pixel_values or pixel_values_videos among "
+                "the inputs)."
             )
         points = [p for p in points if p.stream == "lm"]
     shapes: dict[str, tuple[int, ...]] = {}
@@ -193,10 +194,11 @@ def _tower(model: Any, tensors: dict[str, torch.Tensor]) -> _Tower:
         )
     config = model.hf_model.config
     vision = model.adapter.vision_cfg(config)
-    pixels = tensors["pixel_values"]
+    pixels = tensors.get("pixel_values")
+    videos = tensors.get("pixel_values_videos")  # the tower runs on these too (after the images)
     d_model = model.cfg.d_model
     if name == "qwen2_vl":
-        n_patches = int(pixels.shape[0])
+        n_patches = sum(int(x.shape[0]) for x in (pixels, videos) if x is not None)
         d, merge = int(vision.embed_dim), int(vision.spatial_merge_size)
         return _Tower(
             (n_patches,),
@@ -210,10 +212,14 @@ def _tower(model: Any, tensors: dict[str, torch.Tensor]) -> _Tower:
     side = int(vision.image_size) // int(vision.patch_size)
     cls_token = 1 if vision.model_type == "clip_vision_model" else 0
     tokens = side * side + cls_token
-    if pixels.dim() == 4:
+    if pixels is None:
+        n_images = 0
+    elif pixels.dim() == 4:
         n_images = int(pixels.shape[0])
     else:  # [rows, tiles, 3, H, W]: LLaVA-OneVision keeps each image's own number of tiles
         n_images = _onevision_tiles(config, tensors)
+    if videos is not None:  # LLaVA-OneVision: [videos, frames, 3, H, W], each frame through the tower
+        n_images += int(videos.shape[0]) * int(videos.shape[1])
     strategy = getattr(config, "vision_feature_select_strategy", "default")
     selected = tokens - 1 if strategy == "default" else tokens
     heads = int(vision.num_attention_heads)

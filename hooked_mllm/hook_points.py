@@ -328,6 +328,11 @@ class HookContext:
         step: 0 on the prompt forward, ``k`` on the forward producing generated token
             ``k + 1`` (each generated token after the first is one more step).
         ctx: A dict kept for the whole run, for hook functions that share state.
+        call: Which call of the hook point's module this is within one forward, from 0. Vision-tower and
+            projector points on a batch holding both images and videos fire twice per forward (HF runs
+            the tower on the images, call 0, then on the videos, call 1), both on step 0; every other
+            point is called once (call 0).
+        calls: How many times the module is called in this forward (2 in that case, else 1).
 
     Examples:
         >>> def steer_late(act, hook: HookContext):
@@ -341,6 +346,8 @@ class HookContext:
     batch: MultimodalBatch | None = None
     step: int = 0
     ctx: dict = field(default_factory=dict)
+    call: int = 0
+    calls: int = 1
 
     def layer(self) -> int:
         """The block index of this hook point (error for points outside blocks)."""

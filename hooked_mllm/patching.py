@@ -66,12 +66,15 @@ class PatchingResult:
     """A sweep's table with its labels.
 
     Attributes:
-        values: ``[layer, unit]``, or ``[layer, rows, cols]`` over image cells.
+        values: ``[layer, unit]``, ``[layer, rows, cols]`` over image cells, ``[layer, time]`` over a
+            video's time steps, or ``[layer, time, rows, cols]`` over a video's ``(t, r, c)`` cells.
         hook: The canonical name pattern patched (``blocks.{l}.hook_resid_pre``).
         layers: The layers of dim 0.
         over: ``"position"``, ``"cell"``, ``"frame"`` or ``"head"``.
-        labels: One label per unit (token string at a position, ``"r1c2"``, ``"vid0[t1]"``, ``"H3"``).
+        labels: One label per unit, in the order of the flattened values (token string at a position,
+            ``"r1c2"``, ``"vid0[t1]"``, ``"vid0[t1 r0c2]"``, ``"H3"``).
         units: Per unit, the sequence positions (or head index) it covers.
+        video: The video of row 0 swept (``over="frame"``, or ``over="cell"`` with ``video=``), else None.
         clean_metric: The metric of the unpatched clean run.
         corrupted_metric: The metric of the unpatched corrupted run.
         forward_passes: Forward calls made; ``rows`` the total rows run; ``backward_passes``.
@@ -90,6 +93,7 @@ class PatchingResult:
     backward_passes: int = 0
     method: str = "activation"
     extra: dict = field(default_factory=dict)
+    video: int | None = None
 
     def normalized(self) -> Tensor:
         """``(value - corrupted) / (clean - corrupted)``: 1 = fully restored, 0 = no effect."""
@@ -127,32 +131,53 @@ class PatchingResult:
 
         return patching_html(self)
 
-    def location_map(self, layer: int | None = None, normalized: bool = True) -> LocationMap:
+    def location_map(
+        self, layer: int | None = None, normalized: bool = True, frame: int | None = None
+    ) -> LocationMap:
         """One layer's sweep over image cells (``over="cell"``) as a
-        :class:`~hooked_mllm.mechanism.LocationMap`.
+        :class:`~hooked_mllm.mechanism.LocationMap`; over a video's cells, one time step's.
 
         ``layer`` is a layer of :attr:`layers` (default: the peak's); with ``normalized`` the
-        values are :meth:`normalized` (1 = fully restored). ``.overlay(image)`` draws it over
-        the image like every location map.
+        values are :meth:`normalized` (1 = fully restored). ``frame`` is the time step of a sweep
+        over a video's ``(t, r, c)`` cells (required there, refused elsewhere). ``.overlay(image)``
+        draws it over the image (the step's frame) like every location map.
 
         Examples:
             >>> result.location_map().overlay(scene.image)      # doctest: +SKIP
+            >>> video_sweep.location_map(frame=1).overlay(clip[2])  # doctest: +SKIP
         """
-        if self.over != "cell" or self.values.dim() != 3:
+        if self.over != "cell" or self.values.dim() not in (3, 4):
             raise ValueError(
-                f"location_map needs a sweep over image cells (over='cell'), not over={self.over!r}."
+                f"location_map needs a sweep over image or video cells (over='cell'), not over={self.over!r}."
+            )
+        cells_per_step = 1
+        if self.values.dim() == 4:
+            time = self.values.shape[1]
+            if frame is None or not -time <= frame < time:
+                raise ValueError(
+                    f"This sweep covers {time} time steps of a video: pass frame= in [0, {time})."
+                )
+            frame = frame % time
+            cells_per_step = self.values.shape[2] * self.values.shape[3]
+        elif frame is not None:
+            raise ValueError(
+                "frame= picks a time step of a sweep over a video's cells; this sweep is over an image."
             )
         layer = self.peak()[0] if layer is None else layer
         if layer not in self.layers:
             raise ValueError(f"Layer {layer} was not patched; patched layers: {self.layers}.")
-        table = self.normalized() if normalized else self.values
-        values = table[self.layers.index(layer)].float().numpy()
+        table = (self.normalized() if normalized else self.values)[self.layers.index(layer)]
+        units = self.units
         label = f"{self.method} patching of {self.hook.replace('{l}', str(layer))}"
+        if frame is not None:
+            table = table[frame]
+            units = units[frame * cells_per_step : (frame + 1) * cells_per_step]
+            label += f", vid{self.video}[t{frame}]"
         return LocationMap(
-            values=values,
+            values=table.float().numpy(),
             method=f"{self.method}_patching",
             label=label,
-            positions=tuple(p for u in self.units for p in u),
+            positions=tuple(p for u in units for p in u),
         )
 
     def save_plot(self, path: str) -> str:
@@ -168,36 +193,73 @@ class PatchingResult:
         return path
 
 
+def _video_units(
+    batch: MultimodalBatch, over: str, video: int, cell: tuple[int, int]
+) -> tuple[list[list[int]], list[str], tuple[int, ...] | None]:
+    """Units of video ``video`` of row 0: its time steps (``over="frame"``) or the ``cell``-sized blocks of
+    each step's grid (``over="cell"``, grid ``(time, rows // cr, cols // cc)``)."""
+    videos = batch.videos_of(0)
+    if not videos:
+        raise ValueError(f"over={over!r} with video= sweeps a video of row 0, and row 0 holds no video.")
+    if not -len(videos) <= video < len(videos):
+        raise ValueError(f"Row 0 has {len(videos)} video(s); video {video} is out of range.")
+    v = video % len(videos)
+    span = videos[v]
+    time, (rows, cols) = span.frame_geometry()
+    if over == "frame":
+        return [span.frame_positions(t) for t in range(time)], [f"vid{v}[t{t}]" for t in range(time)], None
+    cr, cc = cell
+    if cr < 1 or cc < 1 or rows % cr or cols % cc:
+        raise ValueError(f"cell {cell} does not tile video {v}'s {rows}x{cols} grid of each time step")
+    units, labels = [], []
+    for t in range(time):
+        for r in range(rows // cr):
+            for c in range(cols // cc):
+                cells = [(r * cr + dr, c * cc + dc) for dr in range(cr) for dc in range(cc)]
+                units.append([span.cell_position(t, i, j) for i, j in cells])
+                labels.append(f"vid{v}[t{t} r{r}c{c}]")
+    return units, labels, (time, rows // cr, cols // cc)
+
+
 def _units(
     model: HookedMLLM,
     batch: MultimodalBatch,
     over: str,
     positions: Sequence[int] | None,
-    image: int,
+    image: int | None,
     cell: tuple[int, int],
-) -> tuple[list[list[int]], list[str], tuple[int, int] | None]:
+    video: int | None = None,
+) -> tuple[list[list[int]], list[str], tuple[int, ...] | None]:
+    if over not in ("position", "cell", "frame", "head"):
+        raise ValueError(f"over must be 'position', 'cell', 'frame' or 'head', not {over!r}")
+    if video is not None and image is not None:
+        raise ValueError(
+            "Pass image= (an image's cells, over='cell') or video= (a video's cells or time steps), not both."
+        )
+    if over == "frame" and image is not None:
+        raise ValueError(
+            "over='frame' sweeps a video's time steps: choose the video with video= (e.g. video=0), not "
+            "image= (image= chooses an image, for over='cell')."
+        )
+    if video is not None and over not in ("cell", "frame"):
+        raise ValueError(
+            f"video= chooses the video that over='cell' or over='frame' sweeps, not over={over!r}."
+        )
     if over == "head":
         return [[h] for h in range(model.cfg.n_heads)], [f"H{h}" for h in range(model.cfg.n_heads)], None
     if over == "position":
         pos = list(positions) if positions is not None else (~batch.pad_mask[0]).nonzero().flatten().tolist()
         tokens = batch.tokens[0] if batch.tokens is not None else [str(p) for p in range(batch.shape[1])]
         return [[p] for p in pos], [f"{p}:{tokens[p]}" for p in pos], None
-    if over == "frame":
-        videos = batch.videos_of(0)
-        if not videos:
-            raise ValueError("over='frame' sweeps a video's time steps, and row 0 holds no video.")
-        if not -len(videos) <= image < len(videos):
-            raise ValueError(f"Row 0 has {len(videos)} video(s); video {image} is out of range.")
-        video = videos[image]
-        time = video.frame_geometry()[0]
-        return (
-            [video.frame_positions(t) for t in range(time)],
-            [f"vid{image}[t{t}]" for t in range(time)],
-            None,
-        )
-    if over != "cell":
-        raise ValueError(f"over must be 'position', 'cell', 'frame' or 'head', not {over!r}")
+    if over == "frame" or video is not None:
+        return _video_units(batch, over, 0 if video is None else video, cell)
+    image = 0 if image is None else image
     spans = batch.images_of(0)
+    if not spans and batch.videos_of(0):
+        raise ValueError(
+            "Row 0 holds no image to sweep over cells, but holds a video: pass video=0 to sweep its "
+            "(t, r, c) cells."
+        )
     span = spans[image] if image < len(spans) else None
     if span is None or span.grid is None:
         raise ValueError(f"Image {image} of row 0 has no patch grid to sweep over cells.")
@@ -212,6 +274,13 @@ def _units(
             units.append([where[(r * cr + dr) * cols + c * cc + dc] for dr in range(cr) for dc in range(cc)])
             labels.append(f"r{r}c{c}")
     return units, labels, (rows // cr, cols // cc)
+
+
+def _swept_video(batch: MultimodalBatch, over: str, video: int | None) -> int | None:
+    """The index of the video of row 0 a sweep covers (non-negative), or None for other sweeps."""
+    if over == "frame" or (over == "cell" and video is not None):
+        return (0 if video is None else video) % len(batch.videos_of(0))
+    return None
 
 
 class _RowPatch:
@@ -257,15 +326,16 @@ def _setup(
     layers: Sequence[int] | None,
     over: str,
     positions: Sequence[int] | None,
-    image: int,
+    image: int | None,
     cell: tuple[int, int],
-) -> tuple[list[int], list[list[int]], list[str], tuple[int, int] | None, list[str], Any, Any]:
+    video: int | None,
+) -> tuple[list[int], list[list[int]], list[str], tuple[int, ...] | None, list[str], Any, Any]:
     """What both sweeps share: checks, layers, units, hook names and the clean run's cache."""
     _check_pair(clean, corrupted)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     if over == "head" and hook != "z":
         raise ValueError("over='head' patches attn.hook_z: pass hook='z'")
-    units, labels, grid = _units(model, corrupted, over, positions, image, cell)
+    units, labels, grid = _units(model, corrupted, over, positions, image, cell, video)
     names = [act_name(hook, layer) for layer in layers]
     clean_logits, clean_cache = model.run_with_cache(clean, names_filter=names, device=None)
     return layers, units, labels, grid, names, clean_logits, clean_cache
@@ -281,7 +351,8 @@ def activation_patching(
     layers: Sequence[int] | None = None,
     over: str = "position",
     positions: Sequence[int] | None = None,
-    image: int = 0,
+    image: int | None = None,
+    video: int | None = None,
     cell: tuple[int, int] = (1, 1),
     corrupted_hooks: Sequence[tuple[str, Callable]] = (),
     batch_size: int = 16,
@@ -292,16 +363,32 @@ def activation_patching(
         hook: Short hook type: ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out``,
             ``mlp_out``, or ``z`` (with ``over="head"``).
         over: ``"position"`` (each position in ``positions``, default all non-padding),
-            ``"cell"`` (each ``cell``-sized block of image ``image``'s token grid; the result is
-            shaped ``[layer, rows, cols]``), ``"frame"`` (each time step of video ``image`` of the
-            row, all its tokens at once: which frame carries the answer; ``[layer, time]``,
-            labelled ``vid0[t2]``) or ``"head"``.
+            ``"cell"`` (each ``cell``-sized block of image ``image``'s token grid, ``[layer, rows,
+            cols]`` labelled ``r1c2``; with ``video=``, of each time step's grid of that video,
+            ``[layer, time, rows, cols]`` labelled ``vid0[t1 r0c2]``), ``"frame"`` (each time step of
+            video ``video``, all its tokens at once: which frame carries the answer; ``[layer,
+            time]``, labelled ``vid0[t2]``) or ``"head"``.
+        image: The image of row 0 that ``over="cell"`` sweeps (default 0); refused with
+            ``over="frame"`` (choose the video with ``video=``).
+        video: The video of row 0 that ``over="frame"`` sweeps (default 0), or that ``over="cell"``
+            sweeps instead of an image. Images and videos are counted apart (``batch.images_of(0)``,
+            ``batch.videos_of(0)``).
+        cell: ``(rows, cols)`` of one unit over cells; it must tile the (step's) grid.
         corrupted_hooks: Hooks that make the corruption (e.g. :func:`noise_image_tokens`);
             they run before the patch on every corrupted run.
         batch_size: Patched runs per forward.
+
+    Returns:
+        A :class:`PatchingResult` (``values`` shaped as described under ``over``).
+
+    Examples:
+        >>> cells = activation_patching(model, clean, corrupted, metric, over="cell", video=0,
+        ...                             cell=(1, 2))                                  # doctest: +SKIP
+        >>> cells.values.shape, cells.labels[1]      # [layer, time, rows, cols / 2]  # doctest: +SKIP
+        (torch.Size([2, 2, 2, 1]), 'vid0[t0 r1c0]')
     """
     layers, units, labels, grid, names, clean_logits, clean_cache = _setup(
-        model, clean, corrupted, hook, layers, over, positions, image, cell
+        model, clean, corrupted, hook, layers, over, positions, image, cell, video
     )
     corrupted_logits = model.run_with_hooks(corrupted, fwd_hooks=list(corrupted_hooks))
     forwards, rows = 2, 2
@@ -326,6 +413,7 @@ def activation_patching(
         corrupted_metric=float(metric(corrupted_logits, corrupted)[0]),
         forward_passes=forwards,
         rows=rows,
+        video=_swept_video(corrupted, over, video),
     )
 
 
@@ -353,7 +441,8 @@ def attribution_patching(
     layers: Sequence[int] | None = None,
     over: str = "position",
     positions: Sequence[int] | None = None,
-    image: int = 0,
+    image: int | None = None,
+    video: int | None = None,
     cell: tuple[int, int] = (1, 1),
     corrupted_hooks: Sequence[tuple[str, Callable]] = (),
 ) -> PatchingResult:
@@ -361,10 +450,16 @@ def attribution_patching(
 
     Each unit's value is ``corrupted_metric + sum((clean - corrupted) * grad)`` over the
     unit's positions (or head) and the model dimension, so it is on the metric's scale
-    like the activation-patching table.
+    like the activation-patching table. Over a video's time steps (``over="frame"``) or ``(t, r,
+    c)`` cells (``over="cell", video=...``) each unit's attribution is the sum of its positions'
+    attributions; the values are shaped ``[layer, time]`` / ``[layer, time, rows, cols]``.
+
+    Examples:
+        >>> frames = attribution_patching(model, clean, corrupted, metric, over="frame")  # doctest: +SKIP
+        >>> frames.values.shape                                     # [layer, time]      # doctest: +SKIP
     """
     layers, units, labels, grid, names, clean_logits, clean_cache = _setup(
-        model, clean, corrupted, hook, layers, over, positions, image, cell
+        model, clean, corrupted, hook, layers, over, positions, image, cell, video
     )
     store: dict = {}
     delta = _Delta(store)
@@ -396,6 +491,7 @@ def attribution_patching(
         rows=2,
         backward_passes=1,
         method="attribution",
+        video=_swept_video(corrupted, over, video),
     )
 
 

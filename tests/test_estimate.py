@@ -46,6 +46,18 @@ def test_estimate_equals_the_cache_of_a_real_run(positions):
         assert est.nbytes == nbytes, family
 
 
+def test_estimate_on_video_and_mixed_batches_equals_the_cache():
+    """The tower runs on the videos too (after the images on a mixed batch): its points' rows count both."""
+    rng = torch.Generator().manual_seed(0)
+    clip = (torch.rand(4, 16, 24, 3, generator=rng) * 255).to(torch.uint8).numpy()
+    for family, model in list(_models())[1:]:
+        for images in ([None, None], [random_image(0, 48), None]):
+            batch = model.prepare(images=images, videos=[clip, clip], prompts=["what ?", "how many"])
+            _, cache = model.run_with_cache(batch)
+            est = estimate_cache(model, batch)
+            assert est.shapes == _actual(cache)[0], (family, images)
+
+
 def test_estimate_follows_names_filter_and_dtype():
     model = HookedMLLM.from_hf(tiny_llava(), tiny_processor())
     batch = model.prepare(images=[random_image(0)], prompts=["what color is the circle ?"])

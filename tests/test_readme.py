@@ -42,6 +42,11 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
         assert namespace["change"] > 0
         assert tuple(namespace["per_step"].shape) == (namespace["model"].cfg.n_layers, 2)
         assert namespace["sweep"].labels == ["vid0[t0]", "vid0[t1]"]
+        cells, n_layers = namespace["cells"], namespace["model"].cfg.n_layers  # (1, 3) blocks of 2x3 steps
+        assert tuple(cells.values.shape) == (n_layers, 2, 2, 1) and cells.labels[1] == "vid0[t0 r1c0]"
+        assert namespace["step_map"].values.shape == (2, 3)
+        image_call, video_call = namespace["calls"]  # the tower's embedding: the image call, then the video's
+        assert image_call.shape[0] == 24 and video_call.shape[0] == 2 * 4 * 6
         step1 = tuple(namespace["alone"].videos[0].frame_positions(1))  # one map per time step, on its tokens
         assert len(namespace["maps"]) == 2 and namespace["maps"][1].positions == step1
         assert [ax.get_title() for ax in namespace["figure"].axes if ax.get_title()] == [

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from ..hook_points import HookContext, HookPoint
 from . import hook_io
-from .runner import Body, HookFn
+from .runner import Body, HookFn, tower_calls
 
 GradFunction = Callable[[Tensor, HookContext], "Tensor | None"]
 
@@ -49,6 +49,15 @@ def _body(nn: Envoy, point: HookPoint, fns: list[GradFunction], batch: Any) -> B
     strict = not all(getattr(fn, "optional", False) for fn in fns)
 
     def body(tracer: Any) -> None:
+        run_batch = batch() if callable(batch) else batch
+        calls = tower_calls(point, run_batch)
+        if calls == 1:
+            register(tracer, run_batch, 0, 1)
+        else:  # the tower runs on the images, then on the videos: one gradient hook per call
+            for call in tracer.iter[0:calls]:
+                register(tracer, run_batch, call, calls)
+
+    def register(tracer: Any, run_batch: Any, call: int, calls: int) -> None:
         io = hook_io.bind(nn, point)  # bound inside the run, against the envoy that runs it
         value = hook_io.read(io).value  # the tensor the model goes on with
         if not torch.is_grad_enabled() or not value.requires_grad:
@@ -65,7 +74,7 @@ def _body(nn: Envoy, point: HookPoint, fns: list[GradFunction], batch: Any) -> B
                 f"times the layer scale {point.scale!r}, which has zero entries. Hook the residual "
                 "stream (hook_resid_mid / hook_resid_post) instead."
             )
-        hook = HookContext(point.name, point, batch() if callable(batch) else batch, 0, {})
+        hook = HookContext(point.name, point, run_batch, 0, {}, call=call, calls=calls)
 
         def on_grad(grad_site: Tensor) -> Tensor | None:
             grad = grad_site if scale is None else grad_site / scale.to(grad_site.dtype)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..hook_points import HookContext, HookPoint
@@ -24,12 +25,17 @@ def cache_fn(
     device: Any,
     dtype: Any,
     grad: bool,
-    versions: dict[str, int],
+    versions: dict[str, list[tuple[Tensor, int]]],
     clone: set[str],
 ) -> Callable:
     """A hook storing each value in ``store`` (and, for values that share the activation's memory,
-    their version in ``versions``, so that an in-place edit by the model after the hook is seen);
-    names in ``clone`` are copied."""
+    each with its version in ``versions``, so that an in-place edit by the model after the hook is
+    seen); names in ``clone`` are copied.
+
+    A point called several times per forward (``hook.calls``: the vision tower on a batch mixing
+    images and videos, images first) is stored as its calls' values concatenated on the first (packed)
+    axis, in call order whatever order they arrive in (gradients arrive last call first)."""
+    parts: dict[str, dict[int, Tensor]] = {}
 
     def cache_hook(act: Tensor, hook: HookContext) -> None:
         if hook.step != 0:
@@ -47,9 +53,14 @@ def cache_fn(
             value = value.gather(axis, at.view(view).expand(shape))
         if device is not None or dtype is not None:
             value = value.to(device=device, dtype=dtype)
-        store[hook.name] = value
         if value.untyped_storage().data_ptr() == act.untyped_storage().data_ptr():
-            versions[hook.name] = value._version
+            versions.setdefault(hook.name, []).append((value, value._version))
+        if hook.calls == 1:
+            store[hook.name] = value
+            return None
+        calls = parts.setdefault(hook.name, {})
+        calls[hook.call] = value
+        store[hook.name] = torch.cat([calls[k] for k in sorted(calls)]) if len(calls) > 1 else value
         return None
 
     return cache_hook
@@ -81,13 +92,13 @@ def run(
     (``clone``: names copied from the start). Returns ``(output, store, grads)``.
     """
     store: dict[str, Tensor] = {}
-    versions: dict[str, int] = {}
+    versions: dict[str, list[tuple[Tensor, int]]] = {}
     for attempt in range(2):
         fn = cache_fn(store, index, device, dtype, grad, versions, clone)
         grads: dict[str, Tensor] = {}
         backward = [HookFn(point, grad_cache_fn(grads, index, device, dtype)) for point in chosen if incl_bwd]
         output = run_once(hooks(fn), backward, store)
-        stale = {name for name, version in versions.items() if store[name]._version != version}
+        stale = {name for name, kept in versions.items() if any(v._version != n for v, n in kept)}
         if not stale or attempt:
             break
         clone |= stale

@@ -66,17 +66,33 @@ def bind(points: HookPoints, specs: Iterable[Any], kind: str = "fwd_hooks") -> l
     return bound
 
 
-def check_tower_once(point: HookPoint, batch: Any) -> None:
-    """Refuse a vision or projector hook point on a batch holding both images and videos: the tower
-    runs once on the images and again on the videos, and a hook point sees one call only."""
-    if point.stream != "lm" and bool(getattr(batch, "images", None)) and bool(getattr(batch, "videos", None)):
-        raise ValueError(
-            f"{point.name} is a vision-tower hook point, and this batch holds both images and videos: the "
-            "tower runs twice per forward (images, then videos), so the hook point would see only one of "
-            "them. Run the image rows and the video rows as separate batches (batch.row(i)) for "
-            "vision-tower hook points; language-model hook points (names_filter=lambda n: "
-            'n.startswith("blocks")) work on the mixed batch.'
-        )
+def tower_calls(point: HookPoint, batch: Any) -> int:
+    """How many times ``point``'s module runs in one forward of ``batch``.
+
+    2 for a vision-tower or projector point on a batch holding both images and videos (HF's Qwen2-VL,
+    Qwen2.5-VL, Qwen3-VL and LLaVA-OneVision forwards run the tower on the images, then again on the
+    videos), else 1.
+
+    Examples:
+        >>> tower_calls(model.hook_points.resolve("vision.hook_embed"), mixed_batch)  # doctest: +SKIP
+        2
+    """
+    mixed = bool(getattr(batch, "images", None)) and bool(getattr(batch, "videos", None))
+    return 2 if point.stream != "lm" and mixed else 1
+
+
+def step_and_call(occurrence: int, calls: int) -> tuple[int, int]:
+    """``(hook.step, hook.call)`` of a hook point's ``occurrence``-th run (nnsight's per-module count)
+    when its module runs ``calls`` times per forward: the first ``calls`` runs are the prompt forward's
+    calls (step 0), each later run one generation step (call 0).
+
+    Examples:
+        >>> step_and_call(1, 2), step_and_call(3, 1)
+        ((0, 1), (3, 0))
+    """
+    if occurrence < calls:
+        return 0, occurrence
+    return occurrence - calls + 1, 0
 
 
 def _body(
@@ -84,15 +100,14 @@ def _body(
 ) -> Body:
     access: list[hook_io.Access] = []  # bound on first use, against the envoy that runs it
 
-    def visit(step: int) -> None:
+    def visit(occurrence: int, run_batch: Any, calls: int) -> None:
         if not access:
             access.append(hook_io.bind(nn, point))
         io = access[0]
-        run_batch = batch() if callable(batch) else batch
-        check_tower_once(point, run_batch)
         reading = hook_io.read(io)
         act = reading.act
-        hook = HookContext(point.name, point, run_batch, step, ctx)
+        step, call = step_and_call(occurrence, calls)
+        hook = HookContext(point.name, point, run_batch, step, ctx, call=call, calls=calls)
         original, version = act, act._version  # in-place edits bump the version counter
         changed = False
         for fn in fns:
@@ -114,11 +129,16 @@ def _body(
             hook_io.write(io, reading, act, "A hook function")
 
     def body(tracer: Any) -> None:
+        run_batch = batch() if callable(batch) else batch
+        calls = tower_calls(point, run_batch)
         if every_step:
-            for step in tracer.iter[:]:
-                visit(step)
-        else:
-            visit(0)
+            for occurrence in tracer.iter[:]:
+                visit(occurrence, run_batch, calls)
+        elif calls == 1:
+            visit(0, run_batch, calls)
+        else:  # the tower runs once on the images, then on the videos: each call is one occurrence
+            for occurrence in tracer.iter[0:calls]:
+                visit(occurrence, run_batch, calls)
 
     return body
 
@@ -133,7 +153,8 @@ def bodies(
         hooks: The bound hook functions; several on one point run in list order.
         order: Forward-order rank of a hook name (interventions are sorted by it).
         batch: The batch being run (or a callable returning it at run time).
-        every_step: Fire at every occurrence (generation) rather than once.
+        every_step: Fire at every occurrence (generation) rather than once per module call of the
+            prompt forward (:func:`tower_calls`: twice for tower points on a batch mixing images and videos).
 
     Returns:
         Callables ``body(tracer)`` to run inside an nnsight worker (an edit or an invoke).
@@ -141,8 +162,6 @@ def bodies(
     grouped: dict[str, tuple[HookPoint, list[HookFunction]]] = {}
     for hook in hooks:
         grouped.setdefault(hook.point.name, (hook.point, []))[1].append(hook.fn)
-        if not callable(batch):
-            check_tower_once(hook.point, batch)
     ctx: dict = {}
     return [_body(nn, *grouped[name], batch, ctx, every_step) for name in sorted(grouped, key=order)]
 

@@ -34,7 +34,8 @@ patches as ``pixel_values`` does, with ``video_grid_thw`` ``[n_videos, 3]``; eac
 time steps of ``temporal_patch_size`` (2) frames, each step's ``(h / 2, w / 2)`` tokens
 row-major, step after step (:class:`~hooked_mllm.spans.VideoSpan`). M-RoPE's temporal
 section counts the steps. The tower runs once for the images and once for the videos of a
-forward, so on a batch holding both its hook points are refused.
+forward, so on a batch holding both its hook points fire twice (``hook.call`` 0, then 1) and the
+cache holds the image call's rows, then the video call's.
 
 Vision tower: blocks see ``[patches, d]`` with no batch dimension (all images packed,
 attention restricted per image, or per window in 2.5). The fused ``qkv`` projection gives

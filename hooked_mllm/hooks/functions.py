@@ -96,7 +96,9 @@ class CacheTo(HookFunction):
     ``[batch, n_selected, ...]`` when every row selects as many positions, else the
     flattened ``[n_selected_total, ...]``; explicit positions (ints, a list, a slice) on the
     prompt are kept in the order given, repeats too. With ``every_step=True`` each step appends to
-    ``store[name]``, so generated tokens are cached too.
+    ``store[name]``, so generated tokens are cached too. A vision-tower point on a batch mixing
+    images and videos (called twice per forward) keeps both calls concatenated, images first, as
+    ``run_with_cache`` does.
     """
 
     def __init__(
@@ -110,11 +112,7 @@ class CacheTo(HookFunction):
         if hook.step > 0 and not self.every_step:
             return None
         if self.keep_all:
-            value = act.detach().to(self.device)
-            if self.every_step:
-                self.store.setdefault(hook.name, []).append(value)
-            else:
-                self.store[hook.name] = value
+            self._keep(act.detach().to(self.device), hook)
             return None
         mask = self.mask(act, hook)
         if mask is None:
@@ -131,11 +129,22 @@ class CacheTo(HookFunction):
             )
         elif len(counts) and bool((counts == counts[0]).all()):
             value = value.view(act.shape[0], int(counts[0]), *act.shape[2:])
+        self._keep(value, hook)
+        return None
+
+    def _keep(self, value: Tensor, hook: HookContext) -> None:
+        """Store ``value``; a later call of the module in the same forward (``hook.call > 0``: the tower's
+        video call on a batch mixing images and videos) is concatenated onto the first axis."""
         if self.every_step:
-            self.store.setdefault(hook.name, []).append(value)
+            kept = self.store.setdefault(hook.name, [])
+            if hook.call > 0 and kept:
+                kept[-1] = torch.cat([kept[-1], value])
+            else:
+                kept.append(value)
+        elif hook.call > 0 and hook.name in self.store:
+            self.store[hook.name] = torch.cat([self.store[hook.name], value])
         else:
             self.store[hook.name] = value
-        return None
 
 
 def _source(source: Any, hook: HookContext) -> Tensor:

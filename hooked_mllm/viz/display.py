@@ -37,7 +37,8 @@ def _fmt(value: Any) -> str:
 
 
 def patching_figure(result: Any, image: Image.Image | None = None, normalized: bool = False) -> Any:
-    """A sweep's figure: per-layer heatmaps over the grid (``over="cell"``), else a layer x unit heatmap.
+    """A sweep's figure: per-layer heatmaps over the grid (``over="cell"``; over a video's cells one
+    panel per layer and time step, titled ``layer 1, vid0[t2]``), else a layer x unit heatmap.
 
     ``normalized=True`` shows ``result.normalized()`` (1 = the clean metric fully restored, 0 = no effect).
     """
@@ -48,6 +49,19 @@ def patching_figure(result: Any, image: Image.Image | None = None, normalized: b
     values = (result.normalized() if normalized else result.values).detach().float().cpu().numpy()
     what = f"{result.method} patching of {result.hook}"
     label = "fraction of the clean metric restored" if normalized else "metric"
+    if values.ndim == 4:  # [layer, time, rows, cols]: a video's (t, r, c) cells
+        time = values.shape[1]
+        return heatmaps(
+            values.reshape(-1, *values.shape[2:]),
+            image,
+            titles=[
+                f"layer {layer}, vid{result.video}[t{t}]" for layer in result.layers for t in range(time)
+            ],
+            suptitle=what,
+            label=label,
+            alpha=0.75,
+            ncols=time,
+        )
     if values.ndim == 3:
         return heatmaps(
             values,

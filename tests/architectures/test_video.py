@@ -1,6 +1,6 @@
 """Video inputs (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): every entry point against HF's own forward, the video token
 geometry against the processor's rules, video selectors and ``cache.video`` against independent
-index arithmetic, and the refusals (families without covered video, mixed batches on the tower)."""
+index arithmetic, and the refusals (families without covered video)."""
 
 from __future__ import annotations
 
@@ -281,8 +281,8 @@ def test_a_row_alone_equals_its_row_in_the_batch(model, batch):
 
 
 def test_a_batch_mixing_an_image_row_and_a_video_row(model, videos):
-    """Language-model points and logits equal HF on the mixed batch; tower points are refused (the
-    tower runs once for the images and once for the videos)."""
+    """Language-model points and logits equal HF on the mixed batch (its tower points:
+    test_video_mixed.py)."""
     mixed = model.prepare(images=[image(0, 16, 24), None], videos=[None, videos[0]], prompts=PROMPTS)
     assert [len(mixed.images_of(r)) for r in range(2)] == [1, 0]
     assert [len(mixed.videos_of(r)) for r in range(2)] == [0, 1]
@@ -291,10 +291,6 @@ def test_a_batch_mixing_an_image_row_and_a_video_row(model, videos):
     keep = ~mixed.pad_mask
     torch.testing.assert_close(logits[keep], ref.logits[keep])
     torch.testing.assert_close(cache["resid_post", 0][keep], ref.hidden_states[1][keep])
-    with pytest.raises(ValueError, match="both images and videos"):
-        model.run_with_cache(mixed, names_filter="vision.hook_embed")
-    with pytest.raises(ValueError, match="both images and videos"):
-        model.run_with_hooks(mixed, fwd_hooks=[("projector.hook_out", lambda act, hook: None)])
     for row in range(2):  # each row alone: its own modality's tensors only
         alone = mixed.row(row)
         torch.testing.assert_close(model(alone)[0], logits[row, keep[row]], atol=1e-5, rtol=1e-4)
