@@ -25,6 +25,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
+from torch import Tensor
+
 from . import hook_kinds
 from .architectures.base import Adapter, BlockLayout
 from .hook_kinds import MODEL_KINDS, HookKind, generic_forms
@@ -359,3 +362,27 @@ class HookContext:
     def is_prompt(self) -> bool:
         """Whether this is the prompt forward (not a generated-token step)."""
         return self.step == 0
+
+
+def join_calls(name: str, values: list[Tensor]) -> Tensor:
+    """The values of one hook point's calls in one forward, in call order, concatenated on the first
+    (packed) axis: how a vision-tower point called twice (a batch mixing images and videos: the images'
+    call, then the videos') is cached.
+
+    Raises:
+        ValueError: The calls' shapes differ beyond the first axis (LLaVA-NeXT-Video's projector sees
+            pooled video frames, fewer rows than an image tile), so no single tensor holds them.
+
+    Examples:
+        >>> join_calls("vision.hook_embed", [torch.zeros(2, 5, 3), torch.zeros(4, 5, 3)]).shape
+        torch.Size([6, 5, 3])
+    """
+    shapes = {tuple(v.shape[1:]) for v in values}
+    if len(shapes) > 1:
+        listed = ", ".join(str(tuple(v.shape)) for v in values)
+        raise ValueError(
+            f"{name} runs once per call of its module in this forward (images, then videos) with shapes "
+            f"{listed}, which do not stack into one tensor. Run the image rows and the video rows apart "
+            "(batch.row(i)), or read each call in a hook function (hook.call says which)."
+        )
+    return torch.cat(values) if len(values) > 1 else values[0]

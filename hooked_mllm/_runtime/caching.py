@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from ..hook_points import HookContext, HookPoint
+from ..hook_points import HookContext, HookPoint, join_calls
 from .runner import HookFn
 
 
@@ -60,7 +59,7 @@ def cache_fn(
             return None
         calls = parts.setdefault(hook.name, {})
         calls[hook.call] = value
-        store[hook.name] = torch.cat([calls[k] for k in sorted(calls)]) if len(calls) > 1 else value
+        store[hook.name] = join_calls(hook.name, [calls[k] for k in sorted(calls)])
         return None
 
     return cache_hook

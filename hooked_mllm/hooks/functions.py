@@ -30,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .. import positions as _positions
-from ..hook_points import HookContext
+from ..hook_points import HookContext, join_calls
 
 
 class HookFunction:
@@ -138,11 +138,11 @@ class CacheTo(HookFunction):
         if self.every_step:
             kept = self.store.setdefault(hook.name, [])
             if hook.call > 0 and kept:
-                kept[-1] = torch.cat([kept[-1], value])
+                kept[-1] = join_calls(hook.name, [kept[-1], value])
             else:
                 kept.append(value)
         elif hook.call > 0 and hook.name in self.store:
-            self.store[hook.name] = torch.cat([self.store[hook.name], value])
+            self.store[hook.name] = join_calls(hook.name, [self.store[hook.name], value])
         else:
             self.store[hook.name] = value
 

@@ -1,7 +1,7 @@
 """Vision-tower and projector hook points on a batch mixing images and videos (Qwen2-VL, Qwen2.5-VL,
-Qwen3-VL, LLaVA-OneVision): HF's forward runs the tower twice (images, then videos). The cache, a write,
-``hook.call``, a backward hook, ``generate`` and ``model.trace`` with ``tracer.iter`` are checked against
-plain torch hooks on the same HF module, which fire twice too."""
+Qwen3-VL, LLaVA-OneVision, LLaVA-NeXT-Video): HF's forward runs the tower twice (images, then videos).
+The cache, a write, ``hook.call``, a backward hook, ``generate`` and ``model.trace`` with ``tracer.iter``
+are checked against plain torch hooks on the same HF module, which fire twice too."""
 
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ POINTS = ["vision.hook_embed", "vision.blocks.0.hook_resid_post", "projector.hoo
 _MODELS: dict[str, HookedMLLM] = {}
 
 
-@pytest.fixture(scope="module", params=["2", "2.5", "3", "onevision"])
+@pytest.fixture(scope="module", params=["2", "2.5", "3", "onevision", "next_video"])
 def model(request) -> HookedMLLM:
     if request.param not in _MODELS:
         if request.param == "3":
             _MODELS["3"] = HookedMLLM.from_hf(*t.tiny_qwen3_vl(attn_implementation="eager"))
         elif request.param == "onevision":
             _MODELS["onevision"] = HookedMLLM.from_hf(*t.tiny_llava_onevision(attn_implementation="eager"))
+        elif request.param == "next_video":
+            _MODELS["next_video"] = HookedMLLM.from_hf(*t.tiny_llava_next_video(attn_implementation="eager"))
         else:
             hf_model = t.tiny_qwen2_vl(request.param, attn_implementation="eager")
             processor = t.tiny_qwen2_vl_processor(version=request.param)
@@ -35,7 +37,8 @@ def model(request) -> HookedMLLM:
 
 @pytest.fixture(scope="module")
 def mixed(model):
-    clip = frames(0, 4, 16, 24) if model.adapter.name != "llava_onevision" else array_video(1, 3, 16, 16)
+    stacked = model.adapter.name in ("llava_onevision", "llava_next_video")  # one frame count, tower-sized
+    clip = array_video(1, 3, 16, 16) if stacked else frames(0, 4, 16, 24)
     return model.prepare(images=[image(0, 16, 24), None], videos=[None, clip], prompts=PROMPTS)
 
 
@@ -72,15 +75,24 @@ def torch_calls(model, mixed, name):
 
 
 def test_the_cache_holds_both_calls_images_first(model, mixed):
-    """run_with_cache: the image call's rows, then the video call's, concatenated on the packed axis."""
-    _, cache = model.run_with_cache(mixed, names_filter=POINTS)
-    for name in POINTS:
-        calls = torch_calls(model, mixed, name)
-        assert len(calls) == 2, name  # HF runs the module once on the images, once on the videos
-        torch.testing.assert_close(cache[name], torch.cat(calls), msg=name)
+    """run_with_cache: the image call's rows, then the video call's, concatenated on the packed axis; a
+    point whose calls do not stack (LLaVA-NeXT-Video's projector: pooled video frames) is refused."""
+    calls = {name: torch_calls(model, mixed, name) for name in POINTS}
+    assert all(len(c) == 2 for c in calls.values())  # HF runs each module once on the images, once on videos
+    stack = [name for name in POINTS if len({tuple(c.shape[1:]) for c in calls[name]}) == 1]
+    _, cache = model.run_with_cache(mixed, names_filter=stack)
+    for name in stack:
+        torch.testing.assert_close(cache[name], torch.cat(calls[name]), msg=name)
     store: dict = {}
-    model.run_with_hooks(mixed, fwd_hooks=[(POINTS[-1], CacheTo(store))])  # the composable cache hook too
-    torch.testing.assert_close(store[POINTS[-1]], cache[POINTS[-1]])
+    model.run_with_hooks(mixed, fwd_hooks=[(stack[-1], CacheTo(store))])  # the composable cache hook too
+    torch.testing.assert_close(store[stack[-1]], cache[stack[-1]])
+    unstacked = [name for name in POINTS if name not in stack]
+    assert bool(unstacked) == (model.adapter.name == "llava_next_video")
+    for name in unstacked:
+        with pytest.raises(ValueError, match="do not stack into one tensor"):
+            model.run_with_cache(mixed, names_filter=name)
+        with pytest.raises(ValueError, match="do not stack into one tensor"):
+            model.run_with_hooks(mixed, fwd_hooks=[(name, CacheTo({}))])
     first = torch_calls(model, mixed.row(0), "vision.hook_embed")  # the image row alone: its call only
     assert len(first) == 1
     torch.testing.assert_close(cache["vision.hook_embed"][: len(first[0])], first[0])
@@ -106,7 +118,7 @@ def test_a_write_applies_to_both_calls_as_a_torch_hook(model, mixed, name):
         count.append(call)
         return _replace(point, out, _value(point, out) * (0.5 + call))
 
-    handle = module.register_forward_hook(torch_scale)
+    handle = module.register_forward_hook(torch_scale, prepend=True)  # before HF records hidden states
     try:
         ref = hf(model, mixed.inputs).logits
     finally:
