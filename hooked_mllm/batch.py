@@ -123,9 +123,15 @@ class MultimodalBatch:
         n_images = self.images_per_row[index] if self.images_per_row else 0
         rules = dict(self.input_split)
         inputs = {key: rule_for(key, rules).take(self, key, [index]) for key in self.inputs}
-        for key in _VIDEO_KEYS + ("second_per_grid_ts",):  # a row without videos: no video inputs at all
-            if key in inputs and isinstance(rules.get(key), (Patches, PerVideo)) and not inputs[key].shape[0]:
-                del inputs[key]
+        if not self.videos_of(index):  # a row without videos: no video inputs at all
+            for key in _VIDEO_KEYS + _OTHER_VIDEO_KEYS + ("second_per_grid_ts",):
+                rule = rules.get(key)
+                if (
+                    key in inputs
+                    and isinstance(rule, (Patches, PerVideo, Computed))
+                    and not inputs[key].shape[0]
+                ):
+                    del inputs[key]
         if not self.images_of(index):  # the same for per-image inputs (packed patches, anyres tiles)
             for key, rule in rules.items():
                 if (
@@ -306,8 +312,11 @@ class MultimodalBatch:
             image = ids.eq(image_token_id) & ~pad
         else:  # cross-attention models: the placeholder is a special token, not an image position
             image = torch.zeros_like(pad)
-        video_mask, videos, videos_per_row, video_token_id = _find_videos(tensors, ids, pad, adapter, config)
+        video_mask, videos, videos_per_row, video_token_id = _find_videos(
+            tensors, ids, pad, adapter, config, tokenizer, image_token_id
+        )
         video = torch.zeros_like(pad) if video_mask is None else video_mask
+        image = image & ~video  # Molmo2 writes video frames with its image token
         special = torch.zeros_like(pad)
         if tokenizer is not None:
             special_ids = [
@@ -548,9 +557,21 @@ def refuse_video(adapter: Adapter | None, what: str) -> None:
 
 
 def _find_videos(
-    tensors: dict[str, Any], ids: Tensor, pad: Tensor, adapter: Adapter | None, config: Any
+    tensors: dict[str, Any],
+    ids: Tensor,
+    pad: Tensor,
+    adapter: Adapter | None,
+    config: Any,
+    tokenizer: Any = None,
+    image_token_id: int | None = None,
 ) -> tuple[Tensor | None, tuple[VideoSpan, ...], tuple[int, ...], int | None]:
-    """The video mask, spans, videos per row and video token id (None, (), (), None without video)."""
+    """The video mask, spans, videos per row and video token id (None, (), (), None without video).
+
+    A family that writes video frames with its image token (Molmo2's ``<im_patch>``) has video tokens
+    exactly where the inputs carry video geometry: without it they are image tokens (an all-False
+    video mask); with it they are video tokens, and inputs holding images too are refused (the
+    tokens could not be told apart, and HF's forward takes one or the other).
+    """
     given = [key for key in _VIDEO_KEYS + _OTHER_VIDEO_KEYS if key in tensors]
     rule = None if adapter is None else adapter.tokens.videos
     if rule is None:
@@ -562,17 +583,31 @@ def _find_videos(
         return None, (), (), None
     mask = ids.eq(int(token)) & ~pad
     geometry = rule(tensors, config)
+    shared = image_token_id is not None and int(token) == int(image_token_id)
+    if shared and not geometry and not given:
+        mask = torch.zeros_like(mask)
+    if shared and geometry and "pixel_values" in tensors:
+        raise ValueError(
+            f"The inputs hold both images (pixel_values) and videos ({', '.join(k for k in given if k)}), "
+            f"but the {adapter.name!r} architecture writes video frames with its image token "  # type: ignore[union-attr]
+            f"(id {int(token)}) and its HF forward takes images or videos, not both in one forward. Run the "
+            "image rows and the video rows as separate batches (model.prepare(images=...) and "
+            "model.prepare(videos=...))."
+        )
     if bool(mask.any()) and not geometry:
         raise ValueError(
             f"input_ids hold video tokens (id {int(token)}), but the inputs carry no video geometry (got "
             f"keys: {', '.join(sorted(tensors))}). Pass every key the processor returned with the videos "
-            "(pixel_values_videos, video_grid_thw)."
+            "(pixel_values_videos with video_grid_thw, or Molmo2's video_grids and video_token_pooling)."
         )
     step = geometry[0][3] if geometry else 1
+    row_break = _row_break_id(adapter, tokenizer) if bool(mask.any()) else None
     spans, per_row = find_video_spans(
         mask,
         [(t, r, c) for t, r, c, _ in geometry],
         frames_per_step=step,
         trailing=adapter.tokens.video_trailing,  # type: ignore[union-attr]  # rule is not None: adapter is
+        ids=ids,
+        row_break=row_break,
     )
     return mask, spans, per_row, int(token)

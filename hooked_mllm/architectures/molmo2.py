@@ -77,7 +77,7 @@ from torch import Tensor
 
 from .base import Adapter, BlockLayout, ConfigKeys, InputLayout, Metadata, ModuleLayout, TokenLayout
 from .blocks import CLIP_BLOCK
-from .split import Computed, Tokens
+from .split import Computed, PerVideo, Tokens
 
 MOLMO2_VISION_BLOCK = replace(CLIP_BLOCK, o="self_attn.o_proj")
 
@@ -128,7 +128,8 @@ def _indexes_whole_batch(
     crops: list[tuple[int, int]],
     patches: int,
 ) -> bool:
-    """Whether ``image_token_pooling`` indexes all images' patches together, read off the data.
+    """Whether ``image_token_pooling`` (or ``video_token_pooling``, a video's frames standing for an
+    image's crops) indexes all images' patches together, read off the data.
 
     The processor of transformers <= 5.24 offsets each image's indices by the patches of the images
     before it (one index space for the batch); from 5.25 each image's indices start at its own first
@@ -148,21 +149,21 @@ def _indexes_whole_batch(
     return "image_num_crops" not in inspect.signature(features).parameters
 
 
-def _take_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
-    """``image_token_pooling`` of ``rows``: each image's token rows, in the index space they came in.
-
-    Indices into the whole batch's patches (transformers <= 5.24) are re-based to the taken crops;
-    per-image indices (transformers >= 5.25) are kept as they are (:func:`_indexes_whole_batch`).
-    """
-    inputs = batch.inputs
-    grids = inputs["image_grids"]
-    tokens = _ranges(grids[:, 0] * grids[:, 1] + grids[:, 2] * grids[:, 3])
-    crops = _ranges(inputs["image_num_crops"])
-    patches = inputs["pixel_values"].shape[1]
-    pooling = inputs["image_token_pooling"]
+def _rebased(
+    pooling: Int[Tensor, "tokens window"],
+    tokens: list[tuple[int, int]],
+    crops: list[tuple[int, int]],
+    patches: int,
+    items: list[int],
+) -> Int[Tensor, "taken window"]:
+    """The pooling rows of ``items`` (images or videos, in order, repeats allowed), in the index space
+    they came in: indices into the whole batch's patches (transformers <= 5.24) are re-based to the
+    taken crops; per-item indices (transformers >= 5.25) are kept as they are
+    (:func:`_indexes_whole_batch`). ``tokens[i]`` / ``crops[i]`` are item ``i``'s rows of ``pooling``
+    and of the pixel tensor (crops, or a video's frames), each of ``patches`` patches."""
     whole_batch = _indexes_whole_batch(pooling, tokens, crops, patches)
     pieces, offset = [], 0
-    for i in _images(batch, rows):
+    for i in items:
         piece = pooling[slice(*tokens[i])]
         if whole_batch:
             shift = offset - crops[i][0] * patches
@@ -170,6 +171,49 @@ def _take_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
         pieces.append(piece)
         offset += (crops[i][1] - crops[i][0]) * patches
     return torch.cat(pieces or [pooling[:0]])
+
+
+def _take_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
+    """``image_token_pooling`` of ``rows``: each image's token rows (:func:`_rebased`)."""
+    inputs = batch.inputs
+    grids = inputs["image_grids"]
+    tokens = _ranges(grids[:, 0] * grids[:, 1] + grids[:, 2] * grids[:, 3])
+    crops = _ranges(inputs["image_num_crops"])
+    patches = inputs["pixel_values"].shape[1]
+    return _rebased(inputs["image_token_pooling"], tokens, crops, patches, _images(batch, rows))
+
+
+def _video_geometry(inputs: dict, config: Any) -> list[tuple[int, int, int, int]]:
+    """Each video's ``(frames, rows, cols, 1)`` from ``video_grids`` (frames, pooled rows, pooled cols)."""
+    grids = inputs.get("video_grids")
+    if grids is None:
+        return []
+    return [(int(f), int(r), int(c), 1) for f, r, c in grids.tolist()]
+
+
+def _videos(batch: Any, rows: list[int]) -> list[int]:
+    """The indices (in processor order) of the videos of ``rows``."""
+    per_row = list(batch.videos_per_row) or [0] * len(batch)
+    return [i for r in rows for i in range(sum(per_row[:r]), sum(per_row[: r + 1]))]
+
+
+def _take_frames(batch: Any, rows: list[int]) -> Float[Tensor, "frames patches pixels"]:
+    """``pixel_values_videos`` of ``rows``: each video's frames (``video_grids[:, 0]``), in order."""
+    frames = _ranges(batch.inputs["video_grids"][:, 0])
+    pixels = batch.inputs["pixel_values_videos"]
+    return torch.cat([pixels[slice(*frames[i])] for i in _videos(batch, rows)] or [pixels[:0]])
+
+
+def _take_video_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
+    """``video_token_pooling`` of ``rows``: each video's ``frames * rows * cols`` token rows
+    (:func:`_rebased`, a video's frames standing for an image's crops, as HF's ``get_video_features``
+    reads them)."""
+    inputs = batch.inputs
+    grids = inputs["video_grids"]
+    tokens = _ranges(grids.prod(-1))
+    frames = _ranges(grids[:, 0])
+    patches = inputs["pixel_values_videos"].shape[1]
+    return _rebased(inputs["video_token_pooling"], tokens, frames, patches, _videos(batch, rows))
 
 
 def _refuse_post_norm(adapter: Adapter, config: Any) -> Adapter:
@@ -194,7 +238,7 @@ MOLMO2 = Adapter(
         hidden_states_normed=True,
     ),
     config_keys=ConfigKeys(vision_feature_layer=None),  # the config trims the tower to the last layer read
-    tokens=TokenLayout(grids=_grids, row_break="<im_col>"),
+    tokens=TokenLayout(grids=_grids, row_break="<im_col>", videos=_video_geometry),
     inputs=InputLayout(
         split={
             "mm_token_type_ids": Tokens(),
@@ -202,6 +246,9 @@ MOLMO2 = Adapter(
             "image_token_pooling": Computed(_take_pooling),
             "image_grids": Computed(_take_images("image_grids")),
             "image_num_crops": Computed(_take_images("image_num_crops")),
+            "pixel_values_videos": Computed(_take_frames),
+            "video_token_pooling": Computed(_take_video_pooling),
+            "video_grids": PerVideo(),
         },
     ),
     about=Metadata(
