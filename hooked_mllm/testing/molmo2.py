@@ -144,6 +144,11 @@ def molmo2_image_processor(**kwargs: Any) -> Any:
     return processor
 
 
+_VIDEO_FLAGS = dict(do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True)
+"""What a checkpoint's video processor config sets (the HF class leaves them unset: without them its
+frames reach the model as raw bytes)."""
+
+
 def molmo2_video_processor(**kwargs: Any) -> Any:
     """transformers' ``Molmo2VideoProcessor`` (its own rules and outputs) working without torchvision.
 
@@ -156,7 +161,9 @@ def molmo2_video_processor(**kwargs: Any) -> Any:
     ``pixel_values_videos`` ``[frames, patches, patch * patch * 3]``, ``video_token_pooling``
     ``[video tokens, pool_h * pool_w]`` (each video's indices from its own first patch) and
     ``video_grids`` ``[videos, 3]`` (frames, pooled rows, pooled cols). ``kwargs`` are the HF
-    video processor's (``size``, ``patch_size``, ``pooling_size``, ``max_fps``, ``num_frames``...).
+    video processor's (``size``, ``patch_size``, ``pooling_size``, ``max_fps``, ``num_frames``...);
+    the class leaves ``do_rescale`` / ``do_normalize`` / ``do_convert_rgb`` unset (a checkpoint's
+    config sets them), so give them as :func:`tiny_molmo2` does, or its frames stay raw bytes.
 
     Examples:
         >>> import numpy as np
@@ -212,7 +219,10 @@ def tiny_molmo2(
         pooling_size=[2, 2],
     )
     video_processor = molmo2_video_processor(
-        size={"height": crop_size, "width": crop_size}, patch_size=patch_size, pooling_size=[3, 3]
+        size={"height": crop_size, "width": crop_size},
+        patch_size=patch_size,
+        pooling_size=[3, 3],
+        **_VIDEO_FLAGS,
     )
     processor = without_video(tf.Molmo2Processor)(
         image_processor=image_processor,

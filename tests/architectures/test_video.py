@@ -392,7 +392,7 @@ def test_families_without_covered_video_refuse_it_naming_those_that_do(videos):
     llava = HookedMLLM.from_hf(t.tiny_llava("llama", n_layers=2), t.tiny_processor())
     with pytest.raises(
         ValueError,
-        match=r"video is not covered for the 'llava'.*llava_onevision, molmo2, qwen2_5_vl, qwen2_vl, qwen3_vl",
+        match=r"not covered for the 'llava'.*llava_onevision, molmo2, qwen2_5_vl, qwen2_vl, qwen3_vl",
     ):
         llava.prepare(videos=[videos[0]], prompts=["what"])
     batch = llava.prepare(images=[image(0, 32, 32)], prompts=["what"])
