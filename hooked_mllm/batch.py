@@ -123,23 +123,9 @@ class MultimodalBatch:
         n_images = self.images_per_row[index] if self.images_per_row else 0
         rules = dict(self.input_split)
         inputs = {key: rule_for(key, rules).take(self, key, [index]) for key in self.inputs}
-        if not self.videos_of(index):  # a row without videos: no video inputs at all
-            for key in _VIDEO_KEYS + _OTHER_VIDEO_KEYS + ("second_per_grid_ts",):
-                rule = rules.get(key)
-                if (
-                    key in inputs
-                    and isinstance(rule, (Patches, PerVideo, Computed))
-                    and not inputs[key].shape[0]
-                ):
-                    del inputs[key]
-        if not self.images_of(index):  # the same for per-image inputs (packed patches, anyres tiles)
-            for key, rule in rules.items():
-                if (
-                    key in inputs
-                    and isinstance(rule, (Patches, PerImage, Computed))
-                    and not inputs[key].shape[0]
-                ):
-                    del inputs[key]
+        per_item = (Patches, PerImage, PerVideo, Computed)  # a row without images (videos): no such inputs
+        for key in [k for k in inputs if isinstance(rules.get(k), per_item) and not inputs[k].shape[0]]:
+            del inputs[key]
         spans = []
         for i, span in enumerate(self.images_of(index)):
             offset = int((~keep[: span.start]).sum())
@@ -312,9 +298,9 @@ class MultimodalBatch:
             image = ids.eq(image_token_id) & ~pad
         else:  # cross-attention models: the placeholder is a special token, not an image position
             image = torch.zeros_like(pad)
-        video_mask, videos, videos_per_row, video_token_id = _find_videos(
-            tensors, ids, pad, adapter, config, tokenizer, image_token_id
-        )
+        row_break = _row_break_id(adapter, tokenizer)
+        found = _find_videos(tensors, ids, pad, adapter, config, row_break, image_token_id)
+        video_mask, videos, videos_per_row, video_token_id = found
         video = torch.zeros_like(pad) if video_mask is None else video_mask
         image = image & ~video  # Molmo2 writes video frames with its image token
         special = torch.zeros_like(pad)
@@ -336,7 +322,6 @@ class MultimodalBatch:
                 f"(got keys: {', '.join(sorted(tensors))}). Pass every key the "
                 "processor returned with the images (model(**processor(images=..., text=...)))."
             )
-        row_break = _row_break_id(adapter, tokenizer)
         views = (
             adapter.tokens.views(tensors, config) if adapter is not None and adapter.tokens.views else None
         )
@@ -525,7 +510,7 @@ def video_families() -> list[str]:
 
     Examples:
         >>> video_families()
-        ['qwen2_5_vl', 'qwen2_vl']
+        ['llava_onevision', 'molmo2', 'qwen2_5_vl', 'qwen2_vl', 'qwen3_vl']
     """
     from .architectures import registered_adapters
 
@@ -562,15 +547,13 @@ def _find_videos(
     pad: Tensor,
     adapter: Adapter | None,
     config: Any,
-    tokenizer: Any = None,
+    row_break: int | None = None,
     image_token_id: int | None = None,
 ) -> tuple[Tensor | None, tuple[VideoSpan, ...], tuple[int, ...], int | None]:
     """The video mask, spans, videos per row and video token id (None, (), (), None without video).
 
-    A family that writes video frames with its image token (Molmo2's ``<im_patch>``) has video tokens
-    exactly where the inputs carry video geometry: without it they are image tokens (an all-False
-    video mask); with it they are video tokens, and inputs holding images too are refused (the
-    tokens could not be told apart, and HF's forward takes one or the other).
+    Where video frames use the image token (Molmo2), its tokens are video tokens exactly when the
+    inputs carry video geometry, and inputs holding images too are refused (as HF's forward does).
     """
     given = [key for key in _VIDEO_KEYS + _OTHER_VIDEO_KEYS if key in tensors]
     rule = None if adapter is None else adapter.tokens.videos
@@ -588,11 +571,10 @@ def _find_videos(
         mask = torch.zeros_like(mask)
     if shared and geometry and "pixel_values" in tensors:
         raise ValueError(
-            f"The inputs hold both images (pixel_values) and videos ({', '.join(k for k in given if k)}), "
-            f"but the {adapter.name!r} architecture writes video frames with its image token "  # type: ignore[union-attr]
-            f"(id {int(token)}) and its HF forward takes images or videos, not both in one forward. Run the "
-            "image rows and the video rows as separate batches (model.prepare(images=...) and "
-            "model.prepare(videos=...))."
+            f"The inputs hold both images (pixel_values) and videos ({', '.join(given)}), but the "
+            f"{adapter.name!r} architecture writes video frames with its image token (id {int(token)}) and "  # type: ignore[union-attr]
+            "its HF forward takes images or videos, not both: run the image rows and the video rows as "
+            "separate batches (model.prepare(images=...) and model.prepare(videos=...))."
         )
     if bool(mask.any()) and not geometry:
         raise ValueError(
@@ -601,7 +583,6 @@ def _find_videos(
             "(pixel_values_videos with video_grid_thw, or Molmo2's video_grids and video_token_pooling)."
         )
     step = geometry[0][3] if geometry else 1
-    row_break = _row_break_id(adapter, tokenizer) if bool(mask.any()) else None
     spans, per_row = find_video_spans(
         mask,
         [(t, r, c) for t, r, c, _ in geometry],

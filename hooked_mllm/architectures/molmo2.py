@@ -52,17 +52,37 @@ The vision tower runs every crop as one row, so vision hook points have one row 
 ``[total image tokens, d_model]``, in sequence order (the adapter returns a ``ModelOutput``;
 the hook points see its ``last_hidden_state``).
 
+Video (``model.prepare(videos=...)``, docs/video.md): every frame is resized to one square crop
+and takes the low-resolution path only (no high-resolution crops): ``pixel_values_videos``
+``[total frames, patches, patch * patch * 3]``, ``video_grids`` ``[videos, 3]`` (frames, pooled
+rows, pooled cols; 3x3 pooling windows in HF's video processor) and ``video_token_pooling``
+``[total video tokens, pool_h * pool_w]``, each video's indices starting at its own first patch
+(HF's ``get_video_features`` adds the offsets, a video's frames standing for an image's crops;
+splitting rows keeps the index space the indices came in, as for images). The processor writes
+each frame as a timestamp (``"0.5 "``), ``<frame_start>`` + ``rows`` rows of ``cols``
+``<im_patch>`` (each ended by ``<im_col>`` with ``video_use_col_tokens=True``, not the default) +
+``<frame_end>``, so a video is a :class:`~hooked_mllm.spans.VideoSpan` of ``frames`` time steps
+(``frames_per_step`` 1) of ``(rows, cols)``, listing its ``<im_patch>`` positions (timestamps,
+markers and column tokens excluded). Frames use the **image token**: the ``<im_patch>`` tokens of a
+batch carrying ``video_grids`` are video tokens (``"image"`` selects none of them), and a batch
+holding both images and videos is refused, as HF's forward refuses ``pixel_values`` with
+``pixel_values_videos``. The processor takes at most one video per prompt. Every frame token
+(markers included) attends to the others bidirectionally, across frames; the timestamps are text.
+The projector adds the pooled features to the ``<im_patch>`` embeddings as for images; vision
+hook points have one row per frame.
+
 Verified on a tiny random model shrunk from allenai/Molmo2-8B's config, against HF: hidden
 states, logits, residual identities (LM and vision), LM patterns, generation, hook cleanup,
 the projector's rows at the image positions, image geometry (the conformance suite), and
 that a row split from a batch has exactly the inputs the processor gives for that row alone,
 that writing ``projector.hook_out`` reaches the model, and that the spans and grids are the
-same with column tokens in both views or in none (``tests/architectures/test_layouts.py``).
-The tiny model's processor is HF's ``Molmo2Processor`` and
-``Molmo2ImageProcessor``, the latter with its torchvision resize and normalize replaced by
-plain torch (:mod:`hooked_mllm.testing.molmo2`). Not covered: video inputs (frames use the
-same ``<im_patch>`` token; their spans get no grids, a clear error), text configs with
-``norm_after=True`` (post-norm blocks), which are refused, and real checkpoints.
+same with column tokens in both views or in none (``tests/architectures/test_layouts.py``);
+video through every entry point, its geometry against HF's ``get_video_features``, rows against
+the processor (``tests/architectures/test_video_molmo2.py``). The tiny model's processor is HF's
+``Molmo2Processor`` with ``Molmo2ImageProcessor`` and ``Molmo2VideoProcessor``, their torchvision
+resize and normalize replaced by plain torch (:mod:`hooked_mllm.testing.molmo2`). Not covered:
+images and videos in one batch (refused, as by HF), text configs with ``norm_after=True``
+(post-norm blocks), which are refused, and real checkpoints.
 """
 
 from __future__ import annotations
@@ -253,11 +273,13 @@ MOLMO2 = Adapter(
     ),
     about=Metadata(
         test_model="tiny random from allenai/Molmo2-8B's config: 20 px crops of 5x5 patches, overlap "
-        "margins 1, 2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, "
-        "its torchvision resize / normalize in plain torch)",
+        "margins 1, 2x2 pooling (3x3 for video), Qwen3-style LM (processor: Molmo2Processor with HF's "
+        "Molmo2ImageProcessor and Molmo2VideoProcessor, their torchvision resize / normalize in plain torch)",
         notes="Two spans per image (low-res view, then high-res crops: rows split by <im_col>), grids from "
         "image_grids; projector output added to the <im_patch> embeddings; image tokens attend "
-        "bidirectionally. Not covered: video, norm_after=True (refused).",
+        "bidirectionally. Video: one time step per frame (its pooled crop, from video_grids), a "
+        "timestamp and frame markers around each; frames use <im_patch> too, so images and videos in "
+        "one batch are refused (as by HF). Not covered: norm_after=True (refused).",
     ),
     specialize=_refuse_post_norm,
 )
