@@ -145,8 +145,8 @@ def molmo2_image_processor(**kwargs: Any) -> Any:
 
 
 _VIDEO_FLAGS = dict(do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True)
-"""What a checkpoint's video processor config sets (the HF class leaves them unset: without them its
-frames reach the model as raw bytes)."""
+"""The steps Molmo2's image processor takes by default and its video class leaves unset (without them
+the frames reach the model as raw bytes)."""
 
 
 def molmo2_video_processor(**kwargs: Any) -> Any:
@@ -162,8 +162,9 @@ def molmo2_video_processor(**kwargs: Any) -> Any:
     ``[video tokens, pool_h * pool_w]`` (each video's indices from its own first patch) and
     ``video_grids`` ``[videos, 3]`` (frames, pooled rows, pooled cols). ``kwargs`` are the HF
     video processor's (``size``, ``patch_size``, ``pooling_size``, ``max_fps``, ``num_frames``...);
-    the class leaves ``do_rescale`` / ``do_normalize`` / ``do_convert_rgb`` unset (a checkpoint's
-    config sets them), so give them as :func:`tiny_molmo2` does, or its frames stay raw bytes.
+    the class leaves ``do_rescale`` / ``do_normalize`` / ``do_convert_rgb`` unset (the image
+    processor sets them by default), so give them as :func:`tiny_molmo2` does, or its frames stay
+    raw bytes.
 
     Examples:
         >>> import numpy as np
