@@ -36,7 +36,7 @@ processor's own output dict); and that a write at every writable hook point, ret
 in place, reaches the logits while read-only points refuse writes
 (`hooked_mllm.testing.conformance`, which you can run on your own model).
 "Video" says whether `model.prepare(videos=...)` and HF video inputs are covered (checked against
-Hugging Face in `tests/architectures/test_video.py`, see [Video](video.md)); the others refuse
+Hugging Face in `tests/architectures/test_video*.py`, see [Video](video.md)); the others refuse
 them with an error naming the families that take them.
 
 Models without a registered adapter are mapped from their module tree by
