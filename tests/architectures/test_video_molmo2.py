@@ -375,3 +375,18 @@ def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
         finally:
             handle.remove()
         torch.testing.assert_close(result.values[0, step], expected[0], atol=1e-5, rtol=1e-4)
+
+
+def test_frames_as_images_stand_each_frame_as_one_image(model, batch):
+    """Each frame of row 0's video stands as one image on its own grid, at the frame's positions; a
+    location map per frame reads those positions (one LocationMap of the frame's grid each)."""
+    from hooked_mllm.mechanism import image_locations
+
+    alone = batch.row(0)
+    as_images = alone.frames_as_images()
+    span = alone.videos[0]
+    assert as_images.images_per_row == (span.time,)
+    for k, frame in enumerate(as_images.images):
+        assert list(frame.token_positions) == span.frame_positions(k) and frame.grid == span.grid
+    assert torch.equal(positions.resolve("image", as_images), alone.video_mask)
+    assert image_locations(model, as_images, image=span.time - 1).values.shape == span.grid
