@@ -123,17 +123,9 @@ class MultimodalBatch:
         n_images = self.images_per_row[index] if self.images_per_row else 0
         rules = dict(self.input_split)
         inputs = {key: rule_for(key, rules).take(self, key, [index]) for key in self.inputs}
-        for key in _VIDEO_KEYS + ("second_per_grid_ts",):  # a row without videos: no video inputs at all
-            if key in inputs and isinstance(rules.get(key), (Patches, PerVideo)) and not inputs[key].shape[0]:
-                del inputs[key]
-        if not self.images_of(index):  # the same for per-image inputs (packed patches, anyres tiles)
-            for key, rule in rules.items():
-                if (
-                    key in inputs
-                    and isinstance(rule, (Patches, PerImage, Computed))
-                    and not inputs[key].shape[0]
-                ):
-                    del inputs[key]
+        per_item = (Patches, PerImage, PerVideo, Computed)  # a row without images (videos): no such inputs
+        for key in [k for k in inputs if isinstance(rules.get(k), per_item) and not inputs[k].shape[0]]:
+            del inputs[key]
         spans = []
         for i, span in enumerate(self.images_of(index)):
             offset = int((~keep[: span.start]).sum())
@@ -306,8 +298,11 @@ class MultimodalBatch:
             image = ids.eq(image_token_id) & ~pad
         else:  # cross-attention models: the placeholder is a special token, not an image position
             image = torch.zeros_like(pad)
-        video_mask, videos, videos_per_row, video_token_id = _find_videos(tensors, ids, pad, adapter, config)
+        row_break = _row_break_id(adapter, tokenizer)
+        found = _find_videos(tensors, ids, pad, adapter, config, row_break, image_token_id)
+        video_mask, videos, videos_per_row, video_token_id = found
         video = torch.zeros_like(pad) if video_mask is None else video_mask
+        image = image & ~video  # Molmo2 writes video frames with its image token
         special = torch.zeros_like(pad)
         if tokenizer is not None:
             special_ids = [
@@ -327,7 +322,6 @@ class MultimodalBatch:
                 f"(got keys: {', '.join(sorted(tensors))}). Pass every key the "
                 "processor returned with the images (model(**processor(images=..., text=...)))."
             )
-        row_break = _row_break_id(adapter, tokenizer)
         views = (
             adapter.tokens.views(tensors, config) if adapter is not None and adapter.tokens.views else None
         )
@@ -516,7 +510,7 @@ def video_families() -> list[str]:
 
     Examples:
         >>> video_families()
-        ['qwen2_5_vl', 'qwen2_vl']
+        ['llava_onevision', 'molmo2', 'qwen2_5_vl', 'qwen2_vl', 'qwen3_vl']
     """
     from .architectures import registered_adapters
 
@@ -548,9 +542,19 @@ def refuse_video(adapter: Adapter | None, what: str) -> None:
 
 
 def _find_videos(
-    tensors: dict[str, Any], ids: Tensor, pad: Tensor, adapter: Adapter | None, config: Any
+    tensors: dict[str, Any],
+    ids: Tensor,
+    pad: Tensor,
+    adapter: Adapter | None,
+    config: Any,
+    row_break: int | None = None,
+    image_token_id: int | None = None,
 ) -> tuple[Tensor | None, tuple[VideoSpan, ...], tuple[int, ...], int | None]:
-    """The video mask, spans, videos per row and video token id (None, (), (), None without video)."""
+    """The video mask, spans, videos per row and video token id (None, (), (), None without video).
+
+    Where video frames use the image token (Molmo2), its tokens are video tokens exactly when the
+    inputs carry video geometry, and inputs holding images too are refused (as HF's forward does).
+    """
     given = [key for key in _VIDEO_KEYS + _OTHER_VIDEO_KEYS if key in tensors]
     rule = None if adapter is None else adapter.tokens.videos
     if rule is None:
@@ -562,11 +566,21 @@ def _find_videos(
         return None, (), (), None
     mask = ids.eq(int(token)) & ~pad
     geometry = rule(tensors, config)
+    shared = image_token_id is not None and int(token) == int(image_token_id)
+    if shared and not geometry and not given:
+        mask = torch.zeros_like(mask)
+    if shared and geometry and "pixel_values" in tensors:
+        raise ValueError(
+            f"The inputs hold both images (pixel_values) and videos ({', '.join(given)}), but the "
+            f"{adapter.name!r} architecture writes video frames with its image token (id {int(token)}) and "  # type: ignore[union-attr]
+            "its HF forward takes images or videos, not both: run the image rows and the video rows as "
+            "separate batches (model.prepare(images=...) and model.prepare(videos=...))."
+        )
     if bool(mask.any()) and not geometry:
         raise ValueError(
             f"input_ids hold video tokens (id {int(token)}), but the inputs carry no video geometry (got "
             f"keys: {', '.join(sorted(tensors))}). Pass every key the processor returned with the videos "
-            "(pixel_values_videos, video_grid_thw)."
+            "(pixel_values_videos with video_grid_thw, or Molmo2's video_grids and video_token_pooling)."
         )
     step = geometry[0][3] if geometry else 1
     spans, per_row = find_video_spans(
@@ -574,5 +588,7 @@ def _find_videos(
         [(t, r, c) for t, r, c, _ in geometry],
         frames_per_step=step,
         trailing=adapter.tokens.video_trailing,  # type: ignore[union-attr]  # rule is not None: adapter is
+        ids=ids,
+        row_break=row_break,
     )
     return mask, spans, per_row, int(token)

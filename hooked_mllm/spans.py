@@ -135,6 +135,8 @@ def find_video_spans(
     geometry: Sequence[tuple[int, int, int]],
     frames_per_step: int = 1,
     trailing: int = 0,
+    ids: Int[Tensor, "batch pos"] | None = None,
+    row_break: int | None = None,
 ) -> tuple[tuple[VideoSpan, ...], tuple[int, ...]]:
     """Every video's span in a batch, and how many videos each row holds.
 
@@ -145,12 +147,17 @@ def find_video_spans(
         frames_per_step: Input frames per time step (``temporal_patch_size``).
         trailing: Tokens after each video's frames in its run that belong to no frame
             (LLaVA-OneVision's newline): the span ends before them.
+        ids: ``[batch, pos]`` the token ids; needed with ``row_break``.
+        row_break: The id of a token ending each row of a frame's tokens (Molmo2's ``<im_col>``
+            with ``video_use_col_tokens``): runs separated by exactly one of it are the rows of one
+            time step, each ``cols`` long; the span lists the positions, separators excluded.
 
     Returns:
         ``(spans, videos_per_row)``. A video is one run of tokens (Qwen2-VL) or one run per time
-        step (Qwen3-VL writes ``<t seconds>`` between its frames; the span then lists its
-        positions, separators excluded). Runs that do not match ``geometry`` keep their positions
-        with ``time`` and ``grid`` None (with a warning), as image spans do.
+        step (Qwen3-VL writes ``<t seconds>`` between its frames, Molmo2 a timestamp and frame
+        markers; the span then lists its positions, separators excluded). Runs that do not match
+        ``geometry`` keep their positions with ``time`` and ``grid`` None (with a warning), as image
+        spans do.
 
     Examples:
         >>> import torch
@@ -159,7 +166,8 @@ def find_video_spans(
         >>> [(s.start, s.end, s.time, s.grid) for s in spans], per_row
         ([(1, 9, 2, (2, 2))], (1,))
     """
-    framed = _frame_runs(video_mask, geometry, frames_per_step) or _trailing_runs(
+    runs = _runs(video_mask, ids, row_break)
+    framed = _frame_runs(video_mask, runs, geometry, frames_per_step) or _trailing_runs(
         video_mask, geometry, frames_per_step, trailing
     )
     if framed is not None:
@@ -167,7 +175,7 @@ def find_video_spans(
     stacked: list[tuple[int, int] | None] = [(t * rows, cols) for t, rows, cols in geometry]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        spans, per_row = _image_spans(video_mask, None, stacked)
+        spans, per_row = _image_spans(video_mask, None, stacked, ids, row_break)
     if caught:
         warnings.warn(
             f"Video geometry unknown: the video inputs describe {len(geometry)} video(s) with "
@@ -226,15 +234,15 @@ def _trailing_runs(
 
 
 def _frame_runs(
-    video_mask: Tensor, geometry: Sequence[tuple[int, int, int]], frames_per_step: int
+    video_mask: Tensor, runs: _Runs, geometry: Sequence[tuple[int, int, int]], frames_per_step: int
 ) -> tuple[tuple[VideoSpan, ...], tuple[int, ...]] | None:
-    """Videos whose time steps are separate runs (Qwen3-VL writes a timestamp between frames), or
-    None where the runs are not exactly ``time`` runs of ``rows * cols`` tokens per video, in order.
+    """Videos whose time steps are separate runs (Qwen3-VL and Molmo2 write a timestamp between
+    frames), or None where the runs are not exactly ``time`` runs of ``rows * cols`` tokens per
+    video, in order (a run being one piece, or ``rows`` pieces of ``cols`` split by row breaks).
 
     Only taken where some video has more than one time step and the runs outnumber the videos, so
     a layout with one run per video never reaches it.
     """
-    runs = _runs(video_mask, None, None)
     if len(runs) == len(geometry) or len(runs) != sum(t for t, _, _ in geometry):
         return None
     spans: list[VideoSpan] = []
@@ -244,11 +252,11 @@ def _frame_runs(
         frames = runs[i : i + time]
         i += time
         if {row for row, _ in frames} != {frames[0][0]} or any(
-            len(parts) != 1 or parts[0][1] - parts[0][0] != rows * cols for _, parts in frames
+            [b - a for a, b in parts] not in ([rows * cols], [cols] * rows) for _, parts in frames
         ):
             return None
         row = frames[0][0]
-        positions = tuple(p for _, parts in frames for p in range(*parts[0]))
+        positions = tuple(p for _, parts in frames for a, b in parts for p in range(a, b))
         spans.append(
             VideoSpan(
                 row=row,

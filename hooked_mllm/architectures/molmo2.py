@@ -52,17 +52,37 @@ The vision tower runs every crop as one row, so vision hook points have one row 
 ``[total image tokens, d_model]``, in sequence order (the adapter returns a ``ModelOutput``;
 the hook points see its ``last_hidden_state``).
 
+Video (``model.prepare(videos=...)``, docs/video.md): every frame is resized to one square crop
+and takes the low-resolution path only (no high-resolution crops): ``pixel_values_videos``
+``[total frames, patches, patch * patch * 3]``, ``video_grids`` ``[videos, 3]`` (frames, pooled
+rows, pooled cols; 3x3 pooling windows in HF's video processor) and ``video_token_pooling``
+``[total video tokens, pool_h * pool_w]``, each video's indices starting at its own first patch
+(HF's ``get_video_features`` adds the offsets, a video's frames standing for an image's crops;
+splitting rows keeps the index space the indices came in, as for images). The processor writes
+each frame as a timestamp (``"0.5 "``), ``<frame_start>`` + ``rows`` rows of ``cols``
+``<im_patch>`` (each ended by ``<im_col>`` with ``video_use_col_tokens=True``, not the default) +
+``<frame_end>``, so a video is a :class:`~hooked_mllm.spans.VideoSpan` of ``frames`` time steps
+(``frames_per_step`` 1) of ``(rows, cols)``, listing its ``<im_patch>`` positions (timestamps,
+markers and column tokens excluded). Frames use the **image token**: the ``<im_patch>`` tokens of a
+batch carrying ``video_grids`` are video tokens (``"image"`` selects none of them), and a batch
+holding both images and videos is refused, as HF's forward refuses ``pixel_values`` with
+``pixel_values_videos``. The processor takes at most one video per prompt. Every frame token
+(markers included) attends to the others bidirectionally, across frames; the timestamps are text.
+The projector adds the pooled features to the ``<im_patch>`` embeddings as for images; vision
+hook points have one row per frame.
+
 Verified on a tiny random model shrunk from allenai/Molmo2-8B's config, against HF: hidden
 states, logits, residual identities (LM and vision), LM patterns, generation, hook cleanup,
 the projector's rows at the image positions, image geometry (the conformance suite), and
 that a row split from a batch has exactly the inputs the processor gives for that row alone,
 that writing ``projector.hook_out`` reaches the model, and that the spans and grids are the
-same with column tokens in both views or in none (``tests/architectures/test_layouts.py``).
-The tiny model's processor is HF's ``Molmo2Processor`` and
-``Molmo2ImageProcessor``, the latter with its torchvision resize and normalize replaced by
-plain torch (:mod:`hooked_mllm.testing.molmo2`). Not covered: video inputs (frames use the
-same ``<im_patch>`` token; their spans get no grids, a clear error), text configs with
-``norm_after=True`` (post-norm blocks), which are refused, and real checkpoints.
+same with column tokens in both views or in none (``tests/architectures/test_layouts.py``);
+video through every entry point, its geometry against HF's ``get_video_features``, rows against
+the processor (``tests/architectures/test_video_molmo2.py``). The tiny model's processor is HF's
+``Molmo2Processor`` with ``Molmo2ImageProcessor`` and ``Molmo2VideoProcessor``, their torchvision
+resize and normalize replaced by plain torch (:mod:`hooked_mllm.testing.molmo2`). Not covered:
+images and videos in one batch (refused, as by HF), text configs with ``norm_after=True``
+(post-norm blocks), which are refused, and real checkpoints.
 """
 
 from __future__ import annotations
@@ -77,7 +97,7 @@ from torch import Tensor
 
 from .base import Adapter, BlockLayout, ConfigKeys, InputLayout, Metadata, ModuleLayout, TokenLayout
 from .blocks import CLIP_BLOCK
-from .split import Computed, Tokens
+from .split import Computed, PerVideo, Tokens
 
 MOLMO2_VISION_BLOCK = replace(CLIP_BLOCK, o="self_attn.o_proj")
 
@@ -128,7 +148,8 @@ def _indexes_whole_batch(
     crops: list[tuple[int, int]],
     patches: int,
 ) -> bool:
-    """Whether ``image_token_pooling`` indexes all images' patches together, read off the data.
+    """Whether ``image_token_pooling`` (or ``video_token_pooling``, a video's frames standing for an
+    image's crops) indexes all images' patches together, read off the data.
 
     The processor of transformers <= 5.24 offsets each image's indices by the patches of the images
     before it (one index space for the batch); from 5.25 each image's indices start at its own first
@@ -148,21 +169,21 @@ def _indexes_whole_batch(
     return "image_num_crops" not in inspect.signature(features).parameters
 
 
-def _take_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
-    """``image_token_pooling`` of ``rows``: each image's token rows, in the index space they came in.
-
-    Indices into the whole batch's patches (transformers <= 5.24) are re-based to the taken crops;
-    per-image indices (transformers >= 5.25) are kept as they are (:func:`_indexes_whole_batch`).
-    """
-    inputs = batch.inputs
-    grids = inputs["image_grids"]
-    tokens = _ranges(grids[:, 0] * grids[:, 1] + grids[:, 2] * grids[:, 3])
-    crops = _ranges(inputs["image_num_crops"])
-    patches = inputs["pixel_values"].shape[1]
-    pooling = inputs["image_token_pooling"]
+def _rebased(
+    pooling: Int[Tensor, "tokens window"],
+    tokens: list[tuple[int, int]],
+    crops: list[tuple[int, int]],
+    patches: int,
+    items: list[int],
+) -> Int[Tensor, "taken window"]:
+    """The pooling rows of ``items`` (images or videos, in order, repeats allowed), in the index space
+    they came in: indices into the whole batch's patches (transformers <= 5.24) are re-based to the
+    taken crops; per-item indices (transformers >= 5.25) are kept as they are
+    (:func:`_indexes_whole_batch`). ``tokens[i]`` / ``crops[i]`` are item ``i``'s rows of ``pooling``
+    and of the pixel tensor (crops, or a video's frames), each of ``patches`` patches."""
     whole_batch = _indexes_whole_batch(pooling, tokens, crops, patches)
     pieces, offset = [], 0
-    for i in _images(batch, rows):
+    for i in items:
         piece = pooling[slice(*tokens[i])]
         if whole_batch:
             shift = offset - crops[i][0] * patches
@@ -170,6 +191,49 @@ def _take_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
         pieces.append(piece)
         offset += (crops[i][1] - crops[i][0]) * patches
     return torch.cat(pieces or [pooling[:0]])
+
+
+def _take_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
+    """``image_token_pooling`` of ``rows``: each image's token rows (:func:`_rebased`)."""
+    inputs = batch.inputs
+    grids = inputs["image_grids"]
+    tokens = _ranges(grids[:, 0] * grids[:, 1] + grids[:, 2] * grids[:, 3])
+    crops = _ranges(inputs["image_num_crops"])
+    patches = inputs["pixel_values"].shape[1]
+    return _rebased(inputs["image_token_pooling"], tokens, crops, patches, _images(batch, rows))
+
+
+def _video_geometry(inputs: dict, config: Any) -> list[tuple[int, int, int, int]]:
+    """Each video's ``(frames, rows, cols, 1)`` from ``video_grids`` (frames, pooled rows, pooled cols)."""
+    grids = inputs.get("video_grids")
+    if grids is None:
+        return []
+    return [(int(f), int(r), int(c), 1) for f, r, c in grids.tolist()]
+
+
+def _videos(batch: Any, rows: list[int]) -> list[int]:
+    """The indices (in processor order) of the videos of ``rows``."""
+    per_row = list(batch.videos_per_row) or [0] * len(batch)
+    return [i for r in rows for i in range(sum(per_row[:r]), sum(per_row[: r + 1]))]
+
+
+def _take_frames(batch: Any, rows: list[int]) -> Float[Tensor, "frames patches pixels"]:
+    """``pixel_values_videos`` of ``rows``: each video's frames (``video_grids[:, 0]``), in order."""
+    frames = _ranges(batch.inputs["video_grids"][:, 0])
+    pixels = batch.inputs["pixel_values_videos"]
+    return torch.cat([pixels[slice(*frames[i])] for i in _videos(batch, rows)] or [pixels[:0]])
+
+
+def _take_video_pooling(batch: Any, rows: list[int]) -> Int[Tensor, "tokens window"]:
+    """``video_token_pooling`` of ``rows``: each video's ``frames * rows * cols`` token rows
+    (:func:`_rebased`, a video's frames standing for an image's crops, as HF's ``get_video_features``
+    reads them)."""
+    inputs = batch.inputs
+    grids = inputs["video_grids"]
+    tokens = _ranges(grids.prod(-1))
+    frames = _ranges(grids[:, 0])
+    patches = inputs["pixel_values_videos"].shape[1]
+    return _rebased(inputs["video_token_pooling"], tokens, frames, patches, _videos(batch, rows))
 
 
 def _refuse_post_norm(adapter: Adapter, config: Any) -> Adapter:
@@ -194,7 +258,7 @@ MOLMO2 = Adapter(
         hidden_states_normed=True,
     ),
     config_keys=ConfigKeys(vision_feature_layer=None),  # the config trims the tower to the last layer read
-    tokens=TokenLayout(grids=_grids, row_break="<im_col>"),
+    tokens=TokenLayout(grids=_grids, row_break="<im_col>", videos=_video_geometry),
     inputs=InputLayout(
         split={
             "mm_token_type_ids": Tokens(),
@@ -202,15 +266,20 @@ MOLMO2 = Adapter(
             "image_token_pooling": Computed(_take_pooling),
             "image_grids": Computed(_take_images("image_grids")),
             "image_num_crops": Computed(_take_images("image_num_crops")),
+            "pixel_values_videos": Computed(_take_frames),
+            "video_token_pooling": Computed(_take_video_pooling),
+            "video_grids": PerVideo(),
         },
     ),
     about=Metadata(
         test_model="tiny random from allenai/Molmo2-8B's config: 20 px crops of 5x5 patches, overlap "
-        "margins 1, 2x2 pooling, Qwen3-style LM (processor: Molmo2Processor with HF's Molmo2ImageProcessor, "
-        "its torchvision resize / normalize in plain torch)",
+        "margins 1, 2x2 pooling (3x3 for video), Qwen3-style LM (processor: Molmo2Processor with HF's "
+        "Molmo2ImageProcessor and Molmo2VideoProcessor, their torchvision resize / normalize in plain torch)",
         notes="Two spans per image (low-res view, then high-res crops: rows split by <im_col>), grids from "
         "image_grids; projector output added to the <im_patch> embeddings; image tokens attend "
-        "bidirectionally. Not covered: video, norm_after=True (refused).",
+        "bidirectionally. Video: one time step per frame (its pooled crop, from video_grids), a "
+        "timestamp and frame markers around each; frames use <im_patch> too, so images and videos in "
+        "one batch are refused (as by HF). Not covered: norm_after=True (refused).",
     ),
     specialize=_refuse_post_norm,
 )

@@ -10,7 +10,7 @@ Modules: :mod:`._common` (vocabulary, tokenizers, chat templates, random images)
 :mod:`.qwen` (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), :mod:`.video` (torch video
 processors), :mod:`.idefics` (Idefics2, Idefics3, SmolVLM), :mod:`.gemma` (Gemma 3, PaliGemma),
 :mod:`.internvl` (InternVL), :mod:`.pixtral` (Pixtral, Mistral 3), :mod:`.mllama` (Mllama),
-:mod:`.molmo2` (Molmo2). Every public name is importable from here.
+:mod:`.molmo2` (Molmo2, its torch image and video processors). Every public name is importable from here.
 
 Examples:
     >>> from hooked_mllm import HookedMLLM
@@ -28,7 +28,13 @@ from .idefics import IDEFICS3_SPECIALS, IDEFICS_SPECIALS, tiny_idefics2, tiny_id
 from .internvl import INTERNVL_SPECIALS, tiny_internvl
 from .llava import tiny_llava, tiny_llava_next, tiny_llava_next_video, tiny_llava_onevision, tiny_processor
 from .mllama import tiny_mllama
-from .molmo2 import MOLMO2_IMAGE_TOKENS, MOLMO2_SPECIALS, molmo2_image_processor, tiny_molmo2
+from .molmo2 import (
+    MOLMO2_IMAGE_TOKENS,
+    MOLMO2_SPECIALS,
+    molmo2_image_processor,
+    molmo2_video_processor,
+    tiny_molmo2,
+)
 from .pixtral import PIXTRAL_SPECIALS, tiny_mistral3, tiny_pixtral
 from .qwen import QWEN_SPECIALS, tiny_qwen2_vl, tiny_qwen2_vl_processor, tiny_qwen3_vl
 from .video import (
@@ -54,6 +60,7 @@ __all__ = [
     "WORDS",
     "image_pair",
     "molmo2_image_processor",
+    "molmo2_video_processor",
     "random_image",
     "tiny_gemma3",
     "tiny_idefics2",

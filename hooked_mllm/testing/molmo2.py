@@ -1,4 +1,4 @@
-"""Tiny random Molmo2 and its processor, with an image processor that needs no torchvision.
+"""Tiny random Molmo2 and its processor, with image and video processors that need no torchvision.
 
 transformers' ``Molmo2ImageProcessor`` exists only as a torchvision-backend class, and the
 package hides it behind a torchvision check. Its rules (the tiling, the overlapping crops,
@@ -9,7 +9,9 @@ methods with the torch operations torchvision runs for float tensors
 (``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``, nothing when
 the size is unchanged; ``(x - mean) / std``), so everything else, and the
 ``Molmo2Processor``'s token layout, is the HF code. (Arrays or tensors given instead of PIL
-images are also turned from grayscale to RGB in plain torch.)
+images are also turned from grayscale to RGB in plain torch.) :func:`molmo2_video_processor`
+does the same for HF's ``Molmo2VideoProcessor`` (frame sampling, the square resize of each frame,
+patches and pooling indices are HF's code).
 
 Examples:
     >>> from hooked_mllm.testing import tiny_molmo2
@@ -46,64 +48,77 @@ MOLMO2_IMAGE_TOKENS = [
 ]
 
 
+class _PlainTorch:
+    """The three methods of HF's torchvision backend that Molmo2's processors call, in plain torch."""
+
+    def resize(
+        self,
+        image: Float[Tensor, "*batch channels height width"],
+        size: Any,
+        resample: Any = None,
+        antialias: bool = True,
+        **kwargs: Any,
+    ) -> Float[Tensor, "*batch channels new_height new_width"]:
+        from transformers.image_utils import PILImageResampling
+
+        if resample not in (None, PILImageResampling.BILINEAR) or not (size.height and size.width):
+            raise ValueError(
+                f"This Molmo2 processor resizes bilinearly to a height and width only; got "
+                f"resample={resample!r}, size={size}."
+            )
+        new = (int(size.height), int(size.width))
+        if tuple(image.shape[-2:]) == new:
+            return image
+        if not image.is_floating_point():
+            raise ValueError(f"Resizing needs a float image (Molmo2 resizes in float), got {image.dtype}.")
+        flat = image.reshape(-1, *image.shape[-3:])
+        out = F.interpolate(flat, size=list(new), mode="bilinear", align_corners=False, antialias=antialias)
+        return out.reshape(*image.shape[:-2], *new)
+
+    def normalize(
+        self,
+        image: Float[Tensor, "*batch channels height width"],
+        mean: Any,
+        std: Any,
+        inplace: bool = False,
+        **kwargs: Any,
+    ) -> Float[Tensor, "*batch channels height width"]:
+        mean = torch.as_tensor(mean, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+        std = torch.as_tensor(std, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+        return (image - mean) / std
+
+    def convert_to_rgb(self, image: torch.Tensor, input_data_format: Any = None) -> torch.Tensor:
+        """``[C, H, W]`` or ``[T, C, H, W]`` (a video's frames) with 3 channels (grayscale repeated)."""
+        if image.ndim == 2:
+            image = image[None]
+        channels = -3
+        if image.shape[channels] == 1:
+            return image.expand(*image.shape[:channels], 3, *image.shape[-2:]).contiguous()
+        if image.shape[channels] != 3:
+            raise ValueError(
+                f"Give RGB images (or PIL images of any mode), not {image.shape[channels]} channels."
+            )
+        return image
+
+
 @functools.cache
 def _molmo2_image_processor_cls() -> type:
     module = importlib.import_module("transformers.models.molmo2.image_processing_molmo2")
-    from transformers.image_utils import PILImageResampling
 
-    class Molmo2ImageProcessor(module.Molmo2ImageProcessor):  # type: ignore[name-defined]  # loaded at run time
+    class Molmo2ImageProcessor(_PlainTorch, module.Molmo2ImageProcessor):  # type: ignore[name-defined]
         """HF's ``Molmo2ImageProcessor`` with its torchvision resize and normalize in plain torch."""
 
-        def resize(
-            self,
-            image: Float[Tensor, "*batch channels height width"],
-            size: Any,
-            resample: Any = None,
-            antialias: bool = True,
-            **kwargs: Any,
-        ) -> Float[Tensor, "*batch channels new_height new_width"]:
-            if resample not in (None, PILImageResampling.BILINEAR) or not (size.height and size.width):
-                raise ValueError(
-                    f"This Molmo2 image processor resizes bilinearly to a height and width only; got "
-                    f"resample={resample!r}, size={size}."
-                )
-            new = (int(size.height), int(size.width))
-            if tuple(image.shape[-2:]) == new:
-                return image
-            if not image.is_floating_point():
-                raise ValueError(
-                    f"Resizing needs a float image (Molmo2 resizes in float), got {image.dtype}."
-                )
-            flat = image.reshape(-1, *image.shape[-3:])
-            out = F.interpolate(
-                flat, size=list(new), mode="bilinear", align_corners=False, antialias=antialias
-            )
-            return out.reshape(*image.shape[:-2], *new)
-
-        def normalize(
-            self,
-            image: Float[Tensor, "*batch channels height width"],
-            mean: Any,
-            std: Any,
-            inplace: bool = False,
-            **kwargs: Any,
-        ) -> Float[Tensor, "*batch channels height width"]:
-            mean = torch.as_tensor(mean, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
-            std = torch.as_tensor(std, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
-            return (image - mean) / std
-
-        def convert_to_rgb(self, image: torch.Tensor, input_data_format: Any = None) -> torch.Tensor:
-            if image.ndim == 2:
-                image = image[None]
-            if image.shape[0] == 1:
-                return image.expand(3, *image.shape[1:]).contiguous()
-            if image.shape[0] != 3:
-                raise ValueError(
-                    f"Give RGB images (or PIL images of any mode), not {image.shape[0]} channels."
-                )
-            return image
-
     return Molmo2ImageProcessor
+
+
+@functools.cache
+def _molmo2_video_processor_cls() -> type:
+    module = importlib.import_module("transformers.models.molmo2.video_processing_molmo2")
+
+    class Molmo2VideoProcessor(_PlainTorch, module.Molmo2VideoProcessor):  # type: ignore[name-defined]
+        """HF's ``Molmo2VideoProcessor`` with its torchvision resize and normalize in plain torch."""
+
+    return Molmo2VideoProcessor
 
 
 def molmo2_image_processor(**kwargs: Any) -> Any:
@@ -129,6 +144,39 @@ def molmo2_image_processor(**kwargs: Any) -> Any:
     return processor
 
 
+_VIDEO_FLAGS = dict(do_resize=True, do_rescale=True, do_normalize=True, do_convert_rgb=True)
+"""The steps Molmo2's image processor takes by default and its video class leaves unset (without them
+the frames reach the model as raw bytes)."""
+
+
+def molmo2_video_processor(**kwargs: Any) -> Any:
+    """transformers' ``Molmo2VideoProcessor`` (its own rules and outputs) working without torchvision.
+
+    The HF class itself, with the bilinear resize and the normalization that torchvision would run
+    in plain torch (as :func:`molmo2_image_processor`): HF's frame sampling (every frame of a clip
+    shorter than ``num_frames`` at ``max_fps``; frames given as they are carry no fps, so HF assumes
+    ``max_fps`` and warns), each frame resized to one square crop (``size``, bilinear without
+    antialiasing, in float, rounded back to bytes), normalized, cut into patches, and the pooling
+    windows of the frame's patch grid (``pooling_size``, padded with -1), giving
+    ``pixel_values_videos`` ``[frames, patches, patch * patch * 3]``, ``video_token_pooling``
+    ``[video tokens, pool_h * pool_w]`` (each video's indices from its own first patch) and
+    ``video_grids`` ``[videos, 3]`` (frames, pooled rows, pooled cols). ``kwargs`` are the HF
+    video processor's (``size``, ``patch_size``, ``pooling_size``, ``max_fps``, ``num_frames``...);
+    the class leaves ``do_rescale`` / ``do_normalize`` / ``do_convert_rgb`` unset (the image
+    processor sets them by default), so give them as :func:`tiny_molmo2` does, or its frames stay
+    raw bytes.
+
+    Examples:
+        >>> import numpy as np
+        >>> processor = molmo2_video_processor(size={"height": 20, "width": 20}, patch_size=4,
+        ...                                    pooling_size=[3, 3])
+        >>> out = processor([np.zeros((3, 16, 24, 3), dtype=np.uint8)], return_tensors="pt")
+        >>> out["video_grids"].tolist(), tuple(out["pixel_values_videos"].shape)
+        ([[3, 2, 2]], (3, 25, 48))
+    """
+    return _molmo2_video_processor_cls()(**kwargs)
+
+
 def tiny_molmo2(
     seed: int = 0,
     attn_implementation: str | None = None,
@@ -151,7 +199,11 @@ def tiny_molmo2(
     checkpoint's 27x27, so pooling pads), overlap margins of 1 patch on each side (4 in the
     checkpoint), at most ``max_crops`` crops (8). The processor writes no ``<im_col>`` in the
     low-resolution view (``use_single_crop_col_tokens=False``, as the checkpoint's
-    ``processor_config.json``) and one after each row of the high-resolution view.
+    ``processor_config.json``) and one after each row of the high-resolution view. Videos
+    (:func:`molmo2_video_processor`): each frame resized to one ``crop_size`` crop and pooled 3x3
+    (HF's video default; 5x5 patches give a 2x2 grid, the last window of each row and column
+    padded), each frame written as a timestamp then ``<frame_start>`` + its ``<im_patch>`` tokens +
+    ``<frame_end>`` (no ``<im_col>``, HF's default ``video_use_col_tokens=False``).
 
     Returns ``(model, processor)``.
     """
@@ -167,14 +219,20 @@ def tiny_molmo2(
         overlap_margins=[1, 1],
         pooling_size=[2, 2],
     )
+    video_processor = molmo2_video_processor(
+        size={"height": crop_size, "width": crop_size},
+        patch_size=patch_size,
+        pooling_size=[3, 3],
+        **_VIDEO_FLAGS,
+    )
     processor = without_video(tf.Molmo2Processor)(
         image_processor=image_processor,
         tokenizer=tok,
-        video_processor=None,
+        video_processor=video_processor,
         image_use_col_tokens=True,
         use_single_crop_col_tokens=False,
         use_single_crop_start_token=True,
-        chat_template=chat_template_for("<|image|>"),
+        chat_template=chat_template_for("<|image|>", "<|video|>"),
     )
     text = dict(
         text_kwargs(tok, d_model, n_layers, n_heads),

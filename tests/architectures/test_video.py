@@ -388,7 +388,7 @@ def test_families_without_covered_video_refuse_it_naming_those_that_do(videos):
     llava = HookedMLLM.from_hf(t.tiny_llava("llama", n_layers=2), t.tiny_processor())
     with pytest.raises(
         ValueError,
-        match=r"video is not covered for the 'llava'.*llava_onevision, qwen2_5_vl, qwen2_vl, qwen3_vl",
+        match=r"not covered for the 'llava'.*llava_onevision, molmo2, qwen2_5_vl, qwen2_vl, qwen3_vl",
     ):
         llava.prepare(videos=[videos[0]], prompts=["what"])
     batch = llava.prepare(images=[image(0, 32, 32)], prompts=["what"])
@@ -396,10 +396,6 @@ def test_families_without_covered_video_refuse_it_naming_those_that_do(videos):
         llava.to_batch(dict(batch.inputs, pixel_values_videos=torch.zeros(4, 8)))
     with pytest.raises(ValueError, match="video is not covered"):
         positions.video().mask(batch)
-    # Molmo2's HF forward takes video, this library does not cover it yet: refused, not misread
-    molmo2 = HookedMLLM.from_hf(*t.tiny_molmo2(attn_implementation="eager"))
-    with pytest.raises(ValueError, match=r"video is not covered for the 'molmo2'"):
-        molmo2.prepare(videos=[videos[0]], prompts=["what"])
 
 
 def test_bad_video_entries_are_refused(model):
@@ -471,17 +467,13 @@ def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
 
 
 @pytest.mark.parametrize(
-    ("adapter", "key"),
-    [
-        ("MOLMO2", "pixel_values_videos"),
-        ("MOLMO2", "video_grids"),
-        ("MOLMO2", "video_token_pooling"),
-    ],
+    "key", ["pixel_values_videos", "video_grids", "video_token_pooling", "image_sizes_videos"]
 )
-def test_other_families_video_inputs_are_refused_not_read_as_text(adapter, key):
-    import hooked_mllm.architectures as registry
+def test_video_inputs_of_a_family_without_video_are_refused_not_read_as_text(key):
+    """Any covered family's video key given to one without video (LLaVA) is refused, not ignored."""
+    from hooked_mllm.architectures import LLAVA
     from hooked_mllm.batch import MultimodalBatch
 
     inputs = {"input_ids": torch.tensor([[1, 2, 3]]), key: torch.zeros(1, 2)}
     with pytest.raises(ValueError, match=rf"The inputs hold {key}: video is not covered.*qwen2_vl"):
-        MultimodalBatch.from_hf(inputs, image_token_id=9, adapter=getattr(registry, adapter), config=None)
+        MultimodalBatch.from_hf(inputs, image_token_id=9, adapter=LLAVA, config=None)
