@@ -192,6 +192,8 @@ def load(name: str = "toy-llava", **kwargs: Any):
     A text-only checkpoint (``toy-lm``) loads inside a toy LLaVA whose language model is an exact copy of
     it (:func:`load_for_heads`): run it on text (``model("...")``, HF ``input_ids``),
     with the same hook names as the VLMs; its vision tower is untrained and takes no part in a text run.
+    The video model (``toy-video``) loads with its processor built in code
+    (:func:`hooked_mllm.toy.video_model.load_video`): it takes clips (``model.prepare(videos=...)``).
 
     Examples:
         >>> from hooked_mllm import toy
@@ -201,6 +203,10 @@ def load(name: str = "toy-llava", **kwargs: Any):
     from hooked_mllm import HookedMLLM  # the core imports heavy machinery; keep `toy` light
 
     path = checkpoint_dir(name)
+    if checkpoint_kind(path) == "video":
+        from hooked_mllm.toy.video_model import load_video
+
+        return load_video(path, **kwargs)
     if checkpoint_kind(path) == "text":
         if kwargs:
             raise TypeError(
@@ -212,8 +218,9 @@ def load(name: str = "toy-llava", **kwargs: Any):
 
 
 def checkpoint_kind(model: str | os.PathLike[str]) -> str:
-    """``"text"`` for a text-only toy LM (``toy-lm``), else ``"image"``; ``model`` is a directory or a shipped
-    checkpoint name (read from its ``toy_meta.json``)."""
+    """``"text"`` for a text-only toy LM (``toy-lm``), ``"video"`` for the toy video model (``toy-video``),
+    else ``"image"``; ``model`` is a directory or a shipped checkpoint name (read from its
+    ``toy_meta.json``)."""
     import json
 
     path = Path(model)
@@ -233,6 +240,10 @@ def load_for_heads(path: str | os.PathLike[str]) -> Any:
     from hooked_mllm import HookedMLLM
     from hooked_mllm.toy.processor import build_processor
 
+    if checkpoint_kind(path) == "video":
+        from hooked_mllm.toy.video_model import load_video
+
+        return load_video(path)
     if checkpoint_kind(path) != "text":
         return HookedMLLM.from_pretrained(str(path))
     from transformers import LlamaForCausalLM

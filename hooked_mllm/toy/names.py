@@ -7,7 +7,13 @@ Examples:
 
 from __future__ import annotations
 
-CHECKPOINTS: tuple[str, ...] = ("toy-llava", "toy-llava-ft", "toy-lm", "toy-llava-deep", "toy-llava-deep-ft")
+CHECKPOINTS: tuple[str, ...] = (
+    "toy-llava",
+    "toy-llava-ft",
+    "toy-lm",
+    "toy-llava-deep",
+    "toy-llava-deep-ft",
+)
 """Names of the shipped checkpoints. ``toy-llava`` captions with shapes only ("a circle and a square");
 ``toy-llava-ft`` is toy-llava fine-tuned to caption with colours ("a red circle and a blue square").
 The LLaVA recipe's (:mod:`hooked_mllm.toy.recipe`): ``toy-lm``, a text-only LM of the world's words;
@@ -26,3 +32,7 @@ STAGE_NAMES: tuple[str, ...] = (
 """The stages of the LLaVA recipe on the toy world (:data:`hooked_mllm.toy.recipe.STAGES`), in training
 order.
 """
+
+VIDEO_NAMES: tuple[str, ...] = ("toy-video",)
+"""The toy video model (:mod:`hooked_mllm.toy.video_model`): a LLaVA-OneVision built from ``toy-llava-deep``
+and trained on clips of the video world (:mod:`hooked_mllm.toy.video`)."""
