@@ -320,7 +320,7 @@ def train_video(
         >>> train_video("/tmp/toy-video", steps=5, progress=False)  # doctest: +SKIP
     """
     from hooked_mllm.toy.model import save_checkpoint
-    from hooked_mllm.toy.training import META_FILE, TrainResult, make_optimizer, optimizer_step
+    from hooked_mllm.toy.training import META_FILE, Recipe, TrainResult, make_optimizer, optimizer_step
 
     recipe = replace(VIDEO_RECIPE, **overrides)
     start = time.perf_counter()
@@ -333,7 +333,11 @@ def train_video(
     for name, param in model.named_parameters():
         param.requires_grad_(recipe.train_vision or not name.startswith("model.vision_tower."))
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    opt, sched = make_optimizer(params, recipe)  # type: ignore[arg-type]  # reads the schedule fields only
+    schedule = Recipe(
+        steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, warmup=recipe.warmup,
+        min_lr_ratio=recipe.min_lr_ratio, weight_decay=recipe.weight_decay, grad_clip=recipe.grad_clip,
+    )  # fmt: skip
+    opt, sched = make_optimizer(params, schedule)
     world, rng = VideoWorld(seed=_WORLD_SEED + seed), random.Random(seed)
     torch.manual_seed(seed)
     losses: list[float] = []

@@ -106,3 +106,23 @@ def test_untrained_video_model_pools_the_deep_models_patch_features_per_cell(pro
         ours = model(input_ids=ids).logits[..., : len(VOCAB)]
         torch.testing.assert_close(ours, deep(input_ids=ids).logits, atol=1e-5, rtol=1e-4)
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+
+
+def test_the_cli_trains_and_scores_a_video_checkpoint(tmp_path, capsys):
+    import json
+
+    from hooked_mllm.cli import main
+
+    out = tmp_path / "toy-video"
+    assert (
+        main(["toy", "train", "--name", "toy-video", "--steps", "2", "--batch-size", "2", "--out", str(out)])
+        == 0
+    )
+    meta = json.loads((out / "toy_meta.json").read_text())
+    assert meta["kind"] == "video" and meta["recipe"]["steps"] == 2 and meta["recipe"]["batch_size"] == 2
+    capsys.readouterr()
+    assert main(["toy", "eval", "--path", str(out), "--n", "2", "--seed", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 clips, video world seed 3" in printed
+    rows = [line.split()[0] for line in printed.splitlines()[1:] if "%" in line]
+    assert rows[:3] == ["first", "last", "moved"]
