@@ -240,10 +240,15 @@ class VideoPointingResult:
         """A markdown table: one row per method and score, columns per question group."""
         groups = list(self.counts)
         lines = ["| method | score | " + " | ".join(groups) + " |", "|---|---|" + "---|" * len(groups)]
-        for name, scores in [*self.scores.items(), ("chance (random peak)", self.chance)]:
+        for name, scores in [*self.scores.items(), ("chance", self.chance)]:
             for score, per in scores.items():
                 cells = " | ".join(f"{per[g]:.2f}" if g in per else "" for g in groups)
-                lines.append(f"| {name} | {score} | {cells} |")
+                if name == "chance":
+                    label = "chance: random object" if score == "object" else "chance: random peak"
+                    score = "cell" if score == "object" else score
+                else:
+                    label = name
+                lines.append(f"| {label} | {score} | {cells} |")
         return "\n".join(lines)
 
 
@@ -336,8 +341,8 @@ class FramePatchingResult:
     Attributes:
         restored: qtype -> ``[layer, time]`` mean normalised metric (1 = the patched frame alone restores
             the clean answer, 0 = no effect).
-        named_frame_wins: qtype -> fraction of questions where, at the first layer's input, the named frame
-            restores more than every other frame.
+        named_frame_wins: qtype -> fraction of questions where, at the first patched layer (layer 0's input
+            by default), the named frame restores more than every other frame.
         counts: qtype -> questions used (the model answers the clean and the backwards clip differently).
         layers: the layers of dim 0.
     """
