@@ -166,7 +166,9 @@ def build_video_processor():
         image_processor=image_processor,
         tokenizer=build_tokenizer(VIDEO_VOCAB, video_token=VIDEO_TOKEN),
         video_processor=TorchLlavaOnevisionVideoProcessor(size=IMAGE_SIZE, image_mean=zero, image_std=one),
-        num_image_tokens=36,  # the tower's 6 x 6 patches (CLS dropped): pooled to 3 x 3 per frame
+        # the tower's tokens, CLS included as HF counts them ("default" drops it): 6 x 6 + 1; a frame pools
+        # to 3 x 3
+        num_image_tokens=37,
         vision_feature_select_strategy="default",
         chat_template=VIDEO_CHAT_TEMPLATE,
     )

@@ -11,6 +11,7 @@ import torch
 from hooked_mllm import HookedMLLM, toy
 from hooked_mllm.toy.video import VideoWorld
 from hooked_mllm.toy.video_eval import evaluate_video, frame_patching, video_pointing
+from hooked_mllm.toy.world import World
 
 SEED = 4321  # never used in training (training clips come from VideoWorld(20000 + seed))
 
@@ -29,6 +30,12 @@ def test_it_loads_as_a_onevision_model_with_one_token_per_cell(model):
     assert (span.time, span.grid, span.frames_per_step) == (3, (3, 3), 1)
     assert int(batch.video_mask.sum()) == 3 * 9 + 1
     assert toy.checkpoint_dir("toy-video").joinpath("toy_meta.json").is_file()
+    # an image (never trained on) still gets the token count the model computes: its two 6 x 6 views
+    scene = World(seed=SEED).scene(0)
+    still = model.prepare(images=[scene.image], prompts=["how many objects ?"])
+    assert [s.grid for s in still.images] == [(6, 6), (6, 6)]
+    with torch.no_grad():
+        torch.testing.assert_close(model(still), model.hf_model(**still.inputs).logits)
 
 
 def test_it_answers_unseen_clips_well_above_chance(model):
