@@ -51,7 +51,7 @@ _NAMES = {
     "EvalReport": "hooked_mllm.toy.evaluation",
     "VideoWorld": "hooked_mllm.toy.video",
     "Clip": "hooked_mllm.toy.video",
-    "load_video": "hooked_mllm.toy.video_model",
+    "load_video": "hooked_mllm.toy.model",
     "evaluate_video": "hooked_mllm.toy.video_eval",
 }
 

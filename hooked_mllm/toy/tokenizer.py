@@ -55,7 +55,7 @@ def build_tokenizer(
     Args:
         vocab: the words in id order; the first five must be :data:`SPECIAL_TOKENS`.
         video_token: a word of ``vocab`` to split out as the video placeholder (``tokenizer.video_token``),
-            as the toy video model's tokenizer does (:mod:`hooked_mllm.toy.video_model`).
+            as the toy video model's tokenizer does (:mod:`hooked_mllm.toy.video_processor`).
 
     Examples:
         >>> tok = build_tokenizer()

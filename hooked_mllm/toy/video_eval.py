@@ -19,7 +19,7 @@ Connections:
     (:mod:`hooked_mllm.toy.pointing`).
 
 Examples:
-    >>> from hooked_mllm.toy.video_model import load_video                        # doctest: +SKIP
+    >>> from hooked_mllm.toy.model import load_video                              # doctest: +SKIP
     >>> model = load_video()                                                       # doctest: +SKIP
     >>> print(evaluate_video(model, seed=123, n=300).format())                     # doctest: +SKIP
 """
@@ -110,7 +110,7 @@ def _items(clips: Sequence[Clip], qtypes: Sequence[str]) -> list[tuple[Clip, Vid
 
 def _hf_and_processor(model: Any, processor: Any) -> tuple[Any, Any]:
     if isinstance(model, str):
-        from hooked_mllm.toy.video_model import load_video
+        from hooked_mllm.toy.model import load_video
 
         model = load_video(None if model == "toy-video" else model)
     if hasattr(model, "hf_model"):  # a HookedMLLM

@@ -15,20 +15,18 @@ Model:
     keeps its id; the new embedding rows start at the mean of the old ones.
 
 Processor:
-    ``LlavaOnevisionProcessor`` with the toy tokenizer, a PIL image processor (images are not what this
-    model is for) and :class:`hooked_mllm.testing.TorchLlavaOnevisionVideoProcessor` for frames (no
-    torchvision), pixels scaled to ``[0, 1]`` with mean 0 and std 1 as in the still toy models. Prompt::
+    :func:`hooked_mllm.toy.video_processor.build_video_processor` (no torchvision). Prompt::
 
         <s> USER: <video> where is the red circle last ? ASSISTANT: bottom </s>
 
 Contents:
-    :data:`VIDEO_WORDS`, :data:`VIDEO_VOCAB`, :data:`VIDEO_RECIPE`, :class:`VideoRecipe`,
-    :func:`build_video_processor`, :func:`build_video_model`, :func:`encode_clips`, :func:`sample_video_qa`,
-    :func:`train_video`, :func:`load_video`.
+    :data:`VIDEO_RECIPE`, :class:`VideoRecipe`, :func:`build_video_model`, :func:`encode_clips`,
+    :func:`sample_video_qa`, :func:`train_video`. Loading is :func:`hooked_mllm.toy.model.load_video`
+    (``toy.load("toy-video")``).
 
 Examples:
-    >>> from hooked_mllm.toy.video_model import load_video          # doctest: +SKIP
-    >>> model = load_video()                                         # doctest: +SKIP
+    >>> from hooked_mllm import toy
+    >>> model = toy.load("toy-video")                                # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -47,40 +45,27 @@ import torch
 from tqdm.auto import tqdm
 
 from hooked_mllm.toy.data import answer_labels
-from hooked_mllm.toy.processor import CHAT_TEMPLATE
-from hooked_mllm.toy.tokenizer import VOCAB, build_tokenizer
 from hooked_mllm.toy.video import VIDEO_QTYPES, Clip, VideoWorld
+from hooked_mllm.toy.video_processor import (
+    VIDEO_CHAT_TEMPLATE,
+    VIDEO_TOKEN,
+    VIDEO_VOCAB,
+    VIDEO_WORDS,
+    build_video_processor,
+    video_prompt,
+)
 from hooked_mllm.toy.world import IMAGE_SIZE
 
 __all__ = [
-    "VIDEO_CHAT_TEMPLATE",
     "VIDEO_RECIPE",
-    "VIDEO_VOCAB",
-    "VIDEO_WORDS",
     "VideoRecipe",
     "build_video_model",
-    "build_video_processor",
     "encode_clips",
-    "load_video",
     "sample_video_qa",
     "train_video",
-    "video_prompt",
 ]
 
 logger = logging.getLogger(__name__)
-
-VIDEO_TOKEN = "<video>"
-VIDEO_WORDS: tuple[str, ...] = (VIDEO_TOKEN, "first", "last", "which", "moved")
-"""Tokens the video model adds to the toy vocabulary (ids 48-52)."""
-
-VIDEO_VOCAB: tuple[str, ...] = VOCAB + VIDEO_WORDS
-"""The video model's vocabulary: :data:`~hooked_mllm.toy.tokenizer.VOCAB` then :data:`VIDEO_WORDS`."""
-
-_IMAGE_ITEM = "{% if item['type'] == 'image' %}{{ ' <image>' }}{% endif %}"
-VIDEO_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
-    _IMAGE_ITEM, _IMAGE_ITEM + "{% if item['type'] == 'video' %}{{ ' <video>' }}{% endif %}"
-)
-"""The toy chat template, with ``<video>`` for a video item."""
 
 _WORLD_SEED = 20_000  # training clips come from VideoWorld(20000 + seed); evaluate on seeds below 10,000
 
@@ -122,56 +107,6 @@ class VideoRecipe:
 
 VIDEO_RECIPE = VideoRecipe()
 """The recipe of the shipped ``toy-video``."""
-
-
-def video_prompt(question: str) -> str:
-    """The chat-formatted prompt for one clip and one question, without ``<s>``.
-
-    Examples:
-        >>> video_prompt("which object moved ?")
-        'USER: <video> which object moved ? ASSISTANT:'
-    """
-    return f"USER: {VIDEO_TOKEN} {question} ASSISTANT:"
-
-
-def build_video_processor():
-    """The ``LlavaOnevisionProcessor`` of ``toy-video`` (built in code: its video processor needs no
-    torchvision, so it is not read from the checkpoint).
-
-    Examples:
-        >>> proc = build_video_processor()
-        >>> from hooked_mllm.toy.video import VideoWorld
-        >>> clip = VideoWorld(seed=0).clip(0)
-        >>> text = [video_prompt("which object moved ?")]
-        >>> batch = proc(videos=[list(clip.frames)], text=text, return_tensors="pt")
-        >>> int((batch["input_ids"] == proc.video_token_id).sum()), tuple(batch["pixel_values_videos"].shape)
-        (28, (1, 3, 3, 48, 48))
-    """
-    import transformers as tf
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
-
-    from hooked_mllm.testing._common import without_video
-    from hooked_mllm.testing.video import TorchLlavaOnevisionVideoProcessor
-
-    zero, one = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    image_processor = LlavaOnevisionImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_grid_pinpoints=[[IMAGE_SIZE, IMAGE_SIZE]],
-        image_mean=list(zero),
-        image_std=list(one),
-    )
-    return without_video(tf.LlavaOnevisionProcessor)(
-        image_processor=image_processor,
-        tokenizer=build_tokenizer(VIDEO_VOCAB, video_token=VIDEO_TOKEN),
-        video_processor=TorchLlavaOnevisionVideoProcessor(size=IMAGE_SIZE, image_mean=zero, image_std=one),
-        # the tower's tokens, CLS included as HF counts them ("default" drops it): 6 x 6 + 1; a frame pools
-        # to 3 x 3
-        num_image_tokens=37,
-        vision_feature_select_strategy="default",
-        chat_template=VIDEO_CHAT_TEMPLATE,
-    )
 
 
 def build_video_model(deep: str | os.PathLike[str] | None = None):
@@ -377,23 +312,3 @@ def train_video(
     )
     final = sum(losses[-50:]) / max(1, len(losses[-50:]))
     return TrainResult(saved, final, seconds, tuple(losses))
-
-
-def load_video(path: str | os.PathLike[str] | None = None, **kwargs: Any):
-    """A :class:`~hooked_mllm.HookedMLLM` of ``toy-video`` (or the video checkpoint at ``path``) with its
-    processor (:func:`build_video_processor`).
-
-    Examples:
-        >>> model = load_video()                                                   # doctest: +SKIP
-        >>> clip = VideoWorld(seed=1).clip(0)                                      # doctest: +SKIP
-        >>> prompts = ["which object moved ?"]
-        >>> batch = model.prepare(videos=[list(clip.frames)], prompts=prompts)     # doctest: +SKIP
-    """
-    from transformers import LlavaOnevisionForConditionalGeneration
-
-    from hooked_mllm import HookedMLLM
-    from hooked_mllm.toy.model import checkpoint_dir
-
-    src = Path(path) if path is not None else checkpoint_dir("toy-video")
-    hf = LlavaOnevisionForConditionalGeneration.from_pretrained(src, dtype=torch.float32, **kwargs).eval()
-    return HookedMLLM.from_hf(hf, processor=build_video_processor())

@@ -13,15 +13,8 @@ import torch
 from hooked_mllm.toy.processor import build_processor, prompt_text
 from hooked_mllm.toy.tokenizer import VOCAB, build_tokenizer
 from hooked_mllm.toy.video import VideoWorld, cell_token
-from hooked_mllm.toy.video_model import (
-    VIDEO_VOCAB,
-    VideoRecipe,
-    build_video_model,
-    build_video_processor,
-    encode_clips,
-    sample_video_qa,
-    video_prompt,
-)
+from hooked_mllm.toy.video_model import VideoRecipe, build_video_model, encode_clips, sample_video_qa
+from hooked_mllm.toy.video_processor import VIDEO_VOCAB, build_video_processor, video_prompt
 
 
 @pytest.fixture(scope="module")
