@@ -53,6 +53,9 @@ def test_code_blocks_run(doc, tmp_path, monkeypatch):
             "vid0[t0]",
             "vid0[t1]",
         ]
+        toy_clip = namespace["toy_clip"]  # the toy video world: one token per cell, the mover named
+        assert (namespace["toy_batch"].videos[0].time, namespace["toy_batch"].videos[0].grid) == (3, (3, 3))
+        assert namespace["moved"] == toy_clip.tracks[toy_clip.mover].name
     if doc == "docs/scale.md":  # Qwen2-VL-7B residual stream at image positions: layers x tokens x d_model
         assert namespace["est"].nbytes == 28 * 1564 * 3584 * 2
     if doc == "docs/concepts.md":  # captions without "red" are skipped; the yes -> no vector flips answers

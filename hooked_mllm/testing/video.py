@@ -172,6 +172,9 @@ class TorchLlavaOnevisionVideoProcessor:
 
     Args:
         size: The tower's ``image_size`` (384 for llava-onevision-qwen2-7b-ov-hf).
+        image_mean: Per-channel mean subtracted after rescaling (CLIP's by default).
+        image_std: Per-channel std divided by (CLIP's by default). The toy video model
+            (:mod:`hooked_mllm.toy.video_model`) uses mean 0 and std 1, so black stays exactly 0.
 
     Examples:
         >>> import numpy as np
@@ -183,8 +186,15 @@ class TorchLlavaOnevisionVideoProcessor:
     model_input_names = ["pixel_values_videos"]
     family = "LLaVA-OneVision"
 
-    def __init__(self, size: int = 384) -> None:
+    def __init__(
+        self,
+        size: int = 384,
+        image_mean: tuple[float, ...] = _MEAN,
+        image_std: tuple[float, ...] = _STD,
+    ) -> None:
         self.size = size
+        self.image_mean = tuple(float(v) for v in image_mean)
+        self.image_std = tuple(float(v) for v in image_std)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self), video_processor_type=type(self).__name__)
@@ -197,8 +207,8 @@ class TorchLlavaOnevisionVideoProcessor:
         out = []
         for video in videos:
             frames = self._resize(_frames_tensor(video))
-            mean = torch.tensor(_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(_STD).view(1, 3, 1, 1)
+            mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
+            std = torch.tensor(self.image_std).view(1, 3, 1, 1)
             out.append((frames / 255.0 - mean) / std)
         counts = sorted({int(v.shape[0]) for v in out})
         if len(counts) > 1:

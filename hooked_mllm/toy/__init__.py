@@ -7,6 +7,8 @@ Purpose:
     fine-tuned twin whose behaviour differs in one documented way (captions with colours) for model-diffing.
     LLaVA's recipe (:mod:`hooked_mllm.toy.recipe`) adds ``toy-lm`` (text only), ``toy-llava-deep`` (image
     tokens that read as words; visual QA on the text model's heads) and its twin ``toy-llava-deep-ft``.
+    A video world (:mod:`hooked_mllm.toy.video`: clips in which one object moves) and ``toy-video``, a
+    LLaVA-OneVision built from ``toy-llava-deep`` (:mod:`hooked_mllm.toy.video_model`), score video tools.
 
 Connections:
     ``world`` (scenes) -> ``tokenizer`` / ``processor`` (Hub-format ``LlavaProcessor``) -> ``model``
@@ -16,7 +18,9 @@ Connections:
 Contents (public API):
     :class:`World`, :class:`Scene`, :class:`SceneObject`, :class:`QA` (from ``world``);
     :func:`checkpoint_dir`, :func:`load`, :data:`CHECKPOINTS`, :func:`build_model` (from ``model``);
-    :func:`build_processor`, :func:`prompt_text` (from ``processor``); :func:`train`; :func:`evaluate`.
+    :func:`build_processor`, :func:`prompt_text` (from ``processor``); :func:`train`; :func:`evaluate`;
+    the video world and model: :class:`VideoWorld`, :class:`Clip` (from ``video``), :func:`load_video`
+    (``toy-video``, a LLaVA-OneVision), :func:`evaluate_video`.
 
 Examples:
     >>> from hooked_mllm import toy
@@ -45,6 +49,10 @@ _NAMES = {
     "train": "hooked_mllm.toy.training",
     "evaluate": "hooked_mllm.toy.evaluation",
     "EvalReport": "hooked_mllm.toy.evaluation",
+    "VideoWorld": "hooked_mllm.toy.video",
+    "Clip": "hooked_mllm.toy.video",
+    "load_video": "hooked_mllm.toy.model",
+    "evaluate_video": "hooked_mllm.toy.video_eval",
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, _NAMES, {})

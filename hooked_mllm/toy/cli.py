@@ -20,7 +20,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from hooked_mllm.toy.names import CHECKPOINTS, STAGE_NAMES
+from hooked_mllm.toy.names import CHECKPOINTS, STAGE_NAMES, VIDEO_NAMES
 
 __all__ = ["add_subparsers", "cli_eval", "cli_train", "main"]
 
@@ -34,6 +34,14 @@ def _run_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
     args.out = args.out or str(Path("toy-checkpoints") / args.name)
+    if args.name in VIDEO_NAMES:
+        from hooked_mllm.toy.video_model import train_video
+
+        steps = {"steps": args.steps} if args.steps is not None else {}
+        result = train_video(args.out, seed=args.seed, deep=args.init_dir, **steps, **overrides)
+        loss = result.final_loss
+        print(f"saved {args.name} to {result.out} in {result.seconds:.0f} s (final loss {loss:.4f})")
+        return 0
     if args.name in STAGE_NAMES:
         from hooked_mllm.toy.recipe import train_stage
 
@@ -62,6 +70,14 @@ def _run_eval(args: argparse.Namespace) -> int:
     from hooked_mllm.toy.model import checkpoint_kind
 
     target = args.path or args.name
+    if checkpoint_kind(target) == "video":
+        from hooked_mllm.toy.video_eval import evaluate_video
+
+        video = evaluate_video(target, seed=args.seed, n=args.n)
+        print(video.format())
+        for qtype, question, expected, got in video.errors[: args.show_errors]:
+            print(f"  wrong [{qtype}] {question!r}: expected {expected!r}, got {got!r}")
+        return 0
     if checkpoint_kind(target) == "text":
         from hooked_mllm.toy.evaluation import evaluate_text
 
@@ -85,7 +101,7 @@ def _run_science(args: argparse.Namespace) -> int:
     if args.path:
         checkpoints = {p: p for p in args.path}
     else:
-        recipe_made = [n for n in CHECKPOINTS if n not in ("toy-llava", "toy-llava-ft")]
+        recipe_made = [n for n in CHECKPOINTS if n not in ("toy-llava", "toy-llava-ft", *VIDEO_NAMES)]
         names = args.name or recipe_made or list(CHECKPOINTS)
         checkpoints = {n: str(checkpoint_dir(n)) for n in names}
     sections = tuple(args.section) if args.section else None
@@ -105,9 +121,10 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a toy checkpoint from scratch (or fine-tune, for toy-llava-ft)")
     tr.add_argument(
         "--name",
-        choices=tuple(dict.fromkeys(CHECKPOINTS + STAGE_NAMES)),
+        choices=tuple(dict.fromkeys(CHECKPOINTS + STAGE_NAMES + VIDEO_NAMES)),
         default="toy-llava",
-        help=f"checkpoint to train; the LLaVA-recipe stages run in the order {', '.join(STAGE_NAMES)}",
+        help=f"checkpoint to train; the LLaVA-recipe stages run in the order {', '.join(STAGE_NAMES)}; "
+        "toy-video starts from toy-llava-deep (--init-dir: its folder)",
     )
     tr.add_argument("--seed", type=int, default=0, help="seed of the initialisation and of the data order")
     tr.add_argument(
@@ -137,7 +154,12 @@ def add_subparsers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ev.add_argument("--threads", type=count, default=None, help="torch threads (default: torch's choice)")
     ev.set_defaults(func=_run_eval)
     sc = sub.add_parser("science", help="quality, textual QA and lens read-outs of image tokens")
-    sc.add_argument("--name", action="append", choices=CHECKPOINTS, help="checkpoint (repeatable)")
+    sc.add_argument(
+        "--name",
+        action="append",
+        choices=[n for n in CHECKPOINTS if n not in VIDEO_NAMES],
+        help="checkpoint (repeatable)",
+    )
     sc.add_argument("--path", action="append", help="checkpoint directory (repeatable; overrides --name)")
     sc.add_argument("--seed", type=int, default=123, help="world seed of the scenes (< 10000: unseen)")
     sc.add_argument("--n", type=count, default=200, help="number of scenes")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAPTION_STYLES",
+    "answer_labels",
     "encode",
     "encode_dialogues",
     "encode_text",
@@ -191,18 +192,31 @@ def encode_dialogues(
         for d in dialogues
     ]
     batch = _left_padded(processor, images, texts)
-    tok = processor.tokenizer
-    ids = batch["input_ids"]
+    batch["labels"] = answer_labels(processor.tokenizer, batch["input_ids"], batch["attention_mask"])
+    return batch
+
+
+def answer_labels(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Teacher-forcing labels of chat-formatted rows: ``input_ids`` on every answer's words and its ``</s>``
+    (the tokens after an ``ASSISTANT:`` and before the next ``USER:``), ``-100`` elsewhere.
+
+    ``input_ids`` and ``attention_mask`` are ``(batch, pos)``; returns ``(batch, pos)`` int64.
+
+    Examples:
+        >>> tok = build_tokenizer()  # doctest: +SKIP
+        >>> enc = tok(["USER: how many objects ? ASSISTANT: two </s>"], return_tensors="pt")  # doctest: +SKIP
+        >>> answer_labels(tok, enc["input_ids"], enc["attention_mask"])  # doctest: +SKIP
+    """
+    ids = input_ids
     pos = torch.arange(ids.shape[1]).expand_as(ids)
     none = torch.full_like(ids, -1)
     last_assistant = (
-        torch.where(ids == tok.convert_tokens_to_ids("ASSISTANT:"), pos, none).cummax(dim=1).values
+        torch.where(ids == tokenizer.convert_tokens_to_ids("ASSISTANT:"), pos, none).cummax(dim=1).values
     )
-    last_user = torch.where(ids == tok.convert_tokens_to_ids("USER:"), pos, none).cummax(dim=1).values
+    last_user = torch.where(ids == tokenizer.convert_tokens_to_ids("USER:"), pos, none).cummax(dim=1).values
     # Inside an answer: the latest marker is ASSISTANT: and this token is not the marker itself.
-    answer = (last_assistant > last_user) & (last_assistant < pos) & (batch["attention_mask"] == 1)
-    batch["labels"] = torch.where(answer, ids, -100)
-    return batch
+    answer = (last_assistant > last_user) & (last_assistant < pos) & (attention_mask == 1)
+    return torch.where(answer, ids, -100)
 
 
 def sample_dialogue(

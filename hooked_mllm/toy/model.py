@@ -12,8 +12,10 @@ Connections:
 Contents:
     :data:`CHECKPOINTS`, :func:`toy_config`, :func:`build_model`, :func:`vlm_from_text_lm` (a toy LLaVA
     around a text LM), :func:`checkpoint_dir`, :func:`checkpoint_kind`, :func:`save_checkpoint`,
-    :func:`load`, :func:`load_for_heads`. Everything that builds, saves, locates or loads a toy model is
-    here, so the training, evaluation and science modules import this one and it imports none of them.
+    :func:`load`, :func:`load_for_heads`, :func:`load_video` (``toy-video``). Everything that builds,
+    saves, locates or loads a toy model is here, so the training, evaluation and science modules import
+    this one and it imports none of them (the video model's processor comes from
+    :mod:`hooked_mllm.toy.video_processor`, which imports no model code).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = [
     "checkpoint_kind",
     "load",
     "load_for_heads",
+    "load_video",
     "save_checkpoint",
     "toy_config",
     "vlm_from_text_lm",
@@ -192,6 +195,8 @@ def load(name: str = "toy-llava", **kwargs: Any):
     A text-only checkpoint (``toy-lm``) loads inside a toy LLaVA whose language model is an exact copy of
     it (:func:`load_for_heads`): run it on text (``model("...")``, HF ``input_ids``),
     with the same hook names as the VLMs; its vision tower is untrained and takes no part in a text run.
+    The video model (``toy-video``) loads with its processor built in code
+    (:func:`load_video`): it takes clips (``model.prepare(videos=...)``).
 
     Examples:
         >>> from hooked_mllm import toy
@@ -201,6 +206,8 @@ def load(name: str = "toy-llava", **kwargs: Any):
     from hooked_mllm import HookedMLLM  # the core imports heavy machinery; keep `toy` light
 
     path = checkpoint_dir(name)
+    if checkpoint_kind(path) == "video":
+        return load_video(path, **kwargs)
     if checkpoint_kind(path) == "text":
         if kwargs:
             raise TypeError(
@@ -212,8 +219,9 @@ def load(name: str = "toy-llava", **kwargs: Any):
 
 
 def checkpoint_kind(model: str | os.PathLike[str]) -> str:
-    """``"text"`` for a text-only toy LM (``toy-lm``), else ``"image"``; ``model`` is a directory or a shipped
-    checkpoint name (read from its ``toy_meta.json``)."""
+    """``"text"`` for a text-only toy LM (``toy-lm``), ``"video"`` for the toy video model (``toy-video``),
+    else ``"image"``; ``model`` is a directory or a shipped checkpoint name (read from its
+    ``toy_meta.json``)."""
     import json
 
     path = Path(model)
@@ -233,6 +241,8 @@ def load_for_heads(path: str | os.PathLike[str]) -> Any:
     from hooked_mllm import HookedMLLM
     from hooked_mllm.toy.processor import build_processor
 
+    if checkpoint_kind(path) == "video":
+        return load_video(path)
     if checkpoint_kind(path) != "text":
         return HookedMLLM.from_pretrained(str(path))
     from transformers import LlamaForCausalLM
@@ -277,3 +287,26 @@ def vlm_from_text_lm(
     if not tc.tie_word_embeddings:
         vlm.lm_head.load_state_dict(lm.lm_head.state_dict())
     return vlm
+
+
+def load_video(path: str | os.PathLike[str] | None = None, **kwargs: Any):
+    """A :class:`~hooked_mllm.HookedMLLM` of ``toy-video`` (or the video checkpoint folder ``path``) with its
+    processor (:func:`hooked_mllm.toy.video_processor.build_video_processor`, built in code: its video
+    processor needs no torchvision and is no transformers class, so the folder keeps only the tokenizer).
+
+    ``kwargs`` go to ``LlavaOnevisionForConditionalGeneration.from_pretrained``.
+
+    Examples:
+        >>> model = load_video()                                                   # doctest: +SKIP
+        >>> clip = toy.VideoWorld(seed=1).clip(0)                                  # doctest: +SKIP
+        >>> prompts = ["which object moved ?"]
+        >>> batch = model.prepare(videos=[list(clip.frames)], prompts=prompts)     # doctest: +SKIP
+    """
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    from hooked_mllm import HookedMLLM
+    from hooked_mllm.toy.video_processor import build_video_processor
+
+    src = Path(path) if path is not None else checkpoint_dir("toy-video")
+    hf = LlavaOnevisionForConditionalGeneration.from_pretrained(src, dtype=torch.float32, **kwargs).eval()
+    return HookedMLLM.from_hf(hf, processor=build_video_processor())

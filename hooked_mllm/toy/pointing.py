@@ -45,7 +45,9 @@ from ..model import HookedMLLM
 if TYPE_CHECKING:
     from .world import QA, Scene, SceneObject
 
-MapMethod = Callable[["HookedMLLM", MechanismRun], list[LocationMap]]
+MapMethod = Callable[..., list[LocationMap]]
+"""``fn(model, run, image=0) -> one map per row`` (``image``: the image of each row, or with
+``run.batch = batch.frames_as_images()`` the frame of its video)."""
 
 
 def _late(model: HookedMLLM) -> slice:
@@ -53,18 +55,19 @@ def _late(model: HookedMLLM) -> slice:
 
 
 def _heads(heads: object, late: bool = False) -> MapMethod:
-    def method(model: HookedMLLM, run: MechanismRun) -> list[LocationMap]:
+    def method(model: HookedMLLM, run: MechanismRun, image: int = 0) -> list[LocationMap]:
         layers = _late(model) if late else None
-        return image_locations(model, run, heads=heads, layers=layers, row=None)  # type: ignore[return-value]
+        maps = image_locations(model, run, heads=heads, layers=layers, row=None, image=image)
+        return maps  # type: ignore[return-value]
 
     return method
 
 
 def _baseline(fn: Callable[..., object], same_forward: bool = False) -> MapMethod:
-    def method(model: HookedMLLM, run: MechanismRun) -> list[LocationMap]:
+    def method(model: HookedMLLM, run: MechanismRun, image: int = 0) -> list[LocationMap]:
         if same_forward:
-            return fn(model, run, row=None)  # type: ignore[return-value]
-        return fn(model, run.batch, target=run.target.tolist(), row=None)  # type: ignore[return-value]
+            return fn(model, run, row=None, image=image)  # type: ignore[return-value]
+        return fn(model, run.batch, target=run.target.tolist(), row=None, image=image)  # type: ignore[return-value]
 
     return method
 
@@ -80,7 +83,7 @@ METHODS: dict[str, MapMethod] = {
     "occlusion": _baseline(occlusion_map),
     "logit_lens": _baseline(lens_location_map),
 }
-"""Every pointing-game method: ``name -> fn(model, run) -> one map per row``."""
+"""Every pointing-game method: ``name -> fn(model, run, image=0) -> one map per row``."""
 
 DESCRIPTIONS = {
     "heads_top": "head map, the single top head (the paper's rule)",

@@ -47,8 +47,15 @@ VOCAB: tuple[str, ...] = tuple(
 )
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A fresh word-level tokenizer over :data:`VOCAB` with ``<s>`` prepended on encode.
+def build_tokenizer(
+    vocab: tuple[str, ...] = VOCAB, *, video_token: str | None = None
+) -> PreTrainedTokenizerFast:
+    """A fresh word-level tokenizer over ``vocab`` (default :data:`VOCAB`) with ``<s>`` prepended on encode.
+
+    Args:
+        vocab: the words in id order; the first five must be :data:`SPECIAL_TOKENS`.
+        video_token: a word of ``vocab`` to split out as the video placeholder (``tokenizer.video_token``),
+            as the toy video model's tokenizer does (:mod:`hooked_mllm.toy.video_processor`).
 
     Examples:
         >>> tok = build_tokenizer()
@@ -57,12 +64,19 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-    vocab = {w: i for i, w in enumerate(VOCAB)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    if vocab[: len(SPECIAL_TOKENS)] != SPECIAL_TOKENS or (
+        video_token is not None and video_token not in vocab
+    ):
+        raise ValueError(
+            f"vocab must start with {SPECIAL_TOKENS} and hold the video token {video_token!r}; "
+            f"got {vocab[:6]}..."
+        )
+    ids = {w: i for i, w in enumerate(vocab)}
+    core = Tokenizer(models.WordLevel(vocab=ids, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     core.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, ids[BOS])]
     )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core,
@@ -70,7 +84,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         eos_token=EOS,
         unk_token=UNK,
         pad_token=PAD,
-        extra_special_tokens={"image_token": IMAGE},
+        extra_special_tokens={"image_token": IMAGE, **({"video_token": video_token} if video_token else {})},
         padding_side="left",
         model_max_length=512,
         clean_up_tokenization_spaces=False,
