@@ -170,18 +170,28 @@ def occlusion_map(
 ) -> LocationMap | list[LocationMap]:
     """Drop in ``log p(y)`` at ``T`` when each grid cell's pixels are set to ``fill``.
 
-    One forward per cell, ``batch_size`` occluded copies at a time.
+    One forward per cell, ``batch_size`` occluded copies at a time. On a video batch standing its frames
+    as images (``batch.frames_as_images()``, ``image=t``) of a family that takes whole frames
+    (``pixel_values_videos`` ``[videos, frames, channel, height, width]``: LLaVA-OneVision,
+    LLaVA-NeXT-Video), the cells of frame ``t`` are occluded in that frame only.
 
     Examples:
         >>> occlusion_map(model, batch, fill=0.0).peak()     # doctest: +SKIP
+        >>> occlusion_map(model, clip_batch.frames_as_images(), image=2).peak()  # doctest: +SKIP
     """
     batch = model.to_batch(inputs)
     pixels = batch.inputs.get("pixel_values")
-    if pixels is None or pixels.dim() != 4:
-        shape = None if pixels is None else tuple(pixels.shape)
+    key = "pixel_values"
+    videos = batch.inputs.get("pixel_values_videos")
+    if pixels is None and videos is not None and videos.dim() == 5 and batch.images and batch.videos:
+        pixels, key = videos, "pixel_values_videos"  # frames standing as images
+    elif pixels is None or pixels.dim() != 4:
+        given = pixels if pixels is not None else videos
+        shape = None if given is None else tuple(given.shape)
         raise ValueError(
-            f"occlusion_map needs pixel_values shaped [image, channel, height, width] with the "
-            f"grid spanning each image; the {model.adapter.name!r} inputs have {shape}. Use "
+            f"occlusion_map needs pixel_values shaped [image, channel, height, width] (or, for the frames "
+            "of batch.frames_as_images(), pixel_values_videos shaped [video, frame, channel, height, width]) "
+            f"with the grid spanning each image; the {model.adapter.name!r} inputs have {shape}. Use "
             "image_locations, attention_map, relevancy_map or gradient_map instead."
         )
     with torch.no_grad():
@@ -196,18 +206,26 @@ def occlusion_map(
         rows_, cols = span.grid  # type: ignore[misc]
         single = batch.row(b)
         n_images = len(single.images)
+        at: tuple[int, ...] = (image,)
+        if key == "pixel_values_videos":  # the frame's video among the row's, and its frame index
+            n_images = len(single.videos)
+            first = grid_span(single, 0, image).token_positions[0]
+            (video,) = [v for v in single.videos if first in v.token_positions]
+            time = video.frame_geometry()[0]
+            (step,) = [t for t in range(time) if video.frame_positions(t)[0] == first]
+            at = (single.videos.index(video), step * (video.frames_per_step or 1))
         height, width = pixels.shape[-2:]
         drops = []
         for start in range(0, rows_ * cols, batch_size):
             cells = list(range(start, min(start + batch_size, rows_ * cols)))
             occluded = single.repeat(len(cells))
-            values = occluded.inputs["pixel_values"].clone()
+            values = occluded.inputs[key].clone()
             for i, cell in enumerate(cells):
                 r, c = divmod(cell, cols)
                 top, bottom = r * height // rows_, (r + 1) * height // rows_
                 left, right = c * width // cols, (c + 1) * width // cols
-                values[i * n_images + image, :, top:bottom, left:right] = fill
-            occluded.inputs["pixel_values"] = values
+                values[(i * n_images + at[0], *at[1:])][..., top:bottom, left:right] = fill
+            occluded.inputs[key] = values
             with torch.no_grad():
                 out = model(occluded)
             t = occluded.last_positions().to(out.device)

@@ -184,3 +184,34 @@ def test_contradicting_video_inputs_keep_positions_and_refuse_frames(model, batc
     assert {(s.time, s.grid) for s in degraded.videos} == {(None, None)}
     with pytest.raises(ValueError, match="no frame geometry"):
         positions.video(frames=0).mask(degraded)
+
+
+def test_occlusion_map_per_frame_equals_occluding_that_frame_in_hfs_forward(model, videos):
+    """occlusion_map(frames, image=t): each cell's drop in log p(answer) equals filling that cell's pixels of
+    frame t (and no other frame) in pixel_values_videos and running HF's forward."""
+    from hooked_mllm.mechanism import occlusion_map
+
+    clip = model.prepare(videos=[videos[1]], prompts=[PROMPTS[0]])
+    frames_batch = clip.frames_as_images()
+    logits = hf(model, clip.inputs).logits[0, -1].float()
+    answer = int(logits.argmax())
+    clean = logits.log_softmax(-1)[answer]
+    for step in (0, 2):
+        got = occlusion_map(model, frames_batch, image=step, target=answer, batch_size=3)
+        rows, cols = clip.videos[0].grid
+        size = clip.inputs["pixel_values_videos"].shape[-1]
+        expected = torch.empty(rows, cols)
+        for r in range(rows):
+            for c in range(cols):
+                pixels = clip.inputs["pixel_values_videos"].clone()
+                pixels[
+                    0,
+                    step,
+                    :,
+                    r * size // rows : (r + 1) * size // rows,
+                    c * size // cols : (c + 1) * size // cols,
+                ] = 0
+                out = hf(model, dict(clip.inputs, pixel_values_videos=pixels)).logits[0, -1].float()
+                expected[r, c] = clean - out.log_softmax(-1)[answer]
+        torch.testing.assert_close(torch.as_tensor(got.values).float(), expected, atol=1e-5, rtol=1e-4)
+        assert float(expected.abs().max()) > 0  # occluding the frame changes the answer's probability
