@@ -257,16 +257,8 @@ def test_every_entry_point_takes_every_input_form(model, batch, videos):
 
 def test_vision_tower_hooks_see_the_video_patches(model, batch):
     """On a video batch the tower's embedding hook holds every video patch (HF's patch embed output)."""
-    _, cache = model.run_with_cache(batch, names_filter="vision.hook_embed")
-    captured = {}
-    embed = model.adapter.module(model.hf_model, model.adapter.modules.vision_embed)
-    handle = embed.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-    try:
-        hf(model, batch.inputs)
-    finally:
-        handle.remove()
-    assert cache["vision.hook_embed"].shape[0] == int(batch.inputs["video_grid_thw"].prod(-1).sum())
-    torch.testing.assert_close(cache["vision.hook_embed"], captured["out"])
+    embedded = check_tower_embed(model, batch)
+    assert embedded.shape[0] == int(batch.inputs["video_grid_thw"].prod(-1).sum())
 
 
 def test_a_row_alone_equals_its_row_in_the_batch(model, batch):
@@ -414,18 +406,10 @@ def test_bad_video_entries_are_refused(model):
 # -- patching over frames -----------------------------------------------------------------
 
 
-def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
-    """Each time step's patched metric equals HF's forward on the corrupted clip with a plain torch
-    pre-hook that writes the clean clip's layer-1 input at that step's positions."""
-    clean = model.prepare(videos=[videos[0]], prompts=[PROMPTS[0]])
-    corrupted = model.prepare(videos=[frames(7, 4, 16, 24)], prompts=[PROMPTS[0]])
-    metric = logit_diff(3, 4)
-    result = activation_patching(model, clean, corrupted, metric, hook="resid_pre", layers=[1], over="frame")
-    span = clean.videos[0]
-    rows, cols = span.grid
-    assert result.labels == [f"vid0[t{k}]" for k in range(span.time)]
-    tokens = video_tokens(clean, 0)
-    assert result.units == [tokens[t * rows * cols : (t + 1) * rows * cols] for t in range(span.time)]
+def check_frame_patching(model, clean, corrupted, metric, result) -> None:
+    """Each unit's patched metric in ``result`` (layer 1's ``resid_pre``) equals HF's forward on the
+    corrupted input with a plain torch pre-hook writing the clean run's layer-1 input at the unit's
+    positions (shared by every family's video tests)."""
     layer1 = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.1")
     seen: dict = {}  # layer 1's input on the clean clip (Qwen3-VL: after layer 0's deepstack addition)
 
@@ -451,6 +435,36 @@ def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
         finally:
             handle.remove()
         torch.testing.assert_close(result.values[0, step], expected[0], atol=1e-5, rtol=1e-4)
+
+
+def check_tower_embed(model, batch):
+    """``vision.hook_embed`` on ``batch`` equals HF's patch embedding output (a plain torch hook);
+    returns the cached value (shared by every family's video tests)."""
+    _, cache = model.run_with_cache(batch, names_filter="vision.hook_embed")
+    captured = {}
+    embed = model.adapter.module(model.hf_model, model.adapter.modules.vision_embed)
+    handle = embed.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        hf(model, batch.inputs)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(cache["vision.hook_embed"], captured["out"])
+    return cache["vision.hook_embed"]
+
+
+def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
+    """Each time step's patched metric equals HF's forward on the corrupted clip with a plain torch
+    pre-hook that writes the clean clip's layer-1 input at that step's positions."""
+    clean = model.prepare(videos=[videos[0]], prompts=[PROMPTS[0]])
+    corrupted = model.prepare(videos=[frames(7, 4, 16, 24)], prompts=[PROMPTS[0]])
+    metric = logit_diff(3, 4)
+    result = activation_patching(model, clean, corrupted, metric, hook="resid_pre", layers=[1], over="frame")
+    span = clean.videos[0]
+    rows, cols = span.grid
+    assert result.labels == [f"vid0[t{k}]" for k in range(span.time)]
+    tokens = video_tokens(clean, 0)
+    assert result.units == [tokens[t * rows * cols : (t + 1) * rows * cols] for t in range(span.time)]
+    check_frame_patching(model, clean, corrupted, metric, result)
     assert result.values.shape == (1, span.time)
     with pytest.raises(ValueError, match="share their token"):
         activation_patching(

@@ -189,16 +189,7 @@ def test_every_entry_point_takes_every_input_form(model, batch, videos):
 
 def test_vision_tower_hooks_see_every_frame(model, batch):
     """The tower runs each frame as one crop: vision.hook_embed is HF's patch embedding, one row per frame."""
-    _, cache = model.run_with_cache(batch, names_filter="vision.hook_embed")
-    captured = {}
-    embed = model.adapter.module(model.hf_model, model.adapter.modules.vision_embed)
-    handle = embed.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
-    try:
-        hf(model, batch.inputs)
-    finally:
-        handle.remove()
-    assert cache["vision.hook_embed"].shape[:2] == (4 + 3, 25)  # frames x patches
-    torch.testing.assert_close(cache["vision.hook_embed"], captured["out"])
+    assert shared.check_tower_embed(model, batch).shape[:2] == (4 + 3, 25)  # frames x patches
 
 
 # -- rows ---------------------------------------------------------------------------------
@@ -360,21 +351,7 @@ def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
     tokens = video_tokens(clean, 0)
     assert result.labels == ["vid0[t0]", "vid0[t1]", "vid0[t2]"]
     assert result.units == [tokens[k * 4 : (k + 1) * 4] for k in range(3)]
-    layer1 = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.1")
-    clean_in = hf(model, clean.inputs, output_hidden_states=True).hidden_states[1]
-    for step, unit in enumerate(result.units):
-
-        def pre(module, args, kwargs, unit=unit):
-            hidden = (args[0] if args else kwargs["hidden_states"]).clone()
-            hidden[:, unit] = clean_in[:, unit]
-            return ((hidden, *args[1:]), kwargs) if args else (args, dict(kwargs, hidden_states=hidden))
-
-        handle = layer1.register_forward_pre_hook(pre, with_kwargs=True)
-        try:
-            expected = metric(hf(model, corrupted.inputs).logits, corrupted)
-        finally:
-            handle.remove()
-        torch.testing.assert_close(result.values[0, step], expected[0], atol=1e-5, rtol=1e-4)
+    shared.check_frame_patching(model, clean, corrupted, metric, result)
 
 
 def test_frames_as_images_stand_each_frame_as_one_image(model, batch):

@@ -15,6 +15,7 @@ from hooked_mllm import testing as t
 from hooked_mllm.patching import activation_patching, logit_diff
 from hooked_mllm.testing.video import TorchLlavaNextVideoVideoProcessor
 
+from . import test_video as shared
 from .families import image
 from .test_video import PROMPTS, array_video, check_every_entry_point, frames, hf, video_tokens
 
@@ -93,35 +94,12 @@ def test_cache_video_equals_hfs_pooled_video_features(model, batch):
         torch.testing.assert_close(got[span.row], expected[[2, 0, 2]], atol=1e-5, rtol=1e-4)
 
 
-def test_logits_hidden_states_and_a_frame_write_equal_hf(model, batch):
-    logits, cache = model.run_with_cache(batch, names_filter=lambda n: n.endswith("hook_resid_post"))
-    ref = hf(model, batch.inputs, output_hidden_states=True)
-    keep = ~batch.pad_mask
-    torch.testing.assert_close(logits[keep], ref.logits[keep])
-    for layer in range(model.cfg.n_layers - 1):
-        torch.testing.assert_close(cache["resid_post", layer][keep], ref.hidden_states[layer + 1][keep])
-    where = positions.video(frames=1).mask(batch)
+def test_logits_and_hidden_states_equal_hf(model, batch):
+    shared.test_logits_and_hidden_states_equal_hf(model, batch)
 
-    def zero(act, hook):
-        act = act.clone()
-        act[where] = 0
-        return act
 
-    hooked = model.run_with_hooks(batch, fwd_hooks=[("blocks.0.hook_resid_pre", zero)])
-    layer0 = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.0")
-
-    def pre(module, args, kwargs):
-        hidden = (args[0] if args else kwargs["hidden_states"]).clone()
-        hidden[where] = 0
-        return ((hidden, *args[1:]), kwargs) if args else (args, dict(kwargs, hidden_states=hidden))
-
-    handle = layer0.register_forward_pre_hook(pre, with_kwargs=True)
-    try:
-        expected = hf(model, batch.inputs).logits
-    finally:
-        handle.remove()
-    torch.testing.assert_close(hooked[keep], expected[keep])
-    assert not torch.allclose(hooked[keep], logits[keep])
+def test_a_write_on_one_time_step_equals_a_torch_hook(model, batch):
+    shared.test_a_write_on_video_tokens_equals_a_torch_hook(model, batch)
 
 
 def test_every_entry_point_takes_every_input_form(model, batch, videos):
@@ -175,18 +153,4 @@ def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
     result = activation_patching(model, clean, corrupted, metric, hook="resid_pre", layers=[1], over="frame")
     tokens = video_tokens(clean, 0)
     assert result.units == [tokens[k * 4 : (k + 1) * 4] for k in range(3)]
-    layer1 = model.adapter.module(model.hf_model, f"{model.adapter.modules.lm_layers}.1")
-    clean_in = hf(model, clean.inputs, output_hidden_states=True).hidden_states[1]
-    for step, unit in enumerate(result.units):
-
-        def pre(module, args, kwargs, unit=unit):
-            hidden = (args[0] if args else kwargs["hidden_states"]).clone()
-            hidden[:, unit] = clean_in[:, unit]
-            return ((hidden, *args[1:]), kwargs) if args else (args, dict(kwargs, hidden_states=hidden))
-
-        handle = layer1.register_forward_pre_hook(pre, with_kwargs=True)
-        try:
-            expected = metric(hf(model, corrupted.inputs).logits, corrupted)
-        finally:
-            handle.remove()
-        torch.testing.assert_close(result.values[0, step], expected[0], atol=1e-5, rtol=1e-4)
+    shared.check_frame_patching(model, clean, corrupted, metric, result)
