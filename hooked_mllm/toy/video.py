@@ -174,7 +174,8 @@ class VideoWorld:
     Args:
         seed: seed of the stream (training uses seeds from 20,000; evaluate below 10,000).
         frames: frames per clip (at least 2).
-        min_objects, max_objects: objects per clip (inclusive; at most ``GRID * GRID - frames + 1``).
+        min_objects: fewest objects per clip (at least 1).
+        max_objects: most objects per clip (inclusive; at most ``GRID * GRID - frames + 1``).
 
     Examples:
         >>> clips = VideoWorld(seed=3).sample(2)
