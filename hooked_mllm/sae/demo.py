@@ -128,7 +128,8 @@ def sae_section(
         TITLE,
         f"A top-{k} SAE with {d_sae} features (SAELens), trained for a few seconds on the layer-{layer} "
         f"residuals of the image tokens of {n_train} unseen scenes, measured on {n_eval} more; then the "
-        "image patches where its most often active feature fires most.",
+        "feature that marks one colour best, by the scenes' ground truth, and the image patches where it "
+        "fires most.",
     )
     report.table(
         [

@@ -78,6 +78,7 @@ def test_section_numbers_are_the_saes_own(section):
     assert shown.count("data:image/png;base64,") == len(result.examples) > 0
     assert ("Zeroing the image tokens does not raise" in page) == (metrics.loss_zero <= metrics.loss_clean)
     assert f"Feature {result.feature} marks {colour} objects" in page
+    assert "most often active" not in page and "the feature that marks one colour best" in page
     assert f"AUROC {result.auroc:.3f} for {colour} on the held-out" in page
     assert f"It is active on {int(counts[result.feature])} of" in page
 
