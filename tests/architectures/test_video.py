@@ -277,13 +277,19 @@ def test_a_batch_mixing_an_image_row_and_a_video_row(model, videos):
     test_video_mixed.py)."""
     mixed = model.prepare(images=[image(0, 16, 24), None], videos=[None, videos[0]], prompts=PROMPTS)
     assert [len(mixed.images_of(r)) for r in range(2)] == [1, 0]
+    check_mixed_batch(model, mixed)
+
+
+def check_mixed_batch(model, mixed) -> None:
+    """On a batch of an image row and a video row: logits and the first layer's output equal HF's, and
+    each row alone (its own modality's tensors only) equals its row (shared by every family's video tests)."""
     assert [len(mixed.videos_of(r)) for r in range(2)] == [0, 1]
     logits, cache = model.run_with_cache(mixed, names_filter="blocks.0.hook_resid_post")
     ref = hf(model, mixed.inputs, output_hidden_states=True)
     keep = ~mixed.pad_mask
     torch.testing.assert_close(logits[keep], ref.logits[keep])
     torch.testing.assert_close(cache["resid_post", 0][keep], ref.hidden_states[1][keep])
-    for row in range(2):  # each row alone: its own modality's tensors only
+    for row in range(2):
         alone = mixed.row(row)
         torch.testing.assert_close(model(alone)[0], logits[row, keep[row]], atol=1e-5, rtol=1e-4)
 

@@ -105,19 +105,9 @@ def test_vision_tower_hooks_see_every_frame(model, batch):
 
 
 def test_rows_alone_and_a_batch_mixing_images_and_videos(model, batch, videos):
-    logits = model(batch)
-    for row in range(len(batch)):
-        keep = ~batch.pad_mask[row]
-        torch.testing.assert_close(model(batch.row(row))[0], logits[row, keep], atol=1e-5, rtol=1e-4)
+    shared.test_a_row_alone_equals_its_row_in_the_batch(model, batch)
     mixed = model.prepare(images=[image(0, 16, 24), None], videos=[None, videos[1]], prompts=PROMPTS)
-    assert [len(mixed.videos_of(r)) for r in range(2)] == [0, 1]
-    logits, cache = model.run_with_cache(mixed, names_filter="blocks.0.hook_resid_post")
-    ref = hf(model, mixed.inputs, output_hidden_states=True)
-    keep = ~mixed.pad_mask
-    torch.testing.assert_close(logits[keep], ref.logits[keep])
-    torch.testing.assert_close(cache["resid_post", 0][keep], ref.hidden_states[1][keep])
-    for row in range(2):
-        torch.testing.assert_close(model(mixed.row(row))[0], logits[row, keep[row]], atol=1e-5, rtol=1e-4)
+    shared.check_mixed_batch(model, mixed)
 
 
 def test_activation_patching_over_frames_equals_a_torch_patch(model, videos):
